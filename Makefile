@@ -1,0 +1,50 @@
+# Two commands do all the set-up: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+
+.PHONY: demo test lint typecheck pytest bench bench-pool bench-limits bench-tx clean
+
+# One stamp per install flavour, rebuilt when pyproject.toml changes.
+$(PY):
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "aiolease needs Python 3.11+ (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.stamp-demo: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[sqlite]'
+	touch $@
+
+$(VENV)/.stamp-test: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $@ $(VENV)/.stamp-demo
+
+demo: $(VENV)/.stamp-demo
+	$(PY) -m aiolease demo
+
+lint: $(VENV)/.stamp-test
+	$(BIN)/ruff check src tests bench examples docs
+	$(BIN)/ruff format --check src tests bench examples docs
+
+typecheck: $(VENV)/.stamp-test
+	$(BIN)/mypy
+
+pytest: $(VENV)/.stamp-test
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+bench-pool: $(VENV)/.stamp-test
+	$(PY) bench/pool.py
+
+bench-limits: $(VENV)/.stamp-test
+	$(PY) bench/limits.py
+
+bench-tx: $(VENV)/.stamp-test
+	$(PY) bench/transactions.py
+
+bench: bench-pool bench-limits bench-tx
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build dist

@@ -1,0 +1,53 @@
+"""Registry that lets ``aiolease.testing.leak_check`` find the objects created inside it.
+
+Pools, transactions and limiters call :func:`track` when they are created. The
+call costs one truth test while no leak check is active. Each active
+``leak_check`` owns a :class:`Tracker`; a tracked object is recorded (weakly)
+in every active tracker, and on exit the tracker asks each one still alive for
+its :meth:`Trackable._aiolease_leaks` report.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Protocol
+
+__all__ = ["Trackable", "Tracker", "active", "track"]
+
+
+class Trackable(Protocol):
+    def _aiolease_leaks(self) -> list[str]:
+        """Describe what this object still holds (empty when it is clean)."""
+        ...
+
+
+class Tracker:
+    """Collects weak references to the trackable objects created while it is active."""
+
+    __slots__ = ("_objects",)
+
+    def __init__(self) -> None:
+        self._objects: list[weakref.ref[Trackable]] = []
+
+    def add(self, obj: Trackable) -> None:
+        self._objects.append(weakref.ref(obj))
+
+    def objects(self) -> list[Trackable]:
+        return [o for o in (r() for r in self._objects) if o is not None]
+
+    def leaks(self) -> list[str]:
+        problems: list[str] = []
+        for obj in self.objects():
+            problems.extend(obj._aiolease_leaks())
+        return problems
+
+
+#: Trackers of the leak checks now active (a list: checks may nest).
+active: list[Tracker] = []
+
+
+def track(obj: Trackable) -> None:
+    """Record ``obj`` in every active tracker (a no-op when none is active)."""
+    if active:
+        for tracker in active:
+            tracker.add(obj)

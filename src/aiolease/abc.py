@@ -1,0 +1,60 @@
+"""Public extension points: implement these to plug your own resources into aiolease."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+__all__ = ["Manager", "ResourceInfo"]
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True, eq=False)
+class ResourceInfo:
+    """What a pool knows about one resource, passed to :meth:`Manager.check` and :meth:`Manager.reset`.
+
+    Times are on the event loop's clock (``loop.time()``).
+
+    Attributes:
+        created_at: when the resource was created.
+        last_used_at: when it was last released (``created_at`` before its first use).
+        uses: how many times it has been handed out.
+        expires_at: when ``max_lifetime`` retires it (``inf`` without a lifetime).
+    """
+
+    created_at: float
+    last_used_at: float
+    uses: int = 0
+    expires_at: float = field(default=float("inf"))
+
+
+class Manager(ABC, Generic[T]):
+    """How a :class:`~aiolease.Pool` creates, vets, resets and closes its resources.
+
+    Only :meth:`create` is required; the others default to doing nothing.
+    Each method may be cancelled at any await: the pool then closes (or
+    discards) the resource involved and frees its slot.
+    """
+
+    @abstractmethod
+    async def create(self) -> T:
+        """Make a new resource. An exception here goes to the acquirer it served."""
+
+    async def check(self, resource: T, info: ResourceInfo) -> None:  # noqa: B027 - optional hook
+        """Vet an idle resource before handing it out. Raise to discard it."""
+
+    async def reset(self, resource: T, info: ResourceInfo) -> None:  # noqa: B027 - optional hook
+        """Clean a resource that came back. Raise to discard it."""
+
+    async def close(self, resource: T) -> None:  # noqa: B027 - optional hook
+        """Release the resource's underlying handles. Errors are logged, not raised."""
+
+    def is_fatal(self, resource: T, exc: BaseException) -> bool:
+        """Whether an exception raised by the ``async with`` body means the resource is broken.
+
+        A resource whose body raised a fatal error is closed instead of going
+        back to the pool. The default says no.
+        """
+        return False
