@@ -12,7 +12,7 @@ from __future__ import annotations
 import weakref
 from typing import Protocol
 
-__all__ = ["Trackable", "Tracker", "active", "track"]
+__all__ = ["Trackable", "Tracker", "active", "is_broken", "mark_broken", "track"]
 
 
 class Trackable(Protocol):
@@ -51,3 +51,20 @@ def track(obj: Trackable) -> None:
     if active:
         for tracker in active:
             tracker.add(obj)
+
+
+# Resources known to be broken (e.g. a connection lost during COMMIT): a pool
+# discards such a resource when it comes back instead of reusing it. Weak, so
+# marking never keeps a connection alive; the truth test keeps the release
+# path free while nothing was ever marked.
+_broken: weakref.WeakSet[object] = weakref.WeakSet()
+
+
+def mark_broken(resource: object) -> None:
+    """Mark ``resource`` so that any aiolease pool closes it on release instead of reusing it."""
+    _broken.add(resource)
+
+
+def is_broken(resource: object) -> bool:
+    """Whether :func:`mark_broken` was called on ``resource``."""
+    return bool(_broken) and resource in _broken

@@ -51,6 +51,18 @@ class Manager(ABC, Generic[T]):
     async def close(self, resource: T) -> None:  # noqa: B027 - optional hook
         """Release the resource's underlying handles. Errors are logged, not raised."""
 
+    def on_acquire(self, resource: T, info: ResourceInfo) -> None:  # noqa: B027 - optional hook
+        """Called synchronously when a resource is handed to a caller (every lease starts here).
+
+        Must not block or raise. The pool only calls it when a subclass overrides it.
+        """
+
+    def on_release(self, resource: T, info: ResourceInfo) -> None:  # noqa: B027 - optional hook
+        """Called synchronously when a caller gives a resource back, before :meth:`reset`.
+
+        Must not block or raise. The pool only calls it when a subclass overrides it.
+        """
+
     def is_fatal(self, resource: T, exc: BaseException) -> bool:
         """Whether an exception raised by the ``async with`` body means the resource is broken.
 
