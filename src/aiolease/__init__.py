@@ -12,6 +12,8 @@ from ._errors import Rollback as Rollback
 from ._errors import TooManyWaiters as TooManyWaiters
 from ._errors import TransactionError as TransactionError
 from ._errors import WouldBlock as WouldBlock
+from ._pool import Pool as Pool
+from ._pool import PoolStatistics as PoolStatistics
 from .abc import Manager as Manager
 from .abc import ResourceInfo as ResourceInfo
 
@@ -22,7 +24,9 @@ __all__ = [
     "CommitUnknown",
     "LimitTimeout",
     "Manager",
+    "Pool",
     "PoolClosed",
+    "PoolStatistics",
     "PoolTimeout",
     "RateLimitExceeded",
     "ResourceInfo",

@@ -13,7 +13,7 @@ T = TypeVar("T")
 
 @dataclass(slots=True, eq=False)
 class ResourceInfo:
-    """What a pool knows about one resource, passed to :meth:`Manager.check` and :meth:`Manager.reset`.
+    """What a pool knows about a resource (given to `Manager.check` and `Manager.reset`).
 
     Times are on the event loop's clock (``loop.time()``).
 
@@ -42,22 +42,31 @@ class Manager(ABC, Generic[T]):
     async def create(self) -> T:
         """Make a new resource. An exception here goes to the acquirer it served."""
 
-    async def check(self, resource: T, info: ResourceInfo) -> None:  # noqa: B027 - optional hook
+    async def check(self, resource: T, info: ResourceInfo) -> None:
         """Vet an idle resource before handing it out. Raise to discard it."""
 
-    async def reset(self, resource: T, info: ResourceInfo) -> None:  # noqa: B027 - optional hook
+    async def reset(self, resource: T, info: ResourceInfo) -> None:
         """Clean a resource that came back. Raise to discard it."""
 
-    async def close(self, resource: T) -> None:  # noqa: B027 - optional hook
+    async def close(self, resource: T) -> None:
         """Release the resource's underlying handles. Errors are logged, not raised."""
 
-    def on_acquire(self, resource: T, info: ResourceInfo) -> None:  # noqa: B027 - optional hook
+    def reset_needed(self, resource: T, info: ResourceInfo) -> bool:
+        """Synchronous fast path of :meth:`reset`: return False when nothing needs cleaning.
+
+        The pool then puts the resource straight back without awaiting
+        :meth:`reset` (no task, no await). The default (not overridden) means
+        always reset. Must not block or raise.
+        """
+        return True
+
+    def on_acquire(self, resource: T, info: ResourceInfo) -> None:
         """Called synchronously when a resource is handed to a caller (every lease starts here).
 
         Must not block or raise. The pool only calls it when a subclass overrides it.
         """
 
-    def on_release(self, resource: T, info: ResourceInfo) -> None:  # noqa: B027 - optional hook
+    def on_release(self, resource: T, info: ResourceInfo) -> None:
         """Called synchronously when a caller gives a resource back, before :meth:`reset`.
 
         Must not block or raise. The pool only calls it when a subclass overrides it.

@@ -1,0 +1,33 @@
+"""Command line: ``python -m aiolease demo`` runs the tour on the embedded default (SQLite)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from ._demo import SCENARIOS
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m aiolease")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run the scenarios (no server needed)")
+    demo.add_argument(
+        "scenario",
+        nargs="*",
+        choices=[name for name, _ in SCENARIOS] + [[]],  # type: ignore[list-item]
+        help="run only these scenarios (default: all)",
+    )
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        chosen = set(args.scenario or [name for name, _ in SCENARIOS])
+        for name, scenario in SCENARIOS:
+            if name in chosen:
+                print(f"\n=== {name} ===", flush=True)
+                asyncio.run(scenario(print))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1073 @@
+"""A generic async resource pool that never loses capacity to a cancellation.
+
+Design (the invariants every method keeps):
+
+* All state changes happen in synchronous critical sections; awaits happen
+  outside them. Anything that must finish even when its caller is cancelled
+  (creating, resetting, closing a resource) runs in a pool-owned task, so a
+  cancelled caller only stops *waiting* for it.
+* ``_size`` counts every slot in use: idle + in use + creations in flight +
+  closes in flight. ``_size <= max_size`` at every instant.
+* Waiters are futures in a FIFO deque. Whatever frees up (a released resource,
+  a free slot) is handed to the oldest waiter directly (``_grant``), so a
+  newcomer never overtakes a queued task. A waiter that gives up after the
+  hand-off (the future already holds a result) passes the resource on.
+* A creation is a task bound to the future of the acquirer it serves. If that
+  acquirer has gone (timed out, cancelled), the new resource serves the next
+  waiter or goes idle; a creation error is raised to the acquirer it served.
+* Time comes from the loop's clock only; housekeeping is one timer set to the
+  next deadline, never a polling loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+import sys
+import traceback
+import warnings
+from collections import deque
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass
+from types import EllipsisType, TracebackType
+from typing import Any, Generic, TypeVar, cast
+
+from . import _tracking
+from ._errors import PoolClosed, PoolTimeout, TooManyWaiters, WouldBlock
+from .abc import Manager, ResourceInfo
+
+__all__ = ["Pool", "PoolStatistics"]
+
+T = TypeVar("T")
+
+logger = logging.getLogger("aiolease.pool")
+
+_INF = float("inf")
+_LIFETIME_JITTER = 0.05  # max_lifetime is shortened by up to 5% so resources do not expire together
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatistics:
+    """A snapshot of a pool's state and counters (see :meth:`Pool.statistics`).
+
+    Attributes:
+        size: slots in use: idle + in use + creations and closes in flight.
+        idle: resources ready to hand out.
+        in_use: resources checked out.
+        waiting: tasks queued for a resource.
+        min_size: configured minimum.
+        max_size: configured maximum.
+        acquired: leases handed out since the pool was made.
+        created: resources created.
+        closed: resources closed.
+        timeouts: acquisitions that ended in :class:`~aiolease.PoolTimeout`.
+        wait_time_total: seconds spent by acquirers that had to wait, summed.
+        wait_time_max: the longest such wait.
+        leaks: leases reported by ``leak_timeout``.
+        create_errors: creation attempts that raised.
+        discarded: resources closed because check/reset failed, ``discard=True``
+            or a fatal error in the body.
+    """
+
+    size: int
+    idle: int
+    in_use: int
+    waiting: int
+    min_size: int
+    max_size: int
+    acquired: int
+    created: int
+    closed: int
+    timeouts: int
+    wait_time_total: float
+    wait_time_max: float
+    leaks: int
+    create_errors: int
+    discarded: int
+
+
+class _Entry(Generic[T]):
+    """One resource the pool owns, with its bookkeeping."""
+
+    __slots__ = (
+        "closed",
+        "from_idle",
+        "generation",
+        "info",
+        "leak_reported",
+        "lease_stack",
+        "lease_start",
+        "resource",
+    )
+
+    def __init__(self, resource: T, info: ResourceInfo, generation: int) -> None:
+        self.resource = resource
+        self.info = info
+        self.generation = generation
+        self.from_idle = (
+            False  # True while it sits (or sat) in the idle deque: needs check on hand-out
+        )
+        self.closed = False  # closed by the pool while checked out (aclose timeout)
+        self.lease_start = 0.0
+        self.lease_stack: traceback.StackSummary | None = None
+        self.leak_reported = False
+
+    def deadline(self, idle_timeout: float | None) -> float:
+        """When this idle entry must go: lifetime end, or idle timeout."""
+        if idle_timeout is None:
+            return self.info.expires_at
+        return min(self.info.expires_at, self.info.last_used_at + idle_timeout)
+
+
+class _CallableManager(Manager[T]):
+    """The manager behind :meth:`Pool.from_callables`."""
+
+    __slots__ = ("_close", "_create")
+
+    def __init__(
+        self,
+        create: Callable[[], Awaitable[T]],
+        close: Callable[[T], object] | None,
+    ) -> None:
+        self._create = create
+        self._close = close
+
+    async def create(self) -> T:
+        return await self._create()
+
+    async def close(self, resource: T) -> None:
+        if self._close is not None:
+            result = self._close(resource)
+            if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+                await result
+
+
+def _overrides(manager: object, name: str) -> Callable[..., Any] | None:
+    """The manager's method ``name``, or None when it is the Manager ABC's no-op default."""
+    method = getattr(manager, name, None)
+    if method is None:
+        return None
+    base = getattr(Manager, name)
+    if getattr(type(manager), name, None) is base:
+        return None
+    return cast(Callable[..., Any], method)
+
+
+def _check_positive(name: str, value: float | None, *, allow_none: bool = True) -> float | None:
+    if value is None:
+        if allow_none:
+            return None
+        raise TypeError(f"{name} must be a number of seconds, not None")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds or None, got {value!r}")
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0 seconds or None, got {value!r}")
+    return float(value)
+
+
+def _check_int(name: str, value: int, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return value
+
+
+class Pool(Generic[T]):
+    """An async pool of resources made by a :class:`~aiolease.abc.Manager`.
+
+    Nothing happens in the constructor: the pool binds to the running loop
+    and prefills ``min_size`` resources when it is opened (``async with pool``,
+    :meth:`open`, or the first :meth:`acquire`).
+
+    Args:
+        manager: creates, checks, resets and closes the resources.
+        min_size: resources kept open, refilled in the background.
+        max_size: resources open at most, counting creations in flight.
+        acquire_timeout: default seconds :meth:`acquire` may wait (None: forever).
+        max_waiting: tasks allowed to queue; one more raises
+            :class:`~aiolease.TooManyWaiters` (None: unbounded).
+        max_lifetime: seconds after creation a resource is retired (with up to
+            5% negative jitter); an in-use one is retired when released.
+        idle_timeout: seconds an idle resource above ``min_size`` is kept.
+        leak_timeout: seconds a lease may last before it is reported (log
+            warning with the acquiring stack, ``statistics().leaks``).
+        name: shown in ``repr``, logs and leak reports.
+        backoff_base: first delay after a failed creation; doubles per
+            consecutive failure (jittered) up to ``backoff_max``.
+        backoff_max: cap of that delay.
+
+    Raises:
+        TypeError: an argument of the wrong type.
+        ValueError: an argument out of range.
+    """
+
+    def __init__(
+        self,
+        manager: Manager[T],
+        *,
+        min_size: int = 0,
+        max_size: int = 10,
+        acquire_timeout: float | None = 30.0,
+        max_waiting: int | None = None,
+        max_lifetime: float | None = None,
+        idle_timeout: float | None = None,
+        leak_timeout: float | None = None,
+        name: str | None = None,
+        backoff_base: float = 0.1,
+        backoff_max: float = 10.0,
+    ) -> None:
+        if not callable(getattr(manager, "create", None)):
+            raise TypeError(
+                f"manager must implement async create() (an aiolease.abc.Manager), got {manager!r}"
+            )
+        self._min_size = _check_int("min_size", min_size, 0)
+        self._max_size = _check_int("max_size", max_size, 1)
+        if min_size > max_size:
+            raise ValueError(f"min_size ({min_size}) must be <= max_size ({max_size})")
+        if acquire_timeout is not None:
+            if isinstance(acquire_timeout, bool) or not isinstance(acquire_timeout, int | float):
+                raise TypeError(f"acquire_timeout must be seconds or None, got {acquire_timeout!r}")
+            if acquire_timeout < 0:
+                raise ValueError(
+                    f"acquire_timeout must be >= 0 seconds or None, got {acquire_timeout!r}"
+                )
+        self._acquire_timeout = None if acquire_timeout is None else float(acquire_timeout)
+        self._max_waiting = (
+            None if max_waiting is None else _check_int("max_waiting", max_waiting, 0)
+        )
+        self._max_lifetime = _check_positive("max_lifetime", max_lifetime)
+        self._idle_timeout = _check_positive("idle_timeout", idle_timeout)
+        self._leak_timeout = _check_positive("leak_timeout", leak_timeout)
+        self._backoff_base = cast(
+            float, _check_positive("backoff_base", backoff_base, allow_none=False)
+        )
+        self._backoff_max = cast(
+            float, _check_positive("backoff_max", backoff_max, allow_none=False)
+        )
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, got {name!r}")
+        self._name = name
+
+        self._manager = manager
+        self._create_fn: Callable[[], Awaitable[T]] = manager.create
+        self._check_fn = _overrides(manager, "check")
+        self._reset_fn = _overrides(manager, "reset")
+        self._reset_needed_fn = _overrides(manager, "reset_needed")
+        self._close_fn = getattr(manager, "close", None)
+        self._on_acquire_fn = _overrides(manager, "on_acquire")
+        self._on_release_fn = _overrides(manager, "on_release")
+        self._is_fatal_fn = _overrides(manager, "is_fatal")
+
+        self._state = _State.NEW
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle: deque[_Entry[T]] = deque()  # LIFO at the right: warm resources reused first
+        self._in_use: dict[int, _Entry[T]] = {}  # id(resource) -> entry
+        self._waiters: deque[asyncio.Future[_Entry[T]]] = deque()
+        self._size = 0
+        self._generation = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._creating: set[asyncio.Task[Any]] = set()
+        self._drained: asyncio.Event | None = None
+        self._closed_event: asyncio.Event | None = None
+        # Creation failures: consecutive count, last error, and when the next attempt may start.
+        self._failures = 0
+        self._probing = False
+        self._backoff_until = 0.0
+        self._last_error: BaseException | None = None
+        self._backoff_timer: asyncio.TimerHandle | None = None
+        self._hk_timer: asyncio.TimerHandle | None = None
+        # Whether idle entries can expire at all (lifetime or idle timeout set).
+        self._expiring = self._max_lifetime is not None or self._idle_timeout is not None
+
+        self._n_acquired = 0
+        self._n_pending = 0  # acquirers blocked (queued, or waiting for their creation)
+        self._n_created = 0
+        self._n_closed = 0
+        self._n_timeouts = 0
+        self._n_leaks = 0
+        self._n_create_errors = 0
+        self._n_discarded = 0
+        self._wait_total = 0.0
+        self._wait_max = 0.0
+
+        frame = sys._getframe(1)
+        if frame.f_code.co_name == "from_callables" and frame.f_back is not None:
+            frame = frame.f_back
+        self._created_at = f"{frame.f_code.co_filename}:{frame.f_lineno}"
+        _tracking.track(self)
+
+    @classmethod
+    def from_callables(
+        cls,
+        create: Callable[[], Awaitable[T]],
+        close: Callable[[T], object] | None = None,
+        **options: Any,
+    ) -> Pool[T]:
+        """Make a pool from a creation coroutine function and an optional close function.
+
+        Args:
+            create: ``async def create() -> T``.
+            close: ``close(resource)``, sync or async (None: nothing to close).
+            **options: the :class:`Pool` keyword arguments.
+
+        Raises:
+            TypeError: ``create`` or ``close`` is not callable.
+        """
+        if not callable(create):
+            raise TypeError(f"create must be an async callable, got {create!r}")
+        if close is not None and not callable(close):
+            raise TypeError(f"close must be a callable or None, got {close!r}")
+        return cls(_CallableManager(create, close), **options)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self, *, wait: bool = True) -> None:
+        """Bind to the running loop and fill ``min_size`` resources.
+
+        Args:
+            wait: wait for the first ``min_size`` resources; if one of those
+                creations fails, the pool is closed and the error raised.
+                With ``wait=False`` the pool fills in the background.
+
+        Raises:
+            PoolClosed: the pool was closed.
+        """
+        if self._state is _State.OPEN:
+            return
+        if self._state is not _State.NEW:
+            raise PoolClosed(f"{self!r} is closed; make a new pool")
+        self._loop = asyncio.get_running_loop()
+        self._state = _State.OPEN
+        if not wait or self._min_size == 0:
+            self._maybe_fill()
+            return
+        futures = []
+        for _ in range(self._min_size):
+            fut: asyncio.Future[_Entry[T]] = self._loop.create_future()
+            self._size += 1
+            self._start_create(fut)
+            futures.append(fut)
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        error: BaseException | None = None
+        for result in results:
+            if isinstance(result, BaseException):
+                error = error or result
+            elif result is not None:
+                self._put_back(result)
+        if error is not None:
+            await self.aclose()
+            raise error
+
+    async def __aenter__(self) -> Pool[T]:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self, timeout: float | None = None) -> None:
+        """Close the pool: wake waiters with :class:`PoolClosed`, close idle resources,
+        wait for checked-out ones to come back (up to ``timeout`` seconds, then close
+        them), and return when every resource is closed.
+
+        Shielded: if the caller is cancelled, closing goes on in the background.
+
+        Args:
+            timeout: seconds to wait for checked-out resources (None: as long as it takes).
+        """
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0
+        ):
+            raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
+        if self._state is _State.NEW:
+            self._state = _State.CLOSED
+            return
+        if self._state is _State.CLOSED:
+            return
+        loop = self._loop
+        assert loop is not None
+        if self._state is _State.CLOSING:
+            assert self._closed_event is not None
+            await asyncio.shield(self._closed_event.wait())
+            return
+        self._state = _State.CLOSING
+        self._closed_event = asyncio.Event()
+        task = loop.create_task(self._close_all(timeout))
+        await asyncio.shield(task)
+
+    async def _close_all(self, timeout: float | None) -> None:
+        assert self._closed_event is not None
+        try:
+            for timer in (self._hk_timer, self._backoff_timer):
+                if timer is not None:
+                    timer.cancel()
+            self._hk_timer = self._backoff_timer = None
+            closed = PoolClosed(f"{self!r} was closed while waiting")
+            while self._waiters:
+                fut = self._waiters.popleft()
+                if not fut.done():
+                    fut.set_exception(closed)
+            for task in list(self._creating):
+                task.cancel()
+            while self._idle:
+                self._spawn_close(self._idle.pop())
+            if self._in_use:
+                self._drained = asyncio.Event()
+                try:
+                    async with asyncio.timeout(timeout):
+                        await self._drained.wait()
+                except TimeoutError:
+                    for entry in list(self._in_use.values()):
+                        if not entry.closed:
+                            entry.closed = True
+                            logger.warning(
+                                "%r: closing %r, still checked out after aclose(timeout=%s)",
+                                self,
+                                entry.resource,
+                                timeout,
+                            )
+                            self._spawn_close(entry)
+            while self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        finally:
+            self._state = _State.CLOSED
+            self._closed_event.set()
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        if getattr(self, "_state", None) is _State.OPEN:
+            _warn(
+                f"unclosed {self!r} (created at {self._created_at}); "
+                "use `async with pool:` or `await pool.aclose()`",
+                ResourceWarning,
+                source=self,
+            )
+
+    # ------------------------------------------------------------------ acquire
+
+    def acquire(self, *, timeout: float | EllipsisType | None = ...) -> _Acquire[T]:
+        """Check a resource out: ``async with pool.acquire() as r`` or ``r = await pool.acquire()``.
+
+        Entering (or awaiting) blocks until a resource is available and can be
+        cancelled at any point without losing one. Leaving ``async with``
+        releases the resource (shielded from cancellation). With ``await``,
+        give it back with :meth:`release`.
+
+        Args:
+            timeout: seconds to wait, overriding ``acquire_timeout``; None
+                waits forever.
+
+        Raises:
+            PoolTimeout: no resource within the timeout (the last creation
+                error, if any, is its ``__cause__``).
+            PoolClosed: the pool is closed or closes while waiting.
+            TooManyWaiters: ``max_waiting`` tasks are already queued.
+            Exception: the error of the creation attempt made for this call.
+        """
+        if isinstance(timeout, EllipsisType):
+            return _Acquire(self, self._acquire_timeout)
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0
+        ):
+            raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
+        return _Acquire(self, timeout)
+
+    def acquire_nowait(self) -> T:
+        """Check out an idle resource without waiting (and without ``check``).
+
+        Raises:
+            WouldBlock: no resource is idle, or the pool is not open.
+        """
+        if self._state is not _State.OPEN:
+            raise WouldBlock(f"{self!r} is not open")
+        idle = self._idle
+        while idle:
+            entry = idle.pop()
+            if self._expiring and entry.deadline(self._idle_timeout) <= self._now():
+                self._spawn_close(entry)
+                continue
+            return self._lease(entry)
+        raise WouldBlock(f"{self!r} has no idle resource")
+
+    async def _acquire(self, timeout: float | None) -> T:
+        if self._state is not _State.OPEN:
+            if self._state is _State.NEW:
+                await self.open()
+            else:
+                raise PoolClosed(f"{self!r} is closed")
+        # Fast path: an idle resource that needs neither expiry handling nor check.
+        idle = self._idle
+        if idle and self._check_fn is None and not self._expiring:
+            return self._lease(idle.pop())
+        return await self._acquire_slow(timeout)
+
+    async def _acquire_slow(self, timeout: float | None) -> T:
+        loop = self._loop
+        assert loop is not None
+        start = loop.time()
+        deadline = _INF if timeout is None else start + timeout
+        waited = False
+        while True:
+            if self._state is not _State.OPEN:
+                raise PoolClosed(f"{self!r} is closed")
+            entry: _Entry[T]
+            if not self._waiters and self._idle:
+                entry = self._idle.pop()
+            else:
+                fut: asyncio.Future[_Entry[T]] = loop.create_future()
+                if not self._waiters and self._can_create():
+                    self._size += 1
+                    self._start_create(fut)
+                else:
+                    if self._max_waiting is not None and len(self._waiters) >= self._max_waiting:
+                        raise TooManyWaiters(
+                            f"{self!r}: {len(self._waiters)} tasks already waiting "
+                            f"(max_waiting={self._max_waiting})"
+                        )
+                    self._waiters.append(fut)
+                    self._schedule_backoff_grant()
+                waited = True
+                self._n_pending += 1
+                try:
+                    entry = await self._wait(fut, deadline)
+                finally:
+                    self._n_pending -= 1
+            # `entry` is ours now; until it is leased, every exit must give it back.
+            if entry.from_idle:
+                if self._expiring and entry.deadline(self._idle_timeout) <= loop.time():
+                    self._spawn_close(entry)
+                    continue
+                if self._check_fn is not None and not await self._check(entry):
+                    continue
+            if waited:
+                waited_for = loop.time() - start
+                self._wait_total += waited_for
+                if waited_for > self._wait_max:
+                    self._wait_max = waited_for
+            return self._lease(entry)
+
+    async def _wait(self, fut: asyncio.Future[_Entry[T]], deadline: float) -> _Entry[T]:
+        """Wait for ``fut`` (an entry, or a creation bound to it) until ``deadline``.
+
+        Returns the entry handed over. A cancelled or timed-out waiter that was
+        handed something passes it on.
+        """
+        loop = self._loop
+        assert loop is not None
+        timer = None if deadline == _INF else loop.call_at(deadline, self._expire_waiter, fut)
+        try:
+            return await fut
+        except BaseException:
+            if timer is not None:
+                timer.cancel()
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                entry = fut.result()
+                if entry is not None:
+                    self._put_back(entry)
+            else:
+                try:
+                    self._waiters.remove(fut)
+                except ValueError:
+                    pass
+                if not fut.done():
+                    fut.cancel()
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _expire_waiter(self, fut: asyncio.Future[_Entry[T]]) -> None:
+        if fut.done():
+            return
+        try:
+            self._waiters.remove(fut)
+        except ValueError:
+            pass  # bound to a creation in flight: that resource will serve someone else
+        self._n_timeouts += 1
+        exc = PoolTimeout(
+            f"{self!r}: no resource within the acquire timeout"
+            + (f" (last creation error: {self._last_error!r})" if self._last_error else "")
+        )
+        exc.__cause__ = self._last_error
+        fut.set_exception(exc)
+
+    async def _check(self, entry: _Entry[T]) -> bool:
+        """Run the manager's check on an idle entry; False (after discarding it) if it fails."""
+        assert self._check_fn is not None
+        try:
+            await self._check_fn(entry.resource, entry.info)
+        except asyncio.CancelledError:
+            # Interrupted mid-check: the resource's state is unknown, so close it.
+            self._n_discarded += 1
+            self._spawn_close(entry)
+            raise
+        except Exception as exc:
+            logger.info("%r: check failed for %r (%r); discarding it", self, entry.resource, exc)
+            self._n_discarded += 1
+            await asyncio.shield(self._spawn_close(entry))
+            return False
+        except BaseException:
+            self._n_discarded += 1
+            self._spawn_close(entry)
+            raise
+        return True
+
+    def _lease(self, entry: _Entry[T]) -> T:
+        resource = entry.resource
+        info = entry.info
+        info.uses += 1
+        self._in_use[id(resource)] = entry
+        self._n_acquired += 1
+        if self._leak_timeout is not None or _tracking.active:
+            now = self._now()
+            entry.lease_start = now
+            entry.leak_reported = False
+            entry.lease_stack = traceback.extract_stack(sys._getframe(2), limit=12)
+            if self._leak_timeout is not None:
+                self._schedule_housekeeping(now + self._leak_timeout)
+        if self._on_acquire_fn is not None:
+            self._on_acquire_fn(resource, info)
+        return resource
+
+    # ------------------------------------------------------------------ release
+
+    async def release(self, resource: T, *, discard: bool = False) -> None:
+        """Give a resource back; with ``discard=True`` it is closed instead of reused.
+
+        Shielded: returns after the reset (or the close it causes) has completed,
+        and if the caller is cancelled meanwhile, that work still completes.
+
+        Raises:
+            ValueError: the resource is not checked out from this pool.
+        """
+        pending = self._release(resource, discard)
+        if pending is not None:
+            await asyncio.shield(pending)
+
+    def _release(self, resource: T, discard: bool) -> asyncio.Future[Any] | None:
+        """Synchronous part of release: returns work to await (reset or close), if any."""
+        entry = self._in_use.pop(id(resource), None)
+        if entry is None or entry.resource is not resource:
+            if entry is not None:
+                self._in_use[id(resource)] = entry
+            raise ValueError(
+                f"{resource!r} is not checked out from {self!r} (released twice, or another pool's)"
+            )
+        if self._drained is not None and not self._in_use:
+            self._drained.set()
+        if entry.closed:  # the pool already closed it (aclose timeout)
+            return None
+        info = entry.info
+        info.last_used_at = self._now()
+        if self._on_release_fn is not None:
+            self._on_release_fn(resource, info)
+        if discard or (_tracking._broken and _tracking.is_broken(resource)):
+            self._n_discarded += 1
+            return self._spawn_close(entry)
+        if self._reset_fn is not None and (
+            self._reset_needed_fn is None or self._reset_needed_fn(resource, info)
+        ):
+            return self._spawn(self._reset_then_return(entry))
+        return self._put_back(entry)
+
+    async def _reset_then_return(self, entry: _Entry[T]) -> None:
+        assert self._reset_fn is not None
+        try:
+            await self._reset_fn(entry.resource, entry.info)
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError):
+                logger.info(
+                    "%r: reset failed for %r (%r); discarding it", self, entry.resource, exc
+                )
+            self._n_discarded += 1
+            await self._close_entry(entry)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        pending = self._put_back(entry)
+        if pending is not None:
+            await pending
+
+    def _put_back(self, entry: _Entry[T]) -> asyncio.Future[Any] | None:
+        """Route a resource that is free again: to the oldest waiter, to idle, or to close."""
+        if (
+            self._state is not _State.OPEN
+            or entry.generation != self._generation
+            or self._size > self._max_size
+            or (self._max_lifetime is not None and entry.info.expires_at <= self._now())
+        ):
+            return self._spawn_close(entry)
+        waiters = self._waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                entry.from_idle = False
+                fut.set_result(entry)
+                return None
+        entry.from_idle = True
+        self._idle.append(entry)
+        if self._expiring:
+            self._schedule_housekeeping(entry.deadline(self._idle_timeout))
+        return None
+
+    # ------------------------------------------------------------------ create / close
+
+    def _now(self) -> float:
+        loop = self._loop
+        return loop.time() if loop is not None else asyncio.get_running_loop().time()
+
+    def _can_create(self) -> bool:
+        if self._size >= self._max_size:
+            return False
+        if self._failures:
+            return not self._probing and self._now() >= self._backoff_until
+        return True
+
+    def _start_create(self, fut: asyncio.Future[_Entry[T]] | None) -> None:
+        """Start a creation in a slot already counted in ``_size``, serving ``fut``."""
+        if self._failures:
+            self._probing = True
+        task = self._spawn(self._create(fut))
+        self._creating.add(task)
+        task.add_done_callback(self._creating.discard)
+
+    async def _create(self, fut: asyncio.Future[_Entry[T]] | None) -> None:
+        loop = self._loop
+        assert loop is not None
+        try:
+            resource = await self._create_fn()
+        except BaseException as exc:
+            self._size -= 1
+            self._probing = False
+            if isinstance(exc, asyncio.CancelledError):
+                error: BaseException = PoolClosed(f"{self!r} was closed while creating a resource")
+            else:
+                error = exc
+                self._n_create_errors += 1
+                self._failures += 1
+                self._last_error = exc
+                delay = min(self._backoff_max, self._backoff_base * 2 ** (self._failures - 1))
+                self._backoff_until = loop.time() + delay * (0.5 + random.random() / 2)
+                logger.warning(
+                    "%r: creating a resource failed (%d in a row), next attempt in %.3fs: %r",
+                    self,
+                    self._failures,
+                    self._backoff_until - loop.time(),
+                    exc,
+                )
+            if fut is not None and not fut.done():
+                fut.set_exception(error)
+            self._grant()
+            if not isinstance(exc, Exception | asyncio.CancelledError):
+                raise
+            return
+        now = loop.time()
+        self._n_created += 1
+        if self._failures:
+            self._failures = 0
+            self._last_error = None
+        self._probing = False
+        expires = _INF
+        if self._max_lifetime is not None:
+            expires = now + self._max_lifetime * (1.0 - _LIFETIME_JITTER * random.random())
+        entry: _Entry[T] = _Entry(resource, ResourceInfo(now, now, 0, expires), self._generation)
+        if fut is not None and not fut.done():
+            if self._state is _State.OPEN:
+                fut.set_result(entry)
+                self._grant()
+                return
+            fut.set_exception(PoolClosed(f"{self!r} was closed while creating a resource"))
+        pending = self._put_back(entry)
+        self._grant()
+        if pending is not None:
+            await pending
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        loop = self._loop
+        assert loop is not None
+        task: asyncio.Task[Any] = loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _spawn_close(self, entry: _Entry[T]) -> asyncio.Task[Any]:
+        return self._spawn(self._close_entry(entry))
+
+    async def _close_entry(self, entry: _Entry[T]) -> None:
+        """Close a resource (errors logged) and free its slot. Always runs in a pool task."""
+        try:
+            if self._close_fn is not None:
+                await self._close_fn(entry.resource)
+        except Exception as exc:
+            logger.warning("%r: closing %r failed: %r", self, entry.resource, exc)
+        finally:
+            self._n_closed += 1
+            self._size -= 1
+            self._grant()
+
+    def _grant(self) -> None:
+        """Hand whatever is free to the oldest waiters; keep ``min_size`` filled."""
+        waiters = self._waiters
+        while waiters:
+            fut = waiters[0]
+            if fut.done():
+                waiters.popleft()
+                continue
+            if self._idle:
+                waiters.popleft()
+                fut.set_result(self._idle.pop())
+            elif self._state is _State.OPEN and self._can_create():
+                waiters.popleft()
+                self._size += 1
+                self._start_create(fut)  # the creation resolves `fut`
+            else:
+                break
+        if waiters:
+            self._schedule_backoff_grant()
+        self._maybe_fill()
+
+    def _schedule_backoff_grant(self) -> None:
+        """During backoff, wake the queue when the next creation attempt is allowed."""
+        # backoff_until only moves when a probe fails; that failure re-arms the timer via _grant.
+        if (
+            not self._failures
+            or self._probing
+            or self._backoff_timer is not None
+            or self._state is not _State.OPEN
+        ):
+            return
+        loop = self._loop
+        assert loop is not None
+        self._backoff_timer = loop.call_at(self._backoff_until, self._on_backoff_end)
+
+    def _on_backoff_end(self) -> None:
+        self._backoff_timer = None
+        self._grant()
+
+    def _maybe_fill(self) -> None:
+        if self._state is not _State.OPEN:
+            return
+        while self._size < self._min_size and self._can_create():
+            self._size += 1
+            self._start_create(None)
+        if self._size < self._min_size and self._failures:
+            self._schedule_backoff_grant()
+
+    # ------------------------------------------------------------------ housekeeping
+
+    def _schedule_housekeeping(self, when: float) -> None:
+        if when == _INF or self._state is not _State.OPEN:
+            return
+        timer = self._hk_timer
+        if timer is not None:
+            if timer.when() <= when:
+                return
+            timer.cancel()
+        loop = self._loop
+        assert loop is not None
+        self._hk_timer = loop.call_at(when, self._housekeep)
+
+    def _housekeep(self) -> None:
+        """Retire idle resources past their deadline, report leaks, re-arm for the next deadline."""
+        self._hk_timer = None
+        if self._state is not _State.OPEN:
+            return
+        now = self._now()
+        nxt = _INF
+        if self._idle:
+            keep: deque[_Entry[T]] = deque()
+            # Oldest first, so idle_timeout trims the least recently used above min_size.
+            surplus = self._size - self._min_size
+            for entry in self._idle:
+                if entry.info.expires_at <= now or (
+                    self._idle_timeout is not None
+                    and entry.info.last_used_at + self._idle_timeout <= now
+                    and surplus > 0
+                ):
+                    self._spawn_close(entry)
+                    surplus -= 1
+                else:
+                    keep.append(entry)
+                    nxt = min(nxt, entry.deadline(self._idle_timeout))
+            self._idle = keep
+        if self._leak_timeout is not None:
+            for entry in self._in_use.values():
+                if entry.leak_reported or entry.closed:
+                    continue
+                due = entry.lease_start + self._leak_timeout
+                if due <= now:
+                    entry.leak_reported = True
+                    self._n_leaks += 1
+                    stack = "".join(entry.lease_stack.format()) if entry.lease_stack else "?"
+                    logger.warning(
+                        "%r: %r has been checked out for %.1fs (leak_timeout=%s); acquired at:\n%s",
+                        self,
+                        entry.resource,
+                        now - entry.lease_start,
+                        self._leak_timeout,
+                        stack,
+                    )
+                else:
+                    nxt = min(nxt, due)
+        self._schedule_housekeeping(nxt)
+
+    # ------------------------------------------------------------------ admin
+
+    async def resize(self, min_size: int | None = None, max_size: int | None = None) -> None:
+        """Change the bounds. Surplus idle resources are closed now (returns after they
+        are), surplus in-use ones when released; new capacity serves waiters at once.
+
+        Raises:
+            ValueError: ``min_size > max_size`` or out of range.
+        """
+        new_min = self._min_size if min_size is None else _check_int("min_size", min_size, 0)
+        new_max = self._max_size if max_size is None else _check_int("max_size", max_size, 1)
+        if new_min > new_max:
+            raise ValueError(f"min_size ({new_min}) must be <= max_size ({new_max})")
+        self._min_size, self._max_size = new_min, new_max
+        if self._state is not _State.OPEN:
+            return
+        closes: list[asyncio.Task[Any]] = []
+        while self._size - len(closes) > self._max_size and self._idle:
+            closes.append(self._spawn_close(self._idle.popleft()))
+        self._grant()
+        if closes:
+            await asyncio.shield(asyncio.gather(*closes))
+
+    async def expire(self) -> None:
+        """Retire every current resource: idle ones are closed now (returns after they are),
+        checked-out ones when released. New resources replace them on demand."""
+        self._generation += 1
+        if self._state is not _State.OPEN:
+            return
+        closes = [self._spawn_close(entry) for entry in self._idle]
+        self._idle.clear()
+        if closes:
+            await asyncio.shield(asyncio.gather(*closes))
+
+    def atomic(self, **options: Any) -> Any:
+        """``async with pool.atomic(...) as tx``: acquire a connection and run a transaction
+        on it (see :func:`aiolease.atomic` for the options)."""
+        import importlib
+
+        return importlib.import_module("aiolease._transaction").pool_atomic(self, **options)
+
+    def statistics(self) -> PoolStatistics:
+        """A frozen snapshot of sizes and counters."""
+        return PoolStatistics(
+            size=self._size,
+            idle=len(self._idle),
+            in_use=len(self._in_use),
+            waiting=self._n_pending,
+            min_size=self._min_size,
+            max_size=self._max_size,
+            acquired=self._n_acquired,
+            created=self._n_created,
+            closed=self._n_closed,
+            timeouts=self._n_timeouts,
+            wait_time_total=self._wait_total,
+            wait_time_max=self._wait_max,
+            leaks=self._n_leaks,
+            create_errors=self._n_create_errors,
+            discarded=self._n_discarded,
+        )
+
+    @property
+    def name(self) -> str | None:
+        return self._name
+
+    @property
+    def manager(self) -> Manager[T]:
+        return self._manager
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called."""
+        return self._state in (_State.CLOSING, _State.CLOSED)
+
+    @property
+    def min_size(self) -> int:
+        return self._min_size
+
+    @property
+    def max_size(self) -> int:
+        return self._max_size
+
+    def __repr__(self) -> str:
+        name = f" {self._name!r}" if self._name else ""
+        return (
+            f"<aiolease.Pool{name} {self._state.value} size={self._size}/{self._max_size} "
+            f"idle={len(self._idle)} in_use={len(self._in_use)} waiting={self._n_pending}>"
+        )
+
+    def _aiolease_leaks(self) -> list[str]:
+        problems = []
+        if self._state is _State.OPEN or self._state is _State.CLOSING:
+            problems.append(f"{self!r} (created at {self._created_at}) was left open")
+        for entry in self._in_use.values():
+            where = "".join(entry.lease_stack.format()) if entry.lease_stack else "  (unknown)\n"
+            problems.append(
+                f"{entry.resource!r} is still checked out from {self!r}; acquired at:\n{where}"
+            )
+        return problems
+
+
+class _Acquire(Generic[T]):
+    """What :meth:`Pool.acquire` returns: an async context manager, and awaitable."""
+
+    __slots__ = ("_pool", "_resource", "_timeout")
+
+    def __init__(self, pool: Pool[T], timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._resource: T | None = None
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._pool._acquire(self._timeout).__await__()
+
+    async def __aenter__(self) -> T:
+        pool = self._pool
+        # The fast path, inlined: an idle resource, nothing to check, pool open.
+        if (
+            pool._state is _State.OPEN
+            and pool._idle
+            and pool._check_fn is None
+            and not pool._expiring
+        ):
+            resource = pool._lease(pool._idle.pop())
+        else:
+            resource = await pool._acquire(self._timeout)
+        self._resource = resource
+        return resource
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        pool = self._pool
+        resource = cast(T, self._resource)
+        self._resource = None
+        discard = (
+            exc is not None
+            and pool._is_fatal_fn is not None
+            and bool(pool._is_fatal_fn(resource, exc))
+        )
+        pending = pool._release(resource, discard)
+        if pending is not None:
+            await asyncio.shield(pending)

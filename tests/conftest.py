@@ -1,0 +1,68 @@
+"""Shared fixtures: live-service URLs with the project's skip/fail policy.
+
+A test that needs PostgreSQL or Redis takes the ``pg_dsn`` / ``redis_url``
+fixture. When the service is unreachable the test is skipped with a loud
+reason, except under ``CI=true``, where it fails: CI must never pass by
+skipping the integration suites.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlsplit
+
+import pytest
+
+PG_DSN = os.environ.get("AIOLEASE_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("AIOLEASE_REDIS_URL", "redis://127.0.0.1:6379/0")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+_reachable: dict[str, str | None] = {}
+
+
+def _probe(url: str, default_port: int) -> str | None:
+    """None when a TCP connection to the URL's host and port succeeds, else why not."""
+    if url not in _reachable:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "127.0.0.1", parts.port or default_port
+        try:
+            with socket.create_connection((host, port), timeout=2.0):
+                _reachable[url] = None
+        except OSError as exc:
+            _reachable[url] = f"{host}:{port} unreachable ({exc})"
+    return _reachable[url]
+
+
+def require_service(name: str, url: str, default_port: int, env: str) -> str:
+    problem = _probe(url, default_port)
+    if problem is not None:
+        message = f"{name} at {url} is not reachable: {problem}. Set {env} or start the server."
+        if IN_CI:
+            pytest.fail(f"CI=true and {message}", pytrace=False)
+        pytest.skip(f"!!! SKIPPED: {message}")
+    return url
+
+
+@pytest.fixture
+def pg_dsn() -> str:
+    """The live PostgreSQL DSN (AIOLEASE_PG_DSN); skips loudly (fails under CI) when down."""
+    return require_service("PostgreSQL", PG_DSN, 5432, "AIOLEASE_PG_DSN")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The live Redis URL (AIOLEASE_REDIS_URL); skips loudly (fails under CI) when down."""
+    return require_service("Redis", REDIS_URL, 6379, "AIOLEASE_REDIS_URL")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests in a ``postgres``/``redis`` folder or file get that marker automatically."""
+    for item in items:
+        path = str(item.path)
+        if "postgres" in path or "asyncpg" in path or "psycopg" in path:
+            item.add_marker(pytest.mark.postgres)
+        if "redis" in path:
+            item.add_marker(pytest.mark.redis)
+
+
