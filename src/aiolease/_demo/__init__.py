@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from . import pool as _pool
+
 Scenario = Callable[[Callable[[str], None]], Awaitable[None]]
 
-SCENARIOS: list[tuple[str, Scenario]] = []
+SCENARIOS: list[tuple[str, Scenario]] = [
+    ("pool", _pool.run),
+]
