@@ -35,7 +35,7 @@ async def run(out: Callable[[str], None]) -> None:
                     await asyncio.sleep(hold)
                 out(f"{stamp()} {name} released {label(conn)}")
 
-            out("Six workers share a pool of 3 connections; the rest queue, first come first served")
+            out("Six workers share 3 connections; the rest queue, first come first served:")
             await asyncio.gather(*(worker(f"worker-{i}", 0.1 + 0.05 * i) for i in range(6)))
 
             out("")
