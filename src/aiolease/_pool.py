@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
 import random
 import sys
 import traceback
@@ -31,7 +32,7 @@ import warnings
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
-from types import EllipsisType, TracebackType
+from types import EllipsisType, FrameType, TracebackType
 from typing import Any, Generic, TypeVar, cast
 
 from . import _tracking
@@ -162,6 +163,19 @@ def _overrides(manager: object, name: str) -> Callable[..., Any] | None:
     return cast(Callable[..., Any], method)
 
 
+_INTERNAL = (os.sep + "asyncio" + os.sep, os.sep + "pluggy" + os.sep, os.sep + "_pytest" + os.sep)
+
+
+def _caller_stack(frame: FrameType | None, limit: int = 8) -> traceback.StackSummary:
+    """The acquiring code's stack, without aiolease's, asyncio's and the test runner's frames."""
+    frames = [
+        f
+        for f in traceback.extract_stack(frame, limit=40)
+        if f.filename != __file__ and not any(part in f.filename for part in _INTERNAL)
+    ]
+    return traceback.StackSummary.from_list(frames[-limit:])
+
+
 def _check_positive(name: str, value: float | None, *, allow_none: bool = True) -> float | None:
     if value is None:
         if allow_none:
@@ -237,7 +251,7 @@ class Pool(Generic[T]):
         if acquire_timeout is not None:
             if isinstance(acquire_timeout, bool) or not isinstance(acquire_timeout, int | float):
                 raise TypeError(f"acquire_timeout must be seconds or None, got {acquire_timeout!r}")
-            if acquire_timeout < 0:
+            if not acquire_timeout >= 0:  # also rejects NaN
                 raise ValueError(
                     f"acquire_timeout must be >= 0 seconds or None, got {acquire_timeout!r}"
                 )
@@ -277,6 +291,7 @@ class Pool(Generic[T]):
         self._generation = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._creating: set[asyncio.Task[Any]] = set()
+        self._checking = 0  # acquirers running the manager's check on an entry
         self._drained: asyncio.Event | None = None
         self._closed_event: asyncio.Event | None = None
         # Creation failures: consecutive count, last error, and when the next attempt may start.
@@ -391,7 +406,7 @@ class Pool(Generic[T]):
             timeout: seconds to wait for checked-out resources (None: as long as it takes).
         """
         if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
         ):
             raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
         if self._state is _State.NEW:
@@ -426,11 +441,14 @@ class Pool(Generic[T]):
                 task.cancel()
             while self._idle:
                 self._spawn_close(self._idle.pop())
-            if self._in_use:
+            if self._in_use or self._checking:
                 self._drained = asyncio.Event()
                 try:
                     async with asyncio.timeout(timeout):
-                        await self._drained.wait()
+                        # Set by the release emptying _in_use and by each check ending.
+                        while self._in_use or self._checking:
+                            self._drained.clear()
+                            await self._drained.wait()
                 except TimeoutError:
                     for entry in list(self._in_use.values()):
                         if not entry.closed:
@@ -481,7 +499,7 @@ class Pool(Generic[T]):
         if isinstance(timeout, EllipsisType):
             return _Acquire(self, self._acquire_timeout)
         if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
         ):
             raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
         return _Acquire(self, timeout)
@@ -497,7 +515,8 @@ class Pool(Generic[T]):
         idle = self._idle
         while idle:
             entry = idle.pop()
-            if self._expiring and entry.deadline(self._idle_timeout) <= self._now():
+            # Only the lifetime: idle_timeout trimming (above min_size) is housekeeping's job.
+            if self._expiring and entry.info.expires_at <= self._now():
                 self._spawn_close(entry)
                 continue
             return self._lease(entry)
@@ -521,6 +540,7 @@ class Pool(Generic[T]):
         start = loop.time()
         deadline = _INF if timeout is None else start + timeout
         waited = False
+        retry = False  # our idle resource failed its check: keep our place, ahead of later tasks
         while True:
             if self._state is not _State.OPEN:
                 raise PoolClosed(f"{self!r} is closed")
@@ -533,12 +553,16 @@ class Pool(Generic[T]):
                     self._size += 1
                     self._start_create(fut)
                 else:
-                    if self._max_waiting is not None and len(self._waiters) >= self._max_waiting:
+                    if retry:
+                        # Whoever queued meanwhile arrived after us (FIFO).
+                        self._waiters.appendleft(fut)
+                    elif self._max_waiting is not None and len(self._waiters) >= self._max_waiting:
                         raise TooManyWaiters(
                             f"{self!r}: {len(self._waiters)} tasks already waiting "
                             f"(max_waiting={self._max_waiting})"
                         )
-                    self._waiters.append(fut)
+                    else:
+                        self._waiters.append(fut)
                     self._schedule_backoff_grant()
                 waited = True
                 self._n_pending += 1
@@ -548,11 +572,17 @@ class Pool(Generic[T]):
                     self._n_pending -= 1
             # `entry` is ours now; until it is leased, every exit must give it back.
             if entry.from_idle:
-                if self._expiring and entry.deadline(self._idle_timeout) <= loop.time():
+                # Only the lifetime: idle_timeout trimming (above min_size) is housekeeping's job.
+                if self._expiring and entry.info.expires_at <= loop.time():
                     self._spawn_close(entry)
                     continue
-                if self._check_fn is not None and not await self._check(entry):
+                if self._check_fn is not None and not await self._check(entry, deadline):
+                    retry = True
                     continue
+            if self.closed:
+                # aclose() began while this entry was on its way to us (check, hand-off).
+                self._spawn_close(entry)
+                raise PoolClosed(f"{self!r} is closed")
             if waited:
                 waited_for = loop.time() - start
                 self._wait_total += waited_for
@@ -598,32 +628,56 @@ class Pool(Generic[T]):
         except ValueError:
             pass  # bound to a creation in flight: that resource will serve someone else
         self._n_timeouts += 1
-        exc = PoolTimeout(
-            f"{self!r}: no resource within the acquire timeout"
-            + (f" (last creation error: {self._last_error!r})" if self._last_error else "")
-        )
+        exc = self._timeout_error()
         exc.__cause__ = self._last_error
         fut.set_exception(exc)
 
-    async def _check(self, entry: _Entry[T]) -> bool:
-        """Run the manager's check on an idle entry; False (after discarding it) if it fails."""
+    def _timeout_error(self) -> PoolTimeout:
+        return PoolTimeout(
+            f"{self!r}: no resource within the acquire timeout"
+            + (f" (last creation error: {self._last_error!r})" if self._last_error else "")
+        )
+
+    async def _check(self, entry: _Entry[T], deadline: float) -> bool:
+        """Run the manager's check on an idle entry; False (after discarding it) if it fails.
+
+        The check counts against the acquire ``deadline``: when it passes
+        mid-check, the check is cancelled, the resource closed and
+        :class:`PoolTimeout` raised.
+        """
         assert self._check_fn is not None
+        timeout = None if deadline == _INF else asyncio.timeout_at(deadline)
+        self._checking += 1  # aclose() waits for resources under check
         try:
-            await self._check_fn(entry.resource, entry.info)
+            if timeout is None:
+                await self._check_fn(entry.resource, entry.info)
+            else:
+                async with timeout:
+                    await self._check_fn(entry.resource, entry.info)
         except asyncio.CancelledError:
             # Interrupted mid-check: the resource's state is unknown, so close it.
             self._n_discarded += 1
             self._spawn_close(entry)
             raise
         except Exception as exc:
-            logger.info("%r: check failed for %r (%r); discarding it", self, entry.resource, exc)
             self._n_discarded += 1
-            await asyncio.shield(self._spawn_close(entry))
+            if timeout is not None and timeout.expired():
+                # Same as a cancellation: the check was interrupted.
+                self._spawn_close(entry)
+                self._n_timeouts += 1
+                raise self._timeout_error() from self._last_error
+            logger.info("%r: check failed for %r (%r); discarding it", self, entry.resource, exc)
+            # Not awaited: the caller queues (at the front) before the close frees the slot.
+            self._spawn_close(entry)
             return False
         except BaseException:
             self._n_discarded += 1
             self._spawn_close(entry)
             raise
+        finally:
+            self._checking -= 1
+            if self._drained is not None:
+                self._drained.set()
         return True
 
     def _lease(self, entry: _Entry[T]) -> T:
@@ -636,7 +690,7 @@ class Pool(Generic[T]):
             now = self._now()
             entry.lease_start = now
             entry.leak_reported = False
-            entry.lease_stack = traceback.extract_stack(sys._getframe(2), limit=12)
+            entry.lease_stack = _caller_stack(sys._getframe(1))
             if self._leak_timeout is not None:
                 self._schedule_housekeeping(now + self._leak_timeout)
         if self._on_acquire_fn is not None:
@@ -775,6 +829,11 @@ class Pool(Generic[T]):
             if not isinstance(exc, Exception | asyncio.CancelledError):
                 raise
             return
+        # From here on the resource exists: aclose() must not cancel this task any more
+        # (a cancelled close task that never started would leak the resource and its slot).
+        current = asyncio.current_task()
+        if current is not None:
+            self._creating.discard(current)
         now = loop.time()
         self._n_created += 1
         if self._failures:
@@ -794,7 +853,7 @@ class Pool(Generic[T]):
         pending = self._put_back(entry)
         self._grant()
         if pending is not None:
-            await pending
+            await asyncio.shield(pending)
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         loop = self._loop
@@ -902,7 +961,11 @@ class Pool(Generic[T]):
                     surplus -= 1
                 else:
                     keep.append(entry)
-                    nxt = min(nxt, entry.deadline(self._idle_timeout))
+                    # Kept past its idle deadline only because of min_size: its next
+                    # deadline is its lifetime (re-arming at a past time would spin).
+                    # A later put-back or resize re-arms the timer if it becomes surplus.
+                    due = entry.deadline(self._idle_timeout)
+                    nxt = min(nxt, due if due > now else entry.info.expires_at)
             self._idle = keep
         if self._leak_timeout is not None:
             for entry in self._in_use.values():
@@ -945,6 +1008,9 @@ class Pool(Generic[T]):
         while self._size - len(closes) > self._max_size and self._idle:
             closes.append(self._spawn_close(self._idle.popleft()))
         self._grant()
+        if self._idle_timeout is not None and self._idle:
+            # Idle resources kept for the old min_size may now be surplus past their deadline.
+            self._schedule_housekeeping(self._now())
         if closes:
             await asyncio.shield(asyncio.gather(*closes))
 
@@ -1018,6 +1084,11 @@ class Pool(Generic[T]):
         problems = []
         if self._state is _State.OPEN or self._state is _State.CLOSING:
             problems.append(f"{self!r} (created at {self._created_at}) was left open")
+        elif self._state is _State.CLOSED and self._size - len(self._in_use) > 0:
+            problems.append(
+                f"{self!r} (created at {self._created_at}) is closed but "
+                f"{self._size - len(self._in_use)} resource slot(s) were never freed"
+            )
         for entry in self._in_use.values():
             where = "".join(entry.lease_stack.format()) if entry.lease_stack else "  (unknown)\n"
             problems.append(

@@ -1,0 +1,421 @@
+"""Tests of aiolease.testing.VirtualTimeLoop (through asyncio.Runner and the pytest marker)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import socket
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import pytest
+
+import aiolease
+from aiolease.testing import FakeManager, FakeResource, NoProgressError, VirtualTimeLoop
+
+T = TypeVar("T")
+
+
+def run(main: Callable[[], Awaitable[T]], **loop_kwargs: object) -> T:
+    """Run ``main()`` on a fresh VirtualTimeLoop and close it."""
+    factory = functools.partial(VirtualTimeLoop, **loop_kwargs)  # type: ignore[arg-type]
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main())  # type: ignore[arg-type]
+
+
+async def _one_hour_scenario() -> list[tuple[str, float]]:
+    """Workers with timeouts and periodic ticks over an hour of loop time."""
+    loop = asyncio.get_running_loop()
+    log: list[tuple[str, float]] = []
+
+    async def ticker(name: str, period: float) -> None:
+        for _ in range(int(3600 / period)):
+            await asyncio.sleep(period)
+        log.append((f"{name} done", loop.time()))
+
+    async def slow_call(n: int) -> None:
+        try:
+            async with asyncio.timeout(7.5):
+                await asyncio.sleep(5.0 + n)  # n >= 3 exceeds the timeout
+            log.append((f"call {n} ok", loop.time()))
+        except TimeoutError:
+            log.append((f"call {n} timed out", loop.time()))
+
+    async def caller() -> None:
+        for n in range(6):
+            await slow_call(n)
+            await asyncio.sleep(60.0)
+
+    async def limited(limiter: aiolease.RateLimiter) -> None:
+        for n in range(360):
+            async with limiter:
+                if n % 60 == 0:
+                    log.append((f"limited {n}", loop.time()))
+
+    async def pooled(pool: aiolease.Pool[FakeResource]) -> None:
+        for _ in range(100):
+            async with pool.acquire(timeout=3.0) as conn:  # create takes 2 s, reset 1 s
+                await conn.use()
+            await asyncio.sleep(30.0)
+        log.append(("pooled done", loop.time()))
+
+    fm = FakeManager()
+    fm.delay("create", 2.0)
+    fm.delay("reset", 1.0)
+    async with aiolease.Pool(fm, max_size=1) as pool:
+        await asyncio.gather(
+            ticker("1s", 1.0),
+            ticker("0.25s", 0.25),
+            ticker("7s", 7.0),
+            caller(),
+            limited(aiolease.RateLimiter(1, per=10.0)),
+            pooled(pool),
+        )
+    log.append(("end", loop.time()))
+    log.extend((str(event), event.time) for event in fm.events[:6])
+    return log
+
+
+def test_one_hour_runs_in_well_under_a_second_with_identical_timestamps() -> None:
+    started = time.perf_counter()
+    first = run(_one_hour_scenario)
+    elapsed = time.perf_counter() - started
+    second = run(_one_hour_scenario)
+    assert first == second  # exact float equality: the clock is deterministic
+    # On real time this takes an hour; measured ~0.2 s here. The bound is loose on
+    # purpose: it catches a loop that stopped jumping, not a slow machine.
+    assert elapsed < 10.0, f"one virtual hour took {elapsed:.3f}s of real time"
+    assert ("1s done", 3600.0) in first
+    assert ("0.25s done", 3600.0) in first
+    assert ("7s done", 7.0 * 514) in first
+    calls = [entry for entry in first if entry[0].startswith("call")]
+    assert calls == [
+        ("call 0 ok", 5.0),
+        ("call 1 ok", 5.0 + 60 + 6.0),
+        ("call 2 ok", 5.0 + 60 + 6.0 + 60 + 7.0),
+        ("call 3 timed out", 5.0 + 60 + 6.0 + 60 + 7.0 + 60 + 7.5),
+        ("call 4 timed out", 5.0 + 60 + 6.0 + 60 + 7.0 + 60 + 7.5 + 60 + 7.5),
+        ("call 5 timed out", 5.0 + 60 + 6.0 + 60 + 7.0 + 60 + 7.5 + 60 + 7.5 + 60 + 7.5),
+    ]
+    assert ("limited 300", 3000.0) in first
+    assert ("limited 0", 0.0) in first
+    # Each round: 1 s of reset inside the release, then 30 s asleep; plus the first 2 s create.
+    assert ("pooled done", 2.0 + 100 * (1.0 + 30.0)) in first
+    assert ("end", 3600.0) in first
+    assert first[-6:] == [
+        ("created r1", 2.0),
+        ("acquired r1 lease 1", 2.0),
+        ("released r1 lease 1", 2.0),
+        ("reset r1 lease 1", 3.0),
+        ("checked r1", 33.0),
+        ("acquired r1 lease 2", 33.0),
+    ]
+
+
+def test_clock_stands_still_while_callbacks_run() -> None:
+    async def main() -> tuple[float, float, float]:
+        loop = asyncio.get_running_loop()
+        before = loop.time()
+        deadline = time.perf_counter() + 0.02
+        while time.perf_counter() < deadline:  # burn real time without awaiting
+            pass
+        after_cpu = loop.time()
+        await asyncio.sleep(0)
+        return before, after_cpu, loop.time()
+
+    assert run(main) == (0.0, 0.0, 0.0)
+
+
+def test_timers_fire_in_order_at_exact_times() -> None:
+    async def main() -> list[tuple[str, float]]:
+        loop = asyncio.get_running_loop()
+        fired: list[tuple[str, float]] = []
+        loop.call_later(2.5, lambda: fired.append(("call_later 2.5", loop.time())))
+        loop.call_at(1.0, lambda: fired.append(("call_at 1", loop.time())))
+        handle = loop.call_later(1.5, lambda: fired.append(("cancelled", loop.time())))
+        handle.cancel()
+
+        async def sleeper(delay: float) -> None:
+            await asyncio.sleep(delay)
+            fired.append((f"sleep {delay}", loop.time()))
+
+        await asyncio.gather(sleeper(3.0), sleeper(0.5), sleeper(86400.0 * 3))
+        return fired
+
+    assert run(main) == [
+        ("sleep 0.5", 0.5),
+        ("call_at 1", 1.0),
+        ("call_later 2.5", 2.5),
+        ("sleep 3.0", 3.0),
+        ("sleep 259200.0", 259200.0),  # longer than asyncio's 24 h select cap
+    ]
+
+
+def test_start_and_jump_count_and_repr() -> None:
+    async def main() -> tuple[float, int, str]:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, VirtualTimeLoop)
+        await asyncio.sleep(10)
+        await asyncio.sleep(0)
+        await asyncio.sleep(5)
+        return loop.time(), loop.jumps, repr(loop)
+
+    now, jumps, text = run(main, start=1000.0)
+    assert (now, jumps) == (1015.0, 2)
+    assert text.startswith("<VirtualTimeLoop time=1015.0 jumps=2 running=True")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"start": float("nan")}, "start must be a finite number of seconds, got nan"),
+        ({"io_grace": -1}, "io_grace must be finite and >= 0 seconds, got -1.0"),
+        ({"stall_timeout": float("inf")}, "stall_timeout must be finite and >= 0 seconds or None"),
+    ],
+)
+def test_bad_arguments(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        VirtualTimeLoop(**kwargs)
+
+
+def test_cancellation_at_a_timer_wait_is_deterministic() -> None:
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        log: list[str] = []
+
+        async def victim() -> None:
+            try:
+                await asyncio.sleep(100)
+            except asyncio.CancelledError:
+                log.append(f"cancelled at {loop.time()}")
+                raise
+
+        task = asyncio.create_task(victim())
+        await asyncio.sleep(42)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return log
+
+    assert run(main) == ["cancelled at 42.0"]
+
+
+# -- threads and I/O: the clock never jumps while they may still answer -------------------
+
+
+def _slow_answer(seconds: float, answer: str) -> str:
+    time.sleep(seconds)
+    return answer
+
+
+def test_executor_job_is_awaited_in_real_time_with_the_clock_frozen() -> None:
+    async def main() -> list[tuple[str, float]]:
+        loop = asyncio.get_running_loop()
+        log: list[tuple[str, float]] = []
+        loop.call_later(0.001, lambda: log.append(("timer", loop.time())))
+        result = await loop.run_in_executor(None, _slow_answer, 0.05, "executor")
+        log.append((result, loop.time()))
+        value = await asyncio.to_thread(_slow_answer, 0.02, "thread")
+        log.append((value, loop.time()))
+        await asyncio.sleep(0.01)
+        return log
+
+    # A jump while the job runs would fire the timer first.
+    assert run(main) == [("executor", 0.0), ("thread", 0.0), ("timer", 0.001)]
+
+
+def test_timeout_around_a_thread_does_not_fire_while_the_thread_works() -> None:
+    async def main() -> str:
+        async with asyncio.timeout(0.001):
+            return await asyncio.to_thread(_slow_answer, 0.05, "answered")
+
+    assert run(main) == "answered"
+
+
+def test_child_process_is_awaited_with_the_clock_frozen() -> None:
+    async def main() -> tuple[int, bytes, float]:
+        loop = asyncio.get_running_loop()
+        code = "import time; time.sleep(0.05); print('child')"
+        async with asyncio.timeout(0.001):  # would fire if the clock jumped meanwhile
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE
+            )
+            out, _ = await proc.communicate()
+            quiet = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+            returncode = await quiet.wait()  # no pipe to watch: only the child's exit
+        return returncode, out, loop.time()
+
+    assert run(main) == (0, b"child\n", 0.0)
+
+
+def test_stuck_executor_job_raises_no_progress_after_stall_timeout() -> None:
+    release = threading.Event()
+
+    async def main() -> None:
+        await asyncio.to_thread(release.wait)
+
+    runner = asyncio.Runner(loop_factory=functools.partial(VirtualTimeLoop, stall_timeout=0.1))
+    try:
+        stalled = r"waiting for 1 executor job\(s\), but nothing happened for 0.1 s"
+        with pytest.raises(NoProgressError, match=stalled):
+            runner.run(main())
+    finally:
+        release.set()  # let the thread end so the executor can shut down
+        runner.close()
+
+
+def test_external_work_holds_the_clock_for_threads_the_loop_cannot_see() -> None:
+    async def race(use_external_work: bool) -> str:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, VirtualTimeLoop)
+        fut: asyncio.Future[str] = loop.create_future()
+
+        def answer() -> None:
+            if not fut.done():
+                fut.set_result("answered")
+
+        def worker() -> None:
+            # A thread of its own (like aiosqlite's), answering with call_soon_threadsafe.
+            time.sleep(0.03)
+            loop.call_soon_threadsafe(answer)
+
+        thread = threading.Thread(target=worker)
+        thread.start()
+        try:
+            async with asyncio.timeout(1.0):
+                if use_external_work:
+                    with loop.external_work():
+                        return await fut
+                return await fut
+        except TimeoutError:
+            return f"timed out at {loop.time()}"
+        finally:
+            thread.join()
+
+    assert run(functools.partial(race, True)) == "answered"
+    # Unseen, the thread loses the race: the clock jumps straight to the timeout.
+    assert run(functools.partial(race, False)) == "timed out at 1.0"
+
+
+@pytest.mark.parametrize(("io_grace", "expected"), [(1.0, "data"), (0.0, "timer")])
+def test_watched_socket_gets_io_grace_before_the_clock_jumps(
+    io_grace: float, expected: str
+) -> None:
+    async def main() -> str:
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        first: asyncio.Future[str] = loop.create_future()
+
+        def settle(what: str) -> None:
+            if not first.done():
+                first.set_result(what)
+
+        loop.add_reader(a.fileno(), settle, "data")
+        loop.call_later(5.0, settle, "timer")
+        sender = threading.Timer(0.02, b.send, args=(b"x",))
+        sender.start()
+        try:
+            return await first
+        finally:
+            sender.join()
+            loop.remove_reader(a.fileno())
+            a.close()
+            b.close()
+
+    assert run(main, io_grace=io_grace) == expected
+
+
+def test_real_socket_round_trip_under_virtual_time() -> None:
+    async def main() -> tuple[bytes, float]:
+        loop = asyncio.get_running_loop()
+
+        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(await reader.readline())
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+
+        server = await asyncio.start_server(echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            async with asyncio.timeout(30):
+                writer.write(b"ping\n")
+                line = await reader.readline()
+            writer.close()
+            await writer.wait_closed()
+        return line, loop.time()
+
+    line, now = run(main)
+    assert line == b"ping\n"
+    assert now == 0.0  # the timeout never fired and the clock never moved
+
+
+def test_silent_watched_socket_without_timers_raises_after_stall_timeout() -> None:
+    async def main() -> None:
+        reader, writer = await asyncio.open_connection(sock=a)
+        try:
+            await reader.read(1)  # nobody ever writes to b
+        finally:
+            writer.close()
+
+    a, b = socket.socketpair()
+    try:
+        with pytest.raises(NoProgressError, match=r"1 file descriptor\(s\), but nothing happened"):
+            run(main, stall_timeout=0.05)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_deadlock_raises_no_progress_naming_the_blocked_tasks() -> None:
+    async def waits_forever(event: asyncio.Event) -> None:
+        await event.wait()
+
+    async def main() -> None:
+        event = asyncio.Event()
+        helper = asyncio.create_task(waits_forever(event), name="helper-task")
+        await helper
+
+    started = time.perf_counter()
+    with pytest.raises(NoProgressError) as exc_info:
+        run(main)
+    assert time.perf_counter() - started < 1.0
+    message = str(exc_info.value)
+    assert "no timer is scheduled" in message
+    assert "a real event loop would hang here forever" in message
+    assert "helper-task: waits_forever -> wait (at " in message
+    assert "locks.py" in message
+    assert "main (at " in message
+    assert __file__ in message
+
+
+# -- pytest integration (pytest-asyncio loop factory hook) -------------------------------------
+
+
+@pytest.mark.aiolease_virtual_time
+async def test_marker_runs_the_test_on_virtual_time() -> None:
+    loop = asyncio.get_running_loop()
+    assert isinstance(loop, VirtualTimeLoop)
+    started = time.perf_counter()
+    await asyncio.sleep(3600)
+    assert loop.time() == 3600.0
+    assert time.perf_counter() - started < 0.5
+
+
+@pytest.mark.aiolease_virtual_time(start=50.0, io_grace=0)
+async def test_marker_passes_loop_arguments() -> None:
+    loop = asyncio.get_running_loop()
+    assert loop.time() == 50.0
+
+
+@pytest.mark.aiolease_virtual_time(False)
+async def test_marker_false_keeps_the_normal_loop() -> None:
+    assert not isinstance(asyncio.get_running_loop(), VirtualTimeLoop)
+
+
+async def test_unmarked_tests_keep_the_normal_loop() -> None:
+    assert not isinstance(asyncio.get_running_loop(), VirtualTimeLoop)
