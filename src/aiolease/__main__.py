@@ -16,12 +16,15 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument(
         "scenario",
         nargs="*",
-        choices=[name for name, _ in SCENARIOS] + [[]],  # type: ignore[list-item]
-        help="run only these scenarios (default: all)",
+        help=f"run only these scenarios: {', '.join(name for name, _ in SCENARIOS)} (default: all)",
     )
     args = parser.parse_args(argv)
     if args.command == "demo":
-        chosen = set(args.scenario or [name for name, _ in SCENARIOS])
+        names = [name for name, _ in SCENARIOS]
+        unknown = sorted(set(args.scenario) - set(names))
+        if unknown:
+            parser.error(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(names)}")
+        chosen = set(args.scenario or names)
         for name, scenario in SCENARIOS:
             if name in chosen:
                 print(f"\n=== {name} ===", flush=True)

@@ -6,7 +6,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-__all__ = ["Manager", "ResourceInfo"]
+from ._dialects._base import Dialect as Dialect
+
+__all__ = ["Dialect", "Manager", "ResourceInfo"]
 
 T = TypeVar("T")
 
@@ -57,6 +59,16 @@ class Manager(ABC, Generic[T]):
         The pool then puts the resource straight back without awaiting
         :meth:`reset` (no task, no await). The default (not overridden) means
         always reset. Must not block or raise.
+        """
+        return True
+
+    def check_needed(self, resource: T, info: ResourceInfo) -> bool:
+        """Synchronous fast path of :meth:`check`: return False when the resource is known good.
+
+        The pool then hands the idle resource out without awaiting :meth:`check`
+        (no await, no timeout scope), which keeps the checkout of a healthy
+        resource cheap while a suspicious one still gets the full async check.
+        The default (not overridden) means always check. Must not block or raise.
         """
         return True
 

@@ -27,6 +27,9 @@ __all__ = [
 ]
 
 _IDLE, _INTRANS, _INERROR = "idle", "intrans", "inerror"
+_CONTROL = frozenset(
+    {"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE"}
+)
 
 _SAVEPOINT = re.compile(r"SAVEPOINT\s+(\w+)$", re.I)
 _RELEASE = re.compile(r"RELEASE(?:\s+SAVEPOINT)?\s+(\w+)$", re.I)
@@ -157,7 +160,9 @@ class FakeConnection:
         """Answer statements matching ``pattern`` (``re.search``, case-insensitive) with ``rows``.
 
         With ``error`` the statement raises it instead (inside a transaction
-        that aborts the transaction, as a server error does). ``times`` limits
+        that aborts the transaction, as a server error does). Transaction
+        control statements (BEGIN, COMMIT, ROLLBACK, SAVEPOINT...) obey error
+        rules only, and fail without changing the transaction state. ``times`` limits
         how many statements the rule serves (None: all). The first matching
         rule wins; statements no rule matches return ``"OK"``.
         """
@@ -256,6 +261,12 @@ class FakeConnection:
     def _apply(self, sql: str, args: tuple[Any, ...]) -> Any:
         text = sql.strip().rstrip(";").strip()
         head = text.split(None, 1)[0].upper() if text else ""
+        if head in _CONTROL:
+            # Transaction control obeys only scripted errors (to inject faults).
+            for rule in self._scripts:
+                if rule.error is not None and rule.pattern.search(sql):
+                    self._use(rule)
+                    raise rule.error
         if head in ("BEGIN", "START"):
             if self._status == _IDLE:
                 self._status = _INTRANS
@@ -333,15 +344,18 @@ class FakeConnection:
         self._reset()
         return "COMMIT"
 
+    def _use(self, rule: _Script) -> None:
+        if rule.times is not None:
+            rule.times -= 1
+            if rule.times == 0:
+                self._scripts.remove(rule)
+
     def _work_statement(self, sql: str, args: tuple[Any, ...]) -> Any:
         if self._status == _INERROR:
             raise self._aborted()
         for rule in self._scripts:
             if rule.pattern.search(sql):
-                if rule.times is not None:
-                    rule.times -= 1
-                    if rule.times == 0:
-                        self._scripts.remove(rule)
+                self._use(rule)
                 if rule.error is not None:
                     if self._status == _INTRANS:
                         self._status = _INERROR

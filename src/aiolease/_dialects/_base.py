@@ -1,0 +1,101 @@
+"""The Dialect extension point (public as :class:`aiolease.abc.Dialect`)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar, Generic, TypeVar
+
+__all__ = ["ISOLATION_LEVELS", "Dialect", "sqlstate_of"]
+
+C = TypeVar("C")
+
+#: Every isolation level aiolease knows, lower case; a dialect accepts a subset.
+ISOLATION_LEVELS = frozenset({"read committed", "repeatable read", "serializable"})
+
+# SQLSTATEs that mean "run the whole transaction again".
+_RETRYABLE = frozenset({"40001", "40P01"})
+
+
+def sqlstate_of(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error (asyncpg and psycopg both expose ``.sqlstate``)."""
+    state = getattr(exc, "sqlstate", None)
+    return state if isinstance(state, str) else None
+
+
+class Dialect(ABC, Generic[C]):
+    """How :func:`aiolease.atomic` drives one kind of connection.
+
+    A dialect is stateless and shared by every connection of its type; each
+    method gets the connection. The transaction bookkeeping (nesting, hooks,
+    ownership, retries) lives in aiolease; the dialect only issues the
+    statements and classifies the driver's errors. Register one with
+    :func:`aiolease.register_dialect`.
+
+    The defaults of the classification methods follow PostgreSQL's SQLSTATEs
+    read from ``exc.sqlstate``.
+    """
+
+    #: Short name used in messages ("asyncpg", "sqlite", ...).
+    name: ClassVar[str] = "custom"
+    #: The isolation levels the database accepts (lower case, a subset of ISOLATION_LEVELS).
+    isolation_levels: ClassVar[frozenset[str]] = ISOLATION_LEVELS
+
+    @abstractmethod
+    async def begin(self, conn: C, isolation: str | None, readonly: bool) -> None:
+        """Start a transaction; ``isolation`` is None (the default level) or a lower-case level."""
+
+    @abstractmethod
+    async def commit(self, conn: C) -> bool:
+        """Commit the transaction.
+
+        Returns:
+            True when it committed; False when the database ended it with a
+            rollback instead (PostgreSQL does that to a transaction aborted by
+            an earlier error).
+
+        Raises:
+            Exception: the commit failed; the transaction must be over when
+                this raises (PostgreSQL ends it; a dialect whose database does
+                not must roll back before raising).
+        """
+
+    @abstractmethod
+    async def rollback(self, conn: C) -> None:
+        """Roll the transaction back."""
+
+    @abstractmethod
+    async def savepoint(self, conn: C, name: str) -> None:
+        """Create savepoint ``name`` inside the open transaction."""
+
+    @abstractmethod
+    async def release_savepoint(self, conn: C, name: str) -> None:
+        """Release (keep the work of) savepoint ``name``."""
+
+    @abstractmethod
+    async def rollback_to_savepoint(self, conn: C, name: str) -> None:
+        """Undo the work since savepoint ``name`` and release it."""
+
+    def in_transaction(self, conn: C) -> bool:
+        """Whether ``conn`` is inside a transaction right now (answered without I/O).
+
+        aiolease asks before its outermost BEGIN, to refuse to run inside a
+        transaction it does not manage. The default answers False (unknown).
+        """
+        return False
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        """Whether running the transaction again may succeed (serialization failure, deadlock)."""
+        return sqlstate_of(exc) in _RETRYABLE
+
+    def is_aborted_error(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says the transaction was already aborted by an earlier error (25P02)."""
+        return sqlstate_of(exc) == "25P02"
+
+    def is_connection_error(self, exc: BaseException, conn: C) -> bool:
+        """Whether ``exc`` means the connection is gone (so a COMMIT's outcome is unknown)."""
+        if isinstance(exc, OSError):
+            return True
+        state = sqlstate_of(exc)
+        return state is not None and (
+            state.startswith("08") or state in ("57P01", "57P02", "57P03")
+        )

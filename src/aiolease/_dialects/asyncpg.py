@@ -1,0 +1,56 @@
+"""Transaction dialect for asyncpg connections (and asyncpg pool proxies)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from ._base import Dialect
+from ._pg import begin_sql
+
+__all__ = ["AsyncpgDialect"]
+
+
+class AsyncpgDialect(Dialect[Any]):
+    """Plain SQL over asyncpg's simple-query path: one round trip per statement.
+
+    The same statements ``asyncpg.Connection.transaction()`` sends, so the cost
+    is the same; the status string of COMMIT tells whether PostgreSQL committed
+    or (for an aborted transaction) rolled back.
+    """
+
+    name = "asyncpg"
+
+    async def begin(self, conn: Any, isolation: str | None, readonly: bool) -> None:
+        await conn.execute(begin_sql(isolation, readonly))
+
+    async def commit(self, conn: Any) -> bool:
+        status: str = await conn.execute("COMMIT")
+        return status == "COMMIT"
+
+    async def rollback(self, conn: Any) -> None:
+        await conn.execute("ROLLBACK")
+
+    async def savepoint(self, conn: Any, name: str) -> None:
+        await conn.execute(f"SAVEPOINT {name}")
+
+    async def release_savepoint(self, conn: Any, name: str) -> None:
+        await conn.execute(f"RELEASE SAVEPOINT {name}")
+
+    async def rollback_to_savepoint(self, conn: Any, name: str) -> None:
+        # Simple query protocol: both statements in one round trip.
+        await conn.execute(f"ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}")
+
+    def in_transaction(self, conn: Any) -> bool:
+        return bool(conn.is_in_transaction())
+
+    def is_connection_error(self, exc: BaseException, conn: Any) -> bool:
+        if isinstance(exc, asyncpg.exceptions.ConnectionDoesNotExistError):
+            return True
+        if super().is_connection_error(exc, conn):
+            return True
+        try:
+            return bool(conn.is_closed())
+        except Exception:  # a released pool proxy raises
+            return True

@@ -1,0 +1,168 @@
+"""Transaction dialect for psycopg 3 ``AsyncConnection``.
+
+BEGIN travels with the first statement of the block. On an autocommit
+connection (aiolease.psycopg pools open them so) ``begin()`` sends nothing: it
+arms the connection so that the first statement executed through a cursor is
+sent in a short pipeline together with BEGIN — one round trip instead of two —
+and the pipeline is synced before ``execute()`` returns, so errors surface
+exactly where they would without pipelining. Any other first use of the
+connection (a cursor created before the block, COPY, a server-side cursor...)
+goes through the safety net on ``conn.wait``, which sends BEGIN first. A block
+that runs no statement costs no round trip.
+
+Statements the dialect sends itself go through psycopg's internal command path
+(no cursor, simple query protocol, under the connection lock), like
+``AsyncConnection.transaction()``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import pq
+
+from ._base import Dialect
+from ._pg import begin_sql
+
+__all__ = ["PsycopgDialect"]
+
+_INERROR = pq.TransactionStatus.INERROR
+_IDLE = pq.TransactionStatus.IDLE
+_PENDING = "_aiolease_begin"  # instance attribute: the BEGIN not sent yet
+
+
+class _BeginningCursor(psycopg.AsyncCursor[Any]):
+    """The cursor class of an armed connection: its first execute carries BEGIN."""
+
+    async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        conn = self._conn
+        begin = _disarm(conn)
+        if begin is None:
+            return await super().execute(query, params, **kwargs)
+        if params is None and isinstance(query, str | bytes) and _has_semicolon(query):
+            # A multi-statement script needs the simple protocol (no pipeline).
+            async with conn.lock:
+                await conn.wait(conn._exec_command(begin))
+            return await super().execute(query, params, **kwargs)
+        async with conn.pipeline():
+            async with conn.lock:
+                await conn.wait(conn._exec_command(begin))  # queued, not awaited
+            await super().execute(query, params, **kwargs)
+        # Leaving the pipeline synced it: the results (or the error) are in.
+        return self
+
+
+def _has_semicolon(query: str | bytes) -> bool:
+    return (b";" in query) if isinstance(query, bytes) else (";" in query)
+
+
+def _arm(conn: Any, begin: bytes) -> None:
+    conn.__dict__[_PENDING] = begin
+    conn.cursor_factory = _BeginningCursor
+    original_wait = type(conn).wait
+
+    async def wait(gen: Any, *args: Any, **kwargs: Any) -> Any:
+        # Safety net: something other than a fresh cursor talks to the server first.
+        pending = _disarm(conn)
+        if pending is not None:
+            await original_wait(conn, conn._exec_command(pending))
+        return await original_wait(conn, gen, *args, **kwargs)
+
+    conn.__dict__["wait"] = wait
+
+
+def _disarm(conn: Any) -> bytes | None:
+    """Forget the pending BEGIN (returned, None when there was none)."""
+    begin: bytes | None = conn.__dict__.pop(_PENDING, None)
+    if begin is not None:
+        conn.__dict__.pop("wait", None)
+        if conn.cursor_factory is _BeginningCursor:
+            conn.cursor_factory = psycopg.AsyncCursor
+    return begin
+
+
+class PsycopgDialect(Dialect[Any]):
+    """psycopg 3 ``AsyncConnection``: BEGIN pipelined with the first statement (see module doc)."""
+
+    name = "psycopg"
+
+    async def _command(self, conn: Any, sql: bytes) -> Any:
+        async with conn.lock:
+            return await conn.wait(conn._exec_command(sql))
+
+    async def begin(self, conn: Any, isolation: str | None, readonly: bool) -> None:
+        sql = begin_sql(isolation, readonly).encode()
+        if (
+            conn.autocommit
+            and conn._pipeline is None
+            and conn.cursor_factory is psycopg.AsyncCursor
+        ):
+            _arm(conn, sql)
+            return
+        # Non-autocommit mode (psycopg would add a BEGIN of its own), a
+        # custom cursor class, or the caller's own pipeline: BEGIN now.
+        await self._command(conn, sql)
+
+    async def commit(self, conn: Any) -> bool:
+        if _disarm(conn) is not None:
+            return True  # the block ran no statement: nothing began
+        pipeline = conn._pipeline
+        if pipeline is not None:
+            # Results of queued statements arrive at the sync point; one that
+            # failed raises there: end the transaction, then raise its error.
+            try:
+                await pipeline.sync()
+            except psycopg.Error:
+                await self.rollback(conn)
+                raise
+            aborted = conn.pgconn.transaction_status == _INERROR
+            await self._command(conn, b"COMMIT")
+            await pipeline.sync()
+            return not aborted
+        result = await self._command(conn, b"COMMIT")
+        return bool(result is None or result.command_status == b"COMMIT")
+
+    async def rollback(self, conn: Any) -> None:
+        if _disarm(conn) is not None:
+            return  # nothing began
+        if conn._pipeline is not None:
+            await self._command(conn, b"ROLLBACK")
+            try:
+                await conn._pipeline.sync()
+            except psycopg.Error:
+                # Errors of statements queued before the rollback: they are
+                # what the block is rolled back for.
+                pass
+            return
+        await self._command(conn, b"ROLLBACK")
+
+    async def savepoint(self, conn: Any, name: str) -> None:
+        begin = _disarm(conn)
+        sql = f"SAVEPOINT {name}".encode()
+        if begin is not None:
+            # Simple query protocol: BEGIN and SAVEPOINT in one round trip.
+            await conn.execute(begin + b"; " + sql)
+            return
+        await self._command(conn, sql)
+
+    async def release_savepoint(self, conn: Any, name: str) -> None:
+        await self._command(conn, f"RELEASE SAVEPOINT {name}".encode())
+
+    async def rollback_to_savepoint(self, conn: Any, name: str) -> None:
+        if conn._pipeline is not None:
+            await self._command(conn, f"ROLLBACK TO SAVEPOINT {name}".encode())
+            await self._command(conn, f"RELEASE SAVEPOINT {name}".encode())
+            return
+        # Through a cursor: the simple query protocol sends both in one round trip.
+        await conn.execute(f"ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}".encode())
+
+    def in_transaction(self, conn: Any) -> bool:
+        return bool(conn.pgconn.transaction_status != _IDLE)
+
+    def is_connection_error(self, exc: BaseException, conn: Any) -> bool:
+        if super().is_connection_error(exc, conn):
+            return True
+        if conn.closed or conn.broken:
+            return True
+        return isinstance(exc, psycopg.OperationalError) and getattr(exc, "sqlstate", None) is None

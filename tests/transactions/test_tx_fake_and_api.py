@@ -1,0 +1,406 @@
+"""FakeConnection's own semantics, retries with injected faults, and API misuse errors."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+import aiolease
+from aiolease import _tracking
+from aiolease.abc import Dialect
+from aiolease.testing import (
+    FakeConnection,
+    FakeConnectionLost,
+    FakeDatabase,
+    FakeDatabaseError,
+    leak_check,
+)
+
+pytestmark = pytest.mark.timeout(10)
+
+
+# -- FakeConnection -------------------------------------------------------------
+
+
+async def test_fake_records_every_statement_and_commits_only_on_commit() -> None:
+    conn = FakeConnection()
+    assert await conn.execute("INSERT a", 1) == "OK"  # autocommit outside a transaction
+    assert await conn.execute("BEGIN") == "BEGIN"
+    await conn.execute("INSERT b", 2)
+    await conn.execute("SAVEPOINT s")
+    await conn.execute("INSERT c", 3)
+    await conn.execute("ROLLBACK TO SAVEPOINT s")
+    await conn.execute("RELEASE SAVEPOINT s")
+    assert conn.transaction_status == "intrans"
+    assert await conn.execute("COMMIT") == "COMMIT"
+    assert conn.committed == [("INSERT a", (1,)), ("INSERT b", (2,))]
+    assert conn.statements[0] == "INSERT a"
+    assert conn.statements[-1] == "COMMIT"
+    assert conn.arguments[0] == (1,)
+    await conn.execute("BEGIN")
+    await conn.execute("INSERT d")
+    await conn.execute("ROLLBACK")
+    assert len(conn.committed) == 2
+
+
+async def test_fake_aborted_state_like_postgresql() -> None:
+    conn = FakeConnection()
+    conn.script("bad", error=FakeDatabaseError("boom", sqlstate="22012"))
+    await conn.execute("BEGIN")
+    await conn.execute("SAVEPOINT s")
+    with pytest.raises(FakeDatabaseError, match="boom"):
+        await conn.execute("bad")
+    assert conn.transaction_status == "inerror"
+    with pytest.raises(FakeDatabaseError) as info:
+        await conn.execute("SELECT 1")
+    assert info.value.sqlstate == "25P02"
+    await conn.execute("ROLLBACK TO SAVEPOINT s")  # recovers
+    await conn.execute("INSERT")
+    with pytest.raises(FakeDatabaseError):
+        await conn.execute("bad")
+    assert await conn.execute("COMMIT") == "ROLLBACK"  # COMMIT of an aborted transaction
+    assert conn.committed == []
+
+
+async def test_fake_scripts_results_and_limits_them() -> None:
+    conn = FakeConnection()
+    conn.script(r"select \* from users", rows=[("ann",)], times=1)
+    conn.script("select", rows=[])
+    assert await conn.execute("SELECT * FROM users") == [("ann",)]
+    assert await conn.execute("SELECT * FROM users") == []
+    with pytest.raises(ValueError):
+        conn.script("x", rows=[], error=KeyError())
+    with pytest.raises(ValueError):
+        conn.script("x", times=0)
+    with pytest.raises(ValueError):
+        FakeConnection(latency=-1)
+
+
+async def test_fake_savepoint_errors() -> None:
+    conn = FakeConnection()
+    with pytest.raises(FakeDatabaseError, match="transaction blocks") as info:
+        await conn.execute("SAVEPOINT s")
+    assert info.value.sqlstate == "25P01"
+    await conn.execute("BEGIN")
+    with pytest.raises(FakeDatabaseError, match="does not exist"):
+        await conn.execute("RELEASE SAVEPOINT nope")
+    assert conn.transaction_status == "inerror"
+
+
+async def test_fake_refuses_concurrent_use() -> None:
+    conn = FakeConnection()
+    gate = conn.gate("slow")
+    first = asyncio.create_task(conn.execute("slow"))
+    await gate.reached.wait()
+    with pytest.raises(FakeDatabaseError, match="another operation is in progress"):
+        await conn.execute("other")
+    gate.open()
+    await first
+
+
+async def test_fake_latency_uses_the_loop_clock() -> None:
+    conn = FakeConnection(latency=0.01)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await conn.execute("SELECT")
+    assert loop.time() - start >= 0.009
+
+
+async def test_fake_shares_a_database() -> None:
+    db = FakeDatabase()
+    a, b = FakeConnection(database=db), FakeConnection(database=db)
+    async with aiolease.atomic(a):
+        await a.execute("INSERT", 1)
+        assert b.committed == []
+    assert b.committed == [("INSERT", (1,))]
+
+
+async def test_fake_drop_on_commit_raises_commit_unknown_and_pool_discards_it() -> None:
+    made: list[FakeConnection] = []
+
+    async def create() -> FakeConnection:
+        made.append(FakeConnection())
+        made[-1].drop_on_commit(committed=True) if len(made) == 1 else None
+        return made[-1]
+
+    async with aiolease.Pool.from_callables(create, max_size=1) as pool:
+        with pytest.raises(aiolease.CommitUnknown, match="lost during COMMIT") as info:
+            async with pool.atomic() as tx:
+                await tx.connection.execute("INSERT")
+        assert isinstance(info.value.__cause__, FakeConnectionLost)
+        assert made[0].closed
+        assert made[0].committed == [("INSERT", ())]  # it did commit
+        assert _tracking.is_broken(made[0])
+        async with pool.atomic() as tx:
+            assert tx.connection is made[1]  # the lost one was discarded
+
+
+async def test_run_transaction_retries_injected_failures_and_runs_hooks_once() -> None:
+    conn = FakeConnection()
+    conn.fail_commit(1)
+    conn.fail_commit(2, sqlstate="40P01")
+    committed: list[int] = []
+    rolled_back: list[int] = []
+    calls: list[int] = []
+
+    async def work(c: FakeConnection) -> int:
+        calls.append(1)
+        await c.execute("INSERT", len(calls))
+        async with aiolease.atomic(c, savepoint=False) as tx:
+            tx.on_commit(lambda: committed.append(len(calls)))
+            tx.on_rollback(lambda: rolled_back.append(len(calls)))
+        return len(calls)
+
+    assert await aiolease.run_transaction(conn, work, backoff=0.0) == 3
+    assert committed == [3]
+    assert rolled_back == []  # hooks only for the committed attempt
+    assert conn.committed == [("INSERT", (3,))]
+
+
+async def test_last_attempt_error_propagates_and_its_rollback_hooks_run() -> None:
+    conn = FakeConnection()
+    for n in (1, 2):
+        conn.fail_commit(n)
+    rolled_back: list[int] = []
+
+    async def work(c: FakeConnection) -> None:
+        async with aiolease.atomic(c, savepoint=False) as tx:
+            tx.on_rollback(lambda: rolled_back.append(1))
+
+    with pytest.raises(FakeDatabaseError) as info:
+        await aiolease.run_transaction(conn, work, attempts=2, backoff=0.0)
+    assert info.value.sqlstate == "40001"
+    assert rolled_back == [1]  # only the final, unretried attempt's
+
+
+async def test_retry_backoff_is_capped_and_jittered(monkeypatch: pytest.MonkeyPatch) -> None:
+    caps: list[float] = []
+
+    def uniform(low: float, high: float) -> float:
+        caps.append(high)
+        return 0.0
+
+    monkeypatch.setattr("aiolease._transaction.random.uniform", uniform)
+    conn = FakeConnection()
+    for n in range(1, 6):
+        conn.fail_commit(n)
+
+    async def work(c: FakeConnection) -> None:
+        await c.execute("INSERT")
+
+    await aiolease.run_transaction(conn, work, attempts=6, backoff=0.3, max_backoff=1.0)
+    assert caps == [0.3, 0.6, 1.0, 1.0, 1.0]
+
+
+async def test_transaction_attempts_loop() -> None:
+    conn = FakeConnection()
+    conn.fail_commit(1)
+    seen: list[int] = []
+    async for attempt in aiolease.transaction_attempts(conn, backoff=0.0):
+        seen.append(attempt.number)
+        async with attempt as tx:
+            await tx.connection.execute("INSERT")
+    assert seen == [1, 2]
+    assert conn.committed == [("INSERT", ())]
+
+
+async def test_transaction_attempts_with_a_pool() -> None:
+    conns: list[FakeConnection] = []
+
+    async def create() -> FakeConnection:
+        conns.append(FakeConnection())
+        if len(conns) == 1:
+            conns[0].fail_commit(1)
+        return conns[-1]
+
+    async with aiolease.Pool.from_callables(create, max_size=1) as pool:
+        numbers = []
+        async for attempt in aiolease.transaction_attempts(pool, backoff=0.0):
+            numbers.append(attempt.number)
+            async with attempt as tx:
+                await tx.connection.execute("INSERT")
+        assert numbers == [1, 2]
+        assert pool.statistics().in_use == 0
+
+
+# -- API errors ---------------------------------------------------------------------
+
+
+async def test_unsupported_connection_names_the_supported_ones() -> None:
+    with pytest.raises(TypeError, match=r"asyncpg, psycopg.*aiosqlite.*register_dialect"):
+        aiolease.atomic(object())
+    with pytest.raises(TypeError, match="a pool"):
+        aiolease.transaction_attempts(object())
+
+
+async def test_register_dialect_for_a_custom_connection() -> None:
+    class MyConn:
+        def __init__(self) -> None:
+            self.log: list[str] = []
+
+    class MyDialect(Dialect[MyConn]):
+        name = "mine"
+
+        async def begin(self, conn: MyConn, isolation: str | None, readonly: bool) -> None:
+            conn.log.append("begin")
+
+        async def commit(self, conn: MyConn) -> bool:
+            conn.log.append("commit")
+            return True
+
+        async def rollback(self, conn: MyConn) -> None:
+            conn.log.append("rollback")
+
+        async def savepoint(self, conn: MyConn, name: str) -> None:
+            conn.log.append(f"sp {name}")
+
+        async def release_savepoint(self, conn: MyConn, name: str) -> None:
+            conn.log.append(f"release {name}")
+
+        async def rollback_to_savepoint(self, conn: MyConn, name: str) -> None:
+            conn.log.append(f"undo {name}")
+
+    class SubConn(MyConn):
+        pass
+
+    aiolease.register_dialect(MyConn, MyDialect())
+    conn = SubConn()  # subclasses match
+    async with aiolease.atomic(conn), aiolease.atomic(conn) as inner:
+        inner.set_rollback(True)
+    assert conn.log == ["begin", "sp aiolease_sp_2", "undo aiolease_sp_2", "commit"]
+    with pytest.raises(TypeError, match="Dialect instance"):
+        aiolease.register_dialect(MyConn, object())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="dotted name"):
+        aiolease.register_dialect("nodots", MyDialect())
+
+    class ByName:
+        def __init__(self) -> None:
+            self.log: list[str] = []
+
+    aiolease.register_dialect(f"{ByName.__module__}.{ByName.__qualname__}", MyDialect())
+    by_name = ByName()
+    async with aiolease.atomic(by_name):
+        pass
+    assert by_name.log == ["begin", "commit"]
+
+
+def test_import_aiolease_imports_no_driver() -> None:
+    code = (
+        "import sys, aiolease, aiolease.testing; "
+        "print([m for m in ('asyncpg', 'psycopg', 'aiosqlite') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+async def test_misuse_errors() -> None:
+    conn = FakeConnection()
+    tx = aiolease.atomic(conn)
+    with pytest.raises(aiolease.TransactionError, match="open"):
+        tx.on_commit(print)
+    with pytest.raises(aiolease.TransactionError):
+        tx.set_rollback(True)
+    async with tx:
+        with pytest.raises(TypeError, match="callable"):
+            tx.on_commit(42)  # type: ignore[arg-type]
+        with pytest.raises(aiolease.TransactionError, match="outermost"):
+            async with aiolease.atomic(conn, isolation="serializable"):
+                pass  # pragma: no cover
+        with pytest.raises(aiolease.TransactionError, match="outermost"):
+            async with aiolease.atomic(conn, readonly=True):
+                pass  # pragma: no cover
+    with pytest.raises(aiolease.TransactionError, match="only once"):
+        async with tx:
+            pass  # pragma: no cover
+    with pytest.raises(TypeError):
+        aiolease.atomic(conn, isolation=3)  # type: ignore[arg-type]
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="attempts"):
+            aiolease.transaction_attempts(conn, attempts=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="backoff"):
+        aiolease.transaction_attempts(conn, backoff=-1)
+    with pytest.raises(ValueError, match="max_backoff"):
+        aiolease.transaction_attempts(conn, max_backoff=-1)
+    assert "unentered" in repr(aiolease.atomic(conn))
+
+
+async def test_blocks_exited_out_of_order_are_refused() -> None:
+    conn = FakeConnection()
+    outer = aiolease.atomic(conn)
+    await outer.__aenter__()
+    inner = aiolease.atomic(conn)
+    await inner.__aenter__()
+    with pytest.raises(aiolease.TransactionError, match="out of order"):
+        await outer.__aexit__(None, None, None)
+    await inner.__aexit__(None, None, None)
+    await outer.__aexit__(None, None, None)
+    assert conn.statements[-1] == "COMMIT"
+
+
+async def test_several_failing_hooks_are_grouped() -> None:
+    conn = FakeConnection()
+
+    def bad() -> None:
+        raise KeyError("x")
+
+    with pytest.raises(aiolease.HookError) as info:  # noqa: PT012 - the block under test
+        async with aiolease.atomic(conn) as tx:
+            tx.on_commit(bad)
+            tx.on_commit(bad)
+    assert len(info.value.errors) == 2
+    assert isinstance(info.value.__cause__, ExceptionGroup)
+    with pytest.raises(aiolease.HookError, match="was rolled back") as info:  # noqa: PT012 - the block under test
+        async with aiolease.atomic(conn) as tx:
+            tx.on_rollback(bad)
+            raise aiolease.Rollback
+    assert info.value.committed is False
+
+
+async def test_hooks_of_a_block_without_savepoint_follow_the_outer_block() -> None:
+    conn = FakeConnection()
+    ran: list[str] = []
+    async with aiolease.atomic(conn):
+        async with aiolease.atomic(conn, savepoint=False) as inner:
+            inner.on_commit(lambda: ran.append("inner"))
+        async with aiolease.atomic(conn, savepoint=False) as doomed:
+            doomed.set_rollback(True)  # rolls the whole transaction back, silently
+    assert ran == []
+    assert "ROLLBACK" in conn.statements
+    assert not any(s.startswith("SAVEPOINT") for s in conn.statements)
+
+
+async def test_leak_check_reports_an_open_transaction() -> None:
+    conn = FakeConnection()
+    tx: Any = None
+    with pytest.raises(AssertionError, match="transaction left open"):  # noqa: PT012 - the block under test
+        async with leak_check():
+            tx = aiolease.atomic(conn)
+            await tx.__aenter__()
+    await tx.__aexit__(None, None, None)
+    async with leak_check(), aiolease.atomic(conn):
+        pass
+
+
+async def test_a_failed_rollback_is_never_silent() -> None:
+    conn = FakeConnection()
+    conn.script("^ROLLBACK", error=FakeConnectionLost("gone"))
+    with pytest.raises(aiolease.TransactionError, match="ROLLBACK failed") as info:
+        async with aiolease.atomic(conn):
+            raise aiolease.Rollback
+    assert isinstance(info.value.__cause__, FakeConnectionLost)
+    assert _tracking.is_broken(conn)
+    conn = FakeConnection()
+    conn.script("^ROLLBACK", error=FakeConnectionLost("gone"))
+    with pytest.raises(KeyError) as key_info:
+        async with aiolease.atomic(conn):
+            raise KeyError("original")
+    assert any("ROLLBACK also failed" in note for note in key_info.value.__notes__)
+    conn = FakeConnection()
+    conn.script("^ROLLBACK TO", error=FakeConnectionLost("gone"))
+    with pytest.raises(aiolease.TransactionError, match="ROLLBACK TO SAVEPOINT"):
+        async with aiolease.atomic(conn), aiolease.atomic(conn) as inner:
+            inner.set_rollback(True)

@@ -1,0 +1,143 @@
+"""psycopg dialect: BEGIN pipelined with the first statement keeps the usual semantics."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import psycopg
+import pytest
+
+import aiolease
+
+pytestmark = pytest.mark.timeout(30)
+
+Conn = psycopg.AsyncConnection[tuple[object, ...]]
+
+
+@pytest.fixture
+async def setup(pg_dsn: str) -> AsyncIterator[tuple[Conn, Conn, str]]:
+    table = f"aiolease_pp_{uuid.uuid4().hex[:10]}"
+    conn = await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True)
+    other = await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True)
+    await conn.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY)")
+    try:
+        yield conn, other, table
+    finally:
+        await other.execute(f"DROP TABLE IF EXISTS {table}")
+        await conn.close()
+        await other.close()
+
+
+async def count(conn: Conn, table: str) -> int:
+    cur = await conn.execute(f"SELECT count(*) FROM {table}")
+    row = await cur.fetchone()
+    assert row is not None
+    return int(str(row[0]))
+
+
+async def test_first_statement_error_is_raised_by_execute(setup: tuple[Conn, Conn, str]) -> None:
+    conn, _other, table = setup
+    await conn.execute(f"INSERT INTO {table} VALUES (1)")
+    async with aiolease.atomic(conn):
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            await conn.execute(f"INSERT INTO {table} VALUES (1)")  # raised here, not at COMMIT
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        raise aiolease.Rollback
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert conn.cursor_factory is psycopg.AsyncCursor  # disarmed
+
+
+async def test_first_statement_results_are_readable(setup: tuple[Conn, Conn, str]) -> None:
+    conn, other, table = setup
+    async with aiolease.atomic(conn):
+        cur = await conn.execute("SELECT %s::int + 1", (41,))
+        assert await cur.fetchone() == (42,)
+        await conn.execute(f"INSERT INTO {table} VALUES (%s)", (1,))
+        assert await count(other, table) == 0
+    assert await count(other, table) == 1
+
+
+async def test_a_cursor_made_before_the_block_still_runs_inside_it(
+    setup: tuple[Conn, Conn, str],
+) -> None:
+    conn, other, table = setup
+    cur = conn.cursor()
+    async with aiolease.atomic(conn):
+        await cur.execute(f"INSERT INTO {table} VALUES (1)")  # via the safety net
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        raise aiolease.Rollback
+    assert await count(other, table) == 0
+
+
+async def test_multi_statement_first_query(setup: tuple[Conn, Conn, str]) -> None:
+    conn, other, table = setup
+    with pytest.raises(KeyError):  # noqa: PT012 - the block under test
+        async with aiolease.atomic(conn):
+            await conn.execute(f"INSERT INTO {table} VALUES (1); INSERT INTO {table} VALUES (2)")
+            raise KeyError
+    assert await count(other, table) == 0
+
+
+async def test_cancelled_in_the_first_statement(setup: tuple[Conn, Conn, str]) -> None:
+    conn, other, table = setup
+
+    async def body() -> None:
+        async with aiolease.atomic(conn):
+            await conn.execute("SELECT pg_sleep(30)")
+
+    task = asyncio.create_task(body())
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    async with aiolease.atomic(conn):
+        await conn.execute(f"INSERT INTO {table} VALUES (1)")
+    assert await count(other, table) == 1
+
+
+async def test_non_autocommit_connection(pg_dsn: str, setup: tuple[Conn, Conn, str]) -> None:
+    _, other, table = setup
+    conn = await psycopg.AsyncConnection.connect(pg_dsn)
+    try:
+        async with aiolease.atomic(conn):
+            await conn.execute(f"INSERT INTO {table} VALUES (1)")
+        async with aiolease.atomic(conn):
+            await conn.execute(f"INSERT INTO {table} VALUES (2)")
+            raise aiolease.Rollback
+        assert await count(other, table) == 1
+    finally:
+        await conn.close()
+
+
+async def test_inside_the_callers_pipeline(setup: tuple[Conn, Conn, str]) -> None:
+    conn, other, table = setup
+    async with conn.pipeline():
+        async with aiolease.atomic(conn):
+            await conn.execute(f"INSERT INTO {table} VALUES (1)")
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            async with aiolease.atomic(conn):
+                await conn.execute(f"INSERT INTO {table} VALUES (1)")  # fails at the sync
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert await count(other, table) == 1
+
+
+async def test_executemany_copy_and_driver_transaction_as_first_operation(
+    setup: tuple[Conn, Conn, str],
+) -> None:
+    conn, other, table = setup
+    async with aiolease.atomic(conn):
+        await conn.cursor().executemany(f"INSERT INTO {table} VALUES (%s)", [(1,), (2,)])
+        raise aiolease.Rollback
+    async with aiolease.atomic(conn):
+        async with conn.cursor().copy(f"COPY {table} (id) FROM STDIN") as copy:
+            await copy.write_row((3,))
+        raise aiolease.Rollback
+    async with aiolease.atomic(conn):
+        async with conn.transaction():  # psycopg sees our transaction: a savepoint
+            await conn.execute(f"INSERT INTO {table} VALUES (4)")
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        raise aiolease.Rollback
+    assert await count(other, table) == 0

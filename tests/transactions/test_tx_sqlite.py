@@ -1,0 +1,216 @@
+"""SQLite specifics (aiosqlite, real files): BEGIN IMMEDIATE, thread hops, concurrent writers."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import pytest
+
+import aiolease
+import aiolease.sqlite
+from aiolease import _tracking
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def connect(path: Path, busy_ms: int = 10000) -> aiosqlite.Connection:
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    await conn.execute("PRAGMA journal_mode=WAL")
+    await conn.execute(f"PRAGMA busy_timeout={busy_ms}")
+    return conn
+
+
+async def scalar(conn: aiosqlite.Connection, sql: str, *args: Any) -> Any:
+    async with conn.execute(sql, args) as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return row[0]
+
+
+class HopCounter:
+    """Counts the operations sent to a connection's worker thread (its queue's puts)."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self.hops = 0
+        self._queue = conn._tx
+        conn._tx = self  # type: ignore[assignment]  # the worker keeps reading the real queue
+
+    def put_nowait(self, item: Any) -> None:
+        self.hops += 1
+        self._queue.put_nowait(item)
+
+    def qsize(self) -> int:
+        return self._queue.qsize()
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> Any:
+    path = tmp_path / "tx.sqlite"
+    conn = await connect(path)
+    await conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)")
+    await conn.execute("INSERT INTO t VALUES (1, 0)")
+    await conn.close()
+    return path
+
+
+async def test_one_insert_costs_two_hops_and_reads_are_inside_the_transaction(db: Path) -> None:
+    conn = await connect(db)
+    try:
+        hops = HopCounter(conn)
+        async with aiolease.atomic(conn):
+            assert hops.hops == 0  # BEGIN is deferred to the first operation...
+            assert await scalar(conn, "SELECT v FROM t WHERE id = 1") == 0
+            # ...and ran in the same hop as that read: the read is inside the transaction
+            assert conn.in_transaction
+            await conn.execute("UPDATE t SET v = v + 1 WHERE id = 1")
+            before_commit = hops.hops
+        assert hops.hops == before_commit + 1  # COMMIT: one hop
+        assert not conn.in_transaction
+        async with aiolease.atomic(conn):
+            pass
+        assert hops.hops == before_commit + 1  # an empty block costs nothing
+    finally:
+        await conn.close()
+
+
+async def test_writes_take_the_write_lock_at_begin(db: Path) -> None:
+    """BEGIN IMMEDIATE: a second writer waits at its first statement, even a read."""
+    writer, other = await connect(db), await connect(db, busy_ms=0)
+    try:
+        async with aiolease.atomic(writer):
+            await scalar(writer, "SELECT v FROM t")
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                async with aiolease.atomic(other):
+                    await scalar(other, "SELECT v FROM t")  # BEGIN IMMEDIATE cannot get the lock
+        assert not other.in_transaction
+    finally:
+        await writer.close()
+        await other.close()
+
+
+async def test_readonly_uses_a_deferred_transaction_and_resets_query_only(db: Path) -> None:
+    writer, reader = await connect(db), await connect(db, busy_ms=0)
+    try:
+        async with aiolease.atomic(writer):
+            await writer.execute("UPDATE t SET v = 5")
+            async with aiolease.atomic(reader, readonly=True):  # no write lock needed
+                assert await scalar(reader, "SELECT v FROM t") == 0
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            async with aiolease.atomic(reader, readonly=True):
+                await reader.execute("UPDATE t SET v = 6")
+        assert await scalar(reader, "PRAGMA query_only") == 0
+        await reader.execute("UPDATE t SET v = 7")
+        assert await scalar(writer, "SELECT v FROM t") == 7
+    finally:
+        await writer.close()
+        await reader.close()
+
+
+async def test_busy_begin_is_retried(db: Path) -> None:
+    holder, conn = await connect(db), await connect(db, busy_ms=0)
+    try:
+        await holder.execute("BEGIN IMMEDIATE")
+        numbers: list[int] = []
+        async for attempt in aiolease.transaction_attempts(conn, backoff=0.001):
+            numbers.append(attempt.number)
+            if attempt.number == 2:
+                await holder.execute("COMMIT")  # the lock frees before the retry
+            async with attempt:
+                await conn.execute("UPDATE t SET v = v + 1")
+        assert numbers == [1, 2]
+        assert await scalar(holder, "SELECT v FROM t") == 1
+    finally:
+        await holder.close()
+        await conn.close()
+
+
+async def test_sixteen_concurrent_writers_never_see_database_is_locked(db: Path) -> None:
+    writers, rounds = 16, 10
+    async with aiolease.sqlite.create_pool(db, max_size=writers) as pool:
+
+        async def increment(conn: Any) -> None:
+            value = await scalar(conn, "SELECT v FROM t WHERE id = 1")  # read first...
+            await asyncio.sleep(0)  # ...let the others run...
+            await conn.execute("UPDATE t SET v = ? WHERE id = 1", (value + 1,))  # ...then write
+
+        async def writer() -> None:
+            for _ in range(rounds):
+                await aiolease.run_transaction(pool, increment, attempts=1)  # no retry needed
+
+        await asyncio.gather(*(writer() for _ in range(writers)))
+        async with pool.acquire() as conn:
+            assert await scalar(conn, "SELECT v FROM t WHERE id = 1") == writers * rounds
+
+
+async def test_cancellation_during_commit_raises_commit_unknown(db: Path) -> None:
+    conn = await connect(db)
+    try:
+        release = threading.Event()
+        entered = asyncio.Event()
+
+        async def body() -> None:
+            async with aiolease.atomic(conn):
+                await conn.execute("UPDATE t SET v = 1")
+                # Occupy the worker thread so that COMMIT waits in its queue.
+                blocker = asyncio.ensure_future(conn._execute(release.wait))  # type: ignore[no-untyped-call]
+                entered.set()
+            await blocker  # pragma: no cover
+
+        task = asyncio.create_task(body())
+        await entered.wait()
+        while conn._tx.qsize() < 1:  # COMMIT is queued behind the blocker  # noqa: ASYNC110 - polling state outside this loop
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(aiolease.CommitUnknown):
+            await task
+        assert _tracking.is_broken(conn)
+        release.set()
+    finally:
+        await conn.close()
+
+
+async def test_failed_commit_is_rolled_back_in_the_same_hop(db: Path) -> None:
+    conn = await connect(db)
+    try:
+        await conn.execute("PRAGMA foreign_keys = ON")
+        await conn.execute(
+            "CREATE TABLE child (p INTEGER REFERENCES t(id) DEFERRABLE INITIALLY DEFERRED)"
+        )
+        with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+            async with aiolease.atomic(conn):
+                await conn.execute("INSERT INTO child VALUES (99)")  # checked at COMMIT
+        assert not conn.in_transaction
+        assert await scalar(conn, "SELECT count(*) FROM child") == 0
+    finally:
+        await conn.close()
+
+
+async def test_transaction_ended_by_sqlite_is_reported(db: Path) -> None:
+    conn = await connect(db)
+    try:
+        with pytest.raises(aiolease.TransactionError, match="rolled back, not committed"):  # noqa: PT012 - the block under test
+            async with aiolease.atomic(conn):
+                await conn.execute("UPDATE t SET v = 9")
+                await conn.execute("ROLLBACK")  # stands for SQLite's automatic rollbacks
+        assert await scalar(conn, "SELECT v FROM t") == 0
+    finally:
+        await conn.close()
+
+
+async def test_savepoint_as_first_operation_begins_in_the_same_hop(db: Path) -> None:
+    conn = await connect(db)
+    try:
+        hops = HopCounter(conn)
+        async with aiolease.atomic(conn), aiolease.atomic(conn):
+            assert hops.hops == 1
+            assert conn.in_transaction
+            await conn.execute("UPDATE t SET v = 3")
+            raise aiolease.Rollback
+        assert await scalar(conn, "SELECT v FROM t") == 0
+    finally:
+        await conn.close()
