@@ -22,7 +22,6 @@ Design (the invariants every method keeps):
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import os
 import random
@@ -33,7 +32,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from types import EllipsisType, FrameType, TracebackType
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from . import _tracking
 from ._errors import PoolClosed, PoolTimeout, TooManyWaiters, WouldBlock
@@ -46,14 +45,35 @@ T = TypeVar("T")
 logger = logging.getLogger("aiolease.pool")
 
 _INF = float("inf")
+_Future = asyncio.Future  # loop.create_future() is a Python-level call that returns this C type
 _LIFETIME_JITTER = 0.05  # max_lifetime is shortened by up to 5% so resources do not expire together
 
 
-class _State(enum.Enum):
-    NEW = "new"
-    OPEN = "open"
-    CLOSING = "closing"
-    CLOSED = "closed"
+class _State:
+    """The pool's lifecycle state: ``_State.NEW``, ``OPEN``, ``CLOSING`` or ``CLOSED``.
+
+    A plain class, not an ``enum.Enum``: reading an Enum member goes through the
+    metaclass (~60 ns), and the acquire/release paths test the state several times.
+    """
+
+    __slots__ = ("value",)
+
+    NEW: ClassVar[_State]
+    OPEN: ClassVar[_State]
+    CLOSING: ClassVar[_State]
+    CLOSED: ClassVar[_State]
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"<_State.{self.value.upper()}>"
+
+
+_State.NEW = _State("new")
+_State.OPEN = _State("open")
+_State.CLOSING = _State("closing")
+_State.CLOSED = _State("closed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +295,7 @@ class Pool(Generic[T]):
         self._manager = manager
         self._create_fn: Callable[[], Awaitable[T]] = manager.create
         self._check_fn = _overrides(manager, "check")
+        self._check_needed_fn = _overrides(manager, "check_needed")
         self._reset_fn = _overrides(manager, "reset")
         self._reset_needed_fn = _overrides(manager, "reset_needed")
         self._close_fn = getattr(manager, "close", None)
@@ -292,6 +313,9 @@ class Pool(Generic[T]):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._creating: set[asyncio.Task[Any]] = set()
         self._checking = 0  # acquirers running the manager's check on an entry
+        # id() of every resource the pool holds (created, not yet closed): _in_use is keyed
+        # by id(), so a manager handing out the same object twice would lose a slot.
+        self._live: set[int] = set()
         self._drained: asyncio.Event | None = None
         self._closed_event: asyncio.Event | None = None
         # Creation failures: consecutive count, last error, and when the next attempt may start.
@@ -300,6 +324,12 @@ class Pool(Generic[T]):
         self._backoff_until = 0.0
         self._last_error: BaseException | None = None
         self._backoff_timer: asyncio.TimerHandle | None = None
+        # Acquire deadlines: each timed wait registers its future here while it waits, and
+        # one timer, armed for the earliest deadline, times them out. (A timer per wait
+        # cost more than all the rest of a contended acquire.)
+        self._deadline_of: dict[asyncio.Future[_Entry[T]], float] = {}
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_when = _INF  # when _deadline_timer fires
         self._hk_timer: asyncio.TimerHandle | None = None
         # Whether idle entries can expire at all (lifetime or idle timeout set).
         self._expiring = self._max_lifetime is not None or self._idle_timeout is not None
@@ -428,10 +458,11 @@ class Pool(Generic[T]):
     async def _close_all(self, timeout: float | None) -> None:
         assert self._closed_event is not None
         try:
-            for timer in (self._hk_timer, self._backoff_timer):
+            for timer in (self._hk_timer, self._backoff_timer, self._deadline_timer):
                 if timer is not None:
                     timer.cancel()
-            self._hk_timer = self._backoff_timer = None
+            self._hk_timer = self._backoff_timer = self._deadline_timer = None
+            self._deadline_when = _INF
             closed = PoolClosed(f"{self!r} was closed while waiting")
             while self._waiters:
                 fut = self._waiters.popleft()
@@ -496,7 +527,7 @@ class Pool(Generic[T]):
             TooManyWaiters: ``max_waiting`` tasks are already queued.
             Exception: the error of the creation attempt made for this call.
         """
-        if isinstance(timeout, EllipsisType):
+        if timeout is ...:
             return _Acquire(self, self._acquire_timeout)
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
@@ -548,7 +579,7 @@ class Pool(Generic[T]):
             if not self._waiters and self._idle:
                 entry = self._idle.pop()
             else:
-                fut: asyncio.Future[_Entry[T]] = loop.create_future()
+                fut: asyncio.Future[_Entry[T]] = _Future(loop=loop)
                 if not self._waiters and self._can_create():
                     self._size += 1
                     self._start_create(fut)
@@ -563,23 +594,45 @@ class Pool(Generic[T]):
                         )
                     else:
                         self._waiters.append(fut)
-                    self._schedule_backoff_grant()
+                    if self._failures:
+                        self._schedule_backoff_grant()
                 waited = True
                 self._n_pending += 1
+                # The wait for `fut` (an entry, or a creation bound to it), inlined: one
+                # coroutine less on the contended path.
+                if deadline != _INF:
+                    self._deadline_of[fut] = deadline
+                    if deadline < self._deadline_when:
+                        self._arm_deadline_timer(deadline)
                 try:
-                    entry = await self._wait(fut, deadline)
+                    entry = await fut
+                except BaseException:
+                    self._abandon(fut)
+                    raise
                 finally:
                     self._n_pending -= 1
+                    if deadline != _INF:
+                        deadlines = self._deadline_of
+                        del deadlines[fut]
+                        if not deadlines and self._deadline_timer is not None:
+                            self._arm_deadline_timer(_INF)  # no timed waits left: disarm
             # `entry` is ours now; until it is leased, every exit must give it back.
             if entry.from_idle:
                 # Only the lifetime: idle_timeout trimming (above min_size) is housekeeping's job.
                 if self._expiring and entry.info.expires_at <= loop.time():
                     self._spawn_close(entry)
                     continue
-                if self._check_fn is not None and not await self._check(entry, deadline):
+                if (
+                    self._check_fn is not None
+                    and (
+                        self._check_needed_fn is None
+                        or self._check_needed_fn(entry.resource, entry.info)
+                    )
+                    and not await self._check(entry, deadline)
+                ):
                     retry = True
                     continue
-            if self.closed:
+            if self._state is not _State.OPEN:
                 # aclose() began while this entry was on its way to us (check, hand-off).
                 self._spawn_close(entry)
                 raise PoolClosed(f"{self!r} is closed")
@@ -590,35 +643,44 @@ class Pool(Generic[T]):
                     self._wait_max = waited_for
             return self._lease(entry)
 
-    async def _wait(self, fut: asyncio.Future[_Entry[T]], deadline: float) -> _Entry[T]:
-        """Wait for ``fut`` (an entry, or a creation bound to it) until ``deadline``.
+    def _abandon(self, fut: asyncio.Future[_Entry[T]]) -> None:
+        """A waiter leaves early (cancelled, timed out, pool closed): if it was already
+        handed an entry, pass that on; otherwise withdraw it from the queue."""
+        if fut.done() and not fut.cancelled() and fut.exception() is None:
+            entry = fut.result()
+            if entry is not None:
+                self._put_back(entry)
+        else:
+            try:
+                self._waiters.remove(fut)
+            except ValueError:
+                pass
+            if not fut.done():
+                fut.cancel()
 
-        Returns the entry handed over. A cancelled or timed-out waiter that was
-        handed something passes it on.
-        """
-        loop = self._loop
-        assert loop is not None
-        timer = None if deadline == _INF else loop.call_at(deadline, self._expire_waiter, fut)
-        try:
-            return await fut
-        except BaseException:
-            if timer is not None:
-                timer.cancel()
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                entry = fut.result()
-                if entry is not None:
-                    self._put_back(entry)
-            else:
-                try:
-                    self._waiters.remove(fut)
-                except ValueError:
-                    pass
-                if not fut.done():
-                    fut.cancel()
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
+    def _arm_deadline_timer(self, when: float) -> None:
+        """(Re)arm the shared deadline timer for ``when``; ``inf`` disarms it."""
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        self._deadline_when = when
+        if when != _INF:
+            loop = self._loop
+            assert loop is not None
+            self._deadline_timer = loop.call_at(when, self._expire_waiters, when)
+
+    def _expire_waiters(self, when: float) -> None:
+        """The deadline timer fired at ``when``: time out the waits due by then, re-arm."""
+        self._deadline_timer = None
+        self._deadline_when = _INF
+        nxt = _INF
+        for fut, deadline in list(self._deadline_of.items()):
+            if deadline <= when:
+                self._expire_waiter(fut)
+            elif deadline < nxt and not fut.done():
+                nxt = deadline
+        if nxt != _INF and self._state is _State.OPEN:
+            self._arm_deadline_timer(nxt)
 
     def _expire_waiter(self, fut: asyncio.Future[_Entry[T]]) -> None:
         if fut.done():
@@ -726,10 +788,12 @@ class Pool(Generic[T]):
         if entry.closed:  # the pool already closed it (aclose timeout)
             return None
         info = entry.info
-        info.last_used_at = self._now()
+        info.last_used_at = self._loop.time()  # type: ignore[union-attr]  # bound: it was leased
         if self._on_release_fn is not None:
             self._on_release_fn(resource, info)
-        if discard or (_tracking._broken and _tracking.is_broken(resource)):
+        # `.data`: the WeakSet's plain set, whose truth test is C (bool(WeakSet) calls __len__)
+        broken = _tracking._broken.data  # type: ignore[attr-defined]
+        if discard or (broken and _tracking.is_broken(resource)):
             self._n_discarded += 1
             return self._spawn_close(entry)
         if self._reset_fn is not None and (
@@ -804,6 +868,11 @@ class Pool(Generic[T]):
         assert loop is not None
         try:
             resource = await self._create_fn()
+            if id(resource) in self._live:
+                raise ValueError(
+                    f"{self._manager!r}.create() returned {resource!r}, which {self!r} already "
+                    "holds; each resource must be a distinct object"
+                )
         except BaseException as exc:
             self._size -= 1
             self._probing = False
@@ -836,6 +905,7 @@ class Pool(Generic[T]):
             self._creating.discard(current)
         now = loop.time()
         self._n_created += 1
+        self._live.add(id(resource))
         if self._failures:
             self._failures = 0
             self._last_error = None
@@ -874,6 +944,7 @@ class Pool(Generic[T]):
         except Exception as exc:
             logger.warning("%r: closing %r failed: %r", self, entry.resource, exc)
         finally:
+            self._live.discard(id(entry.resource))
             self._n_closed += 1
             self._size -= 1
             self._grant()
@@ -911,6 +982,10 @@ class Pool(Generic[T]):
             return
         loop = self._loop
         assert loop is not None
+        if self._backoff_until <= loop.time():
+            # The backoff is over: the queue waits for capacity, and whatever frees it
+            # (a close, a release) calls _grant. A timer at a past time would spin.
+            return
         self._backoff_timer = loop.call_at(self._backoff_until, self._on_backoff_end)
 
     def _on_backoff_end(self) -> None:
@@ -1120,6 +1195,8 @@ class _Acquire(Generic[T]):
             and not pool._expiring
         ):
             resource = pool._lease(pool._idle.pop())
+        elif pool._state is _State.OPEN:
+            resource = await pool._acquire_slow(self._timeout)  # one coroutine less than _acquire
         else:
             resource = await pool._acquire(self._timeout)
         self._resource = resource
@@ -1132,7 +1209,7 @@ class _Acquire(Generic[T]):
         tb: TracebackType | None,
     ) -> None:
         pool = self._pool
-        resource = cast(T, self._resource)
+        resource: T = self._resource  # type: ignore[assignment]  # set by __aenter__ (no cast() call)
         self._resource = None
         discard = (
             exc is not None

@@ -1,0 +1,88 @@
+"""The Redis limiters as implementations of the limiter contract suites, and Redis test helpers.
+
+Each limiter gets a unique name (so tests never share Redis state) and every key it created is
+deleted when its ``make`` block exits. The live server is AIOLEASE_REDIS_URL (the ``redis_url``
+fixture applies the project's skip-or-fail policy first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as redis_asyncio
+from limits_helpers import Impl
+
+from aiolease.redis import RedisConcurrencyLimiter, RedisRateLimiter
+
+REDIS_URL = os.environ.get("AIOLEASE_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+#: Slack for timing assertions on real time: a round trip plus a loaded CI machine's jitter.
+TOL = 0.08
+
+
+def unique_name(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+async def delete_keys(client: redis_asyncio.Redis, name: str) -> int:
+    """Delete every key of limiter ``name`` (all kinds and keys); returns how many existed."""
+    found = [k async for k in client.scan_iter(match=f"aiolease:*{{{name}*", count=1000)]
+    if found:
+        await client.delete(*found)
+    return len(found)
+
+
+@contextlib.asynccontextmanager
+async def redis_client(url: str = REDIS_URL, **kw: Any) -> AsyncIterator[redis_asyncio.Redis]:
+    client = redis_asyncio.Redis.from_url(url, **kw)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _redis_rate(rate: float, per: float = 1.0, **kw: Any) -> AsyncIterator[RedisRateLimiter]:
+    async with redis_client() as client:
+        name = unique_name("rate")
+        limiter = RedisRateLimiter(client, name, rate, per, **kw)
+        try:
+            yield limiter
+            assert limiter._aiolease_leaks() == [], limiter._aiolease_leaks()
+        finally:
+            await delete_keys(client, name)
+
+
+@contextlib.asynccontextmanager
+async def _redis_concurrency(limit: int, **kw: Any) -> AsyncIterator[RedisConcurrencyLimiter]:
+    async with redis_client() as client:
+        name = unique_name("conc")
+        limiter = RedisConcurrencyLimiter(client, name, limit, **kw)
+        try:
+            yield limiter
+            assert limiter._aiolease_leaks() == [], limiter._aiolease_leaks()
+        finally:
+            await delete_keys(client, name)
+
+
+_MARKS = [pytest.mark.redis, pytest.mark.slow]
+
+REDIS_RATE_IMPLS: list[Any] = [
+    pytest.param(
+        Impl("redis", _redis_rate, None, tol=TOL, requires=("redis_url",)),
+        id="redis",
+        marks=_MARKS,
+    ),
+]
+REDIS_CONCURRENCY_IMPLS: list[Any] = [
+    pytest.param(
+        Impl("redis", _redis_concurrency, None, tol=TOL, requires=("redis_url",)),
+        id="redis",
+        marks=_MARKS,
+    ),
+]

@@ -1,0 +1,372 @@
+"""RedisConcurrencyLimiter: leases, renewal, hand-off wake-ups, cancellation, expiry."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import redis.asyncio as redis_asyncio
+from _redis_factories import delete_keys, redis_client, unique_name
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from aiolease import LimitTimeout, WouldBlock
+from aiolease.redis import RedisConcurrencyLimiter
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[redis_asyncio.Redis]:
+    async with redis_client(redis_url) as c:
+        yield c
+
+
+@pytest.fixture
+async def name(client: redis_asyncio.Redis) -> AsyncIterator[str]:
+    n = unique_name("conc")
+    yield n
+    await delete_keys(client, n)
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def wait_until(cond: Callable[[], bool]) -> None:
+    for _ in range(1000):
+        if cond():
+            return
+        await asyncio.sleep(0.002)
+    raise AssertionError("condition not reached")
+
+
+def queued(sem: RedisConcurrencyLimiter, n: int) -> bool:
+    return sem.statistics().waiting == n and not sem._call._pending
+
+
+async def settle_down(*limiters: RedisConcurrencyLimiter) -> None:
+    """Wait until every background Redis call of the limiters is done."""
+    for _ in range(400):
+        if not any(lim._bg.tasks or lim._call._pending for lim in limiters):
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("background calls did not finish")
+
+
+async def test_never_more_than_limit_holders(client: redis_asyncio.Redis, name: str) -> None:
+    sem = RedisConcurrencyLimiter(client, name, 3)
+    active = peak = 0
+
+    async def work() -> None:
+        nonlocal active, peak
+        async with sem.acquire():
+            active += 1
+            peak = max(peak, active)
+            await asyncio.sleep(0.01)
+            active -= 1
+
+    await asyncio.gather(*(work() for _ in range(20)))
+    assert peak == 3
+    assert await sem.in_use() == 0
+    s = sem.statistics()
+    assert (s.admitted, s.in_use, s.waiting, s.limit) == (20, 0, 0, 3)
+    assert sem._aiolease_leaks() == []
+
+
+async def test_waiters_are_handed_slots_in_arrival_order(
+    client: redis_asyncio.Redis, name: str
+) -> None:
+    sem = RedisConcurrencyLimiter(client, name, 1)
+    holder = await sem.acquire()
+    order: list[int] = []
+
+    async def one(i: int) -> None:
+        async with sem.acquire():
+            order.append(i)
+            await asyncio.sleep(0.005)
+
+    tasks = []
+    for i in range(5):
+        tasks.append(asyncio.ensure_future(one(i)))
+        # each is queued in Redis before the next arrives
+        await wait_until(functools.partial(queued, sem, i + 1))
+    await holder.arelease()
+    await asyncio.gather(*tasks)
+    assert order == [0, 1, 2, 3, 4]
+
+
+async def test_a_release_in_another_process_wakes_the_waiter_at_once(
+    redis_url: str, name: str
+) -> None:
+    # Two clients stand for two processes; the wake-up must come from the hand-off message,
+    # not from the lease-expiry re-check (lease_ttl is 30 s here).
+    async with redis_client(redis_url) as c1, redis_client(redis_url) as c2:
+        a = RedisConcurrencyLimiter(c1, name, 1)
+        b = RedisConcurrencyLimiter(c2, name, 1)
+        held = await a.acquire()
+        waiter = asyncio.ensure_future(b.acquire())
+        await asyncio.sleep(0.1)
+        assert not waiter.done()
+        t0 = now()
+        await held.arelease()
+        permit = await asyncio.wait_for(waiter, 5)
+        assert now() - t0 < 1.0
+        await permit.arelease()
+        await settle_down(a, b)
+
+
+async def test_timeout_raises_limit_timeout_and_leaves_the_queue(
+    client: redis_asyncio.Redis, name: str
+) -> None:
+    sem = RedisConcurrencyLimiter(client, name, 1)
+    held = await sem.acquire()
+    t0 = now()
+    with pytest.raises(LimitTimeout):
+        await sem.acquire(timeout=0.2)
+    assert 0.15 <= now() - t0 < 1.0
+    assert isinstance(LimitTimeout(), TimeoutError)
+    keys = sem._keys(None)
+    assert await client.zcard(keys[1]) == 0  # not queued any more
+    with pytest.raises(LimitTimeout):
+        await sem.acquire(timeout=0)
+    s = sem.statistics()
+    assert (s.timeouts, s.waiting, s.in_use) == (2, 0, 1)
+    await held.arelease()
+
+
+async def test_cancelled_waiter_leaves_the_queue(client: redis_asyncio.Redis, name: str) -> None:
+    sem = RedisConcurrencyLimiter(client, name, 1)
+    held = await sem.acquire()
+    waiter = asyncio.ensure_future(sem.acquire())
+    await asyncio.sleep(0.1)
+    keys = sem._keys(None)
+    assert await client.zcard(keys[1]) == 1
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert await client.zcard(keys[1]) == 0
+    assert sem.statistics().cancelled == 1
+    await held.arelease()
+    assert await sem.in_use() == 0
+
+
+async def test_a_slot_handed_to_a_waiter_cancelled_meanwhile_is_passed_on(
+    client: redis_asyncio.Redis, name: str
+) -> None:
+    sem = RedisConcurrencyLimiter(client, name, 1)
+    held = await sem.acquire()
+    first = asyncio.ensure_future(sem.acquire())
+    await asyncio.sleep(0.05)
+    second = asyncio.ensure_future(sem.acquire())
+    await asyncio.sleep(0.05)
+    release = held.release()  # the release script will hand the slot to `first` in Redis...
+    first.cancel()  # ...which gives up (in the same tick) before it could run
+    assert release is not None
+    await release
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    permit = await asyncio.wait_for(second, 5)  # the slot was passed on, not lost
+    assert await sem.in_use() == 1
+    await permit.arelease()
+    assert await sem.in_use() == 0
+
+
+async def test_acquire_nowait(client: redis_asyncio.Redis, name: str) -> None:
+    sem = RedisConcurrencyLimiter(client, name, 1)
+    permit = await sem.acquire_nowait()
+    with pytest.raises(WouldBlock):
+        await sem.acquire_nowait()
+    waiter = asyncio.ensure_future(sem.acquire())
+    await asyncio.sleep(0.05)
+    await permit.arelease()
+    got = await asyncio.wait_for(waiter, 5)
+    await got.arelease()
+    assert sem.statistics().rejected == 1
+
+
+async def test_nowait_does_not_barge_ahead_of_queued_waiters(
+    client: redis_asyncio.Redis, name: str
+) -> None:
+    sem = RedisConcurrencyLimiter(client, name, 2)
+    a = await sem.acquire()
+    b = await sem.acquire()
+    waiter = asyncio.ensure_future(sem.acquire())
+    await asyncio.sleep(0.05)
+    await b.arelease()  # handed to the waiter, not left free
+    with pytest.raises(WouldBlock):
+        await sem.acquire_nowait()
+    got = await asyncio.wait_for(waiter, 5)
+    await got.arelease()
+    await a.arelease()
+
+
+async def test_keys_have_their_own_slots(client: redis_asyncio.Redis, name: str) -> None:
+    sem = RedisConcurrencyLimiter(client, name, 1)
+    async with sem.acquire(key="a"), sem.acquire(key="b"), sem.acquire(key=("t", 1)):
+        with pytest.raises(WouldBlock):
+            await sem.acquire_nowait(key="a")
+        assert await sem.in_use("a") == 1
+        assert sem.statistics().keys == 3
+
+
+@pytest.mark.slow
+async def test_held_leases_are_renewed(client: redis_asyncio.Redis, name: str) -> None:
+    sem = RedisConcurrencyLimiter(client, name, 1, lease_ttl=0.3)
+    permit = await sem.acquire()
+    await asyncio.sleep(1.2)  # four lease lifetimes
+    assert not permit.lost
+    with pytest.raises(WouldBlock):
+        await sem.acquire_nowait()
+    await permit.arelease()
+    assert sem._renewer is None  # the renewer stops with the last lease
+    assert sem.statistics().lost == 0
+
+
+async def test_a_lease_that_is_not_renewed_expires(redis_url: str, name: str) -> None:
+    # A holder that stops renewing (a crashed process) frees its slot after lease_ttl; the
+    # waiter re-checks when the earliest lease is due to expire - no release message needed.
+    async with redis_client(redis_url) as c1, redis_client(redis_url) as c2:
+        crashed = RedisConcurrencyLimiter(c1, name, 1, lease_ttl=0.4)
+        await crashed.acquire()
+        assert crashed._renewer is not None
+        crashed._renewer.cancel()  # the "process" dies: no renewal, no release
+        crashed._held.clear()
+        other = RedisConcurrencyLimiter(c2, name, 1, lease_ttl=0.4)
+        t0 = now()
+        permit = await asyncio.wait_for(other.acquire(), 5)
+        assert 0.2 <= now() - t0 < 2.0
+        await permit.arelease()
+
+
+async def test_renewal_reports_a_lost_lease(client: redis_asyncio.Redis, name: str) -> None:
+    sem = RedisConcurrencyLimiter(client, name, 1, lease_ttl=0.3)
+    permit = await sem.acquire()
+    await client.delete(sem._keys(None)[0])  # as if the lease had expired during a stall
+    for _ in range(100):
+        if permit.lost:
+            break
+        await asyncio.sleep(0.02)
+    assert permit.lost
+    assert sem.statistics().lost == 1
+    await permit.arelease()
+
+
+async def test_sync_release_is_idempotent_and_applied_in_the_background(
+    client: redis_asyncio.Redis, name: str
+) -> None:
+    sem = RedisConcurrencyLimiter(client, name, 1)
+    permit = await sem.acquire()
+    task = permit.release()
+    assert task is not None
+    assert permit.release() is None
+    assert permit.released
+    await task
+    assert await sem.in_use() == 0
+    async with sem:  # the `async with limiter` form
+        assert await sem.in_use() == 1
+    assert await sem.in_use() == 0
+
+
+async def test_keys_expire_when_idle(client: redis_asyncio.Redis, name: str) -> None:
+    sem = RedisConcurrencyLimiter(client, name, 1, lease_ttl=1.0)
+    async with sem.acquire():
+        pass
+    for key in sem._keys(None)[:1] + sem._keys(None)[3:]:
+        ttl = await client.pttl(key)
+        assert ttl == -2 or 0 < ttl <= 3000, (key, ttl)
+
+
+async def test_bad_arguments(client: redis_asyncio.Redis) -> None:
+    with pytest.raises(ValueError, match="limit"):
+        RedisConcurrencyLimiter(client, "n", 0)
+    with pytest.raises(TypeError, match="limit"):
+        RedisConcurrencyLimiter(client, "n", 1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="lease_ttl"):
+        RedisConcurrencyLimiter(client, "n", 1, lease_ttl=0.01)
+    with pytest.raises(ValueError, match="clock"):
+        RedisConcurrencyLimiter(client, "n", 1, clock="x")  # type: ignore[arg-type]
+    sem = RedisConcurrencyLimiter(client, "n", 1)
+    with pytest.raises(ValueError, match="timeout"):
+        sem.acquire(timeout=-1)
+    with pytest.raises(TypeError, match="key"):
+        sem.acquire(key=object())
+
+
+async def test_leaks_name_held_leases_and_waiters(client: redis_asyncio.Redis, name: str) -> None:
+    sem = RedisConcurrencyLimiter(client, name, 1)
+    permit = await sem.acquire(key="k")
+    waiter = asyncio.ensure_future(sem.acquire(key="k"))
+    await asyncio.sleep(0.05)
+    leaks = sem._aiolease_leaks()
+    assert any("still held" in p for p in leaks)
+    assert any("waiting" in p for p in leaks)
+    assert "RedisConcurrencyLimiter" in repr(sem)
+    assert "held" in repr(permit)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await permit.arelease()
+    assert sem._aiolease_leaks() == []
+    await settle_down(sem)
+
+
+async def test_cancel_during_the_first_round_trip_leaves_no_slot_held(
+    client: redis_asyncio.Redis, name: str
+) -> None:
+    sem = RedisConcurrencyLimiter(client, name, 1)
+    await sem.in_use()  # connect first, so the next call is written at once
+    task = asyncio.ensure_future(sem.acquire())
+    await asyncio.sleep(0)  # its script is written (and will take the free slot)
+    assert sem._call._pending
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await settle_down(sem)
+    assert await sem.in_use() == 0  # the slot taken for the cancelled task was given back
+    assert sem._aiolease_leaks() == []
+
+
+async def test_a_release_that_cannot_reach_redis_does_not_replace_the_error(
+    client: redis_asyncio.Redis, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    sem = RedisConcurrencyLimiter(client, name, 1, lease_ttl=0.5)
+
+    async def down(*args: object, **kwargs: object) -> None:
+        raise RedisConnectionError("Redis went away")
+
+    async def body() -> None:
+        async with sem.acquire():
+            sem._call = down  # type: ignore[assignment]
+            raise ZeroDivisionError
+
+    with pytest.raises(ZeroDivisionError):  # the body's error, not the release's
+        await body()
+    assert "the lease expires after lease_ttl" in caplog.text
+    assert sem._aiolease_leaks() == []
+
+
+async def test_a_waiter_does_not_poll(client: redis_asyncio.Redis, name: str) -> None:
+    sem = RedisConcurrencyLimiter(client, name, 1)  # lease_ttl 30 s
+    held = await sem.acquire()
+    sent = sem._call.sent
+    waiter = asyncio.ensure_future(sem.acquire())
+    await asyncio.sleep(0.5)
+    # the free-slot check and the queue entry; then it sleeps until woken
+    assert sem._call.sent - sent == 2
+    await held.arelease()
+    permit = await asyncio.wait_for(waiter, 5)
+    await permit.arelease()
+
+
+async def test_client_clock_and_key_prefix(client: redis_asyncio.Redis, name: str) -> None:
+    sem = RedisConcurrencyLimiter(client, name, 1, clock="client", prefix="myapp")
+    async with sem.acquire(key="k"):
+        holders = sem._keys("k")[0]
+        assert holders.startswith("myapp:conc:{")
+        assert await client.zcard(holders) == 1
+        with pytest.raises(WouldBlock):
+            await sem.acquire_nowait(key="k")
+    assert await client.zcard(holders) == 0
+    await client.delete(*sem._keys("k"))

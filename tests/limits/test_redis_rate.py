@@ -1,0 +1,483 @@
+"""RedisRateLimiter beyond the shared contract: scripts, clocks, errors, Cluster keys, expiry.
+
+The contract itself (accuracy, FIFO, fail-fast, cancel give-back, keys, pause, settle) runs
+over the Redis implementation in test_rate_contract.py (see _redis_factories.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as redis_asyncio
+from _redis_factories import TOL, delete_keys, redis_client, unique_name
+from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from aiolease import RateLimitExceeded
+from aiolease._redis_scripts import CONC_ACQUIRE, RATE_ACQUIRE
+from aiolease.redis import RedisConcurrencyLimiter, RedisRateLimiter, redis_key
+
+pytestmark = pytest.mark.redis
+
+UNREACHABLE = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connection refused at once
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[redis_asyncio.Redis]:
+    async with redis_client(redis_url) as c:
+        yield c
+
+
+@pytest.fixture
+async def name(client: redis_asyncio.Redis) -> AsyncIterator[str]:
+    n = unique_name("rate")
+    yield n
+    await delete_keys(client, n)
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+# -- one round trip, scripts ---------------------------------------------------------------------
+
+
+async def test_each_acquire_is_one_round_trip_even_when_it_waits(
+    client: redis_asyncio.Redis, name: str
+) -> None:
+    lim = RedisRateLimiter(client, name, 20, burst=1)  # T = 50 ms
+    await lim.acquire()  # connects (and loads the script if the server lacks it)
+    sent = lim._call.sent
+    t0 = now()
+    for _ in range(4):
+        await lim.acquire()  # each waits ~50 ms: one script call, then one sleep
+    assert now() - t0 >= 0.15 - TOL
+    assert lim._call.sent == sent + 4  # no polling, no second call per acquire
+    s = lim.statistics()
+    assert s.admitted == 5
+    assert s.wait_time_max > 0
+
+
+async def test_noscript_after_script_flush_reloads_once(
+    client: redis_asyncio.Redis, name: str
+) -> None:
+    lim = RedisRateLimiter(client, name, 1000, burst=10)
+    await lim.acquire()
+    loads = lim._call._loaded
+    await client.script_flush()
+    permit = await lim.acquire()  # NOSCRIPT -> one SCRIPT LOAD -> EVALSHA again
+    assert permit.cost == 1
+    assert lim._call._loaded == loads + 1
+    assert (await client.script_exists(RATE_ACQUIRE.sha)) == [True]
+    await lim.acquire()
+    assert lim._call._loaded == loads + 1  # cached again: no further load
+    assert lim.statistics().admitted == 3
+
+
+async def test_the_server_clock_is_used_not_the_clients(
+    client: redis_asyncio.Redis, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A client clock an hour off changes nothing with clock="server" (the default)...
+    import time
+
+    lim = RedisRateLimiter(client, name, 1, burst=1)
+    await lim.acquire()
+    monkeypatch.setattr(time, "time", lambda: 1e9)  # 2001: far in the past
+    with pytest.raises(RateLimitExceeded) as info:
+        await lim.acquire_nowait()
+    assert 0.5 < info.value.retry_after <= 1.0
+
+
+async def test_client_clock_fallback(client: redis_asyncio.Redis, name: str) -> None:
+    # ...while clock="client" (for servers that forbid TIME in scripts) uses the wall clock.
+    lim = RedisRateLimiter(client, name, 2, burst=1, clock="client")
+    t0 = now()
+    await lim.acquire()
+    with pytest.raises(RateLimitExceeded) as info:
+        await lim.acquire_nowait()
+    assert 0.4 < info.value.retry_after <= 0.5
+    await lim.acquire()
+    assert 0.5 - TOL <= now() - t0 <= 0.5 + 1.0  # never early; late only on a loaded machine
+
+
+# -- keys: Cluster slots, escaping, expiry --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("lname", "key"),
+    [
+        ("api", None),
+        ("api", "tenant-1"),
+        ("a{b}c", "x}y{z"),  # braces in names/keys cannot move the hash tag
+        ("}", "{"),
+        ("n|1", 7),
+        ("n", ("tenant", 7)),
+        ("n", b"\xff\x00"),
+    ],
+)
+def test_keys_of_one_call_share_a_cluster_slot(lname: str, key: object) -> None:
+    rate_key = redis_key("aiolease", "rate", lname, key)
+    assert rate_key.count("{") == 1, rate_key
+    assert rate_key.count("}") == 1, rate_key
+    lim = RedisConcurrencyLimiter.__new__(RedisConcurrencyLimiter)
+    lim._prefix, lim._name = "aiolease", lname
+    conc_keys = lim._keys(key)
+    assert len(conc_keys) == 4
+    assert len({key_slot(k.encode("latin-1")) for k in conc_keys}) == 1, conc_keys
+
+
+def test_different_keys_and_names_do_not_collide() -> None:
+    made = {
+        redis_key("aiolease", "rate", n, k)
+        for n, k in [
+            ("a", None),
+            ("a", "b"),
+            ("a|b", None),
+            ("a", "#5"),
+            ("a", 5),
+            ("a", "5"),
+            ("a", ("5",)),
+            ("a", b"5"),
+        ]
+    }
+    assert len(made) == 8
+
+
+def test_unsupported_key_types_are_refused() -> None:
+    with pytest.raises(TypeError, match="key must be"):
+        redis_key("aiolease", "rate", "n", object())
+    with pytest.raises(TypeError, match="key must be"):
+        redis_key("aiolease", "rate", "n", ("ok", frozenset()))
+
+
+async def test_state_key_expires_when_its_debt_runs_out(
+    client: redis_asyncio.Redis, name: str
+) -> None:
+    lim = RedisRateLimiter(client, name, 10, burst=5)  # T = 100 ms
+    await lim.acquire(cost=3, key="k")
+    rkey = redis_key("aiolease", "rate", name, "k")
+    ttl = await client.pttl(rkey)
+    assert 0 < ttl <= 300 + 2  # exactly the debt: 3 x 100 ms
+    await asyncio.sleep(0.35)
+    assert await client.exists(rkey) == 0
+
+
+async def test_pause_keeps_the_key_until_the_pause_ends(
+    client: redis_asyncio.Redis, name: str
+) -> None:
+    lim = RedisRateLimiter(client, name, 100)
+    await lim.pause(0.3)
+    ttl = await client.pttl(redis_key("aiolease", "rate", name))
+    assert 250 < ttl <= 302
+
+
+# -- across limiter objects (what other processes see) -------------------------------------------
+
+
+async def test_two_clients_share_one_limit(redis_url: str, name: str) -> None:
+    async with redis_client(redis_url) as c1, redis_client(redis_url) as c2:
+        a = RedisRateLimiter(c1, name, 2, burst=2)
+        b = RedisRateLimiter(c2, name, 2, burst=2)
+        await a.acquire()
+        await b.acquire()
+        with pytest.raises(RateLimitExceeded):
+            await a.acquire_nowait()
+        with pytest.raises(RateLimitExceeded):
+            await b.acquire_nowait()
+
+
+async def test_pause_from_one_client_holds_newcomers_of_another(redis_url: str, name: str) -> None:
+    async with redis_client(redis_url) as c1, redis_client(redis_url) as c2:
+        a = RedisRateLimiter(c1, name, 100)
+        b = RedisRateLimiter(c2, name, 100)
+        await a.pause(0.3)
+        with pytest.raises(RateLimitExceeded) as info:
+            await b.acquire_nowait()
+        assert 0.2 < info.value.retry_after <= 0.3
+        t0 = now()
+        await b.acquire()
+        assert now() - t0 >= 0.2
+
+
+# -- cancellation ----------------------------------------------------------------------------------
+
+
+async def test_cancel_during_the_round_trip_gives_the_reservation_back(
+    client: redis_asyncio.Redis, name: str
+) -> None:
+    lim = RedisRateLimiter(client, name, 1, burst=1)
+    await lim.acquire()  # the next slot is 1 s away
+    task = asyncio.ensure_future(lim.acquire())
+    await asyncio.sleep(0)  # the script is written; its reply has not been read
+    assert lim._call._pending
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(200):  # the refund is sent when the abandoned reply arrives
+        if not lim._call._pending and not lim._bg.tasks:
+            break
+        await asyncio.sleep(0.005)
+    assert not lim._bg.tasks
+    with pytest.raises(RateLimitExceeded) as info:
+        await lim.acquire_nowait()
+    # had the cancelled reservation stayed, the next slot would be ~2 s away
+    assert info.value.retry_after <= 1.0
+    assert lim.statistics().cancelled == 1
+    assert lim._aiolease_leaks() == []
+
+
+async def test_cancel_while_sleeping_refunds_only_the_last_reservation(
+    client: redis_asyncio.Redis, name: str
+) -> None:
+    lim = RedisRateLimiter(client, name, 5, burst=1)  # T = 200 ms
+    await lim.acquire()
+    first = asyncio.ensure_future(lim.acquire())  # slot 0.2
+    await asyncio.sleep(0.05)
+    second = asyncio.ensure_future(lim.acquire())  # slot 0.4
+    await asyncio.sleep(0.05)
+    first.cancel()  # in the middle: its slot is left unused (later waiters keep theirs)
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    with pytest.raises(RateLimitExceeded) as info:
+        await lim.acquire_nowait()
+    assert info.value.retry_after > 0.4  # the slot after `second`, not first's freed one
+    second.cancel()  # the last one: refunded exactly
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    with pytest.raises(RateLimitExceeded) as info2:
+        await lim.acquire_nowait()
+    assert info2.value.retry_after <= 0.4 - 0.05
+    assert lim.statistics().cancelled == 2
+
+
+# -- on_error: Redis unreachable ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["raise", "allow", "deny"])
+async def test_on_error_answers_quickly_when_redis_is_unreachable(policy: str) -> None:
+    async with redis_client(UNREACHABLE) as bad:
+        lim = RedisRateLimiter(bad, "down", 10, on_error=policy)  # type: ignore[arg-type]
+        t0 = now()
+        for _ in range(3):  # the first call fails, the next ones answer from the cool-down
+            if policy == "raise":
+                with pytest.raises(RedisConnectionError):
+                    await lim.acquire()
+            elif policy == "deny":
+                with pytest.raises(RateLimitExceeded) as info:
+                    await lim.acquire()
+                assert 0 < info.value.retry_after <= 1.0
+            else:
+                permit = await lim.acquire()
+                assert permit.degraded
+        assert now() - t0 < 0.9  # well under a second for all three
+        s = lim.statistics()
+        assert s.errors == 1  # one failed attempt: no retry storm
+        assert s.degraded == (0 if policy == "raise" else 3)
+
+
+async def _silent_server() -> tuple[asyncio.Server, list[bytes]]:
+    """A TCP server that completes the connection handshake but never answers a script."""
+    received: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            while data := await reader.read(65536):
+                received.append(data)
+                if b"EVALSHA" not in data:
+                    # one +OK per command of the handshake (CLIENT SETINFO ...)
+                    writer.write(b"+OK\r\n" * data.count(b"*"))
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, received
+
+
+async def test_a_hung_server_is_bounded_by_call_timeout_and_never_replayed() -> None:
+    server, received = await _silent_server()
+    port = server.sockets[0].getsockname()[1]
+    # protocol=2: no HELLO handshake
+    async with server, redis_client(f"redis://127.0.0.1:{port}/0", protocol=2) as hung:
+        lim = RedisRateLimiter(hung, "hung", 10, on_error="allow", call_timeout=0.2)
+        t0 = now()
+        permit = await lim.acquire()
+        elapsed = now() - t0
+        assert permit.degraded
+        assert 0.15 <= elapsed < 0.9  # bounded by call_timeout, well under a second
+        await asyncio.sleep(0.3)  # the cool-down passed: the next call may try again
+        blob = b"".join(received)
+        assert blob.count(b"EVALSHA") == 1  # the indeterminate call was not resent
+        assert lim.statistics().errors == 1
+
+
+async def test_on_error_recovers_when_redis_answers_again(
+    client: redis_asyncio.Redis, name: str
+) -> None:
+    lim = RedisRateLimiter(client, name, 100, on_error="deny", call_timeout=0.3)
+    await lim.acquire()
+    lim._call._break(RedisConnectionError("simulated"))
+    lim._unavailable(RedisConnectionError("simulated"), asyncio.get_running_loop())
+    with pytest.raises(RateLimitExceeded):
+        await lim.acquire()  # within the cool-down: denied without a call
+    await asyncio.sleep(0.15)
+    permit = await lim.acquire()  # reconnects
+    assert not permit.degraded
+
+
+# -- arguments, statistics, leaks --------------------------------------------------------------
+
+
+async def test_bad_arguments(client: redis_asyncio.Redis) -> None:
+    with pytest.raises(ValueError, match="rate"):
+        RedisRateLimiter(client, "n", 0)
+    with pytest.raises(ValueError, match="burst"):
+        RedisRateLimiter(client, "n", 1, burst=0.5)
+    with pytest.raises(ValueError, match="on_error"):
+        RedisRateLimiter(client, "n", 1, on_error="ignore")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="clock"):
+        RedisRateLimiter(client, "n", 1, clock="gps")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="call_timeout"):
+        RedisRateLimiter(client, "n", 1, call_timeout=0)
+    with pytest.raises(TypeError, match="name"):
+        RedisRateLimiter(client, "", 1)
+    lim = RedisRateLimiter(client, "n", 1, burst=2)
+    with pytest.raises(ValueError, match="cost"):
+        lim.acquire(cost=3)
+    with pytest.raises(ValueError, match="timeout"):
+        lim.acquire(timeout=-1)
+    with pytest.raises(ValueError, match="seconds"):
+        lim.pause(-1)
+
+
+async def test_settle_charges_and_refunds(client: redis_asyncio.Redis, name: str) -> None:
+    lim = RedisRateLimiter(client, name, 10, burst=10)
+    permit = await lim.acquire(cost=8)
+    assert await permit.asettle(2) == pytest.approx(-6)
+    assert permit.cost == 2
+    await lim.acquire_nowait(cost=8)  # the refund made room
+    with pytest.raises(RateLimitExceeded):
+        await lim.acquire_nowait(cost=1)
+    with pytest.raises(ValueError, match="actual_cost"):
+        await permit.asettle(-1)
+
+
+async def test_works_with_decoded_responses(redis_url: str, name: str) -> None:
+    async with redis_client(redis_url, decode_responses=True) as c:
+        lim = RedisRateLimiter(c, name, 5, burst=1)
+        permit = await lim.acquire()
+        waiter = asyncio.ensure_future(lim.acquire())
+        await asyncio.sleep(0.05)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert await permit.asettle(0.5) == pytest.approx(-0.5)
+        await delete_keys(c, name)
+
+
+async def test_leaks_report_waiting_tasks(client: redis_asyncio.Redis, name: str) -> None:
+    lim = RedisRateLimiter(client, name, 1)
+    await lim.acquire()
+    waiter = asyncio.ensure_future(lim.acquire())
+    await asyncio.sleep(0.05)
+    assert any("waiting" in p for p in lim._aiolease_leaks())
+    assert "RedisRateLimiter" in repr(lim)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await asyncio.sleep(0.05)
+    assert lim._aiolease_leaks() == []
+
+
+def test_conc_script_touches_only_its_keys() -> None:
+    # Every KEYS[i] the script uses is passed in (Cluster routing needs all keys declared).
+    assert "KEYS[4]" in CONC_ACQUIRE.source
+    assert "KEYS[5]" not in CONC_ACQUIRE.source
+    assert "KEYS[2]" not in RATE_ACQUIRE.source
+
+
+async def test_a_single_connection_client_goes_through_its_own_calls(
+    redis_url: str, name: str
+) -> None:
+    # (RedisCluster clients take this path too: routing is theirs.)
+    async with redis_client(redis_url, single_connection_client=True) as c:
+        lim = RedisRateLimiter(c, name, 2, burst=1)
+        assert not lim._call._direct
+        await lim.acquire()
+        loads = lim._call._loaded
+        await c.script_flush()
+        with pytest.raises(RateLimitExceeded):
+            await lim.acquire_nowait()
+        assert lim._call._loaded == loads + 1
+        sem = RedisConcurrencyLimiter(c, name, 1)
+        async with sem.acquire():
+            assert await sem.in_use() == 1
+        await delete_keys(c, name)
+
+
+async def test_leak_check_reports_a_waiting_redis_limiter(
+    client: redis_asyncio.Redis, name: str
+) -> None:
+    from aiolease.testing import leak_check
+
+    waiter: asyncio.Future[Any] | None = None
+    check = leak_check()
+    await check.__aenter__()
+    lim = RedisRateLimiter(client, name, 1)
+    await lim.acquire()
+    waiter = asyncio.ensure_future(lim.acquire())
+    await asyncio.sleep(0.05)
+    with pytest.raises(AssertionError, match="still waiting"):
+        await check.__aexit__(None, None, None)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+
+
+def test_missing_redis_py_names_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['redis'] = None\n"
+        "try:\n"
+        "    import aiolease.redis\n"
+        "except ImportError as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert "pip install aiolease[redis]" in out
+    # and the package itself does not need redis-py
+    plain = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.modules['redis'] = None; import aiolease"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert plain.returncode == 0, plain.stderr
+
+
+async def test_a_connection_killed_under_the_limiter_fails_one_call_then_recovers(
+    client: redis_asyncio.Redis, name: str
+) -> None:
+    lim = RedisRateLimiter(client, name, 1000, burst=10, on_error="raise")
+    await lim.acquire()
+    conn = lim._call._conn
+    host, port = conn._writer.get_extra_info("sockname")[:2]
+    assert await client.client_kill(f"{host}:{port}")
+    await asyncio.sleep(0.05)
+    outcomes = []
+    for _ in range(2):
+        try:
+            await lim.acquire()
+            outcomes.append("ok")
+        except RedisConnectionError:
+            outcomes.append("error")  # the call in flight is lost, not replayed
+        await asyncio.sleep(0.15)  # past the cool-down
+    assert outcomes in (["error", "ok"], ["ok", "ok"])
+    # a new socket (the pool may hand back the same Connection object, reconnected)
+    assert lim._call._conn._writer.get_extra_info("sockname")[:2] != (host, port)
+    assert lim.statistics().errors == outcomes.count("error")

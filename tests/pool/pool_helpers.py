@@ -1,0 +1,112 @@
+"""Shared helpers of the pool tests: wait for quiescence, check the pool's invariants.
+
+White-box on purpose in one place only: :func:`settle` reads ``pool._tasks``
+(the pool-owned tasks: creations, resets, closes) to know when background
+work has finished. Everything else goes through the public API and the
+:class:`~aiolease.testing.FakeManager` records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from aiolease import Pool
+from aiolease.abc import ResourceInfo
+from aiolease.testing import FakeManager, FakeResource
+
+
+async def settle(pool: Pool[Any], *, spins: int = 10) -> None:
+    """Wait until the pool has no background task left, then let ready callbacks run.
+
+    Under ``VirtualTimeLoop`` a delayed close or reset finishes instantly; a
+    task held at a closed gate would make this wait forever, so open gates first.
+    """
+    for _ in range(1000):
+        tasks = [t for t in pool._tasks if not t.done()]
+        if tasks:
+            await asyncio.wait(tasks)
+        for _ in range(spins):
+            await asyncio.sleep(0)
+        if not any(not t.done() for t in pool._tasks):
+            return
+    raise AssertionError(f"{pool!r} never settled")
+
+
+def assert_consistent(
+    pool: Pool[FakeResource],
+    fm: FakeManager,
+    *,
+    quiescent: bool = True,
+    max_size: int | None = None,
+) -> None:
+    """Assert the pool invariants of the contract.
+
+    Always: ``size <= max_size``; no protocol violation seen by the manager
+    (nothing handed out twice, closed twice, checked/reset after close, handed
+    out after close). At quiescence (no creation, reset or close in flight):
+    ``idle + in_use == size``, the manager's open resources are exactly the
+    pool's idle and in-use ones, and the leased ones are exactly ``in_use``.
+
+    Args:
+        max_size: the bound to check ``size`` against (default: the pool's
+            current ``max_size``; pass the old bound right after a resize down
+            while resources are still checked out).
+    """
+    st = pool.statistics()
+    bound = st.max_size if max_size is None else max_size
+    assert st.size <= bound, f"size {st.size} > max_size {bound}: {pool!r}"
+    assert st.idle >= 0
+    assert st.in_use >= 0
+    fm.assert_no_violations()
+    if not quiescent:
+        return
+    assert fm.creating == 0, f"creations still in flight: {fm!r}"
+    assert st.idle + st.in_use == st.size, f"idle + in_use != size: {st}"
+    open_resources = fm.open_resources
+    leased = fm.leased
+    assert len(open_resources) == st.size, f"{len(open_resources)} open resources, {st}"
+    assert len(leased) == st.in_use, f"{len(leased)} leased, {st}"
+    assert all(not r.closed for r in leased)
+    assert len({r.id for r in open_resources}) == len(open_resources)
+
+
+def assert_closed_cleanly(pool: Pool[FakeResource], fm: FakeManager) -> None:
+    """After ``aclose``: every created resource closed exactly once, nothing left."""
+    st = pool.statistics()
+    assert pool.closed
+    assert st.size == 0, st
+    assert st.idle == 0, st
+    assert fm.creating == 0
+    fm.assert_all_closed()
+    assert st.closed == fm.created, (st, fm)
+
+
+def start_acquire(
+    pool: Pool[FakeResource], *, timeout: float | None = None, name: str | None = None
+) -> asyncio.Task[FakeResource]:
+    """A task doing ``await pool.acquire(timeout=timeout)`` (default: no timeout)."""
+
+    async def acquire() -> FakeResource:
+        return await pool.acquire(timeout=timeout)
+
+    return asyncio.create_task(acquire(), name=name)
+
+
+class NoResetFakeManager(FakeManager):
+    """A FakeManager whose ``reset_needed`` says no, so ``release`` hands the resource on
+    synchronously (the Manager's documented fast path): lets a test act between the
+    hand-off and the moment the receiving waiter resumes."""
+
+    def reset_needed(self, resource: FakeResource, info: ResourceInfo) -> bool:
+        return False
+
+
+#: Per-test timeout for the pool tests, enforced from a thread. A busy loop in the pool
+#: (a timer re-armed at a past time) freezes virtual time and never lets the test end;
+#: the default signal method cannot stop it, because asyncio swallows the timeout
+#: exception when it lands inside a callback. The thread method dumps every stack and
+#: ends the run instead of hanging it.
+NO_HANG = pytest.mark.timeout(30, method="thread")

@@ -1,0 +1,332 @@
+"""resize, expire, and discarding broken resources (check/reset errors, discard=True,
+fatal body errors, resources marked broken)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from pool_helpers import NO_HANG, assert_closed_cleanly, assert_consistent, settle, start_acquire
+
+from aiolease import Pool
+from aiolease._tracking import mark_broken
+from aiolease.abc import ResourceInfo
+from aiolease.testing import FakeManager, FakeResource, ResourceKilled
+
+pytestmark = [pytest.mark.aiolease_virtual_time, NO_HANG]
+
+
+# -- resize ----------------------------------------------------------------------------------
+
+
+async def test_resize_up_serves_waiters() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, max_size=1)
+    await pool.open()
+    held = await pool.acquire()
+    waiters = [start_acquire(pool) for _ in range(3)]
+    await asyncio.sleep(0)
+    await pool.resize(max_size=3)
+    got = [await waiters[0], await waiters[1]]  # two new slots: the two oldest waiters
+    await asyncio.sleep(0)
+    assert not waiters[2].done()
+    assert pool.statistics().size == 3
+    await pool.release(held)
+    got.append(await waiters[2])
+    for r in got:
+        await pool.release(r)
+    assert_consistent(pool, fm)
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_resize_down_closes_surplus_idle_before_returning() -> None:
+    fm = FakeManager()
+    fm.delay("close", 3.0)
+    pool = Pool(fm, min_size=4, max_size=4)
+    await pool.open()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await pool.resize(min_size=1, max_size=2)
+    assert loop.time() - start == pytest.approx(3.0)  # returned after the closes it caused
+    st = pool.statistics()
+    assert (st.size, st.idle, st.min_size, st.max_size) == (2, 2, 1, 2)
+    assert fm.closed == 2
+    assert_consistent(pool, fm)
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_resize_down_retires_in_use_surplus_on_release() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, max_size=3)
+    await pool.open()
+    held = [await pool.acquire() for _ in range(3)]
+    await pool.resize(max_size=1)
+    assert pool.statistics().size == 3  # cannot take resources from their holders
+    assert_consistent(pool, fm, max_size=3)
+    waiter = start_acquire(pool)
+    await pool.release(held[0])
+    assert held[0].closed
+    await pool.release(held[1])
+    assert held[1].closed
+    await pool.release(held[2])  # back within max_size: goes to the waiter
+    assert await waiter is held[2]
+    await pool.release(held[2])
+    assert pool.statistics().size == 1
+    assert_consistent(pool, fm)
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_resize_min_size_up_fills_in_background() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, max_size=5)
+    await pool.open()
+    await pool.resize(min_size=3)
+    await settle(pool)
+    assert pool.statistics().idle == 3
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_resize_rejects_bad_bounds() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, min_size=1, max_size=3)
+    with pytest.raises(ValueError, match=r"min_size \(4\) must be <= max_size \(3\)"):
+        await pool.resize(min_size=4)
+    with pytest.raises(ValueError, match="max_size"):
+        await pool.resize(max_size=0)
+    with pytest.raises(TypeError, match="min_size"):
+        await pool.resize(min_size=1.5)  # type: ignore[arg-type]
+    assert (pool.min_size, pool.max_size) == (1, 3)
+    await pool.resize(min_size=0, max_size=1)  # before open: just the bounds
+    assert (pool.min_size, pool.max_size) == (0, 1)
+    assert fm.calls["create"] == 0
+
+
+# -- expire ----------------------------------------------------------------------------------
+
+
+async def test_expire_retires_idle_now_and_in_use_on_release() -> None:
+    fm = FakeManager()
+    fm.delay("close", 2.0)
+    pool = Pool(fm, max_size=3)
+    await pool.open()
+    a, b, c = [await pool.acquire() for _ in range(3)]
+    await pool.release(a)
+    await pool.release(b)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await pool.expire()
+    assert loop.time() - start == pytest.approx(2.0)  # returned after the idle closes
+    assert (a.closed, b.closed, c.close_calls) == (True, True, 0)
+    async with pool.acquire() as fresh:
+        assert fresh.id == 4  # replaced on demand
+    await pool.release(c)
+    assert c.closed
+    assert_consistent(pool, fm)
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_expire_does_not_retire_resources_created_after() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, max_size=2)
+    await pool.open()
+    await pool.expire()
+    async with pool.acquire() as r:
+        pass
+    async with pool.acquire() as r2:
+        assert r2 is r
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+# -- discard ---------------------------------------------------------------------------------
+
+
+async def test_check_runs_on_idle_not_on_fresh_resources() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, max_size=2)
+    await pool.open()
+    async with pool.acquire() as r:
+        pass
+    assert fm.calls["check"] == 0  # fresh: not checked
+    async with pool.acquire() as r2:
+        assert r2 is r
+    assert [e.resource for e in fm.events_of("checked")] == [r.id]
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_handed_off_resource_is_not_checked() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, max_size=1)
+    await pool.open()
+    r = await pool.acquire()
+    waiter = start_acquire(pool)
+    await asyncio.sleep(0)
+    await pool.release(r)  # reset, then straight to the waiter: no check needed
+    assert await waiter is r
+    assert fm.calls["check"] == 0
+    await pool.release(r)
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_failed_check_discards_and_tries_next() -> None:
+    fm = FakeManager()
+    fm.fail("check", when=lambda call: call.resource is not None and call.resource.id == 2)
+    pool = Pool(fm, min_size=2, max_size=2)
+    await pool.open()
+    async with pool.acquire() as r:  # r2 (most recent) fails its check; another is handed out
+        assert r.id != 2
+        assert not r.closed
+    assert fm.resources[1].closed
+    assert pool.statistics().discarded == 1
+    await settle(pool)
+    assert_consistent(pool, fm)  # min_size refilled after the discard
+    assert pool.statistics().size == 2
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_killed_idle_resource_is_replaced_by_check() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, max_size=1)
+    await pool.open()
+    async with pool.acquire() as r:
+        pass
+    r.kill()  # e.g. the server dropped an idle connection
+    async with pool.acquire() as r2:
+        assert r2.id == 2
+        await r2.use()
+    assert isinstance(fm.events_of("checked", ok=False)[0].error, ResourceKilled)
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_failed_reset_discards_and_frees_slot() -> None:
+    fm = FakeManager()
+    fm.fail("reset", calls=1)
+    pool = Pool(fm, max_size=1)
+    await pool.open()
+    waiter_result = None
+    r = await pool.acquire()
+    waiter = start_acquire(pool)
+    await asyncio.sleep(0)
+    await pool.release(r)  # does not raise the reset error
+    assert r.closed
+    waiter_result = await waiter
+    assert waiter_result.id == 2  # the freed slot served the waiter
+    await pool.release(waiter_result)
+    assert pool.statistics().discarded == 1
+    assert_consistent(pool, fm)
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_release_discard_true_closes_before_returning() -> None:
+    fm = FakeManager()
+    fm.delay("close", 1.5)
+    pool = Pool(fm, max_size=1)
+    await pool.open()
+    r = await pool.acquire()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await pool.release(r, discard=True)
+    assert r.closed
+    assert loop.time() - start == pytest.approx(1.5)
+    assert fm.calls["reset"] == 0
+    assert pool.statistics().size == 0
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_fatal_body_error_discards_resource() -> None:
+    fm = FakeManager(fatal=(ConnectionError,))
+    pool = Pool(fm, max_size=1)
+    await pool.open()
+    with pytest.raises(ConnectionError, match="lost"):  # the body's error propagates unchanged
+        async with pool.acquire() as r:
+            raise ConnectionError("lost")
+    assert r.closed
+    assert pool.statistics().discarded == 1
+    with pytest.raises(ValueError, match="harmless"):
+        async with pool.acquire() as r2:
+            raise ValueError("harmless")  # not fatal: reused
+    assert not r2.closed
+    async with pool.acquire() as r3:
+        assert r3 is r2
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_killed_resource_error_in_body_is_fatal() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, max_size=1)
+    await pool.open()
+
+    async def body() -> FakeResource:
+        async with pool.acquire() as r:
+            r.kill()
+            await r.use()
+        return r
+
+    with pytest.raises(ResourceKilled):
+        await body()
+    (r,) = fm.resources
+    assert r.closed
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_resource_marked_broken_is_discarded_on_release() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, max_size=1)
+    await pool.open()
+    async with pool.acquire() as r:
+        mark_broken(r)  # e.g. connection lost during COMMIT
+    assert r.closed
+    assert fm.calls["reset"] == 0
+    async with pool.acquire() as r2:
+        assert r2.id == 2
+    r3 = await pool.acquire()
+    mark_broken(r3)
+    await pool.release(r3)
+    assert r3.closed
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+# -- the manager's synchronous fast paths ----------------------------------------------------
+
+
+class _SelectiveFakeManager(FakeManager):
+    """Skips ``check`` for resources marked healthy and ``reset`` for clean ones."""
+
+    def check_needed(self, resource: FakeResource, info: ResourceInfo) -> bool:
+        return not resource.data.get("healthy", False)
+
+    def reset_needed(self, resource: FakeResource, info: ResourceInfo) -> bool:
+        return bool(resource.data.get("dirty", False))
+
+
+async def test_check_needed_and_reset_needed_skip_the_awaits() -> None:
+    fm = _SelectiveFakeManager()
+    pool = Pool(fm, max_size=1)
+    await pool.open()
+    async with pool.acquire() as r:
+        r.data["healthy"] = True
+    assert fm.calls["reset"] == 0  # not dirty: put straight back
+    async with pool.acquire() as r:
+        r.data["healthy"] = False
+        r.data["dirty"] = True
+    assert fm.calls["check"] == 0  # healthy: not checked
+    assert fm.calls["reset"] == 1
+    async with pool.acquire() as r:
+        pass
+    assert fm.calls["check"] == 1  # suspicious: checked
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)

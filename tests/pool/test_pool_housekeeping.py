@@ -1,0 +1,274 @@
+"""max_lifetime (with jitter), idle_timeout above min_size, min_size refill, the
+housekeeping timer (no polling) and leak_timeout reports."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from pool_helpers import NO_HANG, assert_closed_cleanly, assert_consistent, settle
+
+from aiolease import Pool
+from aiolease.testing import FakeManager, FakeResource, VirtualTimeLoop
+
+pytestmark = [pytest.mark.aiolease_virtual_time, NO_HANG]
+
+
+def _loop() -> VirtualTimeLoop:
+    loop = asyncio.get_running_loop()
+    assert isinstance(loop, VirtualTimeLoop)
+    return loop
+
+
+def _pool_timers(pool: Pool[Any]) -> list[asyncio.TimerHandle]:
+    """The timers this pool has scheduled on the running loop (white-box: asyncio internals)."""
+    scheduled: list[asyncio.TimerHandle] = _loop()._scheduled  # type: ignore[attr-defined]
+    return [
+        h
+        for h in scheduled
+        if not h.cancelled() and getattr(h._callback, "__self__", None) is pool  # type: ignore[attr-defined]
+    ]
+
+
+async def _assert_no_wakeups(pool: Pool[Any], seconds: float = 1000.0) -> None:
+    """Nothing is due: sleeping ``seconds`` jumps the clock exactly once (our own sleep)."""
+    loop = _loop()
+    await settle(pool)
+    jumps = loop.jumps
+    await asyncio.sleep(seconds)
+    assert loop.jumps == jumps + 1, f"{loop.jumps - jumps - 1} unexpected wake-ups"
+
+
+def _close_times(fm: FakeManager) -> dict[int, float]:
+    return {e.resource: e.time for e in fm.events_of("closed") if e.resource is not None}
+
+
+async def test_max_lifetime_retires_idle_resources_with_negative_jitter() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, max_size=20, max_lifetime=100.0)
+    await pool.open()
+    held = [await pool.acquire() for _ in range(20)]
+    for r in held:
+        await pool.release(r)
+    assert len(_pool_timers(pool)) <= 1
+    await asyncio.sleep(101.0)
+    closes = _close_times(fm)
+    assert len(closes) == 20
+    assert all(95.0 <= t <= 100.0 for t in closes.values()), closes
+    assert len(set(closes.values())) > 1  # jittered: they do not all go at once
+    assert_consistent(pool, fm)
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_max_lifetime_retires_in_use_resource_on_release() -> None:
+    fm = FakeManager()
+    fm.delay("close", 2.0)
+    pool = Pool(fm, max_size=1, max_lifetime=10.0)
+    await pool.open()
+    r = await pool.acquire()
+    await asyncio.sleep(20.0)
+    assert r.close_calls == 0  # never taken from its holder
+    loop = _loop()
+    start = loop.time()
+    await pool.release(r)
+    assert r.close_calls == 1
+    assert loop.time() - start == pytest.approx(2.0)  # release returned after the close
+    async with pool.acquire() as r2:
+        assert r2.id == 2
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_max_lifetime_expired_idle_resource_not_handed_out() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, max_size=2, max_lifetime=10.0)
+    await pool.open()
+    r = await pool.acquire()
+    await pool.release(r)
+    await asyncio.sleep(10.0)
+    async with pool.acquire() as r2:
+        assert r2.id == 2
+    assert r.closed
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_idle_timeout_closes_idle_resources_above_min_size() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, min_size=1, max_size=4, idle_timeout=10.0)
+    await pool.open()
+    held = [await pool.acquire() for _ in range(4)]
+    for r in held:
+        await pool.release(r)
+    await asyncio.sleep(9.0)
+    assert pool.statistics().idle == 4
+    await asyncio.sleep(2.0)
+    st = pool.statistics()
+    assert (st.idle, st.size) == (1, 1)  # trimmed back to min_size
+    assert set(_close_times(fm).values()) == {10.0}
+    assert_consistent(pool, fm)
+    await _assert_no_wakeups(pool)  # the one kept at min_size does not cause polling
+    assert pool.statistics().idle == 1
+    assert fm.created == 4  # ... nor churn
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_idle_timeout_counts_from_last_release() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, max_size=2, idle_timeout=10.0)
+    await pool.open()
+    async with pool.acquire():
+        pass
+    await asyncio.sleep(6.0)
+    async with pool.acquire():
+        await asyncio.sleep(1.0)
+    await asyncio.sleep(8.0)  # 15 s since creation, 8 s since last use
+    assert pool.statistics().idle == 1
+    await asyncio.sleep(2.5)
+    assert pool.statistics().size == 0
+    assert _close_times(fm)[1] == pytest.approx(17.0)
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_min_size_resource_past_idle_timeout_is_reused_not_replaced() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, min_size=1, max_size=2, idle_timeout=5.0)
+    await pool.open()
+    await asyncio.sleep(60.0)
+    async with pool.acquire() as r:
+        assert r.id == 1  # kept warm at min_size, not closed and recreated
+    r = pool.acquire_nowait()
+    assert r.id == 1
+    await pool.release(r)
+    assert fm.created == 1
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_lowering_min_size_lets_idle_timeout_trim() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, min_size=3, max_size=3, idle_timeout=5.0)
+    await pool.open()
+    await asyncio.sleep(10.0)
+    assert pool.statistics().idle == 3
+    await pool.resize(min_size=1)
+    await asyncio.sleep(1.0)
+    assert pool.statistics().size == 1
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_min_size_refilled_in_background() -> None:
+    fm = FakeManager()
+    fm.delay("create", 1.0)
+    pool = Pool(fm, min_size=2, max_size=3)
+    await pool.open()
+    r = await pool.acquire()
+    await pool.release(r, discard=True)
+    assert pool.statistics().size == 2  # the replacement is already being created
+    await asyncio.sleep(1.0)
+    assert pool.statistics().idle == 2
+    await pool.expire()
+    await asyncio.sleep(1.0)
+    assert pool.statistics().idle == 2
+    assert fm.created == 5
+    assert_consistent(pool, fm)
+    await _assert_no_wakeups(pool)
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_housekeeping_is_one_timer_at_the_next_deadline() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, max_size=5, max_lifetime=1000.0, idle_timeout=50.0, leak_timeout=30.0)
+    await pool.open()
+    held = [await pool.acquire() for _ in range(5)]
+    assert len(_pool_timers(pool)) == 1  # one timer, for the first leak deadline
+    for r in held[:3]:
+        await asyncio.sleep(1.0)
+        await pool.release(r)
+        assert len(_pool_timers(pool)) <= 1
+    (timer,) = _pool_timers(pool)
+    assert timer.when() == pytest.approx(30.0)  # the earliest deadline: leak of held[3]
+    loop = _loop()
+    jumps = loop.jumps
+    await asyncio.sleep(200.0)
+    # wake-ups: leak at 30 (both held), idle timeouts at 51, 52, 53, our sleep
+    assert loop.jumps - jumps <= 5
+    assert pool.statistics().leaks == 2
+    assert pool.statistics().idle == 0
+    for r in held[3:]:
+        await pool.release(r)
+    await pool.aclose()
+    assert _pool_timers(pool) == []
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_no_timer_without_deadlines() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, min_size=2, max_size=4)
+    await pool.open()
+    async with pool.acquire():
+        assert _pool_timers(pool) == []
+    assert _pool_timers(pool) == []
+    await _assert_no_wakeups(pool)
+    await pool.aclose()
+
+
+def acquire_site_for_leak_test(pool: Pool[FakeResource]) -> Any:
+    """A uniquely named frame so the test can find it in the reported stack."""
+    return pool.acquire()
+
+
+async def test_leak_timeout_reports_once_per_lease_with_stack(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="aiolease.pool")
+    fm = FakeManager()
+    pool = Pool(fm, max_size=2, leak_timeout=10.0, name="leaky")
+
+    async def hold_for(seconds: float) -> None:
+        async with acquire_site_for_leak_test(pool):
+            await asyncio.sleep(seconds)
+
+    await pool.open()
+    await hold_for(9.0)  # released in time: no report
+    assert pool.statistics().leaks == 0
+    assert caplog.records == []
+
+    await hold_for(35.0)  # reported once, not every 10 s
+    assert pool.statistics().leaks == 1
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING
+    message = record.getMessage()
+    assert "leaky" in message
+    assert "leak_timeout=10.0" in message
+    assert "acquire_site_for_leak_test" in message  # the acquiring stack
+    assert "hold_for" in message
+
+    await hold_for(11.0)  # a new lease: reported again
+    assert pool.statistics().leaks == 2
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_leak_report_for_awaited_acquire(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="aiolease.pool")
+    fm = FakeManager()
+    pool = Pool(fm, max_size=1, leak_timeout=1.0)
+    await pool.open()
+
+    async def forgetful_user() -> FakeResource:
+        return await pool.acquire()
+
+    r = await forgetful_user()
+    await asyncio.sleep(5.0)
+    assert pool.statistics().leaks == 1
+    assert "forgetful_user" in caplog.text
+    await pool.release(r)
+    await pool.aclose()

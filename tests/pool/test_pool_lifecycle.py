@@ -1,0 +1,461 @@
+"""Pool lifecycle: open, acquire/release forms, aclose, statistics, repr, warnings."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import re
+
+import pytest
+from pool_helpers import NO_HANG, assert_closed_cleanly, assert_consistent, settle, start_acquire
+
+import aiolease
+from aiolease import Pool, PoolClosed, PoolStatistics, WouldBlock
+from aiolease.testing import FakeManager, FakeResource
+
+pytestmark = [pytest.mark.aiolease_virtual_time, NO_HANG]
+
+
+async def test_async_with_acquire_release() -> None:
+    fm = FakeManager()
+    async with Pool(fm, max_size=2) as pool:
+        async with pool.acquire() as r:
+            assert isinstance(r, FakeResource)
+            assert r in fm.leased
+            await r.use()
+            assert pool.statistics().in_use == 1
+        assert r not in fm.leased
+        assert_consistent(pool, fm)
+        assert pool.statistics().idle == 1
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_await_acquire_and_release() -> None:
+    fm = FakeManager()
+    async with Pool(fm, max_size=2) as pool:
+        r = await pool.acquire()
+        assert r in fm.leased
+        await pool.release(r)
+        assert r not in fm.leased
+        with pytest.raises(ValueError, match="not checked out"):
+            await pool.release(r)
+        assert_consistent(pool, fm)
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_acquire_accepted_by_ensure_future() -> None:
+    fm = FakeManager()
+    async with Pool(fm, max_size=1) as pool:
+        fut = asyncio.ensure_future(pool.acquire())
+        r = await fut
+        assert isinstance(r, FakeResource)
+        assert r.lease is not None
+        await pool.release(r)
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_reused_resource_is_the_warm_one() -> None:
+    fm = FakeManager()
+    async with Pool(fm, max_size=3) as pool:
+        a = await pool.acquire()
+        b = await pool.acquire()
+        await pool.release(a)
+        await pool.release(b)
+        async with pool.acquire() as r:
+            assert r is b  # most recently used first
+        assert fm.created == 2
+
+
+async def test_acquire_on_never_opened_pool_opens_it() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, min_size=2, max_size=3)
+    assert fm.calls["create"] == 0  # nothing happens in __init__
+    r = await pool.acquire()
+    assert fm.created == 2  # opened: min_size prefilled, one of them handed out
+    assert pool.statistics().size == 2
+    await pool.release(r)
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_async_with_acquire_on_never_opened_pool() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, max_size=1)
+    async with pool.acquire() as r:
+        await r.use()
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_open_prefills_min_size() -> None:
+    fm = FakeManager()
+    fm.delay("create", 1.0)
+    pool = Pool(fm, min_size=3, max_size=5)
+    await pool.open()
+    assert pool.statistics().idle == 3  # open() waits for the first min_size resources
+    await pool.open()  # idempotent
+    assert fm.created == 3
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_open_nowait_fills_in_background() -> None:
+    fm = FakeManager()
+    fm.delay("create", 1.0)
+    pool = Pool(fm, min_size=2, max_size=5)
+    await pool.open(wait=False)
+    assert pool.statistics().idle == 0
+    assert pool.statistics().size == 2  # creations in flight count
+    await settle(pool)
+    assert pool.statistics().idle == 2
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_open_failure_closes_pool_and_raises() -> None:
+    fm = FakeManager()
+    fm.fail("create", ConnectionError, calls=2)
+    pool = Pool(fm, min_size=3, max_size=5)
+    with pytest.raises(ConnectionError, match="call #2"):
+        await pool.open()
+    assert pool.closed
+    assert_closed_cleanly(pool, fm)
+    with pytest.raises(PoolClosed):
+        await pool.open()
+
+
+async def test_acquire_after_close_raises_pool_closed() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, max_size=1)
+    async with pool:
+        pass
+    with pytest.raises(PoolClosed):
+        await pool.acquire()
+    with pytest.raises(PoolClosed):
+        async with pool.acquire():
+            pass
+    with pytest.raises(WouldBlock):
+        pool.acquire_nowait()
+    with pytest.raises(PoolClosed):
+        await pool.open()
+    await pool.aclose()  # idempotent
+
+
+async def test_aclose_never_opened_pool() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, min_size=1)
+    await pool.aclose()
+    assert pool.closed
+    assert fm.calls["create"] == 0
+    with pytest.raises(PoolClosed):
+        await pool.acquire()
+
+
+async def test_waiters_woken_with_pool_closed() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, max_size=1)
+    await pool.open()
+    held = await pool.acquire()
+    waiters = [start_acquire(pool) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert pool.statistics().waiting == 3
+    closing = asyncio.create_task(pool.aclose())
+    for w in waiters:
+        with pytest.raises(PoolClosed):
+            await w
+    assert not closing.done()  # still waiting for the checked-out resource
+    assert held.close_calls == 0
+    await pool.release(held)  # closed on release, after close
+    assert held.close_calls == 1
+    await closing
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_in_use_resource_closed_when_released_after_close() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, max_size=2)
+    await pool.open()
+    async with pool.acquire() as a:
+        b = await pool.acquire()
+        closing = asyncio.create_task(pool.aclose())
+        await asyncio.sleep(0)
+        await a.use()  # still usable while checked out
+        await pool.release(b)
+        assert b.closed  # release returned after the close it caused
+        assert not closing.done()
+    assert a.closed
+    await closing
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_aclose_timeout_closes_checked_out_resources(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fm = FakeManager()
+    pool = Pool(fm, max_size=2)
+    await pool.open()
+    r = await pool.acquire()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await pool.aclose(timeout=5.0)
+    assert loop.time() - start == pytest.approx(5.0)
+    assert r.closed
+    assert pool.statistics().size == 0
+    assert "still checked out" in caplog.text
+    await pool.release(r)  # the late release is harmless
+    fm.assert_all_closed()
+
+
+async def test_aclose_timeout_returns_early_when_released() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, max_size=2)
+    await pool.open()
+    r = await pool.acquire()
+    loop = asyncio.get_running_loop()
+
+    async def give_back() -> None:
+        await asyncio.sleep(1.0)
+        await pool.release(r)
+
+    giver = asyncio.create_task(give_back())
+    start = loop.time()
+    await pool.aclose(timeout=10.0)
+    assert loop.time() - start == pytest.approx(1.0)
+    await giver
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_aclose_waits_for_inflight_closes_and_is_idempotent_concurrently() -> None:
+    fm = FakeManager()
+    fm.delay("close", 2.0)
+    pool = Pool(fm, min_size=2, max_size=2)
+    await pool.open()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    first = asyncio.create_task(pool.aclose())
+    second = asyncio.create_task(pool.aclose())
+    await asyncio.gather(first, second)
+    assert loop.time() - start == pytest.approx(2.0)
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_acquire_nowait() -> None:
+    fm = FakeManager()
+    fm.fail("check")  # acquire_nowait never checks
+    pool = Pool(fm, max_size=2)
+    with pytest.raises(WouldBlock, match="not open"):
+        pool.acquire_nowait()
+    await pool.open()
+    with pytest.raises(WouldBlock, match="no idle"):
+        pool.acquire_nowait()
+    fm.clear_rules()
+    r = await pool.acquire()
+    await pool.release(r)
+    fm.fail("check")
+    r2 = pool.acquire_nowait()
+    assert r2 is r
+    assert r2.lease is not None
+    assert fm.calls["check"] == 0
+    with pytest.raises(WouldBlock):
+        pool.acquire_nowait()
+    await pool.release(r2)
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_unclosed_pool_warns_resource_warning() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, max_size=1, name="forgotten")
+    await pool.open()
+    pattern = r"unclosed .*forgotten.*test_pool_lifecycle\.py"
+    with pytest.warns(ResourceWarning, match=pattern):  # noqa: PT031  # the del must be inside
+        del pool
+        gc.collect()
+
+
+async def test_closed_or_never_opened_pool_does_not_warn() -> None:
+    fm = FakeManager()
+    pool = Pool(fm)
+    del pool
+    pool2 = Pool(fm)
+    await pool2.open()
+    await pool2.aclose()
+    del pool2
+    gc.collect()  # filterwarnings=error: a ResourceWarning would fail the test
+
+
+async def test_repr_is_readable() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, max_size=4, name="db")
+    assert repr(pool) == "<aiolease.Pool 'db' new size=0/4 idle=0 in_use=0 waiting=0>"
+    async with pool, pool.acquire():
+        assert repr(pool) == "<aiolease.Pool 'db' open size=1/4 idle=0 in_use=1 waiting=0>"
+    assert re.fullmatch(r"<aiolease\.Pool 'db' closed size=0/4 .*>", repr(pool))
+    assert repr(Pool(fm)).startswith("<aiolease.Pool new ")
+
+
+async def test_statistics_fields() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, min_size=1, max_size=2, acquire_timeout=3.0)
+    st = pool.statistics()
+    assert isinstance(st, PoolStatistics)
+    assert (st.size, st.idle, st.in_use, st.waiting, st.min_size, st.max_size) == (0, 0, 0, 0, 1, 2)
+    with pytest.raises(AttributeError):
+        st.size = 3  # type: ignore[misc]  # frozen
+    loop = asyncio.get_running_loop()
+    async with pool:
+        a = await pool.acquire()
+        b = await pool.acquire()
+
+        async def give_back() -> None:
+            await asyncio.sleep(2.0)
+            await pool.release(a)
+
+        giver = asyncio.create_task(give_back())
+        start = loop.time()
+        c = await pool.acquire()  # waits 2 s
+        assert loop.time() - start == pytest.approx(2.0)
+        await giver
+        with pytest.raises(aiolease.PoolTimeout):
+            await pool.acquire()  # 3 s then timeout
+        st = pool.statistics()
+        assert st.size == 2
+        assert st.in_use == 2
+        assert st.idle == 0
+        assert st.waiting == 0
+        assert st.acquired == 3
+        assert st.created == 2
+        assert st.closed == 0
+        assert st.timeouts == 1
+        assert st.wait_time_total == pytest.approx(2.0)
+        assert st.wait_time_max == pytest.approx(2.0)
+        assert st.leaks == 0
+        waiter = start_acquire(pool)
+        await asyncio.sleep(0)
+        assert pool.statistics().waiting == 1
+        await pool.release(b, discard=True)
+        await pool.release(await waiter)
+        await pool.release(c)
+        assert pool.statistics().discarded == 1
+    st = pool.statistics()
+    assert st.closed == st.created == 3
+    assert st.size == 0
+
+
+async def test_from_callables_async_create_sync_close() -> None:
+    closed: list[int] = []
+    counter = iter(range(100))
+
+    async def create() -> int:
+        await asyncio.sleep(0)
+        return 1000 + next(counter)
+
+    pool = Pool.from_callables(create, closed.append, max_size=2)
+    async with pool, pool.acquire() as a, pool.acquire() as b:
+        assert (a, b) == (1000, 1001)
+    assert sorted(closed) == [1000, 1001]
+
+
+async def test_from_callables_async_close_and_no_close() -> None:
+    closed: list[object] = []
+
+    async def create() -> object:
+        return object()
+
+    async def close(resource: object) -> None:
+        await asyncio.sleep(0.5)
+        closed.append(resource)
+
+    pool = Pool.from_callables(create, close, min_size=1, max_size=1)
+    async with pool, pool.acquire() as r:
+        pass
+    assert closed == [r]
+
+    pool2 = Pool.from_callables(create)
+    async with pool2, pool2.acquire():
+        pass
+
+
+async def test_create_returning_an_object_already_held_is_an_error() -> None:
+    """Resources are told apart by identity: a manager handing out the same object twice
+    would make one release free two leases. The second creation fails instead."""
+    token = object()
+    closed: list[object] = []
+
+    async def create() -> object:
+        return token
+
+    pool = Pool.from_callables(create, closed.append, max_size=3)
+    async with pool:
+        async with pool.acquire() as r:
+            assert r is token
+            with pytest.raises(ValueError, match="distinct object"):
+                await pool.acquire()
+            assert pool.statistics().size == 1  # the failed creation freed its slot
+        async with pool.acquire() as again:  # back idle: reused, not re-created
+            assert again is token
+    assert closed == [token]
+    assert pool.statistics().size == 0
+
+
+def test_from_callables_rejects_non_callables() -> None:
+    with pytest.raises(TypeError, match="create"):
+        Pool.from_callables(42)  # type: ignore[arg-type]
+
+    async def create() -> int:
+        return 1
+
+    with pytest.raises(TypeError, match="close"):
+        Pool.from_callables(create, close=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_size"):
+        Pool.from_callables(create, max_size=0)
+
+
+async def test_manager_lease_hooks_see_every_lease() -> None:
+    fm = FakeManager()
+    async with Pool(fm, max_size=1) as pool:
+        for _ in range(3):
+            async with pool.acquire() as r:
+                await r.use()
+    kinds = [e.kind for e in fm.events if e.kind in ("acquired", "released")]
+    assert kinds == ["acquired", "released"] * 3
+    assert fm.leases == 3
+
+
+async def test_aclose_while_open_waits_for_prefill() -> None:
+    fm = FakeManager()
+    gate = fm.block("create")
+    pool = Pool(fm, min_size=2, max_size=2)
+    opening = asyncio.create_task(pool.open())
+    await gate.wait_arrived(2)
+    await pool.aclose()  # interrupts the prefill
+    with pytest.raises(PoolClosed):
+        await opening
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_leak_check_names_open_pool_and_checked_out_resource() -> None:
+    from aiolease.testing import leak_check
+
+    fm = FakeManager()
+    pools: list[Pool[FakeResource]] = []
+    held: list[FakeResource] = []
+
+    async def leaky() -> None:
+        async with leak_check():
+            pool = Pool(fm, max_size=1, name="forgotten-db")
+            pools.append(pool)
+            await pool.open()
+            held.append(await pool.acquire())
+
+    with pytest.raises(AssertionError) as info:
+        await leaky()
+    report = str(info.value)
+    assert "forgotten-db" in report
+    assert "left open" in report
+    assert "still checked out" in report
+    assert "leaky" in report  # where it was acquired
+    await pools[0].release(held[0])
+    await pools[0].aclose()
+    async with leak_check(), Pool(fm, max_size=1) as clean, clean.acquire():  # clean: passes
+        pass
