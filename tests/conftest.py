@@ -64,5 +64,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.postgres)
         if "redis" in path:
             item.add_marker(pytest.mark.redis)
-
-

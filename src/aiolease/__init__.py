@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._dialects import register_dialect as register_dialect
 from ._errors import AioleaseError as AioleaseError
 from ._errors import CommitUnknown as CommitUnknown
 from ._errors import LimitTimeout as LimitTimeout
@@ -12,8 +13,21 @@ from ._errors import Rollback as Rollback
 from ._errors import TooManyWaiters as TooManyWaiters
 from ._errors import TransactionError as TransactionError
 from ._errors import WouldBlock as WouldBlock
+from ._limits import ConcurrencyLimiter as ConcurrencyLimiter
+from ._limits import ConcurrencyLimiterStatistics as ConcurrencyLimiterStatistics
+from ._limits import ConcurrencyPermit as ConcurrencyPermit
+from ._limits import GroupPermit as GroupPermit
+from ._limits import LimitGroup as LimitGroup
+from ._limits import RateLimiter as RateLimiter
+from ._limits import RateLimiterStatistics as RateLimiterStatistics
+from ._limits import RatePermit as RatePermit
 from ._pool import Pool as Pool
 from ._pool import PoolStatistics as PoolStatistics
+from ._transaction import HookError as HookError
+from ._transaction import Transaction as Transaction
+from ._transaction import atomic as atomic
+from ._transaction import run_transaction as run_transaction
+from ._transaction import transaction_attempts as transaction_attempts
 from .abc import Manager as Manager
 from .abc import ResourceInfo as ResourceInfo
 
@@ -22,6 +36,12 @@ __version__ = "0.1.0"
 __all__ = [
     "AioleaseError",
     "CommitUnknown",
+    "ConcurrencyLimiter",
+    "ConcurrencyLimiterStatistics",
+    "ConcurrencyPermit",
+    "GroupPermit",
+    "HookError",
+    "LimitGroup",
     "LimitTimeout",
     "Manager",
     "Pool",
@@ -29,9 +49,17 @@ __all__ = [
     "PoolStatistics",
     "PoolTimeout",
     "RateLimitExceeded",
+    "RateLimiter",
+    "RateLimiterStatistics",
+    "RatePermit",
     "ResourceInfo",
     "Rollback",
     "TooManyWaiters",
+    "Transaction",
     "TransactionError",
     "WouldBlock",
+    "atomic",
+    "register_dialect",
+    "run_transaction",
+    "transaction_attempts",
 ]

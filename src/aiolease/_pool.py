@@ -800,6 +800,18 @@ class Pool(Generic[T]):
             self._reset_needed_fn is None or self._reset_needed_fn(resource, info)
         ):
             return self._spawn(self._reset_then_return(entry))
+        # _put_back's common case, inlined (a call less per release): back to idle with
+        # nobody waiting and nothing to retire. Anything else takes the general route.
+        if (
+            not self._waiters
+            and self._state is _State.OPEN
+            and not self._expiring
+            and entry.generation == self._generation
+            and self._size <= self._max_size
+        ):
+            entry.from_idle = True
+            self._idle.append(entry)
+            return None
         return self._put_back(entry)
 
     async def _reset_then_return(self, entry: _Entry[T]) -> None:

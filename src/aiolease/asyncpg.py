@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, Literal
+import socket
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from ._pool import Pool
 from .abc import Manager, ResourceInfo
@@ -33,13 +34,159 @@ Reset = Literal["transaction", "session"]
 
 def _busy(conn: Connection) -> bool:
     """Whether a query is still in flight (e.g. the body was cancelled mid-query)."""
-    protocol = getattr(conn, "_protocol", None)
-    is_cancelling = getattr(protocol, "_is_cancelling", None)
-    return bool(is_cancelling is not None and is_cancelling())
+    c: Any = conn  # asyncpg internals, read on every release: no getattr() calls
+    try:
+        return bool(c._protocol._is_cancelling())
+    except AttributeError:
+        return False
+
+
+_PEEK = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
+
+# Errors in the body that mean the connection itself is gone or unusable: the
+# server went away (class 08, admin/crash shutdown), the socket failed, or the
+# driver's protocol state is confused (e.g. after an unsolicited FATAL message).
+_FATAL_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InternalClientError,
+)
+
+
+def _raw_socket(conn: Connection) -> socket.socket | None:
+    """The connection's socket, or None where the transport does not expose one (uvloop)."""
+    transport = getattr(conn, "_transport", None)
+    sock = getattr(transport, "_sock", None)  # asyncio's selector transports: the socket itself
+    if isinstance(sock, socket.socket):
+        return sock
+    if transport is None:
+        return None
+    sock = transport.get_extra_info("socket")
+    if sock is not None and not isinstance(sock, socket.socket):
+        sock = getattr(sock, "_sock", None)  # asyncio's TransportSocket wrapper
+    return sock if isinstance(sock, socket.socket) else None
+
+
+def _quiet(conn: Connection) -> bool:
+    """Whether an idle connection's socket has nothing unread: no data, no EOF, no error.
+
+    A server that terminates a backend (``pg_terminate_backend``, shutdown)
+    sends a FATAL message and closes the socket; asyncpg notices only when the
+    event loop next polls that socket, so until then ``is_closed()`` is still
+    False. Peeking at the socket (one non-blocking ``recv(MSG_PEEK)``, no round
+    trip) sees what the loop has not read yet. Unknowable (no socket): True.
+    """
+    sock = _raw_socket(conn)
+    if sock is None:
+        return True
+    try:
+        sock.recv(1, _PEEK)
+    except BlockingIOError:
+        return True  # the normal state of an idle connection
+    except OSError:
+        return False  # reset, or the socket is already closed
+    return False  # data (a FATAL message, or a NOTIFY not read yet) or EOF
+
+
+class _Watch:
+    """Sits between a pooled connection's transport and asyncpg's protocol, counting
+    the chunks of data that arrive.
+
+    A server that drops a backend sends a FATAL message first and closes the
+    socket a moment later. If the event loop runs in between, asyncpg reads
+    the FATAL message (it is unexpected while idle, and asyncpg only records
+    it) but still reports the connection open, and the socket has nothing
+    left to peek at. The count tells the pool that an idle connection heard
+    from the server, which a healthy idle connection never does (except for
+    notifications, which the verifying round trip tells apart). Everything
+    but ``data_received`` is delegated untouched.
+    """
+
+    __slots__ = ("_protocol", "received", "seen")
+
+    def __init__(self, protocol: Any) -> None:
+        self._protocol = protocol
+        self.received = 0  # chunks received so far
+        self.seen = 0  # `received` when the connection last went idle
+
+    def data_received(self, data: bytes) -> None:
+        self.received += 1
+        self._protocol.data_received(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._protocol, name)
+
+
+def _install_watch(conn: Connection) -> None:
+    transport = getattr(conn, "_transport", None)
+    if transport is None:
+        return
+    try:
+        protocol = transport.get_protocol()
+        if not isinstance(protocol, _Watch):
+            transport.set_protocol(cast(asyncio.BaseProtocol, _Watch(protocol)))
+    except Exception as exc:  # an exotic transport: fall back to the socket peek alone
+        logger.debug("cannot watch %r for unsolicited messages: %r", conn, exc)
+
+
+def _watch_of(conn: Connection) -> _Watch | None:
+    c: Any = conn  # on every checkout and release: no getattr() calls
+    try:
+        watch = c._transport._protocol  # asyncio's transports
+    except AttributeError:
+        transport = getattr(conn, "_transport", None)
+        watch = None if transport is None else transport.get_protocol()
+    return watch if type(watch) is _Watch else None
+
+
+def _mark_idle(conn: Connection) -> None:
+    """The connection goes idle now: anything it receives from here on is suspicious."""
+    watch = _watch_of(conn)
+    if watch is not None:
+        watch.seen = watch.received
+
+
+def _heard_while_idle(conn: Connection) -> bool:
+    watch = _watch_of(conn)
+    return watch is not None and watch.received != watch.seen
 
 
 class AsyncpgManager(Manager["Connection"]):
     """Creates, vets, resets and closes asyncpg connections for a :class:`~aiolease.Pool`.
+
+    Checkout (:meth:`check_needed`, :meth:`check`) costs no round trip for a
+    healthy idle connection. A connection whose backend the server terminated
+    while it sat idle (``pg_terminate_backend``, a restart) is never handed
+    out, even before asyncpg has noticed: the pool looks for anything the
+    server sent while the connection was idle, both still unread in the
+    socket (a non-blocking ``MSG_PEEK``) and already read by the event loop
+    (a count kept by a thin wrapper around asyncpg's protocol); only then does
+    a ``SELECT 1`` round trip decide. A connection killed while in use fails
+    the body with a connection error, which :meth:`is_fatal` recognises, so it
+    is closed rather than reused.
+
+    Choosing ``reset`` (the trade-off):
+
+    ========================  ===========================  ==============================
+    left behind by a user     ``"transaction"`` (default)  ``"session"``
+    ========================  ===========================  ==============================
+    open / failed transaction rolled back                  rolled back
+    query still running       connection discarded         connection discarded
+    ``SET`` settings          **kept** for the next user   ``RESET ALL``
+    advisory locks            **kept** (still held)        ``pg_advisory_unlock_all()``
+    ``LISTEN``                **kept**                     ``UNLISTEN *``
+    prepared/cursor state     kept                         ``CLOSE ALL`` (and listeners)
+    cost per release          nothing, unless a            one round trip, always
+                              transaction was left open
+    ========================  ===========================  ==============================
+
+    Use ``"transaction"`` when your code does not change session state (or
+    scopes it with ``SET LOCAL`` / transaction-level advisory locks): it is
+    the fast default. Use ``"session"`` when callers may ``SET``, lock or
+    ``LISTEN`` at session level and the next user must not inherit that.
 
     Args:
         dsn: the connection string, passed to :func:`asyncpg.connect`.
@@ -51,7 +198,9 @@ class AsyncpgManager(Manager["Connection"]):
             reset on every release (``RESET ALL``, ``UNLISTEN *``, unlock
             advisory locks, ``CLOSE ALL``) as asyncpg's own pool does: isolated,
             but one extra round trip per release.
-        reset_timeout: seconds a reset may take before the connection is discarded.
+        reset_timeout: seconds a reset (or the verifying round trip of a
+            suspicious idle connection, see :meth:`check`) may take before the
+            connection is discarded.
         close_timeout: seconds a graceful close may take before the socket is cut.
         **connect_kwargs: passed to :func:`asyncpg.connect`.
     """
@@ -77,21 +226,51 @@ class AsyncpgManager(Manager["Connection"]):
         self.connect_kwargs = connect_kwargs
 
     async def create(self) -> Connection:
-        return await asyncpg.connect(self.dsn, **self.connect_kwargs)
+        conn: Connection = await asyncpg.connect(self.dsn, **self.connect_kwargs)
+        _install_watch(conn)
+        return conn
+
+    def check_needed(self, resource: Connection, info: ResourceInfo) -> bool:
+        """No round trip for a healthy idle connection. Only a closed one, or one that
+        received data while idle (read by the loop, see :class:`_Watch`, or still
+        unread in its socket, see :func:`_quiet`), goes through :meth:`check`."""
+        return resource.is_closed() or _heard_while_idle(resource) or not _quiet(resource)
 
     async def check(self, resource: Connection, info: ResourceInfo) -> None:
+        """Discard a closed connection; verify a suspicious one with a round trip.
+
+        Raises:
+            ConnectionError: the connection is closed, or the round trip failed
+                (e.g. the server terminated the backend while it was idle).
+        """
         if resource.is_closed():
             raise ConnectionError("connection was closed while idle (server restart or kill?)")
+        if _heard_while_idle(resource) or not _quiet(resource):
+            # Data while idle: a FATAL from a server that dropped us (the close follows),
+            # or a harmless notification. A round trip tells them apart.
+            try:
+                async with asyncio.timeout(self.reset_timeout):
+                    await resource.execute("SELECT 1")
+            except Exception as exc:  # any failure (incl. the driver's InternalClientError)
+                raise ConnectionError(
+                    f"connection failed its check after unread data while idle: {exc!r}"
+                ) from exc
 
     def reset_needed(self, resource: Connection, info: ResourceInfo) -> bool:
         if self.reset_mode == "session":
             return True
-        return (
+        c: Any = resource
+        if (
             resource.is_closed()
             or resource.is_in_transaction()
-            or getattr(resource, "_top_xact", None) is not None
+            or c._top_xact is not None
             or _busy(resource)
-        )
+        ):
+            return True
+        watch = _watch_of(resource)
+        if watch is not None:
+            watch.seen = watch.received  # idle from now on (see _Watch)
+        return False
 
     async def reset(self, resource: Connection, info: ResourceInfo) -> None:
         if resource.is_closed():
@@ -105,6 +284,7 @@ class AsyncpgManager(Manager["Connection"]):
                 logger.warning("rolling back a transaction left open on %r at release", resource)
                 resource._top_xact = None  # type: ignore[attr-defined]  # asyncpg's own reset does this
                 await resource.execute("ROLLBACK")
+        _mark_idle(resource)
 
     async def close(self, resource: Connection) -> None:
         if resource.is_closed():
@@ -116,9 +296,7 @@ class AsyncpgManager(Manager["Connection"]):
             raise
 
     def is_fatal(self, resource: Connection, exc: BaseException) -> bool:
-        return resource.is_closed() or isinstance(
-            exc, OSError | asyncpg.exceptions.ConnectionDoesNotExistError
-        )
+        return resource.is_closed() or isinstance(exc, _FATAL_ERRORS)
 
 
 def create_pool(

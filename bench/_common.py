@@ -1,0 +1,166 @@
+"""Shared helpers for the benchmarks in ``bench/``: timed workers, interleaved rounds, tables.
+
+A benchmark is a list of :class:`Contender` objects. Each one opens its
+subject once per round (``setup``, an async context manager yielding a
+:data:`Worker`) and runs every column with it. Rounds rotate the order of the
+contenders so slow drifts of a noisy machine hit each of them alike; the table
+shows medians over the rounds. These are measurements, not tests: nothing here
+asserts anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "CLOCKS",
+    "Column",
+    "Contender",
+    "Stop",
+    "Worker",
+    "environment",
+    "fmt_ops",
+    "run_rounds",
+    "timed",
+]
+
+
+class Stop:
+    """A flag the workers poll between operations; set when the run's time is up."""
+
+    __slots__ = ("flag",)
+
+    def __init__(self) -> None:
+        self.flag = False
+
+
+#: ``async def worker(stop) -> operations done``: loops until ``stop.flag``.
+Worker = Callable[[Stop], Coroutine[Any, Any, int]]
+
+
+@dataclass
+class Contender:
+    """One subject of a benchmark: a name and how to open it (yields a worker)."""
+
+    name: str
+    setup: Callable[[], AbstractAsyncContextManager[Worker]]
+    role: str = ""  # "floor", "ours", "anchor" (how the table groups it)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the table: how many tasks share the subject."""
+
+    title: str
+    tasks: int
+
+
+@dataclass
+class Results:
+    """ops/s per (contender, column title), one value per round."""
+
+    samples: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+
+    def add(self, contender: str, column: str, value: float) -> None:
+        self.samples.setdefault((contender, column), []).append(value)
+
+    def median(self, contender: str, column: str) -> float:
+        values = self.samples.get((contender, column))
+        return statistics.median(values) if values else float("nan")
+
+    def spread(self, contender: str, column: str) -> float:
+        """(max - min) / median over the rounds: how noisy this cell was."""
+        values = self.samples.get((contender, column))
+        if not values or len(values) < 2:
+            return 0.0
+        med = statistics.median(values)
+        return (max(values) - min(values)) / med if med else 0.0
+
+
+#: The clocks a run can be measured with: wall time (what users see) or this
+#: process's CPU time (steadier on a busy machine; it leaves out time spent
+#: waiting for a server, so use it for in-process mechanics).
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+async def timed(
+    worker: Worker, tasks: int, duration: float, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """Run ``tasks`` copies of ``worker`` for ``duration`` seconds; return operations per second.
+
+    The stop flag is set by a loop timer, so the workers pay only an attribute
+    read per operation for the bookkeeping. Operations in flight when time is
+    up finish and are counted, and the elapsed time includes them. ``clock``
+    measures the elapsed time (see :data:`CLOCKS`).
+    """
+    loop = asyncio.get_running_loop()
+    stop = Stop()
+
+    def done() -> None:
+        stop.flag = True
+
+    gc.collect()
+    handle = loop.call_later(duration, done)
+    start = clock()
+    try:
+        counts = await asyncio.gather(*(worker(stop) for _ in range(tasks)))
+    finally:
+        handle.cancel()
+    elapsed = clock() - start
+    return sum(counts) / elapsed
+
+
+async def run_rounds(
+    contenders: Sequence[Contender],
+    columns: Sequence[Column],
+    *,
+    repeats: int,
+    duration: float,
+    warmup: float,
+    progress: Callable[[str], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Results:
+    """Interleave the contenders over ``repeats`` rounds, rotating their order each round."""
+    results = Results()
+    n = len(contenders)
+    for rnd in range(repeats):
+        order = [contenders[(rnd + i) % n] for i in range(n)]
+        for contender in order:
+            async with contender.setup() as worker:
+                if warmup > 0:
+                    await timed(worker, max(c.tasks for c in columns), warmup)
+                for column in columns:
+                    results.add(
+                        contender.name,
+                        column.title,
+                        await timed(worker, column.tasks, duration, clock),
+                    )
+        if progress is not None:
+            progress(f"  round {rnd + 1}/{repeats} done")
+    return results
+
+
+def fmt_ops(value: float) -> str:
+    """``12,345`` style, or ``-`` for a missing value."""
+    if value != value:  # NaN
+        return "-"
+    return f"{value:,.0f}"
+
+
+def environment() -> str:
+    """One line describing where the numbers come from."""
+    loop = type(asyncio.get_event_loop_policy()).__module__
+    return (
+        f"Python {platform.python_version()} ({sys.implementation.name}), "
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, loop policy {loop}"
+    )

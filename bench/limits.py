@@ -1,0 +1,336 @@
+"""Rate limiter benchmark (``make bench-limits``): aiolease against the anchors, in one process.
+
+(a) Overhead of a never-limited acquire (the rate is far above what one task
+    can ask for), ops/s with 1 task. One operation is the library's idiomatic
+    "wait for permission" call: ``async with limiter:`` for aiolease and
+    aiolimiter, ``await limiter.try_acquire_async(key)`` for pyrate-limiter,
+    ``await throttled.limit(key)`` for throttled-py, and
+    ``await MovingWindowRateLimiter.hit(item, key)`` for limits (async API,
+    memory storage). Target: aiolease >= 1.5 x aiolimiter.
+
+(b) Accuracy: 200/s, 20 greedy tasks, 3 s of real time. Achieved rate, the
+    largest count in any 1-s window (sliding over every admission), and CPU
+    seconds (``time.process_time``) of the run. aiolease ``RateLimiter(200)``
+    (GCRA, burst=1: bound 201 per second; and strict=True: bound 200);
+    aiolimiter ``AsyncLimiter(200, 1)``; limits moving window 200/second,
+    which cannot wait, polled every 10 ms (``asyncio.sleep(0.01)`` after a
+    refused hit). Target: within 1% of the configured bound, CPU <= aiolimiter.
+
+(c) Redis (H3's ``bench/limits_redis.py``, run when present): see there.
+
+Each measurement is repeated (``--repeats``) and the tables show medians;
+ratios are ours / the anchor. These are measurements, not tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import gc
+import importlib
+import os
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+# This file is called limits.py: keep its directory off sys.path while the
+# `limits` library is imported, then put it back for _common / limits_redis.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+aiolimiter = importlib.import_module("aiolimiter")
+limits = importlib.import_module("limits")
+limits_storage = importlib.import_module("limits.aio.storage")
+limits_strategies = importlib.import_module("limits.aio.strategies")
+pyrate_limiter = importlib.import_module("pyrate_limiter")
+throttled_asyncio = importlib.import_module("throttled.asyncio")
+sys.path.insert(0, _HERE)
+from _common import environment, fmt_ops  # noqa: E402
+
+import aiolease  # noqa: E402
+
+HUGE = 1_000_000_000  # a rate no single task can reach: never limited
+
+
+# -- (a) never-limited overhead ----------------------------------------------------
+#
+# A never-limited acquire does not yield to the event loop (in any of these
+# libraries), so a loop timer cannot stop the run: each worker runs batches of
+# BATCH operations and reads the clock between batches.
+
+BATCH = 1000
+#: ``make() -> batch``: a fresh subject; ``batch()`` makes BATCH "wait for permission"
+#: calls in a plain loop (no per-call wrapper, so only the library's cost is measured).
+Op = Callable[[], Awaitable[Any]]
+
+
+def _ours_async_with() -> Op:
+    lim = aiolease.RateLimiter(HUGE)
+
+    async def op() -> None:
+        for _ in range(BATCH):
+            async with lim:
+                pass
+
+    return op
+
+
+def _ours_acquire_key() -> Op:
+    lim = aiolease.RateLimiter(HUGE)
+
+    async def op() -> None:
+        for _ in range(BATCH):
+            async with lim.acquire(key="user"):
+                pass
+
+    return op
+
+
+def _aiolimiter() -> Op:
+    lim = aiolimiter.AsyncLimiter(HUGE, 1)
+
+    async def op() -> None:
+        for _ in range(BATCH):
+            async with lim:
+                pass
+
+    return op
+
+
+def _limits() -> Op:
+    strategy = limits_strategies.MovingWindowRateLimiter(limits_storage.MemoryStorage())
+    item = limits.RateLimitItemPerSecond(HUGE)
+
+    async def op() -> None:
+        for _ in range(BATCH):
+            if not await strategy.hit(item, "user"):
+                raise AssertionError("limits refused a never-limited hit")
+
+    return op
+
+
+def _pyrate() -> Op:
+    lim = pyrate_limiter.Limiter(pyrate_limiter.Rate(HUGE, pyrate_limiter.Duration.SECOND))
+
+    async def op() -> None:
+        for _ in range(BATCH):
+            if not await lim.try_acquire_async("user"):
+                raise AssertionError("pyrate-limiter refused a never-limited acquire")
+
+    return op
+
+
+def _throttled() -> Op:
+    lim = throttled_asyncio.Throttled(
+        using="gcra", quota=throttled_asyncio.rate_limiter.per_sec(HUGE)
+    )
+
+    async def op() -> None:
+        for _ in range(BATCH):
+            if (await lim.limit("user")).limited:
+                raise AssertionError("throttled-py limited a never-limited call")
+
+    return op
+
+
+async def _ops_per_second(op: Op, duration: float) -> tuple[float, float]:
+    """(ops per wall second, ops per CPU second) over about ``duration`` seconds.
+
+    The CPU figure (``time.process_time``) is what the limiter itself costs and
+    is not skewed by other processes competing for a busy machine's cores.
+    """
+    gc.collect()
+    n = 0
+    start = time.perf_counter()
+    cpu0 = time.process_time()
+    deadline = start + duration
+    while True:
+        await op()
+        n += BATCH
+        now = time.perf_counter()
+        if now >= deadline:
+            return n / (now - start), n / max(time.process_time() - cpu0, 1e-9)
+
+
+async def section_a(repeats: int, duration: float) -> list[str]:
+    contenders: list[tuple[str, Callable[[], Op]]] = [
+        ("aiolease: async with limiter", _ours_async_with),
+        ("aiolease: acquire(key=...)", _ours_acquire_key),
+        ("aiolimiter", _aiolimiter),
+        ("limits (async moving window)", _limits),
+        ("pyrate-limiter", _pyrate),
+        ("throttled-py (gcra)", _throttled),
+    ]
+    wall: dict[str, list[float]] = {name: [] for name, _ in contenders}
+    cpu: dict[str, list[float]] = {name: [] for name, _ in contenders}
+    for rnd in range(repeats):
+        # Rotate the order so slow drifts of a noisy machine hit everyone alike.
+        k = rnd % len(contenders)
+        for name, make in contenders[k:] + contenders[:k]:
+            op = make()
+            await _ops_per_second(op, 0.1)  # warm-up
+            w, c = await _ops_per_second(op, duration)
+            wall[name].append(w)
+            cpu[name].append(c)
+    med = {name: statistics.median(v) for name, v in wall.items()}
+    med_cpu = {name: statistics.median(v) for name, v in cpu.items()}
+    anchor, anchor_cpu = med["aiolimiter"], med_cpu["aiolimiter"]
+    lines = [
+        f"(a) never-limited acquire, 1 task (median of {repeats} x {duration:g} s; "
+        "spread = (max-min)/median of the wall figure)",
+        f"    {'contender':32} {'ops/s wall':>12} {'spread':>7} {'x aiolimiter':>13} "
+        f"{'ops/CPU-s':>12} {'x aiolimiter':>13}",
+    ]
+    for name, _ in contenders:
+        v = wall[name]
+        spread = (max(v) - min(v)) / med[name]
+        lines.append(
+            f"    {name:32} {fmt_ops(med[name]):>12} {spread:>6.0%} {med[name] / anchor:>12.2f}x "
+            f"{fmt_ops(med_cpu[name]):>12} {med_cpu[name] / anchor_cpu:>12.2f}x"
+        )
+    ours = med["aiolease: async with limiter"] / anchor
+    ours_cpu = med_cpu["aiolease: async with limiter"] / anchor_cpu
+    lines.append(f"    ours / aiolimiter = {ours:.2f} wall, {ours_cpu:.2f} CPU (target >= 1.5)")
+    return lines
+
+
+# -- (b) accuracy ------------------------------------------------------------------
+
+RATE = 200
+TASKS = 20
+SECONDS = 3.0
+
+
+def _max_in_window(times: list[float], window: float = 1.0) -> int:
+    """The most admissions within any half-open window (t - window, t]."""
+    best = 0
+    for i, t in enumerate(times):
+        j = bisect.bisect_right(times, t - window)
+        best = max(best, i - j + 1)
+    return best
+
+
+async def _greedy(acquire: Callable[[], Awaitable[Any]]) -> tuple[float, int, float]:
+    """20 tasks acquire in a loop for SECONDS; returns (rate/s, max in 1 s, CPU s)."""
+    loop = asyncio.get_running_loop()
+    times: list[float] = []
+    start = loop.time()
+    end = start + SECONDS
+
+    async def task() -> None:
+        while True:
+            await acquire()
+            t = loop.time()
+            if t >= end:
+                return
+            times.append(t)
+
+    cpu0 = time.process_time()
+    await asyncio.gather(*(task() for _ in range(TASKS)))
+    cpu = time.process_time() - cpu0
+    times.sort()
+    return len(times) / SECONDS, _max_in_window(times), cpu
+
+
+def _acc_ours(strict: bool) -> Callable[[], Awaitable[Any]]:
+    lim = aiolease.RateLimiter(RATE, strict=strict)
+
+    async def acquire() -> None:
+        async with lim:
+            pass
+
+    return acquire
+
+
+def _acc_aiolimiter() -> Callable[[], Awaitable[Any]]:
+    lim = aiolimiter.AsyncLimiter(RATE, 1)
+
+    async def acquire() -> None:
+        async with lim:
+            pass
+
+    return acquire
+
+
+def _acc_limits() -> Callable[[], Awaitable[Any]]:
+    strategy = limits_strategies.MovingWindowRateLimiter(limits_storage.MemoryStorage())
+    item = limits.RateLimitItemPerSecond(RATE)
+
+    async def acquire() -> None:
+        while not await strategy.hit(item, "user"):  # noqa: ASYNC110 - limits cannot wait: poll
+            await asyncio.sleep(0.01)
+
+    return acquire
+
+
+async def section_b(repeats: int) -> list[str]:
+    subjects: list[tuple[str, Callable[[], Callable[[], Awaitable[Any]]], int]] = [
+        ("aiolease RateLimiter(200)", lambda: _acc_ours(False), RATE + 1),
+        ("aiolease RateLimiter(200, strict)", lambda: _acc_ours(True), RATE),
+        ("aiolimiter AsyncLimiter(200, 1)", _acc_aiolimiter, RATE),
+        ("limits moving window (poll 10ms)", _acc_limits, RATE),
+    ]
+    rows: dict[str, list[tuple[float, int, float]]] = {name: [] for name, _, _ in subjects}
+    for rnd in range(repeats):
+        for name, make, _ in subjects[rnd % len(subjects) :] + subjects[: rnd % len(subjects)]:
+            rows[name].append(await _greedy(make()))
+    med = {
+        name: tuple(statistics.median(r[k] for r in rows[name]) for k in range(3))
+        for name, _, _ in subjects
+    }
+    anchor_cpu = med["aiolimiter AsyncLimiter(200, 1)"][2]
+    lines = [
+        f"(b) accuracy: {RATE}/s configured, {TASKS} greedy tasks, {SECONDS:g} s real time "
+        f"(median of {repeats})",
+        f"    {'contender':34} {'rate/s':>7} {'max in 1s':>9} {'bound':>5} "
+        f"{'over bound':>10} {'CPU s':>6} {'CPU x aiolimiter':>16}",
+    ]
+    for name, _, bound in subjects:
+        rate, peak, cpu = med[name]
+        over = (peak - bound) / bound
+        lines.append(
+            f"    {name:34} {rate:>7.1f} {peak:>9.0f} {bound:>5} {over:>+10.1%} {cpu:>6.3f} "
+            f"{cpu / anchor_cpu:>15.2f}x"
+        )
+    return lines
+
+
+# -- (c) Redis: H3's bench/limits_redis.py -----------------------------------------
+
+
+async def section_c(repeats: int, duration: float) -> list[str]:
+    """The Redis section, from ``bench/limits_redis.py`` when it exists.
+
+    Hook for the Redis limiters: that module defines
+    ``async def section(repeats: int, duration: float) -> list[str]`` returning
+    the table lines (same style as the other sections).
+    """
+    try:
+        module = importlib.import_module("limits_redis")
+    except ModuleNotFoundError as exc:
+        if exc.name != "limits_redis":
+            raise
+        return ["(c) Redis: bench/limits_redis.py not present, skipped"]
+    lines: list[str] = await module.section(repeats, duration)
+    return lines
+
+
+async def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5, help="rounds per measurement")
+    parser.add_argument("--duration", type=float, default=1.0, help="seconds per (a) sample")
+    parser.add_argument("--sections", default="abc", help="which sections to run, e.g. 'a' or 'ab'")
+    args = parser.parse_args(argv)
+    print(environment(), flush=True)
+    if "a" in args.sections:
+        print("\n".join(await section_a(args.repeats, args.duration)), flush=True)
+    if "b" in args.sections:
+        print("\n".join(await section_b(max(1, args.repeats // 2 + 1))), flush=True)
+    if "c" in args.sections:
+        print("\n".join(await section_c(args.repeats, args.duration)), flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

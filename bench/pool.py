@@ -1,0 +1,398 @@
+"""Pool benchmark (``make bench-pool``): aiolease.Pool against the anchors, in one process.
+
+(a) Mechanics, no I/O. A no-op resource; one operation is acquire +
+    ``await asyncio.sleep(0)`` + release. 1 task, and 100 tasks over 10
+    resources. Floor: ``asyncio.Queue`` get/put. Anchors: asyncio-connection-pool,
+    generic-connection-pool. Target: aiolease >= 0.75 x floor in both columns.
+
+(b) PostgreSQL. One operation is acquire + ``SELECT 1`` + release. 1 task,
+    and 100 tasks over 10 connections. Floor: 10 raw asyncpg connections in a
+    bare ``asyncio.Queue``. Anchors: asyncpg.Pool, psycopg_pool (autocommit).
+    Ours with the default ``reset="transaction"`` and with ``reset="session"``.
+    Target: default reset >= 0.9 x floor in both columns.
+
+Every pool is used with its default options except the sizes. Rounds
+interleave the contenders (rotating their order) and the table shows medians
+over the rounds, with the spread ``(max - min) / median`` so a noisy run is
+visible. Ratios are ratios of those medians.
+
+Usage::
+
+    python bench/pool.py [--duration 0.8] [--repeats 5] [--warmup 0.2]
+                         [--only all|mech|pg] [--dsn postgresql://...] [--clock wall|cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (
+    CLOCKS,
+    Column,
+    Contender,
+    Results,
+    Stop,
+    Worker,
+    environment,
+    fmt_ops,
+    run_rounds,
+)
+
+import aiolease
+
+SIZE = 10
+COLUMNS = (Column("1 task", 1), Column(f"100 tasks / {SIZE}", 100))
+DEFAULT_DSN = os.environ.get("AIOLEASE_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+FLOOR, OURS, ANCHOR = "floor", "ours", "anchor"
+
+
+# ---------------------------------------------------------------------------- (a) mechanics
+
+
+class _Resource:
+    __slots__ = ()
+
+
+async def _make_resource() -> _Resource:
+    return _Resource()
+
+
+@asynccontextmanager
+async def mech_floor() -> AsyncIterator[Worker]:
+    queue: asyncio.Queue[_Resource] = asyncio.Queue()
+    for _ in range(SIZE):
+        queue.put_nowait(_Resource())
+
+    async def worker(stop: Stop) -> int:
+        n = 0
+        get, put, sleep = queue.get, queue.put_nowait, asyncio.sleep
+        while not stop.flag:
+            r = await get()
+            await sleep(0)
+            put(r)
+            n += 1
+        return n
+
+    yield worker
+
+
+@asynccontextmanager
+async def mech_ours() -> AsyncIterator[Worker]:
+    async with aiolease.Pool.from_callables(_make_resource, max_size=SIZE) as pool:
+
+        async def worker(stop: Stop) -> int:
+            n = 0
+            acquire, sleep = pool.acquire, asyncio.sleep
+            while not stop.flag:
+                async with acquire():
+                    await sleep(0)
+                n += 1
+            return n
+
+        yield worker
+
+
+@asynccontextmanager
+async def mech_acp() -> AsyncIterator[Worker]:
+    from asyncio_connection_pool import ConnectionPool, ConnectionStrategy
+
+    class Strategy(ConnectionStrategy[_Resource]):
+        async def make_connection(self) -> _Resource:
+            return _Resource()
+
+        def connection_is_closed(self, conn: _Resource) -> bool:
+            return False
+
+        async def close_connection(self, conn: _Resource) -> None:
+            pass
+
+    pool: Any = ConnectionPool(strategy=Strategy(), max_size=SIZE)
+
+    async def worker(stop: Stop) -> int:
+        n = 0
+        get, sleep = pool.get_connection, asyncio.sleep
+        while not stop.flag:
+            async with get():
+                await sleep(0)
+            n += 1
+        return n
+
+    yield worker
+
+
+@asynccontextmanager
+async def mech_gcp() -> AsyncIterator[Worker]:
+    from generic_connection_pool.asyncio import BaseConnectionManager, ConnectionPool
+
+    class Manager(BaseConnectionManager[str, _Resource]):
+        async def create(self, endpoint: str) -> _Resource:
+            return _Resource()
+
+        async def dispose(self, endpoint: str, conn: _Resource) -> None:
+            pass
+
+    pool: Any = ConnectionPool(Manager(), min_idle=SIZE, max_size=SIZE)
+    try:
+
+        async def worker(stop: Stop) -> int:
+            n = 0
+            connection, sleep = pool.connection, asyncio.sleep
+            while not stop.flag:
+                async with connection("bench"):
+                    await sleep(0)
+                n += 1
+            return n
+
+        yield worker
+    finally:
+        await pool.close()
+
+
+MECHANICS = [
+    Contender("asyncio.Queue (floor)", mech_floor, FLOOR),
+    Contender("aiolease.Pool", mech_ours, OURS),
+    Contender("asyncio-connection-pool", mech_acp, ANCHOR),
+    Contender("generic-connection-pool", mech_gcp, ANCHOR),
+]
+
+
+# ---------------------------------------------------------------------------- (b) PostgreSQL
+
+
+def pg_contenders(dsn: str) -> list[Contender]:
+    import asyncpg
+
+    @asynccontextmanager
+    async def floor() -> AsyncIterator[Worker]:
+        conns = [await asyncpg.connect(dsn) for _ in range(SIZE)]
+        queue: asyncio.Queue[asyncpg.Connection] = asyncio.Queue()
+        for conn in conns:
+            queue.put_nowait(conn)
+        try:
+
+            async def worker(stop: Stop) -> int:
+                n = 0
+                get, put = queue.get, queue.put_nowait
+                while not stop.flag:
+                    conn = await get()
+                    await conn.fetchval("SELECT 1")
+                    put(conn)
+                    n += 1
+                return n
+
+            yield worker
+        finally:
+            for conn in conns:
+                await conn.close()
+
+    def ours(reset: Any) -> Any:
+        @asynccontextmanager
+        async def setup() -> AsyncIterator[Worker]:
+            from aiolease.asyncpg import create_pool
+
+            async with create_pool(dsn, min_size=SIZE, max_size=SIZE, reset=reset) as pool:
+
+                async def worker(stop: Stop) -> int:
+                    n = 0
+                    acquire = pool.acquire
+                    while not stop.flag:
+                        async with acquire() as conn:
+                            await conn.fetchval("SELECT 1")
+                        n += 1
+                    return n
+
+                yield worker
+
+        return setup
+
+    @asynccontextmanager
+    async def asyncpg_pool() -> AsyncIterator[Worker]:
+        async with asyncpg.create_pool(dsn, min_size=SIZE, max_size=SIZE) as pool:
+
+            async def worker(stop: Stop) -> int:
+                n = 0
+                acquire = pool.acquire
+                while not stop.flag:
+                    async with acquire() as conn:
+                        await conn.fetchval("SELECT 1")
+                    n += 1
+                return n
+
+            yield worker
+
+    @asynccontextmanager
+    async def psycopg_pool() -> AsyncIterator[Worker]:
+        from psycopg_pool import AsyncConnectionPool
+
+        pool: Any = AsyncConnectionPool(
+            dsn, min_size=SIZE, max_size=SIZE, kwargs={"autocommit": True}, open=False
+        )
+        await pool.open(wait=True)
+        try:
+
+            async def worker(stop: Stop) -> int:
+                n = 0
+                connection = pool.connection
+                while not stop.flag:
+                    async with connection() as conn:
+                        cur = await conn.execute("SELECT 1")
+                        await cur.fetchone()
+                    n += 1
+                return n
+
+            yield worker
+        finally:
+            await pool.close()
+
+    return [
+        Contender("raw asyncpg + Queue (floor)", floor, FLOOR),
+        Contender('aiolease reset="transaction"', ours("transaction"), OURS),
+        Contender('aiolease reset="session"', ours("session"), OURS),
+        Contender("asyncpg.Pool", asyncpg_pool, ANCHOR),
+        Contender("psycopg_pool (autocommit)", psycopg_pool, ANCHOR),
+    ]
+
+
+async def pg_reachable(dsn: str) -> str | None:
+    """None if we can run SELECT 1 on ``dsn``, else why not."""
+    try:
+        import asyncpg
+    except ImportError as exc:
+        return f"asyncpg not installed ({exc})"
+    try:
+        conn = await asyncpg.connect(dsn, timeout=5)
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        return f"{dsn} unreachable: {exc!r}"
+    await conn.close()
+    return None
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def print_table(
+    title: str,
+    contenders: Sequence[Contender],
+    results: Results,
+    *,
+    target: tuple[str, float],
+) -> None:
+    titles = [c.title for c in COLUMNS]
+    width = max(len(c.name) for c in contenders) + 2
+    print(f"\n{title}")
+    head = f"{'':<{width}}" + "".join(f"{t + ' ops/s':>24}" for t in titles)
+    print(head)
+    print("-" * len(head))
+    for c in contenders:
+        cells = "".join(
+            f"{fmt_ops(results.median(c.name, t)):>15} (±{results.spread(c.name, t) / 2:4.0%})"
+            for t in titles
+        )
+        print(f"{c.name:<{width}}{cells}")
+    floor = next(c for c in contenders if c.role == FLOOR)
+    anchors = [c for c in contenders if c.role == ANCHOR]
+    pairs = [
+        (ours, other) for ours in contenders if ours.role == OURS for other in [floor, *anchors]
+    ]
+    label_width = max(len(f"{a.name} / {b.name}") for a, b in pairs) + 2
+    print(f"\n{'ratio (of medians)':<{label_width}}" + "".join(f"{t:>20}" for t in titles))
+    for ours, other in pairs:
+        ratios = "".join(
+            f"{results.median(ours.name, t) / results.median(other.name, t):>20.2f}" for t in titles
+        )
+        print(f"{ours.name + ' / ' + other.name:<{label_width}}{ratios}")
+    target_name, target_ratio = target
+    ratios_to_floor = [
+        results.median(target_name, t) / results.median(floor.name, t) for t in titles
+    ]
+    met = all(r >= target_ratio for r in ratios_to_floor)
+    shown = " / ".join(f"{r:.2f}" for r in ratios_to_floor)
+    print(
+        f"\nTarget: {target_name} >= {target_ratio} x floor in both columns: {shown} -> "
+        + ("MET" if met else "NOT MET")
+    )
+
+
+async def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--duration", type=float, default=0.8, help="seconds per measurement")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (medians)")
+    parser.add_argument("--warmup", type=float, default=0.2, help="seconds of warm-up per setup")
+    parser.add_argument("--only", choices=("all", "mech", "pg"), default="all")
+    parser.add_argument("--dsn", default=DEFAULT_DSN, help="PostgreSQL DSN for part (b)")
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall time, or this process's CPU time (steadier on a busy machine; for (b) it "
+        "measures client overhead per operation, not throughput)",
+    )
+    args = parser.parse_args(argv)
+    if args.duration <= 0 or args.repeats < 1 or args.warmup < 0:
+        parser.error("--duration must be > 0, --repeats >= 1, --warmup >= 0")
+
+    started = time.perf_counter()
+    print(f"aiolease pool benchmark — {environment()}")
+    print(
+        f"{args.repeats} interleaved rounds x {args.duration}s per cell "
+        f"(+{args.warmup}s warm-up per setup); medians, ±half the (max-min)/median spread; "
+        f"ops per {args.clock} second; load average {os.getloadavg()[0]:.2f}"
+    )
+    clock = CLOCKS[args.clock]
+
+    def progress(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    if args.only in ("all", "mech"):
+        results = await run_rounds(
+            MECHANICS,
+            COLUMNS,
+            repeats=args.repeats,
+            duration=args.duration,
+            warmup=args.warmup,
+            progress=progress,
+            clock=clock,
+        )
+        print_table(
+            "(a) mechanics: acquire + asyncio.sleep(0) + release, no-op resource",
+            MECHANICS,
+            results,
+            target=("aiolease.Pool", 0.75),
+        )
+    if args.only in ("all", "pg"):
+        problem = await pg_reachable(args.dsn)
+        if problem is not None:
+            print(f"\n(b) PostgreSQL: SKIPPED — {problem}")
+        else:
+            contenders = pg_contenders(args.dsn)
+            results = await run_rounds(
+                contenders,
+                COLUMNS,
+                repeats=args.repeats,
+                duration=args.duration,
+                warmup=args.warmup,
+                progress=progress,
+                clock=clock,
+            )
+            print_table(
+                f"(b) PostgreSQL: acquire + SELECT 1 + release ({args.dsn})",
+                contenders,
+                results,
+                target=('aiolease reset="transaction"', 0.9),
+            )
+    print(f"\ntotal {time.perf_counter() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,290 @@
+"""ConcurrencyLimiter: at most ``limit`` holders per key, FIFO, with timeouts."""
+
+from __future__ import annotations
+
+from asyncio import AbstractEventLoop, get_running_loop
+from collections.abc import Generator, Hashable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from .. import _tracking
+from .._errors import LimitTimeout, WouldBlock
+from ._base import INF, LimiterBase, State, Waiter, fail, pump, withdraw
+from ._validate import check_timeout
+
+__all__ = ["ConcurrencyLimiter", "ConcurrencyLimiterStatistics", "ConcurrencyPermit"]
+
+
+@dataclass(frozen=True, slots=True)
+class ConcurrencyLimiterStatistics:
+    """A snapshot of a :class:`ConcurrencyLimiter`.
+
+    Attributes:
+        limit: the most holders per key.
+        in_use: slots held now, over every key.
+        waiting: tasks waiting now, over every key.
+        admitted: acquisitions granted so far.
+        rejected: ``WouldBlock`` raised by ``acquire_nowait``.
+        timeouts: ``LimitTimeout`` raised.
+        cancelled: waiters cancelled before they got a slot.
+        wait_time_total: seconds waited by the admitted waiters together.
+        wait_time_max: the longest single wait, seconds.
+        keys: per-key states held in memory (the default key not counted).
+    """
+
+    limit: int
+    in_use: int
+    waiting: int
+    admitted: int
+    rejected: int
+    timeouts: int
+    cancelled: int
+    wait_time_total: float
+    wait_time_max: float
+    keys: int
+
+
+class _SlotState(State):
+    __slots__ = ("held",)
+
+    owner: ConcurrencyLimiter
+
+    def __init__(self, owner: ConcurrencyLimiter, key: Hashable) -> None:
+        super().__init__(owner, key)
+        self.held = 0
+
+    def ready_at(self, cost: float, now: float) -> float:
+        return now if self.held < self.owner._limit else INF
+
+    def commit(self, cost: float, now: float, fired: float | None = None) -> None:
+        self.held += 1
+        self.owner._in_use += 1
+
+    def idle(self, now: float) -> bool:
+        return self.nwait == 0 and self.held == 0
+
+
+class ConcurrencyPermit:
+    """A held slot of a :class:`ConcurrencyLimiter`; :meth:`release` gives it back."""
+
+    __slots__ = ("_limiter", "_released", "_state", "key")
+
+    def __init__(self, limiter: ConcurrencyLimiter, state: _SlotState) -> None:
+        self._limiter = limiter
+        self._state = state
+        self._released = False
+        self.key = state.key
+
+    @property
+    def released(self) -> bool:
+        """Whether the slot was given back."""
+        return self._released
+
+    def release(self) -> None:
+        """Give the slot back (to the oldest waiter, if any). A second call does nothing.
+
+        Synchronous, so it cannot be interrupted by cancellation.
+        """
+        if not self._released:
+            self._released = True
+            self._limiter._release(self._state)
+
+    def __repr__(self) -> str:
+        state = "released" if self._released else "held"
+        return f"<ConcurrencyPermit key={self.key!r} {state}>"
+
+
+class _ConcurrencyAcquire:
+    """What :meth:`ConcurrencyLimiter.acquire` returns: awaitable, and an async context manager."""
+
+    __slots__ = ("_key", "_limiter", "_permit", "_timeout")
+
+    def __init__(self, limiter: ConcurrencyLimiter, key: Hashable, timeout: float | None):
+        self._limiter = limiter
+        self._key = key
+        self._timeout = timeout
+        self._permit: ConcurrencyPermit | None = None
+
+    def __await__(self) -> Generator[Any, None, ConcurrencyPermit]:
+        return self._limiter._acquire(self._key, self._timeout).__await__()
+
+    async def __aenter__(self) -> ConcurrencyPermit:
+        self._permit = await self._limiter._acquire(self._key, self._timeout)
+        return self._permit
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._permit is not None:
+            self._permit.release()
+
+
+class ConcurrencyLimiter(LimiterBase):
+    """Let at most ``limit`` tasks per key hold a slot at once.
+
+    Waiters are served first-in first-out per key; a released slot goes
+    straight to the oldest waiter, so newcomers cannot barge ahead. A waiter
+    that is cancelled or times out gives its place back; a slot handed to a
+    waiter cancelled in the same instant is passed on. Keys with no holder and
+    no waiter are forgotten. No event loop is bound at construction.
+
+    ``async with sem:`` waits in ``__aenter__`` (the only half that blocks or
+    can be cancelled) and releases in ``__aexit__``.
+
+    Args:
+        limit: the most holders per key, an int >= 1.
+        name: shown in ``repr`` and leak reports.
+
+    Raises:
+        ValueError: ``limit`` < 1.
+        TypeError: ``limit`` is not an int.
+    """
+
+    __slots__ = ("_in_use", "_limit", "_name", "_timeouts")
+
+    def __init__(self, limit: int, *, name: str | None = None) -> None:
+        super().__init__()
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise TypeError(f"limit must be an int >= 1, got {type(limit).__name__} {limit!r}")
+        if limit < 1:
+            raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+        self._limit = limit
+        self._name = name
+        self._in_use = 0
+        self._timeouts = 0
+        self._default = _SlotState(self, None)
+        _tracking.track(self)
+
+    # -- public API ---------------------------------------------------------
+    def acquire(self, key: Hashable = None, timeout: float | None = None) -> _ConcurrencyAcquire:
+        """Wait for a slot on ``key``.
+
+        Use as ``async with sem.acquire(...) as permit:`` (released on exit)
+        or ``permit = await sem.acquire(...)`` (call ``permit.release()``).
+        Only the wait blocks and can be cancelled.
+
+        Args:
+            key: any hashable; each key has its own ``limit`` slots. ``None`` is the default key.
+            timeout: the longest wait, seconds (``None``: no limit).
+
+        Raises:
+            LimitTimeout: (when awaited) no slot came free within ``timeout``.
+            ValueError: ``timeout`` is negative.
+        """
+        return _ConcurrencyAcquire(self, key, check_timeout(timeout))
+
+    def acquire_nowait(self, key: Hashable = None) -> ConcurrencyPermit:
+        """Take a free slot on ``key`` now.
+
+        Raises:
+            WouldBlock: no slot is free, or other tasks are already waiting for one.
+        """
+        st = self._state(key, 0.0)
+        if st.nwait == 0 and st.held < self._limit:
+            st.commit(1.0, 0.0)
+            self._admitted += 1
+            return ConcurrencyPermit(self, st)
+        self._rejected += 1
+        raise WouldBlock(
+            f"{self!r}: all {self._limit} slots of key {key!r} are held"
+            + (f" and {st.nwait} task(s) are waiting" if st.nwait else "")
+        )
+
+    def statistics(self) -> ConcurrencyLimiterStatistics:
+        """Return a snapshot of the counters (see :class:`ConcurrencyLimiterStatistics`)."""
+        return ConcurrencyLimiterStatistics(
+            limit=self._limit,
+            in_use=self._in_use,
+            waiting=self._waiting,
+            admitted=self._admitted,
+            rejected=self._rejected,
+            timeouts=self._timeouts,
+            cancelled=self._cancelled,
+            wait_time_total=self._wait_total,
+            wait_time_max=self._wait_max,
+            keys=len(self._states),
+        )
+
+    async def __aenter__(self) -> None:
+        st = self._default
+        if st.nwait == 0 and st.held < self._limit:
+            st.held += 1
+            self._in_use += 1
+            self._admitted += 1
+            return
+        await self._acquire(None, None)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._release(self._default)
+
+    def __repr__(self) -> str:
+        name = f" {self._name!r}" if self._name else ""
+        return (
+            f"<ConcurrencyLimiter{name} limit={self._limit} in_use={self._in_use} "
+            f"waiting={self._waiting} keys={len(self._states)}>"
+        )
+
+    # -- internals ----------------------------------------------------------
+    def _new_state(self, key: Hashable) -> _SlotState:
+        return _SlotState(self, key)
+
+    def _release(self, st: _SlotState) -> None:
+        if st.held <= 0:
+            raise RuntimeError(f"{self!r}: release of key {st.key!r} without a matching acquire")
+        st.held -= 1
+        self._in_use -= 1
+        if st.nwait:
+            pump((st,), get_running_loop())
+        elif st.held == 0 and st is not self._default and not st.evicted:
+            if self._states.get(st.key) is st:
+                del self._states[st.key]
+            st.evicted = True
+
+    def _expire(self, w: Waiter, loop: AbstractEventLoop) -> None:
+        w.timer = None
+        if not w.gone and not w.fut.done():
+            self._timeouts += 1
+            fail(w, LimitTimeout(f"{self!r}: no slot came free within the timeout"), loop)
+
+    async def _acquire(self, key: Hashable, timeout: float | None) -> ConcurrencyPermit:
+        loop = get_running_loop()
+        now = loop.time()
+        st = self._state(key, now)
+        if st.nwait == 0 and st.held < self._limit:
+            st.commit(1.0, now)
+            self._admitted += 1
+            return ConcurrencyPermit(self, st)
+        if timeout == 0:
+            self._timeouts += 1
+            raise LimitTimeout(f"{self!r}: no slot is free and timeout=0")
+        fut: Any = loop.create_future()
+        w = Waiter(fut, 1.0, (st,), now, None if timeout is None else now + timeout)
+        st.enqueue(w)
+        if timeout is not None:
+            w.timer = loop.call_at(now + timeout, self._expire, w, loop)
+        try:
+            await fut
+        except BaseException:
+            if not w.gone:
+                withdraw(w, loop, cancelled=True)
+            elif fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._release(st)  # granted, but cancelled before it ran: pass it on
+            raise
+        return ConcurrencyPermit(self, st)
+
+    def _aiolease_leaks(self) -> list[str]:
+        problems = self._waiter_leaks()
+        for st in [self._default, *self._states.values()]:
+            if st.held:
+                where = f"key {st.key!r}" if st.key is not None else "the default key"
+                problems.append(f"{self!r}: {st.held} slot(s) still held on {where}")
+        return problems

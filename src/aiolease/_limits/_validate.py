@@ -1,0 +1,45 @@
+"""Argument checks of the limiters: each error names the argument, the value and the range."""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["check_cost", "check_positive", "check_timeout"]
+
+
+def _number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def check_positive(
+    name: str, value: object, *, minimum: float = 0.0, inclusive: bool = False
+) -> float:
+    v = _number(name, value)
+    ok = math.isfinite(v) and (v >= minimum if inclusive else v > minimum)
+    if not ok:
+        bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return v
+
+
+def check_cost(value: object, max_cost: float, what: str) -> float:
+    v = _number("cost", value)
+    if not (math.isfinite(v) and 0 < v <= max_cost):
+        raise ValueError(
+            f"cost must be a finite number in (0, {max_cost:g}] ({what}), got {value!r}"
+            if v <= max_cost or not math.isfinite(v)
+            else f"cost={value!r} can never be admitted: this limiter admits at most "
+            f"{max_cost:g} at once ({what}); raise it or split the acquisition"
+        )
+    return v
+
+
+def check_timeout(value: object) -> float | None:
+    if value is None:
+        return None
+    v = _number("timeout", value)
+    if math.isnan(v) or v < 0:
+        raise ValueError(f"timeout must be None or a number >= 0, got {value!r}")
+    return None if v == math.inf else v

@@ -1,0 +1,568 @@
+"""aiolease.asyncpg.create_pool against the live PostgreSQL server.
+
+Killed backends (idle and in use), a transaction left open at release, a body
+cancelled mid-query, the two reset modes, bad arguments. Every table, lock key
+and setting is private to the test (uuid-suffixed) and cleaned up.
+
+Several tests kill a backend with the event loop *not running*
+(:func:`terminate_blocking` uses a blocking psycopg connection): that is the
+hard case, where asyncpg has not seen the server's FATAL message yet and
+``Connection.is_closed()`` still says False.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import select
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+
+import aiolease
+from aiolease import Pool
+from aiolease.abc import ResourceInfo
+from aiolease.asyncpg import AsyncpgManager, _quiet, _raw_socket, create_pool
+
+Connection = asyncpg.Connection
+
+# What a query on a connection whose backend was terminated may raise, depending on
+# how far asyncpg got in reading the server's FATAL message and the EOF.
+CONNECTION_LOST = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    OSError,
+)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def terminate_blocking(dsn: str, pid: int) -> None:
+    """Terminate backend ``pid`` and wait until the server reports it gone, blocking.
+
+    Blocking on purpose: the event loop does not run meanwhile, so asyncpg
+    cannot notice the FATAL message or the EOF before the pool's next checkout.
+    """
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        deadline = time.monotonic() + 10.0
+        while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"backend {pid} still alive 10 s after pg_terminate_backend")
+            time.sleep(0.005)
+
+
+async def terminate(admin: Connection, pid: int) -> None:
+    """Terminate backend ``pid`` and wait (polling the server) until it is gone."""
+    assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+    for _ in range(2000):
+        if not await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid):
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"backend {pid} still alive after pg_terminate_backend")
+
+
+async def wait_until_active(admin: Connection, pid: int, query_part: str) -> None:
+    """Wait until backend ``pid`` is running a query containing ``query_part``."""
+    for _ in range(2000):
+        state = await admin.fetchrow(
+            "SELECT state, query FROM pg_stat_activity WHERE pid = $1", pid
+        )
+        if state is not None and state["state"] == "active" and query_part in state["query"]:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"backend {pid} never started {query_part!r}")
+
+
+async def settle(pool: Pool[Any]) -> None:
+    """Wait for the pool's background work (resets, closes) to finish."""
+    for _ in range(100):
+        tasks = [t for t in pool._tasks if not t.done()]
+        if not tasks:
+            return
+        await asyncio.wait(tasks, timeout=10)
+    raise AssertionError(f"{pool!r} never settled")
+
+
+@pytest.fixture
+async def admin(pg_dsn: str) -> AsyncIterator[Connection]:
+    """A separate connection for looking at and killing the pool's backends."""
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def table(admin: Connection) -> AsyncIterator[str]:
+    """A fresh table ``aiolease_t_<uuid>(v int)``, dropped afterwards."""
+    name = f"aiolease_t_{uuid.uuid4().hex[:12]}"
+    await admin.execute(f"CREATE TABLE {name} (v int)")
+    try:
+        yield name
+    finally:
+        await admin.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+# ---------------------------------------------------------------------------- basics
+
+
+async def test_create_pool_returns_an_unopened_pool(pg_dsn: str) -> None:
+    pool = create_pool(pg_dsn, max_size=3, name="pg")
+    assert isinstance(pool, Pool)
+    assert isinstance(pool.manager, AsyncpgManager)
+    assert pool.statistics().size == 0  # no I/O before open
+    assert not pool.closed
+    await pool.aclose()
+
+
+async def test_acquire_query_release(pg_dsn: str) -> None:
+    async with create_pool(pg_dsn, min_size=1, max_size=2) as pool:
+        assert pool.statistics().size == 1  # min_size prefilled on open
+        async with pool.acquire() as conn:
+            assert isinstance(conn, Connection)
+            assert await conn.fetchval("SELECT 40 + 2") == 42
+            assert pool.statistics().in_use == 1
+        conn2 = await pool.acquire()
+        assert conn2 is conn  # the warm connection is reused
+        await pool.release(conn2)
+        stats = pool.statistics()
+        assert (stats.idle, stats.in_use, stats.acquired, stats.created) == (1, 0, 2, 1)
+    assert conn.is_closed()
+
+
+async def test_concurrent_tasks_share_the_connections(pg_dsn: str) -> None:
+    async with create_pool(pg_dsn, max_size=3) as pool:
+
+        async def work(i: int) -> int:
+            async with pool.acquire() as conn:
+                return int(await conn.fetchval("SELECT $1::int * 2", i))
+
+        assert await asyncio.gather(*(work(i) for i in range(30))) == [i * 2 for i in range(30)]
+        stats = pool.statistics()
+        assert stats.created <= 3
+        assert stats.acquired == 30
+        assert stats.in_use == 0
+
+
+async def test_connect_kwargs_reach_asyncpg(pg_dsn: str) -> None:
+    settings = {"application_name": f"aiolease-{uuid.uuid4().hex[:8]}"}
+    pool = create_pool(pg_dsn, max_size=1, server_settings=settings)
+    async with pool, pool.acquire() as conn:
+        assert await conn.fetchval("SHOW application_name") == settings["application_name"]
+
+
+async def test_creation_error_goes_to_the_acquirer(pg_dsn: str) -> None:
+    bad = pg_dsn.rsplit("/", 1)[0] + f"/no_such_db_{uuid.uuid4().hex[:8]}"
+    async with create_pool(bad, max_size=1) as pool:
+        with pytest.raises(asyncpg.InvalidCatalogNameError):
+            await pool.acquire(timeout=10)
+        stats = pool.statistics()
+        assert (stats.size, stats.create_errors) == (0, 1)
+
+
+# ---------------------------------------------------------------------------- killed backends
+
+
+@pytest.mark.parametrize("how", ["loop-blocked", "loop-running"])
+async def test_backend_killed_while_idle_is_replaced(
+    pg_dsn: str, admin: Connection, how: str
+) -> None:
+    async with create_pool(pg_dsn, max_size=1) as pool:
+        async with pool.acquire() as conn:
+            pid = conn.get_server_pid()
+        if how == "loop-blocked":
+            terminate_blocking(pg_dsn, pid)
+            # The hard case: the loop has not run, asyncpg has not noticed.
+            assert not conn.is_closed()
+        else:
+            await terminate(admin, pid)
+        async with pool.acquire() as conn2:
+            assert conn2 is not conn
+            assert conn2.get_server_pid() != pid
+            assert await conn2.fetchval("SELECT 1") == 1
+        await settle(pool)
+        stats = pool.statistics()
+        assert (stats.size, stats.created, stats.discarded, stats.closed) == (1, 2, 1, 1)
+        assert conn.is_closed()
+
+
+async def test_every_dead_idle_connection_is_skipped(pg_dsn: str, admin: Connection) -> None:
+    async with create_pool(pg_dsn, max_size=3) as pool:
+        conns = [await pool.acquire() for _ in range(3)]
+        pids = {c.get_server_pid() for c in conns}
+        for c in conns:
+            await pool.release(c)
+        for pid in pids:
+            terminate_blocking(pg_dsn, pid)
+        async with pool.acquire() as conn:
+            assert conn.get_server_pid() not in pids
+            assert await conn.fetchval("SELECT 1") == 1
+        await settle(pool)
+        assert pool.statistics().discarded == 3
+
+
+async def test_backend_killed_while_in_use_is_discarded(pg_dsn: str, admin: Connection) -> None:
+    async with create_pool(pg_dsn, max_size=1) as pool:
+        pids: list[int] = []
+
+        async def body() -> None:
+            async with pool.acquire() as conn:
+                pids.append(conn.get_server_pid())
+                await terminate(admin, pids[0])
+                await conn.fetchval("SELECT 1")
+
+        with pytest.raises(CONNECTION_LOST):
+            await body()
+        pid = pids[0]
+        await settle(pool)
+        stats = pool.statistics()
+        assert (stats.size, stats.in_use, stats.discarded, stats.closed) == (0, 0, 1, 1)
+        async with pool.acquire() as conn2:
+            assert conn2.get_server_pid() != pid
+            assert await conn2.fetchval("SELECT 1") == 1
+
+
+async def test_backend_killed_in_use_without_noticing_is_not_reused(
+    pg_dsn: str, admin: Connection
+) -> None:
+    # The body never touches the connection after the kill: release sees no error, so
+    # the connection goes back idle; the next checkout must still not hand it out.
+    async with create_pool(pg_dsn, max_size=1) as pool:
+        async with pool.acquire() as conn:
+            pid = conn.get_server_pid()
+            terminate_blocking(pg_dsn, pid)
+        async with pool.acquire() as conn2:
+            assert conn2.get_server_pid() != pid
+            assert await conn2.fetchval("SELECT 1") == 1
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        asyncpg.exceptions.ConnectionDoesNotExistError("gone"),
+        asyncpg.exceptions.AdminShutdownError("terminating connection"),
+        asyncpg.exceptions.InternalClientError("cannot switch to state"),
+        ConnectionResetError(),
+    ],
+)
+async def test_connection_errors_are_fatal(pg_dsn: str, exc: BaseException) -> None:
+    manager = AsyncpgManager(pg_dsn)
+    conn = await manager.create()
+    try:
+        assert manager.is_fatal(conn, exc)
+        assert not manager.is_fatal(conn, asyncpg.exceptions.UniqueViolationError("dup"))
+        assert not manager.is_fatal(conn, asyncpg.exceptions.QueryCanceledError("timeout"))
+        assert not manager.is_fatal(conn, ValueError("app error"))
+    finally:
+        await manager.close(conn)
+    assert manager.is_fatal(conn, ValueError("anything, once the connection is closed"))
+
+
+async def test_application_error_in_body_keeps_the_connection(pg_dsn: str) -> None:
+    async with create_pool(pg_dsn, max_size=1) as pool:
+        with pytest.raises(asyncpg.exceptions.DivisionByZeroError):
+            async with pool.acquire() as conn:
+                await conn.fetchval("SELECT 1 / 0")
+        async with pool.acquire() as conn2:
+            assert conn2 is conn
+        assert pool.statistics().discarded == 0
+
+
+# ---------------------------------------------------------------- check without a round trip
+
+
+async def test_check_needs_no_round_trip_for_a_healthy_connection(pg_dsn: str) -> None:
+    manager = AsyncpgManager(pg_dsn)
+    conn = await manager.create()
+    info = ResourceInfo(0.0, 0.0)
+    try:
+        assert manager.check_needed(conn, info) is False
+        terminate_blocking(pg_dsn, conn.get_server_pid())
+        assert not conn.is_closed()
+        assert manager.check_needed(conn, info) is True
+        with pytest.raises(ConnectionError, match="unread data while idle"):
+            await manager.check(conn, info)
+    finally:
+        await manager.close(conn)
+
+
+def notify_blocking(dsn: str, channel: str, payload: str, conn: Connection) -> None:
+    """NOTIFY from another connection and wait, blocking, until it sits unread in
+    ``conn``'s socket (the event loop does not run, so asyncpg cannot read it)."""
+    sock = _raw_socket(conn)
+    assert sock is not None
+    with psycopg.connect(dsn, autocommit=True) as other:
+        other.execute(f"NOTIFY {channel}, '{payload}'")
+    readable, _, _ = select.select([sock], [], [], 10.0)
+    assert readable, "the notification never arrived"
+
+
+async def test_pending_notification_is_not_mistaken_for_a_dead_connection(
+    pg_dsn: str,
+) -> None:
+    channel = f"aiolease_{uuid.uuid4().hex[:12]}"
+    received: list[object] = []
+
+    def listener(*args: object) -> None:
+        received.append(args[3])
+
+    async with create_pool(pg_dsn, max_size=1) as pool:
+        async with pool.acquire() as conn:
+            pid = conn.get_server_pid()
+            await conn.add_listener(channel, listener)
+        notify_blocking(pg_dsn, channel, "hello", conn)
+        # Unread data on an idle connection: suspicious, so the full check runs...
+        assert pool.manager.check_needed(conn, ResourceInfo(0.0, 0.0))
+        async with pool.acquire() as conn2:
+            # ...and its round trip shows the connection is fine: kept, not replaced.
+            assert conn2.get_server_pid() == pid
+            await conn2.remove_listener(channel, listener)
+        assert pool.statistics().discarded == 0
+        for _ in range(100):
+            if received:
+                break
+            await asyncio.sleep(0.01)
+    assert received == ["hello"]
+
+
+async def test_data_the_loop_read_while_idle_triggers_the_check(pg_dsn: str) -> None:
+    # The other half of the race: the loop already read what the server sent (so the
+    # socket is quiet again), but the connection heard from the server while idle.
+    channel = f"aiolease_{uuid.uuid4().hex[:12]}"
+    got = asyncio.Event()
+    manager = AsyncpgManager(pg_dsn)
+    conn = await manager.create()
+    other = await asyncpg.connect(pg_dsn)
+    info = ResourceInfo(0.0, 0.0)
+    try:
+        await conn.add_listener(channel, lambda *args: got.set())
+        assert manager.reset_needed(conn, info) is False  # released: idle from now on
+        assert manager.check_needed(conn, info) is False
+        await other.execute(f"NOTIFY {channel}")
+        await asyncio.wait_for(got.wait(), 10)
+        assert _quiet(conn)  # nothing left unread in the socket...
+        assert manager.check_needed(conn, info) is True  # ...yet it heard something
+        await manager.check(conn, info)  # a notification: the round trip passes
+    finally:
+        await other.close()
+        await manager.close(conn)
+
+
+async def test_killed_with_the_loop_running_is_never_handed_out(
+    pg_dsn: str, admin: Connection
+) -> None:
+    # Whether asyncpg has read nothing, the FATAL message only, or also the EOF when
+    # the next acquire comes, the dead connection must not be handed out.
+    async with create_pool(pg_dsn, max_size=1) as pool:
+        for _ in range(20):
+            async with pool.acquire() as conn:
+                pid = conn.get_server_pid()
+            await terminate(admin, pid)
+            async with pool.acquire() as conn2:
+                assert conn2.get_server_pid() != pid
+                assert await conn2.fetchval("SELECT 1") == 1
+        await settle(pool)
+        assert pool.statistics().discarded == 20
+
+
+# ---------------------------------------------------------------- reset="transaction"
+
+
+async def test_transaction_left_open_is_rolled_back(pg_dsn: str, table: str) -> None:
+    async with create_pool(pg_dsn, max_size=1) as pool:
+        async with pool.acquire() as conn:
+            pid = conn.get_server_pid()
+            await conn.execute("BEGIN")
+            await conn.execute(f"INSERT INTO {table} VALUES (1)")
+            assert conn.is_in_transaction()
+        await settle(pool)
+        async with pool.acquire() as conn2:
+            assert conn2.get_server_pid() == pid  # reset, not replaced
+            assert not conn2.is_in_transaction()
+            assert await conn2.fetchval(f"SELECT count(*) FROM {table}") == 0
+        assert pool.statistics().discarded == 0
+
+
+async def test_asyncpg_transaction_object_left_open_is_rolled_back(pg_dsn: str, table: str) -> None:
+    async with create_pool(pg_dsn, max_size=1) as pool:
+        async with pool.acquire() as conn:
+            tr = conn.transaction()
+            await tr.start()
+            await conn.execute(f"INSERT INTO {table} VALUES (1)")
+        await settle(pool)
+        async with pool.acquire() as conn2:
+            assert conn2 is conn
+            assert not conn2.is_in_transaction()
+            # asyncpg refuses a new top-level transaction while it still tracks the old one.
+            async with conn2.transaction():
+                await conn2.execute(f"INSERT INTO {table} VALUES (2)")
+            assert [tuple(r) for r in await conn2.fetch(f"SELECT v FROM {table}")] == [(2,)]
+
+
+async def test_failed_transaction_left_open_is_rolled_back(pg_dsn: str) -> None:
+    async with create_pool(pg_dsn, max_size=1) as pool:
+        conns: list[Connection] = []
+
+        async def body() -> None:
+            async with pool.acquire() as conn:
+                conns.append(conn)
+                await conn.execute("BEGIN")
+                await conn.fetchval("SELECT 1 / 0")  # the transaction is now aborted
+
+        with pytest.raises(asyncpg.exceptions.DivisionByZeroError):
+            await body()
+        await settle(pool)
+        async with pool.acquire() as conn2:
+            assert conn2 is conns[0]
+            assert not conn2.is_in_transaction()
+            assert await conn2.fetchval("SELECT 1") == 1
+
+
+async def test_no_reset_round_trip_without_a_transaction(pg_dsn: str) -> None:
+    manager = AsyncpgManager(pg_dsn)
+    conn = await manager.create()
+    info = ResourceInfo(0.0, 0.0)
+    try:
+        assert manager.reset_needed(conn, info) is False
+        await conn.execute("BEGIN")
+        assert manager.reset_needed(conn, info) is True
+        await manager.reset(conn, info)
+        assert not conn.is_in_transaction()
+        assert AsyncpgManager(pg_dsn, reset="session").reset_needed(conn, info) is True
+    finally:
+        await manager.close(conn)
+
+
+async def test_body_cancelled_mid_query_discards_the_busy_connection(
+    pg_dsn: str, admin: Connection
+) -> None:
+    async with create_pool(pg_dsn, max_size=1) as pool:
+        pids: list[int] = []
+        started = asyncio.Event()
+
+        async def slow() -> None:
+            async with pool.acquire() as conn:
+                pids.append(conn.get_server_pid())
+                started.set()
+                await conn.fetchval("SELECT pg_sleep(10)")
+
+        task = asyncio.create_task(slow())
+        await started.wait()
+        await wait_until_active(admin, pids[0], "pg_sleep")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with pool.acquire(timeout=10) as conn2:
+            assert conn2.get_server_pid() != pids[0]
+            assert await conn2.fetchval("SELECT 1") == 1
+        await settle(pool)
+        stats = pool.statistics()
+        assert (stats.discarded, stats.closed, stats.size) == (1, 1, 1)
+    # The busy backend is gone: cancelled and closed, not left running pg_sleep.
+    for _ in range(2000):
+        if not await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pids[0]
+        ):
+            break
+        await asyncio.sleep(0.005)
+    else:
+        raise AssertionError(f"backend {pids[0]} still alive")
+
+
+# ---------------------------------------------------------------- reset="session" vs "transaction"
+
+
+async def _lock_is_free(admin: Connection, key: int) -> bool:
+    got = bool(await admin.fetchval("SELECT pg_try_advisory_lock($1)", key))
+    if got:
+        await admin.execute("SELECT pg_advisory_unlock($1)", key)
+    return got
+
+
+@pytest.mark.parametrize("reset", ["transaction", "session"])
+async def test_session_state_across_leases(pg_dsn: str, admin: Connection, reset: Any) -> None:
+    key = random.randrange(1, 2**62)
+    async with create_pool(pg_dsn, max_size=1, reset=reset) as pool:
+        async with pool.acquire() as conn:
+            pid = conn.get_server_pid()
+            await conn.execute("SET statement_timeout = '12345ms'")
+            await conn.execute("SELECT pg_advisory_lock($1)", key)
+        await settle(pool)
+        assert await _lock_is_free(admin, key) == (reset == "session")
+        async with pool.acquire() as conn2:
+            assert conn2.get_server_pid() == pid  # same connection either way
+            timeout = await conn2.fetchval("SHOW statement_timeout")
+            if reset == "session":
+                # Isolated: RESET ALL and pg_advisory_unlock_all() ran on release.
+                assert timeout != "12345ms"
+                assert await _lock_is_free(admin, key)
+            else:
+                # The documented trade-off: session state carries over to the next user.
+                assert timeout == "12345ms"
+                assert not await _lock_is_free(admin, key)
+                await conn2.execute("SELECT pg_advisory_unlock_all()")
+                await conn2.execute("RESET ALL")
+        assert pool.statistics().discarded == 0
+
+
+async def test_session_reset_also_rolls_back(pg_dsn: str, table: str) -> None:
+    async with create_pool(pg_dsn, max_size=1, reset="session") as pool:
+        async with pool.acquire() as conn:
+            await conn.execute("BEGIN")
+            await conn.execute(f"INSERT INTO {table} VALUES (1)")
+        await settle(pool)
+        async with pool.acquire() as conn2:
+            assert conn2 is conn
+            assert not conn2.is_in_transaction()
+            assert await conn2.fetchval(f"SELECT count(*) FROM {table}") == 0
+
+
+# ---------------------------------------------------------------------------- arguments
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"reset": "none"}, ValueError, "reset must be"),
+        ({"reset_timeout": 0}, ValueError, "reset_timeout must be > 0"),
+        ({"reset_timeout": True}, ValueError, "reset_timeout"),
+        ({"close_timeout": -1.0}, ValueError, "close_timeout must be > 0"),
+        ({"close_timeout": "5"}, ValueError, "close_timeout"),
+    ],
+)
+def test_bad_manager_arguments(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        AsyncpgManager("postgresql://unused", **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"reset": "always"}, ValueError, "reset must be"),
+        ({"max_size": 0}, ValueError, "max_size must be >= 1"),
+        ({"min_size": 3, "max_size": 2}, ValueError, "min_size"),
+        ({"acquire_timeout": -1}, ValueError, "acquire_timeout"),
+        ({"max_size": "10"}, TypeError, "max_size"),
+    ],
+)
+def test_bad_create_pool_arguments(
+    kwargs: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        create_pool("postgresql://unused", **kwargs)
+
+
+def test_module_is_reachable_from_the_package() -> None:
+    import aiolease.asyncpg as mod
+
+    assert mod.create_pool is create_pool
+    assert aiolease.Pool is Pool
