@@ -312,6 +312,9 @@ class Pool(Generic[T]):
         self._generation = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._creating: set[asyncio.Task[Any]] = set()
+        # Waiters' futures that a creation in flight will resolve (unless a release does first).
+        self._bound: set[asyncio.Future[_Entry[T]]] = set()
+        self._filling = 0  # creations in flight serving no one in particular (min_size fill)
         self._checking = 0  # acquirers running the manager's check on an entry
         # id() of every resource the pool holds (created, not yet closed): _in_use is keyed
         # by id(), so a manager handing out the same object twice would lose a slot.
@@ -402,7 +405,14 @@ class Pool(Generic[T]):
             self._size += 1
             self._start_create(fut)
             futures.append(fut)
-        results = await asyncio.gather(*futures, return_exceptions=True)
+        try:
+            results = await asyncio.gather(*futures, return_exceptions=True)
+        except BaseException:
+            # Cancelled: resources already created go back to the pool; creations still
+            # in flight find their future cancelled and put their resource back themselves.
+            for fut in futures:
+                self._abandon(fut)
+            raise
         error: BaseException | None = None
         for result in results:
             if isinstance(result, BaseException):
@@ -556,7 +566,9 @@ class Pool(Generic[T]):
     async def _acquire(self, timeout: float | None) -> T:
         if self._state is not _State.OPEN:
             if self._state is _State.NEW:
-                await self.open()
+                # Implicit open: fill in the background. A failed creation then goes through
+                # the usual fail-fast/backoff path instead of closing the pool for good.
+                await self.open(wait=False)
             else:
                 raise PoolClosed(f"{self!r} is closed")
         # Fast path: an idle resource that needs neither expiry handling nor check.
@@ -580,21 +592,29 @@ class Pool(Generic[T]):
                 entry = self._idle.pop()
             else:
                 fut: asyncio.Future[_Entry[T]] = _Future(loop=loop)
-                if not self._waiters and self._can_create():
+                if not self._waiters and not self._filling and self._can_create():
+                    # A creation serves us, but we queue too: whatever frees up first (a
+                    # release, or this creation) goes to the oldest waiter (FIFO).
                     self._size += 1
                     self._start_create(fut)
+                    self._waiters.append(fut)
                 else:
                     if retry:
                         # Whoever queued meanwhile arrived after us (FIFO).
                         self._waiters.appendleft(fut)
-                    elif self._max_waiting is not None and len(self._waiters) >= self._max_waiting:
+                    elif (
+                        self._max_waiting is not None
+                        and len(self._waiters) - len(self._bound) >= self._max_waiting
+                    ):
                         raise TooManyWaiters(
                             f"{self!r}: {len(self._waiters)} tasks already waiting "
                             f"(max_waiting={self._max_waiting})"
                         )
                     else:
                         self._waiters.append(fut)
-                    if self._failures:
+                    if self._size < self._max_size:
+                        self._grant()  # capacity left: start creations for uncovered waiters
+                    elif self._failures:
                         self._schedule_backoff_grant()
                 waited = True
                 self._n_pending += 1
@@ -642,6 +662,13 @@ class Pool(Generic[T]):
                 if waited_for > self._wait_max:
                     self._wait_max = waited_for
             return self._lease(entry)
+
+    def _unqueue(self, fut: asyncio.Future[_Entry[T]]) -> None:
+        """Withdraw ``fut`` from the queue if it is there (rare path: O(queue))."""
+        try:
+            self._waiters.remove(fut)
+        except ValueError:
+            pass
 
     def _abandon(self, fut: asyncio.Future[_Entry[T]]) -> None:
         """A waiter leaves early (cancelled, timed out, pool closed): if it was already
@@ -871,6 +898,10 @@ class Pool(Generic[T]):
         """Start a creation in a slot already counted in ``_size``, serving ``fut``."""
         if self._failures:
             self._probing = True
+        if fut is not None:
+            self._bound.add(fut)
+        else:
+            self._filling += 1
         task = self._spawn(self._create(fut))
         self._creating.add(task)
         task.add_done_callback(self._creating.discard)
@@ -888,13 +919,25 @@ class Pool(Generic[T]):
         except BaseException as exc:
             self._size -= 1
             self._probing = False
-            if isinstance(exc, asyncio.CancelledError):
+            if fut is not None:
+                self._bound.discard(fut)
+            else:
+                self._filling -= 1
+            if isinstance(exc, asyncio.CancelledError) and self._state is not _State.OPEN:
                 error: BaseException = PoolClosed(f"{self!r} was closed while creating a resource")
             else:
-                error = exc
+                if isinstance(exc, asyncio.CancelledError):
+                    # The manager itself raised CancelledError (an inner timeout that leaked):
+                    # a failed attempt, reported as such, not as our caller being cancelled.
+                    error = ConnectionError(
+                        f"{self._manager!r}.create() raised CancelledError on an open pool"
+                    )
+                    error.__cause__ = exc
+                else:
+                    error = exc
                 self._n_create_errors += 1
                 self._failures += 1
-                self._last_error = exc
+                self._last_error = error
                 delay = min(self._backoff_max, self._backoff_base * 2 ** (self._failures - 1))
                 self._backoff_until = loop.time() + delay * (0.5 + random.random() / 2)
                 logger.warning(
@@ -902,10 +945,16 @@ class Pool(Generic[T]):
                     self,
                     self._failures,
                     self._backoff_until - loop.time(),
-                    exc,
+                    error,
+                )
+            if fut is None and self._state is _State.OPEN:
+                # A fill creation stood for the oldest waiter no creation serves: fail fast.
+                fut = next(
+                    (f for f in self._waiters if not f.done() and f not in self._bound), None
                 )
             if fut is not None and not fut.done():
                 fut.set_exception(error)
+                self._unqueue(fut)
             self._grant()
             if not isinstance(exc, Exception | asyncio.CancelledError):
                 raise
@@ -915,6 +964,10 @@ class Pool(Generic[T]):
         current = asyncio.current_task()
         if current is not None:
             self._creating.discard(current)
+        if fut is not None:
+            self._bound.discard(fut)
+        else:
+            self._filling -= 1
         now = loop.time()
         self._n_created += 1
         self._live.add(id(resource))
@@ -927,6 +980,7 @@ class Pool(Generic[T]):
             expires = now + self._max_lifetime * (1.0 - _LIFETIME_JITTER * random.random())
         entry: _Entry[T] = _Entry(resource, ResourceInfo(now, now, 0, expires), self._generation)
         if fut is not None and not fut.done():
+            self._unqueue(fut)
             if self._state is _State.OPEN:
                 fut.set_result(entry)
                 self._grant()
@@ -962,22 +1016,30 @@ class Pool(Generic[T]):
             self._grant()
 
     def _grant(self) -> None:
-        """Hand whatever is free to the oldest waiters; keep ``min_size`` filled."""
+        """Hand whatever is free to the oldest waiters; keep ``min_size`` filled.
+
+        Idle resources go to the oldest waiters. Free capacity starts creations for the
+        oldest waiters not yet served by one; such a waiter stays queued, so a resource
+        released meanwhile still reaches the oldest waiter first.
+        """
         waiters = self._waiters
-        while waiters:
-            fut = waiters[0]
-            if fut.done():
-                waiters.popleft()
-                continue
-            if self._idle:
-                waiters.popleft()
+        while waiters and self._idle:
+            fut = waiters.popleft()
+            if not fut.done():
                 fut.set_result(self._idle.pop())
-            elif self._state is _State.OPEN and self._can_create():
-                waiters.popleft()
+        if waiters and self._state is _State.OPEN and self._size < self._max_size:
+            bound = self._bound
+            spare = self._filling  # fill creations in flight will serve the first uncovered
+            for fut in waiters:
+                if fut.done() or fut in bound:
+                    continue
+                if spare:
+                    spare -= 1
+                    continue
+                if not self._can_create():
+                    break
                 self._size += 1
-                self._start_create(fut)  # the creation resolves `fut`
-            else:
-                break
+                self._start_create(fut)  # the creation resolves `fut` unless a release does
         if waiters:
             self._schedule_backoff_grant()
         self._maybe_fill()

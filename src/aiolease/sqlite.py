@@ -38,6 +38,18 @@ def _is_memory(path: str) -> bool:
     return path == ":memory:" or path.startswith("file::memory:") or "mode=memory" in path
 
 
+async def _finish(task: asyncio.Future[Any]) -> None:
+    """Wait until ``task`` is done, whatever its outcome, even if we are cancelled meanwhile."""
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except BaseException:
+            if not task.done():
+                continue
+    if not task.cancelled():
+        task.exception()  # retrieved: the caller decides what the outcome means
+
+
 class SqliteManager(Manager[aiosqlite.Connection]):
     """Creates, resets and closes aiosqlite connections for a :class:`~aiolease.Pool`.
 
@@ -66,6 +78,19 @@ class SqliteManager(Manager[aiosqlite.Connection]):
         self.connect_kwargs = connect_kwargs
 
     async def create(self) -> aiosqlite.Connection:
+        # Connecting runs in aiosqlite's own thread and cannot be interrupted. If we are
+        # cancelled meanwhile, let it finish and close what it opened before re-raising,
+        # so that no connection thread outlives the pool that made it.
+        task = asyncio.ensure_future(self._connect())
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await _finish(task)
+            if not task.cancelled() and task.exception() is None:
+                await _finish(asyncio.ensure_future(task.result().close()))
+            raise
+
+    async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, **self.connect_kwargs)
         try:
             for key, value in self.pragmas.items():
@@ -73,7 +98,7 @@ class SqliteManager(Manager[aiosqlite.Connection]):
                     continue
                 await conn.execute(f"PRAGMA {key}={value}")
         except BaseException:
-            await asyncio.shield(conn.close())
+            await _finish(asyncio.ensure_future(conn.close()))
             raise
         return conn
 
@@ -92,6 +117,11 @@ class SqliteManager(Manager[aiosqlite.Connection]):
 
     async def close(self, resource: aiosqlite.Connection) -> None:
         await resource.close()
+        # close() returns as the worker thread is about to exit; wait for it (off the loop)
+        # so that a closed pool leaves no thread behind.
+        thread = getattr(resource, "_thread", None)
+        if thread is not None and thread.is_alive():
+            await asyncio.get_running_loop().run_in_executor(None, thread.join, 5.0)
 
 
 def create_pool(
