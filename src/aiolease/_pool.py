@@ -26,6 +26,7 @@ import logging
 import os
 import random
 import sys
+import time
 import traceback
 import warnings
 from collections import deque
@@ -305,6 +306,8 @@ class Pool(Generic[T]):
 
         self._state = _State.NEW
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._done: asyncio.Future[None]  # a completed future of the loop, set in open()
+        self._clock: Callable[[], float] = time.monotonic  # set with the loop in open()
         self._idle: deque[_Entry[T]] = deque()  # LIFO at the right: warm resources reused first
         self._in_use: dict[int, _Entry[T]] = {}  # id(resource) -> entry
         self._waiters: deque[asyncio.Future[_Entry[T]]] = deque()
@@ -394,7 +397,12 @@ class Pool(Generic[T]):
             return
         if self._state is not _State.NEW:
             raise PoolClosed(f"{self!r} is closed; make a new pool")
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
+        # The loop's clock. asyncio's own loop.time() is time.monotonic() behind a Python
+        # call: read that directly on the hot paths (other loops, e.g. virtual time, keep theirs).
+        self._clock = time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
+        self._done = loop.create_future()
+        self._done.set_result(None)
         self._state = _State.OPEN
         if not wait or self._min_size == 0:
             self._maybe_fill()
@@ -577,10 +585,11 @@ class Pool(Generic[T]):
             return self._lease(idle.pop())
         return await self._acquire_slow(timeout)
 
-    async def _acquire_slow(self, timeout: float | None) -> T:
+    async def _acquire_slow(self, timeout: float | None, into: _Acquire[T] | None = None) -> T:
         loop = self._loop
         assert loop is not None
-        start = loop.time()
+        clock = self._clock
+        start = clock()
         deadline = _INF if timeout is None else start + timeout
         waited = False
         retry = False  # our idle resource failed its check: keep our place, ahead of later tasks
@@ -657,11 +666,14 @@ class Pool(Generic[T]):
                 self._spawn_close(entry)
                 raise PoolClosed(f"{self!r} is closed")
             if waited:
-                waited_for = loop.time() - start
+                waited_for = clock() - start
                 self._wait_total += waited_for
                 if waited_for > self._wait_max:
                     self._wait_max = waited_for
-            return self._lease(entry)
+            resource = self._lease(entry)
+            if into is not None:
+                into._resource = resource  # for its __aexit__: set before any await can intervene
+            return resource
 
     def _unqueue(self, fut: asyncio.Future[_Entry[T]]) -> None:
         """Withdraw ``fut`` from the queue if it is there (rare path: O(queue))."""
@@ -815,7 +827,8 @@ class Pool(Generic[T]):
         if entry.closed:  # the pool already closed it (aclose timeout)
             return None
         info = entry.info
-        info.last_used_at = self._loop.time()  # type: ignore[union-attr]  # bound: it was leased
+        if self._on_release_fn is not None or self._reset_fn is not None:
+            info.last_used_at = self._clock()
         if self._on_release_fn is not None:
             self._on_release_fn(resource, info)
         # `.data`: the WeakSet's plain set, whose truth test is C (bool(WeakSet) calls __len__)
@@ -827,18 +840,28 @@ class Pool(Generic[T]):
             self._reset_needed_fn is None or self._reset_needed_fn(resource, info)
         ):
             return self._spawn(self._reset_then_return(entry))
-        # _put_back's common case, inlined (a call less per release): back to idle with
-        # nobody waiting and nothing to retire. Anything else takes the general route.
+        # _put_back's common cases, inlined (a call less per release): to the oldest
+        # waiter, or back to idle, with nothing to retire. Anything else takes the general
+        # route. (last_used_at is only read once the resource is idle or reset, so a direct
+        # hand-off skips the clock read.)
         if (
-            not self._waiters
-            and self._state is _State.OPEN
+            self._state is _State.OPEN
             and not self._expiring
             and entry.generation == self._generation
             and self._size <= self._max_size
         ):
+            waiters = self._waiters
+            while waiters:
+                fut = waiters.popleft()
+                if not fut.done():
+                    entry.from_idle = False
+                    fut.set_result(entry)
+                    return None
             entry.from_idle = True
+            info.last_used_at = self._clock()
             self._idle.append(entry)
             return None
+        info.last_used_at = self._clock()
         return self._put_back(entry)
 
     async def _reset_then_return(self, entry: _Entry[T]) -> None:
@@ -1259,29 +1282,33 @@ class _Acquire(Generic[T]):
     def __await__(self) -> Generator[Any, None, T]:
         return self._pool._acquire(self._timeout).__await__()
 
-    async def __aenter__(self) -> T:
+    # __aenter__/__aexit__ are plain functions returning awaitables: `async with` awaits
+    # whatever they return, and this saves a coroutine per call on the hot paths.
+
+    def __aenter__(self) -> Awaitable[T]:
         pool = self._pool
-        # The fast path, inlined: an idle resource, nothing to check, pool open.
-        if (
-            pool._state is _State.OPEN
-            and pool._idle
-            and pool._check_fn is None
-            and not pool._expiring
-        ):
-            resource = pool._lease(pool._idle.pop())
-        elif pool._state is _State.OPEN:
-            resource = await pool._acquire_slow(self._timeout)  # one coroutine less than _acquire
-        else:
-            resource = await pool._acquire(self._timeout)
-        self._resource = resource
+        if pool._state is _State.OPEN:
+            if pool._idle and pool._check_fn is None and not pool._expiring:
+                # The fast path: an idle resource, nothing to check. Leased right here,
+                # handed over through an already-completed future (no suspension point).
+                self._resource = pool._lease(pool._idle.pop())
+                return self._ready()
+            return pool._acquire_slow(self._timeout, self)
+        return self._acquire_opening()
+
+    async def _ready(self) -> T:
+        return self._resource  # type: ignore[return-value]
+
+    async def _acquire_opening(self) -> T:
+        resource = self._resource = await self._pool._acquire(self._timeout)
         return resource
 
-    async def __aexit__(
+    def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
+    ) -> Awaitable[None]:
         pool = self._pool
         resource: T = self._resource  # type: ignore[assignment]  # set by __aenter__ (no cast() call)
         self._resource = None
@@ -1291,5 +1318,6 @@ class _Acquire(Generic[T]):
             and bool(pool._is_fatal_fn(resource, exc))
         )
         pending = pool._release(resource, discard)
-        if pending is not None:
-            await asyncio.shield(pending)
+        if pending is None:
+            return pool._done
+        return asyncio.shield(pending)  # the reset/close goes on if the caller is cancelled
