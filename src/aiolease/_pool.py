@@ -1288,11 +1288,20 @@ class _Acquire(Generic[T]):
     def __aenter__(self) -> Awaitable[T]:
         pool = self._pool
         if pool._state is _State.OPEN:
-            if pool._idle and pool._check_fn is None and not pool._expiring:
-                # The fast path: an idle resource, nothing to check. Leased right here,
-                # handed over through an already-completed future (no suspension point).
-                self._resource = pool._lease(pool._idle.pop())
-                return self._ready()
+            idle = pool._idle
+            if idle and not pool._expiring:
+                # The fast path: an idle resource that needs no check (none configured, or
+                # the manager's synchronous check_needed() says it is fine): leased here.
+                if pool._check_fn is None:
+                    self._resource = pool._lease(idle.pop())
+                    return self._ready()
+                check_needed = pool._check_needed_fn
+                if check_needed is not None:
+                    entry = idle[-1]
+                    if not check_needed(entry.resource, entry.info):
+                        idle.pop()
+                        self._resource = pool._lease(entry)
+                        return self._ready()
             return pool._acquire_slow(self._timeout, self)
         return self._acquire_opening()
 

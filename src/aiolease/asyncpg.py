@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import select
 import socket
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -42,6 +43,7 @@ def _busy(conn: Connection) -> bool:
 
 
 _PEEK = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
+_HAVE_POLL = hasattr(select, "poll")
 
 # Errors in the body that mean the connection itself is gone or unusable: the
 # server went away (class 08, admin/crash shutdown), the socket failed, or the
@@ -79,6 +81,17 @@ def _quiet(conn: Connection) -> bool:
     False. Peeking at the socket (one non-blocking ``recv(MSG_PEEK)``, no round
     trip) sees what the loop has not read yet. Unknowable (no socket): True.
     """
+    watch = _watch_of(conn)
+    poller = None if watch is None else watch.poller
+    if poller is None and _HAVE_POLL:
+        # A poll object registered once per connection: poll(0) is one cheap syscall
+        # that raises nothing (a MSG_PEEK recv costs an exception on every quiet check).
+        sock = _raw_socket(conn)
+        if sock is not None and watch is not None:
+            poller = watch.poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+    if poller is not None:
+        return not poller.poll(0)  # any event: data, EOF, hang-up, error
     sock = _raw_socket(conn)
     if sock is None:
         return True
@@ -105,12 +118,13 @@ class _Watch:
     but ``data_received`` is delegated untouched.
     """
 
-    __slots__ = ("_protocol", "received", "seen")
+    __slots__ = ("_protocol", "poller", "received", "seen")
 
     def __init__(self, protocol: Any) -> None:
         self._protocol = protocol
         self.received = 0  # chunks received so far
         self.seen = 0  # `received` when the connection last went idle
+        self.poller: Any = None  # select.poll() on the socket, made on first use (see _quiet)
 
     def data_received(self, data: bytes) -> None:
         self.received += 1
