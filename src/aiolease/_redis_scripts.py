@@ -36,6 +36,7 @@ __all__ = [
     "RATE_CANCEL",
     "RATE_PAUSE",
     "RATE_SETTLE",
+    "RATE_SHIFT",
     "Script",
 ]
 
@@ -137,6 +138,30 @@ else
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
 end
 return 1
+""",
+)
+
+#: Give back a reservation that is NOT the last one, moving every later reservation up.
+#: ARGV: clock, client_now_us, T_us, burst, expected_state, cost, tat_before_us.
+#: The caller (one limiter object) passes the state it last wrote itself; it only calls this when
+#: every reservation made on the key after the cancelled one is its own (it re-times them), and
+#: the cancelled one was scheduled by plain GCRA (same epoch: no pause jump, no restart). Then,
+#: if the state is still exactly ``expected_state`` (compare-and-swap: nobody else wrote since),
+#: ``tat`` and ``hold`` move back by cost*T - the schedule in which the cancelled reservation was
+#: never made - provided the debt before it (``tat_before_us``) has not run out (``now`` is
+#: before it), so that every later reservation was chained on it. ``slot`` is kept (a later
+#: value only makes refunds wait longer). Returns the new state, or nil when nothing changed.
+RATE_SHIFT = Script(
+    "rate_shift",
+    _CLOCK
+    + _RATE_STATE
+    + """
+if old ~= ARGV[5] then return false end
+if now > tonumber(ARGV[7]) then return false end
+local shift = tonumber(ARGV[6]) * T
+tat = tat - shift
+hold = hold - shift
+return store()
 """,
 )
 

@@ -3,13 +3,16 @@
 Install with ``pip install aiolease[psycopg]``. Connections are opened in
 autocommit mode by default: transactions are explicit (``aiolease.atomic`` or
 ``conn.transaction()``), so a released connection is idle unless a block was
-left open, and the reset costs no round trip.
+left open, and the reset costs no round trip. Checkout costs no round trip
+either, yet never hands out a connection the server terminated while it sat
+idle (see :class:`PsycopgManager`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import select
 from typing import Any
 
 from ._pool import Pool
@@ -28,20 +31,169 @@ __all__ = ["PsycopgManager", "create_pool"]
 logger = logging.getLogger("aiolease.psycopg")
 
 _TS = pq.TransactionStatus
+_OK = pq.ConnStatus.OK
+_SEVERITY = pq.DiagnosticField.SEVERITY_NONLOCALIZED
 AsyncConnection = psycopg.AsyncConnection[Any]
+
+# psycopg errors without a SQLSTATE that say nothing about the connection itself:
+# every other OperationalError without one is the client library reporting a lost
+# connection ("server closed the connection unexpectedly", "consuming input failed").
+_NOT_FATAL = (psycopg.errors.PipelineAborted, psycopg.errors.CancellationTimeout)
+# SQLSTATEs outside class 08 that the server only sends as FATAL, closing the session:
+# admin/crash shutdown, cannot connect now, database dropped, idle (in transaction)
+# session timeout. Listed so that an error whose diagnostics are missing still counts.
+_FATAL_STATES = frozenset(("57P01", "57P02", "57P03", "57P04", "57P05", "25P03"))
+
+
+if hasattr(select, "poll"):
+    _POLL = select.poll
+    _POLL_MASK = select.POLLIN | select.POLLPRI
+
+    def _readable(fd: int) -> bool:
+        """Whether the socket has anything to read (data, EOF) or an error, without blocking.
+
+        One ``poll(2)`` with a zero timeout: no round trip, nothing consumed.
+        POLLERR/POLLHUP/POLLNVAL are always reported, so a reset socket counts too.
+        """
+        poller = _POLL()
+        poller.register(fd, _POLL_MASK)
+        return bool(poller.poll(0))
+
+else:  # pragma: no cover - Windows: select() works on sockets there
+
+    def _readable(fd: int) -> bool:
+        readable, _, broken = select.select([fd], [], [fd], 0)
+        return bool(readable or broken)
+
+
+class _NoticeWatch:
+    """Wraps psycopg's notice handler on a pooled connection to spot a FATAL message.
+
+    A server that drops a backend (``pg_terminate_backend``, shutdown, idle
+    session timeout) sends an ErrorResponse of severity FATAL, then closes the
+    socket. When libpq parses that message while the connection is idle it has
+    no query to fail, so it hands the message to the notice handler instead.
+    If the socket's EOF has not arrived yet, the connection still reports
+    itself open and its socket looks quiet, but it is dead: the flag remembers
+    that. Only called for notices (rare), so it costs nothing on the hot path.
+    """
+
+    __slots__ = ("fatal", "handler")
+
+    def __init__(self, handler: Any) -> None:
+        self.handler = handler  # psycopg's own (holds the connection weakly)
+        self.fatal: str | None = None  # the FATAL message, once one was seen
+
+    def __call__(self, res: pq.abc.PGresult) -> None:
+        if res.error_field(_SEVERITY) in (b"FATAL", b"PANIC"):
+            message = res.error_message.decode("utf-8", "replace").strip()
+            self.fatal = message or "FATAL"
+        if self.handler is not None:
+            self.handler(res)
+
+
+def _install_watch(conn: AsyncConnection) -> None:
+    pgconn = conn.pgconn
+    if type(pgconn.notice_handler) is not _NoticeWatch:
+        pgconn.notice_handler = _NoticeWatch(pgconn.notice_handler)
+
+
+def _fatal_notice(conn: AsyncConnection) -> str | None:
+    watch = conn.pgconn.notice_handler
+    return watch.fatal if type(watch) is _NoticeWatch else None
+
+
+_RESULT_OK = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK)
+
+
+async def _wait_fd(fd: int, *, write: bool = False) -> None:
+    """Until ``fd`` is readable (or writable): one selector registration, no polling."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    if write:
+        loop.add_writer(fd, wake)
+    else:
+        loop.add_reader(fd, wake)
+    try:
+        await ready
+    finally:
+        if write:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
+
+
+async def _round_trip(conn: AsyncConnection) -> None:
+    """``SELECT 1`` straight through libpq, for :meth:`PsycopgManager.check`.
+
+    Not ``conn.execute()``: that would send ``BEGIN`` first on a connection
+    that is not in autocommit mode, and when cancelled (by the caller or the
+    check's timeout) psycopg sends a cancel request and waits up to seconds
+    for the server to stop the query. Here, cancellation abandons the round
+    trip at once; the pool then closes the connection. Notifications that
+    arrive meanwhile go to psycopg's handlers, as ``execute()`` would.
+
+    Raises:
+        psycopg.OperationalError: the server answered with an error (e.g. the
+            FATAL message of a terminated backend) or the connection was lost.
+    """
+    pgconn = conn.pgconn
+    fd = pgconn.socket
+    pgconn.send_query(b"SELECT 1")
+    while pgconn.flush():  # non-blocking mode: 1 while some of the query is unsent
+        await _wait_fd(fd, write=True)
+    error: str | None = None
+    while True:
+        while pgconn.is_busy():
+            await _wait_fd(fd)
+            pgconn.consume_input()
+        res = pgconn.get_result()
+        if res is None:
+            break
+        if res.status not in _RESULT_OK and error is None:
+            error = res.error_message.decode("utf-8", "replace").strip() or str(res.status)
+    while (notify := pgconn.notifies()) is not None:
+        if pgconn.notify_handler is not None:
+            try:
+                pgconn.notify_handler(notify)
+            except Exception:  # a user's notify handler: not the connection's fault
+                logger.exception("error in a notify handler of %r", conn)
+    if error is not None:
+        raise psycopg.OperationalError(error)
+    if pgconn.status != _OK or pgconn.transaction_status != _TS.IDLE:
+        raise psycopg.OperationalError("connection not idle after SELECT 1")
 
 
 class PsycopgManager(Manager[AsyncConnection]):
     """Creates, vets, resets and closes psycopg ``AsyncConnection`` objects for a Pool.
 
-    ``check`` discards a connection that was closed or broken while idle.
-    ``reset`` rolls back a transaction left open (``INTRANS``/``INERROR``) and
-    discards a connection released with a query still running (``ACTIVE``) or
-    in an unknown state.
+    Checkout (:meth:`check_needed`, :meth:`check`) costs no round trip for a
+    healthy idle connection. psycopg reads a connection's socket only while an
+    operation runs, so whatever the server sent while the connection sat in
+    the pool is still unread: one non-blocking ``poll`` of the socket tells a
+    quiet connection (handed out at once) from one that heard from the server.
+    A connection the server terminated while idle (``pg_terminate_backend``, a
+    restart, ``idle_session_timeout``) is never handed out: :meth:`check`
+    reads what arrived without blocking, and a FATAL message or the socket's
+    EOF condemns it. Anything else (a notification for a ``LISTEN`` left on
+    the connection) costs one ``SELECT 1`` round trip, which keeps a live
+    connection and delivers the notification to psycopg as usual.
+    A connection killed while in use fails the body with a connection error,
+    which :meth:`is_fatal` recognises, so it is closed rather than reused.
+
+    ``reset`` rolls back a transaction left open (``INTRANS``/``INERROR``)
+    and discards a connection released with a query still running
+    (``ACTIVE``) or in an unknown state.
 
     Args:
         conninfo: the connection string, passed to ``AsyncConnection.connect``.
-        reset_timeout: seconds the rollback at release may take before the
+        reset_timeout: seconds the rollback at release (or the verifying round
+            trip of a suspicious idle connection) may take before the
             connection is discarded.
         **connect_kwargs: passed to ``AsyncConnection.connect``;
             ``autocommit`` defaults to True.
@@ -58,18 +210,74 @@ class PsycopgManager(Manager[AsyncConnection]):
         self.connect_kwargs = connect_kwargs
 
     async def create(self) -> AsyncConnection:
-        return await psycopg.AsyncConnection.connect(self.conninfo, **self.connect_kwargs)
+        conn = await psycopg.AsyncConnection.connect(self.conninfo, **self.connect_kwargs)
+        _install_watch(conn)
+        return conn
+
+    def check_needed(self, resource: AsyncConnection, info: ResourceInfo) -> bool:
+        """No round trip, no await for a healthy idle connection: only one that is
+        closed, not idle, saw a FATAL message, or has something unread in its
+        socket goes through :meth:`check`."""
+        pgconn = resource.pgconn
+        if pgconn.status != _OK or pgconn.transaction_status != _TS.IDLE:
+            return True
+        watch = pgconn.notice_handler
+        if type(watch) is _NoticeWatch and watch.fatal is not None:
+            return True
+        try:
+            return _readable(pgconn.socket)
+        except (OSError, ValueError, psycopg.Error):  # no socket any more
+            return True
 
     async def check(self, resource: AsyncConnection, info: ResourceInfo) -> None:
-        if resource.closed or resource.broken:
+        """Discard a dead idle connection; verify an ambiguous one with one round trip.
+
+        Raises:
+            ConnectionError: the connection is closed, the server terminated
+                it while it was idle (FATAL message or EOF), or the verifying
+                round trip failed.
+        """
+        if resource.closed:
             raise ConnectionError("connection was closed while idle (server restart or kill?)")
+        pgconn = resource.pgconn
+        try:
+            # Read what arrived while idle (never blocks) and parse it: a FATAL
+            # message reaches the notice watch, an EOF or reset closes the pgconn.
+            pgconn.consume_input()
+            pgconn.is_busy()
+        except psycopg.Error as exc:
+            raise ConnectionError(f"connection was lost while idle: {exc}") from exc
+        fatal = _fatal_notice(resource)
+        if fatal is not None:
+            raise ConnectionError(f"the server terminated the connection while idle: {fatal}")
+        if resource.closed:
+            raise ConnectionError("connection was closed while idle (server restart or kill?)")
+        status = pgconn.transaction_status
+        if status != _TS.IDLE:
+            raise ConnectionError(f"idle connection in state {_TS(status).name}, expected IDLE")
+        # Data that condemned nothing: a notification (harmless), or the first part
+        # of a message still arriving. One round trip tells them apart.
+        try:
+            async with asyncio.timeout(self.reset_timeout):
+                await _round_trip(resource)
+        except Exception as exc:  # TimeoutError included
+            raise ConnectionError(
+                f"connection failed its check after data arrived while idle: {exc!r}"
+            ) from exc
 
     def reset_needed(self, resource: AsyncConnection, info: ResourceInfo) -> bool:
-        return resource.closed or resource.pgconn.transaction_status != _TS.IDLE
+        pgconn = resource.pgconn
+        if pgconn.status != _OK or pgconn.transaction_status != _TS.IDLE:
+            return True
+        watch = pgconn.notice_handler
+        return type(watch) is _NoticeWatch and watch.fatal is not None
 
     async def reset(self, resource: AsyncConnection, info: ResourceInfo) -> None:
         if resource.closed or resource.broken:
             raise ConnectionError("connection is closed or broken")
+        fatal = _fatal_notice(resource)
+        if fatal is not None:
+            raise ConnectionError(f"the server terminated the connection: {fatal}")
         status = resource.pgconn.transaction_status
         if status == _TS.IDLE:
             return
@@ -87,7 +295,19 @@ class PsycopgManager(Manager[AsyncConnection]):
             await resource.close()
 
     def is_fatal(self, resource: AsyncConnection, exc: BaseException) -> bool:
-        return resource.closed or resource.broken
+        """Whether the body's error means the connection is gone: it is closed, or the
+        error is a socket error, a connection-class SQLSTATE (08xxx, 57P01-57P05, 25P03),
+        a FATAL/PANIC server error, or a client-side loss of the connection."""
+        if resource.closed or isinstance(exc, OSError):
+            return True
+        if not isinstance(exc, psycopg.Error):
+            return False
+        state = exc.sqlstate
+        if state is None:
+            return isinstance(exc, psycopg.OperationalError) and not isinstance(exc, _NOT_FATAL)
+        if state.startswith("08") or state in _FATAL_STATES:
+            return True
+        return exc.diag.severity_nonlocalized in ("FATAL", "PANIC")
 
 
 def create_pool(

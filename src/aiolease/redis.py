@@ -47,6 +47,7 @@ from ._redis_scripts import (
     RATE_CANCEL,
     RATE_PAUSE,
     RATE_SETTLE,
+    RATE_SHIFT,
     Script,
 )
 
@@ -502,6 +503,44 @@ class _RedisRateAcquire:
 _PAUSED: Final = object()
 
 
+class _Entry:
+    """A sleeping waiter of this limiter object: its reservation and its one timer."""
+
+    __slots__ = ("cost", "deadline", "handle", "new", "pu", "pure", "seq", "slot", "tat")
+
+    def __init__(
+        self, seq: int, cost: float, new: str, fields: list[str], pure: bool, deadline: float
+    ) -> None:
+        self.seq = seq
+        self.cost = cost
+        self.new = new  # the state the reservation wrote
+        self.slot = float(fields[0])  # its slot, server microseconds
+        self.tat = float(fields[1])  # tat right after it (moved back by later give-backs)
+        self.pu = float(fields[4])  # paused_until when it was made
+        self.pure = pure  # scheduled by plain GCRA: same epoch before and after (no pause jump)
+        self.deadline = deadline  # loop time it sleeps until
+        self.handle: asyncio.TimerHandle | None = None
+
+
+class _Chain:
+    """This object's view of one key while it has sleeping waiters there.
+
+    ``last`` is the state this object last wrote or saw written right after its own previous
+    write (None: unknown); ``brk`` the sequence number of the latest reservation whose previous
+    state was not ``last`` - someone else wrote on the key just before it. A waiter with no break
+    after it has only this object's reservations behind it, so giving its reservation back can
+    move them up (see RedisRateLimiter._give_back). ``entries`` are in reservation order.
+    """
+
+    __slots__ = ("brk", "entries", "last", "seq")
+
+    def __init__(self) -> None:
+        self.last: str | None = None
+        self.brk = 0
+        self.seq = 0
+        self.entries: dict[asyncio.Future[object], _Entry] = {}
+
+
 class RedisRateLimiter:
     """GCRA rate limit shared through Redis: ``rate`` per ``per`` seconds, bursts of ``burst``.
 
@@ -611,8 +650,9 @@ class RedisRateLimiter:
         )[: -len(b"$0\r\n\r\n$0\r\n\r\n")]
         self._max_cost = self._burst
         self._bg = _Background()
-        #: key -> {future of a sleeping waiter: its timer}; pause() wakes them early.
-        self._sleepers: dict[str, dict[asyncio.Future[object], asyncio.TimerHandle]] = {}
+        #: key -> this object's sleeping waiters there (pause() wakes them early; a give-back
+        #: moves the later ones up).
+        self._sleepers: dict[str, _Chain] = {}
         self._cooldown = 0.0
         self._cooldown_until = -math.inf
         self._pause_seq = 0
@@ -678,8 +718,10 @@ class RedisRateLimiter:
         if len(self._pauses) > 256:
             self._pauses = {k: v for k, v in self._pauses.items() if not v[1].done()}
         self._pauses[rkey] = (self._pause_seq, task)
-        for fut, handle in list(self._sleepers.get(rkey, {}).items()):
-            handle.cancel()
+        chain = self._sleepers.get(rkey)
+        for fut, entry in list(chain.entries.items()) if chain is not None else ():
+            if entry.handle is not None:
+                entry.handle.cancel()
             if not fut.done():
                 fut.set_result((_PAUSED, task))
         return task
@@ -835,6 +877,8 @@ class RedisRateLimiter:
                         self._rejected += 1
                         raise RateLimitExceeded((-res - 1) / 1e6)
                     # admitted now; the reply is the epoch (see _redis_scripts)
+                    if self._sleepers and (chain := self._sleepers.get(rkey)) is not None:
+                        chain.last = None  # we wrote a state we do not know
                     self._admitted += 1
                     if requeued:  # woken by a pause, then admitted at once
                         self._note_wait(loop.time() - arrived)
@@ -847,7 +891,7 @@ class RedisRateLimiter:
                     # pause() was called while our call was in flight: queue behind it.
                     outcome: asyncio.Task[None] | None = paused[1]
                 else:
-                    outcome = await self._sleep(loop, rkey, res[0] / 1e6, res[1], new)
+                    outcome = await self._sleep(loop, rkey, res[0] / 1e6, res[1], new, cost)
                     if outcome is None:
                         self._admitted += 1
                         self._note_wait(loop.time() - arrived)
@@ -865,33 +909,87 @@ class RedisRateLimiter:
             self._waiting -= 1
 
     async def _sleep(
-        self, loop: asyncio.AbstractEventLoop, rkey: str, wait: float, old: Any, new: str
+        self,
+        loop: asyncio.AbstractEventLoop,
+        rkey: str,
+        wait: float,
+        old: Any,
+        new: str,
+        cost: float,
     ) -> asyncio.Task[None] | None:
         """Sleep once until the reserved slot; returns the pause task if pause() woke us."""
+        chain = self._sleepers.get(rkey)
+        if chain is None:
+            chain = self._sleepers[rkey] = _Chain()
+        old_t = None if old is None else _text(old)
+        fields = new.split(" ")
+        chain.seq += 1
+        # "slot tat hold epoch paused_until": an unchanged epoch means plain GCRA scheduled it.
+        pure = old_t is not None and old_t.split(" ")[3] == fields[3]
+        entry = _Entry(chain.seq, cost, new, fields, pure, loop.time() + wait)
+        if old_t is None or old_t != chain.last:
+            chain.brk = entry.seq  # someone else wrote on the key just before this reservation
+        chain.last = new
         fut: asyncio.Future[object] = loop.create_future()
-        handle = loop.call_later(wait, _wake, fut)
-        sleepers = self._sleepers.setdefault(rkey, {})
-        sleepers[fut] = handle
+        entry.handle = loop.call_at(entry.deadline, _wake, fut)
+        chain.entries[fut] = entry
         try:
             result = await fut
         except BaseException:
-            handle.cancel()
-            # Give the reservation back (exact compare-and-swap, see _redis_scripts.RATE_CANCEL);
-            # shielded so a second cancellation cannot stop it half way.
-            refund = self._bg.spawn(
-                self._call(RATE_CANCEL, (rkey,), ("" if old is None else _text(old), new))
-            )
+            entry.handle.cancel()
+            del chain.entries[fut]
+            # Give the reservation back; shielded so a second cancellation cannot stop it half way.
+            due = fut.done() and not fut.cancelled()  # its timer fired (or pause() woke it)
+            refund = self._bg.spawn(self._give_back(rkey, chain, entry, old_t, due))
             with contextlib.suppress(BaseException):
                 await asyncio.shield(refund)
             raise
         finally:
-            del sleepers[fut]
-            if not sleepers:
+            chain.entries.pop(fut, None)
+            if not chain.entries and self._sleepers.get(rkey) is chain:
                 del self._sleepers[rkey]
         if isinstance(result, tuple):
             task: asyncio.Task[None] = result[1]
             return task
         return None
+
+    async def _give_back(
+        self, rkey: str, chain: _Chain, entry: _Entry, old: str | None, due: bool
+    ) -> None:
+        """Give a cancelled waiter's reservation back (docs/redis.md, "Cancellation").
+
+        The last write on the key (``chain.last`` is this reservation): restore the state from
+        before it (RATE_CANCEL, exact compare-and-swap). Otherwise, when every reservation made
+        after it is this object's own (no break in the chain), it was scheduled by plain GCRA and
+        its slot has not come (``due`` is False), the later waiters of this object are moved up
+        by its cost at once - the schedule in which it had been made after them and left unused,
+        which keeps the window bound whatever Redis answers - and RATE_SHIFT lowers the key's
+        debt too if nobody else wrote since this object's last write (compare-and-swap);
+        otherwise its capacity is lost once for newcomers.
+        """
+        last = chain.last
+        if last == entry.new or due or not entry.pure or chain.brk > entry.seq:
+            done = await self._call(RATE_CANCEL, (rkey,), ("" if old is None else old, entry.new))
+            if done == 1 and chain.last == entry.new:
+                chain.last = old
+            return
+        shift = entry.cost * self._t_us
+        loop = asyncio.get_running_loop()
+        for fut, e in chain.entries.items():
+            if e.seq > entry.seq:
+                e.tat -= shift
+                slot = max(e.slot - shift, e.pu)
+                e.deadline -= (e.slot - slot) / 1e6
+                e.slot = slot
+                if e.handle is not None and not fut.done():
+                    e.handle.cancel()
+                    e.handle = loop.call_at(e.deadline, _wake, fut)
+        if last is None:
+            return
+        before = entry.tat - shift  # the debt the cancelled reservation was chained on
+        res = await self._run(RATE_SHIFT, rkey, (last, repr(entry.cost), repr(before)))
+        if res is not None and chain.last == last:
+            chain.last = _text(res)
 
     def _note_wait(self, waited: float) -> None:
         self._wait_total += waited

@@ -668,12 +668,6 @@ async def test_redis_rate_cancel_last_waiter_gives_back(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="audit: RedisRateLimiter gives back only the LAST reservation on a key; a cancelled "
-    "waiter in the middle of the queue leaves its slot unused (DESIGN.md Limits: 'A waiter "
-    "cancelled or timed out gives its reservation back'); see /work/notes/audit-tx-limits.md",
-)
 async def test_redis_rate_cancel_middle_waiter_gives_back(
     rclient: redis_asyncio.Redis, rname: str
 ) -> None:

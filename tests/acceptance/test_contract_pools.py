@@ -1909,10 +1909,6 @@ def test_cancelled_open_loses_no_resource() -> None:
     vrun(main)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="audit D6: VirtualTimeLoop jumps time while aiosqlite's thread is conne",
-)
 def test_sqlite_pool_under_virtual_time_does_not_time_out_spuriously(tmp_path: Path) -> None:
     """Issue 3: virtual time must not jump while a thread may still answer (aiosqlite)."""
     import aiolease.sqlite

@@ -33,6 +33,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import selectors
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
@@ -162,7 +164,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def _vt_outside_work(self) -> bool:
         if self._vt_children:
             self._vt_children = [t for t in self._vt_children if t.get_returncode() is None]
-        return bool(self._vt_jobs or self._vt_external or self._vt_children)
+        return bool(self._vt_jobs or self._vt_external or self._vt_children or _aiosqlite_busy())
 
     def _vt_outside_description(self) -> str:
         parts = []
@@ -172,6 +174,8 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             parts.append(f"{len(self._vt_children)} child process(es)")
         if self._vt_external:
             parts.append(f"{self._vt_external} external_work() block(s)")
+        if _aiosqlite_busy():
+            parts.append("an aiosqlite connection thread")
         return "waiting for " + ", ".join(parts)
 
     async def shutdown_default_executor(self, *args: Any, **kwargs: Any) -> None:
@@ -210,6 +214,8 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             return events
         if self._vt_outside_work():
             return self._vt_wait_real(inner, self._vt_outside_description())
+        if self._ready:  # type: ignore[attr-defined]  # a thread's call_soon_threadsafe landed
+            return []
         watched = self._vt_watched(inner)
         if timeout is None:
             if watched:
@@ -270,6 +276,58 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             f"<VirtualTimeLoop time={self._vt_now!r} jumps={self.jumps} "
             f"running={self.is_running()} closed={self.is_closed()}>"
         )
+
+
+# aiosqlite runs each connection in its own thread and answers through
+# call_soon_threadsafe, which the loop cannot see coming. Its worker is one Python
+# function looping on `future, function = tx.get()`: a worker whose frame is
+# anywhere else, or whose queue holds jobs, is busy, and the clock must not jump
+# while it is (aiolease.sqlite pools would see spurious timeouts otherwise).
+_AIOSQLITE_IDLE_LINE: dict[object, int | None] = {}
+
+
+def _aiosqlite_idle_line(code: Any) -> int | None:
+    if code not in _AIOSQLITE_IDLE_LINE:
+        line = None
+        try:
+            import inspect
+
+            lines, first = inspect.getsourcelines(code)
+            for offset, text in enumerate(lines):
+                if "tx.get()" in text:
+                    line = first + offset
+                    break
+        except (OSError, TypeError):
+            pass
+        _AIOSQLITE_IDLE_LINE[code] = line
+    return _AIOSQLITE_IDLE_LINE[code]
+
+
+def _aiosqlite_busy() -> bool:
+    """Whether an aiosqlite connection thread is running or has work queued."""
+    module = sys.modules.get("aiosqlite.core")
+    worker = getattr(module, "_connection_worker_thread", None)
+    code = getattr(worker, "__code__", None)
+    if code is None:
+        return False
+    idle_line = _aiosqlite_idle_line(code)
+    frames: dict[int, Any] | None = None
+    for thread in threading.enumerate():
+        if getattr(thread, "_target", None) is not worker:
+            continue
+        args = getattr(thread, "_args", ())
+        if args and not args[0].empty():
+            return True  # a job is queued: the thread is about to run it
+        if frames is None:
+            frames = sys._current_frames()
+        # Only code and line numbers are read from another thread's frame (never its
+        # locals, which is not safe while it runs).
+        top = frames.get(thread.ident or -1)
+        if top is None:
+            continue
+        if top.f_code is not code or idle_line is None or top.f_lineno != idle_line:
+            return True  # running a job (or its completion callback)
+    return False
 
 
 def _validate(
