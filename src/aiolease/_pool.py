@@ -122,6 +122,7 @@ class _Entry(Generic[T]):
 
     __slots__ = (
         "closed",
+        "closing",
         "from_idle",
         "generation",
         "info",
@@ -139,6 +140,7 @@ class _Entry(Generic[T]):
             False  # True while it sits (or sat) in the idle deque: needs check on hand-out
         )
         self.closed = False  # closed by the pool while checked out (aclose timeout)
+        self.closing: asyncio.Future[Any] | None = None  # the close task, once started
         self.lease_start = 0.0
         self.lease_stack: traceback.StackSummary | None = None
         self.leak_reported = False
@@ -319,6 +321,7 @@ class Pool(Generic[T]):
         self._bound: set[asyncio.Future[_Entry[T]]] = set()
         self._filling = 0  # creations in flight serving no one in particular (min_size fill)
         self._checking = 0  # acquirers running the manager's check on an entry
+        self._under_check: set[_Entry[T]] = set()  # their entries (aclose closes them on timeout)
         # id() of every resource the pool holds (created, not yet closed): _in_use is keyed
         # by id(), so a manager handing out the same object twice would lose a slot.
         self._live: set[int] = set()
@@ -499,6 +502,14 @@ class Pool(Generic[T]):
                             self._drained.clear()
                             await self._drained.wait()
                 except TimeoutError:
+                    for entry in list(self._under_check):
+                        logger.warning(
+                            "%r: closing %r, still under check after aclose(timeout=%s)",
+                            self,
+                            entry.resource,
+                            timeout,
+                        )
+                        self._spawn_close(entry)
                     for entry in list(self._in_use.values()):
                         if not entry.closed:
                             entry.closed = True
@@ -749,6 +760,7 @@ class Pool(Generic[T]):
         assert self._check_fn is not None
         timeout = None if deadline == _INF else asyncio.timeout_at(deadline)
         self._checking += 1  # aclose() waits for resources under check
+        self._under_check.add(entry)
         try:
             if timeout is None:
                 await self._check_fn(entry.resource, entry.info)
@@ -777,6 +789,7 @@ class Pool(Generic[T]):
             raise
         finally:
             self._checking -= 1
+            self._under_check.discard(entry)
             if self._drained is not None:
                 self._drained.set()
         return True
@@ -1022,8 +1035,11 @@ class Pool(Generic[T]):
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _spawn_close(self, entry: _Entry[T]) -> asyncio.Task[Any]:
-        return self._spawn(self._close_entry(entry))
+    def _spawn_close(self, entry: _Entry[T]) -> asyncio.Future[Any]:
+        if entry.closing is not None:  # already being closed (aclose timeout): once only
+            return entry.closing
+        task = entry.closing = self._spawn(self._close_entry(entry))
+        return task
 
     async def _close_entry(self, entry: _Entry[T]) -> None:
         """Close a resource (errors logged) and free its slot. Always runs in a pool task."""
@@ -1176,7 +1192,7 @@ class Pool(Generic[T]):
         self._min_size, self._max_size = new_min, new_max
         if self._state is not _State.OPEN:
             return
-        closes: list[asyncio.Task[Any]] = []
+        closes: list[asyncio.Future[Any]] = []
         while self._size - len(closes) > self._max_size and self._idle:
             closes.append(self._spawn_close(self._idle.popleft()))
         self._grant()

@@ -2119,9 +2119,6 @@ def test_tight_timeout_during_check_does_not_destroy_healthy_idle_resource() -> 
     vrun(main)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="audit D8: aclose(timeout) returns with a resource under check open"
-)
 def test_aclose_timeout_also_closes_resource_stuck_in_check() -> None:
     async def main() -> None:
         fm = FakeManager()
