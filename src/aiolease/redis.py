@@ -540,6 +540,44 @@ class _Chain:
         self.seq = 0
         self.entries: dict[asyncio.Future[object], _Entry] = {}
 
+    def note(self, old: str | None, new: str, cost: float, deadline: float) -> _Entry:
+        """Record a reservation of this object (in reply order: see _Caller) and return it."""
+        fields = new.split(" ")
+        self.seq += 1
+        # "slot tat hold epoch paused_until": an unchanged epoch means plain GCRA scheduled it.
+        pure = old is not None and old.split(" ")[3] == fields[3]
+        entry = _Entry(self.seq, cost, new, fields, pure, deadline)
+        if old is None or old != self.last:
+            self.brk = entry.seq  # someone else wrote on the key just before this reservation
+        self.last = new
+        return entry
+
+    def can_move_up(self, entry: _Entry, due: bool) -> bool:
+        """Whether giving ``entry`` back may move this object's later waiters up.
+
+        It must not be the last write (that is restored exactly), its slot must not have come,
+        plain GCRA must have scheduled it (no pause jump or restart) and every reservation made
+        after it must be this object's own (no break after it).
+        """
+        return self.last != entry.new and not due and entry.pure and self.brk <= entry.seq
+
+    def move_up(self, entry: _Entry, t_us: float) -> None:
+        """Move this object's waiters after ``entry`` up by its cost (re-arming their timers).
+
+        The result is the schedule in which ``entry`` had been made right after them and left
+        unused, so it keeps the window bound whether or not Redis also lowers the key's debt.
+        """
+        shift = entry.cost * t_us
+        for fut, e in self.entries.items():
+            if e.seq > entry.seq:
+                e.tat -= shift
+                slot = max(e.slot - shift, e.pu)
+                e.deadline -= (e.slot - slot) / 1e6
+                e.slot = slot
+                if e.handle is not None and not fut.done():
+                    e.handle.cancel()
+                    e.handle = asyncio.get_running_loop().call_at(e.deadline, _wake, fut)
+
 
 class RedisRateLimiter:
     """GCRA rate limit shared through Redis: ``rate`` per ``per`` seconds, bursts of ``burst``.
@@ -671,8 +709,9 @@ class RedisRateLimiter:
         """Wait until ``cost`` is admitted for ``key``; awaitable and an async context manager.
 
         The reservation is made by one script call; when the slot is in the future the task sleeps
-        once until it. Cancelled while sleeping, the reservation is given back when it is still the
-        last one on the key (otherwise later waiters were scheduled after it and it is left unused).
+        once until it. Cancelled (or timed out by the caller) while sleeping, the reservation is
+        given back: this object's later waiters on the key move up, and newcomers get it too
+        unless another process wrote on the key in between (docs/redis.md, "Cancellation").
         Only ``__aenter__`` blocks and can be cancelled; ``__aexit__`` does nothing.
 
         Args:
@@ -922,14 +961,7 @@ class RedisRateLimiter:
         if chain is None:
             chain = self._sleepers[rkey] = _Chain()
         old_t = None if old is None else _text(old)
-        fields = new.split(" ")
-        chain.seq += 1
-        # "slot tat hold epoch paused_until": an unchanged epoch means plain GCRA scheduled it.
-        pure = old_t is not None and old_t.split(" ")[3] == fields[3]
-        entry = _Entry(chain.seq, cost, new, fields, pure, loop.time() + wait)
-        if old_t is None or old_t != chain.last:
-            chain.brk = entry.seq  # someone else wrote on the key just before this reservation
-        chain.last = new
+        entry = chain.note(old_t, new, cost, loop.time() + wait)
         fut: asyncio.Future[object] = loop.create_future()
         entry.handle = loop.call_at(entry.deadline, _wake, fut)
         chain.entries[fut] = entry
@@ -968,25 +1000,15 @@ class RedisRateLimiter:
         otherwise its capacity is lost once for newcomers.
         """
         last = chain.last
-        if last == entry.new or due or not entry.pure or chain.brk > entry.seq:
+        if not chain.can_move_up(entry, due):
             done = await self._call(RATE_CANCEL, (rkey,), ("" if old is None else old, entry.new))
             if done == 1 and chain.last == entry.new:
                 chain.last = old
             return
-        shift = entry.cost * self._t_us
-        loop = asyncio.get_running_loop()
-        for fut, e in chain.entries.items():
-            if e.seq > entry.seq:
-                e.tat -= shift
-                slot = max(e.slot - shift, e.pu)
-                e.deadline -= (e.slot - slot) / 1e6
-                e.slot = slot
-                if e.handle is not None and not fut.done():
-                    e.handle.cancel()
-                    e.handle = loop.call_at(e.deadline, _wake, fut)
+        chain.move_up(entry, self._t_us)
         if last is None:
             return
-        before = entry.tat - shift  # the debt the cancelled reservation was chained on
+        before = entry.tat - entry.cost * self._t_us  # the debt it was chained on
         res = await self._run(RATE_SHIFT, rkey, (last, repr(entry.cost), repr(before)))
         if res is not None and chain.last == last:
             chain.last = _text(res)

@@ -74,7 +74,14 @@ _MARKS = [pytest.mark.redis, pytest.mark.slow]
 
 REDIS_RATE_IMPLS: list[Any] = [
     pytest.param(
-        Impl("redis", _redis_rate, None, tol=TOL, requires=("redis_url",)),
+        Impl(
+            "redis",
+            _redis_rate,
+            None,
+            tol=TOL,
+            requires=("redis_url",),
+            supports=frozenset({"refund_any_waiter"}),
+        ),
         id="redis",
         marks=_MARKS,
     ),

@@ -54,8 +54,9 @@ class Impl:
             so the project's skip/fail policy for unreachable services applies).
         supports: optional features this implementation has, checked by
             ``impl.need("...")``: "strict", "settle_exact_refund", "keys_memory", "group",
-            "refund_any_waiter" (a cancelled waiter in the middle of the queue moves the
-            later ones up; Redis refunds only the last reservation exactly).
+            "refund_any_waiter" (a cancelled waiter in the middle of the queue moves the later
+            ones up; on Redis, one limiter object's own later waiters), "settle_moves_waiters"
+            (a settle refund moves sleeping waiters up; local only, see docs/redis.md).
     """
 
     name: str
@@ -96,7 +97,16 @@ async def _local_concurrency(limit: int, **kw: Any) -> AsyncIterator[Any]:
     assert limiter._aiolease_leaks() == [], limiter._aiolease_leaks()
 
 
-_LOCAL = frozenset({"strict", "settle_exact_refund", "keys_memory", "group", "refund_any_waiter"})
+_LOCAL = frozenset(
+    {
+        "strict",
+        "settle_exact_refund",
+        "keys_memory",
+        "group",
+        "refund_any_waiter",
+        "settle_moves_waiters",
+    }
+)
 
 RATE_IMPLS: list[Any] = [
     pytest.param(Impl("local", _local_rate, VirtualTimeLoop, supports=_LOCAL), id="local"),

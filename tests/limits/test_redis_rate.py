@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -232,28 +233,87 @@ async def test_cancel_during_the_round_trip_gives_the_reservation_back(
     assert lim._aiolease_leaks() == []
 
 
-async def test_cancel_while_sleeping_refunds_only_the_last_reservation(
+async def test_cancel_in_the_middle_moves_later_waiters_up(
     client: redis_asyncio.Redis, name: str
 ) -> None:
     lim = RedisRateLimiter(client, name, 5, burst=1)  # T = 200 ms
     await lim.acquire()
+    t0 = now()
     first = asyncio.ensure_future(lim.acquire())  # slot 0.2
     await asyncio.sleep(0.05)
     second = asyncio.ensure_future(lim.acquire())  # slot 0.4
     await asyncio.sleep(0.05)
-    first.cancel()  # in the middle: its slot is left unused (later waiters keep theirs)
+    first.cancel()  # in the middle: second moves up into its slot
     with pytest.raises(asyncio.CancelledError):
         await first
+    # Nobody else wrote on the key: its debt moved back too (a newcomer gets slot 0.4, not 0.6).
     with pytest.raises(RateLimitExceeded) as info:
         await lim.acquire_nowait()
-    assert info.value.retry_after > 0.4  # the slot after `second`, not first's freed one
-    second.cancel()  # the last one: refunded exactly
+    assert info.value.retry_after <= 0.4 - 0.05
+    await second
+    assert now() - t0 <= 0.2 + TOL
+    assert lim.statistics().cancelled == 1
+
+
+async def _admission_times(
+    lim: RedisRateLimiter, other: RedisRateLimiter, order: str
+) -> tuple[dict[str, float], float]:
+    """``order`` names who reserves, in turn: "l" = lim, "o" = other (another process).
+
+    The first of lim's waiters is cancelled; returns the others' admission times (seconds
+    after the start) and the retry_after a newcomer was told right after the cancel.
+    """
+    await lim.acquire()
+    t0 = now()
+    times: dict[str, float] = {}
+
+    async def take(limiter: RedisRateLimiter, tag: str) -> None:
+        await limiter.acquire()
+        times[tag] = now() - t0
+
+    tasks = {}
+    for i, who in enumerate(order):
+        tasks[f"{who}{i}"] = asyncio.ensure_future(take(lim if who == "l" else other, f"{who}{i}"))
+        await asyncio.sleep(0.03)
+    victim = tasks.pop(f"l{order.index('l')}")
+    victim.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await second
-    with pytest.raises(RateLimitExceeded) as info2:
-        await lim.acquire_nowait()
-    assert info2.value.retry_after <= 0.4 - 0.05
-    assert lim.statistics().cancelled == 2
+        await victim
+    with pytest.raises(RateLimitExceeded) as info:
+        await other.acquire_nowait()
+    retry = info.value.retry_after + (now() - t0)  # the newcomer's slot, after t0
+    await asyncio.gather(*tasks.values())
+    slots = sorted(times.values())
+    assert all(b - a >= 0.2 - TOL for a, b in itertools.pairwise(slots)), times  # the bound holds
+    return times, retry
+
+
+async def test_no_move_up_past_another_process_reservation(
+    client: redis_asyncio.Redis, redis_url: str, name: str
+) -> None:
+    async with redis_client(redis_url) as c2:
+        lim = RedisRateLimiter(client, name, 5, burst=1)  # T = 200 ms
+        other = RedisRateLimiter(c2, name, 5, burst=1)
+        # l0 slot 0.2, o1 0.4 (another process, in between), l2 0.6; l0 is cancelled.
+        times, retry = await _admission_times(lim, other, "lol")
+    assert times["o1"] >= 0.4 - TOL
+    assert times["l2"] >= 0.6 - TOL  # not moved: o1 was scheduled after l0's slot
+    assert retry >= 0.8 - TOL  # the debt is not lowered either: l0's slot is lost once
+
+
+async def test_cas_failure_moves_own_waiters_up_but_keeps_the_debt(
+    client: redis_asyncio.Redis, redis_url: str, name: str
+) -> None:
+    async with redis_client(redis_url) as c2:
+        lim = RedisRateLimiter(client, name, 5, burst=1)  # T = 200 ms
+        other = RedisRateLimiter(c2, name, 5, burst=1)
+        # l0 slot 0.2, l1 0.4, o2 0.6 (another process reserved after lim's last write);
+        # cancelling l0 moves l1 up (l0's reservation counts as made after l1, unused), but the
+        # compare-and-swap fails, so the debt stays: o2 and newcomers keep their slots.
+        times, retry = await _admission_times(lim, other, "llo")
+    assert times["l1"] <= 0.2 + TOL
+    assert times["o2"] >= 0.6 - TOL
+    assert retry >= 0.8 - TOL
 
 
 # -- on_error: Redis unreachable ------------------------------------------------------------

@@ -12,6 +12,7 @@ admissions wait (their effect is exercised, the bound is about what the limiter 
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import AsyncIterator
@@ -21,8 +22,8 @@ import pytest
 import redis.asyncio as redis_asyncio
 from _redis_factories import delete_keys, redis_client, unique_name
 
-from aiolease._redis_scripts import RATE_ACQUIRE, RATE_CANCEL, RATE_PAUSE, RATE_SETTLE
-from aiolease.redis import RedisRateLimiter, _text
+from aiolease._redis_scripts import RATE_ACQUIRE, RATE_CANCEL, RATE_PAUSE, RATE_SETTLE, RATE_SHIFT
+from aiolease.redis import RedisRateLimiter, _Chain, _text
 
 pytestmark = pytest.mark.redis
 
@@ -175,3 +176,141 @@ async def test_a_stale_refund_is_not_applied(client: redis_asyncio.Redis) -> Non
         assert refused < 0
     finally:
         await delete_keys(client, name)
+
+
+# -- giving back a waiter in the middle of the queue (RedisRateLimiter._give_back) --------------
+
+
+@dataclass
+class GiveBackStats:
+    moved: int = 0  # give-backs that moved later waiters up
+    shifted: int = 0  # ... of which Redis also lowered the key's debt (RATE_SHIFT applied)
+    exact: int = 0  # give-backs of the last write (RATE_CANCEL applied)
+    kept: int = 0  # give-backs that moved nothing (slot left unused)
+
+
+async def run_give_back_model(
+    client: redis_asyncio.Redis, seed: int, stats: GiveBackStats
+) -> float:
+    """Two limiter objects (A, B) and a third party share one key; A and B cancel random waiters.
+
+    A and B keep their waiters exactly as RedisRateLimiter does (``_Chain.note`` on each
+    reservation, ``can_move_up`` / ``move_up`` / RATE_SHIFT or RATE_CANCEL on a cancel), on a
+    clock the test drives; the third party reserves and pauses in between. Some RATE_SHIFT calls
+    are dropped before reaching Redis, or their reply is lost (an indeterminate error). Returns
+    the worst excess over the window bound of every admission at its (possibly moved) slot.
+    """
+    rnd = random.Random(seed)
+    rate, burst = 1.0, rnd.choice([1.0, 2.0, 3.0])
+    name = unique_name("model")
+    lim = RedisRateLimiter(client, name, rate, burst=burst, clock="client")
+    rkey, shape, t_us = lim._rkey(None), lim._shape, lim._t_us
+    loop = asyncio.get_running_loop()
+    now = time.time() * 1e6
+    chains = {"A": _Chain(), "B": _Chain()}
+    olds: dict[int, str | None] = {}
+    admitted: list[Admission] = []
+    third: list[Admission] = []  # the third party's pending reservations
+
+    def clock() -> tuple[bytes, bytes]:
+        return b"c", repr(now).encode()
+
+    try:
+        for _ in range(120):
+            now += rnd.choice([0, 0, 30_000, 200_000, 600_000])
+            for who, chain in chains.items():
+                for fut, e in list(chain.entries.items()):
+                    if e.slot <= now:
+                        del chain.entries[fut]
+                        admitted.append(Admission(e.slot, e.cost, "", "", ""))
+                if not chain.entries:
+                    chains[who] = _Chain()
+            for a in [p for p in third if p.slot <= now]:
+                third.remove(a)
+                admitted.append(a)
+            op = rnd.random()
+            if op < 0.45:
+                who = rnd.choice(["A", "B", "C"])
+                cost = rnd.choice([1.0, 1.0, 0.5, burst])
+                res = await lim._call(RATE_ACQUIRE, (rkey,), (*clock(), *shape, repr(cost), b"-1"))
+                if type(res) is int:
+                    admitted.append(Admission(now, cost, "", "", ""))
+                    if who != "C":
+                        chains[who].last = None
+                    continue
+                new = _text(res[2])
+                old = None if res[1] is None else _text(res[1])
+                if who == "C":
+                    third.append(Admission(now + res[0], cost, "", "", ""))
+                    continue
+                chain = chains[who]
+                entry = chain.note(old, new, cost, 0.0)
+                olds[id(entry)] = old
+                chain.entries[loop.create_future()] = entry
+            elif op < 0.8:
+                who = rnd.choice(["A", "B"])
+                chain = chains[who]
+                pending = [(f, e) for f, e in chain.entries.items() if e.slot > now]
+                if not pending:
+                    continue
+                fut, entry = rnd.choice(pending)
+                del chain.entries[fut]
+                old = olds[id(entry)]
+                last = chain.last
+                if chain.can_move_up(entry, False):
+                    chain.move_up(entry, t_us)
+                    stats.moved += 1
+                    for e in chain.entries.values():
+                        e.slot = max(e.slot, now)  # a timer moved into the past fires now
+                    fate = rnd.random()
+                    if last is not None and fate > 0.1:  # < 0.1: the call never reached Redis
+                        before = entry.tat - entry.cost * t_us
+                        res = await lim._call(
+                            RATE_SHIFT,
+                            (rkey,),
+                            (*clock(), *shape, last, repr(entry.cost), repr(before)),
+                        )
+                        if res is not None:
+                            stats.shifted += 1
+                            if fate > 0.2 and chain.last == last:  # else: the reply was lost
+                                chain.last = _text(res)
+                else:
+                    done = await lim._call(RATE_CANCEL, (rkey,), (old or "", entry.new))
+                    if done == 1:
+                        stats.exact += 1
+                        if chain.last == entry.new:
+                            chain.last = old
+                    else:
+                        stats.kept += 1
+                if not chain.entries:
+                    chains[who] = _Chain()
+            else:
+                pause = rnd.choice([100_000, 800_000])
+                await lim._call(RATE_PAUSE, (rkey,), (*clock(), *shape, repr(float(pause))))
+        for chain in chains.values():
+            admitted.extend(Admission(e.slot, e.cost, "", "", "") for e in chain.entries.values())
+        admitted.extend(third)
+        return worst_excess(admitted, rate / 1e6, burst)
+    finally:
+        await delete_keys(client, name)
+        for chain in chains.values():
+            for fut in chain.entries:
+                fut.cancel()
+
+
+@pytest.mark.parametrize("seed", range(40))
+async def test_giving_back_middle_waiters_never_exceeds_the_window_bound(
+    client: redis_asyncio.Redis, seed: int
+) -> None:
+    excess = await run_give_back_model(client, seed, GiveBackStats())
+    assert excess <= 1e-6, (seed, excess)
+
+
+async def test_the_give_back_model_exercises_every_path(client: redis_asyncio.Redis) -> None:
+    stats = GiveBackStats()
+    for seed in range(40):
+        await run_give_back_model(client, seed, stats)
+    assert stats.moved > 0
+    assert 0 < stats.shifted < stats.moved  # CAS failures (another writer) happen too
+    assert stats.exact > 0
+    assert stats.kept > 0
