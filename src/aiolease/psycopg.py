@@ -46,8 +46,13 @@ _FATAL_STATES = frozenset(("57P01", "57P02", "57P03", "57P04", "57P05", "25P03")
 
 
 if hasattr(select, "poll"):
-    _POLL = select.poll
     _POLL_MASK = select.POLLIN | select.POLLPRI
+
+    def _poller(fd: int) -> Any:
+        """A ``select.poll`` object watching ``fd`` for input (and, always, errors)."""
+        poller = select.poll()
+        poller.register(fd, _POLL_MASK)
+        return poller
 
     def _readable(fd: int) -> bool:
         """Whether the socket has anything to read (data, EOF) or an error, without blocking.
@@ -55,19 +60,22 @@ if hasattr(select, "poll"):
         One ``poll(2)`` with a zero timeout: no round trip, nothing consumed.
         POLLERR/POLLHUP/POLLNVAL are always reported, so a reset socket counts too.
         """
-        poller = _POLL()
-        poller.register(fd, _POLL_MASK)
-        return bool(poller.poll(0))
+        return bool(_poller(fd).poll(0))
 
 else:  # pragma: no cover - Windows: select() works on sockets there
+
+    def _poller(fd: int) -> Any:
+        return None
 
     def _readable(fd: int) -> bool:
         readable, _, broken = select.select([fd], [], [fd], 0)
         return bool(readable or broken)
 
 
-class _NoticeWatch:
-    """Wraps psycopg's notice handler on a pooled connection to spot a FATAL message.
+class _Watch:
+    """Wraps psycopg's notice handler on a pooled connection to spot a FATAL message,
+    and keeps the connection's poll object (registered once: each checkout then
+    costs one ``poll(0)`` system call).
 
     A server that drops a backend (``pg_terminate_backend``, shutdown, idle
     session timeout) sends an ErrorResponse of severity FATAL, then closes the
@@ -78,11 +86,12 @@ class _NoticeWatch:
     that. Only called for notices (rare), so it costs nothing on the hot path.
     """
 
-    __slots__ = ("fatal", "handler")
+    __slots__ = ("fatal", "handler", "poller")
 
-    def __init__(self, handler: Any) -> None:
+    def __init__(self, handler: Any, poller: Any) -> None:
         self.handler = handler  # psycopg's own (holds the connection weakly)
         self.fatal: str | None = None  # the FATAL message, once one was seen
+        self.poller = poller  # select.poll() on the socket (None without poll(2))
 
     def __call__(self, res: pq.abc.PGresult) -> None:
         if res.error_field(_SEVERITY) in (b"FATAL", b"PANIC"):
@@ -94,13 +103,14 @@ class _NoticeWatch:
 
 def _install_watch(conn: AsyncConnection) -> None:
     pgconn = conn.pgconn
-    if type(pgconn.notice_handler) is not _NoticeWatch:
-        pgconn.notice_handler = _NoticeWatch(pgconn.notice_handler)
+    if type(pgconn.notice_handler) is not _Watch:
+        # libpq keeps one socket for the life of the connection (psycopg never resets it).
+        pgconn.notice_handler = _Watch(pgconn.notice_handler, _poller(pgconn.socket))
 
 
 def _fatal_notice(conn: AsyncConnection) -> str | None:
     watch = conn.pgconn.notice_handler
-    return watch.fatal if type(watch) is _NoticeWatch else None
+    return watch.fatal if type(watch) is _Watch else None
 
 
 _RESULT_OK = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK)
@@ -222,8 +232,11 @@ class PsycopgManager(Manager[AsyncConnection]):
         if pgconn.status != _OK or pgconn.transaction_status != _TS.IDLE:
             return True
         watch = pgconn.notice_handler
-        if type(watch) is _NoticeWatch and watch.fatal is not None:
-            return True
+        if type(watch) is _Watch:
+            if watch.fatal is not None:
+                return True
+            if watch.poller is not None:
+                return bool(watch.poller.poll(0))  # any event: data, EOF, hang-up, error
         try:
             return _readable(pgconn.socket)
         except (OSError, ValueError, psycopg.Error):  # no socket any more
@@ -239,6 +252,8 @@ class PsycopgManager(Manager[AsyncConnection]):
         """
         if resource.closed:
             raise ConnectionError("connection was closed while idle (server restart or kill?)")
+        if not self.check_needed(resource, info):
+            return  # quiet: nothing to read, nothing to verify
         pgconn = resource.pgconn
         try:
             # Read what arrived while idle (never blocks) and parse it: a FATAL
@@ -270,7 +285,7 @@ class PsycopgManager(Manager[AsyncConnection]):
         if pgconn.status != _OK or pgconn.transaction_status != _TS.IDLE:
             return True
         watch = pgconn.notice_handler
-        return type(watch) is _NoticeWatch and watch.fatal is not None
+        return type(watch) is _Watch and watch.fatal is not None
 
     async def reset(self, resource: AsyncConnection, info: ResourceInfo) -> None:
         if resource.closed or resource.broken:

@@ -488,6 +488,8 @@ async def test_healthy_checkout_sends_nothing_to_the_server(pg_dsn: str, admin: 
         assert manager.checks == 0
         stats = pool.statistics()
         assert (stats.acquired, stats.discarded) == (6, 0)
+        await manager.check(conn, INFO)  # even called directly, a quiet check sends nothing
+        assert await last_query(admin, pid) == before
 
 
 async def test_check_needed_flags_a_killed_connection_and_check_condemns_it(
