@@ -30,7 +30,7 @@ import time
 import traceback
 import warnings
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass
 from types import EllipsisType, FrameType, TracebackType
 from typing import Any, ClassVar, Generic, TypeVar, cast
@@ -1301,7 +1301,7 @@ class _Acquire(Generic[T]):
     # __aenter__/__aexit__ are plain functions returning awaitables: `async with` awaits
     # whatever they return, and this saves a coroutine per call on the hot paths.
 
-    def __aenter__(self) -> Awaitable[T]:
+    def __aenter__(self) -> Coroutine[Any, Any, T]:
         pool = self._pool
         if pool._state is _State.OPEN:
             idle = pool._idle

@@ -117,11 +117,14 @@ class SqliteManager(Manager[aiosqlite.Connection]):
 
     async def close(self, resource: aiosqlite.Connection) -> None:
         await resource.close()
-        # close() returns as the worker thread is about to exit; wait for it (off the loop)
-        # so that a closed pool leaves no thread behind.
+        # close() returns as the worker thread is about to exit (it has handed back its last
+        # result): wait for that, without blocking the loop or borrowing another thread, so
+        # that a closed pool leaves no thread behind.
         thread = getattr(resource, "_thread", None)
-        if thread is not None and thread.is_alive():
-            await asyncio.get_running_loop().run_in_executor(None, thread.join, 5.0)
+        for attempt in range(1000):
+            if thread is None or not thread.is_alive():
+                break
+            await asyncio.sleep(0 if attempt < 10 else 0.001)
 
 
 def create_pool(

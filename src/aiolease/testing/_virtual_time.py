@@ -247,6 +247,10 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         deadline = None if limit is None else time.monotonic() + limit
         while True:
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if _aiosqlite_busy():
+                # A worker thread may finish without waking the loop (its last job answered
+                # already): look again soon rather than sleep until the stall limit.
+                wait = 0.005 if wait is None else min(wait, 0.005)
             events = inner.select(wait)
             if events:
                 return events
