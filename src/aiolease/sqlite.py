@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,6 +49,26 @@ async def _finish(task: asyncio.Future[Any]) -> None:
                 continue
     if not task.cancelled():
         task.exception()  # retrieved: the caller decides what the outcome means
+
+
+async def _set_journal_mode(conn: aiosqlite.Connection, mode: str | int) -> None:
+    """Set the journal mode, retrying while another connection holds the lock.
+
+    Switching a new database to WAL needs an exclusive lock and SQLite reports
+    a conflict at once instead of waiting for the busy timeout, so connections
+    opened together (a pool's prefill) would otherwise fail with "database is locked".
+    """
+    delay = 0.005
+    for _ in range(40):
+        try:
+            await conn.execute(f"PRAGMA journal_mode={mode}")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)
+    await conn.execute(f"PRAGMA journal_mode={mode}")
 
 
 class SqliteManager(Manager[aiosqlite.Connection]):
@@ -93,8 +114,11 @@ class SqliteManager(Manager[aiosqlite.Connection]):
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, **self.connect_kwargs)
         try:
-            for key, value in self.pragmas.items():
-                if key == "journal_mode" and _is_memory(self.path):
+            # busy_timeout first, so that the pragmas after it wait for locks too.
+            for key, value in sorted(self.pragmas.items(), key=lambda kv: kv[0] != "busy_timeout"):
+                if key == "journal_mode":
+                    if not _is_memory(self.path):
+                        await _set_journal_mode(conn, value)
                     continue
                 await conn.execute(f"PRAGMA {key}={value}")
         except BaseException:
