@@ -30,10 +30,11 @@ its queues and there is no deadlock.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import OrderedDict, deque
 from collections.abc import Hashable, Iterable
 from typing import Any
+
+from .._clock import BASE_TIME, loop_time, monotonic
 
 __all__ = [
     "EPS",
@@ -53,19 +54,8 @@ __all__ = [
 #: may leave the slot an ulp past the timer's deadline.
 EPS = 1e-9
 INF = float("inf")
-_BASE_TIME = asyncio.BaseEventLoop.time
-_monotonic = time.monotonic
-
-
-def loop_time(loop: asyncio.AbstractEventLoop) -> float:
-    """``loop.time()``, minus a Python call when the loop keeps asyncio's own clock.
-
-    ``BaseEventLoop.time`` is ``time.monotonic()``; calling that directly when
-    the loop's class did not override ``time`` reads the very same clock (a
-    virtual-time loop overrides it and is asked as usual). The never-limited
-    path is dominated by this read, hence the shortcut.
-    """
-    return _monotonic() if type(loop).time is _BASE_TIME else loop.time()
+_BASE_TIME = BASE_TIME
+_monotonic = monotonic
 
 
 #: Below this many key states no full sweep is attempted.
