@@ -27,7 +27,7 @@ import aiolease.sqlite
 from aiolease.testing import FakeConnection, FakeDatabase
 
 PG_DSN = os.environ.get("AIOLEASE_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-BACKENDS = ["asyncpg", "psycopg", "sqlite", "fake"]
+BACKENDS = ["asyncpg", "psycopg", "sqlite", "sqlite-loop", "fake"]
 POSTGRES = frozenset({"asyncpg", "psycopg"})
 
 
@@ -182,6 +182,25 @@ class SqliteBackend(Backend):
         return aiolease.sqlite.create_pool(self.path, **options)
 
 
+class SqliteLoopBackend(SqliteBackend):
+    """Connections made by :mod:`aiolease.sqlite` (WAL, ``check_same_thread=False``):
+    ``atomic`` commits them on the event loop. Same behaviour expected as plain aiosqlite."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.manager = aiolease.sqlite.SqliteManager(
+            path, pragmas={"busy_timeout": 10000, "journal_mode": "WAL"}
+        )
+
+    async def _open(self) -> Any:
+        conn = await self.manager.create()
+        assert "_aiolease_loop_commit" in conn.__dict__, "loop commit not enabled"
+        return conn
+
+    async def close(self, conn: Any) -> None:
+        await self.manager.close(conn)
+
+
 class FakeBackend(Backend):
     """FakeConnection: rows are the committed INSERTs (plus the connection's pending ones)."""
 
@@ -255,6 +274,8 @@ async def backend_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Asy
         b = AsyncpgBackend() if name == "asyncpg" else PsycopgBackend()
     elif name == "sqlite":
         b = SqliteBackend(tmp_path / "contract.sqlite")
+    elif name == "sqlite-loop":
+        b = SqliteLoopBackend(tmp_path / "contract.sqlite")
     else:
         b = FakeBackend()
     await b.setup()
