@@ -78,6 +78,18 @@ class Results:
         values = self.samples.get((contender, column))
         return statistics.median(values) if values else float("nan")
 
+    def ratio(self, contender: str, other: str, column: str) -> float:
+        """The median over rounds of ``contender / other`` within each round.
+
+        Both were measured in the same round, moments apart, so the slow drifts of
+        a shared machine (the floor itself moved by 30% between rounds here) cancel
+        out of each per-round ratio; the median then drops the odd disturbed round.
+        """
+        mine = self.samples.get((contender, column), [])
+        theirs = self.samples.get((other, column), [])
+        ratios = [a / b for a, b in zip(mine, theirs, strict=False) if b > 0]
+        return statistics.median(ratios) if ratios else float("nan")
+
     def spread(self, contender: str, column: str) -> float:
         """(max - min) / median over the rounds: how noisy this cell was."""
         values = self.samples.get((contender, column))

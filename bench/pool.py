@@ -14,7 +14,9 @@
 Every pool is used with its default options except the sizes. Rounds
 interleave the contenders (rotating their order) and the table shows medians
 over the rounds, with the spread ``(max - min) / median`` so a noisy run is
-visible. Ratios are ratios of those medians.
+visible. A ratio is the median over the rounds of the per-round ratio: two
+contenders measured in the same round, moments apart, share that moment's
+load, so the machine's drift cancels out of each ratio.
 
 Usage::
 
@@ -306,16 +308,15 @@ def print_table(
         (ours, other) for ours in contenders if ours.role == OURS for other in [floor, *anchors]
     ]
     label_width = max(len(f"{a.name} / {b.name}") for a, b in pairs) + 2
-    print(f"\n{'ratio (of medians)':<{label_width}}" + "".join(f"{t:>20}" for t in titles))
+    print(
+        f"\n{'ratio (median of per-round ratios)':<{label_width}}"
+        + "".join(f"{t:>20}" for t in titles)
+    )
     for ours, other in pairs:
-        ratios = "".join(
-            f"{results.median(ours.name, t) / results.median(other.name, t):>20.2f}" for t in titles
-        )
+        ratios = "".join(f"{results.ratio(ours.name, other.name, t):>20.2f}" for t in titles)
         print(f"{ours.name + ' / ' + other.name:<{label_width}}{ratios}")
     target_name, target_ratio = target
-    ratios_to_floor = [
-        results.median(target_name, t) / results.median(floor.name, t) for t in titles
-    ]
+    ratios_to_floor = [results.ratio(target_name, floor.name, t) for t in titles]
     met = all(r >= target_ratio for r in ratios_to_floor)
     shown = " / ".join(f"{r:.2f}" for r in ratios_to_floor)
     print(
@@ -327,7 +328,7 @@ def print_table(
 async def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--duration", type=float, default=0.8, help="seconds per measurement")
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (medians)")
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds (medians)")
     parser.add_argument("--warmup", type=float, default=0.2, help="seconds of warm-up per setup")
     parser.add_argument("--only", choices=("all", "mech", "pg"), default="all")
     parser.add_argument("--dsn", default=DEFAULT_DSN, help="PostgreSQL DSN for part (b)")

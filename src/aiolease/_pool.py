@@ -76,6 +76,9 @@ _State.NEW = _State("new")
 _State.OPEN = _State("open")
 _State.CLOSING = _State("closing")
 _State.CLOSED = _State("closed")
+_new_object = object.__new__
+# The hot paths test for OPEN: a module global is one cached load, a class attribute two.
+_OPEN = _State.OPEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +308,7 @@ class Pool(Generic[T]):
         self._close_fn = getattr(manager, "close", None)
         self._on_acquire_fn = _overrides(manager, "on_acquire")
         self._on_release_fn = _overrides(manager, "on_release")
+        self._on_idle_fn = _overrides(manager, "on_idle")
         self._is_fatal_fn = _overrides(manager, "is_fatal")
 
         self._state = _State.NEW
@@ -343,6 +347,17 @@ class Pool(Generic[T]):
         self._hk_timer: asyncio.TimerHandle | None = None
         # Whether idle entries can expire at all (lifetime or idle timeout set).
         self._expiring = self._max_lifetime is not None or self._idle_timeout is not None
+        # Whether an idle entry can be leased with no hook, check, expiry or leak timer
+        # (the leak-check registry, which can switch on at any time, is tested apart).
+        self._plain_lease = self._leak_timeout is None and self._on_acquire_fn is None
+        self._instant_lease = self._plain_lease and not self._expiring and self._check_fn is None
+        # Whether a release can take the inlined path in _Acquire.__aexit__: no hook and
+        # no expiry; a reset only where reset_needed() says whether it is needed.
+        self._plain_release = (
+            not self._expiring
+            and self._on_release_fn is None
+            and (self._reset_fn is None or self._reset_needed_fn is not None)
+        )
 
         self._n_acquired = 0
         self._n_pending = 0  # acquirers blocked (queued, or waiting for their creation)
@@ -397,7 +412,7 @@ class Pool(Generic[T]):
         Raises:
             PoolClosed: the pool was closed.
         """
-        if self._state is _State.OPEN:
+        if self._state is _OPEN:
             return
         if self._state is not _State.NEW:
             raise PoolClosed(f"{self!r} is closed; make a new pool")
@@ -406,7 +421,7 @@ class Pool(Generic[T]):
         self._clock = clock_of(loop)
         self._done = loop.create_future()
         self._done.set_result(None)
-        self._state = _State.OPEN
+        self._state = _OPEN
         if not wait or self._min_size == 0:
             self._maybe_fill()
             return
@@ -527,7 +542,7 @@ class Pool(Generic[T]):
             self._closed_event.set()
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
-        if getattr(self, "_state", None) is _State.OPEN:
+        if getattr(self, "_state", None) is _OPEN:
             _warn(
                 f"unclosed {self!r} (created at {self._created_at}); "
                 "use `async with pool:` or `await pool.aclose()`",
@@ -557,7 +572,13 @@ class Pool(Generic[T]):
             Exception: the error of the creation attempt made for this call.
         """
         if timeout is ...:
-            return _Acquire(self, self._acquire_timeout)
+            # _Acquire(self, self._acquire_timeout) without the __init__ frame: this is
+            # the start of every acquire.
+            acq: _Acquire[T] = _new_object(_Acquire)
+            acq._pool = self
+            acq._timeout = self._acquire_timeout
+            acq._resource = None
+            return acq
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
         ):
@@ -570,7 +591,7 @@ class Pool(Generic[T]):
         Raises:
             WouldBlock: no resource is idle, or the pool is not open.
         """
-        if self._state is not _State.OPEN:
+        if self._state is not _OPEN:
             raise WouldBlock(f"{self!r} is not open")
         idle = self._idle
         while idle:
@@ -583,7 +604,7 @@ class Pool(Generic[T]):
         raise WouldBlock(f"{self!r} has no idle resource")
 
     async def _acquire(self, timeout: float | None) -> T:
-        if self._state is not _State.OPEN:
+        if self._state is not _OPEN:
             if self._state is _State.NEW:
                 # Implicit open: fill in the background. A failed creation then goes through
                 # the usual fail-fast/backoff path instead of closing the pool for good.
@@ -605,7 +626,7 @@ class Pool(Generic[T]):
         waited = False
         retry = False  # our idle resource failed its check: keep our place, ahead of later tasks
         while True:
-            if self._state is not _State.OPEN:
+            if self._state is not _OPEN:
                 raise PoolClosed(f"{self!r} is closed")
             entry: _Entry[T]
             if not self._waiters and self._idle:
@@ -672,7 +693,7 @@ class Pool(Generic[T]):
                 ):
                     retry = True
                     continue
-            if self._state is not _State.OPEN:
+            if self._state is not _OPEN:
                 # aclose() began while this entry was on its way to us (check, hand-off).
                 self._spawn_close(entry)
                 raise PoolClosed(f"{self!r} is closed")
@@ -681,7 +702,13 @@ class Pool(Generic[T]):
                 self._wait_total += waited_for
                 if waited_for > self._wait_max:
                     self._wait_max = waited_for
-            resource = self._lease(entry)
+            if self._plain_lease and not _tracking.active:
+                resource = entry.resource  # _lease inlined (see _Acquire.__aenter__)
+                entry.info.uses += 1
+                self._in_use[id(resource)] = entry
+                self._n_acquired += 1
+            else:
+                resource = self._lease(entry)
             if into is not None:
                 into._resource = resource  # for its __aexit__: set before any await can intervene
             return resource
@@ -729,7 +756,7 @@ class Pool(Generic[T]):
                 self._expire_waiter(fut)
             elif deadline < nxt and not fut.done():
                 nxt = deadline
-        if nxt != _INF and self._state is _State.OPEN:
+        if nxt != _INF and self._state is _OPEN:
             self._arm_deadline_timer(nxt)
 
     def _expire_waiter(self, fut: asyncio.Future[_Entry[T]]) -> None:
@@ -858,7 +885,7 @@ class Pool(Generic[T]):
         # route. (last_used_at is only read once the resource is idle or reset, so a direct
         # hand-off skips the clock read.)
         if (
-            self._state is _State.OPEN
+            self._state is _OPEN
             and not self._expiring
             and entry.generation == self._generation
             and self._size <= self._max_size
@@ -873,6 +900,8 @@ class Pool(Generic[T]):
             entry.from_idle = True
             info.last_used_at = self._clock()
             self._idle.append(entry)
+            if self._on_idle_fn is not None:
+                self._on_idle_fn(resource, info)
             return None
         info.last_used_at = self._clock()
         return self._put_back(entry)
@@ -898,7 +927,7 @@ class Pool(Generic[T]):
     def _put_back(self, entry: _Entry[T]) -> asyncio.Future[Any] | None:
         """Route a resource that is free again: to the oldest waiter, to idle, or to close."""
         if (
-            self._state is not _State.OPEN
+            self._state is not _OPEN
             or entry.generation != self._generation
             or self._size > self._max_size
             or (self._max_lifetime is not None and entry.info.expires_at <= self._now())
@@ -913,6 +942,8 @@ class Pool(Generic[T]):
                 return None
         entry.from_idle = True
         self._idle.append(entry)
+        if self._on_idle_fn is not None:
+            self._on_idle_fn(entry.resource, entry.info)
         if self._expiring:
             self._schedule_housekeeping(entry.deadline(self._idle_timeout))
         return None
@@ -959,7 +990,7 @@ class Pool(Generic[T]):
                 self._bound.discard(fut)
             else:
                 self._filling -= 1
-            if isinstance(exc, asyncio.CancelledError) and self._state is not _State.OPEN:
+            if isinstance(exc, asyncio.CancelledError) and self._state is not _OPEN:
                 error: BaseException = PoolClosed(f"{self!r} was closed while creating a resource")
             else:
                 if isinstance(exc, asyncio.CancelledError):
@@ -983,7 +1014,7 @@ class Pool(Generic[T]):
                     self._backoff_until - loop.time(),
                     error,
                 )
-            if fut is None and self._state is _State.OPEN:
+            if fut is None and self._state is _OPEN:
                 # A fill creation stood for the oldest waiter no creation serves: fail fast.
                 fut = next(
                     (f for f in self._waiters if not f.done() and f not in self._bound), None
@@ -1017,7 +1048,7 @@ class Pool(Generic[T]):
         entry: _Entry[T] = _Entry(resource, ResourceInfo(now, now, 0, expires), self._generation)
         if fut is not None and not fut.done():
             self._unqueue(fut)
-            if self._state is _State.OPEN:
+            if self._state is _OPEN:
                 fut.set_result(entry)
                 self._grant()
                 return
@@ -1066,7 +1097,7 @@ class Pool(Generic[T]):
             fut = waiters.popleft()
             if not fut.done():
                 fut.set_result(self._idle.pop())
-        if waiters and self._state is _State.OPEN and self._size < self._max_size:
+        if waiters and self._state is _OPEN and self._size < self._max_size:
             bound = self._bound
             spare = self._filling  # fill creations in flight will serve the first uncovered
             for fut in waiters:
@@ -1090,7 +1121,7 @@ class Pool(Generic[T]):
             not self._failures
             or self._probing
             or self._backoff_timer is not None
-            or self._state is not _State.OPEN
+            or self._state is not _OPEN
         ):
             return
         loop = self._loop
@@ -1106,7 +1137,7 @@ class Pool(Generic[T]):
         self._grant()
 
     def _maybe_fill(self) -> None:
-        if self._state is not _State.OPEN:
+        if self._state is not _OPEN:
             return
         while self._size < self._min_size and self._can_create():
             self._size += 1
@@ -1117,7 +1148,7 @@ class Pool(Generic[T]):
     # ------------------------------------------------------------------ housekeeping
 
     def _schedule_housekeeping(self, when: float) -> None:
-        if when == _INF or self._state is not _State.OPEN:
+        if when == _INF or self._state is not _OPEN:
             return
         timer = self._hk_timer
         if timer is not None:
@@ -1131,7 +1162,7 @@ class Pool(Generic[T]):
     def _housekeep(self) -> None:
         """Retire idle resources past their deadline, report leaks, re-arm for the next deadline."""
         self._hk_timer = None
-        if self._state is not _State.OPEN:
+        if self._state is not _OPEN:
             return
         now = self._now()
         nxt = _INF
@@ -1190,7 +1221,7 @@ class Pool(Generic[T]):
         if new_min > new_max:
             raise ValueError(f"min_size ({new_min}) must be <= max_size ({new_max})")
         self._min_size, self._max_size = new_min, new_max
-        if self._state is not _State.OPEN:
+        if self._state is not _OPEN:
             return
         closes: list[asyncio.Future[Any]] = []
         while self._size - len(closes) > self._max_size and self._idle:
@@ -1206,7 +1237,7 @@ class Pool(Generic[T]):
         """Retire every current resource: idle ones are closed now (returns after they are),
         checked-out ones when released. New resources replace them on demand."""
         self._generation += 1
-        if self._state is not _State.OPEN:
+        if self._state is not _OPEN:
             return
         closes = [self._spawn_close(entry) for entry in self._idle]
         self._idle.clear()
@@ -1270,7 +1301,7 @@ class Pool(Generic[T]):
 
     def _aiolease_leaks(self) -> list[str]:
         problems = []
-        if self._state is _State.OPEN or self._state is _State.CLOSING:
+        if self._state is _OPEN or self._state is _State.CLOSING:
             problems.append(f"{self!r} (created at {self._created_at}) was left open")
         elif self._state is _State.CLOSED and self._size - len(self._in_use) > 0:
             problems.append(
@@ -1303,8 +1334,17 @@ class _Acquire(Generic[T]):
 
     def __aenter__(self) -> Coroutine[Any, Any, T]:
         pool = self._pool
-        if pool._state is _State.OPEN:
+        if pool._state is _OPEN:
             idle = pool._idle
+            if idle and pool._instant_lease and not _tracking.active:
+                # The fastest path: Pool._lease inlined, for a pool with nothing to run.
+                entry = idle.pop()
+                resource = entry.resource
+                entry.info.uses += 1
+                pool._in_use[id(resource)] = entry
+                pool._n_acquired += 1
+                self._resource = resource
+                return self._ready()
             if idle and not pool._expiring:
                 # The fast path: an idle resource that needs no check (none configured, or
                 # the manager's synchronous check_needed() says it is fine): leased here.
@@ -1337,6 +1377,44 @@ class _Acquire(Generic[T]):
         pool = self._pool
         resource: T = self._resource  # type: ignore[assignment]  # set by __aenter__ (no cast() call)
         self._resource = None
+        if (
+            exc is None
+            and pool._plain_release
+            and pool._state is _OPEN
+            and pool._drained is None
+            and not _tracking._broken.data  # type: ignore[attr-defined]  # WeakSet's plain set
+        ):
+            # The fastest path: Pool._release's common case inlined, for a pool with
+            # nothing to run on release. Anything unusual goes the general way.
+            in_use = pool._in_use
+            entry = in_use.pop(id(resource), None)
+            if (
+                entry is not None
+                and entry.resource is resource
+                and not entry.closed
+                and entry.generation == pool._generation
+                and pool._size <= pool._max_size
+            ):
+                if pool._reset_fn is not None:
+                    info = entry.info
+                    info.last_used_at = pool._clock()
+                    if pool._reset_needed_fn(resource, info):  # type: ignore[misc]
+                        return asyncio.shield(pool._spawn(pool._reset_then_return(entry)))
+                waiters = pool._waiters
+                while waiters:
+                    fut = waiters.popleft()
+                    if not fut.done():
+                        entry.from_idle = False
+                        fut.set_result(entry)
+                        return pool._done
+                entry.from_idle = True
+                entry.info.last_used_at = pool._clock()
+                pool._idle.append(entry)
+                if pool._on_idle_fn is not None:
+                    pool._on_idle_fn(resource, entry.info)
+                return pool._done
+            if entry is not None:
+                in_use[id(resource)] = entry  # as it was: _release decides
         discard = (
             exc is not None
             and pool._is_fatal_fn is not None

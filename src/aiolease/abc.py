@@ -84,6 +84,17 @@ class Manager(ABC, Generic[T]):
         Must not block or raise. The pool only calls it when a subclass overrides it.
         """
 
+    def on_idle(self, resource: T, info: ResourceInfo) -> None:
+        """Called synchronously when a resource starts to sit idle in the pool: after its
+        creation or a release, when no task was waiting for it.
+
+        Its counterpart is :meth:`check_needed`, called when an idle resource is
+        about to be handed out (a resource passed straight from one task to the
+        next is never idle in between). Use it to start watching an idle resource
+        cheaply. Must not block or raise. The pool only calls it when a subclass
+        overrides it.
+        """
+
     def is_fatal(self, resource: T, exc: BaseException) -> bool:
         """Whether an exception raised by the ``async with`` body means the resource is broken.
 

@@ -105,8 +105,8 @@ def _quiet(conn: Connection) -> bool:
 
 
 class _Watch:
-    """Sits between a pooled connection's transport and asyncpg's protocol, counting
-    the chunks of data that arrive.
+    """Sits between an idle pooled connection's transport and asyncpg's protocol,
+    counting the chunks of data that arrive.
 
     A server that drops a backend sends a FATAL message first and closes the
     socket a moment later. If the event loop runs in between, asyncpg reads
@@ -116,12 +116,20 @@ class _Watch:
     from the server, which a healthy idle connection never does (except for
     notifications, which the verifying round trip tells apart). Everything
     but ``data_received`` is delegated untouched.
+
+    It is in the data path only while the connection is idle (installed by
+    :meth:`AsyncpgManager.on_idle`, taken out again at the next release), so
+    a connection passed from one task to the next under load never pays for
+    it. The transport keeps a reference to it (``_aiolease_watch``) either way.
     """
 
-    __slots__ = ("_protocol", "poller", "received", "seen")
+    __slots__ = ("_protocol", "direct", "poller", "received", "seen")
 
-    def __init__(self, protocol: Any) -> None:
+    def __init__(self, protocol: Any, direct: bool) -> None:
         self._protocol = protocol
+        # Whether the transport's protocol can be swapped by assigning its attribute
+        # (asyncio's selector transports, a plain Protocol): cheaper than set_protocol().
+        self.direct = direct
         self.received = 0  # chunks received so far
         self.seen = 0  # `received` when the connection last went idle
         self.poller: Any = None  # select.poll() on the socket, made on first use (see _quiet)
@@ -135,13 +143,21 @@ class _Watch:
 
 
 def _install_watch(conn: Connection) -> None:
-    transport = getattr(conn, "_transport", None)
+    """Make the connection's watch (see :class:`_Watch`) and put it in the data path."""
+    transport: Any = getattr(conn, "_transport", None)
     if transport is None:
         return
     try:
         protocol = transport.get_protocol()
-        if not isinstance(protocol, _Watch):
-            transport.set_protocol(cast(asyncio.BaseProtocol, _Watch(protocol)))
+        if isinstance(protocol, _Watch):
+            return
+        direct = (
+            not isinstance(protocol, asyncio.BufferedProtocol)
+            and getattr(transport, "_protocol", None) is protocol
+        )
+        watch = _Watch(protocol, direct)
+        transport.set_protocol(cast(asyncio.BaseProtocol, watch))
+        transport._aiolease_watch = watch
     except Exception as exc:  # an exotic transport: fall back to the socket peek alone
         logger.debug("cannot watch %r for unsolicited messages: %r", conn, exc)
 
@@ -149,17 +165,39 @@ def _install_watch(conn: Connection) -> None:
 def _watch_of(conn: Connection) -> _Watch | None:
     c: Any = conn  # on every checkout and release: no getattr() calls
     try:
-        watch = c._transport._protocol  # asyncio's transports
+        watch = c._transport._aiolease_watch
     except AttributeError:
-        transport = getattr(conn, "_transport", None)
-        watch = None if transport is None else transport.get_protocol()
+        return None
     return watch if type(watch) is _Watch else None
+
+
+def _watch_on(conn: Connection, watch: _Watch) -> None:
+    """Put the watch in the data path (the connection goes idle)."""
+    c: Any = conn
+    transport = c._transport
+    if watch.direct:
+        if transport._protocol is watch._protocol:
+            transport._protocol = watch
+    elif transport.get_protocol() is not watch:
+        transport.set_protocol(watch)
+
+
+def _watch_off(conn: Connection, watch: _Watch) -> None:
+    """Take the watch out of the data path (the connection is in use again)."""
+    c: Any = conn
+    transport = c._transport
+    if watch.direct:
+        if transport._protocol is watch:
+            transport._protocol = watch._protocol
+    elif transport.get_protocol() is watch:
+        transport.set_protocol(watch._protocol)
 
 
 def _mark_idle(conn: Connection) -> None:
     """The connection goes idle now: anything it receives from here on is suspicious."""
     watch = _watch_of(conn)
     if watch is not None:
+        _watch_on(conn, watch)
         watch.seen = watch.received
 
 
@@ -248,7 +286,17 @@ class AsyncpgManager(Manager["Connection"]):
         """No round trip for a healthy idle connection. Only a closed one, or one that
         received data while idle (read by the loop, see :class:`_Watch`, or still
         unread in its socket, see :func:`_quiet`), goes through :meth:`check`."""
-        return resource.is_closed() or _heard_while_idle(resource) or not _quiet(resource)
+        c: Any = resource  # on every checkout of an idle connection: asyncpg's internals,
+        try:  # read directly (what is_closed() and _watch_of() read, without their calls)
+            if c._aborted or not c._protocol.is_connected():
+                return True
+            watch = c._transport._aiolease_watch
+            poller = watch.poller
+        except AttributeError:
+            poller = None
+        if poller is None:  # first checkout, or not the usual transport: the general way
+            return resource.is_closed() or _heard_while_idle(resource) or not _quiet(resource)
+        return watch.received != watch.seen or bool(poller.poll(0))
 
     async def check(self, resource: Connection, info: ResourceInfo) -> None:
         """Discard a closed connection; verify a suspicious one with a round trip.
@@ -271,20 +319,59 @@ class AsyncpgManager(Manager["Connection"]):
                 ) from exc
 
     def reset_needed(self, resource: Connection, info: ResourceInfo) -> bool:
+        """Whether the connection needs :meth:`reset` (called on every release).
+
+        It also takes the idle watch out of the data path (see :class:`_Watch`):
+        the connection was in use, and goes to the next task or back to idle
+        (where :meth:`on_idle` puts the watch back).
+        """
+        c: Any = resource  # on every release: asyncpg's internals, read directly
+        try:
+            transport = c._transport
+            watch = transport._aiolease_watch
+            if transport._protocol is watch:
+                if watch.direct:
+                    transport._protocol = watch._protocol
+                else:
+                    _watch_off(resource, watch)
+        except AttributeError:
+            pass  # no watch (an exotic transport)
         if self.reset_mode == "session":
             return True
-        c: Any = resource
-        if (
-            resource.is_closed()
-            or resource.is_in_transaction()
-            or c._top_xact is not None
-            or _busy(resource)
-        ):
-            return True
-        watch = _watch_of(resource)
-        if watch is not None:
-            watch.seen = watch.received  # idle from now on (see _Watch)
+        try:
+            protocol = c._protocol
+            if (
+                c._aborted
+                or not protocol.is_connected()
+                or protocol.is_in_transaction()
+                or c._top_xact is not None
+                or protocol._is_cancelling()
+            ):
+                return True
+        except AttributeError:  # another asyncpg layout: the public way
+            if (
+                resource.is_closed()
+                or resource.is_in_transaction()
+                or getattr(resource, "_top_xact", None) is not None
+                or _busy(resource)
+            ):
+                return True
         return False
+
+    def on_idle(self, resource: Connection, info: ResourceInfo) -> None:
+        """The connection sits idle from now on: put its watch in the data path and
+        reset the count (anything it hears from here on is suspicious, see :class:`_Watch`)."""
+        c: Any = resource  # on every release to idle: _mark_idle() inlined
+        try:
+            transport = c._transport
+            watch = transport._aiolease_watch
+        except AttributeError:
+            return  # no watch (an exotic transport)
+        if not watch.direct:
+            _watch_on(resource, watch)
+        elif transport._protocol is watch._protocol:
+            transport._protocol = watch
+        watch.seen = watch.received
 
     async def reset(self, resource: Connection, info: ResourceInfo) -> None:
         if resource.is_closed():
@@ -298,7 +385,6 @@ class AsyncpgManager(Manager["Connection"]):
                 logger.warning("rolling back a transaction left open on %r at release", resource)
                 resource._top_xact = None  # type: ignore[attr-defined]  # asyncpg's own reset does this
                 await resource.execute("ROLLBACK")
-        _mark_idle(resource)
 
     async def close(self, resource: Connection) -> None:
         if resource.is_closed():

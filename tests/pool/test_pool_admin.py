@@ -330,3 +330,63 @@ async def test_check_needed_and_reset_needed_skip_the_awaits() -> None:
     assert fm.calls["check"] == 1  # suspicious: checked
     await pool.aclose()
     assert_closed_cleanly(pool, fm)
+
+
+class _IdleRecorder(FakeManager):
+    """Records every on_idle call and every checkout of an idle resource."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.idle_log: list[tuple[str, int]] = []
+
+    def on_idle(self, resource: FakeResource, info: ResourceInfo) -> None:
+        self.idle_log.append(("idle", resource.id))
+
+    def check_needed(self, resource: FakeResource, info: ResourceInfo) -> bool:
+        self.idle_log.append(("checkout", resource.id))
+        return False
+
+
+async def test_on_idle_is_called_when_a_resource_starts_to_sit_idle() -> None:
+    fm = _IdleRecorder()
+    pool = Pool(fm, min_size=1, max_size=1)
+    await pool.open()
+    assert fm.idle_log == [("idle", 1)]  # created by the prefill, nobody waiting
+    async with pool.acquire():
+        assert fm.idle_log == [("idle", 1), ("checkout", 1)]
+    assert fm.idle_log[-1] == ("idle", 1)  # released, nobody waiting
+    fm.idle_log.clear()
+
+    # Passed straight from one task to the next: never idle in between.
+    holding, queued = asyncio.Event(), asyncio.Event()
+
+    async def first() -> None:
+        async with pool.acquire():
+            holding.set()
+            await queued.wait()
+
+    async def second() -> None:
+        await holding.wait()
+        waiter = asyncio.ensure_future(pool.acquire().__aenter__())
+        await asyncio.sleep(0)  # queued behind the holder
+        queued.set()
+        resource = await waiter
+        assert fm.idle_log == [("checkout", 1)]  # no on_idle for the hand-off
+        await pool.release(resource)
+
+    await asyncio.gather(first(), second())
+    assert fm.idle_log == [("checkout", 1), ("idle", 1)]  # idle again after the last release
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_on_idle_after_a_reset() -> None:
+    fm = _IdleRecorder()
+    pool = Pool(fm, max_size=1)
+    await pool.open()
+    async with pool.acquire():
+        pass  # FakeManager has no reset_needed: the reset runs, then the resource goes idle
+    assert fm.calls["reset"] == 1
+    assert fm.idle_log == [("idle", 1)]
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)

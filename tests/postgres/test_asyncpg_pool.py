@@ -345,7 +345,8 @@ async def test_data_the_loop_read_while_idle_triggers_the_check(pg_dsn: str) -> 
     info = ResourceInfo(0.0, 0.0)
     try:
         await conn.add_listener(channel, lambda *args: got.set())
-        assert manager.reset_needed(conn, info) is False  # released: idle from now on
+        assert manager.reset_needed(conn, info) is False  # released...
+        manager.on_idle(conn, info)  # ...and nobody waiting: idle from now on
         assert manager.check_needed(conn, info) is False
         await other.execute(f"NOTIFY {channel}")
         await asyncio.wait_for(got.wait(), 10)
@@ -566,3 +567,40 @@ def test_module_is_reachable_from_the_package() -> None:
 
     assert mod.create_pool is create_pool
     assert aiolease.Pool is Pool
+
+
+async def test_the_idle_watch_is_in_the_data_path_only_while_idle(pg_dsn: str) -> None:
+    # The watch (see aiolease.asyncpg._Watch) costs a call per chunk of data: it sits in
+    # the transport's data path while the connection is idle, not while tasks pass it on.
+    def watched(conn: Connection) -> bool:
+        protocol = conn._transport._protocol  # type: ignore[attr-defined]
+        return type(protocol).__name__ == "_Watch"
+
+    async with create_pool(pg_dsn, max_size=1) as pool:
+        async with pool.acquire() as conn:
+            pass
+        assert watched(conn)  # idle: watched
+        holding, queued = asyncio.Event(), asyncio.Event()
+        seen: list[bool] = []
+
+        async def first() -> None:
+            async with pool.acquire():
+                holding.set()
+                await queued.wait()
+
+        async def second() -> None:
+            await holding.wait()
+            waiter = asyncio.ensure_future(pool.acquire().__aenter__())
+            await asyncio.sleep(0)
+            queued.set()
+            conn2 = await waiter
+            seen.append(watched(conn2))  # handed over directly: not watched
+            assert await conn2.fetchval("SELECT 1") == 1
+            await pool.release(conn2)
+
+        await asyncio.gather(first(), second())
+        assert seen == [False]
+        assert watched(conn)  # idle again: watched again
+        async with pool.acquire() as conn3:
+            assert await conn3.fetchval("SELECT 2") == 2
+        assert pool.statistics().discarded == 0
