@@ -22,7 +22,8 @@ its native ``transaction()`` (BEGIN pipelined with the first statement);
 SQLite >= 1.5 x aiosqlite's manual transaction (fewer thread hops).
 
 Rounds interleave the contenders (rotating their order) and the table shows
-the median over rounds, with the spread ``(max - min) / median``.
+the median over rounds, with the spread ``(max - min) / median``; a ratio is
+the median over rounds of the per-round ratio of the two contenders.
 
 Usage::
 
@@ -420,8 +421,11 @@ async def main(argv: list[str] | None = None) -> int:
         print(f"{c.name:<48} {median(c.rates):>15,.0f} {spread(c.rates):>7.1%}")
 
     def ratio(a: str, b: str) -> float | None:
+        # The median of per-round ratios: both ran in the same round, moments apart,
+        # so the machine's drift between rounds cancels out of each ratio.
         if a in by_name and b in by_name:
-            return median(by_name[a].rates) / median(by_name[b].rates)
+            pairs = zip(by_name[a].rates, by_name[b].rates, strict=False)
+            return median([x / y for x, y in pairs if y > 0])
         return None
 
     checks: list[tuple[str, str, float | None, str]] = []

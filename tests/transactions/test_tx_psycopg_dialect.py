@@ -141,3 +141,71 @@ async def test_executemany_copy_and_driver_transaction_as_first_operation(
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
         raise aiolease.Rollback
     assert await count(other, table) == 0
+
+
+async def test_first_statement_travels_with_begin_as_one_query(
+    setup: tuple[Conn, Conn, str],
+) -> None:
+    conn, other, table = setup
+    async with aiolease.atomic(conn):
+        cur = await conn.execute(
+            f"INSERT INTO {table} VALUES (%s), (%s) RETURNING id, %s::text", (1, 2, "it's")
+        )
+        # One simple query carried BEGIN and the statement, parameters bound on the client...
+        sent = cur._query.query  # type: ignore[union-attr]
+        assert sent.startswith(b"BEGIN")
+        assert b"'it''s'" in sent
+        # ...and the cursor shows the statement, as if it had been sent alone.
+        assert cur.statusmessage == "INSERT 0 2"
+        assert cur.rowcount == 2
+        assert [d.name for d in cur.description or []] == ["id", "text"]
+        assert await cur.fetchall() == [(1, "it's"), (2, "it's")]
+        assert cur.nextset() is None
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        assert await count(other, table) == 0
+    assert await count(other, table) == 2
+
+
+@pytest.mark.parametrize("how", ["binary=True", "prepare=True"])
+async def test_first_statement_that_cannot_be_text_goes_in_a_pipeline(
+    setup: tuple[Conn, Conn, str], how: str
+) -> None:
+    conn, other, table = setup
+    pipelines: list[object] = []
+    original = conn.pipeline
+
+    def pipeline() -> object:
+        pipelines.append(how)
+        return original()
+
+    conn.pipeline = pipeline  # type: ignore[method-assign,assignment]
+    async with aiolease.atomic(conn):
+        if how == "binary=True":
+            cur = await conn.execute(
+                f"INSERT INTO {table} VALUES (%s) RETURNING id", (7,), binary=True
+            )
+        else:
+            cur = await conn.execute(
+                f"INSERT INTO {table} VALUES (%s) RETURNING id", (7,), prepare=True
+            )
+        assert pipelines == [how]  # BEGIN went in a pipeline with the statement
+        assert await cur.fetchone() == (7,)
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        assert await count(other, table) == 0
+    assert await count(other, table) == 1
+
+
+async def test_first_statement_as_sql_composed(setup: tuple[Conn, Conn, str]) -> None:
+    conn, other, table = setup
+    query = psycopg.sql.SQL("INSERT INTO {} VALUES ({})").format(
+        psycopg.sql.Identifier(table), psycopg.sql.Literal(5)
+    )
+    with pytest.raises(KeyError):  # noqa: PT012 - the block under test
+        async with aiolease.atomic(conn):
+            await conn.execute(query)
+            assert await count(other, table) == 0
+            raise KeyError
+    assert await count(other, table) == 0
+    async with aiolease.atomic(conn):
+        await conn.execute(query)
+    assert await count(other, table) == 1

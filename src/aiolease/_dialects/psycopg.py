@@ -2,13 +2,24 @@
 
 BEGIN travels with the first statement of the block. On an autocommit
 connection (aiolease.psycopg pools open them so) ``begin()`` sends nothing: it
-arms the connection so that the first statement executed through a cursor is
-sent in a short pipeline together with BEGIN — one round trip instead of two —
-and the pipeline is synced before ``execute()`` returns, so errors surface
-exactly where they would without pipelining. Any other first use of the
-connection (a cursor created before the block, COPY, a server-side cursor...)
-goes through the safety net on ``conn.wait``, which sends BEGIN first. A block
-that runs no statement costs no round trip.
+arms the connection so that the first statement executed through a cursor
+carries BEGIN — one round trip instead of two:
+
+* usually as one simple query, ``BEGIN; <statement>``, with the parameters
+  bound on the client (psycopg's own client-side binding, as
+  ``ClientCursor`` does); the cursor then moves past BEGIN's result, so it
+  shows the statement's result, rowcount and status as usual. On localhost,
+  where a round trip costs mostly CPU, this is what saves time: it sends and
+  parses no more than the statement alone would;
+* in a short pipeline together with BEGIN, synced before ``execute()``
+  returns, when the statement cannot be sent as text: ``binary=True``,
+  ``prepare=True``, binary placeholders (``%b``) or a value with no text
+  dumper.
+
+Either way errors surface exactly where they would without it. Any other
+first use of the connection (a cursor created before the block, COPY, a
+server-side cursor...) goes through the safety net on ``conn.wait``, which
+sends BEGIN first. A block that runs no statement costs no round trip.
 
 Statements the dialect sends itself go through psycopg's internal command path
 (no cursor, simple query protocol, under the connection lock), like
@@ -28,8 +39,30 @@ from ._pg import begin_sql
 __all__ = ["PsycopgDialect"]
 
 _INERROR = pq.TransactionStatus.INERROR
+_TEXT = pq.Format.TEXT
 _IDLE = pq.TransactionStatus.IDLE
 _PENDING = "_aiolease_begin"  # instance attribute: the BEGIN not sent yet
+
+
+_CLIENT_CURSOR = "_aiolease_client_cursor"  # instance attribute: for client-side binding
+
+
+def _as_text(conn: Any, query: Any, params: Any) -> bytes | None:
+    """The statement as text with its parameters bound on the client (psycopg's
+    client-side binding), or None when it cannot be sent that way."""
+    try:
+        if params is None:
+            if isinstance(query, bytes):
+                return query
+            if isinstance(query, str):
+                return query.encode(conn.info.encoding)
+            return bytes(query.as_bytes(conn))  # sql.SQL / sql.Composed
+        cursor = conn.__dict__.get(_CLIENT_CURSOR)
+        if cursor is None:
+            cursor = conn.__dict__[_CLIENT_CURSOR] = psycopg.AsyncClientCursor(conn)
+        return bytes(cursor.mogrify(query, params).encode(conn.info.encoding))
+    except Exception:  # binary placeholders, a type with no text dumper, ...
+        return None
 
 
 class _BeginningCursor(psycopg.AsyncCursor[Any]):
@@ -40,6 +73,19 @@ class _BeginningCursor(psycopg.AsyncCursor[Any]):
         begin = _disarm(conn)
         if begin is None:
             return await super().execute(query, params, **kwargs)
+        text = None
+        if (
+            not kwargs.get("prepare")
+            and not kwargs.get("binary")
+            and self.format == _TEXT
+            and kwargs.keys() <= {"prepare", "binary"}
+        ):
+            text = _as_text(conn, query, params)
+        if text is not None:
+            # One simple query: BEGIN's result first, then the statement's (or its error).
+            await super().execute(begin + b"; " + text, prepare=False)
+            self.nextset()
+            return self
         if params is None and isinstance(query, str | bytes) and _has_semicolon(query):
             # A multi-statement script needs the simple protocol (no pipeline).
             async with conn.lock:
