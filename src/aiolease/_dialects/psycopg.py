@@ -32,11 +32,14 @@ from typing import Any
 
 import psycopg
 from psycopg import pq
+from psycopg.adapt import Transformer as _Transformer
 
 from ._base import Dialect
 from ._pg import begin_sql
 
 __all__ = ["PsycopgDialect"]
+
+_BEGIN_BYTES = {(None, False): b"BEGIN"}
 
 _INERROR = pq.TransactionStatus.INERROR
 _TEXT = pq.Format.TEXT
@@ -60,8 +63,14 @@ def _as_text(conn: Any, query: Any, params: Any) -> bytes | None:
         cursor = conn.__dict__.get(_CLIENT_CURSOR)
         if cursor is None:
             cursor = conn.__dict__[_CLIENT_CURSOR] = psycopg.AsyncClientCursor(conn)
-        return bytes(cursor.mogrify(query, params).encode(conn.info.encoding))
-    except Exception:  # binary placeholders, a type with no text dumper, ...
+        try:
+            # What ClientCursor.mogrify() does, minus its decoding to str (and our
+            # encoding back): a fresh Transformer, then the query merged, as bytes.
+            cursor._tx = _Transformer(cursor)
+            return bytes(cursor._convert_query(query, params).query)
+        except AttributeError:  # another psycopg layout: the public way
+            return bytes(cursor.mogrify(query, params).encode(conn.info.encoding))
+    except Exception:  # a type with no text dumper, ...
         return None
 
 
@@ -138,7 +147,7 @@ class PsycopgDialect(Dialect[Any]):
             return await conn.wait(conn._exec_command(sql))
 
     async def begin(self, conn: Any, isolation: str | None, readonly: bool) -> None:
-        sql = begin_sql(isolation, readonly).encode()
+        sql = _BEGIN_BYTES.get((isolation, readonly)) or begin_sql(isolation, readonly).encode()
         if (
             conn.autocommit
             and conn._pipeline is None
