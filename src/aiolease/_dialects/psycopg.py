@@ -39,7 +39,7 @@ from ._pg import begin_sql
 
 __all__ = ["PsycopgDialect"]
 
-_BEGIN_BYTES = {(None, False): b"BEGIN"}
+_BEGIN_BYTES: dict[tuple[str | None, bool], bytes] = {(None, False): b"BEGIN"}
 
 _INERROR = pq.TransactionStatus.INERROR
 _TEXT = pq.Format.TEXT
