@@ -20,7 +20,7 @@ load, so the machine's drift cancels out of each ratio.
 
 Usage::
 
-    python bench/pool.py [--duration 0.8] [--repeats 5] [--warmup 0.2]
+    python bench/pool.py [--duration 0.8] [--repeats 11] [--warmup 0.2]
                          [--only all|mech|pg] [--dsn postgresql://...] [--clock wall|cpu]
 """
 
@@ -328,7 +328,7 @@ def print_table(
 async def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--duration", type=float, default=0.8, help="seconds per measurement")
-    parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds (medians)")
+    parser.add_argument("--repeats", type=int, default=11, help="interleaved rounds (medians)")
     parser.add_argument("--warmup", type=float, default=0.2, help="seconds of warm-up per setup")
     parser.add_argument("--only", choices=("all", "mech", "pg"), default="all")
     parser.add_argument("--dsn", default=DEFAULT_DSN, help="PostgreSQL DSN for part (b)")

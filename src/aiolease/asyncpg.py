@@ -156,8 +156,8 @@ def _install_watch(conn: Connection) -> None:
             and getattr(transport, "_protocol", None) is protocol
         )
         watch = _Watch(protocol, direct)
+        transport._aiolease_watch = watch  # first: a transport without __dict__ stops here
         transport.set_protocol(cast(asyncio.BaseProtocol, watch))
-        transport._aiolease_watch = watch
     except Exception as exc:  # an exotic transport: fall back to the socket peek alone
         logger.debug("cannot watch %r for unsolicited messages: %r", conn, exc)
 
