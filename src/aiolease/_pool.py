@@ -867,8 +867,7 @@ class Pool(Generic[T]):
         if entry.closed:  # the pool already closed it (aclose timeout)
             return None
         info = entry.info
-        if self._on_release_fn is not None or self._reset_fn is not None:
-            info.last_used_at = self._clock()
+        info.last_used_at = self._clock()
         if self._on_release_fn is not None:
             self._on_release_fn(resource, info)
         # `.data`: the WeakSet's plain set, whose truth test is C (bool(WeakSet) calls __len__)
@@ -880,30 +879,8 @@ class Pool(Generic[T]):
             self._reset_needed_fn is None or self._reset_needed_fn(resource, info)
         ):
             return self._spawn(self._reset_then_return(entry))
-        # _put_back's common cases, inlined (a call less per release): to the oldest
-        # waiter, or back to idle, with nothing to retire. Anything else takes the general
-        # route. (last_used_at is only read once the resource is idle or reset, so a direct
-        # hand-off skips the clock read.)
-        if (
-            self._state is _OPEN
-            and not self._expiring
-            and entry.generation == self._generation
-            and self._size <= self._max_size
-        ):
-            waiters = self._waiters
-            while waiters:
-                fut = waiters.popleft()
-                if not fut.done():
-                    entry.from_idle = False
-                    fut.set_result(entry)
-                    return None
-            entry.from_idle = True
-            info.last_used_at = self._clock()
-            self._idle.append(entry)
-            if self._on_idle_fn is not None:
-                self._on_idle_fn(resource, info)
-            return None
-        info.last_used_at = self._clock()
+        # The common case of an `async with` is inlined in _Acquire.__aexit__; this is
+        # the general route (pool.release(), exceptions, hooks).
         return self._put_back(entry)
 
     async def _reset_then_return(self, entry: _Entry[T]) -> None:
@@ -1384,7 +1361,7 @@ class _Acquire(Generic[T]):
             and pool._drained is None
             and not _tracking._broken.data  # type: ignore[attr-defined]  # WeakSet's plain set
         ):
-            # The fastest path: Pool._release's common case inlined, for a pool with
+            # The fastest path: Pool._release + Pool._put_back inlined, for a pool with
             # nothing to run on release. Anything unusual goes the general way.
             in_use = pool._in_use
             entry = in_use.pop(id(resource), None)

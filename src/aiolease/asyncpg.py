@@ -171,34 +171,17 @@ def _watch_of(conn: Connection) -> _Watch | None:
     return watch if type(watch) is _Watch else None
 
 
-def _watch_on(conn: Connection, watch: _Watch) -> None:
-    """Put the watch in the data path (the connection goes idle)."""
-    c: Any = conn
-    transport = c._transport
-    if watch.direct:
-        if transport._protocol is watch._protocol:
-            transport._protocol = watch
-    elif transport.get_protocol() is not watch:
+def _watch_on(transport: Any, watch: _Watch) -> None:
+    """Put the watch in the data path through ``set_protocol`` (a transport whose
+    protocol attribute cannot simply be swapped; see ``_Watch.direct``)."""
+    if transport.get_protocol() is not watch:
         transport.set_protocol(watch)
 
 
-def _watch_off(conn: Connection, watch: _Watch) -> None:
-    """Take the watch out of the data path (the connection is in use again)."""
-    c: Any = conn
-    transport = c._transport
-    if watch.direct:
-        if transport._protocol is watch:
-            transport._protocol = watch._protocol
-    elif transport.get_protocol() is watch:
+def _watch_off(transport: Any, watch: _Watch) -> None:
+    """Take the watch out of the data path through ``set_protocol``."""
+    if transport.get_protocol() is watch:
         transport.set_protocol(watch._protocol)
-
-
-def _mark_idle(conn: Connection) -> None:
-    """The connection goes idle now: anything it receives from here on is suspicious."""
-    watch = _watch_of(conn)
-    if watch is not None:
-        _watch_on(conn, watch)
-        watch.seen = watch.received
 
 
 def _heard_while_idle(conn: Connection) -> bool:
@@ -329,11 +312,10 @@ class AsyncpgManager(Manager["Connection"]):
         try:
             transport = c._transport
             watch = transport._aiolease_watch
-            if transport._protocol is watch:
-                if watch.direct:
-                    transport._protocol = watch._protocol
-                else:
-                    _watch_off(resource, watch)
+            if not watch.direct:
+                _watch_off(transport, watch)
+            elif transport._protocol is watch:
+                transport._protocol = watch._protocol
         except AttributeError:
             pass  # no watch (an exotic transport)
         if self.reset_mode == "session":
@@ -361,14 +343,14 @@ class AsyncpgManager(Manager["Connection"]):
     def on_idle(self, resource: Connection, info: ResourceInfo) -> None:
         """The connection sits idle from now on: put its watch in the data path and
         reset the count (anything it hears from here on is suspicious, see :class:`_Watch`)."""
-        c: Any = resource  # on every release to idle: _mark_idle() inlined
+        c: Any = resource  # on every release to idle: read directly
         try:
             transport = c._transport
             watch = transport._aiolease_watch
         except AttributeError:
             return  # no watch (an exotic transport)
         if not watch.direct:
-            _watch_on(resource, watch)
+            _watch_on(transport, watch)
         elif transport._protocol is watch._protocol:
             transport._protocol = watch
         watch.seen = watch.received

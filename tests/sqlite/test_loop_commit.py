@@ -35,6 +35,12 @@ async def scalar(conn: aiosqlite.Connection, sql: str) -> Any:
     return row[0]
 
 
+def slow(x: int) -> int:
+    """A SQL function that keeps the connection's worker thread busy for 0.3 s."""
+    time.sleep(0.3)
+    return x
+
+
 class HopCounter:
     """Counts the operations queued to a connection's worker thread."""
 
@@ -125,11 +131,6 @@ async def test_a_large_transaction_commits_in_the_thread(tmp_path: Path) -> None
 
 async def test_a_statement_still_running_is_committed_in_order(tmp_path: Path) -> None:
     async with connection(tmp_path / "db.sqlite") as conn:
-
-        def slow(x: int) -> int:
-            time.sleep(0.3)
-            return x
-
         await conn.create_function("slow", 1, slow)
         hops = HopCounter(conn)
         async with aiolease.atomic(conn):
@@ -224,11 +225,6 @@ async def test_a_failing_commit_on_the_loop_raises_and_rolls_back(tmp_path: Path
 
 async def test_a_first_statement_still_queued_is_committed(tmp_path: Path) -> None:
     async with connection(tmp_path / "db.sqlite") as conn:
-
-        def slow(x: int) -> int:
-            time.sleep(0.3)
-            return x
-
         await conn.create_function("slow", 1, slow)
         # Keep the worker thread busy, so the block's only statement waits in its queue.
         busy = asyncio.create_task(conn.execute("SELECT slow(1)"))

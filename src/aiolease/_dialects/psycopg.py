@@ -35,11 +35,9 @@ from psycopg import pq
 from psycopg.adapt import Transformer as _Transformer
 
 from ._base import Dialect
-from ._pg import begin_sql
+from ._pg import begin_bytes
 
 __all__ = ["PsycopgDialect"]
-
-_BEGIN_BYTES: dict[tuple[str | None, bool], bytes] = {(None, False): b"BEGIN"}
 
 _INERROR = pq.TransactionStatus.INERROR
 _TEXT = pq.Format.TEXT
@@ -147,7 +145,7 @@ class PsycopgDialect(Dialect[Any]):
             return await conn.wait(conn._exec_command(sql))
 
     async def begin(self, conn: Any, isolation: str | None, readonly: bool) -> None:
-        sql = _BEGIN_BYTES.get((isolation, readonly)) or begin_sql(isolation, readonly).encode()
+        sql = begin_bytes(isolation, readonly)
         if (
             conn.autocommit
             and conn._pipeline is None
