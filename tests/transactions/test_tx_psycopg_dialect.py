@@ -209,3 +209,132 @@ async def test_first_statement_as_sql_composed(setup: tuple[Conn, Conn, str]) ->
     async with aiolease.atomic(conn):
         await conn.execute(query)
     assert await count(other, table) == 1
+
+
+async def test_client_side_binding_matches_psycopg(setup: tuple[Conn, Conn, str]) -> None:
+    import datetime
+    import decimal
+
+    from aiolease._dialects.psycopg import _as_text
+
+    conn, _other, _table = setup
+    query = "SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, '100%%'"
+    values = (
+        1,
+        -(2**70),
+        1.5,
+        decimal.Decimal("3.25"),
+        "it's a \\ back'slash",
+        None,
+        True,
+        datetime.date(2026, 11, 25),
+        b"\x00\xff'",
+        [1, 2],
+    )
+    expected = psycopg.AsyncClientCursor(conn).mogrify(query, values).encode()
+    for params in (values, list(values)):
+        assert _as_text(conn, query, params) == expected
+        assert _as_text(conn, query.encode(), params) == expected
+    # Named placeholders take psycopg's own path; the result is the same.
+    named = "SELECT %(a)s, %(b)s, %(a)s"
+    assert _as_text(conn, named, {"a": 1, "b": "x"}) == b"SELECT 1, 'x', 1"
+    # A placeholder count that does not match cannot be sent as text.
+    assert _as_text(conn, "SELECT %s, %s", (1,)) is None
+    # The values come back from the server as sent.
+    async with aiolease.atomic(conn):
+        cur = await conn.execute(query, values)
+        row = await cur.fetchone()
+    assert row is not None
+    assert row[:8] == values[:8]
+    assert row[8] == values[8]
+    assert row[9:] == ([1, 2], "100%")
+
+
+async def test_client_side_binding_sees_dumpers_registered_later(
+    setup: tuple[Conn, Conn, str],
+) -> None:
+    from psycopg.adapt import Dumper
+
+    conn, _other, _table = setup
+
+    class Point:
+        def __init__(self, x: int) -> None:
+            self.x = x
+
+    class PointDumper(Dumper):
+        def dump(self, obj: Point) -> bytes:
+            return str(obj.x * 10).encode()
+
+    async with aiolease.atomic(conn):
+        cur = await conn.execute("SELECT %s::int", (7,))  # the template is cached
+        assert await cur.fetchone() == (7,)
+    conn.adapters.register_dumper(Point, PointDumper)
+    async with aiolease.atomic(conn):
+        cur = await conn.execute("SELECT %s::int", (Point(7),))
+        assert await cur.fetchone() == (70,)
+
+
+async def test_first_statement_wrong_parameter_count_raises_psycopgs_error(
+    setup: tuple[Conn, Conn, str],
+) -> None:
+    conn, _other, table = setup
+    with pytest.raises(psycopg.ProgrammingError, match="placeholders"):
+        async with aiolease.atomic(conn):
+            await conn.execute(f"INSERT INTO {table} VALUES (%s)", (1, 2))
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+async def test_first_statement_larger_than_the_socket_buffer(
+    setup: tuple[Conn, Conn, str],
+) -> None:
+    # Sending it has to wait for the socket to drain: the write wait.
+    conn, other, table = setup
+    await conn.execute(f"ALTER TABLE {table} ADD COLUMN payload TEXT")
+    payload = "x" * (16 * 1024 * 1024)
+    async with aiolease.atomic(conn):
+        await conn.execute(f"INSERT INTO {table} VALUES (%s, %s)", (1, payload))
+        assert await count(other, table) == 0
+    cur = await other.execute(f"SELECT length(payload) FROM {table}")
+    assert await cur.fetchone() == (len(payload),)
+
+
+async def test_cancelled_during_commit_leaves_the_connection_usable(
+    setup: tuple[Conn, Conn, str],
+) -> None:
+    # COMMIT checks a deferred unique constraint and so waits for another
+    # transaction holding the same key. Cancelled there: CommitUnknown, the
+    # query is cancelled on the server and its result drained (what psycopg
+    # does), so the connection is back in sync and nothing was committed.
+    conn, other, table = setup
+    deferred = f"{table}_d"
+    await conn.execute(f"CREATE TABLE {deferred} (k INT UNIQUE DEFERRABLE INITIALLY DEFERRED)")
+    try:
+        async with other.transaction():
+            await other.execute(f"INSERT INTO {deferred} VALUES (1)")
+
+            async def body() -> None:
+                async with aiolease.atomic(conn):
+                    await conn.execute(f"INSERT INTO {deferred} VALUES (1)")  # deferred check
+
+            task = asyncio.create_task(body())
+            for _ in range(100):  # until COMMIT waits on the other transaction's key
+                await asyncio.sleep(0.05)
+                cur = await other.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query = 'COMMIT'"
+                )
+                if await cur.fetchone() == (1,):
+                    break
+            else:
+                pytest.fail("COMMIT never waited")
+            task.cancel()
+            with pytest.raises(aiolease.CommitUnknown):
+                await task
+            raise aiolease.Rollback
+    except aiolease.Rollback:
+        pass
+    finally:
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        cur = await conn.execute(f"SELECT count(*) FROM {deferred}")
+        assert await cur.fetchone() == (0,)
+        await conn.execute(f"DROP TABLE {deferred}")

@@ -24,14 +24,24 @@ sends BEGIN first. A block that runs no statement costs no round trip.
 Statements the dialect sends itself go through psycopg's internal command path
 (no cursor, simple query protocol, under the connection lock), like
 ``AsyncConnection.transaction()``.
+
+The round trips the dialect drives itself (its commands, and the first
+statement that carries BEGIN) wait for the server with ``_wait``, a leaner
+``AsyncConnection.wait``: one reader callback and one future per wait, without
+psycopg's periodic timer (it exists to notice Ctrl-C, which asyncio already
+turns into a cancellation). Interrupted, it does what psycopg does: cancel the
+query on the server and drain its result, so the connection stays usable.
 """
 
 from __future__ import annotations
 
+from asyncio import Future, get_running_loop
+from collections.abc import Generator
 from typing import Any
 
 import psycopg
-from psycopg import pq
+from psycopg import pq, waiting
+from psycopg.adapt import PyFormat
 from psycopg.adapt import Transformer as _Transformer
 
 from ._base import Dialect
@@ -42,15 +52,100 @@ __all__ = ["PsycopgDialect"]
 _INERROR = pq.TransactionStatus.INERROR
 _TEXT = pq.Format.TEXT
 _IDLE = pq.TransactionStatus.IDLE
+_ACTIVE = pq.TransactionStatus.ACTIVE
+_WAIT_R = waiting.Wait.R
+_READY_R = waiting.Ready.R
+_BINARY_PH = PyFormat.BINARY
+_NO_TRACEBACK = getattr(psycopg.errors, "_NO_TRACEBACK", psycopg.Error)
+
+
+def _wake(fut: Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _resume(state: Any, gen: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
+    """``gen`` again, from a wait it already asked for (``state``)."""
+    while True:
+        ready = yield state
+        try:
+            state = gen.send(ready)
+        except StopIteration as stop:
+            return stop.value
+
+
+async def _wait(conn: Any, gen: Generator[Any, Any, Any]) -> Any:
+    """``await conn.wait(gen)``, leaner (see the module doc)."""
+    try:
+        state = next(gen)
+        loop = get_running_loop()
+        fileno = conn.pgconn.socket
+        while True:
+            if state != _WAIT_R:
+                # Waiting to write (a full socket buffer): psycopg's own wait.
+                return await conn.wait(_resume(state, gen))
+            fut = loop.create_future()
+            loop.add_reader(fileno, _wake, fut)
+            try:
+                await fut
+            except BaseException:  # cancelled (or interrupted) while the server works
+                loop.remove_reader(fileno)
+                await _interrupted(conn, gen, state)
+                raise
+            loop.remove_reader(fileno)
+            state = gen.send(_READY_R)
+    except StopIteration as stop:
+        return stop.value
+    except OSError as exc:
+        raise psycopg.OperationalError("connection socket closed") from exc
+
+
+async def _interrupted(conn: Any, gen: Generator[Any, Any, Any], state: Any) -> None:
+    """What ``AsyncConnection.wait`` does when interrupted: cancel the query on
+    the server and drain its result (the connection stays usable), or close
+    the connection when that fails."""
+    pgconn = conn.pgconn
+    if pgconn.transaction_status != _ACTIVE:
+        return
+    try:
+        await conn._try_cancel(timeout=5.0)
+        await waiting.wait_async(_resume(state, gen), pgconn.socket, timeout=5.0)
+    except psycopg.errors.QueryCanceled:
+        pass  # as expected
+    except BaseException as exc:
+        # Not cancelled in time, or interrupted again: the state is unknown.
+        pgconn.finish()
+        if not isinstance(exc, Exception):
+            raise
+
+
 _PENDING = "_aiolease_begin"  # instance attribute: the BEGIN not sent yet
 
 
 _CLIENT_CURSOR = "_aiolease_client_cursor"  # instance attribute: for client-side binding
 
+# Client-side binding templates, by (query, encoding): (template, number of
+# placeholders), or None for a query the fast path leaves to psycopg (named or
+# binary placeholders). Bounded: cleared when full.
+_TEMPLATES: dict[tuple[str | bytes, str], tuple[bytes, int] | None] = {}
+_TEMPLATES_MAX = 512
+
+
+def _template(query: str | bytes, encoding: str) -> tuple[bytes, int] | None:
+    """psycopg's client-side template for ``query`` (``%s`` placeholders only)."""
+    from psycopg._queries import _query2pg_client_nocache
+
+    bquery = query if isinstance(query, bytes) else query.encode(encoding)
+    template, order, parts = _query2pg_client_nocache(bquery, encoding)
+    if order is not None or any(part.format == _BINARY_PH for part in parts[:-1]):
+        return None
+    return template, len(parts) - 1
+
 
 def _as_text(conn: Any, query: Any, params: Any) -> bytes | None:
     """The statement as text with its parameters bound on the client (psycopg's
-    client-side binding), or None when it cannot be sent that way."""
+    client-side binding, as ``ClientCursor`` does), or None when it cannot be
+    sent that way."""
     try:
         if params is None:
             if isinstance(query, bytes):
@@ -58,6 +153,23 @@ def _as_text(conn: Any, query: Any, params: Any) -> bytes | None:
             if isinstance(query, str):
                 return query.encode(conn.info.encoding)
             return bytes(query.as_bytes(conn))  # sql.SQL / sql.Composed
+        if (type(params) is tuple or type(params) is list) and (
+            type(query) is str or type(query) is bytes
+        ):
+            # The common case, without a cursor: psycopg's template for the
+            # query (cached), each value made a literal by a fresh Transformer
+            # (so dumpers registered meanwhile are seen), merged.
+            tx = _Transformer(conn)
+            key = (query, tx.encoding)
+            try:
+                entry = _TEMPLATES[key]
+            except KeyError:
+                if len(_TEMPLATES) >= _TEMPLATES_MAX:
+                    _TEMPLATES.clear()
+                entry = _TEMPLATES[key] = _template(query, tx.encoding)
+            if entry is not None and len(params) == entry[1]:
+                literal = tx.as_literal
+                return entry[0] % tuple([b"NULL" if p is None else literal(p) for p in params])
         cursor = conn.__dict__.get(_CLIENT_CURSOR)
         if cursor is None:
             cursor = conn.__dict__[_CLIENT_CURSOR] = psycopg.AsyncClientCursor(conn)
@@ -68,7 +180,7 @@ def _as_text(conn: Any, query: Any, params: Any) -> bytes | None:
             return bytes(cursor._convert_query(query, params).query)
         except AttributeError:  # another psycopg layout: the public way
             return bytes(cursor.mogrify(query, params).encode(conn.info.encoding))
-    except Exception:  # a type with no text dumper, ...
+    except Exception:  # a type with no text dumper, a placeholder mismatch, ...
         return None
 
 
@@ -84,13 +196,17 @@ class _BeginningCursor(psycopg.AsyncCursor[Any]):
         if (
             not kwargs.get("prepare")
             and not kwargs.get("binary")
+            and kwargs.keys() <= _EXECUTE_KWARGS
             and self.format == _TEXT
-            and kwargs.keys() <= {"prepare", "binary"}
         ):
             text = _as_text(conn, query, params)
         if text is not None:
             # One simple query: BEGIN's result first, then the statement's (or its error).
-            await super().execute(begin + b"; " + text, prepare=False)
+            try:
+                async with conn.lock:
+                    await _wait(conn, self._execute_gen(begin + b"; " + text, None, prepare=False))
+            except _NO_TRACEBACK as exc:  # as AsyncCursor.execute does
+                raise exc.with_traceback(None)  # noqa: B904
             self.nextset()
             return self
         if params is None and isinstance(query, str | bytes) and _has_semicolon(query):
@@ -104,6 +220,9 @@ class _BeginningCursor(psycopg.AsyncCursor[Any]):
             await super().execute(query, params, **kwargs)
         # Leaving the pipeline synced it: the results (or the error) are in.
         return self
+
+
+_EXECUTE_KWARGS = {"prepare", "binary"}
 
 
 def _has_semicolon(query: str | bytes) -> bool:
@@ -142,7 +261,7 @@ class PsycopgDialect(Dialect[Any]):
 
     async def _command(self, conn: Any, sql: bytes) -> Any:
         async with conn.lock:
-            return await conn.wait(conn._exec_command(sql))
+            return await _wait(conn, conn._exec_command(sql))
 
     async def begin(self, conn: Any, isolation: str | None, readonly: bool) -> None:
         sql = begin_bytes(isolation, readonly)
