@@ -273,6 +273,15 @@ async def test_client_side_binding_sees_dumpers_registered_later(
         cur = await conn.execute("SELECT %s::int", (Point(7),))
         assert await cur.fetchone() == (70,)
 
+    class TimesTwo(Dumper):  # replaces the dumper of a type already bound
+        def dump(self, obj: int) -> bytes:
+            return str(obj * 2).encode()
+
+    conn.adapters.register_dumper(int, TimesTwo)
+    async with aiolease.atomic(conn):
+        cur = await conn.execute("SELECT %s::int", (7,))
+        assert await cur.fetchone() == (14,)
+
 
 async def test_first_statement_wrong_parameter_count_raises_psycopgs_error(
     setup: tuple[Conn, Conn, str],

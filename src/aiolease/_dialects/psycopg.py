@@ -142,6 +142,34 @@ def _template(query: str | bytes, encoding: str) -> tuple[bytes, int] | None:
     return template, len(parts) - 1
 
 
+_TX = "_aiolease_tx"  # instance attribute: (Transformer, what it was made for)
+_PY_TEXT = PyFormat.TEXT
+_PY_AUTO = PyFormat.AUTO
+
+
+def _transformer(conn: Any) -> Any:
+    """A Transformer for client-side binding, reused while the connection's
+    dumpers and encoding are the ones it was made with: a fresh one looks each
+    value type's dumper up again, which costs more than the rest of the binding.
+
+    psycopg copies a dumper table before changing it once a cursor shares it,
+    and a cursor is made before every statement this binds, so registering a
+    dumper changes the identity of the table (the length is checked too)."""
+    adapters = conn.adapters
+    try:
+        text = adapters._dumpers[_PY_TEXT]
+        auto = adapters._dumpers[_PY_AUTO]
+        mark = (id(adapters), id(text), len(text), id(auto), len(auto), conn.pgconn._encoding)
+    except (AttributeError, KeyError, TypeError):  # another psycopg layout
+        return _Transformer(conn)
+    cached = conn.__dict__.get(_TX)
+    if cached is not None and cached[1] == mark:
+        return cached[0]
+    tx = _Transformer(conn)
+    conn.__dict__[_TX] = (tx, mark)
+    return tx
+
+
 def _as_text(conn: Any, query: Any, params: Any) -> bytes | None:
     """The statement as text with its parameters bound on the client (psycopg's
     client-side binding, as ``ClientCursor`` does), or None when it cannot be
@@ -157,9 +185,8 @@ def _as_text(conn: Any, query: Any, params: Any) -> bytes | None:
             type(query) is str or type(query) is bytes
         ):
             # The common case, without a cursor: psycopg's template for the
-            # query (cached), each value made a literal by a fresh Transformer
-            # (so dumpers registered meanwhile are seen), merged.
-            tx = _Transformer(conn)
+            # query (cached), each value made a literal, merged.
+            tx = _transformer(conn)
             key = (query, tx.encoding)
             try:
                 entry = _TEMPLATES[key]
@@ -292,7 +319,8 @@ class PsycopgDialect(Dialect[Any]):
             await self._command(conn, b"COMMIT")
             await pipeline.sync()
             return not aborted
-        result = await self._command(conn, b"COMMIT")
+        async with conn.lock:  # self._command, inlined (the hot path)
+            result = await _wait(conn, conn._exec_command(b"COMMIT"))
         return bool(result is None or result.command_status == b"COMMIT")
 
     async def rollback(self, conn: Any) -> None:
