@@ -214,6 +214,15 @@ def _as_text(conn: Any, query: Any, params: Any) -> bytes | None:
 class _BeginningCursor(psycopg.AsyncCursor[Any]):
     """The cursor class of an armed connection: its first execute carries BEGIN."""
 
+    _aiolease_skip_begin = False
+
+    def _set_results(self, results: list[Any]) -> None:
+        if self._aiolease_skip_begin:
+            # BEGIN's result came first: the cursor shows the statement's
+            # results only, as if it had been sent alone.
+            results = results[1:]
+        super()._set_results(results)
+
     async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
         conn = self._conn
         begin = _disarm(conn)
@@ -229,12 +238,14 @@ class _BeginningCursor(psycopg.AsyncCursor[Any]):
             text = _as_text(conn, query, params)
         if text is not None:
             # One simple query: BEGIN's result first, then the statement's (or its error).
+            self._aiolease_skip_begin = True  # see _set_results
             try:
                 async with conn.lock:
                     await _wait(conn, self._execute_gen(begin + b"; " + text, None, prepare=False))
             except _NO_TRACEBACK as exc:  # as AsyncCursor.execute does
                 raise exc.with_traceback(None)  # noqa: B904
-            self.nextset()
+            finally:
+                self._aiolease_skip_begin = False
             return self
         if params is None and isinstance(query, str | bytes) and _has_semicolon(query):
             # A multi-statement script needs the simple protocol (no pipeline).
