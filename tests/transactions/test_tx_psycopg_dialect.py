@@ -347,3 +347,41 @@ async def test_cancelled_during_commit_leaves_the_connection_usable(
         cur = await conn.execute(f"SELECT count(*) FROM {deferred}")
         assert await cur.fetchone() == (0,)
         await conn.execute(f"DROP TABLE {deferred}")
+
+
+async def test_socket_already_watched_by_another_reader(setup: tuple[Conn, Conn, str]) -> None:
+    # The dialect registers its reader itself only for a socket nobody
+    # watches; otherwise it goes through loop.add_reader like psycopg does.
+    conn, other, table = setup
+    loop = asyncio.get_running_loop()
+    fileno = conn.pgconn.socket
+    loop.add_reader(fileno, lambda: None)
+    try:
+        async with aiolease.atomic(conn):
+            await conn.execute(f"INSERT INTO {table} VALUES (%s)", (1,))
+    finally:
+        loop.remove_reader(fileno)
+    assert await count(other, table) == 1
+    async with aiolease.atomic(conn):  # and the fast way again
+        await conn.execute(f"INSERT INTO {table} VALUES (%s)", (2,))
+    assert await count(other, table) == 2
+
+
+def test_on_another_event_loop_class(pg_dsn: str) -> None:
+    # Not asyncio's own selector loop: the public reader API.
+    class Loop(asyncio.SelectorEventLoop):
+        pass
+
+    async def main() -> int:
+        conn = await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True)
+        try:
+            async with aiolease.atomic(conn):
+                cur = await conn.execute("SELECT %s::int", (5,))
+                row = await cur.fetchone()
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            return int(str(row[0])) if row else -1
+        finally:
+            await conn.close()
+
+    with asyncio.Runner(loop_factory=Loop) as runner:
+        assert runner.run(main()) == 5

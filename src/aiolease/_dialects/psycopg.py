@@ -35,8 +35,10 @@ query on the server and drain its result, so the connection stays usable.
 
 from __future__ import annotations
 
-from asyncio import Future, get_running_loop
+from asyncio import Future, Handle, get_running_loop
+from asyncio import SelectorEventLoop as _SelectorEventLoop
 from collections.abc import Generator
+from selectors import EVENT_READ as _EVENT_READ
 from typing import Any
 
 import psycopg
@@ -55,6 +57,8 @@ _IDLE = pq.TransactionStatus.IDLE
 _ACTIVE = pq.TransactionStatus.ACTIVE
 _WAIT_R = waiting.Wait.R
 _READY_R = waiting.Ready.R
+# Loops whose reader registration _wait may do itself (asyncio's own selector loops).
+_SELECTOR_LOOPS = frozenset({_SelectorEventLoop})
 _BINARY_PH = PyFormat.BINARY
 _NO_TRACEBACK = getattr(psycopg.errors, "_NO_TRACEBACK", psycopg.Error)
 
@@ -80,19 +84,34 @@ async def _wait(conn: Any, gen: Generator[Any, Any, Any]) -> Any:
         state = next(gen)
         loop = get_running_loop()
         fileno = conn.pgconn.socket
+        selector = getattr(loop, "_selector", None) if type(loop) in _SELECTOR_LOOPS else None
         while True:
             if state != _WAIT_R:
                 # Waiting to write (a full socket buffer): psycopg's own wait.
                 return await conn.wait(_resume(state, gen))
             fut = loop.create_future()
-            loop.add_reader(fileno, _wake, fut)
+            remove = None
+            if selector is not None:
+                # What loop.add_reader()/remove_reader() do for an fd nobody
+                # watches, without their lookups that fail by raising (a
+                # transport owning the fd, the fd's selector key).
+                try:
+                    selector.register(
+                        fileno, _EVENT_READ, (Handle(_wake, (fut,), loop, None), None)
+                    )
+                    remove = selector.unregister
+                except KeyError:  # watched already: the public way
+                    selector = None
+            if remove is None:
+                loop.add_reader(fileno, _wake, fut)
+                remove = loop.remove_reader
             try:
                 await fut
             except BaseException:  # cancelled (or interrupted) while the server works
-                loop.remove_reader(fileno)
+                remove(fileno)
                 await _interrupted(conn, gen, state)
                 raise
-            loop.remove_reader(fileno)
+            remove(fileno)
             state = gen.send(_READY_R)
     except StopIteration as stop:
         return stop.value
