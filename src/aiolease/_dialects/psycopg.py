@@ -57,8 +57,6 @@ _IDLE = pq.TransactionStatus.IDLE
 _ACTIVE = pq.TransactionStatus.ACTIVE
 _WAIT_R = waiting.Wait.R
 _READY_R = waiting.Ready.R
-# Loops whose reader registration _wait may do itself (asyncio's own selector loops).
-_SELECTOR_LOOPS = frozenset({_SelectorEventLoop})
 _BINARY_PH = PyFormat.BINARY
 _NO_TRACEBACK = getattr(psycopg.errors, "_NO_TRACEBACK", psycopg.Error)
 
@@ -84,7 +82,8 @@ async def _wait(conn: Any, gen: Generator[Any, Any, Any]) -> Any:
         state = next(gen)
         loop = get_running_loop()
         fileno = conn.pgconn.socket
-        selector = getattr(loop, "_selector", None) if type(loop) in _SELECTOR_LOOPS else None
+        # Only on asyncio's own selector loop does _wait register its reader itself.
+        selector = getattr(loop, "_selector", None) if type(loop) is _SelectorEventLoop else None
         while True:
             if state != _WAIT_R:
                 # Waiting to write (a full socket buffer): psycopg's own wait.
