@@ -1342,9 +1342,14 @@ class RedisConcurrencyLimiter:
         keys = self._keys(key)
         lid = f"{self._uid}:{next(self._seq)}"
         arrived = loop.time()
-        # Fast path: a free slot and nobody queued -> one round trip, no queue entry.
+        # Fast path: a free slot and nobody queued -> one round trip, no queue entry. A caller
+        # that will wait takes its place in the queue in this same call, so its place is its
+        # arrival here and not the later moment its hand-off listener is subscribed (a waiter
+        # arriving meanwhile must not get ahead of it). The loop below re-checks once
+        # subscribed, so a hand-off published before that is not missed.
+        mode = "n" if nowait or timeout == 0 else "w"
         try:
-            granted, _ = await self._call(CONC_ACQUIRE, keys, (*self._argv(), lid, "n"))
+            granted, _ = await self._call(CONC_ACQUIRE, keys, (*self._argv(), lid, mode))
         except BaseException:
             # Cancelled (or failed) with the outcome unknown: a slot taken for us must not stay
             # held until it expires. Withdrawing an id that holds nothing is harmless.
@@ -1362,8 +1367,8 @@ class RedisConcurrencyLimiter:
         fut: asyncio.Future[str] = loop.create_future()
         self._waiters[lid] = (keys, fut)
         try:
+            self._ensure_renewer()  # keeps our place in the queue alive from now on
             await self._ensure_listener()
-            self._ensure_renewer()
             while True:
                 granted, hint_ms = await self._call(CONC_ACQUIRE, keys, (*self._argv(), lid, "w"))
                 if granted or (fut.done() and fut.result() == _GRANTED):

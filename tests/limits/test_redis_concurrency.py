@@ -46,6 +46,13 @@ def queued(sem: RedisConcurrencyLimiter, n: int) -> bool:
     return sem.statistics().waiting == n and not sem._call._pending
 
 
+async def queue_ids(client: redis_asyncio.Redis, queue: str) -> list[str]:
+    """The ids queued in Redis, oldest first."""
+    return [
+        m.decode() if isinstance(m, bytes) else str(m) for m in await client.zrange(queue, 0, -1)
+    ]
+
+
 async def settle_down(*limiters: RedisConcurrencyLimiter) -> None:
     """Wait until every background Redis call of the limiters is done."""
     for _ in range(400):
@@ -95,6 +102,57 @@ async def test_waiters_are_handed_slots_in_arrival_order(
     await holder.arelease()
     await asyncio.gather(*tasks)
     assert order == [0, 1, 2, 3, 4]
+
+
+async def test_a_waiter_holds_its_place_while_its_listener_subscribes(
+    client: redis_asyncio.Redis, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first waiter's place is its first round trip, not the end of its subscription: a
+    # waiter arriving while the first one still subscribes queues behind it.
+    sem = RedisConcurrencyLimiter(client, name, 1)
+    holder = await sem.acquire()
+    gate = asyncio.Event()
+    subscribing = asyncio.Event()
+    original = RedisConcurrencyLimiter._ensure_listener
+
+    async def slow_subscribe(self: RedisConcurrencyLimiter) -> None:
+        if not gate.is_set():
+            subscribing.set()
+            await gate.wait()
+        await original(self)
+
+    monkeypatch.setattr(RedisConcurrencyLimiter, "_ensure_listener", slow_subscribe)
+    first = asyncio.ensure_future(sem.acquire())
+    await subscribing.wait()
+    queue = sem._keys(None)[1]
+    members = await queue_ids(client, queue)
+    assert len(members) == 1  # queued by its first round trip
+    first_id = members[0]
+    gate.set()
+    second = asyncio.ensure_future(sem.acquire())
+    await wait_until(functools.partial(queued, sem, 2))
+    members = await queue_ids(client, queue)
+    assert len(members) == 2
+    assert members[0] == first_id  # the second waiter queued behind the first
+    await holder.arelease()
+    got = await asyncio.wait_for(first, 5)
+    assert got.lease_id == first_id
+    assert not second.done()
+    await got.arelease()
+    await (await asyncio.wait_for(second, 5)).arelease()
+    assert await sem.in_use() == 0
+
+
+async def test_timeout_zero_and_nowait_never_queue(client: redis_asyncio.Redis, name: str) -> None:
+    sem = RedisConcurrencyLimiter(client, name, 1)
+    holder = await sem.acquire()
+    with pytest.raises(WouldBlock):
+        await sem.acquire_nowait()
+    with pytest.raises(LimitTimeout):
+        await sem.acquire(timeout=0)
+    await settle_down(sem)
+    assert await client.zcard(sem._keys(None)[1]) == 0
+    await holder.arelease()
 
 
 async def test_a_release_in_another_process_wakes_the_waiter_at_once(
