@@ -617,19 +617,63 @@ class Pool(Generic[T]):
             return self._lease(idle.pop())
         return await self._acquire_slow(timeout)
 
-    async def _acquire_slow(self, timeout: float | None, into: _Acquire[T] | None = None) -> T:
+    async def _acquire_queued(self, into: _Acquire[T]) -> T:
+        """The contended acquire: tasks are already queued and no creation can start (the
+        pool is full), so queue behind them. What :meth:`_acquire_slow` does in that case,
+        with its other cases left out; an entry that needs more (a check, the pool closing
+        meanwhile, leak tracking) is finished there."""
+        fut: asyncio.Future[_Entry[T]] = _Future(loop=self._loop)
+        self._waiters.append(fut)
+        self._n_pending += 1
+        timeout = into._timeout
+        start = self._clock()
+        if timeout is not None:
+            self._watch_deadline(fut, start + timeout)
+        try:
+            entry = await fut
+        except BaseException:
+            self._abandon(fut)
+            raise
+        finally:
+            self._n_pending -= 1
+            if timeout is not None:
+                self._unwatch_deadline(fut)
+        if entry.from_idle or self._state is not _OPEN or not self._plain_lease or _tracking.active:
+            return await self._acquire_slow(timeout, into, entry, start)
+        waited_for = self._clock() - start
+        self._wait_total += waited_for
+        if waited_for > self._wait_max:
+            self._wait_max = waited_for
+        resource = into._resource = entry.resource  # _lease inlined (see _Acquire.__aenter__)
+        entry.info.uses += 1
+        self._in_use[id(resource)] = entry
+        self._n_acquired += 1
+        return resource
+
+    async def _acquire_slow(
+        self,
+        timeout: float | None,
+        into: _Acquire[T] | None = None,
+        received: _Entry[T] | None = None,
+        start: float | None = None,
+    ) -> T:
+        """Every acquire that is not served on the spot. ``received`` (with the ``start``
+        of its wait) is an entry the waiting in :meth:`_acquire_queued` has already got."""
         loop = self._loop
         assert loop is not None
         clock = self._clock
-        start = clock()
+        waited = start is not None
+        if start is None:
+            start = clock()
         deadline = _INF if timeout is None else start + timeout
-        waited = False
         retry = False  # our idle resource failed its check: keep our place, ahead of later tasks
         while True:
-            if self._state is not _OPEN:
-                raise PoolClosed(f"{self!r} is closed")
             entry: _Entry[T]
-            if not self._waiters and self._idle:
+            if received is not None:
+                entry, received = received, None
+            elif self._state is not _OPEN:
+                raise PoolClosed(f"{self!r} is closed")
+            elif not self._waiters and self._idle:
                 entry = self._idle.pop()
             else:
                 fut: asyncio.Future[_Entry[T]] = _Future(loop=loop)
@@ -659,12 +703,9 @@ class Pool(Generic[T]):
                         self._schedule_backoff_grant()
                 waited = True
                 self._n_pending += 1
-                # The wait for `fut` (an entry, or a creation bound to it), inlined: one
-                # coroutine less on the contended path.
+                # The wait for `fut` (an entry, or a creation bound to it), as in _acquire_queued.
                 if deadline != _INF:
-                    self._deadline_of[fut] = deadline
-                    if deadline < self._deadline_when:
-                        self._arm_deadline_timer(deadline)
+                    self._watch_deadline(fut, deadline)
                 try:
                     entry = await fut
                 except BaseException:
@@ -673,10 +714,7 @@ class Pool(Generic[T]):
                 finally:
                     self._n_pending -= 1
                     if deadline != _INF:
-                        deadlines = self._deadline_of
-                        del deadlines[fut]
-                        if not deadlines and self._deadline_timer is not None:
-                            self._arm_deadline_timer(_INF)  # no timed waits left: disarm
+                        self._unwatch_deadline(fut)
             # `entry` is ours now; until it is leased, every exit must give it back.
             if entry.from_idle:
                 # Only the lifetime: idle_timeout trimming (above min_size) is housekeeping's job.
@@ -734,6 +772,19 @@ class Pool(Generic[T]):
                 pass
             if not fut.done():
                 fut.cancel()
+
+    def _watch_deadline(self, fut: asyncio.Future[_Entry[T]], deadline: float) -> None:
+        """A timed wait for ``fut`` starts: the shared timer times it out at ``deadline``."""
+        self._deadline_of[fut] = deadline
+        if deadline < self._deadline_when:
+            self._arm_deadline_timer(deadline)
+
+    def _unwatch_deadline(self, fut: asyncio.Future[_Entry[T]]) -> None:
+        """The timed wait for ``fut`` is over (served, timed out or abandoned)."""
+        deadlines = self._deadline_of
+        del deadlines[fut]
+        if not deadlines and self._deadline_timer is not None:
+            self._arm_deadline_timer(_INF)  # no timed waits left: disarm
 
     def _arm_deadline_timer(self, when: float) -> None:
         """(Re)arm the shared deadline timer for ``when``; ``inf`` disarms it."""
@@ -1304,7 +1355,7 @@ class _Acquire(Generic[T]):
         self._resource: T | None = None
 
     def __await__(self) -> Generator[Any, None, T]:
-        return self._pool._acquire(self._timeout).__await__()
+        return self.__aenter__().__await__()  # the same paths as `async with`
 
     # __aenter__/__aexit__ are plain functions returning awaitables: `async with` awaits
     # whatever they return, and this saves a coroutine per call on the hot paths.
@@ -1331,10 +1382,24 @@ class _Acquire(Generic[T]):
                 check_needed = pool._check_needed_fn
                 if check_needed is not None:
                     entry = idle[-1]
-                    if not check_needed(entry.resource, entry.info):
+                    resource = entry.resource
+                    if not check_needed(resource, entry.info):
                         idle.pop()
-                        self._resource = pool._lease(entry)
+                        if pool._plain_lease and not _tracking.active:
+                            entry.info.uses += 1  # Pool._lease inlined
+                            pool._in_use[id(resource)] = entry
+                            pool._n_acquired += 1
+                            self._resource = resource
+                        else:
+                            self._resource = pool._lease(entry)
                         return self._ready()
+            elif (
+                pool._waiters
+                and pool._size >= pool._max_size
+                and pool._max_waiting is None
+                and not pool._failures
+            ):
+                return pool._acquire_queued(self)  # contended: queue behind the others
             return pool._acquire_slow(self._timeout, self)
         return self._acquire_opening()
 
@@ -1357,8 +1422,7 @@ class _Acquire(Generic[T]):
         if (
             exc is None
             and pool._plain_release
-            and pool._state is _OPEN
-            and pool._drained is None
+            and pool._state is _OPEN  # (so no aclose() is draining the pool)
             and not _tracking._broken.data  # type: ignore[attr-defined]  # WeakSet's plain set
         ):
             # The fastest path: Pool._release + Pool._put_back inlined, for a pool with
@@ -1372,11 +1436,10 @@ class _Acquire(Generic[T]):
                 and entry.generation == pool._generation
                 and pool._size <= pool._max_size
             ):
-                if pool._reset_fn is not None:
-                    info = entry.info
-                    info.last_used_at = pool._clock()
-                    if pool._reset_needed_fn(resource, info):  # type: ignore[misc]
-                        return asyncio.shield(pool._spawn(pool._reset_then_return(entry)))
+                info = entry.info
+                info.last_used_at = pool._clock()
+                if pool._reset_fn is not None and pool._reset_needed_fn(resource, info):  # type: ignore[misc]
+                    return asyncio.shield(pool._spawn(pool._reset_then_return(entry)))
                 waiters = pool._waiters
                 while waiters:
                     fut = waiters.popleft()
@@ -1385,7 +1448,6 @@ class _Acquire(Generic[T]):
                         fut.set_result(entry)
                         return pool._done
                 entry.from_idle = True
-                entry.info.last_used_at = pool._clock()
                 pool._idle.append(entry)
                 if pool._on_idle_fn is not None:
                     pool._on_idle_fn(resource, entry.info)

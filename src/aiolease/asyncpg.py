@@ -118,9 +118,13 @@ class _Watch:
     but ``data_received`` is delegated untouched.
 
     It is in the data path only while the connection is idle (installed by
-    :meth:`AsyncpgManager.on_idle`, taken out again at the next release), so
-    a connection passed from one task to the next under load never pays for
-    it. The transport keeps a reference to it (``_aiolease_watch``) either way.
+    :meth:`AsyncpgManager.on_idle`, taken out again when
+    :meth:`AsyncpgManager.check_needed` clears the connection for checkout), so a
+    connection in use, or passed from one task to the next under load, never
+    pays for it (one that went through :meth:`AsyncpgManager.check`, or
+    ``acquire_nowait()``, keeps it until its next release: harmless, the count
+    restarts when it goes idle). The transport keeps a reference to it
+    (``_aiolease_watch``) either way.
     """
 
     __slots__ = ("_protocol", "direct", "poller", "received", "seen")
@@ -268,18 +272,31 @@ class AsyncpgManager(Manager["Connection"]):
     def check_needed(self, resource: Connection, info: ResourceInfo) -> bool:
         """No round trip for a healthy idle connection. Only a closed one, or one that
         received data while idle (read by the loop, see :class:`_Watch`, or still
-        unread in its socket, see :func:`_quiet`), goes through :meth:`check`."""
+        unread in its socket, see :func:`_quiet`), goes through :meth:`check`.
+
+        When it answers False the pool hands the connection out at once, so the watch
+        leaves the data path here (:meth:`on_idle` puts it back): a connection in use,
+        or passed from one task to the next, does not pay for it.
+        """
         c: Any = resource  # on every checkout of an idle connection: asyncpg's internals,
         try:  # read directly (what is_closed() and _watch_of() read, without their calls)
             if c._aborted or not c._protocol.is_connected():
                 return True
-            watch = c._transport._aiolease_watch
-            poller = watch.poller
-        except AttributeError:
-            poller = None
-        if poller is None:  # first checkout, or not the usual transport: the general way
-            return resource.is_closed() or _heard_while_idle(resource) or not _quiet(resource)
-        return watch.received != watch.seen or bool(poller.poll(0))
+            transport = c._transport
+            watch = transport._aiolease_watch
+        except AttributeError:  # not the usual transport: the general way, no watch
+            return resource.is_closed() or not _quiet(resource)
+        poller = watch.poller
+        if poller is None:  # first checkout: the general way (makes the poller)
+            if resource.is_closed() or _heard_while_idle(resource) or not _quiet(resource):
+                return True
+        elif watch.received != watch.seen or poller.poll(0):
+            return True
+        if not watch.direct:
+            _watch_off(transport, watch)
+        elif transport._protocol is watch:
+            transport._protocol = watch._protocol
+        return False
 
     async def check(self, resource: Connection, info: ResourceInfo) -> None:
         """Discard a closed connection; verify a suspicious one with a round trip.
@@ -302,22 +319,8 @@ class AsyncpgManager(Manager["Connection"]):
                 ) from exc
 
     def reset_needed(self, resource: Connection, info: ResourceInfo) -> bool:
-        """Whether the connection needs :meth:`reset` (called on every release).
-
-        It also takes the idle watch out of the data path (see :class:`_Watch`):
-        the connection was in use, and goes to the next task or back to idle
-        (where :meth:`on_idle` puts the watch back).
-        """
+        """Whether the connection needs :meth:`reset` (called on every release)."""
         c: Any = resource  # on every release: asyncpg's internals, read directly
-        try:
-            transport = c._transport
-            watch = transport._aiolease_watch
-            if not watch.direct:
-                _watch_off(transport, watch)
-            elif transport._protocol is watch:
-                transport._protocol = watch._protocol
-        except AttributeError:
-            pass  # no watch (an exotic transport)
         if self.reset_mode == "session":
             return True
         try:

@@ -346,8 +346,10 @@ async def test_data_the_loop_read_while_idle_triggers_the_check(pg_dsn: str) -> 
     try:
         await conn.add_listener(channel, lambda *args: got.set())
         assert manager.reset_needed(conn, info) is False  # released...
-        manager.on_idle(conn, info)  # ...and nobody waiting: idle from now on
-        assert manager.check_needed(conn, info) is False
+        manager.on_idle(conn, info)  # ...and nobody waiting: idle
+        assert manager.check_needed(conn, info) is False  # checked out (makes the poller)...
+        assert manager.reset_needed(conn, info) is False
+        manager.on_idle(conn, info)  # ...and idle again from now on
         await other.execute(f"NOTIFY {channel}")
         await asyncio.wait_for(got.wait(), 10)
         assert _quiet(conn)  # nothing left unread in the socket...
@@ -602,5 +604,7 @@ async def test_the_idle_watch_is_in_the_data_path_only_while_idle(pg_dsn: str) -
         assert seen == [False]
         assert watched(conn)  # idle again: watched again
         async with pool.acquire() as conn3:
+            assert not watched(conn3)  # checked out from idle: out of the data path
             assert await conn3.fetchval("SELECT 2") == 2
+        assert watched(conn3)
         assert pool.statistics().discarded == 0

@@ -1,0 +1,169 @@
+"""The contended acquire (the pool is full and tasks are queued): the inlined wait of a
+pool with no lease hook, and its hand-over to the general path when the entry it gets
+needs more. Both ways in (``await pool.acquire()`` and ``async with``) take it."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from types import EllipsisType
+
+import pytest
+from pool_helpers import NO_HANG, settle
+
+from aiolease import Pool, PoolClosed, PoolTimeout
+from aiolease.testing import leak_check
+
+pytestmark = [pytest.mark.aiolease_virtual_time, NO_HANG]
+
+
+class Res:
+    """A hook-free resource: the pool leases it without calling into a manager."""
+
+    ids = itertools.count(1)
+
+    def __init__(self) -> None:
+        self.id = next(self.ids)
+        self.closed = 0
+
+    def __repr__(self) -> str:
+        return f"<Res {self.id}>"
+
+
+def plain_pool(max_size: int = 1, **kwargs: float | None) -> tuple[Pool[Res], list[Res]]:
+    made: list[Res] = []
+
+    async def create() -> Res:
+        r = Res()
+        made.append(r)
+        return r
+
+    async def close(r: Res) -> None:
+        r.closed += 1
+
+    return Pool.from_callables(create, close, max_size=max_size, **kwargs), made
+
+
+async def enter(pool: Pool[Res], how: str, timeout: float | EllipsisType | None = ...) -> Res:
+    acq = pool.acquire(timeout=timeout)
+    return await (acq if how == "await" else acq.__aenter__())
+
+
+HOW = pytest.mark.parametrize("how", ["await", "async with"])
+
+
+@HOW
+async def test_queued_tasks_are_served_in_arrival_order(how: str) -> None:
+    pool, made = plain_pool(max_size=2)
+    await pool.open()
+    held = [await pool.acquire(), await pool.acquire()]
+    order: list[int] = []
+
+    async def user(i: int) -> None:
+        r = await enter(pool, how)
+        order.append(i)
+        await asyncio.sleep(0.5)
+        await pool.release(r)
+
+    tasks = []
+    for i in range(8):
+        tasks.append(asyncio.create_task(user(i)))
+        await asyncio.sleep(0)
+    assert pool.statistics().waiting == 8
+    for r in held:
+        await pool.release(r)
+    await asyncio.gather(*tasks)
+    assert order == list(range(8))
+    st = pool.statistics()
+    assert (st.size, st.idle, st.in_use, st.waiting, st.acquired) == (2, 2, 0, 0, 10)
+    assert st.wait_time_max == pytest.approx(1.5)  # the last pair waited for the three before it
+    await pool.aclose()
+    assert [r.closed for r in made] == [1, 1]
+
+
+@HOW
+async def test_a_queued_task_times_out_and_leaves_the_queue(how: str) -> None:
+    pool, _ = plain_pool(acquire_timeout=3.0)
+    await pool.open()
+    held = await pool.acquire()
+    first = asyncio.create_task(enter(pool, how, timeout=None))  # queued, no timeout
+    await asyncio.sleep(0)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(PoolTimeout):
+        await enter(pool, how, timeout=1.5)  # behind `first`
+    assert loop.time() - start == pytest.approx(1.5)
+    with pytest.raises(PoolTimeout):
+        await enter(pool, how)  # the pool's acquire_timeout
+    assert loop.time() - start == pytest.approx(4.5)
+    st = pool.statistics()
+    assert (st.waiting, st.timeouts) == (1, 2)
+    await pool.release(held)
+    assert await first is held
+    await pool.release(held)
+    assert pool._deadline_timer is None  # no timed wait left: the timer is disarmed
+    await pool.aclose()
+
+
+@HOW
+async def test_a_cancelled_queued_task_passes_its_resource_on(how: str) -> None:
+    pool, _ = plain_pool()
+    await pool.open()
+    held = await pool.acquire()
+    first = asyncio.create_task(enter(pool, how))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(enter(pool, how))
+    await asyncio.sleep(0)
+    await pool.release(held)  # handed to `first`...
+    first.cancel()  # ...cancelled before it resumes
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert await second is held
+    st = pool.statistics()
+    assert (st.in_use, st.waiting, st.idle) == (1, 0, 0)
+    await pool.release(held)
+    await pool.aclose()
+
+
+@HOW
+async def test_a_resource_handed_over_as_the_pool_closes_is_closed_not_lost(how: str) -> None:
+    pool, made = plain_pool(max_size=2)
+    await pool.open()
+    a, b = await pool.acquire(), await pool.acquire()
+    first = asyncio.create_task(enter(pool, how))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(enter(pool, how))  # queued behind `first`
+    await asyncio.sleep(0)
+    assert pool.statistics().waiting == 2
+    closing = asyncio.create_task(pool.aclose())  # starts before the waiters resume...
+    await pool.release(a)  # ...from these hand-overs (no await in between)
+    await pool.release(b)
+    for waiter in (first, second):
+        with pytest.raises(PoolClosed):
+            await waiter
+    await closing
+    assert [r.closed for r in made] == [1, 1]
+
+
+@HOW
+async def test_a_queued_task_under_leak_check_is_tracked(how: str) -> None:
+    async def second_in_line() -> Res:
+        return await enter(pool, how)
+
+    async with leak_check() as leaks:
+        pool, _ = plain_pool()
+        await pool.open()
+        held = await pool.acquire()
+        first = asyncio.create_task(enter(pool, how))
+        await asyncio.sleep(0)
+        second = asyncio.create_task(second_in_line())  # queued behind `first`
+        await asyncio.sleep(0)
+        await pool.release(held)
+        await pool.release(await first)
+        got = await second
+        held_now = [p for p in leaks.leaks() if "is still checked out" in p]
+        assert len(held_now) == 1  # the lease the queued task got is tracked...
+        assert ", in second_in_line\n" in held_now[0]  # ...with the stack that acquired it
+        await pool.release(got)
+        await pool.aclose()
+    await settle(pool)
