@@ -11,7 +11,9 @@ from types import EllipsisType
 import pytest
 from pool_helpers import NO_HANG, settle
 
+import aiolease.abc
 from aiolease import Pool, PoolClosed, PoolTimeout
+from aiolease.abc import ResourceInfo
 from aiolease.testing import leak_check
 
 pytestmark = [pytest.mark.aiolease_virtual_time, NO_HANG]
@@ -167,3 +169,30 @@ async def test_a_queued_task_under_leak_check_is_tracked(how: str) -> None:
         await pool.release(got)
         await pool.aclose()
     await settle(pool)
+
+
+async def test_a_resource_handed_over_carries_its_release_time_to_on_acquire() -> None:
+    seen: list[float] = []
+
+    class Manager(aiolease.abc.Manager[Res]):
+        async def create(self) -> Res:
+            return Res()
+
+        def on_acquire(self, resource: Res, info: ResourceInfo) -> None:
+            seen.append(info.last_used_at)
+
+    pool = Pool(Manager(), max_size=1)
+    await pool.open()
+    loop = asyncio.get_running_loop()
+    released_at: list[float] = []
+
+    async def user(hold: float) -> None:
+        async with pool.acquire():  # leaving it hands the resource to the next in line
+            await asyncio.sleep(hold)
+            released_at.append(loop.time())
+
+    first = asyncio.create_task(user(5.0))
+    await asyncio.sleep(0)
+    await asyncio.gather(first, user(2.0), user(1.0))
+    assert seen[1:] == [pytest.approx(t) for t in released_at[:2]]
+    await pool.aclose()
