@@ -231,7 +231,13 @@ async def test_client_side_binding_matches_psycopg(setup: tuple[Conn, Conn, str]
         b"\x00\xff'",
         [1, 2],
     )
-    expected = psycopg.AsyncClientCursor(conn).mogrify(query, values).encode()
+    # psycopg's ClientCursor, except a float: typed float8 as a parameter would be.
+    expected = (
+        psycopg.AsyncClientCursor(conn)
+        .mogrify(query, values)
+        .encode()
+        .replace(b"1.5", b"1.5::float8")
+    )
     for params in (values, list(values)):
         assert _as_text(conn, query, params) == expected
         assert _as_text(conn, query.encode(), params) == expected
@@ -248,6 +254,74 @@ async def test_client_side_binding_matches_psycopg(setup: tuple[Conn, Conn, str]
     assert row[:8] == values[:8]
     assert row[8] == values[8]
     assert row[9:] == ([1, 2], "100%")
+
+
+async def test_the_first_statement_returns_the_types_it_returns_outside_a_block(
+    setup: tuple[Conn, Conn, str],
+) -> None:
+    # Client-side binding must not change result types: psycopg's literal for a float
+    # (1.5) is a numeric, which would come back as a Decimal.
+    import decimal
+
+    conn, _other, _table = setup
+    values = [
+        7,
+        2**40,
+        2**70,
+        1.5,
+        -2.25,
+        float("nan"),
+        float("-inf"),
+        decimal.Decimal("-3.5"),
+        True,
+        b"x",
+        [1.5, 2.0],
+    ]
+    for value in values:
+        query = "SELECT pg_typeof(%s)::text, %s"
+        outside = await (await conn.execute(query, (value, value))).fetchone()
+        assert outside is not None
+        async with aiolease.atomic(conn):
+            positional = await (await conn.execute(query, (value, value))).fetchone()
+        async with aiolease.atomic(conn):
+            named = await (
+                await conn.execute("SELECT pg_typeof(%(v)s)::text, %(v)s", {"v": value})
+            ).fetchone()
+        for inside in (positional, named):
+            assert inside is not None
+            assert type(inside[1]) is type(outside[1]), (value, inside, outside)
+            if value == value:  # not NaN
+                assert inside[1] == outside[1]
+            if outside[0] != "smallint":  # a small int literal is an integer: same Python int
+                assert inside[0] == outside[0], (value, inside, outside)
+
+
+async def test_a_value_written_as_a_bare_number_of_another_type_keeps_its_type(
+    setup: tuple[Conn, Conn, str],
+) -> None:
+    from psycopg.adapt import Dumper
+
+    conn, _other, _table = setup
+
+    class Celsius:
+        def __init__(self, degrees: float) -> None:
+            self.degrees = degrees
+
+    class CelsiusDumper(Dumper):
+        oid = psycopg.adapters.types["float4"].oid
+
+        def dump(self, obj: Celsius) -> bytes:
+            return repr(obj.degrees).encode()
+
+        def quote(self, obj: Celsius) -> bytes:
+            return self.dump(obj)  # a bare number, as psycopg's numeric dumpers write
+
+    conn.adapters.register_dumper(Celsius, CelsiusDumper)
+    query = "SELECT pg_typeof(%s)::text"
+    outside = await (await conn.execute(query, (Celsius(21.5),))).fetchone()
+    async with aiolease.atomic(conn):
+        inside = await (await conn.execute(query, (Celsius(21.5),))).fetchone()
+    assert outside == inside == ("real",)
 
 
 async def test_client_side_binding_sees_dumpers_registered_later(

@@ -37,7 +37,8 @@ from __future__ import annotations
 
 from asyncio import Future, Handle, get_running_loop
 from asyncio import SelectorEventLoop as _SelectorEventLoop
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
+from decimal import Decimal as _Decimal
 from selectors import EVENT_READ as _EVENT_READ
 from typing import Any
 
@@ -191,7 +192,14 @@ def _transformer(conn: Any) -> Any:
 def _as_text(conn: Any, query: Any, params: Any) -> bytes | None:
     """The statement as text with its parameters bound on the client (psycopg's
     client-side binding, as ``ClientCursor`` does), or None when it cannot be
-    sent that way."""
+    sent that way.
+
+    Unlike ``ClientCursor``, a float is sent as ``<value>::float8``: psycopg's
+    literal for it (``1.5``) is a numeric, and the statement would return a
+    ``Decimal`` where the same statement with server-side binding, outside the
+    block, returns a float. A value of another type that psycopg writes as a
+    bare number is left to the pipeline path (its real parameter type).
+    """
     try:
         if params is None:
             if isinstance(query, bytes):
@@ -214,7 +222,26 @@ def _as_text(conn: Any, query: Any, params: Any) -> bytes | None:
                 entry = _TEMPLATES[key] = _template(query, tx.encoding)
             if entry is not None and len(params) == entry[1]:
                 literal = tx.as_literal
-                return entry[0] % tuple([b"NULL" if p is None else literal(p) for p in params])
+                values = []
+                for p in params:
+                    if p is None:
+                        values.append(b"NULL")
+                        continue
+                    value = literal(p)
+                    t = type(p)
+                    if t is not int and t is not str and t is not bool and b"'" not in value:
+                        # A bare literal (a number) of a type whose parameter would be
+                        # typed otherwise: 1.5 is numeric, a float parameter float8.
+                        if t is not float or b"::" in value:
+                            if t is _Decimal or b"::" in value:
+                                values.append(value)
+                                continue
+                            return None  # another type: sent with its real parameter type
+                        value += b"::float8"
+                    values.append(value)
+                return entry[0] % tuple(values)
+        if any(isinstance(v, float) for v in _values_of(params)):
+            return None  # psycopg's literal for a float is numeric (see above)
         cursor = conn.__dict__.get(_CLIENT_CURSOR)
         if cursor is None:
             cursor = conn.__dict__[_CLIENT_CURSOR] = psycopg.AsyncClientCursor(conn)
@@ -227,6 +254,10 @@ def _as_text(conn: Any, query: Any, params: Any) -> bytes | None:
             return bytes(cursor.mogrify(query, params).encode(conn.info.encoding))
     except Exception:  # a type with no text dumper, a placeholder mismatch, ...
         return None
+
+
+def _values_of(params: Any) -> Any:
+    return params.values() if isinstance(params, Mapping) else params
 
 
 class _BeginningCursor(psycopg.AsyncCursor[Any]):
