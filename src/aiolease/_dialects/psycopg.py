@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from asyncio import Future, Handle, get_running_loop
 from asyncio import SelectorEventLoop as _SelectorEventLoop
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Mapping, Sequence
 from decimal import Decimal as _Decimal
 from selectors import EVENT_READ as _EVENT_READ
 from typing import Any
@@ -46,6 +46,7 @@ import psycopg
 from psycopg import pq, waiting
 from psycopg.adapt import PyFormat
 from psycopg.adapt import Transformer as _Transformer
+from psycopg.generators import execute as _execute
 
 from ._base import Dialect
 from ._pg import begin_bytes
@@ -53,6 +54,7 @@ from ._pg import begin_bytes
 __all__ = ["PsycopgDialect"]
 
 _INERROR = pq.TransactionStatus.INERROR
+_COMMAND_OK = pq.ExecStatus.COMMAND_OK
 _TEXT = pq.Format.TEXT
 _IDLE = pq.TransactionStatus.IDLE
 _ACTIVE = pq.TransactionStatus.ACTIVE
@@ -189,6 +191,40 @@ def _transformer(conn: Any) -> Any:
     return tx
 
 
+def _cached_template(query: str | bytes, encoding: str) -> tuple[bytes, int] | None:
+    key = (query, encoding)
+    try:
+        return _TEMPLATES[key]
+    except KeyError:
+        if len(_TEMPLATES) >= _TEMPLATES_MAX:
+            _TEMPLATES.clear()
+        entry = _TEMPLATES[key] = _template(query, encoding)
+        return entry
+
+
+def _literals(tx: Any, params: Sequence[Any]) -> tuple[bytes, ...] | None:
+    """Each value as a literal of the type its parameter would have (see _as_text)."""
+    literal = tx.as_literal
+    values = []
+    for p in params:
+        if p is None:
+            values.append(b"NULL")
+            continue
+        value = literal(p)
+        t = type(p)
+        if t is not int and t is not str and t is not bool and b"'" not in value:
+            # A bare literal (a number) of a type whose parameter would be
+            # typed otherwise: 1.5 is numeric, a float parameter float8.
+            if t is not float or b"::" in value:
+                if t is _Decimal or b"::" in value:
+                    values.append(value)
+                    continue
+                return None  # another type: sent with its real parameter type
+            value += b"::float8"
+        values.append(value)
+    return tuple(values)
+
+
 def _as_text(conn: Any, query: Any, params: Any) -> bytes | None:
     """The statement as text with its parameters bound on the client (psycopg's
     client-side binding, as ``ClientCursor`` does), or None when it cannot be
@@ -213,33 +249,10 @@ def _as_text(conn: Any, query: Any, params: Any) -> bytes | None:
             # The common case, without a cursor: psycopg's template for the
             # query (cached), each value made a literal, merged.
             tx = _transformer(conn)
-            key = (query, tx.encoding)
-            try:
-                entry = _TEMPLATES[key]
-            except KeyError:
-                if len(_TEMPLATES) >= _TEMPLATES_MAX:
-                    _TEMPLATES.clear()
-                entry = _TEMPLATES[key] = _template(query, tx.encoding)
+            entry = _cached_template(query, tx.encoding)
             if entry is not None and len(params) == entry[1]:
-                literal = tx.as_literal
-                values = []
-                for p in params:
-                    if p is None:
-                        values.append(b"NULL")
-                        continue
-                    value = literal(p)
-                    t = type(p)
-                    if t is not int and t is not str and t is not bool and b"'" not in value:
-                        # A bare literal (a number) of a type whose parameter would be
-                        # typed otherwise: 1.5 is numeric, a float parameter float8.
-                        if t is not float or b"::" in value:
-                            if t is _Decimal or b"::" in value:
-                                values.append(value)
-                                continue
-                            return None  # another type: sent with its real parameter type
-                        value += b"::float8"
-                    values.append(value)
-                return entry[0] % tuple(values)
+                values = _literals(tx, params)
+                return None if values is None else entry[0] % values
         if any(isinstance(v, float) for v in _values_of(params)):
             return None  # psycopg's literal for a float is numeric (see above)
         cursor = conn.__dict__.get(_CLIENT_CURSOR)
@@ -254,6 +267,128 @@ def _as_text(conn: Any, query: Any, params: Any) -> bytes | None:
             return bytes(cursor.mogrify(query, params).encode(conn.info.encoding))
     except Exception:  # a type with no text dumper, a placeholder mismatch, ...
         return None
+
+
+_STATEMENTS = "_aiolease_statements"  # instance attribute: a _Statements
+# Errors of an EXECUTE whose prepared statement is gone (DEALLOCATE, DISCARD ALL)
+# or whose plan no longer fits (the table changed: "cached plan must not change
+# result type"): the statement is sent again as text.
+_STALE = frozenset({"26000", "0A000"})
+
+
+class _Statements:
+    """The first statements of ``atomic`` blocks this connection has prepared.
+
+    The first statement of a block travels as text after BEGIN (one simple
+    query), so the server parses and plans it every time, where psycopg's own
+    execution prepares a statement run ``prepare_threshold`` times and only
+    binds it from then on. This does the same for the first statement: once a
+    statement with the same parameter types has come ``prepare_threshold``
+    times, it is prepared (a Parse with the parameter types psycopg would send,
+    outside any transaction) and then run as ``BEGIN; EXECUTE name(literals)``,
+    still one round trip. At most ``prepared_max`` statements per connection.
+    """
+
+    __slots__ = ("counts", "names", "seq")
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[Any, ...], int] = {}
+        # None: the server refused to prepare it (a utility statement, a
+        # parameter whose type it cannot tell...): text from then on.
+        self.names: dict[tuple[Any, ...], bytes | None] = {}
+        self.seq = 0
+
+
+async def _prepared_call(conn: Any, query: Any, params: Any) -> tuple[bytes, bytes] | None:
+    """``(b"EXECUTE name(...)", text)`` for a statement prepared on ``conn`` (now, if
+    it has come often enough), with ``text`` the statement as _as_text makes it; or
+    None: send it as text."""
+    threshold = conn.prepare_threshold
+    if (
+        threshold is None
+        or not (type(params) is tuple or type(params) is list)
+        or not (type(query) is str or type(query) is bytes)
+    ):
+        return None
+    tx = _transformer(conn)
+    entry = _cached_template(query, tx.encoding)
+    if entry is None or len(params) != entry[1]:
+        return None
+    values = _literals(tx, params)
+    if values is None:
+        return None
+    get_dumper = tx.get_dumper
+    oids = tuple([0 if p is None else get_dumper(p, _PY_TEXT).oid for p in params])
+    key = (query, oids)
+    statements: _Statements | None = conn.__dict__.get(_STATEMENTS)
+    if statements is None:
+        statements = conn.__dict__[_STATEMENTS] = _Statements()
+    names = statements.names
+    if key in names:
+        name = names[key]
+    else:
+        counts = statements.counts
+        seen = counts.get(key, 0) + 1
+        if seen <= threshold or len(names) >= conn.prepared_max:
+            if len(counts) >= _TEMPLATES_MAX:
+                counts.clear()
+            counts[key] = seen
+            return None
+        counts.pop(key, None)
+        name = None
+        if _plannable(query):
+            statements.seq += 1
+            name = f"_aiolease_{statements.seq}".encode()
+            if not await _prepare(conn, name, query, tx.encoding, oids):
+                name = None
+        names[key] = name
+    if name is None:
+        return None
+    text = entry[0] % values
+    if not values:
+        return b"EXECUTE " + name, text
+    return b"EXECUTE " + name + b"(" + b", ".join(values) + b")", text
+
+
+_PLANNABLE = frozenset({"select", "insert", "update", "delete", "merge", "with", "values", "table"})
+
+
+def _plannable(query: str | bytes) -> bool:
+    """Whether ``query`` starts with a statement the server plans (and so checks its
+    parameters when preparing it): not a utility statement (SET, EXECUTE, DO...)."""
+    head = query.lstrip()[:7]
+    word = (head.decode("ascii", "replace") if isinstance(head, bytes) else head).lower()
+    return word.split(None, 1)[0].rstrip("(") in _PLANNABLE if word.strip() else False
+
+
+async def _prepare(
+    conn: Any, name: bytes, query: str | bytes, encoding: str, oids: tuple[int, ...]
+) -> bool:
+    """Prepare ``query`` as ``name`` with these parameter types (a Parse message, as
+    psycopg prepares its own statements). False when the server refuses it."""
+    from psycopg._queries import _query2pg_nocache
+
+    bquery = query if isinstance(query, bytes) else query.encode(encoding)
+    pgquery = _query2pg_nocache(bquery, encoding)[0]
+    pgconn = conn.pgconn
+    async with conn.lock:
+        pgconn.send_prepare(name, pgquery, param_types=oids)
+        results = await _wait(conn, _execute(pgconn))
+    return all(r.status == _COMMAND_OK for r in results)
+
+
+def _forget_statement(conn: Any, call: bytes, sqlstate: str | None) -> list[bytes]:
+    """After a stale EXECUTE: forget the statement (every statement, when the server
+    lost them all), and return the commands to send: ROLLBACK, DEALLOCATE."""
+    statements: _Statements = conn.__dict__[_STATEMENTS]
+    name = call.split(b"(", 1)[0][len(b"EXECUTE ") :]
+    if sqlstate == "26000":  # gone: DEALLOCATE ALL or DISCARD ALL forgot them all
+        statements.names.clear()
+        return [b"ROLLBACK"]
+    for key, value in list(statements.names.items()):
+        if value == name:
+            del statements.names[key]
+    return [b"ROLLBACK", b"DEALLOCATE " + name]
 
 
 def _values_of(params: Any) -> Any:
@@ -277,20 +412,40 @@ class _BeginningCursor(psycopg.AsyncCursor[Any]):
         begin = _disarm(conn)
         if begin is None:
             return await super().execute(query, params, **kwargs)
-        text = None
+        text = call = None
         if (
             not kwargs.get("prepare")
             and not kwargs.get("binary")
             and kwargs.keys() <= _EXECUTE_KWARGS
             and self.format == _TEXT
         ):
-            text = _as_text(conn, query, params)
+            prepared = await _prepared_call(conn, query, params)
+            if prepared is None:
+                text = _as_text(conn, query, params)
+            else:
+                call, text = prepared
         if text is not None:
             # One simple query: BEGIN's result first, then the statement's (or its error).
             self._aiolease_skip_begin = True  # see _set_results
             try:
-                async with conn.lock:
-                    await _wait(conn, self._execute_gen(begin + b"; " + text, None, prepare=False))
+                try:
+                    sent = begin + b"; " + (call or text)
+                    async with conn.lock:
+                        await _wait(conn, self._execute_gen(sent, None, prepare=False))
+                except psycopg.Error as exc:
+                    if (
+                        call is None
+                        or exc.sqlstate not in _STALE
+                        or conn.pgconn.transaction_status != _INERROR
+                    ):
+                        raise
+                    # The prepared statement failed before anything else ran in this
+                    # transaction: roll it back, and send the statement as text.
+                    sent = begin + b"; " + text
+                    async with conn.lock:
+                        for command in _forget_statement(conn, call, exc.sqlstate):
+                            await _wait(conn, conn._exec_command(command))
+                        await _wait(conn, self._execute_gen(sent, None, prepare=False))
             except _NO_TRACEBACK as exc:  # as AsyncCursor.execute does
                 raise exc.with_traceback(None)  # noqa: B904
             finally:
