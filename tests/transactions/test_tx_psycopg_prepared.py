@@ -99,6 +99,14 @@ async def test_no_prepare_threshold_means_never(conn: Conn, table: str) -> None:
     assert await ours(conn) == {}
 
 
+async def test_prepare_false_is_never_prepared(conn: Conn, table: str) -> None:
+    for i in range(5):
+        async with aiolease.atomic(conn):
+            cur = await conn.execute(f"INSERT INTO {table} (id) VALUES (%s)", (i,), prepare=False)
+        assert cur.rowcount == 1
+    assert await ours(conn) == {}
+
+
 async def test_prepared_max_bounds_the_statements(conn: Conn, table: str) -> None:
     conn.prepared_max = 1
     for i in range(4):

@@ -419,7 +419,9 @@ class _BeginningCursor(psycopg.AsyncCursor[Any]):
             and kwargs.keys() <= _EXECUTE_KWARGS
             and self.format == _TEXT
         ):
-            prepared = await _prepared_call(conn, query, params)
+            prepared = None
+            if kwargs.get("prepare") is None:  # prepare=False: the caller says never
+                prepared = await _prepared_call(conn, query, params)
             if prepared is None:
                 text = _as_text(conn, query, params)
             else:
