@@ -299,10 +299,10 @@ class _Statements:
         self.seq = 0
 
 
-async def _prepared_call(conn: Any, query: Any, params: Any) -> tuple[bytes, bytes] | None:
-    """``(b"EXECUTE name(...)", text)`` for a statement prepared on ``conn`` (now, if
-    it has come often enough), with ``text`` the statement as _as_text makes it; or
-    None: send it as text."""
+async def _prepared_call(conn: Any, query: Any, params: Any) -> tuple[bytes | None, bytes] | None:
+    """``(call, text)``: ``text`` is the statement as _as_text makes it, ``call`` is
+    ``b"EXECUTE name(...)"`` when the statement is prepared on ``conn`` (now, if it
+    has come often enough), else None. None when this cannot tell: ask _as_text."""
     threshold = conn.prepare_threshold
     if (
         threshold is None
@@ -323,6 +323,7 @@ async def _prepared_call(conn: Any, query: Any, params: Any) -> tuple[bytes, byt
     statements: _Statements | None = conn.__dict__.get(_STATEMENTS)
     if statements is None:
         statements = conn.__dict__[_STATEMENTS] = _Statements()
+    text = entry[0] % values
     names = statements.names
     if key in names:
         name = names[key]
@@ -333,7 +334,7 @@ async def _prepared_call(conn: Any, query: Any, params: Any) -> tuple[bytes, byt
             if len(counts) >= _TEMPLATES_MAX:
                 counts.clear()
             counts[key] = seen
-            return None
+            return None, text
         counts.pop(key, None)
         name = None
         if _plannable(query):
@@ -343,8 +344,7 @@ async def _prepared_call(conn: Any, query: Any, params: Any) -> tuple[bytes, byt
                 name = None
         names[key] = name
     if name is None:
-        return None
-    text = entry[0] % values
+        return None, text
     if not values:
         return b"EXECUTE " + name, text
     return b"EXECUTE " + name + b"(" + b", ".join(values) + b")", text
@@ -425,7 +425,7 @@ class _BeginningCursor(psycopg.AsyncCursor[Any]):
             if prepared is None:
                 text = _as_text(conn, query, params)
             else:
-                call, text = prepared
+                call, text = prepared  # call: None to send it as text
         if text is not None:
             # One simple query: BEGIN's result first, then the statement's (or its error).
             self._aiolease_skip_begin = True  # see _set_results
