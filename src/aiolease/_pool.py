@@ -603,19 +603,13 @@ class Pool(Generic[T]):
             return self._lease(entry)
         raise WouldBlock(f"{self!r} has no idle resource")
 
-    async def _acquire(self, timeout: float | None) -> T:
-        if self._state is not _OPEN:
-            if self._state is _State.NEW:
-                # Implicit open: fill in the background. A failed creation then goes through
-                # the usual fail-fast/backoff path instead of closing the pool for good.
-                await self.open(wait=False)
-            else:
-                raise PoolClosed(f"{self!r} is closed")
-        # Fast path: an idle resource that needs neither expiry handling nor check.
-        idle = self._idle
-        if idle and self._check_fn is None and not self._expiring:
-            return self._lease(idle.pop())
-        return await self._acquire_slow(timeout)
+    async def _open_for_acquire(self) -> None:
+        """An acquire found the pool not open: open it (a new pool), or raise."""
+        if self._state is not _State.NEW:
+            raise PoolClosed(f"{self!r} is closed")
+        # Implicit open: fill in the background. A failed creation then goes through
+        # the usual fail-fast/backoff path instead of closing the pool for good.
+        await self.open(wait=False)
 
     async def _acquire_queued(self, into: _Acquire[T]) -> T:
         """The contended acquire: tasks are already queued and no creation can start (the
@@ -1414,8 +1408,8 @@ class _Acquire(Generic[T]):
         return self._resource  # type: ignore[return-value]
 
     async def _acquire_opening(self) -> T:
-        resource = self._resource = await self._pool._acquire(self._timeout)
-        return resource
+        await self._pool._open_for_acquire()
+        return await self.__aenter__()  # the pool is open now
 
     def __aexit__(
         self,
@@ -1443,8 +1437,9 @@ class _Acquire(Generic[T]):
                 and entry.generation == pool._generation
                 and pool._size <= pool._max_size
             ):
-                if pool._reset_fn is not None:
-                    info = entry.info
+                info = entry.info
+                stamped = pool._reset_fn is not None  # last_used_at: now, once
+                if stamped:
                     info.last_used_at = pool._clock()
                     if pool._reset_needed_fn(resource, info):  # type: ignore[misc]
                         return asyncio.shield(pool._spawn(pool._reset_then_return(entry)))
@@ -1452,16 +1447,17 @@ class _Acquire(Generic[T]):
                 while waiters:
                     fut = waiters.popleft()
                     if not fut.done():
-                        if not pool._plain_lease:  # on_acquire() will see the info
-                            entry.info.last_used_at = pool._clock()
+                        if not stamped and not pool._plain_lease:  # on_acquire() sees it
+                            info.last_used_at = pool._clock()
                         entry.from_idle = False
                         fut.set_result(entry)
                         return pool._done
                 entry.from_idle = True
-                entry.info.last_used_at = pool._clock()
+                if not stamped:
+                    info.last_used_at = pool._clock()
                 pool._idle.append(entry)
                 if pool._on_idle_fn is not None:
-                    pool._on_idle_fn(resource, entry.info)
+                    pool._on_idle_fn(resource, info)
                 return pool._done
             if entry is not None:
                 in_use[id(resource)] = entry  # as it was: _release decides

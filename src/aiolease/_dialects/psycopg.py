@@ -202,6 +202,10 @@ def _cached_template(query: str | bytes, encoding: str) -> tuple[bytes, int] | N
         return entry
 
 
+# Types whose bare literal (no quotes, no cast) has the type their parameter would have.
+_BARE_AS_PARAM = frozenset({int, str, bool, _Decimal})
+
+
 def _literals(tx: Any, params: Sequence[Any]) -> tuple[bytes, ...] | None:
     """Each value as a literal of the type its parameter would have (see _as_text)."""
     literal = tx.as_literal
@@ -212,17 +216,41 @@ def _literals(tx: Any, params: Sequence[Any]) -> tuple[bytes, ...] | None:
             continue
         value = literal(p)
         t = type(p)
-        if t is not int and t is not str and t is not bool and b"'" not in value:
-            # A bare literal (a number) of a type whose parameter would be
-            # typed otherwise: 1.5 is numeric, a float parameter float8.
-            if t is not float or b"::" in value:
-                if t is _Decimal or b"::" in value:
-                    values.append(value)
-                    continue
+        if t is not int and t is not str and t not in _BARE_AS_PARAM and b"'" not in value:
+            # A bare number whose parameter would be typed otherwise: 1.5 is
+            # a numeric, a float parameter a float8.
+            if b"::" in value:
+                values.append(value)  # cast already ('NaN'::float8)
+                continue
+            if t is not float:
                 return None  # another type: sent with its real parameter type
             value += b"::float8"
         values.append(value)
     return tuple(values)
+
+
+def _bind_simple(
+    conn: Any, query: Any, params: Any
+) -> tuple[Any, bytes, tuple[bytes, ...] | None] | None:
+    """The common case, without a cursor: a ``str``/``bytes`` query with ``%s``
+    placeholders and a tuple or list of values. ``(transformer, template,
+    literals)`` (literals None: a value cannot be sent as one), or None when the
+    statement is not that case."""
+    if not (type(params) is tuple or type(params) is list) or not (
+        type(query) is str or type(query) is bytes
+    ):
+        return None
+    try:
+        tx = _transformer(conn)
+        entry = _cached_template(query, tx.encoding)
+        if entry is None or len(params) != entry[1]:
+            return None
+        return tx, entry[0], _literals(tx, params)
+    except Exception:  # a malformed query, a type with no text dumper, ...
+        return _UNBOUND
+
+
+_UNBOUND: tuple[Any, bytes, None] = (None, b"", None)  # _bind_simple's case, not bindable
 
 
 def _as_text(conn: Any, query: Any, params: Any) -> bytes | None:
@@ -236,6 +264,15 @@ def _as_text(conn: Any, query: Any, params: Any) -> bytes | None:
     block, returns a float. A value of another type that psycopg writes as a
     bare number is left to the pipeline path (its real parameter type).
     """
+    bound = _bind_simple(conn, query, params)
+    if bound is None:
+        return _as_text_other(conn, query, params)
+    _tx, template, values = bound
+    return None if values is None else template % values
+
+
+def _as_text_other(conn: Any, query: Any, params: Any) -> bytes | None:
+    """_as_text for a statement that is not _bind_simple's case."""
     try:
         if params is None:
             if isinstance(query, bytes):
@@ -243,18 +280,8 @@ def _as_text(conn: Any, query: Any, params: Any) -> bytes | None:
             if isinstance(query, str):
                 return query.encode(conn.info.encoding)
             return bytes(query.as_bytes(conn))  # sql.SQL / sql.Composed
-        if (type(params) is tuple or type(params) is list) and (
-            type(query) is str or type(query) is bytes
-        ):
-            # The common case, without a cursor: psycopg's template for the
-            # query (cached), each value made a literal, merged.
-            tx = _transformer(conn)
-            entry = _cached_template(query, tx.encoding)
-            if entry is not None and len(params) == entry[1]:
-                values = _literals(tx, params)
-                return None if values is None else entry[0] % values
         if any(isinstance(v, float) for v in _values_of(params)):
-            return None  # psycopg's literal for a float is numeric (see above)
+            return None  # psycopg's literal for a float is numeric (see _as_text)
         cursor = conn.__dict__.get(_CLIENT_CURSOR)
         if cursor is None:
             cursor = conn.__dict__[_CLIENT_CURSOR] = psycopg.AsyncClientCursor(conn)
@@ -299,23 +326,14 @@ class _Statements:
         self.seq = 0
 
 
-async def _prepared_call(conn: Any, query: Any, params: Any) -> tuple[bytes | None, bytes] | None:
-    """``(call, text)``: ``text`` is the statement as _as_text makes it, ``call`` is
-    ``b"EXECUTE name(...)"`` when the statement is prepared on ``conn`` (now, if it
-    has come often enough), else None. None when this cannot tell: ask _as_text."""
+async def _prepared_name(
+    conn: Any, query: str | bytes, params: Sequence[Any], tx: Any
+) -> bytes | None:
+    """The name of the statement prepared on ``conn`` for ``query`` with these
+    parameter types (prepared now, if it has come often enough), or None: send it
+    as text. ``tx`` is the Transformer that bound it (_bind_simple)."""
     threshold = conn.prepare_threshold
-    if (
-        threshold is None
-        or not (type(params) is tuple or type(params) is list)
-        or not (type(query) is str or type(query) is bytes)
-    ):
-        return None
-    tx = _transformer(conn)
-    entry = _cached_template(query, tx.encoding)
-    if entry is None or len(params) != entry[1]:
-        return None
-    values = _literals(tx, params)
-    if values is None:
+    if threshold is None:
         return None
     get_dumper = tx.get_dumper
     oids = tuple([0 if p is None else get_dumper(p, _PY_TEXT).oid for p in params])
@@ -323,31 +341,25 @@ async def _prepared_call(conn: Any, query: Any, params: Any) -> tuple[bytes | No
     statements: _Statements | None = conn.__dict__.get(_STATEMENTS)
     if statements is None:
         statements = conn.__dict__[_STATEMENTS] = _Statements()
-    text = entry[0] % values
     names = statements.names
     if key in names:
-        name = names[key]
-    else:
-        counts = statements.counts
-        seen = counts.get(key, 0) + 1
-        if seen <= threshold or len(names) >= conn.prepared_max:
-            if len(counts) >= _TEMPLATES_MAX:
-                counts.clear()
-            counts[key] = seen
-            return None, text
-        counts.pop(key, None)
-        name = None
-        if _plannable(query):
-            statements.seq += 1
-            name = f"_aiolease_{statements.seq}".encode()
-            if not await _prepare(conn, name, query, tx.encoding, oids):
-                name = None
-        names[key] = name
-    if name is None:
-        return None, text
-    if not values:
-        return b"EXECUTE " + name, text
-    return b"EXECUTE " + name + b"(" + b", ".join(values) + b")", text
+        return names[key]
+    counts = statements.counts
+    seen = counts.get(key, 0) + 1
+    if seen <= threshold or len(names) >= conn.prepared_max:
+        if len(counts) >= _TEMPLATES_MAX:
+            counts.clear()
+        counts[key] = seen
+        return None
+    counts.pop(key, None)
+    name = None
+    if _plannable(query):
+        statements.seq += 1
+        name = f"_aiolease_{statements.seq}".encode()
+        if not await _prepare(conn, name, query, tx.encoding, oids):
+            name = None
+    names[key] = name
+    return name
 
 
 _PLANNABLE = frozenset({"select", "insert", "update", "delete", "merge", "with", "values", "table"})
@@ -357,8 +369,8 @@ def _plannable(query: str | bytes) -> bool:
     """Whether ``query`` starts with a statement the server plans (and so checks its
     parameters when preparing it): not a utility statement (SET, EXECUTE, DO...)."""
     head = query.lstrip()[:7]
-    word = (head.decode("ascii", "replace") if isinstance(head, bytes) else head).lower()
-    return word.split(None, 1)[0].rstrip("(") in _PLANNABLE if word.strip() else False
+    words = (head.decode("ascii", "replace") if isinstance(head, bytes) else head).split(None, 1)
+    return bool(words) and words[0].lower().rstrip("(") in _PLANNABLE
 
 
 async def _prepare(
@@ -377,11 +389,10 @@ async def _prepare(
     return all(r.status == _COMMAND_OK for r in results)
 
 
-def _forget_statement(conn: Any, call: bytes, sqlstate: str | None) -> list[bytes]:
+def _forget_statement(conn: Any, name: bytes, sqlstate: str | None) -> list[bytes]:
     """After a stale EXECUTE: forget the statement (every statement, when the server
     lost them all), and return the commands to send: ROLLBACK, DEALLOCATE."""
     statements: _Statements = conn.__dict__[_STATEMENTS]
-    name = call.split(b"(", 1)[0][len(b"EXECUTE ") :]
     if sqlstate == "26000":  # gone: DEALLOCATE ALL or DISCARD ALL forgot them all
         statements.names.clear()
         return [b"ROLLBACK"]
@@ -412,20 +423,26 @@ class _BeginningCursor(psycopg.AsyncCursor[Any]):
         begin = _disarm(conn)
         if begin is None:
             return await super().execute(query, params, **kwargs)
-        text = call = None
+        text = name = call = None
         if (
             not kwargs.get("prepare")
             and not kwargs.get("binary")
             and kwargs.keys() <= _EXECUTE_KWARGS
             and self.format == _TEXT
         ):
-            prepared = None
-            if kwargs.get("prepare") is None:  # prepare=False: the caller says never
-                prepared = await _prepared_call(conn, query, params)
-            if prepared is None:
-                text = _as_text(conn, query, params)
+            bound = _bind_simple(conn, query, params)
+            if bound is None:
+                text = _as_text_other(conn, query, params)
             else:
-                call, text = prepared  # call: None to send it as text
+                tx, template, values = bound
+                if values is not None:
+                    text = template % values
+                    if kwargs.get("prepare") is None:  # prepare=False: the caller says never
+                        name = await _prepared_name(conn, query, params, tx)
+                    if name is not None:  # EXECUTE name(literals)
+                        call = b"EXECUTE " + name
+                        if values:
+                            call += b"(" + b", ".join(values) + b")"
         if text is not None:
             # One simple query: BEGIN's result first, then the statement's (or its error).
             self._aiolease_skip_begin = True  # see _set_results
@@ -436,7 +453,7 @@ class _BeginningCursor(psycopg.AsyncCursor[Any]):
                         await _wait(conn, self._execute_gen(sent, None, prepare=False))
                 except psycopg.Error as exc:
                     if (
-                        call is None
+                        name is None
                         or exc.sqlstate not in _STALE
                         or conn.pgconn.transaction_status != _INERROR
                     ):
@@ -445,7 +462,7 @@ class _BeginningCursor(psycopg.AsyncCursor[Any]):
                     # transaction: roll it back, and send the statement as text.
                     sent = begin + b"; " + text
                     async with conn.lock:
-                        for command in _forget_statement(conn, call, exc.sqlstate):
+                        for command in _forget_statement(conn, name, exc.sqlstate):
                             await _wait(conn, conn._exec_command(command))
                         await _wait(conn, self._execute_gen(sent, None, prepare=False))
             except _NO_TRACEBACK as exc:  # as AsyncCursor.execute does
