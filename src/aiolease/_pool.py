@@ -358,6 +358,18 @@ class Pool(Generic[T]):
             and self._on_release_fn is None
             and (self._reset_fn is None or self._reset_needed_fn is not None)
         )
+        # Whether anything can read an entry's last_used_at: idle trimming, or a hook
+        # that is given the ResourceInfo (check_needed and reset_needed run only with
+        # check and reset). When nothing can, the inlined release to idle does not read
+        # the clock for it.
+        self._info_read = (
+            self._expiring
+            or not self._plain_lease
+            or self._check_fn is not None
+            or self._on_idle_fn is not None
+            or self._on_release_fn is not None
+            or self._reset_fn is not None
+        )
 
         self._n_acquired = 0
         self._n_pending = 0  # acquirers blocked (queued, or waiting for their creation)
@@ -1453,7 +1465,7 @@ class _Acquire(Generic[T]):
                         fut.set_result(entry)
                         return pool._done
                 entry.from_idle = True
-                if not stamped:
+                if not stamped and pool._info_read:  # (nothing else can see it)
                     info.last_used_at = pool._clock()
                 pool._idle.append(entry)
                 if pool._on_idle_fn is not None:

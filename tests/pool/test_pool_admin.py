@@ -4,10 +4,12 @@ fatal body errors, resources marked broken)."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from pool_helpers import NO_HANG, assert_closed_cleanly, assert_consistent, settle, start_acquire
 
+import aiolease.abc
 from aiolease import Pool
 from aiolease._tracking import mark_broken
 from aiolease.abc import ResourceInfo
@@ -390,3 +392,38 @@ async def test_on_idle_after_a_reset() -> None:
     assert fm.idle_log == [("idle", 1)]
     await pool.aclose()
     assert_closed_cleanly(pool, fm)
+
+
+@pytest.mark.parametrize("hook", ["check", "on_acquire", "on_release", "on_idle"])
+async def test_each_hook_given_the_info_sees_the_last_release_time(hook: str) -> None:
+    # The inlined release to idle skips the clock when nothing can read last_used_at:
+    # each hook that is given the ResourceInfo must still see it.
+    seen: list[float] = []
+
+    async def create(self: Any) -> object:
+        return object()
+
+    async def record_async(self: Any, resource: object, info: ResourceInfo) -> None:
+        seen.append(info.last_used_at)
+
+    def record(self: Any, resource: object, info: ResourceInfo) -> None:
+        seen.append(info.last_used_at)
+
+    manager_class: Any = type(
+        "OneHook",
+        (aiolease.abc.Manager,),
+        {"create": create, hook: record_async if hook == "check" else record},
+    )
+    pool = Pool(manager_class(), max_size=1)
+    await pool.open()
+    loop = asyncio.get_running_loop()
+    async with pool.acquire():
+        await asyncio.sleep(5)
+    released_at = loop.time()
+    await asyncio.sleep(10)
+    async with pool.acquire():
+        pass
+    await pool.aclose()
+    expected = released_at + 10 if hook in ("on_release", "on_idle") else released_at
+    assert seen
+    assert seen[-1] == expected
