@@ -48,6 +48,10 @@ logger = logging.getLogger("aiolease.pool")
 
 _INF = float("inf")
 _Future = asyncio.Future  # loop.create_future() is a Python-level call that returns this C type
+# fut.done() and fut.set_result() are not specialised by the interpreter (the C Future has
+# a dict slot, empty): called as functions, they are.
+_future_done = _Future.done
+_future_set_result = _Future.set_result
 _LIFETIME_JITTER = 0.05  # max_lifetime is shortened by up to 5% so resources do not expire together
 
 
@@ -251,6 +255,78 @@ class Pool(Generic[T]):
         TypeError: an argument of the wrong type.
         ValueError: an argument out of range.
     """
+
+    # Slots: the hot paths read a dozen attributes per acquire and release, and a slot
+    # is one indexed load (64 attributes are too many for a shared-key instance dict,
+    # so without slots every read goes through the instance's own dict). Measured: -2.6%
+    # client instructions per contended acquire + release. Declare new attributes here.
+    __slots__ = (
+        "__weakref__",
+        "_acquire_timeout",
+        "_backoff_base",
+        "_backoff_max",
+        "_backoff_timer",
+        "_backoff_until",
+        "_bound",
+        "_check_fn",
+        "_check_needed_fn",
+        "_checking",
+        "_clock",
+        "_close_fn",
+        "_closed_event",
+        "_create_fn",
+        "_created_at",
+        "_creating",
+        "_deadline_of",
+        "_deadline_timer",
+        "_deadline_when",
+        "_done",
+        "_drained",
+        "_expiring",
+        "_failures",
+        "_filling",
+        "_generation",
+        "_hk_timer",
+        "_idle",
+        "_idle_timeout",
+        "_in_use",
+        "_info_read",
+        "_instant_lease",
+        "_is_fatal_fn",
+        "_last_error",
+        "_leak_timeout",
+        "_live",
+        "_loop",
+        "_manager",
+        "_max_lifetime",
+        "_max_size",
+        "_max_waiting",
+        "_min_size",
+        "_n_acquired",
+        "_n_closed",
+        "_n_create_errors",
+        "_n_created",
+        "_n_discarded",
+        "_n_leaks",
+        "_n_pending",
+        "_n_timeouts",
+        "_name",
+        "_on_acquire_fn",
+        "_on_idle_fn",
+        "_on_release_fn",
+        "_plain_lease",
+        "_plain_release",
+        "_probing",
+        "_reset_fn",
+        "_reset_needed_fn",
+        "_size",
+        "_state",
+        "_tasks",
+        "_under_check",
+        "_wait_max",
+        "_wait_total",
+        "_waiters",
+    )
 
     def __init__(
         self,
@@ -632,7 +708,8 @@ class Pool(Generic[T]):
         self._waiters.append(fut)
         self._n_pending += 1
         timeout = into._timeout
-        start = self._clock()
+        clock = self._clock  # (a call through a local: self._clock() is not specialised)
+        start = clock()
         if timeout is not None:
             # _watch_deadline/_unwatch_deadline inlined: two calls cost 3% of a contended acquire.
             deadline = start + timeout
@@ -653,7 +730,7 @@ class Pool(Generic[T]):
                     self._arm_deadline_timer(_INF)  # no timed waits left: disarm
         if entry.from_idle or self._state is not _OPEN or not self._plain_lease or _tracking.active:
             return await self._acquire_slow(timeout, into, entry, start)
-        waited_for = self._clock() - start
+        waited_for = clock() - start
         self._wait_total += waited_for
         if waited_for > self._wait_max:
             self._wait_max = waited_for
@@ -1450,26 +1527,33 @@ class _Acquire(Generic[T]):
                 and pool._size <= pool._max_size
             ):
                 info = entry.info
+                # The pool's functions are called through locals: a call written
+                # pool._fn() is not specialised by the interpreter (an attribute, not a method).
                 stamped = pool._reset_fn is not None  # last_used_at: now, once
                 if stamped:
-                    info.last_used_at = pool._clock()
-                    if pool._reset_needed_fn(resource, info):  # type: ignore[misc]
+                    clock = pool._clock
+                    info.last_used_at = clock()
+                    reset_needed = pool._reset_needed_fn
+                    if reset_needed(resource, info):  # type: ignore[misc]
                         return asyncio.shield(pool._spawn(pool._reset_then_return(entry)))
                 waiters = pool._waiters
                 while waiters:
                     fut = waiters.popleft()
-                    if not fut.done():
+                    if not _future_done(fut):
                         if not stamped and not pool._plain_lease:  # on_acquire() sees it
-                            info.last_used_at = pool._clock()
+                            clock = pool._clock
+                            info.last_used_at = clock()
                         entry.from_idle = False
-                        fut.set_result(entry)
+                        _future_set_result(fut, entry)
                         return pool._done
                 entry.from_idle = True
                 if not stamped and pool._info_read:  # (nothing else can see it)
-                    info.last_used_at = pool._clock()
+                    clock = pool._clock
+                    info.last_used_at = clock()
                 pool._idle.append(entry)
-                if pool._on_idle_fn is not None:
-                    pool._on_idle_fn(resource, info)
+                on_idle = pool._on_idle_fn
+                if on_idle is not None:
+                    on_idle(resource, info)
                 return pool._done
             if entry is not None:
                 in_use[id(resource)] = entry  # as it was: _release decides

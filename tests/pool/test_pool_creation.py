@@ -185,7 +185,9 @@ async def test_min_size_refill_backs_off_and_recovers() -> None:
     assert_closed_cleanly(pool2, fm2)
 
 
-async def test_no_busy_loop_when_backoff_ends_while_pool_is_full() -> None:
+async def test_no_busy_loop_when_backoff_ends_while_pool_is_full(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """After a failed creation, waiters queued on a full pool wait for capacity once the
     backoff is over: no timer re-armed at a past time (a busy loop)."""
     fm = FakeManager()
@@ -199,20 +201,20 @@ async def test_no_busy_loop_when_backoff_ends_while_pool_is_full() -> None:
     # Count the backoff wake-ups (white-box), and break a busy loop instead of hanging in it:
     # virtual time cannot advance while a timer keeps firing at a past time.
     wakeups = 0
-    on_backoff_end = pool._on_backoff_end
+    on_backoff_end = Pool._on_backoff_end
 
-    def counting() -> None:
+    def counting(self: Pool[FakeResource]) -> None:
         nonlocal wakeups
         wakeups += 1
         if wakeups < 100:
-            on_backoff_end()
+            on_backoff_end(self)
         else:
-            pool._backoff_timer = None
+            self._backoff_timer = None
 
-    pool._on_backoff_end = counting  # type: ignore[method-assign]
+    monkeypatch.setattr(Pool, "_on_backoff_end", counting)
     waiter = start_acquire(pool)
     await asyncio.sleep(100.0)  # far past the backoff
-    assert wakeups <= 1
+    assert wakeups == 1  # the backoff ended once, and its timer was not re-armed in the past
     assert not waiter.done()
     await pool.release(held)
     assert await waiter is held

@@ -459,3 +459,21 @@ async def test_leak_check_names_open_pool_and_checked_out_resource() -> None:
     await pools[0].aclose()
     async with leak_check(), Pool(fm, max_size=1) as clean, clean.acquire():  # clean: passes
         pass
+
+
+async def test_a_parametrised_pool_class_constructs_and_works() -> None:
+    # Pool has __slots__: typing's Pool[T](...) cannot set __orig_class__ on the instance
+    # and must still hand back a working pool.
+    fm = FakeManager()
+    pool = Pool[FakeResource](fm, max_size=1)
+    async with pool, pool.acquire() as r:
+        assert isinstance(r, FakeResource)
+    assert_closed_cleanly(pool, fm)
+
+
+def test_a_pool_takes_no_undeclared_attribute() -> None:
+    # The slots are the pool's whole state: a typo'd attribute fails loudly instead of
+    # silently creating a second, unread one.
+    pool = Pool(FakeManager())
+    with pytest.raises(AttributeError):
+        pool._sise = 3  # type: ignore[attr-defined]
