@@ -436,8 +436,8 @@ class Pool(Generic[T]):
         )
         # Whether anything can read an entry's last_used_at: idle trimming, or a hook
         # that is given the ResourceInfo (check_needed and reset_needed run only with
-        # check and reset). When nothing can, the inlined release to idle does not read
-        # the clock for it.
+        # check and reset). When nothing can, the inlined release does not read the
+        # clock for it.
         self._info_read = (
             self._expiring
             or not self._plain_lease
@@ -1529,10 +1529,10 @@ class _Acquire(Generic[T]):
                 info = entry.info
                 # The pool's functions are called through locals: a call written
                 # pool._fn() is not specialised by the interpreter (an attribute, not a method).
-                stamped = pool._reset_fn is not None  # last_used_at: now, once
-                if stamped:
+                if pool._info_read:  # last_used_at: now, when anything can read it
                     clock = pool._clock
                     info.last_used_at = clock()
+                if pool._reset_fn is not None:
                     reset_needed = pool._reset_needed_fn
                     if reset_needed(resource, info):  # type: ignore[misc]
                         return asyncio.shield(pool._spawn(pool._reset_then_return(entry)))
@@ -1540,16 +1540,10 @@ class _Acquire(Generic[T]):
                 while waiters:
                     fut = waiters.popleft()
                     if not _future_done(fut):
-                        if not stamped and not pool._plain_lease:  # on_acquire() sees it
-                            clock = pool._clock
-                            info.last_used_at = clock()
                         entry.from_idle = False
                         _future_set_result(fut, entry)
                         return pool._done
                 entry.from_idle = True
-                if not stamped and pool._info_read:  # (nothing else can see it)
-                    clock = pool._clock
-                    info.last_used_at = clock()
                 pool._idle.append(entry)
                 on_idle = pool._on_idle_fn
                 if on_idle is not None:

@@ -28,6 +28,7 @@ import aiolease
 from aiolease import Pool
 from aiolease.abc import ResourceInfo
 from aiolease.asyncpg import AsyncpgManager, _quiet, _raw_socket, create_pool
+from pg_tables import temporary_table
 
 Connection = asyncpg.Connection
 
@@ -104,12 +105,8 @@ async def admin(pg_dsn: str) -> AsyncIterator[Connection]:
 @pytest.fixture
 async def table(admin: Connection) -> AsyncIterator[str]:
     """A fresh table ``aiolease_t_<uuid>(v int)``, dropped afterwards."""
-    name = f"aiolease_t_{uuid.uuid4().hex[:12]}"
-    await admin.execute(f"CREATE TABLE {name} (v int)")
-    try:
+    async with temporary_table(admin, "aiolease_t_", "v int") as name:
         yield name
-    finally:
-        await admin.execute(f"DROP TABLE IF EXISTS {name}")
 
 
 # ---------------------------------------------------------------------------- basics

@@ -31,6 +31,7 @@ from psycopg import pq
 from aiolease import Pool
 from aiolease.abc import ResourceInfo
 from aiolease.psycopg import PsycopgManager, _readable, create_pool
+from pg_tables import temporary_table
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -112,12 +113,8 @@ async def admin(pg_dsn: str) -> AsyncIterator[Conn]:
 @pytest.fixture
 async def table(admin: Conn) -> AsyncIterator[str]:
     """A fresh table ``aiolease_k_<uuid>(v int)``, dropped afterwards."""
-    name = f"aiolease_k_{uuid.uuid4().hex[:12]}"
-    await admin.execute(f"CREATE TABLE {name} (v int)")
-    try:
+    async with temporary_table(admin, "aiolease_k_", "v int") as name:
         yield name
-    finally:
-        await admin.execute(f"DROP TABLE IF EXISTS {name}")
 
 
 class CountingManager(PsycopgManager):

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
 
 import aiolease
+from pg_tables import temporary_table
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -18,14 +18,13 @@ Conn = psycopg.AsyncConnection[tuple[object, ...]]
 
 @pytest.fixture
 async def setup(pg_dsn: str) -> AsyncIterator[tuple[Conn, Conn, str]]:
-    table = f"aiolease_pp_{uuid.uuid4().hex[:10]}"
     conn = await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True)
     other = await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True)
-    await conn.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY)")
     try:
-        yield conn, other, table
+        # Made and dropped through `other`: a test may leave `conn` unusable.
+        async with temporary_table(other, "aiolease_pp_", "id INTEGER PRIMARY KEY") as table:
+            yield conn, other, table
     finally:
-        await other.execute(f"DROP TABLE IF EXISTS {table}")
         await conn.close()
         await other.close()
 

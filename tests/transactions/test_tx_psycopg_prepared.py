@@ -4,13 +4,13 @@ when the prepared statement is gone or stale."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
 
 import aiolease
+from pg_tables import temporary_table
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -29,12 +29,8 @@ async def conn(pg_dsn: str) -> AsyncIterator[Conn]:
 
 @pytest.fixture
 async def table(conn: Conn) -> AsyncIterator[str]:
-    name = f"aiolease_prep_{uuid.uuid4().hex[:10]}"
-    await conn.execute(f"CREATE TABLE {name} (id BIGINT PRIMARY KEY, v TEXT)")
-    try:
+    async with temporary_table(conn, "aiolease_prep_", "id BIGINT PRIMARY KEY, v TEXT") as name:
         yield name
-    finally:
-        await conn.execute(f"DROP TABLE IF EXISTS {name}")
 
 
 async def ours(conn: Conn) -> dict[str, str]:

@@ -207,7 +207,7 @@ _BARE_AS_PARAM = frozenset({int, str, bool, _Decimal})
 
 
 def _literals(tx: Any, params: Sequence[Any]) -> tuple[bytes, ...] | None:
-    """Each value as a literal of the type its parameter would have (see _as_text)."""
+    """Each value as a literal of the type its parameter would have (see _bind)."""
     literal = tx.as_literal
     values = []
     for p in params:
@@ -216,7 +216,7 @@ def _literals(tx: Any, params: Sequence[Any]) -> tuple[bytes, ...] | None:
             continue
         value = literal(p)
         t = type(p)
-        if t is not int and t is not str and t not in _BARE_AS_PARAM and b"'" not in value:
+        if t not in _BARE_AS_PARAM and b"'" not in value:
             # A bare number whose parameter would be typed otherwise: 1.5 is
             # a numeric, a float parameter a float8.
             if b"::" in value:
@@ -229,34 +229,13 @@ def _literals(tx: Any, params: Sequence[Any]) -> tuple[bytes, ...] | None:
     return tuple(values)
 
 
-def _bind_simple(
-    conn: Any, query: Any, params: Any
-) -> tuple[Any, bytes, tuple[bytes, ...] | None] | None:
-    """The common case, without a cursor: a ``str``/``bytes`` query with ``%s``
-    placeholders and a tuple or list of values. ``(transformer, template,
-    literals)`` (literals None: a value cannot be sent as one), or None when the
-    statement is not that case."""
-    if not (type(params) is tuple or type(params) is list) or not (
-        type(query) is str or type(query) is bytes
-    ):
-        return None
-    try:
-        tx = _transformer(conn)
-        entry = _cached_template(query, tx.encoding)
-        if entry is None or len(params) != entry[1]:
-            return None
-        return tx, entry[0], _literals(tx, params)
-    except Exception:  # a malformed query, a type with no text dumper, ...
-        return _UNBOUND
-
-
-_UNBOUND: tuple[Any, bytes, None] = (None, b"", None)  # _bind_simple's case, not bindable
-
-
-def _as_text(conn: Any, query: Any, params: Any) -> bytes | None:
+def _bind(conn: Any, query: Any, params: Any) -> tuple[bytes | None, Any, tuple[bytes, ...] | None]:
     """The statement as text with its parameters bound on the client (psycopg's
-    client-side binding, as ``ClientCursor`` does), or None when it cannot be
-    sent that way.
+    client-side binding, as ``ClientCursor`` does): ``(text, transformer,
+    literals)``. ``text`` is None when the statement cannot be sent that way. The
+    transformer and the literals are given for the common case only (a
+    ``str``/``bytes`` query with ``%s`` placeholders and a tuple or list of
+    values, bound here without a cursor), the one the prepared path takes.
 
     Unlike ``ClientCursor``, a float is sent as ``<value>::float8``: psycopg's
     literal for it (``1.5``) is a numeric, and the statement would return a
@@ -264,15 +243,29 @@ def _as_text(conn: Any, query: Any, params: Any) -> bytes | None:
     block, returns a float. A value of another type that psycopg writes as a
     bare number is left to the pipeline path (its real parameter type).
     """
-    bound = _bind_simple(conn, query, params)
-    if bound is None:
-        return _as_text_other(conn, query, params)
-    _tx, template, values = bound
-    return None if values is None else template % values
+    if (type(params) is tuple or type(params) is list) and (
+        type(query) is str or type(query) is bytes
+    ):
+        try:
+            tx = _transformer(conn)
+            entry = _cached_template(query, tx.encoding)
+            if entry is not None and len(params) == entry[1]:
+                values = _literals(tx, params)
+                if values is None:
+                    return None, None, None
+                return entry[0] % values, tx, values
+        except Exception:  # a malformed query, a type with no text dumper, ...
+            return None, None, None
+    return _as_text_other(conn, query, params), None, None
+
+
+def _as_text(conn: Any, query: Any, params: Any) -> bytes | None:
+    """The text of :func:`_bind` alone."""
+    return _bind(conn, query, params)[0]
 
 
 def _as_text_other(conn: Any, query: Any, params: Any) -> bytes | None:
-    """_as_text for a statement that is not _bind_simple's case."""
+    """The text of :func:`_bind` for a statement that is not its common case."""
     try:
         if params is None:
             if isinstance(query, bytes):
@@ -281,7 +274,7 @@ def _as_text_other(conn: Any, query: Any, params: Any) -> bytes | None:
                 return query.encode(conn.info.encoding)
             return bytes(query.as_bytes(conn))  # sql.SQL / sql.Composed
         if any(isinstance(v, float) for v in _values_of(params)):
-            return None  # psycopg's literal for a float is numeric (see _as_text)
+            return None  # psycopg's literal for a float is numeric (see _bind)
         cursor = conn.__dict__.get(_CLIENT_CURSOR)
         if cursor is None:
             cursor = conn.__dict__[_CLIENT_CURSOR] = psycopg.AsyncClientCursor(conn)
@@ -331,7 +324,7 @@ async def _prepared_name(
 ) -> bytes | None:
     """The name of the statement prepared on ``conn`` for ``query`` with these
     parameter types (prepared now, if it has come often enough), or None: send it
-    as text. ``tx`` is the Transformer that bound it (_bind_simple)."""
+    as text. ``tx`` is the Transformer that bound it (_bind)."""
     threshold = conn.prepare_threshold
     if threshold is None:
         return None
@@ -430,19 +423,13 @@ class _BeginningCursor(psycopg.AsyncCursor[Any]):
             and kwargs.keys() <= _EXECUTE_KWARGS
             and self.format == _TEXT
         ):
-            bound = _bind_simple(conn, query, params)
-            if bound is None:
-                text = _as_text_other(conn, query, params)
-            else:
-                tx, template, values = bound
-                if values is not None:
-                    text = template % values
-                    if kwargs.get("prepare") is None:  # prepare=False: the caller says never
-                        name = await _prepared_name(conn, query, params, tx)
-                    if name is not None:  # EXECUTE name(literals)
-                        call = b"EXECUTE " + name
-                        if values:
-                            call += b"(" + b", ".join(values) + b")"
+            text, tx, values = _bind(conn, query, params)
+            if values is not None and kwargs.get("prepare") is None:  # False: never prepare
+                name = await _prepared_name(conn, query, params, tx)
+                if name is not None:  # EXECUTE name(literals)
+                    call = b"EXECUTE " + name
+                    if values:
+                        call += b"(" + b", ".join(values) + b")"
         if text is not None:
             # One simple query: BEGIN's result first, then the statement's (or its error).
             self._aiolease_skip_begin = True  # see _set_results
