@@ -8,8 +8,11 @@ skipping the integration suites.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -64,3 +67,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.postgres)
         if "redis" in path:
             item.add_marker(pytest.mark.redis)
+
+
+# ---------------------------------------------------------------- event-loop backends
+
+try:
+    import uvloop
+except ImportError:  # not on this platform (Windows): asyncio's own loop only
+    uvloop = None  # type: ignore[assignment]
+
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+
+#: Every async test that does not ask for virtual time runs on each of these loops.
+LOOP_FACTORIES: dict[str, LoopFactory] = {"asyncio": asyncio.new_event_loop}
+if uvloop is not None:
+    LOOP_FACTORIES["uvloop"] = uvloop.new_event_loop
+
+#: The black-box contract suites run as a user's tests would, on asyncio's own loop.
+_ASYNCIO_ONLY: dict[str, LoopFactory] = {"asyncio": asyncio.new_event_loop}
+_ACCEPTANCE = Path(__file__).resolve().parent / "acceptance"
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, LoopFactory]:
+    """Parametrise async tests over asyncio's loop and uvloop (``[asyncio]`` and
+    ``[uvloop]`` in their names). The plugin of ``aiolease.testing`` answers first
+    for tests that ask for virtual time."""
+    if _ACCEPTANCE in item.path.resolve().parents:
+        return _ASYNCIO_ONLY
+    return LOOP_FACTORIES

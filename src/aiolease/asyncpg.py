@@ -9,6 +9,7 @@ import asyncio
 import logging
 import select
 import socket
+import weakref
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from ._pool import Pool
@@ -59,7 +60,8 @@ _FATAL_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def _raw_socket(conn: Connection) -> socket.socket | None:
-    """The connection's socket, or None where the transport does not expose one (uvloop)."""
+    """The connection's socket, or None where the transport exposes no ``socket.socket``
+    (uvloop's transports expose a ``PseudoSocket``: see :func:`_socket_fd`)."""
     transport = getattr(conn, "_transport", None)
     sock = getattr(transport, "_sock", None)  # asyncio's selector transports: the socket itself
     if isinstance(sock, socket.socket):
@@ -72,24 +74,45 @@ def _raw_socket(conn: Connection) -> socket.socket | None:
     return sock if isinstance(sock, socket.socket) else None
 
 
+def _socket_fd(conn: Connection) -> int | None:
+    """The file descriptor of the connection's socket, or None where there is none to poll.
+
+    Every transport asyncpg runs on exposes one: asyncio's as a ``TransportSocket``,
+    uvloop's as a ``PseudoSocket`` (neither is a ``socket.socket``, both have ``fileno()``).
+    """
+    transport: Any = getattr(conn, "_transport", None)
+    if transport is None:
+        return None
+    try:
+        fd = transport.get_extra_info("socket").fileno()
+    except Exception:  # no socket (closed, or an exotic transport)
+        return None
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
 def _quiet(conn: Connection) -> bool:
     """Whether an idle connection's socket has nothing unread: no data, no EOF, no error.
 
     A server that terminates a backend (``pg_terminate_backend``, shutdown)
     sends a FATAL message and closes the socket; asyncpg notices only when the
     event loop next polls that socket, so until then ``is_closed()`` is still
-    False. Peeking at the socket (one non-blocking ``recv(MSG_PEEK)``, no round
-    trip) sees what the loop has not read yet. Unknowable (no socket): True.
+    False. Polling the socket (one ``poll(0)``, or a non-blocking
+    ``recv(MSG_PEEK)`` where there is no ``poll``; no round trip) sees what the
+    loop has not read yet. Unknowable (no socket): True.
     """
     watch = _watch_of(conn)
     poller = None if watch is None else watch.poller
     if poller is None and _HAVE_POLL:
-        # A poll object registered once per connection: poll(0) is one cheap syscall
-        # that raises nothing (a MSG_PEEK recv costs an exception on every quiet check).
-        sock = _raw_socket(conn)
-        if sock is not None and watch is not None:
-            poller = watch.poller = select.poll()
-            poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+        # A poll object registered once per connection (kept by its watch): poll(0) is one
+        # cheap syscall that raises nothing (a MSG_PEEK recv costs an exception on every
+        # quiet check), and it needs only the descriptor, which uvloop's transports expose
+        # too (not a socket.socket).
+        fd = _socket_fd(conn)
+        if fd is not None:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN | select.POLLPRI)
+            if watch is not None:
+                watch.poller = poller
     if poller is not None:
         return not poller.poll(0)  # any event: data, EOF, hang-up, error
     sock = _raw_socket(conn)
@@ -124,7 +147,8 @@ class _Watch:
     pays for it (one that went through :meth:`AsyncpgManager.check`, or
     ``acquire_nowait()``, keeps it until its next release: harmless, the count
     restarts when it goes idle). The transport keeps a reference to it
-    (``_aiolease_watch``) either way.
+    (``_aiolease_watch``) either way, or, where a transport takes no attributes
+    (uvloop's), ``_SIDE_WATCHES`` does, keyed weakly by the connection.
     """
 
     __slots__ = ("_protocol", "direct", "poller", "received", "seen")
@@ -146,6 +170,11 @@ class _Watch:
         return getattr(self._protocol, name)
 
 
+# The watches of connections whose transport takes no attributes (uvloop's Cython
+# transports): connection -> watch, gone with the connection.
+_SIDE_WATCHES: weakref.WeakKeyDictionary[Any, _Watch] = weakref.WeakKeyDictionary()
+
+
 def _install_watch(conn: Connection) -> None:
     """Make the connection's watch (see :class:`_Watch`) and put it in the data path."""
     transport: Any = getattr(conn, "_transport", None)
@@ -160,9 +189,13 @@ def _install_watch(conn: Connection) -> None:
             and getattr(transport, "_protocol", None) is protocol
         )
         watch = _Watch(protocol, direct)
-        transport._aiolease_watch = watch  # first: a transport without __dict__ stops here
+        try:
+            transport._aiolease_watch = watch  # asyncio's transports: one attribute read
+        except AttributeError:  # no __dict__ (uvloop): looked up by the connection instead
+            _SIDE_WATCHES[conn] = watch
         transport.set_protocol(cast(asyncio.BaseProtocol, watch))
-    except Exception as exc:  # an exotic transport: fall back to the socket peek alone
+    except Exception as exc:  # an exotic transport: fall back to polling the socket alone
+        _SIDE_WATCHES.pop(conn, None)
         logger.debug("cannot watch %r for unsolicited messages: %r", conn, exc)
 
 
@@ -171,7 +204,7 @@ def _watch_of(conn: Connection) -> _Watch | None:
     try:
         watch = c._transport._aiolease_watch
     except AttributeError:
-        return None
+        return _SIDE_WATCHES.get(conn)
     return watch if type(watch) is _Watch else None
 
 
@@ -193,6 +226,23 @@ def _heard_while_idle(conn: Connection) -> bool:
     return watch is not None and watch.received != watch.seen
 
 
+def _suspicious(conn: Connection) -> bool:
+    """:meth:`AsyncpgManager.check_needed` the general way (any transport; on asyncio's,
+    the first checkout, which makes the poller): whether the idle connection is closed or
+    heard from the server. If not, its watch leaves the data path for the checkout."""
+    if conn.is_closed() or _heard_while_idle(conn) or not _quiet(conn):
+        return True
+    watch = _watch_of(conn)
+    if watch is not None:
+        transport: Any = getattr(conn, "_transport", None)
+        if watch.direct:
+            if transport._protocol is watch:
+                transport._protocol = watch._protocol
+        elif transport is not None:
+            _watch_off(transport, watch)
+    return False
+
+
 class AsyncpgManager(Manager["Connection"]):
     """Creates, vets, resets and closes asyncpg connections for a :class:`~aiolease.Pool`.
 
@@ -201,7 +251,7 @@ class AsyncpgManager(Manager["Connection"]):
     while it sat idle (``pg_terminate_backend``, a restart) is never handed
     out, even before asyncpg has noticed: the pool looks for anything the
     server sent while the connection was idle, both still unread in the
-    socket (a non-blocking ``MSG_PEEK``) and already read by the event loop
+    socket (a non-blocking ``poll``) and already read by the event loop
     (a count kept by a thin wrapper around asyncpg's protocol); only then does
     a ``SELECT 1`` round trip decide. A connection killed while in use fails
     the body with a connection error, which :meth:`is_fatal` recognises, so it
@@ -284,13 +334,12 @@ class AsyncpgManager(Manager["Connection"]):
                 return True
             transport = c._transport
             watch = transport._aiolease_watch
-        except AttributeError:  # not the usual transport: the general way, no watch
-            return resource.is_closed() or not _quiet(resource)
+        except AttributeError:  # not asyncio's transport (uvloop's): the general way
+            return _suspicious(resource)
         poller = watch.poller
         if poller is None:  # first checkout: the general way (makes the poller)
-            if resource.is_closed() or _heard_while_idle(resource) or not _quiet(resource):
-                return True
-        elif watch.received != watch.seen or poller.poll(0):
+            return _suspicious(resource)
+        if watch.received != watch.seen or poller.poll(0):
             return True
         if not watch.direct:
             _watch_off(transport, watch)
@@ -350,8 +399,11 @@ class AsyncpgManager(Manager["Connection"]):
         try:
             transport = c._transport
             watch = transport._aiolease_watch
-        except AttributeError:
-            return  # no watch (an exotic transport)
+        except AttributeError:  # kept aside (uvloop), or none (an exotic transport)
+            watch = _SIDE_WATCHES.get(resource)
+            if watch is None:
+                return
+            transport = c._transport
         if not watch.direct:
             _watch_on(transport, watch)
         elif transport._protocol is watch._protocol:

@@ -27,7 +27,7 @@ import pytest
 import aiolease
 from aiolease import Pool
 from aiolease.abc import ResourceInfo
-from aiolease.asyncpg import AsyncpgManager, _quiet, _raw_socket, create_pool
+from aiolease.asyncpg import AsyncpgManager, _quiet, _socket_fd, create_pool
 from pg_tables import temporary_table
 
 Connection = asyncpg.Connection
@@ -295,11 +295,11 @@ async def test_check_needs_no_round_trip_for_a_healthy_connection(pg_dsn: str) -
 def notify_blocking(dsn: str, channel: str, payload: str, conn: Connection) -> None:
     """NOTIFY from another connection and wait, blocking, until it sits unread in
     ``conn``'s socket (the event loop does not run, so asyncpg cannot read it)."""
-    sock = _raw_socket(conn)
-    assert sock is not None
+    fd = _socket_fd(conn)
+    assert fd is not None
     with psycopg.connect(dsn, autocommit=True) as other:
         other.execute(f"NOTIFY {channel}, '{payload}'")
-    readable, _, _ = select.select([sock], [], [], 10.0)
+    readable, _, _ = select.select([fd], [], [], 10.0)
     assert readable, "the notification never arrived"
 
 
@@ -572,7 +572,7 @@ async def test_the_idle_watch_is_in_the_data_path_only_while_idle(pg_dsn: str) -
     # The watch (see aiolease.asyncpg._Watch) costs a call per chunk of data: it sits in
     # the transport's data path while the connection is idle, not while tasks pass it on.
     def watched(conn: Connection) -> bool:
-        protocol = conn._transport._protocol  # type: ignore[attr-defined]
+        protocol = conn._transport.get_protocol()  # type: ignore[attr-defined]
         return type(protocol).__name__ == "_Watch"
 
     async with create_pool(pg_dsn, max_size=1) as pool:
