@@ -171,8 +171,12 @@ def fmt_ops(value: float) -> str:
 
 def environment() -> str:
     """One line describing where the numbers come from."""
-    loop = type(asyncio.get_event_loop_policy()).__module__
+    try:
+        running = type(asyncio.get_running_loop())
+        loop = f"{running.__module__}.{running.__qualname__}"
+    except RuntimeError:  # outside a loop: what the policy would make
+        loop = f"policy {type(asyncio.get_event_loop_policy()).__module__}"
     return (
         f"Python {platform.python_version()} ({sys.implementation.name}), "
-        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, loop policy {loop}"
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, loop {loop}"
     )

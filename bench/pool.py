@@ -22,6 +22,7 @@ Usage::
 
     python bench/pool.py [--duration 0.8] [--repeats 11] [--warmup 0.2]
                          [--only all|mech|pg] [--dsn postgresql://...] [--clock wall|cpu]
+                         [--loop asyncio|uvloop]
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -339,6 +340,12 @@ async def main(argv: Sequence[str] | None = None) -> None:
         help="wall time, or this process's CPU time (steadier on a busy machine; for (b) it "
         "measures client overhead per operation, not throughput)",
     )
+    parser.add_argument(
+        "--loop",
+        choices=sorted(LOOPS),
+        default="asyncio",
+        help="the event loop every contender runs on",
+    )
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.repeats < 1 or args.warmup < 0:
         parser.error("--duration must be > 0, --repeats >= 1, --warmup >= 0")
@@ -395,5 +402,18 @@ async def main(argv: Sequence[str] | None = None) -> None:
     print(f"\ntotal {time.perf_counter() - started:.0f}s")
 
 
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    if name == "uvloop":
+        import uvloop  # in the test extra; pip install uvloop
+
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+LOOPS = ("asyncio", "uvloop")
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--loop", choices=LOOPS, default="asyncio")
+    with asyncio.Runner(loop_factory=_loop_factory(pre.parse_known_args()[0].loop)) as runner:
+        runner.run(main())

@@ -9,7 +9,6 @@ import asyncio
 import logging
 import select
 import socket
-import weakref
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from ._pool import Pool
@@ -140,15 +139,18 @@ class _Watch:
     notifications, which the verifying round trip tells apart). Everything
     but ``data_received`` is delegated untouched.
 
-    It is in the data path only while the connection is idle (installed by
-    :meth:`AsyncpgManager.on_idle`, taken out again when
-    :meth:`AsyncpgManager.check_needed` clears the connection for checkout), so a
-    connection in use, or passed from one task to the next under load, never
-    pays for it (one that went through :meth:`AsyncpgManager.check`, or
-    ``acquire_nowait()``, keeps it until its next release: harmless, the count
-    restarts when it goes idle). The transport keeps a reference to it
-    (``_aiolease_watch``) either way, or, where a transport takes no attributes
-    (uvloop's), ``_SIDE_WATCHES`` does, keyed weakly by the connection.
+    Where the transport's protocol is a plain attribute (asyncio's selector
+    transports), the watch is in the data path only while the connection is
+    idle (put in by :meth:`AsyncpgManager.on_idle`, taken out again when
+    :meth:`AsyncpgManager.check_needed` clears the connection for checkout, each
+    by one assignment), so a connection in use, or passed from one task to the
+    next under load, never pays for it (one that went through
+    :meth:`AsyncpgManager.check`, or ``acquire_nowait()``, keeps it until its
+    next release: harmless, the count restarts when it goes idle); the transport
+    keeps a reference to it (``_aiolease_watch``). Elsewhere (uvloop) the swap
+    would go through ``set_protocol()``, which stops and restarts reading the
+    socket (two syscalls), so the watch stays in the data path for good, costs
+    a call per chunk received, and is found as the transport's protocol.
     """
 
     __slots__ = ("_protocol", "direct", "poller", "received", "seen")
@@ -156,7 +158,7 @@ class _Watch:
     def __init__(self, protocol: Any, direct: bool) -> None:
         self._protocol = protocol
         # Whether the transport's protocol can be swapped by assigning its attribute
-        # (asyncio's selector transports, a plain Protocol): cheaper than set_protocol().
+        # (asyncio's selector transports, a plain Protocol): see the class docstring.
         self.direct = direct
         self.received = 0  # chunks received so far
         self.seen = 0  # `received` when the connection last went idle
@@ -170,55 +172,44 @@ class _Watch:
         return getattr(self._protocol, name)
 
 
-# The watches of connections whose transport takes no attributes (uvloop's Cython
-# transports): connection -> watch, gone with the connection.
-_SIDE_WATCHES: weakref.WeakKeyDictionary[Any, _Watch] = weakref.WeakKeyDictionary()
+def _install_watch(conn: Connection) -> bool:
+    """Make the connection's watch (see :class:`_Watch`) and put it in the data path.
 
-
-def _install_watch(conn: Connection) -> None:
-    """Make the connection's watch (see :class:`_Watch`) and put it in the data path."""
+    Returns whether the watch stays there for good (a transport whose protocol is
+    swapped only through ``set_protocol()``, such as uvloop's).
+    """
     transport: Any = getattr(conn, "_transport", None)
     if transport is None:
-        return
+        return False
     try:
         protocol = transport.get_protocol()
         if isinstance(protocol, _Watch):
-            return
+            return not protocol.direct
         direct = (
             not isinstance(protocol, asyncio.BufferedProtocol)
             and getattr(transport, "_protocol", None) is protocol
         )
         watch = _Watch(protocol, direct)
-        try:
-            transport._aiolease_watch = watch  # asyncio's transports: one attribute read
-        except AttributeError:  # no __dict__ (uvloop): looked up by the connection instead
-            _SIDE_WATCHES[conn] = watch
+        if direct:
+            transport._aiolease_watch = watch  # found by one attribute read at checkout
         transport.set_protocol(cast(asyncio.BaseProtocol, watch))
     except Exception as exc:  # an exotic transport: fall back to polling the socket alone
-        _SIDE_WATCHES.pop(conn, None)
         logger.debug("cannot watch %r for unsolicited messages: %r", conn, exc)
+        return False
+    return not direct
 
 
 def _watch_of(conn: Connection) -> _Watch | None:
-    c: Any = conn  # on every checkout and release: no getattr() calls
-    try:
-        watch = c._transport._aiolease_watch
-    except AttributeError:
-        return _SIDE_WATCHES.get(conn)
+    """The connection's watch: kept by its transport (asyncio's) or, where it stays in
+    the data path for good, the transport's protocol (uvloop's)."""
+    transport: Any = getattr(conn, "_transport", None)
+    watch = getattr(transport, "_aiolease_watch", None)
+    if watch is None and transport is not None:
+        try:
+            watch = transport.get_protocol()
+        except Exception:  # a closed or exotic transport
+            return None
     return watch if type(watch) is _Watch else None
-
-
-def _watch_on(transport: Any, watch: _Watch) -> None:
-    """Put the watch in the data path through ``set_protocol`` (a transport whose
-    protocol attribute cannot simply be swapped; see ``_Watch.direct``)."""
-    if transport.get_protocol() is not watch:
-        transport.set_protocol(watch)
-
-
-def _watch_off(transport: Any, watch: _Watch) -> None:
-    """Take the watch out of the data path through ``set_protocol``."""
-    if transport.get_protocol() is watch:
-        transport.set_protocol(watch._protocol)
 
 
 def _heard_while_idle(conn: Connection) -> bool:
@@ -228,18 +219,16 @@ def _heard_while_idle(conn: Connection) -> bool:
 
 def _suspicious(conn: Connection) -> bool:
     """:meth:`AsyncpgManager.check_needed` the general way (any transport; on asyncio's,
-    the first checkout, which makes the poller): whether the idle connection is closed or
-    heard from the server. If not, its watch leaves the data path for the checkout."""
+    also the first checkout, which makes the poller): whether the idle connection is
+    closed or heard from the server. If not, a watch that is swapped leaves the data
+    path for the checkout."""
     if conn.is_closed() or _heard_while_idle(conn) or not _quiet(conn):
         return True
     watch = _watch_of(conn)
-    if watch is not None:
+    if watch is not None and watch.direct:
         transport: Any = getattr(conn, "_transport", None)
-        if watch.direct:
-            if transport._protocol is watch:
-                transport._protocol = watch._protocol
-        elif transport is not None:
-            _watch_off(transport, watch)
+        if transport._protocol is watch:
+            transport._protocol = watch._protocol
     return False
 
 
@@ -313,10 +302,14 @@ class AsyncpgManager(Manager["Connection"]):
         self.reset_timeout = float(reset_timeout)
         self.close_timeout = float(close_timeout)
         self.connect_kwargs = connect_kwargs
+        # Whether the watches stay in the data path for good (see _Watch): set by the
+        # first connection made on such a loop (uvloop), read at every checkout.
+        self._watch_fixed = False
 
     async def create(self) -> Connection:
         conn: Connection = await asyncpg.connect(self.dsn, **self.connect_kwargs)
-        _install_watch(conn)
+        if _install_watch(conn):
+            self._watch_fixed = True
         return conn
 
     def check_needed(self, resource: Connection, info: ResourceInfo) -> bool:
@@ -324,28 +317,42 @@ class AsyncpgManager(Manager["Connection"]):
         received data while idle (read by the loop, see :class:`_Watch`, or still
         unread in its socket, see :func:`_quiet`), goes through :meth:`check`.
 
-        When it answers False the pool hands the connection out at once, so the watch
-        leaves the data path here (:meth:`on_idle` puts it back): a connection in use,
-        or passed from one task to the next, does not pay for it.
+        When it answers False the pool hands the connection out at once, so on
+        asyncio's transports the watch leaves the data path here (:meth:`on_idle`
+        puts it back): a connection in use, or passed from one task to the next,
+        does not pay for it.
         """
         c: Any = resource  # on every checkout of an idle connection: asyncpg's internals,
+        if self._watch_fixed:  # uvloop's transports (see _Watch)
+            return self._check_needed_fixed(c)
         try:  # read directly (what is_closed() and _watch_of() read, without their calls)
             if c._aborted or not c._protocol.is_connected():
                 return True
             transport = c._transport
             watch = transport._aiolease_watch
-        except AttributeError:  # not asyncio's transport (uvloop's): the general way
+        except AttributeError:  # an exotic transport: the general way
             return _suspicious(resource)
         poller = watch.poller
         if poller is None:  # first checkout: the general way (makes the poller)
             return _suspicious(resource)
         if watch.received != watch.seen or poller.poll(0):
             return True
-        if not watch.direct:
-            _watch_off(transport, watch)
-        elif transport._protocol is watch:
+        if transport._protocol is watch:
             transport._protocol = watch._protocol
         return False
+
+    def _check_needed_fixed(self, c: Any) -> bool:
+        """:meth:`check_needed` where the watch stays in the data path (uvloop): it is
+        the transport's protocol, and nothing is swapped."""
+        try:
+            if c._aborted or not c._protocol.is_connected():
+                return True
+            watch = c._transport.get_protocol()
+        except AttributeError:
+            return _suspicious(c)
+        if type(watch) is not _Watch or watch.poller is None:
+            return _suspicious(c)  # no watch here, or the first checkout (makes the poller)
+        return watch.received != watch.seen or bool(watch.poller.poll(0))
 
     async def check(self, resource: Connection, info: ResourceInfo) -> None:
         """Discard a closed connection; verify a suspicious one with a round trip.
@@ -398,15 +405,15 @@ class AsyncpgManager(Manager["Connection"]):
         c: Any = resource  # on every release to idle: read directly
         try:
             transport = c._transport
-            watch = transport._aiolease_watch
-        except AttributeError:  # kept aside (uvloop), or none (an exotic transport)
-            watch = _SIDE_WATCHES.get(resource)
-            if watch is None:
+            if self._watch_fixed:  # uvloop's transports: the watch never left
+                watch = transport.get_protocol()
+                if type(watch) is _Watch:
+                    watch.seen = watch.received
                 return
-            transport = c._transport
-        if not watch.direct:
-            _watch_on(transport, watch)
-        elif transport._protocol is watch._protocol:
+            watch = transport._aiolease_watch
+        except AttributeError:
+            return  # no watch (an exotic transport)
+        if transport._protocol is watch._protocol:
             transport._protocol = watch
         watch.seen = watch.received
 

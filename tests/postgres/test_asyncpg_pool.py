@@ -568,13 +568,16 @@ def test_module_is_reachable_from_the_package() -> None:
     assert aiolease.Pool is Pool
 
 
-async def test_the_idle_watch_is_in_the_data_path_only_while_idle(pg_dsn: str) -> None:
-    # The watch (see aiolease.asyncpg._Watch) costs a call per chunk of data: it sits in
-    # the transport's data path while the connection is idle, not while tasks pass it on.
-    def watched(conn: Connection) -> bool:
-        protocol = conn._transport.get_protocol()  # type: ignore[attr-defined]
-        return type(protocol).__name__ == "_Watch"
+def watched(conn: Connection) -> bool:
+    """Whether the connection's watch (see aiolease.asyncpg._Watch) is in its data path."""
+    protocol = conn._transport.get_protocol()  # type: ignore[attr-defined]
+    return type(protocol).__name__ == "_Watch"
 
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_the_idle_watch_is_in_the_data_path_only_while_idle(pg_dsn: str) -> None:
+    # The watch costs a call per chunk of data: on asyncio's transports it sits in the
+    # transport's data path while the connection is idle, not while tasks pass it on.
     async with create_pool(pg_dsn, max_size=1) as pool:
         async with pool.acquire() as conn:
             pass
@@ -605,3 +608,29 @@ async def test_the_idle_watch_is_in_the_data_path_only_while_idle(pg_dsn: str) -
             assert await conn3.fetchval("SELECT 2") == 2
         assert watched(conn3)
         assert pool.statistics().discarded == 0
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_on_uvloop_the_watch_stays_in_place_and_still_counts(
+    pg_dsn: str, admin: Connection
+) -> None:
+    # uvloop's set_protocol() stops and restarts reading the socket (two syscalls), so
+    # the watch is never swapped there: it stays the protocol, and only its count moves.
+    assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+    async with create_pool(pg_dsn, max_size=1) as pool:
+        async with pool.acquire() as conn:
+            assert watched(conn)
+            transport: Any = conn._transport  # type: ignore[attr-defined]
+            watch = transport.get_protocol()
+        for _ in range(3):
+            async with pool.acquire() as conn2:
+                assert conn2 is conn
+                assert transport.get_protocol() is watch  # not taken out for the checkout
+                assert await conn2.fetchval("SELECT 1") == 1
+            assert watch.seen == watch.received  # idle from here: the count restarts
+        await terminate(admin, conn.get_server_pid())
+        async with pool.acquire() as conn3:
+            assert conn3 is not conn  # heard from the server while idle, failed its check
+            assert await conn3.fetchval("SELECT 1") == 1
+        await settle(pool)
+        assert pool.statistics().discarded == 1
