@@ -422,13 +422,14 @@ class AsyncpgManager(Manager["Connection"]):
             raise ConnectionError("connection is closed")
         if _busy(resource):
             raise ConnectionError("connection was released with a query still in flight")
-        async with asyncio.timeout(self.reset_timeout):
-            if self.reset_mode == "session":
-                await resource.reset()
-            elif resource.is_in_transaction() or getattr(resource, "_top_xact", None) is not None:
-                logger.warning("rolling back a transaction left open on %r at release", resource)
-                resource._top_xact = None  # type: ignore[attr-defined]  # asyncpg's own reset does this
-                await resource.execute("ROLLBACK")
+        # The timeout goes to asyncpg, which times the round trip with one timer (cheaper
+        # than an asyncio.timeout scope around it) and asks the server to cancel on expiry.
+        if self.reset_mode == "session":
+            await resource.reset(timeout=self.reset_timeout)
+        elif resource.is_in_transaction() or getattr(resource, "_top_xact", None) is not None:
+            logger.warning("rolling back a transaction left open on %r at release", resource)
+            resource._top_xact = None  # type: ignore[attr-defined]  # asyncpg's own reset does this
+            await resource.execute("ROLLBACK", timeout=self.reset_timeout)
 
     async def close(self, resource: Connection) -> None:
         if resource.is_closed():

@@ -13,8 +13,10 @@ hard case, where asyncpg has not seen the server's FATAL message yet and
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import select
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -524,6 +526,45 @@ async def test_session_reset_also_rolls_back(pg_dsn: str, table: str) -> None:
             assert conn2 is conn
             assert not conn2.is_in_transaction()
             assert await conn2.fetchval(f"SELECT count(*) FROM {table}") == 0
+
+
+def freeze_backend(pid: int) -> None:
+    """SIGSTOP the server process ``pid`` (the server must run on this machine, and we
+    must be allowed to signal its processes: root, or the server's own user)."""
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except (PermissionError, ProcessLookupError) as exc:
+        pytest.skip(f"!!! SKIPPED: cannot stop backend {pid} of a local server ({exc!r})")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reset", ["transaction", "session"])
+async def test_reset_outlasting_reset_timeout_discards_the_connection(
+    pg_dsn: str, reset: Any
+) -> None:
+    # The backend is frozen, so the reset's round trip (ROLLBACK of the transaction left
+    # open, or the session reset) never answers: after reset_timeout the connection is
+    # discarded (closed within close_timeout) and its slot freed.
+    manager = AsyncpgManager(pg_dsn, reset=reset, reset_timeout=0.2, close_timeout=0.2)
+    async with Pool(manager, max_size=1) as pool:
+        conn = await pool.acquire()
+        pid = conn.get_server_pid()
+        await conn.execute("BEGIN")
+        loop = asyncio.get_running_loop()
+        freeze_backend(pid)
+        try:
+            started = loop.time()
+            await pool.release(conn)  # returns once the discarded connection is closed
+            took = loop.time() - started
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert conn.is_closed()
+        assert took < 4.0  # reset_timeout + close_timeout, not the defaults' 5 s + 5 s
+        stats = pool.statistics()
+        assert (stats.size, stats.in_use, stats.discarded, stats.closed) == (0, 0, 1, 1)
+        async with pool.acquire() as conn2:
+            assert conn2.get_server_pid() != pid
+            assert await conn2.fetchval("SELECT 1") == 1
 
 
 # ---------------------------------------------------------------------------- arguments
