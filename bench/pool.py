@@ -11,6 +11,13 @@
     Ours with the default ``reset="transaction"`` and with ``reset="session"``.
     Target: default reset >= 0.9 x floor in both columns.
 
+Both parts also run a reference that is not a target: the same items handed
+out by a bare FIFO hand-off (``FifoQueue``: the oldest waiter gets a released
+item, as the pool's contract requires, and nothing else). ``asyncio.Queue``
+lets the task that puts an item back take it again at once (barging), so under
+contention its tasks never switch to hand an item over; the reference shows
+what fairness alone costs against that floor.
+
 Every pool is used with its default options except the sizes. Rounds
 interleave the contenders (rotating their order) and the table shows medians
 over the rounds, with the spread ``(max - min) / median`` so a noisy run is
@@ -32,10 +39,11 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -57,7 +65,37 @@ SIZE = 10
 COLUMNS = (Column("1 task", 1), Column(f"100 tasks / {SIZE}", 100))
 DEFAULT_DSN = os.environ.get("AIOLEASE_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
-FLOOR, OURS, ANCHOR = "floor", "ours", "anchor"
+R = TypeVar("R")
+
+FLOOR, OURS, ANCHOR, REFERENCE = "floor", "ours", "anchor", "reference"
+
+
+class FifoQueue(Generic[R]):
+    """The least a fair pool does, as a reference beside the floor: a released item goes
+    to the oldest waiter (no barging), as the contract asks of aiolease.Pool. Nothing
+    else: no timeouts, statistics, checks, or safety when a waiter is cancelled."""
+
+    __slots__ = ("_free", "_waiters")
+
+    def __init__(self, items: Iterable[R]) -> None:
+        self._free: deque[R] = deque(items)
+        self._waiters: deque[asyncio.Future[R]] = deque()
+
+    async def get(self) -> R:
+        if self._free and not self._waiters:
+            return self._free.pop()
+        fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        return await fut
+
+    def put(self, item: R) -> None:
+        waiters = self._waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(item)
+                return
+        self._free.append(item)
 
 
 # ---------------------------------------------------------------------------- (a) mechanics
@@ -80,6 +118,23 @@ async def mech_floor() -> AsyncIterator[Worker]:
     async def worker(stop: Stop) -> int:
         n = 0
         get, put, sleep = queue.get, queue.put_nowait, asyncio.sleep
+        while not stop.flag:
+            r = await get()
+            await sleep(0)
+            put(r)
+            n += 1
+        return n
+
+    yield worker
+
+
+@asynccontextmanager
+async def mech_fifo() -> AsyncIterator[Worker]:
+    queue = FifoQueue(_Resource() for _ in range(SIZE))
+
+    async def worker(stop: Stop) -> int:
+        n = 0
+        get, put, sleep = queue.get, queue.put, asyncio.sleep
         while not stop.flag:
             r = await get()
             await sleep(0)
@@ -164,6 +219,7 @@ async def mech_gcp() -> AsyncIterator[Worker]:
 
 MECHANICS = [
     Contender("asyncio.Queue (floor)", mech_floor, FLOOR),
+    Contender("FIFO hand-off (reference)", mech_fifo, REFERENCE),
     Contender("aiolease.Pool", mech_ours, OURS),
     Contender("asyncio-connection-pool", mech_acp, ANCHOR),
     Contender("generic-connection-pool", mech_gcp, ANCHOR),
@@ -187,6 +243,27 @@ def pg_contenders(dsn: str) -> list[Contender]:
             async def worker(stop: Stop) -> int:
                 n = 0
                 get, put = queue.get, queue.put_nowait
+                while not stop.flag:
+                    conn = await get()
+                    await conn.fetchval("SELECT 1")
+                    put(conn)
+                    n += 1
+                return n
+
+            yield worker
+        finally:
+            for conn in conns:
+                await conn.close()
+
+    @asynccontextmanager
+    async def fifo() -> AsyncIterator[Worker]:
+        conns = [await asyncpg.connect(dsn) for _ in range(SIZE)]
+        queue = FifoQueue(conns)
+        try:
+
+            async def worker(stop: Stop) -> int:
+                n = 0
+                get, put = queue.get, queue.put
                 while not stop.flag:
                     conn = await get()
                     await conn.fetchval("SELECT 1")
@@ -260,6 +337,7 @@ def pg_contenders(dsn: str) -> list[Contender]:
 
     return [
         Contender("raw asyncpg + Queue (floor)", floor, FLOOR),
+        Contender("raw asyncpg + FIFO hand-off (ref.)", fifo, REFERENCE),
         Contender('aiolease reset="transaction"', ours("transaction"), OURS),
         Contender('aiolease reset="session"', ours("session"), OURS),
         Contender("asyncpg.Pool", asyncpg_pool, ANCHOR),
@@ -304,9 +382,9 @@ def print_table(
         )
         print(f"{c.name:<{width}}{cells}")
     floor = next(c for c in contenders if c.role == FLOOR)
-    anchors = [c for c in contenders if c.role == ANCHOR]
+    others = [c for c in contenders if c.role in (REFERENCE, ANCHOR)]
     pairs = [
-        (ours, other) for ours in contenders if ours.role == OURS for other in [floor, *anchors]
+        (ours, other) for ours in contenders if ours.role == OURS for other in [floor, *others]
     ]
     label_width = max(len(f"{a.name} / {b.name}") for a, b in pairs) + 2
     print(
