@@ -40,8 +40,8 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -109,40 +109,36 @@ async def _make_resource() -> _Resource:
     return _Resource()
 
 
-@asynccontextmanager
-async def mech_floor() -> AsyncIterator[Worker]:
-    queue: asyncio.Queue[_Resource] = asyncio.Queue()
-    for _ in range(SIZE):
-        queue.put_nowait(_Resource())
-
-    async def worker(stop: Stop) -> int:
-        n = 0
-        get, put, sleep = queue.get, queue.put_nowait, asyncio.sleep
-        while not stop.flag:
-            r = await get()
-            await sleep(0)
-            put(r)
-            n += 1
-        return n
-
-    yield worker
+def bare_queue(items: list[R], *, fair: bool) -> tuple[Callable[[], Awaitable[R]], Any]:
+    """``(get, put)`` of the floor (``asyncio.Queue``) or, with ``fair``, of the FIFO
+    reference (:class:`FifoQueue`), holding ``items``."""
+    if fair:
+        fifo = FifoQueue(items)
+        return fifo.get, fifo.put
+    queue: asyncio.Queue[R] = asyncio.Queue()
+    for item in items:
+        queue.put_nowait(item)
+    return queue.get, queue.put_nowait
 
 
-@asynccontextmanager
-async def mech_fifo() -> AsyncIterator[Worker]:
-    queue = FifoQueue(_Resource() for _ in range(SIZE))
+def mech_bare(*, fair: bool) -> Callable[[], AbstractAsyncContextManager[Worker]]:
+    @asynccontextmanager
+    async def setup() -> AsyncIterator[Worker]:
+        get, put = bare_queue([_Resource() for _ in range(SIZE)], fair=fair)
 
-    async def worker(stop: Stop) -> int:
-        n = 0
-        get, put, sleep = queue.get, queue.put, asyncio.sleep
-        while not stop.flag:
-            r = await get()
-            await sleep(0)
-            put(r)
-            n += 1
-        return n
+        async def worker(stop: Stop) -> int:
+            n = 0
+            get_, put_, sleep = get, put, asyncio.sleep  # locals, as in the other workers
+            while not stop.flag:
+                r = await get_()
+                await sleep(0)
+                put_(r)
+                n += 1
+            return n
 
-    yield worker
+        yield worker
+
+    return setup
 
 
 @asynccontextmanager
@@ -218,8 +214,8 @@ async def mech_gcp() -> AsyncIterator[Worker]:
 
 
 MECHANICS = [
-    Contender("asyncio.Queue (floor)", mech_floor, FLOOR),
-    Contender("FIFO hand-off (reference)", mech_fifo, REFERENCE),
+    Contender("asyncio.Queue (floor)", mech_bare(fair=False), FLOOR),
+    Contender("FIFO hand-off (reference)", mech_bare(fair=True), REFERENCE),
     Contender("aiolease.Pool", mech_ours, OURS),
     Contender("asyncio-connection-pool", mech_acp, ANCHOR),
     Contender("generic-connection-pool", mech_gcp, ANCHOR),
@@ -232,49 +228,29 @@ MECHANICS = [
 def pg_contenders(dsn: str) -> list[Contender]:
     import asyncpg
 
-    @asynccontextmanager
-    async def floor() -> AsyncIterator[Worker]:
-        conns = [await asyncpg.connect(dsn) for _ in range(SIZE)]
-        queue: asyncio.Queue[asyncpg.Connection] = asyncio.Queue()
-        for conn in conns:
-            queue.put_nowait(conn)
-        try:
+    def bare(*, fair: bool) -> Callable[[], AbstractAsyncContextManager[Worker]]:
+        @asynccontextmanager
+        async def setup() -> AsyncIterator[Worker]:
+            conns = [await asyncpg.connect(dsn) for _ in range(SIZE)]
+            get, put = bare_queue(conns, fair=fair)
+            try:
 
-            async def worker(stop: Stop) -> int:
-                n = 0
-                get, put = queue.get, queue.put_nowait
-                while not stop.flag:
-                    conn = await get()
-                    await conn.fetchval("SELECT 1")
-                    put(conn)
-                    n += 1
-                return n
+                async def worker(stop: Stop) -> int:
+                    n = 0
+                    get_, put_ = get, put  # locals, as in the other workers
+                    while not stop.flag:
+                        conn = await get_()
+                        await conn.fetchval("SELECT 1")
+                        put_(conn)
+                        n += 1
+                    return n
 
-            yield worker
-        finally:
-            for conn in conns:
-                await conn.close()
+                yield worker
+            finally:
+                for conn in conns:
+                    await conn.close()
 
-    @asynccontextmanager
-    async def fifo() -> AsyncIterator[Worker]:
-        conns = [await asyncpg.connect(dsn) for _ in range(SIZE)]
-        queue = FifoQueue(conns)
-        try:
-
-            async def worker(stop: Stop) -> int:
-                n = 0
-                get, put = queue.get, queue.put
-                while not stop.flag:
-                    conn = await get()
-                    await conn.fetchval("SELECT 1")
-                    put(conn)
-                    n += 1
-                return n
-
-            yield worker
-        finally:
-            for conn in conns:
-                await conn.close()
+        return setup
 
     def ours(reset: Any) -> Any:
         @asynccontextmanager
@@ -336,8 +312,8 @@ def pg_contenders(dsn: str) -> list[Contender]:
             await pool.close()
 
     return [
-        Contender("raw asyncpg + Queue (floor)", floor, FLOOR),
-        Contender("raw asyncpg + FIFO hand-off (ref.)", fifo, REFERENCE),
+        Contender("raw asyncpg + Queue (floor)", bare(fair=False), FLOOR),
+        Contender("raw asyncpg + FIFO hand-off (ref.)", bare(fair=True), REFERENCE),
         Contender('aiolease reset="transaction"', ours("transaction"), OURS),
         Contender('aiolease reset="session"', ours("session"), OURS),
         Contender("asyncpg.Pool", asyncpg_pool, ANCHOR),
