@@ -194,6 +194,21 @@ def _overrides(manager: object, name: str) -> Callable[..., Any] | None:
     return cast(Callable[..., Any], method)
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _ignores_info(fn: _F) -> _F:
+    """Mark a manager hook that never reads the ``ResourceInfo`` it is given (aiolease's
+    own managers), so a pool whose hooks all ignore it does not stamp ``last_used_at``
+    on the inlined release. A subclass that overrides the hook loses the mark."""
+    fn._aiolease_ignores_info = True  # type: ignore[attr-defined]
+    return fn
+
+
+def _reads_info(hook: Callable[..., Any] | None) -> bool:
+    return hook is not None and not getattr(hook, "_aiolease_ignores_info", False)
+
+
 _INTERNAL = (os.sep + "asyncio" + os.sep, os.sep + "pluggy" + os.sep, os.sep + "_pytest" + os.sep)
 
 
@@ -435,16 +450,24 @@ class Pool(Generic[T]):
             and (self._reset_fn is None or self._reset_needed_fn is not None)
         )
         # Whether anything can read an entry's last_used_at: idle trimming, or a hook
-        # that is given the ResourceInfo (check_needed and reset_needed run only with
-        # check and reset). When nothing can, the inlined release does not read the
-        # clock for it.
+        # that is given the ResourceInfo and may read it (not one marked with
+        # _ignores_info). When nothing can, the inlined release does not read the clock
+        # for it.
         self._info_read = (
             self._expiring
-            or not self._plain_lease
-            or self._check_fn is not None
-            or self._on_idle_fn is not None
-            or self._on_release_fn is not None
-            or self._reset_fn is not None
+            or self._leak_timeout is not None
+            or any(
+                _reads_info(hook)
+                for hook in (
+                    self._check_fn,
+                    self._check_needed_fn,
+                    self._reset_fn,
+                    self._reset_needed_fn,
+                    self._on_acquire_fn,
+                    self._on_idle_fn,
+                    self._on_release_fn,
+                )
+            )
         )
 
         self._n_acquired = 0

@@ -11,7 +11,7 @@ import select
 import socket
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from ._pool import Pool
+from ._pool import Pool, _ignores_info
 from .abc import Manager, ResourceInfo
 
 try:
@@ -312,6 +312,7 @@ class AsyncpgManager(Manager["Connection"]):
             self._watch_fixed = True
         return conn
 
+    @_ignores_info
     def check_needed(self, resource: Connection, info: ResourceInfo) -> bool:
         """No round trip for a healthy idle connection. Only a closed one, or one that
         received data while idle (read by the loop, see :class:`_Watch`, or still
@@ -354,6 +355,7 @@ class AsyncpgManager(Manager["Connection"]):
             return _suspicious(c)  # no watch here, or the first checkout (makes the poller)
         return watch.received != watch.seen or bool(watch.poller.poll(0))
 
+    @_ignores_info
     async def check(self, resource: Connection, info: ResourceInfo) -> None:
         """Discard a closed connection; verify a suspicious one with a round trip.
 
@@ -374,6 +376,7 @@ class AsyncpgManager(Manager["Connection"]):
                     f"connection failed its check after unread data while idle: {exc!r}"
                 ) from exc
 
+    @_ignores_info
     def reset_needed(self, resource: Connection, info: ResourceInfo) -> bool:
         """Whether the connection needs :meth:`reset` (called on every release)."""
         c: Any = resource  # on every release: asyncpg's internals, read directly
@@ -399,6 +402,7 @@ class AsyncpgManager(Manager["Connection"]):
                 return True
         return False
 
+    @_ignores_info
     def on_idle(self, resource: Connection, info: ResourceInfo) -> None:
         """The connection sits idle from now on: put its watch in the data path and
         reset the count (anything it hears from here on is suspicious, see :class:`_Watch`)."""
@@ -417,6 +421,7 @@ class AsyncpgManager(Manager["Connection"]):
             transport._protocol = watch
         watch.seen = watch.received
 
+    @_ignores_info
     async def reset(self, resource: Connection, info: ResourceInfo) -> None:
         if resource.is_closed():
             raise ConnectionError("connection is closed")

@@ -4,13 +4,15 @@ fatal body errors, resources marked broken)."""
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any
 
 import pytest
 from pool_helpers import NO_HANG, assert_closed_cleanly, assert_consistent, settle, start_acquire
 
 import aiolease.abc
-from aiolease import Pool
+from aiolease import Pool, _tracking
+from aiolease._pool import _ignores_info
 from aiolease._tracking import mark_broken
 from aiolease.abc import ResourceInfo
 from aiolease.testing import FakeManager, FakeResource, ResourceKilled
@@ -427,3 +429,48 @@ async def test_each_hook_given_the_info_sees_the_last_release_time(hook: str) ->
     expected = released_at + 10 if hook in ("on_release", "on_idle") else released_at
     assert seen
     assert seen[-1] == expected
+
+
+async def test_hooks_that_ignore_the_info_spare_the_clock_until_a_subclass_overrides_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # aiolease's own managers mark the hooks that never read the ResourceInfo: with every
+    # hook marked, the inlined release does not stamp last_used_at (nothing can read it);
+    # a subclass that overrides one of them (unmarked) gets the stamp back.
+    # (A resource marked broken that another test left alive sends every release the
+    # general way, which always stamps: this test looks at the inlined one.)
+    monkeypatch.setattr(_tracking, "_broken", weakref.WeakSet())
+    seen: list[float] = []
+
+    class Quiet(aiolease.abc.Manager[object]):
+        async def create(self) -> object:
+            return object()
+
+        @_ignores_info
+        def reset_needed(self, resource: object, info: ResourceInfo) -> bool:
+            return False
+
+        @_ignores_info
+        async def reset(self, resource: object, info: ResourceInfo) -> None:
+            pass
+
+        @_ignores_info
+        def on_idle(self, resource: object, info: ResourceInfo) -> None:
+            pass
+
+    class Reading(Quiet):
+        def on_idle(self, resource: object, info: ResourceInfo) -> None:
+            seen.append(info.last_used_at)
+
+    loop = asyncio.get_running_loop()
+    stamps: dict[str, tuple[float, float]] = {}
+    for manager in (Quiet(), Reading()):
+        async with Pool(manager, max_size=1) as pool:
+            async with pool.acquire():
+                await asyncio.sleep(5)
+            (entry,) = pool._idle
+            stamps[type(manager).__name__] = (entry.info.last_used_at, loop.time())
+    (quiet_stamp, quiet_released), (reading_stamp, reading_released) = stamps.values()
+    assert quiet_stamp == quiet_released - 5  # still its creation time: not stamped
+    assert reading_stamp == reading_released  # stamped at the release...
+    assert seen == [reading_released]  # ...which the overriding hook saw
