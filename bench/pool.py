@@ -380,7 +380,10 @@ def print_table(
     )
 
 
-async def main(argv: Sequence[str] | None = None) -> None:
+LOOPS = ("asyncio", "uvloop")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--duration", type=float, default=0.8, help="seconds per measurement")
     parser.add_argument("--repeats", type=int, default=11, help="interleaved rounds (medians)")
@@ -396,14 +399,17 @@ async def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument(
         "--loop",
-        choices=sorted(LOOPS),
+        choices=LOOPS,
         default="asyncio",
         help="the event loop every contender runs on",
     )
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.repeats < 1 or args.warmup < 0:
         parser.error("--duration must be > 0, --repeats >= 1, --warmup >= 0")
+    return args
 
+
+async def main(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     print(f"aiolease pool benchmark — {environment()}")
     print(
@@ -464,10 +470,7 @@ def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
     return asyncio.new_event_loop
 
 
-LOOPS = ("asyncio", "uvloop")
-
 if __name__ == "__main__":
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--loop", choices=LOOPS, default="asyncio")
-    with asyncio.Runner(loop_factory=_loop_factory(pre.parse_known_args()[0].loop)) as runner:
-        runner.run(main())
+    arguments = parse_args()
+    with asyncio.Runner(loop_factory=_loop_factory(arguments.loop)) as runner:
+        runner.run(main(arguments))

@@ -453,20 +453,16 @@ class Pool(Generic[T]):
         # that is given the ResourceInfo and may read it (not one marked with
         # _ignores_info). When nothing can, the inlined release does not read the clock
         # for it.
-        self._info_read = (
-            self._expiring
-            or self._leak_timeout is not None
-            or any(
-                _reads_info(hook)
-                for hook in (
-                    self._check_fn,
-                    self._check_needed_fn,
-                    self._reset_fn,
-                    self._reset_needed_fn,
-                    self._on_acquire_fn,
-                    self._on_idle_fn,
-                    self._on_release_fn,
-                )
+        self._info_read = self._expiring or any(
+            _reads_info(hook)
+            for hook in (
+                self._check_fn,
+                self._check_needed_fn,
+                self._reset_fn,
+                self._reset_needed_fn,
+                self._on_acquire_fn,
+                self._on_idle_fn,
+                self._on_release_fn,
             )
         )
 

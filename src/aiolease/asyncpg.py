@@ -89,7 +89,7 @@ def _socket_fd(conn: Connection) -> int | None:
     return fd if isinstance(fd, int) and fd >= 0 else None
 
 
-def _quiet(conn: Connection) -> bool:
+def _quiet(conn: Connection, watch: _Watch | None = None) -> bool:
     """Whether an idle connection's socket has nothing unread: no data, no EOF, no error.
 
     A server that terminates a backend (``pg_terminate_backend``, shutdown)
@@ -97,9 +97,11 @@ def _quiet(conn: Connection) -> bool:
     event loop next polls that socket, so until then ``is_closed()`` is still
     False. Polling the socket (one ``poll(0)``, or a non-blocking
     ``recv(MSG_PEEK)`` where there is no ``poll``; no round trip) sees what the
-    loop has not read yet. Unknowable (no socket): True.
+    loop has not read yet. Unknowable (no socket): True. ``watch``: the connection's,
+    when the caller has it already.
     """
-    watch = _watch_of(conn)
+    if watch is None:
+        watch = _watch_of(conn)
     poller = None if watch is None else watch.poller
     if poller is None and _HAVE_POLL:
         # A poll object registered once per connection (kept by its watch): poll(0) is one
@@ -212,19 +214,18 @@ def _watch_of(conn: Connection) -> _Watch | None:
     return watch if type(watch) is _Watch else None
 
 
-def _heard_while_idle(conn: Connection) -> bool:
-    watch = _watch_of(conn)
+def _heard_while_idle(watch: _Watch | None) -> bool:
     return watch is not None and watch.received != watch.seen
 
 
 def _suspicious(conn: Connection) -> bool:
-    """:meth:`AsyncpgManager.check_needed` the general way (any transport; on asyncio's,
-    also the first checkout, which makes the poller): whether the idle connection is
-    closed or heard from the server. If not, a watch that is swapped leaves the data
-    path for the checkout."""
-    if conn.is_closed() or _heard_while_idle(conn) or not _quiet(conn):
-        return True
+    """:meth:`AsyncpgManager.check_needed` the general way (any transport; also the
+    first checkout, which makes the poller): whether the idle connection is closed or
+    heard from the server. If not, a watch that is swapped leaves the data path for the
+    checkout."""
     watch = _watch_of(conn)
+    if conn.is_closed() or _heard_while_idle(watch) or not _quiet(conn, watch):
+        return True
     if watch is not None and watch.direct:
         transport: Any = getattr(conn, "_transport", None)
         if transport._protocol is watch:
@@ -324,36 +325,23 @@ class AsyncpgManager(Manager["Connection"]):
         does not pay for it.
         """
         c: Any = resource  # on every checkout of an idle connection: asyncpg's internals,
-        if self._watch_fixed:  # uvloop's transports (see _Watch)
-            return self._check_needed_fixed(c)
         try:  # read directly (what is_closed() and _watch_of() read, without their calls)
             if c._aborted or not c._protocol.is_connected():
                 return True
             transport = c._transport
-            watch = transport._aiolease_watch
-        except AttributeError:  # an exotic transport: the general way
+            # The watch: the transport's attribute, or, where watches stay in the data path
+            # for good (uvloop), its protocol (with no watch there, .poller raises).
+            watch = transport.get_protocol() if self._watch_fixed else transport._aiolease_watch
+            poller = watch.poller
+        except AttributeError:  # no watch (an exotic transport): the general way
             return _suspicious(resource)
-        poller = watch.poller
         if poller is None:  # first checkout: the general way (makes the poller)
             return _suspicious(resource)
         if watch.received != watch.seen or poller.poll(0):
             return True
-        if transport._protocol is watch:
+        if watch.direct and transport._protocol is watch:
             transport._protocol = watch._protocol
         return False
-
-    def _check_needed_fixed(self, c: Any) -> bool:
-        """:meth:`check_needed` where the watch stays in the data path (uvloop): it is
-        the transport's protocol, and nothing is swapped."""
-        try:
-            if c._aborted or not c._protocol.is_connected():
-                return True
-            watch = c._transport.get_protocol()
-        except AttributeError:
-            return _suspicious(c)
-        if type(watch) is not _Watch or watch.poller is None:
-            return _suspicious(c)  # no watch here, or the first checkout (makes the poller)
-        return watch.received != watch.seen or bool(watch.poller.poll(0))
 
     @_ignores_info
     async def check(self, resource: Connection, info: ResourceInfo) -> None:
@@ -365,7 +353,8 @@ class AsyncpgManager(Manager["Connection"]):
         """
         if resource.is_closed():
             raise ConnectionError("connection was closed while idle (server restart or kill?)")
-        if _heard_while_idle(resource) or not _quiet(resource):
+        watch = _watch_of(resource)
+        if _heard_while_idle(watch) or not _quiet(resource, watch):
             # Data while idle: a FATAL from a server that dropped us (the close follows),
             # or a harmless notification. A round trip tells them apart.
             try:
@@ -409,17 +398,12 @@ class AsyncpgManager(Manager["Connection"]):
         c: Any = resource  # on every release to idle: read directly
         try:
             transport = c._transport
-            if self._watch_fixed:  # uvloop's transports: the watch never left
-                watch = transport.get_protocol()
-                if type(watch) is _Watch:
-                    watch.seen = watch.received
-                return
-            watch = transport._aiolease_watch
+            watch = transport.get_protocol() if self._watch_fixed else transport._aiolease_watch
+            watch.seen = watch.received  # (as in check_needed)
         except AttributeError:
             return  # no watch (an exotic transport)
-        if transport._protocol is watch._protocol:
+        if watch.direct and transport._protocol is watch._protocol:
             transport._protocol = watch
-        watch.seen = watch.received
 
     @_ignores_info
     async def reset(self, resource: Connection, info: ResourceInfo) -> None:
