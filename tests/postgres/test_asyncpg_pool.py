@@ -578,6 +578,11 @@ async def test_reset_outlasting_reset_timeout_discards_the_connection(
         ({"reset_timeout": True}, ValueError, "reset_timeout"),
         ({"close_timeout": -1.0}, ValueError, "close_timeout must be > 0"),
         ({"close_timeout": "5"}, ValueError, "close_timeout"),
+        ({"read_size": 0}, ValueError, "read_size must be a positive"),
+        ({"read_size": -4096}, ValueError, "read_size"),
+        ({"read_size": True}, ValueError, "read_size"),
+        ({"read_size": 4096.0}, ValueError, "read_size"),
+        ({"read_size": "64k"}, ValueError, "read_size"),
     ],
 )
 def test_bad_manager_arguments(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
@@ -593,6 +598,7 @@ def test_bad_manager_arguments(kwargs: dict[str, Any], error: type[Exception], m
         ({"min_size": 3, "max_size": 2}, ValueError, "min_size"),
         ({"acquire_timeout": -1}, ValueError, "acquire_timeout"),
         ({"max_size": "10"}, TypeError, "max_size"),
+        ({"read_size": 0}, ValueError, "read_size"),
     ],
 )
 def test_bad_create_pool_arguments(
@@ -698,3 +704,92 @@ def test_the_drivers_managers_mark_every_hook_that_ignores_the_info() -> None:
         # the Manager ABC's own no-op defaults are not marked, and the pool ignores them
         overridden = [n for n in readers if getattr(type(manager), n) is not getattr(Manager, n)]
         assert overridden == [], type(manager).__name__
+
+
+# ---------------------------------------------------------------------------- reads
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_reads_are_capped_on_asyncio_transports(pg_dsn: str) -> None:
+    # asyncio's selector transport allocates max_size bytes for every read: the pool's
+    # connections ask for 64 KiB, not asyncio's 256 KiB (see read_size).
+    async with create_pool(pg_dsn, max_size=1) as pool, pool.acquire() as conn:
+        transport: Any = conn._transport  # type: ignore[attr-defined]
+        assert type(transport).max_size == 256 * 1024  # asyncio's own, untouched
+        assert transport.max_size == 64 * 1024
+    async with create_pool(pg_dsn, max_size=1, read_size=None) as pool, pool.acquire() as conn:
+        transport = conn._transport  # type: ignore[attr-defined]
+        assert transport.max_size == type(transport).max_size
+
+
+async def test_a_small_read_size_still_carries_large_results(pg_dsn: str) -> None:
+    # A result of many chunks, and a query larger than a chunk: nothing lost or reordered.
+    async with create_pool(pg_dsn, max_size=2, read_size=1024) as pool, pool.acquire() as conn:
+        text = await conn.fetchval(
+            "SELECT string_agg(md5(g::text), '') FROM generate_series(1, 20000) g"
+        )
+        assert len(text) == 20000 * 32
+        rows = await conn.fetch("SELECT g, md5(g::text) AS h FROM generate_series(1, 5000) g")
+        assert [r["g"] for r in rows] == list(range(1, 5001))
+        big = "x" * 300_000
+        assert await conn.fetchval("SELECT length($1::text)", big) == 300_000
+        assert await conn.fetchval("SELECT $1::text", big) == big
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_read_size_leaves_uvloop_transports_alone(pg_dsn: str) -> None:
+    # uvloop reads into a buffer it keeps: there is nothing to cap, and nothing breaks.
+    async with create_pool(pg_dsn, max_size=1, read_size=4096) as pool, pool.acquire() as conn:
+        transport: Any = conn._transport  # type: ignore[attr-defined]
+        assert not hasattr(transport, "max_size")
+        assert await conn.fetchval("SELECT length(repeat('x', 100000))") == 100_000
+
+
+async def test_the_watch_passes_the_protocol_calls_on(pg_dsn: str, admin: Connection) -> None:
+    # The watch stands in for asyncpg's protocol (for good on uvloop, while idle on
+    # asyncio): the calls a transport makes reach asyncpg's protocol through it.
+    from aiolease.asyncpg import _Watch
+
+    calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    class Recorder:
+        def __getattr__(self, name: str) -> Any:
+            def record(*args: Any) -> bool:
+                calls.append((name, args))
+                return name == "eof_received"
+
+            return record
+
+    watch = _Watch(Recorder(), direct=True)
+    transport = object()
+    error = OSError("gone")
+    watch.connection_made(transport)  # type: ignore[arg-type]
+    watch.data_received(b"abc")
+    assert watch.eof_received() is True
+    watch.pause_writing()
+    watch.resume_writing()
+    watch.connection_lost(error)
+    assert calls == [
+        ("connection_made", (transport,)),
+        ("data_received", (b"abc",)),
+        ("eof_received", ()),
+        ("pause_writing", ()),
+        ("resume_writing", ()),
+        ("connection_lost", (error,)),
+    ]
+    assert watch.received == 1
+    # And for real: a backend killed while its connection sits idle and watched reaches
+    # asyncpg's connection_lost through the watch, so the connection reports closed.
+    async with create_pool(pg_dsn, max_size=1) as pool:
+        async with pool.acquire() as conn:
+            pass
+        assert watched(conn)
+        await terminate(admin, conn.get_server_pid())
+        for _ in range(200):
+            if conn.is_closed():
+                break
+            await asyncio.sleep(0.01)
+        assert conn.is_closed()
+        async with pool.acquire() as conn2:
+            assert conn2 is not conn
+            assert await conn2.fetchval("SELECT 1") == 1
