@@ -1538,10 +1538,11 @@ class _Acquire(Generic[T]):
             # nothing to run on release. Anything unusual goes the general way.
             in_use = pool._in_use
             entry = in_use.pop(id(resource), None)
+            # Found, the entry is this resource's (it holds the resource, so no other live
+            # object has its id) and not closed (only aclose() closes an entry in use, and
+            # the pool is open): what _release checks besides these two.
             if (
                 entry is not None
-                and entry.resource is resource
-                and not entry.closed
                 and entry.generation == pool._generation
                 and pool._size <= pool._max_size
             ):

@@ -347,13 +347,19 @@ class AsyncpgManager(Manager["Connection"]):
             )
         self.read_size = read_size
         self.dsn = dsn
-        self.reset_mode: Reset = reset
+        self._reset_mode: Reset = reset
+        self._session_reset = reset == "session"  # (read on every release)
         self.reset_timeout = float(reset_timeout)
         self.close_timeout = float(close_timeout)
         self.connect_kwargs = connect_kwargs
         # Whether the watches stay in the data path for good (see _Watch): set by the
         # first connection made on such a loop (uvloop), read at every checkout.
         self._watch_fixed = False
+
+    @property
+    def reset_mode(self) -> Reset:
+        """``"transaction"`` or ``"session"``: see the class docstring."""
+        return self._reset_mode
 
     async def create(self) -> Connection:
         conn: Connection = await asyncpg.connect(self.dsn, **self.connect_kwargs)
@@ -419,7 +425,7 @@ class AsyncpgManager(Manager["Connection"]):
     def reset_needed(self, resource: Connection, info: ResourceInfo) -> bool:
         """Whether the connection needs :meth:`reset` (called on every release)."""
         c: Any = resource  # on every release: asyncpg's internals, read directly
-        if self.reset_mode == "session":
+        if self._session_reset:
             return True
         try:
             protocol = c._protocol
@@ -463,7 +469,7 @@ class AsyncpgManager(Manager["Connection"]):
             raise ConnectionError("connection was released with a query still in flight")
         # The timeout goes to asyncpg, which times the round trip with one timer (cheaper
         # than an asyncio.timeout scope around it) and asks the server to cancel on expiry.
-        if self.reset_mode == "session":
+        if self._session_reset:
             await resource.reset(timeout=self.reset_timeout)
         elif resource.is_in_transaction() or getattr(resource, "_top_xact", None) is not None:
             logger.warning("rolling back a transaction left open on %r at release", resource)

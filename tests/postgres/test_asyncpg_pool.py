@@ -793,3 +793,12 @@ async def test_the_watch_passes_the_protocol_calls_on(pg_dsn: str, admin: Connec
         async with pool.acquire() as conn2:
             assert conn2 is not conn
             assert await conn2.fetchval("SELECT 1") == 1
+
+
+def test_reset_mode_is_fixed_at_construction() -> None:
+    # Every release reads it: it is set once, with the manager.
+    assert AsyncpgManager().reset_mode == "transaction"
+    manager = AsyncpgManager(reset="session")
+    assert manager.reset_mode == "session"
+    with pytest.raises(AttributeError):
+        manager.reset_mode = "transaction"  # type: ignore[misc]
