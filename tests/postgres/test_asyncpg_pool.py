@@ -713,11 +713,15 @@ def test_the_drivers_managers_mark_every_hook_that_ignores_the_info() -> None:
 async def test_reads_are_capped_on_asyncio_transports(pg_dsn: str) -> None:
     # asyncio's selector transport allocates max_size bytes for every read: the pool's
     # connections ask for 64 KiB, not asyncio's 256 KiB (see read_size).
-    async with create_pool(pg_dsn, max_size=1) as pool, pool.acquire() as conn:
+    # (ssl=False: a server with SSL on would give an SSL transport, which is left alone)
+    async with create_pool(pg_dsn, max_size=1, ssl=False) as pool, pool.acquire() as conn:
         transport: Any = conn._transport  # type: ignore[attr-defined]
         assert type(transport).max_size == 256 * 1024  # asyncio's own, untouched
         assert transport.max_size == 64 * 1024
-    async with create_pool(pg_dsn, max_size=1, read_size=None) as pool, pool.acquire() as conn:
+    async with (
+        create_pool(pg_dsn, max_size=1, read_size=None, ssl=False) as pool,
+        pool.acquire() as conn,
+    ):
         transport = conn._transport  # type: ignore[attr-defined]
         assert transport.max_size == type(transport).max_size
 
@@ -734,6 +738,26 @@ async def test_a_small_read_size_still_carries_large_results(pg_dsn: str) -> Non
         big = "x" * 300_000
         assert await conn.fetchval("SELECT length($1::text)", big) == 300_000
         assert await conn.fetchval("SELECT $1::text", big) == big
+
+
+def test_read_size_leaves_transports_without_a_per_read_buffer_alone() -> None:
+    # An asyncio SSL transport (the socket under it reads into the SSL protocol's own
+    # buffer) has no max_size: nothing is set on it.
+    from asyncio.sslproto import _SSLProtocolTransport
+
+    from aiolease.asyncpg import _limit_reads
+
+    assert not hasattr(_SSLProtocolTransport, "max_size")
+
+    transport: Any = object.__new__(_SSLProtocolTransport)
+    transport._closed = True  # (its __del__ warns about a transport never closed)
+
+    class Conn:
+        _transport = transport
+
+    _limit_reads(Conn(), 4096)  # type: ignore[arg-type]
+    assert "max_size" not in vars(transport)
+    _limit_reads(object(), 4096)  # type: ignore[arg-type]  # no transport at all: nothing
 
 
 @pytest.mark.asyncio(loop_factories=["uvloop"])
