@@ -467,7 +467,9 @@ class Pool(Generic[T]):
         )
 
         self._n_acquired = 0
-        self._n_pending = 0  # acquirers blocked (queued, or waiting for their creation)
+        # Acquirers blocked (queued, or waiting for their creation) with no timeout; those
+        # with one are the keys of _deadline_of, so `waiting` is the sum (see _waiting).
+        self._n_pending = 0
         self._n_created = 0
         self._n_closed = 0
         self._n_timeouts = 0
@@ -725,28 +727,30 @@ class Pool(Generic[T]):
         meanwhile, leak tracking) is finished there."""
         fut: asyncio.Future[_Entry[T]] = _Future(loop=self._loop)
         self._waiters.append(fut)
-        self._n_pending += 1
         timeout = into._timeout
         clock = self._clock  # (a call through a local: self._clock() is not specialised)
         start = clock()
         if timeout is not None:
             # _watch_deadline/_unwatch_deadline inlined: two calls cost 3% of a contended acquire.
             deadline = start + timeout
-            self._deadline_of[fut] = deadline
+            self._deadline_of[fut] = deadline  # (also counts this wait: see _waiting)
             if deadline < self._deadline_when:
                 self._arm_deadline_timer(deadline)
+        else:
+            self._n_pending += 1
         try:
             entry = await fut
         except BaseException:
             self._abandon(fut)
             raise
         finally:
-            self._n_pending -= 1
             if timeout is not None:
                 deadlines = self._deadline_of
                 del deadlines[fut]
                 if not deadlines and self._deadline_timer is not None:
                     self._arm_deadline_timer(_INF)  # no timed waits left: disarm
+            else:
+                self._n_pending -= 1
         if entry.from_idle or self._state is not _OPEN or not self._plain_lease or _tracking.active:
             return await self._acquire_slow(timeout, into, entry, start)
         waited_for = clock() - start
@@ -811,19 +815,22 @@ class Pool(Generic[T]):
                     elif self._failures:
                         self._schedule_backoff_grant()
                 waited = True
-                self._n_pending += 1
                 # The wait for `fut` (an entry, or a creation bound to it), as in _acquire_queued.
-                if deadline != _INF:
+                timed = deadline != _INF
+                if timed:
                     self._watch_deadline(fut, deadline)
+                else:
+                    self._n_pending += 1
                 try:
                     entry = await fut
                 except BaseException:
                     self._abandon(fut)
                     raise
                 finally:
-                    self._n_pending -= 1
-                    if deadline != _INF:
+                    if timed:
                         self._unwatch_deadline(fut)
+                    else:
+                        self._n_pending -= 1
             # `entry` is ours now; until it is leased, every exit must give it back.
             if entry.from_idle:
                 # Only the lifetime: idle_timeout trimming (above min_size) is housekeeping's job.
@@ -1388,13 +1395,19 @@ class Pool(Generic[T]):
 
         return importlib.import_module("aiolease._transaction").pool_atomic(self, **options)
 
+    def _waiting(self) -> int:
+        """Acquirers blocked now: untimed ones are counted, timed ones are the keys of
+        the deadline registry for exactly as long as they wait (no counter to update on
+        the hot path)."""
+        return self._n_pending + len(self._deadline_of)
+
     def statistics(self) -> PoolStatistics:
         """A frozen snapshot of sizes and counters."""
         return PoolStatistics(
             size=self._size,
             idle=len(self._idle),
             in_use=len(self._in_use),
-            waiting=self._n_pending,
+            waiting=self._waiting(),
             min_size=self._min_size,
             max_size=self._max_size,
             acquired=self._n_acquired,
@@ -1433,7 +1446,7 @@ class Pool(Generic[T]):
         name = f" {self._name!r}" if self._name else ""
         return (
             f"<aiolease.Pool{name} {self._state.value} size={self._size}/{self._max_size} "
-            f"idle={len(self._idle)} in_use={len(self._in_use)} waiting={self._n_pending}>"
+            f"idle={len(self._idle)} in_use={len(self._in_use)} waiting={self._waiting()}>"
         )
 
     def _aiolease_leaks(self) -> list[str]:

@@ -196,3 +196,41 @@ async def test_a_resource_handed_over_carries_its_release_time_to_on_acquire() -
     await asyncio.gather(first, user(2.0), user(1.0))
     assert seen[1:] == [pytest.approx(t) for t in released_at[:2]]
     await pool.aclose()
+
+
+async def test_waiting_counts_timed_and_untimed_waiters_alike() -> None:
+    # Timed waits are counted by the deadline registry, untimed ones by a counter: the
+    # statistic and the repr see both, from the moment a task queues until it stops waiting.
+    pool, _ = plain_pool(acquire_timeout=10.0)
+    await pool.open()
+    held = await pool.acquire()
+
+    async def acquire(timeout: float | EllipsisType | None) -> Res:
+        return await pool.acquire(timeout=timeout)
+
+    async def queue(timeout: float | EllipsisType | None) -> asyncio.Task[Res]:
+        task = asyncio.create_task(acquire(timeout))
+        await asyncio.sleep(0)
+        return task
+
+    default = await queue(...)  # the pool's 10 s
+    untimed = await queue(None)
+    short = await queue(1.0)
+    cancelled = await queue(None)
+    assert pool.statistics().waiting == 4
+    assert "waiting=4" in repr(pool)
+    cancelled.cancel()
+    await asyncio.sleep(0)
+    assert pool.statistics().waiting == 3
+    with pytest.raises(PoolTimeout):
+        await short
+    assert pool.statistics().waiting == 2
+    await pool.release(held)
+    first = await default
+    assert pool.statistics().waiting == 1
+    await pool.release(first)
+    await pool.release(await untimed)
+    st = pool.statistics()
+    assert (st.waiting, st.timeouts, st.in_use, st.idle) == (0, 1, 0, 1)
+    assert "waiting=0" in repr(pool)
+    await pool.aclose()
