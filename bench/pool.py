@@ -234,15 +234,13 @@ MECHANICS = [
 def pg_contenders(dsn: str) -> list[Contender]:
     import asyncpg
 
-    from aiolease.asyncpg import DEFAULT_READ_SIZE
+    from aiolease.asyncpg import DEFAULT_READ_SIZE, _limit_reads
 
     def bare(
         *, fair: bool, read_size: int | None = None
     ) -> Callable[[], AbstractAsyncContextManager[Worker]]:
         @asynccontextmanager
         async def setup() -> AsyncIterator[Worker]:
-            from aiolease.asyncpg import _limit_reads
-
             conns = [await asyncpg.connect(dsn) for _ in range(SIZE)]
             if read_size is not None:
                 for conn in conns:

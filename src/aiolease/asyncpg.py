@@ -347,7 +347,6 @@ class AsyncpgManager(Manager["Connection"]):
             )
         self.read_size = read_size
         self.dsn = dsn
-        self._reset_mode: Reset = reset
         self._session_reset = reset == "session"  # (read on every release)
         self.reset_timeout = float(reset_timeout)
         self.close_timeout = float(close_timeout)
@@ -359,7 +358,7 @@ class AsyncpgManager(Manager["Connection"]):
     @property
     def reset_mode(self) -> Reset:
         """``"transaction"`` or ``"session"``: see the class docstring."""
-        return self._reset_mode
+        return "session" if self._session_reset else "transaction"
 
     async def create(self) -> Connection:
         conn: Connection = await asyncpg.connect(self.dsn, **self.connect_kwargs)
