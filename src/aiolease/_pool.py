@@ -47,7 +47,10 @@ T = TypeVar("T")
 logger = logging.getLogger("aiolease.pool")
 
 _INF = float("inf")
-_Future = asyncio.Future  # loop.create_future() is a Python-level call that returns this C type
+# loop.create_future() is a Python-level call that returns this C type. Called with no
+# argument it binds to the running loop (the pool's: it is called in an acquiring task);
+# `_Future(loop=...)` costs a dict, as keyword arguments to a type do.
+_Future = asyncio.Future
 # fut.done() and fut.set_result() are not specialised by the interpreter (the C Future has
 # a dict slot, empty): called as functions, they are.
 _future_done = _Future.done
@@ -92,10 +95,14 @@ class PoolStatistics:
     Attributes:
         size: slots in use: idle + in use + creations and closes in flight.
         idle: resources ready to hand out.
-        in_use: resources checked out.
+        in_use: resources checked out (not counting those that ``aclose(timeout)``
+            closed in their holders' hands).
         waiting: tasks queued for a resource.
         min_size: configured minimum.
-        max_size: configured maximum.
+        max_size: the maximum in force: the configured one, except while a
+            resize down waits for checked-out surplus to come back, when it is
+            the current size, falling to the configured one as the surplus is
+            closed. So ``size <= max_size`` at every instant.
         acquired: leases handed out since the pool was made.
         created: resources created.
         closed: resources closed.
@@ -129,11 +136,11 @@ class _Entry(Generic[T]):
     """One resource the pool owns, with its bookkeeping."""
 
     __slots__ = (
-        "closed",
         "closing",
         "from_idle",
         "generation",
         "info",
+        "key",
         "leak_reported",
         "lease_stack",
         "lease_start",
@@ -142,12 +149,14 @@ class _Entry(Generic[T]):
 
     def __init__(self, resource: T, info: ResourceInfo, generation: int) -> None:
         self.resource = resource
+        # The entry's key in Pool._in_use, computed once: id() is a call (with an audit
+        # hook check) and makes a new int, on every checkout and release otherwise.
+        self.key = id(resource)
         self.info = info
         self.generation = generation
         self.from_idle = (
             False  # True while it sits (or sat) in the idle deque: needs check on hand-out
         )
-        self.closed = False  # closed by the pool while checked out (aclose timeout)
         self.closing: asyncio.Future[Any] | None = None  # the close task, once started
         self.lease_start = 0.0
         self.lease_stack: traceback.StackSummary | None = None
@@ -289,6 +298,7 @@ class Pool(Generic[T]):
         "_clock",
         "_close_fn",
         "_closed_event",
+        "_closed_out",
         "_create_fn",
         "_created_at",
         "_creating",
@@ -408,6 +418,9 @@ class Pool(Generic[T]):
         self._clock: Callable[[], float] = time.monotonic  # set with the loop in open()
         self._idle: deque[_Entry[T]] = deque()  # LIFO at the right: warm resources reused first
         self._in_use: dict[int, _Entry[T]] = {}  # id(resource) -> entry
+        # Checked out when aclose(timeout) ran out, and closed by it: id(resource) -> entry,
+        # until the holder gives the (closed) resource back.
+        self._closed_out: dict[int, _Entry[T]] = {}
         self._waiters: deque[asyncio.Future[_Entry[T]]] = deque()
         self._size = 0
         self._generation = 0
@@ -634,16 +647,18 @@ class Pool(Generic[T]):
                             timeout,
                         )
                         self._spawn_close(entry)
-                    for entry in list(self._in_use.values()):
-                        if not entry.closed:
-                            entry.closed = True
-                            logger.warning(
-                                "%r: closing %r, still checked out after aclose(timeout=%s)",
-                                self,
-                                entry.resource,
-                                timeout,
-                            )
-                            self._spawn_close(entry)
+                    # No longer in use (statistics count them out), but their holders may
+                    # still give them back: _release takes them from _closed_out.
+                    self._closed_out.update(self._in_use)
+                    self._in_use.clear()
+                    for entry in self._closed_out.values():
+                        logger.warning(
+                            "%r: closing %r, still checked out after aclose(timeout=%s)",
+                            self,
+                            entry.resource,
+                            timeout,
+                        )
+                        self._spawn_close(entry)
             while self._tasks:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
         finally:
@@ -686,7 +701,7 @@ class Pool(Generic[T]):
             acq: _Acquire[T] = _new_object(_Acquire)
             acq._pool = self
             acq._timeout = self._acquire_timeout
-            acq._resource = None
+            acq._entry = None
             return acq
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
@@ -725,7 +740,7 @@ class Pool(Generic[T]):
         pool is full), so queue behind them. What :meth:`_acquire_slow` does in that case,
         with its other cases left out; an entry that needs more (a check, the pool closing
         meanwhile, leak tracking) is finished there."""
-        fut: asyncio.Future[_Entry[T]] = _Future(loop=self._loop)
+        fut: asyncio.Future[_Entry[T]] = _Future()
         self._waiters.append(fut)
         timeout = into._timeout
         clock = self._clock  # (a call through a local: self._clock() is not specialised)
@@ -757,9 +772,10 @@ class Pool(Generic[T]):
         self._wait_total += waited_for
         if waited_for > self._wait_max:
             self._wait_max = waited_for
-        resource = into._resource = entry.resource  # _lease inlined (see _Acquire.__aenter__)
+        into._entry = entry  # (for its __aexit__)
+        resource = entry.resource  # _lease inlined (see _Acquire.__aenter__)
         entry.info.uses += 1
-        self._in_use[id(resource)] = entry
+        self._in_use[entry.key] = entry
         self._n_acquired += 1
         return resource
 
@@ -789,7 +805,7 @@ class Pool(Generic[T]):
             elif not self._waiters and self._idle:
                 entry = self._idle.pop()
             else:
-                fut: asyncio.Future[_Entry[T]] = _Future(loop=loop)
+                fut: asyncio.Future[_Entry[T]] = _Future()
                 if not self._waiters and not self._filling and self._can_create():
                     # A creation serves us, but we queue too: whatever frees up first (a
                     # release, or this creation) goes to the oldest waiter (FIFO).
@@ -859,12 +875,12 @@ class Pool(Generic[T]):
             if self._plain_lease and not _tracking.active:
                 resource = entry.resource  # _lease inlined (see _Acquire.__aenter__)
                 entry.info.uses += 1
-                self._in_use[id(resource)] = entry
+                self._in_use[entry.key] = entry
                 self._n_acquired += 1
             else:
                 resource = self._lease(entry)
             if into is not None:
-                into._resource = resource  # for its __aexit__: set before any await can intervene
+                into._entry = entry  # for its __aexit__: set before any await can intervene
             return resource
 
     def _unqueue(self, fut: asyncio.Future[_Entry[T]]) -> None:
@@ -992,7 +1008,7 @@ class Pool(Generic[T]):
         resource = entry.resource
         info = entry.info
         info.uses += 1
-        self._in_use[id(resource)] = entry
+        self._in_use[entry.key] = entry
         self._n_acquired += 1
         if self._leak_timeout is not None or _tracking.active:
             now = self._now()
@@ -1026,13 +1042,17 @@ class Pool(Generic[T]):
         if entry is None or entry.resource is not resource:
             if entry is not None:
                 self._in_use[id(resource)] = entry
+            elif self._closed_out:
+                closed = self._closed_out.pop(id(resource), None)
+                if closed is not None and closed.resource is resource:
+                    return None  # aclose(timeout) has closed it already
+                if closed is not None:
+                    self._closed_out[id(resource)] = closed
             raise ValueError(
                 f"{resource!r} is not checked out from {self!r} (released twice, or another pool's)"
             )
         if self._drained is not None and not self._in_use:
             self._drained.set()
-        if entry.closed:  # the pool already closed it (aclose timeout)
-            return None
         info = entry.info
         info.last_used_at = self._clock()
         if self._on_release_fn is not None:
@@ -1332,7 +1352,7 @@ class Pool(Generic[T]):
             self._idle = keep
         if self._leak_timeout is not None:
             for entry in self._in_use.values():
-                if entry.leak_reported or entry.closed:
+                if entry.leak_reported:
                     continue
                 due = entry.lease_start + self._leak_timeout
                 if due <= now:
@@ -1401,6 +1421,12 @@ class Pool(Generic[T]):
         the hot path)."""
         return self._n_pending + len(self._deadline_of)
 
+    def _max_in_force(self) -> int:
+        """The ``max_size`` in force: the one set, or, while a resize down waits for
+        checked-out surplus to come back (it is closed then), the current size, falling
+        to the one set as the surplus is closed. So ``size <= max_size`` at every instant."""
+        return self._size if self._size > self._max_size else self._max_size
+
     def statistics(self) -> PoolStatistics:
         """A frozen snapshot of sizes and counters."""
         return PoolStatistics(
@@ -1409,7 +1435,7 @@ class Pool(Generic[T]):
             in_use=len(self._in_use),
             waiting=self._waiting(),
             min_size=self._min_size,
-            max_size=self._max_size,
+            max_size=self._max_in_force(),
             acquired=self._n_acquired,
             created=self._n_created,
             closed=self._n_closed,
@@ -1440,12 +1466,14 @@ class Pool(Generic[T]):
 
     @property
     def max_size(self) -> int:
+        """The configured maximum (the last :meth:`resize`); ``statistics().max_size`` is
+        the one in force, which is higher while a resize down waits for surplus."""
         return self._max_size
 
     def __repr__(self) -> str:
         name = f" {self._name!r}" if self._name else ""
         return (
-            f"<aiolease.Pool{name} {self._state.value} size={self._size}/{self._max_size} "
+            f"<aiolease.Pool{name} {self._state.value} size={self._size}/{self._max_in_force()} "
             f"idle={len(self._idle)} in_use={len(self._in_use)} waiting={self._waiting()}>"
         )
 
@@ -1458,7 +1486,7 @@ class Pool(Generic[T]):
                 f"{self!r} (created at {self._created_at}) is closed but "
                 f"{self._size - len(self._in_use)} resource slot(s) were never freed"
             )
-        for entry in self._in_use.values():
+        for entry in (*self._in_use.values(), *self._closed_out.values()):
             where = "".join(entry.lease_stack.format()) if entry.lease_stack else "  (unknown)\n"
             problems.append(
                 f"{entry.resource!r} is still checked out from {self!r}; acquired at:\n{where}"
@@ -1469,12 +1497,14 @@ class Pool(Generic[T]):
 class _Acquire(Generic[T]):
     """What :meth:`Pool.acquire` returns: an async context manager, and awaitable."""
 
-    __slots__ = ("_pool", "_resource", "_timeout")
+    # The entry leased, not just its resource: __aexit__ finds it in Pool._in_use by its
+    # key, with no id() call.
+    __slots__ = ("_entry", "_pool", "_timeout")
 
     def __init__(self, pool: Pool[T], timeout: float | None) -> None:
         self._pool = pool
         self._timeout = timeout
-        self._resource: T | None = None
+        self._entry: _Entry[T] | None = None
 
     def __await__(self) -> Generator[Any, None, T]:
         return self.__aenter__().__await__()  # the same paths as `async with`
@@ -1488,32 +1518,30 @@ class _Acquire(Generic[T]):
             idle = pool._idle
             if idle and pool._instant_lease and not _tracking.active:
                 # The fastest path: Pool._lease inlined, for a pool with nothing to run.
-                entry = idle.pop()
-                resource = entry.resource
+                entry = self._entry = idle.pop()
                 entry.info.uses += 1
-                pool._in_use[id(resource)] = entry
+                pool._in_use[entry.key] = entry
                 pool._n_acquired += 1
-                self._resource = resource
                 return self._ready()
             if idle and not pool._expiring:
                 # The fast path: an idle resource that needs no check (none configured, or
                 # the manager's synchronous check_needed() says it is fine): leased here.
                 if pool._check_fn is None:
-                    self._resource = pool._lease(idle.pop())
+                    entry = self._entry = idle.pop()
+                    pool._lease(entry)
                     return self._ready()
                 check_needed = pool._check_needed_fn
                 if check_needed is not None:
                     entry = idle[-1]
                     resource = entry.resource
                     if not check_needed(resource, entry.info):
-                        idle.pop()
+                        self._entry = idle.pop()
                         if pool._plain_lease and not _tracking.active:
                             entry.info.uses += 1  # Pool._lease inlined
-                            pool._in_use[id(resource)] = entry
+                            pool._in_use[entry.key] = entry
                             pool._n_acquired += 1
-                            self._resource = resource
                         else:
-                            self._resource = pool._lease(entry)
+                            pool._lease(entry)
                         return self._ready()
             elif (
                 pool._waiters
@@ -1526,7 +1554,7 @@ class _Acquire(Generic[T]):
         return self._acquire_opening()
 
     async def _ready(self) -> T:
-        return self._resource  # type: ignore[return-value]
+        return self._entry.resource  # type: ignore[union-attr]
 
     async def _acquire_opening(self) -> T:
         await self._pool._open_for_acquire()
@@ -1539,8 +1567,11 @@ class _Acquire(Generic[T]):
         tb: TracebackType | None,
     ) -> Awaitable[None]:
         pool = self._pool
-        resource: T = self._resource  # type: ignore[assignment]  # set by __aenter__ (no cast() call)
-        self._resource = None
+        leased = self._entry
+        if leased is None:
+            raise RuntimeError(f"{pool!r}: leaving an acquire that was not entered, or twice")
+        self._entry = None
+        resource = leased.resource
         if (
             exc is None
             and pool._plain_release
@@ -1550,10 +1581,9 @@ class _Acquire(Generic[T]):
             # The fastest path: Pool._release + Pool._put_back inlined, for a pool with
             # nothing to run on release. Anything unusual goes the general way.
             in_use = pool._in_use
-            entry = in_use.pop(id(resource), None)
+            entry = in_use.pop(leased.key, None)
             # Found, the entry is this resource's (it holds the resource, so no other live
-            # object has its id) and not closed (only aclose() closes an entry in use, and
-            # the pool is open): what _release checks besides these two.
+            # object has its id): what _release checks besides this.
             if (
                 entry is not None
                 and entry.generation == pool._generation
@@ -1583,7 +1613,7 @@ class _Acquire(Generic[T]):
                     on_idle(resource, info)
                 return pool._done
             if entry is not None:
-                in_use[id(resource)] = entry  # as it was: _release decides
+                in_use[leased.key] = entry  # as it was: _release decides
         discard = (
             exc is not None
             and pool._is_fatal_fn is not None

@@ -67,13 +67,20 @@ async def test_resize_down_retires_in_use_surplus_on_release() -> None:
     await pool.open()
     held = [await pool.acquire() for _ in range(3)]
     await pool.resize(max_size=1)
-    assert pool.statistics().size == 3  # cannot take resources from their holders
+    stats = pool.statistics()
+    assert stats.size == 3  # cannot take resources from their holders
+    # The bound in force falls with the surplus: size <= max_size at every instant.
+    assert stats.max_size == 3
+    assert pool.max_size == 1  # the one configured
+    assert "size=3/3" in repr(pool)
     assert_consistent(pool, fm, max_size=3)
     waiter = start_acquire(pool)
     await pool.release(held[0])
     assert held[0].closed
+    assert (pool.statistics().size, pool.statistics().max_size) == (2, 2)
     await pool.release(held[1])
     assert held[1].closed
+    assert (pool.statistics().size, pool.statistics().max_size) == (1, 1)
     await pool.release(held[2])  # back within max_size: goes to the waiter
     assert await waiter is held[2]
     await pool.release(held[2])

@@ -200,10 +200,49 @@ async def test_aclose_timeout_closes_checked_out_resources(
     await pool.aclose(timeout=5.0)
     assert loop.time() - start == pytest.approx(5.0)
     assert r.closed
-    assert pool.statistics().size == 0
+    stats = pool.statistics()
+    # Closed in its holder's hands: no longer counted in use, so idle + in_use == size.
+    assert (stats.size, stats.idle, stats.in_use) == (0, 0, 0), stats
+    assert "in_use=0" in repr(pool)
     assert "still checked out" in caplog.text
     await pool.release(r)  # the late release is harmless
+    with pytest.raises(ValueError, match="not checked out"):
+        await pool.release(r)  # once only, as for any lease
+    assert pool.statistics().in_use == 0
     fm.assert_all_closed()
+
+
+async def test_aclose_timeout_late_release_through_async_with() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, max_size=1)
+    await pool.open()
+    entered = asyncio.Event()
+    leave = asyncio.Event()
+
+    async def holder() -> None:
+        async with pool.acquire() as r:
+            entered.set()
+            await leave.wait()
+            assert r.closed  # closed by aclose meanwhile
+
+    task = asyncio.create_task(holder())
+    await entered.wait()
+    await pool.aclose(timeout=1.0)
+    assert pool.statistics().in_use == 0
+    leave.set()
+    await task  # leaving the block raises nothing
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_leak_check_reports_a_resource_closed_by_aclose_timeout_until_released() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, max_size=1)
+    await pool.open()
+    r = await pool.acquire()
+    await pool.aclose(timeout=0.5)
+    assert any("still checked out" in p for p in pool._aiolease_leaks())
+    await pool.release(r)
+    assert pool._aiolease_leaks() == []
 
 
 async def test_aclose_timeout_returns_early_when_released() -> None:
@@ -477,3 +516,20 @@ def test_a_pool_takes_no_undeclared_attribute() -> None:
     pool = Pool(FakeManager())
     with pytest.raises(AttributeError):
         pool._sise = 3  # type: ignore[attr-defined]
+
+
+async def test_acquire_object_reusable_and_exit_without_enter_is_an_error() -> None:
+    fm = FakeManager()
+    async with Pool(fm, max_size=1) as pool:
+        acq = pool.acquire()
+        with pytest.raises(RuntimeError, match="not entered"):
+            await acq.__aexit__(None, None, None)
+        async with acq as first:
+            pass
+        async with acq as second:  # the same object, entered again
+            assert second is first
+        with pytest.raises(RuntimeError, match="or twice"):
+            await acq.__aexit__(None, None, None)  # left twice
+        stats = pool.statistics()
+        assert (stats.in_use, stats.idle, stats.acquired) == (0, 1, 2), stats
+    assert_closed_cleanly(pool, fm)

@@ -293,8 +293,12 @@ class PoolMachine(RuleBasedStateMachine):
         self._harvest()
         pool = self.p
         stats = pool.statistics()
-        if stats.size <= stats.max_size:
-            self.ceiling = stats.max_size
+        # The contract's bound, read from the same snapshot: after a resize down the bound
+        # in force is the size, falling to the new max_size as the surplus is closed...
+        assert stats.size <= stats.max_size, stats
+        # ...and never above what the model allows: the configured max_size, or less.
+        if stats.size <= pool.max_size:
+            self.ceiling = pool.max_size
         assert stats.size <= self.ceiling, (stats, self.ceiling)
         self.fm.assert_no_violations()
         idle_ids = [e.resource.id for e in pool._idle]
@@ -307,6 +311,9 @@ class PoolMachine(RuleBasedStateMachine):
         else:
             assert all(not r.closed for r in self.held.values()), "held resource closed"
             assert leased == set(self.held)
+        if pool.closed and self.closing is not None and self.closing.done():
+            # Closed, with resources closed in their holders' hands: none counted in use.
+            assert (stats.size, stats.idle, stats.in_use) == (0, 0, 0), stats
         if self._quiescent():
             assert stats.idle + stats.in_use == stats.size, stats
             assert stats.in_use == len(self.held), stats
