@@ -30,7 +30,7 @@ import time
 import traceback
 import warnings
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from types import EllipsisType, FrameType, TracebackType
 from typing import Any, ClassVar, Generic, TypeVar, cast
@@ -144,6 +144,7 @@ class _Entry(Generic[T]):
         "leak_reported",
         "lease_stack",
         "lease_start",
+        "ready",
         "resource",
     )
 
@@ -152,6 +153,11 @@ class _Entry(Generic[T]):
         # The entry's key in Pool._in_use, computed once: id() is a call (with an audit
         # hook check) and makes a new int, on every checkout and release otherwise.
         self.key = id(resource)
+        # What an acquire served on the spot returns for `async with` to await: a done
+        # future with the resource, made once (it can be awaited any number of times), is
+        # cheaper than a coroutine per checkout. Entries are made in the pool's loop.
+        self.ready: asyncio.Future[T] = _Future()
+        self.ready.set_result(resource)
         self.info = info
         self.generation = generation
         self.from_idle = (
@@ -1512,7 +1518,7 @@ class _Acquire(Generic[T]):
     # __aenter__/__aexit__ are plain functions returning awaitables: `async with` awaits
     # whatever they return, and this saves a coroutine per call on the hot paths.
 
-    def __aenter__(self) -> Coroutine[Any, Any, T]:
+    def __aenter__(self) -> Awaitable[T]:
         pool = self._pool
         if pool._state is _OPEN:
             idle = pool._idle
@@ -1522,14 +1528,14 @@ class _Acquire(Generic[T]):
                 entry.info.uses += 1
                 pool._in_use[entry.key] = entry
                 pool._n_acquired += 1
-                return self._ready()
+                return entry.ready
             if idle and not pool._expiring:
                 # The fast path: an idle resource that needs no check (none configured, or
                 # the manager's synchronous check_needed() says it is fine): leased here.
                 if pool._check_fn is None:
                     entry = self._entry = idle.pop()
                     pool._lease(entry)
-                    return self._ready()
+                    return entry.ready
                 check_needed = pool._check_needed_fn
                 if check_needed is not None:
                     entry = idle[-1]
@@ -1542,7 +1548,7 @@ class _Acquire(Generic[T]):
                             pool._n_acquired += 1
                         else:
                             pool._lease(entry)
-                        return self._ready()
+                        return entry.ready
             elif (
                 pool._waiters
                 and pool._size >= pool._max_size
@@ -1552,9 +1558,6 @@ class _Acquire(Generic[T]):
                 return pool._acquire_queued(self)  # contended: queue behind the others
             return pool._acquire_slow(self._timeout, self)
         return self._acquire_opening()
-
-    async def _ready(self) -> T:
-        return self._entry.resource  # type: ignore[union-attr]
 
     async def _acquire_opening(self) -> T:
         await self._pool._open_for_acquire()

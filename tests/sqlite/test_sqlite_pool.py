@@ -269,7 +269,7 @@ async def test_concurrent_tasks_share_the_connections(db: Path) -> None:
 async def test_cancelled_task_leaves_the_pool_whole(db: Path) -> None:
     async with create_pool(db, max_size=1) as pool:
         holder = await pool.acquire()
-        waiter = asyncio.create_task(pool.acquire().__aenter__())
+        waiter = asyncio.ensure_future(pool.acquire())
         await asyncio.sleep(0)
         assert pool.statistics().waiting == 1
         waiter.cancel()
