@@ -1044,16 +1044,16 @@ class Pool(Generic[T]):
 
     def _release(self, resource: T, discard: bool) -> asyncio.Future[Any] | None:
         """Synchronous part of release: returns work to await (reset or close), if any."""
-        entry = self._in_use.pop(id(resource), None)
+        key = id(resource)
+        entry = self._in_use.pop(key, None)
         if entry is None or entry.resource is not resource:
             if entry is not None:
-                self._in_use[id(resource)] = entry
-            elif self._closed_out:
-                closed = self._closed_out.pop(id(resource), None)
+                self._in_use[key] = entry
+            else:
+                closed = self._closed_out.get(key)
                 if closed is not None and closed.resource is resource:
+                    del self._closed_out[key]
                     return None  # aclose(timeout) has closed it already
-                if closed is not None:
-                    self._closed_out[id(resource)] = closed
             raise ValueError(
                 f"{resource!r} is not checked out from {self!r} (released twice, or another pool's)"
             )
@@ -1431,7 +1431,7 @@ class Pool(Generic[T]):
         """The ``max_size`` in force: the one set, or, while a resize down waits for
         checked-out surplus to come back (it is closed then), the current size, falling
         to the one set as the surplus is closed. So ``size <= max_size`` at every instant."""
-        return self._size if self._size > self._max_size else self._max_size
+        return max(self._size, self._max_size)
 
     def statistics(self) -> PoolStatistics:
         """A frozen snapshot of sizes and counters."""
