@@ -79,7 +79,9 @@ FLOOR, OURS, ANCHOR, REFERENCE = "floor", "ours", "anchor", "reference"
 class FifoQueue(Generic[R]):
     """The least a fair pool does, as a reference beside the floor: a released item goes
     to the oldest waiter (no barging), as the contract asks of aiolease.Pool. Nothing
-    else: no timeouts, statistics, checks, or safety when a waiter is cancelled."""
+    else: no timeouts, statistics, checks, or safety when a waiter is cancelled. Free
+    items go out in the floor's order (the one back longest first), so that fairness
+    is the only difference between the two."""
 
     __slots__ = ("_free", "_waiters")
 
@@ -89,7 +91,7 @@ class FifoQueue(Generic[R]):
 
     async def get(self) -> R:
         if self._free and not self._waiters:
-            return self._free.pop()
+            return self._free.popleft()
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         return await fut

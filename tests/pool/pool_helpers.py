@@ -73,6 +73,14 @@ def assert_consistent(
     assert len({r.id for r in open_resources}) == len(open_resources)
 
 
+async def checked_out_then_idle(pool: Pool[FakeResource], count: int) -> list[FakeResource]:
+    """Acquire ``count`` resources at once, then release them in that order (all idle)."""
+    held = [await pool.acquire() for _ in range(count)]
+    for r in held:
+        await pool.release(r)
+    return held
+
+
 def assert_closed_cleanly(pool: Pool[FakeResource], fm: FakeManager) -> None:
     """After ``aclose``: every created resource closed exactly once, nothing left."""
     st = pool.statistics()

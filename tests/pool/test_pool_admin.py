@@ -188,13 +188,13 @@ async def test_handed_off_resource_is_not_checked() -> None:
 
 async def test_failed_check_discards_and_tries_next() -> None:
     fm = FakeManager()
-    fm.fail("check", when=lambda call: call.resource is not None and call.resource.id == 2)
+    fm.fail("check", when=lambda call: call.resource is not None and call.resource.id == 1)
     pool = Pool(fm, min_size=2, max_size=2)
     await pool.open()
-    async with pool.acquire() as r:  # r2 (most recent) fails its check; another is handed out
-        assert r.id != 2
+    async with pool.acquire() as r:  # r1 (idle longest) fails its check; r2 is handed out
+        assert r.id == 2
         assert not r.closed
-    assert fm.resources[1].closed
+    assert fm.resources[0].closed
     assert pool.statistics().discarded == 1
     await settle(pool)
     assert_consistent(pool, fm)  # min_size refilled after the discard

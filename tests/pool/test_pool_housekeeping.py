@@ -8,7 +8,13 @@ import logging
 from typing import Any
 
 import pytest
-from pool_helpers import NO_HANG, assert_closed_cleanly, assert_consistent, settle
+from pool_helpers import (
+    NO_HANG,
+    assert_closed_cleanly,
+    assert_consistent,
+    checked_out_then_idle,
+    settle,
+)
 
 from aiolease import Pool
 from aiolease.testing import FakeManager, FakeResource, VirtualTimeLoop
@@ -113,6 +119,26 @@ async def test_idle_timeout_closes_idle_resources_above_min_size() -> None:
     await _assert_no_wakeups(pool)  # the one kept at min_size does not cause polling
     assert pool.statistics().idle == 1
     assert fm.created == 4  # ... nor churn
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_idle_timeout_trims_the_surplus_under_a_light_steady_load() -> None:
+    # One task at a time every 2 s, idle_timeout 10 s: it keeps using the most recently
+    # used resource, so the other three go unused and are closed.
+    fm = FakeManager()
+    pool = Pool(fm, max_size=4, idle_timeout=10.0)
+    await pool.open()
+    held = await checked_out_then_idle(pool, 4)
+    used = set()
+    for _ in range(10):
+        async with pool.acquire() as r:
+            used.add(r)
+        await asyncio.sleep(2.0)
+    st = pool.statistics()
+    assert (st.size, st.idle) == (1, 1)
+    assert used == {held[-1]}
+    assert fm.closed == 3
     await pool.aclose()
     assert_closed_cleanly(pool, fm)
 

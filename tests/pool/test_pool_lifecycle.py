@@ -7,10 +7,17 @@ import gc
 import re
 
 import pytest
-from pool_helpers import NO_HANG, assert_closed_cleanly, assert_consistent, settle, start_acquire
+from pool_helpers import (
+    NO_HANG,
+    assert_closed_cleanly,
+    assert_consistent,
+    checked_out_then_idle,
+    settle,
+    start_acquire,
+)
 
 import aiolease
-from aiolease import Pool, PoolClosed, PoolStatistics, WouldBlock
+from aiolease import Pool, PoolClosed, PoolStatistics, ResourceInfo, WouldBlock
 from aiolease.testing import FakeManager, FakeResource
 
 pytestmark = [pytest.mark.aiolease_virtual_time, NO_HANG]
@@ -54,16 +61,55 @@ async def test_acquire_accepted_by_ensure_future() -> None:
     assert_closed_cleanly(pool, fm)
 
 
-async def test_reused_resource_is_the_warm_one() -> None:
+@pytest.mark.parametrize("max_lifetime", [None, 1000.0])
+async def test_idle_resources_go_least_recently_used_first(max_lifetime: float | None) -> None:
     fm = FakeManager()
-    async with Pool(fm, max_size=3) as pool:
-        a = await pool.acquire()
-        b = await pool.acquire()
-        await pool.release(a)
-        await pool.release(b)
+    async with Pool(fm, max_size=3, max_lifetime=max_lifetime) as pool:
+        a, b, c = await checked_out_then_idle(pool, 3)
         async with pool.acquire() as r:
-            assert r is b  # most recently used first
-        assert fm.created == 2
+            assert r is a  # released first: unused the longest
+        assert pool.acquire_nowait() is b  # the same order without waiting
+        await pool.release(b)
+        got = [await pool.acquire() for _ in range(3)]
+        assert got == [c, a, b]  # round and round: every resource gets used
+        for r in got:
+            await pool.release(r)
+        assert fm.created == 3
+
+
+async def test_check_needed_asked_of_the_resource_handed_out() -> None:
+    asked: list[FakeResource] = []
+
+    class Manager(FakeManager):
+        async def check(self, resource: FakeResource, info: ResourceInfo) -> None:
+            raise AssertionError("check_needed() said no check is needed")
+
+        def check_needed(self, resource: FakeResource, info: ResourceInfo) -> bool:
+            asked.append(resource)
+            return False
+
+    async with Pool(Manager(), max_size=2) as pool:
+        a, _ = await checked_out_then_idle(pool, 2)
+        asked.clear()
+        async with pool.acquire() as r:
+            assert r is a
+        assert asked == [a]
+
+
+async def test_with_idle_timeout_most_recently_used_goes_first() -> None:
+    # So that under a light load the surplus goes unused and idle_timeout can trim it.
+    fm = FakeManager()
+    async with Pool(fm, max_size=3, idle_timeout=1000.0) as pool:
+        a, b, c = await checked_out_then_idle(pool, 3)
+        async with pool.acquire() as r:
+            assert r is c
+        assert pool.acquire_nowait() is c
+        await pool.release(c)
+        got = [await pool.acquire() for _ in range(3)]
+        assert got == [c, b, a]
+        for r in got:
+            await pool.release(r)
+        assert fm.created == 3
 
 
 async def test_acquire_on_never_opened_pool_opens_it() -> None:
