@@ -141,12 +141,26 @@ async def run_rounds(
     warmup: float,
     progress: Callable[[str], None] | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    pair: tuple[str, str] | None = None,
 ) -> Results:
-    """Interleave the contenders over ``repeats`` rounds, rotating their order each round."""
+    """Interleave the contenders over ``repeats`` rounds, rotating their order each round.
+
+    ``pair`` names two contenders whose ratio is the one that matters (ours and the
+    floor): every round runs them back to back, first one then the other in turn, so
+    that the least time, and so the least of the machine's drift, separates the two
+    cells each per-round ratio divides. The other contenders rotate around them.
+    """
     results = Results()
-    n = len(contenders)
+    units: list[list[Contender]] = [[c] for c in contenders]
+    if pair is not None:
+        first, second = (next(c for c in contenders if c.name == name) for name in pair)
+        units = [[first, second]] + [[c] for c in contenders if c not in (first, second)]
+    n = len(units)
     for rnd in range(repeats):
-        order = [contenders[(rnd + i) % n] for i in range(n)]
+        order: list[Contender] = []
+        for i in range(n):
+            unit = units[(rnd + i) % n]
+            order.extend(unit if len(unit) == 1 or rnd % 2 == 0 else reversed(unit))
         for contender in order:
             async with contender.setup() as worker:
                 if warmup > 0:

@@ -29,7 +29,9 @@ interleave the contenders (rotating their order) and the table shows medians
 over the rounds, with the spread ``(max - min) / median`` so a noisy run is
 visible. A ratio is the median over the rounds of the per-round ratio: two
 contenders measured in the same round, moments apart, share that moment's
-load, so the machine's drift cancels out of each ratio.
+load, so the machine's drift cancels out of each ratio. The target's two
+contenders (aiolease with its defaults and the floor) run back to back in every
+round, each first in turn, so that their ratio pairs the closest cells.
 
 Usage::
 
@@ -451,6 +453,7 @@ async def main(args: argparse.Namespace) -> None:
             warmup=args.warmup,
             progress=progress,
             clock=clock,
+            pair=("aiolease.Pool", "asyncio.Queue (floor)"),
         )
         print_table(
             "(a) mechanics: acquire + asyncio.sleep(0) + release, no-op resource",
@@ -472,6 +475,7 @@ async def main(args: argparse.Namespace) -> None:
                 warmup=args.warmup,
                 progress=progress,
                 clock=clock,
+                pair=('aiolease reset="transaction"', "raw asyncpg + Queue (floor)"),
             )
             print_table(
                 f"(b) PostgreSQL: acquire + SELECT 1 + release ({args.dsn})",
