@@ -273,7 +273,10 @@ class Pool(Generic[T]):
             :class:`~aiolease.TooManyWaiters` (None: unbounded).
         max_lifetime: seconds after creation a resource is retired (with up to
             5% negative jitter); an in-use one is retired when released.
-        idle_timeout: seconds an idle resource above ``min_size`` is kept.
+        idle_timeout: seconds an idle resource above ``min_size`` is kept. Idle
+            resources go out least recently used first, or, with an
+            ``idle_timeout``, most recently used first (so the surplus can
+            go unused long enough to be trimmed).
         leak_timeout: seconds a lease may last before it is reported (log
             warning with the acquiring stack, ``statistics().leaks``).
         name: shown in ``repr``, logs and leak reports.
