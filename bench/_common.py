@@ -160,7 +160,7 @@ async def run_rounds(
         order: list[Contender] = []
         for i in range(n):
             unit = units[(rnd + i) % n]
-            order.extend(unit if len(unit) == 1 or rnd % 2 == 0 else reversed(unit))
+            order.extend(unit if rnd % 2 == 0 else reversed(unit))
         for contender in order:
             async with contender.setup() as worker:
                 if warmup > 0:

@@ -48,8 +48,10 @@ logger = logging.getLogger("aiolease.pool")
 
 _INF = float("inf")
 # loop.create_future() is a Python-level call that returns this C type. Called with no
-# argument it binds to the running loop (the pool's: it is called in an acquiring task);
-# `_Future(loop=...)` costs a dict, as keyword arguments to a type do.
+# argument it binds to the running loop (the pool's: it is called in the pool's tasks and
+# acquiring ones), which 3.11 finds with a getpid() call; `_Future(loop=...)` builds a dict
+# instead, as keyword arguments to a type do. Fewer instructions without, about the same
+# time (158 and 144 ns here).
 _Future = asyncio.Future
 # fut.done() and fut.set_result() are not specialised by the interpreter (the C Future has
 # a dict slot, empty): called as functions, they are.
@@ -739,7 +741,7 @@ class Pool(Generic[T]):
             raise WouldBlock(f"{self!r} is not open")
         idle = self._idle
         while idle:
-            entry = idle.popleft() if self._lru else idle.pop()
+            entry = self._take_idle()
             # Only the lifetime: idle_timeout trimming (above min_size) is housekeeping's job.
             if self._expiring and entry.info.expires_at <= self._now():
                 self._spawn_close(entry)
