@@ -1,0 +1,70 @@
+"""Client transports against a rate-limited server: 429s per pause and the share of the limit achieved.
+
+``make bench-clients``. A server on 127.0.0.1 allows ``--rate`` requests per
+second with a bucket of ``--burst``; ``--requests`` GETs are started at once
+through a client whose own limiter is set to ``--client-rate`` (above the
+server's limit, as when the documented limit is wrong or shared). Printed per
+client and header style: the 429s, the server's throttling episodes (a 429
+after the previous announced wait had passed), 429s per episode, and the
+achieved share of the limit (the time the limit needs for the requests over
+the time taken). Not a test: nothing here asserts timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import sys
+from pathlib import Path
+
+_spec = importlib.util.spec_from_file_location(
+    "_throttled", Path(__file__).with_name("_throttled.py")
+)
+assert _spec is not None
+assert _spec.loader is not None
+throttled = importlib.util.module_from_spec(_spec)
+sys.modules["_throttled"] = throttled
+_spec.loader.exec_module(throttled)
+
+
+async def main(args: argparse.Namespace) -> None:
+    print(
+        f"server: {args.rate:g}/s, bucket {args.burst:g}; client limiter {args.client_rate:g}/s; "
+        f"{args.requests} concurrent GETs; {args.rounds} round(s)"
+    )
+    print(
+        f"{'client':40} {'style':16} {'429s':>5} {'episodes':>8} {'429/ep':>6} {'ok':>5} {'time s':>7} {'of limit':>8} {'steady':>7}"
+    )
+    for _ in range(args.rounds):
+        for style in args.styles:
+            for client in throttled.CLIENTS:
+                if client.startswith("aiolimiter") and style != "retry-after":
+                    continue  # the hand-written baseline reads delta-seconds only
+                run = await throttled.measure(
+                    client,
+                    rate=args.rate,
+                    burst=args.burst,
+                    client_rate=args.client_rate,
+                    n=args.requests,
+                    style=style,
+                )
+                per = run.throttled / run.episodes if run.episodes else 0.0
+                print(
+                    f"{client:40} {style:16} {run.throttled:5d} {run.episodes:8d} {per:6.2f} "
+                    f"{run.ok:5d} {run.elapsed:7.2f} {run.efficiency:8.1%} "
+                    + (f"{run.steady:7.1%}" if run.steady is not None else f"{'-':>7}")
+                )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=20.0)
+    parser.add_argument("--burst", type=float, default=20.0)
+    parser.add_argument("--client-rate", type=float, default=40.0)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--styles", nargs="+", default=list(throttled.STYLES), choices=throttled.STYLES
+    )
+    asyncio.run(main(parser.parse_args()))

@@ -1,0 +1,144 @@
+"""aiohttp integration: a client middleware (aiohttp >= 3.12) that rate-limits and honours 429/503.
+
+Install with ``pip install 'aiolease[aiohttp]'``::
+
+    limits = aiolease.LimitGroup(aiolease.RateLimiter(10), aiolease.ConcurrencyLimiter(5))
+    async with aiohttp.ClientSession(middlewares=[aiolease.aiohttp.limited(limits)]) as session:
+        async with session.get("https://api.example.com/items") as response: ...
+
+The pause, parsing and retry logic is shared with ``aiolease.httpx``
+(``aiolease._http``); this module only says how aiohttp sends a request and
+reads a response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Hashable
+from typing import Any
+
+from ._http import HeaderGetter, RetryPolicy
+
+try:
+    import aiohttp
+    from aiohttp.payload import AsyncIterablePayload, StreamReaderPayload
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError("aiolease.aiohttp needs aiohttp: pip install 'aiolease[aiohttp]'") from exc
+
+if not hasattr(aiohttp, "ClientMiddlewareType"):  # pragma: no cover - old aiohttp only
+    raise ImportError(
+        f"aiolease.aiohttp needs aiohttp >= 3.12 (client middlewares), found {aiohttp.__version__}:"
+        " pip install 'aiolease[aiohttp]'"
+    )
+
+__all__ = ["limited", "request_host"]
+
+
+def request_host(request: aiohttp.ClientRequest) -> str:
+    """The default key: the request's host name (``api.example.com``)."""
+    return request.url.host or ""
+
+
+def _status(response: aiohttp.ClientResponse) -> int:
+    return response.status
+
+
+def _header(response: aiohttp.ClientResponse) -> HeaderGetter:
+    headers = response.headers
+
+    def get(name: str) -> str | None:
+        values = headers.getall(name, ())
+        return ", ".join(values) if values else None
+
+    return get
+
+
+async def _discard(response: aiohttp.ClientResponse) -> None:
+    try:
+        await response.read()  # read to the end, so the connection can be reused
+    finally:
+        response.release()
+
+
+class _Limited:
+    """The middleware object :func:`limited` returns (callable as aiohttp expects)."""
+
+    __slots__ = ("_key", "_policy")
+
+    def __init__(
+        self,
+        policy: RetryPolicy[aiohttp.ClientResponse],
+        key: Callable[[aiohttp.ClientRequest], Hashable],
+    ) -> None:
+        self._policy = policy
+        self._key = key
+
+    @property
+    def limits(self) -> Any:
+        """The limiter the middleware acquires."""
+        return self._policy.limits
+
+    def paused_for(self, key: Hashable) -> float:
+        """Seconds until ``key`` may send again (0 when it is not paused)."""
+        return self._policy.paused_for(key)
+
+    async def __call__(
+        self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        # An async iterable or a stream reader body can be sent only once.
+        replayable = not isinstance(request.body, (AsyncIterablePayload, StreamReaderPayload))
+        return await self._policy.send(
+            self._key(request),
+            request.method,
+            replayable,
+            lambda: handler(request),
+            _status,
+            _header,
+            _discard,
+        )
+
+    def __repr__(self) -> str:
+        return f"<aiolease.aiohttp.limited {self._policy.limits!r}>"
+
+
+def limited(
+    limits: Any,
+    *,
+    key: Callable[[aiohttp.ClientRequest], Hashable] = request_host,
+    retries: int = 2,
+    retry_methods: Collection[str] | None = None,
+    max_wait: float | None = 60.0,
+    timeout: float | None = None,
+) -> _Limited:
+    """A client middleware sending each request under ``limits`` and honouring 429/503.
+
+    Use as ``aiohttp.ClientSession(middlewares=[limited(limits)])`` (aiohttp >=
+    3.12). Each request acquires ``limits`` under ``key(request)`` (default:
+    the request's host); a concurrency slot is held until the response head
+    has arrived. A 429 or 503 response with ``Retry-After`` (delta-seconds or
+    HTTP-date), ``RateLimit`` or ``RateLimit-Reset`` pauses that key for every
+    request through this middleware (and, for a limiter with ``pause()``, in
+    the limiter: a Redis limiter pauses every process), and the request is
+    sent again after the pause, up to ``retries`` times. The last response is
+    returned as it is when retries are exhausted, the method is not retried,
+    or the pause is longer than ``max_wait``. Use one middleware object per
+    client so its pauses are shared by every request of that client.
+
+    Args:
+        limits: any aiolease limiter: ``RateLimiter``, ``ConcurrencyLimiter``,
+            ``LimitGroup``, ``aiolease.redis.RedisRateLimiter`` or
+            ``RedisConcurrencyLimiter``.
+        key: ``key(request)`` returns the limiter key (any hashable).
+        retries: how many times a throttled request is sent again, an int >= 0.
+        retry_methods: the methods retried (default: the idempotent ones,
+            GET HEAD OPTIONS TRACE PUT DELETE).
+        max_wait: the longest pause (seconds) waited out for a retry, or None.
+        timeout: the longest wait for ``limits`` per attempt (seconds), or None.
+
+    Raises:
+        TypeError: ``limits`` has no ``acquire()``, or an option has the wrong type.
+        ValueError: an option is out of range.
+    """
+    policy: RetryPolicy[aiohttp.ClientResponse] = RetryPolicy(
+        limits, retries=retries, retry_methods=retry_methods, max_wait=max_wait, timeout=timeout
+    )
+    return _Limited(policy, key)

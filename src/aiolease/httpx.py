@@ -1,0 +1,132 @@
+"""httpx integration: a transport that rate-limits requests and honours 429/503.
+
+Install with ``pip install 'aiolease[httpx]'``::
+
+    limits = aiolease.LimitGroup(aiolease.RateLimiter(10), aiolease.ConcurrencyLimiter(5))
+    async with httpx.AsyncClient(transport=aiolease.httpx.LimitedTransport(limits)) as client:
+        await client.get("https://api.example.com/items")
+
+The pause, parsing and retry logic is shared with ``aiolease.aiohttp``
+(``aiolease._http``); this module only says how httpx sends a request and
+reads a response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Hashable
+from typing import Any
+
+from ._http import HeaderGetter, RetryPolicy
+
+try:
+    import httpx
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError("aiolease.httpx needs httpx: pip install 'aiolease[httpx]'") from exc
+
+__all__ = ["LimitedTransport", "request_host"]
+
+
+def request_host(request: httpx.Request) -> str:
+    """The default key: the request's host name (``api.example.com``)."""
+    return request.url.host
+
+
+def _header(response: httpx.Response) -> HeaderGetter:
+    headers = response.headers
+
+    def get(name: str) -> str | None:
+        value: str | None = headers.get(name)  # several lines of one field come joined by ", "
+        return value
+
+    return get
+
+
+async def _discard(response: httpx.Response) -> None:
+    try:
+        await response.aread()  # read to the end, so the connection can be reused
+    finally:
+        await response.aclose()
+
+
+class LimitedTransport(httpx.AsyncBaseTransport):
+    """An httpx transport that sends each request under ``limits`` and honours 429/503.
+
+    Each request acquires ``limits`` under ``key(request)`` (default: the
+    request's host) before it is sent; a concurrency slot is held until the
+    response head has arrived. A 429 or 503 response with ``Retry-After``
+    (delta-seconds or HTTP-date), ``RateLimit`` or ``RateLimit-Reset`` pauses
+    that key for every request through this transport (and, for a limiter with
+    ``pause()``, in the limiter: a Redis limiter pauses every process), and the
+    request is sent again after the pause, up to ``retries`` times. The last
+    response is returned as it is when retries are exhausted, the method is
+    not retried, or the pause is longer than ``max_wait``.
+
+    Args:
+        limits: any aiolease limiter: ``RateLimiter``, ``ConcurrencyLimiter``,
+            ``LimitGroup``, ``aiolease.redis.RedisRateLimiter`` or
+            ``RedisConcurrencyLimiter``.
+        wrapped: the transport that sends (default ``httpx.AsyncHTTPTransport()``);
+            closed with this one.
+        key: ``key(request)`` returns the limiter key (any hashable).
+        retries: how many times a throttled request is sent again, an int >= 0.
+        retry_methods: the methods retried (default: the idempotent ones,
+            GET HEAD OPTIONS TRACE PUT DELETE). A 429 means the server did not
+            process the request, so ``{"GET", "POST"}`` is often safe too.
+        max_wait: the longest pause (seconds) waited out for a retry, or None.
+        timeout: the longest wait for ``limits`` per attempt (seconds), or None;
+            past it the limiter's ``RateLimitExceeded``/``LimitTimeout`` is raised.
+
+    Raises:
+        TypeError: ``limits`` has no ``acquire()``, or an option has the wrong type.
+        ValueError: an option is out of range.
+    """
+
+    def __init__(
+        self,
+        limits: Any,
+        *,
+        wrapped: httpx.AsyncBaseTransport | None = None,
+        key: Callable[[httpx.Request], Hashable] = request_host,
+        retries: int = 2,
+        retry_methods: Collection[str] | None = None,
+        max_wait: float | None = 60.0,
+        timeout: float | None = None,
+    ) -> None:
+        self._policy: RetryPolicy[httpx.Response] = RetryPolicy(
+            limits, retries=retries, retry_methods=retry_methods, max_wait=max_wait, timeout=timeout
+        )
+        self._wrapped = wrapped if wrapped is not None else httpx.AsyncHTTPTransport()
+        self._key = key
+
+    @property
+    def limits(self) -> Any:
+        """The limiter the transport acquires."""
+        return self._policy.limits
+
+    def paused_for(self, key: Hashable) -> float:
+        """Seconds until ``key`` may send again (0 when it is not paused)."""
+        return self._policy.paused_for(key)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` under the limits (see the class docstring)."""
+        return await self._policy.send(
+            self._key(request),
+            request.method,
+            # A streaming body (an async generator) can be read only once.
+            isinstance(request.stream, httpx.ByteStream),
+            lambda: self._wrapped.handle_async_request(request),
+            _status,
+            _header,
+            _discard,
+        )
+
+    async def aclose(self) -> None:
+        """Close the wrapped transport."""
+        await self._wrapped.aclose()
+
+    def __repr__(self) -> str:
+        return f"<LimitedTransport {self._policy.limits!r} over {self._wrapped!r}>"
+
+
+def _status(response: httpx.Response) -> int:
+    return response.status_code

@@ -1,0 +1,349 @@
+"""aiolease.httpx.LimitedTransport and aiolease.aiohttp.limited, one suite over both.
+
+Every test talks to a real aiohttp web server on 127.0.0.1 (bench/_throttled.py)
+that answers from a script of responses or from a token bucket. Waits are real
+time, so the tests are marked ``slow`` and assert lower bounds only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import aiohttp
+import httpx
+import pytest
+
+import aiolease
+import aiolease.aiohttp
+import aiolease.httpx
+from aiolease.redis import RedisRateLimiter
+
+pytestmark = pytest.mark.slow
+
+
+def _load_throttled() -> ModuleType:
+    path = Path(__file__).resolve().parents[2] / "bench" / "_throttled.py"
+    spec = importlib.util.spec_from_file_location("aiolease_bench_throttled", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+_THROTTLED = _load_throttled()
+
+
+@pytest.fixture
+def throttled() -> ModuleType:
+    """bench/_throttled.py: the throttled server and the measured client runs."""
+    return _THROTTLED
+
+
+@pytest.fixture
+def server_cls() -> type:
+    """``ThrottledServer``: an aiohttp web server on a free port of 127.0.0.1."""
+    cls: type = _THROTTLED.ThrottledServer
+    return cls
+
+
+KINDS = ["httpx", "aiohttp"]
+HOST = "127.0.0.1"
+
+
+@dataclass
+class Client:
+    """What a test needs from either adapter."""
+
+    request: Callable[..., Any]  # (method, url, **kwargs) -> awaitable status
+    paused_for: Callable[[Any], float]
+
+
+@asynccontextmanager
+async def open_client(kind: str, limits: Any, **options: Any) -> AsyncIterator[Client]:
+    if kind == "httpx":
+        transport = aiolease.httpx.LimitedTransport(limits, **options)
+        async with httpx.AsyncClient(transport=transport) as hc:
+
+            async def hrequest(method: str, url: str, **kw: Any) -> int:
+                return (await hc.request(method, url, **kw)).status_code
+
+            yield Client(hrequest, transport.paused_for)
+    else:
+        middleware = aiolease.aiohttp.limited(limits, **options)
+        async with aiohttp.ClientSession(middlewares=[middleware]) as session:
+
+            async def arequest(method: str, url: str, **kw: Any) -> int:
+                if "content" in kw:
+                    kw["data"] = kw.pop("content")
+                async with session.request(method, url, **kw) as response:
+                    await response.read()
+                    return response.status
+
+            yield Client(arequest, middleware.paused_for)
+
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def _until(condition: Callable[[], bool], within: float = 10.0) -> None:
+    """Wait (bounded) for a condition another task brings about."""
+    async with asyncio.timeout(within):
+        for _ in iter(int, 1):
+            if condition():
+                return
+            await asyncio.sleep(0.005)
+
+
+def _ra(seconds: float) -> tuple[int, dict[str, str]]:
+    return (429, {"Retry-After": str(seconds)})
+
+
+async def test_a_429_pauses_the_key_and_the_request_is_retried_after_it(
+    kind: str, server_cls: type
+) -> None:
+    async with (
+        server_cls(script=[_ra(0.3)]) as server,
+        open_client(kind, aiolease.RateLimiter(100)) as client,
+    ):
+        assert await client.request("GET", server.url + "/a") == 200
+    first, second = server.counts.times
+    assert second - first >= 0.3
+    assert server.counts.throttled == 1
+
+
+async def test_the_pause_holds_every_caller_of_the_host(kind: str, server_cls: type) -> None:
+    async with (
+        server_cls(script=[_ra(0.4)]) as server,
+        open_client(kind, aiolease.ConcurrencyLimiter(10)) as client,
+    ):
+        first = asyncio.create_task(client.request("GET", server.url + "/a"))
+        await _until(lambda: client.paused_for(HOST) > 0)  # the 429 has arrived
+        assert client.paused_for(HOST) > 0.2
+        assert await client.request("GET", server.url + "/b") == 200
+        assert await first == 200
+    t429, *later = server.counts.times
+    assert len(later) == 2
+    assert all(t - t429 >= 0.4 for t in later)
+
+
+async def test_post_is_not_retried_by_default_but_the_key_is_paused(
+    kind: str, server_cls: type
+) -> None:
+    async with (
+        server_cls(script=[_ra(5)]) as server,
+        open_client(kind, aiolease.RateLimiter(100)) as client,
+    ):
+        assert await client.request("POST", server.url + "/a", content=b"x") == 429
+        assert 4 < client.paused_for(HOST) <= 5
+    assert server.counts.methods == ["POST"]
+
+
+async def test_retry_methods_allows_post(kind: str, server_cls: type) -> None:
+    async with (
+        server_cls(script=[_ra(0.1)]) as server,
+        open_client(kind, aiolease.RateLimiter(100), retry_methods={"post"}) as client,
+    ):
+        assert await client.request("POST", server.url + "/a", content=b"body") == 200
+    assert server.counts.methods == ["POST", "POST"]
+
+
+async def test_a_streamed_body_is_not_sent_twice(kind: str, server_cls: type) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"chunk"
+
+    async with (
+        server_cls(script=[_ra(0.1)]) as server,
+        open_client(kind, aiolease.RateLimiter(100), retry_methods={"PUT"}) as client,
+    ):
+        assert await client.request("PUT", server.url + "/a", content=body()) == 429
+    assert server.counts.methods == ["PUT"]
+
+
+async def test_retries_are_bounded(kind: str, server_cls: type) -> None:
+    async with (
+        server_cls(script=[_ra(0.05)] * 5) as server,
+        open_client(kind, aiolease.RateLimiter(100), retries=2) as client,
+    ):
+        assert await client.request("GET", server.url + "/a") == 429
+    assert len(server.counts.times) == 3
+
+
+async def test_a_pause_longer_than_max_wait_returns_the_429(kind: str, server_cls: type) -> None:
+    async with (
+        server_cls(script=[_ra(30)]) as server,
+        open_client(kind, aiolease.RateLimiter(100), max_wait=1.0) as client,
+    ):
+        assert await client.request("GET", server.url + "/a") == 429
+        assert client.paused_for(HOST) > 29
+        # The pause holds the next caller too; its limiter timeout ends the wait.
+        with pytest.raises(asyncio.TimeoutError):
+            async with asyncio.timeout(0.2):
+                await client.request("GET", server.url + "/b")
+    assert len(server.counts.times) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "expected", "requests"),
+    [
+        (503, {"Retry-After": "0.1"}, 200, 2),
+        (503, {}, 503, 1),
+        (429, {}, 429, 1),
+        (429, {"RateLimit": '"default";r=0;t=0'}, 200, 2),
+        (500, {"Retry-After": "0.1"}, 500, 1),
+    ],
+)
+async def test_which_responses_pause_and_retry(
+    kind: str,
+    server_cls: type,
+    status: int,
+    headers: dict[str, str],
+    expected: int,
+    requests: int,
+) -> None:
+    async with (
+        server_cls(script=[(status, headers)]) as server,
+        open_client(kind, aiolease.RateLimiter(100)) as client,
+    ):
+        assert await client.request("GET", server.url + "/a") == expected
+    assert len(server.counts.times) == requests
+
+
+async def test_a_custom_key_is_what_gets_paused(kind: str, server_cls: type) -> None:
+    def by_path(request: Any) -> str:
+        return str(request.url.path)
+
+    async with (
+        server_cls(script=[_ra(5)]) as server,
+        open_client(kind, aiolease.RateLimiter(100), key=by_path, max_wait=1) as client,
+    ):
+        assert await client.request("GET", server.url + "/slow") == 429
+        assert client.paused_for("/slow") > 4
+        assert client.paused_for(HOST) == 0
+        assert await client.request("GET", server.url + "/other") == 200
+
+
+async def test_a_limit_group_is_acquired_and_paused(kind: str, server_cls: type) -> None:
+    rate, sem = aiolease.RateLimiter(100), aiolease.ConcurrencyLimiter(2)
+    async with (
+        server_cls(script=[_ra(0.2)]) as server,
+        open_client(kind, aiolease.LimitGroup(rate, sem)) as client,
+    ):
+        statuses = await asyncio.gather(
+            *(client.request("GET", f"{server.url}/{i}") for i in range(5))
+        )
+    assert statuses == [200] * 5
+    assert sem.statistics().in_use == 0
+    assert rate.statistics().admitted == 6
+
+
+async def test_cancelling_a_request_in_a_pause_gives_its_slot_back(
+    kind: str, server_cls: type
+) -> None:
+    sem = aiolease.ConcurrencyLimiter(1)
+    async with (
+        server_cls(script=[_ra(30)]) as server,
+        open_client(kind, sem, max_wait=60) as client,
+    ):
+        task = asyncio.create_task(client.request("GET", server.url + "/a"))
+        await _until(lambda: client.paused_for(HOST) > 0)
+        blocked = asyncio.create_task(client.request("GET", server.url + "/b"))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        blocked.cancel()
+        for t in (task, blocked):
+            with pytest.raises(asyncio.CancelledError):
+                await t
+    stats = sem.statistics()
+    assert (stats.in_use, stats.waiting) == (0, 0)
+
+
+async def test_the_limiter_timeout_bounds_the_wait(kind: str, server_cls: type) -> None:
+    limiter = aiolease.RateLimiter(1, per=10.0)
+    async with server_cls() as server, open_client(kind, limiter, timeout=0.1) as client:
+        assert await client.request("GET", server.url + "/a") == 200
+        with pytest.raises(aiolease.RateLimitExceeded):
+            await client.request("GET", server.url + "/b")
+
+
+@pytest.mark.redis
+async def test_a_redis_limiter_shares_the_pause_with_other_processes(
+    kind: str, server_cls: type, redis_url: str
+) -> None:
+    import redis.asyncio as redis_asyncio
+
+    name = f"aiolease-test-integ-{kind}-{id(server_cls)}"
+    rc = redis_asyncio.Redis.from_url(redis_url)
+    ours, theirs = RedisRateLimiter(rc, name, 100), RedisRateLimiter(rc, name, 100)
+    try:
+        async with (
+            server_cls(script=[_ra(5)]) as server,
+            open_client(kind, ours, max_wait=1) as client,
+        ):
+            assert await client.request("GET", server.url + "/a") == 429
+        # Another limiter object on the same name (another process) sees the pause.
+        with pytest.raises(aiolease.RateLimitExceeded) as info:
+            await theirs.acquire_nowait(key=HOST)
+        assert info.value.retry_after > 3
+    finally:
+        for limiter in (ours, theirs):
+            aclose = getattr(limiter, "aclose", None)  # Redis limiters gain aclose() on 2026-12-05
+            if aclose is not None:
+                await aclose()
+        keys = [k async for k in rc.scan_iter(match=f"*{name}*")]
+        if keys:
+            await rc.delete(*keys)
+        await rc.aclose()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_200_concurrent_requests_against_a_limited_server(
+    kind: str, throttled: ModuleType
+) -> None:
+    # The bench-clients scenario, checked loosely (figures: bench/README.md).
+    run = await throttled.measure(f"aiolease.{kind}", rate=50, burst=50, client_rate=100, n=250)
+    assert run.ok == 250
+    assert run.episodes >= 2
+    assert run.throttled <= run.episodes + 1  # at most one 429 per pause, one in flight aside
+    assert run.steady >= 0.9
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bad_arguments_are_refused_at_the_call(kind: str) -> None:
+    make = aiolease.httpx.LimitedTransport if kind == "httpx" else aiolease.aiohttp.limited
+    limiter = aiolease.RateLimiter(1)
+    with pytest.raises(TypeError, match="acquire"):
+        make(object())
+    with pytest.raises(ValueError, match="retries=-1"):
+        make(limiter, retries=-1)
+    with pytest.raises(TypeError, match=r"retries=1\.5"):
+        make(limiter, retries=1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_wait=-1"):
+        make(limiter, max_wait=-1)
+    with pytest.raises(TypeError, match="retry_methods='POST'"):
+        make(limiter, retry_methods="POST")
+
+
+@pytest.mark.parametrize(("module", "extra"), [("httpx", "httpx"), ("aiohttp", "aiohttp")])
+def test_a_missing_dependency_names_the_extra(module: str, extra: str) -> None:
+    code = (
+        f"import sys; sys.modules[{module!r}] = None\n"
+        f"try:\n    import aiolease.{module}\n"
+        "except ImportError as exc:\n    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert f"pip install 'aiolease[{extra}]'" in out.stdout

@@ -1,0 +1,95 @@
+"""retry_delay(): every form of "wait this long" a throttled response can carry."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+
+import pytest
+
+from aiolease._http import Pauses, retry_delay
+
+
+def _getter(headers: dict[str, str]):  # type: ignore[no-untyped-def]
+    lowered = {k.lower(): v for k, v in headers.items()}
+    return lambda name: lowered.get(name.lower())
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"Retry-After": "7"}, 7.0),
+        ({"retry-after": " 0 "}, 0.0),
+        ({"Retry-After": "1.5"}, 1.5),
+        # RFC 9110's example date, measured against the response's own Date.
+        (
+            {
+                "Date": "Fri, 31 Dec 1999 23:59:50 GMT",
+                "Retry-After": "Fri, 31 Dec 1999 23:59:59 GMT",
+            },
+            9.0,
+        ),
+        # the obsolete RFC 850 and asctime forms
+        (
+            {
+                "Date": "Friday, 31-Dec-99 23:59:50 GMT",
+                "Retry-After": "Friday, 31-Dec-99 23:59:59 GMT",
+            },
+            9.0,
+        ),
+        ({"Date": "Fri Dec 31 23:59:50 1999", "Retry-After": "Fri Dec 31 23:59:59 1999"}, 9.0),
+        # a date in the past: no wait
+        (
+            {
+                "Date": "Fri, 31 Dec 1999 23:59:59 GMT",
+                "Retry-After": "Fri, 31 Dec 1999 23:00:00 GMT",
+            },
+            0.0,
+        ),
+        # draft-08+ RateLimit: the longest reset among exhausted quotas
+        ({"RateLimit": '"default";r=0;t=5'}, 5.0),
+        ({"RateLimit": "permin;r=0;t=23, perhr;r=399;t=2402"}, 23.0),
+        ({"RateLimit": '"a";r=0;t=3, "b";r=0;t=9'}, 9.0),
+        ({"RateLimit": '"a, b";r=0;t=4'}, 4.0),
+        ({"RateLimit": '"default";r=5;t=30'}, None),  # quota left: not why we were throttled
+        # draft-07 dictionary
+        ({"RateLimit": "limit=10, remaining=0, reset=6"}, 6.0),
+        ({"RateLimit": "limit=10, remaining=2, reset=6"}, None),
+        # draft-06 and earlier
+        ({"RateLimit-Reset": "4"}, 4.0),
+        # Retry-After wins over RateLimit
+        ({"Retry-After": "2", "RateLimit": '"default";r=0;t=50'}, 2.0),
+        # malformed values are ignored
+        ({"Retry-After": "soon"}, None),
+        ({"Retry-After": "-3"}, None),
+        ({"RateLimit": "garbage"}, None),
+        ({"Retry-After": "soon", "RateLimit-Reset": "3"}, 3.0),
+        ({}, None),
+    ],
+)
+def test_retry_delay(headers: dict[str, str], expected: float | None) -> None:
+    assert retry_delay(_getter(headers)) == expected
+
+
+def test_http_date_without_a_date_header_uses_the_wall_clock() -> None:
+    at = email.utils.formatdate(time.time() + 30, usegmt=True)
+    delay = retry_delay(_getter({"Retry-After": at}))
+    assert delay is not None
+    assert 28 <= delay <= 31
+
+
+def test_epoch_ratelimit_reset_is_read_as_a_unix_time() -> None:
+    headers = {"Date": "Fri, 31 Dec 1999 23:59:50 GMT", "RateLimit-Reset": "946684800"}
+    assert retry_delay(_getter(headers)) == 10.0
+
+
+def test_pauses_extend_never_shorten_and_forget_expired_keys() -> None:
+    p = Pauses()
+    p.pause("a", 5, now=100.0)
+    p.pause("a", 1, now=100.0)
+    assert p.remaining("a", 101.0) == 4.0
+    assert p.remaining("a", 105.0) == 0.0
+    assert p.remaining("b", 0.0) == 0.0
+    for i in range(200):
+        p.pause(i, 1, now=float(i))
+    assert len(p._until) < 100  # expired entries were swept
