@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
 .PHONY: demo test lint typecheck pytest bench bench-pool bench-limits bench-tx clean
+.PHONY: bench-clients bench-asgi docs dist-check
 
 # One stamp per install flavour, rebuilt when pyproject.toml changes.
 $(PY):
@@ -44,7 +45,23 @@ bench-limits: $(VENV)/.stamp-test
 bench-tx: $(VENV)/.stamp-test
 	$(PY) bench/transactions.py
 
+bench-clients: $(VENV)/.stamp-test
+	$(PY) bench/clients.py
+
+bench-asgi: $(VENV)/.stamp-test
+	$(PY) bench/asgi.py
+
 bench: bench-pool bench-limits bench-tx
 
+# The documentation site (MkDocs + Material, API reference from the docstrings) into site/.
+docs: $(VENV)/.stamp-test
+	$(BIN)/mkdocs build --strict --site-dir site
+
+# Build the sdist and the wheel, install the wheel into a fresh venv, import it and run the demo.
+dist-check: $(VENV)/.stamp-test
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+	bash scripts/dist_check.sh dist
+
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build dist
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build dist site

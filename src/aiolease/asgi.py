@@ -1,0 +1,241 @@
+"""ASGI integration: ``RateLimitMiddleware`` answers 429 to requests over a limit.
+
+Plain ASGI, so it needs no extra package and works with Starlette, FastAPI,
+Quart, Litestar or a bare ASGI callable::
+
+    app.add_middleware(aiolease.asgi.RateLimitMiddleware,
+                       limiter=aiolease.RateLimiter(10, per=1.0, burst=20),
+                       key=aiolease.asgi.client_ip, exempt={"/health"})
+
+A request over the limit gets ``429 Too Many Requests`` with ``Retry-After``
+(whole seconds until the same request would be admitted, rounded up, at least
+1) and the IETF ``RateLimit-Policy`` and ``RateLimit`` fields in the syntax of
+draft-ietf-httpapi-ratelimit-headers-08 to -11 (Structured Fields:
+``RateLimit-Policy: "default";q=10;w=1``, ``RateLimit: "default";r=0;t=1``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+from collections.abc import Awaitable, Callable, Collection, Hashable, MutableMapping
+from typing import Any
+
+from ._errors import RateLimitExceeded, WouldBlock
+
+__all__ = ["RateLimitMiddleware", "client_ip"]
+
+logger = logging.getLogger("aiolease.asgi")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: How long a request refused by a concurrency limit is told to wait: when a
+#: slot frees up is not known in advance.
+CONCURRENCY_RETRY_AFTER = 1
+
+#: The longest a concurrency slot's release may take (a Redis round trip) before
+#: the middleware stops waiting for it; the lease then expires on its own.
+RELEASE_TIMEOUT = 5.0
+
+_BODY = b"Too Many Requests"
+
+
+def client_ip(scope: Scope) -> str:
+    """The default key: the client's address as the server saw it.
+
+    Behind a reverse proxy this is the proxy's address unless the server
+    rewrites it from ``X-Forwarded-For`` (uvicorn: ``--proxy-headers
+    --forwarded-allow-ips=...``); otherwise pass a key function of your own.
+    """
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+def _window(rate: float, per: float) -> tuple[int, int]:
+    """``(q, w)``: the sustained rate as a quota over a whole number of seconds."""
+    w = max(1, math.ceil(per))
+    return max(1, math.floor(rate * w / per + 1e-9)), w
+
+
+def _policy(limiter: Any, name: str) -> str | None:
+    """The ``RateLimit-Policy`` item describing ``limiter``, or None when it cannot be told."""
+    members = getattr(limiter, "members", None)
+    candidates = list(members) if members is not None else [limiter]
+    rates: list[tuple[float, int, int]] = []
+    slots: list[int] = []
+    for m in candidates:
+        stats = getattr(m, "statistics", None)
+        if stats is None:
+            continue
+        s = stats()
+        if hasattr(s, "rate") and hasattr(s, "per"):
+            q, w = _window(s.rate, s.per)
+            rates.append((s.rate / s.per, q, w))
+        elif hasattr(s, "limit"):
+            slots.append(int(s.limit))
+    if rates:  # the most restrictive rate is the one a client meets first
+        _, q, w = min(rates)
+        return f'"{name}";q={q};w={w}'
+    if slots:
+        return f'"{name}";q={min(slots)};qu="concurrent-requests"'
+    return None
+
+
+def _exempt_test(exempt: Collection[str] | Callable[[Scope], bool]) -> Callable[[Scope], bool]:
+    if callable(exempt):
+        return exempt
+    if isinstance(exempt, str):
+        raise TypeError(
+            f"exempt={exempt!r}: expected a collection of paths (e.g. {{{exempt!r}}}) "
+            "or a function of the ASGI scope"
+        )
+    exact = frozenset(p for p in exempt if not p.endswith("*"))
+    prefixes = tuple(p[:-1] for p in exempt if p.endswith("*"))
+
+    def test(scope: Scope) -> bool:
+        path: str = scope.get("path", "")
+        return path in exact or (bool(prefixes) and path.startswith(prefixes))
+
+    return test
+
+
+class RateLimitMiddleware:
+    """Refuse HTTP requests over ``limiter`` with 429 and the standard headers.
+
+    Each HTTP request takes ``limiter.acquire_nowait(key=key(scope))`` before
+    the app runs. Admitted, the app runs (a concurrency slot is held until the
+    response's last part is sent, or the app returns or fails); refused, the
+    client gets 429 at once, without waiting.
+    WebSocket and lifespan traffic passes through untouched.
+
+    Args:
+        app: the ASGI application to protect.
+        limiter: ``aiolease.RateLimiter``, ``ConcurrencyLimiter``, ``LimitGroup``,
+            ``aiolease.redis.RedisRateLimiter`` or ``RedisConcurrencyLimiter``.
+            A Redis limiter with ``on_error="raise"`` lets ``LimiterUnavailable``
+            through to the server when Redis is down; choose ``"allow"`` to
+            fail open or ``"deny"`` to refuse with 429.
+        key: ``key(scope)`` returns the limiter key (any hashable; default the
+            client's IP address, :func:`client_ip`).
+        exempt: paths never limited: exact paths, or prefixes written with a
+            trailing ``*`` (``"/static/*"``), or a function ``exempt(scope) -> bool``.
+        policy_name: the policy's name in the ``RateLimit-Policy``/``RateLimit`` fields.
+        policy: the ``RateLimit-Policy`` value to send instead of the one derived
+            from ``limiter`` (for a LimitGroup, the derived one describes its most
+            restrictive rate member).
+
+    Raises:
+        TypeError: ``limiter`` has no ``acquire_nowait()``, ``key`` is not callable,
+            or ``exempt`` is a single string.
+        ValueError: ``policy_name`` is empty or contains a double quote.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limiter: Any,
+        key: Callable[[Scope], Hashable] = client_ip,
+        exempt: Collection[str] | Callable[[Scope], bool] = (),
+        policy_name: str = "default",
+        policy: str | None = None,
+    ) -> None:
+        if not callable(getattr(limiter, "acquire_nowait", None)):
+            raise TypeError(
+                f"limiter={limiter!r} has no acquire_nowait(): pass an aiolease limiter "
+                "(RateLimiter, ConcurrencyLimiter, LimitGroup or a Redis limiter)"
+            )
+        if not callable(key):
+            raise TypeError(f"key={key!r}: expected a function of the ASGI scope")
+        if not isinstance(policy_name, str) or not policy_name or '"' in policy_name:
+            raise ValueError(f"policy_name={policy_name!r}: expected a non-empty name without '\"'")
+        self.app = app
+        self.limiter = limiter
+        self.key = key
+        self._exempt = _exempt_test(exempt)
+        self._name = policy_name
+        self._policy = policy if policy is not None else _policy(limiter, policy_name)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self._exempt(scope):
+            await self.app(scope, receive, send)
+            return
+        try:
+            permit = self.limiter.acquire_nowait(key=self.key(scope))
+            if inspect.isawaitable(permit):  # the Redis limiters answer after a round trip
+                permit = await permit
+        except RateLimitExceeded as exc:
+            await self._refuse(send, exc.retry_after)
+            return
+        except WouldBlock:
+            await self._refuse(send, CONCURRENCY_RETRY_AFTER)
+            return
+        if not (hasattr(permit, "arelease") or hasattr(permit, "release")):
+            await self.app(scope, receive, send)  # a rate permit: nothing to give back
+            return
+        released = False
+
+        async def send_then_release(message: Message) -> None:
+            # The slot is given back before the last body part goes out, so a
+            # client that sends its next request on seeing a response never
+            # finds its own previous request still holding the slot.
+            nonlocal released
+            if (
+                not released
+                and message["type"] == "http.response.body"
+                and not message.get("more_body", False)
+            ):
+                released = True
+                await _release(permit)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_then_release)
+        finally:
+            if not released:
+                released = True
+                await _release(permit)
+
+    async def _refuse(self, send: Send, retry_after: float) -> None:
+        seconds = max(1, math.ceil(retry_after))
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(_BODY)).encode()),
+            (b"retry-after", str(seconds).encode()),
+            (b"ratelimit", f'"{self._name}";r=0;t={seconds}'.encode()),
+        ]
+        if self._policy is not None:
+            headers.append((b"ratelimit-policy", self._policy.encode()))
+        await send({"type": "http.response.start", "status": 429, "headers": headers})
+        await send({"type": "http.response.body", "body": _BODY})
+
+    def __repr__(self) -> str:
+        return f"<RateLimitMiddleware {self.limiter!r} around {self.app!r}>"
+
+
+async def _release(permit: Any) -> None:
+    """Give a concurrency slot back (a rate permit has nothing to give back)."""
+    arelease = getattr(permit, "arelease", None)
+    if arelease is not None:
+        # A Redis release is a round trip: shielded from the request's
+        # cancellation and bounded, so neither leaks the slot nor hangs.
+        task = asyncio.ensure_future(arelease())
+        try:
+            await asyncio.wait_for(asyncio.shield(task), RELEASE_TIMEOUT)
+        except asyncio.CancelledError:
+            await asyncio.wait({task}, timeout=RELEASE_TIMEOUT)
+            raise
+        except TimeoutError:
+            logger.warning(
+                "releasing %r took over %ss; its lease expires on its own", permit, RELEASE_TIMEOUT
+            )
+        return
+    release = getattr(permit, "release", None)
+    if release is not None:
+        release()
