@@ -25,8 +25,8 @@ demo: $(VENV)/.stamp-demo
 	$(PY) -m aiolease demo
 
 lint: $(VENV)/.stamp-test
-	$(BIN)/ruff check src tests bench examples docs
-	$(BIN)/ruff format --check src tests bench examples  # docs/*.md keep hand-aligned snippets
+	$(BIN)/ruff check src tests bench examples docs scripts
+	$(BIN)/ruff format --check src tests bench examples scripts  # docs/*.md keep hand-aligned snippets
 
 typecheck: $(VENV)/.stamp-test
 	$(BIN)/mypy

@@ -1,10 +1,12 @@
 """aiohttp integration: a client middleware (aiohttp >= 3.12) that rate-limits and honours 429/503.
 
-Install with ``pip install 'aiolease[aiohttp]'``::
+Install with ``pip install 'aiolease[aiohttp]'``. For example:
 
-    limits = aiolease.LimitGroup(aiolease.RateLimiter(10), aiolease.ConcurrencyLimiter(5))
-    async with aiohttp.ClientSession(middlewares=[aiolease.aiohttp.limited(limits)]) as session:
-        async with session.get("https://api.example.com/items") as response: ...
+```python
+limits = aiolease.LimitGroup(aiolease.RateLimiter(10), aiolease.ConcurrencyLimiter(5))
+async with aiohttp.ClientSession(middlewares=[aiolease.aiohttp.limited(limits)]) as session:
+    async with session.get("https://api.example.com/items") as response: ...
+```
 
 The pause, parsing and retry logic is shared with ``aiolease.httpx``
 (``aiolease._http``); this module only says how aiohttp sends a request and

@@ -1,11 +1,13 @@
 """ASGI integration: ``RateLimitMiddleware`` answers 429 to requests over a limit.
 
 Plain ASGI, so it needs no extra package and works with Starlette, FastAPI,
-Quart, Litestar or a bare ASGI callable::
+Quart, Litestar or a bare ASGI callable. For example:
 
-    app.add_middleware(aiolease.asgi.RateLimitMiddleware,
-                       limiter=aiolease.RateLimiter(10, per=1.0, burst=20),
-                       key=aiolease.asgi.client_ip, exempt={"/health"})
+```python
+app.add_middleware(aiolease.asgi.RateLimitMiddleware,
+                   limiter=aiolease.RateLimiter(10, per=1.0, burst=20),
+                   key=aiolease.asgi.client_ip, exempt={"/health"})
+```
 
 A request over the limit gets ``429 Too Many Requests`` with ``Retry-After``
 (whole seconds until the same request would be admitted, rounded up, at least

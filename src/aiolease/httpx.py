@@ -1,10 +1,12 @@
 """httpx integration: a transport that rate-limits requests and honours 429/503.
 
-Install with ``pip install 'aiolease[httpx]'``::
+Install with ``pip install 'aiolease[httpx]'``. For example:
 
-    limits = aiolease.LimitGroup(aiolease.RateLimiter(10), aiolease.ConcurrencyLimiter(5))
-    async with httpx.AsyncClient(transport=aiolease.httpx.LimitedTransport(limits)) as client:
-        await client.get("https://api.example.com/items")
+```python
+limits = aiolease.LimitGroup(aiolease.RateLimiter(10), aiolease.ConcurrencyLimiter(5))
+async with httpx.AsyncClient(transport=aiolease.httpx.LimitedTransport(limits)) as client:
+    await client.get("https://api.example.com/items")
+```
 
 The pause, parsing and retry logic is shared with ``aiolease.aiohttp``
 (``aiolease._http``); this module only says how httpx sends a request and

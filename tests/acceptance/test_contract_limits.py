@@ -1,4 +1,4 @@
-"""Black-box acceptance tests of the DESIGN.md "Limits" / "Time" contract.
+"""Black-box acceptance tests of the "Limits" / "Time" contract (docs/architecture.md).
 
 Local limiters run on virtual time (``aiolease.testing.VirtualTimeLoop``);
 the Redis limiters run against the live server on real time with slack.

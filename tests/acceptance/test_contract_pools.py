@@ -1,5 +1,5 @@
-"""Black-box acceptance tests of the DESIGN.md pool contract (Errors, Pools, Driver pools,
-Time, Testing toolkit) and of issues 2 and 3, written only against public names.
+"""Black-box acceptance tests of the pool contract (docs/architecture.md: Errors, Pools,
+Driver pools, Time, Testing toolkit) and of issues 2 and 3, written only against public names.
 
 Timing-sensitive tests run on ``aiolease.testing.VirtualTimeLoop`` through
 ``asyncio.Runner(loop_factory=VirtualTimeLoop)``, so they assert exact virtual
@@ -122,7 +122,7 @@ class DuckManager:
 
 
 def duck_pool(m: DuckManager, **opts: Any) -> Pool[Res]:
-    # The contract's Manager is a Protocol; aiolease.abc.Manager is an ABC (allowed by DESIGN.md),
+    # The contract's Manager is a Protocol; aiolease.abc.Manager is an ABC (the contract allows it),
     # so a duck-typed manager needs a cast for the type checker only.
     return Pool(m, **opts)  # type: ignore[arg-type]
 

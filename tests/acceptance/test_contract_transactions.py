@@ -1,6 +1,6 @@
-"""Black-box acceptance tests of the DESIGN.md "Transactions" / "Errors" contract.
+"""Black-box acceptance tests of the "Transactions" / "Errors" contract (docs/architecture.md).
 
-Only public names as DESIGN.md spells them are used. Real engines: the live
+Only public names as the contract spells them are used. Real engines: the live
 PostgreSQL (asyncpg and psycopg) and SQLite files (aiosqlite); plus
 ``aiolease.testing.FakeConnection`` where the contract names it.
 """
