@@ -293,6 +293,7 @@ class RetryPolicy(Generic[R]):
         status: Callable[[R], int],
         header: Callable[[R], HeaderGetter],
         discard: Callable[[R], Awaitable[None]],
+        close: Callable[[R], Awaitable[None]],
     ) -> R:
         """Send a request under the limits; pause and retry on a throttled response.
 
@@ -304,6 +305,7 @@ class RetryPolicy(Generic[R]):
             status: the response's status code.
             header: the response's field reader.
             discard: reads and releases a response that will be retried.
+            close: releases a response without reading it.
 
         Raises:
             RateLimitExceeded, LimitTimeout: the limits could not admit the
@@ -322,7 +324,13 @@ class RetryPolicy(Generic[R]):
             delay = retry_delay(header(response))
             if delay is None:
                 return response
-            await self.pause(key, delay)
+            try:
+                await self.pause(key, delay)
+            except BaseException:
+                # Cancelled while a Redis limiter records the pause: the response
+                # is nobody's now, so it is closed (shielded) before the error goes on.
+                await asyncio.shield(close(response))
+                raise
             if (
                 not retry_ok
                 or tries >= self.retries

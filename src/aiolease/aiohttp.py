@@ -61,6 +61,10 @@ async def _discard(response: aiohttp.ClientResponse) -> None:
         response.release()
 
 
+async def _close(response: aiohttp.ClientResponse) -> None:
+    response.release()
+
+
 class _Limited:
     """The middleware object :func:`limited` returns (callable as aiohttp expects)."""
 
@@ -96,6 +100,7 @@ class _Limited:
             _status,
             _header,
             _discard,
+            _close,
         )
 
     def __repr__(self) -> str:

@@ -50,6 +50,10 @@ async def _discard(response: httpx.Response) -> None:
         await response.aclose()
 
 
+async def _close(response: httpx.Response) -> None:
+    await response.aclose()
+
+
 class LimitedTransport(httpx.AsyncBaseTransport):
     """An httpx transport that sends each request under ``limits`` and honours 429/503.
 
@@ -120,6 +124,7 @@ class LimitedTransport(httpx.AsyncBaseTransport):
             _status,
             _header,
             _discard,
+            _close,
         )
 
     async def aclose(self) -> None:

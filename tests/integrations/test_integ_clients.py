@@ -347,3 +347,46 @@ def test_a_missing_dependency_names_the_extra(module: str, extra: str) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
     )
     assert f"pip install 'aiolease[{extra}]'" in out.stdout
+
+
+class _StuckPause:
+    """A limiter whose pause() never finishes (a Redis limiter whose server went silent)."""
+
+    def __init__(self) -> None:
+        self.inner = aiolease.RateLimiter(100)
+        self.pausing = asyncio.Event()
+
+    def acquire(self, key: Any = None, timeout: float | None = None) -> Any:
+        return self.inner.acquire(key=key, timeout=timeout)
+
+    async def pause(self, seconds: float, key: Any = None) -> None:
+        self.pausing.set()
+        await asyncio.Event().wait()
+
+
+class _Body(httpx.AsyncByteStream):
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b"slow down"
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def test_a_response_held_when_cancelled_is_closed() -> None:
+    body = _Body()
+
+    def api(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, headers={"Retry-After": "1"}, stream=body)
+
+    limiter = _StuckPause()
+    transport = aiolease.httpx.LimitedTransport(limiter, wrapped=httpx.MockTransport(api))
+    async with httpx.AsyncClient(transport=transport) as client:
+        task = asyncio.create_task(client.get("http://api.example/"))
+        await limiter.pausing.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert body.closed
