@@ -53,8 +53,10 @@ async def _redis_rate(rate: float, per: float = 1.0, **kw: Any) -> AsyncIterator
         limiter = RedisRateLimiter(client, name, rate, per, **kw)
         try:
             yield limiter
+            await limiter.aclose()
             assert limiter._aiolease_leaks() == [], limiter._aiolease_leaks()
         finally:
+            await limiter.aclose()
             await delete_keys(client, name)
 
 
@@ -65,8 +67,10 @@ async def _redis_concurrency(limit: int, **kw: Any) -> AsyncIterator[RedisConcur
         limiter = RedisConcurrencyLimiter(client, name, limit, **kw)
         try:
             yield limiter
+            await limiter.aclose()
             assert limiter._aiolease_leaks() == [], limiter._aiolease_leaks()
         finally:
+            await limiter.aclose()
             await delete_keys(client, name)
 
 
