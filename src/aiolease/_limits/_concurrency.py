@@ -11,7 +11,7 @@ from typing import Any
 from .. import _tracking
 from .._errors import LimitTimeout, WouldBlock
 from ._base import INF, LimiterBase, State, Waiter, fail, pump, withdraw
-from ._validate import check_timeout
+from ._validate import check_name, check_timeout
 
 __all__ = ["ConcurrencyLimiter", "ConcurrencyLimiterStatistics", "ConcurrencyPermit"]
 
@@ -153,7 +153,7 @@ class ConcurrencyLimiter(LimiterBase):
         if limit < 1:
             raise ValueError(f"limit must be an int >= 1, got {limit!r}")
         self._limit = limit
-        self._name = name
+        self._name = check_name(name)
         self._in_use = 0
         self._timeouts = 0
         self._default = _SlotState(self, None)

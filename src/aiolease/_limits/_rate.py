@@ -14,7 +14,7 @@ from typing import Any
 from .. import _tracking
 from .._errors import RateLimitExceeded
 from ._base import _BASE_TIME, EPS, INF, LimiterBase, State, Waiter, fail, loop_time, pump, withdraw
-from ._validate import check_cost, check_positive, check_timeout
+from ._validate import check_cost, check_name, check_positive, check_timeout
 
 __all__ = ["RateLimiter", "RateLimiterStatistics", "RatePermit"]
 
@@ -430,7 +430,7 @@ class RateLimiter(LimiterBase):
         # The fast path admits cost 1 when tat <= now + _slack1.
         self._slack1 = self._tau - self._T + EPS
         self._max_cost = self._rate if self._strict else self._burst
-        self._name = name
+        self._name = check_name(name)
         # Set by LimitGroup: a group admitted late can push this limiter's
         # waiters past the slot estimated on arrival, so waiters with a
         # timeout then also get a deadline timer.
