@@ -184,9 +184,7 @@ class ConcurrencyLimiter(LimiterBase):
             WouldBlock: no slot is free, or other tasks are already waiting for one.
         """
         st = self._state(key, 0.0)
-        if st.nwait == 0 and st.held < self._limit:
-            st.commit(1.0, 0.0)
-            self._admitted += 1
+        if self._admit(st):
             return ConcurrencyPermit(self, st)
         self._rejected += 1
         raise WouldBlock(
@@ -210,13 +208,8 @@ class ConcurrencyLimiter(LimiterBase):
         )
 
     async def __aenter__(self) -> None:
-        st = self._default
-        if st.nwait == 0 and st.held < self._limit:
-            st.held += 1
-            self._in_use += 1
-            self._admitted += 1
-            return
-        await self._acquire(None, None)
+        if not self._admit(self._default):
+            await self._acquire(None, None)
 
     async def __aexit__(
         self,
@@ -236,6 +229,18 @@ class ConcurrencyLimiter(LimiterBase):
     # -- internals ----------------------------------------------------------
     def _new_state(self, key: Hashable) -> _SlotState:
         return _SlotState(self, key)
+
+    def _admit(self, st: _SlotState) -> bool:
+        """THE slot admission: take a slot of ``st`` now if one is free and nobody waits.
+
+        Every way in (``async with``, ``acquire``, ``acquire_nowait``) tries this first and
+        only queues (or raises ``WouldBlock``) when it returns False.
+        """
+        if st.nwait == 0 and st.held < self._limit:
+            st.commit(1.0, 0.0)
+            self._admitted += 1
+            return True
+        return False
 
     def _release(self, st: _SlotState) -> None:
         if st.held <= 0:
@@ -259,9 +264,7 @@ class ConcurrencyLimiter(LimiterBase):
         loop = get_running_loop()
         now = loop.time()
         st = self._state(key, now)
-        if st.nwait == 0 and st.held < self._limit:
-            st.commit(1.0, now)
-            self._admitted += 1
+        if self._admit(st):
             return ConcurrencyPermit(self, st)
         if timeout == 0:
             self._timeouts += 1
