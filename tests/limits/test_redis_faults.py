@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -372,3 +375,25 @@ def test_local_limiters_check_their_arguments_too() -> None:
         aiolease.ConcurrencyLimiter(1).acquire(timeout=math.nan)
     with pytest.raises(ValueError, match="timeout"):
         aiolease.RateLimiter(1).acquire(timeout=-1)
+
+
+# -- public ground ---------------------------------------------------------------------------------
+
+
+def test_aiolease_compat_public_takes_the_public_redis_path() -> None:
+    code = (
+        "import redis.asyncio as r\n"
+        "from aiolease._compat import redis as c\n"
+        "from aiolease.redis import RedisRateLimiter\n"
+        "lim = RedisRateLimiter(r.Redis.from_url('redis://127.0.0.1:1/0'), 'n', 1)\n"
+        "print(c.PIPE, lim._call._direct)\n"
+    )
+    for env, expected in (("public", "False False"), ("", "True True")):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "AIOLEASE_COMPAT": env},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert out.strip() == expected

@@ -166,6 +166,7 @@ class Caller:
         "_drops",
         "_loaded",
         "_more",
+        "_order",
         "_pending",
         "_reader",
         "_watch",
@@ -198,6 +199,8 @@ class Caller:
         self._watch: asyncio.TimerHandle | None = None
         #: closes of dropped connections still running.
         self._drops: set[asyncio.Task[None]] = set()
+        #: Without the pipe, calls go one at a time in call order (FIFO per key, as with it).
+        self._order: asyncio.Lock | None = None
 
     @property
     def busy(self) -> bool:
@@ -219,7 +222,7 @@ class Caller:
         the command was written and the reply still comes (so a reservation can be given back).
         """
         if not self._direct:
-            return await self._via_client(script, keys, args)
+            return await self._via_client(script, keys, args, on_abandon)
         if packed is None:
             packed = pack(
                 (b"EVALSHA", script.sha_b, b"%d" % len(keys), *map(b, keys), *map(b, args))
@@ -379,22 +382,39 @@ class Caller:
             await asyncio.wait(tasks, timeout=self.timeout)
 
     async def _via_client(
-        self, script: Script, keys: tuple[str, ...], args: tuple[Any, ...]
+        self,
+        script: Script,
+        keys: tuple[str, ...],
+        args: tuple[Any, ...],
+        on_abandon: Callable[[Any], None] | None = None,
     ) -> Any:
         # Cluster (or single-connection) clients route and retry by their own policy; configure
         # their retries off to keep "never replay an indeterminate call" (docs/redis.md).
+        # One call at a time, in call order (asyncio.Lock is FIFO): Redis then runs this
+        # process's scripts in the order they were called, as on the pipe.
         client: Any = self._client
+        if self._order is None:
+            self._order = asyncio.Lock()
+        task = asyncio.current_task()
+        cancels = task.cancelling() if task is not None else 0
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(self.timeout), self._order:
                 try:
-                    return await client.evalsha(script.sha, len(keys), *keys, *args)
+                    reply = await client.evalsha(script.sha, len(keys), *keys, *args)
                 except _rexc.NoScriptError:
-                    pass
-                self._loaded += 1
-                await client.script_load(script.source)
-                return await client.evalsha(script.sha, len(keys), *keys, *args)
+                    self._loaded += 1
+                    await client.script_load(script.source)
+                    reply = await client.evalsha(script.sha, len(keys), *keys, *args)
         except TimeoutError as exc:
             raise _rexc.TimeoutError(f"no reply from Redis within {self.timeout}s") from exc
+        if task is not None and task.cancelling() > cancels:
+            # redis-py (8.x) can return a reply to a task cancelled during the call, the
+            # cancellation swallowed: it is not ours to swallow. The script ran: hand its
+            # reply back as abandoned (a reservation is given back), then go on cancelling.
+            if on_abandon is not None:
+                on_abandon(reply)
+            raise asyncio.CancelledError
+        return reply
 
 
 def _log_task_error(task: asyncio.Task[Any]) -> None:
