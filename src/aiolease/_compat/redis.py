@@ -7,9 +7,11 @@ socket and Redis runs them in the order they were made. redis-py has no public s
 (``send_packed_command`` is a coroutine, so two callers could interleave before writing).
 
 The public fallback (``AIOLEASE_COMPAT=public``, or a redis-py connection without ``_writer``)
-sends each call with the client's own ``evalsha`` (one pooled connection per call in flight).
-It is kept because it is measurably worse (bench/README.md, 2026-12-05: with 50 tasks the
-public path admits 0.47x as many acquisitions per second as the pipe).
+sends each call with the client's own ``evalsha``, one call at a time in call order (so that
+Redis still runs one process's scripts in the order they were made). The pipe is kept because
+the public path is far slower: on 2026-12-05 (bench/README.md, 2-core shared VM, never-limited
+``async with RedisRateLimiter``) the public path reached 0.77x the pipe's acquisitions per
+second with 1 task and 0.16x with 50 tasks.
 """
 
 from __future__ import annotations
