@@ -10,8 +10,8 @@ The public fallback (``AIOLEASE_COMPAT=public``, or a redis-py connection withou
 sends each call with the client's own ``evalsha``, one call at a time in call order (so that
 Redis still runs one process's scripts in the order they were made). The pipe is kept because
 the public path is far slower: on 2026-12-05 (bench/README.md, 2-core shared VM, never-limited
-``async with RedisRateLimiter``) the public path reached 0.77x the pipe's acquisitions per
-second with 1 task and 0.16x with 50 tasks.
+``async with RedisRateLimiter``, two runs) the public path reached 0.56-0.77x the pipe's
+acquisitions per second with 1 task and 0.16-0.22x with 50 tasks.
 """
 
 from __future__ import annotations
