@@ -224,7 +224,7 @@ class RedisConcurrencyLimiter:
         *,
         lease_ttl: float = 30.0,
         clock: Clock = "server",
-        call_timeout: float = 0.25,
+        call_timeout: float = 0.5,
         prefix: str = "aiolease",
         fallback: ConcurrencyLimiter | None = None,
     ) -> None:
@@ -361,10 +361,11 @@ class RedisConcurrencyLimiter:
         (``async with limiter:`` takes a slot, so the limiter's lifetime is ended by
         ``aclose()`` alone.)
         """
-        self._closed = True
-        for _, fut in self._waiters.values():
+        for lid, (keys, fut) in self._waiters.items():
+            self._withdraw(keys, lid)  # leave the queue in Redis too, not after lease_ttl
             if not fut.done():
                 fut.set_result(_RECHECK)
+        self._closed = True
         tasks = [t for t in (self._renewer, self._listener) if t is not None]
         self._renewer = self._listener = None
         for task in tasks:
@@ -415,11 +416,10 @@ class RedisConcurrencyLimiter:
         health = self._health
         what = f"concurrency limiter {self._name!r}"
         if not health.may_call(loop.time()):
-            raise unavailable(
-                what,
-                health.last_error,
-                f" (next try in {health.retry_after(loop.time()):.2f}s)",
+            err = unavailable(
+                what, health.last_error, f" (next try in {health.retry_after(loop.time()):.2f}s)"
             )
+            raise _NotSent(str(err)) from health.last_error
         try:
             if end is None:
                 res = await self._call(script, keys, args)
@@ -480,6 +480,8 @@ class RedisConcurrencyLimiter:
         mode = "n" if nowait or timeout == 0 else "w"
         try:
             granted, _ = await self._run(CONC_ACQUIRE, keys, (*self._argv(), lid, mode), end)
+        except _NotSent:
+            raise
         except BaseException:
             # Cancelled (or failed) with the outcome unknown: a slot taken for us must not stay
             # held until it expires. Withdrawing an id that holds nothing is harmless.
@@ -529,6 +531,8 @@ class RedisConcurrencyLimiter:
         except BaseException as exc:
             if not isinstance(exc, (LimitTimeout, LimiterUnavailable)):
                 self._cancelled += 1
+            if self._closed:  # aclose() withdrew it
+                raise
             # Withdraw from the queue, passing on a slot handed to us meanwhile. Shielded: a
             # second cancellation cannot stop it; waited for only as long as the deadline allows.
             withdraw = self._withdraw(keys, lid)
@@ -584,8 +588,10 @@ class RedisConcurrencyLimiter:
                         CONC_RENEW, keys, (*self._argv(), len(held), *held, *waiting)
                     )
                 except UNAVAILABLE as exc:
+                    # The other keys' renewals would most likely fail too: try again next
+                    # round rather than spend call_timeout on each of them now.
                     logger.warning("renewing leases of %r failed: %r", self._name, exc)
-                    continue
+                    break
                 for lid in map(text, lost):
                     gone = self._held.get(lid)
                     if gone is not None and not gone.lost:
@@ -661,3 +667,7 @@ class RedisConcurrencyLimiter:
                 self._listener = None
             with contextlib.suppress(Exception):
                 await ps.aclose()
+
+
+class _NotSent(LimiterUnavailable):
+    """Redis failed lately and the cool-down has not passed: this call was not sent."""

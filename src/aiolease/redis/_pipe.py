@@ -170,6 +170,7 @@ class Caller:
         "_pending",
         "_reader",
         "_watch",
+        "closed",
         "sent",
         "timeout",
     )
@@ -201,6 +202,7 @@ class Caller:
         self._drops: set[asyncio.Task[None]] = set()
         #: Without the pipe, calls go one at a time in call order (FIFO per key, as with it).
         self._order: asyncio.Lock | None = None
+        self.closed = False
 
     @property
     def busy(self) -> bool:
@@ -221,6 +223,8 @@ class Caller:
         cached pieces). ``on_abandon`` is called with the reply if the caller is cancelled after
         the command was written and the reply still comes (so a reservation can be given back).
         """
+        if self.closed:  # a late release or settle after aclose(): logged by its caller
+            raise _rexc.ConnectionError("the limiter was closed (aclose())")
         if not self._direct:
             return await self._via_client(script, keys, args, on_abandon)
         if packed is None:
@@ -333,9 +337,10 @@ class Caller:
                     break
         except BaseException as exc:
             if self._conn is conn:
-                # Cancelled from outside (aclose, or the loop shutting down): fail the pending
-                # calls; the connection is dropped and goes back to its pool.
-                self._break(exc)
+                # Cancelled from outside (the loop is shutting down: aclose() drops the pipe
+                # before it cancels the reader): fail the pending calls but start no task; the
+                # connection is closed with its client.
+                self._break(exc, drop=isinstance(exc, Exception))
             if not isinstance(exc, Exception):
                 raise
         finally:
@@ -343,7 +348,7 @@ class Caller:
                 if self._reader is asyncio.current_task():
                     self._reader = None
 
-    def _break(self, exc: BaseException) -> None:
+    def _break(self, exc: BaseException, *, drop: bool = True) -> None:
         """Drop the connection: every pending call fails as unavailable (its outcome unknown)."""
         conn, self._conn = self._conn, None
         pending = list(self._pending)
@@ -359,7 +364,7 @@ class Caller:
                 err = _rexc.ConnectionError(f"connection to Redis lost: {exc!r}")
                 err.__cause__ = exc
                 fut.set_exception(err)
-        if conn is not None:
+        if conn is not None and drop:
             pool = self._client.connection_pool  # type: ignore[union-attr]
 
             async def close_and_release() -> None:
@@ -374,6 +379,7 @@ class Caller:
 
     async def aclose(self) -> None:
         """Drop the pipe's connection (back to the client's pool) and end the reader."""
+        self.closed = True
         reader = self._reader
         if self._conn is not None or reader is not None:
             self._break(_rexc.ConnectionError("limiter closed"))

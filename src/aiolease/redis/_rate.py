@@ -305,7 +305,7 @@ class RedisRateLimiter:
         burst: float = 1,
         on_error: OnError = "raise",
         clock: Clock = "server",
-        call_timeout: float = 0.25,
+        call_timeout: float = 0.5,
         prefix: str = "aiolease",
         fallback: RateLimiter | None = None,
     ) -> None:
@@ -327,6 +327,12 @@ class RedisRateLimiter:
                 raise ValueError(
                     f"on_error={on_error!r} and fallback= both say what to do while Redis is "
                     "unavailable: give one of them"
+                )
+            if fallback._max_cost < self._burst:
+                raise ValueError(
+                    f"fallback={fallback!r} admits at most {fallback._max_cost:g} at once, less "
+                    f"than burst={self._burst:g}: an acquisition this limiter accepts could "
+                    "never be admitted by it; give the fallback a burst >= burst"
                 )
         self._fallback = fallback
         if clock not in ("server", "client"):
@@ -421,6 +427,8 @@ class RedisRateLimiter:
             ValueError: ``seconds`` is negative or not finite.
         """
         s = check_positive("seconds", seconds, inclusive=True)
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed (aclose() was called)")
         rkey = self._rkey(key)
         if self._fallback is not None:  # so that it holds off too if Redis fails meanwhile
             self._fallback.pause(s, key)
@@ -632,10 +640,10 @@ class RedisRateLimiter:
                 seq = self._pause_seq
                 try:
                     res = await self._reserve(loop, rkey, cost, max_wait, end)
-                except UNAVAILABLE as exc:
-                    return await self._degrade(loop, rkey, key, cost, left, exc)
-                except _CoolingDown:
-                    return await self._degrade(loop, rkey, key, cost, left, None)
+                except (*UNAVAILABLE, _CoolingDown) as exc:
+                    left = None if timeout is None else max(0.0, arrived + timeout - loop.time())
+                    why = None if isinstance(exc, _CoolingDown) else exc
+                    return await self._degrade(loop, rkey, key, cost, left, why)
                 if type(res) is int:
                     if res < 0:  # -(wait_us + 1): slot beyond the timeout; nothing reserved
                         self._rejected += 1
