@@ -54,7 +54,7 @@ class RedisRateLimiterStatistics(RateLimiterStatistics):
 
     Attributes:
         errors: Redis calls that failed because Redis was unavailable.
-        degraded: acquisitions answered by ``on_error`` instead of by Redis.
+        degraded: acquisitions answered without Redis (by ``on_error`` or ``fallback``).
     """
 
     errors: int = 0
@@ -560,7 +560,6 @@ class RedisRateLimiter:
             self._admitted += 1
             return RedisRatePermit(self, rkey, key, cost, "", degraded=True, local=local)
         if self._on_error == "raise":
-            self._rejected += 1
             raise unavailable(f"rate limiter {self._name!r}", exc)
         self._degraded += 1
         if self._on_error == "allow":
