@@ -88,6 +88,7 @@ class SilentProxy:
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.silent = False
+        self.connections = 0  # connections accepted so far
         self._closing = False
         self._healed = asyncio.Event()
         self._healed.set()
@@ -118,6 +119,7 @@ class SilentProxy:
         writer.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         await self._healed.wait()  # silent: the connection is accepted but never answered
         if self._closing:
             writer.close()

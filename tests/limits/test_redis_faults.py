@@ -132,6 +132,26 @@ async def test_on_error_answers_within_call_timeout_when_redis_is_silent(
         await lim.aclose()
 
 
+async def test_no_retry_storm_while_redis_is_silent(silent: SilentProxy) -> None:
+    # 150 acquisitions over ~1.5 s of silence: Redis is tried once per cool-down (0.1 s
+    # doubling to 1 s), one call at a time, not once per acquisition.
+    async with redis_asyncio.Redis.from_url(silent.url) as client:
+        lim = RedisRateLimiter(client, "faults", 1000, on_error="allow", call_timeout=0.1)
+        await lim.acquire()
+        silent.silence()
+        before = silent.connections
+        degraded = 0
+        for _ in range(150):
+            degraded += (await lim.acquire()).degraded
+            await asyncio.sleep(0.01)
+        assert degraded == 150
+        attempts = lim.statistics().errors
+        assert 1 <= attempts <= 6
+        assert silent.connections - before <= attempts
+        silent.heal()
+        await lim.aclose()
+
+
 async def test_concurrency_waiter_bounded_when_redis_goes_silent(silent: SilentProxy) -> None:
     async with redis_asyncio.Redis.from_url(silent.url) as client:
         sem = RedisConcurrencyLimiter(client, "faults", 1, lease_ttl=3.0, call_timeout=1.0)
