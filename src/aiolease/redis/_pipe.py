@@ -294,7 +294,10 @@ class Caller:
         async with self._connecting:  # FIFO: callers keep their order while we connect
             if self._conn is None:
                 pool = self._client.connection_pool  # type: ignore[union-attr]
-                conn = await pool.get_connection()
+                try:
+                    conn = await pool.get_connection()
+                except TypeError:  # redis-py < 5.3 requires a command name (later: deprecated)
+                    conn = await pool.get_connection("EVALSHA")
                 if not _compat.can_write(conn):  # pragma: no cover - redis-py changed
                     await pool.release(conn)
                     self._direct = False
