@@ -17,7 +17,9 @@ Columns: 1 task, and 50 tasks sharing one limiter (and one client). Each cell
 is the median of ``repeats`` interleaved rounds; a ratio (x PING) is the median
 over the rounds of the per-round ratio, so the drift of a shared machine between
 rounds cancels out.
-Target: aiolease >= 0.9 x PING in both columns.
+Target: aiolease >= 0.9 x PING with 1 task and >= 2 x PING with 50 tasks (its calls share
+one pipelined connection; PING takes a pooled connection per call in flight). The row
+"AIOLEASE_COMPAT=public" is the limiter on redis-py's public API only (one call at a time).
 
 Run alone: ``python bench/limits_redis.py [--repeats N] [--duration S]``.
 """
@@ -47,6 +49,7 @@ import limits  # noqa: E402
 sys.path.insert(0, _HERE)
 from _common import Column, Contender, Stop, Worker, environment, fmt_ops, run_rounds  # noqa: E402
 
+from aiolease._compat import redis as _compat_redis  # noqa: E402
 from aiolease.redis import RedisRateLimiter  # noqa: E402
 
 REDIS_URL = os.environ.get("AIOLEASE_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -82,20 +85,33 @@ async def _ping() -> AsyncIterator[Worker]:
         yield _loop_worker(client.ping)
 
 
-@contextlib.asynccontextmanager
-async def _ours() -> AsyncIterator[Worker]:
-    async with _client() as client:
-        lim = RedisRateLimiter(client, f"{PREFIX}-ours", HUGE, burst=HUGE)
+def _ours_on(public: bool) -> Callable[[], contextlib.AbstractAsyncContextManager[Worker]]:
+    """``async with RedisRateLimiter``: on the pipe, or as under ``AIOLEASE_COMPAT=public``."""
 
-        async def worker(stop: Stop) -> int:
-            n = 0
-            while not stop.flag:
-                async with lim:
-                    pass
-                n += 1
-            return n
+    @contextlib.asynccontextmanager
+    async def setup() -> AsyncIterator[Worker]:
+        async with _client() as client:
+            saved = _compat_redis.PIPE
+            _compat_redis.PIPE = saved and not public
+            try:
+                lim = RedisRateLimiter(client, f"{PREFIX}-ours", HUGE, burst=HUGE)
+            finally:
+                _compat_redis.PIPE = saved
 
-        yield worker
+            async def worker(stop: Stop) -> int:
+                n = 0
+                while not stop.flag:
+                    async with lim:
+                        pass
+                    n += 1
+                return n
+
+            try:
+                yield worker
+            finally:
+                await lim.aclose()
+
+    return setup
 
 
 def _limits_contender(
@@ -182,7 +198,8 @@ async def section(repeats: int, duration: float) -> list[str]:
         return [f"(c) Redis at {REDIS_URL} unreachable ({exc!r}): skipped"]
     candidates = [
         Contender("redis-py PING (floor)", _ping, "floor"),
-        Contender("aiolease RedisRateLimiter", _ours, "ours"),
+        Contender("aiolease RedisRateLimiter", _ours_on(False), "ours"),
+        Contender("aiolease, AIOLEASE_COMPAT=public", _ours_on(True), "variant"),
         Contender(
             "limits fixed window (redis-py)",
             _limits_contender(limits.aio.strategies.FixedWindowRateLimiter),
@@ -226,12 +243,14 @@ async def section(repeats: int, duration: float) -> list[str]:
     lines.extend(skipped)
     anchors = [c.name for c in contenders if c.role == "anchor"]
     ours = "aiolease RedisRateLimiter"
+    targets = {"1 task": 0.9, "50 tasks": 2.0}
     for col in COLUMNS:
         vs_ping = results.ratio(ours, "redis-py PING (floor)", col.title)
         vs_best = min((results.ratio(ours, a, col.title) for a in anchors), default=float("nan"))
+        vs_public = results.ratio("aiolease, AIOLEASE_COMPAT=public", ours, col.title)
         lines.append(
-            f"    {col.title}: ours / PING = {vs_ping:.2f} (target >= 0.9); "
-            f"ours / best anchor = {vs_best:.2f}"
+            f"    {col.title}: ours / PING = {vs_ping:.2f} (target >= {targets[col.title]:g}); "
+            f"ours / best anchor = {vs_best:.2f}; public path / ours = {vs_public:.2f}"
         )
     return lines
 

@@ -41,6 +41,7 @@ CONTRACT = {
         "CommitUnknown",
         "ConcurrencyLimiter",
         "LimitTimeout",
+        "LimiterUnavailable",
         "Manager",
         "Pool",
         "PoolClosed",
@@ -144,6 +145,7 @@ def test_errors_derive_from_aiolease_error() -> None:
             assert issubclass(value, aiolease.AioleaseError), n
     assert issubclass(aiolease.PoolTimeout, TimeoutError)
     assert issubclass(aiolease.LimitTimeout, TimeoutError)
+    assert issubclass(aiolease.LimiterUnavailable, ConnectionError)
     assert issubclass(aiolease.CommitUnknown, aiolease.TransactionError)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ._dialects import register_dialect as register_dialect
 from ._errors import AioleaseError as AioleaseError
 from ._errors import CommitUnknown as CommitUnknown
+from ._errors import LimiterUnavailable as LimiterUnavailable
 from ._errors import LimitTimeout as LimitTimeout
 from ._errors import PoolClosed as PoolClosed
 from ._errors import PoolTimeout as PoolTimeout
@@ -43,6 +44,7 @@ __all__ = [
     "HookError",
     "LimitGroup",
     "LimitTimeout",
+    "LimiterUnavailable",
     "Manager",
     "Pool",
     "PoolClosed",

@@ -6,6 +6,7 @@ __all__ = [
     "AioleaseError",
     "CommitUnknown",
     "LimitTimeout",
+    "LimiterUnavailable",
     "PoolClosed",
     "PoolTimeout",
     "RateLimitExceeded",
@@ -30,6 +31,13 @@ class PoolTimeout(AioleaseError, TimeoutError):
 
 class LimitTimeout(AioleaseError, TimeoutError):
     """A concurrency limit slot could not be acquired within the timeout."""
+
+
+class LimiterUnavailable(AioleaseError, ConnectionError):
+    """A distributed limiter's backend (Redis) cannot be reached or is failing.
+
+    The backend client's own error is chained as ``__cause__``.
+    """
 
 
 class PoolClosed(AioleaseError):

@@ -8,15 +8,17 @@ fixture applies the project's skip-or-fail policy first).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 import redis.asyncio as redis_asyncio
 from limits_helpers import Impl
 
+from aiolease._compat import redis as _compat_redis
 from aiolease.redis import RedisConcurrencyLimiter, RedisRateLimiter
 
 REDIS_URL = os.environ.get("AIOLEASE_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -46,50 +48,82 @@ async def redis_client(url: str = REDIS_URL, **kw: Any) -> AsyncIterator[redis_a
         await client.aclose()
 
 
+@contextlib.contextmanager
+def compat_public(public: bool) -> Iterator[None]:
+    """Build limiters as under ``AIOLEASE_COMPAT=public`` (no private redis-py names)."""
+    saved = _compat_redis.PIPE
+    _compat_redis.PIPE = saved and not public
+    try:
+        yield
+    finally:
+        _compat_redis.PIPE = saved
+
+
 @contextlib.asynccontextmanager
-async def _redis_rate(rate: float, per: float = 1.0, **kw: Any) -> AsyncIterator[RedisRateLimiter]:
+async def _redis_rate(
+    rate: float, per: float = 1.0, *, public: bool = False, **kw: Any
+) -> AsyncIterator[RedisRateLimiter]:
     async with redis_client() as client:
         name = unique_name("rate")
-        limiter = RedisRateLimiter(client, name, rate, per, **kw)
+        with compat_public(public):
+            limiter = RedisRateLimiter(client, name, rate, per, **kw)
+        assert limiter._call._direct is (_compat_redis.PIPE and not public)
         try:
             yield limiter
+            await limiter.aclose()
             assert limiter._aiolease_leaks() == [], limiter._aiolease_leaks()
         finally:
+            await limiter.aclose()
             await delete_keys(client, name)
 
 
 @contextlib.asynccontextmanager
-async def _redis_concurrency(limit: int, **kw: Any) -> AsyncIterator[RedisConcurrencyLimiter]:
+async def _redis_concurrency(
+    limit: int, *, public: bool = False, **kw: Any
+) -> AsyncIterator[RedisConcurrencyLimiter]:
     async with redis_client() as client:
         name = unique_name("conc")
-        limiter = RedisConcurrencyLimiter(client, name, limit, **kw)
+        with compat_public(public):
+            limiter = RedisConcurrencyLimiter(client, name, limit, **kw)
         try:
             yield limiter
+            await limiter.aclose()
             assert limiter._aiolease_leaks() == [], limiter._aiolease_leaks()
         finally:
+            await limiter.aclose()
             await delete_keys(client, name)
 
 
 _MARKS = [pytest.mark.redis, pytest.mark.slow]
 
+# "redis": the pipelined connection (aiolease._compat.redis); "redis-public": the public
+# redis-py API only, as under AIOLEASE_COMPAT=public (another code path for every call).
 REDIS_RATE_IMPLS: list[Any] = [
     pytest.param(
         Impl(
-            "redis",
-            _redis_rate,
+            ident,
+            functools.partial(_redis_rate, public=public),
             None,
             tol=TOL,
             requires=("redis_url",),
             supports=frozenset({"refund_any_waiter"}),
         ),
-        id="redis",
+        id=ident,
         marks=_MARKS,
-    ),
+    )
+    for ident, public in (("redis", False), ("redis-public", True))
 ]
 REDIS_CONCURRENCY_IMPLS: list[Any] = [
     pytest.param(
-        Impl("redis", _redis_concurrency, None, tol=TOL, requires=("redis_url",)),
-        id="redis",
+        Impl(
+            ident,
+            functools.partial(_redis_concurrency, public=public),
+            None,
+            tol=TOL,
+            requires=("redis_url",),
+        ),
+        id=ident,
         marks=_MARKS,
-    ),
+    )
+    for ident, public in (("redis", False), ("redis-public", True))
 ]

@@ -79,6 +79,8 @@ async def test_never_more_than_limit_holders(client: redis_asyncio.Redis, name: 
     assert await sem.in_use() == 0
     s = sem.statistics()
     assert (s.admitted, s.in_use, s.waiting, s.limit) == (20, 0, 0, 3)
+    assert any("left open" in p for p in sem._aiolease_leaks())
+    await sem.aclose()
     assert sem._aiolease_leaks() == []
 
 
@@ -115,11 +117,11 @@ async def test_a_waiter_holds_its_place_while_its_listener_subscribes(
     subscribing = asyncio.Event()
     original = RedisConcurrencyLimiter._ensure_listener
 
-    async def slow_subscribe(self: RedisConcurrencyLimiter) -> None:
+    async def slow_subscribe(self: RedisConcurrencyLimiter, end: float | None) -> None:
         if not gate.is_set():
             subscribing.set()
             await gate.wait()
-        await original(self)
+        await original(self, end)
 
     monkeypatch.setattr(RedisConcurrencyLimiter, "_ensure_listener", slow_subscribe)
     first = asyncio.ensure_future(sem.acquire())
@@ -366,6 +368,8 @@ async def test_leaks_name_held_leases_and_waiters(client: redis_asyncio.Redis, n
     with pytest.raises(asyncio.CancelledError):
         await waiter
     await permit.arelease()
+    assert any("left open" in p for p in sem._aiolease_leaks())
+    await sem.aclose()
     assert sem._aiolease_leaks() == []
     await settle_down(sem)
 
@@ -383,6 +387,8 @@ async def test_cancel_during_the_first_round_trip_leaves_no_slot_held(
         await task
     await settle_down(sem)
     assert await sem.in_use() == 0  # the slot taken for the cancelled task was given back
+    assert any("left open" in p for p in sem._aiolease_leaks())
+    await sem.aclose()
     assert sem._aiolease_leaks() == []
 
 
@@ -394,6 +400,8 @@ async def test_a_release_that_cannot_reach_redis_does_not_replace_the_error(
     async def down(*args: object, **kwargs: object) -> None:
         raise RedisConnectionError("Redis went away")
 
+    caller = sem._call
+
     async def body() -> None:
         async with sem.acquire():
             sem._call = down  # type: ignore[assignment]
@@ -401,7 +409,10 @@ async def test_a_release_that_cannot_reach_redis_does_not_replace_the_error(
 
     with pytest.raises(ZeroDivisionError):  # the body's error, not the release's
         await body()
+    sem._call = caller
     assert "the lease expires after lease_ttl" in caplog.text
+    assert any("left open" in p for p in sem._aiolease_leaks())
+    await sem.aclose()
     assert sem._aiolease_leaks() == []
 
 

@@ -173,3 +173,65 @@ async def test_a_killed_holder_frees_its_slot_after_the_lease_ttl(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+_WAITERS_CHILD = """
+import asyncio, sys
+import redis.asyncio as r
+from aiolease.redis import RedisConcurrencyLimiter
+
+async def main(url, name, ttl, n):
+    client = r.Redis.from_url(url)
+    sem = RedisConcurrencyLimiter(client, name, 1, lease_ttl=ttl)
+    waiters = [asyncio.ensure_future(sem.acquire()) for _ in range(n)]
+    while sem.statistics().waiting < n or len(sem._waiters) < n:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # every waiter queued in Redis and subscribed
+    print("queued", flush=True)
+    await asyncio.sleep(3600)
+    del waiters
+
+url, name, ttl, n = sys.argv[1:]
+asyncio.run(main(url, name, float(ttl), int(n)))
+"""
+
+
+async def test_waiters_of_a_killed_process_stop_reserving_capacity_within_the_lease_ttl(
+    client: redis_asyncio.Redis, redis_url: str, name: str
+) -> None:
+    # A slot released to a dead process's queued waiter must not stay captured for a fresh
+    # lease_ttl: it expires when the dead waiter's heartbeat would have.
+    ttl = 1.0
+    sem = RedisConcurrencyLimiter(client, name, 1, lease_ttl=ttl)
+    held = await sem.acquire()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _WAITERS_CHILD,
+        redis_url,
+        name,
+        str(ttl),
+        "3",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    loop = asyncio.get_running_loop()
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert line.strip() == b"queued"
+        assert await client.zcard(sem._keys(None)[1]) == 3  # three waiters queued in Redis
+        os.kill(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        killed = loop.time()
+        await asyncio.sleep(0.7 * ttl)
+        await held.arelease()  # handed to the oldest dead waiter
+        permit = await sem.acquire(timeout=5 * ttl)
+        # Its last heartbeat was at most at the kill: capacity is back by kill + lease_ttl
+        # (plus the waiter's wake-up and a loaded machine's slack), not release + lease_ttl.
+        assert loop.time() - killed <= ttl + 0.3
+        await permit.arelease()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await sem.aclose()

@@ -20,9 +20,9 @@ from _redis_factories import TOL, delete_keys, redis_client, unique_name
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from aiolease import RateLimitExceeded
-from aiolease._redis_scripts import CONC_ACQUIRE, RATE_ACQUIRE
+from aiolease import LimiterUnavailable, RateLimitExceeded
 from aiolease.redis import RedisConcurrencyLimiter, RedisRateLimiter, redis_key
+from aiolease.redis._scripts import CONC_ACQUIRE, RATE_ACQUIRE
 
 pytestmark = pytest.mark.redis
 
@@ -230,6 +230,8 @@ async def test_cancel_during_the_round_trip_gives_the_reservation_back(
     # had the cancelled reservation stayed, the next slot would be ~2 s away
     assert info.value.retry_after <= 1.0
     assert lim.statistics().cancelled == 1
+    assert any("left open" in p for p in lim._aiolease_leaks())
+    await lim.aclose()
     assert lim._aiolease_leaks() == []
 
 
@@ -326,8 +328,9 @@ async def test_on_error_answers_quickly_when_redis_is_unreachable(policy: str) -
         t0 = now()
         for _ in range(3):  # the first call fails, the next ones answer from the cool-down
             if policy == "raise":
-                with pytest.raises(RedisConnectionError):
+                with pytest.raises(LimiterUnavailable) as raised:
                     await lim.acquire()
+                assert isinstance(raised.value.__cause__, RedisConnectionError)
             elif policy == "deny":
                 with pytest.raises(RateLimitExceeded) as info:
                     await lim.acquire()
@@ -381,7 +384,7 @@ async def test_on_error_recovers_when_redis_answers_again(
     lim = RedisRateLimiter(client, name, 100, on_error="deny", call_timeout=0.3)
     await lim.acquire()
     lim._call._break(RedisConnectionError("simulated"))
-    lim._unavailable(RedisConnectionError("simulated"), asyncio.get_running_loop())
+    lim._health.failed(RedisConnectionError("simulated"), asyncio.get_running_loop().time())
     with pytest.raises(RateLimitExceeded):
         await lim.acquire()  # within the cool-down: denied without a call
     await asyncio.sleep(0.15)
@@ -450,6 +453,8 @@ async def test_leaks_report_waiting_tasks(client: redis_asyncio.Redis, name: str
     with pytest.raises(asyncio.CancelledError):
         await waiter
     await asyncio.sleep(0.05)
+    assert any("left open" in p for p in lim._aiolease_leaks())
+    await lim.aclose()
     assert lim._aiolease_leaks() == []
 
 
@@ -534,10 +539,11 @@ async def test_a_connection_killed_under_the_limiter_fails_one_call_then_recover
         try:
             await lim.acquire()
             outcomes.append("ok")
-        except RedisConnectionError:
+        except LimiterUnavailable:
             outcomes.append("error")  # the call in flight is lost, not replayed
         await asyncio.sleep(0.15)  # past the cool-down
     assert outcomes in (["error", "ok"], ["ok", "ok"])
     # a new socket (the pool may hand back the same Connection object, reconnected)
     assert lim._call._conn._writer.get_extra_info("sockname")[:2] != (host, port)
     assert lim.statistics().errors == outcomes.count("error")
+    await lim.aclose()

@@ -22,8 +22,10 @@ import pytest
 import redis.asyncio as redis_asyncio
 from _redis_factories import delete_keys, redis_client, unique_name
 
-from aiolease._redis_scripts import RATE_ACQUIRE, RATE_CANCEL, RATE_PAUSE, RATE_SETTLE, RATE_SHIFT
-from aiolease.redis import RedisRateLimiter, _Chain, _text
+from aiolease.redis import RedisRateLimiter
+from aiolease.redis._pipe import text as _text
+from aiolease.redis._rate import _Chain
+from aiolease.redis._scripts import RATE_ACQUIRE, RATE_CANCEL, RATE_PAUSE, RATE_SETTLE, RATE_SHIFT
 
 pytestmark = pytest.mark.redis
 

@@ -11,7 +11,7 @@ from typing import Any
 from .. import _tracking
 from .._errors import LimitTimeout, WouldBlock
 from ._base import INF, LimiterBase, State, Waiter, fail, pump, withdraw
-from ._validate import check_timeout
+from ._validate import check_name, check_timeout
 
 __all__ = ["ConcurrencyLimiter", "ConcurrencyLimiterStatistics", "ConcurrencyPermit"]
 
@@ -153,7 +153,7 @@ class ConcurrencyLimiter(LimiterBase):
         if limit < 1:
             raise ValueError(f"limit must be an int >= 1, got {limit!r}")
         self._limit = limit
-        self._name = name
+        self._name = check_name(name)
         self._in_use = 0
         self._timeouts = 0
         self._default = _SlotState(self, None)
@@ -184,9 +184,7 @@ class ConcurrencyLimiter(LimiterBase):
             WouldBlock: no slot is free, or other tasks are already waiting for one.
         """
         st = self._state(key, 0.0)
-        if st.nwait == 0 and st.held < self._limit:
-            st.commit(1.0, 0.0)
-            self._admitted += 1
+        if self._admit(st):
             return ConcurrencyPermit(self, st)
         self._rejected += 1
         raise WouldBlock(
@@ -210,13 +208,8 @@ class ConcurrencyLimiter(LimiterBase):
         )
 
     async def __aenter__(self) -> None:
-        st = self._default
-        if st.nwait == 0 and st.held < self._limit:
-            st.held += 1
-            self._in_use += 1
-            self._admitted += 1
-            return
-        await self._acquire(None, None)
+        if not self._admit(self._default):
+            await self._acquire(None, None)
 
     async def __aexit__(
         self,
@@ -236,6 +229,18 @@ class ConcurrencyLimiter(LimiterBase):
     # -- internals ----------------------------------------------------------
     def _new_state(self, key: Hashable) -> _SlotState:
         return _SlotState(self, key)
+
+    def _admit(self, st: _SlotState) -> bool:
+        """THE slot admission: take a slot of ``st`` now if one is free and nobody waits.
+
+        Every way in (``async with``, ``acquire``, ``acquire_nowait``) tries this first and
+        only queues (or raises ``WouldBlock``) when it returns False.
+        """
+        if st.nwait == 0 and st.held < self._limit:
+            st.commit(1.0, 0.0)
+            self._admitted += 1
+            return True
+        return False
 
     def _release(self, st: _SlotState) -> None:
         if st.held <= 0:
@@ -259,9 +264,7 @@ class ConcurrencyLimiter(LimiterBase):
         loop = get_running_loop()
         now = loop.time()
         st = self._state(key, now)
-        if st.nwait == 0 and st.held < self._limit:
-            st.commit(1.0, now)
-            self._admitted += 1
+        if self._admit(st):
             return ConcurrencyPermit(self, st)
         if timeout == 0:
             self._timeouts += 1

@@ -14,7 +14,7 @@ from typing import Any
 from .. import _tracking
 from .._errors import RateLimitExceeded
 from ._base import _BASE_TIME, EPS, INF, LimiterBase, State, Waiter, fail, loop_time, pump, withdraw
-from ._validate import check_cost, check_positive, check_timeout
+from ._validate import check_cost, check_name, check_positive, check_timeout
 
 __all__ = ["RateLimiter", "RateLimiterStatistics", "RatePermit"]
 
@@ -87,9 +87,28 @@ class _GcraState(State):
         self.debts: list[tuple[float, float]] | None = None  # created when first needed
 
     def ready_at(self, cost: float, now: float) -> float:
-        slot = self.tat + cost * self.owner._T - self.owner._tau
+        o = self.owner
+        slot = self.tat + cost * o._T - o._tau
         pu = self.paused_until
-        return max(now, slot, pu)
+        if pu > slot:
+            slot = pu
+        return slot if slot > now else now
+
+    def admit(self, cost: float, now: float) -> float | None:
+        """The one GCRA admission: commit ``cost`` now if nobody waits and it fits, else None.
+
+        Every way in (``async with``, ``acquire``, ``acquire_nowait``) tries this first and
+        only queues (or raises) when it returns None. Returns the commit token.
+        """
+        o = self.owner
+        if (
+            self.nwait
+            or self.paused_until > now + EPS
+            or self.tat + cost * o._T - o._tau > now + EPS
+        ):
+            return None
+        o._admitted += 1
+        return self.commit(cost, now)
 
     def commit(self, cost: float, now: float, fired: float | None = None) -> float:
         tat = self.tat
@@ -214,6 +233,13 @@ class _WindowState(State):
             self.owner._per,
             self.owner._rate,
         )
+
+    def admit(self, cost: float, now: float) -> list[float] | None:
+        """The one sliding-window admission (see :meth:`_GcraState.admit`)."""
+        if self.nwait or self.ready_at(cost, now) > now + EPS:
+            return None
+        self.owner._admitted += 1
+        return self.commit(cost, now)
 
     def commit(self, cost: float, now: float, fired: float | None = None) -> list[float]:
         self._expire(now)
@@ -399,7 +425,6 @@ class RateLimiter(LimiterBase):
         "_name",
         "_per",
         "_rate",
-        "_slack1",
         "_strict",
         "_tau",
     )
@@ -427,10 +452,8 @@ class RateLimiter(LimiterBase):
         self._T = self._per / self._rate
         self._tau = self._burst * self._T
         self._grace = min(_LATE_GRACE, self._T / 4)
-        # The fast path admits cost 1 when tat <= now + _slack1.
-        self._slack1 = self._tau - self._T + EPS
         self._max_cost = self._rate if self._strict else self._burst
-        self._name = name
+        self._name = check_name(name)
         # Set by LimitGroup: a group admitted late can push this limiter's
         # waiters past the slot estimated on arrival, so waiters with a
         # timeout then also get a deadline timer.
@@ -481,16 +504,11 @@ class RateLimiter(LimiterBase):
         c = check_cost(cost, self._max_cost, self._what())
         now = loop_time(get_running_loop())
         st = self._state(key, now)
-        if st.nwait == 0:
-            at = st.ready_at(c, now)
-            if at <= now + EPS:
-                token = st.commit(c, now)
-                self._admitted += 1
-                return RatePermit(self, st, c, token)
-        else:
-            at = st.estimate(c, now)
+        token = st.admit(c, now)
+        if token is not None:
+            return RatePermit(self, st, c, token)
         self._rejected += 1
-        raise RateLimitExceeded(at - now)
+        raise RateLimitExceeded(self._slot(st, c, now) - now)
 
     def pause(self, seconds: float, key: Hashable = None) -> None:
         """Admit nothing on ``key`` for ``seconds`` (feed a server's ``Retry-After`` back).
@@ -534,27 +552,12 @@ class RateLimiter(LimiterBase):
         )
 
     async def __aenter__(self) -> None:
-        # The never-limited fast path: no task, future or permit is created,
-        # and the clock read is inlined (see _base.loop_time).
-        st = self._default
-        if st.nwait == 0 and self._gcra:
-            loop = get_running_loop()
-            now = _monotonic() if type(loop).time is _BASE_TIME else loop.time()
-            tat = st.tat
-            if tat <= now:
-                if st.paused_until <= now:
-                    # Zero debt: later refunds of earlier permits are void
-                    # (stale ``debts`` entries are ignored via ``clamp_at``).
-                    st.clamp_at = now
-                    st.tat = now + self._T
-                    self._admitted += 1
-                    return
-            elif tat <= now + self._slack1 and st.paused_until <= now + EPS:
-                st._push_debt(now, tat - now)
-                st.tat = tat + self._T
-                self._admitted += 1
-                return
-        await self._acquire(1.0, None, None)
+        # The never-limited fast path: the one admission, no task, future or permit; the
+        # clock read is inlined (see _base.loop_time).
+        loop = get_running_loop()
+        now = _monotonic() if type(loop).time is _BASE_TIME else loop.time()
+        if self._default.admit(1.0, now) is None:
+            await self._acquire(1.0, None, None)
 
     async def __aexit__(
         self,
@@ -594,16 +597,12 @@ class RateLimiter(LimiterBase):
 
     async def _acquire(self, cost: float, key: Hashable, timeout: float | None) -> RatePermit:
         loop = get_running_loop()
-        now = loop.time()
+        now = loop_time(loop)
         st = self._default if key is None else self._state(key, now)
-        if st.nwait == 0:
-            slot = st.ready_at(cost, now)
-            if slot <= now + EPS:
-                token = st.commit(cost, now)
-                self._admitted += 1
-                return RatePermit(self, st, cost, token)
-        else:
-            slot = st.estimate(cost, now)
+        token = st.admit(cost, now)
+        if token is not None:
+            return RatePermit(self, st, cost, token)
+        slot = self._slot(st, cost, now)
         if timeout is not None and slot > now + timeout + EPS:
             self._rejected += 1
             raise RateLimitExceeded(slot - now)
@@ -626,24 +625,19 @@ class RateLimiter(LimiterBase):
         return RatePermit(self, st, cost, w.tokens[0])
 
     def _fast(self, cost: float, key: Hashable) -> RatePermit | None:
-        """Admit a known key with zero debt at once (the common, never-limited case), or None."""
-        if key is None:
-            st = self._default
-        else:
-            found = self._states.get(key)
-            if found is None:
-                return None
-            st = found
-        if st.nwait or not self._gcra:
+        """The one admission on a key already known, without a coroutine; None: go the long way."""
+        st = self._default if key is None else self._states.get(key)
+        if st is None:
             return None
         loop = get_running_loop()
         now = _monotonic() if type(loop).time is _BASE_TIME else loop.time()
-        if st.tat <= now and st.paused_until <= now:
-            st.clamp_at = now
-            st.tat = now + cost * self._T
-            self._admitted += 1
-            return RatePermit(self, st, cost, now)
-        return None
+        token = st.admit(cost, now)
+        return None if token is None else RatePermit(self, st, cost, token)
+
+    @staticmethod
+    def _slot(st: _GcraState | _WindowState, cost: float, now: float) -> float:
+        """When ``cost`` would be admitted on ``st``: behind its waiters, if any."""
+        return st.ready_at(cost, now) if st.nwait == 0 else st.estimate(cost, now)
 
     def _expire(self, w: Waiter, loop: Any) -> None:
         w.timer = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["check_cost", "check_positive", "check_timeout"]
+__all__ = ["check_cost", "check_name", "check_positive", "check_timeout"]
 
 
 def _number(name: str, value: object) -> float:
@@ -43,3 +43,9 @@ def check_timeout(value: object) -> float | None:
     if math.isnan(v) or v < 0:
         raise ValueError(f"timeout must be None or a number >= 0, got {value!r}")
     return None if v == math.inf else v
+
+
+def check_name(value: object) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"name must be None or a str, got {type(value).__name__} {value!r}")
+    return value

@@ -31,6 +31,7 @@ import hashlib
 __all__ = [
     "CONC_ACQUIRE",
     "CONC_CANCEL",
+    "CONC_COUNT",
     "CONC_RENEW",
     "RATE_ACQUIRE",
     "RATE_CANCEL",
@@ -232,9 +233,13 @@ local function fill()
   while free > 0 do
     local head = redis.call('ZRANGE', Q, 0, 0)
     if #head == 0 then break end
+    -- The lease lasts as long as the waiter's heartbeat would have: a waiter whose process
+    -- died must not hold the slot longer than lease_ttl after its last sign of life (its
+    -- process, when alive, renews the lease within lease_ttl / 3).
+    local beat = tonumber(redis.call('ZSCORE', E, head[1])) or (ms + ttl)
     redis.call('ZREM', Q, head[1])
     redis.call('ZREM', E, head[1])
-    redis.call('ZADD', H, ms + ttl, head[1])
+    redis.call('ZADD', H, beat, head[1])
     redis.call('PUBLISH', channel, head[1])
     free = free - 1
   end
@@ -329,6 +334,18 @@ for i = 7 + nheld, #ARGV do
 end
 touch()
 return {lost, granted, dropped}
+"""
+    ),
+)
+
+#: Holders of the key now, after purging expired leases and waiters (``in_use``).
+CONC_COUNT = Script(
+    "conc_count",
+    _conc(
+        """
+fill()
+touch()
+return redis.call('ZCARD', H)
 """
     ),
 )

@@ -1,0 +1,36 @@
+"""redis-py's private stream writer, used by the limiters' pipelined calls.
+
+:data:`PIPE` is True when :mod:`aiolease.redis` may write a call to a pooled redis-py connection
+synchronously (``conn._writer``, private to redis-py): every call of a limiter then goes, in call
+order, onto ONE connection whose replies one reader task hands back, so concurrent calls share a
+socket and Redis runs them in the order they were made. redis-py has no public synchronous write
+(``send_packed_command`` is a coroutine, so two callers could interleave before writing).
+
+The public fallback (``AIOLEASE_COMPAT=public``, or a redis-py connection without ``_writer``)
+sends each call with the client's own ``evalsha``, one call at a time in call order (so that
+Redis still runs one process's scripts in the order they were made). The pipe is kept because
+the public path is far slower: on 2026-12-05 (bench/README.md, 2-core shared VM, never-limited
+``async with RedisRateLimiter``, two runs) the public path reached 0.56-0.77x the pipe's
+acquisitions per second with 1 task and 0.16-0.22x with 50 tasks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import PUBLIC
+
+__all__ = ["PIPE", "can_write", "write"]
+
+#: Whether the private pipe may be used at all (chosen once, at import).
+PIPE = not PUBLIC
+
+
+def can_write(conn: Any) -> bool:
+    """Whether ``conn`` is a connection :func:`write` works on (checked once per connection)."""
+    return PIPE and getattr(conn, "_writer", None) is not None
+
+
+def write(conn: Any, data: bytes) -> None:
+    """Write ``data`` to ``conn``'s socket now, without awaiting (call order is wire order)."""
+    conn._writer.write(data)

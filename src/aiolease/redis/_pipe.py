@@ -1,0 +1,456 @@
+"""The limiters' Redis calls: one pipelined connection, bounded calls, health and background tasks.
+
+:class:`Caller` runs a Lua script in one round trip, bounded by ``call_timeout`` (connecting
+included) on the event loop's clock. :class:`Health` remembers that Redis failed and spaces out
+the next attempts (no retry storm). :class:`Background` owns a limiter's fire-and-forget calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final
+
+import redis.asyncio as _redis_asyncio
+from redis import exceptions as _rexc
+
+from .._compat import redis as _compat
+from .._errors import LimiterUnavailable
+from ._scripts import Script
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
+
+    Client = Redis | RedisCluster
+
+__all__ = ["UNAVAILABLE", "Background", "Caller", "Health", "check_client", "wake"]
+
+logger = logging.getLogger("aiolease.redis")
+
+#: Errors meaning "Redis could not answer" (as opposed to "Redis answered no"). A timeout after
+#: the script was sent is *indeterminate* - the script may have run - so it is never re-sent.
+UNAVAILABLE: Final = (
+    _rexc.ConnectionError,
+    _rexc.TimeoutError,
+    TimeoutError,
+    OSError,
+    _rexc.ReadOnlyError,
+    _rexc.ClusterDownError,
+    _rexc.TryAgainError,
+    _rexc.BusyLoadingError,
+)
+
+#: After Redis was unavailable, calls within this cool-down (doubling per consecutive failure)
+#: are answered without contacting Redis; then ONE call probes it (no retry storm).
+COOLDOWN_MIN: Final = 0.1
+COOLDOWN_MAX: Final = 1.0
+
+_READER_LINGER = 0.25
+
+
+def check_client(client: object, cls: str) -> None:
+    """A limiter needs a redis-py asyncio client object, not a URL or None."""
+    if isinstance(client, (str, bytes)) or client is None or not hasattr(client, "evalsha"):
+        raise TypeError(
+            f"{cls}: client must be a redis.asyncio.Redis (or RedisCluster) client, got "
+            f"{type(client).__name__} {client!r:.80}; create one with "
+            "redis.asyncio.Redis.from_url(url) and pass it (the limiter never closes it)"
+        )
+
+
+def wake(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def b(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    return repr(value).encode()
+
+
+def pack(parts: tuple[bytes, ...]) -> bytes:
+    """One command in RESP (what redis-py's pack_command does, without its per-argument cost)."""
+    return b"*%d\r\n" % len(parts) + b"".join([b"$%d\r\n%s\r\n" % (len(p), p) for p in parts])
+
+
+def text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Health:
+    """Whether Redis answered lately, and when one call may try it again.
+
+    After a failure, calls within the cool-down (0.1 s doubling to 1 s per consecutive failure)
+    are answered at once without contacting Redis; after it, ONE call probes Redis while the
+    others keep being answered the same way; the first success ends the outage.
+    """
+
+    __slots__ = ("cooldown", "down_since", "errors", "last_error", "probing", "until")
+
+    def __init__(self) -> None:
+        self.cooldown = 0.0
+        self.until = -math.inf
+        self.probing = False
+        self.errors = 0
+        self.last_error: BaseException | None = None
+        self.down_since: float | None = None
+
+    def may_call(self, now: float) -> bool:
+        """Whether this call may contact Redis; when it is the probe, :meth:`end_probe` it."""
+        if self.down_since is None:
+            return True
+        if now < self.until or self.probing:
+            return False
+        self.probing = True
+        return True
+
+    def end_probe(self) -> None:
+        self.probing = False
+
+    def ok(self) -> None:
+        if self.down_since is not None:
+            logger.info("Redis answers again")
+        self.cooldown = 0.0
+        self.down_since = None
+
+    def failed(self, exc: BaseException, now: float) -> None:
+        self.errors += 1
+        self.last_error = exc
+        self.cooldown = min(COOLDOWN_MAX, max(COOLDOWN_MIN, self.cooldown * 2))
+        self.until = now + self.cooldown
+        if self.down_since is None:
+            self.down_since = now
+
+    def retry_after(self, now: float) -> float:
+        return max(self.until - now, 0.001)
+
+
+def unavailable(what: str, exc: BaseException | None, detail: str = "") -> LimiterUnavailable:
+    """The error a limiter raises when Redis cannot answer (redis-py's error as the cause)."""
+    reason = f": {type(exc).__name__}: {exc}" if exc is not None else ""
+    err = LimiterUnavailable(f"Redis unavailable for {what}{detail}{reason}")
+    err.__cause__ = exc
+    return err
+
+
+class Caller:
+    """Runs a :class:`Script` with EVALSHA in one round trip, bounded by ``timeout``.
+
+    On a plain ``redis.asyncio.Redis`` every call of one limiter is written, in call order, to ONE
+    connection taken from the client's pool and kept (a pipe, see :mod:`aiolease._compat.redis`):
+    Redis executes the scripts in the order they were called in this process (FIFO per key),
+    concurrent calls share the socket, and a caller that is cancelled or times out just abandons
+    its reply - the connection stays usable.
+
+    The client's retry policy is bypassed on purpose: redis-py would resend a command after a
+    timeout or a dropped connection, and a reservation resent after such an *indeterminate*
+    failure (the script may have run) would be charged twice. A timeout breaks the pipe (its
+    pending calls fail as unavailable); NOSCRIPT (the server lost its script cache: restart,
+    failover, SCRIPT FLUSH) is determinate - the script did not run - and is answered by one
+    SCRIPT LOAD and one more EVALSHA.
+    """
+
+    __slots__ = (
+        "_client",
+        "_conn",
+        "_connecting",
+        "_direct",
+        "_drops",
+        "_loaded",
+        "_more",
+        "_order",
+        "_pending",
+        "_reader",
+        "_watch",
+        "closed",
+        "sent",
+        "timeout",
+    )
+
+    def __init__(self, client: Client, timeout: float) -> None:
+        self._client = client
+        self.timeout = timeout
+        self._direct = (
+            _compat.PIPE
+            and isinstance(client, _redis_asyncio.Redis)
+            and not getattr(client, "single_connection_client", False)
+        )
+        self._loaded = 0  # SCRIPT LOAD count (observable in tests)
+        self.sent = 0  # commands written to the pipe
+        self._conn: Any = None
+        self._connecting: asyncio.Lock | None = None
+        #: (future, on_abandon, deadline) of the replies still to read, in the order the commands
+        #: were written; on_abandon gets the reply when the caller gave up before it came.
+        self._pending: deque[tuple[asyncio.Future[Any], Callable[[Any], None] | None, float]] = (
+            deque()
+        )
+        self._reader: asyncio.Task[None] | None = None
+        #: set while the idle reader lingers: _send resolves it to hand it the next reply.
+        self._more: asyncio.Future[None] | None = None
+        #: ONE timer for the whole pipe, not one per call: replies come in order, so only the
+        #: oldest pending call can be the first to be late (see _watchdog).
+        self._watch: asyncio.TimerHandle | None = None
+        #: closes of dropped connections still running.
+        self._drops: set[asyncio.Task[None]] = set()
+        #: Without the pipe, calls go one at a time in call order (FIFO per key, as with it).
+        self._order: asyncio.Lock | None = None
+        self.closed = False
+
+    @property
+    def busy(self) -> bool:
+        """Whether the pipe holds a connection or runs a task (what ``aclose`` ends)."""
+        return self._conn is not None or self._reader is not None or bool(self._drops)
+
+    async def __call__(
+        self,
+        script: Script,
+        keys: tuple[str, ...],
+        args: tuple[Any, ...],
+        packed: bytes | None = None,
+        on_abandon: Callable[[Any], None] | None = None,
+    ) -> Any:
+        """EVALSHA ``script`` with ``keys`` and ``args``.
+
+        ``packed``, when given, is that command already in RESP (the hot path builds it from
+        cached pieces). ``on_abandon`` is called with the reply if the caller is cancelled after
+        the command was written and the reply still comes (so a reservation can be given back).
+        """
+        if self.closed:  # a late release or settle after aclose(): logged by its caller
+            raise _rexc.ConnectionError("the limiter was closed (aclose())")
+        if not self._direct:
+            return await self._via_client(script, keys, args, on_abandon)
+        if packed is None:
+            packed = pack(
+                (b"EVALSHA", script.sha_b, b"%d" % len(keys), *map(b, keys), *map(b, args))
+            )
+        conn = self._conn
+        if conn is not None and conn.is_connected:
+            fut = self._send(packed, on_abandon)
+        else:
+            if conn is not None:  # closed under us (e.g. the client disconnected its pool)
+                self._break(_rexc.ConnectionError("connection closed"))
+            try:
+                async with asyncio.timeout(self.timeout):
+                    fut = await self._connect_send(packed, on_abandon)
+            except TimeoutError as exc:  # the loop's bound, not redis-py's socket timeout
+                raise _rexc.TimeoutError(
+                    f"could not connect to Redis within call_timeout={self.timeout}s"
+                ) from exc
+        try:
+            return await fut
+        except _rexc.NoScriptError:
+            pass
+        self._loaded += 1
+        self._send(pack((b"SCRIPT", b"LOAD", script.source.encode())))
+        return await self._send(packed, on_abandon)
+
+    def _send(
+        self, packed: bytes, on_abandon: Callable[[Any], None] | None = None
+    ) -> asyncio.Future[Any]:
+        """Write one command now (synchronously: call order is wire order) and return its reply."""
+        conn = self._conn
+        if conn is None:
+            raise _rexc.ConnectionError("connection to Redis lost")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        _compat.write(conn, packed)
+        self.sent += 1
+        deadline = loop.time() + self.timeout
+        self._pending.append((fut, on_abandon, deadline))
+        if self._reader is None:
+            self._reader = loop.create_task(self._read(conn))
+        elif self._more is not None and not self._more.done():
+            self._more.set_result(None)
+        if self._watch is None:
+            self._watch = loop.call_at(deadline, self._watchdog)
+        return fut
+
+    def _watchdog(self) -> None:
+        self._watch = None
+        if not self._pending:
+            return
+        deadline = self._pending[0][2]
+        loop = asyncio.get_running_loop()
+        if loop.time() >= deadline:
+            # No reply in time: the server or the path to it is in trouble. What was sent is
+            # indeterminate (never resent); the pipe is dropped so later calls start afresh.
+            self._break(_rexc.TimeoutError(f"no reply from Redis within {self.timeout}s"))
+        else:
+            self._watch = loop.call_at(deadline, self._watchdog)
+
+    async def _connect_send(
+        self, packed: bytes, on_abandon: Callable[[Any], None] | None
+    ) -> asyncio.Future[Any]:
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:  # FIFO: callers keep their order while we connect
+            if self._conn is None:
+                pool = self._client.connection_pool  # type: ignore[union-attr]
+                try:
+                    conn = await pool.get_connection()
+                except TypeError:  # redis-py < 5.3 requires a command name (later: deprecated)
+                    conn = await pool.get_connection("EVALSHA")
+                if not _compat.can_write(conn):  # pragma: no cover - redis-py changed
+                    await pool.release(conn)
+                    self._direct = False
+                    raise _rexc.ConnectionError("redis-py connection cannot be pipelined")
+                self._conn = conn
+            return self._send(packed, on_abandon)
+
+    async def _read(self, conn: Any) -> None:
+        """Read replies while any is pending; each goes to the oldest pending future."""
+        pending = self._pending
+        loop = asyncio.get_running_loop()
+        try:
+            while self._conn is conn:
+                while pending and self._conn is conn:
+                    try:
+                        reply = await conn.read_response(disconnect_on_error=False)
+                    except _rexc.ResponseError as exc:  # an error reply: the connection is fine
+                        reply = exc
+                    if self._conn is not conn:
+                        break
+                    fut, on_abandon, _ = pending.popleft()
+                    if fut.done():  # its caller gave up (cancelled / timed out)
+                        if on_abandon is not None and not isinstance(reply, BaseException):
+                            on_abandon(reply)
+                        continue
+                    if isinstance(reply, BaseException):
+                        fut.set_exception(reply)
+                    else:
+                        fut.set_result(reply)
+                # Idle: linger a moment for the next call (a sequential caller would otherwise
+                # pay for a new task per call), then end - no task outlives the traffic by more.
+                more = self._more = loop.create_future()
+                timer = loop.call_later(_READER_LINGER, wake, more)
+                try:
+                    await more
+                finally:
+                    timer.cancel()
+                    self._more = None
+                if not pending:
+                    break
+        except BaseException as exc:
+            if self._conn is conn:
+                # Cancelled from outside (the loop is shutting down: aclose() drops the pipe
+                # before it cancels the reader): fail the pending calls but start no task; the
+                # connection is closed with its client.
+                self._break(exc, drop=isinstance(exc, Exception))
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            with contextlib.suppress(RuntimeError):  # closed by GC after its loop was closed
+                if self._reader is asyncio.current_task():
+                    self._reader = None
+
+    def _break(self, exc: BaseException, *, drop: bool = True) -> None:
+        """Drop the connection: every pending call fails as unavailable (its outcome unknown)."""
+        conn, self._conn = self._conn, None
+        pending = list(self._pending)
+        self._pending.clear()
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        for fut, _, _ in pending:
+            if not fut.done():
+                err = _rexc.ConnectionError(f"connection to Redis lost: {exc!r}")
+                err.__cause__ = exc
+                fut.set_exception(err)
+        if conn is not None and drop:
+            pool = self._client.connection_pool  # type: ignore[union-attr]
+
+            async def close_and_release() -> None:
+                try:
+                    await conn.disconnect(nowait=True)
+                finally:
+                    await pool.release(conn)
+
+            task = asyncio.get_running_loop().create_task(close_and_release())
+            self._drops.add(task)
+            task.add_done_callback(self._drops.discard)
+
+    async def aclose(self) -> None:
+        """Drop the pipe's connection (back to the client's pool) and end the reader."""
+        self.closed = True
+        reader = self._reader
+        if self._conn is not None or reader is not None:
+            self._break(_rexc.ConnectionError("limiter closed"))
+        tasks = [t for t in (reader, *self._drops) if t is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.timeout)
+
+    async def _via_client(
+        self,
+        script: Script,
+        keys: tuple[str, ...],
+        args: tuple[Any, ...],
+        on_abandon: Callable[[Any], None] | None = None,
+    ) -> Any:
+        # Cluster (or single-connection) clients route and retry by their own policy; configure
+        # their retries off to keep "never replay an indeterminate call" (docs/redis.md).
+        # One call at a time, in call order (asyncio.Lock is FIFO): Redis then runs this
+        # process's scripts in the order they were called, as on the pipe.
+        client: Any = self._client
+        if self._order is None:
+            self._order = asyncio.Lock()
+        task = asyncio.current_task()
+        cancels = task.cancelling() if task is not None else 0
+        try:
+            async with asyncio.timeout(self.timeout), self._order:
+                try:
+                    reply = await client.evalsha(script.sha, len(keys), *keys, *args)
+                except _rexc.NoScriptError:
+                    self._loaded += 1
+                    await client.script_load(script.source)
+                    reply = await client.evalsha(script.sha, len(keys), *keys, *args)
+        except TimeoutError as exc:
+            raise _rexc.TimeoutError(f"no reply from Redis within {self.timeout}s") from exc
+        if task is not None and task.cancelling() > cancels:
+            # redis-py (8.x) can return a reply to a task cancelled during the call, the
+            # cancellation swallowed: it is not ours to swallow. The script ran: hand its
+            # reply back as abandoned (a reservation is given back), then go on cancelling.
+            if on_abandon is not None:
+                on_abandon(reply)
+            raise asyncio.CancelledError
+        return reply
+
+
+def _log_task_error(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        logger.warning("aiolease.redis background call failed: %r", exc)
+
+
+class Background:
+    """A limiter's background Redis calls (refunds, settles, releases); errors are logged."""
+
+    __slots__ = ("tasks",)
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(_log_task_error)
+        return task
+
+    async def aclose(self, timeout: float) -> None:
+        """Let the calls in flight finish within ``timeout``, then cancel the rest."""
+        if self.tasks:
+            _, late = await asyncio.wait(set(self.tasks), timeout=timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)

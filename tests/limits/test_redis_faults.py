@@ -1,0 +1,419 @@
+"""Redis limiters when Redis is down, silent or restarting: bounded time, one clear error type.
+
+Every test here runs against a redis-server of its own (``own_redis``), reached directly or
+through a proxy that can go silent; the shared server is never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as redis_asyncio
+from _redis_server import OwnRedis, SilentProxy, own_redis
+from redis.exceptions import RedisError
+
+import aiolease
+from aiolease import LimiterUnavailable, LimitTimeout, RateLimitExceeded
+from aiolease.redis import RedisConcurrencyLimiter, RedisRateLimiter
+from aiolease.testing import leak_check
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+__all__ = ["own_redis"]  # the fixture, imported for pytest
+
+#: Slack for a loaded 2-core machine on top of each bound under test.
+SLACK = 0.1
+UNREACHABLE = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connection refused at once
+
+Make = Callable[..., Any]
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+@pytest.fixture
+async def silent(own_redis: OwnRedis) -> AsyncIterator[SilentProxy]:
+    async with SilentProxy(own_redis.port) as proxy:
+        yield proxy
+
+
+@pytest.fixture(params=["rate", "concurrency"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def make_limiter(kind: str, client: redis_asyncio.Redis, **kw: Any) -> Any:
+    if kind == "rate":
+        return RedisRateLimiter(client, "faults", 100, burst=5, **kw)
+    return RedisConcurrencyLimiter(client, "faults", 2, lease_ttl=2.0, **kw)
+
+
+async def acquire(lim: Any, timeout: float | None = None) -> Any:
+    return await lim.acquire(timeout=timeout)
+
+
+async def release(permit: Any) -> None:
+    if isinstance(permit, aiolease.redis.RedisConcurrencyPermit):
+        await permit.arelease()
+
+
+# -- one error type, every time -----------------------------------------------------------------
+
+
+async def test_unreachable_redis_raises_limiter_unavailable_every_time(kind: str) -> None:
+    async with redis_asyncio.Redis.from_url(UNREACHABLE) as client:
+        lim = make_limiter(kind, client)
+        for _ in range(4):  # the first call fails; the next ones answer from the cool-down
+            with pytest.raises(LimiterUnavailable) as info:
+                await acquire(lim, timeout=1.0)
+            assert isinstance(info.value, ConnectionError)
+            assert isinstance(info.value.__cause__, RedisError | OSError)
+            assert "Redis unavailable" in str(info.value)
+            assert "'faults'" in str(info.value)
+        await lim.aclose()
+
+
+async def test_silent_redis_bounds_acquire_timeout(kind: str, silent: SilentProxy) -> None:
+    # call_timeout longer than the acquire timeout: the acquire's own deadline bounds the call.
+    async with redis_asyncio.Redis.from_url(silent.url) as client:
+        lim = make_limiter(kind, client, call_timeout=5.0)
+        await release(await acquire(lim))  # connected and working
+        silent.silence()
+        for timeout in (0.0, 0.3, 1.0):
+            t0 = now()
+            with pytest.raises(LimiterUnavailable) as info:
+                await acquire(lim, timeout=timeout)
+            assert now() - t0 <= timeout + 0.1 + SLACK
+            assert not isinstance(info.value, TimeoutError)
+        silent.heal()
+        await lim.aclose()
+
+
+async def test_silent_redis_answered_within_call_timeout(kind: str, silent: SilentProxy) -> None:
+    async with redis_asyncio.Redis.from_url(silent.url) as client:
+        lim = make_limiter(kind, client, call_timeout=0.3)
+        silent.silence()  # silent from the first byte: the connect itself hangs
+        for _ in range(2):
+            t0 = now()
+            with pytest.raises(LimiterUnavailable):
+                await acquire(lim)  # no acquire timeout: call_timeout alone bounds it
+            assert now() - t0 <= 0.3 + SLACK
+        silent.heal()
+        await lim.aclose()
+
+
+@pytest.mark.parametrize("policy", ["allow", "deny"])
+async def test_on_error_answers_within_call_timeout_when_redis_is_silent(
+    policy: str, silent: SilentProxy
+) -> None:
+    async with redis_asyncio.Redis.from_url(silent.url) as client:
+        lim = RedisRateLimiter(client, "faults", 10, on_error=policy, call_timeout=0.2)  # type: ignore[arg-type]
+        await lim.acquire()
+        silent.silence()
+        t0 = now()
+        for _ in range(5):
+            if policy == "allow":
+                assert (await lim.acquire()).degraded
+            else:
+                with pytest.raises(RateLimitExceeded) as info:
+                    await lim.acquire()
+                assert 0 < info.value.retry_after <= 1.0
+                assert isinstance(info.value.__cause__, RedisError)
+        assert now() - t0 <= 0.2 + SLACK  # one call waited; the cool-down answered the rest
+        silent.heal()
+        await lim.aclose()
+
+
+async def test_no_retry_storm_while_redis_is_silent(silent: SilentProxy) -> None:
+    # 150 acquisitions over ~1.5 s of silence: Redis is tried once per cool-down (0.1 s
+    # doubling to 1 s), one call at a time, not once per acquisition.
+    async with redis_asyncio.Redis.from_url(silent.url) as client:
+        lim = RedisRateLimiter(client, "faults", 1000, on_error="allow", call_timeout=0.1)
+        await lim.acquire()
+        silent.silence()
+        before = silent.connections
+        degraded = 0
+        for _ in range(150):
+            degraded += (await lim.acquire()).degraded
+            await asyncio.sleep(0.01)
+        assert degraded == 150
+        attempts = lim.statistics().errors
+        assert 1 <= attempts <= 6
+        assert silent.connections - before <= attempts
+        silent.heal()
+        await lim.aclose()
+
+
+async def test_concurrency_waiter_bounded_when_redis_goes_silent(silent: SilentProxy) -> None:
+    async with redis_asyncio.Redis.from_url(silent.url) as client:
+        sem = RedisConcurrencyLimiter(client, "faults", 1, lease_ttl=3.0, call_timeout=1.0)
+        held = await sem.acquire()
+        waiter = asyncio.ensure_future(sem.acquire(timeout=2.0))
+        await asyncio.sleep(0.2)  # queued and subscribed
+        silent.silence()
+        t0 = now()
+        with pytest.raises((LimitTimeout, LimiterUnavailable)):
+            await waiter
+        assert now() - t0 <= 2.0 + 0.1 + SLACK
+        silent.heal()
+        held.release()
+        await sem.aclose()
+
+
+# -- down, then back ----------------------------------------------------------------------------
+
+
+async def test_rate_limiter_recovers_after_a_restart(own_redis: OwnRedis) -> None:
+    async with redis_asyncio.Redis.from_url(own_redis.url) as client:
+        lim = RedisRateLimiter(client, "faults", 1000, burst=10, call_timeout=0.2)
+        await lim.acquire()
+        await own_redis.kill()
+        with pytest.raises(LimiterUnavailable):
+            await lim.acquire(timeout=1.0)
+        await own_redis.start()  # no persistence: the limiter state is gone
+        t0 = now()
+        while True:
+            try:
+                permit = await lim.acquire(timeout=1.0)
+                break
+            except LimiterUnavailable:
+                await asyncio.sleep(0.01)
+            assert now() - t0 < 2.0, "the limiter did not use Redis again"
+        assert not permit.degraded
+        assert lim.statistics().errors >= 1
+        await lim.aclose()
+
+
+async def test_fallback_admits_while_redis_is_down_and_redis_takes_over_again(
+    own_redis: OwnRedis,
+) -> None:
+    local = aiolease.RateLimiter(5, burst=5)
+    async with redis_asyncio.Redis.from_url(own_redis.url) as client:
+        lim = RedisRateLimiter(client, "faults", 100, burst=5, fallback=local, call_timeout=0.2)
+        assert not (await lim.acquire()).degraded
+        await own_redis.kill()
+        degraded = [(await lim.acquire(timeout=1.0)).degraded for _ in range(5)]
+        assert degraded == [True] * 5  # the local budget (burst 5) admitted them
+        with pytest.raises(RateLimitExceeded):  # the local limit holds: rate 5/s, burst used
+            await lim.acquire(timeout=0)
+        await own_redis.start()
+        await asyncio.sleep(1.1)  # past the longest cool-down
+        permit = await lim.acquire(timeout=1.0)
+        assert not permit.degraded  # Redis decides again
+        await lim.aclose()
+
+
+async def test_concurrency_fallback_gives_local_slots_while_redis_is_down(
+    own_redis: OwnRedis,
+) -> None:
+    local = aiolease.ConcurrencyLimiter(1)
+    async with redis_asyncio.Redis.from_url(own_redis.url) as client:
+        sem = RedisConcurrencyLimiter(client, "faults", 3, fallback=local, call_timeout=0.2)
+        await own_redis.kill()
+        permit = await sem.acquire(timeout=1.0)
+        assert permit.degraded
+        assert local.statistics().in_use == 1
+        with pytest.raises(LimitTimeout):  # the local limit (1) holds
+            await sem.acquire(timeout=0.1)
+        await permit.arelease()
+        assert local.statistics().in_use == 0
+        await sem.aclose()
+
+
+def test_fallback_must_be_a_local_limiter_of_the_same_kind() -> None:
+    client = redis_asyncio.Redis.from_url(UNREACHABLE)
+    with pytest.raises(TypeError, match=r"fallback must be None or a local aiolease\.RateLimiter"):
+        RedisRateLimiter(client, "n", 1, fallback=aiolease.ConcurrencyLimiter(1))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="give one of them"):
+        RedisRateLimiter(client, "n", 1, on_error="allow", fallback=aiolease.RateLimiter(1))
+    with pytest.raises(TypeError, match=r"local aiolease\.ConcurrencyLimiter"):
+        RedisConcurrencyLimiter(client, "n", 1, fallback=aiolease.RateLimiter(1))  # type: ignore[arg-type]
+
+
+# -- background tasks -----------------------------------------------------------------------------
+
+
+def _own_tasks() -> set[asyncio.Task[Any]]:
+    me = asyncio.current_task()
+    return {t for t in asyncio.all_tasks() if t is not me and not t.done()}
+
+
+async def test_aclose_ends_every_background_task(own_redis: OwnRedis) -> None:
+    async with redis_asyncio.Redis.from_url(own_redis.url) as client:
+        before = _own_tasks()
+        sem = RedisConcurrencyLimiter(client, "faults", 1, lease_ttl=1.0)
+        rate = RedisRateLimiter(client, "faults", 1000)
+        held = await sem.acquire()
+        waiter = asyncio.ensure_future(sem.acquire())
+        await rate.acquire()
+        rate.pause(0.01)
+        await asyncio.sleep(0.1)
+        assert _own_tasks() - before - {waiter}  # renewer, listener, pipe readers
+        await rate.aclose()
+        await sem.aclose()
+        with pytest.raises(RuntimeError, match="closed"):
+            await waiter  # a waiter still queued at aclose
+        assert _own_tasks() - before == set()
+        with pytest.raises(RuntimeError, match="closed"):
+            await rate.acquire()
+        del held
+
+
+async def test_leak_check_reports_a_redis_limiter_left_open(own_redis: OwnRedis) -> None:
+    async with redis_asyncio.Redis.from_url(own_redis.url) as client:
+        opened: list[RedisRateLimiter] = []
+
+        async def leave_open() -> None:
+            async with leak_check():
+                opened.append(RedisRateLimiter(client, "faults", 1000))
+                await opened[0].acquire()
+
+        with pytest.raises(AssertionError, match="left open"):
+            await leave_open()
+        await opened[0].aclose()
+        async with leak_check():
+            lim = RedisRateLimiter(client, "faults", 1000)
+            await lim.acquire()
+            await lim.aclose()
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [RedisRateLimiter, RedisConcurrencyLimiter])
+@pytest.mark.parametrize("client", [None, "redis://localhost:6379/0", b"redis://x"])
+def test_a_client_that_is_not_a_client_fails_at_construction(cls: type, client: object) -> None:
+    with pytest.raises(TypeError, match=r"redis\.asyncio\.Redis.*Redis\.from_url\(url\)"):
+        cls(client, "n", 1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "words"),
+    [
+        ({"rate": math.nan}, ValueError, "rate"),
+        ({"rate": math.inf}, ValueError, "rate"),
+        ({"rate": -1}, ValueError, "rate"),
+        ({"per": 0}, ValueError, "per"),
+        ({"burst": math.nan}, ValueError, "burst"),
+        ({"call_timeout": math.inf}, ValueError, "call_timeout"),
+        ({"call_timeout": -0.1}, ValueError, "call_timeout"),
+        ({"name": ""}, TypeError, "name"),
+        ({"name": "bad\ud800"}, ValueError, "UTF-8"),
+        ({"name": "x" * 2000}, ValueError, "1024 bytes"),
+        ({"prefix": "a{b}"}, ValueError, "prefix"),
+        ({"on_error": "ignore"}, ValueError, "on_error"),
+    ],
+)
+def test_rate_limiter_arguments_checked_at_construction(
+    kwargs: dict[str, Any], error: type[Exception], words: str
+) -> None:
+    client = redis_asyncio.Redis.from_url(UNREACHABLE)
+    args: dict[str, Any] = {"name": "n", "rate": 1.0, **kwargs}
+    with pytest.raises(error, match=words):
+        RedisRateLimiter(client, **args)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "words"),
+    [
+        ({"lease_ttl": math.nan}, ValueError, "lease_ttl"),
+        ({"lease_ttl": math.inf}, ValueError, "lease_ttl"),
+        ({"lease_ttl": 0.01}, ValueError, "lease_ttl"),
+        ({"limit": 0}, ValueError, "limit"),
+        ({"limit": 2.5}, TypeError, "limit"),
+        ({"call_timeout": math.nan}, ValueError, "call_timeout"),
+        ({"name": "\udcff"}, ValueError, "name"),
+    ],
+)
+def test_concurrency_limiter_arguments_checked_at_construction(
+    kwargs: dict[str, Any], error: type[Exception], words: str
+) -> None:
+    client = redis_asyncio.Redis.from_url(UNREACHABLE)
+    args: dict[str, Any] = {"name": "n", "limit": 1, **kwargs}
+    with pytest.raises(error, match=words):
+        RedisConcurrencyLimiter(client, **args)
+
+
+@pytest.mark.parametrize(
+    ("key", "error", "words"),
+    [
+        ("lone \ud800 surrogate", ValueError, "key must be encodable as UTF-8"),
+        ("k" * 5000, ValueError, "key must be at most 1024 bytes"),
+        (object(), TypeError, "key must be None, or a str"),
+        (("a", ["list"]), TypeError, "key must be None"),
+    ],
+)
+def test_bad_keys_fail_at_the_call(key: object, error: type[Exception], words: str) -> None:
+    client = redis_asyncio.Redis.from_url(UNREACHABLE)
+    rate = RedisRateLimiter(client, "n", 1)
+    sem = RedisConcurrencyLimiter(client, "n", 1)
+    with pytest.raises(error, match=words):
+        rate.acquire(key=key)
+    with pytest.raises(error, match=words):
+        sem.acquire(key=key)
+    for bad in (math.nan, -1.0):
+        with pytest.raises(ValueError, match="timeout"):
+            rate.acquire(timeout=bad)
+        with pytest.raises(ValueError, match="timeout"):
+            sem.acquire(timeout=bad)
+
+
+async def test_binary_and_brace_keys_and_names_work(own_redis: OwnRedis) -> None:
+    async with redis_asyncio.Redis.from_url(own_redis.url) as client:
+        lim = RedisRateLimiter(client, "{tag}|name%", 1, per=100.0, burst=10)  # keys live 100 s
+        for key in (b"\x00\xff{x}", "{}", ("t", b"\x01", 3), "}{"):
+            await lim.acquire(key=key)
+        found = await client.keys("aiolease:rate:*")
+        keys = sorted(k.decode() if isinstance(k, bytes) else k for k in found)
+        assert len(keys) == 4
+        for k in keys:  # one hash tag per key, and the user's braces escaped inside it
+            assert k.count("{") == 1
+            assert k.count("}") == 1
+            assert k.startswith("aiolease:rate:{%7Btag%7D%7Cname%25|")
+        await lim.aclose()
+
+
+def test_local_limiters_check_their_arguments_too() -> None:
+    for bad in (math.nan, math.inf, -1, 0):
+        with pytest.raises(ValueError, match="rate"):
+            aiolease.RateLimiter(bad)
+    with pytest.raises(TypeError, match="rate must be a real number"):
+        aiolease.RateLimiter("10")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="name must be None or a str"):
+        aiolease.RateLimiter(1, name=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="name must be None or a str"):
+        aiolease.ConcurrencyLimiter(1, name=b"x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout"):
+        aiolease.ConcurrencyLimiter(1).acquire(timeout=math.nan)
+    with pytest.raises(ValueError, match="timeout"):
+        aiolease.RateLimiter(1).acquire(timeout=-1)
+
+
+# -- public ground ---------------------------------------------------------------------------------
+
+
+def test_aiolease_compat_public_takes_the_public_redis_path() -> None:
+    code = (
+        "import redis.asyncio as r\n"
+        "from aiolease._compat import redis as c\n"
+        "from aiolease.redis import RedisRateLimiter\n"
+        "lim = RedisRateLimiter(r.Redis.from_url('redis://127.0.0.1:1/0'), 'n', 1)\n"
+        "print(c.PIPE, lim._call._direct)\n"
+    )
+    for env, expected in (("public", "False False"), ("", "True True")):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "AIOLEASE_COMPAT": env},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert out.strip() == expected
