@@ -9,6 +9,7 @@ __all__ = [
     "PoolClosed",
     "PoolTimeout",
     "RateLimitExceeded",
+    "ResourceReleased",
     "Rollback",
     "TooManyWaiters",
     "TransactionError",
@@ -34,6 +35,10 @@ class LimitTimeout(AioleaseError, TimeoutError):
 
 class PoolClosed(AioleaseError):
     """The pool is closed (or closing): it hands out nothing more."""
+
+
+class ResourceReleased(AioleaseError):
+    """A pooled connection was used after its lease ended (it may serve another holder now)."""
 
 
 class TooManyWaiters(AioleaseError):

@@ -11,7 +11,7 @@ import select
 import socket
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from ._pool import Pool, _ignores_info
+from ._pool import Pool
 from .abc import Manager, ResourceInfo
 
 try:
@@ -368,7 +368,6 @@ class AsyncpgManager(Manager["Connection"]):
             self._watch_fixed = True
         return conn
 
-    @_ignores_info
     def check_needed(self, resource: Connection, info: ResourceInfo) -> bool:
         """No round trip for a healthy idle connection. Only a closed one, or one that
         received data while idle (read by the loop, see :class:`_Watch`, or still
@@ -398,7 +397,6 @@ class AsyncpgManager(Manager["Connection"]):
             transport._protocol = watch._protocol
         return False
 
-    @_ignores_info
     async def check(self, resource: Connection, info: ResourceInfo) -> None:
         """Discard a closed connection; verify a suspicious one with a round trip.
 
@@ -420,7 +418,6 @@ class AsyncpgManager(Manager["Connection"]):
                     f"connection failed its check after unread data while idle: {exc!r}"
                 ) from exc
 
-    @_ignores_info
     def reset_needed(self, resource: Connection, info: ResourceInfo) -> bool:
         """Whether the connection needs :meth:`reset` (called on every release)."""
         c: Any = resource  # on every release: asyncpg's internals, read directly
@@ -446,7 +443,6 @@ class AsyncpgManager(Manager["Connection"]):
                 return True
         return False
 
-    @_ignores_info
     def on_idle(self, resource: Connection, info: ResourceInfo) -> None:
         """The connection sits idle from now on: put its watch in the data path and
         reset the count (anything it hears from here on is suspicious, see :class:`_Watch`)."""
@@ -460,7 +456,6 @@ class AsyncpgManager(Manager["Connection"]):
         if watch.direct and transport._protocol is watch._protocol:
             transport._protocol = watch
 
-    @_ignores_info
     async def reset(self, resource: Connection, info: ResourceInfo) -> None:
         if resource.is_closed():
             raise ConnectionError("connection is closed")
@@ -476,13 +471,15 @@ class AsyncpgManager(Manager["Connection"]):
             await resource.execute("ROLLBACK", timeout=self.reset_timeout)
 
     async def close(self, resource: Connection) -> None:
-        if resource.is_closed():
-            return
-        try:
-            await resource.close(timeout=self.close_timeout)
-        except BaseException:
-            resource.terminate()
-            raise
+        """Close gracefully; the pool bounds this by :attr:`close_timeout` and then
+        calls :meth:`abort`."""
+        if not resource.is_closed():
+            await resource.close()
+
+    def abort(self, resource: Connection) -> None:
+        """Cut the connection at once (``Connection.terminate()``: the socket is closed
+        without a goodbye to the server)."""
+        resource.terminate()
 
     def is_fatal(self, resource: Connection, exc: BaseException) -> bool:
         return resource.is_closed() or isinstance(exc, _FATAL_ERRORS)

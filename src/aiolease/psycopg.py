@@ -15,7 +15,7 @@ import logging
 import select
 from typing import Any
 
-from ._pool import Pool, _ignores_info
+from ._pool import Pool
 from .abc import Manager, ResourceInfo
 
 try:
@@ -224,7 +224,6 @@ class PsycopgManager(Manager[AsyncConnection]):
         _install_watch(conn)
         return conn
 
-    @_ignores_info
     def check_needed(self, resource: AsyncConnection, info: ResourceInfo) -> bool:
         """No round trip, no await for a healthy idle connection: only one that is
         closed, not idle, saw a FATAL message, or has something unread in its
@@ -243,7 +242,6 @@ class PsycopgManager(Manager[AsyncConnection]):
         except (OSError, ValueError, psycopg.Error):  # no socket any more
             return True
 
-    @_ignores_info
     async def check(self, resource: AsyncConnection, info: ResourceInfo) -> None:
         """Discard a dead idle connection; verify an ambiguous one with one round trip.
 
@@ -282,7 +280,6 @@ class PsycopgManager(Manager[AsyncConnection]):
                 f"connection failed its check after data arrived while idle: {exc!r}"
             ) from exc
 
-    @_ignores_info
     def reset_needed(self, resource: AsyncConnection, info: ResourceInfo) -> bool:
         pgconn = resource.pgconn
         if pgconn.status != _OK or pgconn.transaction_status != _TS.IDLE:
@@ -290,7 +287,6 @@ class PsycopgManager(Manager[AsyncConnection]):
         watch = pgconn.notice_handler
         return type(watch) is _Watch and watch.fatal is not None
 
-    @_ignores_info
     async def reset(self, resource: AsyncConnection, info: ResourceInfo) -> None:
         if resource.closed or resource.broken:
             raise ConnectionError("connection is closed or broken")

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._dialects.sqlite import enable_loop_commit
-from ._pool import Pool, _ignores_info
+from ._pool import Pool
 from .abc import Manager, ResourceInfo
 
 try:
@@ -151,16 +151,13 @@ class SqliteManager(Manager[aiosqlite.Connection]):
             raise
         return conn
 
-    @_ignores_info
     async def check(self, resource: aiosqlite.Connection, info: ResourceInfo) -> None:
         if getattr(resource, "_connection", True) is None:
             raise ConnectionError("connection is closed")
 
-    @_ignores_info
     def reset_needed(self, resource: aiosqlite.Connection, info: ResourceInfo) -> bool:
         return getattr(resource, "_connection", True) is None or resource.in_transaction
 
-    @_ignores_info
     async def reset(self, resource: aiosqlite.Connection, info: ResourceInfo) -> None:
         if getattr(resource, "_connection", True) is None:
             raise ConnectionError("connection is closed")

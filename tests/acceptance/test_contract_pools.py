@@ -776,17 +776,18 @@ def test_max_waiting_zero_means_no_queueing() -> None:
 def test_timeout_raises_pool_timeout_on_loop_clock() -> None:
     async def main() -> None:
         async with Pool(FakeManager(), max_size=1, acquire_timeout=30) as pool:
-            async with pool.acquire():
-                t0 = now()
-                with pytest.raises(PoolTimeout) as ei:
-                    await pool.acquire()
-                assert now() == pytest.approx(t0 + 30)
-                assert isinstance(ei.value, TimeoutError)
-                t1 = now()
-                with pytest.raises(TimeoutError):
-                    async with pool.acquire(timeout=2.5):
-                        pass
-                assert now() == pytest.approx(t1 + 2.5)
+            held = await pool.acquire()  # awaited: another task could release it
+            t0 = now()
+            with pytest.raises(PoolTimeout) as ei:
+                await pool.acquire()
+            assert now() == pytest.approx(t0 + 30)
+            assert isinstance(ei.value, TimeoutError)
+            t1 = now()
+            with pytest.raises(TimeoutError):
+                async with pool.acquire(timeout=2.5):
+                    pass
+            assert now() == pytest.approx(t1 + 2.5)
+            await pool.release(held)
             assert pool.statistics().timeouts == 2
             assert pool.statistics().waiting == 0
             async with pool.acquire(timeout=0):
@@ -1442,11 +1443,13 @@ def test_virtual_time_loop_runs_an_hour_instantly() -> None:
 async def test_virtual_time_from_pytest_marker() -> None:
     loop = asyncio.get_running_loop()
     assert isinstance(loop, VirtualTimeLoop)
-    async with Pool(FakeManager(), max_size=1) as pool, pool.acquire():
+    async with Pool(FakeManager(), max_size=1) as pool:
+        held = await pool.acquire()
         t0 = loop.time()
         with pytest.raises(PoolTimeout):
             await pool.acquire(timeout=600)
         assert loop.time() == pytest.approx(t0 + 600)
+        await pool.release(held)
 
 
 # ============================================================== Testing toolkit

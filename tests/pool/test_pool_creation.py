@@ -9,6 +9,7 @@ import pytest
 from pool_helpers import NO_HANG, assert_closed_cleanly, assert_consistent, settle, start_acquire
 
 from aiolease import Pool, PoolTimeout
+from aiolease._pool._creations import Creations
 from aiolease.testing import FakeManager, FakeResource
 
 pytestmark = [pytest.mark.aiolease_virtual_time, NO_HANG]
@@ -201,17 +202,17 @@ async def test_no_busy_loop_when_backoff_ends_while_pool_is_full(
     # Count the backoff wake-ups (white-box), and break a busy loop instead of hanging in it:
     # virtual time cannot advance while a timer keeps firing at a past time.
     wakeups = 0
-    on_backoff_end = Pool._on_backoff_end
+    on_backoff_end = Creations._on_backoff_end
 
-    def counting(self: Pool[FakeResource]) -> None:
+    def counting(self: Creations[FakeResource]) -> None:
         nonlocal wakeups
         wakeups += 1
         if wakeups < 100:
             on_backoff_end(self)
         else:
-            self._backoff_timer = None
+            self._timer = None
 
-    monkeypatch.setattr(Pool, "_on_backoff_end", counting)
+    monkeypatch.setattr(Creations, "_on_backoff_end", counting)
     waiter = start_acquire(pool)
     await asyncio.sleep(100.0)  # far past the backoff
     assert wakeups == 1  # the backoff ended once, and its timer was not re-armed in the past

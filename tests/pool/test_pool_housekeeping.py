@@ -34,7 +34,9 @@ def _pool_timers(pool: Pool[Any]) -> list[asyncio.TimerHandle]:
     return [
         h
         for h in scheduled
-        if not h.cancelled() and getattr(h._callback, "__self__", None) is pool  # type: ignore[attr-defined]
+        if not h.cancelled()
+        and getattr(h._callback, "__self__", None)  # type: ignore[attr-defined]
+        in (pool, pool._housekeeper, pool._deadlines)
     ]
 
 

@@ -280,7 +280,7 @@ class PoolMachine(RuleBasedStateMachine):
         pool = self.p
         return (
             self.fm.creating == 0
-            and pool._checking == 0
+            and not pool._under_check
             and all(t.done() for t in pool._tasks)
             and not pool.closed
         )
