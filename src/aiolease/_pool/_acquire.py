@@ -52,19 +52,12 @@ class Acquire(Generic[T]):
         self._entered = True
         pool = self._pool
         entry = pool._take_idle()
-        if entry is not None and not pool._needs_check(entry):
+        if entry is not None and not (entry.from_idle and pool._needs_check(entry)):
             entry.scoped = self._scoped
             pool._lease(entry)
             self._entry = entry
             return entry.ready
-        return self._acquire(entry)
-
-    async def _acquire(self, entry: Entry[T] | None) -> T:
-        try:
-            return await self._pool._acquire_blocking(self, entry)
-        except BaseException:
-            self._entered = False
-            raise
+        return pool._acquire_blocking(self, entry)
 
     def __aexit__(
         self,
@@ -128,7 +121,9 @@ def waiting_on_itself(pool: Pool[Any], *, scoped_only: bool) -> bool:
     in_use = pool._in_use
     if not pool._size == len(in_use) >= pool._max_size:
         return False
-    me = asyncio.current_task()
+    me = asyncio.current_task(pool._loop)
+    if next(iter(in_use.values())).holder is not me:
+        return False  # the common case under contention, without a scan
     return all(e.holder is me and (e.scoped or not scoped_only) for e in in_use.values())
 
 

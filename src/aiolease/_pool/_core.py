@@ -388,7 +388,7 @@ class Pool(Generic[T]):
     def _take_idle(self) -> Entry[T] | None:
         """The non-blocking lease: an idle entry to hand out now, or None when the
         caller must wait (pool not open, others queued ahead, nothing idle)."""
-        if self._state is not _State.OPEN or self._waiters:
+        if self._state is not _State.OPEN or self._waiters or not self._idle:
             return None
         return self._pop_idle()
 
@@ -415,57 +415,65 @@ class Pool(Generic[T]):
 
     async def _acquire_blocking(self, into: Acquire[T], entry: Entry[T] | None) -> T:
         """Every acquire not served on the spot: ``entry`` is an idle one that needs its check."""
-        if self._state is _State.NEW:
-            await self.open(wait=False)
-        start = self._clock()
-        deadline = _INF if into._timeout is None else start + into._timeout
-        waited = retry = False
-        while True:
-            if entry is None:
-                if self._state is not _State.OPEN:
-                    raise PoolClosed(f"{self!r} is closed")
-                entry = self._take_idle()
+        try:
+            # `fresh`: whether an idle entry may be there that our caller's _take_idle
+            # did not see (the pool just opened, or our entry just failed its check).
+            fresh = retry = waited = False
+            if self._state is _State.NEW:
+                await self.open(wait=False)
+                fresh = True
+            start = self._clock()
+            deadline = _INF if into._timeout is None else start + into._timeout
+            while True:
                 if entry is None:
-                    waited = True
-                    try:
-                        entry = await self._wait(deadline, retry)
-                    except PoolTimeout as exc:
-                        if waiting_on_itself(self, scoped_only=False):
-                            raise self_wait_error(self) from exc.__cause__
-                        raise
-            # `entry` is ours now; until it is leased, every exit must give it back.
-            if self._needs_check(entry) and not await run_check(self, entry, deadline):
-                entry, retry = None, True  # keep our place, ahead of later tasks
-                continue
-            if self._state is not _State.OPEN:  # aclose() began while it was on its way
-                self._close_soon(entry)
-                raise PoolClosed(f"{self!r} is closed")
-            break
+                    if self._state is not _State.OPEN:
+                        raise PoolClosed(f"{self!r} is closed")
+                    if fresh:
+                        entry = self._take_idle()
+                    if entry is None:
+                        waited = True
+                        fut: asyncio.Future[Entry[T]] = asyncio.Future()  # of the running loop
+                        self._admit(fut, retry)
+                        if deadline != _INF:
+                            self._deadlines.add(fut, deadline)  # type: ignore[union-attr]
+                        try:
+                            entry = await fut
+                        except BaseException as exc:
+                            self._abandon(fut)
+                            if isinstance(exc, PoolTimeout) and waiting_on_itself(
+                                self, scoped_only=False
+                            ):
+                                raise self_wait_error(self) from exc.__cause__
+                            raise
+                        finally:
+                            if deadline != _INF:
+                                self._deadlines.discard(fut)  # type: ignore[union-attr]
+                # `entry` is ours now; until it is leased, every exit must give it back.
+                if (
+                    entry.from_idle
+                    and self._needs_check(entry)
+                    and not await run_check(self, entry, deadline)
+                ):
+                    entry, retry = None, True  # keep our place, ahead of later tasks
+                    fresh = True
+                    continue
+                if self._state is not _State.OPEN:  # aclose() began while it was on its way
+                    self._close_soon(entry)
+                    raise PoolClosed(f"{self!r} is closed")
+                break
+        except BaseException:
+            into._entered = False
+            raise
         if waited:
             self._counters.waited(self._clock() - start)
         into._entry = entry
         entry.scoped = into._scoped
         return self._lease(entry)
 
-    async def _wait(self, deadline: float, front: bool) -> Entry[T]:
-        """Queue until :meth:`_hand_off` or :meth:`_dispatch` hands us an entry."""
-        assert self._loop is not None
-        assert self._deadlines is not None
-        fut: asyncio.Future[Entry[T]] = self._loop.create_future()
-        self._admit(fut, front)
-        if deadline != _INF:
-            self._deadlines.add(fut, deadline)
-        try:
-            return await fut
-        except BaseException:
-            self._abandon(fut)
-            raise
-        finally:
-            self._deadlines.discard(fut)
-
     def _admit(self, fut: asyncio.Future[Entry[T]], front: bool) -> None:
-        """Queue ``fut`` (FIFO; at the front for a task whose resource failed its check),
-        unless the queue is full or the task would wait on itself."""
+        """Queue ``fut`` (FIFO; at the front for a task whose resource failed its check)
+        until :meth:`_hand_off` or :meth:`_dispatch` hands it an entry, unless the
+        queue is full or the task would wait on itself."""
         waiters = self._waiters
         if front:
             waiters.appendleft(fut)
@@ -530,7 +538,7 @@ class Pool(Generic[T]):
         """The lease bookkeeping (one copy): ``entry`` goes to the current task."""
         info = entry.info
         info.uses += 1
-        entry.holder = asyncio.current_task()
+        entry.holder = asyncio.current_task(self._loop)
         entry.lease_start = now = self._clock()
         entry.leak_reported = False
         if self._leak_timeout is not None or _tracking.active:
@@ -585,12 +593,13 @@ class Pool(Generic[T]):
             self._drain.wake.set()
         info = entry.info
         info.last_used_at = self._clock()
-        self._detach(entry)
         hooks = self._hooks
         resource = entry.resource
+        if hooks.detach is not None:
+            self._detach(entry)
         if hooks.on_release is not None:
             hooks.on_release(resource, info)
-        if _tracking.is_broken(resource):
+        if _tracking._broken and _tracking.is_broken(resource):
             # Not awaited: the caller's exit never waits on a connection that may be dead.
             self._counters.discarded += 1
             self._close_soon(entry)
@@ -641,13 +650,14 @@ class Pool(Generic[T]):
             self._state is not _State.OPEN
             or entry.generation != self._generation
             or self._size > self._max_size
-            or entry.info.expires_at <= self._clock()
+            or (entry.info.expires_at != _INF and entry.info.expires_at <= self._clock())
         ):
             return self._close_soon(entry)
+        fut: asyncio.Future[Entry[T]] | None = None
         if to is not None and not to.done():
             self._abandon_queue_slot(to)
-            fut: asyncio.Future[Entry[T]] | None = to
-        else:
+            fut = to
+        elif self._waiters:
             fut = self._next_waiter()
         if fut is not None:
             entry.from_idle = False
@@ -666,9 +676,11 @@ class Pool(Generic[T]):
         """Take the oldest waiter still waiting off the queue (its creation, if any,
         becomes an orphan for the next one to adopt)."""
         waiters = self._waiters
+        creations = self._creations
         while waiters:
             fut = waiters.popleft()
-            self._creations.unbind(fut)
+            if creations.bound:
+                creations.unbind(fut)
             if not fut.done():
                 return fut
         return None
