@@ -11,6 +11,7 @@ import select
 import socket
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+from ._lease import LeaseProxies
 from ._pool import Pool
 from .abc import Manager, ResourceInfo
 
@@ -262,7 +263,7 @@ def _suspicious(conn: Connection) -> bool:
     return False
 
 
-class AsyncpgManager(Manager["Connection"]):
+class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
     """Creates, vets, resets and closes asyncpg connections for a :class:`~aiolease.Pool`.
 
     Checkout (:meth:`check_needed`, :meth:`check`) costs no round trip for a

@@ -15,6 +15,7 @@ import logging
 import select
 from typing import Any
 
+from ._lease import LeaseProxies
 from ._pool import Pool
 from .abc import Manager, ResourceInfo
 
@@ -179,7 +180,7 @@ async def _round_trip(conn: AsyncConnection) -> None:
         raise psycopg.OperationalError("connection not idle after SELECT 1")
 
 
-class PsycopgManager(Manager[AsyncConnection]):
+class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
     """Creates, vets, resets and closes psycopg ``AsyncConnection`` objects for a Pool.
 
     Checkout (:meth:`check_needed`, :meth:`check`) costs no round trip for a

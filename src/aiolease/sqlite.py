@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._dialects.sqlite import enable_loop_commit
+from ._lease import LeaseProxies
 from ._pool import Pool
 from .abc import Manager, ResourceInfo
 
@@ -78,7 +79,7 @@ async def _pragma(conn: aiosqlite.Connection, name: str) -> Any:
     return None if row is None else row[0]
 
 
-class SqliteManager(Manager[aiosqlite.Connection]):
+class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connection]):
     """Creates, resets and closes aiosqlite connections for a :class:`~aiolease.Pool`.
 
     Args:
