@@ -625,7 +625,7 @@ def test_module_is_reachable_from_the_package() -> None:
 
 def watched(conn: Connection) -> bool:
     """Whether the connection's watch (see aiolease.asyncpg._Watch) is in its data path."""
-    protocol = raw(conn)._transport.get_protocol()  # type: ignore[attr-defined]
+    protocol = raw(conn)._transport.get_protocol()
     return type(protocol).__name__ == "_Watch"
 
 
@@ -675,7 +675,7 @@ async def test_on_uvloop_the_watch_stays_in_place_and_still_counts(
     async with create_pool(pg_dsn, max_size=1) as pool:
         async with pool.acquire() as conn:
             assert watched(conn)
-            transport: Any = raw(conn)._transport  # type: ignore[attr-defined]
+            transport: Any = raw(conn)._transport
             watch = transport.get_protocol()
         for _ in range(3):
             async with pool.acquire() as conn2:
@@ -700,14 +700,14 @@ async def test_reads_are_capped_on_asyncio_transports(pg_dsn: str) -> None:
     # connections ask for 64 KiB, not asyncio's 256 KiB (see read_size).
     # (ssl=False: a server with SSL on would give an SSL transport, which is left alone)
     async with create_pool(pg_dsn, max_size=1, ssl=False) as pool, pool.acquire() as conn:
-        transport: Any = raw(conn)._transport  # type: ignore[attr-defined]
+        transport: Any = raw(conn)._transport
         assert type(transport).max_size == 256 * 1024  # asyncio's own, untouched
         assert transport.max_size == 64 * 1024
     async with (
         create_pool(pg_dsn, max_size=1, read_size=None, ssl=False) as pool,
         pool.acquire() as conn,
     ):
-        transport = raw(conn)._transport  # type: ignore[attr-defined]
+        transport = raw(conn)._transport
         assert transport.max_size == type(transport).max_size
 
 
@@ -749,7 +749,7 @@ def test_read_size_leaves_transports_without_a_per_read_buffer_alone() -> None:
 async def test_read_size_leaves_uvloop_transports_alone(pg_dsn: str) -> None:
     # uvloop reads into a buffer it keeps: there is nothing to cap, and nothing breaks.
     async with create_pool(pg_dsn, max_size=1, read_size=4096) as pool, pool.acquire() as conn:
-        transport: Any = raw(conn)._transport  # type: ignore[attr-defined]
+        transport: Any = raw(conn)._transport
         assert not hasattr(transport, "max_size")
         assert await conn.fetchval("SELECT length(repeat('x', 100000))") == 100_000
 
