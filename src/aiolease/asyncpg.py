@@ -11,6 +11,7 @@ import select
 import socket
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+from ._driver_args import check_connect_kwargs, check_timeout_seconds, keywords_of
 from ._lease import LeaseProxies
 from ._pool import Pool
 from .abc import Manager, ResourceInfo
@@ -28,6 +29,10 @@ else:
     Connection = asyncpg.Connection
 
 __all__ = ["AsyncpgManager", "create_pool"]
+
+# What asyncpg.connect() takes besides the DSN (it has no **kwargs): anything else is a
+# typo, refused at the call rather than at the first connect.
+_CONNECT_KEYWORDS = (keywords_of(asyncpg.connect) or frozenset()) - {"dsn"}
 
 logger = logging.getLogger("aiolease.asyncpg")
 
@@ -337,9 +342,12 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
     ) -> None:
         if reset not in ("transaction", "session"):
             raise ValueError(f'reset must be "transaction" or "session", got {reset!r}')
-        for name, value in (("reset_timeout", reset_timeout), ("close_timeout", close_timeout)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
+        check_connect_kwargs(
+            connect_kwargs,
+            _CONNECT_KEYWORDS,
+            "asyncpg.connect()",
+            ("reset", "reset_timeout", "close_timeout", "read_size"),
+        )
         if read_size is not None and (
             isinstance(read_size, bool) or not isinstance(read_size, int) or read_size < 1
         ):
@@ -349,8 +357,8 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
         self.read_size = read_size
         self.dsn = dsn
         self._session_reset = reset == "session"  # (read on every release)
-        self.reset_timeout = float(reset_timeout)
-        self.close_timeout = float(close_timeout)
+        self.reset_timeout = check_timeout_seconds("reset_timeout", reset_timeout)
+        self.close_timeout = check_timeout_seconds("close_timeout", close_timeout)
         self.connect_kwargs = connect_kwargs
         # Whether the watches stay in the data path for good (see _Watch): set by the
         # first connection made on such a loop (uvloop), read at every checkout.
@@ -497,6 +505,8 @@ def create_pool(
     idle_timeout: float | None = None,
     leak_timeout: float | None = None,
     name: str | None = None,
+    backoff_base: float = 0.1,
+    backoff_max: float = 10.0,
     reset: Reset = "transaction",
     **connect_kwargs: Any,
 ) -> Pool[Connection]:
@@ -508,7 +518,9 @@ def create_pool(
     :class:`AsyncpgManager`; everything else goes to :func:`asyncpg.connect`.
 
     Raises:
-        ValueError: a bad option.
+        TypeError: an unknown keyword (neither a Pool option nor one
+            :func:`asyncpg.connect` takes), or an option of the wrong type.
+        ValueError: a bad option value.
     """
     manager = AsyncpgManager(dsn, reset=reset, **connect_kwargs)
     return Pool(
@@ -521,4 +533,6 @@ def create_pool(
         idle_timeout=idle_timeout,
         leak_timeout=leak_timeout,
         name=name,
+        backoff_base=backoff_base,
+        backoff_max=backoff_max,
     )

@@ -583,9 +583,11 @@ async def test_reset_outlasting_reset_timeout_discards_the_connection(
     [
         ({"reset": "none"}, ValueError, "reset must be"),
         ({"reset_timeout": 0}, ValueError, "reset_timeout must be > 0"),
-        ({"reset_timeout": True}, ValueError, "reset_timeout"),
+        ({"reset_timeout": True}, TypeError, "reset_timeout"),
+        ({"reset_timeout": float("nan")}, ValueError, "reset_timeout must be > 0 seconds"),
+        ({"close_timeout": float("inf")}, ValueError, "close_timeout must be > 0 seconds"),
         ({"close_timeout": -1.0}, ValueError, "close_timeout must be > 0"),
-        ({"close_timeout": "5"}, ValueError, "close_timeout"),
+        ({"close_timeout": "5"}, TypeError, "close_timeout"),
         ({"read_size": 0}, ValueError, "read_size must be a positive"),
         ({"read_size": -4096}, ValueError, "read_size"),
         ({"read_size": True}, ValueError, "read_size"),
