@@ -103,8 +103,7 @@ async def test_a_queued_task_times_out_and_leaves_the_queue(how: str) -> None:
     await pool.release(held)
     assert await first is held
     await pool.release(held)
-    assert pool._deadlines is not None
-    assert pool._deadlines._timer is None  # no timed wait left: the timer is disarmed
+    assert pool._queue.deadlines._timer is None  # no timed wait left: the timer is disarmed
     await pool.aclose()
 
 

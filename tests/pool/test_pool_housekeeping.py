@@ -30,13 +30,12 @@ def _loop() -> VirtualTimeLoop:
 
 def _pool_timers(pool: Pool[Any]) -> list[asyncio.TimerHandle]:
     """The timers this pool has scheduled on the running loop (white-box: asyncio internals)."""
-    scheduled: list[asyncio.TimerHandle] = _loop()._scheduled  # type: ignore[attr-defined]
+    scheduled: list[Any] = _loop()._scheduled  # type: ignore[attr-defined]
+    owners: tuple[object, ...] = (pool, pool._housekeeper, pool._queue.deadlines, pool._creations)
     return [
         h
         for h in scheduled
-        if not h.cancelled()
-        and getattr(h._callback, "__self__", None)  # type: ignore[attr-defined]
-        in (pool, pool._housekeeper, pool._deadlines)
+        if not h.cancelled() and getattr(h._callback, "__self__", None) in owners
     ]
 
 

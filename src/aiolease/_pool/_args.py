@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ._backoff import Backoff
+
 __all__ = ["check_backoff", "check_int", "check_options", "check_seconds", "check_timeout"]
 
 
@@ -52,10 +54,19 @@ def check_backoff(name: str, value: object) -> float:
 def check_options(
     manager: object, options: dict[str, Any]
 ) -> tuple[
-    int, int, float | None, int | None, float | None, float | None, float | None, float, str | None
+    int,
+    int,
+    float | None,
+    int | None,
+    float | None,
+    float | None,
+    float | None,
+    float,
+    str | None,
+    Backoff,
 ]:
     """The Pool constructor's options, checked: ``(min_size, max_size, acquire_timeout,
-    max_waiting, max_lifetime, idle_timeout, leak_timeout, close_timeout, name)``."""
+    max_waiting, max_lifetime, idle_timeout, leak_timeout, close_timeout, name, backoff)``."""
     if not callable(getattr(manager, "create", None)):
         raise TypeError(
             f"manager must implement async create() (an aiolease.abc.Manager), got {manager!r}"
@@ -80,4 +91,8 @@ def check_options(
             f"{type(manager).__name__}.close_timeout", getattr(manager, "close_timeout", 10.0)
         ),
         name,
+        Backoff(
+            check_backoff("backoff_base", options["backoff_base"]),
+            check_backoff("backoff_max", options["backoff_max"]),
+        ),
     )

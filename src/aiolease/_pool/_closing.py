@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ._core import Pool
     from ._entries import Entry
 
-__all__ = ["Drain", "close_all", "close_resource"]
+__all__ = ["Drain", "close_all", "close_resource", "reset_then_hand_off"]
 
 logger = logging.getLogger("aiolease.pool")
 _INF = float("inf")
@@ -29,13 +29,23 @@ REPORT_CAP = 300.0
 
 
 class Drain:
-    """The wait of a closing pool for its leases: a deadline that can only come closer."""
+    """A pool's close: the task running it, and its wait for the leases to end (a
+    deadline that can only come closer)."""
 
-    __slots__ = ("deadline", "wake")
+    __slots__ = ("deadline", "done", "task", "wake")
 
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
+    def __init__(self, pool: Pool[Any]) -> None:
+        self.deadline = _INF
         self.wake = asyncio.Event()  # set when a lease ends or the deadline moves
+        self.done = asyncio.Event()
+        self.task = asyncio.get_running_loop().create_task(self._run(pool))
+
+    async def _run(self, pool: Pool[Any]) -> None:
+        try:
+            await close_all(pool, self)
+        finally:
+            pool._closed()
+            self.done.set()
 
     def shorten(self, deadline: float) -> None:
         if deadline < self.deadline:
@@ -48,8 +58,7 @@ async def close_all(pool: Pool[Any], drain: Drain) -> None:
     the pool made is closed or abandoned."""
     loop = asyncio.get_running_loop()
     pool._housekeeper.cancel()
-    if pool._deadlines is not None:
-        pool._deadlines.close()
+    pool._queue.deadlines.close()
     closed = PoolClosed(f"{pool!r} was closed while waiting")
     while pool._waiters:
         fut = pool._waiters.popleft()
@@ -147,3 +156,23 @@ def _abandon(pool: Pool[Any], resource: object, why: str) -> None:
             abort(resource)
         except Exception as exc:
             logger.warning("%r: aborting %r failed: %r", pool, resource, exc)
+
+
+async def reset_then_hand_off(pool: Pool[Any], entry: Entry[Any]) -> None:
+    """The manager's reset of a released resource (a pool task), then the hand-off;
+    a failed reset closes the resource instead."""
+    reset = pool._hooks.reset
+    assert reset is not None
+    try:
+        await reset(entry.resource, entry.info)
+    except BaseException as exc:
+        if not isinstance(exc, asyncio.CancelledError):
+            logger.info("%r: reset failed for %r (%r); discarding it", pool, entry.resource, exc)
+        pool._counters.discarded += 1
+        await close_resource(pool, entry)
+        if not isinstance(exc, Exception):
+            raise
+        return
+    pending = pool._hand_off(entry)
+    if pending is not None:
+        await pending

@@ -33,17 +33,16 @@ from typing import Any, Generic, TypeVar
 
 from .. import _tracking
 from .._clock import clock_of
-from .._errors import PoolClosed, PoolTimeout, TooManyWaiters, WouldBlock
+from .._errors import PoolClosed, PoolTimeout, WouldBlock
 from .._transaction import PoolAtomic
 from ..abc import Manager
 from ._acquire import Acquire, run_check, self_wait_error, waiting_on_itself
-from ._args import check_backoff, check_int, check_options, check_timeout
-from ._backoff import Backoff
-from ._closing import Drain, close_all, close_resource
+from ._args import check_int, check_options, check_timeout
+from ._closing import Drain, close_resource, reset_then_hand_off
 from ._creations import Creations
-from ._deadlines import Deadlines
-from ._entries import CallableManager, Entry, caller_stack
+from ._entries import CallableManager, Entry, Hooks, caller_stack
 from ._housekeeping import Housekeeper, idle_deadline, leak_report
+from ._queue import WaitQueue
 from ._stats import Counters, PoolStatistics
 from ._where import user_location, warn_at_user
 
@@ -61,47 +60,30 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-def _hook(manager: object, name: str) -> Callable[..., Any] | None:
-    """The manager's method ``name``, or None when it is the Manager ABC's no-op default."""
-    if getattr(type(manager), name, None) is getattr(Manager, name, None):
-        return None
-    method = getattr(manager, name, None)
-    return method if callable(method) else None
-
-
 class Pool(Generic[T]):
     """An async pool of resources made by a :class:`~aiolease.abc.Manager`.
 
-    Nothing happens in the constructor: the pool binds to the running loop
-    and prefills ``min_size`` resources when it is opened (``async with pool``,
-    :meth:`open`, or the first :meth:`acquire`).
-
-    The pool hands out whatever the manager makes (or, for a manager that
-    overrides :meth:`~aiolease.abc.Manager.wrap`, a per-lease object). A plain
-    resource kept after its lease ended cannot be guarded by the pool: the
-    driver pools (``aiolease.asyncpg``, ``aiolease.psycopg``, ``aiolease.sqlite``)
-    hand out per-lease proxies that raise :class:`~aiolease.ResourceReleased` then.
+    Nothing happens in the constructor: the pool binds to the running loop and
+    prefills ``min_size`` when opened (``async with pool``, :meth:`open`, or the
+    first :meth:`acquire`). It hands out what the manager makes (or its
+    :meth:`~aiolease.abc.Manager.wrap` of it), so it cannot guard a plain resource
+    kept after its lease; the driver pools hand out proxies that raise
+    :class:`~aiolease.ResourceReleased` then. See docs/pool.md for each option.
 
     Args:
-        manager: creates, checks, resets and closes the resources. Each close
-            is bounded by its ``close_timeout`` attribute (default 10 s);
-            past it the resource is abandoned (:meth:`~aiolease.abc.Manager.abort`).
+        manager: creates, checks, resets and closes the resources; each close is
+            bounded by its ``close_timeout`` (default 10 s), then abandoned.
         min_size: resources kept open, refilled in the background.
         max_size: resources open at most, counting creations in flight.
         acquire_timeout: default seconds :meth:`acquire` may wait (None: forever).
-        max_waiting: tasks allowed to queue; one more raises
-            :class:`~aiolease.TooManyWaiters` (None: unbounded).
-        max_lifetime: seconds after creation a resource is retired (with up to
-            5% negative jitter); an in-use one is retired when released.
-        idle_timeout: seconds an idle resource above ``min_size`` is kept. Idle
-            resources go out least recently used first, or, with an
-            ``idle_timeout``, most recently used first (so the surplus can
-            go unused long enough to be trimmed).
-        leak_timeout: seconds a lease may last before it is reported (log
-            warning with the acquiring stack, ``statistics().leaks``).
+        max_waiting: tasks allowed to queue (None: unbounded).
+        max_lifetime: seconds after creation a resource is retired (up to 5% less).
+        idle_timeout: seconds an idle resource above ``min_size`` is kept; with it
+            idle resources go out most recently used first (else least recently).
+        leak_timeout: seconds a lease may last before it is reported.
         name: shown in ``repr``, logs and leak reports.
-        backoff_base: first delay after a failed creation; doubles per
-            consecutive failure (jittered) up to ``backoff_max``.
+        backoff_base: first delay after a failed creation, doubling (jittered) per
+            consecutive failure up to ``backoff_max``.
         backoff_max: cap of that delay.
 
     Raises:
@@ -114,13 +96,10 @@ class Pool(Generic[T]):
         "_acquire_timeout",
         "_clock",
         "_close_timeout",
-        "_closed_event",
         "_closed_out",
-        "_closer",
         "_counters",
         "_created_at",
         "_creations",
-        "_deadlines",
         "_done",
         "_drain",
         "_generation",
@@ -139,6 +118,7 @@ class Pool(Generic[T]):
         "_max_waiting",
         "_min_size",
         "_name",
+        "_queue",
         "_size",
         "_state",
         "_tasks",
@@ -171,16 +151,11 @@ class Pool(Generic[T]):
             self._leak_timeout,
             self._close_timeout,
             self._name,
+            backoff,
         ) = check_options(manager, locals())
-        self._creations: Creations[T] = Creations(
-            self,
-            Backoff(
-                check_backoff("backoff_base", backoff_base),
-                check_backoff("backoff_max", backoff_max),
-            ),
-        )
+        self._creations: Creations[T] = Creations(self, backoff)
         self._manager = manager
-        self._hooks = _Hooks(manager)
+        self._hooks = Hooks(manager)
         # Without idle_timeout, idle resources go out least recently used first, so use
         # spreads over all of them and none sits unused long enough for a firewall or the
         # server to drop it; with it, most recently used first, so the surplus is trimmed.
@@ -202,12 +177,10 @@ class Pool(Generic[T]):
         self._size = 0
         self._generation = 0
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._deadlines: Deadlines[asyncio.Future[Entry[T]]] | None = None
+        self._queue: WaitQueue[T] = WaitQueue(self, self._waiters)
         self._housekeeper = Housekeeper(self)
         self._counters = Counters()
-        self._drain: Drain | None = None
-        self._closed_event: asyncio.Event | None = None
-        self._closer: asyncio.Task[None] | None = None
+        self._drain: Drain | None = None  # the close, once aclose() began
         self._created_at = user_location()
         _tracking.track(self)
 
@@ -252,25 +225,12 @@ class Pool(Generic[T]):
         self._clock = clock_of(loop)
         self._done = loop.create_future()
         self._done.set_result(None)
-        self._deadlines = Deadlines(loop, self._time_out)
+        self._queue.bind(loop)
         self._state = _State.OPEN
         if not wait or self._min_size == 0:
             self._dispatch()
             return
-        # The prefill queues like acquirers do, so its creations are bound to it.
-        futures = [loop.create_future() for _ in range(self._min_size)]
-        self._waiters.extend(futures)
-        self._dispatch()
-        try:
-            results = await asyncio.gather(*futures, return_exceptions=True)
-        except BaseException:
-            for fut in futures:
-                self._abandon(fut)
-            raise
-        error = next((r for r in results if isinstance(r, BaseException)), None)
-        for result in results:
-            if isinstance(result, Entry):
-                self._hand_off(result)
+        error = await self._creations.prefill(self._min_size)
         if error is not None:
             await self.aclose()
             raise error
@@ -289,13 +249,10 @@ class Pool(Generic[T]):
 
     async def aclose(self, timeout: float | None = None) -> None:
         """Close the pool: wake waiters with :class:`PoolClosed`, close idle resources,
-        wait for checked-out ones to come back (up to ``timeout`` seconds, then close
-        them in their holders' hands), and return when every resource is closed.
-
-        While it waits for leases it logs a WARNING on ``aiolease.pool`` naming each
-        one, soon and then at growing intervals. A later ``aclose(timeout=t)``
-        shortens the wait to ``t``; cancelling the closer ends it at once (closing
-        goes on in the background, each close bounded by the manager's ``close_timeout``).
+        wait for checked-out ones (up to ``timeout``, then close them in their holders'
+        hands, as a later ``aclose(timeout=t)`` or cancelling the closer does sooner),
+        and return when every resource is closed. While it waits it logs a WARNING
+        on ``aiolease.pool`` naming each lease, soon and at growing intervals.
 
         Args:
             timeout: seconds to wait for checked-out resources (None: as long as it takes).
@@ -307,34 +264,23 @@ class Pool(Generic[T]):
         wait_for = check_timeout("timeout", timeout)
         if self._state is _State.NEW:
             self._state = _State.CLOSED
-            return
         if self._state is _State.CLOSED:
             return
         loop = self._loop
         assert loop is not None
-        if self._state is _State.OPEN:
+        if self._drain is None:
             self._state = _State.CLOSING
-            self._drain = Drain(_INF)
-            self._closed_event = asyncio.Event()
-            self._closer = loop.create_task(self._run_close())
-        assert self._drain is not None
-        assert self._closed_event is not None
+            self._drain = Drain(self)
         if wait_for is not None:
             self._drain.shorten(loop.time() + wait_for)
         try:
-            await asyncio.shield(self._closed_event.wait())
+            await asyncio.shield(self._drain.done.wait())
         except asyncio.CancelledError:
             self._drain.shorten(loop.time())  # a cancelled closer stops waiting for leases
             raise
 
-    async def _run_close(self) -> None:
-        assert self._drain is not None
-        assert self._closed_event is not None
-        try:
-            await close_all(self, self._drain)
-        finally:
-            self._state = _State.CLOSED
-            self._closed_event.set()
+    def _closed(self) -> None:
+        self._state = _State.CLOSED
 
     def __del__(self) -> None:
         if getattr(self, "_state", None) is _State.OPEN:
@@ -433,13 +379,13 @@ class Pool(Generic[T]):
                     if entry is None:
                         waited = True
                         fut: asyncio.Future[Entry[T]] = asyncio.Future()  # of the running loop
-                        self._admit(fut, retry)
+                        self._queue.admit(fut, retry)
                         if deadline != _INF:
-                            self._deadlines.add(fut, deadline)  # type: ignore[union-attr]
+                            self._queue.deadlines.add(fut, deadline)
                         try:
                             entry = await fut
                         except BaseException as exc:
-                            self._abandon(fut)
+                            self._queue.abandon(fut)
                             if isinstance(exc, PoolTimeout) and waiting_on_itself(
                                 self, scoped_only=False
                             ):
@@ -447,7 +393,7 @@ class Pool(Generic[T]):
                             raise
                         finally:
                             if deadline != _INF:
-                                self._deadlines.discard(fut)  # type: ignore[union-attr]
+                                self._queue.deadlines.discard(fut)
                 # `entry` is ours now; until it is leased, every exit must give it back.
                 if (
                     entry.from_idle
@@ -469,70 +415,6 @@ class Pool(Generic[T]):
         into._entry = entry
         entry.scoped = into._scoped
         return self._lease(entry)
-
-    def _admit(self, fut: asyncio.Future[Entry[T]], front: bool) -> None:
-        """Queue ``fut`` (FIFO; at the front for a task whose resource failed its check)
-        until :meth:`_hand_off` or :meth:`_dispatch` hands it an entry, unless the
-        queue is full or the task would wait on itself."""
-        waiters = self._waiters
-        if front:
-            waiters.appendleft(fut)
-        else:
-            waiters.append(fut)
-        self._dispatch()  # a creation for it, if capacity allows
-        bound = self._creations.bound
-        if fut in bound or front:
-            return
-        if self._max_waiting is not None and len(waiters) - len(bound) > self._max_waiting:
-            waiters.remove(fut)
-            raise TooManyWaiters(
-                f"{self!r}: {len(waiters) - len(bound)} tasks already waiting "
-                f"(max_waiting={self._max_waiting})"
-            )
-        if waiting_on_itself(self, scoped_only=True):
-            # Every lease is this task's own `async with`: none can end while it waits.
-            waiters.remove(fut)
-            self._counters.timeouts += 1
-            raise self_wait_error(self)
-        if self._creations.backoff.failures:
-            self._creations.schedule_backoff()
-
-    def _abandon(self, fut: asyncio.Future[Entry[T]]) -> None:
-        """A waiter leaves early (cancelled, timed out, pool closed): if it was already
-        handed an entry, pass that on; otherwise withdraw it from the queue."""
-        if fut.done() and not fut.cancelled() and fut.exception() is None:
-            self._hand_off(fut.result())
-            return
-        try:
-            self._waiters.remove(fut)
-        except ValueError:
-            pass
-        self._creations.unbind(fut)
-        if not fut.done():
-            fut.cancel()
-        self._dispatch()
-
-    def _time_out(self, fut: asyncio.Future[Entry[T]]) -> None:
-        """The shared deadline timer: ``fut``'s wait is over."""
-        if fut.done():
-            return
-        self._abandon_queue_slot(fut)
-        self._counters.timeouts += 1
-        error = self._creations.backoff.last_error
-        exc = PoolTimeout(
-            f"{self!r}: no resource within the acquire timeout"
-            + (f" (last creation error: {error!r})" if error else "")
-        )
-        exc.__cause__ = error
-        fut.set_exception(exc)
-        self._dispatch()
-
-    def _abandon_queue_slot(self, fut: asyncio.Future[Entry[T]]) -> None:
-        try:
-            self._waiters.remove(fut)
-        except ValueError:
-            pass
-        self._creations.unbind(fut)
 
     def _lease(self, entry: Entry[T]) -> T:
         """The lease bookkeeping (one copy): ``entry`` goes to the current task."""
@@ -610,7 +492,7 @@ class Pool(Generic[T]):
         if hooks.reset is not None and (
             hooks.reset_needed is None or hooks.reset_needed(resource, info)
         ):
-            return self._spawn(self._reset_then_hand_off(entry))
+            return self._spawn(reset_then_hand_off(self, entry))
         return self._hand_off(entry)
 
     def _detach(self, entry: Entry[T]) -> None:
@@ -618,25 +500,6 @@ class Pool(Generic[T]):
         detach = self._hooks.detach
         if detach is not None and entry.handle is not entry.resource:
             detach(entry.handle)
-
-    async def _reset_then_hand_off(self, entry: Entry[T]) -> None:
-        reset = self._hooks.reset
-        assert reset is not None
-        try:
-            await reset(entry.resource, entry.info)
-        except BaseException as exc:
-            if not isinstance(exc, asyncio.CancelledError):
-                logger.info(
-                    "%r: reset failed for %r (%r); discarding it", self, entry.resource, exc
-                )
-            self._counters.discarded += 1
-            await close_resource(self, entry)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        pending = self._hand_off(entry)
-        if pending is not None:
-            await pending
 
     # ------------------------------------------------------------------ hand-off
 
@@ -655,10 +518,10 @@ class Pool(Generic[T]):
             return self._close_soon(entry)
         fut: asyncio.Future[Entry[T]] | None = None
         if to is not None and not to.done():
-            self._abandon_queue_slot(to)
+            self._queue.remove(to)
             fut = to
         elif self._waiters:
-            fut = self._next_waiter()
+            fut = self._queue.next()
         if fut is not None:
             entry.from_idle = False
             fut.set_result(entry)
@@ -672,25 +535,12 @@ class Pool(Generic[T]):
             self._housekeeper.schedule(idle_deadline(entry, self._idle_timeout))
         return None
 
-    def _next_waiter(self) -> asyncio.Future[Entry[T]] | None:
-        """Take the oldest waiter still waiting off the queue (its creation, if any,
-        becomes an orphan for the next one to adopt)."""
-        waiters = self._waiters
-        creations = self._creations
-        while waiters:
-            fut = waiters.popleft()
-            if creations.bound:
-                creations.unbind(fut)
-            if not fut.done():
-                return fut
-        return None
-
     def _dispatch(self) -> None:
         """After any change: idle entries to the oldest waiters, creations for waiters no
         creation serves yet (adopting orphans first), ``min_size`` kept filled."""
         waiters = self._waiters
         while waiters and self._idle:
-            fut = self._next_waiter()
+            fut = self._queue.next()
             if fut is None:
                 break
             entry = self._pop_idle()
@@ -826,38 +676,6 @@ class Pool(Generic[T]):
 
     def _aiolease_leaks(self) -> list[str]:
         return leak_report(self, self._state is _State.CLOSED)
-
-
-class _Hooks:
-    """The manager's optional hooks, each None when the manager keeps the no-op default
-    (so the pool skips the call)."""
-
-    __slots__ = (
-        "abort",
-        "check",
-        "check_needed",
-        "detach",
-        "is_fatal",
-        "on_acquire",
-        "on_idle",
-        "on_release",
-        "reset",
-        "reset_needed",
-        "wrap",
-    )
-
-    def __init__(self, manager: object) -> None:
-        self.check = _hook(manager, "check")
-        self.check_needed = _hook(manager, "check_needed")
-        self.reset = _hook(manager, "reset")
-        self.reset_needed = _hook(manager, "reset_needed")
-        self.on_acquire = _hook(manager, "on_acquire")
-        self.on_release = _hook(manager, "on_release")
-        self.on_idle = _hook(manager, "on_idle")
-        self.wrap = _hook(manager, "wrap")
-        self.detach = _hook(manager, "detach")
-        self.abort = _hook(manager, "abort")
-        self.is_fatal = _hook(manager, "is_fatal")
 
 
 def _unbound_clock() -> float:

@@ -94,6 +94,26 @@ class Creations(Generic[T]):
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+    async def prefill(self, count: int) -> BaseException | None:
+        """Create ``count`` resources for an opening pool and wait for them (they go
+        idle); returns the first creation error. They queue as acquirers do, so
+        each creation is bound to one of them."""
+        pool = self._pool
+        assert pool._loop is not None
+        futures: list[Waiter] = [pool._loop.create_future() for _ in range(count)]
+        pool._waiters.extend(futures)
+        pool._dispatch()
+        try:
+            results = await asyncio.gather(*futures, return_exceptions=True)
+        except BaseException:
+            for fut in futures:
+                pool._queue.abandon(fut)
+            raise
+        for result in results:
+            if isinstance(result, Entry):
+                pool._hand_off(result)
+        return next((r for r in results if isinstance(r, BaseException)), None)
+
     def close(self) -> None:
         """The pool closes: cancel the creations still running, stop the backoff timer."""
         self.bound.clear()
@@ -174,7 +194,7 @@ class Creations(Generic[T]):
                 # A fill stood for the oldest waiter no creation serves: fail fast.
                 target = next((f for f in pool._waiters if f not in self.bound), None)
         if target is not None and not target.done():
-            pool._abandon_queue_slot(target)
+            pool._queue.remove(target)
             target.set_exception(error)
         pool._dispatch()
 

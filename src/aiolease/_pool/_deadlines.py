@@ -22,7 +22,7 @@ class Deadlines(Generic[K]):
 
     __slots__ = ("_due", "_expire", "_loop", "_timer", "_when")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, expire: Callable[[K], None]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None, expire: Callable[[K], None]) -> None:
         self._loop = loop
         self._expire = expire
         self._due: dict[K, float] = {}
@@ -52,6 +52,7 @@ class Deadlines(Generic[K]):
             self._timer = None
         self._when = when
         if when != _INF:
+            assert self._loop is not None, "Deadlines used before the pool opened"
             self._timer = self._loop.call_at(when, self._fire, when)
 
     def _fire(self, when: float) -> None:

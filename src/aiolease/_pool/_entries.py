@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar
 
 from ..abc import Manager, ResourceInfo
 
-__all__ = ["CallableManager", "Entry", "caller_stack"]
+__all__ = ["CallableManager", "Entry", "Hooks", "caller_stack"]
 
 T = TypeVar("T")
 
@@ -131,3 +131,43 @@ def caller_stack(frame: FrameType | None, limit: int = 8) -> traceback.StackSumm
         if not any(part in f.filename for part in _INTERNAL)
     ]
     return traceback.StackSummary.from_list(frames[-limit:])
+
+
+def _hook(manager: object, name: str) -> Callable[..., Any] | None:
+    """The manager's method ``name``, or None when it is the Manager ABC's no-op default."""
+    if getattr(type(manager), name, None) is getattr(Manager, name, None):
+        return None
+    method = getattr(manager, name, None)
+    return method if callable(method) else None
+
+
+class Hooks:
+    """The manager's optional hooks, each None when the manager keeps the no-op default
+    (so the pool skips the call)."""
+
+    __slots__ = (
+        "abort",
+        "check",
+        "check_needed",
+        "detach",
+        "is_fatal",
+        "on_acquire",
+        "on_idle",
+        "on_release",
+        "reset",
+        "reset_needed",
+        "wrap",
+    )
+
+    def __init__(self, manager: object) -> None:
+        self.check = _hook(manager, "check")
+        self.check_needed = _hook(manager, "check_needed")
+        self.reset = _hook(manager, "reset")
+        self.reset_needed = _hook(manager, "reset_needed")
+        self.on_acquire = _hook(manager, "on_acquire")
+        self.on_release = _hook(manager, "on_release")
+        self.on_idle = _hook(manager, "on_idle")
+        self.wrap = _hook(manager, "wrap")
+        self.detach = _hook(manager, "detach")
+        self.abort = _hook(manager, "abort")
+        self.is_fatal = _hook(manager, "is_fatal")
