@@ -14,6 +14,7 @@ from pool_helpers import (
     settle,
     start_acquire,
 )
+from pool_shapes import WITH_HOOKS
 
 from aiolease import Pool, PoolClosed, PoolTimeout
 from aiolease.testing import FakeManager, FakeResource
@@ -296,6 +297,7 @@ async def test_aclose_does_not_interrupt_close_started_by_a_finished_creation() 
 
 
 @pytest.mark.parametrize("how", ["cancel", "timeout"])
+@pytest.mark.pool_shapes(*WITH_HOOKS)
 async def test_interrupted_check_discards_resource(how: str) -> None:
     fm = FakeManager()
     pool = await _idle_pool(fm, 1, 1)
@@ -323,6 +325,7 @@ async def test_interrupted_check_discards_resource(how: str) -> None:
     assert_closed_cleanly(pool, fm)
 
 
+@pytest.mark.pool_shapes(*WITH_HOOKS)
 async def test_aclose_during_check() -> None:
     fm = FakeManager()
     pool = await _idle_pool(fm, 1, 1)
@@ -343,6 +346,7 @@ async def test_aclose_during_check() -> None:
 # -- reset / release -----------------------------------------------------------------------
 
 
+@pytest.mark.pool_shapes(*WITH_HOOKS)
 async def test_cancel_release_during_reset_is_shielded() -> None:
     fm = FakeManager()
     pool = Pool(fm, max_size=1)
@@ -367,6 +371,7 @@ async def test_cancel_release_during_reset_is_shielded() -> None:
     assert_closed_cleanly(pool, fm)
 
 
+@pytest.mark.pool_shapes(*WITH_HOOKS)
 async def test_cancel_async_with_exit_during_reset() -> None:
     fm = FakeManager()
     pool = Pool(fm, max_size=1)
@@ -390,6 +395,7 @@ async def test_cancel_async_with_exit_during_reset() -> None:
     assert_closed_cleanly(pool, fm)
 
 
+@pytest.mark.pool_shapes(*WITH_HOOKS)
 async def test_release_waits_for_reset() -> None:
     fm = FakeManager()
     fm.delay("reset", 3.0)
@@ -405,6 +411,7 @@ async def test_release_waits_for_reset() -> None:
     assert_closed_cleanly(pool, fm)
 
 
+@pytest.mark.pool_shapes(*WITH_HOOKS)
 async def test_aclose_during_reset_closes_after_it() -> None:
     fm = FakeManager()
     pool = Pool(fm, max_size=1)

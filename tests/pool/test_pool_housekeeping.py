@@ -15,6 +15,7 @@ from pool_helpers import (
     checked_out_then_idle,
     settle,
 )
+from pool_shapes import NO_DEADLINES
 
 from aiolease import Pool
 from aiolease.testing import FakeManager, FakeResource, VirtualTimeLoop
@@ -236,6 +237,7 @@ async def test_housekeeping_is_one_timer_at_the_next_deadline() -> None:
     assert_closed_cleanly(pool, fm)
 
 
+@pytest.mark.pool_shapes(*NO_DEADLINES)
 async def test_no_timer_without_deadlines() -> None:
     fm = FakeManager()
     pool = Pool(fm, min_size=2, max_size=4)
