@@ -338,6 +338,11 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
         if not resource.closed:
             await resource.close()
 
+    def abort(self, resource: AsyncConnection) -> None:
+        """Cut the connection at once: libpq's ``PQfinish`` closes the socket (the
+        pool calls this when :meth:`close` outlasted ``close_timeout``)."""
+        resource.pgconn.finish()
+
     def is_fatal(self, resource: AsyncConnection, exc: BaseException) -> bool:
         """Whether the body's error means the connection is gone: it is closed, or the
         error is a socket error, a connection-class SQLSTATE (08xxx, 57P01-57P05, 25P03),

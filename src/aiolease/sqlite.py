@@ -200,6 +200,12 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
         if resource.in_transaction:
             await resource.rollback()
 
+    def abort(self, resource: aiosqlite.Connection) -> None:
+        """Ask the connection's thread to close the database and stop as soon as it is
+        free (aiosqlite's ``stop()``; the pool calls this when :meth:`close` outlasted
+        ``close_timeout``). A statement still running in the thread cannot be interrupted."""
+        resource.stop()
+
     async def close(self, resource: aiosqlite.Connection) -> None:
         await resource.close()
         # close() returns as the worker thread is about to exit (it has handed back its last

@@ -91,3 +91,17 @@ def test_psycopg_unknown_connection_parameter_is_a_type_error_at_the_call() -> N
     with pytest.raises(TypeError, match="'sslmod'"):
         aiolease.psycopg.create_pool("", sslmod="disable")
     aiolease.psycopg.create_pool("", sslmode="disable", connect_timeout=3)  # libpq's own
+
+
+async def test_psycopg_abort_cuts_the_connection(pg_dsn: str) -> None:
+    manager = aiolease.psycopg.PsycopgManager(pg_dsn)
+    conn = await manager.create()
+    manager.abort(conn)  # what the pool calls when a close outlasts close_timeout
+    assert conn.closed
+
+
+async def test_asyncpg_abort_cuts_the_connection(pg_dsn: str) -> None:
+    manager = aiolease.asyncpg.AsyncpgManager(pg_dsn)
+    conn = await manager.create()
+    manager.abort(conn)
+    assert conn.is_closed()

@@ -76,3 +76,13 @@ def test_create_pool_checks_every_option_at_the_call(
 def test_create_pool_takes_sqlite3_and_pool_options(tmp_path: Path) -> None:
     pool = create_pool(tmp_path / "db.sqlite", timeout=3.0, backoff_base=0.5, backoff_max=1.0)
     assert isinstance(pool, aiolease.Pool)
+
+
+async def test_abort_stops_the_connection_thread(tmp_path: Path) -> None:
+    from aiolease.sqlite import SqliteManager
+
+    manager = SqliteManager(tmp_path / "db.sqlite")
+    conn = await manager.create()
+    manager.abort(conn)  # what the pool calls when a close outlasts close_timeout
+    conn._thread.join(timeout=5.0)  # white-box: the worker
+    assert not conn._thread.is_alive()
