@@ -9,7 +9,6 @@ skipping the integration suites.
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -130,8 +129,8 @@ def _in_shape(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     shape = None if callspec is None else callspec.params.get("pool_shape")
     if shape is None:
         return
-    from pool_shapes import shaped_pool
+    from pool_shapes import ShapedPool
 
-    monkeypatch.setattr(request.module, "Pool", functools.partial(shaped_pool, shape))
+    monkeypatch.setattr(request.module, "Pool", ShapedPool(shape))
     if shape == "leak-check":
         monkeypatch.setattr(_tracking, "active", [_tracking.Tracker()])

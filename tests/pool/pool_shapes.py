@@ -91,3 +91,16 @@ def tracks_leases(pool: Pool[Any], fm: FakeManager) -> bool:
 WITH_HOOKS = tuple(s for s in SHAPES if s != "hook-free")
 #: The shapes that set no deadline of their own (a test counting timers runs in these).
 NO_DEADLINES = tuple(s for s in SHAPES if s not in ("max-lifetime", "leak-timeout"))
+
+
+class ShapedPool:
+    """What ``Pool`` is in a shaped suite's module: the constructor builds the pool in
+    the shape; ``from_callables`` is the plain one (it is the hook-free shape already)."""
+
+    from_callables = Pool.from_callables
+
+    def __init__(self, shape: str) -> None:
+        self.shape = shape
+
+    def __call__(self, manager: Any, **options: Any) -> Pool[Any]:
+        return shaped_pool(self.shape, manager, **options)
