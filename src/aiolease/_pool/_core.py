@@ -410,8 +410,12 @@ class Pool(Generic[T]):
         except BaseException:
             into._entered = False
             raise
-        if waited:
-            self._counters.waited(self._clock() - start)
+        if waited:  # the wait statistics (one copy)
+            counters = self._counters
+            waited_for = self._clock() - start
+            counters.wait_total += waited_for
+            if waited_for > counters.wait_max:
+                counters.wait_max = waited_for
         into._entry = entry
         entry.scoped = into._scoped
         return self._lease(entry)
@@ -538,6 +542,9 @@ class Pool(Generic[T]):
     def _dispatch(self) -> None:
         """After any change: idle entries to the oldest waiters, creations for waiters no
         creation serves yet (adopting orphans first), ``min_size`` kept filled."""
+        creations = self._creations
+        if not self._idle and self._size >= self._max_size and not creations.orphans:
+            return  # nothing to hand out and no room to create (the pool under load)
         waiters = self._waiters
         while waiters and self._idle:
             fut = self._queue.next()
@@ -550,7 +557,6 @@ class Pool(Generic[T]):
             fut.set_result(entry)  # from idle: its receiver runs the check
         if self._state is not _State.OPEN:
             return
-        creations = self._creations
         if waiters and (creations.orphans or self._size < self._max_size):
             creations.cover(waiters)
         while self._size < self._min_size and creations.can_start():

@@ -50,6 +50,7 @@ class WaitQueue(Generic[T]):
                 while it waits.
         """
         pool, futures = self._pool, self.futures
+        first = not futures  # nobody queued ahead (see the self-wait check below)
         if front:
             futures.appendleft(fut)
         else:
@@ -65,7 +66,10 @@ class WaitQueue(Generic[T]):
                 f"{pool!r}: {len(futures) - len(bound)} tasks already waiting "
                 f"(max_waiting={pool._max_waiting})"
             )
-        if waiting_on_itself(pool, scoped_only=True):
+        # Checked at once only for a task that queues first: a task queued behind others
+        # is told at its timeout (see Pool._acquire_blocking), and the check stays off
+        # the path of a pool under steady contention.
+        if first and waiting_on_itself(pool, scoped_only=True):
             futures.remove(fut)
             pool._counters.timeouts += 1
             raise self_wait_error(pool)
