@@ -315,7 +315,8 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
         reset_timeout: seconds a reset (or the verifying round trip of a
             suspicious idle connection, see :meth:`check`) may take before the
             connection is discarded.
-        close_timeout: seconds a graceful close may take before the socket is cut.
+        close_timeout: seconds a graceful close may take; the pool then abandons it
+            and cuts the socket (:meth:`abort`).
         read_size: the most bytes each read of the socket asks for, on asyncio's
             selector transports (default 64 KiB; None keeps asyncio's 256 KiB).
             Such a transport allocates a buffer of that size for every read;
@@ -323,8 +324,7 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
             ``mremap`` and ``munmap``) whenever its allocator's state makes
             256 KiB look large, which it does or not depending on the process's
             history (cpython#85451). Below 128 KiB the buffer comes from the heap
-            in every state: measured here, 17-25% more small queries per second
-            under load, and no slower on results of many megabytes. Other
+            in every state (what it gains: bench/README.md). Other
             transports (uvloop's, SSL) read into a buffer they keep, and are left
             alone.
         **connect_kwargs: passed to :func:`asyncpg.connect`.
