@@ -86,3 +86,19 @@ async def test_abort_stops_the_connection_thread(tmp_path: Path) -> None:
     manager.abort(conn)  # what the pool calls when a close outlasts close_timeout
     conn._thread.join(timeout=5.0)  # white-box: the worker
     assert not conn._thread.is_alive()
+
+
+async def test_unclosed_driver_pool_warning_names_the_users_line(tmp_path: Path) -> None:
+    import gc
+    import sys
+    import warnings
+
+    pool = create_pool(tmp_path / "db.sqlite", max_size=1)
+    line = sys._getframe().f_lineno - 1
+    await pool.open()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del pool
+        gc.collect()
+    messages = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert any(f"test_sqlite_misuse.py:{line}" in m for m in messages), messages
