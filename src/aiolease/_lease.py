@@ -95,7 +95,7 @@ class LeaseProxies(Generic[C]):
 
     def wrap(self, resource: C) -> C:
         """A proxy for this lease that raises :class:`~aiolease.ResourceReleased` once it ended."""
-        return wrap(resource)
+        return cast(C, LeaseProxy(resource))
 
     def detach(self, handle: C) -> None:
         """The lease ended: the proxy refuses every use from now on."""

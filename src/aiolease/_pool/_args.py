@@ -52,7 +52,7 @@ def check_backoff(name: str, value: object) -> float:
 
 
 def check_options(
-    manager: object, options: dict[str, Any]
+    manager: object, **options: Any
 ) -> tuple[
     int,
     int,

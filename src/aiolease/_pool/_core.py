@@ -28,7 +28,7 @@ import logging
 import sys
 from collections import deque
 from collections.abc import Awaitable, Callable
-from types import TracebackType
+from types import EllipsisType, TracebackType
 from typing import Any, Generic, TypeVar
 
 from .. import _tracking
@@ -152,7 +152,19 @@ class Pool(Generic[T]):
             self._close_timeout,
             self._name,
             backoff,
-        ) = check_options(manager, locals())
+        ) = check_options(
+            manager,
+            min_size=min_size,
+            max_size=max_size,
+            acquire_timeout=acquire_timeout,
+            max_waiting=max_waiting,
+            max_lifetime=max_lifetime,
+            idle_timeout=idle_timeout,
+            leak_timeout=leak_timeout,
+            name=name,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+        )
         self._creations: Creations[T] = Creations(self, backoff)
         self._manager = manager
         self._hooks = Hooks(manager)
@@ -293,7 +305,7 @@ class Pool(Generic[T]):
 
     # ------------------------------------------------------------------ acquire
 
-    def acquire(self, *, timeout: float | Any | None = ...) -> Acquire[T]:
+    def acquire(self, *, timeout: float | EllipsisType | None = ...) -> Acquire[T]:
         """Check a resource out: ``async with pool.acquire() as r`` or ``r = await pool.acquire()``.
 
         Entering (or awaiting) blocks until a resource is available and can be
