@@ -497,7 +497,6 @@ async def test_close_error_is_logged_and_slot_freed(caplog: pytest.LogCaptureFix
 # -- merged from the former acceptance suite (tests/acceptance/test_contract_pools.py)
 
 
-@pytest.mark.pool_shapes(*WITH_HOOKS)
 def test_cancel_during_create_keeps_capacity() -> None:
     async def main() -> None:
         fm = FakeManager()
@@ -590,7 +589,6 @@ def test_cancel_body_of_async_with_releases() -> None:
     vrun(main)
 
 
-@pytest.mark.pool_shapes(*WITH_HOOKS)
 def test_cancel_during_close_is_shielded() -> None:
     async def main() -> None:
         fm = FakeManager()
@@ -611,7 +609,6 @@ def test_cancel_during_close_is_shielded() -> None:
     vrun(main)
 
 
-@pytest.mark.pool_shapes(*WITH_HOOKS)
 def test_cancelled_waiter_passes_handoff_on() -> None:
     async def create() -> Res:
         return Res(1)
@@ -639,7 +636,6 @@ def test_cancelled_waiter_passes_handoff_on() -> None:
     vrun(main)
 
 
-@pytest.mark.pool_shapes(*WITH_HOOKS)
 def test_manager_create_raising_cancelled_error_on_open_pool() -> None:
     """A manager whose create() itself raises CancelledError (e.g. a driver's inner timeout)."""
 
@@ -661,7 +657,6 @@ def test_manager_create_raising_cancelled_error_on_open_pool() -> None:
     vrun(main)
 
 
-@pytest.mark.pool_shapes(*WITH_HOOKS)
 def test_manager_check_raising_cancelled_error_frees_slot() -> None:
     async def main() -> None:
         m = DuckManager()
@@ -680,7 +675,6 @@ def test_manager_check_raising_cancelled_error_frees_slot() -> None:
     vrun(main)
 
 
-@pytest.mark.pool_shapes(*WITH_HOOKS)
 def test_manager_reset_raising_cancelled_error_keeps_pool_consistent() -> None:
     async def main() -> None:
         m = DuckManager()
@@ -702,7 +696,6 @@ def test_manager_reset_raising_cancelled_error_keeps_pool_consistent() -> None:
     vrun(main)
 
 
-@pytest.mark.pool_shapes(*WITH_HOOKS)
 def test_random_cancellation_never_loses_capacity() -> None:
     async def main() -> None:
         rnd = random.Random(1234)
@@ -754,7 +747,6 @@ def test_random_cancellation_never_loses_capacity() -> None:
     vrun(main)
 
 
-@pytest.mark.pool_shapes(*WITH_HOOKS)
 def test_cancelled_open_loses_no_resource() -> None:
     async def main() -> None:
         fm = FakeManager()
@@ -776,7 +768,6 @@ def test_cancelled_open_loses_no_resource() -> None:
     vrun(main)
 
 
-@pytest.mark.pool_shapes(*WITH_HOOKS)
 def test_outer_asyncio_timeout_and_wait_for_leave_pool_consistent() -> None:
     async def main() -> None:
         async with Pool(FakeManager(), max_size=1, acquire_timeout=None) as pool:
@@ -796,7 +787,6 @@ def test_outer_asyncio_timeout_and_wait_for_leave_pool_consistent() -> None:
     vrun(main)
 
 
-@pytest.mark.pool_shapes(*WITH_HOOKS)
 def test_taskgroup_cancellation_of_many_waiters() -> None:
     async def main() -> None:
         fm = FakeManager()

@@ -19,7 +19,7 @@ from pool_helpers import (
     settle,
     vrun,
 )
-from pool_shapes import NO_DEADLINES, WITH_HOOKS
+from pool_shapes import NO_DEADLINES
 
 from aiolease import (
     Pool,
@@ -312,7 +312,6 @@ async def test_leak_report_for_awaited_acquire(caplog: pytest.LogCaptureFixture)
 # -- merged from the former acceptance suite (tests/acceptance/test_contract_pools.py)
 
 
-@pytest.mark.pool_shapes(*WITH_HOOKS)
 def test_max_lifetime_with_negative_jitter() -> None:
     async def main() -> None:
         for _ in range(5):
@@ -331,7 +330,6 @@ def test_max_lifetime_with_negative_jitter() -> None:
     vrun(main)
 
 
-@pytest.mark.pool_shapes(*WITH_HOOKS)
 def test_idle_timeout_only_above_min_size() -> None:
     async def main() -> None:
         fm = FakeManager()
@@ -353,7 +351,6 @@ def test_idle_timeout_only_above_min_size() -> None:
     vrun(main)
 
 
-@pytest.mark.pool_shapes(*WITH_HOOKS)
 def test_leak_timeout_reported_once_per_lease(caplog: pytest.LogCaptureFixture) -> None:
     def acquiring_function_name_xyz(pool: Pool[FakeResource]) -> Awaitable[FakeResource]:
         return asyncio.ensure_future(pool.acquire())
@@ -383,7 +380,6 @@ def test_leak_timeout_reported_once_per_lease(caplog: pytest.LogCaptureFixture) 
     assert any("test_leak_timeout_reported_once_per_lease" in rec.getMessage() for rec in warnings_)
 
 
-@pytest.mark.pool_shapes(*WITH_HOOKS)
 def test_housekeeping_does_not_poll() -> None:
     counted: list[float] = []
 
@@ -410,7 +406,6 @@ def test_housekeeping_does_not_poll() -> None:
         runner.run(main())
 
 
-@pytest.mark.pool_shapes(*WITH_HOOKS)
 def test_min_size_kept_filled_across_lifetimes() -> None:
     async def main() -> None:
         fm = FakeManager()
