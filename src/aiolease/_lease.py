@@ -6,18 +6,22 @@ A driver pool's manager wraps each lease's connection in a :class:`LeaseProxy`
 raises :class:`~aiolease.ResourceReleased` naming what was used, so a
 connection kept past its lease never runs a statement on another holder's
 lease. Like asyncpg's own ``PoolConnectionProxy``, it forwards attribute
-reads to the connection; methods are checked again when called, so a bound
-method taken during the lease refuses to run after it.
+reads to the connection, and, made once per connection class, has a forwarding
+method for each public method of the connection's class (found by the normal
+attribute lookup: no ``__getattr__`` miss on the path of a query). Methods are
+checked when called, so a bound method taken during the lease refuses to run
+after it.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar, cast
 
 from ._errors import ResourceReleased
 
-__all__ = ["LeaseProxies", "LeaseProxy", "unwrap", "wrap"]
+__all__ = ["LeaseProxies", "LeaseProxy", "proxy_class", "unwrap"]
 
 C = TypeVar("C")
 
@@ -55,15 +59,14 @@ class LeaseProxy:
         conn = self._aiolease_conn
         if conn is None:
             raise self._released(f".{name}")
-        value = getattr(conn, name)
+        value: Any = getattr(conn, name)
         if not callable(value) or isinstance(value, type):
             return value
-        method = cast(Callable[..., Any], value)
 
         def checked(*args: Any, **kwargs: Any) -> Any:
             if self._aiolease_conn is None:
                 raise self._released(f"{name}()")
-            return method(*args, **kwargs)
+            return value(*args, **kwargs)
 
         return checked
 
@@ -78,9 +81,33 @@ class LeaseProxy:
         return f"<aiolease lease of {self._aiolease_origin!r}{state}>"
 
 
-def wrap(conn: C) -> C:
-    """A new lease proxy for ``conn``, typed as the connection it stands for."""
-    return cast(C, LeaseProxy(conn))
+def _forwarding(name: str) -> Callable[..., Any]:
+    def method(self: LeaseProxy, *args: Any, **kwargs: Any) -> Any:
+        conn = self._aiolease_conn
+        if conn is None:
+            raise self._released(f"{name}()")
+        return getattr(conn, name)(*args, **kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    return method
+
+
+_proxy_classes: dict[type, type[LeaseProxy]] = {}
+
+
+def proxy_class(cls: type) -> type[LeaseProxy]:
+    """The LeaseProxy subclass for connections of class ``cls`` (made once): a forwarding
+    method for each public method of ``cls``."""
+    proxy = _proxy_classes.get(cls)
+    if proxy is None:
+        methods = {
+            name: _forwarding(name)
+            for name, value in inspect.getmembers(cls)
+            if not name.startswith("_") and inspect.isfunction(value)
+        }
+        proxy = type(f"LeaseProxy[{cls.__name__}]", (LeaseProxy,), {"__slots__": (), **methods})
+        _proxy_classes[cls] = proxy
+    return proxy
 
 
 def unwrap(conn: C) -> C:
@@ -95,9 +122,11 @@ class LeaseProxies(Generic[C]):
 
     def wrap(self, resource: C) -> C:
         """A proxy for this lease that raises :class:`~aiolease.ResourceReleased` once it ended."""
-        return cast(C, LeaseProxy(resource))
+        cls = type(resource)
+        proxy: C = (_proxy_classes.get(cls) or proxy_class(cls))(resource)  # type: ignore[assignment]
+        return proxy  # typed as the connection it stands for
 
     def detach(self, handle: C) -> None:
         """The lease ended: the proxy refuses every use from now on."""
         if isinstance(handle, LeaseProxy):
-            handle._aiolease_detach()
+            object.__setattr__(handle, "_aiolease_conn", None)

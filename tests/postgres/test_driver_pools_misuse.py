@@ -25,7 +25,7 @@ async def test_asyncpg_connection_used_after_its_lease_raises_and_never_runs(
                 await kept.execute("SET application_name = 'intruder'")
             with pytest.raises(ResourceReleased, match=r"fetchval\(\)"):
                 await fetchval("SELECT 2")
-            with pytest.raises(ResourceReleased, match=r"\.is_closed"):
+            with pytest.raises(ResourceReleased, match=r"is_closed\(\)"):
                 kept.is_closed()
             # The next holder's session was not touched.
             assert await current.fetchval("SHOW application_name") == "holder2"

@@ -56,7 +56,11 @@ class Acquire(Generic[T]):
             entry.scoped = self._scoped
             pool._lease(entry)
             self._entry = entry
-            return entry.ready
+            ready = entry.ready
+            if ready is None:
+                assert pool._loop is not None
+                ready = entry.ready_future(pool._loop)
+            return ready
         return pool._acquire_blocking(self, entry)
 
     def __aexit__(

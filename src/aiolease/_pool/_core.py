@@ -447,8 +447,7 @@ class Pool(Generic[T]):
             entry.lease_stack = None
         hooks = self._hooks
         if hooks.wrap is not None:
-            assert self._loop is not None
-            entry.set_handle(hooks.wrap(entry.resource), self._loop)
+            entry.set_handle(hooks.wrap(entry.resource))
         self._in_use[entry.key] = entry
         self._counters.acquired += 1
         if hooks.on_acquire is not None:

@@ -158,8 +158,7 @@ class Creations(Generic[T]):
         expires = _INF
         if pool._max_lifetime is not None:
             expires = now + pool._max_lifetime * (1.0 - _LIFETIME_JITTER * random.random())
-        assert pool._loop is not None
-        entry = Entry(resource, ResourceInfo(now, now, 0, expires), pool._generation, pool._loop)
+        entry = Entry(resource, ResourceInfo(now, now, 0, expires), pool._generation)
         pending = pool._hand_off(entry, waiter)
         pool._dispatch()
         if pending is not None:

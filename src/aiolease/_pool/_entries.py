@@ -23,9 +23,9 @@ class Entry(Generic[T]):
     ``handle`` is what the current (or last) lease handed out: the resource
     itself, or the per-lease object of a manager that wraps its resources
     (:meth:`~aiolease.abc.Manager.wrap`). ``key`` is ``id(handle)``, the
-    entry's key among the pool's leases. ``ready`` is a done future holding
-    ``handle``, what ``async with pool.acquire()`` awaits when it is served on
-    the spot (made once per handle: a future can be awaited any number of times).
+    entry's key among the pool's leases. :meth:`ready_future` is a done future
+    holding ``handle``, what ``async with pool.acquire()`` awaits when it is served
+    on the spot (made once per handle: a future can be awaited any number of times).
     """
 
     __slots__ = (
@@ -44,16 +44,13 @@ class Entry(Generic[T]):
         "scoped",
     )
 
-    def __init__(
-        self, resource: T, info: ResourceInfo, generation: int, loop: asyncio.AbstractEventLoop
-    ) -> None:
+    def __init__(self, resource: T, info: ResourceInfo, generation: int) -> None:
         self.resource = resource
         self.info = info
         self.generation = generation
         self.handle: T = resource
         self.key = id(resource)
-        self.ready: asyncio.Future[T] = loop.create_future()
-        self.ready.set_result(resource)
+        self.ready: asyncio.Future[T] | None = None  # see ready_future
         # True while it sits (or sat) idle: its next holder runs the manager's check.
         self.from_idle = False
         self.closing: asyncio.Future[Any] | None = None  # the close task, once started
@@ -63,12 +60,19 @@ class Entry(Generic[T]):
         self.lease_stack: traceback.StackSummary | None = None
         self.leak_reported = False
 
-    def set_handle(self, handle: T, loop: asyncio.AbstractEventLoop) -> None:
+    def set_handle(self, handle: T) -> None:
         """A new lease hands out ``handle`` (a wrapping manager's per-lease object)."""
         self.handle = handle
         self.key = id(handle)
-        self.ready = loop.create_future()
-        self.ready.set_result(handle)
+        self.ready = None
+
+    def ready_future(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[T]:
+        """The done future of the current handle (made on first use, per handle)."""
+        ready = self.ready
+        if ready is None:
+            ready = self.ready = loop.create_future()
+            ready.set_result(self.handle)
+        return ready
 
     def describe(self, now: float) -> str:
         """The lease for a log line: what, held by whom, for how long, acquired where."""
