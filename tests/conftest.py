@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from aiolease import _tracking
+
 PG_DSN = os.environ.get("AIOLEASE_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("AIOLEASE_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -97,3 +99,38 @@ def pytest_asyncio_loop_factories(
     if _ACCEPTANCE in item.path.resolve().parents:
         return _ASYNCIO_ONLY
     return LOOP_FACTORIES
+
+
+# ---------------------------------------------------------------- pool shapes
+# The pool contract suites run once per manager and configuration shape
+# (tests/pool/pool_shapes.py, importable once a module of tests/pool is loaded).
+
+#: The suites parametrised over every shape (see pool_shapes).
+SHAPED_MODULES = ("test_pool_cancellation", "test_pool_fairness", "test_pool_housekeeping")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.module.__name__.rsplit(".", 1)[-1] not in SHAPED_MODULES:
+        return
+    from pool_shapes import SHAPES
+
+    marker = metafunc.definition.get_closest_marker("pool_shapes")
+    shapes = marker.args if marker is not None else SHAPES
+    if "pool_shape" not in metafunc.fixturenames:
+        metafunc.fixturenames.append("pool_shape")
+    metafunc.parametrize("pool_shape", shapes)
+
+
+@pytest.fixture(autouse=True)
+def _in_shape(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test of a shaped suite runs in its shape: ``Pool`` in its module builds pools
+    in that shape, and the "leak-check" shape runs with a leak check active."""
+    callspec = getattr(request.node, "callspec", None)
+    shape = None if callspec is None else callspec.params.get("pool_shape")
+    if shape is None:
+        return
+    from pool_shapes import ShapedPool
+
+    monkeypatch.setattr(request.module, "Pool", ShapedPool(shape))
+    if shape == "leak-check":
+        monkeypatch.setattr(_tracking, "active", [_tracking.Tracker()])

@@ -10,10 +10,26 @@ from __future__ import annotations
 import importlib
 import inspect
 import types
+from typing import Any
 
 import pytest
 
 import aiolease
+import aiolease.abc
+from aiolease import (
+    AioleaseError,
+    CommitUnknown,
+    LimitTimeout,
+    Pool,
+    PoolClosed,
+    PoolTimeout,
+    RateLimitExceeded,
+    Rollback,
+    TooManyWaiters,
+    TransactionError,
+    WouldBlock,
+)
+from aiolease.testing import FakeManager
 
 #: Modules whose whole job is re-exporting: every public attribute must be in ``__all__``.
 REEXPORT_MODULES = ["aiolease", "aiolease.testing"]
@@ -155,3 +171,64 @@ def test_reexports_are_the_implementations() -> None:
     assert aiolease.Pool is _pool.Pool
     assert aiolease.Manager is abc.Manager
     assert aiolease.ResourceInfo is abc.ResourceInfo
+
+
+# -- merged from the former acceptance suite (tests/acceptance/test_contract_pools.py)
+
+
+def test_error_hierarchy() -> None:
+    for cls in (
+        PoolTimeout,
+        LimitTimeout,
+        PoolClosed,
+        TooManyWaiters,
+        WouldBlock,
+        RateLimitExceeded,
+        TransactionError,
+        CommitUnknown,
+        Rollback,
+    ):
+        assert issubclass(cls, AioleaseError), cls
+    assert issubclass(AioleaseError, Exception)
+    assert issubclass(PoolTimeout, TimeoutError)
+    assert issubclass(LimitTimeout, TimeoutError)
+    assert issubclass(CommitUnknown, TransactionError)
+    exc = RateLimitExceeded(1.5)
+    assert isinstance(exc.retry_after, float)
+    assert exc.retry_after == 1.5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc_type", "names"),
+    [
+        ({"min_size": -1}, ValueError, "min_size"),
+        ({"max_size": 0}, ValueError, "max_size"),
+        ({"min_size": 5, "max_size": 2}, ValueError, "min_size"),
+        ({"min_size": "1"}, TypeError, "min_size"),
+        ({"max_size": 2.5}, TypeError, "max_size"),
+        ({"acquire_timeout": -1.0}, ValueError, "acquire_timeout"),
+        ({"acquire_timeout": "soon"}, TypeError, "acquire_timeout"),
+        ({"max_waiting": -1}, ValueError, "max_waiting"),
+        ({"max_lifetime": 0}, ValueError, "max_lifetime"),
+        ({"max_lifetime": -5.0}, ValueError, "max_lifetime"),
+        ({"idle_timeout": -1}, ValueError, "idle_timeout"),
+        ({"leak_timeout": 0}, ValueError, "leak_timeout"),
+        ({"acquire_timeout": float("nan")}, ValueError, "acquire_timeout"),
+    ],
+)
+def test_invalid_arguments_named_at_construction(
+    kwargs: dict[str, Any], exc_type: type[Exception], names: str
+) -> None:
+    with pytest.raises(exc_type, match=names):
+        Pool(FakeManager(), **kwargs)
+
+
+def test_invalid_acquire_timeout_rejected() -> None:
+    pool = Pool(FakeManager())
+    with pytest.raises(ValueError, match="timeout"):
+        pool.acquire(timeout=-1)
+
+
+def test_from_callables_rejects_non_callable() -> None:
+    with pytest.raises(TypeError, match="create"):
+        Pool.from_callables(42)  # type: ignore[arg-type]

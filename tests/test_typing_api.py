@@ -14,7 +14,7 @@ import pytest
 
 import aiolease
 from aiolease import Manager, Pool, PoolStatistics, ResourceInfo
-from aiolease.testing import FakeManager, FakeResource
+from aiolease.testing import FakeConnection, FakeManager, FakeResource
 
 pytestmark = pytest.mark.aiolease_virtual_time
 
@@ -136,3 +136,13 @@ def test_errors_typed() -> None:
 
     assert handle(aiolease.PoolTimeout()) == "timeout"
     assert handle(aiolease.WouldBlock()) == "pool"
+
+
+async def test_pool_atomic_is_typed_with_the_pools_connection_type() -> None:
+    async def create() -> FakeConnection:
+        return FakeConnection()
+
+    async with Pool.from_callables(create, max_size=1) as pool, pool.atomic() as tx:
+        assert_type(tx, aiolease.Transaction[FakeConnection])
+        assert_type(tx.connection, FakeConnection)
+        await tx.connection.execute("SELECT 1")

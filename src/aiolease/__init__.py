@@ -10,6 +10,7 @@ from ._errors import LimitTimeout as LimitTimeout
 from ._errors import PoolClosed as PoolClosed
 from ._errors import PoolTimeout as PoolTimeout
 from ._errors import RateLimitExceeded as RateLimitExceeded
+from ._errors import ResourceReleased as ResourceReleased
 from ._errors import Rollback as Rollback
 from ._errors import TooManyWaiters as TooManyWaiters
 from ._errors import TransactionError as TransactionError
@@ -55,6 +56,7 @@ __all__ = [
     "RateLimiterStatistics",
     "RatePermit",
     "ResourceInfo",
+    "ResourceReleased",
     "Rollback",
     "TooManyWaiters",
     "Transaction",

@@ -10,6 +10,7 @@ __all__ = [
     "PoolClosed",
     "PoolTimeout",
     "RateLimitExceeded",
+    "ResourceReleased",
     "Rollback",
     "TooManyWaiters",
     "TransactionError",
@@ -42,6 +43,10 @@ class LimiterUnavailable(AioleaseError, ConnectionError):
 
 class PoolClosed(AioleaseError):
     """The pool is closed (or closing): it hands out nothing more."""
+
+
+class ResourceReleased(AioleaseError):
+    """A pooled connection was used after its lease ended (it may serve another holder now)."""
 
 
 class TooManyWaiters(AioleaseError):

@@ -54,17 +54,23 @@ def track(obj: Trackable) -> None:
 
 
 # Resources known to be broken (e.g. a connection lost during COMMIT): a pool
-# discards such a resource when it comes back instead of reusing it. Weak, so
-# marking never keeps a connection alive; the truth test keeps the release
-# path free while nothing was ever marked.
-_broken: weakref.WeakSet[object] = weakref.WeakSet()
+# discards such a resource when it comes back instead of reusing it. Keyed by id()
+# with a weak reference (dropped when the resource dies), so marking never keeps a
+# connection alive and the test on every release is one dict lookup.
+_broken: dict[int, weakref.ref[object]] = {}
 
 
 def mark_broken(resource: object) -> None:
     """Mark ``resource`` so that any aiolease pool closes it on release instead of reusing it."""
-    _broken.add(resource)
+    key = id(resource)
+
+    def forget(_: object, key: int = key) -> None:
+        _broken.pop(key, None)
+
+    _broken[key] = weakref.ref(resource, forget)
 
 
 def is_broken(resource: object) -> bool:
     """Whether :func:`mark_broken` was called on ``resource``."""
-    return bool(_broken) and resource in _broken
+    ref = _broken.get(id(resource))
+    return ref is not None and ref() is resource

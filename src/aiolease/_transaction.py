@@ -27,6 +27,7 @@ from . import _tracking
 from ._dialects import dialect_for, find_dialect
 from ._dialects._base import ISOLATION_LEVELS, Dialect
 from ._errors import CommitUnknown, Rollback, TransactionError
+from ._lease import unwrap
 
 __all__ = [
     "HookError",
@@ -130,6 +131,7 @@ class Transaction(Generic[C]):
         "_dialect",
         "_doomed",
         "_durable",
+        "_handle",
         "_isolation",
         "_on_commit",
         "_on_rollback",
@@ -152,6 +154,10 @@ class Transaction(Generic[C]):
         savepoint: bool = True,
         durable: bool = False,
     ) -> None:
+        # A driver pool's lease proxy: the dialect and the nesting work on the connection
+        # itself; tx.connection stays what was passed in.
+        self._handle = conn
+        conn = unwrap(conn)
         dialect = dialect_for(conn)
         self._conn = conn
         self._dialect: Dialect[C] = dialect
@@ -179,8 +185,8 @@ class Transaction(Generic[C]):
 
     @property
     def connection(self) -> C:
-        """The raw driver connection."""
-        return self._conn
+        """The connection the block was opened on (as passed to ``atomic``)."""
+        return self._handle
 
     @property
     def is_outermost(self) -> bool:
@@ -742,7 +748,7 @@ class TransactionAttempts(Generic[C]):
             raise ValueError(f"backoff must be >= 0 seconds, got {backoff!r}")
         if not max_backoff >= 0:
             raise ValueError(f"max_backoff must be >= 0 seconds, got {max_backoff!r}")
-        self._is_connection = find_dialect(target) is not None
+        self._is_connection = find_dialect(unwrap(target)) is not None
         if not self._is_connection and not hasattr(target, "acquire"):
             raise TypeError(
                 "run_transaction()/transaction_attempts() need a pool (with acquire()) or a "

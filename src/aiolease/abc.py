@@ -38,7 +38,14 @@ class Manager(ABC, Generic[T]):
     Only :meth:`create` is required; the others default to doing nothing.
     Each method may be cancelled at any await: the pool then closes (or
     discards) the resource involved and frees its slot.
+
+    Attributes:
+        close_timeout: seconds the pool lets :meth:`close` run (default 10);
+            past it the resource is abandoned: :meth:`abort` is called and the
+            pool counts it in ``statistics().discarded``.
     """
+
+    close_timeout: float = 10.0
 
     @abstractmethod
     async def create(self) -> T:
@@ -52,6 +59,30 @@ class Manager(ABC, Generic[T]):
 
     async def close(self, resource: T) -> None:
         """Release the resource's underlying handles. Errors are logged, not raised."""
+
+    def abort(self, resource: T) -> None:
+        """Cut the resource off at once, without waiting for its peer (synchronous).
+
+        Called when :meth:`close` outlasted ``close_timeout`` (or was cancelled),
+        to free what it holds: abort the transport where the driver allows.
+        The default does nothing. Errors are logged.
+        """
+
+    def wrap(self, resource: T) -> T:
+        """The object handed out for one lease of ``resource`` (default: the resource).
+
+        Override it to hand out a per-lease proxy that refuses use after the
+        lease ended (the pool calls :meth:`detach` on it at release). The
+        pool only calls it when a subclass overrides it; it must not block or raise.
+        """
+        return resource
+
+    def detach(self, handle: T) -> None:
+        """The lease of ``handle`` (what :meth:`wrap` returned) has ended.
+
+        Called synchronously at release, before :meth:`on_release` and
+        :meth:`reset`. Must not block or raise.
+        """
 
     def reset_needed(self, resource: T, info: ResourceInfo) -> bool:
         """Synchronous fast path of :meth:`reset`: return False when nothing needs cleaning.

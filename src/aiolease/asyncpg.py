@@ -11,7 +11,9 @@ import select
 import socket
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from ._pool import Pool, _ignores_info
+from ._driver_args import check_connect_kwargs, check_timeout_seconds, keywords_of
+from ._lease import LeaseProxies
+from ._pool import Pool
 from .abc import Manager, ResourceInfo
 
 try:
@@ -27,6 +29,10 @@ else:
     Connection = asyncpg.Connection
 
 __all__ = ["AsyncpgManager", "create_pool"]
+
+# What asyncpg.connect() takes besides the DSN (it has no **kwargs): anything else is a
+# typo, refused at the call rather than at the first connect.
+_CONNECT_KEYWORDS = (keywords_of(asyncpg.connect) or frozenset()) - {"dsn"}
 
 logger = logging.getLogger("aiolease.asyncpg")
 
@@ -262,7 +268,7 @@ def _suspicious(conn: Connection) -> bool:
     return False
 
 
-class AsyncpgManager(Manager["Connection"]):
+class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
     """Creates, vets, resets and closes asyncpg connections for a :class:`~aiolease.Pool`.
 
     Checkout (:meth:`check_needed`, :meth:`check`) costs no round trip for a
@@ -309,7 +315,8 @@ class AsyncpgManager(Manager["Connection"]):
         reset_timeout: seconds a reset (or the verifying round trip of a
             suspicious idle connection, see :meth:`check`) may take before the
             connection is discarded.
-        close_timeout: seconds a graceful close may take before the socket is cut.
+        close_timeout: seconds a graceful close may take; the pool then abandons it
+            and cuts the socket (:meth:`abort`).
         read_size: the most bytes each read of the socket asks for, on asyncio's
             selector transports (default 64 KiB; None keeps asyncio's 256 KiB).
             Such a transport allocates a buffer of that size for every read;
@@ -317,8 +324,7 @@ class AsyncpgManager(Manager["Connection"]):
             ``mremap`` and ``munmap``) whenever its allocator's state makes
             256 KiB look large, which it does or not depending on the process's
             history (cpython#85451). Below 128 KiB the buffer comes from the heap
-            in every state: measured here, 17-25% more small queries per second
-            under load, and no slower on results of many megabytes. Other
+            in every state (what it gains: bench/README.md). Other
             transports (uvloop's, SSL) read into a buffer they keep, and are left
             alone.
         **connect_kwargs: passed to :func:`asyncpg.connect`.
@@ -336,9 +342,12 @@ class AsyncpgManager(Manager["Connection"]):
     ) -> None:
         if reset not in ("transaction", "session"):
             raise ValueError(f'reset must be "transaction" or "session", got {reset!r}')
-        for name, value in (("reset_timeout", reset_timeout), ("close_timeout", close_timeout)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
+        check_connect_kwargs(
+            connect_kwargs,
+            _CONNECT_KEYWORDS,
+            "asyncpg.connect()",
+            ("reset", "reset_timeout", "close_timeout", "read_size"),
+        )
         if read_size is not None and (
             isinstance(read_size, bool) or not isinstance(read_size, int) or read_size < 1
         ):
@@ -348,8 +357,8 @@ class AsyncpgManager(Manager["Connection"]):
         self.read_size = read_size
         self.dsn = dsn
         self._session_reset = reset == "session"  # (read on every release)
-        self.reset_timeout = float(reset_timeout)
-        self.close_timeout = float(close_timeout)
+        self.reset_timeout = check_timeout_seconds("reset_timeout", reset_timeout)
+        self.close_timeout = check_timeout_seconds("close_timeout", close_timeout)
         self.connect_kwargs = connect_kwargs
         # Whether the watches stay in the data path for good (see _Watch): set by the
         # first connection made on such a loop (uvloop), read at every checkout.
@@ -368,7 +377,6 @@ class AsyncpgManager(Manager["Connection"]):
             self._watch_fixed = True
         return conn
 
-    @_ignores_info
     def check_needed(self, resource: Connection, info: ResourceInfo) -> bool:
         """No round trip for a healthy idle connection. Only a closed one, or one that
         received data while idle (read by the loop, see :class:`_Watch`, or still
@@ -398,7 +406,6 @@ class AsyncpgManager(Manager["Connection"]):
             transport._protocol = watch._protocol
         return False
 
-    @_ignores_info
     async def check(self, resource: Connection, info: ResourceInfo) -> None:
         """Discard a closed connection; verify a suspicious one with a round trip.
 
@@ -420,7 +427,6 @@ class AsyncpgManager(Manager["Connection"]):
                     f"connection failed its check after unread data while idle: {exc!r}"
                 ) from exc
 
-    @_ignores_info
     def reset_needed(self, resource: Connection, info: ResourceInfo) -> bool:
         """Whether the connection needs :meth:`reset` (called on every release)."""
         c: Any = resource  # on every release: asyncpg's internals, read directly
@@ -446,7 +452,6 @@ class AsyncpgManager(Manager["Connection"]):
                 return True
         return False
 
-    @_ignores_info
     def on_idle(self, resource: Connection, info: ResourceInfo) -> None:
         """The connection sits idle from now on: put its watch in the data path and
         reset the count (anything it hears from here on is suspicious, see :class:`_Watch`)."""
@@ -460,7 +465,6 @@ class AsyncpgManager(Manager["Connection"]):
         if watch.direct and transport._protocol is watch._protocol:
             transport._protocol = watch
 
-    @_ignores_info
     async def reset(self, resource: Connection, info: ResourceInfo) -> None:
         if resource.is_closed():
             raise ConnectionError("connection is closed")
@@ -476,13 +480,15 @@ class AsyncpgManager(Manager["Connection"]):
             await resource.execute("ROLLBACK", timeout=self.reset_timeout)
 
     async def close(self, resource: Connection) -> None:
-        if resource.is_closed():
-            return
-        try:
-            await resource.close(timeout=self.close_timeout)
-        except BaseException:
-            resource.terminate()
-            raise
+        """Close gracefully; the pool bounds this by :attr:`close_timeout` and then
+        calls :meth:`abort`."""
+        if not resource.is_closed():
+            await resource.close()
+
+    def abort(self, resource: Connection) -> None:
+        """Cut the connection at once (``Connection.terminate()``: the socket is closed
+        without a goodbye to the server)."""
+        resource.terminate()
 
     def is_fatal(self, resource: Connection, exc: BaseException) -> bool:
         return resource.is_closed() or isinstance(exc, _FATAL_ERRORS)
@@ -499,6 +505,8 @@ def create_pool(
     idle_timeout: float | None = None,
     leak_timeout: float | None = None,
     name: str | None = None,
+    backoff_base: float = 0.1,
+    backoff_max: float = 10.0,
     reset: Reset = "transaction",
     **connect_kwargs: Any,
 ) -> Pool[Connection]:
@@ -510,7 +518,9 @@ def create_pool(
     :class:`AsyncpgManager`; everything else goes to :func:`asyncpg.connect`.
 
     Raises:
-        ValueError: a bad option.
+        TypeError: an unknown keyword (neither a Pool option nor one
+            :func:`asyncpg.connect` takes), or an option of the wrong type.
+        ValueError: a bad option value.
     """
     manager = AsyncpgManager(dsn, reset=reset, **connect_kwargs)
     return Pool(
@@ -523,4 +533,6 @@ def create_pool(
         idle_timeout=idle_timeout,
         leak_timeout=leak_timeout,
         name=name,
+        backoff_base=backoff_base,
+        backoff_max=backoff_max,
     )

@@ -15,12 +15,15 @@ import logging
 import select
 from typing import Any
 
-from ._pool import Pool, _ignores_info
+from ._driver_args import check_connect_kwargs, check_timeout_seconds, keywords_of
+from ._lease import LeaseProxies
+from ._pool import Pool
 from .abc import Manager, ResourceInfo
 
 try:
     import psycopg
     from psycopg import pq
+    from psycopg.conninfo import make_conninfo
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "aiolease.psycopg needs the psycopg driver: pip install 'aiolease[psycopg]'"
@@ -179,7 +182,36 @@ async def _round_trip(conn: AsyncConnection) -> None:
         raise psycopg.OperationalError("connection not idle after SELECT 1")
 
 
-class PsycopgManager(Manager[AsyncConnection]):
+# AsyncConnection.connect()'s own keywords; every other one is a libpq connection
+# parameter, which libpq itself vets (psycopg.conninfo.make_conninfo parses them).
+_CONNECT_KEYWORDS = (keywords_of(psycopg.AsyncConnection.connect) or frozenset()) | {
+    "autocommit",
+    "prepare_threshold",
+    "context",
+    "row_factory",
+    "cursor_factory",
+}
+
+
+def _check_connect_kwargs(kwargs: dict[str, Any]) -> None:
+    params = {k: v for k, v in kwargs.items() if k not in _CONNECT_KEYWORDS}
+    try:
+        make_conninfo("", **params)
+    except psycopg.ProgrammingError as exc:
+        for key in params:
+            try:
+                make_conninfo("", **{key: params[key]})
+            except psycopg.ProgrammingError:
+                check_connect_kwargs(
+                    {key: params[key]},
+                    _CONNECT_KEYWORDS,
+                    "psycopg.AsyncConnection.connect() (nor a libpq connection parameter)",
+                    ("reset_timeout",),
+                )
+        raise TypeError(f"bad connection parameters for psycopg: {exc}") from exc
+
+
+class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
     """Creates, vets, resets and closes psycopg ``AsyncConnection`` objects for a Pool.
 
     Checkout (:meth:`check_needed`, :meth:`check`) costs no round trip for a
@@ -210,12 +242,9 @@ class PsycopgManager(Manager[AsyncConnection]):
     """
 
     def __init__(self, conninfo: str = "", *, reset_timeout: float = 5.0, **connect_kwargs: Any):
-        if isinstance(reset_timeout, bool) or not isinstance(reset_timeout, int | float):
-            raise TypeError(f"reset_timeout must be a number of seconds, got {reset_timeout!r}")
-        if reset_timeout <= 0:
-            raise ValueError(f"reset_timeout must be > 0 seconds, got {reset_timeout!r}")
+        self.reset_timeout = check_timeout_seconds("reset_timeout", reset_timeout)
+        _check_connect_kwargs(connect_kwargs)
         self.conninfo = conninfo
-        self.reset_timeout = float(reset_timeout)
         connect_kwargs.setdefault("autocommit", True)
         self.connect_kwargs = connect_kwargs
 
@@ -224,7 +253,6 @@ class PsycopgManager(Manager[AsyncConnection]):
         _install_watch(conn)
         return conn
 
-    @_ignores_info
     def check_needed(self, resource: AsyncConnection, info: ResourceInfo) -> bool:
         """No round trip, no await for a healthy idle connection: only one that is
         closed, not idle, saw a FATAL message, or has something unread in its
@@ -243,7 +271,6 @@ class PsycopgManager(Manager[AsyncConnection]):
         except (OSError, ValueError, psycopg.Error):  # no socket any more
             return True
 
-    @_ignores_info
     async def check(self, resource: AsyncConnection, info: ResourceInfo) -> None:
         """Discard a dead idle connection; verify an ambiguous one with one round trip.
 
@@ -282,7 +309,6 @@ class PsycopgManager(Manager[AsyncConnection]):
                 f"connection failed its check after data arrived while idle: {exc!r}"
             ) from exc
 
-    @_ignores_info
     def reset_needed(self, resource: AsyncConnection, info: ResourceInfo) -> bool:
         pgconn = resource.pgconn
         if pgconn.status != _OK or pgconn.transaction_status != _TS.IDLE:
@@ -290,7 +316,6 @@ class PsycopgManager(Manager[AsyncConnection]):
         watch = pgconn.notice_handler
         return type(watch) is _Watch and watch.fatal is not None
 
-    @_ignores_info
     async def reset(self, resource: AsyncConnection, info: ResourceInfo) -> None:
         if resource.closed or resource.broken:
             raise ConnectionError("connection is closed or broken")
@@ -312,6 +337,11 @@ class PsycopgManager(Manager[AsyncConnection]):
     async def close(self, resource: AsyncConnection) -> None:
         if not resource.closed:
             await resource.close()
+
+    def abort(self, resource: AsyncConnection) -> None:
+        """Cut the connection at once: libpq's ``PQfinish`` closes the socket (the
+        pool calls this when :meth:`close` outlasted ``close_timeout``)."""
+        resource.pgconn.finish()
 
     def is_fatal(self, resource: AsyncConnection, exc: BaseException) -> bool:
         """Whether the body's error means the connection is gone: it is closed, or the
@@ -340,6 +370,8 @@ def create_pool(
     idle_timeout: float | None = None,
     leak_timeout: float | None = None,
     name: str | None = None,
+    backoff_base: float = 0.1,
+    backoff_max: float = 10.0,
     **connect_kwargs: Any,
 ) -> Pool[AsyncConnection]:
     """An unopened :class:`~aiolease.Pool` of psycopg ``AsyncConnection`` objects.
@@ -349,7 +381,10 @@ def create_pool(
     ``psycopg.AsyncConnection.connect`` (``autocommit`` defaults to True).
 
     Raises:
-        ValueError: a bad option.
+        TypeError: an unknown keyword (neither a Pool option nor a keyword of
+            ``AsyncConnection.connect`` or a libpq connection parameter), or an
+            option of the wrong type.
+        ValueError: a bad option value.
     """
     manager = PsycopgManager(conninfo, **connect_kwargs)
     return Pool(
@@ -362,4 +397,6 @@ def create_pool(
         idle_timeout=idle_timeout,
         leak_timeout=leak_timeout,
         name=name,
+        backoff_base=backoff_base,
+        backoff_max=backoff_max,
     )

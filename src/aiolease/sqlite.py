@@ -15,7 +15,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._dialects.sqlite import enable_loop_commit
-from ._pool import Pool, _ignores_info
+from ._driver_args import check_connect_kwargs, check_pragmas, keywords_of
+from ._lease import LeaseProxies
+from ._pool import Pool
 from .abc import Manager, ResourceInfo
 
 try:
@@ -40,6 +42,36 @@ def _is_memory(path: str) -> bool:
     return path == ":memory:" or path.startswith("file::memory:") or "mode=memory" in path
 
 
+# aiosqlite.connect() passes its **kwargs to sqlite3.connect(), whose signature Python
+# 3.11 cannot read: these are the keywords they take.
+_SQLITE3_KEYWORDS = (
+    "timeout",
+    "detect_types",
+    "isolation_level",
+    "check_same_thread",
+    "factory",
+    "cached_statements",
+    "uri",
+    "autocommit",
+)
+_CONNECT_KEYWORDS = (
+    (keywords_of(aiosqlite.connect) or frozenset())
+    | (keywords_of(sqlite3.connect, _SQLITE3_KEYWORDS) or frozenset())
+) - {"database"}
+
+
+def _check_path(path: str) -> None:
+    """A database file must be creatable: its directory must exist (checked here, at the
+    call, rather than at the first connect)."""
+    if _is_memory(path) or path.startswith("file:") or path == "":
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ValueError(
+            f"path {path!r}: the directory {directory!r} does not exist (create it first)"
+        )
+
+
 async def _finish(task: asyncio.Future[Any]) -> None:
     """Wait until ``task`` is done, whatever its outcome, even if we are cancelled meanwhile."""
     while not task.done():
@@ -52,7 +84,7 @@ async def _finish(task: asyncio.Future[Any]) -> None:
         task.exception()  # retrieved: the caller decides what the outcome means
 
 
-async def _set_journal_mode(conn: aiosqlite.Connection, mode: str | int) -> None:
+async def _set_journal_mode(conn: aiosqlite.Connection, mode: str | int | float) -> None:
     """Set the journal mode, retrying while another connection holds the lock.
 
     Switching a new database to WAL needs an exclusive lock and SQLite reports
@@ -78,7 +110,7 @@ async def _pragma(conn: aiosqlite.Connection, name: str) -> Any:
     return None if row is None else row[0]
 
 
-class SqliteManager(Manager[aiosqlite.Connection]):
+class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connection]):
     """Creates, resets and closes aiosqlite connections for a :class:`~aiolease.Pool`.
 
     Args:
@@ -103,18 +135,22 @@ class SqliteManager(Manager[aiosqlite.Connection]):
         self,
         path: str | os.PathLike[str],
         *,
-        pragmas: Mapping[str, str | int] | None = None,
+        pragmas: Mapping[str, str | int | float] | None = None,
         commit_on_loop: bool = True,
         **connect_kwargs: Any,
     ) -> None:
         if not isinstance(commit_on_loop, bool):
             raise TypeError(f"commit_on_loop must be a bool, got {commit_on_loop!r}")
         self.path = os.fspath(path)
+        _check_path(self.path)
         self.commit_on_loop = commit_on_loop
-        self.pragmas = dict(DEFAULT_PRAGMAS if pragmas is None else pragmas)
-        for key in self.pragmas:
-            if not key.replace("_", "").isalnum():
-                raise ValueError(f"pragma names are identifiers, got {key!r}")
+        self.pragmas = check_pragmas(DEFAULT_PRAGMAS if pragmas is None else pragmas)
+        check_connect_kwargs(
+            connect_kwargs,
+            _CONNECT_KEYWORDS,
+            "aiosqlite.connect() (nor sqlite3.connect())",
+            ("pragmas", "commit_on_loop"),
+        )
         connect_kwargs.setdefault("isolation_level", None)
         connect_kwargs.setdefault("check_same_thread", False)
         self.connect_kwargs = connect_kwargs
@@ -151,21 +187,24 @@ class SqliteManager(Manager[aiosqlite.Connection]):
             raise
         return conn
 
-    @_ignores_info
     async def check(self, resource: aiosqlite.Connection, info: ResourceInfo) -> None:
         if getattr(resource, "_connection", True) is None:
             raise ConnectionError("connection is closed")
 
-    @_ignores_info
     def reset_needed(self, resource: aiosqlite.Connection, info: ResourceInfo) -> bool:
         return getattr(resource, "_connection", True) is None or resource.in_transaction
 
-    @_ignores_info
     async def reset(self, resource: aiosqlite.Connection, info: ResourceInfo) -> None:
         if getattr(resource, "_connection", True) is None:
             raise ConnectionError("connection is closed")
         if resource.in_transaction:
             await resource.rollback()
+
+    def abort(self, resource: aiosqlite.Connection) -> None:
+        """Ask the connection's thread to close the database and stop as soon as it is
+        free (aiosqlite's ``stop()``; the pool calls this when :meth:`close` outlasted
+        ``close_timeout``). A statement still running in the thread cannot be interrupted."""
+        resource.stop()
 
     async def close(self, resource: aiosqlite.Connection) -> None:
         await resource.close()
@@ -190,7 +229,9 @@ def create_pool(
     idle_timeout: float | None = None,
     leak_timeout: float | None = None,
     name: str | None = None,
-    pragmas: Mapping[str, str | int] | None = None,
+    backoff_base: float = 0.1,
+    backoff_max: float = 10.0,
+    pragmas: Mapping[str, str | int | float] | None = None,
     commit_on_loop: bool = True,
     **connect_kwargs: Any,
 ) -> Pool[aiosqlite.Connection]:
@@ -198,6 +239,12 @@ def create_pool(
 
     Open it with ``async with`` or ``await pool.open()``. See :class:`SqliteManager`
     for ``pragmas`` and the connection options.
+
+    Raises:
+        TypeError: an unknown keyword (neither a Pool option nor one aiosqlite's
+            or sqlite3's ``connect()`` takes), or an option of the wrong type.
+        ValueError: a bad option value, a pragma that is not ``identifier=value``
+            with an int, float or identifier value, or a path in a missing directory.
     """
     return Pool(
         SqliteManager(path, pragmas=pragmas, commit_on_loop=commit_on_loop, **connect_kwargs),
@@ -209,4 +256,6 @@ def create_pool(
         idle_timeout=idle_timeout,
         leak_timeout=leak_timeout,
         name=name,
+        backoff_base=backoff_base,
+        backoff_max=backoff_max,
     )

@@ -4,18 +4,37 @@ fatal body errors, resources marked broken)."""
 from __future__ import annotations
 
 import asyncio
-import weakref
 from typing import Any
 
 import pytest
-from pool_helpers import NO_HANG, assert_closed_cleanly, assert_consistent, settle, start_acquire
+from pool_helpers import (
+    NO_HANG,
+    DuckManager,
+    Res,
+    assert_closed_cleanly,
+    assert_consistent,
+    closed,
+    duck_pool,
+    now,
+    settle,
+    start_acquire,
+    vrun,
+)
 
+import aiolease
 import aiolease.abc
-from aiolease import Pool, _tracking
-from aiolease._pool import _ignores_info
+from aiolease import (
+    AioleaseError,
+    Pool,
+    ResourceInfo,
+    WouldBlock,
+)
 from aiolease._tracking import mark_broken
-from aiolease.abc import ResourceInfo
-from aiolease.testing import FakeManager, FakeResource, ResourceKilled
+from aiolease.testing import (
+    FakeManager,
+    FakeResource,
+    ResourceKilled,
+)
 
 pytestmark = [pytest.mark.aiolease_virtual_time, NO_HANG]
 
@@ -295,19 +314,29 @@ async def test_killed_resource_error_in_body_is_fatal() -> None:
 
 async def test_resource_marked_broken_is_discarded_on_release() -> None:
     fm = FakeManager()
+    close_gate = fm.block("close")  # a close that hangs (a dead peer)
     pool = Pool(fm, max_size=1)
     await pool.open()
+    loop = asyncio.get_running_loop()
     async with pool.acquire() as r:
         mark_broken(r)  # e.g. connection lost during COMMIT
-    assert r.closed
+        left_at = loop.time()
+    # The exit did not wait for the close: it runs in a pool-owned task.
+    assert loop.time() == left_at
+    assert close_gate.blocked == 0 or not r.closed
     assert fm.calls["reset"] == 0
+    await close_gate.wait_arrived()
+    close_gate.open()
+    await settle(pool)
+    assert r.closed
+    assert pool.statistics().discarded == 1
     async with pool.acquire() as r2:
         assert r2.id == 2
     r3 = await pool.acquire()
     mark_broken(r3)
-    await pool.release(r3)
-    assert r3.closed
+    await pool.release(r3)  # returns at once; aclose awaits the close
     await pool.aclose()
+    assert r3.closed
     assert_closed_cleanly(pool, fm)
 
 
@@ -438,46 +467,300 @@ async def test_each_hook_given_the_info_sees_the_last_release_time(hook: str) ->
     assert seen[-1] == expected
 
 
-async def test_hooks_that_ignore_the_info_spare_the_clock_until_a_subclass_overrides_one(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # aiolease's own managers mark the hooks that never read the ResourceInfo: with every
-    # hook marked, the inlined release does not stamp last_used_at (nothing can read it);
-    # a subclass that overrides one of them (unmarked) gets the stamp back.
-    # (A resource marked broken that another test left alive sends every release the
-    # general way, which always stamps: this test looks at the inlined one.)
-    monkeypatch.setattr(_tracking, "_broken", weakref.WeakSet())
-    seen: list[float] = []
+# -- merged from the former acceptance suite (tests/acceptance/test_contract_pools.py)
 
-    class Quiet(aiolease.abc.Manager[object]):
-        async def create(self) -> object:
-            return object()
 
-        @_ignores_info
-        def reset_needed(self, resource: object, info: ResourceInfo) -> bool:
-            return False
+def test_duck_typed_manager_works() -> None:
+    async def main() -> None:
+        m = DuckManager()
+        async with duck_pool(m, max_size=2) as pool:
+            async with pool.acquire() as r:
+                assert r.n == 1
+            assert m.checked == []  # fresh resource: no check
+            assert m.reset_calls == [1]
+            async with pool.acquire() as r:
+                assert r.n == 1
+            assert m.checked == [1]  # idle resource handed out: checked
+        assert m.closed == [1]
 
-        @_ignores_info
-        async def reset(self, resource: object, info: ResourceInfo) -> None:
-            pass
+    vrun(main)
 
-        @_ignores_info
-        def on_idle(self, resource: object, info: ResourceInfo) -> None:
-            pass
 
-    class Reading(Quiet):
-        def on_idle(self, resource: object, info: ResourceInfo) -> None:
-            seen.append(info.last_used_at)
+def test_abc_manager_with_only_create() -> None:
+    made: list[Res] = []
 
-    loop = asyncio.get_running_loop()
-    stamps: dict[str, tuple[float, float]] = {}
-    for manager in (Quiet(), Reading()):
-        async with Pool(manager, max_size=1) as pool:
+    class OnlyCreate(aiolease.abc.Manager[Res]):
+        async def create(self) -> Res:
+            made.append(Res(len(made)))
+            return made[-1]
+
+    async def main() -> None:
+        async with Pool(OnlyCreate(), min_size=1, max_size=2) as pool:
+            async with pool.acquire() as a, pool.acquire() as b:
+                assert a is not b
+            r = pool.acquire_nowait()
+            await pool.release(r, discard=True)
+            assert pool.statistics().size == 1
+
+    vrun(main)
+    assert len(made) == 2
+
+
+@pytest.mark.parametrize("sync_close", [False, True, None])
+def test_from_callables(sync_close: bool | None) -> None:
+    closed: list[Res] = []
+
+    async def create() -> Res:
+        return Res(1)
+
+    async def aclose_fn(r: Res) -> None:
+        closed.append(r)
+
+    def close_fn(r: Res) -> None:
+        closed.append(r)
+
+    async def main() -> None:
+        if sync_close is None:
+            pool = Pool.from_callables(create, min_size=1, max_size=2, name="fc")
+        elif sync_close:
+            pool = Pool.from_callables(create, close_fn, min_size=1, max_size=2)
+        else:
+            pool = Pool.from_callables(create, close=aclose_fn, min_size=1, max_size=2)
+        async with pool:
+            async with pool.acquire() as r:
+                assert isinstance(r, Res)
+            assert pool.statistics().size == 1
+        assert pool.statistics().size == 0
+
+    vrun(main)
+    assert len(closed) == (0 if sync_close is None else 1)
+
+
+def test_check_runs_on_idle_handed_out_not_on_fresh() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        async with Pool(fm, max_size=2) as pool:
+            a = await pool.acquire()
+            b = await pool.acquire()
+            assert fm.calls["check"] == 0
+            await pool.release(a)
+            await pool.release(b)
             async with pool.acquire():
-                await asyncio.sleep(5)
-            (entry,) = pool._idle
-            stamps[type(manager).__name__] = (entry.info.last_used_at, loop.time())
-    (quiet_stamp, quiet_released), (reading_stamp, reading_released) = stamps.values()
-    assert quiet_stamp == quiet_released - 5  # still its creation time: not stamped
-    assert reading_stamp == reading_released  # stamped at the release...
-    assert seen == [reading_released]  # ...which the overriding hook saw
+                pass
+            assert fm.calls["check"] == 1
+
+    vrun(main)
+
+
+def test_min_size_prefilled_resources_are_idle_and_checked() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        async with Pool(fm, min_size=1, max_size=1) as pool:
+            async with pool.acquire():
+                pass
+            assert fm.calls["check"] == 1
+
+    vrun(main)
+
+
+def test_failed_check_discards_and_acquirer_still_served() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        fm.fail("check", calls=1)
+        async with Pool(fm, min_size=1, max_size=1) as pool:
+            first = fm.resources[0]
+            async with pool.acquire() as r:
+                assert r is not first
+            assert first.closed
+            assert pool.statistics().size == 1
+        fm.assert_no_violations()
+
+    vrun(main)
+
+
+def test_failed_reset_discards() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        fm.fail("reset", calls=1)
+        async with Pool(fm, max_size=1) as pool:
+            async with pool.acquire() as r:
+                pass
+            assert r.closed  # release returned after the close it caused
+            assert pool.statistics().size == 0
+            async with pool.acquire() as r2:
+                assert r2 is not r
+
+    vrun(main)
+
+
+def test_acquire_nowait() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        pool = Pool(fm, min_size=1, max_size=2)
+        with pytest.raises(WouldBlock):
+            pool.acquire_nowait()  # not open
+        async with pool:
+            r = pool.acquire_nowait()
+            assert fm.calls["check"] == 0  # nowait cannot await check
+            with pytest.raises(WouldBlock):
+                pool.acquire_nowait()  # none idle (even though it could create)
+            await pool.release(r)
+            r2 = pool.acquire_nowait()
+            assert r2 is r
+            assert fm.calls["check"] == 0
+            await pool.release(r2)
+        with pytest.raises(WouldBlock):
+            pool.acquire_nowait()  # closed
+
+    vrun(main)
+
+
+def test_release_discard_returns_after_close_completed() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        fm.delay("close", 5)
+        async with Pool(fm, max_size=1) as pool:
+            r = await pool.acquire()
+            t0 = now()
+            await pool.release(r, discard=True)
+            assert now() == t0 + 5
+            assert r.closed
+            s = pool.statistics()
+            assert (s.size, s.closed) == (0, 1)
+
+    vrun(main)
+
+
+def test_release_returns_after_reset_completed() -> None:
+    async def main() -> None:
+        m = DuckManager()
+        m.reset_delay = 3
+        async with duck_pool(m, max_size=1) as pool:
+            r = await pool.acquire()
+            await pool.release(r)
+            assert m.reset_calls == [1]
+            assert pool.statistics().idle == 1
+
+    vrun(main)
+
+
+def test_release_of_foreign_or_twice_released_resource_raises() -> None:
+    async def main() -> None:
+        async with Pool(FakeManager(), max_size=1) as pool:
+            r = await pool.acquire()
+            await pool.release(r)
+            with pytest.raises((ValueError, AioleaseError)):
+                await pool.release(r)
+            assert pool.statistics().idle == 1
+
+    vrun(main)
+
+
+def test_fatal_error_in_body_discards_resource() -> None:
+    async def main() -> None:
+        fm = FakeManager(fatal=(ConnectionError,))
+        async with Pool(fm, max_size=1) as pool:
+            with pytest.raises(ConnectionError):
+                async with pool.acquire() as r:
+                    raise ConnectionError("broken pipe")
+            assert r.closed
+            with pytest.raises(KeyError):
+                async with pool.acquire() as r2:
+                    raise KeyError("not fatal")
+            assert not r2.closed
+            assert pool.statistics().idle == 1
+
+    vrun(main)
+
+
+def test_expire_closes_idle_now_in_use_on_release() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        fm.delay("close", 2)
+        async with Pool(fm, min_size=0, max_size=3) as pool:
+            a = await pool.acquire()
+            b = await pool.acquire()
+            await pool.release(b)
+            t0 = now()
+            await pool.expire()
+            assert now() == t0 + 2  # returned after the close it caused
+            assert closed(b)
+            assert not closed(a)
+            await pool.release(a)
+            assert closed(a)  # retired on release, and release waited for it
+            async with pool.acquire() as c:
+                assert c not in (a, b)
+            assert pool.statistics().size == 1
+
+    vrun(main)
+
+
+def test_resize_shrink_returns_after_closes_and_grow_serves_waiters() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        fm.delay("close", 1)
+        async with Pool(fm, min_size=3, max_size=4) as pool:
+            held = await pool.acquire()
+            t0 = now()
+            await pool.resize(min_size=0, max_size=1)
+            assert now() == t0 + 1
+            s = pool.statistics()
+            assert (s.size, s.idle, s.in_use, s.max_size, s.min_size) == (1, 0, 1, 1, 0)
+            waiter = asyncio.ensure_future(pool.acquire(timeout=None))
+            await settle()
+            assert not waiter.done()
+            await pool.resize(max_size=2)
+            r2 = await waiter
+            assert r2 is not held
+            await pool.resize(max_size=1)  # both in use: nothing closed yet
+            assert pool.statistics().size == 2
+            await pool.release(r2)
+            assert r2.closed  # surplus closed when released
+            assert pool.statistics().size == 1
+            await pool.release(held)
+            assert not held.closed
+
+    vrun(main)
+
+
+def test_resize_grow_min_size_fills_in_background() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        async with Pool(fm, max_size=5) as pool:
+            await pool.resize(min_size=3)
+            await settle()
+            assert pool.statistics().idle == 3
+
+    vrun(main)
+
+
+def test_body_exception_propagates_unchanged_when_reset_fails() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        fm.fail("reset")
+        async with Pool(fm, max_size=1) as pool:
+            with pytest.raises(KeyError, match="body"):
+                async with pool.acquire():
+                    raise KeyError("body")
+            assert pool.statistics().size == 0
+
+    vrun(main)
+
+
+def test_cancelled_expire_still_closes_and_refills() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        fm.delay("close", 5)
+        async with Pool(fm, min_size=2, max_size=2) as pool:
+            first = list(fm.resources)
+            t = asyncio.ensure_future(pool.expire())
+            await settle()
+            t.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await t
+            await asyncio.sleep(10)
+            assert all(closed(r) for r in first)
+            s = pool.statistics()
+            assert (s.size, s.idle) == (2, 2)
+
+    vrun(main)

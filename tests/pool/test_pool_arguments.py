@@ -22,11 +22,22 @@ from aiolease.testing import FakeManager
         ({"max_size": None}, TypeError, r"max_size must be an int"),
         ({"min_size": 5, "max_size": 4}, ValueError, r"min_size \(5\) must be <= max_size \(4\)"),
         ({"acquire_timeout": -1}, ValueError, r"acquire_timeout must be >= 0 seconds or None"),
-        ({"acquire_timeout": "1"}, TypeError, r"acquire_timeout must be seconds or None"),
+        (
+            {"acquire_timeout": "1"},
+            TypeError,
+            r"acquire_timeout must be a number of seconds or None",
+        ),
         ({"acquire_timeout": True}, TypeError, r"acquire_timeout"),
         ({"max_waiting": -1}, ValueError, r"max_waiting must be >= 0, got -1"),
         ({"max_waiting": 2.5}, TypeError, r"max_waiting must be an int"),
-        ({"max_lifetime": 0}, ValueError, r"max_lifetime must be > 0 seconds or None, got 0"),
+        (
+            {"max_lifetime": 0},
+            ValueError,
+            r"max_lifetime must be > 0 seconds or None \(finite\), got 0",
+        ),
+        ({"max_lifetime": float("inf")}, ValueError, r"max_lifetime must be > 0 seconds"),
+        ({"leak_timeout": float("inf")}, ValueError, r"leak_timeout must be > 0 seconds"),
+        ({"backoff_max": float("inf")}, ValueError, r"backoff_max must be > 0 seconds"),
         ({"max_lifetime": -5.0}, ValueError, r"max_lifetime must be > 0"),
         ({"max_lifetime": "1h"}, TypeError, r"max_lifetime must be a number of seconds or None"),
         ({"idle_timeout": 0.0}, ValueError, r"idle_timeout must be > 0 seconds or None"),
@@ -80,21 +91,52 @@ def test_valid_edge_values_accepted() -> None:
     assert Pool(FakeManager(), acquire_timeout=None).statistics().max_size == 10
 
 
-@pytest.mark.parametrize(
-    ("timeout", "error"),
-    [(-1, ValueError), ("5", ValueError), (True, ValueError), (float("nan"), ValueError)],
-)
-def test_bad_acquire_timeout_argument(timeout: Any, error: type[Exception]) -> None:
+_BAD_TIMEOUTS = [
+    (-1, ValueError, r"timeout must be >= 0 seconds or None, got -1"),
+    (float("nan"), ValueError, r"timeout must be >= 0 seconds or None, got nan"),
+    ("5", TypeError, r"timeout must be a number of seconds or None, got '5'"),
+    (True, TypeError, r"timeout must be a number of seconds or None, got True"),
+]
+
+
+@pytest.mark.parametrize(("timeout", "error", "pattern"), _BAD_TIMEOUTS)
+def test_bad_acquire_timeout_argument(timeout: Any, error: type[Exception], pattern: str) -> None:
     pool = Pool(FakeManager())
-    with pytest.raises(error, match="timeout must be >= 0 seconds or None"):
+    with pytest.raises(error, match=pattern):
         pool.acquire(timeout=timeout)
 
 
-async def test_bad_aclose_timeout_argument() -> None:
+@pytest.mark.parametrize(("timeout", "error", "pattern"), _BAD_TIMEOUTS)
+async def test_bad_aclose_timeout_argument(
+    timeout: Any, error: type[Exception], pattern: str
+) -> None:
+    # Wrong-typed timeouts raise TypeError everywhere, out-of-range ones ValueError.
     pool = Pool(FakeManager())
-    with pytest.raises(ValueError, match="timeout must be >= 0 seconds or None"):
-        await pool.aclose(timeout=-1)
+    with pytest.raises(error, match=pattern):
+        await pool.aclose(timeout=timeout)
     await pool.aclose()
+
+
+def test_infinite_timeouts_mean_no_timeout() -> None:
+    pool = Pool(FakeManager(), acquire_timeout=float("inf"))
+    assert pool.acquire()._timeout is None
+    assert pool.acquire(timeout=float("inf"))._timeout is None
+
+
+def test_from_callables_refuses_a_sync_function_at_the_call() -> None:
+    def create() -> object:  # not async: would fail only at the first acquire
+        return object()
+
+    with pytest.raises(TypeError, match=r"create must be an async function \(async def\)"):
+        Pool.from_callables(create)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("close_timeout", [0, -1.0, float("nan"), float("inf")])
+def test_bad_manager_close_timeout(close_timeout: float) -> None:
+    fm = FakeManager()
+    fm.close_timeout = close_timeout
+    with pytest.raises(ValueError, match=r"FakeManager.close_timeout must be > 0 seconds"):
+        Pool(fm)
 
 
 async def test_release_of_foreign_object() -> None:

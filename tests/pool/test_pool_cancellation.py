@@ -4,18 +4,28 @@ reset, release and close, driven deterministically with FakeManager gates."""
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 from pool_helpers import (
     NO_HANG,
+    DuckManager,
     NoResetFakeManager,
+    Res,
     assert_closed_cleanly,
     assert_consistent,
+    duck_pool,
     settle,
     start_acquire,
+    vrun,
 )
+from pool_shapes import WITH_HOOKS
 
-from aiolease import Pool, PoolClosed, PoolTimeout
+from aiolease import (
+    Pool,
+    PoolClosed,
+    PoolTimeout,
+)
 from aiolease.testing import FakeManager, FakeResource
 
 pytestmark = [pytest.mark.aiolease_virtual_time, NO_HANG]
@@ -296,6 +306,7 @@ async def test_aclose_does_not_interrupt_close_started_by_a_finished_creation() 
 
 
 @pytest.mark.parametrize("how", ["cancel", "timeout"])
+@pytest.mark.pool_shapes(*WITH_HOOKS)
 async def test_interrupted_check_discards_resource(how: str) -> None:
     fm = FakeManager()
     pool = await _idle_pool(fm, 1, 1)
@@ -323,6 +334,7 @@ async def test_interrupted_check_discards_resource(how: str) -> None:
     assert_closed_cleanly(pool, fm)
 
 
+@pytest.mark.pool_shapes(*WITH_HOOKS)
 async def test_aclose_during_check() -> None:
     fm = FakeManager()
     pool = await _idle_pool(fm, 1, 1)
@@ -343,6 +355,7 @@ async def test_aclose_during_check() -> None:
 # -- reset / release -----------------------------------------------------------------------
 
 
+@pytest.mark.pool_shapes(*WITH_HOOKS)
 async def test_cancel_release_during_reset_is_shielded() -> None:
     fm = FakeManager()
     pool = Pool(fm, max_size=1)
@@ -367,6 +380,7 @@ async def test_cancel_release_during_reset_is_shielded() -> None:
     assert_closed_cleanly(pool, fm)
 
 
+@pytest.mark.pool_shapes(*WITH_HOOKS)
 async def test_cancel_async_with_exit_during_reset() -> None:
     fm = FakeManager()
     pool = Pool(fm, max_size=1)
@@ -390,6 +404,7 @@ async def test_cancel_async_with_exit_during_reset() -> None:
     assert_closed_cleanly(pool, fm)
 
 
+@pytest.mark.pool_shapes(*WITH_HOOKS)
 async def test_release_waits_for_reset() -> None:
     fm = FakeManager()
     fm.delay("reset", 3.0)
@@ -405,6 +420,7 @@ async def test_release_waits_for_reset() -> None:
     assert_closed_cleanly(pool, fm)
 
 
+@pytest.mark.pool_shapes(*WITH_HOOKS)
 async def test_aclose_during_reset_closes_after_it() -> None:
     fm = FakeManager()
     pool = Pool(fm, max_size=1)
@@ -476,3 +492,330 @@ async def test_close_error_is_logged_and_slot_freed(caplog: pytest.LogCaptureFix
     assert_consistent(pool, fm)
     await pool.aclose()
     assert_closed_cleanly(pool, fm)
+
+
+# -- merged from the former acceptance suite (tests/acceptance/test_contract_pools.py)
+
+
+def test_cancel_during_create_keeps_capacity() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        gate = fm.block("create", calls=1)
+        async with Pool(fm, max_size=1) as pool:
+            t = asyncio.ensure_future(pool.acquire())
+            await gate.wait_arrived()
+            t.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await t
+            gate.open()
+            await settle()
+            s = pool.statistics()
+            assert (s.size, s.idle, s.in_use, s.waiting) == (1, 1, 0, 0)
+            async with pool.acquire(timeout=0):
+                pass
+        fm.assert_all_closed()
+        fm.assert_no_violations()
+
+    vrun(main)
+
+
+@pytest.mark.pool_shapes(*WITH_HOOKS)
+def test_cancel_during_check_frees_slot() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        async with Pool(fm, min_size=1, max_size=1) as pool:
+            gate = fm.block("check", calls=1)
+            t = asyncio.ensure_future(pool.acquire())
+            await gate.wait_arrived()
+            t.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await t
+            await settle()
+            assert pool.statistics().in_use == 0
+            async with pool.acquire(timeout=1) as r:
+                assert isinstance(r, FakeResource)
+            s = pool.statistics()
+            assert s.size == s.idle == 1
+        fm.assert_no_violations()
+
+    vrun(main)
+
+
+@pytest.mark.pool_shapes(*WITH_HOOKS)
+def test_cancel_during_reset_is_shielded() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        async with Pool(fm, max_size=1) as pool:
+            gate = fm.block("reset", calls=1)
+            r = await pool.acquire()
+            t = asyncio.create_task(pool.release(r))
+            await gate.wait_arrived()
+            t.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await t
+            gate.open()
+            await settle()
+            s = pool.statistics()
+            assert (s.size, s.idle, s.in_use) == (1, 1, 0)
+            assert not r.closed
+        fm.assert_all_closed()
+
+    vrun(main)
+
+
+@pytest.mark.pool_shapes(*WITH_HOOKS)
+def test_cancel_body_of_async_with_releases() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        gate = fm.block("reset", calls=1)
+        async with Pool(fm, max_size=1) as pool:
+
+            async def body() -> None:
+                async with pool.acquire():
+                    await asyncio.sleep(100)
+
+            t = asyncio.create_task(body())
+            await settle()
+            t.cancel()
+            await gate.wait_arrived()
+            t.cancel()  # a second cancel while the release's reset runs
+            with pytest.raises(asyncio.CancelledError):
+                await t
+            gate.open()
+            await settle()
+            s = pool.statistics()
+            assert (s.size, s.idle, s.in_use) == (1, 1, 0)
+
+    vrun(main)
+
+
+def test_cancel_during_close_is_shielded() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        async with Pool(fm, max_size=1) as pool:
+            gate = fm.block("close", calls=1)
+            r = await pool.acquire()
+            t = asyncio.create_task(pool.release(r, discard=True))
+            await gate.wait_arrived()
+            t.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await t
+            assert pool.statistics().size == 1  # close in flight still holds its slot
+            gate.open()
+            await settle()
+            assert r.closed
+            assert pool.statistics().size == 0
+
+    vrun(main)
+
+
+def test_cancelled_waiter_passes_handoff_on() -> None:
+    async def create() -> Res:
+        return Res(1)
+
+    async def main() -> None:
+        # No reset: release() hands over synchronously, so `a` is cancelled after it was
+        # handed the resource but before it ran.
+        async with Pool.from_callables(create, max_size=1) as pool:
+            r = await pool.acquire()
+            a = asyncio.ensure_future(pool.acquire(timeout=None))
+            await settle()
+            b = asyncio.ensure_future(pool.acquire(timeout=None))
+            await settle()
+            await pool.release(r)  # handed to a...
+            assert not a.done()
+            a.cancel()  # ...which is cancelled before it runs
+            with pytest.raises(asyncio.CancelledError):
+                await a
+            rb = await b
+            assert rb is r
+            await pool.release(rb)
+            s = pool.statistics()
+            assert (s.size, s.idle, s.waiting) == (1, 1, 0)
+
+    vrun(main)
+
+
+def test_manager_create_raising_cancelled_error_on_open_pool() -> None:
+    """A manager whose create() itself raises CancelledError (e.g. a driver's inner timeout)."""
+
+    async def main() -> None:
+        m = DuckManager()
+        m.create_error = asyncio.CancelledError()
+        async with duck_pool(m, max_size=1) as pool:
+            with pytest.raises(BaseException) as ei:
+                await pool.acquire(timeout=5)
+            assert not isinstance(ei.value, PoolClosed), (
+                "an open pool must not report PoolClosed for a failed creation"
+            )
+            assert pool.statistics().size == 0
+            m.create_error = None
+            await asyncio.sleep(60)
+            async with pool.acquire(timeout=5) as r:
+                assert r.n == 1
+
+    vrun(main)
+
+
+def test_manager_check_raising_cancelled_error_frees_slot() -> None:
+    async def main() -> None:
+        m = DuckManager()
+        async with duck_pool(m, min_size=1, max_size=1) as pool:
+            m.check_error = asyncio.CancelledError()
+            t = asyncio.ensure_future(pool.acquire(timeout=5))
+            with pytest.raises(BaseException):  # noqa: B017 - only consistency matters here
+                await t
+            await settle()
+            m.check_error = None
+            assert pool.statistics().in_use == 0
+            async with pool.acquire(timeout=5):
+                pass
+            assert pool.statistics().size == 1
+
+    vrun(main)
+
+
+def test_manager_reset_raising_cancelled_error_keeps_pool_consistent() -> None:
+    async def main() -> None:
+        m = DuckManager()
+        m.reset_error = asyncio.CancelledError()
+        async with duck_pool(m, max_size=1) as pool:
+            r = await pool.acquire()
+            try:
+                await pool.release(r)
+            except asyncio.CancelledError:
+                pass
+            await settle()
+            assert r.closed
+            s = pool.statistics()
+            assert (s.size, s.in_use) == (0, 0)
+            m.reset_error = None
+            async with pool.acquire(timeout=1):
+                pass
+
+    vrun(main)
+
+
+def test_random_cancellation_never_loses_capacity() -> None:
+    async def main() -> None:
+        rnd = random.Random(1234)
+        fm = FakeManager()
+        fm.delay("create", 0.3)
+        fm.delay("check", 0.1)
+        fm.delay("reset", 0.2)
+        fm.delay("close", 0.1)
+        fm.fail("create", when=lambda c: c.number % 7 == 0)
+        fm.fail("check", when=lambda c: c.number % 5 == 0)
+        fm.fail("reset", when=lambda c: c.number % 6 == 0)
+        pool = Pool(fm, min_size=1, max_size=3, max_lifetime=5, idle_timeout=2)
+        worst = 0
+
+        async def worker() -> None:
+            nonlocal worst
+            for _ in range(20):
+                try:
+                    async with pool.acquire(timeout=rnd.choice([0.05, 0.5, 3.0])) as r:
+                        await r.use()
+                        await asyncio.sleep(rnd.random())
+                except (PoolTimeout, Exception):
+                    pass
+                worst = max(worst, pool.statistics().size)
+
+        async with pool:
+            tasks = [asyncio.create_task(worker()) for _ in range(8)]
+            for _ in range(40):
+                await asyncio.sleep(rnd.random() * 0.5)
+                victim = rnd.choice(tasks)
+                if not victim.done():
+                    victim.cancel()
+                if rnd.random() < 0.1:
+                    await pool.expire()
+                if rnd.random() < 0.1:
+                    await pool.resize(max_size=rnd.choice([1, 2, 3]))
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await pool.resize(max_size=3)
+            await asyncio.sleep(10)
+            s = pool.statistics()
+            assert (s.in_use, s.waiting) == (0, 0)
+            assert s.size == s.idle
+            assert s.size <= 3
+        assert worst <= 3
+        fm.assert_all_closed()
+        fm.assert_no_violations()
+        assert fm.max_alive <= 3
+
+    vrun(main)
+
+
+def test_cancelled_open_loses_no_resource() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        gate = fm.block("create", calls=1)
+        pool = Pool(fm, min_size=2, max_size=2)
+        t = asyncio.ensure_future(pool.open())
+        await gate.wait_arrived()
+        await settle()  # the 2nd creation has completed; the 1st is held at the gate
+        t.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await t
+        gate.open()
+        await settle()
+        s = pool.statistics()
+        await pool.aclose()
+        assert s.size == s.idle + s.in_use  # no slot held by a resource nobody owns
+        fm.assert_all_closed()
+
+    vrun(main)
+
+
+def test_outer_asyncio_timeout_and_wait_for_leave_pool_consistent() -> None:
+    async def main() -> None:
+        async with Pool(FakeManager(), max_size=1, acquire_timeout=None) as pool:
+            r = await pool.acquire()
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(1):
+                    await pool.acquire()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(pool.acquire(), 1)
+            assert pool.statistics().waiting == 0
+            await pool.release(r)
+            s = pool.statistics()
+            assert (s.size, s.idle, s.in_use) == (1, 1, 0)
+            async with pool.acquire(timeout=0) as again:
+                assert again is r
+
+    vrun(main)
+
+
+def test_taskgroup_cancellation_of_many_waiters() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        fm.delay("create", 1)
+        async with Pool(fm, max_size=2) as pool:
+            held = [await pool.acquire(), await pool.acquire()]
+
+            async def boom() -> None:
+                await asyncio.sleep(5)
+                raise RuntimeError("sibling failed")
+
+            async def want() -> None:
+                async with pool.acquire(timeout=None):
+                    await asyncio.sleep(100)
+
+            async def group() -> None:
+                async with asyncio.TaskGroup() as tg:
+                    for _ in range(10):
+                        tg.create_task(want())
+                    tg.create_task(boom())
+
+            with pytest.raises(ExceptionGroup):
+                await group()
+            assert pool.statistics().waiting == 0
+            for r in held:
+                await pool.release(r)
+            s = pool.statistics()
+            assert (s.size, s.idle, s.in_use) == (2, 2, 0)
+        fm.assert_all_closed()
+        fm.assert_no_violations()
+
+    vrun(main)

@@ -6,15 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from types import EllipsisType
 
 import pytest
-from pool_helpers import NO_HANG, settle
+from pool_helpers import NO_HANG, now, settle, vrun
 
+import aiolease
 import aiolease.abc
-from aiolease import Pool, PoolClosed, PoolTimeout
-from aiolease.abc import ResourceInfo
-from aiolease.testing import leak_check
+from aiolease import (
+    Pool,
+    PoolClosed,
+    PoolTimeout,
+    ResourceInfo,
+    TooManyWaiters,
+)
+from aiolease.testing import FakeManager, FakeResource, VirtualTimeLoop, leak_check
 
 pytestmark = [pytest.mark.aiolease_virtual_time, NO_HANG]
 
@@ -103,7 +110,7 @@ async def test_a_queued_task_times_out_and_leaves_the_queue(how: str) -> None:
     await pool.release(held)
     assert await first is held
     await pool.release(held)
-    assert pool._deadline_timer is None  # no timed wait left: the timer is disarmed
+    assert pool._queue.deadlines._timer is None  # no timed wait left: the timer is disarmed
     await pool.aclose()
 
 
@@ -234,3 +241,234 @@ async def test_waiting_counts_timed_and_untimed_waiters_alike() -> None:
     assert (st.waiting, st.timeouts, st.in_use, st.idle) == (0, 1, 0, 1)
     assert "waiting=0" in repr(pool)
     await pool.aclose()
+
+
+# -- merged from the former acceptance suite (tests/acceptance/test_contract_pools.py)
+
+
+def test_size_counts_creations_in_flight() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        gate = fm.block("create", calls=1)
+        async with Pool(fm, max_size=1) as pool:
+            t1 = asyncio.ensure_future(pool.acquire(timeout=None))
+            await gate.wait_arrived()
+            s = pool.statistics()
+            assert (s.size, s.idle, s.in_use) == (1, 0, 0)
+            t2 = asyncio.ensure_future(pool.acquire(timeout=None))
+            await settle()
+            assert fm.calls["create"] == 1  # max_size reached by the creation in flight
+            gate.open()
+            r1 = await t1
+            await pool.release(r1)
+            r2 = await t2
+            assert r2 is r1
+            await pool.release(r2)
+            assert fm.max_alive == 1
+
+    vrun(main)
+
+
+def test_fifo_handoff_no_barging() -> None:
+    async def main() -> None:
+        async with Pool(FakeManager(), max_size=1) as pool:
+            order: list[str] = []
+            r = await pool.acquire()
+
+            async def user(tag: str) -> None:
+                async with pool.acquire(timeout=None):
+                    order.append(tag)
+                    await asyncio.sleep(1)
+
+            tasks = []
+            for tag in "ABC":
+                tasks.append(asyncio.create_task(user(tag)))
+                await settle()
+            await pool.release(r)
+            tasks.append(asyncio.create_task(user("late")))  # arrives after the hand-off
+            await asyncio.gather(*tasks)
+            assert order == ["A", "B", "C", "late"]
+
+    vrun(main)
+
+
+def test_fifo_with_check_failure_keeps_place() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        async with Pool(fm, min_size=1, max_size=1) as pool:
+            fm.fail("check", calls=1)
+            order: list[str] = []
+
+            async def user(tag: str) -> None:
+                async with pool.acquire(timeout=None):
+                    order.append(tag)
+                    await asyncio.sleep(1)
+
+            ta = asyncio.create_task(user("A"))
+            tb = asyncio.create_task(user("B"))
+            await asyncio.gather(ta, tb)
+            assert order == ["A", "B"]
+
+    vrun(main)
+
+
+def test_max_waiting_raises_too_many_waiters() -> None:
+    async def main() -> None:
+        async with Pool(FakeManager(), max_size=1, max_waiting=1) as pool:
+            r = await pool.acquire()
+            w = asyncio.ensure_future(pool.acquire(timeout=None))
+            await settle()
+            with pytest.raises(TooManyWaiters):
+                await pool.acquire(timeout=None)
+            await pool.release(r)
+            await pool.release(await w)
+
+    vrun(main)
+
+
+def test_max_waiting_zero_means_no_queueing() -> None:
+    async def main() -> None:
+        async with Pool(FakeManager(), max_size=1, max_waiting=0) as pool, pool.acquire():
+            with pytest.raises(TooManyWaiters):
+                await pool.acquire()
+
+    vrun(main)
+
+
+def test_timeout_raises_pool_timeout_on_loop_clock() -> None:
+    async def main() -> None:
+        async with Pool(FakeManager(), max_size=1, acquire_timeout=30) as pool:
+            held = await pool.acquire()  # awaited: another task could release it
+            t0 = now()
+            with pytest.raises(PoolTimeout) as ei:
+                await pool.acquire()
+            assert now() == pytest.approx(t0 + 30)
+            assert isinstance(ei.value, TimeoutError)
+            t1 = now()
+            with pytest.raises(TimeoutError):
+                async with pool.acquire(timeout=2.5):
+                    pass
+            assert now() == pytest.approx(t1 + 2.5)
+            await pool.release(held)
+            assert pool.statistics().timeouts == 2
+            assert pool.statistics().waiting == 0
+            async with pool.acquire(timeout=0):
+                pass
+
+    started = time.monotonic()
+    vrun(main)
+    assert time.monotonic() - started < 10  # virtual, not real, seconds
+
+
+def test_acquire_timeout_none_waits_forever() -> None:
+    async def main() -> None:
+        async with Pool(FakeManager(), max_size=1, acquire_timeout=None) as pool:
+            r = await pool.acquire()
+            w = asyncio.ensure_future(pool.acquire())
+            await asyncio.sleep(10_000)
+            assert not w.done()
+            await pool.release(r)
+            await pool.release(await w)
+
+    vrun(main)
+
+
+def test_slow_create_times_out_and_capacity_is_kept() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        fm.delay("create", 10, calls=1)
+        async with Pool(fm, max_size=1) as pool:
+            with pytest.raises(PoolTimeout):
+                await pool.acquire(timeout=1)
+            await asyncio.sleep(20)  # the creation completes, into idle
+            s = pool.statistics()
+            assert (s.size, s.idle) == (1, 1)
+            async with pool.acquire(timeout=0):
+                pass
+
+    vrun(main)
+
+
+def test_timeout_during_check_closes_resource() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        async with Pool(fm, min_size=1, max_size=1) as pool:
+            fm.delay("check", 100, calls=1)
+            first = fm.resources[0]
+            with pytest.raises(PoolTimeout):
+                await pool.acquire(timeout=1)
+            await settle()
+            assert first.closed
+            async with pool.acquire(timeout=1) as r:
+                assert r is not first
+            assert pool.statistics().size == 1
+
+    vrun(main)
+
+
+def test_virtual_time_loop_runs_an_hour_instantly() -> None:
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await asyncio.sleep(3600)
+        async with asyncio.timeout(10):
+            await asyncio.sleep(5)
+        return loop.time() - t0
+
+    started = time.monotonic()
+    assert vrun(main) == pytest.approx(3605)
+    assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.aiolease_virtual_time
+async def test_virtual_time_from_pytest_marker() -> None:
+    loop = asyncio.get_running_loop()
+    assert isinstance(loop, VirtualTimeLoop)
+    async with Pool(FakeManager(), max_size=1) as pool:
+        held = await pool.acquire()
+        t0 = loop.time()
+        with pytest.raises(PoolTimeout):
+            await pool.acquire(timeout=600)
+        assert loop.time() == pytest.approx(t0 + 600)
+        await pool.release(held)
+
+
+def test_acquire_timeout_none_overrides_pool_default() -> None:
+    async def main() -> None:
+        async with Pool(FakeManager(), max_size=1, acquire_timeout=1) as pool:
+            r = await pool.acquire()
+            w = asyncio.ensure_future(pool.acquire(timeout=None))
+            await asyncio.sleep(100)
+            assert not w.done()
+            await pool.release(r)
+            await pool.release(await w)
+
+    vrun(main)
+
+
+def test_released_resource_goes_to_oldest_waiter_even_if_it_awaits_a_creation() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        async with Pool(fm, max_size=2) as pool:
+            r1 = await pool.acquire()
+            gate = fm.block("create", calls=2)
+            order: list[str] = []
+            held: list[FakeResource] = []
+
+            async def user(tag: str) -> None:
+                r = await pool.acquire(timeout=None)
+                order.append(tag)
+                held.append(r)
+
+            a = asyncio.ensure_future(user("A"))
+            await gate.wait_arrived()  # A waits (for the creation it started)
+            await pool.release(r1)  # handed to the oldest waiter: A
+            c = asyncio.ensure_future(user("C"))  # a newcomer must not barge ahead of A
+            await settle()
+            gate.open()
+            await asyncio.gather(a, c)
+            for r in held:
+                await pool.release(r)
+            assert order == ["A", "C"]
+
+    vrun(main)

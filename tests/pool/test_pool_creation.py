@@ -6,9 +6,21 @@ import asyncio
 import itertools
 
 import pytest
-from pool_helpers import NO_HANG, assert_closed_cleanly, assert_consistent, settle, start_acquire
+from pool_helpers import (
+    NO_HANG,
+    assert_closed_cleanly,
+    assert_consistent,
+    now,
+    settle,
+    start_acquire,
+    vrun,
+)
 
-from aiolease import Pool, PoolTimeout
+from aiolease import (
+    Pool,
+    PoolTimeout,
+)
+from aiolease._pool._creations import Creations
 from aiolease.testing import FakeManager, FakeResource
 
 pytestmark = [pytest.mark.aiolease_virtual_time, NO_HANG]
@@ -201,17 +213,17 @@ async def test_no_busy_loop_when_backoff_ends_while_pool_is_full(
     # Count the backoff wake-ups (white-box), and break a busy loop instead of hanging in it:
     # virtual time cannot advance while a timer keeps firing at a past time.
     wakeups = 0
-    on_backoff_end = Pool._on_backoff_end
+    on_backoff_end = Creations._on_backoff_end
 
-    def counting(self: Pool[FakeResource]) -> None:
+    def counting(self: Creations[FakeResource]) -> None:
         nonlocal wakeups
         wakeups += 1
         if wakeups < 100:
             on_backoff_end(self)
         else:
-            self._backoff_timer = None
+            self._timer = None
 
-    monkeypatch.setattr(Pool, "_on_backoff_end", counting)
+    monkeypatch.setattr(Creations, "_on_backoff_end", counting)
     waiter = start_acquire(pool)
     await asyncio.sleep(100.0)  # far past the backoff
     assert wakeups == 1  # the backoff ended once, and its timer was not re-armed in the past
@@ -239,3 +251,141 @@ async def test_create_error_during_wait_for_queue_slot_is_not_lost_capacity() ->
     assert_consistent(pool, fm)
     await pool.aclose()
     assert_closed_cleanly(pool, fm)
+
+
+# -- merged from the former acceptance suite (tests/acceptance/test_contract_pools.py)
+
+
+def test_create_error_goes_to_caller_not_timeout() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        fm.fail("create", ConnectionRefusedError, calls=1)
+        async with Pool(fm, max_size=2, acquire_timeout=60) as pool:
+            t0 = now()
+            with pytest.raises(ConnectionRefusedError):
+                await pool.acquire()
+            assert now() == t0  # at once, not after the timeout
+            assert pool.statistics().size == 0  # capacity restored
+            await asyncio.sleep(20)  # past any backoff
+            async with pool.acquire() as r:
+                assert isinstance(r, FakeResource)
+
+    vrun(main)
+
+
+def test_timeout_carries_last_creation_error_as_cause() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        fm.fail("create", ConnectionRefusedError)
+        async with Pool(fm, max_size=2) as pool:
+            with pytest.raises(ConnectionRefusedError):
+                await pool.acquire(timeout=10)
+            # Now in backoff (>= 0.5 * base): a tiny timeout expires before the next attempt.
+            with pytest.raises(PoolTimeout) as ei:
+                await pool.acquire(timeout=0.001)
+            assert isinstance(ei.value.__cause__, ConnectionRefusedError)
+
+    vrun(main)
+
+
+def test_backoff_spaces_attempts_exponentially() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        fm.fail("create", ConnectionRefusedError)
+        async with Pool(fm, max_size=10) as pool:
+            stamps: list[float] = []
+            for _ in range(8):
+                with pytest.raises(ConnectionRefusedError):
+                    await pool.acquire(timeout=10_000)
+                stamps.append(now())
+            gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]  # noqa: RUF007
+            assert all(g > 0 for g in gaps), gaps
+            # exponential growth overall (jittered by at most 2x per step)
+            assert gaps[-1] > 4 * gaps[0], gaps
+            # and a down backend is not hammered by many concurrent callers
+            calls_before = fm.calls["create"]
+
+            async def try_once() -> None:
+                with pytest.raises((ConnectionRefusedError, PoolTimeout)):
+                    await pool.acquire(timeout=1)
+
+            await asyncio.gather(*(try_once() for _ in range(50)))
+            assert fm.calls["create"] - calls_before <= 2
+
+    vrun(main)
+
+
+def test_later_acquirers_wait_for_next_attempt_and_get_resource_on_recovery() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        fm.fail("create", ConnectionRefusedError, calls=[1, 2])
+        async with Pool(fm, max_size=3) as pool:
+            with pytest.raises(ConnectionRefusedError):
+                await pool.acquire(timeout=100)
+            with pytest.raises(ConnectionRefusedError):
+                await pool.acquire(timeout=100)
+            async with pool.acquire(timeout=100) as r:
+                assert isinstance(r, FakeResource)
+
+    vrun(main)
+
+
+def test_open_with_failing_min_size_raises_creation_error() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        fm.fail("create", ConnectionRefusedError, calls=1)
+        pool = Pool(fm, min_size=2, max_size=2)
+        with pytest.raises(ConnectionRefusedError):
+            await pool.open()
+        await pool.aclose()
+        fm.assert_all_closed()
+
+    vrun(main)
+
+
+def test_min_size_refilled_in_background_after_discard() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        async with Pool(fm, min_size=2, max_size=3) as pool:
+            r = await pool.acquire()
+            await pool.release(r, discard=True)
+            await settle()
+            assert pool.statistics().idle == 2
+
+    vrun(main)
+
+
+def test_implicit_open_failure_does_not_kill_pool() -> None:
+    """`acquire()` opens a never-opened pool; a failed creation is the caller's error only."""
+
+    async def main() -> None:
+        fm = FakeManager()
+        fm.fail("create", ConnectionRefusedError, calls=1)
+        pool = Pool(fm, min_size=1, max_size=2)
+        with pytest.raises(ConnectionRefusedError):
+            await pool.acquire()
+        await asyncio.sleep(30)  # past the backoff
+        async with pool.acquire() as r:  # "capacity is restored": the pool still works
+            assert isinstance(r, FakeResource)
+        await pool.aclose()
+
+    vrun(main)
+
+
+def test_down_backend_is_not_hammered_by_min_size_refill() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        async with Pool(fm, min_size=2, max_size=3) as pool:
+            fm.fail("create")
+            for _ in range(2):
+                r = await pool.acquire()
+                await pool.release(r, discard=True)
+            before = fm.calls["create"]
+            await asyncio.sleep(60)
+            assert fm.calls["create"] - before <= 30  # backoff, not a retry storm
+            assert pool.statistics().size == 0
+            fm.clear_rules()
+            await asyncio.sleep(30)  # recovers by itself (backoff capped)
+            assert pool.statistics().idle == 2
+
+    vrun(main)

@@ -13,6 +13,7 @@ from pool_helpers import (
     settle,
     start_acquire,
 )
+from pool_shapes import WITH_HOOKS
 
 from aiolease import Pool, TooManyWaiters, WouldBlock
 from aiolease.testing import FakeManager, FakeResource
@@ -115,6 +116,7 @@ async def test_freed_slot_goes_to_oldest_waiter() -> None:
     assert_closed_cleanly(pool, fm)
 
 
+@pytest.mark.pool_shapes(*WITH_HOOKS)
 async def test_acquirer_whose_resource_failed_its_check_keeps_its_turn() -> None:
     """A's idle resource fails its check while B queues behind A: the slot the
     discard frees goes to A, not to B."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
@@ -13,10 +14,16 @@ from pool_helpers import (
     assert_closed_cleanly,
     assert_consistent,
     checked_out_then_idle,
+    closed,
+    now,
     settle,
+    vrun,
 )
+from pool_shapes import NO_DEADLINES
 
-from aiolease import Pool
+from aiolease import (
+    Pool,
+)
 from aiolease.testing import FakeManager, FakeResource, VirtualTimeLoop
 
 pytestmark = [pytest.mark.aiolease_virtual_time, NO_HANG]
@@ -30,11 +37,12 @@ def _loop() -> VirtualTimeLoop:
 
 def _pool_timers(pool: Pool[Any]) -> list[asyncio.TimerHandle]:
     """The timers this pool has scheduled on the running loop (white-box: asyncio internals)."""
-    scheduled: list[asyncio.TimerHandle] = _loop()._scheduled  # type: ignore[attr-defined]
+    scheduled: list[Any] = _loop()._scheduled  # type: ignore[attr-defined]
+    owners: tuple[object, ...] = (pool, pool._housekeeper, pool._queue.deadlines, pool._creations)
     return [
         h
         for h in scheduled
-        if not h.cancelled() and getattr(h._callback, "__self__", None) is pool  # type: ignore[attr-defined]
+        if not h.cancelled() and getattr(h._callback, "__self__", None) in owners
     ]
 
 
@@ -235,6 +243,7 @@ async def test_housekeeping_is_one_timer_at_the_next_deadline() -> None:
     assert_closed_cleanly(pool, fm)
 
 
+@pytest.mark.pool_shapes(*NO_DEADLINES)
 async def test_no_timer_without_deadlines() -> None:
     fm = FakeManager()
     pool = Pool(fm, min_size=2, max_size=4)
@@ -298,3 +307,113 @@ async def test_leak_report_for_awaited_acquire(caplog: pytest.LogCaptureFixture)
     assert "forgetful_user" in caplog.text
     await pool.release(r)
     await pool.aclose()
+
+
+# -- merged from the former acceptance suite (tests/acceptance/test_contract_pools.py)
+
+
+def test_max_lifetime_with_negative_jitter() -> None:
+    async def main() -> None:
+        for _ in range(5):
+            fm = FakeManager()
+            async with Pool(fm, min_size=0, max_size=1, max_lifetime=100) as pool:
+                t0 = now()
+                async with pool.acquire():
+                    pass
+                await asyncio.sleep(94.9)  # below 95%: never expired yet
+                assert not fm.resources[0].closed
+                await asyncio.sleep(5.2)  # past 100%: always expired (housekeeping, no acquire)
+                assert closed(fm.resources[0])
+                closed_at = fm.events_of("closed")[0].time
+                assert t0 + 95 <= closed_at <= t0 + 100
+
+    vrun(main)
+
+
+def test_idle_timeout_only_above_min_size() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        async with Pool(fm, min_size=1, max_size=3, idle_timeout=10) as pool:
+            a = await pool.acquire()
+            b = await pool.acquire()
+            c = await pool.acquire()
+            for r in (a, b, c):
+                await pool.release(r)
+            assert pool.statistics().idle == 3
+            await asyncio.sleep(9)
+            assert pool.statistics().idle == 3
+            await asyncio.sleep(2)
+            s = pool.statistics()
+            assert (s.size, s.idle) == (1, 1)
+            await asyncio.sleep(1000)
+            assert pool.statistics().size == 1
+
+    vrun(main)
+
+
+def test_leak_timeout_reported_once_per_lease(caplog: pytest.LogCaptureFixture) -> None:
+    def acquiring_function_name_xyz(pool: Pool[FakeResource]) -> Awaitable[FakeResource]:
+        return asyncio.ensure_future(pool.acquire())
+
+    async def main() -> None:
+        async with Pool(FakeManager(), max_size=1, leak_timeout=10, name="leaky") as pool:
+            r = await pool.acquire()
+            await asyncio.sleep(9)
+            assert pool.statistics().leaks == 0
+            await asyncio.sleep(2)
+            assert pool.statistics().leaks == 1
+            await asyncio.sleep(100)
+            assert pool.statistics().leaks == 1  # once per lease
+            await pool.release(r)
+            async with pool.acquire():
+                await asyncio.sleep(11)
+            assert pool.statistics().leaks == 2
+            r = await acquiring_function_name_xyz(pool)
+            await asyncio.sleep(11)
+            await pool.release(r)
+            assert pool.statistics().leaks == 3
+
+    with caplog.at_level(logging.WARNING):
+        vrun(main)
+    warnings_ = [rec for rec in caplog.records if rec.levelno >= logging.WARNING]
+    assert len(warnings_) >= 3
+    assert any("test_leak_timeout_reported_once_per_lease" in rec.getMessage() for rec in warnings_)
+
+
+def test_housekeeping_does_not_poll() -> None:
+    counted: list[float] = []
+
+    class CountingLoop(VirtualTimeLoop):
+        def call_at(  # type: ignore[override]
+            self, when: float, callback: Any, *args: Any, context: Any = None
+        ) -> Any:
+            counted.append(when)
+            return super().call_at(when, callback, *args, context=context)
+
+    async def main() -> None:
+        fm = FakeManager()
+        async with Pool(fm, min_size=1, max_size=3, idle_timeout=10, leak_timeout=30) as pool:
+            rs = [await pool.acquire() for _ in range(3)]
+            for r in rs:
+                await pool.release(r)
+            await asyncio.sleep(20)
+            assert pool.statistics().size == 1
+            counted.clear()
+            await asyncio.sleep(3600)  # an idle hour: nothing is due
+            assert len(counted) <= 2, counted  # the sleep's own timer (+ at most one re-arm)
+
+    with asyncio.Runner(loop_factory=CountingLoop) as runner:
+        runner.run(main())
+
+
+def test_min_size_kept_filled_across_lifetimes() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        async with Pool(fm, min_size=2, max_size=3, max_lifetime=100) as pool:
+            await asyncio.sleep(1000)
+            s = pool.statistics()
+            assert (s.size, s.idle) == (2, 2)
+            assert 18 <= s.created <= 24
+            assert all(r.closed for r in fm.resources[:-2])
+
+    vrun(main)

@@ -3,22 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import re
+import warnings
 
 import pytest
 from pool_helpers import (
     NO_HANG,
+    Res,
     assert_closed_cleanly,
     assert_consistent,
     checked_out_then_idle,
+    closed,
+    now,
     settle,
     start_acquire,
+    vrun,
 )
 
 import aiolease
-from aiolease import Pool, PoolClosed, PoolStatistics, ResourceInfo, WouldBlock
-from aiolease.testing import FakeManager, FakeResource
+import aiolease.abc
+from aiolease import (
+    Pool,
+    PoolClosed,
+    PoolStatistics,
+    ResourceInfo,
+    WouldBlock,
+)
+from aiolease.testing import FakeManager, FakeResource, leak_check
 
 pytestmark = [pytest.mark.aiolease_virtual_time, NO_HANG]
 
@@ -520,7 +533,6 @@ async def test_aclose_while_open_waits_for_prefill() -> None:
 
 
 async def test_leak_check_names_open_pool_and_checked_out_resource() -> None:
-    from aiolease.testing import leak_check
 
     fm = FakeManager()
     pools: list[Pool[FakeResource]] = []
@@ -579,3 +591,332 @@ async def test_acquire_object_reusable_and_exit_without_enter_is_an_error() -> N
         stats = pool.statistics()
         assert (stats.in_use, stats.idle, stats.acquired) == (0, 1, 2), stats
     assert_closed_cleanly(pool, fm)
+
+
+# -- merged from the former acceptance suite (tests/acceptance/test_contract_pools.py)
+
+
+def test_constructed_outside_loop_then_used_in_asyncio_run() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, min_size=2, max_size=3)  # no running loop here: must not fail or bind
+    assert fm.calls["create"] == 0
+
+    async def main() -> None:
+        async with pool:
+            assert pool.statistics().idle == 2
+            async with pool.acquire() as r:
+                assert isinstance(r, FakeResource)
+
+    asyncio.run(main())
+    fm.assert_all_closed()
+
+
+def test_constructed_in_one_loop_used_in_another() -> None:
+    fm = FakeManager()
+
+    async def make() -> Pool[FakeResource]:
+        return Pool(fm, max_size=2)
+
+    pool = asyncio.run(make())
+
+    async def use() -> None:
+        async with pool, pool.acquire():
+            pass
+
+    asyncio.run(use())
+    assert fm.created == fm.closed == 1
+
+
+def test_async_with_prefills_min_size_and_closes_everything() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        async with Pool(fm, min_size=3, max_size=5) as pool:
+            s = pool.statistics()
+            assert (s.size, s.idle, s.in_use, s.min_size, s.max_size) == (3, 3, 0, 3, 5)
+        assert fm.created == 3
+        fm.assert_all_closed()
+        assert pool.statistics().size == 0
+
+    vrun(main)
+
+
+def test_acquire_cm_on_never_opened_pool_opens_it() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        pool = Pool(fm, min_size=1, max_size=2)
+        async with pool.acquire() as r:
+            assert isinstance(r, FakeResource)
+        assert pool.statistics().size >= 1
+        await pool.aclose()
+        fm.assert_all_closed()
+
+    vrun(main)
+
+
+def test_open_explicitly_then_aclose() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        pool = Pool(fm, min_size=1)
+        await pool.open()
+        assert pool.statistics().idle == 1
+        await pool.aclose()
+        await pool.aclose()  # idempotent
+        fm.assert_all_closed()
+        with pytest.raises(PoolClosed):
+            await pool.open()
+
+    vrun(main)
+
+
+def test_acquire_is_awaitable_and_accepted_by_ensure_future() -> None:
+    async def main() -> None:
+        async with Pool(FakeManager(), max_size=2) as pool:
+            fut = asyncio.ensure_future(pool.acquire())
+            r = await fut
+            assert isinstance(r, FakeResource)
+            assert pool.statistics().in_use == 1
+            await pool.release(r)
+            assert pool.statistics().in_use == 0
+            task = asyncio.ensure_future(pool.acquire(timeout=1))
+            r2 = await task
+            await pool.release(r2)
+
+    vrun(main)
+
+
+def test_unclosed_pool_emits_resource_warning_when_collected() -> None:
+    fm = FakeManager()
+
+    async def main() -> None:
+        pool = Pool(fm, min_size=1)
+        await pool.open()
+        # dropped without aclose()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        asyncio.run(main())
+        gc.collect()
+    assert any(issubclass(w.category, ResourceWarning) for w in caught), caught
+
+
+def test_closed_pool_does_not_warn() -> None:
+    async def main() -> None:
+        async with Pool(FakeManager(), min_size=1):
+            pass
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        asyncio.run(main())
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def test_statistics_fields_and_frozen() -> None:
+    async def main() -> None:
+        async with Pool(FakeManager(), min_size=1, max_size=3) as pool, pool.acquire():
+            s = pool.statistics()
+        fields = {f.name for f in dataclasses.fields(s)}
+        names = "size idle in_use waiting min_size max_size acquired created closed timeouts"
+        for name in [*names.split(), "wait_time_total", "wait_time_max", "leaks"]:
+            assert name in fields, name
+        assert (s.size, s.idle, s.in_use, s.waiting, s.acquired, s.created) == (1, 0, 1, 0, 1, 1)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            s.size = 7  # type: ignore[misc]
+        final = pool.statistics()
+        assert (final.closed, final.size) == (1, 0)
+
+    vrun(main)
+
+
+def test_resource_info_fields() -> None:
+    infos: list[tuple[float, float, int]] = []
+
+    class M(aiolease.abc.Manager[Res]):
+        async def create(self) -> Res:
+            return Res(1)
+
+        async def check(self, resource: Res, info: ResourceInfo) -> None:
+            infos.append((info.created_at, info.last_used_at, info.uses))
+
+    async def main() -> None:
+        async with Pool(M(), max_size=1) as pool:
+            t0 = now()
+            async with pool.acquire():
+                await asyncio.sleep(5)
+            await asyncio.sleep(10)
+            async with pool.acquire():
+                pass
+        assert infos == [(t0, t0 + 5, 1)]
+
+    vrun(main)
+
+
+def test_wait_time_statistics_on_virtual_clock() -> None:
+    async def main() -> None:
+        async with Pool(FakeManager(), max_size=1) as pool:
+            r = await pool.acquire()
+
+            async def waiter() -> None:
+                async with pool.acquire():
+                    pass
+
+            t = asyncio.create_task(waiter())
+            await settle()
+            assert pool.statistics().waiting == 1
+            await asyncio.sleep(7)
+            await pool.release(r)
+            await t
+            s = pool.statistics()
+            assert s.wait_time_max == pytest.approx(7.0)
+            assert s.wait_time_total == pytest.approx(7.0)
+            assert s.waiting == 0
+
+    vrun(main)
+
+
+def test_aclose_waits_for_checked_out_resource() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        pool = Pool(fm, max_size=2)
+        await pool.open()
+        r = await pool.acquire()
+        closer = asyncio.create_task(pool.aclose())
+        await asyncio.sleep(50)
+        assert not closer.done()
+        assert not r.closed
+        with pytest.raises(PoolClosed):
+            await pool.acquire()
+        await pool.release(r)  # in-use resources are closed when released
+        assert closed(r)
+        await closer
+        fm.assert_all_closed()
+
+    vrun(main)
+
+
+def test_aclose_wakes_waiters_with_pool_closed() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        pool = Pool(fm, max_size=1)
+        await pool.open()
+        r = await pool.acquire()
+        waiters = [asyncio.ensure_future(pool.acquire(timeout=None)) for _ in range(3)]
+        await settle()
+        closer = asyncio.create_task(pool.aclose())
+        await settle()
+        for w in waiters:
+            assert w.done()
+            with pytest.raises(PoolClosed):
+                w.result()
+        await pool.release(r)
+        await closer
+        with pytest.raises(PoolClosed):
+            await pool.acquire()
+        with pytest.raises(PoolClosed):
+            async with pool.acquire():
+                pass
+        fm.assert_all_closed()
+
+    vrun(main)
+
+
+def test_aclose_during_create_wakes_creator_with_pool_closed() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        gate = fm.block("create", calls=1)
+        pool = Pool(fm, max_size=1)
+        await pool.open()
+        t = asyncio.ensure_future(pool.acquire())
+        await gate.wait_arrived()
+        await pool.aclose()
+        with pytest.raises(PoolClosed):
+            await t
+        assert pool.statistics().size == 0
+        fm.assert_all_closed()
+
+    vrun(main)
+
+
+def test_aclose_cancelled_still_completes() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        fm.delay("close", 3)
+        pool = Pool(fm, min_size=2, max_size=2)
+        await pool.open()
+        t = asyncio.create_task(pool.aclose())
+        await settle()
+        t.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await t
+        await asyncio.sleep(10)
+        fm.assert_all_closed()
+        await pool.aclose()
+
+    vrun(main)
+
+
+def test_aclose_while_check_in_progress() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        pool = Pool(fm, min_size=1, max_size=1)
+        await pool.open()
+        gate = fm.block("check", calls=1)
+        t = asyncio.ensure_future(pool.acquire())
+        await gate.wait_arrived()
+        closer = asyncio.create_task(pool.aclose())
+        await settle()
+        gate.open()
+        with pytest.raises(PoolClosed):
+            await t
+        await closer
+        fm.assert_all_closed()
+
+    vrun(main)
+
+
+def test_concurrent_aclose_calls_both_wait_for_completion() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        fm.delay("close", 2)
+        pool = Pool(fm, min_size=2, max_size=2)
+        await pool.open()
+        await asyncio.gather(pool.aclose(), pool.aclose())
+        fm.assert_all_closed()
+
+    vrun(main)
+
+
+def test_pool_cannot_be_reopened_after_aclose() -> None:
+    async def main() -> None:
+        pool = Pool(FakeManager())
+        async with pool:
+            pass
+        with pytest.raises(PoolClosed):
+            async with pool:
+                pass
+        never = Pool(FakeManager())
+        await never.aclose()
+        with pytest.raises(PoolClosed):
+            await never.acquire()
+
+    vrun(main)
+
+
+def test_aclose_timeout_also_closes_resource_stuck_in_check() -> None:
+    async def main() -> None:
+        fm = FakeManager()
+        pool = Pool(fm, min_size=1, max_size=1)
+        await pool.open()
+        gate = fm.block("check", calls=1)  # a ping that never answers
+        t = asyncio.ensure_future(pool.acquire(timeout=None))
+        await gate.wait_arrived()
+        await pool.aclose(timeout=5)
+        stuck_closed = closed(fm.resources[0])
+        size = pool.statistics().size
+        gate.open()
+        with pytest.raises(PoolClosed):
+            await t
+        await settle()
+        assert (stuck_closed, size) == (True, 0)
+
+    vrun(main)

@@ -15,8 +15,9 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from pool_shapes import SHAPES, shaped_pool, tracks_leases
 
-from aiolease import Pool, PoolClosed, PoolTimeout, TooManyWaiters, WouldBlock
+from aiolease import Pool, PoolClosed, PoolTimeout, TooManyWaiters, WouldBlock, _tracking
 from aiolease.testing import FakeManager, FakeResource, InjectedFault, VirtualTimeLoop
 
 #: What a pending acquire may legitimately end with, besides a resource.
@@ -42,6 +43,8 @@ class PoolMachine(RuleBasedStateMachine):
         self.releasing: list[asyncio.Task[None]] = []
         self.closing: asyncio.Task[None] | None = None
         self.ceiling = 0  # size bound: max_size, or more right after a resize down
+        self.shape = ""
+        self.tracker = _tracking.Tracker()
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -93,6 +96,7 @@ class PoolMachine(RuleBasedStateMachine):
         idle_timeout=st.sampled_from([None, 3.0]),
         max_waiting=st.sampled_from([None, 2]),
         leak_timeout=st.sampled_from([None, 7.0]),
+        shape=st.sampled_from(SHAPES),
     )
     def make_pool(
         self,
@@ -102,11 +106,17 @@ class PoolMachine(RuleBasedStateMachine):
         idle_timeout: float | None,
         max_waiting: int | None,
         leak_timeout: float | None,
+        shape: str,
     ) -> None:
+        """A pool in one of the manager and configuration shapes (see pool_shapes)."""
         min_size = min(min_size, max_size)
+        self.shape = shape
+        if shape == "leak-check":
+            _tracking.active.append(self.tracker)
 
         async def make() -> Pool[FakeResource]:
-            pool = Pool(
+            pool = shaped_pool(
+                shape,
                 self.fm,
                 min_size=min_size,
                 max_size=max_size,
@@ -158,7 +168,7 @@ class PoolMachine(RuleBasedStateMachine):
     def release(self, data: st.DataObject, discard: bool, kill: bool) -> None:
         rid = data.draw(st.sampled_from(sorted(self.held)))
         r = self.held.pop(rid)
-        if kill:
+        if kill and self.shape != "hook-free":  # (no reset, no check there to notice)
             r.kill()  # its reset then fails: discarded
         self.run(self.p.release(r, discard=discard))
         self._harvest()
@@ -232,7 +242,7 @@ class PoolMachine(RuleBasedStateMachine):
     def kill_idle(self, data: st.DataObject) -> None:
         """The backend drops an idle resource: its check fails, it is replaced."""
         idle = [r for r in self.fm.open_resources if r.id not in self.held and r.lease is None]
-        if idle:
+        if idle and self.shape != "hook-free":  # (no check there to notice)
             data.draw(st.sampled_from(idle)).kill()
 
     @rule(seconds=st.sampled_from([0.1, 0.5, 1.0, 2.5, 10.0]))
@@ -280,7 +290,7 @@ class PoolMachine(RuleBasedStateMachine):
         pool = self.p
         return (
             self.fm.creating == 0
-            and pool._checking == 0
+            and not pool._under_check
             and all(t.done() for t in pool._tasks)
             and not pool.closed
         )
@@ -310,7 +320,7 @@ class PoolMachine(RuleBasedStateMachine):
             assert leased <= set(self.held)
         else:
             assert all(not r.closed for r in self.held.values()), "held resource closed"
-            assert leased == set(self.held)
+            assert leased == set(self.held) or not tracks_leases(pool, self.fm)
         if pool.closed and self.closing is not None and self.closing.done():
             # Closed, with resources closed in their holders' hands: none counted in use.
             assert (stats.size, stats.idle, stats.in_use) == (0, 0, 0), stats
@@ -320,6 +330,8 @@ class PoolMachine(RuleBasedStateMachine):
             assert len(self.fm.open_resources) == stats.size, (stats, self.fm)
 
     def teardown(self) -> None:
+        if self.tracker in _tracking.active:
+            _tracking.active.remove(self.tracker)
         try:
             if self.pool is not None:
                 pool = self.pool

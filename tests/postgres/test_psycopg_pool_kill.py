@@ -33,6 +33,12 @@ from aiolease.abc import ResourceInfo
 from aiolease.psycopg import PsycopgManager, _readable, create_pool
 from pg_tables import temporary_table
 
+
+def raw(conn: Any) -> Any:
+    """The driver connection behind a pool's lease proxy (identity checks across leases)."""
+    return getattr(conn, "_aiolease_origin", conn)
+
+
 pytestmark = pytest.mark.timeout(60)
 
 Conn = psycopg.AsyncConnection[Any]
@@ -43,7 +49,7 @@ INFO = ResourceInfo(0.0, 0.0)
 
 
 def pid_of(conn: Conn) -> int:
-    return int(conn.info.backend_pid)
+    return int(raw(conn).info.backend_pid)
 
 
 async def terminate(admin: Conn, pid: int) -> None:
@@ -76,7 +82,7 @@ async def wait_readable(conn: Conn) -> None:
     read an idle connection's socket, so the data stays there for the pool to find.
     """
     for _ in range(2000):
-        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+        readable, _, _ = select.select([raw(conn).pgconn.socket], [], [], 0)
         if readable:
             return
         await asyncio.sleep(0.005)
@@ -269,15 +275,15 @@ async def test_killed_while_idle_is_replaced(pg_dsn: str, admin: Conn, how: str)
             terminate_blocking(pg_dsn, pid)
         else:
             await terminate(admin, pid)
-        assert not conn.closed  # psycopg has not looked at the socket yet
+        assert not raw(conn).closed  # psycopg has not looked at the socket yet
         async with pool.acquire() as conn2:
-            assert conn2 is not conn
+            assert raw(conn2) is not raw(conn)
             assert pid_of(conn2) != pid
             await conn2.execute("SELECT 1")
         await settle(pool)
         stats = pool.statistics()
         assert (stats.size, stats.created, stats.discarded, stats.closed) == (1, 2, 1, 1)
-        assert conn.closed
+        assert raw(conn).closed
 
 
 async def test_killed_while_idle_many_times_in_a_row(pg_dsn: str, admin: Conn, table: str) -> None:
@@ -322,7 +328,7 @@ async def test_every_dead_idle_connection_is_skipped(pg_dsn: str, admin: Conn, v
         await settle(pool)
         stats = pool.statistics()
         assert (stats.size, stats.discarded, stats.closed) == (1, 3, 3)
-        assert all(c.closed for c in conns)
+        assert all(raw(c).closed for c in conns)
 
 
 # ---------------------------------------------------------------------------- killed while in use
@@ -347,7 +353,7 @@ async def test_killed_while_in_use_is_discarded(pg_dsn: str, admin: Conn) -> Non
             assert pid_of(conn2) != pids[0]
             await conn2.execute("SELECT 1")
             # The error alone marks the connection as gone, not just its closed state.
-            assert pool.manager.is_fatal(conn2, caught.value)
+            assert pool.manager.is_fatal(raw(conn2), caught.value)
 
 
 async def test_killed_inside_pool_atomic_is_discarded(pg_dsn: str, admin: Conn, table: str) -> None:
@@ -407,10 +413,10 @@ async def test_connection_errors_are_fatal(pg_dsn: str, exc: BaseException) -> N
     manager = PsycopgManager(pg_dsn)
     conn = await manager.create()
     try:
-        assert manager.is_fatal(conn, exc)
+        assert manager.is_fatal(raw(conn), exc)
     finally:
-        await manager.close(conn)
-    assert manager.is_fatal(conn, ValueError("anything, once the connection is closed"))
+        await manager.close(raw(conn))
+    assert manager.is_fatal(raw(conn), ValueError("anything, once the connection is closed"))
 
 
 @pytest.mark.parametrize(
@@ -432,9 +438,9 @@ async def test_other_errors_are_not_fatal(pg_dsn: str, exc: BaseException) -> No
     manager = PsycopgManager(pg_dsn)
     conn = await manager.create()
     try:
-        assert not manager.is_fatal(conn, exc)
+        assert not manager.is_fatal(raw(conn), exc)
     finally:
-        await manager.close(conn)
+        await manager.close(raw(conn))
 
 
 async def test_fatal_severity_from_the_server_is_fatal(pg_dsn: str) -> None:
@@ -450,7 +456,7 @@ async def test_fatal_severity_from_the_server_is_fatal(pg_dsn: str) -> None:
         assert caught.value.diag.severity_nonlocalized == "FATAL"
         assert manager.is_fatal(other, caught.value)
     finally:
-        await manager.close(conn)
+        await manager.close(raw(conn))
         await manager.close(other)
 
 
@@ -460,7 +466,7 @@ async def test_application_error_in_body_keeps_the_connection(pg_dsn: str) -> No
             async with pool.acquire() as conn:
                 await conn.execute("SELECT 1 / 0")
         async with pool.acquire() as conn2:
-            assert conn2 is conn
+            assert raw(conn2) is raw(conn)
         assert pool.statistics().discarded == 0
 
 
@@ -477,15 +483,15 @@ async def test_healthy_checkout_sends_nothing_to_the_server(pg_dsn: str, admin: 
         before = await last_query(admin, pid)
         assert before[0] == marker
         for _ in range(5):
-            assert manager.check_needed(conn, INFO) is False
+            assert manager.check_needed(raw(conn), INFO) is False
             async with pool.acquire() as conn2:
-                assert conn2 is conn
+                assert raw(conn2) is raw(conn)
         # No statement reached the backend since the marker, and no full check ran.
         assert await last_query(admin, pid) == before
         assert manager.checks == 0
         stats = pool.statistics()
         assert (stats.acquired, stats.discarded) == (6, 0)
-        await manager.check(conn, INFO)  # even called directly, a quiet check sends nothing
+        await manager.check(raw(conn), INFO)  # even called directly, a quiet check sends nothing
         assert await last_query(admin, pid) == before
 
 
@@ -496,16 +502,16 @@ async def test_check_needed_flags_a_killed_connection_and_check_condemns_it(
     manager = PsycopgManager(conninfo)
     conn = await manager.create()
     try:
-        assert manager.check_needed(conn, INFO) is False
+        assert manager.check_needed(raw(conn), INFO) is False
         mark = len(hp.links[0].sent)
         await terminate(admin, pid_of(conn))
         await asyncio.wait_for(hp.links[0].server_eof.wait(), 10)
-        assert manager.check_needed(conn, INFO) is True
+        assert manager.check_needed(raw(conn), INFO) is True
         with pytest.raises(ConnectionError, match="terminated the connection while idle"):
-            await manager.check(conn, INFO)
+            await manager.check(raw(conn), INFO)
         assert b"SELECT" not in hp.links[0].sent[mark:]  # condemned without a round trip
     finally:
-        await manager.close(conn)
+        await manager.close(raw(conn))
 
 
 @pytest.mark.parametrize("libpq_read_it", [False, True], ids=["unread", "parsed-by-libpq"])
@@ -526,12 +532,12 @@ async def test_fatal_message_without_eof_is_never_handed_out(
         await asyncio.wait_for(link.server_eof.wait(), 10)
         await wait_readable(conn)
         if libpq_read_it:
-            conn.pgconn.consume_input()
-            conn.pgconn.is_busy()
-            assert not _readable(conn.pgconn.socket)
-        assert not conn.closed
-        assert conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
-        assert pool.manager.check_needed(conn, INFO) is True
+            raw(conn).pgconn.consume_input()
+            raw(conn).pgconn.is_busy()
+            assert not _readable(raw(conn).pgconn.socket)
+        assert not raw(conn).closed
+        assert raw(conn).pgconn.transaction_status == pq.TransactionStatus.IDLE
+        assert pool.manager.check_needed(raw(conn), INFO) is True
         async with pool.acquire() as conn2:
             assert pid_of(conn2) != pid
             await conn2.execute("SELECT 1")
@@ -556,12 +562,12 @@ async def test_partial_message_while_idle_is_decided_by_the_round_trip(
         await terminate(admin, pid_of(conn))
         await asyncio.wait_for(link.server_eof.wait(), 10)
         await wait_readable(conn)
-        assert manager.check_needed(conn, INFO) is True
+        assert manager.check_needed(raw(conn), INFO) is True
         with pytest.raises(ConnectionError, match="terminating connection"):
-            await manager.check(conn, INFO)
+            await manager.check(raw(conn), INFO)
         assert b"SELECT 1" in link.sent[mark:]  # the round trip decided
     finally:
-        await manager.close(conn)
+        await manager.close(raw(conn))
 
 
 async def test_round_trip_without_an_answer_times_out(
@@ -579,14 +585,14 @@ async def test_round_trip_without_an_answer_times_out(
         await terminate(admin, pid)
         await asyncio.wait_for(link.server_eof.wait(), 10)
         await wait_readable(conn)
-        assert pool.manager.check_needed(conn, INFO) is True
+        assert pool.manager.check_needed(raw(conn), INFO) is True
         async with pool.acquire() as conn2:
             assert pid_of(conn2) != pid
             await conn2.execute("SELECT 1")
         assert b"SELECT 1" in link.sent[mark:]  # the round trip was tried
         await settle(pool)
         assert pool.statistics().discarded == 1
-        assert conn.closed
+        assert raw(conn).closed
 
 
 # ---------------------------------------------------------------- notifications while idle
@@ -609,12 +615,12 @@ async def test_notification_while_idle_keeps_the_connection(
         await admin.execute(f"NOTIFY {channel}, 'hello'")
         await wait_readable(conn)
         # Unread data on an idle connection: suspicious, so the full check runs...
-        assert manager.check_needed(conn, INFO) is True
+        assert manager.check_needed(raw(conn), INFO) is True
         async with pool.acquire() as conn2:
             # ...and its round trip shows the connection is alive: kept, not replaced.
-            assert conn2 is conn
+            assert raw(conn2) is raw(conn)
             assert pid_of(conn2) == pid
-            assert conn2.pgconn.transaction_status == pq.TransactionStatus.IDLE
+            assert raw(conn2).pgconn.transaction_status == pq.TransactionStatus.IDLE
             assert received == ["hello"]  # delivered to psycopg's handlers as usual
             # One plain round trip, no BEGIN even when not in autocommit mode.
             assert (await last_query(admin, pid))[0] == "SELECT 1"
@@ -623,7 +629,7 @@ async def test_notification_while_idle_keeps_the_connection(
                 await conn2.commit()
         assert manager.checks == 1
         assert pool.statistics().discarded == 0
-        assert manager.check_needed(conn, INFO) is False  # quiet again
+        assert manager.check_needed(raw(conn), INFO) is False  # quiet again
 
 
 # ---------------------------------------------------------------- cancellation inside check
@@ -656,7 +662,7 @@ async def test_cancelled_during_the_verifying_round_trip(
         await settle(pool)
         stats = pool.statistics()
         assert (stats.size, stats.idle, stats.in_use, stats.waiting) == (0, 0, 0, 0)
-        assert conn.closed
+        assert raw(conn).closed
         assert b"BEGIN" not in link.sent[mark:]  # the check opened no transaction
         # Abandoned at once: no cancel request (psycopg's would open a second connection).
         assert len(hp.links) == 1
@@ -681,7 +687,7 @@ async def test_failing_notify_handler_does_not_discard_the_connection(
         await wait_readable(conn)
         with caplog.at_level("ERROR", logger="aiolease.psycopg"):
             async with pool.acquire() as conn2:
-                assert conn2 is conn
+                assert raw(conn2) is raw(conn)
                 conn2.remove_notify_handler(handler)
                 await conn2.execute(f"UNLISTEN {channel}")
         assert "bad handler got x" in caplog.text

@@ -20,6 +20,11 @@ from aiolease.abc import ResourceInfo
 from aiolease.sqlite import DEFAULT_PRAGMAS, SqliteManager, create_pool
 
 
+def raw(conn: Any) -> Any:
+    """The driver connection behind a pool's lease proxy (identity checks across leases)."""
+    return getattr(conn, "_aiolease_origin", conn)
+
+
 async def pragma(conn: aiosqlite.Connection, name: str) -> Any:
     async with conn.execute(f"PRAGMA {name}") as cur:
         row = await cur.fetchone()
@@ -182,11 +187,11 @@ async def test_transaction_left_open_is_rolled_back(db: Path) -> None:
         async with pool.acquire() as conn:
             await conn.execute("BEGIN")
             await conn.execute("INSERT INTO t VALUES (1)")
-            assert conn.in_transaction
+            assert raw(conn).in_transaction
         await settle(pool)
         async with pool.acquire() as conn2:
-            assert conn2 is conn  # rolled back and reused, not replaced
-            assert not conn2.in_transaction
+            assert raw(conn2) is raw(conn)  # rolled back and reused, not replaced
+            assert not raw(conn2).in_transaction
             assert await scalar(conn2, "SELECT count(*) FROM t") == 0
         stats = pool.statistics()
         assert (stats.discarded, stats.created) == (0, 1)
@@ -197,13 +202,13 @@ async def test_no_reset_work_without_a_transaction(db: Path) -> None:
     conn = await manager.create()
     info = ResourceInfo(0.0, 0.0)
     try:
-        assert manager.reset_needed(conn, info) is False
+        assert manager.reset_needed(raw(conn), info) is False
         await conn.execute("BEGIN")
-        assert manager.reset_needed(conn, info) is True
-        await manager.reset(conn, info)
-        assert not conn.in_transaction
+        assert manager.reset_needed(raw(conn), info) is True
+        await manager.reset(raw(conn), info)
+        assert not raw(conn).in_transaction
     finally:
-        await manager.close(conn)
+        await manager.close(raw(conn))
 
 
 async def test_connection_closed_in_the_body_is_discarded(db: Path) -> None:
@@ -214,7 +219,7 @@ async def test_connection_closed_in_the_body_is_discarded(db: Path) -> None:
         stats = pool.statistics()
         assert (stats.discarded, stats.size, stats.idle) == (1, 0, 0)
         async with pool.acquire() as conn2:
-            assert conn2 is not conn
+            assert raw(conn2) is not raw(conn)
             assert await scalar(conn2, "SELECT 1") == 1
 
 
@@ -222,9 +227,9 @@ async def test_connection_closed_while_idle_is_discarded(db: Path) -> None:
     async with create_pool(db, max_size=1) as pool:
         async with pool.acquire() as conn:
             pass
-        await conn.close()  # behind the pool's back, while idle
+        await raw(conn).close()  # behind the pool's back, while idle
         async with pool.acquire() as conn2:
-            assert conn2 is not conn
+            assert raw(conn2) is not raw(conn)
             assert await scalar(conn2, "SELECT 1") == 1
         await settle(pool)
         assert pool.statistics().discarded == 1
@@ -234,12 +239,12 @@ async def test_check_rejects_only_closed_connections(db: Path) -> None:
     manager = SqliteManager(db)
     conn = await manager.create()
     info = ResourceInfo(0.0, 0.0)
-    await manager.check(conn, info)
-    await manager.close(conn)
+    await manager.check(raw(conn), info)
+    await manager.close(raw(conn))
     with pytest.raises(ConnectionError):
-        await manager.check(conn, info)
+        await manager.check(raw(conn), info)
     with pytest.raises(ConnectionError):
-        await manager.reset(conn, info)
+        await manager.reset(raw(conn), info)
 
 
 # ---------------------------------------------------------------------------- concurrency

@@ -3,12 +3,39 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
 import aiolease
-from aiolease import _tracking
-from aiolease.testing import FakeManager, FakeResource, LeakCheck, leak_check
+import aiolease.abc
+from aiolease import (
+    Pool,
+    _tracking,
+)
+from aiolease.testing import (
+    FakeConnection,
+    FakeManager,
+    FakeResource,
+    LeakCheck,
+    VirtualTimeLoop,
+    leak_check,
+)
+
+R = TypeVar("R")
+
+
+def vrun(fn: Callable[[], Coroutine[Any, Any, R]]) -> R:
+    """Run ``fn()`` on a fresh VirtualTimeLoop."""
+    with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
+        return runner.run(fn())
+
 
 pytestmark = pytest.mark.aiolease_virtual_time
 
@@ -245,3 +272,161 @@ async def test_fixture_passes_a_clean_test(aiolease_leaks: LeakCheck) -> None:
 async def test_marker_applies_the_fixture(request: pytest.FixtureRequest) -> None:
     assert "aiolease_leaks" in request.fixturenames
     assert len(_tracking.active) == 1
+
+
+# -- merged from the former acceptance suite (tests/acceptance/test_contract_pools.py)
+
+
+def test_fake_manager_and_connection_no_args() -> None:
+    fm = FakeManager()
+    assert isinstance(fm, aiolease.abc.Manager)
+    conn = FakeConnection()
+    assert conn.statements == []
+
+    async def main() -> None:
+        await conn.execute("SELECT 1")
+        async with aiolease.atomic(conn):
+            await conn.execute("INSERT INTO t VALUES ($1)", 1)
+        assert conn.statements[0] == "SELECT 1"
+        assert any(s.upper().startswith("BEGIN") for s in conn.statements)
+        assert conn.statements[-1].upper().startswith("COMMIT")
+        assert "INSERT INTO t VALUES ($1)" in conn.statements
+
+    vrun(main)
+
+
+def test_leak_check_names_pool_left_open() -> None:
+    pools: list[Pool[FakeResource]] = []
+
+    async def leaky() -> None:
+        async with leak_check():
+            pools.append(Pool(FakeManager(), name="forgotten-pool"))
+            await pools[0].open()
+
+    async def main() -> None:
+        with pytest.raises(AssertionError, match="forgotten-pool"):
+            await leaky()
+        await pools[0].aclose()
+
+    vrun(main)
+
+
+def test_leak_check_names_checked_out_resource() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, name="outside-pool")
+    held: list[FakeResource] = []
+
+    inner: list[Pool[FakeResource]] = []
+
+    async def leaky() -> None:
+        async with leak_check():
+            inner.append(Pool(fm, name="holder-pool"))
+            held.append(await inner[0].acquire())
+            held.append(await pool.acquire())  # a pool made outside: its lease is not named
+
+    async def main() -> None:
+        with pytest.raises(AssertionError) as ei:
+            await leaky()
+        text = str(ei.value)
+        assert repr(held[0]) in text
+        assert "checked out" in text
+        assert repr(held[1]) not in text
+        await inner[0].release(held[0])
+        await pool.release(held[1])
+        await inner[0].aclose()
+        await pool.aclose()
+
+    vrun(main)
+
+
+def test_leak_check_names_only_pools_created_inside() -> None:
+    fm = FakeManager()
+    made: list[Pool[FakeResource]] = []
+
+    async def leaky(outer: Pool[FakeResource]) -> None:
+        async with leak_check():
+            await outer.acquire()  # made outside the check: not named
+            made.append(Pool(fm, name="inner-pool"))
+            await made[0].open()
+
+    async def main() -> None:
+        outer = Pool(fm, name="outer-pool")
+        await outer.open()
+        with pytest.raises(AssertionError) as ei:
+            await leaky(outer)
+        assert "inner-pool" in str(ei.value)
+        assert "outer-pool" not in str(ei.value)
+        await made[0].aclose()
+        await outer.aclose(timeout=0)
+
+    vrun(main)
+
+
+def test_leak_check_names_open_transaction() -> None:
+    conn = FakeConnection()
+    cms: list[Any] = []
+
+    async def leaky() -> None:
+        async with leak_check():
+            cms.append(aiolease.atomic(conn))
+            await cms[0].__aenter__()
+
+    async def main() -> None:
+        with pytest.raises(AssertionError, match=r"(?i)transaction"):
+            await leaky()
+        await cms[0].__aexit__(None, None, None)
+        assert not conn.in_transaction
+
+    vrun(main)
+
+
+def test_leak_check_passes_clean_code() -> None:
+    async def main() -> None:
+        async with leak_check():
+            async with Pool(FakeManager(), name="clean") as pool, pool.acquire():
+                pass
+            conn = FakeConnection()
+            async with aiolease.atomic(conn):
+                await conn.execute("SELECT 1")
+
+    vrun(main)
+
+
+def _run_pytest(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "test_inner.py").write_text(textwrap.dedent(source))
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-rA", "-p", "no:cacheprovider", "test_inner.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+
+
+def test_aiolease_leaks_fixture_fails_leaky_test_and_passes_clean(tmp_path: Path) -> None:
+    proc = _run_pytest(
+        tmp_path,
+        """
+        from aiolease import Pool
+        from aiolease.testing import FakeManager
+
+        async def test_leaky(aiolease_leaks):
+            pool = Pool(FakeManager(), name="fixture-leaked-pool")
+            await pool.acquire()
+
+        async def test_clean(aiolease_leaks):
+            async with Pool(FakeManager(), name="fine") as pool:
+                async with pool.acquire():
+                    pass
+        """,
+    )
+    out = proc.stdout + proc.stderr
+    assert "fixture-leaked-pool" in out, out
+    assert "PASSED test_inner.py::test_clean" in out, out
+    assert "ERROR test_inner.py::test_leaky" in out or "FAILED test_inner.py::test_leaky" in out, (
+        out
+    )

@@ -11,11 +11,17 @@ import pytest
 import aiolease
 import aiolease.psycopg
 
+
+def raw(conn: Any) -> Any:
+    """The driver connection behind a pool's lease proxy (white-box checks across leases)."""
+    return getattr(conn, "_aiolease_origin", conn)
+
+
 pytestmark = pytest.mark.timeout(30)
 
 
 async def pid_of(conn: Any) -> int:
-    return int(conn.info.backend_pid)
+    return int(raw(conn).info.backend_pid)
 
 
 async def test_returns_an_unopened_pool_of_autocommit_connections(pg_dsn: str) -> None:
@@ -23,7 +29,7 @@ async def test_returns_an_unopened_pool_of_autocommit_connections(pg_dsn: str) -
     assert isinstance(pool, aiolease.Pool)
     assert pool.statistics().size == 0
     async with pool, pool.acquire() as conn:
-        assert isinstance(conn, psycopg.AsyncConnection)
+        assert isinstance(raw(conn), psycopg.AsyncConnection)  # behind the lease proxy
         assert conn.autocommit
         await conn.execute("SELECT 1")
     pool = aiolease.psycopg.create_pool(pg_dsn, autocommit=False)
@@ -39,7 +45,7 @@ async def test_reset_rolls_back_a_transaction_left_open(pg_dsn: str) -> None:
             first = await pid_of(conn)
         async with pool.acquire() as conn:
             assert await pid_of(conn) == first  # reused, not discarded
-            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            assert raw(conn).info.transaction_status == psycopg.pq.TransactionStatus.IDLE
             cur = await conn.execute("SELECT to_regclass('pg_temp.left_open') IS NULL")
             assert await cur.fetchone() == (True,)  # the open transaction was rolled back
 
@@ -50,9 +56,9 @@ async def test_reset_rolls_back_an_aborted_transaction(pg_dsn: str) -> None:
             await conn.execute("BEGIN")
             with pytest.raises(psycopg.errors.DivisionByZero):
                 await conn.execute("SELECT 1/0")
-            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+            assert raw(conn).info.transaction_status == psycopg.pq.TransactionStatus.INERROR
         async with pool.acquire() as conn:
-            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            assert raw(conn).info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
 
 async def test_check_discards_a_connection_killed_while_idle(pg_dsn: str) -> None:
@@ -81,8 +87,8 @@ async def test_reset_discards_a_connection_released_mid_query(pg_dsn: str) -> No
             first = await pid_of(conn)
         conn = await pool.acquire()
         # A connection released while a query runs (state ACTIVE) is discarded.
-        conn.pgconn.send_query(b"SELECT pg_sleep(0.2)")
-        assert conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.ACTIVE
+        raw(conn).pgconn.send_query(b"SELECT pg_sleep(0.2)")
+        assert raw(conn).pgconn.transaction_status == psycopg.pq.TransactionStatus.ACTIVE
         assert isinstance(manager, aiolease.psycopg.PsycopgManager)
         await pool.release(conn)
         assert pool.statistics().discarded == 1

@@ -294,12 +294,13 @@ class FakeResource:
         """Raise unless the resource is leased, open and alive.
 
         Raises:
-            ResourceMisuse: it was released, closed or never handed out.
+            ResourceMisuse: it was closed, or released or never handed out (known
+                only when its manager has lease hooks: ``FakeManager(lease_hooks=True)``).
             ResourceKilled: it was killed.
         """
         if self.closed:
             raise ResourceMisuse(f"{self!r} used after it was closed")
-        if self.lease is None:
+        if self.lease is None and self.manager.lease_hooks:
             if self.last_lease is None:
                 raise ResourceMisuse(f"{self!r} used but it was never handed out by a pool")
             raise ResourceMisuse(
@@ -360,6 +361,12 @@ class FakeManager(Manager[FakeResource]):
     Args:
         fatal: exception types that :meth:`is_fatal` reports as fatal (a pool
             then closes the resource instead of reusing it).
+        lease_hooks: with False, the manager keeps the ``Manager`` defaults of
+            the lease hooks (``on_acquire``, ``on_release``), so a pool takes the
+            path it takes for a manager without them, as most do: test the path
+            you ship. Leases are then not recorded (``leased``, ``leases``, the
+            ``"acquired"``/``"released"`` events and the lease checks of
+            :meth:`assert_no_violations` stay empty).
 
     Attributes:
         events: every :class:`LifecycleEvent`, in order.
@@ -374,7 +381,19 @@ class FakeManager(Manager[FakeResource]):
             created resources whose ``close`` had not finished).
     """
 
-    def __init__(self, *, fatal: tuple[type[BaseException], ...] = ()) -> None:
+    def __new__(
+        cls, *, fatal: tuple[type[BaseException], ...] = (), lease_hooks: bool = True
+    ) -> FakeManager:
+        if not lease_hooks and cls is FakeManager:
+            cls = _FakeManagerWithoutLeaseHooks
+        return super().__new__(cls)
+
+    def __init__(
+        self, *, fatal: tuple[type[BaseException], ...] = (), lease_hooks: bool = True
+    ) -> None:
+        if not isinstance(lease_hooks, bool):
+            raise TypeError(f"lease_hooks must be a bool, got {lease_hooks!r}")
+        self.lease_hooks = lease_hooks
         self.fatal = fatal
         self.events: list[LifecycleEvent] = []
         self.resources: list[FakeResource] = []
@@ -681,3 +700,11 @@ def _calls(calls: int | Iterable[int] | None) -> frozenset[int] | None:
     if bad or not numbers:
         raise ValueError(f"calls must be call numbers >= 1 (1 = the first call); got {calls!r}")
     return numbers
+
+
+class _FakeManagerWithoutLeaseHooks(FakeManager):
+    """``FakeManager(lease_hooks=False)``: the lease hooks are the Manager's own
+    defaults, which a pool skips (it only calls hooks a manager overrides)."""
+
+    on_acquire = Manager.on_acquire
+    on_release = Manager.on_release

@@ -1,0 +1,94 @@
+"""Checks the driver pools make at the call: connect keywords, timeouts, SQLite pragmas."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
+
+__all__ = ["check_connect_kwargs", "check_pragmas", "check_timeout_seconds", "keywords_of"]
+
+POOL_OPTIONS = (
+    "min_size",
+    "max_size",
+    "acquire_timeout",
+    "max_waiting",
+    "max_lifetime",
+    "idle_timeout",
+    "leak_timeout",
+    "name",
+    "backoff_base",
+    "backoff_max",
+)
+
+
+def keywords_of(func: Callable[..., Any], fallback: Collection[str] = ()) -> frozenset[str] | None:
+    """The keyword names ``func`` accepts, or None when it takes ``**kwargs`` (anything goes).
+
+    ``fallback``: the names to use when the signature cannot be read (some builtins).
+    """
+    try:
+        parameters = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return frozenset(fallback)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return frozenset(
+        p.name
+        for p in parameters
+        if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    )
+
+
+def check_connect_kwargs(
+    kwargs: Mapping[str, Any], accepted: Collection[str], target: str, own: Collection[str] = ()
+) -> None:
+    """Raise TypeError naming the first keyword that neither ``target`` nor the pool takes.
+
+    Args:
+        kwargs: the keywords that would go to ``target``.
+        accepted: the names ``target`` accepts.
+        target: the driver function, for the message (``"asyncpg.connect()"``).
+        own: the manager's own options, for the message.
+    """
+    for key in kwargs:
+        if key not in accepted:
+            raise TypeError(
+                f"unexpected keyword argument {key!r}: not a Pool option "
+                f"({', '.join(POOL_OPTIONS)}), nor an option of the driver pool "
+                f"({', '.join(own)}), nor a keyword {target} takes ({', '.join(sorted(accepted))})"
+            )
+
+
+def check_timeout_seconds(name: str, value: object) -> float:
+    """A driver pool's timeout: a finite number of seconds > 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    if not 0 < value < math.inf:
+        raise ValueError(f"{name} must be > 0 seconds (finite), got {value!r}")
+    return float(value)
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def check_pragmas(pragmas: Mapping[str, object]) -> dict[str, str | int | float]:
+    """SQLite pragmas that are safe to put in a ``PRAGMA name=value`` statement: names
+    are identifiers, values ints, floats or simple identifiers (``WAL``, ``NORMAL``, ``ON``)."""
+    checked: dict[str, str | int | float] = {}
+    for name, value in pragmas.items():
+        if not isinstance(name, str) or not _IDENTIFIER.match(name):
+            raise ValueError(f"pragma names are identifiers, got {name!r}")
+        if isinstance(value, bool) or not (
+            isinstance(value, int)
+            or (isinstance(value, float) and math.isfinite(value))
+            or (isinstance(value, str) and _IDENTIFIER.match(value))
+        ):
+            raise ValueError(
+                f"pragma {name}: the value must be an int, a finite float or a simple identifier "
+                f"(such as WAL, NORMAL, ON), got {value!r}"
+            )
+        checked[name] = value
+    return checked

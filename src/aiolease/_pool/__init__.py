@@ -1,0 +1,15 @@
+"""The generic resource pool: a small core (:mod:`._core`) beside its collaborators.
+
+``_backoff`` (creation backoff, time passed in), ``_queue`` (the waiters and,
+with ``_deadlines``, their timeouts on one timer), ``_creations`` (creations in
+flight and whom they serve), ``_housekeeping`` (lifetime, idle, leak reports),
+``_closing`` (aclose and its reports), ``_stats`` (counters and the snapshot),
+``_entries`` (per-resource bookkeeping), ``_acquire`` (the context manager).
+"""
+
+from __future__ import annotations
+
+from ._core import Pool as Pool
+from ._stats import PoolStatistics as PoolStatistics
+
+__all__ = ["Pool", "PoolStatistics"]

@@ -1,0 +1,139 @@
+"""What :meth:`Pool.acquire` returns: an async context manager, and awaitable."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Generator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from .._errors import PoolTimeout
+
+if TYPE_CHECKING:
+    from ._core import Pool
+    from ._entries import Entry
+
+__all__ = ["Acquire", "run_check", "self_wait_error", "waiting_on_itself"]
+
+T = TypeVar("T")
+logger = logging.getLogger("aiolease.pool")
+_INF = float("inf")
+
+
+class Acquire(Generic[T]):
+    """``async with pool.acquire() as r`` (released on exit) or ``r = await pool.acquire()``.
+
+    ``__aenter__`` and ``__aexit__`` return awaitables rather than being
+    coroutine functions: served on the spot, entering returns the entry's
+    done future and leaving the pool's, with no coroutine made.
+    """
+
+    __slots__ = ("_entered", "_entry", "_pool", "_scoped", "_timeout")
+
+    def __init__(self, pool: Pool[T], timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._entry: Entry[T] | None = None
+        self._entered = False
+        self._scoped = True  # entered by `async with` (False: awaited)
+
+    def __await__(self) -> Generator[Any, None, T]:
+        self._scoped = False
+        return self.__aenter__().__await__()
+
+    def __aenter__(self) -> Awaitable[T]:
+        if self._entered:
+            raise RuntimeError(
+                f"this pool.acquire() of {self._pool!r} is already entered: leaving it "
+                "releases one lease, so it cannot hold two; call pool.acquire() again "
+                "for a second one"
+            )
+        self._entered = True
+        pool = self._pool
+        entry = pool._take_idle()
+        if entry is not None and not (entry.from_idle and pool._needs_check(entry)):
+            entry.scoped = self._scoped
+            pool._lease(entry)
+            self._entry = entry
+            ready = entry.ready
+            if ready is None:
+                assert pool._loop is not None
+                ready = entry.ready_future(pool._loop)
+            return ready
+        return pool._acquire_blocking(self, entry)
+
+    def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Awaitable[None]:
+        pool = self._pool
+        entry = self._entry
+        if entry is None:
+            raise RuntimeError(f"{pool!r}: leaving an acquire that was not entered, or twice")
+        self._entry = None
+        self._entered = False
+        is_fatal = pool._hooks.is_fatal
+        discard = exc is not None and is_fatal is not None and bool(is_fatal(entry.resource, exc))
+        pending = pool._release(entry.handle, discard)
+        if pending is None:
+            done = pool._done
+            assert done is not None
+            return done
+        return asyncio.shield(pending)  # the reset/close goes on if the caller is cancelled
+
+
+async def run_check(pool: Pool[T], entry: Entry[T], deadline: float) -> bool:
+    """Run the manager's check on an idle entry; False (after discarding it) if it fails.
+
+    The check counts against the acquire ``deadline``: when it passes mid-check,
+    the check is cancelled, the resource closed and :class:`PoolTimeout` raised.
+    """
+    check = pool._hooks.check
+    assert check is not None
+    pool._under_check.add(entry)  # aclose() waits for it, and closes it on timeout
+    try:
+        async with asyncio.timeout_at(None if deadline == _INF else deadline) as scope:
+            await check(entry.resource, entry.info)
+    except Exception as exc:
+        pool._counters.discarded += 1
+        pool._close_soon(entry)
+        if scope.expired():
+            pool._counters.timeouts += 1
+            raise PoolTimeout(f"{pool!r}: no resource within the acquire timeout") from (
+                pool._creations.backoff.last_error
+            )
+        logger.info("%r: check failed for %r (%r); discarding it", pool, entry.resource, exc)
+        return False
+    except BaseException:
+        # Interrupted mid-check: the resource's state is unknown, so close it.
+        pool._counters.discarded += 1
+        pool._close_soon(entry)
+        raise
+    finally:
+        pool._under_check.discard(entry)
+        if pool._drain is not None:
+            pool._drain.wake.set()
+    return True
+
+
+def waiting_on_itself(pool: Pool[Any], *, scoped_only: bool) -> bool:
+    """Whether the current task holds every lease the pool can give (with
+    ``scoped_only``: all through ``async with``, so none can end while it waits)."""
+    in_use = pool._in_use
+    if not pool._size == len(in_use) >= pool._max_size:
+        return False
+    me = asyncio.current_task(pool._loop)
+    if next(iter(in_use.values())).holder is not me:
+        return False  # the common case under contention, without a scan
+    return all(e.holder is me and (e.scoped or not scoped_only) for e in in_use.values())
+
+
+def self_wait_error(pool: Pool[Any]) -> PoolTimeout:
+    return PoolTimeout(
+        f"{pool!r}: this task is waiting on itself: it holds all {len(pool._in_use)} "
+        f"leases the pool can give (max_size={pool._max_size}) and asks for another; "
+        "release one first, or raise max_size"
+    )

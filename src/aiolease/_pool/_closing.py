@@ -1,0 +1,178 @@
+"""Closing a pool: wake waiters, close idle resources, wait for leases to come back.
+
+The wait for outstanding leases is never silent and never unbounded against
+the caller's wishes: it logs a WARNING naming every outstanding lease soon
+after it starts and again at growing intervals, and a later
+``aclose(timeout=t)`` or a cancelled closer shortens it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from .._errors import PoolClosed
+
+if TYPE_CHECKING:
+    from ._core import Pool
+    from ._entries import Entry
+
+__all__ = ["Drain", "close_all", "close_resource", "reset_then_hand_off"]
+
+logger = logging.getLogger("aiolease.pool")
+_INF = float("inf")
+# First report of outstanding leases, in seconds after the wait began; each next one
+# comes twice as long after, up to the cap.
+FIRST_REPORT = 2.0
+REPORT_CAP = 300.0
+
+
+class Drain:
+    """A pool's close: the task running it, and its wait for the leases to end (a
+    deadline that can only come closer)."""
+
+    __slots__ = ("deadline", "done", "task", "wake")
+
+    def __init__(self, pool: Pool[Any]) -> None:
+        self.deadline = _INF
+        self.wake = asyncio.Event()  # set when a lease ends or the deadline moves
+        self.done = asyncio.Event()
+        self.task = asyncio.get_running_loop().create_task(self._run(pool))
+
+    async def _run(self, pool: Pool[Any]) -> None:
+        try:
+            await close_all(pool, self)
+        finally:
+            pool._closed()
+            self.done.set()
+
+    def shorten(self, deadline: float) -> None:
+        if deadline < self.deadline:
+            self.deadline = deadline
+            self.wake.set()
+
+
+async def close_all(pool: Pool[Any], drain: Drain) -> None:
+    """The body of :meth:`Pool.aclose` (a pool-owned task): returns when every resource
+    the pool made is closed or abandoned."""
+    loop = asyncio.get_running_loop()
+    pool._housekeeper.cancel()
+    pool._queue.deadlines.close()
+    closed = PoolClosed(f"{pool!r} was closed while waiting")
+    while pool._waiters:
+        fut = pool._waiters.popleft()
+        if not fut.done():
+            fut.set_exception(closed)
+    pool._creations.close()
+    while pool._idle:
+        pool._close_soon(pool._idle.pop())
+    start = loop.time()
+    report_at = start + FIRST_REPORT
+    interval = FIRST_REPORT
+    while pool._in_use or pool._under_check:
+        now = loop.time()
+        if now >= drain.deadline:
+            _close_outstanding(pool, now)
+            break
+        if now >= report_at:
+            _report_outstanding(pool, now, now - start)
+            interval = min(interval * 2, REPORT_CAP)
+            report_at = now + interval
+        drain.wake.clear()
+        try:
+            async with asyncio.timeout_at(min(drain.deadline, report_at)):
+                await drain.wake.wait()
+        except TimeoutError:
+            pass
+    while pool._tasks:
+        await asyncio.gather(*list(pool._tasks), return_exceptions=True)
+
+
+def _report_outstanding(pool: Pool[Any], now: float, waited: float) -> None:
+    leases = [*pool._in_use.values(), *pool._under_check]
+    logger.warning(
+        "%r: aclose() has waited %.1fs for %d lease(s) to end (pass aclose(timeout=...) to "
+        "close them in their holders' hands):\n%s",
+        pool,
+        waited,
+        len(leases),
+        "\n".join(f"- {entry.describe(now)}" for entry in leases),
+    )
+
+
+def _close_outstanding(pool: Pool[Any], now: float) -> None:
+    for entry in list(pool._under_check):
+        logger.warning("%r: closing %r, still under check as the pool closes", pool, entry.handle)
+        pool._close_soon(entry)
+    # No longer in use (statistics count them out), but their holders may still give
+    # them back: the release finds them in _closed_out.
+    for entry in pool._in_use.values():
+        logger.warning(
+            "%r: closing a resource still checked out as the pool closes: %s",
+            pool,
+            entry.describe(now),
+        )
+        pool._detach(entry)
+        pool._close_soon(entry)
+    pool._closed_out.update(pool._in_use)
+    pool._in_use.clear()
+
+
+async def close_resource(pool: Pool[Any], entry: Entry[Any]) -> None:
+    """Close a resource within the manager's ``close_timeout`` (past it, or cancelled:
+    abandon it) and free its slot. Runs in a pool-owned task."""
+    resource = entry.resource
+    try:
+        async with asyncio.timeout(pool._close_timeout) as scope:
+            await pool._manager.close(resource)
+    except Exception as exc:
+        if scope.expired():
+            _abandon(pool, resource, "its close took longer than close_timeout")
+        else:
+            logger.warning("%r: closing %r failed: %r", pool, resource, exc)
+    except BaseException:
+        _abandon(pool, resource, "its close was cancelled")
+        raise
+    finally:
+        pool._live.discard(id(resource))
+        pool._counters.closed += 1
+        pool._size -= 1
+        pool._dispatch()
+
+
+def _abandon(pool: Pool[Any], resource: object, why: str) -> None:
+    pool._counters.discarded += 1
+    logger.warning(
+        "%r: abandoned %r: %s (%ss); its transport is aborted where the driver allows",
+        pool,
+        resource,
+        why,
+        pool._close_timeout,
+    )
+    abort = pool._hooks.abort
+    if abort is not None:
+        try:
+            abort(resource)
+        except Exception as exc:
+            logger.warning("%r: aborting %r failed: %r", pool, resource, exc)
+
+
+async def reset_then_hand_off(pool: Pool[Any], entry: Entry[Any]) -> None:
+    """The manager's reset of a released resource (a pool task), then the hand-off;
+    a failed reset closes the resource instead."""
+    reset = pool._hooks.reset
+    assert reset is not None
+    try:
+        await reset(entry.resource, entry.info)
+    except BaseException as exc:
+        if not isinstance(exc, asyncio.CancelledError):
+            logger.info("%r: reset failed for %r (%r); discarding it", pool, entry.resource, exc)
+        pool._counters.discarded += 1
+        await close_resource(pool, entry)
+        if not isinstance(exc, Exception):
+            raise
+        return
+    pending = pool._hand_off(entry)
+    if pending is not None:
+        await pending

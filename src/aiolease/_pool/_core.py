@@ -1,0 +1,699 @@
+"""The pool's core: public API, lifecycle, acquire, release and the one hand-off.
+
+Invariants every method keeps:
+
+* State changes happen in synchronous critical sections; awaits happen
+  outside them. Work that must finish even when its caller is cancelled
+  (creating, resetting, closing a resource) runs in a pool-owned task, so a
+  cancelled caller only stops *waiting* for it.
+* ``_size`` counts every slot in use: idle + in use + creations in flight +
+  closes in flight, and ``_size <= max_size`` at every instant.
+* One acquire path: the non-blocking lease (:meth:`Pool.acquire_nowait`) is
+  the fast path of :meth:`Pool.acquire`; an acquire that cannot be served on
+  the spot queues a future and is handed an entry by :meth:`Pool._hand_off`
+  (a released or created resource) or :meth:`Pool._dispatch` (idle ones, new
+  capacity). One release path: :meth:`Pool._release` ends the lease and goes
+  through the same hand-off. Waiters are served strictly first-in first-out.
+* A creation is bound to the waiter it was started for (its error goes to
+  that waiter); a waiter that leaves orphans its creation, which the next
+  uncovered waiter adopts. Bound waiters are always queued, so the queue's
+  length minus the bound ones is the number ``max_waiting`` limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import sys
+from collections import deque
+from collections.abc import Awaitable, Callable
+from types import EllipsisType, TracebackType
+from typing import Any, Generic, TypeVar
+
+from .. import _tracking
+from .._clock import clock_of
+from .._errors import PoolClosed, PoolTimeout, WouldBlock
+from .._transaction import PoolAtomic
+from ..abc import Manager
+from ._acquire import Acquire, run_check, self_wait_error, waiting_on_itself
+from ._args import check_int, check_options, check_timeout
+from ._closing import Drain, close_resource, reset_then_hand_off
+from ._creations import Creations
+from ._entries import CallableManager, Entry, Hooks, caller_stack
+from ._housekeeping import Housekeeper, idle_deadline, leak_report
+from ._queue import WaitQueue
+from ._stats import Counters, PoolStatistics
+from ._where import user_location, warn_at_user
+
+__all__ = ["Pool"]
+
+T = TypeVar("T")
+logger = logging.getLogger("aiolease.pool")
+_INF = float("inf")
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class Pool(Generic[T]):
+    """An async pool of resources made by a :class:`~aiolease.abc.Manager`.
+
+    Nothing happens in the constructor: the pool binds to the running loop and
+    prefills ``min_size`` when opened (``async with pool``, :meth:`open`, or the
+    first :meth:`acquire`). It hands out what the manager makes (or its
+    :meth:`~aiolease.abc.Manager.wrap` of it), so it cannot guard a plain resource
+    kept after its lease; the driver pools hand out proxies that raise
+    :class:`~aiolease.ResourceReleased` then. See docs/pool.md for each option.
+
+    Args:
+        manager: creates, checks, resets and closes the resources; each close is
+            bounded by its ``close_timeout`` (default 10 s), then abandoned.
+        min_size: resources kept open, refilled in the background.
+        max_size: resources open at most, counting creations in flight.
+        acquire_timeout: default seconds :meth:`acquire` may wait (None: forever).
+        max_waiting: tasks allowed to queue (None: unbounded).
+        max_lifetime: seconds after creation a resource is retired (up to 5% less).
+        idle_timeout: seconds an idle resource above ``min_size`` is kept; with it
+            idle resources go out most recently used first (else least recently).
+        leak_timeout: seconds a lease may last before it is reported.
+        name: shown in ``repr``, logs and leak reports.
+        backoff_base: first delay after a failed creation, doubling (jittered) per
+            consecutive failure up to ``backoff_max``.
+        backoff_max: cap of that delay.
+
+    Raises:
+        TypeError: an argument of the wrong type.
+        ValueError: an argument out of range.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_acquire_timeout",
+        "_clock",
+        "_close_timeout",
+        "_closed_out",
+        "_counters",
+        "_created_at",
+        "_creations",
+        "_done",
+        "_drain",
+        "_generation",
+        "_hooks",
+        "_housekeeper",
+        "_idle",
+        "_idle_timeout",
+        "_in_use",
+        "_leak_timeout",
+        "_live",
+        "_loop",
+        "_lru",
+        "_manager",
+        "_max_lifetime",
+        "_max_size",
+        "_max_waiting",
+        "_min_size",
+        "_name",
+        "_queue",
+        "_size",
+        "_state",
+        "_tasks",
+        "_under_check",
+        "_waiters",
+    )
+
+    def __init__(
+        self,
+        manager: Manager[T],
+        *,
+        min_size: int = 0,
+        max_size: int = 10,
+        acquire_timeout: float | None = 30.0,
+        max_waiting: int | None = None,
+        max_lifetime: float | None = None,
+        idle_timeout: float | None = None,
+        leak_timeout: float | None = None,
+        name: str | None = None,
+        backoff_base: float = 0.1,
+        backoff_max: float = 10.0,
+    ) -> None:
+        (
+            self._min_size,
+            self._max_size,
+            self._acquire_timeout,
+            self._max_waiting,
+            self._max_lifetime,
+            self._idle_timeout,
+            self._leak_timeout,
+            self._close_timeout,
+            self._name,
+            backoff,
+        ) = check_options(
+            manager,
+            min_size=min_size,
+            max_size=max_size,
+            acquire_timeout=acquire_timeout,
+            max_waiting=max_waiting,
+            max_lifetime=max_lifetime,
+            idle_timeout=idle_timeout,
+            leak_timeout=leak_timeout,
+            name=name,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+        )
+        self._creations: Creations[T] = Creations(self, backoff)
+        self._manager = manager
+        self._hooks = Hooks(manager)
+        # Without idle_timeout, idle resources go out least recently used first, so use
+        # spreads over all of them and none sits unused long enough for a firewall or the
+        # server to drop it; with it, most recently used first, so the surplus is trimmed.
+        self._lru = self._idle_timeout is None
+
+        self._state = _State.NEW
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._clock: Callable[[], float] = _unbound_clock
+        self._done: asyncio.Future[None] | None = None  # a completed future, set in open()
+        self._idle: deque[Entry[T]] = deque()  # the oldest release at the left
+        self._in_use: dict[int, Entry[T]] = {}  # id(handle) -> entry
+        # Leases closed in their holders' hands by aclose: id(handle) -> entry, until given back.
+        self._closed_out: dict[int, Entry[T]] = {}
+        self._waiters: deque[asyncio.Future[Entry[T]]] = deque()
+        self._under_check: set[Entry[T]] = set()
+        # id() of every resource alive: a manager handing out the same object twice would
+        # otherwise lose a slot.
+        self._live: set[int] = set()
+        self._size = 0
+        self._generation = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._queue: WaitQueue[T] = WaitQueue(self, self._waiters)
+        self._housekeeper = Housekeeper(self)
+        self._counters = Counters()
+        self._drain: Drain | None = None  # the close, once aclose() began
+        self._created_at = user_location()
+        _tracking.track(self)
+
+    @classmethod
+    def from_callables(
+        cls,
+        create: Callable[[], Awaitable[T]],
+        close: Callable[[T], object] | None = None,
+        **options: Any,
+    ) -> Pool[T]:
+        """Make a pool from a creation coroutine function and an optional close function.
+
+        Args:
+            create: ``async def create() -> T``.
+            close: ``close(resource)``, sync or async (None: nothing to close).
+            **options: the :class:`Pool` keyword arguments.
+
+        Raises:
+            TypeError: ``create`` is not an async callable (a plain ``def`` is
+                refused here, not at the first acquire), or ``close`` is not callable.
+        """
+        return cls(CallableManager(create, close), **options)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self, *, wait: bool = True) -> None:
+        """Bind to the running loop and fill ``min_size`` resources.
+
+        Args:
+            wait: wait for the first ``min_size`` resources; if one of those
+                creations fails, the pool is closed and the error raised.
+                With ``wait=False`` the pool fills in the background.
+
+        Raises:
+            PoolClosed: the pool was closed.
+        """
+        if self._state is _State.OPEN:
+            return
+        if self._state is not _State.NEW:
+            raise PoolClosed(f"{self!r} is closed; make a new pool")
+        self._loop = loop = asyncio.get_running_loop()
+        self._clock = clock_of(loop)
+        self._done = loop.create_future()
+        self._done.set_result(None)
+        self._queue.bind(loop)
+        self._state = _State.OPEN
+        if not wait or self._min_size == 0:
+            self._dispatch()
+            return
+        error = await self._creations.prefill(self._min_size)
+        if error is not None:
+            await self.aclose()
+            raise error
+
+    async def __aenter__(self) -> Pool[T]:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self, timeout: float | None = None) -> None:
+        """Close the pool: wake waiters with :class:`PoolClosed`, close idle resources,
+        wait for checked-out ones (up to ``timeout``, then close them in their holders'
+        hands, as a later ``aclose(timeout=t)`` or cancelling the closer does sooner),
+        and return when every resource is closed. While it waits it logs a WARNING
+        on ``aiolease.pool`` naming each lease, soon and at growing intervals.
+
+        Args:
+            timeout: seconds to wait for checked-out resources (None: as long as it takes).
+
+        Raises:
+            TypeError: ``timeout`` is not a number.
+            ValueError: ``timeout`` is negative or NaN.
+        """
+        wait_for = check_timeout("timeout", timeout)
+        if self._state is _State.NEW:
+            self._state = _State.CLOSED
+        if self._state is _State.CLOSED:
+            return
+        loop = self._loop
+        assert loop is not None
+        if self._drain is None:
+            self._state = _State.CLOSING
+            self._drain = Drain(self)
+        if wait_for is not None:
+            self._drain.shorten(loop.time() + wait_for)
+        try:
+            await asyncio.shield(self._drain.done.wait())
+        except asyncio.CancelledError:
+            self._drain.shorten(loop.time())  # a cancelled closer stops waiting for leases
+            raise
+
+    def _closed(self) -> None:
+        self._state = _State.CLOSED
+
+    def __del__(self) -> None:
+        if getattr(self, "_state", None) is _State.OPEN:
+            warn_at_user(
+                f"unclosed {self!r} (created at {self._created_at}); "
+                "use `async with pool:` or `await pool.aclose()`",
+                ResourceWarning,
+                source=self,
+            )
+
+    # ------------------------------------------------------------------ acquire
+
+    def acquire(self, *, timeout: float | EllipsisType | None = ...) -> Acquire[T]:
+        """Check a resource out: ``async with pool.acquire() as r`` or ``r = await pool.acquire()``.
+
+        Entering (or awaiting) blocks until a resource is available and can be
+        cancelled at any point without losing one. Leaving ``async with``
+        releases the resource (shielded from cancellation). With ``await``,
+        give it back with :meth:`release`. The object can be entered again
+        after it was left, but not while it is entered (``RuntimeError``).
+
+        Args:
+            timeout: seconds to wait, overriding ``acquire_timeout``; None
+                waits forever.
+
+        Raises:
+            PoolTimeout: no resource within the timeout (the last creation
+                error, if any, is its ``__cause__``), or at once when the task
+                already holds every lease the pool can give (it would wait on itself).
+            PoolClosed: the pool is closed or closes while waiting.
+            TooManyWaiters: ``max_waiting`` tasks are already queued.
+            Exception: the error of the creation attempt made for this call.
+        """
+        if timeout is ...:
+            return Acquire(self, self._acquire_timeout)
+        return Acquire(self, check_timeout("timeout", timeout))
+
+    def acquire_nowait(self) -> T:
+        """Check out an idle resource without waiting (and without ``check``).
+
+        Raises:
+            WouldBlock: no resource is idle, or the pool is not open.
+        """
+        entry = self._take_idle()
+        if entry is None:
+            state = "has no idle resource" if self._state is _State.OPEN else "is not open"
+            raise WouldBlock(f"{self!r} {state}")
+        entry.scoped = False
+        return self._lease(entry)
+
+    def _take_idle(self) -> Entry[T] | None:
+        """The non-blocking lease: an idle entry to hand out now, or None when the
+        caller must wait (pool not open, others queued ahead, nothing idle)."""
+        if self._state is not _State.OPEN or self._waiters or not self._idle:
+            return None
+        return self._pop_idle()
+
+    def _pop_idle(self) -> Entry[T] | None:
+        """The idle entry to hand out next, closing those past their lifetime on the way
+        (idle_timeout trimming above min_size is housekeeping's job)."""
+        idle = self._idle
+        while idle:
+            entry = idle.popleft() if self._lru else idle.pop()
+            expires = entry.info.expires_at
+            if expires != _INF and expires <= self._clock():
+                self._close_soon(entry)
+                continue
+            return entry
+        return None
+
+    def _needs_check(self, entry: Entry[T]) -> bool:
+        hooks = self._hooks
+        return (
+            entry.from_idle
+            and hooks.check is not None
+            and (hooks.check_needed is None or bool(hooks.check_needed(entry.resource, entry.info)))
+        )
+
+    async def _acquire_blocking(self, into: Acquire[T], entry: Entry[T] | None) -> T:
+        """Every acquire not served on the spot: ``entry`` is an idle one that needs its check."""
+        try:
+            # `fresh`: whether an idle entry may be there that our caller's _take_idle
+            # did not see (the pool just opened, or our entry just failed its check).
+            fresh = retry = waited = False
+            if self._state is _State.NEW:
+                await self.open(wait=False)
+                fresh = True
+            start = self._clock()
+            deadline = _INF if into._timeout is None else start + into._timeout
+            while True:
+                if entry is None:
+                    if self._state is not _State.OPEN:
+                        raise PoolClosed(f"{self!r} is closed")
+                    if fresh:
+                        entry = self._take_idle()
+                    if entry is None:
+                        waited = True
+                        fut: asyncio.Future[Entry[T]] = asyncio.Future()  # of the running loop
+                        self._queue.admit(fut, retry)
+                        if deadline != _INF:
+                            self._queue.deadlines.add(fut, deadline)
+                        try:
+                            entry = await fut
+                        except BaseException as exc:
+                            self._queue.abandon(fut)
+                            if isinstance(exc, PoolTimeout) and waiting_on_itself(
+                                self, scoped_only=False
+                            ):
+                                raise self_wait_error(self) from exc.__cause__
+                            raise
+                        finally:
+                            if deadline != _INF:
+                                self._queue.deadlines.discard(fut)
+                # `entry` is ours now; until it is leased, every exit must give it back.
+                if (
+                    entry.from_idle
+                    and self._needs_check(entry)
+                    and not await run_check(self, entry, deadline)
+                ):
+                    entry, retry = None, True  # keep our place, ahead of later tasks
+                    fresh = True
+                    continue
+                if self._state is not _State.OPEN:  # aclose() began while it was on its way
+                    self._close_soon(entry)
+                    raise PoolClosed(f"{self!r} is closed")
+                break
+        except BaseException:
+            into._entered = False
+            raise
+        if waited:  # the wait statistics (one copy)
+            counters = self._counters
+            waited_for = self._clock() - start
+            counters.wait_total += waited_for
+            if waited_for > counters.wait_max:
+                counters.wait_max = waited_for
+        into._entry = entry
+        entry.scoped = into._scoped
+        return self._lease(entry)
+
+    def _lease(self, entry: Entry[T]) -> T:
+        """The lease bookkeeping (one copy): ``entry`` goes to the current task."""
+        info = entry.info
+        info.uses += 1
+        entry.holder = asyncio.current_task(self._loop)
+        entry.lease_start = now = self._clock()
+        entry.leak_reported = False
+        if self._leak_timeout is not None or _tracking.active:
+            entry.lease_stack = caller_stack(sys._getframe(1))
+            if self._leak_timeout is not None:
+                self._housekeeper.schedule(now + self._leak_timeout)
+        else:
+            entry.lease_stack = None
+        hooks = self._hooks
+        if hooks.wrap is not None:
+            entry.set_handle(hooks.wrap(entry.resource))
+        self._in_use[entry.key] = entry
+        self._counters.acquired += 1
+        if hooks.on_acquire is not None:
+            hooks.on_acquire(entry.resource, info)
+        return entry.handle
+
+    # ------------------------------------------------------------------ release
+
+    async def release(self, resource: T, *, discard: bool = False) -> None:
+        """Give a resource back; with ``discard=True`` it is closed instead of reused.
+
+        Shielded: returns after the reset (or the close it causes) has completed,
+        and if the caller is cancelled meanwhile, that work still completes. A
+        resource marked broken by a transaction is closed in a pool-owned task
+        that this call does not wait for.
+
+        Raises:
+            ValueError: the resource is not checked out from this pool.
+        """
+        pending = self._release(resource, discard)
+        if pending is not None:
+            await asyncio.shield(pending)
+
+    def _release(self, handle: T, discard: bool) -> asyncio.Future[Any] | None:
+        """The release (one copy): ends the lease, returns the reset or close to await."""
+        key = id(handle)
+        entry = self._in_use.pop(key, None)
+        if entry is None or entry.handle is not handle:
+            if entry is not None:
+                self._in_use[key] = entry
+            else:
+                closed = self._closed_out.get(key)
+                if closed is not None and closed.handle is handle:
+                    del self._closed_out[key]
+                    return None  # aclose has closed it already
+            raise ValueError(
+                f"{handle!r} is not checked out from {self!r} (released twice, or another pool's)"
+            )
+        if self._drain is not None:
+            self._drain.wake.set()
+        info = entry.info
+        info.last_used_at = self._clock()
+        hooks = self._hooks
+        resource = entry.resource
+        if hooks.detach is not None:
+            self._detach(entry)
+        if hooks.on_release is not None:
+            hooks.on_release(resource, info)
+        if _tracking._broken and _tracking.is_broken(resource):
+            # Not awaited: the caller's exit never waits on a connection that may be dead.
+            self._counters.discarded += 1
+            self._close_soon(entry)
+            return None
+        if discard:
+            self._counters.discarded += 1
+            return self._close_soon(entry)
+        if hooks.reset is not None and (
+            hooks.reset_needed is None or hooks.reset_needed(resource, info)
+        ):
+            return self._spawn(reset_then_hand_off(self, entry))
+        return self._hand_off(entry)
+
+    def _detach(self, entry: Entry[T]) -> None:
+        """End a wrapping manager's per-lease object (it refuses use from now on)."""
+        detach = self._hooks.detach
+        if detach is not None and entry.handle is not entry.resource:
+            detach(entry.handle)
+
+    # ------------------------------------------------------------------ hand-off
+
+    def _hand_off(
+        self, entry: Entry[T], to: asyncio.Future[Entry[T]] | None = None
+    ) -> asyncio.Future[Any] | None:
+        """Where a free entry goes (released, created, or passed on by a waiter that
+        left): closed if retired, else to the waiter ``to`` a creation was made for
+        if it still waits, else to the oldest waiter, else idle."""
+        if (
+            self._state is not _State.OPEN
+            or entry.generation != self._generation
+            or self._size > self._max_size
+            or (entry.info.expires_at != _INF and entry.info.expires_at <= self._clock())
+        ):
+            return self._close_soon(entry)
+        fut: asyncio.Future[Entry[T]] | None = None
+        if to is not None and not to.done():
+            self._queue.remove(to)
+            fut = to
+        elif self._waiters:
+            fut = self._queue.next()
+        if fut is not None:
+            entry.from_idle = False
+            fut.set_result(entry)
+            return None
+        entry.from_idle = True
+        self._idle.append(entry)
+        hooks = self._hooks
+        if hooks.on_idle is not None:
+            hooks.on_idle(entry.resource, entry.info)
+        if self._max_lifetime is not None or self._idle_timeout is not None:
+            self._housekeeper.schedule(idle_deadline(entry, self._idle_timeout))
+        return None
+
+    def _dispatch(self) -> None:
+        """After any change: idle entries to the oldest waiters, creations for waiters no
+        creation serves yet (adopting orphans first), ``min_size`` kept filled."""
+        creations = self._creations
+        if not self._idle and self._size >= self._max_size and not creations.orphans:
+            return  # nothing to hand out and no room to create (the pool under load)
+        waiters = self._waiters
+        while waiters and self._idle:
+            fut = self._queue.next()
+            if fut is None:
+                break
+            entry = self._pop_idle()
+            if entry is None:
+                waiters.appendleft(fut)
+                break
+            fut.set_result(entry)  # from idle: its receiver runs the check
+        if self._state is not _State.OPEN:
+            return
+        if waiters and (creations.orphans or self._size < self._max_size):
+            creations.cover(waiters)
+        while self._size < self._min_size and creations.can_start():
+            creations.start(None)
+        if creations.backoff.failures and (waiters or self._size < self._min_size):
+            creations.schedule_backoff()
+
+    # ------------------------------------------------------------------ create / close
+
+    def _now(self) -> float:
+        return self._clock()
+
+    def _is_open(self) -> bool:
+        return self._state is _State.OPEN
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        assert self._loop is not None
+        task: asyncio.Task[Any] = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _close_soon(self, entry: Entry[T]) -> asyncio.Future[Any]:
+        """Close ``entry`` in a pool-owned task (once, however often asked)."""
+        if entry.closing is None:
+            entry.closing = self._spawn(close_resource(self, entry))
+        return entry.closing
+
+    # ------------------------------------------------------------------ admin
+
+    async def resize(self, min_size: int | None = None, max_size: int | None = None) -> None:
+        """Change the bounds. Surplus idle resources are closed now (returns after they
+        are), surplus in-use ones when released; new capacity serves waiters at once.
+
+        Raises:
+            TypeError: a bound is not an int.
+            ValueError: ``min_size > max_size`` or out of range.
+        """
+        new_min = self._min_size if min_size is None else check_int("min_size", min_size, 0)
+        new_max = self._max_size if max_size is None else check_int("max_size", max_size, 1)
+        if new_min > new_max:
+            raise ValueError(f"min_size ({new_min}) must be <= max_size ({new_max})")
+        self._min_size, self._max_size = new_min, new_max
+        if self._state is not _State.OPEN:
+            return
+        closes: list[asyncio.Future[Any]] = []
+        while self._size - len(closes) > self._max_size and self._idle:
+            closes.append(self._close_soon(self._idle.popleft()))
+        self._dispatch()
+        if self._idle_timeout is not None and self._idle:
+            # Idle resources kept for the old min_size may now be surplus past their deadline.
+            self._housekeeper.schedule(self._clock())
+        if closes:
+            await asyncio.shield(asyncio.gather(*closes))
+
+    async def expire(self) -> None:
+        """Retire every current resource: idle ones are closed now (returns after they are),
+        checked-out ones when released. New resources replace them on demand."""
+        self._generation += 1
+        if self._state is not _State.OPEN:
+            return
+        closes = [self._close_soon(entry) for entry in self._idle]
+        self._idle.clear()
+        if closes:
+            await asyncio.shield(asyncio.gather(*closes))
+
+    def atomic(
+        self,
+        *,
+        isolation: str | None = None,
+        readonly: bool = False,
+        savepoint: bool = True,
+        durable: bool = False,
+    ) -> PoolAtomic[T]:
+        """``async with pool.atomic(...) as tx``: acquire a connection and run a transaction
+        on it (see :func:`aiolease.atomic` for the options); ``tx.connection`` is what
+        the pool handed out."""
+        return PoolAtomic(
+            self, isolation=isolation, readonly=readonly, savepoint=savepoint, durable=durable
+        )
+
+    def statistics(self) -> PoolStatistics:
+        """A frozen snapshot of sizes and counters."""
+        return self._counters.snapshot(
+            size=self._size,
+            idle=len(self._idle),
+            in_use=len(self._in_use),
+            waiting=len(self._waiters),
+            min_size=self._min_size,
+            max_size=max(self._size, self._max_size),
+        )
+
+    @property
+    def name(self) -> str | None:
+        return self._name
+
+    @property
+    def manager(self) -> Manager[T]:
+        return self._manager
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called."""
+        return self._state in (_State.CLOSING, _State.CLOSED)
+
+    @property
+    def min_size(self) -> int:
+        return self._min_size
+
+    @property
+    def max_size(self) -> int:
+        """The configured maximum (the last :meth:`resize`); ``statistics().max_size`` is
+        the one in force, which is higher while a resize down waits for surplus."""
+        return self._max_size
+
+    def __repr__(self) -> str:
+        name = f" {self._name!r}" if self._name else ""
+        return (
+            f"<aiolease.Pool{name} {self._state.value} "
+            f"size={self._size}/{max(self._size, self._max_size)} idle={len(self._idle)} "
+            f"in_use={len(self._in_use)} waiting={len(self._waiters)}>"
+        )
+
+    def _aiolease_leaks(self) -> list[str]:
+        return leak_report(self, self._state is _State.CLOSED)
+
+
+def _unbound_clock() -> float:
+    return asyncio.get_running_loop().time()

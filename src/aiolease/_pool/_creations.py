@@ -1,0 +1,212 @@
+"""Creations in flight: which waiter each serves, the backoff between failures.
+
+A creation is bound to the waiter it was started for, so its error goes to
+that caller (fail fast). A waiter that leaves orphans its creation, which the
+next waiter no creation serves adopts. Bound waiters are always queued, so
+``len(queue) - len(bound)`` is the number of tasks ``max_waiting`` limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from .._errors import PoolClosed
+from ..abc import ResourceInfo
+from ._backoff import Backoff
+from ._entries import Entry
+
+if TYPE_CHECKING:
+    from ._core import Pool
+
+__all__ = ["Creations"]
+
+T = TypeVar("T")
+logger = logging.getLogger("aiolease.pool")
+_INF = float("inf")
+_LIFETIME_JITTER = 0.05  # max_lifetime is shortened by up to 5% so resources do not expire together
+
+Waiter = asyncio.Future[Entry[Any]]
+
+
+class _Creation:
+    """A creation in flight, and the waiter it serves (None: an orphan or a min_size fill)."""
+
+    __slots__ = ("waiter",)
+
+    def __init__(self, waiter: Waiter | None) -> None:
+        self.waiter = waiter
+
+
+class Creations(Generic[T]):
+    """The pool's creations in flight and its creation backoff."""
+
+    __slots__ = ("_pool", "_timer", "backoff", "bound", "orphans", "tasks")
+
+    def __init__(self, pool: Pool[T], backoff: Backoff) -> None:
+        self._pool = pool
+        self.backoff = backoff
+        self.bound: dict[Waiter, _Creation] = {}
+        self.orphans: list[_Creation] = []
+        self.tasks: set[asyncio.Task[Any]] = set()  # creations that may still be cancelled
+        self._timer: asyncio.TimerHandle | None = None
+
+    def unbind(self, fut: Waiter) -> None:
+        """``fut`` stops waiting: its creation, if any, is orphaned."""
+        creation = self.bound.pop(fut, None)
+        if creation is not None:
+            creation.waiter = None
+            self.orphans.append(creation)
+
+    def cover(self, waiters: Any) -> None:
+        """Give each waiter no creation serves one, oldest first: an orphan, or a new
+        creation while capacity and the backoff allow."""
+        bound = self.bound
+        for fut in waiters:
+            if fut in bound or fut.done():
+                continue
+            if self.orphans:
+                creation = self.orphans.pop()
+                creation.waiter = fut
+                bound[fut] = creation
+            elif self.can_start():
+                self.start(fut)
+            else:
+                break
+
+    def can_start(self) -> bool:
+        pool = self._pool
+        return pool._size < pool._max_size and self.backoff.allows(pool._clock())
+
+    def start(self, fut: Waiter | None) -> None:
+        """Start a creation serving ``fut`` (None: a fill, an orphan from the start)."""
+        pool = self._pool
+        pool._size += 1
+        self.backoff.started()
+        creation = _Creation(fut)
+        if fut is None:
+            self.orphans.append(creation)
+        else:
+            self.bound[fut] = creation
+        task = pool._spawn(self._run(creation))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def prefill(self, count: int) -> BaseException | None:
+        """Create ``count`` resources for an opening pool and wait for them (they go
+        idle); returns the first creation error. They queue as acquirers do, so
+        each creation is bound to one of them."""
+        pool = self._pool
+        assert pool._loop is not None
+        futures: list[Waiter] = [pool._loop.create_future() for _ in range(count)]
+        pool._waiters.extend(futures)
+        pool._dispatch()
+        try:
+            results = await asyncio.gather(*futures, return_exceptions=True)
+        except BaseException:
+            for fut in futures:
+                pool._queue.abandon(fut)
+            raise
+        for result in results:
+            if isinstance(result, Entry):
+                pool._hand_off(result)
+        return next((r for r in results if isinstance(r, BaseException)), None)
+
+    def close(self) -> None:
+        """The pool closes: cancel the creations still running, stop the backoff timer."""
+        self.bound.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for task in list(self.tasks):
+            task.cancel()
+
+    def _forget(self, creation: _Creation) -> Waiter | None:
+        """A creation ends: returns the waiter it was serving, if any."""
+        waiter = creation.waiter
+        if waiter is not None:
+            self.bound.pop(waiter, None)
+            creation.waiter = None
+        else:
+            self.orphans.remove(creation)
+        return waiter
+
+    async def _run(self, creation: _Creation) -> None:
+        pool = self._pool
+        try:
+            resource = await pool._manager.create()
+            if id(resource) in pool._live:
+                raise ValueError(
+                    f"{pool._manager!r}.create() returned {resource!r}, which {pool!r} already "
+                    "holds; each resource must be a distinct object"
+                )
+        except BaseException as exc:
+            self._failed(creation, exc)
+            if not isinstance(exc, Exception | asyncio.CancelledError):
+                raise
+            return
+        # The resource exists: aclose() must not cancel this task any more (a cancelled
+        # close task that never started would leak the resource and its slot).
+        self.tasks.discard(asyncio.current_task())  # type: ignore[arg-type,unused-ignore]
+        waiter = self._forget(creation)
+        now = pool._clock()
+        pool._counters.created += 1
+        pool._live.add(id(resource))
+        self.backoff.succeeded()
+        expires = _INF
+        if pool._max_lifetime is not None:
+            expires = now + pool._max_lifetime * (1.0 - _LIFETIME_JITTER * random.random())
+        entry = Entry(resource, ResourceInfo(now, now, 0, expires), pool._generation)
+        pending = pool._hand_off(entry, waiter)
+        pool._dispatch()
+        if pending is not None:
+            await asyncio.shield(pending)
+
+    def _failed(self, creation: _Creation, exc: BaseException) -> None:
+        pool = self._pool
+        pool._size -= 1
+        target = self._forget(creation)
+        if isinstance(exc, asyncio.CancelledError) and not pool._is_open():
+            self.backoff.abandoned()
+            error: BaseException = PoolClosed(f"{pool!r} was closed while creating a resource")
+        else:
+            error = exc
+            if isinstance(exc, asyncio.CancelledError):
+                # The manager itself raised CancelledError (an inner timeout that leaked):
+                # a failed attempt, reported as such, not as our caller being cancelled.
+                error = ConnectionError(
+                    f"{pool._manager!r}.create() raised CancelledError on an open pool"
+                )
+                error.__cause__ = exc
+            pool._counters.create_errors += 1
+            wait = self.backoff.failed(pool._clock(), error)
+            logger.warning(
+                "%r: creating a resource failed (%d in a row), next attempt in %.3fs: %r",
+                pool,
+                self.backoff.failures,
+                wait,
+                error,
+            )
+            if target is None and pool._is_open():
+                # A fill stood for the oldest waiter no creation serves: fail fast.
+                target = next((f for f in pool._waiters if f not in self.bound), None)
+        if target is not None and not target.done():
+            pool._queue.remove(target)
+            target.set_exception(error)
+        pool._dispatch()
+
+    def schedule_backoff(self) -> None:
+        """During backoff, dispatch again when the next attempt may start."""
+        backoff = self.backoff
+        if backoff.probing or self._timer is not None:
+            return
+        pool = self._pool
+        if backoff.until <= pool._clock() or pool._loop is None:
+            return  # over: whatever frees capacity (a close, a release) dispatches
+        self._timer = pool._loop.call_at(backoff.until, self._on_backoff_end)
+
+    def _on_backoff_end(self) -> None:
+        self._timer = None
+        self._pool._dispatch()

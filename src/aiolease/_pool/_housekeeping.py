@@ -1,0 +1,132 @@
+"""Housekeeping: retire idle resources past their lifetime or idle timeout, report leaks.
+
+One loop timer, armed for the next deadline: no polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._core import Pool
+    from ._entries import Entry
+
+__all__ = ["Housekeeper", "idle_deadline", "leak_report"]
+
+logger = logging.getLogger("aiolease.pool")
+_INF = float("inf")
+
+
+class Housekeeper:
+    """Runs the pool's deadlines: idle expiry (``max_lifetime``, ``idle_timeout``) and
+    leak reports (``leak_timeout``)."""
+
+    __slots__ = ("_pool", "_timer")
+
+    def __init__(self, pool: Pool[Any]) -> None:
+        self._pool = pool
+        self._timer: asyncio.TimerHandle | None = None
+
+    def schedule(self, when: float) -> None:
+        """Make sure a run happens at ``when`` (or earlier)."""
+        pool = self._pool
+        if when == _INF or pool._loop is None or not pool._is_open():
+            return
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= when:
+                return
+            timer.cancel()
+        self._timer = pool._loop.call_at(when, self.run)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def run(self) -> None:
+        """Retire idle entries past their deadline, report leaks, re-arm for the next."""
+        self._timer = None
+        pool = self._pool
+        if not pool._is_open():
+            return
+        now = pool._now()
+        nxt = min(self._retire_idle(now), self._report_leaks(now))
+        self.schedule(nxt)
+
+    def _retire_idle(self, now: float) -> float:
+        pool = self._pool
+        idle_timeout = pool._idle_timeout
+        nxt = _INF
+        keep: deque[Entry[Any]] = deque()
+        # Oldest first, so idle_timeout trims the least recently used above min_size.
+        surplus = pool._size - pool._min_size
+        for entry in pool._idle:
+            info = entry.info
+            if info.expires_at <= now or (
+                idle_timeout is not None and info.last_used_at + idle_timeout <= now and surplus > 0
+            ):
+                pool._close_soon(entry)
+                surplus -= 1
+                continue
+            keep.append(entry)
+            # Kept past its idle deadline only because of min_size: its next deadline is
+            # its lifetime (re-arming at a past time would spin). A later release or
+            # resize re-arms the timer if it becomes surplus.
+            due = idle_deadline(entry, idle_timeout)
+            nxt = min(nxt, due if due > now else info.expires_at)
+        pool._idle = keep
+        return nxt
+
+    def _report_leaks(self, now: float) -> float:
+        pool = self._pool
+        leak_timeout = pool._leak_timeout
+        nxt = _INF
+        if leak_timeout is None:
+            return nxt
+        for entry in pool._in_use.values():
+            if entry.leak_reported:
+                continue
+            due = entry.lease_start + leak_timeout
+            if due <= now:
+                entry.leak_reported = True
+                pool._counters.leaks += 1
+                logger.warning(
+                    "%r: a lease has lasted longer than leak_timeout=%ss: %s",
+                    pool,
+                    leak_timeout,
+                    entry.describe(now),
+                )
+            else:
+                nxt = min(nxt, due)
+        return nxt
+
+
+def idle_deadline(entry: Entry[Any], idle_timeout: float | None) -> float:
+    """When an idle entry must go: the end of its lifetime, or its idle timeout."""
+    info = entry.info
+    if idle_timeout is None:
+        return info.expires_at
+    return min(info.expires_at, info.last_used_at + idle_timeout)
+
+
+def leak_report(pool: Pool[Any], closed: bool) -> list[str]:
+    """What ``aiolease.testing.leak_check`` reports about ``pool``: left open, slots never
+    freed, leases still out."""
+    problems = []
+    if not closed and pool._loop is not None:
+        problems.append(f"{pool!r} (created at {pool._created_at}) was left open")
+    elif closed and pool._size - len(pool._in_use) > 0:
+        problems.append(
+            f"{pool!r} (created at {pool._created_at}) is closed but "
+            f"{pool._size - len(pool._in_use)} resource slot(s) were never freed"
+        )
+    for entry in (*pool._in_use.values(), *pool._closed_out.values()):
+        where = "".join(entry.lease_stack.format()) if entry.lease_stack else "  (unknown)\n"
+        problems.append(
+            f"{entry.handle!r} is still checked out from {pool!r}; acquired at:\n{where}"
+        )
+    return problems

@@ -1,0 +1,126 @@
+"""The acquirers waiting for an entry: a FIFO of futures, their deadlines on one timer.
+
+A waiter is a future in the queue; :meth:`Pool._hand_off` and
+:meth:`Pool._dispatch` resolve it with an entry (taking it off the queue with
+:meth:`WaitQueue.next`). A waiter that gives up after the hand-off passes its
+entry on (:meth:`WaitQueue.abandon`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from .._errors import PoolTimeout, TooManyWaiters
+from ._acquire import self_wait_error, waiting_on_itself
+from ._deadlines import Deadlines
+from ._entries import Entry
+
+if TYPE_CHECKING:
+    from ._core import Pool
+
+__all__ = ["WaitQueue"]
+
+T = TypeVar("T")
+Waiter = asyncio.Future[Entry[Any]]
+
+
+class WaitQueue(Generic[T]):
+    """The pool's waiters (``futures``, oldest at the left) and their ``deadlines``."""
+
+    __slots__ = ("_pool", "deadlines", "futures")
+
+    def __init__(self, pool: Pool[T], futures: deque[Waiter]) -> None:
+        self._pool = pool
+        self.futures = futures
+        self.deadlines: Deadlines[Waiter] = Deadlines(None, self._time_out)
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The pool opened on ``loop``: the deadline timer runs there."""
+        self.deadlines = Deadlines(loop, self._time_out)
+
+    def admit(self, fut: Waiter, front: bool) -> None:
+        """Queue ``fut`` (at the front for a task whose resource failed its check, which
+        keeps its turn), unless the queue is full or the task would wait on itself.
+
+        Raises:
+            TooManyWaiters: ``max_waiting`` tasks are queued already.
+            PoolTimeout: every lease is the task's own ``async with``: none can end
+                while it waits.
+        """
+        pool, futures = self._pool, self.futures
+        first = not futures  # nobody queued ahead (see the self-wait check below)
+        if front:
+            futures.appendleft(fut)
+        else:
+            futures.append(fut)
+        pool._dispatch()  # a creation for it, if capacity allows
+        creations = pool._creations
+        bound = creations.bound
+        if fut in bound or front:
+            return
+        if pool._max_waiting is not None and len(futures) - len(bound) > pool._max_waiting:
+            futures.remove(fut)
+            raise TooManyWaiters(
+                f"{pool!r}: {len(futures) - len(bound)} tasks already waiting "
+                f"(max_waiting={pool._max_waiting})"
+            )
+        # Checked at once only for a task that queues first: a task queued behind others
+        # is told at its timeout (see Pool._acquire_blocking), and the check stays off
+        # the path of a pool under steady contention.
+        if first and waiting_on_itself(pool, scoped_only=True):
+            futures.remove(fut)
+            pool._counters.timeouts += 1
+            raise self_wait_error(pool)
+        if creations.backoff.failures:
+            creations.schedule_backoff()
+
+    def next(self) -> Waiter | None:
+        """Take the oldest waiter still waiting off the queue (its creation, if any,
+        becomes an orphan for the next one to adopt)."""
+        futures = self.futures
+        creations = self._pool._creations
+        while futures:
+            fut = futures.popleft()
+            if creations.bound:
+                creations.unbind(fut)
+            if not fut.done():
+                return fut
+        return None
+
+    def remove(self, fut: Waiter) -> None:
+        """Take ``fut`` off the queue, wherever it is (rare: O(queue))."""
+        try:
+            self.futures.remove(fut)
+        except ValueError:
+            pass
+        self._pool._creations.unbind(fut)
+
+    def abandon(self, fut: Waiter) -> None:
+        """A waiter leaves early (cancelled, timed out, pool closed): if it was already
+        handed an entry, pass that on; otherwise withdraw it from the queue."""
+        pool = self._pool
+        if fut.done() and not fut.cancelled() and fut.exception() is None:
+            pool._hand_off(fut.result())
+            return
+        self.remove(fut)
+        if not fut.done():
+            fut.cancel()
+        pool._dispatch()
+
+    def _time_out(self, fut: Waiter) -> None:
+        """The shared deadline timer: ``fut``'s wait is over."""
+        if fut.done():
+            return
+        pool = self._pool
+        self.remove(fut)
+        pool._counters.timeouts += 1
+        error = pool._creations.backoff.last_error
+        exc = PoolTimeout(
+            f"{pool!r}: no resource within the acquire timeout"
+            + (f" (last creation error: {error!r})" if error else "")
+        )
+        exc.__cause__ = error
+        fut.set_exception(exc)
+        pool._dispatch()

@@ -1,0 +1,101 @@
+"""The pool's counters and the frozen snapshot :meth:`Pool.statistics` returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Counters", "PoolStatistics"]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatistics:
+    """A snapshot of a pool's state and counters (see :meth:`Pool.statistics`).
+
+    Attributes:
+        size: slots in use: idle + in use + creations and closes in flight.
+        idle: resources ready to hand out.
+        in_use: resources checked out (not counting those that ``aclose(timeout)``
+            closed in their holders' hands).
+        waiting: tasks queued for a resource (or for the creation serving them).
+        min_size: configured minimum.
+        max_size: the maximum in force: the configured one, except while a
+            resize down waits for checked-out surplus to come back, when it is
+            the current size, falling to the configured one as the surplus is
+            closed. So ``size <= max_size`` at every instant.
+        acquired: leases handed out since the pool was made.
+        created: resources created.
+        closed: resources closed (or abandoned, see ``discarded``).
+        timeouts: acquisitions that ended in :class:`~aiolease.PoolTimeout`.
+        wait_time_total: seconds spent by acquirers that had to wait, summed.
+        wait_time_max: the longest such wait.
+        leaks: leases reported by ``leak_timeout``.
+        create_errors: creation attempts that raised.
+        discarded: resources closed because check/reset failed, ``discard=True``,
+            a fatal error in the body or a broken mark, and resources abandoned
+            because their close outlasted the manager's ``close_timeout``.
+    """
+
+    size: int
+    idle: int
+    in_use: int
+    waiting: int
+    min_size: int
+    max_size: int
+    acquired: int
+    created: int
+    closed: int
+    timeouts: int
+    wait_time_total: float
+    wait_time_max: float
+    leaks: int
+    create_errors: int
+    discarded: int
+
+
+class Counters:
+    """The pool's running counts (the cumulative part of :class:`PoolStatistics`)."""
+
+    __slots__ = (
+        "acquired",
+        "closed",
+        "create_errors",
+        "created",
+        "discarded",
+        "leaks",
+        "timeouts",
+        "wait_max",
+        "wait_total",
+    )
+
+    def __init__(self) -> None:
+        self.acquired = 0
+        self.created = 0
+        self.closed = 0
+        self.timeouts = 0
+        self.leaks = 0
+        self.create_errors = 0
+        self.discarded = 0
+        self.wait_total = 0.0
+        self.wait_max = 0.0
+
+    def snapshot(
+        self, *, size: int, idle: int, in_use: int, waiting: int, min_size: int, max_size: int
+    ) -> PoolStatistics:
+        """These counts with the pool's current sizes."""
+        return PoolStatistics(
+            size=size,
+            idle=idle,
+            in_use=in_use,
+            waiting=waiting,
+            min_size=min_size,
+            max_size=max_size,
+            acquired=self.acquired,
+            created=self.created,
+            closed=self.closed,
+            timeouts=self.timeouts,
+            wait_time_total=self.wait_total,
+            wait_time_max=self.wait_max,
+            leaks=self.leaks,
+            create_errors=self.create_errors,
+            discarded=self.discarded,
+        )

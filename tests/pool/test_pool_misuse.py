@@ -1,0 +1,252 @@
+"""Misuse a new user hits, each with a clear answer: re-entry, closing with leases out,
+closes that never end, waiting on itself, a full queue, a backend down for long."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import sys
+import warnings
+
+import pytest
+from pool_helpers import NO_HANG, assert_closed_cleanly, settle, start_acquire
+
+from aiolease import Pool, PoolTimeout, TooManyWaiters
+from aiolease._pool._backoff import Backoff
+from aiolease.testing import FakeManager, FakeResource
+
+pytestmark = [pytest.mark.aiolease_virtual_time, NO_HANG]
+
+
+# -- re-entering an acquire ---------------------------------------------------------------
+
+
+async def test_reentering_an_entered_acquire_raises_and_loses_nothing() -> None:
+    fm = FakeManager()
+    async with Pool(fm, max_size=2) as pool:
+        acquire = pool.acquire()
+        async with acquire as first:
+            with pytest.raises(RuntimeError, match="already entered"):
+                async with acquire:
+                    pass  # pragma: no cover - never entered
+            assert pool.statistics().in_use == 1
+            assert first.lease is not None
+        assert pool.statistics().in_use == 0
+        async with acquire as again:  # sequential reuse stays allowed
+            assert again is first
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_an_acquire_that_failed_can_be_entered_again() -> None:
+    fm = FakeManager()
+    fm.fail("create", ConnectionError, calls=1)
+    async with Pool(fm, max_size=1) as pool:
+        acquire = pool.acquire()
+        with pytest.raises(ConnectionError):
+            async with acquire:
+                pass  # pragma: no cover
+        await asyncio.sleep(1.0)  # past the backoff
+        async with acquire as r:
+            assert r.id == 1
+
+
+# -- closing with leases out ----------------------------------------------------------------
+
+
+async def test_aclose_with_a_lease_out_warns_soon_and_again_naming_the_lease(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fm = FakeManager()
+    pool = Pool(fm, max_size=2, leak_timeout=3600.0)  # leak_timeout: the stack is captured
+    await pool.open()
+    loop = asyncio.get_running_loop()
+    held = await pool.acquire()
+    closing = asyncio.create_task(pool.aclose())
+    with caplog.at_level(logging.WARNING, logger="aiolease.pool"):
+        await asyncio.sleep(5.0)
+        first = [r for r in caplog.records if "aclose() has waited" in r.getMessage()]
+        assert len(first) == 1, caplog.text  # within 5 s
+        assert repr(held) in first[0].getMessage()
+        assert "test_pool_misuse.py" in first[0].getMessage()  # where it was acquired
+        await asyncio.sleep(60.0)
+        reports = [r for r in caplog.records if "aclose() has waited" in r.getMessage()]
+        assert 3 <= len(reports) <= 6  # repeated, at growing intervals (2, 4, 8, 16, 32 s...)
+    assert not closing.done()
+    started = loop.time()
+    await pool.aclose(timeout=1.5)  # a later aclose(timeout=t) ends the wait within t
+    assert loop.time() - started == pytest.approx(1.5)
+    assert closing.done()
+    assert held.closed
+    await pool.release(held)  # the holder gives back what was closed in its hands
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_cancelling_the_closer_ends_the_wait_for_leases() -> None:
+    fm = FakeManager()
+    pool = Pool(fm, max_size=1)
+    await pool.open()
+    held = await pool.acquire()
+    closer = asyncio.create_task(pool.aclose())
+    await asyncio.sleep(30.0)
+    closer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closer
+    await settle(pool)
+    assert held.closed  # closed in its holder's hands: the wait is over
+    assert pool.closed
+    await pool.release(held)
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_aclose_timeout_zero_is_not_ignored_while_a_close_runs() -> None:
+    fm = FakeManager()
+    fm.block("close", calls=1)  # a close that never ends on its own
+    pool = Pool(fm, max_size=2)
+    await pool.open()
+    async with pool.acquire():
+        pass
+    held = await pool.acquire()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await pool.aclose(timeout=0)
+    # The idle resource's close hung: it was abandoned at the manager's close_timeout.
+    assert loop.time() - started == pytest.approx(fm.close_timeout)
+    st = pool.statistics()
+    assert st.discarded == 1
+    assert st.size == 0
+    await pool.release(held)
+
+
+async def test_a_close_past_close_timeout_is_abandoned_and_aborted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    aborted: list[FakeResource] = []
+
+    class Manager(FakeManager):
+        close_timeout = 2.0
+
+        def abort(self, resource: FakeResource) -> None:
+            aborted.append(resource)
+
+    fm = Manager()
+    fm.block("close")
+    loop = asyncio.get_running_loop()
+    async with Pool(fm, max_size=1) as pool:
+        r = await pool.acquire()
+        started = loop.time()
+        with caplog.at_level(logging.WARNING, logger="aiolease.pool"):
+            await pool.release(r, discard=True)  # returns once the close is over or abandoned
+        assert loop.time() - started == pytest.approx(2.0)
+        assert aborted == [r]
+        st = pool.statistics()
+        assert (st.size, st.discarded, st.closed) == (0, 2, 1)  # discard=True, then abandoned
+        assert "longer than close_timeout" in caplog.text
+
+
+# -- waiting on itself ----------------------------------------------------------------------
+
+
+async def test_a_task_holding_every_lease_in_async_with_gets_pool_timeout_at_once() -> None:
+    async with Pool(FakeManager(), max_size=2, acquire_timeout=None) as pool:
+        loop = asyncio.get_running_loop()
+        async with pool.acquire(), pool.acquire():
+            started = loop.time()
+            with pytest.raises(PoolTimeout, match="waiting on itself"):
+                await pool.acquire()
+            assert loop.time() == started  # at once, not after a timeout (there is none)
+        assert pool.statistics().waiting == 0
+        async with pool.acquire():  # the pool is fine afterwards
+            pass
+
+
+async def test_a_task_holding_every_lease_by_await_is_told_at_its_timeout() -> None:
+    # An awaited lease could be released by another task: the pool waits, then says why.
+    async with Pool(FakeManager(), max_size=1) as pool:
+        held = await pool.acquire()
+        with pytest.raises(PoolTimeout, match="waiting on itself"):
+            await pool.acquire(timeout=3.0)
+        await pool.release(held)
+
+
+async def test_leases_handed_to_another_task_are_not_waiting_on_itself() -> None:
+    async with Pool(FakeManager(), max_size=1) as pool:
+        held = await pool.acquire()
+
+        async def worker() -> None:
+            await asyncio.sleep(1.0)
+            await pool.release(held)
+
+        task = asyncio.create_task(worker())
+        async with pool.acquire(timeout=10.0) as r:  # the worker releases it for us
+            assert r is held
+        await task
+
+
+# -- max_waiting at every instant ------------------------------------------------------------
+
+
+async def test_max_waiting_holds_while_creations_for_departed_waiters_are_in_flight() -> None:
+    fm = FakeManager()
+    gate = fm.block("create")
+    async with Pool(fm, max_size=3, max_waiting=1) as pool:
+        leavers = [start_acquire(pool) for _ in range(3)]  # each starts a creation
+        await gate.wait_arrived(3)
+        for task in leavers:
+            task.cancel()
+        await asyncio.gather(*leavers, return_exceptions=True)
+        # Three creations in flight serve no one now: they serve the next three...
+        served = [start_acquire(pool) for _ in range(3)]
+        await asyncio.sleep(0)
+        queued = start_acquire(pool)  # ...and then one may queue (max_waiting=1)
+        await asyncio.sleep(0)
+        with pytest.raises(TooManyWaiters):
+            await pool.acquire()
+        assert pool.statistics().waiting <= 4
+        gate.open()
+        got = await asyncio.gather(*served)
+        for r in got:
+            await pool.release(r)
+        await pool.release(await queued)
+
+
+# -- backoff ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("failures", [1, 10, 1025, 10_000, 10**9])
+def test_backoff_stays_finite_and_capped(failures: int) -> None:
+    backoff = Backoff(0.1, 10.0, rand=lambda: 1.0)
+    assert backoff.delay(failures) <= 10.0
+    backoff.failures = failures - 1
+    assert backoff.failed(now=5.0, error=ConnectionError()) <= 10.0
+    assert backoff.until <= 15.0
+
+
+async def test_a_backend_down_for_thousands_of_attempts_keeps_the_pool_working() -> None:
+    fm = FakeManager()
+    rule = fm.fail("create", ConnectionError)
+    async with Pool(fm, max_size=1, backoff_base=0.001, backoff_max=0.002) as pool:
+        for _ in range(1100):  # past 1,025 consecutive failures
+            with pytest.raises((ConnectionError, PoolTimeout)):
+                await pool.acquire(timeout=0.01)
+        assert pool.statistics().create_errors > 1025
+        rule.remove()
+        await asyncio.sleep(0.01)
+        async with pool.acquire(timeout=1.0) as r:
+            assert not r.closed
+
+
+# -- where warnings point ----------------------------------------------------------------------
+
+
+async def test_unclosed_pool_warning_names_the_users_line() -> None:
+    pool = Pool(FakeManager(), max_size=1)
+    line = sys._getframe().f_lineno - 1
+    await pool.open()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del pool
+        gc.collect()
+    (warning,) = [w for w in caught if issubclass(w.category, ResourceWarning)]
+    assert f"test_pool_misuse.py:{line}" in str(warning.message)  # created at
+    assert "aiolease" not in warning.filename.replace("test_pool_misuse", "")

@@ -1,0 +1,104 @@
+"""SQLite driver pool: a connection kept after its lease, bad options and paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import aiolease
+from aiolease import ResourceReleased
+from aiolease.sqlite import create_pool
+
+
+async def test_connection_used_after_its_lease_raises(tmp_path: Path) -> None:
+    async with create_pool(tmp_path / "db.sqlite", max_size=1) as pool:
+        async with pool.acquire() as kept:
+            await kept.execute("CREATE TABLE t (x INTEGER)")
+        with pytest.raises(ResourceReleased, match=r"execute"):
+            await kept.execute("INSERT INTO t VALUES (1)")
+        async with pool.acquire() as conn, conn.execute("SELECT count(*) FROM t") as cur:
+            assert await cur.fetchone() == (0,)
+
+
+async def test_pool_atomic_works_with_lease_proxies(tmp_path: Path) -> None:
+    async with create_pool(tmp_path / "db.sqlite", max_size=1) as pool:
+        async with pool.atomic() as tx:
+            await tx.connection.execute("CREATE TABLE t (x INTEGER)")
+        async with pool.atomic() as tx:
+            await tx.connection.execute("INSERT INTO t VALUES (1)")
+        async with pool.acquire() as conn, conn.execute("SELECT count(*) FROM t") as cur:
+            assert await cur.fetchone() == (1,)
+
+
+@pytest.mark.parametrize(
+    ("pragmas", "match"),
+    [
+        ({"busy_timeout": "0; DROP TABLE t"}, "pragma busy_timeout: the value must be"),
+        ({"journal_mode": "WAL'"}, "pragma journal_mode"),
+        ({"user_version; DROP TABLE t": 1}, "pragma names are identifiers"),
+        ({"cache_size": float("nan")}, "pragma cache_size"),
+        ({"foreign_keys": True}, "pragma foreign_keys"),
+    ],
+)
+def test_unsafe_pragmas_are_refused_at_the_call(
+    tmp_path: Path, pragmas: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        create_pool(tmp_path / "db.sqlite", pragmas=pragmas)
+
+
+def test_plain_pragmas_are_taken(tmp_path: Path) -> None:
+    create_pool(tmp_path / "db.sqlite", pragmas={"cache_size": -2000, "journal_mode": "WAL"})
+
+
+def test_a_path_in_a_missing_directory_fails_at_the_call(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="does not exist"):
+        create_pool(tmp_path / "missing" / "db.sqlite")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"max_sise": 3}, TypeError, "unexpected keyword argument 'max_sise'"),
+        ({"tiemout": 3}, TypeError, "unexpected keyword argument 'tiemout'"),
+        ({"backoff_max": -1}, ValueError, "backoff_max must be > 0"),
+    ],
+)
+def test_create_pool_checks_every_option_at_the_call(
+    tmp_path: Path, kwargs: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        create_pool(tmp_path / "db.sqlite", **kwargs)
+
+
+def test_create_pool_takes_sqlite3_and_pool_options(tmp_path: Path) -> None:
+    pool = create_pool(tmp_path / "db.sqlite", timeout=3.0, backoff_base=0.5, backoff_max=1.0)
+    assert isinstance(pool, aiolease.Pool)
+
+
+async def test_abort_stops_the_connection_thread(tmp_path: Path) -> None:
+    from aiolease.sqlite import SqliteManager
+
+    manager = SqliteManager(tmp_path / "db.sqlite")
+    conn = await manager.create()
+    manager.abort(conn)  # what the pool calls when a close outlasts close_timeout
+    conn._thread.join(timeout=5.0)  # white-box: the worker
+    assert not conn._thread.is_alive()
+
+
+async def test_unclosed_driver_pool_warning_names_the_users_line(tmp_path: Path) -> None:
+    import gc
+    import sys
+    import warnings
+
+    pool = create_pool(tmp_path / "db.sqlite", max_size=1)
+    line = sys._getframe().f_lineno - 1
+    await pool.open()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del pool
+        gc.collect()
+    messages = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert any(f"test_sqlite_misuse.py:{line}" in m for m in messages), messages
