@@ -99,9 +99,21 @@ async def test_a_stalled_database_gives_503_after_the_pool_timeout(aiolease_leak
     app = create_app(lambda: aiolease.Pool(fm, max_size=1, acquire_timeout=5.0), setup=None)
     async with serve(app) as client:
         loop = asyncio.get_running_loop()
-        async with app.state.pool.acquire(timeout=120):  # the only connection: 60 s to connect
-            assert loop.time() == 60.0
-            response = await client.get("/accounts/dee")  # waits 5 s in vain
-            assert loop.time() == 65.0
+        held, done = asyncio.Event(), asyncio.Event()
+
+        async def hold_the_only_connection() -> None:
+            # Another task holds it: a request from the task holding every lease would be
+            # told at once that it waits on itself.
+            async with app.state.pool.acquire(timeout=120):  # 60 s to connect
+                held.set()
+                await done.wait()
+
+        holder = asyncio.create_task(hold_the_only_connection())
+        await held.wait()
+        assert loop.time() == 60.0
+        response = await client.get("/accounts/dee")  # waits 5 s in vain
+        assert loop.time() == 65.0
+        done.set()
+        await holder
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
