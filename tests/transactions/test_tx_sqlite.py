@@ -147,7 +147,7 @@ async def test_sixteen_concurrent_writers_never_see_database_is_locked(db: Path)
             assert await scalar(conn, "SELECT v FROM t WHERE id = 1") == writers * rounds
 
 
-async def test_cancellation_during_commit_raises_commit_unknown(db: Path) -> None:
+async def test_cancellation_during_commit_propagates_and_marks_broken(db: Path) -> None:
     conn = await connect(db)
     try:
         release = threading.Event()
@@ -166,10 +166,13 @@ async def test_cancellation_during_commit_raises_commit_unknown(db: Path) -> Non
         while conn._tx.qsize() < 1:  # COMMIT is queued behind the blocker  # noqa: ASYNC110 - polling state outside this loop
             await asyncio.sleep(0.001)
         task.cancel()
-        with pytest.raises(aiolease.CommitUnknown):
-            await task
+        try:
+            with pytest.raises(asyncio.CancelledError) as info:
+                await task
+        finally:
+            release.set()
+        assert isinstance(info.value.__context__, aiolease.CommitUnknown)
         assert _tracking.is_broken(conn)
-        release.set()
     finally:
         await conn.close()
 
