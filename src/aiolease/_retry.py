@@ -55,7 +55,21 @@ class TransactionAttempt(Generic[C]):
 
     async def __aenter__(self) -> Transaction[C]:
         loop = self._loop
+        while True:
+            try:
+                return await self._enter()
+            except Exception as exc:
+                # BEGIN itself met a retryable error (SQLite busy at BEGIN
+                # IMMEDIATE): the body has not run, so this attempt starts over.
+                if not self._will_retry(exc):
+                    raise
+                await loop._pause(exc)
+                self.number = loop._number
+
+    async def _enter(self) -> Transaction[C]:
+        loop = self._loop
         target = loop._target
+        self._pool_cm = None
         if loop._is_connection:
             conn = target
         else:
@@ -71,7 +85,8 @@ class TransactionAttempt(Generic[C]):
             await tx.__aenter__()
         except BaseException as exc:
             if self._pool_cm is not None:
-                await self._pool_cm.__aexit__(type(exc), exc, exc.__traceback__)
+                pool_cm, self._pool_cm = self._pool_cm, None
+                await pool_cm.__aexit__(type(exc), exc, exc.__traceback__)
             raise
         return tx
 
@@ -175,18 +190,26 @@ class TransactionAttempts(Generic[C]):
                 self._done = True
                 raise StopAsyncIteration
             self._retry_pending = False
-            cap = min(self._max_backoff, self._backoff * 2 ** (self._number - 1))
-            delay = random.uniform(0, cap)
-            logger.debug(
-                "retrying transaction (attempt %d of %d) in %.3fs after %r",
-                self._number + 1,
-                self._attempts,
-                delay,
-                self._last_error,
-            )
-            await asyncio.sleep(delay)
-        self._number += 1
+            assert self._last_error is not None
+            await self._pause(self._last_error)
+        else:
+            self._number = 1
         return TransactionAttempt(self, self._number)
+
+    async def _pause(self, error: BaseException) -> None:
+        """Sleep the jittered backoff after attempt ``_number`` failed with ``error``,
+        then count the next attempt."""
+        cap = min(self._max_backoff, self._backoff * 2 ** (self._number - 1))
+        delay = random.uniform(0, cap)
+        logger.debug(
+            "retrying transaction (attempt %d of %d) in %.3fs after %r",
+            self._number + 1,
+            self._attempts,
+            delay,
+            error,
+        )
+        await asyncio.sleep(delay)
+        self._number += 1
 
 
 def transaction_attempts(

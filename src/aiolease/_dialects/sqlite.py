@@ -56,28 +56,32 @@ class AiosqliteDialect(Dialect[Any]):
     async def commit(self, conn: Any) -> bool:
         if _fast.ENABLED:
             return await _fast.commit(conn)
-        try:
-            if not conn.in_transaction:
-                # SQLite ended the transaction itself (some errors roll back
-                # automatically) or a statement of the block did.
-                return False
-            try:
-                await conn.commit()
-            except BaseException:
-                if conn.in_transaction:
-                    await conn.rollback()
-                raise
-            return True
-        finally:
+        if not conn.in_transaction:
+            # SQLite ended the transaction itself (some errors roll back
+            # automatically) or a statement of the block did.
             await self._end_readonly(conn)
+            return False
+        try:
+            await conn.commit()
+        except Exception:
+            # The transaction must be over when commit() raises. (A cancelled
+            # commit() is still queued in the worker thread: nothing to add.)
+            if conn.in_transaction:
+                await conn.rollback()
+            await self._end_readonly(conn)
+            raise
+        await self._end_readonly(conn)
+        return True
 
     async def rollback(self, conn: Any) -> None:
         if _fast.ENABLED:
             await _fast.rollback(conn)
             return
         try:
-            if conn.in_transaction:
-                await conn.rollback()
+            # Always sent (sqlite3 makes it a no-op outside a transaction): a
+            # BEGIN or statement whose caller was cancelled may still be queued
+            # in the worker thread, and this ROLLBACK runs after it.
+            await conn.rollback()
         finally:
             await self._end_readonly(conn)
 
