@@ -171,9 +171,11 @@ async def test_cancelled_at_commit_propagates_with_commit_unknown_and_marks_brok
     await gate.reached.wait()
     task.cancel()
     gate.open()
-    with caplog.at_level("WARNING", logger="aiolease.transaction"):
-        with pytest.raises(asyncio.CancelledError) as info:
-            await task
+    with (
+        caplog.at_level("WARNING", logger="aiolease.transaction"),
+        pytest.raises(asyncio.CancelledError) as info,
+    ):
+        await task
     assert isinstance(info.value.__context__, aiolease.CommitUnknown)
     assert _tracking.is_broken(conn)
     assert hooks == []

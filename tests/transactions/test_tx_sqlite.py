@@ -12,9 +12,9 @@ import aiosqlite
 import pytest
 
 import aiolease
-from aiolease._compat import aiosqlite as _compat_aiosqlite
 import aiolease.sqlite
 from aiolease import _tracking
+from aiolease._compat import aiosqlite as _compat_aiosqlite
 
 pytestmark = pytest.mark.timeout(60)
 
