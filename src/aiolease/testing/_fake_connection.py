@@ -189,6 +189,15 @@ class FakeConnection:
         """
         self._commit_faults[self._commits + n] = ("drop", committed)
 
+    def hang(self, pattern: str | re.Pattern[str]) -> FakeGate:
+        """Never answer the statements matching ``pattern``: a silent peer.
+
+        The statement is recorded and then waits until the task is cancelled
+        (or the returned gate is opened). Use it to test that clean-up is
+        bounded (``atomic(cleanup_timeout=...)``) and that cancellation goes on.
+        """
+        return self.gate(pattern)
+
     def gate(self, pattern: str | re.Pattern[str]) -> FakeGate:
         """Hold every statement matching ``pattern`` until the returned gate is opened.
 
