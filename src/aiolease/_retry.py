@@ -18,10 +18,10 @@ from typing import Any, Generic, TypeVar
 from ._dialects import find_dialect
 from ._transaction import (
     Transaction,
+    _begin_on_pool,
     _raw,
     _release_keeping_outcome,
     _validate_timeout,
-    _with_pool_defaults,
     logger,
 )
 
@@ -68,27 +68,18 @@ class TransactionAttempt(Generic[C]):
 
     async def _enter(self) -> Transaction[C]:
         loop = self._loop
-        target = loop._target
         self._pool_cm = None
         if loop._is_connection:
-            conn = target
-        else:
-            self._pool_cm = target.acquire()
-            conn = await self._pool_cm.__aenter__()
-        try:
-            options = (
-                loop._options if loop._is_connection else _with_pool_defaults(target, loop._options)
-            )
-            tx: Transaction[C] = Transaction(conn, **options)
-            tx._retrying = self._will_retry
-            self._tx = tx
+            tx: Transaction[C] = Transaction(loop._target, **loop._options)
+            self._adopt(tx)
             await tx.__aenter__()
-        except BaseException as exc:
-            if self._pool_cm is not None:
-                pool_cm, self._pool_cm = self._pool_cm, None
-                await pool_cm.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-        return tx
+            return tx
+        self._pool_cm, pooled = await _begin_on_pool(loop._target, loop._options, self._adopt)
+        return pooled
+
+    def _adopt(self, tx: Transaction[Any]) -> None:
+        tx._retrying = self._will_retry
+        self._tx = tx
 
     async def __aexit__(
         self,

@@ -716,14 +716,7 @@ class PoolAtomic(Generic[C]):
     async def __aenter__(self) -> Transaction[C]:
         if self._acquire is not None:
             raise TransactionError("a pool.atomic() block can be entered only once")
-        acquire = self._acquire = self._pool.acquire()
-        conn = await acquire.__aenter__()
-        try:
-            tx: Transaction[C] = Transaction(conn, **_with_pool_defaults(self._pool, self._options))
-            await tx.__aenter__()
-        except BaseException as exc:
-            await acquire.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
+        self._acquire, tx = await _begin_on_pool(self._pool, self._options)
         self._tx = tx
         return tx
 
@@ -745,6 +738,30 @@ class PoolAtomic(Generic[C]):
         else:
             await acquire.__aexit__(exc_type, exc, tb)
         return suppress
+
+
+async def _begin_on_pool(
+    pool: Any,
+    options: dict[str, Any],
+    created: Callable[[Transaction[Any]], None] | None = None,
+) -> tuple[Any, Transaction[Any]]:
+    """Acquire a connection from ``pool`` and enter an outermost block on it.
+
+    ``created`` sees the block before it is entered. Returns the pool's
+    entered ``acquire()`` context and the open block; on failure the
+    connection goes back to the pool and the error propagates.
+    """
+    acquire = pool.acquire()
+    conn = await acquire.__aenter__()
+    try:
+        tx: Transaction[Any] = Transaction(conn, **_with_pool_defaults(pool, options))
+        if created is not None:
+            created(tx)
+        await tx.__aenter__()
+    except BaseException as exc:
+        await acquire.__aexit__(type(exc), exc, exc.__traceback__)
+        raise
+    return acquire, tx
 
 
 def _with_pool_defaults(pool: Any, options: dict[str, Any]) -> dict[str, Any]:
