@@ -92,6 +92,7 @@ pg_values = st.one_of(
     st.dates(),
     st.datetimes(timezones=st.just(dt.UTC) | st.none()),
     st.times(),
+    st.times(timezones=st.sampled_from([dt.UTC, dt.timezone(dt.timedelta(hours=-5, minutes=-30))])),
     st.timedeltas(min_value=dt.timedelta(days=-9999), max_value=dt.timedelta(days=9999)),
     st.uuids(),
     st.lists(st.none() | st.integers(-1000, 1000), max_size=4),

@@ -145,6 +145,15 @@ class PsycopgDialect(Dialect[Any]):
                 "(psycopg logged the error on logger 'psycopg')"
             )
 
+    def abort(self, conn: Any) -> None:
+        # Nothing to add: atomic cancels the abandoned clean-up, and psycopg's
+        # AsyncConnection.wait answers a cancellation by sending a cancel
+        # request and, when the server does not answer within its own bound,
+        # finishing the connection itself. Closing the socket here instead
+        # would close it under psycopg's pending wait. The pool closes the
+        # connection (marked broken) in a task of its own.
+        return
+
     def in_transaction(self, conn: Any) -> bool:
         return bool(conn.info.transaction_status != _IDLE)
 
