@@ -18,4 +18,3 @@ for _level in (None, "read committed", "repeatable read", "serializable"):
 def begin_sql(isolation: str | None, readonly: bool) -> str:
     """The BEGIN statement for a normalized isolation level (or None) and read-only flag."""
     return _BEGIN[isolation, readonly]
-
