@@ -18,13 +18,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import random
-from collections.abc import Awaitable, Callable
+import math
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from . import _tracking
-from ._dialects import dialect_for, find_dialect
+from ._dialects import dialect_for
 from ._dialects._base import ISOLATION_LEVELS, Dialect
 from ._errors import CommitUnknown, Rollback, TransactionError
 from ._lease import unwrap
@@ -100,19 +100,49 @@ async def _call_hooks(hooks: list[Hook]) -> list[Exception]:
     return errors
 
 
-async def _wait_shielded(task: asyncio.Future[None]) -> None:
-    """Wait for ``task`` to finish even if this task is cancelled meanwhile.
+def _consume(task: asyncio.Future[Any]) -> None:
+    """Done callback of an abandoned clean-up task: retrieve its outcome so that
+    asyncio does not log "exception was never retrieved"."""
+    if not task.cancelled():
+        task.exception()
 
-    A cancellation that arrives while waiting is re-raised once the task is done.
-    """
-    cancelled: asyncio.CancelledError | None = None
-    while not task.done():
-        try:
-            await asyncio.wait((task,))
-        except asyncio.CancelledError as exc:
-            cancelled = exc
-    if cancelled is not None:
-        raise cancelled
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and every exception reachable through ``__cause__``/``__context__``."""
+    seen: list[BaseException] = []
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if any(e is s for s in seen):
+            continue
+        seen.append(e)
+        todo.extend(x for x in (e.__cause__, e.__context__) if x is not None)
+    return seen
+
+
+def _attach(exc: BaseException, err: BaseException, note: str | None = None) -> None:
+    """Attach ``err`` to ``exc``: as ``exc.__context__`` (what ``exc`` already
+    carried there moves behind ``err``), and as a note when one is given.
+    Nothing changes when ``err`` is already in ``exc``'s chain."""
+    if note is not None:
+        exc.add_note(note)
+    if any(e is err for e in _chain(exc)) or any(e is exc for e in _chain(err)):
+        return
+    previous = exc.__context__
+    exc.__context__ = err
+    if previous is not None and not any(e is previous for e in _chain(err)):
+        tail = err
+        while tail.__context__ is not None:
+            tail = tail.__context__
+        tail.__context__ = previous
+
+
+def _validate_timeout(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
+    return float(value)
 
 
 class Transaction(Generic[C]):
@@ -121,21 +151,23 @@ class Transaction(Generic[C]):
     Use it as an async context manager (once). ``__aenter__`` blocks while
     BEGIN (or SAVEPOINT) runs; ``__aexit__`` blocks while COMMIT, RELEASE or the
     rollback runs and while the hooks are awaited. Either half may be cancelled:
-    a rollback is shielded and completes first; a cancelled COMMIT raises
-    :class:`~aiolease.CommitUnknown`.
+    a rollback is shielded and bounded by ``cleanup_timeout``, then the
+    cancellation goes on; a cancellation during COMMIT propagates with
+    :class:`~aiolease.CommitUnknown` in its ``__context__``.
     """
 
     __slots__ = (
         "__weakref__",
-        "_conn",
+        "_cleanup_timeout",
+        "_connection",
         "_dialect",
         "_doomed",
         "_durable",
-        "_handle",
         "_isolation",
         "_on_commit",
         "_on_rollback",
         "_parent",
+        "_raw",
         "_readonly",
         "_retrying",
         "_rollback_only",
@@ -153,14 +185,20 @@ class Transaction(Generic[C]):
         readonly: bool = False,
         savepoint: bool = True,
         durable: bool = False,
+        cleanup_timeout: float | None = None,
     ) -> None:
-        # A driver pool's lease proxy: the dialect and the nesting work on the connection
-        # itself; tx.connection stays what was passed in.
-        self._handle = conn
-        conn = unwrap(conn)
-        dialect = dialect_for(conn)
-        self._conn = conn
-        self._dialect: Dialect[C] = dialect
+        raw = unwrap(conn)
+        dialect = dialect_for(raw)
+        self._connection = conn
+        # The driver connection the dialect drives and nesting is keyed by
+        # (``conn`` itself unless it is a pool's per-lease proxy).
+        self._raw = raw
+        self._dialect: Dialect[Any] = dialect
+        self._cleanup_timeout = (
+            dialect.cleanup_timeout
+            if cleanup_timeout is None
+            else _validate_timeout("cleanup_timeout", cleanup_timeout)
+        )
         self._isolation = None if isolation is None else _normalize_isolation(isolation, dialect)
         self._readonly = bool(readonly)
         self._savepoint = bool(savepoint)
@@ -185,8 +223,8 @@ class Transaction(Generic[C]):
 
     @property
     def connection(self) -> C:
-        """The connection the block was opened on (as passed to ``atomic``)."""
-        return self._handle
+        """The raw driver connection."""
+        return self._connection
 
     @property
     def is_outermost(self) -> bool:
@@ -246,7 +284,7 @@ class Transaction(Generic[C]):
         kind = "outermost" if self._parent is None else f"savepoint {self._sp_name}"
         if self._state == _NEW:
             kind = "unentered"
-        return f"<aiolease.Transaction {kind} {state} on {self._dialect.name} {self._conn!r}>"
+        return f"<aiolease.Transaction {kind} {state} on {self._dialect.name} {self._connection!r}>"
 
     def _aiolease_leaks(self) -> list[str]:
         if self._state == _ACTIVE:
@@ -264,7 +302,7 @@ class Transaction(Generic[C]):
     async def __aenter__(self) -> Transaction[C]:
         if self._state != _NEW:
             raise TransactionError("an atomic block can be entered only once; call atomic() again")
-        conn = self._conn
+        conn = self._raw
         key = id(conn)
         task = asyncio.current_task()
         parent = _open.get(key)
@@ -334,10 +372,10 @@ class Transaction(Generic[C]):
     ) -> bool:
         if self._state != _ACTIVE:
             raise TransactionError(f"{self!r} is not open")
-        key = id(self._conn)
+        key = id(self._raw)
         if _open.get(key) is not self:
             raise TransactionError(
-                f"atomic blocks on {self._conn!r} were exited out of order: "
+                f"atomic blocks on {self._connection!r} were exited out of order: "
                 f"{self!r} is not the innermost open block"
             )
         self._state = _DONE
@@ -351,19 +389,30 @@ class Transaction(Generic[C]):
         return await self._exit_savepoint(parent, exc)
 
     async def _exit_outermost(self, exc: BaseException | None) -> bool:
-        conn, dialect = self._conn, self._dialect
+        conn, dialect = self._raw, self._dialect
         if exc is None and not self._rollback_only and not self._doomed:
             try:
                 committed = await dialect.commit(conn)
             except asyncio.CancelledError as err:
-                _tracking.mark_broken(conn)
-                raise CommitUnknown(
-                    "cancelled during COMMIT: the transaction may or may not have been "
-                    f"committed; {conn!r} was marked broken (a pool discards it)"
-                ) from err
+                # The cancellation goes on (asyncio.timeout(), TaskGroup and
+                # Task.cancel() rely on it), carrying the unknown outcome.
+                self._mark_broken()
+                logger.warning(
+                    "cancelled during COMMIT on %r: the outcome is unknown (the transaction "
+                    "may or may not have been committed); the connection was marked broken",
+                    self._connection,
+                )
+                _attach(
+                    err,
+                    CommitUnknown(
+                        "cancelled during COMMIT: the transaction may or may not have been "
+                        f"committed; {self._connection!r} was marked broken (a pool discards it)"
+                    ),
+                )
+                raise
             except Exception as err:
                 if dialect.is_connection_error(err, conn):
-                    _tracking.mark_broken(conn)
+                    self._mark_broken()
                     raise CommitUnknown(
                         f"the connection was lost during COMMIT ({type(err).__name__}: {err}): "
                         "the transaction may or may not have been committed; "
@@ -408,7 +457,7 @@ class Transaction(Generic[C]):
         return isinstance(exc, Rollback)
 
     async def _exit_savepoint(self, parent: Transaction[C], exc: BaseException | None) -> bool:
-        conn, dialect = self._conn, self._dialect
+        conn, dialect = self._raw, self._dialect
         name = self._sp_name
         assert name is not None
         if exc is None and not self._rollback_only and not self._doomed:
@@ -452,28 +501,71 @@ class Transaction(Generic[C]):
     async def _rollback_quietly(
         self, exc: BaseException | None, *, outermost: bool
     ) -> BaseException | None:
-        """Roll back (to the savepoint) shielded from cancellation.
+        """Roll back (to the savepoint), shielded from cancellation and bounded.
 
-        A rollback error never replaces ``exc``: it is attached to ``exc`` as a
-        note and logged, the connection is marked broken, and it is returned.
+        The rollback gets ``cleanup_timeout`` seconds; past them the connection
+        is abandoned (marked broken so that its pool discards it, its transport
+        aborted where the driver allows) and the wait ends. A rollback failure
+        never replaces ``exc``: it is attached to ``exc`` (a note and
+        ``__context__``), logged, the connection is marked broken, and it is
+        returned. A cancellation that arrives meanwhile is re-raised once the
+        rollback is over (or abandoned), with the failure attached to it too.
         """
+        raw, dialect = self._raw, self._dialect
         if outermost:
-            op = self._dialect.rollback(self._conn)
+            what = "ROLLBACK"
+            op = dialect.rollback(raw)
         else:
             assert self._sp_name is not None
-            op = self._dialect.rollback_to_savepoint(self._conn, self._sp_name)
+            what = f"ROLLBACK TO SAVEPOINT {self._sp_name}"
+            op = dialect.rollback_to_savepoint(raw, self._sp_name)
+        loop = asyncio.get_running_loop()
         task = asyncio.ensure_future(op)
-        await _wait_shielded(task)
-        err = None if task.cancelled() else task.exception()
-        if task.cancelled():
-            err = asyncio.CancelledError("the rollback was cancelled")
+        deadline = loop.time() + self._cleanup_timeout
+        cancelled: asyncio.CancelledError | None = None
+        while not task.done():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                await asyncio.wait((task,), timeout=remaining)
+            except asyncio.CancelledError as second:
+                cancelled = second
+        err: BaseException | None
+        if not task.done():
+            err = TimeoutError(
+                f"{what} got no answer within cleanup_timeout={self._cleanup_timeout}s; "
+                f"{self._connection!r} was abandoned (a pool discards it)"
+            )
+            self._mark_broken()
+            try:
+                dialect.abort(raw)
+            except Exception as abort_error:
+                logger.warning("aborting %r failed: %r", self._connection, abort_error)
+            task.cancel()
+            task.add_done_callback(_consume)
+        elif task.cancelled():
+            err = asyncio.CancelledError(f"the {what} was cancelled")
+        else:
+            err = task.exception()
         if err is not None:
-            _tracking.mark_broken(self._conn)
-            what = "ROLLBACK" if outermost else f"ROLLBACK TO SAVEPOINT {self._sp_name}"
-            logger.warning("%s failed on %r: %r", what, self._conn, err)
+            self._mark_broken()
+            logger.warning("%s failed on %r: %r", what, self._connection, err)
+            note = f"aiolease: {what} also failed ({type(err).__name__}: {err})"
             if exc is not None:
-                exc.add_note(f"aiolease: {what} also failed ({type(err).__name__}: {err})")
+                _attach(exc, err, note)
+            if cancelled is not None and cancelled is not exc:
+                _attach(cancelled, err, note)
+        if cancelled is not None:
+            if exc is not None and exc is not cancelled:
+                _attach(cancelled, exc)
+            raise cancelled
         return err
+
+    def _mark_broken(self) -> None:
+        _tracking.mark_broken(self._raw)
+        if self._connection is not self._raw:
+            _tracking.mark_broken(self._connection)
 
     async def _after_rollback(self, exc: BaseException | None) -> None:
         """Run the on_rollback hooks of a transaction that rolled back."""
@@ -530,6 +622,7 @@ def atomic(
     readonly: bool = False,
     savepoint: bool = True,
     durable: bool = False,
+    cleanup_timeout: float | None = None,
 ) -> Transaction[C]:
     """A transaction block on ``conn``: commit on success, roll back on error.
 
@@ -541,9 +634,18 @@ def atomic(
 
     ``__aenter__`` blocks while BEGIN/SAVEPOINT runs; ``__aexit__`` blocks while
     COMMIT or the rollback runs and the hooks are awaited. A cancellation in
-    the body rolls back (shielded); a cancellation or connection loss during
-    COMMIT raises :class:`~aiolease.CommitUnknown` and marks the connection
-    broken so that a pool discards it.
+    the body rolls back (shielded from the cancellation, bounded by
+    ``cleanup_timeout``), then propagates. A rollback that gets no answer in
+    time abandons the connection (its pool discards it) and the original
+    exception propagates with the failure attached. Connection loss or a driver
+    timeout during COMMIT raises :class:`~aiolease.CommitUnknown`; a
+    cancellation during COMMIT propagates as ``CancelledError`` with a
+    ``CommitUnknown`` in its ``__context__``. Either way the connection is
+    marked broken so that a pool discards it.
+
+    Statements run exactly as inside the driver's own transaction: aiolease
+    only sends the transaction-control statements (for psycopg, through
+    psycopg's own ``conn.transaction()`` objects).
 
     Args:
         conn: an asyncpg, psycopg ``AsyncConnection`` or aiosqlite connection, a
@@ -558,20 +660,30 @@ def atomic(
             False a failing nested block dooms the whole transaction.
         durable: require this block to be the outermost one, so that its
             commit is final.
+        cleanup_timeout: seconds the ROLLBACK (or ROLLBACK TO SAVEPOINT) may
+            take before the connection is abandoned; None takes the dialect's
+            default (5 s).
 
     Raises:
         TypeError: no dialect is registered for ``conn``.
-        ValueError: ``isolation`` is not an accepted level.
+        ValueError: ``isolation`` is not an accepted level; ``cleanup_timeout``
+            is not a finite number > 0.
         TransactionError: (on enter) ``durable`` or ``isolation``/``readonly``
             on a nested block; the connection's transaction is in use by
             another task; the connection is in a transaction aiolease did not
             start. (On exit) the database had aborted the transaction, so it
             was rolled back instead of committed.
-        CommitUnknown: the connection was lost or the task cancelled during COMMIT.
+        CommitUnknown: the connection was lost (or the driver timed out) during
+            COMMIT: the outcome is unknown.
         HookError: a hook failed (the outcome is in ``committed``).
     """
     return Transaction(
-        conn, isolation=isolation, readonly=readonly, savepoint=savepoint, durable=durable
+        conn,
+        isolation=isolation,
+        readonly=readonly,
+        savepoint=savepoint,
+        durable=durable,
+        cleanup_timeout=cleanup_timeout,
     )
 
 
@@ -598,14 +710,7 @@ class PoolAtomic(Generic[C]):
     async def __aenter__(self) -> Transaction[C]:
         if self._acquire is not None:
             raise TransactionError("a pool.atomic() block can be entered only once")
-        acquire = self._acquire = self._pool.acquire()
-        conn = await acquire.__aenter__()
-        try:
-            tx: Transaction[C] = Transaction(conn, **self._options)
-            await tx.__aenter__()
-        except BaseException as exc:
-            await acquire.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
+        self._acquire, tx = await _begin_on_pool(self._pool, self._options)
         self._tx = tx
         return tx
 
@@ -620,7 +725,7 @@ class PoolAtomic(Generic[C]):
         try:
             suppress = await tx.__aexit__(exc_type, exc, tb)
         except BaseException as err:
-            await acquire.__aexit__(type(err), err, err.__traceback__)
+            await _release_keeping_outcome(acquire, err)
             raise
         if suppress:
             await acquire.__aexit__(None, None, None)
@@ -629,251 +734,66 @@ class PoolAtomic(Generic[C]):
         return suppress
 
 
+async def _begin_on_pool(
+    pool: Any,
+    options: dict[str, Any],
+    created: Callable[[Transaction[Any]], None] | None = None,
+) -> tuple[Any, Transaction[Any]]:
+    """Acquire a connection from ``pool`` and enter an outermost block on it.
+
+    ``created`` sees the block before it is entered. Returns the pool's
+    entered ``acquire()`` context and the open block; on failure the
+    connection goes back to the pool and the error propagates.
+    """
+    acquire = pool.acquire()
+    conn = await acquire.__aenter__()
+    try:
+        tx: Transaction[Any] = Transaction(conn, **_with_pool_defaults(pool, options))
+        if created is not None:
+            created(tx)
+        await tx.__aenter__()
+    except BaseException as exc:
+        await acquire.__aexit__(type(exc), exc, exc.__traceback__)
+        raise
+    return acquire, tx
+
+
+def _with_pool_defaults(pool: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` plus the pool's default ``cleanup_timeout`` (an attribute of
+    its manager, when it has one) unless the call gave one."""
+    if options.get("cleanup_timeout") is None:
+        default = getattr(getattr(pool, "manager", None), "cleanup_timeout", None)
+        if default is not None:
+            return {**options, "cleanup_timeout": default}
+    return options
+
+
+async def _release_keeping_outcome(acquire: Any, err: BaseException) -> None:
+    """Leave the pool's ``acquire()`` context after the block raised ``err``.
+
+    Once COMMIT was sent, no later exception hides the unknown outcome: one
+    that the release raises instead (a timeout of the caller firing meanwhile,
+    a cancellation) gets ``err`` in its chain.
+    """
+    try:
+        await acquire.__aexit__(type(err), err, err.__traceback__)
+    except BaseException as later:
+        if later is not err:
+            _attach(later, err)
+        raise
+
+
 def pool_atomic(pool: Any, **options: Any) -> PoolAtomic[Any]:
     """What :meth:`aiolease.Pool.atomic` returns (the options are :func:`atomic`'s)."""
     return PoolAtomic(pool, **options)
 
 
-# -- retries --------------------------------------------------------------------
-
-
-class TransactionAttempt(Generic[C]):
-    """One attempt of :func:`transaction_attempts`: ``async with attempt as tx:``.
-
-    Leaving the block with a retryable error (serialization failure, deadlock,
-    SQLite busy/locked) while attempts remain swallows the error and lets the
-    loop run the next attempt; any other outcome ends the loop.
-    """
-
-    __slots__ = ("_loop", "_pool_cm", "_tx", "number")
-
-    def __init__(self, loop: TransactionAttempts[C], number: int) -> None:
-        self._loop = loop
-        self.number = number
-        self._pool_cm: Any = None
-        self._tx: Transaction[C] | None = None
-
-    def _will_retry(self, exc: BaseException) -> bool:
-        loop = self._loop
-        if self.number >= loop._attempts or self._tx is None:
-            return False
-        return self._tx._dialect.is_retryable(exc)
-
-    async def __aenter__(self) -> Transaction[C]:
-        loop = self._loop
-        target = loop._target
-        if loop._is_connection:
-            conn = target
-        else:
-            self._pool_cm = target.acquire()
-            conn = await self._pool_cm.__aenter__()
-        try:
-            tx: Transaction[C] = Transaction(conn, **loop._options)
-            tx._retrying = self._will_retry
-            self._tx = tx
-            await tx.__aenter__()
-        except BaseException as exc:
-            if self._pool_cm is not None:
-                await self._pool_cm.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-        return tx
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        tx = self._tx
-        assert tx is not None
-        loop = self._loop
-        outcome: BaseException | None = None
-        try:
-            suppress = await tx.__aexit__(exc_type, exc, tb)
-            if not suppress:
-                outcome = exc
-        except BaseException as err:
-            outcome = err
-            if self._pool_cm is not None:
-                await self._pool_cm.__aexit__(type(err), err, err.__traceback__)
-                self._pool_cm = None
-            if isinstance(err, Exception) and self._will_retry(err):
-                loop._retry_pending = True
-                loop._last_error = err
-                return True
-            raise
-        if self._pool_cm is not None:
-            if outcome is None:
-                await self._pool_cm.__aexit__(None, None, None)
-            else:
-                await self._pool_cm.__aexit__(type(outcome), outcome, outcome.__traceback__)
-        if outcome is None:
-            loop._done = True
-            return suppress
-        if isinstance(outcome, Exception) and self._will_retry(outcome):
-            loop._retry_pending = True
-            loop._last_error = outcome
-            return True
-        return False
-
-
-class TransactionAttempts(Generic[C]):
-    """The async iterator returned by :func:`transaction_attempts`."""
-
-    __slots__ = (
-        "_attempts",
-        "_backoff",
-        "_done",
-        "_is_connection",
-        "_last_error",
-        "_max_backoff",
-        "_number",
-        "_options",
-        "_retry_pending",
-        "_target",
-    )
-
-    def __init__(
-        self,
-        target: Any,
-        *,
-        attempts: int,
-        backoff: float,
-        max_backoff: float,
-        options: dict[str, Any],
-    ) -> None:
-        if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
-            raise ValueError(f"attempts must be an int >= 1, got {attempts!r}")
-        if not backoff >= 0:
-            raise ValueError(f"backoff must be >= 0 seconds, got {backoff!r}")
-        if not max_backoff >= 0:
-            raise ValueError(f"max_backoff must be >= 0 seconds, got {max_backoff!r}")
-        self._is_connection = find_dialect(unwrap(target)) is not None
-        if not self._is_connection and not hasattr(target, "acquire"):
-            raise TypeError(
-                "run_transaction()/transaction_attempts() need a pool (with acquire()) or a "
-                f"connection with a transaction dialect, got {type(target).__name__}"
-            )
-        if self._is_connection:
-            # Validate the options now rather than at the first attempt.
-            Transaction(target, **options)
-        self._target = target
-        self._attempts = attempts
-        self._backoff = float(backoff)
-        self._max_backoff = float(max_backoff)
-        self._options = options
-        self._number = 0
-        self._done = False
-        self._retry_pending = False
-        self._last_error: BaseException | None = None
-
-    def __aiter__(self) -> TransactionAttempts[C]:
-        return self
-
-    async def __anext__(self) -> TransactionAttempt[C]:
-        if self._done:
-            raise StopAsyncIteration
-        if self._number:
-            if not self._retry_pending:
-                # The previous attempt ended without a retryable error (or was
-                # never entered): stop.
-                self._done = True
-                raise StopAsyncIteration
-            self._retry_pending = False
-            cap = min(self._max_backoff, self._backoff * 2 ** (self._number - 1))
-            delay = random.uniform(0, cap)
-            logger.debug(
-                "retrying transaction (attempt %d of %d) in %.3fs after %r",
-                self._number + 1,
-                self._attempts,
-                delay,
-                self._last_error,
-            )
-            await asyncio.sleep(delay)
-        self._number += 1
-        return TransactionAttempt(self, self._number)
-
-
-def transaction_attempts(
-    target: Any,
-    *,
-    attempts: int = 5,
-    isolation: str | None = None,
-    readonly: bool = False,
-    backoff: float = 0.05,
-    max_backoff: float = 1.0,
-) -> TransactionAttempts[Any]:
-    """Retry loop for transaction code that does not fit a callback.
-
-    ::
-
-        async for attempt in aiolease.transaction_attempts(pool, isolation="serializable"):
-            async with attempt as tx:
-                await tx.connection.execute(...)
-
-    Each attempt acquires a connection from ``target`` (a pool) or reuses
-    ``target`` (a connection) and runs a fresh outermost transaction. An attempt
-    that fails with a retryable error (PostgreSQL 40001/40P01, SQLite busy or
-    locked) while attempts remain rolls back, runs no hooks, and the loop
-    sleeps a jittered exponential backoff (uniform in ``[0, min(max_backoff,
-    backoff * 2**n)]``, read from the loop's clock) before the next one. The
-    last attempt's error propagates. The loop ends after the first attempt
-    that commits.
-
-    Args:
-        target: an aiolease ``Pool`` (or any pool whose ``acquire()`` is an
-            async context manager), or a connection.
-        attempts: the most attempts to make (>= 1).
-        isolation: as for :func:`atomic`.
-        readonly: as for :func:`atomic`.
-        backoff: first backoff cap in seconds (doubles per retry).
-        max_backoff: the largest backoff in seconds, so ``attempts`` bounds the
-            total wait by ``(attempts - 1) * max_backoff``.
-
-    Raises:
-        ValueError: bad ``attempts``/``backoff``/``max_backoff``/``isolation``.
-        TypeError: ``target`` is neither a pool nor a supported connection.
-    """
-    return TransactionAttempts(
-        target,
-        attempts=attempts,
-        backoff=backoff,
-        max_backoff=max_backoff,
-        options={"isolation": isolation, "readonly": readonly},
-    )
-
-
-async def run_transaction(
-    target: Any,
-    fn: Callable[[Any], Awaitable[R]],
-    *,
-    attempts: int = 5,
-    isolation: str | None = None,
-    readonly: bool = False,
-    backoff: float = 0.05,
-    max_backoff: float = 1.0,
-) -> R:
-    """Run ``await fn(conn)`` in a transaction, retrying on serialization failures.
-
-    Each attempt gets a connection from ``target`` (a pool; or ``target``
-    itself when it is a connection) inside a fresh :func:`atomic` block and
-    returns ``fn``'s result once committed. Retryable errors and the backoff
-    are as for :func:`transaction_attempts`. ``fn`` registers hooks with a
-    nested ``async with aiolease.atomic(conn, savepoint=False) as tx:``
-    (free: no SQL); they run only for the attempt that commits.
-
-    Raises:
-        Exception: whatever the last attempt raised.
-    """
-    result: R
-    async for attempt in transaction_attempts(
-        target,
-        attempts=attempts,
-        isolation=isolation,
-        readonly=readonly,
-        backoff=backoff,
-        max_backoff=max_backoff,
-    ):
-        async with attempt as tx:
-            result = await fn(tx.connection)
-    return result
+# Retries live in their own module; re-exported here (the public names' home).
+from ._retry import (  # noqa: E402
+    TransactionAttempt as TransactionAttempt,
+)
+from ._retry import (  # noqa: E402
+    TransactionAttempts as TransactionAttempts,
+)
+from ._retry import run_transaction as run_transaction  # noqa: E402
+from ._retry import transaction_attempts as transaction_attempts  # noqa: E402

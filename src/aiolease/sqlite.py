@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
+from ._compat import aiosqlite as _compat_aiosqlite
 from ._dialects.sqlite import enable_loop_commit
 from ._driver_args import check_connect_kwargs, check_pragmas, keywords_of
 from ._lease import LeaseProxies
@@ -117,14 +118,16 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
         path: the database file (``":memory:"`` gives every connection its own database).
         pragmas: pragmas set on each new connection (default :data:`DEFAULT_PRAGMAS`;
             pass a mapping to replace them).
-        commit_on_loop: let :func:`aiolease.atomic` commit small transactions on the
-            event loop instead of in the connection's thread, which saves a thread hop
-            per transaction (default True; it takes effect in WAL mode with
-            ``check_same_thread=False``, the defaults here). In WAL mode such a COMMIT
-            only appends a few pages to the WAL file; SQLite's automatic checkpoint,
-            which could block, is moved to the connection's thread (see
-            :mod:`aiolease._dialects.sqlite`). Pass False to keep every statement off
-            the loop.
+        commit_on_loop: opt in to let :func:`aiolease.atomic` commit small
+            transactions on the event loop instead of in the connection's thread,
+            which saves a thread hop per transaction (default False; it takes effect
+            in WAL mode with ``check_same_thread=False``, the defaults here, and not
+            with ``AIOLEASE_COMPAT=public``: it relies on aiosqlite internals).
+            Hazard: the COMMIT then blocks the event loop while it runs; in WAL mode
+            with ``synchronous=NORMAL`` it only appends a few pages to the WAL file,
+            but with ``synchronous=FULL`` or a slow disk it stalls every task of the
+            loop. SQLite's automatic checkpoint is moved to the connection's thread
+            (see :mod:`aiolease._compat.aiosqlite`).
         **connect_kwargs: passed to :func:`aiosqlite.connect` (and :func:`sqlite3.connect`);
             ``isolation_level`` defaults to None (autocommit: transactions are explicit,
             see :func:`aiolease.atomic`) and ``check_same_thread`` to False (only
@@ -136,7 +139,7 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
         path: str | os.PathLike[str],
         *,
         pragmas: Mapping[str, str | int | float] | None = None,
-        commit_on_loop: bool = True,
+        commit_on_loop: bool = False,
         **connect_kwargs: Any,
     ) -> None:
         if not isinstance(commit_on_loop, bool):
@@ -178,7 +181,11 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
                         await _set_journal_mode(conn, value)
                     continue
                 await conn.execute(f"PRAGMA {key}={value}")
-            if self.commit_on_loop and not self.connect_kwargs["check_same_thread"]:
+            if (
+                self.commit_on_loop
+                and _compat_aiosqlite.ENABLED
+                and not self.connect_kwargs["check_same_thread"]
+            ):
                 journal = await _pragma(conn, "journal_mode")
                 if str(journal).lower() == "wal":
                     enable_loop_commit(conn, int(await _pragma(conn, "wal_autocheckpoint")))
@@ -232,7 +239,7 @@ def create_pool(
     backoff_base: float = 0.1,
     backoff_max: float = 10.0,
     pragmas: Mapping[str, str | int | float] | None = None,
-    commit_on_loop: bool = True,
+    commit_on_loop: bool = False,
     **connect_kwargs: Any,
 ) -> Pool[aiosqlite.Connection]:
     """An unopened :class:`~aiolease.Pool` of aiosqlite connections to ``path``.

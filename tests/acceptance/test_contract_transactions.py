@@ -658,7 +658,7 @@ async def _wait_until_committing(e: Env, pid: int) -> None:
     raise AssertionError("the COMMIT never started")
 
 
-async def test_cancel_during_commit_raises_commit_unknown_and_pool_discards(
+async def test_cancel_during_commit_propagates_and_pool_discards(
     pg_env: Env,
 ) -> None:
     fn = await _slow_commit_table(pg_env, 1.0)
@@ -677,8 +677,9 @@ async def test_cancel_during_commit_raises_commit_unknown_and_pool_discards(
             await committing.wait()
             await _wait_until_committing(pg_env, pids[0])  # running the 1 s trigger
             task.cancel()
-            with pytest.raises(aiolease.CommitUnknown):
+            with pytest.raises(asyncio.CancelledError) as info:
                 await task
+            assert isinstance(info.value.__context__, aiolease.CommitUnknown)
             async with pool.atomic() as tx:
                 new_pid = await _backend_pid(pg_env, tx.connection)
             assert new_pid != pids[0], "the pool reused a connection whose COMMIT was cut"
@@ -1099,3 +1100,56 @@ async def test_pool_atomic_over_fake_connections() -> None:
             "COMMIT",
         ]
         assert pool.statistics().in_use == 0
+
+
+# -- hardening (2026-12-05) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["backoff", "max_backoff"])
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), 0, -1.0])
+async def test_run_transaction_bad_backoff_is_value_error_naming_it(name: str, bad: float) -> None:
+    async def fn(conn: Any) -> None:
+        raise AssertionError("not reached")  # pragma: no cover
+
+    with pytest.raises(ValueError, match=name):
+        options: dict[str, Any] = {name: bad}
+        await aiolease.run_transaction(FakeConnection(), fn, **options)
+
+
+@pytest.mark.aiolease_virtual_time
+async def test_a_rollback_with_no_answer_is_abandoned_after_5_s_by_default() -> None:
+    from aiolease import _tracking
+
+    conn = FakeConnection()
+    conn.hang("^ROLLBACK$")
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with pytest.raises(KeyError) as info:
+        async with aiolease.atomic(conn):
+            await conn.execute("INSERT")
+            raise KeyError("original")
+    assert loop.time() - t0 == pytest.approx(5.0, abs=0.01)
+    assert isinstance(info.value.__context__, TimeoutError)
+    assert any("ROLLBACK" in note for note in info.value.__notes__)
+    assert _tracking.is_broken(conn)
+
+
+@pytest.mark.aiolease_virtual_time
+async def test_cancellation_is_not_swallowed_by_a_hanging_rollback() -> None:
+    conn = FakeConnection()
+    conn.hang("^ROLLBACK$")
+    inside = asyncio.Event()
+
+    async def body() -> None:
+        async with aiolease.atomic(conn, cleanup_timeout=1.0):
+            inside.set()
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(body())
+    await inside.wait()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert loop.time() - t0 == pytest.approx(1.0, abs=0.01)

@@ -22,10 +22,14 @@ import aiosqlite
 import pytest
 
 import aiolease
-from aiolease._dialects.sqlite import LOOP_COMMIT_MAX_CHANGES
+from aiolease._compat.aiosqlite import ENABLED, LOOP_COMMIT_MAX_CHANGES
 from aiolease.sqlite import SqliteManager
 
 LOOP_ATTR = "_aiolease_loop_commit"
+
+pytestmark = pytest.mark.skipif(
+    not ENABLED, reason="COMMIT on the loop needs aiosqlite internals (AIOLEASE_COMPAT=public)"
+)
 
 
 async def scalar(conn: aiosqlite.Connection, sql: str) -> Any:
@@ -59,6 +63,7 @@ class HopCounter:
 
 @contextlib.asynccontextmanager
 async def connection(path: Path, **options: Any) -> AsyncIterator[aiosqlite.Connection]:
+    options.setdefault("commit_on_loop", True)
     manager = SqliteManager(path, **options)
     conn = await manager.create()
     try:
@@ -193,7 +198,7 @@ async def test_checkpoints_still_happen_in_the_worker_thread(tmp_path: Path) -> 
 
 async def test_many_writers_through_a_pool(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite"
-    async with aiolease.sqlite.create_pool(path, max_size=4) as pool:
+    async with aiolease.sqlite.create_pool(path, max_size=4, commit_on_loop=True) as pool:
         async with pool.acquire() as conn:
             await conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)")
 

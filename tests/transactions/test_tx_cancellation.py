@@ -154,7 +154,9 @@ async def test_cancelled_at_rollback_to_savepoint_completes_it() -> None:
     assert conn.committed == []
 
 
-async def test_cancelled_at_commit_raises_commit_unknown_and_marks_broken() -> None:
+async def test_cancelled_at_commit_propagates_with_commit_unknown_and_marks_broken(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     conn = FakeConnection()
     gate = conn.gate("^COMMIT")
     hooks: list[str] = []
@@ -169,12 +171,31 @@ async def test_cancelled_at_commit_raises_commit_unknown_and_marks_broken() -> N
     await gate.reached.wait()
     task.cancel()
     gate.open()
-    with pytest.raises(aiolease.CommitUnknown) as info:
+    with (
+        caplog.at_level("WARNING", logger="aiolease.transaction"),
+        pytest.raises(asyncio.CancelledError) as info,
+    ):
         await task
-    assert isinstance(info.value.__cause__, asyncio.CancelledError)
+    assert isinstance(info.value.__context__, aiolease.CommitUnknown)
     assert _tracking.is_broken(conn)
     assert hooks == []
     assert id(conn) not in _open
+    assert any("outcome is unknown" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_timeout_during_commit_carries_commit_unknown() -> None:
+    conn = FakeConnection()
+    conn.gate("^COMMIT")  # never opened: COMMIT hangs
+    with pytest.raises(TimeoutError) as info:
+        async with asyncio.timeout(0.05), aiolease.atomic(conn):
+            await conn.execute("INSERT")
+    chain = []
+    e: BaseException | None = info.value
+    while e is not None:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    assert any(isinstance(x, aiolease.CommitUnknown) for x in chain)
+    assert _tracking.is_broken(conn)
 
 
 async def test_cancelled_in_an_async_commit_hook_propagates_after_commit() -> None:
@@ -221,7 +242,7 @@ async def test_cancelled_while_waiting_for_pool_atomic() -> None:
 
 
 async def test_cancelled_during_retry_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("aiolease._transaction.random.uniform", lambda low, high: high)
+    monkeypatch.setattr("aiolease._retry.random.uniform", lambda low, high: high)
     conn = FakeConnection()
     conn.fail_commit(1)
     attempts: list[int] = []

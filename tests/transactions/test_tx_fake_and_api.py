@@ -155,7 +155,7 @@ async def test_run_transaction_retries_injected_failures_and_runs_hooks_once() -
             tx.on_rollback(lambda: rolled_back.append(len(calls)))
         return len(calls)
 
-    assert await aiolease.run_transaction(conn, work, backoff=0.0) == 3
+    assert await aiolease.run_transaction(conn, work, backoff=0.001) == 3
     assert committed == [3]
     assert rolled_back == []  # hooks only for the committed attempt
     assert conn.committed == [("INSERT", (3,))]
@@ -172,7 +172,7 @@ async def test_last_attempt_error_propagates_and_its_rollback_hooks_run() -> Non
             tx.on_rollback(lambda: rolled_back.append(1))
 
     with pytest.raises(FakeDatabaseError) as info:
-        await aiolease.run_transaction(conn, work, attempts=2, backoff=0.0)
+        await aiolease.run_transaction(conn, work, attempts=2, backoff=0.001)
     assert info.value.sqlstate == "40001"
     assert rolled_back == [1]  # only the final, unretried attempt's
 
@@ -184,7 +184,7 @@ async def test_retry_backoff_is_capped_and_jittered(monkeypatch: pytest.MonkeyPa
         caps.append(high)
         return 0.0
 
-    monkeypatch.setattr("aiolease._transaction.random.uniform", uniform)
+    monkeypatch.setattr("aiolease._retry.random.uniform", uniform)
     conn = FakeConnection()
     for n in range(1, 6):
         conn.fail_commit(n)
@@ -200,7 +200,7 @@ async def test_transaction_attempts_loop() -> None:
     conn = FakeConnection()
     conn.fail_commit(1)
     seen: list[int] = []
-    async for attempt in aiolease.transaction_attempts(conn, backoff=0.0):
+    async for attempt in aiolease.transaction_attempts(conn, backoff=0.001):
         seen.append(attempt.number)
         async with attempt as tx:
             await tx.connection.execute("INSERT")
@@ -219,7 +219,7 @@ async def test_transaction_attempts_with_a_pool() -> None:
 
     async with aiolease.Pool.from_callables(create, max_size=1) as pool:
         numbers = []
-        async for attempt in aiolease.transaction_attempts(pool, backoff=0.0):
+        async for attempt in aiolease.transaction_attempts(pool, backoff=0.001):
             numbers.append(attempt.number)
             async with attempt as tx:
                 await tx.connection.execute("INSERT")
@@ -297,6 +297,10 @@ def test_import_aiolease_imports_no_driver() -> None:
     assert out.stdout.strip() == "[]"
 
 
+async def _never(conn: object) -> None:
+    raise AssertionError("not reached")  # pragma: no cover
+
+
 async def test_misuse_errors() -> None:
     conn = FakeConnection()
     tx = aiolease.atomic(conn)
@@ -321,10 +325,17 @@ async def test_misuse_errors() -> None:
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="attempts"):
             aiolease.transaction_attempts(conn, attempts=bad)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="backoff"):
-        aiolease.transaction_attempts(conn, backoff=-1)
-    with pytest.raises(ValueError, match="max_backoff"):
-        aiolease.transaction_attempts(conn, max_backoff=-1)
+    for bad_backoff in (-1, 0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="backoff"):
+            aiolease.transaction_attempts(conn, backoff=bad_backoff)
+        with pytest.raises(ValueError, match="max_backoff"):
+            aiolease.transaction_attempts(conn, max_backoff=bad_backoff)
+        with pytest.raises(ValueError, match="cleanup_timeout"):
+            aiolease.atomic(conn, cleanup_timeout=bad_backoff)
+    with pytest.raises(ValueError, match="backoff must be a finite number"):
+        await aiolease.run_transaction(conn, _never, backoff=float("inf"), max_backoff=float("inf"))
+    with pytest.raises(TypeError, match="cleanup_timeout"):
+        aiolease.atomic(conn, cleanup_timeout="5")  # type: ignore[arg-type]
     assert "unentered" in repr(aiolease.atomic(conn))
 
 

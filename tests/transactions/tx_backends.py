@@ -24,10 +24,12 @@ import pytest
 import aiolease
 import aiolease.psycopg
 import aiolease.sqlite
+from aiolease._compat import aiosqlite as _compat_aiosqlite
 from aiolease.testing import FakeConnection, FakeDatabase
 
 PG_DSN = os.environ.get("AIOLEASE_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-BACKENDS = ["asyncpg", "psycopg", "sqlite", "sqlite-loop", "fake"]
+# sqlite-public: aiosqlite through its public API only (the _compat fast path off).
+BACKENDS = ["asyncpg", "psycopg", "sqlite", "sqlite-public", "sqlite-loop", "fake"]
 POSTGRES = frozenset({"asyncpg", "psycopg"})
 
 
@@ -189,7 +191,7 @@ class SqliteLoopBackend(SqliteBackend):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.manager = aiolease.sqlite.SqliteManager(
-            path, pragmas={"busy_timeout": 10000, "journal_mode": "WAL"}
+            path, pragmas={"busy_timeout": 10000, "journal_mode": "WAL"}, commit_on_loop=True
         )
 
     async def _open(self) -> Any:
@@ -272,17 +274,22 @@ async def backend_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Asy
     if name in POSTGRES:
         request.getfixturevalue("pg_dsn")  # skips loudly / fails under CI when down
         b = AsyncpgBackend() if name == "asyncpg" else PsycopgBackend()
-    elif name == "sqlite":
+    elif name in ("sqlite", "sqlite-public"):
         b = SqliteBackend(tmp_path / "contract.sqlite")
     elif name == "sqlite-loop":
+        if not _compat_aiosqlite.ENABLED:
+            pytest.skip("COMMIT on the loop needs aiosqlite internals (AIOLEASE_COMPAT=public)")
         b = SqliteLoopBackend(tmp_path / "contract.sqlite")
     else:
         b = FakeBackend()
-    await b.setup()
-    try:
-        yield b
-    finally:
-        await b.teardown()
+    with pytest.MonkeyPatch.context() as patch:
+        if name == "sqlite-public":
+            patch.setattr(_compat_aiosqlite, "ENABLED", False)
+        await b.setup()
+        try:
+            yield b
+        finally:
+            await b.teardown()
 
 
 @pytest.fixture(params=sorted(POSTGRES), name="pg_backend")

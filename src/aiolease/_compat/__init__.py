@@ -1,7 +1,9 @@
-"""The only place aiolease touches other projects' private names; one module per dependency.
+"""The only place where aiolease touches other projects' private names.
 
-Each module picks, once at import, between a private fast path and a public-API fallback.
-Setting ``AIOLEASE_COMPAT=public`` before import makes every module take its fallback.
+One module per dependency; each chooses once, at import, between a faster
+path built on the dependency's internals and a public-API fallback. Setting
+the environment variable ``AIOLEASE_COMPAT=public`` before importing aiolease
+forces every fallback.
 """
 
 from __future__ import annotations
@@ -10,5 +12,5 @@ import os
 
 __all__ = ["PUBLIC"]
 
-#: True when ``AIOLEASE_COMPAT=public``: use only public APIs of every dependency.
+#: True when ``AIOLEASE_COMPAT=public``: use only public APIs of dependencies.
 PUBLIC = os.environ.get("AIOLEASE_COMPAT") == "public"

@@ -39,6 +39,10 @@ class Dialect(ABC, Generic[C]):
     name: ClassVar[str] = "custom"
     #: The isolation levels the database accepts (lower case, a subset of ISOLATION_LEVELS).
     isolation_levels: ClassVar[frozenset[str]] = ISOLATION_LEVELS
+    #: Seconds a clean-up statement (ROLLBACK, ROLLBACK TO SAVEPOINT) may take
+    #: before ``atomic`` abandons the connection; ``atomic(cleanup_timeout=...)``
+    #: overrides it per block.
+    cleanup_timeout: ClassVar[float] = 5.0
 
     @abstractmethod
     async def begin(self, conn: C, isolation: str | None, readonly: bool) -> None:
@@ -74,6 +78,15 @@ class Dialect(ABC, Generic[C]):
     @abstractmethod
     async def rollback_to_savepoint(self, conn: C, name: str) -> None:
         """Undo the work since savepoint ``name`` and release it."""
+
+    def abort(self, conn: C) -> None:
+        """Abort ``conn``'s transport at once, without waiting for the peer.
+
+        Called (synchronously) when a clean-up statement got no answer within
+        ``cleanup_timeout``: the connection has been marked broken and is being
+        abandoned. Implement it only with the driver's public API; the default
+        does nothing (the pool that owns the connection closes it).
+        """
 
     def in_transaction(self, conn: C) -> bool:
         """Whether ``conn`` is inside a transaction right now (answered without I/O).

@@ -1,8 +1,8 @@
-"""PostgreSQL statements shared by the asyncpg, psycopg and fake dialects."""
+"""PostgreSQL statements shared by the asyncpg and fake dialects."""
 
 from __future__ import annotations
 
-__all__ = ["begin_bytes", "begin_sql"]
+__all__ = ["begin_sql"]
 
 _BEGIN: dict[tuple[str | None, bool], str] = {}
 for _level in (None, "read committed", "repeatable read", "serializable"):
@@ -18,11 +18,3 @@ for _level in (None, "read committed", "repeatable read", "serializable"):
 def begin_sql(isolation: str | None, readonly: bool) -> str:
     """The BEGIN statement for a normalized isolation level (or None) and read-only flag."""
     return _BEGIN[isolation, readonly]
-
-
-_BEGIN_BYTES = {key: sql.encode() for key, sql in _BEGIN.items()}
-
-
-def begin_bytes(isolation: str | None, readonly: bool) -> bytes:
-    """:func:`begin_sql`, encoded (for drivers that send bytes)."""
-    return _BEGIN_BYTES[isolation, readonly]

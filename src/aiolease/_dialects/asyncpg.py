@@ -42,6 +42,11 @@ class AsyncpgDialect(Dialect[Any]):
         # Simple query protocol: both statements in one round trip.
         await conn.execute(f"ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}")
 
+    def abort(self, conn: Any) -> None:
+        # Closes the socket at once; a statement still waiting fails with
+        # ConnectionDoesNotExistError.
+        conn.terminate()
+
     def in_transaction(self, conn: Any) -> bool:
         return bool(conn.is_in_transaction())
 

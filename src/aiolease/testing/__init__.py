@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ._fake_connection import FakeConnection as FakeConnection
 from ._fake_connection import FakeConnectionLost as FakeConnectionLost
+from ._fake_connection import FakeCursor as FakeCursor
 from ._fake_connection import FakeDatabase as FakeDatabase
 from ._fake_connection import FakeDatabaseError as FakeDatabaseError
 from ._fake_connection import FakeGate as FakeGate
@@ -32,6 +33,7 @@ __all__ = [
     "Call",
     "FakeConnection",
     "FakeConnectionLost",
+    "FakeCursor",
     "FakeDatabase",
     "FakeDatabaseError",
     "FakeGate",

@@ -20,6 +20,7 @@ from .._dialects._pg import begin_sql
 __all__ = [
     "FakeConnection",
     "FakeConnectionLost",
+    "FakeCursor",
     "FakeDatabase",
     "FakeDatabaseError",
     "FakeDialect",
@@ -87,11 +88,104 @@ class _Script:
     times: int | None
 
 
+def _as_rows(result: Any) -> list[Any]:
+    """A statement's answer as a list of rows: scripted rows as given (a single
+    row that is not a list becomes ``[row]``), a status string as no rows."""
+    if result is None or isinstance(result, str):
+        return []
+    if isinstance(result, list):
+        return result
+    if isinstance(result, tuple | dict):
+        return [result]
+    return list(result)
+
+
+def _first_column(row: Any, column: int) -> Any:
+    if isinstance(row, dict):
+        return list(row.values())[column]
+    if isinstance(row, tuple | list):
+        return row[column]
+    return row
+
+
+class FakeCursor:
+    """Cursor-style access to a :class:`FakeConnection` (what ``conn.cursor()`` returns).
+
+    Shaped like psycopg's and DB-API cursors: ``await cur.execute(sql, params)``
+    then ``fetchone()``/``fetchmany()``/``fetchall()`` (awaitable), ``rowcount``,
+    ``async with`` and ``async for``. Each ``execute`` goes through the
+    connection, so it is recorded in :attr:`FakeConnection.statements`.
+    """
+
+    def __init__(self, connection: FakeConnection) -> None:
+        self.connection = connection
+        self.closed = False
+        self._rows: list[Any] = []
+        self._pos = 0
+        #: Rows of the last ``execute`` (-1 before any).
+        self.rowcount = -1
+
+    async def execute(self, sql: str, params: Any = None) -> FakeCursor:
+        """Run ``sql`` with ``params`` (a sequence, or None); returns the cursor."""
+        if self.closed:
+            raise FakeDatabaseError("the cursor is closed")
+        args = () if params is None else tuple(params)
+        self._rows = _as_rows(await self.connection.execute(sql, *args))
+        self._pos = 0
+        self.rowcount = len(self._rows)
+        return self
+
+    async def executemany(self, sql: str, params_seq: Any) -> None:
+        for params in params_seq:
+            await self.execute(sql, params)
+
+    async def fetchone(self) -> Any:
+        if self._pos >= len(self._rows):
+            return None
+        row = self._rows[self._pos]
+        self._pos += 1
+        return row
+
+    async def fetchmany(self, size: int = 1) -> list[Any]:
+        rows = self._rows[self._pos : self._pos + size]
+        self._pos += len(rows)
+        return rows
+
+    async def fetchall(self) -> list[Any]:
+        rows = self._rows[self._pos :]
+        self._pos = len(self._rows)
+        return rows
+
+    async def close(self) -> None:
+        self.closed = True
+
+    async def __aenter__(self) -> FakeCursor:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __aiter__(self) -> FakeCursor:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._pos >= len(self._rows):
+            raise StopAsyncIteration
+        return await self.fetchone()
+
+
 class FakeConnection:
     """An in-memory connection double driven with ``await conn.execute(sql, *args)``.
 
     Constructible with no arguments. Everything it receives is appended to
-    :attr:`statements`, transaction control included. Work done inside a
+    :attr:`statements`, transaction control included.
+
+    It speaks the shapes code is written against, so code written for a
+    driver can be tested without an adapter: asyncpg-style
+    (:meth:`execute`, :meth:`fetch`, :meth:`fetchrow`, :meth:`fetchval`,
+    :meth:`executemany`) and cursor-style (:meth:`cursor`, then
+    ``execute``/``fetchone``/``fetchall`` on the :class:`FakeCursor`). Rows
+    come from :meth:`script`. Work done inside a
     transaction reaches :attr:`committed` only when the transaction commits
     (minus what savepoints rolled back). After a failing statement inside a
     transaction every statement fails with SQLSTATE 25P02 until ROLLBACK (or
@@ -189,6 +283,15 @@ class FakeConnection:
         """
         self._commit_faults[self._commits + n] = ("drop", committed)
 
+    def hang(self, pattern: str | re.Pattern[str]) -> FakeGate:
+        """Never answer the statements matching ``pattern``: a silent peer.
+
+        The statement is recorded and then waits until the task is cancelled
+        (or the returned gate is opened). Use it to test that clean-up is
+        bounded (``atomic(cleanup_timeout=...)``) and that cancellation goes on.
+        """
+        return self.gate(pattern)
+
     def gate(self, pattern: str | re.Pattern[str]) -> FakeGate:
         """Hold every statement matching ``pattern`` until the returned gate is opened.
 
@@ -240,6 +343,29 @@ class FakeConnection:
         # wait was cancelled had no effect.
         return self._apply(sql, args)
 
+    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        """Run ``sql`` (asyncpg-style) and return its rows (scripted; else ``[]``)."""
+        return _as_rows(await self.execute(sql, *args))
+
+    async def fetchrow(self, sql: str, *args: Any) -> Any:
+        """Run ``sql`` and return its first row, or None."""
+        rows = await self.fetch(sql, *args)
+        return rows[0] if rows else None
+
+    async def fetchval(self, sql: str, *args: Any, column: int = 0) -> Any:
+        """Run ``sql`` and return ``column`` of its first row, or None."""
+        row = await self.fetchrow(sql, *args)
+        return None if row is None else _first_column(row, column)
+
+    async def executemany(self, sql: str, args: Any) -> None:
+        """Run ``sql`` once per argument tuple in ``args`` (each one is recorded)."""
+        for one in args:
+            await self.execute(sql, *one)
+
+    def cursor(self) -> FakeCursor:
+        """A cursor (psycopg/DB-API style) over this connection."""
+        return FakeCursor(self)
+
     async def close(self) -> None:
         """Close the connection; an open transaction is rolled back."""
         self._reset()
@@ -252,7 +378,7 @@ class FakeConnection:
         self._work = []
         self._savepoints = []
 
-    def _aborted(self) -> FakeDatabaseError:
+    def _aborted_error(self) -> FakeDatabaseError:
         return FakeDatabaseError(
             "current transaction is aborted, commands ignored until end of transaction block",
             sqlstate="25P02",
@@ -298,7 +424,7 @@ class FakeConnection:
         if self._status == _IDLE:
             raise FakeDatabaseError(f"{what} can only be used in transaction blocks", "25P01")
         if self._status == _INERROR:
-            raise self._aborted()
+            raise self._aborted_error()
 
     def _find_savepoint(self, name: str) -> int:
         name = name.lower()
@@ -352,7 +478,7 @@ class FakeConnection:
 
     def _work_statement(self, sql: str, args: tuple[Any, ...]) -> Any:
         if self._status == _INERROR:
-            raise self._aborted()
+            raise self._aborted_error()
         for rule in self._scripts:
             if rule.pattern.search(sql):
                 self._use(rule)

@@ -1,0 +1,320 @@
+"""aiosqlite internals: BEGIN in the first operation's thread hop, and COMMIT on the loop.
+
+Every aiosqlite operation is one *thread hop*: the call is queued to the
+connection's worker thread and the event loop is woken with the result. Hops,
+not SQLite, dominate the cost of a small transaction. aiosqlite has no public
+way to run two steps in one hop, so this module uses its internals
+(``Connection._execute``, the funnel of every operation; ``_conn``; the
+request queue ``_tx``). It is used only when :data:`ENABLED` (chosen once at
+import: off with ``AIOLEASE_COMPAT=public`` or when aiosqlite's layout is not
+the expected one); otherwise :mod:`aiolease._dialects.sqlite` spends a hop per
+statement through the public API.
+
+* **BEGIN rides along with the first operation of the block.** :func:`arm`
+  issues nothing; it installs a one-shot wrapper over the connection's
+  ``_execute`` that runs ``BEGIN IMMEDIATE`` in the worker thread right before
+  the first operation of the block, in the same hop. Unlike sqlite3's legacy
+  implicit BEGIN (which only precedes INSERT/UPDATE/DELETE) this also covers a
+  block that *reads first*. A block that ran no statement costs no hop.
+* COMMIT (or ROLLBACK), and resetting ``query_only`` after a read-only block,
+  share one hop; a failed COMMIT is rolled back in the same hop.
+* **COMMIT on the loop (opt-in)**, for connections marked by
+  :func:`enable_loop_commit` (``aiolease.sqlite`` pools with
+  ``commit_on_loop=True``; WAL mode, ``check_same_thread=False``). The COMMIT
+  then runs on the event loop's thread, with no hop. Hazard: SQLite work on the
+  loop thread blocks the loop while it runs. In WAL mode with
+  ``synchronous=NORMAL`` the COMMIT of a small transaction only appends its
+  last pages to the WAL file (no fsync, no lock to wait for: the write lock is
+  already held), but with ``synchronous=FULL``, a slow disk or a large
+  transaction it can stall every task of the loop. Everything that could block
+  longer stays in the thread: the COMMIT goes through the worker after all when
+  the block changed many rows, when an operation of the block is still running
+  or queued (a statement the body stopped awaiting), and SQLite's automatic
+  WAL checkpoint is switched off while blocks run and done in the worker
+  thread instead.
+
+Writes start with ``BEGIN IMMEDIATE`` so the busy timeout applies when the
+write lock is taken.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from . import PUBLIC
+
+__all__ = [
+    "ENABLED",
+    "LOOP_COMMIT_MAX_CHANGES",
+    "begin",
+    "commit",
+    "enable_loop_commit",
+    "release_savepoint",
+    "rollback",
+    "rollback_to_savepoint",
+    "savepoint",
+]
+
+
+# Marker on a connection whose block began read-only (query_only must be reset).
+_READONLY = "_aiolease_readonly"
+
+
+#: A transaction that changed more rows than this commits through the worker thread.
+LOOP_COMMIT_MAX_CHANGES = 1000
+_LOOP = "_aiolease_loop_commit"  # instance attribute: the connection's _LoopCommit
+
+
+class _LoopCommit:
+    """Per-connection state of COMMIT-on-the-loop (see the module doc).
+
+    ``submitted`` is written by the event loop thread only and ``finished`` by
+    the worker thread only, so their difference (operations of the block still
+    in the worker) needs no lock.
+    """
+
+    __slots__ = (
+        "autocheckpoint",
+        "begin_fn",
+        "begun",
+        "changes_at_begin",
+        "checkpointed_at",
+        "finished",
+        "submitted",
+        "suspended",
+    )
+
+    def __init__(self, autocheckpoint: int) -> None:
+        self.autocheckpoint = autocheckpoint  # the connection's wal_autocheckpoint (pages)
+        self.begin_fn: Any = None  # while a block is open: how it begins
+        self.begun = False  # the block's first operation has run (BEGIN was sent)
+        self.changes_at_begin = 0  # sqlite3 total_changes when the block began
+        self.checkpointed_at = 0  # total_changes at our last checkpoint
+        self.submitted = 0
+        self.finished = 0
+        self.suspended = False  # wal_autocheckpoint is off (see _prepare_block)
+
+
+def enable_loop_commit(conn: Any, autocheckpoint: int = 1000) -> None:
+    """Let :func:`aiolease.atomic` commit ``conn``'s transactions on the event loop.
+
+    Only for an aiosqlite connection opened with ``check_same_thread=False``
+    whose database is in WAL mode (:mod:`aiolease.sqlite` pools call this for
+    their connections). ``autocheckpoint`` is the connection's
+    ``wal_autocheckpoint`` setting, in pages (0: the application checkpoints).
+
+    It installs a dispatcher over the connection's ``_execute`` (the funnel of
+    every aiosqlite operation, cursors included) that runs in the same thread
+    hop as the operation: BEGIN before a block's first operation, the count of
+    the block's operations, and restoring ``wal_autocheckpoint`` before the
+    first operation outside a block.
+    """
+    loop = _LoopCommit(autocheckpoint)
+    state = conn.__dict__
+    state[_LOOP] = loop
+    original = type(conn)._execute
+
+    async def execute(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        begin_fn = loop.begin_fn
+        if begin_fn is not None:
+            loop.submitted += 1
+            return await original(conn, _in_block, conn, loop, begin_fn, fn, args, kwargs)
+        if loop.suspended:
+            return await original(conn, _outside_block, conn, loop, fn, args, kwargs)
+        return await original(conn, fn, *args, **kwargs)
+
+    state["_execute"] = execute
+
+
+def _prepare_block(db: sqlite3.Connection, loop: _LoopCommit) -> None:
+    """In the worker thread, before BEGIN: checkpoint if due, and hold off SQLite's own
+    checkpoints, which would run inside a COMMIT on the loop. They stay off until an
+    operation outside a block (see :func:`_outside_block`)."""
+    changes = db.total_changes
+    loop.changes_at_begin = changes
+    if loop.autocheckpoint <= 0:
+        return  # the application checkpoints
+    # Changed rows since our last checkpoint stand in for WAL pages: each change
+    # writes at least one page, so this checkpoints no later than SQLite would.
+    if changes - loop.checkpointed_at >= loop.autocheckpoint:
+        db.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
+        loop.checkpointed_at = changes
+    if not loop.suspended:
+        db.execute("PRAGMA wal_autocheckpoint=0").close()
+        loop.suspended = True
+
+
+def _in_block(conn: Any, loop: _LoopCommit, begin_fn: Any, fn: Any, args: Any, kwargs: Any) -> Any:
+    """Worker thread: an operation of a block (the first one begins it)."""
+    try:
+        if not loop.begun:
+            db = conn._conn
+            _prepare_block(db, loop)
+            loop.begun = True  # before BEGIN: a failed BEGIN still ends through the thread
+            begin_fn(db)
+        return fn(*args, **kwargs)
+    finally:
+        loop.finished += 1
+
+
+def _outside_block(conn: Any, loop: _LoopCommit, fn: Any, args: Any, kwargs: Any) -> Any:
+    """Worker thread: an operation outside any block; SQLite checkpoints as configured."""
+    db = conn._connection
+    if loop.suspended and db is not None:
+        db.execute(f"PRAGMA wal_autocheckpoint={loop.autocheckpoint}").close()
+        loop.suspended = False
+    return fn(*args, **kwargs)
+
+
+def _begin_immediate(db: sqlite3.Connection) -> None:
+    db.execute("BEGIN IMMEDIATE")
+
+
+def _begin_readonly(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA query_only = 1")
+    try:
+        db.execute("BEGIN DEFERRED")
+    except BaseException:
+        db.execute("PRAGMA query_only = 0")
+        raise
+
+
+def _commit(db: sqlite3.Connection, readonly: bool) -> bool:
+    try:
+        if not db.in_transaction:
+            # SQLite ended the transaction itself (some errors roll back
+            # automatically) or a statement of the block did.
+            return False
+        try:
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return True
+    finally:
+        if readonly:
+            db.execute("PRAGMA query_only = 0")
+
+
+def _rollback(db: sqlite3.Connection, readonly: bool) -> None:
+    try:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+    finally:
+        if readonly:
+            db.execute("PRAGMA query_only = 0")
+
+
+def _begin_then(conn: Any, begin_fn: Any, fn: Any, args: Any, kwargs: Any) -> Any:
+    begin_fn(conn._connection)
+    return fn(*args, **kwargs)
+
+
+def _make_first(conn: Any, begin_fn: Any) -> Any:
+    """The one-shot ``_execute`` of an armed connection.
+
+    Made per block: kept on the connection only while armed, so the reference
+    cycle it forms (connection -> wrapper -> connection) ends with the block.
+    """
+    original = type(conn)._execute
+
+    async def first_execute(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        # One shot: from now on operations go straight to the thread.
+        conn.__dict__.pop("_execute", None)
+        return await original(conn, _begin_then, conn, begin_fn, fn, args, kwargs)
+
+    return first_execute
+
+
+def _run(db: sqlite3.Connection, sql: str) -> None:
+    db.execute(sql).close()
+
+
+def _rollback_to(db: sqlite3.Connection, name: str) -> None:
+    db.execute(f"ROLLBACK TO SAVEPOINT {name}")
+    db.execute(f"RELEASE SAVEPOINT {name}")
+
+
+async def begin(conn: Any, readonly: bool) -> None:
+    """Arm ``conn``: its next operation runs BEGIN first, in the same hop."""
+    state = conn.__dict__
+    begin_fn = _begin_readonly if readonly else _begin_immediate
+    if readonly:
+        state[_READONLY] = True
+    loop: _LoopCommit | None = state.get(_LOOP)
+    if loop is not None:
+        loop.begun = False
+        loop.submitted = loop.finished = 0
+        loop.begin_fn = begin_fn  # the dispatcher sends BEGIN with the first operation
+        return
+    # An instance attribute shadows the method for this block only.
+    state["_execute"] = _make_first(conn, begin_fn)
+
+
+async def commit(conn: Any) -> bool:
+    """COMMIT in one hop (or none: an empty block, or COMMIT on the loop)."""
+    state = conn.__dict__
+    readonly = state.pop(_READONLY, False)
+    loop: _LoopCommit | None = state.get(_LOOP)
+    if loop is None:
+        if state.pop("_execute", None) is not None:
+            return True  # the block ran no statement: nothing began, nothing to commit
+        return bool(await conn._execute(_commit, conn._conn, readonly))
+    loop.begin_fn = None
+    if loop.submitted == 0:
+        return True  # the block ran no statement: nothing began, nothing to commit
+    db = conn._conn
+    if (
+        loop.begun
+        and loop.submitted == loop.finished
+        and conn._tx.empty()
+        and db.total_changes - loop.changes_at_begin <= LOOP_COMMIT_MAX_CHANGES
+    ):
+        return _commit(db, readonly)  # on the loop: no hop (see the module doc)
+    # Through the worker, behind whatever of the block is still running or queued.
+    return bool(await conn._execute(_commit, db, readonly))
+
+
+async def rollback(conn: Any) -> None:
+    """ROLLBACK in one hop (none when nothing began)."""
+    state = conn.__dict__
+    readonly = bool(state.pop(_READONLY, False))
+    loop: _LoopCommit | None = state.get(_LOOP)
+    if loop is not None:
+        loop.begin_fn = None
+        if loop.submitted == 0:
+            return  # nothing began
+    elif state.pop("_execute", None) is not None:
+        return  # nothing began
+    # Through the worker thread: a statement the block stopped awaiting may still run.
+    await conn._execute(_rollback, conn._conn, readonly)
+
+
+async def savepoint(conn: Any, name: str) -> None:
+    # Through the (possibly still armed) wrapper: BEGIN + SAVEPOINT in one hop.
+    await conn._execute(_run, conn._conn, f"SAVEPOINT {name}")
+
+
+async def release_savepoint(conn: Any, name: str) -> None:
+    await conn._execute(_run, conn._conn, f"RELEASE SAVEPOINT {name}")
+
+
+async def rollback_to_savepoint(conn: Any, name: str) -> None:
+    await conn._execute(_rollback_to, conn._conn, name)
+
+
+def _has_layout() -> bool:
+    try:
+        import aiosqlite
+    except ImportError:  # pragma: no cover - the sqlite extra is not installed
+        return False
+    conn_type = aiosqlite.Connection
+    return all(
+        hasattr(conn_type, name) for name in ("_execute", "_conn", "in_transaction", "commit")
+    )
+
+
+#: Whether aiolease uses the internals above (chosen once at import).
+ENABLED = not PUBLIC and _has_layout()
