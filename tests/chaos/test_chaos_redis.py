@@ -50,9 +50,9 @@ class RedisServer:
     def start(self) -> None:
         binary = shutil.which("redis-server")
         assert binary is not None
+        options = ["--bind", "127.0.0.1", "--dir", str(self.workdir), "--save", ""]
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir)]
-            + ["--save", "", "--appendonly", "no"],
+            [binary, "--port", str(self.port), *options, "--appendonly", "no"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
