@@ -181,14 +181,31 @@ async def test_chaos(driver: str, fault: str, pg_dsn: str, admin: asyncpg.Connec
                         )
                         await asyncio.sleep(0.005)
 
-                async with asyncio.TaskGroup() as tg:
-                    for _ in range(WORKERS):
-                        tg.create_task(worker())
-                    await asyncio.sleep(WARM)
-                    await _inject(fault, proxy, admin, app)
-                    healed = loop.time()
-                    await asyncio.sleep(AFTER.get(fault, AFTER_DEFAULT))
-                    stop.set()
+                workers = [asyncio.create_task(worker()) for _ in range(WORKERS)]
+                await asyncio.sleep(WARM)
+                await _inject(fault, proxy, admin, app)
+                healed = loop.time()
+                await asyncio.sleep(AFTER.get(fault, AFTER_DEFAULT))
+                stop.set()
+                # Every operation is under OP_TIMEOUT; its clean-up is bounded by the
+                # pool's and the drivers' bounds (close_timeout, psycopg's cancel).
+                _, stuck = await asyncio.wait(workers, timeout=OP_TIMEOUT + 12)
+                if stuck:
+                    report.notes.append(f"{len(stuck)} workers stuck past their timeout")
+                    proxy.reset()  # cut their connections, which frees them
+                    await asyncio.wait(stuck, timeout=10)
+                for task in workers:
+                    if not task.done():
+                        task.cancel()
+                for result in await asyncio.gather(*workers, return_exceptions=True):
+                    if isinstance(result, Exception):
+                        raise result
+                if stuck and driver == "asyncpg":
+                    pytest.xfail(
+                        "asyncpg: atomic's ROLLBACK after a cancelled statement waits for the"
+                        " cancel request, unbounded on a silent peer (reproducer: tests/postgres/"
+                        "test_liveness.py::test_asyncpg_atomic_cancelled_on_a_silent_peer_ends)"
+                    )
                 after = [t - healed for t in outcomes.ok_times if t >= healed]
                 report.recovery = min(after) if after else None
 

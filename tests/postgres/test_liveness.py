@@ -285,3 +285,32 @@ async def test_a_read_only_transaction_of_the_user_is_not_a_failover(
             async with pool.atomic(readonly=True) as tx:
                 await _write(driver, tx.connection, table)
         assert pool.statistics().closed == 0  # kept: the server is fine
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    reason="atomic's ROLLBACK after a cancelled statement is unbounded: asyncpg's ROLLBACK "
+    "first waits for the cancel request, which a silent server never answers "
+    "(bounded cleanup is the transactions hardening's cleanup_timeout)",
+    strict=False,
+)
+async def test_asyncpg_atomic_cancelled_on_a_silent_peer_ends(
+    proxy: FaultProxy, tcp_dsn: str
+) -> None:
+    """Found by the chaos suite (asyncpg, blackhole): workers stuck for good."""
+    async with aiolease.asyncpg.create_pool(
+        _via(tcp_dsn, proxy.address), max_size=1, close_timeout=1.0
+    ) as pool:
+
+        async def op() -> None:
+            async with asyncio.timeout(0.5), pool.acquire() as conn, aiolease.atomic(conn):
+                await conn.execute("SELECT 1")
+                proxy.blackhole()
+                await conn.execute("SELECT 2")
+
+        task = asyncio.create_task(op())
+        done, _ = await asyncio.wait({task}, timeout=6)
+        proxy.reset()  # frees a stuck task: its connection is cut
+        with pytest.raises(TimeoutError):
+            await task
+        assert done, "the transaction's exit was still waiting 6 s after its timeout"
