@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: demo test lint typecheck pytest bench bench-pool bench-limits bench-tx clean
+.PHONY: demo test chaos lint typecheck pytest bench bench-pool bench-limits bench-tx clean
 .PHONY: bench-clients bench-asgi docs dist-check
 
 # One stamp per install flavour, rebuilt when pyproject.toml changes.
@@ -35,6 +35,11 @@ pytest: $(VENV)/.stamp-test
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# Fault injection against the real services (tests/chaos): a few minutes, prints a table.
+# AIOLEASE_CHAOS_SOAK_SECONDS (default 180) shortens the cancellation soak for local runs.
+chaos: $(VENV)/.stamp-test
+	$(BIN)/pytest tests/chaos -m chaos -q $(PYTEST_ARGS)
 
 bench-pool: $(VENV)/.stamp-test
 	$(PY) bench/pool.py

@@ -88,6 +88,8 @@ if uvloop is not None:
 #: The black-box contract suites run as a user's tests would, on asyncio's own loop.
 _ASYNCIO_ONLY: dict[str, LoopFactory] = {"asyncio": asyncio.new_event_loop}
 _ACCEPTANCE = Path(__file__).resolve().parent / "acceptance"
+#: The chaos suite measures the pools, not the loops (FaultProxy's own tests cover uvloop).
+_CHAOS = Path(__file__).resolve().parent / "chaos"
 
 
 def pytest_asyncio_loop_factories(
@@ -96,7 +98,7 @@ def pytest_asyncio_loop_factories(
     """Parametrise async tests over asyncio's loop and uvloop (``[asyncio]`` and
     ``[uvloop]`` in their names). The plugin of ``aiolease.testing`` answers first
     for tests that ask for virtual time."""
-    if _ACCEPTANCE in item.path.resolve().parents:
+    if _ACCEPTANCE in item.path.resolve().parents or _CHAOS in item.path.resolve().parents:
         return _ASYNCIO_ONLY
     return LOOP_FACTORIES
 

@@ -11,8 +11,10 @@ import select
 import socket
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+from ._compat.asyncpg import HAVE_SOCKET, connection_socket
 from ._driver_args import check_connect_kwargs, check_timeout_seconds, keywords_of
 from ._lease import LeaseProxies
+from ._liveness import DEFAULT_CONNECT_TIMEOUT, PoolExpirer, set_keepalive
 from ._pool import Pool
 from .abc import Manager, ResourceInfo
 
@@ -62,6 +64,40 @@ _FATAL_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.InternalClientError,
 )
+
+
+# Errors that say the server stopped being the primary we want: it became read-only
+# (25006, when the session's server reports itself read-only: see _read_only_server) or
+# is shutting down or starting up (57P01 admin shutdown, 57P02 crash, 57P03 cannot
+# connect now). The whole pool is expired then (see PoolExpirer).
+_SHUTDOWN_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+)
+
+#: Seconds asyncpg's ``command_timeout`` defaults to in public mode
+#: (``AIOLEASE_COMPAT=public``), where the socket is out of reach for keepalive.
+PUBLIC_COMMAND_TIMEOUT = 60.0
+
+
+def _read_only_server(conn: Connection) -> bool:
+    """Whether the server says the session is read-only by default or a hot standby
+    (PostgreSQL 14+ reports both parameters; unknown counts as yes: a 25006 from an
+    older server is taken for a failover)."""
+    settings = conn.get_settings()
+    reported = [
+        getattr(settings, n, None) for n in ("in_hot_standby", "default_transaction_read_only")
+    ]
+    return all(v is None for v in reported) or "on" in reported
+
+
+def _failover(conn: Connection, exc: BaseException) -> bool:
+    if isinstance(exc, _SHUTDOWN_ERRORS):
+        return True
+    return isinstance(exc, asyncpg.exceptions.ReadOnlySQLTransactionError) and _read_only_server(
+        conn
+    )
 
 
 def _raw_socket(conn: Connection) -> socket.socket | None:
@@ -317,6 +353,14 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
             connection is discarded.
         close_timeout: seconds a graceful close may take; the pool then abandons it
             and cuts the socket (:meth:`abort`).
+        connect_timeout: seconds a new connection may take (TCP, TLS, startup,
+            authentication; default 10), passed to :func:`asyncpg.connect` as
+            ``timeout`` unless you give one, and enforced around it.
+        pgbouncer: True when the DSN points at PgBouncer in transaction (or
+            statement) pooling mode: asyncpg's statement cache is turned off
+            (``statement_cache_size=0``: no named prepared statements, which another
+            client's server connection would not have), and ``reset="session"`` is
+            refused (a session there is not ours to reset).
         read_size: the most bytes each read of the socket asks for, on asyncio's
             selector transports (default 64 KiB; None keeps asyncio's 256 KiB).
             Such a transport allocates a buffer of that size for every read;
@@ -338,6 +382,8 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
         reset_timeout: float = 5.0,
         close_timeout: float = 5.0,
         read_size: int | None = DEFAULT_READ_SIZE,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        pgbouncer: bool = False,
         **connect_kwargs: Any,
     ) -> None:
         if reset not in ("transaction", "session"):
@@ -346,7 +392,14 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
             connect_kwargs,
             _CONNECT_KEYWORDS,
             "asyncpg.connect()",
-            ("reset", "reset_timeout", "close_timeout", "read_size"),
+            (
+                "reset",
+                "reset_timeout",
+                "close_timeout",
+                "read_size",
+                "connect_timeout",
+                "pgbouncer",
+            ),
         )
         if read_size is not None and (
             isinstance(read_size, bool) or not isinstance(read_size, int) or read_size < 1
@@ -354,6 +407,28 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
             raise ValueError(
                 f"read_size must be a positive number of bytes or None, got {read_size!r}"
             )
+        self.connect_timeout = check_timeout_seconds("connect_timeout", connect_timeout)
+        if not isinstance(pgbouncer, bool):
+            raise TypeError(f"pgbouncer must be a bool, got {pgbouncer!r}")
+        if pgbouncer:
+            if reset == "session":
+                raise ValueError(
+                    'reset="session" cannot be used with pgbouncer=True: in transaction '
+                    'pooling the session belongs to PgBouncer; use reset="transaction"'
+                )
+            if connect_kwargs.setdefault("statement_cache_size", 0) != 0:
+                raise ValueError(
+                    "statement_cache_size must be 0 with pgbouncer=True, got "
+                    f"{connect_kwargs['statement_cache_size']!r}"
+                )
+        self.pgbouncer = pgbouncer
+        connect_kwargs.setdefault("timeout", self.connect_timeout)
+        if not HAVE_SOCKET:
+            # Public mode: no socket for keepalive, so an operation waiting on a silent
+            # peer is bounded by asyncpg's own per-operation timeout instead.
+            connect_kwargs.setdefault("command_timeout", PUBLIC_COMMAND_TIMEOUT)
+        #: Expires the pool on a failover error (see is_fatal); bound by create_pool.
+        self.failover = PoolExpirer()
         self.read_size = read_size
         self.dsn = dsn
         self._session_reset = reset == "session"  # (read on every release)
@@ -370,7 +445,12 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
         return "session" if self._session_reset else "transaction"
 
     async def create(self) -> Connection:
-        conn: Connection = await asyncpg.connect(self.dsn, **self.connect_kwargs)
+        # asyncpg applies ``timeout`` to each step of connecting; the scope bounds the
+        # whole (a second's grace, so that asyncpg's own timeout normally reports it).
+        async with asyncio.timeout(self.connect_timeout + 1.0):
+            conn: Connection = await asyncpg.connect(self.dsn, **self.connect_kwargs)
+        # Keepalive: a silent peer is detected within SILENT_PEER_BOUND seconds.
+        set_keepalive(connection_socket(conn))
         if self.read_size is not None:
             _limit_reads(conn, self.read_size)
         if _install_watch(conn):
@@ -491,6 +571,13 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
         resource.terminate()
 
     def is_fatal(self, resource: Connection, exc: BaseException) -> bool:
+        """Whether the body's error means the connection is gone (closed, a socket
+        error, a connection-class or shutdown error, asyncpg's protocol confused by an
+        unsolicited FATAL message). A failover error (the server is read-only, or
+        shutting down) also expires the whole pool."""
+        if _failover(resource, exc):
+            self.failover.trigger(exc)
+            return True
         return resource.is_closed() or isinstance(exc, _FATAL_ERRORS)
 
 
@@ -514,8 +601,9 @@ def create_pool(
 
     Open it with ``async with`` or ``await pool.open()``. Pool options are as
     for :class:`~aiolease.Pool`; ``reset`` (and ``reset_timeout``,
-    ``close_timeout``, ``read_size``, passed on as keywords) is explained at
-    :class:`AsyncpgManager`; everything else goes to :func:`asyncpg.connect`.
+    ``close_timeout``, ``read_size``, ``connect_timeout``, ``pgbouncer``, passed
+    on as keywords) is explained at :class:`AsyncpgManager`; everything else goes
+    to :func:`asyncpg.connect`.
 
     Raises:
         TypeError: an unknown keyword (neither a Pool option nor one
@@ -523,7 +611,7 @@ def create_pool(
         ValueError: a bad option value.
     """
     manager = AsyncpgManager(dsn, reset=reset, **connect_kwargs)
-    return Pool(
+    pool = Pool(
         manager,
         min_size=min_size,
         max_size=max_size,
@@ -536,3 +624,5 @@ def create_pool(
         backoff_base=backoff_base,
         backoff_max=backoff_max,
     )
+    manager.failover.bind(pool)
+    return pool

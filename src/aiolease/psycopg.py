@@ -17,6 +17,7 @@ from typing import Any
 
 from ._driver_args import check_connect_kwargs, check_timeout_seconds, keywords_of
 from ._lease import LeaseProxies
+from ._liveness import DEFAULT_CONNECT_TIMEOUT, LIBPQ_KEEPALIVE, PoolExpirer
 from ._pool import Pool
 from .abc import Manager, ResourceInfo
 
@@ -46,6 +47,31 @@ _NOT_FATAL = (psycopg.errors.PipelineAborted, psycopg.errors.CancellationTimeout
 # admin/crash shutdown, cannot connect now, database dropped, idle (in transaction)
 # session timeout. Listed so that an error whose diagnostics are missing still counts.
 _FATAL_STATES = frozenset(("57P01", "57P02", "57P03", "57P04", "57P05", "25P03"))
+# The server stopped being the primary we want: shutting down or starting up (the pool
+# is expired then, see PoolExpirer), or read-only (25006: see _read_only_server).
+_SHUTDOWN_STATES = frozenset(("57P01", "57P02", "57P03"))
+
+
+def _read_only_server(conn: AsyncConnection) -> bool:
+    """Whether the server says the session is read-only by default or a hot standby
+    (PostgreSQL 14+ reports both; unknown counts as yes)."""
+    try:
+        reported = [
+            conn.info.parameter_status(n)
+            for n in ("in_hot_standby", "default_transaction_read_only")
+        ]
+    except psycopg.Error:  # the connection is gone: the error decides alone
+        return True
+    return all(v is None for v in reported) or "on" in reported
+
+
+def _conninfo_defaults(conninfo: str, connect_kwargs: dict[str, Any]) -> None:
+    """Add libpq's keepalive and TCP user timeout parameters to ``connect_kwargs``,
+    each unless the conninfo string or the keywords set it already."""
+    given = psycopg.conninfo.conninfo_to_dict(conninfo)
+    for key, value in LIBPQ_KEEPALIVE.items():
+        if key not in given:
+            connect_kwargs.setdefault(key, value)
 
 
 if hasattr(select, "poll"):
@@ -206,7 +232,7 @@ def _check_connect_kwargs(kwargs: dict[str, Any]) -> None:
                     {key: params[key]},
                     _CONNECT_KEYWORDS,
                     "psycopg.AsyncConnection.connect() (nor a libpq connection parameter)",
-                    ("reset_timeout",),
+                    ("reset_timeout", "connect_timeout", "pgbouncer"),
                 )
         raise TypeError(f"bad connection parameters for psycopg: {exc}") from exc
 
@@ -237,19 +263,54 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
         reset_timeout: seconds the rollback at release (or the verifying round
             trip of a suspicious idle connection) may take before the
             connection is discarded.
+        connect_timeout: seconds a new connection may take (default 10): libpq's
+            ``connect_timeout`` (whole seconds, at least 2) unless the conninfo or
+            the keywords set it, and a bound around the whole connect.
+        pgbouncer: True when the conninfo points at PgBouncer in transaction (or
+            statement) pooling mode: psycopg never prepares statements
+            (``prepare_threshold=None``), whose names another client's server
+            connection would not know.
         **connect_kwargs: passed to ``AsyncConnection.connect``;
-            ``autocommit`` defaults to True.
+            ``autocommit`` defaults to True; libpq's ``keepalives``,
+            ``keepalives_idle``, ``keepalives_interval``, ``keepalives_count`` and
+            ``tcp_user_timeout`` default to the values that detect a silent peer
+            within ``aiolease._liveness.SILENT_PEER_BOUND`` seconds (see docs/pool.md).
     """
 
-    def __init__(self, conninfo: str = "", *, reset_timeout: float = 5.0, **connect_kwargs: Any):
+    def __init__(
+        self,
+        conninfo: str = "",
+        *,
+        reset_timeout: float = 5.0,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        pgbouncer: bool = False,
+        **connect_kwargs: Any,
+    ):
         self.reset_timeout = check_timeout_seconds("reset_timeout", reset_timeout)
+        self.connect_timeout = check_timeout_seconds("connect_timeout", connect_timeout)
+        if not isinstance(pgbouncer, bool):
+            raise TypeError(f"pgbouncer must be a bool, got {pgbouncer!r}")
+        if pgbouncer and connect_kwargs.setdefault("prepare_threshold", None) is not None:
+            raise ValueError(
+                "prepare_threshold must be None with pgbouncer=True, got "
+                f"{connect_kwargs['prepare_threshold']!r}"
+            )
+        self.pgbouncer = pgbouncer
         _check_connect_kwargs(connect_kwargs)
         self.conninfo = conninfo
         connect_kwargs.setdefault("autocommit", True)
+        _conninfo_defaults(conninfo, connect_kwargs)
+        if "connect_timeout" not in psycopg.conninfo.conninfo_to_dict(conninfo):
+            connect_kwargs.setdefault("connect_timeout", max(2, round(self.connect_timeout)))
         self.connect_kwargs = connect_kwargs
+        #: Expires the pool on a failover error (see is_fatal); bound by create_pool.
+        self.failover = PoolExpirer()
 
     async def create(self) -> AsyncConnection:
-        conn = await psycopg.AsyncConnection.connect(self.conninfo, **self.connect_kwargs)
+        # libpq's connect_timeout is per host and attempt; the scope bounds the whole
+        # (a second's grace, so that psycopg's own timeout normally reports it).
+        async with asyncio.timeout(self.connect_timeout + 1.0):
+            conn = await psycopg.AsyncConnection.connect(self.conninfo, **self.connect_kwargs)
         _install_watch(conn)
         return conn
 
@@ -346,12 +407,17 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
     def is_fatal(self, resource: AsyncConnection, exc: BaseException) -> bool:
         """Whether the body's error means the connection is gone: it is closed, or the
         error is a socket error, a connection-class SQLSTATE (08xxx, 57P01-57P05, 25P03),
-        a FATAL/PANIC server error, or a client-side loss of the connection."""
+        a FATAL/PANIC server error, or a client-side loss of the connection. A failover
+        error (57P01-57P03, or 25006 from a server that reports itself read-only) also
+        expires the whole pool."""
         if resource.closed or isinstance(exc, OSError):
             return True
         if not isinstance(exc, psycopg.Error):
             return False
         state = exc.sqlstate
+        if state in _SHUTDOWN_STATES or (state == "25006" and _read_only_server(resource)):
+            self.failover.trigger(exc)  # a failover: expire the whole pool
+            return True
         if state is None:
             return isinstance(exc, psycopg.OperationalError) and not isinstance(exc, _NOT_FATAL)
         if state.startswith("08") or state in _FATAL_STATES:
@@ -387,7 +453,7 @@ def create_pool(
         ValueError: a bad option value.
     """
     manager = PsycopgManager(conninfo, **connect_kwargs)
-    return Pool(
+    pool = Pool(
         manager,
         min_size=min_size,
         max_size=max_size,
@@ -400,3 +466,5 @@ def create_pool(
         backoff_base=backoff_base,
         backoff_max=backoff_max,
     )
+    manager.failover.bind(pool)
+    return pool

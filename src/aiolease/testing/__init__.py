@@ -24,6 +24,7 @@ from ._fakes import Op as Op
 from ._fakes import ResourceKilled as ResourceKilled
 from ._fakes import ResourceMisuse as ResourceMisuse
 from ._fakes import Rule as Rule
+from ._fault_proxy import FaultProxy as FaultProxy
 from ._leaks import LeakCheck as LeakCheck
 from ._leaks import leak_check as leak_check
 from ._virtual_time import NoProgressError as NoProgressError
@@ -39,6 +40,7 @@ __all__ = [
     "FakeGate",
     "FakeManager",
     "FakeResource",
+    "FaultProxy",
     "Gate",
     "InjectedFault",
     "LeakCheck",

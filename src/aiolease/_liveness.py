@@ -1,0 +1,103 @@
+"""Bounds on silent peers for the driver pools: TCP keepalive, ``TCP_USER_TIMEOUT``,
+connect timeouts, and expiring a pool on a failover error.
+
+A peer that dies without a FIN or RST (a host that lost power, a network that
+drops everything) leaves a socket that looks open for hours: the kernel's
+keepalive starts after two hours by default. The driver pools turn keepalive on
+for every connection with the values below, so the kernel declares such a peer
+dead within :data:`SILENT_PEER_BOUND` seconds: an idle connection's socket then
+reports an error (the pool discards it at checkout) and an operation waiting on
+it fails with a connection error (the pool discards the connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import weakref
+from typing import Any
+
+logger = logging.getLogger("aiolease.pool")
+
+#: Seconds of silence before the first keepalive probe.
+KEEPALIVE_IDLE = 5
+#: Seconds between probes.
+KEEPALIVE_INTERVAL = 2
+#: Unanswered probes before the connection is declared dead.
+KEEPALIVE_COUNT = 3
+#: Seconds within which a silent peer is detected: while waiting for an answer
+#: (keepalive: idle + interval x count) and while sent data goes unacknowledged
+#: (``TCP_USER_TIMEOUT``, set to the same bound).
+SILENT_PEER_BOUND = KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_COUNT
+#: Default seconds a driver pool waits for a new connection (TCP, TLS, authentication).
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+#: libpq conninfo parameters with the same meaning (``tcp_user_timeout`` in milliseconds).
+LIBPQ_KEEPALIVE: dict[str, str] = {
+    "keepalives": "1",
+    "keepalives_idle": str(KEEPALIVE_IDLE),
+    "keepalives_interval": str(KEEPALIVE_INTERVAL),
+    "keepalives_count": str(KEEPALIVE_COUNT),
+    "tcp_user_timeout": str(SILENT_PEER_BOUND * 1000),
+}
+
+
+def set_keepalive(sock: Any) -> bool:
+    """Turn on keepalive (and ``TCP_USER_TIMEOUT``) on a TCP socket with the values above,
+    each option where the platform has it. Returns False when ``sock`` is not a TCP
+    socket (a Unix socket has no use for them) or refuses the options."""
+    if sock is None or getattr(sock, "family", None) not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+        ("TCP_KEEPALIVE", KEEPALIVE_IDLE),  # macOS's name for TCP_KEEPIDLE
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+        ("TCP_USER_TIMEOUT", SILENT_PEER_BOUND * 1000),  # milliseconds
+    ):
+        if hasattr(socket, name):
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    try:
+        for level, option, value in options:
+            sock.setsockopt(level, option, value)
+    except (OSError, AttributeError, NotImplementedError) as exc:
+        logger.debug("cannot set keepalive options on %r: %r", sock, exc)
+        return False
+    return True
+
+
+class PoolExpirer:
+    """Expires the pool a manager serves (``pool.expire()``) when a connection reports
+    a failover: the server became read-only or is shutting down. Every connection of
+    the pool points at the old server then; fresh ones go where the DSN's host list
+    and ``target_session_attrs`` point now. At most one expiry runs at a time."""
+
+    __slots__ = ("_pool", "_task")
+
+    def __init__(self) -> None:
+        self._pool: weakref.ref[Any] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def bind(self, pool: Any) -> None:
+        """The pool to expire (called by the driver's ``create_pool``)."""
+        self._pool = weakref.ref(pool)
+
+    def trigger(self, exc: BaseException) -> None:
+        """Start expiring the pool (from synchronous code: ``Manager.is_fatal``)."""
+        pool = None if self._pool is None else self._pool()
+        if pool is None or (self._task is not None and not self._task.done()):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # pragma: no cover - is_fatal runs on the pool's loop
+            return
+        logger.warning("%r: the server failed over (%r): expiring every connection", pool, exc)
+        self._task = loop.create_task(pool.expire())
+        self._task.add_done_callback(_log_failure)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("expiring the pool after a failover failed: %r", task.exception())

@@ -1,0 +1,204 @@
+"""FaultProxy: forwarding and every fault, against an echo server, on asyncio's loop and uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from aiolease.testing import FaultProxy
+
+pytestmark = pytest.mark.timeout(30)
+
+#: How long a test waits to conclude that nothing arrives.
+SILENCE = 0.3
+
+
+class Echo:
+    """An upstream server that echoes, and records how each connection ended."""
+
+    def __init__(self) -> None:
+        self.ends: list[str] = []  # "eof" | "reset" | ...
+        self.accepted = 0
+        self.server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+            self.ends.append("eof")
+        except ConnectionResetError:
+            self.ends.append("reset")
+        finally:
+            writer.close()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+
+@pytest.fixture
+async def echo() -> AsyncIterator[Echo]:
+    e = Echo()
+    e.server = await asyncio.start_server(e.handle, "127.0.0.1", 0)
+    async with e.server:
+        yield e
+
+
+async def _connect(proxy: FaultProxy) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(*proxy.address)
+
+
+async def _roundtrip(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, msg: bytes
+) -> bytes:
+    writer.write(msg)
+    await writer.drain()
+    return await asyncio.wait_for(reader.readexactly(len(msg)), 5)
+
+
+async def _silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    writer.write(b"ping")
+    await writer.drain()
+    try:
+        await asyncio.wait_for(reader.read(10), SILENCE)
+    except TimeoutError:
+        return True
+    return False
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 - state of sockets the loop serves
+            await asyncio.sleep(0.01)
+
+
+async def test_forwards_both_ways(echo: Echo) -> None:
+    async with FaultProxy("127.0.0.1", echo.port) as proxy:
+        assert proxy.address[0] == "127.0.0.1"
+        reader, writer = await _connect(proxy)
+        assert await _roundtrip(reader, writer, b"hello") == b"hello"
+        big = bytes(range(256)) * 4096  # 1 MiB: flow control on both sides
+        assert await _roundtrip(reader, writer, big) == big
+        assert proxy.connections == 1
+        writer.close()
+        await writer.wait_closed()
+        await _until(lambda: echo.ends == ["eof"])
+        await _until(lambda: proxy.connections == 0)
+
+
+async def test_latency_delays_each_chunk(echo: Echo) -> None:
+    loop = asyncio.get_running_loop()
+    async with FaultProxy("127.0.0.1", echo.port) as proxy:
+        reader, writer = await _connect(proxy)
+        proxy.set_latency(0.2)
+        start = loop.time()
+        assert await _roundtrip(reader, writer, b"slow") == b"slow"
+        assert loop.time() - start >= 0.4 - 0.01  # 0.2 s each way
+        proxy.heal()
+        start = loop.time()
+        assert await _roundtrip(reader, writer, b"fast") == b"fast"
+        assert loop.time() - start < 0.2
+        writer.close()
+
+
+async def test_blackhole_is_silent_and_connections_stay_dead(echo: Echo) -> None:
+    async with FaultProxy("127.0.0.1", echo.port) as proxy:
+        reader, writer = await _connect(proxy)
+        assert await _roundtrip(reader, writer, b"a") == b"a"
+        proxy.blackhole()
+        assert await _silent(reader, writer)
+        assert not writer.is_closing()
+        # A new connection is accepted, then silent.
+        r2, w2 = await _connect(proxy)
+        assert await _silent(r2, w2)
+        proxy.heal()
+        r3, w3 = await _connect(proxy)
+        assert await _roundtrip(r3, w3, b"back") == b"back"
+        assert await _silent(reader, writer)  # dead for good
+        for w in (writer, w2, w3):
+            w.close()
+        # The client gave up on the dead connection: the server hears it end.
+        await _until(lambda: len(echo.ends) == 2)
+        await _until(lambda: proxy.connections == 0)
+
+
+async def test_reset_aborts_both_sides_with_rst(echo: Echo) -> None:
+    async with FaultProxy("127.0.0.1", echo.port) as proxy:
+        reader, writer = await _connect(proxy)
+        assert await _roundtrip(reader, writer, b"x") == b"x"
+        proxy.reset()
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(reader.read(10), 5)
+        await _until(lambda: echo.ends == ["reset"])
+        assert proxy.connections == 0
+        writer.close()
+        reader, writer = await _connect(proxy)  # new connections work at once
+        assert await _roundtrip(reader, writer, b"y") == b"y"
+        writer.close()
+
+
+async def test_refuse_then_heal_listens_again_on_the_same_port(echo: Echo) -> None:
+    async with FaultProxy("127.0.0.1", echo.port) as proxy:
+        address = proxy.address
+        reader, writer = await _connect(proxy)
+        proxy.refuse()
+        with pytest.raises(ConnectionRefusedError):
+            await _connect(proxy)
+        assert await _roundtrip(reader, writer, b"open") == b"open"  # open ones go on
+        proxy.heal()
+        assert proxy.address == address
+        r2, w2 = await _connect(proxy)
+        assert await _roundtrip(r2, w2, b"again") == b"again"
+        writer.close()
+        w2.close()
+
+
+async def test_half_open_closes_the_server_side_only(echo: Echo) -> None:
+    async with FaultProxy("127.0.0.1", echo.port) as proxy:
+        reader, writer = await _connect(proxy)
+        assert await _roundtrip(reader, writer, b"x") == b"x"
+        proxy.half_open()
+        await _until(lambda: echo.ends == ["eof"])
+        assert await _silent(reader, writer)
+        assert not reader.at_eof()
+        writer.close()
+
+
+async def test_upstream_down_closes_the_client(echo: Echo) -> None:
+    port = echo.port
+    assert echo.server is not None
+    echo.server.close()
+    await echo.server.wait_closed()
+    async with FaultProxy("127.0.0.1", port) as proxy:
+        reader, writer = await _connect(proxy)
+        assert await asyncio.wait_for(reader.read(10), 5) == b""
+        writer.close()
+
+
+async def test_leaving_aborts_every_connection(echo: Echo) -> None:
+    async with FaultProxy("127.0.0.1", echo.port) as proxy:
+        reader, writer = await _connect(proxy)
+        assert await _roundtrip(reader, writer, b"x") == b"x"
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(reader.read(10), 5)
+    writer.close()
+    with pytest.raises(RuntimeError, match="not running"):
+        _ = proxy.address
+    with pytest.raises(RuntimeError, match="not running"):
+        proxy.blackhole()
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="port"):
+        FaultProxy("127.0.0.1", 0)
+    with pytest.raises(TypeError, match="host"):
+        FaultProxy(b"127.0.0.1", 5432)  # type: ignore[arg-type]
+    proxy = FaultProxy("127.0.0.1", 5432)
+    with pytest.raises(ValueError, match="seconds"):
+        proxy.set_latency(-1)
+    assert "not started" in repr(proxy)
