@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 import aiolease
+from aiolease._lease import unwrap
 import aiolease.asyncpg
 import aiolease.psycopg
 from aiolease._compat.asyncpg import HAVE_SOCKET, connection_socket
@@ -196,23 +197,23 @@ async def test_asyncpg_internal_client_error_after_a_fatal_before_eof(tcp_dsn: s
     error is fatal and the connection is discarded."""
     async with aiolease.asyncpg.create_pool(tcp_dsn, max_size=1) as pool:
         async with pool.acquire() as conn:
-            first = conn
+            first = unwrap(conn)  # the driver connection (the lease proxy ends with the lease)
         # Idle: the FATAL arrives through the transport's protocol, the EOF not yet.
         _inject(first, _fatal_message())
         assert not first.is_closed()
         async with pool.acquire() as conn:
-            assert conn is not first
+            assert unwrap(conn) is not first
             assert await conn.fetchval("SELECT 1") == 1
         # Held: the holder's next statement fails; the connection is not reused.
         async with pool.acquire() as conn:
-            held = conn
+            held = unwrap(conn)
             _inject(conn, _fatal_message())
             with pytest.raises(asyncpg.exceptions.InternalClientError, match="another operation"):
                 await conn.execute("SELECT 1")
             with pytest.raises(asyncpg.exceptions.InterfaceError, match="closed"):
                 await conn.execute("SELECT 1")  # and then it says closed
         async with pool.acquire() as conn:
-            assert conn is not held
+            assert unwrap(conn) is not held
             assert await conn.fetchval("SELECT 1") == 1
 
 
