@@ -446,8 +446,10 @@ class Pool(Generic[T]):
         else:
             entry.lease_stack = None
         hooks = self._hooks
-        if hooks.wrap is not None:
-            entry.set_handle(hooks.wrap(entry.resource))
+        if hooks.wrap is not None:  # a new handle per lease (its key and ready future with it)
+            entry.handle = handle = hooks.wrap(entry.resource)
+            entry.key = id(handle)
+            entry.ready = None
         self._in_use[entry.key] = entry
         self._counters.acquired += 1
         if hooks.on_acquire is not None:
@@ -492,8 +494,8 @@ class Pool(Generic[T]):
         info.last_used_at = self._clock()
         hooks = self._hooks
         resource = entry.resource
-        if hooks.detach is not None:
-            self._detach(entry)
+        if hooks.detach is not None and entry.handle is not resource:
+            hooks.detach(entry.handle)  # as _detach does: the lease's handle refuses use now
         if hooks.on_release is not None:
             hooks.on_release(resource, info)
         if _tracking._broken and _tracking.is_broken(resource):

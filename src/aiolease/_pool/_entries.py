@@ -22,8 +22,9 @@ class Entry(Generic[T]):
 
     ``handle`` is what the current (or last) lease handed out: the resource
     itself, or the per-lease object of a manager that wraps its resources
-    (:meth:`~aiolease.abc.Manager.wrap`). ``key`` is ``id(handle)``, the
-    entry's key among the pool's leases. :meth:`ready_future` is a done future
+    (:meth:`~aiolease.abc.Manager.wrap`; :meth:`Pool._lease` sets it with its
+    ``key`` and ``ready``). ``key`` is ``id(handle)``, the entry's key among the
+    pool's leases. :meth:`ready_future` is a done future
     holding ``handle``, what ``async with pool.acquire()`` awaits when it is served
     on the spot (made once per handle: a future can be awaited any number of times).
     """
@@ -60,17 +61,11 @@ class Entry(Generic[T]):
         self.lease_stack: traceback.StackSummary | None = None
         self.leak_reported = False
 
-    def set_handle(self, handle: T) -> None:
-        """A new lease hands out ``handle`` (a wrapping manager's per-lease object)."""
-        self.handle = handle
-        self.key = id(handle)
-        self.ready = None
-
     def ready_future(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[T]:
         """The done future of the current handle (made on first use, per handle)."""
         ready = self.ready
         if ready is None:
-            ready = self.ready = loop.create_future()
+            ready = self.ready = asyncio.Future(loop=loop)
             ready.set_result(self.handle)
         return ready
 
