@@ -362,11 +362,9 @@ class Pool(Generic[T]):
         return None
 
     def _needs_check(self, entry: Entry[T]) -> bool:
-        hooks = self._hooks
-        return (
-            entry.from_idle
-            and hooks.check is not None
-            and (hooks.check_needed is None or bool(hooks.check_needed(entry.resource, entry.info)))
+        check_needed = self._hooks.check_needed
+        return entry.check_due and (
+            check_needed is None or bool(check_needed(entry.resource, entry.info))
         )
 
     async def _acquire_blocking(self, into: Acquire[T], entry: Entry[T] | None) -> T:
@@ -406,7 +404,7 @@ class Pool(Generic[T]):
                                 self._queue.deadlines.discard(fut)
                 # `entry` is ours now; until it is leased, every exit must give it back.
                 if (
-                    entry.from_idle
+                    entry.check_due
                     and self._needs_check(entry)
                     and not await run_check(self, entry, deadline)
                 ):
@@ -436,10 +434,10 @@ class Pool(Generic[T]):
         info.uses += 1
         entry.holder = asyncio.current_task(self._loop)
         entry.lease_start = now = self._clock()
-        entry.leak_reported = False
         if self._leak_timeout is not None or _tracking.active:
             entry.lease_stack = caller_stack(sys._getframe(1))
-            if self._leak_timeout is not None:
+            if self._leak_timeout is not None:  # (leak_reported is read only then)
+                entry.leak_reported = False
                 self._housekeeper.schedule(now + self._leak_timeout)
         else:
             entry.lease_stack = None
@@ -538,12 +536,12 @@ class Pool(Generic[T]):
         elif self._waiters:
             fut = self._queue.next()
         if fut is not None:
-            entry.from_idle = False
+            entry.check_due = False
             fut.set_result(entry)
             return None
-        entry.from_idle = True
-        self._idle.append(entry)
         hooks = self._hooks
+        entry.check_due = hooks.check is not None
+        self._idle.append(entry)
         if hooks.on_idle is not None:
             hooks.on_idle(entry.resource, entry.info)
         if self._max_lifetime is not None or self._idle_timeout is not None:

@@ -30,8 +30,8 @@ class Entry(Generic[T]):
     """
 
     __slots__ = (
+        "check_due",
         "closing",
-        "from_idle",
         "generation",
         "handle",
         "holder",
@@ -52,8 +52,9 @@ class Entry(Generic[T]):
         self.handle: T = resource
         self.key = id(resource)
         self.ready: asyncio.Future[T] | None = None  # see ready_future
-        # True while it sits (or sat) idle: its next holder runs the manager's check.
-        self.from_idle = False
+        # True while it sits (or sat) idle in a pool whose manager has a check: its next
+        # holder runs that check (unless the manager's check_needed says no).
+        self.check_due = False
         self.closing: asyncio.Future[Any] | None = None  # the close task, once started
         self.holder: asyncio.Task[Any] | None = None  # the task that leased it
         self.scoped = False  # leased by `async with` (its holder's own exit releases it)
