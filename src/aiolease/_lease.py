@@ -29,11 +29,9 @@ C = TypeVar("C")
 class LeaseProxy:
     """One lease of a pooled driver connection (see the module docstring)."""
 
+    # Made only by LeaseProxies.wrap, which sets both slots: _aiolease_conn (None once
+    # the lease ended) and _aiolease_origin (for repr and identity checks).
     __slots__ = ("__weakref__", "_aiolease_conn", "_aiolease_origin")
-
-    def __init__(self, conn: object) -> None:
-        object.__setattr__(self, "_aiolease_conn", conn)  # None once the lease ended
-        object.__setattr__(self, "_aiolease_origin", conn)  # for repr and identity checks
 
     def _aiolease_unwrap(self) -> Any:
         """The driver connection (for aiolease's own use, e.g. ``atomic``).
@@ -47,7 +45,7 @@ class LeaseProxy:
         return conn
 
     def _aiolease_detach(self) -> None:
-        object.__setattr__(self, "_aiolease_conn", None)
+        _set_conn(self, None)
 
     def _released(self, what: str) -> ResourceReleased:
         return ResourceReleased(
@@ -79,6 +77,13 @@ class LeaseProxy:
     def __repr__(self) -> str:
         state = "" if self._aiolease_conn is not None else " (lease ended)"
         return f"<aiolease lease of {self._aiolease_origin!r}{state}>"
+
+
+# The slots' own descriptors set them (__setattr__ forwards to the connection): a
+# proxy is made and armed per lease without an __init__ call.
+_new = object.__new__
+_set_conn = LeaseProxy.__dict__["_aiolease_conn"].__set__
+_set_origin = LeaseProxy.__dict__["_aiolease_origin"].__set__
 
 
 def _forwarding(name: str) -> Callable[..., Any]:
@@ -123,10 +128,12 @@ class LeaseProxies(Generic[C]):
     def wrap(self, resource: C) -> C:
         """A proxy for this lease that raises :class:`~aiolease.ResourceReleased` once it ended."""
         cls = type(resource)
-        proxy: C = (_proxy_classes.get(cls) or proxy_class(cls))(resource)  # type: ignore[assignment]
-        return proxy  # typed as the connection it stands for
+        proxy = _new(_proxy_classes.get(cls) or proxy_class(cls))
+        _set_conn(proxy, resource)
+        _set_origin(proxy, resource)
+        return proxy  # type: ignore[return-value]  # typed as the connection it stands for
 
     def detach(self, handle: C) -> None:
         """The lease ended: the proxy refuses every use from now on."""
         if isinstance(handle, LeaseProxy):
-            object.__setattr__(handle, "_aiolease_conn", None)
+            _set_conn(handle, None)

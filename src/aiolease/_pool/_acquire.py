@@ -52,7 +52,7 @@ class Acquire(Generic[T]):
         self._entered = True
         pool = self._pool
         entry = pool._take_idle()
-        if entry is not None and not (entry.from_idle and pool._needs_check(entry)):
+        if entry is not None and not (entry.check_due and pool._needs_check(entry)):
             entry.scoped = self._scoped
             pool._lease(entry)
             self._entry = entry

@@ -23,7 +23,6 @@ Invariants every method keeps:
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import sys
 from collections import deque
@@ -53,11 +52,10 @@ logger = logging.getLogger("aiolease.pool")
 _INF = float("inf")
 
 
-class _State(enum.Enum):
-    NEW = "new"
-    OPEN = "open"
-    CLOSING = "closing"
-    CLOSED = "closed"
+# The pool's lifecycle state (shown by repr), as module constants like a
+# transaction's: acquire and release test it several times, and an Enum member
+# is read through its metaclass.
+_NEW, _OPEN, _CLOSING, _CLOSED = "new", "open", "closing", "closed"
 
 
 class Pool(Generic[T]):
@@ -173,7 +171,7 @@ class Pool(Generic[T]):
         # server to drop it; with it, most recently used first, so the surplus is trimmed.
         self._lru = self._idle_timeout is None
 
-        self._state = _State.NEW
+        self._state: str = _NEW
         self._loop: asyncio.AbstractEventLoop | None = None
         self._clock: Callable[[], float] = _unbound_clock
         self._done: asyncio.Future[None] | None = None  # a completed future, set in open()
@@ -229,16 +227,16 @@ class Pool(Generic[T]):
         Raises:
             PoolClosed: the pool was closed.
         """
-        if self._state is _State.OPEN:
+        if self._state is _OPEN:
             return
-        if self._state is not _State.NEW:
+        if self._state is not _NEW:
             raise PoolClosed(f"{self!r} is closed; make a new pool")
         self._loop = loop = asyncio.get_running_loop()
         self._clock = clock_of(loop)
         self._done = loop.create_future()
         self._done.set_result(None)
         self._queue.bind(loop)
-        self._state = _State.OPEN
+        self._state = _OPEN
         if not wait or self._min_size == 0:
             self._dispatch()
             return
@@ -274,14 +272,14 @@ class Pool(Generic[T]):
             ValueError: ``timeout`` is negative or NaN.
         """
         wait_for = check_timeout("timeout", timeout)
-        if self._state is _State.NEW:
-            self._state = _State.CLOSED
-        if self._state is _State.CLOSED:
+        if self._state is _NEW:
+            self._state = _CLOSED
+        if self._state is _CLOSED:
             return
         loop = self._loop
         assert loop is not None
         if self._drain is None:
-            self._state = _State.CLOSING
+            self._state = _CLOSING
             self._drain = Drain(self)
         if wait_for is not None:
             self._drain.shorten(loop.time() + wait_for)
@@ -292,10 +290,10 @@ class Pool(Generic[T]):
             raise
 
     def _closed(self) -> None:
-        self._state = _State.CLOSED
+        self._state = _CLOSED
 
     def __del__(self) -> None:
-        if getattr(self, "_state", None) is _State.OPEN:
+        if getattr(self, "_state", None) is _OPEN:
             warn_at_user(
                 f"unclosed {self!r} (created at {self._created_at}); "
                 "use `async with pool:` or `await pool.aclose()`",
@@ -338,7 +336,7 @@ class Pool(Generic[T]):
         """
         entry = self._take_idle()
         if entry is None:
-            state = "has no idle resource" if self._state is _State.OPEN else "is not open"
+            state = "has no idle resource" if self._state is _OPEN else "is not open"
             raise WouldBlock(f"{self!r} {state}")
         entry.scoped = False
         return self._lease(entry)
@@ -346,7 +344,7 @@ class Pool(Generic[T]):
     def _take_idle(self) -> Entry[T] | None:
         """The non-blocking lease: an idle entry to hand out now, or None when the
         caller must wait (pool not open, others queued ahead, nothing idle)."""
-        if self._state is not _State.OPEN or self._waiters or not self._idle:
+        if self._state is not _OPEN or self._waiters or not self._idle:
             return None
         return self._pop_idle()
 
@@ -364,11 +362,9 @@ class Pool(Generic[T]):
         return None
 
     def _needs_check(self, entry: Entry[T]) -> bool:
-        hooks = self._hooks
-        return (
-            entry.from_idle
-            and hooks.check is not None
-            and (hooks.check_needed is None or bool(hooks.check_needed(entry.resource, entry.info)))
+        check_needed = self._hooks.check_needed
+        return entry.check_due and (
+            check_needed is None or bool(check_needed(entry.resource, entry.info))
         )
 
     async def _acquire_blocking(self, into: Acquire[T], entry: Entry[T] | None) -> T:
@@ -377,14 +373,14 @@ class Pool(Generic[T]):
             # `fresh`: whether an idle entry may be there that our caller's _take_idle
             # did not see (the pool just opened, or our entry just failed its check).
             fresh = retry = waited = False
-            if self._state is _State.NEW:
+            if self._state is _NEW:
                 await self.open(wait=False)
                 fresh = True
             start = self._clock()
             deadline = _INF if into._timeout is None else start + into._timeout
             while True:
                 if entry is None:
-                    if self._state is not _State.OPEN:
+                    if self._state is not _OPEN:
                         raise PoolClosed(f"{self!r} is closed")
                     if fresh:
                         entry = self._take_idle()
@@ -408,14 +404,14 @@ class Pool(Generic[T]):
                                 self._queue.deadlines.discard(fut)
                 # `entry` is ours now; until it is leased, every exit must give it back.
                 if (
-                    entry.from_idle
+                    entry.check_due
                     and self._needs_check(entry)
                     and not await run_check(self, entry, deadline)
                 ):
                     entry, retry = None, True  # keep our place, ahead of later tasks
                     fresh = True
                     continue
-                if self._state is not _State.OPEN:  # aclose() began while it was on its way
+                if self._state is not _OPEN:  # aclose() began while it was on its way
                     self._close_soon(entry)
                     raise PoolClosed(f"{self!r} is closed")
                 break
@@ -438,16 +434,18 @@ class Pool(Generic[T]):
         info.uses += 1
         entry.holder = asyncio.current_task(self._loop)
         entry.lease_start = now = self._clock()
-        entry.leak_reported = False
         if self._leak_timeout is not None or _tracking.active:
             entry.lease_stack = caller_stack(sys._getframe(1))
-            if self._leak_timeout is not None:
+            if self._leak_timeout is not None:  # (leak_reported is read only then)
+                entry.leak_reported = False
                 self._housekeeper.schedule(now + self._leak_timeout)
         else:
             entry.lease_stack = None
         hooks = self._hooks
-        if hooks.wrap is not None:
-            entry.set_handle(hooks.wrap(entry.resource))
+        if hooks.wrap is not None:  # a new handle per lease (its key and ready future with it)
+            entry.handle = handle = hooks.wrap(entry.resource)
+            entry.key = id(handle)
+            entry.ready = None
         self._in_use[entry.key] = entry
         self._counters.acquired += 1
         if hooks.on_acquire is not None:
@@ -492,8 +490,8 @@ class Pool(Generic[T]):
         info.last_used_at = self._clock()
         hooks = self._hooks
         resource = entry.resource
-        if hooks.detach is not None:
-            self._detach(entry)
+        if hooks.detach is not None and entry.handle is not resource:
+            hooks.detach(entry.handle)  # as _detach does: the lease's handle refuses use now
         if hooks.on_release is not None:
             hooks.on_release(resource, info)
         if _tracking._broken and _tracking.is_broken(resource):
@@ -525,7 +523,7 @@ class Pool(Generic[T]):
         left): closed if retired, else to the waiter ``to`` a creation was made for
         if it still waits, else to the oldest waiter, else idle."""
         if (
-            self._state is not _State.OPEN
+            self._state is not _OPEN
             or entry.generation != self._generation
             or self._size > self._max_size
             or (entry.info.expires_at != _INF and entry.info.expires_at <= self._clock())
@@ -538,12 +536,12 @@ class Pool(Generic[T]):
         elif self._waiters:
             fut = self._queue.next()
         if fut is not None:
-            entry.from_idle = False
+            entry.check_due = False
             fut.set_result(entry)
             return None
-        entry.from_idle = True
-        self._idle.append(entry)
         hooks = self._hooks
+        entry.check_due = hooks.check is not None
+        self._idle.append(entry)
         if hooks.on_idle is not None:
             hooks.on_idle(entry.resource, entry.info)
         if self._max_lifetime is not None or self._idle_timeout is not None:
@@ -566,7 +564,7 @@ class Pool(Generic[T]):
                 waiters.appendleft(fut)
                 break
             fut.set_result(entry)  # from idle: its receiver runs the check
-        if self._state is not _State.OPEN:
+        if self._state is not _OPEN:
             return
         if waiters and (creations.orphans or self._size < self._max_size):
             creations.cover(waiters)
@@ -581,7 +579,7 @@ class Pool(Generic[T]):
         return self._clock()
 
     def _is_open(self) -> bool:
-        return self._state is _State.OPEN
+        return self._state is _OPEN
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         assert self._loop is not None
@@ -611,7 +609,7 @@ class Pool(Generic[T]):
         if new_min > new_max:
             raise ValueError(f"min_size ({new_min}) must be <= max_size ({new_max})")
         self._min_size, self._max_size = new_min, new_max
-        if self._state is not _State.OPEN:
+        if self._state is not _OPEN:
             return
         closes: list[asyncio.Future[Any]] = []
         while self._size - len(closes) > self._max_size and self._idle:
@@ -627,7 +625,7 @@ class Pool(Generic[T]):
         """Retire every current resource: idle ones are closed now (returns after they are),
         checked-out ones when released. New resources replace them on demand."""
         self._generation += 1
-        if self._state is not _State.OPEN:
+        if self._state is not _OPEN:
             return
         closes = [self._close_soon(entry) for entry in self._idle]
         self._idle.clear()
@@ -671,7 +669,7 @@ class Pool(Generic[T]):
     @property
     def closed(self) -> bool:
         """Whether :meth:`aclose` was called."""
-        return self._state in (_State.CLOSING, _State.CLOSED)
+        return self._state in (_CLOSING, _CLOSED)
 
     @property
     def min_size(self) -> int:
@@ -686,13 +684,13 @@ class Pool(Generic[T]):
     def __repr__(self) -> str:
         name = f" {self._name!r}" if self._name else ""
         return (
-            f"<aiolease.Pool{name} {self._state.value} "
+            f"<aiolease.Pool{name} {self._state} "
             f"size={self._size}/{max(self._size, self._max_size)} idle={len(self._idle)} "
             f"in_use={len(self._in_use)} waiting={len(self._waiters)}>"
         )
 
     def _aiolease_leaks(self) -> list[str]:
-        return leak_report(self, self._state is _State.CLOSED)
+        return leak_report(self, self._state is _CLOSED)
 
 
 def _unbound_clock() -> float:

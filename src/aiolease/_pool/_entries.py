@@ -22,15 +22,16 @@ class Entry(Generic[T]):
 
     ``handle`` is what the current (or last) lease handed out: the resource
     itself, or the per-lease object of a manager that wraps its resources
-    (:meth:`~aiolease.abc.Manager.wrap`). ``key`` is ``id(handle)``, the
-    entry's key among the pool's leases. :meth:`ready_future` is a done future
+    (:meth:`~aiolease.abc.Manager.wrap`; :meth:`Pool._lease` sets it with its
+    ``key`` and ``ready``). ``key`` is ``id(handle)``, the entry's key among the
+    pool's leases. :meth:`ready_future` is a done future
     holding ``handle``, what ``async with pool.acquire()`` awaits when it is served
     on the spot (made once per handle: a future can be awaited any number of times).
     """
 
     __slots__ = (
+        "check_due",
         "closing",
-        "from_idle",
         "generation",
         "handle",
         "holder",
@@ -51,8 +52,9 @@ class Entry(Generic[T]):
         self.handle: T = resource
         self.key = id(resource)
         self.ready: asyncio.Future[T] | None = None  # see ready_future
-        # True while it sits (or sat) idle: its next holder runs the manager's check.
-        self.from_idle = False
+        # True while it sits (or sat) idle in a pool whose manager has a check: its next
+        # holder runs that check (unless the manager's check_needed says no).
+        self.check_due = False
         self.closing: asyncio.Future[Any] | None = None  # the close task, once started
         self.holder: asyncio.Task[Any] | None = None  # the task that leased it
         self.scoped = False  # leased by `async with` (its holder's own exit releases it)
@@ -60,17 +62,11 @@ class Entry(Generic[T]):
         self.lease_stack: traceback.StackSummary | None = None
         self.leak_reported = False
 
-    def set_handle(self, handle: T) -> None:
-        """A new lease hands out ``handle`` (a wrapping manager's per-lease object)."""
-        self.handle = handle
-        self.key = id(handle)
-        self.ready = None
-
     def ready_future(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[T]:
         """The done future of the current handle (made on first use, per handle)."""
         ready = self.ready
         if ready is None:
-            ready = self.ready = loop.create_future()
+            ready = self.ready = asyncio.Future(loop=loop)
             ready.set_result(self.handle)
         return ready
 
