@@ -23,6 +23,7 @@ Invariants every method keeps:
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import sys
 from collections import deque
@@ -52,10 +53,18 @@ logger = logging.getLogger("aiolease.pool")
 _INF = float("inf")
 
 
-# The pool's lifecycle state (shown by repr), as module constants like a
-# transaction's: acquire and release test it several times, and an Enum member
-# is read through its metaclass.
-_NEW, _OPEN, _CLOSING, _CLOSED = "new", "open", "closing", "closed"
+class _State(enum.Enum):
+    """The pool's lifecycle (shown by repr)."""
+
+    NEW = "new"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+# Module names for the members: acquire and release test the state several times,
+# and a member read as a class attribute goes through the Enum's metaclass.
+_NEW, _OPEN, _CLOSING, _CLOSED = _State.NEW, _State.OPEN, _State.CLOSING, _State.CLOSED
 
 
 class Pool(Generic[T]):
@@ -171,7 +180,7 @@ class Pool(Generic[T]):
         # server to drop it; with it, most recently used first, so the surplus is trimmed.
         self._lru = self._idle_timeout is None
 
-        self._state: str = _NEW
+        self._state: _State = _NEW
         self._loop: asyncio.AbstractEventLoop | None = None
         self._clock: Callable[[], float] = _unbound_clock
         self._done: asyncio.Future[None] | None = None  # a completed future, set in open()
@@ -684,7 +693,7 @@ class Pool(Generic[T]):
     def __repr__(self) -> str:
         name = f" {self._name!r}" if self._name else ""
         return (
-            f"<aiolease.Pool{name} {self._state} "
+            f"<aiolease.Pool{name} {self._state.value} "
             f"size={self._size}/{max(self._size, self._max_size)} idle={len(self._idle)} "
             f"in_use={len(self._in_use)} waiting={len(self._waiters)}>"
         )
