@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: demo test lint typecheck pytest bench bench-pool bench-limits bench-tx clean
+.PHONY: demo test test-matrix lint typecheck pytest bench bench-pool bench-limits bench-tx clean
 
 # One stamp per install flavour, rebuilt when pyproject.toml changes.
 $(PY):
@@ -35,6 +35,12 @@ pytest: $(VENV)/.stamp-test
 
 test: lint typecheck pytest
 
+# The whole pytest suite on every CPython 3.11-3.13 found (PATH or pyenv), in public mode
+# (AIOLEASE_COMPAT=public) and with the lowest driver versions pyproject.toml allows; one venv
+# per run under .venv-matrix/. See .ci/matrix.py (MATRIX_RUNS=..., MATRIX_PYTEST_ARGS=...).
+test-matrix:
+	$(PYTHON) .ci/matrix.py
+
 bench-pool: $(VENV)/.stamp-test
 	$(PY) bench/pool.py
 
@@ -47,4 +53,4 @@ bench-tx: $(VENV)/.stamp-test
 bench: bench-pool bench-limits bench-tx
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build dist
+	rm -rf $(VENV) .venv-matrix .mypy_cache .pytest_cache .ruff_cache build dist
