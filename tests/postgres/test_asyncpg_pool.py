@@ -27,12 +27,19 @@ import psycopg
 import pytest
 
 import aiolease
+import aiolease._compat.asyncio
+import aiolease._compat.asyncpg
 from aiolease import Pool
 from aiolease.abc import Manager, ResourceInfo
 from aiolease.asyncpg import AsyncpgManager, _quiet, _socket_fd, create_pool
 from pg_tables import temporary_table
 
 Connection = asyncpg.Connection
+
+# What needs asyncpg's transport, which only its private layout gives (aiolease._compat.asyncpg).
+needs_transport = pytest.mark.skipif(
+    not aiolease._compat.asyncpg.PRIVATE, reason="AIOLEASE_COMPAT=public: no transport to watch"
+)
 
 # What a query on a connection whose backend was terminated may raise, depending on
 # how far asyncpg got in reading the server's FATAL message and the EOF.
@@ -279,6 +286,7 @@ async def test_application_error_in_body_keeps_the_connection(pg_dsn: str) -> No
 # ---------------------------------------------------------------- check without a round trip
 
 
+@needs_transport
 async def test_check_needs_no_round_trip_for_a_healthy_connection(pg_dsn: str) -> None:
     manager = AsyncpgManager(pg_dsn)
     conn = await manager.create()
@@ -305,6 +313,7 @@ def notify_blocking(dsn: str, channel: str, payload: str, conn: Connection) -> N
     assert readable, "the notification never arrived"
 
 
+@needs_transport
 async def test_pending_notification_is_not_mistaken_for_a_dead_connection(
     pg_dsn: str,
 ) -> None:
@@ -333,6 +342,7 @@ async def test_pending_notification_is_not_mistaken_for_a_dead_connection(
     assert received == ["hello"]
 
 
+@needs_transport
 async def test_data_the_loop_read_while_idle_triggers_the_check(pg_dsn: str) -> None:
     # The other half of the race: the loop already read what the server sent (so the
     # socket is quiet again), but the connection heard from the server while idle.
@@ -621,10 +631,11 @@ def watched(conn: Connection) -> bool:
     return type(protocol).__name__ == "_Watch"
 
 
+@needs_transport
 @pytest.mark.asyncio(loop_factories=["asyncio"])
-async def test_the_idle_watch_is_in_the_data_path_only_while_idle(pg_dsn: str) -> None:
-    # The watch costs a call per chunk of data: on asyncio's transports it sits in the
-    # transport's data path while the connection is idle, not while tasks pass it on.
+async def test_the_watch_stays_in_the_data_path(pg_dsn: str) -> None:
+    # Put in once through the transport's public set_protocol(), it stays for the
+    # connection's life: idle, handed over directly, checked out from idle.
     async with create_pool(pg_dsn, max_size=1) as pool:
         async with pool.acquire() as conn:
             pass
@@ -643,20 +654,21 @@ async def test_the_idle_watch_is_in_the_data_path_only_while_idle(pg_dsn: str) -
             await asyncio.sleep(0)
             queued.set()
             conn2 = await waiter
-            seen.append(watched(conn2))  # handed over directly: not watched
+            seen.append(watched(conn2))  # handed over directly: still watched
             assert await conn2.fetchval("SELECT 1") == 1
             await pool.release(conn2)
 
         await asyncio.gather(first(), second())
-        assert seen == [False]
-        assert watched(conn)  # idle again: watched again
+        assert seen == [True]
+        assert watched(conn)
         async with pool.acquire() as conn3:
-            assert not watched(conn3)  # checked out from idle: out of the data path
+            assert watched(conn3)
             assert await conn3.fetchval("SELECT 2") == 2
         assert watched(conn3)
         assert pool.statistics().discarded == 0
 
 
+@needs_transport
 @pytest.mark.asyncio(loop_factories=["uvloop"])
 async def test_on_uvloop_the_watch_stays_in_place_and_still_counts(
     pg_dsn: str, admin: Connection
@@ -709,6 +721,9 @@ def test_the_drivers_managers_mark_every_hook_that_ignores_the_info() -> None:
 # ---------------------------------------------------------------------------- reads
 
 
+@pytest.mark.skipif(
+    not aiolease._compat.asyncio.PRIVATE, reason="AIOLEASE_COMPAT=public: reads not capped"
+)
 @pytest.mark.asyncio(loop_factories=["asyncio"])
 async def test_reads_are_capped_on_asyncio_transports(pg_dsn: str) -> None:
     # asyncio's selector transport allocates max_size bytes for every read: the pool's
@@ -769,6 +784,7 @@ async def test_read_size_leaves_uvloop_transports_alone(pg_dsn: str) -> None:
         assert await conn.fetchval("SELECT length(repeat('x', 100000))") == 100_000
 
 
+@needs_transport
 async def test_the_watch_passes_the_protocol_calls_on(pg_dsn: str, admin: Connection) -> None:
     # The watch stands in for asyncpg's protocol (for good on uvloop, while idle on
     # asyncio): the calls a transport makes reach asyncpg's protocol through it.
@@ -784,7 +800,7 @@ async def test_the_watch_passes_the_protocol_calls_on(pg_dsn: str, admin: Connec
 
             return record
 
-    watch = _Watch(Recorder(), direct=True)
+    watch = _Watch(Recorder())
     transport = object()
     error = OSError("gone")
     watch.connection_made(transport)  # type: ignore[arg-type]
