@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: demo test test-matrix lint typecheck pytest bench bench-pool bench-limits bench-tx clean
+.PHONY: demo test test-matrix lint typecheck pytest bench bench-pool bench-limits bench-tx bench-compat clean
 
 # One stamp per install flavour, rebuilt when pyproject.toml changes.
 $(PY):
@@ -41,16 +41,22 @@ test: lint typecheck pytest
 test-matrix:
 	$(PYTHON) .ci/matrix.py
 
+# Each benchmark runs twice, as is and with AIOLEASE_COMPAT=public (bench/_modes.py prints the
+# headline ratios of both modes); BENCH_ARGS go to the benchmark.
 bench-pool: $(VENV)/.stamp-test
-	$(PY) bench/pool.py
+	$(PY) bench/_modes.py bench/pool.py $(BENCH_ARGS)
 
 bench-limits: $(VENV)/.stamp-test
-	$(PY) bench/limits.py
+	$(PY) bench/_modes.py bench/limits.py $(BENCH_ARGS)
 
 bench-tx: $(VENV)/.stamp-test
-	$(PY) bench/transactions.py
+	$(PY) bench/_modes.py bench/transactions.py $(BENCH_ARGS)
 
-bench: bench-pool bench-limits bench-tx
+# What each fence of aiolease._compat buys: private path vs public fallback, one process.
+bench-compat: $(VENV)/.stamp-test
+	$(PY) bench/compat.py $(BENCH_ARGS)
+
+bench: bench-pool bench-limits bench-tx bench-compat
 
 clean:
 	rm -rf $(VENV) .venv-matrix .mypy_cache .pytest_cache .ruff_cache build dist
