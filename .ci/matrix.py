@@ -115,7 +115,11 @@ def versions(venv: Path) -> str:
 
 
 def summary(output: str) -> str:
-    lines = [line for line in output.splitlines() if re.match(r"=+ .*(passed|failed|error)", line)]
+    lines = [
+        line
+        for line in output.splitlines()
+        if re.match(r"=* ?\d+ (passed|failed|errors?|skipped|deselected)\b", line)
+    ]
     return lines[-1].strip("= ") if lines else "no pytest summary (crashed or timed out?)"
 
 

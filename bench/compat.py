@@ -7,10 +7,8 @@ of 4 connections, through a proxy that delays every chunk by ``--latency-ms`` ea
 Contenders:
 
 * ``default``: what aiolease runs (private fast paths where kept);
-* ``read_size=None``: the asyncio fence's fallback (asyncio's own 256 KiB reads), the rest
-  as default;
 * ``public``: every asyncpg fallback (no transport to watch: each checkout of an idle
-  connection is verified with a round trip; no read cap), as ``AIOLEASE_COMPAT=public``.
+  connection is verified with a round trip), as ``AIOLEASE_COMPAT=public``.
 
     python bench/compat.py [--latency-ms 0.25] [--duration 0.8] [--repeats 7]
 """
@@ -89,7 +87,6 @@ async def main(args: argparse.Namespace) -> None:
     try:
         contenders = [
             contender("default", dsn),
-            contender("read_size=None", dsn, read_size=None),
             contender("public", dsn, public=True),
         ]
         results = await run_rounds(
@@ -108,7 +105,7 @@ async def main(args: argparse.Namespace) -> None:
     for c in contenders:
         print(f"{c.name:<28}" + "".join(f"{results.median(c.name, t):>14,.0f}" for t in titles))
     print(f"\n{'ratio (median per round)':<28}" + "".join(f"{t:>14}" for t in titles))
-    for other in ("read_size=None", "public"):
+    for other in ("public",):
         label = f"{other} / default"
         print(
             f"{label:<28}" + "".join(f"{results.ratio(other, 'default', t):>14.2f}" for t in titles)

@@ -13,10 +13,9 @@ import sys
 import pytest
 
 import aiolease._compat
-import aiolease._compat.asyncio
 import aiolease._compat.asyncpg
 
-_MODULES = ("asyncio", "asyncpg")
+_MODULES = ("asyncpg",)
 
 
 def _in_child(code: str, compat: str | None) -> str:
@@ -31,32 +30,30 @@ def _in_child(code: str, compat: str | None) -> str:
 
 
 _REPORT = (
-    "import aiolease._compat as c, aiolease._compat.asyncio, aiolease._compat.asyncpg\n"
+    "import aiolease._compat as c, aiolease._compat.asyncpg\n"
     f"print(c.PUBLIC, *(getattr(c, m).PRIVATE for m in {_MODULES!r}))"
 )
 
 
 @pytest.mark.parametrize("value", ["public", "PUBLIC", " public "])
 def test_public_env_forces_every_fallback(value: str) -> None:
-    assert _in_child(_REPORT, value) == "True False False"
+    assert _in_child(_REPORT, value) == "True False"
 
 
 @pytest.mark.parametrize("value", [None, "", "private", "default"])
 def test_without_public_env_the_probes_decide(value: str | None) -> None:
     # On the driver and Python versions pyproject.toml allows, every probe passes.
-    assert _in_child(_REPORT, value) == "False True True"
+    assert _in_child(_REPORT, value) == "False True"
 
 
 def test_the_flag_is_the_environment_at_import() -> None:
     expected = os.environ.get("AIOLEASE_COMPAT", "").strip().lower() == "public"
     assert aiolease._compat.PUBLIC is expected
     assert aiolease._compat.asyncpg.PRIVATE is (not expected)
-    assert aiolease._compat.asyncio.PRIVATE is (not expected)
 
 
 def test_public_fallbacks_know_nothing_private() -> None:
     # What the public mode binds: no transport, no in-flight view, no transaction record.
-    from aiolease._compat import asyncio as aio
     from aiolease._compat import asyncpg as pg
 
     class Conn:
@@ -66,7 +63,6 @@ def test_public_fallbacks_know_nothing_private() -> None:
     assert pg._transport_public(Conn()) is None
     assert pg._cancelling_public(Conn()) is False
     assert pg._pending_public(Conn()) is False
-    assert aio._set_read_size_public(object(), 4096) is False
 
 
 def test_asyncpg_public_mode_verifies_each_checkout_and_discards_cancelled_bodies() -> None:

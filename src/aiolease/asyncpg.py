@@ -10,7 +10,6 @@ import logging
 import select
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from ._compat.asyncio import set_read_size
 from ._compat.asyncpg import PRIVATE as COMPAT_PRIVATE
 from ._compat.asyncpg import cancelling, end_transaction, transaction_pending, transport_of
 from ._pool import Pool, _ignores_info
@@ -146,19 +145,6 @@ class _Watch:
         self._inner.resume_writing()
 
 
-#: AsyncpgManager's default ``read_size``: below glibc's smallest mmap threshold (128 KiB).
-DEFAULT_READ_SIZE = 64 * 1024
-
-
-def _limit_reads(conn: Connection, size: int) -> None:
-    """Make the connection's transport read at most ``size`` bytes at a time, where it
-    allocates a buffer that large for every read (asyncio's selector transports); see
-    ``read_size`` at :class:`AsyncpgManager`."""
-    transport = transport_of(conn)
-    if transport is not None:
-        set_read_size(transport, size)
-
-
 def _install_watch(conn: Connection) -> None:
     """Make the connection's watch (see :class:`_Watch`) and put it in the data path."""
     transport = transport_of(conn)
@@ -236,17 +222,6 @@ class AsyncpgManager(Manager["Connection"]):
             suspicious idle connection, see :meth:`check`) may take before the
             connection is discarded.
         close_timeout: seconds a graceful close may take before the socket is cut.
-        read_size: the most bytes each read of the socket asks for, on asyncio's
-            selector transports (default 64 KiB; None keeps asyncio's 256 KiB).
-            Such a transport allocates a buffer of that size for every read;
-            at 256 KiB glibc can serve each one with a fresh ``mmap`` (then
-            ``mremap`` and ``munmap``) whenever its allocator's state makes
-            256 KiB look large, which it does or not depending on the process's
-            history (cpython#85451). Below 128 KiB the buffer comes from the heap
-            in every state: measured here, 17-25% more small queries per second
-            under load, and no slower on results of many megabytes. Other
-            transports (uvloop's, SSL) read into a buffer they keep, and are left
-            alone.
         **connect_kwargs: passed to :func:`asyncpg.connect`.
     """
 
@@ -257,7 +232,6 @@ class AsyncpgManager(Manager["Connection"]):
         reset: Reset = "transaction",
         reset_timeout: float = 5.0,
         close_timeout: float = 5.0,
-        read_size: int | None = DEFAULT_READ_SIZE,
         **connect_kwargs: Any,
     ) -> None:
         if reset not in ("transaction", "session"):
@@ -265,13 +239,6 @@ class AsyncpgManager(Manager["Connection"]):
         for name, value in (("reset_timeout", reset_timeout), ("close_timeout", close_timeout)):
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
-        if read_size is not None and (
-            isinstance(read_size, bool) or not isinstance(read_size, int) or read_size < 1
-        ):
-            raise ValueError(
-                f"read_size must be a positive number of bytes or None, got {read_size!r}"
-            )
-        self.read_size = read_size
         self.dsn = dsn
         self._session_reset = reset == "session"  # (read on every release)
         self.reset_timeout = float(reset_timeout)
@@ -285,8 +252,6 @@ class AsyncpgManager(Manager["Connection"]):
 
     async def create(self) -> Connection:
         conn: Connection = await asyncpg.connect(self.dsn, **self.connect_kwargs)
-        if self.read_size is not None:
-            _limit_reads(conn, self.read_size)
         _install_watch(conn)
         return conn
 
@@ -397,7 +362,7 @@ def create_pool(
 
     Open it with ``async with`` or ``await pool.open()``. Pool options are as
     for :class:`~aiolease.Pool`; ``reset`` (and ``reset_timeout``,
-    ``close_timeout``, ``read_size``, passed on as keywords) is explained at
+    ``close_timeout``, passed on as keywords) is explained at
     :class:`AsyncpgManager`; everything else goes to :func:`asyncpg.connect`.
 
     Raises:

@@ -27,7 +27,6 @@ import psycopg
 import pytest
 
 import aiolease
-import aiolease._compat.asyncio
 import aiolease._compat.asyncpg
 from aiolease import Pool
 from aiolease.abc import Manager, ResourceInfo
@@ -588,11 +587,6 @@ async def test_reset_outlasting_reset_timeout_discards_the_connection(
         ({"reset_timeout": True}, ValueError, "reset_timeout"),
         ({"close_timeout": -1.0}, ValueError, "close_timeout must be > 0"),
         ({"close_timeout": "5"}, ValueError, "close_timeout"),
-        ({"read_size": 0}, ValueError, "read_size must be a positive"),
-        ({"read_size": -4096}, ValueError, "read_size"),
-        ({"read_size": True}, ValueError, "read_size"),
-        ({"read_size": 4096.0}, ValueError, "read_size"),
-        ({"read_size": "64k"}, ValueError, "read_size"),
     ],
 )
 def test_bad_manager_arguments(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
@@ -608,7 +602,6 @@ def test_bad_manager_arguments(kwargs: dict[str, Any], error: type[Exception], m
         ({"min_size": 3, "max_size": 2}, ValueError, "min_size"),
         ({"acquire_timeout": -1}, ValueError, "acquire_timeout"),
         ({"max_size": "10"}, TypeError, "max_size"),
-        ({"read_size": 0}, ValueError, "read_size"),
     ],
 )
 def test_bad_create_pool_arguments(
@@ -721,29 +714,9 @@ def test_the_drivers_managers_mark_every_hook_that_ignores_the_info() -> None:
 # ---------------------------------------------------------------------------- reads
 
 
-@pytest.mark.skipif(
-    not aiolease._compat.asyncio.PRIVATE, reason="AIOLEASE_COMPAT=public: reads not capped"
-)
-@pytest.mark.asyncio(loop_factories=["asyncio"])
-async def test_reads_are_capped_on_asyncio_transports(pg_dsn: str) -> None:
-    # asyncio's selector transport allocates max_size bytes for every read: the pool's
-    # connections ask for 64 KiB, not asyncio's 256 KiB (see read_size).
-    # (ssl=False: a server with SSL on would give an SSL transport, which is left alone)
-    async with create_pool(pg_dsn, max_size=1, ssl=False) as pool, pool.acquire() as conn:
-        transport: Any = conn._transport  # type: ignore[attr-defined]
-        assert type(transport).max_size == 256 * 1024  # asyncio's own, untouched
-        assert transport.max_size == 64 * 1024
-    async with (
-        create_pool(pg_dsn, max_size=1, read_size=None, ssl=False) as pool,
-        pool.acquire() as conn,
-    ):
-        transport = conn._transport  # type: ignore[attr-defined]
-        assert transport.max_size == type(transport).max_size
-
-
-async def test_a_small_read_size_still_carries_large_results(pg_dsn: str) -> None:
+async def test_large_results_and_queries_arrive_whole(pg_dsn: str) -> None:
     # A result of many chunks, and a query larger than a chunk: nothing lost or reordered.
-    async with create_pool(pg_dsn, max_size=2, read_size=1024) as pool, pool.acquire() as conn:
+    async with create_pool(pg_dsn, max_size=2) as pool, pool.acquire() as conn:
         text = await conn.fetchval(
             "SELECT string_agg(md5(g::text), '') FROM generate_series(1, 20000) g"
         )
@@ -753,35 +726,6 @@ async def test_a_small_read_size_still_carries_large_results(pg_dsn: str) -> Non
         big = "x" * 300_000
         assert await conn.fetchval("SELECT length($1::text)", big) == 300_000
         assert await conn.fetchval("SELECT $1::text", big) == big
-
-
-def test_read_size_leaves_transports_without_a_per_read_buffer_alone() -> None:
-    # An asyncio SSL transport (the socket under it reads into the SSL protocol's own
-    # buffer) has no max_size: nothing is set on it.
-    from asyncio.sslproto import _SSLProtocolTransport
-
-    from aiolease.asyncpg import _limit_reads
-
-    assert not hasattr(_SSLProtocolTransport, "max_size")
-
-    transport: Any = object.__new__(_SSLProtocolTransport)
-    transport._closed = True  # (its __del__ warns about a transport never closed)
-
-    class Conn:
-        _transport = transport
-
-    _limit_reads(Conn(), 4096)  # type: ignore[arg-type]
-    assert "max_size" not in vars(transport)
-    _limit_reads(object(), 4096)  # type: ignore[arg-type]  # no transport at all: nothing
-
-
-@pytest.mark.asyncio(loop_factories=["uvloop"])
-async def test_read_size_leaves_uvloop_transports_alone(pg_dsn: str) -> None:
-    # uvloop reads into a buffer it keeps: there is nothing to cap, and nothing breaks.
-    async with create_pool(pg_dsn, max_size=1, read_size=4096) as pool, pool.acquire() as conn:
-        transport: Any = conn._transport  # type: ignore[attr-defined]
-        assert not hasattr(transport, "max_size")
-        assert await conn.fetchval("SELECT length(repeat('x', 100000))") == 100_000
 
 
 @needs_transport

@@ -12,13 +12,18 @@ asyncpg exposes ``is_closed()``, ``is_in_transaction()`` and ``reset()``, but no
 
 Each has a public fallback, taken when the probe below fails or ``AIOLEASE_COMPAT=public`` was
 set: no transport (every checkout of an idle connection is verified with a ``SELECT 1`` round
-trip), no in-flight view (a lease whose body was cancelled is discarded), and ``reset()`` to
-end a transaction left open. The transport is the one kept because it is worth it: measured
-(``make bench-pool``, 2026-12-05, 2-core shared VM, PostgreSQL behind 0.25 ms of network
-latency), 1-task acquire + ``SELECT 1`` + release runs at 0.53 of the private mode's rate in
-public mode (one extra round trip per checkout). The other two are off the hot path (one
-attribute read per release) and keep the documented behaviour (a busy connection is discarded
-only when busy; ``SET`` survives a rolled-back transaction).
+trip), no in-flight view (a lease whose body was cancelled or timed out is discarded), and
+``reset()`` to end a transaction left open (which also resets the session).
+
+The transport is kept because public mode is measurably worse without it: ``make
+bench-compat`` (2026-12-05, 2-core shared VM, Python 3.11, asyncpg 0.32, PostgreSQL behind a
+proxy adding 0.25 ms each way, which epoll's 1 ms timer resolution rounds up), acquire +
+``SELECT 1`` + release by 1 task on a pool of 4 ran at 0.47, 0.54 and 0.59 of the default
+mode's rate in three runs (the extra round trip per checkout from idle); 8 tasks, where
+connections pass from task to task without a check, at 0.92-1.02 (noise). The other two cost
+an attribute read per release in the default mode and nothing measurable either way; they are
+kept for behaviour: a connection is discarded only when a query is really still in flight,
+and ``SET`` survives a transaction rolled back at release.
 """
 
 from __future__ import annotations
