@@ -10,8 +10,6 @@ import logging
 import select
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from ._compat.asyncpg import PRIVATE as COMPAT_PRIVATE
-from ._compat.asyncpg import cancelling, end_transaction, transaction_pending, transport_of
 from ._pool import Pool, _ignores_info
 from .abc import Manager, ResourceInfo
 
@@ -21,6 +19,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError(
         "aiolease.asyncpg needs the asyncpg driver: pip install 'aiolease[asyncpg]'"
     ) from exc
+
+# (after the driver: the fence imports asyncpg too, and the error above names the extra)
+from ._compat.asyncpg import PRIVATE as COMPAT_PRIVATE
+from ._compat.asyncpg import cancelling, end_transaction, transaction_pending, transport_of
 
 if TYPE_CHECKING:
     from asyncpg import Connection
