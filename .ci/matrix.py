@@ -133,7 +133,10 @@ def main() -> int:
     wanted = os.environ.get("MATRIX_RUNS", "").split()
     if wanted:
         runs = [r for r in runs if r.name in wanted]
-    pytest_args = os.environ.get("MATRIX_PYTEST_ARGS", "-q -p no:cacheprovider").split()
+    # faulthandler: a run that hangs past pytest-timeout still shows where.
+    pytest_args = os.environ.get(
+        "MATRIX_PYTEST_ARGS", "-q -p no:cacheprovider -o faulthandler_timeout=120"
+    ).split()
     results: list[tuple[str, str, str, bool]] = []
     for run in runs:
         python = find_python(run.python)
@@ -151,18 +154,19 @@ def main() -> int:
         env.pop("AIOLEASE_COMPAT", None)
         env.update(run.env)
         started = time.monotonic()
+        log = VENVS / f"{run.name}.log"
         try:
-            proc = subprocess.run(
-                ["timeout", "--kill-after=30", str(RUN_TIMEOUT),
-                 str(venv / "bin" / "python"), "-m", "pytest", *pytest_args],
-                cwd=ROOT, env=env, capture_output=True, text=True,
-            )  # fmt: skip
+            with log.open("w") as out:  # written as it runs: `tail -f` it
+                proc = subprocess.run(
+                    ["timeout", "--kill-after=30", str(RUN_TIMEOUT),
+                     str(venv / "bin" / "python"), "-m", "pytest", *pytest_args],
+                    cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                )  # fmt: skip
         except OSError as exc:
             results.append((run.name, versions(venv), f"could not run: {exc}", False))
             continue
         took = time.monotonic() - started
-        text = proc.stdout + proc.stderr
-        (VENVS / f"{run.name}.log").write_text(text)
+        text = log.read_text()
         failures = [line for line in text.splitlines() if line.startswith(("FAILED", "ERROR"))]
         for line in failures:
             print(f"  {line}")
