@@ -300,6 +300,11 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             return events
         if self._vt_outside_work():
             return self._vt_wait_real(inner, self._vt_outside_description())
+        # A thread may have answered between the poll above and that look: it wakes the
+        # loop before it stops counting as work (see call_soon_threadsafe), so poll again.
+        events = inner.select(0)
+        if events:
+            return events
         watched = self._vt_watched(inner)
         if timeout is None:
             if watched:
