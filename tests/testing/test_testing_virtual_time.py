@@ -289,6 +289,25 @@ def test_aiosqlite_calls_hold_the_clock_while_its_thread_works(tmp_path: Path) -
     assert run(main) == (7, 0.0)
 
 
+def test_aiosqlite_answers_never_race_the_jump(tmp_path: Path) -> None:
+    """An answer landing between the loop's poll and its look at pending work must not be
+    jumped over: a pool's connections made and closed back to back (each close in a task
+    of its own), with the acquire timeout pending."""
+    pytest.importorskip("aiosqlite")
+    import aiolease.sqlite
+
+    async def main(path: Path) -> float:
+        pool = aiolease.sqlite.create_pool(path, max_size=1, acquire_timeout=5)
+        async with pool:
+            for _ in range(20):
+                conn = await pool.acquire()  # PoolTimeout if the clock jumped over an answer
+                await pool.release(conn, discard=True)
+        return asyncio.get_running_loop().time()
+
+    for i in range(10):
+        assert run(functools.partial(main, tmp_path / f"race{i}.db")) < 5.0
+
+
 def test_child_process_is_awaited_with_the_clock_frozen() -> None:
     async def main() -> tuple[int, bytes, float]:
         loop = asyncio.get_running_loop()
