@@ -330,7 +330,10 @@ class AsyncpgManager(Manager["Connection"]):
         if resource.is_closed():
             return
         try:
-            await resource.close(timeout=self.close_timeout)
+            # Bounded here too: asyncpg before 0.32 can wait, past its own timeout, for a
+            # cancellation the server never answers (a frozen backend).
+            async with asyncio.timeout(self.close_timeout):
+                await resource.close(timeout=self.close_timeout)
         except BaseException:
             resource.terminate()
             raise
