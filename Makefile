@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: demo test chaos lint typecheck pytest bench bench-pool bench-limits bench-tx clean
+.PHONY: demo test test-matrix chaos lint typecheck pytest bench bench-pool bench-limits bench-tx bench-compat clean
 .PHONY: bench-clients bench-asgi docs dist-check
 
 # One stamp per install flavour, rebuilt when pyproject.toml changes.
@@ -41,14 +41,22 @@ test: lint typecheck pytest
 chaos: $(VENV)/.stamp-test
 	$(BIN)/pytest tests/chaos -m chaos -q $(PYTEST_ARGS)
 
+# The whole pytest suite on every CPython 3.11-3.13 found (PATH or pyenv), in public mode
+# (AIOLEASE_COMPAT=public) and with the lowest driver versions pyproject.toml allows; one venv
+# per run under .venv-matrix/. See .ci/matrix.py (MATRIX_RUNS=..., MATRIX_PYTEST_ARGS=...).
+test-matrix:
+	$(PYTHON) .ci/matrix.py
+
+# Each benchmark runs twice, as is and with AIOLEASE_COMPAT=public (bench/_modes.py prints the
+# headline ratios of both modes); BENCH_ARGS go to the benchmark.
 bench-pool: $(VENV)/.stamp-test
-	$(PY) bench/pool.py
+	$(PY) bench/_modes.py bench/pool.py $(BENCH_ARGS)
 
 bench-limits: $(VENV)/.stamp-test
-	$(PY) bench/limits.py
+	$(PY) bench/_modes.py bench/limits.py $(BENCH_ARGS)
 
 bench-tx: $(VENV)/.stamp-test
-	$(PY) bench/transactions.py
+	$(PY) bench/_modes.py bench/transactions.py $(BENCH_ARGS)
 
 bench-clients: $(VENV)/.stamp-test
 	$(PY) bench/clients.py
@@ -56,7 +64,11 @@ bench-clients: $(VENV)/.stamp-test
 bench-asgi: $(VENV)/.stamp-test
 	$(PY) bench/asgi.py
 
-bench: bench-pool bench-limits bench-tx
+# What each fence of aiolease._compat buys: private path vs public fallback, one process.
+bench-compat: $(VENV)/.stamp-test
+	$(PY) bench/compat.py $(BENCH_ARGS)
+
+bench: bench-pool bench-limits bench-tx bench-compat
 
 # The documentation site (MkDocs + Material, API reference from the docstrings) into site/.
 docs: $(VENV)/.stamp-test
@@ -69,4 +81,4 @@ dist-check: $(VENV)/.stamp-test
 	bash scripts/dist_check.sh dist
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build dist site
+	rm -rf $(VENV) .venv-matrix .mypy_cache .pytest_cache .ruff_cache build dist site

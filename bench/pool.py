@@ -18,12 +18,6 @@ lets the task that puts an item back take it again at once (barging), so under
 contention its tasks never switch to hand an item over; the reference shows
 what fairness alone costs against that floor.
 
-(b) runs a second reference: the floor's connections reading at most 64 KiB
-per ``recv``, as aiolease's asyncpg pool makes its own (``read_size``; asyncio's
-transports ask for 256 KiB, which glibc may serve with an ``mmap`` per read,
-cpython#85451). Part of the pool's lead over the floor comes from that setting,
-not from its hand-off: this row shows how much.
-
 Every pool is used with its default options except the sizes. Rounds
 interleave the contenders (rotating their order) and the table shows medians
 over the rounds, with the spread ``(max - min) / median`` so a noisy run is
@@ -238,17 +232,10 @@ MECHANICS = [
 def pg_contenders(dsn: str) -> list[Contender]:
     import asyncpg
 
-    from aiolease.asyncpg import DEFAULT_READ_SIZE, _limit_reads
-
-    def bare(
-        *, fair: bool, read_size: int | None = None
-    ) -> Callable[[], AbstractAsyncContextManager[Worker]]:
+    def bare(*, fair: bool) -> Callable[[], AbstractAsyncContextManager[Worker]]:
         @asynccontextmanager
         async def setup() -> AsyncIterator[Worker]:
             conns = [await asyncpg.connect(dsn) for _ in range(SIZE)]
-            if read_size is not None:
-                for conn in conns:
-                    _limit_reads(conn, read_size)  # as aiolease.asyncpg does (read_size)
             get, put = bare_queue(conns, fair=fair)
             try:
 
@@ -331,11 +318,6 @@ def pg_contenders(dsn: str) -> list[Contender]:
     return [
         Contender("raw asyncpg + Queue (floor)", bare(fair=False), FLOOR),
         Contender("raw asyncpg + FIFO hand-off (ref.)", bare(fair=True), REFERENCE),
-        Contender(
-            "raw asyncpg + Queue, 64 KiB reads (ref.)",
-            bare(fair=False, read_size=DEFAULT_READ_SIZE),
-            REFERENCE,
-        ),
         Contender('aiolease reset="transaction"', ours("transaction"), OURS),
         Contender('aiolease reset="session"', ours("session"), OURS),
         Contender("asyncpg.Pool", asyncpg_pool, ANCHOR),

@@ -8,10 +8,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import select
-import socket
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from ._compat.asyncpg import HAVE_SOCKET, connection_socket
 from ._driver_args import check_connect_kwargs, check_timeout_seconds, keywords_of
 from ._lease import LeaseProxies
 from ._liveness import DEFAULT_CONNECT_TIMEOUT, PoolExpirer, set_keepalive
@@ -24,6 +22,17 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError(
         "aiolease.asyncpg needs the asyncpg driver: pip install 'aiolease[asyncpg]'"
     ) from exc
+
+# (after the driver: the fence imports asyncpg too, and the error above names the extra)
+from ._compat.asyncpg import (
+    HAVE_SOCKET,
+    cancelling,
+    connection_socket,
+    end_transaction,
+    transaction_pending,
+    transport_of,
+)
+from ._compat.asyncpg import PRIVATE as COMPAT_PRIVATE
 
 if TYPE_CHECKING:
     from asyncpg import Connection
@@ -41,16 +50,6 @@ logger = logging.getLogger("aiolease.asyncpg")
 Reset = Literal["transaction", "session"]
 
 
-def _busy(conn: Connection) -> bool:
-    """Whether a query is still in flight (e.g. the body was cancelled mid-query)."""
-    c: Any = conn  # asyncpg internals, read on every release: no getattr() calls
-    try:
-        return bool(c._protocol._is_cancelling())
-    except AttributeError:
-        return False
-
-
-_PEEK = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
 _HAVE_POLL = hasattr(select, "poll")
 
 # Errors in the body that mean the connection itself is gone or unusable: the
@@ -64,7 +63,6 @@ _FATAL_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.InternalClientError,
 )
-
 
 # Errors that say the server stopped being the primary we want: it became read-only
 # (25006, when the session's server reports itself read-only: see _read_only_server) or
@@ -100,28 +98,13 @@ def _failover(conn: Connection, exc: BaseException) -> bool:
     )
 
 
-def _raw_socket(conn: Connection) -> socket.socket | None:
-    """The connection's socket, or None where the transport exposes no ``socket.socket``
-    (uvloop's transports expose a ``PseudoSocket``: see :func:`_socket_fd`)."""
-    transport = getattr(conn, "_transport", None)
-    sock = getattr(transport, "_sock", None)  # asyncio's selector transports: the socket itself
-    if isinstance(sock, socket.socket):
-        return sock
-    if transport is None:
-        return None
-    sock = transport.get_extra_info("socket")
-    if sock is not None and not isinstance(sock, socket.socket):
-        sock = getattr(sock, "_sock", None)  # asyncio's TransportSocket wrapper
-    return sock if isinstance(sock, socket.socket) else None
-
-
 def _socket_fd(conn: Connection) -> int | None:
     """The file descriptor of the connection's socket, or None where there is none to poll.
 
     Every transport asyncpg runs on exposes one: asyncio's as a ``TransportSocket``,
     uvloop's as a ``PseudoSocket`` (neither is a ``socket.socket``, both have ``fileno()``).
     """
-    transport: Any = getattr(conn, "_transport", None)
+    transport = transport_of(conn)
     if transport is None:
         return None
     try:
@@ -145,29 +128,20 @@ def _quiet(conn: Connection, watch: _Watch | None = None) -> bool:
     if watch is None:
         watch = _watch_of(conn)
     poller = None if watch is None else watch.poller
-    if poller is None and _HAVE_POLL:
-        # A poll object registered once per connection (kept by its watch): poll(0) is one
-        # cheap syscall that raises nothing (a MSG_PEEK recv costs an exception on every
-        # quiet check), and it needs only the descriptor, which uvloop's transports expose
-        # too (not a socket.socket).
+    if poller is None:
         fd = _socket_fd(conn)
-        if fd is not None:
-            poller = select.poll()
-            poller.register(fd, select.POLLIN | select.POLLPRI)
-            if watch is not None:
-                watch.poller = poller
-    if poller is not None:
-        return not poller.poll(0)  # any event: data, EOF, hang-up, error
-    sock = _raw_socket(conn)
-    if sock is None:
-        return True
-    try:
-        sock.recv(1, _PEEK)
-    except BlockingIOError:
-        return True  # the normal state of an idle connection
-    except OSError:
-        return False  # reset, or the socket is already closed
-    return False  # data (a FATAL message, or a NOTIFY not read yet) or EOF
+        if fd is None:
+            return True
+        if not _HAVE_POLL:  # (Windows) select() on the descriptor: readable means data or EOF
+            return not select.select([fd], [], [], 0)[0]
+        # A poll object registered once per connection (kept by its watch): poll(0) is one
+        # cheap syscall, and it needs only the descriptor, which uvloop's transports
+        # expose too (not a socket.socket).
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+        if watch is not None:
+            watch.poller = poller
+    return not poller.poll(0)  # any event: data, EOF, hang-up, error
 
 
 class _Watch:
@@ -187,121 +161,66 @@ class _Watch:
     ``__getattr__`` would slow down every read of the watch's own fields, which
     each checkout and release makes.
 
-    Where the transport's protocol is a plain attribute (asyncio's selector
-    transports), the watch is in the data path only while the connection is
-    idle (put in by :meth:`AsyncpgManager.on_idle`, taken out again when
-    :meth:`AsyncpgManager.check_needed` clears the connection for checkout, each
-    by one assignment), so a connection in use, or passed from one task to the
-    next under load, never pays for it (one that went through
-    :meth:`AsyncpgManager.check`, or ``acquire_nowait()``, keeps it until its
-    next release: harmless, the count restarts when it goes idle); the transport
-    keeps a reference to it (``_aiolease_watch``). Elsewhere (uvloop) the swap
-    would go through ``set_protocol()``, which stops and restarts reading the
-    socket (two syscalls), so the watch stays in the data path for good, costs
-    a call per chunk received, and is found as the transport's protocol.
+    It is put in the data path once, when the connection is made, through the
+    transport's public ``set_protocol()``, stays there for the connection's life
+    (a call per chunk received), and is found as the transport's protocol.
     """
 
-    __slots__ = ("_protocol", "direct", "poller", "received", "seen")
+    __slots__ = ("_inner", "poller", "received", "seen")
 
-    def __init__(self, protocol: Any, direct: bool) -> None:
-        self._protocol = protocol
-        # Whether the transport's protocol can be swapped by assigning its attribute
-        # (asyncio's selector transports, a plain Protocol): see the class docstring.
-        self.direct = direct
+    def __init__(self, protocol: Any) -> None:
+        self._inner = protocol
         self.received = 0  # chunks received so far
         self.seen = 0  # `received` when the connection last went idle
         self.poller: Any = None  # select.poll() on the socket, made on first use (see _quiet)
 
     def data_received(self, data: bytes) -> None:
         self.received += 1
-        self._protocol.data_received(data)
+        self._inner.data_received(data)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._protocol.connection_made(transport)
+        self._inner.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._protocol.connection_lost(exc)
+        self._inner.connection_lost(exc)
 
     def eof_received(self) -> bool | None:
-        return cast("bool | None", self._protocol.eof_received())
+        return cast("bool | None", self._inner.eof_received())
 
     def pause_writing(self) -> None:
-        self._protocol.pause_writing()
+        self._inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self._protocol.resume_writing()
+        self._inner.resume_writing()
 
 
-#: AsyncpgManager's default ``read_size``: below glibc's smallest mmap threshold (128 KiB).
-DEFAULT_READ_SIZE = 64 * 1024
-
-
-def _limit_reads(conn: Connection, size: int) -> None:
-    """Make the connection's transport read at most ``size`` bytes at a time, where it
-    allocates a buffer that large for every read (asyncio's selector transports, whose
-    class sets ``max_size``); see ``read_size`` at :class:`AsyncpgManager`."""
-    transport: Any = getattr(conn, "_transport", None)
-    if isinstance(getattr(type(transport), "max_size", None), int):
-        transport.max_size = size
-
-
-def _install_watch(conn: Connection) -> bool:
-    """Make the connection's watch (see :class:`_Watch`) and put it in the data path.
-
-    Returns whether the watch stays there for good (a transport whose protocol is
-    swapped only through ``set_protocol()``, such as uvloop's).
-    """
-    transport: Any = getattr(conn, "_transport", None)
+def _install_watch(conn: Connection) -> None:
+    """Make the connection's watch (see :class:`_Watch`) and put it in the data path."""
+    transport = transport_of(conn)
     if transport is None:
-        return False
+        return  # nothing to watch: every checkout of an idle connection is verified
     try:
         protocol = transport.get_protocol()
-        if isinstance(protocol, _Watch):
-            return not protocol.direct
-        direct = (
-            not isinstance(protocol, asyncio.BufferedProtocol)
-            and getattr(transport, "_protocol", None) is protocol
-        )
-        watch = _Watch(protocol, direct)
-        if direct:
-            transport._aiolease_watch = watch  # found by one attribute read at checkout
-        transport.set_protocol(cast(asyncio.BaseProtocol, watch))
+        if not isinstance(protocol, _Watch):
+            transport.set_protocol(cast(asyncio.BaseProtocol, _Watch(protocol)))
     except Exception as exc:  # an exotic transport: fall back to polling the socket alone
         logger.debug("cannot watch %r for unsolicited messages: %r", conn, exc)
-        return False
-    return not direct
 
 
 def _watch_of(conn: Connection) -> _Watch | None:
-    """The connection's watch: kept by its transport (asyncio's) or, where it stays in
-    the data path for good, the transport's protocol (uvloop's)."""
-    transport: Any = getattr(conn, "_transport", None)
-    watch = getattr(transport, "_aiolease_watch", None)
-    if watch is None and transport is not None:
-        try:
-            watch = transport.get_protocol()
-        except Exception:  # a closed or exotic transport
-            return None
+    """The connection's watch: its transport's protocol."""
+    transport = transport_of(conn)
+    if transport is None:
+        return None
+    try:
+        watch: object = transport.get_protocol()
+    except Exception:  # a closed or exotic transport
+        return None
     return watch if type(watch) is _Watch else None
 
 
 def _heard_while_idle(watch: _Watch | None) -> bool:
     return watch is not None and watch.received != watch.seen
-
-
-def _suspicious(conn: Connection) -> bool:
-    """:meth:`AsyncpgManager.check_needed` the general way (any transport; also the
-    first checkout, which makes the poller): whether the idle connection is closed or
-    heard from the server. If not, a watch that is swapped leaves the data path for the
-    checkout."""
-    watch = _watch_of(conn)
-    if conn.is_closed() or _heard_while_idle(watch) or not _quiet(conn, watch):
-        return True
-    if watch is not None and watch.direct:
-        transport: Any = getattr(conn, "_transport", None)
-        if transport._protocol is watch:
-            transport._protocol = watch._protocol
-    return False
 
 
 class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
@@ -361,16 +280,6 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
             (``statement_cache_size=0``: no named prepared statements, which another
             client's server connection would not have), and ``reset="session"`` is
             refused (a session there is not ours to reset).
-        read_size: the most bytes each read of the socket asks for, on asyncio's
-            selector transports (default 64 KiB; None keeps asyncio's 256 KiB).
-            Such a transport allocates a buffer of that size for every read;
-            at 256 KiB glibc can serve each one with a fresh ``mmap`` (then
-            ``mremap`` and ``munmap``) whenever its allocator's state makes
-            256 KiB look large, which it does or not depending on the process's
-            history (cpython#85451). Below 128 KiB the buffer comes from the heap
-            in every state (what it gains: bench/README.md). Other
-            transports (uvloop's, SSL) read into a buffer they keep, and are left
-            alone.
         **connect_kwargs: passed to :func:`asyncpg.connect`.
     """
 
@@ -381,7 +290,6 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
         reset: Reset = "transaction",
         reset_timeout: float = 5.0,
         close_timeout: float = 5.0,
-        read_size: int | None = DEFAULT_READ_SIZE,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         pgbouncer: bool = False,
         **connect_kwargs: Any,
@@ -392,21 +300,8 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
             connect_kwargs,
             _CONNECT_KEYWORDS,
             "asyncpg.connect()",
-            (
-                "reset",
-                "reset_timeout",
-                "close_timeout",
-                "read_size",
-                "connect_timeout",
-                "pgbouncer",
-            ),
+            ("reset", "reset_timeout", "close_timeout", "connect_timeout", "pgbouncer"),
         )
-        if read_size is not None and (
-            isinstance(read_size, bool) or not isinstance(read_size, int) or read_size < 1
-        ):
-            raise ValueError(
-                f"read_size must be a positive number of bytes or None, got {read_size!r}"
-            )
         self.connect_timeout = check_timeout_seconds("connect_timeout", connect_timeout)
         if not isinstance(pgbouncer, bool):
             raise TypeError(f"pgbouncer must be a bool, got {pgbouncer!r}")
@@ -429,15 +324,11 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
             connect_kwargs.setdefault("command_timeout", PUBLIC_COMMAND_TIMEOUT)
         #: Expires the pool on a failover error (see is_fatal); bound by create_pool.
         self.failover = PoolExpirer()
-        self.read_size = read_size
         self.dsn = dsn
         self._session_reset = reset == "session"  # (read on every release)
         self.reset_timeout = check_timeout_seconds("reset_timeout", reset_timeout)
         self.close_timeout = check_timeout_seconds("close_timeout", close_timeout)
         self.connect_kwargs = connect_kwargs
-        # Whether the watches stay in the data path for good (see _Watch): set by the
-        # first connection made on such a loop (uvloop), read at every checkout.
-        self._watch_fixed = False
 
     @property
     def reset_mode(self) -> Reset:
@@ -451,40 +342,20 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
             conn: Connection = await asyncpg.connect(self.dsn, **self.connect_kwargs)
         # Keepalive: a silent peer is detected within SILENT_PEER_BOUND seconds.
         set_keepalive(connection_socket(conn))
-        if self.read_size is not None:
-            _limit_reads(conn, self.read_size)
-        if _install_watch(conn):
-            self._watch_fixed = True
+        _install_watch(conn)
         return conn
 
     def check_needed(self, resource: Connection, info: ResourceInfo) -> bool:
         """No round trip for a healthy idle connection. Only a closed one, or one that
         received data while idle (read by the loop, see :class:`_Watch`, or still
-        unread in its socket, see :func:`_quiet`), goes through :meth:`check`.
-
-        When it answers False the pool hands the connection out at once, so on
-        asyncio's transports the watch leaves the data path here (:meth:`on_idle`
-        puts it back): a connection in use, or passed from one task to the next,
-        does not pay for it.
+        unread in its socket, see :func:`_quiet`), goes through :meth:`check`; so does
+        every one where the connection's transport cannot be watched
+        (``AIOLEASE_COMPAT=public``).
         """
-        c: Any = resource  # on every checkout of an idle connection: asyncpg's internals,
-        try:  # read directly (what is_closed() and _watch_of() read, without their calls)
-            if c._aborted or not c._protocol.is_connected():
-                return True
-            transport = c._transport
-            # The watch: the transport's attribute, or, where watches stay in the data path
-            # for good (uvloop), its protocol (with no watch there, .poller raises).
-            watch = transport.get_protocol() if self._watch_fixed else transport._aiolease_watch
-            poller = watch.poller
-        except AttributeError:  # no watch (an exotic transport): the general way
-            return _suspicious(resource)
-        if poller is None:  # first checkout: the general way (makes the poller)
-            return _suspicious(resource)
-        if watch.received != watch.seen or poller.poll(0):
+        if resource.is_closed():
             return True
-        if watch.direct and transport._protocol is watch:
-            transport._protocol = watch._protocol
-        return False
+        watch = _watch_of(resource)
+        return watch is None or _heard_while_idle(watch) or not _quiet(resource, watch)
 
     async def check(self, resource: Connection, info: ResourceInfo) -> None:
         """Discard a closed connection; verify a suspicious one with a round trip.
@@ -496,9 +367,10 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
         if resource.is_closed():
             raise ConnectionError("connection was closed while idle (server restart or kill?)")
         watch = _watch_of(resource)
-        if _heard_while_idle(watch) or not _quiet(resource, watch):
+        if watch is None or _heard_while_idle(watch) or not _quiet(resource, watch):
             # Data while idle: a FATAL from a server that dropped us (the close follows),
-            # or a harmless notification. A round trip tells them apart.
+            # or a harmless notification. A round trip tells them apart. No watch: the
+            # round trip is the only way to know.
             try:
                 async with asyncio.timeout(self.reset_timeout):
                     await resource.execute("SELECT 1")
@@ -509,55 +381,33 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
 
     def reset_needed(self, resource: Connection, info: ResourceInfo) -> bool:
         """Whether the connection needs :meth:`reset` (called on every release)."""
-        c: Any = resource  # on every release: asyncpg's internals, read directly
-        if self._session_reset:
-            return True
-        try:
-            protocol = c._protocol
-            if (
-                c._aborted
-                or not protocol.is_connected()
-                or protocol.is_in_transaction()
-                or c._top_xact is not None
-                or protocol._is_cancelling()
-            ):
-                return True
-        except AttributeError:  # another asyncpg layout: the public way
-            if (
-                resource.is_closed()
-                or resource.is_in_transaction()
-                or getattr(resource, "_top_xact", None) is not None
-                or _busy(resource)
-            ):
-                return True
-        return False
+        return (
+            self._session_reset
+            or resource.is_closed()
+            or resource.is_in_transaction()
+            or transaction_pending(resource)
+            or cancelling(resource)
+        )
 
     def on_idle(self, resource: Connection, info: ResourceInfo) -> None:
-        """The connection sits idle from now on: put its watch in the data path and
-        reset the count (anything it hears from here on is suspicious, see :class:`_Watch`)."""
-        c: Any = resource  # on every release to idle: read directly
-        try:
-            transport = c._transport
-            watch = transport.get_protocol() if self._watch_fixed else transport._aiolease_watch
-            watch.seen = watch.received  # (as in check_needed)
-        except AttributeError:
-            return  # no watch (an exotic transport)
-        if watch.direct and transport._protocol is watch._protocol:
-            transport._protocol = watch
+        """The connection sits idle from now on: reset its watch's count (anything it
+        hears from here on is suspicious, see :class:`_Watch`)."""
+        watch = _watch_of(resource)
+        if watch is not None:
+            watch.seen = watch.received
 
     async def reset(self, resource: Connection, info: ResourceInfo) -> None:
         if resource.is_closed():
             raise ConnectionError("connection is closed")
-        if _busy(resource):
+        if cancelling(resource):
             raise ConnectionError("connection was released with a query still in flight")
         # The timeout goes to asyncpg, which times the round trip with one timer (cheaper
         # than an asyncio.timeout scope around it) and asks the server to cancel on expiry.
         if self._session_reset:
             await resource.reset(timeout=self.reset_timeout)
-        elif resource.is_in_transaction() or getattr(resource, "_top_xact", None) is not None:
+        elif resource.is_in_transaction() or transaction_pending(resource):
             logger.warning("rolling back a transaction left open on %r at release", resource)
-            resource._top_xact = None  # type: ignore[attr-defined]  # asyncpg's own reset does this
-            await resource.execute("ROLLBACK", timeout=self.reset_timeout)
+            await end_transaction(resource, self.reset_timeout)
 
     async def close(self, resource: Connection) -> None:
         """Close gracefully; the pool bounds this by :attr:`close_timeout` and then
@@ -571,14 +421,19 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
         resource.terminate()
 
     def is_fatal(self, resource: Connection, exc: BaseException) -> bool:
-        """Whether the body's error means the connection is gone (closed, a socket
-        error, a connection-class or shutdown error, asyncpg's protocol confused by an
-        unsolicited FATAL message). A failover error (the server is read-only, or
-        shutting down) also expires the whole pool."""
+        """A closed connection, a connection error (a socket error, a connection-class or
+        shutdown error, asyncpg's protocol confused by an unsolicited FATAL message), and,
+        where asyncpg's in-flight state cannot be read (``AIOLEASE_COMPAT=public``), a body
+        that was cancelled or timed out: its query may still be running. A failover error
+        (the server is read-only, or shutting down) also expires the whole pool."""
         if _failover(resource, exc):
             self.failover.trigger(exc)
             return True
-        return resource.is_closed() or isinstance(exc, _FATAL_ERRORS)
+        return (
+            resource.is_closed()
+            or isinstance(exc, _FATAL_ERRORS)
+            or (not COMPAT_PRIVATE and isinstance(exc, asyncio.CancelledError | TimeoutError))
+        )
 
 
 def create_pool(
@@ -601,9 +456,8 @@ def create_pool(
 
     Open it with ``async with`` or ``await pool.open()``. Pool options are as
     for :class:`~aiolease.Pool`; ``reset`` (and ``reset_timeout``,
-    ``close_timeout``, ``read_size``, ``connect_timeout``, ``pgbouncer``, passed
-    on as keywords) is explained at :class:`AsyncpgManager`; everything else goes
-    to :func:`asyncpg.connect`.
+    ``close_timeout``, ``connect_timeout``, ``pgbouncer``, passed on as keywords) is
+    explained at :class:`AsyncpgManager`; everything else goes to :func:`asyncpg.connect`.
 
     Raises:
         TypeError: an unknown keyword (neither a Pool option nor one

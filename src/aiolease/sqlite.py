@@ -195,16 +195,17 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
         return conn
 
     async def check(self, resource: aiosqlite.Connection, info: ResourceInfo) -> None:
-        if getattr(resource, "_connection", True) is None:
+        if _in_transaction(resource) is None:
             raise ConnectionError("connection is closed")
 
     def reset_needed(self, resource: aiosqlite.Connection, info: ResourceInfo) -> bool:
-        return getattr(resource, "_connection", True) is None or resource.in_transaction
+        return _in_transaction(resource) is not False
 
     async def reset(self, resource: aiosqlite.Connection, info: ResourceInfo) -> None:
-        if getattr(resource, "_connection", True) is None:
+        in_transaction = _in_transaction(resource)
+        if in_transaction is None:
             raise ConnectionError("connection is closed")
-        if resource.in_transaction:
+        if in_transaction:
             await resource.rollback()
 
     def abort(self, resource: aiosqlite.Connection) -> None:
@@ -214,15 +215,17 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
         resource.stop()
 
     async def close(self, resource: aiosqlite.Connection) -> None:
+        # Its connection thread ends right after answering this (aiosqlite's own close).
         await resource.close()
-        # close() returns as the worker thread is about to exit (it has handed back its last
-        # result): wait for that, without blocking the loop or borrowing another thread, so
-        # that a closed pool leaves no thread behind.
-        thread = getattr(resource, "_thread", None)
-        for attempt in range(1000):
-            if thread is None or not thread.is_alive():
-                break
-            await asyncio.sleep(0 if attempt < 10 else 0.001)
+
+
+def _in_transaction(conn: aiosqlite.Connection) -> bool | None:
+    """Whether a transaction is open; None when the connection is closed (aiosqlite's
+    ``in_transaction`` raises ``ValueError`` then)."""
+    try:
+        return bool(conn.in_transaction)
+    except ValueError:
+        return None
 
 
 def create_pool(

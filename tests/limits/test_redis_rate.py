@@ -530,7 +530,7 @@ async def test_a_connection_killed_under_the_limiter_fails_one_call_then_recover
 ) -> None:
     lim = RedisRateLimiter(client, name, 1000, burst=10, on_error="raise")
     await lim.acquire()
-    conn = lim._call._conn
+    conn = lim._call._link
     host, port = conn._writer.get_extra_info("sockname")[:2]
     assert await client.client_kill(f"{host}:{port}")
     await asyncio.sleep(0.05)
@@ -544,6 +544,6 @@ async def test_a_connection_killed_under_the_limiter_fails_one_call_then_recover
         await asyncio.sleep(0.15)  # past the cool-down
     assert outcomes in (["error", "ok"], ["ok", "ok"])
     # a new socket (the pool may hand back the same Connection object, reconnected)
-    assert lim._call._conn._writer.get_extra_info("sockname")[:2] != (host, port)
+    assert lim._call._link._writer.get_extra_info("sockname")[:2] != (host, port)
     assert lim.statistics().errors == outcomes.count("error")
     await lim.aclose()

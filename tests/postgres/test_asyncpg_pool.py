@@ -27,6 +27,7 @@ import psycopg
 import pytest
 
 import aiolease
+import aiolease._compat.asyncpg
 from aiolease import Pool
 from aiolease.abc import ResourceInfo
 from aiolease.asyncpg import AsyncpgManager, _quiet, _socket_fd, create_pool
@@ -39,6 +40,11 @@ def raw(conn: Any) -> Any:
 
 
 Connection = asyncpg.Connection
+
+# What needs asyncpg's transport, which only its private layout gives (aiolease._compat.asyncpg).
+needs_transport = pytest.mark.skipif(
+    not aiolease._compat.asyncpg.PRIVATE, reason="AIOLEASE_COMPAT=public: no transport to watch"
+)
 
 # What a query on a connection whose backend was terminated may raise, depending on
 # how far asyncpg got in reading the server's FATAL message and the EOF.
@@ -285,6 +291,7 @@ async def test_application_error_in_body_keeps_the_connection(pg_dsn: str) -> No
 # ---------------------------------------------------------------- check without a round trip
 
 
+@needs_transport
 async def test_check_needs_no_round_trip_for_a_healthy_connection(pg_dsn: str) -> None:
     manager = AsyncpgManager(pg_dsn)
     conn = await manager.create()
@@ -311,6 +318,7 @@ def notify_blocking(dsn: str, channel: str, payload: str, conn: Connection) -> N
     assert readable, "the notification never arrived"
 
 
+@needs_transport
 async def test_pending_notification_is_not_mistaken_for_a_dead_connection(
     pg_dsn: str,
 ) -> None:
@@ -339,6 +347,7 @@ async def test_pending_notification_is_not_mistaken_for_a_dead_connection(
     assert received == ["hello"]
 
 
+@needs_transport
 async def test_data_the_loop_read_while_idle_triggers_the_check(pg_dsn: str) -> None:
     # The other half of the race: the loop already read what the server sent (so the
     # socket is quiet again), but the connection heard from the server while idle.
@@ -588,11 +597,6 @@ async def test_reset_outlasting_reset_timeout_discards_the_connection(
         ({"close_timeout": float("inf")}, ValueError, "close_timeout must be > 0 seconds"),
         ({"close_timeout": -1.0}, ValueError, "close_timeout must be > 0"),
         ({"close_timeout": "5"}, TypeError, "close_timeout"),
-        ({"read_size": 0}, ValueError, "read_size must be a positive"),
-        ({"read_size": -4096}, ValueError, "read_size"),
-        ({"read_size": True}, ValueError, "read_size"),
-        ({"read_size": 4096.0}, ValueError, "read_size"),
-        ({"read_size": "64k"}, ValueError, "read_size"),
     ],
 )
 def test_bad_manager_arguments(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
@@ -608,7 +612,6 @@ def test_bad_manager_arguments(kwargs: dict[str, Any], error: type[Exception], m
         ({"min_size": 3, "max_size": 2}, ValueError, "min_size"),
         ({"acquire_timeout": -1}, ValueError, "acquire_timeout"),
         ({"max_size": "10"}, TypeError, "max_size"),
-        ({"read_size": 0}, ValueError, "read_size"),
     ],
 )
 def test_bad_create_pool_arguments(
@@ -631,10 +634,11 @@ def watched(conn: Connection) -> bool:
     return type(protocol).__name__ == "_Watch"
 
 
+@needs_transport
 @pytest.mark.asyncio(loop_factories=["asyncio"])
-async def test_the_idle_watch_is_in_the_data_path_only_while_idle(pg_dsn: str) -> None:
-    # The watch costs a call per chunk of data: on asyncio's transports it sits in the
-    # transport's data path while the connection is idle, not while tasks pass it on.
+async def test_the_watch_stays_in_the_data_path(pg_dsn: str) -> None:
+    # Put in once through the transport's public set_protocol(), it stays for the
+    # connection's life: idle, handed over directly, checked out from idle.
     async with create_pool(pg_dsn, max_size=1) as pool:
         async with pool.acquire() as conn:
             pass
@@ -653,20 +657,21 @@ async def test_the_idle_watch_is_in_the_data_path_only_while_idle(pg_dsn: str) -
             await asyncio.sleep(0)
             queued.set()
             conn2 = await waiter
-            seen.append(watched(conn2))  # handed over directly: not watched
+            seen.append(watched(conn2))  # handed over directly: still watched
             assert await conn2.fetchval("SELECT 1") == 1
             await pool.release(conn2)
 
         await asyncio.gather(first(), second())
-        assert seen == [False]
-        assert watched(conn)  # idle again: watched again
+        assert seen == [True]
+        assert watched(conn)
         async with pool.acquire() as conn3:
-            assert not watched(conn3)  # checked out from idle: out of the data path
+            assert watched(conn3)
             assert await conn3.fetchval("SELECT 2") == 2
         assert watched(conn3)
         assert pool.statistics().discarded == 0
 
 
+@needs_transport
 @pytest.mark.asyncio(loop_factories=["uvloop"])
 async def test_on_uvloop_the_watch_stays_in_place_and_still_counts(
     pg_dsn: str, admin: Connection
@@ -696,26 +701,9 @@ async def test_on_uvloop_the_watch_stays_in_place_and_still_counts(
 # ---------------------------------------------------------------------------- reads
 
 
-@pytest.mark.asyncio(loop_factories=["asyncio"])
-async def test_reads_are_capped_on_asyncio_transports(pg_dsn: str) -> None:
-    # asyncio's selector transport allocates max_size bytes for every read: the pool's
-    # connections ask for 64 KiB, not asyncio's 256 KiB (see read_size).
-    # (ssl=False: a server with SSL on would give an SSL transport, which is left alone)
-    async with create_pool(pg_dsn, max_size=1, ssl=False) as pool, pool.acquire() as conn:
-        transport: Any = raw(conn)._transport
-        assert type(transport).max_size == 256 * 1024  # asyncio's own, untouched
-        assert transport.max_size == 64 * 1024
-    async with (
-        create_pool(pg_dsn, max_size=1, read_size=None, ssl=False) as pool,
-        pool.acquire() as conn,
-    ):
-        transport = raw(conn)._transport
-        assert transport.max_size == type(transport).max_size
-
-
-async def test_a_small_read_size_still_carries_large_results(pg_dsn: str) -> None:
+async def test_large_results_and_queries_arrive_whole(pg_dsn: str) -> None:
     # A result of many chunks, and a query larger than a chunk: nothing lost or reordered.
-    async with create_pool(pg_dsn, max_size=2, read_size=1024) as pool, pool.acquire() as conn:
+    async with create_pool(pg_dsn, max_size=2) as pool, pool.acquire() as conn:
         text = await conn.fetchval(
             "SELECT string_agg(md5(g::text), '') FROM generate_series(1, 20000) g"
         )
@@ -727,35 +715,7 @@ async def test_a_small_read_size_still_carries_large_results(pg_dsn: str) -> Non
         assert await conn.fetchval("SELECT $1::text", big) == big
 
 
-def test_read_size_leaves_transports_without_a_per_read_buffer_alone() -> None:
-    # An asyncio SSL transport (the socket under it reads into the SSL protocol's own
-    # buffer) has no max_size: nothing is set on it.
-    from asyncio.sslproto import _SSLProtocolTransport
-
-    from aiolease.asyncpg import _limit_reads
-
-    assert not hasattr(_SSLProtocolTransport, "max_size")
-
-    transport: Any = object.__new__(_SSLProtocolTransport)
-    transport._closed = True  # (its __del__ warns about a transport never closed)
-
-    class Conn:
-        _transport = transport
-
-    _limit_reads(Conn(), 4096)  # type: ignore[arg-type]
-    assert "max_size" not in vars(transport)
-    _limit_reads(object(), 4096)  # type: ignore[arg-type]  # no transport at all: nothing
-
-
-@pytest.mark.asyncio(loop_factories=["uvloop"])
-async def test_read_size_leaves_uvloop_transports_alone(pg_dsn: str) -> None:
-    # uvloop reads into a buffer it keeps: there is nothing to cap, and nothing breaks.
-    async with create_pool(pg_dsn, max_size=1, read_size=4096) as pool, pool.acquire() as conn:
-        transport: Any = raw(conn)._transport
-        assert not hasattr(transport, "max_size")
-        assert await conn.fetchval("SELECT length(repeat('x', 100000))") == 100_000
-
-
+@needs_transport
 async def test_the_watch_passes_the_protocol_calls_on(pg_dsn: str, admin: Connection) -> None:
     # The watch stands in for asyncpg's protocol (for good on uvloop, while idle on
     # asyncio): the calls a transport makes reach asyncpg's protocol through it.
@@ -771,7 +731,7 @@ async def test_the_watch_passes_the_protocol_calls_on(pg_dsn: str, admin: Connec
 
             return record
 
-    watch = _Watch(Recorder(), direct=True)
+    watch = _Watch(Recorder())
     transport = object()
     error = OSError("gone")
     watch.connection_made(transport)  # type: ignore[arg-type]

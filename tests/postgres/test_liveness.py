@@ -17,10 +17,10 @@ import psycopg
 import pytest
 
 import aiolease
-from aiolease._lease import unwrap
 import aiolease.asyncpg
 import aiolease.psycopg
 from aiolease._compat.asyncpg import HAVE_SOCKET, connection_socket
+from aiolease._lease import unwrap
 from aiolease._liveness import (
     KEEPALIVE_COUNT,
     KEEPALIVE_IDLE,

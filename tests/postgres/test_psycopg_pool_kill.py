@@ -234,9 +234,10 @@ class HoldingProxy:
         swriter.close()
 
     async def aclose(self) -> None:
+        # Stop accepting first, but wait for the server only after its connections are
+        # closed: from Python 3.12 on, wait_closed() waits for them.
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
         for link in self.links:
             for task in link.tasks:
                 task.cancel()
@@ -248,6 +249,8 @@ class HoldingProxy:
                     await writer.wait_closed()
                 except OSError:
                     pass
+        if self._server is not None:
+            await self._server.wait_closed()
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -233,6 +234,78 @@ def test_timeout_around_a_thread_does_not_fire_while_the_thread_works() -> None:
             return await asyncio.to_thread(_slow_answer, 0.05, "answered")
 
     assert run(main) == "answered"
+
+
+def test_plain_def_dependencies_run_in_threads_without_jumps_or_no_progress() -> None:
+    """A web app's plain ``def`` dependency and endpoint, each handed to a thread (as ASGI
+    frameworks do), with a request timeout around them and no other timer: the clock holds
+    while they block, and no NoProgressError although no task is ready meanwhile."""
+
+    def get_settings() -> dict[str, float]:  # a blocking dependency (reads a file, say)
+        time.sleep(0.03)
+        return {"factor": 2.0}
+
+    def endpoint(settings: dict[str, float], value: float) -> float:
+        time.sleep(0.02)
+        return settings["factor"] * value
+
+    async def handle(value: float) -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(0.001):  # would fire if the clock jumped meanwhile
+            settings = await asyncio.to_thread(get_settings)
+            result = await loop.run_in_executor(None, endpoint, settings, value)
+        return result, loop.time()
+
+    async def main() -> list[tuple[float, float]]:
+        return list(await asyncio.gather(handle(1.0), handle(2.0), handle(3.0)))
+
+    assert run(main) == [(2.0, 0.0), (4.0, 0.0), (6.0, 0.0)]
+
+
+def test_thread_work_without_any_timer_is_pending_not_no_progress() -> None:
+    async def main() -> str:
+        return await asyncio.to_thread(_slow_answer, 0.05, "answered")
+
+    assert run(main, stall_timeout=5.0) == "answered"
+
+
+def test_aiosqlite_calls_hold_the_clock_while_its_thread_works(tmp_path: Path) -> None:
+    aiosqlite = pytest.importorskip("aiosqlite")
+
+    async def main() -> tuple[int, float]:
+        loop = asyncio.get_running_loop()
+        async with aiosqlite.connect(tmp_path / "vt.db") as db:
+
+            def slow(x: int) -> int:
+                time.sleep(0.05)
+                return x
+
+            await db.create_function("slow", 1, slow)
+            async with asyncio.timeout(0.001):  # would fire if the clock jumped meanwhile
+                async with db.execute("SELECT slow(7)") as cursor:
+                    row = await cursor.fetchone()
+        return row[0], loop.time()
+
+    assert run(main) == (7, 0.0)
+
+
+def test_aiosqlite_answers_never_race_the_jump(tmp_path: Path) -> None:
+    """An answer landing between the loop's poll and its look at pending work must not be
+    jumped over: a pool's connections made and closed back to back (each close in a task
+    of its own), with the acquire timeout pending."""
+    pytest.importorskip("aiosqlite")
+    import aiolease.sqlite
+
+    async def main(path: Path) -> float:
+        pool = aiolease.sqlite.create_pool(path, max_size=1, acquire_timeout=5)
+        async with pool:
+            for _ in range(20):
+                conn = await pool.acquire()  # PoolTimeout if the clock jumped over an answer
+                await pool.release(conn, discard=True)
+        return asyncio.get_running_loop().time()
+
+    for i in range(10):
+        assert run(functools.partial(main, tmp_path / f"race{i}.db")) < 5.0
 
 
 def test_child_process_is_awaited_with_the_clock_frozen() -> None:

@@ -160,7 +160,7 @@ class Caller:
 
     __slots__ = (
         "_client",
-        "_conn",
+        "_link",
         "_connecting",
         "_direct",
         "_drops",
@@ -185,7 +185,7 @@ class Caller:
         )
         self._loaded = 0  # SCRIPT LOAD count (observable in tests)
         self.sent = 0  # commands written to the pipe
-        self._conn: Any = None
+        self._link: Any = None
         self._connecting: asyncio.Lock | None = None
         #: (future, on_abandon, deadline) of the replies still to read, in the order the commands
         #: were written; on_abandon gets the reply when the caller gave up before it came.
@@ -207,7 +207,7 @@ class Caller:
     @property
     def busy(self) -> bool:
         """Whether the pipe holds a connection or runs a task (what ``aclose`` ends)."""
-        return self._conn is not None or self._reader is not None or bool(self._drops)
+        return self._link is not None or self._reader is not None or bool(self._drops)
 
     async def __call__(
         self,
@@ -231,7 +231,7 @@ class Caller:
             packed = pack(
                 (b"EVALSHA", script.sha_b, b"%d" % len(keys), *map(b, keys), *map(b, args))
             )
-        conn = self._conn
+        conn = self._link
         if conn is not None and conn.is_connected:
             fut = self._send(packed, on_abandon)
         else:
@@ -256,7 +256,7 @@ class Caller:
         self, packed: bytes, on_abandon: Callable[[Any], None] | None = None
     ) -> asyncio.Future[Any]:
         """Write one command now (synchronously: call order is wire order) and return its reply."""
-        conn = self._conn
+        conn = self._link
         if conn is None:
             raise _rexc.ConnectionError("connection to Redis lost")
         loop = asyncio.get_running_loop()
@@ -292,7 +292,7 @@ class Caller:
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:  # FIFO: callers keep their order while we connect
-            if self._conn is None:
+            if self._link is None:
                 pool = self._client.connection_pool  # type: ignore[union-attr]
                 try:
                     conn = await pool.get_connection()
@@ -302,7 +302,7 @@ class Caller:
                     await pool.release(conn)
                     self._direct = False
                     raise _rexc.ConnectionError("redis-py connection cannot be pipelined")
-                self._conn = conn
+                self._link = conn
             return self._send(packed, on_abandon)
 
     async def _read(self, conn: Any) -> None:
@@ -310,13 +310,13 @@ class Caller:
         pending = self._pending
         loop = asyncio.get_running_loop()
         try:
-            while self._conn is conn:
-                while pending and self._conn is conn:
+            while self._link is conn:
+                while pending and self._link is conn:
                     try:
                         reply = await conn.read_response(disconnect_on_error=False)
                     except _rexc.ResponseError as exc:  # an error reply: the connection is fine
                         reply = exc
-                    if self._conn is not conn:
+                    if self._link is not conn:
                         break
                     fut, on_abandon, _ = pending.popleft()
                     if fut.done():  # its caller gave up (cancelled / timed out)
@@ -339,7 +339,7 @@ class Caller:
                 if not pending:
                     break
         except BaseException as exc:
-            if self._conn is conn:
+            if self._link is conn:
                 # Cancelled from outside (the loop is shutting down: aclose() drops the pipe
                 # before it cancels the reader): fail the pending calls but start no task; the
                 # connection is closed with its client.
@@ -353,7 +353,7 @@ class Caller:
 
     def _break(self, exc: BaseException, *, drop: bool = True) -> None:
         """Drop the connection: every pending call fails as unavailable (its outcome unknown)."""
-        conn, self._conn = self._conn, None
+        conn, self._link = self._link, None
         pending = list(self._pending)
         self._pending.clear()
         reader, self._reader = self._reader, None
@@ -384,7 +384,7 @@ class Caller:
         """Drop the pipe's connection (back to the client's pool) and end the reader."""
         self.closed = True
         reader = self._reader
-        if self._conn is not None or reader is not None:
+        if self._link is not None or reader is not None:
             self._break(_rexc.ConnectionError("limiter closed"))
         tasks = [t for t in (reader, *self._drops) if t is not None]
         if tasks:

@@ -378,7 +378,7 @@ class FakeConnection:
         self._work = []
         self._savepoints = []
 
-    def _aborted_error(self) -> FakeDatabaseError:
+    def _failed_transaction_error(self) -> FakeDatabaseError:
         return FakeDatabaseError(
             "current transaction is aborted, commands ignored until end of transaction block",
             sqlstate="25P02",
@@ -424,7 +424,7 @@ class FakeConnection:
         if self._status == _IDLE:
             raise FakeDatabaseError(f"{what} can only be used in transaction blocks", "25P01")
         if self._status == _INERROR:
-            raise self._aborted_error()
+            raise self._failed_transaction_error()
 
     def _find_savepoint(self, name: str) -> int:
         name = name.lower()
@@ -478,7 +478,7 @@ class FakeConnection:
 
     def _work_statement(self, sql: str, args: tuple[Any, ...]) -> Any:
         if self._status == _INERROR:
-            raise self._aborted_error()
+            raise self._failed_transaction_error()
         for rule in self._scripts:
             if rule.pattern.search(sql):
                 self._use(rule)

@@ -11,11 +11,14 @@ aiolease's own timers therefore run instantly.
 "Something outside may still answer" means, and the loop then waits in real
 time with the clock frozen:
 
-* a job started with ``loop.run_in_executor`` / ``asyncio.to_thread`` (or the
-  default executor shutting down) that has not delivered its result;
+* work running in a thread the loop started: a job of ``loop.run_in_executor``
+  / ``asyncio.to_thread`` (the default executor or any other) that has not
+  delivered its result, or the default executor shutting down;
+* a future made by aiosqlite (``loop.create_future()`` called from aiosqlite's
+  code) that its connection thread has not answered yet;
 * a child process (``asyncio.create_subprocess_exec``) that has not exited;
-* the body of :meth:`VirtualTimeLoop.external_work` (for threads the loop
-  cannot see, e.g. aiosqlite's per-connection thread);
+* the body of :meth:`VirtualTimeLoop.external_work` (for other threads the
+  loop cannot see);
 * a watched file descriptor other than the loop's own wake-up pipe (a socket
   to a real server): the loop gives it ``io_grace`` real seconds to answer
   before jumping.
@@ -25,6 +28,11 @@ When no timer is scheduled, no task is ready and nothing outside can answer
 hang forever; this one raises :class:`NoProgressError` naming the blocked
 tasks and where they wait.
 
+Only public asyncio API: the loop overrides public methods (``call_at``,
+``create_future``, ``call_soon_threadsafe``, ``run_in_executor``,
+``subprocess_exec``/``subprocess_shell``) and wraps the selector it passes to
+``SelectorEventLoop``.
+
 Why not ``looptime``: see ``docs/testing.md`` ("Why not looptime").
 """
 
@@ -32,9 +40,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import inspect
+import itertools
 import selectors
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
@@ -42,6 +51,13 @@ from typing import Any, TypeVar
 __all__ = ["NoProgressError", "VirtualTimeLoop"]
 
 _T = TypeVar("_T")
+
+# Libraries that answer loop futures from threads of their own, found by the module that
+# calls ``loop.create_future()``: aiosqlite runs one thread per connection and answers each
+# call with ``call_soon_threadsafe(set_result, future, ...)``.
+_THREAD_BACKED = ("aiosqlite",)
+# The clock's resolution as asyncio's loop reads it: a timer due within it of now is run.
+_RESOLUTION = time.get_clock_info("monotonic").resolution
 
 
 class NoProgressError(RuntimeError):
@@ -99,6 +115,12 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     ``docs/testing.md``). Keyword arguments can be bound with
     ``functools.partial``.
 
+    Work in threads the loop started (``run_in_executor``, ``asyncio.to_thread``,
+    the default executor) counts as pending: while it runs the clock does not
+    jump and no :class:`NoProgressError` is raised, so blocking ``def`` code
+    handed to a thread (e.g. a web framework's sync dependencies run with
+    ``asyncio.to_thread``) runs on this loop. So do aiosqlite's calls.
+
     Args:
         start: the clock's initial value (``loop.time()``), in seconds.
         io_grace: real seconds to wait for a watched file descriptor (other
@@ -126,24 +148,79 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     ) -> None:
         self._vt_now = 0.0
         self.jumps = 0
-        try:
-            start, io_grace, stall_timeout = _validate(start, io_grace, stall_timeout)
-        except (TypeError, ValueError):
-            self._closed = True  # nothing was opened; BaseEventLoop.__del__ checks this
-            raise
-        self._vt_now = start
-        self._vt_io_grace = io_grace
-        self._vt_stall_timeout = stall_timeout
+        # Every timer scheduled, as (when, order, handle): a min-heap that keeps cancelled
+        # and already-run timers until they reach its head (see _vt_next_timer).
+        self._vt_timers: list[tuple[float, int, asyncio.TimerHandle]] = []
+        self._vt_order = itertools.count()
+        self._vt_compact_at = 1024
         self._vt_jobs: set[asyncio.Future[Any]] = set()
+        self._vt_thread_futures: set[asyncio.Future[Any]] = set()
         self._vt_external = 0
         self._vt_children: list[asyncio.SubprocessTransport] = []
         selector = _VirtualSelector(selectors.DefaultSelector())
         super().__init__(selector)
+        # The descriptors registered by now are the loop's own (its wake-up pipe).
+        self._vt_own_fds = frozenset(key.fd for key in selector.get_map().values())
+        try:
+            start, io_grace, stall_timeout = _validate(start, io_grace, stall_timeout)
+        except (TypeError, ValueError):
+            self.close()
+            raise
+        self._vt_now = start
+        self._vt_io_grace = io_grace
+        self._vt_stall_timeout = stall_timeout
         selector._select = self._vt_select
 
     def time(self) -> float:
         """The virtual clock: moves only when the loop jumps to a timer."""
         return self._vt_now
+
+    def call_at(  # type: ignore[override]  # same signature; typeshed's is generic
+        self, when: float, callback: Callable[..., object], *args: Any, context: Any = None
+    ) -> asyncio.TimerHandle:
+        """As :meth:`asyncio.AbstractEventLoop.call_at`; the loop notes the timer to jump to."""
+        handle = super().call_at(when, callback, *args, context=context)
+        timers = self._vt_timers
+        if len(timers) >= self._vt_compact_at:  # drop cancelled and past timers, amortised
+            horizon = self._vt_now + _RESOLUTION
+            timers[:] = [t for t in timers if t[0] >= horizon and not t[2].cancelled()]
+            heapq.heapify(timers)
+            self._vt_compact_at = max(1024, 2 * len(timers))
+        heapq.heappush(timers, (handle.when(), next(self._vt_order), handle))
+        return handle
+
+    def create_future(self) -> asyncio.Future[Any]:
+        """As :meth:`asyncio.AbstractEventLoop.create_future`; a future made by a library
+        that answers from a thread of its own (aiosqlite) counts as work in flight."""
+        future = super().create_future()
+        frame = inspect.currentframe()
+        caller = None
+        try:
+            caller = frame.f_back if frame is not None else None
+            module = caller.f_globals.get("__name__", "") if caller is not None else ""
+        finally:
+            del frame, caller  # a frame held in its own locals keeps its callers alive
+        if module.partition(".")[0] in _THREAD_BACKED:
+            self._vt_thread_futures.add(future)
+            future.add_done_callback(self._vt_future_done)
+        return future
+
+    def _vt_future_done(self, future: asyncio.Future[Any]) -> None:
+        # A cancelled one stays in flight until its thread answers (call_soon_threadsafe).
+        if not future.cancelled():
+            self._vt_thread_futures.discard(future)
+
+    def call_soon_threadsafe(  # type: ignore[override]  # as call_at
+        self, callback: Callable[..., object], *args: Any, context: Any = None
+    ) -> asyncio.Handle:
+        """As :meth:`asyncio.AbstractEventLoop.call_soon_threadsafe`; a thread answering a
+        future counted as work in flight (see :meth:`create_future`) ends that work."""
+        handle = super().call_soon_threadsafe(callback, *args, context=context)
+        # After the callback is queued and the loop woken, so that the loop never sees
+        # neither the work nor its answer.
+        if args and self._vt_thread_futures:
+            self._vt_thread_futures.discard(args[0])
+        return handle
 
     def run_in_executor(  # type: ignore[override]  # same signature; typeshed's is generic
         self, executor: Any, func: Callable[..., _T], *args: Any
@@ -154,28 +231,36 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         future.add_done_callback(self._vt_jobs.discard)
         return future
 
-    async def _make_subprocess_transport(self, *args: Any, **kwargs: Any) -> Any:
-        # A child's exit is reported by a watcher thread the loop cannot see:
-        # count a running child as outside work until its return code is known.
-        transport = await super()._make_subprocess_transport(*args, **kwargs)  # type: ignore[misc]
+    async def subprocess_exec(self, *args: Any, **kwargs: Any) -> Any:
+        """As :meth:`asyncio.AbstractEventLoop.subprocess_exec`; the clock waits for the child."""
+        transport, protocol = await super().subprocess_exec(*args, **kwargs)
         self._vt_children.append(transport)
-        return transport
+        return transport, protocol
+
+    async def subprocess_shell(self, *args: Any, **kwargs: Any) -> Any:
+        """As :meth:`asyncio.AbstractEventLoop.subprocess_shell`; the clock waits for the child."""
+        transport, protocol = await super().subprocess_shell(*args, **kwargs)
+        self._vt_children.append(transport)
+        return transport, protocol
 
     def _vt_outside_work(self) -> bool:
+        # A child's exit is reported by a watcher the loop cannot see coming.
         if self._vt_children:
             self._vt_children = [t for t in self._vt_children if t.get_returncode() is None]
-        return bool(self._vt_jobs or self._vt_external or self._vt_children or _aiosqlite_busy())
+        return bool(
+            self._vt_jobs or self._vt_thread_futures or self._vt_external or self._vt_children
+        )
 
     def _vt_outside_description(self) -> str:
         parts = []
         if self._vt_jobs:
             parts.append(f"{len(self._vt_jobs)} executor job(s)")
+        if self._vt_thread_futures:
+            parts.append(f"{len(self._vt_thread_futures)} aiosqlite call(s)")
         if self._vt_children:
             parts.append(f"{len(self._vt_children)} child process(es)")
         if self._vt_external:
             parts.append(f"{self._vt_external} external_work() block(s)")
-        if _aiosqlite_busy():
-            parts.append("an aiosqlite connection thread")
         return "waiting for " + ", ".join(parts)
 
     async def shutdown_default_executor(self, *args: Any, **kwargs: Any) -> None:
@@ -192,7 +277,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         ``call_soon_threadsafe`` rather than through ``run_in_executor``)::
 
             with loop.external_work():
-                rows = await aiosqlite_conn.execute_fetchall("SELECT 1")
+                answer = await future_set_by_my_thread
         """
         self._vt_external += 1
         try:
@@ -205,8 +290,9 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def _vt_select(
         self, inner: selectors.BaseSelector, timeout: float | None
     ) -> list[tuple[selectors.SelectorKey, int]]:
-        # BaseEventLoop._run_once passes timeout 0 while callbacks are ready (or a
-        # timer is already due); otherwise the delay to the next timer, or None.
+        # The loop passes timeout 0 while callbacks are ready (or a timer is already
+        # due); otherwise the delay to the next timer, or None. A thread's
+        # call_soon_threadsafe always writes to the wake-up pipe, so it shows as an event.
         if timeout is not None and timeout <= 0:
             return inner.select(0)
         events = inner.select(0)
@@ -214,8 +300,11 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             return events
         if self._vt_outside_work():
             return self._vt_wait_real(inner, self._vt_outside_description())
-        if self._ready:  # type: ignore[attr-defined]  # a thread's call_soon_threadsafe landed
-            return []
+        # A thread may have answered between the poll above and that look: it wakes the
+        # loop before it stops counting as work (see call_soon_threadsafe), so poll again.
+        events = inner.select(0)
+        if events:
+            return events
         watched = self._vt_watched(inner)
         if timeout is None:
             if watched:
@@ -225,18 +314,31 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             events = inner.select(self._vt_io_grace)
             if events:
                 return events
-        # _run_once has dropped cancelled timers from the head of the heap, so
-        # the head is the timer that set `timeout` (which asyncio caps at 24 h).
-        scheduled: list[asyncio.TimerHandle] = self._scheduled  # type: ignore[attr-defined]
-        when = scheduled[0].when() if scheduled else self._vt_now + timeout
+        when = self._vt_next_timer()
+        if when is None:  # (not reached: a timeout comes from a timer)
+            when = self._vt_now + timeout
         if when > self._vt_now:
             self._vt_now = when
             self.jumps += 1
         return []
 
+    def _vt_next_timer(self) -> float | None:
+        """When the next pending timer is due: the one that set the selector's timeout.
+
+        The loop has run every timer due within the clock's resolution of now (the clock
+        has not moved since), and no callback is ready; so the earliest timer that is not
+        cancelled and lies beyond that is the next one. Read from the heap of
+        :meth:`call_at`, exactly as scheduled (``now + timeout`` could round off).
+        """
+        timers = self._vt_timers
+        horizon = self._vt_now + _RESOLUTION
+        while timers and (timers[0][2].cancelled() or timers[0][0] < horizon):
+            heapq.heappop(timers)
+        return timers[0][0] if timers else None
+
     def _vt_watched(self, inner: selectors.BaseSelector) -> int:
-        own = self._ssock.fileno()  # type: ignore[attr-defined]  # the loop's wake-up pipe
-        return sum(1 for key in inner.get_map().values() if key.fd != own)
+        own = self._vt_own_fds
+        return sum(1 for key in inner.get_map().values() if key.fd not in own)
 
     def _vt_wait_real(
         self, inner: selectors.BaseSelector, why: str
@@ -247,15 +349,9 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         deadline = None if limit is None else time.monotonic() + limit
         while True:
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if _aiosqlite_busy():
-                # A worker thread may finish without waking the loop (its last job answered
-                # already): look again soon rather than sleep until the stall limit.
-                wait = 0.005 if wait is None else min(wait, 0.005)
             events = inner.select(wait)
             if events:
                 return events
-            if self._ready:  # type: ignore[attr-defined]  # call_soon_threadsafe raced the wake-up
-                return []
             if not (self._vt_outside_work() or self._vt_watched(inner)):
                 return []  # the outside work ended without waking us: decide again
             if deadline is not None and time.monotonic() >= deadline:
@@ -280,58 +376,6 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             f"<VirtualTimeLoop time={self._vt_now!r} jumps={self.jumps} "
             f"running={self.is_running()} closed={self.is_closed()}>"
         )
-
-
-# aiosqlite runs each connection in its own thread and answers through
-# call_soon_threadsafe, which the loop cannot see coming. Its worker is one Python
-# function looping on `future, function = tx.get()`: a worker whose frame is
-# anywhere else, or whose queue holds jobs, is busy, and the clock must not jump
-# while it is (aiolease.sqlite pools would see spurious timeouts otherwise).
-_AIOSQLITE_IDLE_LINE: dict[object, int | None] = {}
-
-
-def _aiosqlite_idle_line(code: Any) -> int | None:
-    if code not in _AIOSQLITE_IDLE_LINE:
-        line = None
-        try:
-            import inspect
-
-            lines, first = inspect.getsourcelines(code)
-            for offset, text in enumerate(lines):
-                if "tx.get()" in text:
-                    line = first + offset
-                    break
-        except (OSError, TypeError):
-            pass
-        _AIOSQLITE_IDLE_LINE[code] = line
-    return _AIOSQLITE_IDLE_LINE[code]
-
-
-def _aiosqlite_busy() -> bool:
-    """Whether an aiosqlite connection thread is running or has work queued."""
-    module = sys.modules.get("aiosqlite.core")
-    worker = getattr(module, "_connection_worker_thread", None)
-    code = getattr(worker, "__code__", None)
-    if code is None:
-        return False
-    idle_line = _aiosqlite_idle_line(code)
-    frames: dict[int, Any] | None = None
-    for thread in threading.enumerate():
-        if getattr(thread, "_target", None) is not worker:
-            continue
-        args = getattr(thread, "_args", ())
-        if args and not args[0].empty():
-            return True  # a job is queued: the thread is about to run it
-        if frames is None:
-            frames = sys._current_frames()
-        # Only code and line numbers are read from another thread's frame (never its
-        # locals, which is not safe while it runs).
-        top = frames.get(thread.ident or -1)
-        if top is None:
-            continue
-        if top.f_code is not code or idle_line is None or top.f_lineno != idle_line:
-            return True  # running a job (or its completion callback)
-    return False
 
 
 def _validate(

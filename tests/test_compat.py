@@ -1,0 +1,85 @@
+"""``aiolease._compat``: the fences around other projects' private names (see docs/compat.md).
+
+Both modes run: the default one here and in the whole suite, the public one in a child
+process here and in ``make test-matrix`` (the whole suite with ``AIOLEASE_COMPAT=public``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import aiolease._compat
+import aiolease._compat.asyncpg
+
+_MODULES = ("asyncpg",)
+
+
+def _in_child(code: str, compat: str | None) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "AIOLEASE_COMPAT"}
+    if compat is not None:
+        env["AIOLEASE_COMPAT"] = compat
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+_REPORT = (
+    "import aiolease._compat as c, aiolease._compat.asyncpg\n"
+    f"print(c.PUBLIC, *(getattr(c, m).PRIVATE for m in {_MODULES!r}))"
+)
+
+
+@pytest.mark.parametrize("value", ["public", "PUBLIC", " public "])
+def test_public_env_forces_every_fallback(value: str) -> None:
+    assert _in_child(_REPORT, value) == "True False"
+
+
+@pytest.mark.parametrize("value", [None, "", "private", "default"])
+def test_without_public_env_the_probes_decide(value: str | None) -> None:
+    # On the driver and Python versions pyproject.toml allows, every probe passes.
+    assert _in_child(_REPORT, value) == "False True"
+
+
+def test_the_flag_is_the_environment_at_import() -> None:
+    expected = os.environ.get("AIOLEASE_COMPAT", "").strip().lower() == "public"
+    assert aiolease._compat.PUBLIC is expected
+    assert aiolease._compat.asyncpg.PRIVATE is (not expected)
+
+
+def test_public_fallbacks_know_nothing_private() -> None:
+    # What the public mode binds: no transport, no in-flight view, no transaction record.
+    from aiolease._compat import asyncpg as pg
+
+    class Conn:
+        _transport = object()
+        _top_xact = object()
+
+    assert pg._transport_public(Conn()) is None
+    assert pg._cancelling_public(Conn()) is False
+    assert pg._pending_public(Conn()) is False
+
+
+def test_asyncpg_public_mode_verifies_each_checkout_and_discards_cancelled_bodies() -> None:
+    code = """
+import asyncio
+from aiolease.asyncpg import AsyncpgManager
+from aiolease.abc import ResourceInfo
+
+class Conn:
+    def is_closed(self):
+        return False
+
+m = AsyncpgManager()
+info = ResourceInfo(0.0, 0.0)
+print(m.check_needed(Conn(), info), m.is_fatal(Conn(), asyncio.CancelledError()),
+      m.is_fatal(Conn(), TimeoutError()), m.is_fatal(Conn(), ValueError()))
+"""
+    assert _in_child(code, "public") == "True True True False"
+    # (TimeoutError is an OSError, fatal in both modes; a fake has no transport: verified)
+    assert _in_child(code, None) == "True False True False"
