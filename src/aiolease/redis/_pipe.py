@@ -160,10 +160,10 @@ class Caller:
 
     __slots__ = (
         "_client",
-        "_link",
         "_connecting",
         "_direct",
         "_drops",
+        "_link",
         "_loaded",
         "_more",
         "_order",
