@@ -155,11 +155,14 @@ async def test_pgbouncer_transaction_mode(driver: str, pgbouncer: str, table: st
         assert await _workload(driver, pool, table) == CLIENTS * 2 * 20
 
 
-@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+@pytest.mark.parametrize("driver", ["asyncpg"])
 async def test_without_the_option_named_statements_break(
     driver: str, pgbouncer: str, table: str
 ) -> None:
-    """The reason for the option: the drivers' defaults prepare named statements."""
+    """The reason for the option: asyncpg's default statement cache prepares named
+    statements. (psycopg prepares a statement only after ``prepare_threshold`` uses in
+    one session; this workload does not reliably reach another server connection with it,
+    so no psycopg counterpart is asserted here.)"""
     async with _pool(driver, pgbouncer, pgbouncer=False) as pool:
         with pytest.raises(Exception, match="prepared statement"):
             await _workload(driver, pool, table)

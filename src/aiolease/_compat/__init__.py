@@ -1,9 +1,11 @@
-"""The only place where aiolease touches other projects' private names.
+"""The only place aiolease touches another project's private names.
 
-One module per dependency; each chooses once, at import, between a faster
-path built on the dependency's internals and a public-API fallback. Setting
-the environment variable ``AIOLEASE_COMPAT=public`` before importing aiolease
-forces every fallback.
+One module per dependency (``asyncpg.py`` here; ``asyncio``, ``aiosqlite``, ``redis`` where a
+private name is worth keeping). Each probes
+once, at import, whether the private layout it relies on is what it expects; if not, or when
+the environment variable ``AIOLEASE_COMPAT=public`` was set before import, it takes a
+fallback built on public APIs only. Callers bind the chosen functions once (at import or at
+construction), so hot paths never test which one is in force.
 """
 
 from __future__ import annotations
@@ -12,5 +14,6 @@ import os
 
 __all__ = ["PUBLIC"]
 
-#: True when ``AIOLEASE_COMPAT=public``: use only public APIs of dependencies.
-PUBLIC = os.environ.get("AIOLEASE_COMPAT") == "public"
+#: ``AIOLEASE_COMPAT=public`` (read once, at import): every ``_compat`` module takes its
+#: public-API fallback.
+PUBLIC: bool = os.environ.get("AIOLEASE_COMPAT", "").strip().lower() == "public"
