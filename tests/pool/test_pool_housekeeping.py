@@ -205,10 +205,12 @@ async def test_min_size_refilled_in_background() -> None:
     r = await pool.acquire()
     await pool.release(r, discard=True)
     assert pool.statistics().size == 2  # the replacement is already being created
-    await asyncio.sleep(1.0)
+    # Half a second past the creations' end: a check at the very instant they end would
+    # race their timers (which start after this task's sleep does).
+    await asyncio.sleep(1.5)
     assert pool.statistics().idle == 2
     await pool.expire()
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(1.5)
     assert pool.statistics().idle == 2
     assert fm.created == 5
     assert_consistent(pool, fm)
