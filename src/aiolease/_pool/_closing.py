@@ -86,7 +86,11 @@ async def close_all(pool: Pool[Any], drain: Drain) -> None:
         except TimeoutError:
             pass
     while pool._tasks:
-        await asyncio.gather(*list(pool._tasks), return_exceptions=True)
+        tasks = list(pool._tasks)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # Their done callbacks (which discard them) may not have run yet, and awaiting a
+        # gather of finished tasks need not yield: forget them here, or this loop spins.
+        pool._tasks.difference_update(tasks)
 
 
 def _report_outstanding(pool: Pool[Any], now: float, waited: float) -> None:
