@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -149,7 +150,9 @@ async def _aclose(limiter: Any) -> None:
 
 @pytest.mark.redis
 async def test_a_redis_rate_limiter(redis_client: Any) -> None:
-    limiter = RedisRateLimiter(redis_client, "aiolease-test-integ-asgi-rate", 2, burst=2)
+    limiter = RedisRateLimiter(
+        redis_client, f"aiolease-test-asgi-rate-{uuid.uuid4().hex[:12]}", 2, burst=2
+    )
     try:
         async with serve(RateLimitMiddleware(hello, limiter=limiter)) as url:
             responses = await _get_all(url, ["/", "/", "/"])
@@ -164,7 +167,9 @@ async def test_a_redis_rate_limiter(redis_client: Any) -> None:
 async def test_a_redis_concurrency_limiter_releases_after_each_request(
     redis_client: Any,
 ) -> None:
-    limiter = RedisConcurrencyLimiter(redis_client, "aiolease-test-integ-asgi-conc", 1)
+    limiter = RedisConcurrencyLimiter(
+        redis_client, f"aiolease-test-asgi-conc-{uuid.uuid4().hex[:12]}", 1
+    )
     try:
         async with serve(RateLimitMiddleware(hello, limiter=limiter)) as url:
             responses = await _get_all(url, ["/", "/boom", "/"])
