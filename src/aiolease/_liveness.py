@@ -13,12 +13,13 @@ it fails with a connection error (the pool discards the connection).
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 import weakref
 from typing import Any
 
-logger = logging.getLogger("aiolease.pool")
+from ._logs import get_logger
+
+logger = get_logger("aiolease.pool")
 
 #: Seconds of silence before the first keepalive probe.
 KEEPALIVE_IDLE = 5

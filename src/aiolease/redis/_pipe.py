@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -20,6 +19,8 @@ from redis import exceptions as _rexc
 
 from .._compat import redis as _compat
 from .._errors import LimiterUnavailable
+from .._logs import get_logger
+from .._redact import redact
 from ._scripts import Script
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["UNAVAILABLE", "Background", "Caller", "Health", "check_client", "wake"]
 
-logger = logging.getLogger("aiolease.redis")
+logger = get_logger("aiolease.redis")
 
 #: Errors meaning "Redis could not answer" (as opposed to "Redis answered no"). A timeout after
 #: the script was sent is *indeterminate* - the script may have run - so it is never re-sent.
@@ -58,7 +59,7 @@ def check_client(client: object, cls: str) -> None:
     if isinstance(client, (str, bytes)) or client is None or not hasattr(client, "evalsha"):
         raise TypeError(
             f"{cls}: client must be a redis.asyncio.Redis (or RedisCluster) client, got "
-            f"{type(client).__name__} {client!r:.80}; create one with "
+            f"{type(client).__name__} {redact(repr(client)):.80}; create one with "
             "redis.asyncio.Redis.from_url(url) and pass it (the limiter never closes it)"
         )
 
@@ -93,9 +94,20 @@ class Health:
     others keep being answered the same way; the first success ends the outage.
     """
 
-    __slots__ = ("cooldown", "down_since", "errors", "last_error", "probing", "until")
+    __slots__ = (
+        "cooldown",
+        "down_since",
+        "errors",
+        "last_error",
+        "meanwhile",
+        "probing",
+        "until",
+        "what",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, what: str, meanwhile: str = "") -> None:
+        self.what = what  # the limiter, for the log lines ("rate limiter 'api'")
+        self.meanwhile = meanwhile  # how it answers while Redis is down, for the log line
         self.cooldown = 0.0
         self.until = -math.inf
         self.probing = False
@@ -115,13 +127,26 @@ class Health:
     def end_probe(self) -> None:
         self.probing = False
 
-    def ok(self) -> None:
+    def ok(self, now: float) -> None:
         if self.down_since is not None:
-            logger.info("Redis answers again")
+            logger.info(
+                "Redis answers again for %s, after %.1fs unavailable",
+                self.what,
+                now - self.down_since,
+            )
         self.cooldown = 0.0
         self.down_since = None
 
     def failed(self, exc: BaseException, now: float) -> None:
+        """A call failed: one WARNING when this starts an outage (none while it lasts)."""
+        if self.down_since is None:
+            logger.warning(
+                "Redis unavailable for %s (%s: %s)%s",
+                self.what,
+                type(exc).__name__,
+                exc,
+                self.meanwhile,
+            )
         self.errors += 1
         self.last_error = exc
         self.cooldown = min(COOLDOWN_MAX, max(COOLDOWN_MIN, self.cooldown * 2))
@@ -135,7 +160,7 @@ class Health:
 
 def unavailable(what: str, exc: BaseException | None, detail: str = "") -> LimiterUnavailable:
     """The error a limiter raises when Redis cannot answer (redis-py's error as the cause)."""
-    reason = f": {type(exc).__name__}: {exc}" if exc is not None else ""
+    reason = f": {type(exc).__name__}: {redact(str(exc))}" if exc is not None else ""
     err = LimiterUnavailable(f"Redis unavailable for {what}{detail}{reason}")
     err.__cause__ = exc
     return err
