@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import logging
 import sys
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -512,7 +511,7 @@ class Pool(Generic[T]):
             self._close_soon(entry)
             return None
         if discard:
-            note_discard(self, resource, "released with discard=True", logging.DEBUG)
+            self._counters.discarded += 1
             return self._close_soon(entry)
         if hooks.reset is not None and (
             hooks.reset_needed is None or hooks.reset_needed(resource, info)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import os
 import time
 import uuid
@@ -258,7 +259,7 @@ class RedisConcurrencyLimiter:
         self._channel = f"{redis_key(prefix, 'conc', name)}:wake"
         self._uid = f"{uuid.uuid4().hex[:12]}-{os.getpid()}"
         self._seq = itertools.count(1)
-        self._bg = Background()
+        self._bg = Background(self._health)
         #: lease id -> permit, for the renewer.
         self._held: dict[str, RedisConcurrencyPermit] = {}
         #: lease id -> (redis keys, future resolved by a hand-off message or the renewer).
@@ -591,7 +592,13 @@ class RedisConcurrencyLimiter:
                 except UNAVAILABLE as exc:
                     # The other keys' renewals would most likely fail too: try again next
                     # round rather than spend call_timeout on each of them now.
-                    logger.warning("renewing leases of %r failed: %r", self._name, exc)
+                    logger.log(  # once per outage at WARNING (Health logs its start)
+                        logging.DEBUG if self._health.down_since is not None else logging.WARNING,
+                        "renewing the leases of concurrency limiter %r failed (%s: %s)",
+                        self._name,
+                        type(exc).__name__,
+                        exc,
+                    )
                     break
                 for lid in map(text, lost):
                     gone = self._held.get(lid)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -451,25 +452,34 @@ class Caller:
         return reply
 
 
-def _log_task_error(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        logger.warning("aiolease.redis background call failed: %r", exc)
-
-
 class Background:
-    """A limiter's background Redis calls (refunds, settles, releases); errors are logged."""
+    """A limiter's background Redis calls (refunds, settles, releases); errors are logged:
+    a WARNING, or a DEBUG line while ``health`` knows Redis is down (its outage was logged
+    once already; one line per call would flood the log)."""
 
-    __slots__ = ("tasks",)
+    __slots__ = ("health", "tasks")
 
-    def __init__(self) -> None:
+    def __init__(self, health: Health) -> None:
+        self.health = health
         self.tasks: set[asyncio.Task[Any]] = set()
 
     def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-        task.add_done_callback(_log_task_error)
+        task.add_done_callback(self._log_error)
         return task
+
+    def _log_error(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or (exc := task.exception()) is None:
+            return
+        logger.log(
+            logging.DEBUG if self.health.down_since is not None else logging.WARNING,
+            "%s: a background Redis call (a release, refund or settle) failed (%s: %s)",
+            self.health.what,
+            type(exc).__name__,
+            exc,
+        )
 
     async def aclose(self, timeout: float) -> None:
         """Let the calls in flight finish within ``timeout``, then cancel the rest."""

@@ -359,7 +359,6 @@ class RedisRateLimiter:
             )
         )[: -len(b"$0\r\n\r\n$0\r\n\r\n")]
         self._max_cost = self._burst
-        self._bg = Background()
         #: key -> this object's sleeping waiters there (pause() wakes them early; a give-back
         #: moves the later ones up).
         self._sleepers: dict[str, _Chain] = {}
@@ -369,6 +368,7 @@ class RedisRateLimiter:
             if self._fallback is not None
             else f"; answering by on_error={self._on_error!r} meanwhile",
         )
+        self._bg = Background(self._health)
         self._closed = False
         self._pause_seq = 0
         #: key -> (sequence number, task) of the latest pause() of this object on that key.
