@@ -11,6 +11,7 @@ traceback prints it).
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import socket
 import traceback
@@ -106,60 +107,48 @@ async def use_and_leak(seen: Seen, pool: Pool[Any]) -> None:
     assert "expire() retired it" in messages
 
 
-# ----------------------------------------------------------------------------- asyncpg
+# ------------------------------------------------------------------- asyncpg, psycopg
 
 
-@pytest.mark.parametrize(
-    "kind", ["url", "keyword", "unknown host", "query", "pg_dsn"], ids=lambda k: k
-)
-async def test_asyncpg(caplog: pytest.LogCaptureFixture, kind: str, request: Any) -> None:
-    from aiolease.asyncpg import create_pool
+def driver_pool(driver: str, *args: Any, **kwargs: Any) -> Pool[Any]:
+    create_pool = importlib.import_module(f"aiolease.{driver}").create_pool
+    pool: Pool[Any] = create_pool(
+        *args, max_size=1, backoff_base=0.05, connect_timeout=2.0, **kwargs
+    )
+    return pool
 
-    seen = Seen(caplog)
+
+FAILING: dict[str, tuple[str, str | None, dict[str, Any]]] = {
+    "asyncpg-url": ("asyncpg", f"postgresql://bob:{SECRET}@127.0.0.1:{{port}}/db", {}),
+    "asyncpg-query": ("asyncpg", f"postgresql://bob@127.0.0.1:{{port}}/db?password={SECRET}", {}),
+    "asyncpg-unknown-host": ("asyncpg", f"postgresql://bob:{SECRET}@nonexistent.invalid/db", {}),
+    "asyncpg-keyword": ("asyncpg", None, {"host": "127.0.0.1", "password": SECRET}),
+    "psycopg-url": ("psycopg", f"postgresql://bob:{SECRET}@127.0.0.1:{{port}}/db", {}),
+    "psycopg-conninfo": ("psycopg", f"host=127.0.0.1 port={{port}} password='{SECRET}'", {}),
+    "psycopg-keyword": ("psycopg", "host=127.0.0.1 port={port}", {"password": SECRET}),
+}
+
+
+@pytest.mark.parametrize("case", list(FAILING))
+async def test_failing_to_connect(caplog: pytest.LogCaptureFixture, case: str) -> None:
+    driver, dsn, keywords = FAILING[case]
     port = closed_port()
-    opts: dict[str, Any] = {"max_size": 1, "backoff_base": 0.05, "connect_timeout": 2.0}
-    if kind == "url":
-        pool = create_pool(f"postgresql://bob:{SECRET}@127.0.0.1:{port}/db", **opts)
-    elif kind == "keyword":
-        pool = create_pool(
-            host="127.0.0.1", port=port, user="bob", password=SECRET, database="db", **opts
-        )
-    elif kind == "unknown host":
-        pool = create_pool(f"postgresql://bob:{SECRET}@nonexistent.invalid/db", **opts)
-    elif kind == "query":
-        pool = create_pool(f"postgresql://bob@127.0.0.1:{port}/db?password={SECRET}", **opts)
-    else:
-        dsn = request.getfixturevalue("pg_dsn").replace("://postgres@", f"://postgres:{SECRET}@")
-        assert SECRET in dsn
-        await use_and_leak(seen, create_pool(dsn, leak_timeout=0.1, **opts))
-        seen.assert_hidden()
-        return
-    await fail_to_connect(seen, pool)
+    if driver == "asyncpg" and dsn is None:
+        keywords = {**keywords, "port": port}
+    seen = Seen(caplog)
+    await fail_to_connect(seen, driver_pool(driver, dsn and dsn.format(port=port), **keywords))
     seen.assert_hidden()
 
 
-# ----------------------------------------------------------------------------- psycopg
-
-
-@pytest.mark.parametrize("kind", ["url", "conninfo", "keyword", "pg_dsn"], ids=lambda k: k)
-async def test_psycopg(caplog: pytest.LogCaptureFixture, kind: str, request: Any) -> None:
-    from aiolease.psycopg import create_pool
-
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+async def test_leaks_and_discards(
+    caplog: pytest.LogCaptureFixture, driver: str, pg_dsn: str
+) -> None:
+    """PostgreSQL here trusts local connections: the password is taken and not checked."""
+    dsn = pg_dsn.replace("://postgres@", f"://postgres:{SECRET}@")
+    assert SECRET in dsn
     seen = Seen(caplog)
-    port = closed_port()
-    opts: dict[str, Any] = {"max_size": 1, "backoff_base": 0.05, "connect_timeout": 2.0}
-    if kind == "url":
-        pool = create_pool(f"postgresql://bob:{SECRET}@127.0.0.1:{port}/db", **opts)
-    elif kind == "conninfo":
-        pool = create_pool(f"host=127.0.0.1 port={port} password='{SECRET}' dbname=db", **opts)
-    elif kind == "keyword":
-        pool = create_pool(f"host=127.0.0.1 port={port} dbname=db", password=SECRET, **opts)
-    else:
-        dsn = request.getfixturevalue("pg_dsn").replace("://postgres@", f"://postgres:{SECRET}@")
-        await use_and_leak(seen, create_pool(dsn, leak_timeout=0.1, **opts))
-        seen.assert_hidden()
-        return
-    await fail_to_connect(seen, pool)
+    await use_and_leak(seen, driver_pool(driver, dsn, leak_timeout=0.1))
     seen.assert_hidden()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import pytest
 from pool_helpers import settle
@@ -64,36 +65,33 @@ async def test_failed_check_is_one_info_line(caplog: pytest.LogCaptureFixture) -
     assert pool.statistics().discarded == 1
 
 
+@pytest.mark.parametrize(
+    ("option", "why"),
+    [
+        ("max_lifetime", "past max_lifetime=0.05s"),
+        ("idle_timeout", "idle longer than idle_timeout"),
+    ],
+)
 async def test_retired_resources_are_debug_lines_saying_why(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, option: str, why: str
 ) -> None:
     fm = FakeManager()
-    async with Pool(fm, max_size=2, name="orders", max_lifetime=0.05) as pool:
+    options: dict[str, Any] = {option: 0.05}
+    async with Pool(fm, max_size=2, name="orders", **options) as pool:
         async with pool.acquire():
             pass
         await asyncio.sleep(0.1)
         await settle(pool)
-        (lifetime,) = lines(caplog, "past max_lifetime")
+        (retired,) = lines(caplog, why)
         async with pool.acquire():
             pass
         await pool.expire()
         (expired,) = lines(caplog, "expire() retired it")
-    for record in (lifetime, expired):
+    for record in (retired, expired):
         assert record.levelno == logging.DEBUG
         assert "'orders'" in record.getMessage()
         assert "closing <FakeResource" in record.getMessage()
     assert not [r for r in caplog.records if r.levelno >= logging.INFO]
-
-
-async def test_idle_timeout_retirement(caplog: pytest.LogCaptureFixture) -> None:
-    fm = FakeManager()
-    async with Pool(fm, max_size=2, name="orders", idle_timeout=0.05) as pool:
-        async with pool.acquire():
-            pass
-        await asyncio.sleep(0.1)
-        await settle(pool)
-    (record,) = lines(caplog, "idle longer than idle_timeout=0.05s")
-    assert record.levelno == logging.DEBUG
 
 
 async def test_fatal_error_in_the_body_is_one_info_line(caplog: pytest.LogCaptureFixture) -> None:
