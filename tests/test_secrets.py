@@ -232,6 +232,8 @@ async def test_redis_limiters(caplog: pytest.LogCaptureFixture, url: str) -> Non
         await client.aclose()
     assert "Redis unavailable for rate limiter 'api'" in seen.logs()
     assert "Redis unavailable for concurrency limiter 'jobs'" in seen.logs()
+    # One WARNING per outage and limiter: the background calls that fail during it are DEBUG.
+    assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 2, seen.logs()
     with pytest.raises(TypeError) as info:
         RedisRateLimiter(f"{url}:6379/0", "api", 10)  # type: ignore[arg-type]
     seen.error(info.value)

@@ -153,11 +153,12 @@ _generated = itertools.count(1)
 
 
 def pool_label(name: str | None, manager: object) -> str:
-    """What a pool goes by: ``name``, else its driver manager's target
-    (``_aiolease_target``), else a generated ``pool-N`` (unique in the process)."""
+    """What a pool goes by: ``name``, else what its driver manager says
+    (``_aiolease_pool_name()``), else a generated ``pool-N`` (unique in the process)."""
     if name:
         return name
-    target = getattr(manager, "_aiolease_target", None)
-    if isinstance(target, str) and target:
-        return target
+    derive = getattr(manager, "_aiolease_pool_name", None)
+    derived = derive() if callable(derive) else None
+    if isinstance(derived, str) and derived:
+        return derived
     return f"pool-{next(_generated)}"

@@ -327,8 +327,7 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
         self.failover = PoolExpirer()
         self.dsn = dsn
         self._secrets = dsn_secrets(dsn, connect_kwargs)
-        #: What an unnamed pool of this manager goes by (see aiolease._redact.pool_label).
-        self._aiolease_target = dsn_label(dsn, connect_kwargs)
+        self._pool_name = dsn_label(dsn, connect_kwargs)
         self._session_reset = reset == "session"  # (read on every release)
         self.reset_timeout = check_timeout_seconds("reset_timeout", reset_timeout)
         self.close_timeout = check_timeout_seconds("close_timeout", close_timeout)
@@ -340,7 +339,12 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
         return "session" if self._session_reset else "transaction"
 
     def __repr__(self) -> str:
-        return f"<AsyncpgManager {self._aiolease_target!r} reset={self.reset_mode!r}>"
+        return f"<AsyncpgManager {self._pool_name!r} reset={self.reset_mode!r}>"
+
+    def _aiolease_pool_name(self) -> str:
+        """What an unnamed pool of this manager goes by in its repr, logs and metrics:
+        ``server.address:server.port/db.namespace`` (see aiolease._redact.pool_label)."""
+        return self._pool_name
 
     async def create(self) -> Connection:
         # asyncpg applies ``timeout`` to each step of connecting; the scope bounds the
@@ -418,7 +422,7 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
         elif resource.is_in_transaction() or transaction_pending(resource):
             logger.warning(
                 "%s: rolling back a transaction left open on %r at release",
-                self._aiolease_target,
+                self._pool_name,
                 resource,
             )
             await end_transaction(resource, self.reset_timeout)

@@ -320,13 +320,17 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
             connect_kwargs.setdefault("connect_timeout", max(2, round(self.connect_timeout)))
         self.connect_kwargs = connect_kwargs
         self._secrets = (*dsn_secrets(None, given), *dsn_secrets(None, connect_kwargs))
-        #: What an unnamed pool of this manager goes by (see aiolease._redact.pool_label).
-        self._aiolease_target = dsn_label(None, {**given, **connect_kwargs})
+        self._pool_name = dsn_label(None, {**given, **connect_kwargs})
         #: Expires the pool on a failover error (see is_fatal); bound by create_pool.
         self.failover = PoolExpirer()
 
     def __repr__(self) -> str:
-        return f"<PsycopgManager {self._aiolease_target!r}>"
+        return f"<PsycopgManager {self._pool_name!r}>"
+
+    def _aiolease_pool_name(self) -> str:
+        """What an unnamed pool of this manager goes by in its repr, logs and metrics:
+        ``server.address:server.port/db.namespace`` (see aiolease._redact.pool_label)."""
+        return self._pool_name
 
     async def create(self) -> AsyncConnection:
         # libpq's connect_timeout is per host and attempt; the scope bounds the whole
@@ -417,7 +421,7 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
         if status in (_TS.INTRANS, _TS.INERROR):
             logger.warning(
                 "%s: rolling back a transaction left open on %r at release",
-                self._aiolease_target,
+                self._pool_name,
                 resource,
             )
             async with asyncio.timeout(self.reset_timeout):
