@@ -73,7 +73,6 @@ def _parse_conninfo(conninfo: str) -> dict[str, Any]:
         ValueError: a malformed conninfo; the message never shows its password (libpq's
             own quotes the string whole).
     """
-    error = None
     try:
         return psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.ProgrammingError as exc:
