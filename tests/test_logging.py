@@ -103,6 +103,18 @@ def test_the_filter_redacts_and_keeps_the_template(caplog: pytest.LogCaptureFixt
     )
 
 
+def test_the_filter_redacts_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="aiolease")
+    try:
+        raise RuntimeError(f"cannot reach postgresql://bob:{SECRET}@h/db")
+    except RuntimeError:
+        get_logger("aiolease.pool.psycopg").exception("a handler failed")
+    (record,) = caplog.records
+    shown = logging.Formatter().format(record)
+    assert "RuntimeError: cannot reach postgresql://bob:***@h/db" in shown
+    assert SECRET not in shown
+
+
 def test_only_the_documented_loggers_exist() -> None:
     """Every logger in the source comes from get_logger with a name of LOGGERS, and
     docs/logging.md has a section for each."""

@@ -6,7 +6,8 @@ replaced (:func:`aiolease._redact.redact`). The filter runs only for records
 that are emitted (a disabled level costs the usual ``isEnabledFor`` check and
 nothing more), and it keeps the message template, so tools that group records
 by it (Sentry, structured logging) still do. The arguments are wrapped, not
-formatted, so ``%d`` and ``%.3f`` keep working.
+formatted, so ``%d`` and ``%.3f`` keep working. A record's traceback is
+formatted and redacted into ``exc_text``, which ``logging.Formatter`` shows.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ class _RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, str):
             record.msg = redact(record.msg)
+        if record.exc_info and not record.exc_text:
+            # The formatted traceback, which logging.Formatter uses when it is set.
+            record.exc_text = redact(_FORMATTER.formatException(record.exc_info))
         args: Any = record.args
         if isinstance(args, Mapping):
             record.args = {key: _wrap(value) for key, value in args.items()}
@@ -66,6 +70,7 @@ class _RedactingFilter(logging.Filter):
 
 
 _FILTER = _RedactingFilter()
+_FORMATTER = logging.Formatter()
 
 
 def get_logger(name: str) -> logging.Logger:
