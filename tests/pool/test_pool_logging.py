@@ -65,6 +65,42 @@ async def test_failed_check_is_one_info_line(caplog: pytest.LogCaptureFixture) -
     assert pool.statistics().discarded == 1
 
 
+async def test_failed_reset_is_one_info_line(caplog: pytest.LogCaptureFixture) -> None:
+    fm = FakeManager()
+    fm.fail("reset", InjectedFault("rollback timed out"), calls=1)
+    async with Pool(fm, max_size=1, name="orders") as pool:
+        async with pool.acquire():
+            pass
+        await settle(pool)
+    (record,) = lines(caplog, "discarding")
+    assert record.levelno == logging.INFO
+    assert "its reset failed: InjectedFault: rollback timed out" in record.getMessage()
+
+
+async def test_a_check_past_the_acquire_timeout_is_one_info_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fm = FakeManager()
+    async with Pool(fm, max_size=1, name="orders") as pool:
+        async with pool.acquire():
+            pass
+        fm.delay("check", 1.0, calls=1)
+        with pytest.raises(aiolease.PoolTimeout):
+            await pool.acquire(timeout=0.05)
+        await settle(pool)
+    (record,) = lines(caplog, "discarding")
+    assert record.levelno == logging.INFO
+    assert "its check outlasted the acquire timeout" in record.getMessage()
+
+
+async def test_resize_retires_the_surplus_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    fm = FakeManager()
+    async with Pool(fm, min_size=2, max_size=2, name="orders") as pool:
+        await pool.resize(min_size=0, max_size=1)
+    (record,) = lines(caplog, "above max_size=1")
+    assert record.levelno == logging.DEBUG
+
+
 @pytest.mark.parametrize(
     ("option", "why"),
     [
