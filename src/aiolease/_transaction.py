@@ -400,7 +400,7 @@ class Transaction(Generic[C]):
                 # The cancellation goes on (asyncio.timeout(), TaskGroup and
                 # Task.cancel() rely on it), carrying the unknown outcome.
                 self._mark_broken()
-                logger.error(
+                logger.warning(
                     "cancelled during COMMIT on %s: the outcome is unknown (the transaction "
                     "may or may not have been committed); the connection was marked broken",
                     self._where(),
@@ -416,7 +416,7 @@ class Transaction(Generic[C]):
             except Exception as err:
                 if dialect.is_connection_error(err, conn):
                     self._mark_broken()
-                    logger.error(
+                    logger.warning(
                         "connection lost during COMMIT on %s (%s: %s): the outcome is unknown "
                         "(the transaction may or may not have been committed); the connection "
                         "was marked broken",

@@ -158,7 +158,7 @@ async def test_unknown_commit_outcome_is_an_error_naming_the_pool(
                 await tx.connection.execute("INSERT")
         await settle(pool)
     (unknown,) = lines(caplog, "the outcome is unknown")
-    assert unknown.levelno == logging.ERROR
+    assert unknown.levelno == logging.WARNING
     assert unknown.name == "aiolease.transaction"
     assert "'orders'" in unknown.getMessage()
     assert "FakeConnectionLost" in unknown.getMessage()
