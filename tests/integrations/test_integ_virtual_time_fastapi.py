@@ -3,7 +3,8 @@
 FastAPI and Starlette run ``def`` endpoints and dependencies (``yield`` ones
 too) in anyio's worker threads. The loop holds its clock while those threads
 work and raises no NoProgressError meanwhile, with nothing asked of the test;
-an ``async`` endpoint's hour-long sleep still passes in no time, and a real
+an ``async`` endpoint's hour-long sleep still passes in no time, so does a
+coroutine a ``def`` endpoint runs with ``anyio.from_thread.run``, and a real
 deadlock is still reported.
 """
 
@@ -16,6 +17,7 @@ import time
 from collections.abc import Iterator
 from typing import Annotated, Any
 
+import anyio.from_thread
 import httpx
 import pytest
 from fastapi import Depends, FastAPI
@@ -44,6 +46,13 @@ def make_app(log: list[str], release: threading.Event) -> FastAPI:
     ) -> dict[str, Any]:
         time.sleep(0.05)  # real blocking work in the endpoint itself
         return {"value": n * conf["factor"], "session": sess}
+
+    @app.get("/remind")
+    def remind() -> dict[str, str]:  # a `def` endpoint awaiting async code on the loop
+        time.sleep(0.02)
+        answer = anyio.from_thread.run(asyncio.sleep, 60.0, "a minute later")
+        time.sleep(0.02)
+        return {"answer": answer}
 
     @app.get("/hour")
     async def hour() -> dict[str, float]:
@@ -83,6 +92,10 @@ async def test_def_endpoints_and_dependencies_run_with_the_clock_held() -> None:
         hour = await http.get("/hour")  # an async endpoint: an hour of virtual time
         assert hour.json() == {"time": 3600.0}
         assert log[-1] == "timer"
+
+        # The endpoint's thread waits for a coroutine's virtual minute, uncounted meanwhile.
+        assert (await http.get("/remind")).json() == {"answer": "a minute later"}
+        assert loop.time() == 3660.0
 
 
 def test_async_deadlock_behind_def_dependencies_is_still_no_progress() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 import pytest
 
@@ -340,14 +341,36 @@ def test_anyio_call_cancelled_before_its_thread_started_is_not_pending() -> None
     assert run(main, stall_timeout=2.0) == 5.0
 
 
+def test_anyio_thread_waiting_for_the_loop_lets_the_clock_move_then_holds_it_again() -> None:
+    """A worker thread that runs a coroutine on the loop (``anyio.from_thread.run``) does no
+    work while it waits: the coroutine's sleep jumps. Once the thread has its answer it works
+    again, and the clock holds until it returns."""
+
+    def work() -> str:
+        answer = anyio.from_thread.run(asyncio.sleep, 30.0, "slept")
+        time.sleep(0.05)
+        return answer
+
+    async def main() -> list[tuple[str, float]]:
+        loop = asyncio.get_running_loop()
+        log: list[tuple[str, float]] = []
+        loop.call_later(30.001, lambda: log.append(("timer", loop.time())))
+        log.append((await anyio.to_thread.run_sync(work), loop.time()))
+        await asyncio.sleep(1.0)
+        return log
+
+    assert run(main, stall_timeout=5.0) == [("slept", 30.0), ("timer", 30.001)]
+
+
 def test_anyio_run_sync_is_wrapped_only_while_a_virtual_time_loop_runs() -> None:
-    original = anyio.to_thread.run_sync
+    originals = anyio.to_thread.run_sync, anyio.from_thread.run
 
     async def main() -> tuple[bool, int]:
-        return anyio.to_thread.run_sync is original, await anyio.to_thread.run_sync(int, "7")
+        now = anyio.to_thread.run_sync, anyio.from_thread.run
+        return now == originals, await anyio.to_thread.run_sync(int, "7")
 
     assert run(main) == (False, 7)
-    assert anyio.to_thread.run_sync is original
+    assert (anyio.to_thread.run_sync, anyio.from_thread.run) == originals
     # On any other loop the call goes straight through.
     assert asyncio.run(main()) == (True, 7)
 

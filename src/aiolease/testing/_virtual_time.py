@@ -16,8 +16,9 @@ time with the clock frozen:
   delivered its result, or the default executor shutting down;
 * a call of ``anyio.to_thread.run_sync`` (Starlette's and FastAPI's ``def``
   endpoints and dependencies, anyio's file I/O) whose worker thread has not
-  answered: while a ``VirtualTimeLoop`` runs, that public function is wrapped
-  so that each call counts (see ``_AnyioThreads``);
+  answered, except while it waits for a coroutine on the loop
+  (``anyio.from_thread.run``): while a ``VirtualTimeLoop`` runs, those public
+  functions are wrapped so that each call counts (see ``_AnyioThreads``);
 * a future made by aiosqlite (``loop.create_future()`` called from aiosqlite's
   code) that its connection thread has not answered yet;
 * a child process (``asyncio.create_subprocess_exec``) that has not exited;
@@ -36,7 +37,7 @@ Only public asyncio API: the loop overrides public methods (``call_at``,
 ``create_future``, ``call_soon_threadsafe``, ``run_in_executor``,
 ``run_forever``, ``subprocess_exec``/``subprocess_shell``) and wraps the
 selector it passes to ``SelectorEventLoop``; of anyio it uses
-``anyio.to_thread.run_sync`` only.
+``anyio.to_thread.run_sync`` and ``anyio.from_thread.run`` only.
 
 Why not ``looptime``: see ``docs/testing.md`` ("Why not looptime").
 """
@@ -76,8 +77,11 @@ class NoProgressError(RuntimeError):
     """
 
 
-# The life of a call handed to a thread the loop does not own (see _HandOff).
-_QUEUED, _RUNNING, _RETURNED, _SETTLED = range(4)
+# The life of a call handed to a thread the loop does not own (see _HandOff); _WAITING:
+# the thread waits for a coroutine of the loop (``anyio.from_thread.run``).
+_QUEUED, _RUNNING, _WAITING, _RETURNED, _SETTLED = range(5)
+# The hand-off a worker thread is running, if any.
+_IN_THREAD = threading.local()
 
 
 class _HandOff:
@@ -89,7 +93,9 @@ class _HandOff:
     thread notes it in ``_vt_returned`` just before answering; see
     :meth:`VirtualTimeLoop.call_soon_threadsafe`), or until the caller stopped waiting
     before the thread started it (:meth:`settle`). A caller cancelled while the thread
-    works leaves it pending: the thread still runs and will still wake the loop.
+    works leaves it pending: the thread still runs and will still wake the loop. While
+    the thread waits for a coroutine on the loop (``anyio.from_thread.run``) it does no
+    work, and the coroutine may need the clock to move: it is not pending then.
     """
 
     __slots__ = ("_func", "_loop", "_state")
@@ -106,9 +112,11 @@ class _HandOff:
             if self._state == _SETTLED:  # the caller gave up, yet the thread runs it
                 loop._vt_hand_offs.add(self)
             self._state = _RUNNING
+        _IN_THREAD.hand_off = self
         try:
             return self._func(*args)
         finally:
+            _IN_THREAD.hand_off = None
             with loop._vt_lock:
                 self._state = _RETURNED
                 loop._vt_returned[threading.get_ident()] = self
@@ -117,9 +125,23 @@ class _HandOff:
         """The caller's await ended (answer, error or cancellation), in the loop's thread."""
         loop = self._loop
         with loop._vt_lock:
-            if self._state != _RUNNING:
+            if self._state not in (_RUNNING, _WAITING):  # else the thread still runs
                 self._state = _SETTLED
                 loop._vt_hand_offs.discard(self)
+
+    async def wait_for(self, coroutine: Awaitable[_T]) -> _T:
+        """Run, on the loop, a coroutine the thread blocks on: the thread is not pending
+        meanwhile. Pending again before the coroutine's result can wake the thread."""
+        loop = self._loop
+        with loop._vt_lock:
+            self._state = _WAITING
+            loop._vt_hand_offs.discard(self)
+        try:
+            return await coroutine
+        finally:
+            with loop._vt_lock:
+                self._state = _RUNNING
+                loop._vt_hand_offs.add(self)
 
 
 def _counting_run_sync(original: Callable[..., Awaitable[_T]]) -> Callable[..., Awaitable[_T]]:
@@ -145,25 +167,43 @@ def _counting_run_sync(original: Callable[..., Awaitable[_T]]) -> Callable[..., 
     return run_sync
 
 
+def _waiting_from_thread_run(original: Callable[..., _T]) -> Callable[..., _T]:
+    """``anyio.from_thread.run`` that, from a counted worker thread, stops counting it while
+    the coroutine runs on the loop (see :meth:`_HandOff.wait_for`)."""
+
+    @functools.wraps(original)
+    def run(func: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> _T:
+        hand_off: _HandOff | None = getattr(_IN_THREAD, "hand_off", None)
+        if hand_off is None or kwargs.get("token") is not None:  # not back to that loop
+            return original(func, *args, **kwargs)
+
+        async def on_the_loop() -> Any:
+            return await hand_off.wait_for(func(*args))
+
+        return original(on_the_loop, **kwargs)
+
+    return run
+
+
 class _AnyioThreads:
-    """Wraps ``anyio.to_thread.run_sync`` (when anyio is installed) while a VirtualTimeLoop runs.
+    """Wraps two public anyio functions (when anyio is installed) while a VirtualTimeLoop runs.
 
     anyio runs ``to_thread.run_sync`` (which Starlette and FastAPI use for ``def``
     endpoints and dependencies) in worker threads of its own, not through
     ``loop.run_in_executor``, and has no hook to observe them; so its public function
-    is replaced by a wrapper that counts each call made on a VirtualTimeLoop and passes
-    every other call straight through. The original comes back when the last running
-    VirtualTimeLoop stops, unless something replaced the wrapper meanwhile (that keeps
-    calling through the harmless wrapper). Code that bound ``run_sync`` before a loop
-    ran (``from anyio.to_thread import run_sync``) calls the original: invisible.
+    is replaced by a wrapper that counts each call made on a VirtualTimeLoop, and
+    ``from_thread.run`` by one that lets such a thread wait for the loop uncounted.
+    Both pass every other call straight through. The originals come back when the last
+    running VirtualTimeLoop stops, unless something replaced a wrapper meanwhile (that
+    keeps calling through the harmless wrapper). Code that bound the functions before a
+    loop ran (``from anyio.to_thread import run_sync``) calls the originals: invisible.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._running = 0  # VirtualTimeLoops running, in any thread
-        self._module: Any = None
-        self._original: Any = None
-        self._wrapper: Any = None
+        # (module, attribute, original, wrapper) of each function replaced
+        self._replaced: list[tuple[Any, str, Any, Any]] = []
 
     def acquire(self) -> None:
         with self._lock:
@@ -173,21 +213,28 @@ class _AnyioThreads:
 
     def _install(self) -> None:
         try:
-            import anyio.to_thread as module
+            import anyio.from_thread
+            import anyio.to_thread
         except ImportError:  # anyio is not installed: nothing to wrap
             return
-        self._module, self._original = module, module.run_sync
-        self._wrapper = _counting_run_sync(module.run_sync)
-        self._module.run_sync = self._wrapper
+        for module, name, wrap in (
+            (anyio.to_thread, "run_sync", _counting_run_sync),
+            (anyio.from_thread, "run", _waiting_from_thread_run),
+        ):
+            original = getattr(module, name)
+            wrapper = wrap(original)
+            setattr(module, name, wrapper)
+            self._replaced.append((module, name, original, wrapper))
 
     def release(self) -> None:
         with self._lock:
             self._running -= 1
-            if self._running or self._module is None:
+            if self._running:
                 return
-            if self._module.run_sync is self._wrapper:
-                self._module.run_sync = self._original
-            self._module = self._original = self._wrapper = None
+            for module, name, original, wrapper in self._replaced:
+                if getattr(module, name) is wrapper:
+                    setattr(module, name, original)
+            self._replaced.clear()
 
 
 _ANYIO_THREADS = _AnyioThreads()
