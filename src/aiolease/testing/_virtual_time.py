@@ -112,11 +112,11 @@ class _HandOff:
             if self._state == _SETTLED:  # the caller gave up, yet the thread runs it
                 loop._vt_hand_offs.add(self)
             self._state = _RUNNING
-        _IN_THREAD.hand_off = self
+        outer, _IN_THREAD.hand_off = getattr(_IN_THREAD, "hand_off", None), self
         try:
             return self._func(*args)
         finally:
-            _IN_THREAD.hand_off = None
+            _IN_THREAD.hand_off = outer
             with loop._vt_lock:
                 self._state = _RETURNED
                 loop._vt_returned[threading.get_ident()] = self
