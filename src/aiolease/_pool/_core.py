@@ -42,7 +42,7 @@ from ._closing import Drain, close_resource, reset_then_hand_off
 from ._creations import Creations
 from ._entries import CallableManager, Entry, Hooks, caller_stack
 from ._housekeeping import Housekeeper, idle_deadline, leak_report
-from ._queue import WaitQueue
+from ._queue import Waiter, WaitQueue
 from ._stats import Counters, PoolStatistics
 from ._where import user_location, warn_at_user
 
@@ -188,7 +188,7 @@ class Pool(Generic[T]):
         self._in_use: dict[int, Entry[T]] = {}  # id(handle) -> entry
         # Leases closed in their holders' hands by aclose: id(handle) -> entry, until given back.
         self._closed_out: dict[int, Entry[T]] = {}
-        self._waiters: deque[asyncio.Future[Entry[T]]] = deque()
+        self._waiters: deque[Waiter] = deque()
         self._under_check: set[Entry[T]] = set()
         # id() of every resource alive: a manager handing out the same object twice would
         # otherwise lose a slot.
@@ -395,10 +395,7 @@ class Pool(Generic[T]):
                         entry = self._take_idle()
                     if entry is None:
                         waited = True
-                        fut: asyncio.Future[Entry[T]] = asyncio.Future()  # of the running loop
-                        self._queue.admit(fut, retry)
-                        if deadline != _INF:
-                            self._queue.deadlines.add(fut, deadline)
+                        fut = self._queue.admit(retry, deadline)
                         try:
                             entry = await fut
                         except BaseException as exc:
@@ -408,9 +405,6 @@ class Pool(Generic[T]):
                             ):
                                 raise self_wait_error(self) from exc.__cause__
                             raise
-                        finally:
-                            if deadline != _INF:
-                                self._queue.deadlines.discard(fut)
                 # `entry` is ours now; until it is leased, every exit must give it back.
                 if (
                     entry.check_due
@@ -525,9 +519,7 @@ class Pool(Generic[T]):
 
     # ------------------------------------------------------------------ hand-off
 
-    def _hand_off(
-        self, entry: Entry[T], to: asyncio.Future[Entry[T]] | None = None
-    ) -> asyncio.Future[Any] | None:
+    def _hand_off(self, entry: Entry[T], to: Waiter | None = None) -> asyncio.Future[Any] | None:
         """Where a free entry goes (released, created, or passed on by a waiter that
         left): closed if retired, else to the waiter ``to`` a creation was made for
         if it still waits, else to the oldest waiter, else idle."""
@@ -538,7 +530,7 @@ class Pool(Generic[T]):
             or (entry.info.expires_at != _INF and entry.info.expires_at <= self._clock())
         ):
             return self._close_soon(entry)
-        fut: asyncio.Future[Entry[T]] | None = None
+        fut: Waiter | None = None
         if to is not None and not to.done():
             self._queue.remove(to)
             fut = to
@@ -565,12 +557,15 @@ class Pool(Generic[T]):
             return  # nothing to hand out and no room to create (the pool under load)
         waiters = self._waiters
         while waiters and self._idle:
-            fut = self._queue.next()
-            if fut is None:
-                break
             entry = self._pop_idle()
             if entry is None:
-                waiters.appendleft(fut)
+                break
+            fut = self._queue.next()
+            if fut is None:  # every queued waiter had left: the entry stays idle
+                if self._lru:
+                    self._idle.appendleft(entry)
+                else:
+                    self._idle.append(entry)
                 break
             fut.set_result(entry)  # from idle: its receiver runs the check
         if self._state is not _OPEN:
