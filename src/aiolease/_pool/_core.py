@@ -421,15 +421,16 @@ class Pool(Generic[T]):
         except BaseException:
             into._entered = False
             raise
-        if waited:  # the wait statistics (one copy)
+        into._entry = entry
+        entry.scoped = into._scoped
+        handle = self._lease(entry)
+        if waited:  # the wait statistics (one copy): up to the lease's start
             counters = self._counters
-            waited_for = self._clock() - start
+            waited_for = entry.lease_start - start
             counters.wait_total += waited_for
             if waited_for > counters.wait_max:
                 counters.wait_max = waited_for
-        into._entry = entry
-        entry.scoped = into._scoped
-        return self._lease(entry)
+        return handle
 
     def _lease(self, entry: Entry[T]) -> T:
         """The lease bookkeeping (one copy): ``entry`` goes to the current task."""
