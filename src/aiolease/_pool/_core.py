@@ -614,28 +614,13 @@ class Pool(Generic[T]):
         if new_min > new_max:
             raise ValueError(f"min_size ({new_min}) must be <= max_size ({new_max})")
         self._min_size, self._max_size = new_min, new_max
-        if self._state is not _OPEN:
-            return
-        closes: list[asyncio.Future[Any]] = []
-        while self._size - len(closes) > self._max_size and self._idle:
-            closes.append(self._close_soon(self._idle.popleft()))
-        self._dispatch()
-        if self._idle_timeout is not None and self._idle:
-            # Idle resources kept for the old min_size may now be surplus past their deadline.
-            self._housekeeper.schedule(self._clock())
-        if closes:
-            await asyncio.shield(asyncio.gather(*closes))
+        await self._housekeeper.resized()
 
     async def expire(self) -> None:
         """Retire every current resource: idle ones are closed now (returns after they are),
         checked-out ones when released. New resources replace them on demand."""
         self._generation += 1
-        if self._state is not _OPEN:
-            return
-        closes = [self._close_soon(entry) for entry in self._idle]
-        self._idle.clear()
-        if closes:
-            await asyncio.shield(asyncio.gather(*closes))
+        await self._housekeeper.close_idle()
 
     def atomic(
         self,
