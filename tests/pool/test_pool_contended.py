@@ -90,6 +90,26 @@ async def test_queued_tasks_are_served_in_arrival_order(how: str) -> None:
     assert [r.closed for r in made] == [1, 1]
 
 
+async def test_a_waiter_served_before_its_deadline_leaves_the_later_ones_on_time() -> None:
+    pool, _ = plain_pool()
+    await pool.open()
+    held = await pool.acquire()
+    early = asyncio.create_task(enter(pool, "await", timeout=1.0))  # the earliest deadline
+    late = asyncio.create_task(enter(pool, "await", timeout=3.0))
+    await asyncio.sleep(0.5)
+    await pool.release(held)
+    assert await early is held  # served: the timer armed for it fires for nothing
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(PoolTimeout):
+        await late
+    assert loop.time() - start == pytest.approx(2.5)  # at its own deadline, no later
+    assert pool.statistics().timeouts == 1
+    await pool.release(held)
+    assert pool._queue.deadlines._timer is None
+    await pool.aclose()
+
+
 @HOW
 async def test_a_queued_task_times_out_and_leaves_the_queue(how: str) -> None:
     pool, _ = plain_pool(acquire_timeout=3.0)

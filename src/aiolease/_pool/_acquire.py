@@ -59,9 +59,9 @@ class Acquire(Generic[T]):
             pool._lease(entry)
             self._entry = entry
             ready = entry.ready
-            if ready is None:
-                assert pool._loop is not None
-                ready = entry.ready_future(pool._loop)
+            if ready is None:  # made once per handle: a future can be awaited any number of times
+                ready = entry.ready = asyncio.Future(loop=pool._loop)
+                ready.set_result(entry.handle)
             return ready
         return pool._acquire_blocking(self, entry)
 

@@ -42,7 +42,7 @@ from ._closing import Drain, close_resource, note_discard, reset_then_hand_off, 
 from ._creations import Creations
 from ._entries import CallableManager, Entry, Hooks, caller_stack
 from ._housekeeping import Housekeeper, idle_deadline, leak_report
-from ._queue import WaitQueue
+from ._queue import Waiter, WaitQueue
 from ._stats import Counters, PoolStatistics
 from ._where import user_location, warn_at_user
 
@@ -190,7 +190,7 @@ class Pool(Generic[T]):
         self._in_use: dict[int, Entry[T]] = {}  # id(handle) -> entry
         # Leases closed in their holders' hands by aclose: id(handle) -> entry, until given back.
         self._closed_out: dict[int, Entry[T]] = {}
-        self._waiters: deque[asyncio.Future[Entry[T]]] = deque()
+        self._waiters: deque[Waiter] = deque()
         self._under_check: set[Entry[T]] = set()
         # id() of every resource alive: a manager handing out the same object twice would
         # otherwise lose a slot.
@@ -397,10 +397,7 @@ class Pool(Generic[T]):
                         entry = self._take_idle()
                     if entry is None:
                         waited = True
-                        fut: asyncio.Future[Entry[T]] = asyncio.Future()  # of the running loop
-                        self._queue.admit(fut, retry)
-                        if deadline != _INF:
-                            self._queue.deadlines.add(fut, deadline)
+                        fut = self._queue.admit(retry, deadline)
                         try:
                             entry = await fut
                         except BaseException as exc:
@@ -410,9 +407,6 @@ class Pool(Generic[T]):
                             ):
                                 raise self_wait_error(self) from exc.__cause__
                             raise
-                        finally:
-                            if deadline != _INF:
-                                self._queue.deadlines.discard(fut)
                 # `entry` is ours now; until it is leased, every exit must give it back.
                 if (
                     entry.check_due
@@ -429,15 +423,16 @@ class Pool(Generic[T]):
         except BaseException:
             into._entered = False
             raise
-        if waited:  # the wait statistics (one copy)
+        into._entry = entry
+        entry.scoped = into._scoped
+        handle = self._lease(entry)
+        if waited:  # the wait statistics (one copy): up to the lease's start
             counters = self._counters
-            waited_for = self._clock() - start
+            waited_for = entry.lease_start - start
             counters.wait_total += waited_for
             if waited_for > counters.wait_max:
                 counters.wait_max = waited_for
-        into._entry = entry
-        entry.scoped = into._scoped
-        return self._lease(entry)
+        return handle
 
     def _lease(self, entry: Entry[T]) -> T:
         """The lease bookkeeping (one copy): ``entry`` goes to the current task."""
@@ -527,9 +522,7 @@ class Pool(Generic[T]):
 
     # ------------------------------------------------------------------ hand-off
 
-    def _hand_off(
-        self, entry: Entry[T], to: asyncio.Future[Entry[T]] | None = None
-    ) -> asyncio.Future[Any] | None:
+    def _hand_off(self, entry: Entry[T], to: Waiter | None = None) -> asyncio.Future[Any] | None:
         """Where a free entry goes (released, created, or passed on by a waiter that
         left): closed if retired, else to the waiter ``to`` a creation was made for
         if it still waits, else to the oldest waiter, else idle."""
@@ -540,7 +533,7 @@ class Pool(Generic[T]):
             or (entry.info.expires_at != _INF and entry.info.expires_at <= self._clock())
         ):
             return retire(self, entry)
-        fut: asyncio.Future[Entry[T]] | None = None
+        fut: Waiter | None = None
         if to is not None and not to.done():
             self._queue.remove(to)
             fut = to
@@ -567,12 +560,15 @@ class Pool(Generic[T]):
             return  # nothing to hand out and no room to create (the pool under load)
         waiters = self._waiters
         while waiters and self._idle:
-            fut = self._queue.next()
-            if fut is None:
-                break
             entry = self._pop_idle()
             if entry is None:
-                waiters.appendleft(fut)
+                break
+            fut = self._queue.next()
+            if fut is None:  # every queued waiter had left: the entry stays idle
+                if self._lru:
+                    self._idle.appendleft(entry)
+                else:
+                    self._idle.append(entry)
                 break
             fut.set_result(entry)  # from idle: its receiver runs the check
         if self._state is not _OPEN:
@@ -620,28 +616,13 @@ class Pool(Generic[T]):
         if new_min > new_max:
             raise ValueError(f"min_size ({new_min}) must be <= max_size ({new_max})")
         self._min_size, self._max_size = new_min, new_max
-        if self._state is not _OPEN:
-            return
-        closes: list[asyncio.Future[Any]] = []
-        while self._size - len(closes) > self._max_size and self._idle:
-            closes.append(retire(self, self._idle.popleft()))
-        self._dispatch()
-        if self._idle_timeout is not None and self._idle:
-            # Idle resources kept for the old min_size may now be surplus past their deadline.
-            self._housekeeper.schedule(self._clock())
-        if closes:
-            await asyncio.shield(asyncio.gather(*closes))
+        await self._housekeeper.resized()
 
     async def expire(self) -> None:
         """Retire every current resource: idle ones are closed now (returns after they are),
         checked-out ones when released. New resources replace them on demand."""
         self._generation += 1
-        if self._state is not _OPEN:
-            return
-        closes = [retire(self, entry) for entry in self._idle]
-        self._idle.clear()
-        if closes:
-            await asyncio.shield(asyncio.gather(*closes))
+        await self._housekeeper.close_idle()
 
     def atomic(
         self,

@@ -4,47 +4,41 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Generic, TypeVar
 
 __all__ = ["Deadlines"]
 
-K = TypeVar("K")
 _INF = float("inf")
 
 
-class Deadlines(Generic[K]):
-    """Times out waits: ``add(key, deadline)`` while waiting, ``discard(key)`` when done.
+class Deadlines:
+    """One loop timer for every timed wait, armed for the earliest deadline.
 
-    One loop timer serves every wait (a timer per wait would cost more than the
-    rest of a contended acquire); when it fires, each key whose deadline has
-    come is passed to ``expire`` and the timer is re-armed for the next one.
+    The owner keeps the waits and their deadlines; a wait that ends costs
+    nothing here. ``due(deadline)`` makes sure the timer fires by ``deadline``;
+    when it fires, ``expire(now)`` times out the waits whose deadline has come
+    and returns the earliest deadline left (inf: none), for which the timer is
+    re-armed; ``close()`` disarms it once no wait is left.
     """
 
-    __slots__ = ("_due", "_expire", "_loop", "_timer", "_when")
+    __slots__ = ("_expire", "_loop", "_timer", "_when")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None, expire: Callable[[K], None]) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop | None, expire: Callable[[float], float]
+    ) -> None:
         self._loop = loop
         self._expire = expire
-        self._due: dict[K, float] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._when = _INF  # when _timer fires
 
-    def __len__(self) -> int:
-        return len(self._due)
-
-    def add(self, key: K, deadline: float) -> None:
-        self._due[key] = deadline
+    def due(self, deadline: float) -> None:
+        """A wait ends at ``deadline`` at the latest."""
         if deadline < self._when:
             self._arm(deadline)
 
-    def discard(self, key: K) -> None:
-        due = self._due
-        if due.pop(key, None) is not None and not due:
-            self._arm(_INF)  # no timed waits left: disarm
-
     def close(self) -> None:
-        self._due.clear()
-        self._arm(_INF)
+        """No wait left: disarm."""
+        if self._timer is not None:
+            self._arm(_INF)
 
     def _arm(self, when: float) -> None:
         if self._timer is not None:
@@ -58,12 +52,4 @@ class Deadlines(Generic[K]):
     def _fire(self, when: float) -> None:
         self._timer = None
         self._when = _INF
-        nxt = _INF
-        for key, deadline in list(self._due.items()):
-            if deadline <= when:
-                del self._due[key]
-                self._expire(key)
-            elif deadline < nxt:
-                nxt = deadline
-        if nxt != _INF:
-            self._arm(nxt)
+        self.due(self._expire(when))

@@ -24,9 +24,9 @@ class Entry(Generic[T]):
     itself, or the per-lease object of a manager that wraps its resources
     (:meth:`~aiolease.abc.Manager.wrap`; :meth:`Pool._lease` sets it with its
     ``key`` and ``ready``). ``key`` is ``id(handle)``, the entry's key among the
-    pool's leases. :meth:`ready_future` is a done future
-    holding ``handle``, what ``async with pool.acquire()`` awaits when it is served
-    on the spot (made once per handle: a future can be awaited any number of times).
+    pool's leases. ``ready`` is a done future holding ``handle``, what
+    ``async with pool.acquire()`` awaits when it is served on the spot (made on
+    first use, once per handle: see :meth:`Acquire.__aenter__`).
     """
 
     __slots__ = (
@@ -51,7 +51,7 @@ class Entry(Generic[T]):
         self.generation = generation
         self.handle: T = resource
         self.key = id(resource)
-        self.ready: asyncio.Future[T] | None = None  # see ready_future
+        self.ready: asyncio.Future[T] | None = None  # see the class docstring
         # True while it sits (or sat) idle in a pool whose manager has a check: its next
         # holder runs that check (unless the manager's check_needed says no).
         self.check_due = False
@@ -61,14 +61,6 @@ class Entry(Generic[T]):
         self.lease_start = 0.0
         self.lease_stack: traceback.StackSummary | None = None
         self.leak_reported = False
-
-    def ready_future(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[T]:
-        """The done future of the current handle (made on first use, per handle)."""
-        ready = self.ready
-        if ready is None:
-            ready = self.ready = asyncio.Future(loop=loop)
-            ready.set_result(self.handle)
-        return ready
 
     def describe(self, now: float) -> str:
         """The lease for a log line: what, held by whom, for how long, acquired where."""

@@ -1,4 +1,5 @@
-"""Housekeeping: retire idle resources past their lifetime or idle timeout, report leaks.
+"""Housekeeping: retire idle resources past their lifetime or idle timeout, report leaks,
+close idle surplus after :meth:`Pool.resize` and :meth:`Pool.expire`.
 
 One loop timer, armed for the next deadline: no polling.
 """
@@ -48,6 +49,30 @@ class Housekeeper:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    async def resized(self) -> None:
+        """The bounds changed (:meth:`Pool.resize`): close surplus idle resources (returns
+        after they are closed), serve waiters from new capacity."""
+        pool = self._pool
+        if not pool._is_open():
+            return
+        closes: list[asyncio.Future[Any]] = []
+        while pool._size - len(closes) > pool._max_size and pool._idle:
+            closes.append(retire(pool, pool._idle.popleft()))
+        pool._dispatch()
+        if pool._idle_timeout is not None and pool._idle:
+            # Idle resources kept for the old min_size may now be surplus past their deadline.
+            self.schedule(pool._now())
+        await _all_closed(closes)
+
+    async def close_idle(self) -> None:
+        """Close every idle resource now (:meth:`Pool.expire`); returns after they are."""
+        pool = self._pool
+        if not pool._is_open():
+            return
+        closes = [retire(pool, entry) for entry in pool._idle]
+        pool._idle.clear()
+        await _all_closed(closes)
 
     def run(self) -> None:
         """Retire idle entries past their deadline, report leaks, re-arm for the next."""
@@ -105,6 +130,12 @@ class Housekeeper:
             else:
                 nxt = min(nxt, due)
         return nxt
+
+
+async def _all_closed(closes: list[asyncio.Future[Any]]) -> None:
+    """Wait for these closes (they go on if the caller is cancelled)."""
+    if closes:
+        await asyncio.shield(asyncio.gather(*closes))
 
 
 def idle_deadline(entry: Entry[Any], idle_timeout: float | None) -> float:

@@ -23,26 +23,31 @@ if TYPE_CHECKING:
 __all__ = ["WaitQueue"]
 
 T = TypeVar("T")
+_INF = float("inf")
+
+
 Waiter = asyncio.Future[Entry[Any]]
 
 
 class WaitQueue(Generic[T]):
     """The pool's waiters (``futures``, oldest at the left) and their ``deadlines``."""
 
-    __slots__ = ("_pool", "deadlines", "futures")
+    __slots__ = ("_due", "_pool", "deadlines", "futures")
 
     def __init__(self, pool: Pool[T], futures: deque[Waiter]) -> None:
         self._pool = pool
         self.futures = futures
-        self.deadlines: Deadlines[Waiter] = Deadlines(None, self._time_out)
+        self._due: dict[Waiter, float] = {}  # the deadline of each timed waiter
+        self.deadlines = Deadlines(None, self._expire)
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """The pool opened on ``loop``: the deadline timer runs there."""
-        self.deadlines = Deadlines(loop, self._time_out)
+        self.deadlines = Deadlines(loop, self._expire)
 
-    def admit(self, fut: Waiter, front: bool) -> None:
-        """Queue ``fut`` (at the front for a task whose resource failed its check, which
-        keeps its turn), unless the queue is full or the task would wait on itself.
+    def admit(self, front: bool, deadline: float) -> Waiter:
+        """Queue a new waiter of the running loop that times out at ``deadline`` (at the
+        front for a task whose resource failed its check, which keeps its turn), unless
+        the queue is full or the task would wait on itself.
 
         Raises:
             TooManyWaiters: ``max_waiting`` tasks are queued already.
@@ -50,6 +55,10 @@ class WaitQueue(Generic[T]):
                 while it waits.
         """
         pool, futures = self._pool, self.futures
+        fut: Waiter = asyncio.Future()  # of the running loop
+        if deadline != _INF:
+            self._due[fut] = deadline
+            self.deadlines.due(deadline)
         first = not futures  # nobody queued ahead (see the self-wait check below)
         if front:
             futures.appendleft(fut)
@@ -59,9 +68,9 @@ class WaitQueue(Generic[T]):
         creations = pool._creations
         bound = creations.bound
         if fut in bound or front:
-            return
+            return fut
         if pool._max_waiting is not None and len(futures) - len(bound) > pool._max_waiting:
-            futures.remove(fut)
+            self.remove(fut)
             raise TooManyWaiters(
                 f"{pool!r}: {len(futures) - len(bound)} tasks already waiting "
                 f"(max_waiting={pool._max_waiting})"
@@ -70,11 +79,12 @@ class WaitQueue(Generic[T]):
         # is told at its timeout (see Pool._acquire_blocking), and the check stays off
         # the path of a pool under steady contention.
         if first and waiting_on_itself(pool, scoped_only=True):
-            futures.remove(fut)
+            self.remove(fut)
             pool._counters.timeouts += 1
             raise self_wait_error(pool)
         if creations.backoff.failures:
             creations.schedule_backoff()
+        return fut
 
     def next(self) -> Waiter | None:
         """Take the oldest waiter still waiting off the queue (its creation, if any,
@@ -85,16 +95,26 @@ class WaitQueue(Generic[T]):
             fut = futures.popleft()
             if creations.bound:
                 creations.unbind(fut)
+            if self._due:
+                self._due.pop(fut, None)
             if not fut.done():
-                return fut
-        return None
+                break
+        else:
+            fut = None
+        if not futures:
+            self.deadlines.close()  # no wait left to time out
+        return fut
 
     def remove(self, fut: Waiter) -> None:
         """Take ``fut`` off the queue, wherever it is (rare: O(queue))."""
+        futures = self.futures
         try:
-            self.futures.remove(fut)
+            futures.remove(fut)
         except ValueError:
             pass
+        self._due.pop(fut, None)
+        if not futures:
+            self.deadlines.close()
         self._pool._creations.unbind(fut)
 
     def abandon(self, fut: Waiter) -> None:
@@ -109,8 +129,15 @@ class WaitQueue(Generic[T]):
             fut.cancel()
         pool._dispatch()
 
+    def _expire(self, now: float) -> float:
+        """The shared deadline timer fired at ``now``: time out the waits whose deadline
+        has come; returns the earliest deadline left."""
+        for fut in [fut for fut, deadline in self._due.items() if deadline <= now]:
+            self._time_out(fut)
+        return min(self._due.values(), default=_INF)
+
     def _time_out(self, fut: Waiter) -> None:
-        """The shared deadline timer: ``fut``'s wait is over."""
+        """``fut``'s wait is over."""
         if fut.done():
             return
         pool = self._pool
