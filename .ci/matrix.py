@@ -6,7 +6,8 @@ changes). Pythons are found on PATH (python3.X) or through pyenv; a missing one 
 skipped. Extra pytest arguments: MATRIX_PYTEST_ARGS="-x -q tests/sqlite". Only some runs:
 MATRIX_RUNS="py3.12 public". Runs: py3.11, py3.12, py3.13-latest (the newest
 Python with the newest driver releases, re-resolved every time), public (AIOLEASE_COMPAT=public),
-lowest (the lowest driver versions pyproject.toml allows).
+lowest (the lowest versions pyproject.toml allows of the drivers, the HTTP clients and the
+test tools: PINNED).
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VENVS = ROOT / ".venv-matrix"
 PYTHONS = ("3.11", "3.12", "3.13")
-DRIVERS = ("asyncpg", "psycopg", "aiosqlite", "redis")
+# The lowest run pins each of these to its `>=` bound in pyproject.toml's extras: what aiolease's
+# modules import (the database drivers, the HTTP clients, pytest-asyncio for aiolease.testing's
+# plugin) and what the suite runs on.
+PINNED = (
+    *("asyncpg", "psycopg", "aiosqlite", "redis", "httpx", "aiohttp"),
+    *("pytest", "pytest-asyncio", "pytest-timeout", "hypothesis", "uvloop", "uvicorn", "fastapi"),
+)
 # Each run is bounded; the whole matrix stays well inside CI's limit.
 RUN_TIMEOUT = 900
 
@@ -40,15 +47,15 @@ class Run:
 
 
 def lowest_pins() -> list[str]:
-    """NAME==LOWEST for each driver, from the `>=` bounds of pyproject.toml's extras."""
+    """NAME==LOWEST for each of PINNED, from the `>=` bounds of pyproject.toml's extras."""
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]
     specs = [spec.replace(" ", "") for group in extras.values() for spec in group]
     pins = []
-    for name in DRIVERS:
+    for name in PINNED:
         for spec in specs:
-            m = re.fullmatch(rf"{name}(\[[^]]*\])?>=([\w.]+)", spec)
+            m = re.fullmatch(rf"{name}(\[[^]]*\])?>=([\w.]+)(;.*)?", spec)
             if m:
                 pins.append(f"{name}=={m.group(2)}")
                 break
@@ -108,7 +115,7 @@ def versions(venv: Path) -> str:
     code = (
         "import importlib.metadata as m, sys;"
         f"print(', '.join(['python %d.%d.%d' % sys.version_info[:3]]"
-        f" + [n + ' ' + m.version(n) for n in {DRIVERS!r}]))"
+        f" + [n + ' ' + m.version(n) for n in {PINNED!r}]))"
     )
     out = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True)
     return out.stdout.strip()
