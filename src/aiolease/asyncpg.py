@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import select
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from ._driver_args import check_connect_kwargs, check_timeout_seconds, keywords_of
 from ._lease import LeaseProxies
 from ._liveness import DEFAULT_CONNECT_TIMEOUT, PoolExpirer, set_keepalive
+from ._metrics import pg_pool_name
 from ._pool import Pool
 from .abc import Manager, ResourceInfo
 
@@ -334,6 +336,11 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
     def reset_mode(self) -> Reset:
         """``"transaction"`` or ``"session"``: see the class docstring."""
         return "session" if self._session_reset else "transaction"
+
+    def _aiolease_pool_name(self) -> str | None:
+        """``server.address:server.port/db.namespace`` from the connection parameters: the
+        pool's metric name (``db.client.connection.pool.name``) when it has no ``name``."""
+        return pg_pool_name(self.dsn, self.connect_kwargs, os.environ.get)
 
     async def create(self) -> Connection:
         # asyncpg applies ``timeout`` to each step of connecting; the scope bounds the

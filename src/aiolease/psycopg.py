@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import select
 from typing import Any
 
 from ._driver_args import check_connect_kwargs, check_timeout_seconds, keywords_of
 from ._lease import LeaseProxies
 from ._liveness import DEFAULT_CONNECT_TIMEOUT, LIBPQ_KEEPALIVE, PoolExpirer
+from ._metrics import pg_pool_name
 from ._pool import Pool
 from .abc import Manager, ResourceInfo
 
@@ -305,6 +307,11 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
         self.connect_kwargs = connect_kwargs
         #: Expires the pool on a failover error (see is_fatal); bound by create_pool.
         self.failover = PoolExpirer()
+
+    def _aiolease_pool_name(self) -> str | None:
+        """``server.address:server.port/db.namespace`` from the connection parameters: the
+        pool's metric name (``db.client.connection.pool.name``) when it has no ``name``."""
+        return pg_pool_name(self.conninfo, self.connect_kwargs, os.environ.get)
 
     async def create(self) -> AsyncConnection:
         # libpq's connect_timeout is per host and attempt; the scope bounds the whole

@@ -135,6 +135,7 @@ class Creations(Generic[T]):
 
     async def _run(self, creation: _Creation) -> None:
         pool = self._pool
+        started = pool._clock()
         try:
             resource = await pool._manager.create()
             if id(resource) in pool._live:
@@ -143,7 +144,7 @@ class Creations(Generic[T]):
                     "holds; each resource must be a distinct object"
                 )
         except BaseException as exc:
-            self._failed(creation, exc)
+            self._failed(creation, exc, started)
             if not isinstance(exc, Exception | asyncio.CancelledError):
                 raise
             return
@@ -153,6 +154,8 @@ class Creations(Generic[T]):
         waiter = self._forget(creation)
         now = pool._clock()
         pool._counters.created += 1
+        if pool._observer is not None:
+            pool._observer.created(now - started, None)
         pool._live.add(id(resource))
         self.backoff.succeeded()
         expires = _INF
@@ -164,7 +167,7 @@ class Creations(Generic[T]):
         if pending is not None:
             await asyncio.shield(pending)
 
-    def _failed(self, creation: _Creation, exc: BaseException) -> None:
+    def _failed(self, creation: _Creation, exc: BaseException, started: float) -> None:
         pool = self._pool
         pool._size -= 1
         target = self._forget(creation)
@@ -181,6 +184,8 @@ class Creations(Generic[T]):
                 )
                 error.__cause__ = exc
             pool._counters.create_errors += 1
+            if pool._observer is not None:
+                pool._observer.created(pool._clock() - started, error)
             wait = self.backoff.failed(pool._clock(), error)
             logger.warning(
                 "%r: creating a resource failed (%d in a row), next attempt in %.3fs: %r",

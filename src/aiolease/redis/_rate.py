@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from .. import _tracking
+from .. import _metrics, _tracking
 from .._errors import RateLimitExceeded
 from .._limits import RateLimiter, RateLimiterStatistics, RatePermit
 from .._limits._validate import check_cost, check_positive, check_timeout
@@ -280,6 +280,7 @@ class RedisRateLimiter:
         "_health",
         "_max_cost",
         "_name",
+        "_observer",
         "_on_error",
         "_pause_seq",
         "_pauses",
@@ -373,6 +374,7 @@ class RedisRateLimiter:
         self._admitted = self._rejected = self._cancelled = self._waiting = 0
         self._degraded = 0
         self._wait_total = self._wait_max = 0.0
+        self._observer = _metrics.register_limiter(self, name)
         _tracking.track(self)
 
     # -- public -------------------------------------------------------------------------------
@@ -749,6 +751,8 @@ class RedisRateLimiter:
         self._wait_total += waited
         if waited > self._wait_max:
             self._wait_max = waited
+        if self._observer is not None:
+            self._observer.queued(waited)
 
 
 class _CoolingDown(Exception):
