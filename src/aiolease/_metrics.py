@@ -54,6 +54,7 @@ class PoolRecorder(Protocol):
     def wait(self, seconds: float) -> None: ...
     def use(self, seconds: float) -> None: ...
     def create(self, seconds: float, error_type: str | None) -> None: ...
+    def went_idle(self) -> None: ...
 
 
 class LimiterRecorder(Protocol):
@@ -87,6 +88,11 @@ class PoolObserver:
         """A lease of ``used`` seconds ended."""
         for recorder in self._recorders:
             recorder.use(used)
+
+    def went_idle(self) -> None:
+        """A connection went idle (released, reset, or created with nobody waiting)."""
+        for recorder in self._recorders:
+            recorder.went_idle()
 
     def created(self, seconds: float, error: BaseException | None) -> None:
         """A creation attempt took ``seconds``; ``error``: what it raised, if it failed."""

@@ -69,6 +69,9 @@ class _PoolRecorder:
     def use(self, seconds: float) -> None:
         self._use(seconds, self._attrs)
 
+    def went_idle(self) -> None:
+        pass  # the count is observed when the SDK collects
+
     def create(self, seconds: float, error_type: str | None) -> None:
         if error_type is None:
             self._create(seconds, self._attrs)

@@ -42,7 +42,7 @@ async def test_pool_workload_acquire_timeout_failed_create_release() -> None:
             began = loop.time()
             held = await pool.acquire()  # create #2 after the backoff: 0.25 s
             waited = loop.time() - began
-            waiter = asyncio.create_task(pool.acquire(timeout=1.0).__aenter__())
+            waiter = asyncio.ensure_future(pool.acquire(timeout=1.0))
             await asyncio.sleep(0.5)
 
             mid = Collected(reader)

@@ -25,15 +25,15 @@ async def test_asyncpg_pool_is_named_by_address_and_database(pg_dsn: str) -> Non
     from aiolease.asyncpg import create_pool
 
     with instrumented() as reader:
-        async with create_pool(pg_dsn, max_size=2) as pool:
-            async with pool.acquire() as conn:
-                assert await conn.fetchval("SELECT 1") == 1
-                got = Collected(reader)
+        async with create_pool(pg_dsn, max_size=2) as pool, pool.acquire() as conn:
+            assert await conn.fetchval("SELECT 1") == 1
+            got = Collected(reader)
         name = _expected_name(pg_dsn)
         count = got["db.client.connection.count"]
         assert count.value(**{POOL: name, "db.client.connection.state": "used"}) == 1
         created = got["db.client.connection.create_time"].value(**{POOL: name})
-        assert created.count == 1 and created.sum > 0
+        assert created.count == 1
+        assert created.sum > 0
         named = create_pool(pg_dsn, name="billing")
         assert Collected(reader)["db.client.connection.max"].has(**{POOL: "billing"})
         await named.aclose()
@@ -89,10 +89,13 @@ async def test_redis_concurrency_limiter(redis_client: object) -> None:
                 waiter = asyncio.create_task(sem.acquire().__aenter__())
                 await asyncio.sleep(0.2)
                 mid = Collected(reader)
-                assert mid["aiolease.limiter.queued_requests"].value(
-                    **{"aiolease.limiter.name": name}
-                ) == 1
-                for permit in (first, await waiter):
+                assert (
+                    mid["aiolease.limiter.queued_requests"].value(**{"aiolease.limiter.name": name})
+                    == 1
+                )
+                for permit in (first, waiter):
+                    if isinstance(permit, asyncio.Task):
+                        permit = await permit
                     done = permit.release()  # the Redis call runs in a task
                     if done is not None:
                         await done
@@ -100,13 +103,15 @@ async def test_redis_concurrency_limiter(redis_client: object) -> None:
             finally:
                 await sem.aclose()
         requests = got["aiolease.limiter.requests"]
-        assert requests.value(
-            **{"aiolease.limiter.name": name, "aiolease.limiter.result": "acquired"}
-        ) == 2
+        assert (
+            requests.value(**{"aiolease.limiter.name": name, "aiolease.limiter.result": "acquired"})
+            == 2
+        )
         queued = got["aiolease.limiter.request.time_in_queue"].value(
             **{"aiolease.limiter.name": name}
         )
-        assert queued.count == 1 and queued.sum >= 0.2
+        assert queued.count == 1
+        assert queued.sum >= 0.2
     finally:
         keys = [k async for k in client.scan_iter(match=f"*{name}*")]  # type: ignore[attr-defined]
         if keys:
