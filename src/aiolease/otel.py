@@ -35,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "aiolease.otel needs opentelemetry-api: pip install 'aiolease[otel]'"
     ) from exc
 
-__all__ = ["SCHEMA_URL", "instrument", "uninstrument"]
+__all__ = ["BUCKETS", "SCHEMA_URL", "instrument", "uninstrument"]
 
 #: The semantic conventions these metrics follow (the db.client.connection.* names,
 #: units in seconds); the meter is created with this schema URL.
@@ -45,19 +45,19 @@ SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
 #: advise for database operation durations, apt for waits and connects too.
 BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
 
-POOL = "db.client.connection.pool.name"
-STATE = "db.client.connection.state"
-LIMITER = "aiolease.limiter.name"
-RESULT = "aiolease.limiter.result"
-OUTCOME = "aiolease.transaction.outcome"
-ERROR_TYPE = "error.type"
+_POOL = "db.client.connection.pool.name"
+_STATE = "db.client.connection.state"
+_LIMITER = "aiolease.limiter.name"
+_RESULT = "aiolease.limiter.result"
+_OUTCOME = "aiolease.transaction.outcome"
+_ERROR_TYPE = "error.type"
 
 
 class _PoolRecorder:
     __slots__ = ("_attrs", "_create", "_errors", "_use", "_wait")
 
     def __init__(self, sink: _Sink, name: str) -> None:
-        self._attrs = {POOL: name}
+        self._attrs = {_POOL: name}
         self._wait = sink.wait_time.record
         self._use = sink.use_time.record
         self._create = sink.create_time.record
@@ -78,7 +78,7 @@ class _PoolRecorder:
             return
         attrs = self._errors.get(error_type)
         if attrs is None:
-            attrs = self._errors[error_type] = {**self._attrs, ERROR_TYPE: error_type}
+            attrs = self._errors[error_type] = {**self._attrs, _ERROR_TYPE: error_type}
         self._create(seconds, attrs)
 
 
@@ -86,7 +86,7 @@ class _LimiterRecorder:
     __slots__ = ("_attrs", "_record")
 
     def __init__(self, sink: _Sink, name: str) -> None:
-        self._attrs = {LIMITER: name}
+        self._attrs = {_LIMITER: name}
         self._record = sink.time_in_queue.record
 
     def queued(self, seconds: float) -> None:
@@ -186,7 +186,7 @@ class _Sink:
             "Outermost transactions by outcome (and retries of them).",
         )
         self._tx_add = counter.add
-        self._tx_attrs = {o: {OUTCOME: o} for o in _metrics.TX_OUTCOMES}
+        self._tx_attrs = {o: {_OUTCOME: o} for o in _metrics.TX_OUTCOMES}
 
     # -- _metrics.Sink
     def pool_recorder(self, name: str) -> _PoolRecorder:
@@ -207,20 +207,20 @@ class _Sink:
 
     def _count(self, options: CallbackOptions) -> Iterable[Observation]:
         for p in self._pools():
-            yield Observation(p.idle, {POOL: p.name, STATE: "idle"})
-            yield Observation(p.used, {POOL: p.name, STATE: "used"})
+            yield Observation(p.idle, {_POOL: p.name, _STATE: "idle"})
+            yield Observation(p.used, {_POOL: p.name, _STATE: "used"})
 
     def _idle_min(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(p.min_size, {POOL: p.name}) for p in self._pools()]
+        return [Observation(p.min_size, {_POOL: p.name}) for p in self._pools()]
 
     def _max(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(p.max_size, {POOL: p.name}) for p in self._pools()]
+        return [Observation(p.max_size, {_POOL: p.name}) for p in self._pools()]
 
     def _pending(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(p.pending, {POOL: p.name}) for p in self._pools()]
+        return [Observation(p.pending, {_POOL: p.name}) for p in self._pools()]
 
     def _timeouts(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(p.timeouts, {POOL: p.name}) for p in self._pools()]
+        return [Observation(p.timeouts, {_POOL: p.name}) for p in self._pools()]
 
     def _limiter_requests(self, options: CallbackOptions) -> Iterable[Observation]:
         for s in self._limiters():
@@ -230,14 +230,14 @@ class _Sink:
                 ("timeout", s.timeouts),
                 ("canceled", s.canceled),
             ):
-                yield Observation(value, {LIMITER: s.name, RESULT: result})
+                yield Observation(value, {_LIMITER: s.name, _RESULT: result})
 
     def _limiter_queued(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(s.queued, {LIMITER: s.name}) for s in self._limiters()]
+        return [Observation(s.queued, {_LIMITER: s.name}) for s in self._limiters()]
 
     def _limiter_leases(self, options: CallbackOptions) -> Iterable[Observation]:
         return [
-            Observation(s.active_leases, {LIMITER: s.name})
+            Observation(s.active_leases, {_LIMITER: s.name})
             for s in self._limiters()
             if s.active_leases is not None
         ]

@@ -49,10 +49,10 @@ __all__ = ["BUCKETS", "Collector"]
 #: Histogram buckets (seconds), as ``aiolease.otel`` advises them.
 BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
 
-POOL = "db_client_connection_pool_name"
-STATE = "db_client_connection_state"
-LIMITER = "aiolease_limiter_name"
-RESULT = "aiolease_limiter_result"
+_POOL = "db_client_connection_pool_name"
+_STATE = "db_client_connection_state"
+_LIMITER = "aiolease_limiter_name"
+_RESULT = "aiolease_limiter_result"
 
 # name -> (help, the PoolState field) of the pool gauges besides the count.
 _POOL_GAUGES = {
@@ -147,28 +147,28 @@ class Collector(_Collector):
         self._create_time = Histogram(
             "db_client_connection_create_time_seconds",
             "The time it took to create a new connection.",
-            [POOL, "error_type"],
+            [_POOL, "error_type"],
             buckets=BUCKETS,
             registry=None,
         )
         self._wait_time = Histogram(
             "db_client_connection_wait_time_seconds",
             "The time it took to obtain an open connection from the pool.",
-            [POOL],
+            [_POOL],
             buckets=BUCKETS,
             registry=None,
         )
         self._use_time = Histogram(
             "db_client_connection_use_time_seconds",
             "The time between borrowing a connection and returning it to the pool.",
-            [POOL],
+            [_POOL],
             buckets=BUCKETS,
             registry=None,
         )
         self._time_in_queue = Histogram(
             "aiolease_limiter_request_time_in_queue_seconds",
             "The time a request admitted after waiting spent in the limiter's queue.",
-            [LIMITER],
+            [_LIMITER],
             buckets=BUCKETS,
             registry=None,
         )
@@ -196,34 +196,34 @@ class Collector(_Collector):
                 "db_client_connection_count": Gauge(
                     "db_client_connection_count",
                     _COUNT_HELP,
-                    [POOL, STATE],
+                    [_POOL, _STATE],
                     registry=None,
                     multiprocess_mode="livesum",
                 ),
                 **{
-                    name: Gauge(name, doc, [POOL], registry=None, multiprocess_mode="livesum")
+                    name: Gauge(name, doc, [_POOL], registry=None, multiprocess_mode="livesum")
                     for name, (doc, _) in _POOL_GAUGES.items()
                 },
                 "aiolease_limiter_queued_requests": Gauge(
                     "aiolease_limiter_queued_requests",
                     _QUEUED_HELP,
-                    [LIMITER],
+                    [_LIMITER],
                     registry=None,
                     multiprocess_mode="livesum",
                 ),
                 "aiolease_limiter_active_leases": Gauge(
                     "aiolease_limiter_active_leases",
                     _LEASES_HELP,
-                    [LIMITER],
+                    [_LIMITER],
                     registry=None,
                     multiprocess_mode="livesum",
                 ),
             }
             self._timeouts = Counter(
-                "db_client_connection_timeouts", _TIMEOUTS_HELP, [POOL], registry=None
+                "db_client_connection_timeouts", _TIMEOUTS_HELP, [_POOL], registry=None
             )
             self._requests = Counter(
-                "aiolease_limiter_requests", _REQUESTS_HELP, [LIMITER, RESULT], registry=None
+                "aiolease_limiter_requests", _REQUESTS_HELP, [_LIMITER, _RESULT], registry=None
             )
         _metrics.attach(self)
         if self._multiprocess:
@@ -254,30 +254,32 @@ class Collector(_Collector):
 
     def _state(self) -> Iterator[Metric]:
         pools = _metrics.pools()
-        count = GaugeMetricFamily("db_client_connection_count", _COUNT_HELP, labels=[POOL, STATE])
+        count = GaugeMetricFamily("db_client_connection_count", _COUNT_HELP, labels=[_POOL, _STATE])
         for p in pools:
             count.add_metric([p.name, "idle"], p.idle)
             count.add_metric([p.name, "used"], p.used)
         yield count
         for name, (doc, field) in _POOL_GAUGES.items():
-            gauge = GaugeMetricFamily(name, doc, labels=[POOL])
+            gauge = GaugeMetricFamily(name, doc, labels=[_POOL])
             for p in pools:
                 gauge.add_metric([p.name], getattr(p, field))
             yield gauge
         timeouts = CounterMetricFamily(
-            "db_client_connection_timeouts", _TIMEOUTS_HELP, labels=[POOL]
+            "db_client_connection_timeouts", _TIMEOUTS_HELP, labels=[_POOL]
         )
         for p in pools:
             timeouts.add_metric([p.name], p.timeouts)
         yield timeouts
         limiters = _metrics.limiters()
         requests = CounterMetricFamily(
-            "aiolease_limiter_requests", _REQUESTS_HELP, labels=[LIMITER, RESULT]
+            "aiolease_limiter_requests", _REQUESTS_HELP, labels=[_LIMITER, _RESULT]
         )
         queued = GaugeMetricFamily(
-            "aiolease_limiter_queued_requests", _QUEUED_HELP, labels=[LIMITER]
+            "aiolease_limiter_queued_requests", _QUEUED_HELP, labels=[_LIMITER]
         )
-        leases = GaugeMetricFamily("aiolease_limiter_active_leases", _LEASES_HELP, labels=[LIMITER])
+        leases = GaugeMetricFamily(
+            "aiolease_limiter_active_leases", _LEASES_HELP, labels=[_LIMITER]
+        )
         for s in limiters:
             for result in _RESULTS:
                 requests.add_metric([s.name, result], _limiter_count(s, result))
