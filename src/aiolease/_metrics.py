@@ -26,7 +26,6 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
 
 __all__ = [
     "LimiterObserver",
@@ -54,7 +53,7 @@ class PoolRecorder(Protocol):
     def wait(self, seconds: float) -> None: ...
     def use(self, seconds: float) -> None: ...
     def create(self, seconds: float, error_type: str | None) -> None: ...
-    def went_idle(self) -> None: ...
+    def reset_done(self) -> None: ...
 
 
 class LimiterRecorder(Protocol):
@@ -89,10 +88,11 @@ class PoolObserver:
         for recorder in self._recorders:
             recorder.use(used)
 
-    def went_idle(self) -> None:
-        """A connection went idle (released, reset, or created with nobody waiting)."""
+    def reset_done(self) -> None:
+        """A released connection's reset is over: it went idle or to a waiter (a release
+        without a reset reports only :meth:`released`)."""
         for recorder in self._recorders:
-            recorder.went_idle()
+            recorder.reset_done()
 
     def created(self, seconds: float, error: BaseException | None) -> None:
         """A creation attempt took ``seconds``; ``error``: what it raised, if it failed."""
@@ -288,6 +288,8 @@ def pg_pool_name(
     (URL or ``key=value`` form) and connect keywords (which win, as in the drivers),
     with libpq's environment variables and defaults for what neither gives. None when
     the address is a list of hosts or cannot be read."""
+    from urllib.parse import unquote, urlsplit  # here: only driver pools need it
+
     parts: dict[str, Any] = {}
     if dsn:
         if "://" in dsn:

@@ -69,7 +69,7 @@ class _PoolRecorder:
     def use(self, seconds: float) -> None:
         self._use(seconds, self._attrs)
 
-    def went_idle(self) -> None:
+    def reset_done(self) -> None:
         pass  # the count is observed when the SDK collects
 
     def create(self, seconds: float, error_type: str | None) -> None:

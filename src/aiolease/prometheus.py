@@ -97,7 +97,7 @@ class _PoolRecorder:
         self._use(seconds)
         self._collector._touched()
 
-    def went_idle(self) -> None:
+    def reset_done(self) -> None:
         self._collector._touched()
 
     def create(self, seconds: float, error_type: str | None) -> None:

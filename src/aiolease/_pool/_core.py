@@ -561,8 +561,6 @@ class Pool(Generic[T]):
         hooks = self._hooks
         entry.check_due = hooks.check is not None
         self._idle.append(entry)
-        if self._observer is not None:
-            self._observer.went_idle()
         if hooks.on_idle is not None:
             hooks.on_idle(entry.resource, entry.info)
         if self._max_lifetime is not None or self._idle_timeout is not None:
