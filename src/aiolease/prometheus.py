@@ -29,7 +29,9 @@ seconds while its event loop runs. See docs/observability.md.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -37,7 +39,12 @@ from . import _metrics
 
 try:
     from prometheus_client import Counter, Gauge, Histogram
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+        Metric,
+    )
     from prometheus_client.registry import Collector as _Collector
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
@@ -76,6 +83,49 @@ _RESULTS = ("acquired", "rejected", "timeout", "canceled")
 
 def _multiprocess() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+class _Series:
+    """One series of a histogram aggregated in this process: observations per bucket
+    (the last one past every bound) and their sum."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(BUCKETS, value)] += 1  # the first bound >= value: its `le`
+        self.sum += value
+
+
+class _LocalHistogram:
+    """A histogram family aggregated in this process, turned into Prometheus's
+    cumulative buckets when scraped."""
+
+    def __init__(self, name: str, documentation: str, labelnames: list[str]) -> None:
+        self._name = name
+        self._doc = documentation
+        self._labelnames = labelnames
+        self._series: dict[tuple[str, ...], _Series] = {}
+
+    def labels(self, *values: str) -> _Series:
+        series = self._series.get(values)
+        if series is None:
+            series = self._series[values] = _Series()
+        return series
+
+    def collect(self) -> list[Metric]:
+        family = HistogramMetricFamily(self._name, self._doc, labels=self._labelnames)
+        for values, series in list(self._series.items()):
+            total = 0
+            buckets = []
+            for bound, count in zip((*BUCKETS, math.inf), series.counts, strict=True):
+                total += count
+                buckets.append(("+Inf" if bound == math.inf else repr(float(bound)), total))
+            family.add_metric(list(values), buckets, series.sum)
+        return [family]
 
 
 class _PoolRecorder:
@@ -144,33 +194,25 @@ class Collector(_Collector):
             raise ValueError(f"refresh_interval must be > 0 seconds, got {refresh_interval!r}")
         self._interval = float(refresh_interval)
         self._multiprocess = _multiprocess()
-        self._create_time = Histogram(
+        self._create_time = self._histogram(
             "db_client_connection_create_time_seconds",
             "The time it took to create a new connection.",
             [_POOL, "error_type"],
-            buckets=BUCKETS,
-            registry=None,
         )
-        self._wait_time = Histogram(
+        self._wait_time = self._histogram(
             "db_client_connection_wait_time_seconds",
             "The time it took to obtain an open connection from the pool.",
             [_POOL],
-            buckets=BUCKETS,
-            registry=None,
         )
-        self._use_time = Histogram(
+        self._use_time = self._histogram(
             "db_client_connection_use_time_seconds",
             "The time between borrowing a connection and returning it to the pool.",
             [_POOL],
-            buckets=BUCKETS,
-            registry=None,
         )
-        self._time_in_queue = Histogram(
+        self._time_in_queue = self._histogram(
             "aiolease_limiter_request_time_in_queue_seconds",
             "The time a request admitted after waiting spent in the limiter's queue.",
             [_LIMITER],
-            buckets=BUCKETS,
-            registry=None,
         )
         self._transactions = Counter(
             "aiolease_transaction_count",
@@ -228,6 +270,14 @@ class Collector(_Collector):
         _metrics.attach(self)
         if self._multiprocess:
             self._refresh()
+
+    def _histogram(self, name: str, documentation: str, labelnames: list[str]) -> Any:
+        """One process: a histogram aggregated here and read at each scrape (an observation
+        is a bisect and two additions); multiprocess mode: prometheus_client's own, which
+        writes each observation to the shared directory."""
+        if self._multiprocess:
+            return Histogram(name, documentation, labelnames, buckets=BUCKETS, registry=None)
+        return _LocalHistogram(name, documentation, labelnames)
 
     def close(self) -> None:
         """Stop recording (what was recorded stays in the registry's output)."""

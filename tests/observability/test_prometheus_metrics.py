@@ -201,3 +201,19 @@ def test_multiprocess_mode_sums_the_workers(tmp_path: Path) -> None:
     registry = read()
     assert registry.get_sample_value("db_client_connection_count", used) == 1
     assert registry.get_sample_value("db_client_connection_wait_time_seconds_count", shared) == 4
+
+
+def test_a_value_on_a_bound_counts_in_that_bucket() -> None:
+    from aiolease.prometheus import _LocalHistogram
+
+    histogram = _LocalHistogram("x_seconds", "x", ["p"])
+    for value in (0.001, 0.0011, 10.0, 11.0):
+        histogram.labels("a").observe(value)
+    (family,) = histogram.collect()
+    buckets = {s.labels["le"]: s.value for s in family.samples if s.name == "x_seconds_bucket"}
+    assert buckets["0.001"] == 1  # le: 0.001 <= 0.001
+    assert buckets["0.005"] == 2
+    assert buckets["10.0"] == 3
+    assert buckets["+Inf"] == 4
+    (total,) = (s.value for s in family.samples if s.name == "x_seconds_sum")
+    assert total == pytest.approx(21.0021)
