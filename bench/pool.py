@@ -420,6 +420,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+async def rounds(
+    args: argparse.Namespace,
+    contenders: Sequence[Contender],
+    pair: tuple[str, str],
+    clock: Callable[[], float],
+    progress: Callable[[str], None],
+) -> Results:
+    """:func:`run_rounds` over :data:`COLUMNS` with the command line's settings."""
+    return await run_rounds(
+        contenders,
+        COLUMNS,
+        repeats=args.repeats,
+        duration=args.duration,
+        warmup=args.warmup,
+        progress=progress,
+        clock=clock,
+        pair=pair,
+    )
+
+
 async def main(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     print(f"aiolease pool benchmark — {environment()}")
@@ -434,15 +454,8 @@ async def main(args: argparse.Namespace) -> None:
         print(msg, file=sys.stderr, flush=True)
 
     if args.only in ("all", "mech"):
-        results = await run_rounds(
-            MECHANICS,
-            COLUMNS,
-            repeats=args.repeats,
-            duration=args.duration,
-            warmup=args.warmup,
-            progress=progress,
-            clock=clock,
-            pair=("aiolease.Pool", "asyncio.Queue (floor)"),
+        results = await rounds(
+            args, MECHANICS, ("aiolease.Pool", "asyncio.Queue (floor)"), clock, progress
         )
         print_table(
             "(a) mechanics: acquire + asyncio.sleep(0) + release, no-op resource",
@@ -456,15 +469,12 @@ async def main(args: argparse.Namespace) -> None:
             print(f"\n(b) PostgreSQL: SKIPPED — {problem}")
         else:
             contenders = pg_contenders(args.dsn)
-            results = await run_rounds(
+            results = await rounds(
+                args,
                 contenders,
-                COLUMNS,
-                repeats=args.repeats,
-                duration=args.duration,
-                warmup=args.warmup,
-                progress=progress,
-                clock=clock,
-                pair=('aiolease reset="transaction"', "raw asyncpg + Queue (floor)"),
+                ('aiolease reset="transaction"', "raw asyncpg + Queue (floor)"),
+                clock,
+                progress,
             )
             print_table(
                 f"(b) PostgreSQL: acquire + SELECT 1 + release ({args.dsn})",
@@ -554,15 +564,8 @@ async def metrics_overhead(
             Contender("aiolease.prometheus.Collector", _with_metrics("prom", setup), OURS),
         ]
         for instrumented in contenders[1:]:
-            results = await run_rounds(
-                [contenders[0], instrumented],
-                COLUMNS,
-                repeats=args.repeats,
-                duration=args.duration,
-                warmup=args.warmup,
-                progress=progress,
-                clock=clock,
-                pair=(instrumented.name, plain),
+            results = await rounds(
+                args, [contenders[0], instrumented], (instrumented.name, plain), clock, progress
             )
             print_table(
                 f"(c) metrics overhead, {title}",
