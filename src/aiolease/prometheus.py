@@ -129,10 +129,9 @@ class _LocalHistogram:
 
 
 class _PoolRecorder:
-    __slots__ = ("_collector", "_create", "_failed", "_name", "_use", "_wait")
+    __slots__ = ("_create", "_failed", "_name", "_use", "_wait")
 
     def __init__(self, collector: Collector, name: str) -> None:
-        self._collector = collector
         self._name = name
         self._wait = collector._wait_time.labels(name).observe
         self._use = collector._use_time.labels(name).observe
@@ -141,33 +140,67 @@ class _PoolRecorder:
 
     def wait(self, seconds: float) -> None:
         self._wait(seconds)
-        self._collector._touched()
 
     def use(self, seconds: float) -> None:
         self._use(seconds)
-        self._collector._touched()
 
     def reset_done(self) -> None:
-        self._collector._touched()
+        pass  # the state is read at the scrape
 
     def create(self, seconds: float, error_type: str | None) -> None:
         if error_type is None:
             self._create(seconds)
         else:
             self._failed(self._name, error_type).observe(seconds)
-        self._collector._touched()
+
+
+class _SharedPoolRecorder(_PoolRecorder):
+    """Multiprocess mode: each event also has the worker's state written soon."""
+
+    __slots__ = ("_touched",)
+
+    def __init__(self, collector: Collector, name: str) -> None:
+        super().__init__(collector, name)
+        self._touched = collector._touched
+
+    def wait(self, seconds: float) -> None:
+        super().wait(seconds)
+        self._touched()
+
+    def use(self, seconds: float) -> None:
+        super().use(seconds)
+        self._touched()
+
+    def reset_done(self) -> None:
+        self._touched()
+
+    def create(self, seconds: float, error_type: str | None) -> None:
+        super().create(seconds, error_type)
+        self._touched()
 
 
 class _LimiterRecorder:
-    __slots__ = ("_collector", "_observe")
+    __slots__ = ("_observe",)
 
     def __init__(self, collector: Collector, name: str) -> None:
-        self._collector = collector
         self._observe = collector._time_in_queue.labels(name).observe
 
     def queued(self, seconds: float) -> None:
         self._observe(seconds)
-        self._collector._touched()
+
+
+class _SharedLimiterRecorder(_LimiterRecorder):
+    """Multiprocess mode: each event also has the worker's state written soon."""
+
+    __slots__ = ("_touched",)
+
+    def __init__(self, collector: Collector, name: str) -> None:
+        super().__init__(collector, name)
+        self._touched = collector._touched
+
+    def queued(self, seconds: float) -> None:
+        super().queued(seconds)
+        self._touched()
 
 
 class Collector(_Collector):
@@ -288,9 +321,13 @@ class Collector(_Collector):
 
     # -- _metrics.Sink
     def pool_recorder(self, name: str) -> _PoolRecorder:
+        if self._multiprocess:
+            return _SharedPoolRecorder(self, name)
         return _PoolRecorder(self, name)
 
     def limiter_recorder(self, name: str) -> _LimiterRecorder:
+        if self._multiprocess:
+            return _SharedLimiterRecorder(self, name)
         return _LimiterRecorder(self, name)
 
     def transaction(self, outcome: str) -> None:
@@ -342,7 +379,7 @@ class Collector(_Collector):
     def _touched(self) -> None:
         """Something happened to a pool or limiter: write the state soon (once per turn
         of the event loop, however many events), and keep a periodic refresh armed."""
-        if not self._multiprocess or self._soon:
+        if self._soon:
             return
         try:
             loop = asyncio.get_running_loop()
