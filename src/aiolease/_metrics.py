@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import itertools
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,7 +35,6 @@ __all__ = [
     "attach",
     "detach",
     "limiters",
-    "pg_pool_name",
     "pools",
     "register_limiter",
     "register_pool",
@@ -129,24 +127,16 @@ _sinks: list[Sink] = []
 #: live pool -> its metric name; live limiter -> its name (weak: nothing is kept alive).
 _pools: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 _limiters: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
-_pool_numbers = itertools.count(1)
 _limiter_numbers = itertools.count(1)
 # The sinks' transaction callbacks (a tuple: the transaction path reads it without a lock).
 _tx_sinks: tuple[Sink, ...] = ()
 
 
-def register_pool(pool: Any, name: str | None, manager: object) -> PoolObserver | None:
-    """Record a new pool; returns its observer (None while no sink is attached).
-
-    Its metric name: ``name``, else what a driver manager derives from its
-    connection parameters (``server.address:server.port/db.namespace``), else
-    a generated one unique in the process (``pool-<n>``).
+def register_pool(pool: Any, name: str) -> PoolObserver | None:
+    """Record a new pool under ``name`` (its label: ``name=``, else a driver pool's
+    ``server.address:server.port/db.namespace``, else ``pool-<n>``; see
+    ``aiolease._redact.pool_label``); returns its observer (None while no sink is attached).
     """
-    if name is None:
-        derive = getattr(manager, "_aiolease_pool_name", None)
-        name = derive() if callable(derive) else None
-        if not isinstance(name, str) or not name:
-            name = f"pool-{next(_pool_numbers)}"
     _pools[pool] = name
     return _pool_observer(name)
 
@@ -274,47 +264,3 @@ def limiters() -> list[LimiterState]:
             )
         by_name[name] = state
     return list(by_name.values())
-
-
-# ---------------------------------------------------------------------------- names
-
-_PG_DEFAULT_PORT = 5432
-
-
-def pg_pool_name(
-    dsn: str | None, kwargs: dict[str, Any], env: Callable[[str], str | None]
-) -> str | None:
-    """``server.address:server.port/db.namespace`` of a PostgreSQL pool, from its DSN
-    (URL or ``key=value`` form) and connect keywords (which win, as in the drivers),
-    with libpq's environment variables and defaults for what neither gives. None when
-    the address is a list of hosts or cannot be read."""
-    from urllib.parse import unquote, urlsplit  # here: only driver pools need it
-
-    parts: dict[str, Any] = {}
-    if dsn:
-        if "://" in dsn:
-            try:
-                url = urlsplit(dsn)
-                parts = {
-                    "host": unquote(url.hostname or "") or None,
-                    "port": url.port,
-                    "dbname": unquote(url.path.lstrip("/")) or None,
-                    "user": unquote(url.username or "") or None,
-                }
-            except ValueError:  # several hosts, a malformed port
-                return None
-        else:
-            for item in dsn.split():
-                key, sep, value = item.partition("=")
-                if sep:
-                    parts[key.strip()] = value.strip().strip("'")
-    for key, alias in (("host", "host"), ("port", "port"), ("database", "dbname"),
-                       ("dbname", "dbname"), ("user", "user")):  # fmt: skip
-        if kwargs.get(key) is not None:
-            parts[alias] = kwargs[key]
-    host = parts.get("host") or env("PGHOST") or "localhost"
-    port = parts.get("port") or env("PGPORT") or _PG_DEFAULT_PORT
-    db = parts.get("dbname") or env("PGDATABASE") or parts.get("user") or env("PGUSER")
-    if not isinstance(host, str) or "," in host or "," in str(port):
-        return None
-    return f"{host}:{port}/{db}" if db else f"{host}:{port}"

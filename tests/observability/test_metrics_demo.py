@@ -31,7 +31,8 @@ def test_demo_metrics_prints_the_series_of_every_part() -> None:
     assert sample(f"db_client_connection_wait_time_seconds_count{{{pool}}}") > 0
     assert sample(f"db_client_connection_use_time_seconds_count{{{pool}}}") > 0
     assert sample(f'db_client_connection_create_time_seconds_count{{{pool},error_type=""}}') == 3
-    assert sample(f"db_client_connection_max{{{pool}}}") == 3
+    # the demo's pools are closed and gone by now: their state series with them
+    assert "# TYPE db_client_connection_max gauge" in out
     assert sample('aiolease_transaction_count_total{aiolease_transaction_outcome="commit"}') > 0
     assert sample('aiolease_transaction_count_total{aiolease_transaction_outcome="retry"}') > 0
     assert "aiolease_limiter_request_time_in_queue_seconds_count{" in out

@@ -10,8 +10,6 @@ from urllib.parse import urlsplit
 import pytest
 from metrics_helpers import Collected, instrumented
 
-from aiolease._metrics import pg_pool_name
-
 POOL = "db.client.connection.pool.name"
 
 
@@ -50,18 +48,6 @@ async def test_psycopg_pool_is_named_by_address_and_database(pg_dsn: str) -> Non
             got = Collected(reader)
     wait = got["db.client.connection.wait_time"].value(**{POOL: _expected_name(pg_dsn)})
     assert wait.count == 1
-
-
-def test_pg_pool_name_rule() -> None:
-    env = {"PGHOST": "db.internal", "PGUSER": "svc"}.get
-    assert pg_pool_name("postgresql://u:secret@h:6543/app", {}, env) == "h:6543/app"
-    assert pg_pool_name("postgresql://u@h/app", {"port": 7000}, env) == "h:7000/app"
-    assert pg_pool_name("host=h2 port=5433 dbname=shop", {}, env) == "h2:5433/shop"
-    assert pg_pool_name(None, {"database": "x"}, env) == "db.internal:5432/x"
-    assert pg_pool_name("", {}, env) == "db.internal:5432/svc"  # libpq: dbname = user
-    assert pg_pool_name("postgresql://h1,h2/app", {}, env) is None  # several hosts
-    assert pg_pool_name("host=a,b dbname=app", {}, env) is None
-    assert "secret" not in (pg_pool_name("postgresql://u:secret@h/app", {}, env) or "")
 
 
 @pytest.fixture
