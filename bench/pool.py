@@ -29,11 +29,18 @@ load, so the machine's drift cancels out of each ratio. The target's two
 contenders (aiolease with its defaults and the floor) run back to back in every
 round, each first in turn, so that their ratio pairs the closest cells.
 
+(c) Metrics overhead (``--only metrics``, not part of ``all``): the mechanics
+    and the PostgreSQL operation of (a) and (b) with aiolease instrumented, by
+    ``aiolease.otel`` (the OpenTelemetry SDK, a reader collecting every second
+    into an exporter that drops everything) and by ``aiolease.prometheus``,
+    against the same pool not instrumented. Target: instrumented >= 0.95 x not
+    instrumented for PostgreSQL with 100 tasks.
+
 Usage::
 
     python bench/pool.py [--duration 0.8] [--repeats 11] [--warmup 0.2]
-                         [--only all|mech|pg] [--dsn postgresql://...] [--clock wall|cpu]
-                         [--loop asyncio|uvloop]
+                         [--only all|mech|pg|metrics] [--dsn postgresql://...]
+                         [--clock wall|cpu] [--loop asyncio|uvloop]
 """
 
 from __future__ import annotations
@@ -399,7 +406,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=0.8, help="seconds per measurement")
     parser.add_argument("--repeats", type=int, default=11, help="interleaved rounds (medians)")
     parser.add_argument("--warmup", type=float, default=0.2, help="seconds of warm-up per setup")
-    parser.add_argument("--only", choices=("all", "mech", "pg"), default="all")
+    parser.add_argument("--only", choices=("all", "mech", "pg", "metrics"), default="all")
     parser.add_argument("--dsn", default=DEFAULT_DSN, help="PostgreSQL DSN for part (b)")
     parser.add_argument(
         "--clock",
@@ -420,6 +427,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+async def rounds(
+    args: argparse.Namespace,
+    contenders: Sequence[Contender],
+    pair: tuple[str, str],
+    clock: Callable[[], float],
+    progress: Callable[[str], None],
+) -> Results:
+    """:func:`run_rounds` over :data:`COLUMNS` with the command line's settings."""
+    return await run_rounds(
+        contenders,
+        COLUMNS,
+        repeats=args.repeats,
+        duration=args.duration,
+        warmup=args.warmup,
+        progress=progress,
+        clock=clock,
+        pair=pair,
+    )
+
+
 async def main(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     print(f"aiolease pool benchmark — {environment()}")
@@ -434,15 +461,8 @@ async def main(args: argparse.Namespace) -> None:
         print(msg, file=sys.stderr, flush=True)
 
     if args.only in ("all", "mech"):
-        results = await run_rounds(
-            MECHANICS,
-            COLUMNS,
-            repeats=args.repeats,
-            duration=args.duration,
-            warmup=args.warmup,
-            progress=progress,
-            clock=clock,
-            pair=("aiolease.Pool", "asyncio.Queue (floor)"),
+        results = await rounds(
+            args, MECHANICS, ("aiolease.Pool", "asyncio.Queue (floor)"), clock, progress
         )
         print_table(
             "(a) mechanics: acquire + asyncio.sleep(0) + release, no-op resource",
@@ -456,15 +476,12 @@ async def main(args: argparse.Namespace) -> None:
             print(f"\n(b) PostgreSQL: SKIPPED — {problem}")
         else:
             contenders = pg_contenders(args.dsn)
-            results = await run_rounds(
+            results = await rounds(
+                args,
                 contenders,
-                COLUMNS,
-                repeats=args.repeats,
-                duration=args.duration,
-                warmup=args.warmup,
-                progress=progress,
-                clock=clock,
-                pair=(OURS_PG, "raw asyncpg + Queue (floor)"),
+                (OURS_PG, "raw asyncpg + Queue (floor)"),
+                clock,
+                progress,
             )
             print_table(
                 f"(b) PostgreSQL: acquire + SELECT 1 + release ({args.dsn})",
@@ -475,7 +492,97 @@ async def main(args: argparse.Namespace) -> None:
                     (OURS_PG, "asyncpg.Pool", 2.0, [COLUMNS[1].title]),
                 ],
             )
+    if args.only == "metrics":
+        await metrics_overhead(args, clock, progress)
     print(f"\ntotal {time.perf_counter() - started:.0f}s")
+
+
+# ---------------------------------------------------------------------------- (c) metrics
+
+
+@asynccontextmanager
+async def _instrumented(how: str) -> AsyncIterator[None]:
+    """aiolease instrumented for the length of one contender's cells."""
+    if how == "otel":
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import (
+            MetricExporter,
+            MetricExportResult,
+            PeriodicExportingMetricReader,
+        )
+
+        from aiolease import otel
+
+        class Drop(MetricExporter):
+            def export(self, metrics_data: Any, timeout_millis: float = 0, **kw: Any) -> Any:
+                return MetricExportResult.SUCCESS
+
+            def force_flush(self, timeout_millis: float = 0) -> bool:
+                return True
+
+            def shutdown(self, timeout_millis: float = 0, **kw: Any) -> None:
+                pass
+
+        reader = PeriodicExportingMetricReader(Drop(), export_interval_millis=1000)
+        provider = MeterProvider(metric_readers=[reader])
+        otel.instrument(meter_provider=provider)
+        try:
+            yield
+        finally:
+            otel.uninstrument()
+            provider.shutdown()
+    else:
+        from aiolease import prometheus
+
+        collector = prometheus.Collector()
+        try:
+            yield
+        finally:
+            collector.close()
+
+
+def _with_metrics(
+    how: str, setup: Callable[[], AbstractAsyncContextManager[Worker]]
+) -> Callable[[], AbstractAsyncContextManager[Worker]]:
+    @asynccontextmanager
+    async def instrumented() -> AsyncIterator[Worker]:
+        async with _instrumented(how), setup() as worker:
+            yield worker
+
+    return instrumented
+
+
+async def metrics_overhead(
+    args: argparse.Namespace, clock: Callable[[], float], progress: Callable[[str], None]
+) -> None:
+    plain = "not instrumented"
+    parts: list[tuple[str, Callable[[], AbstractAsyncContextManager[Worker]]]] = [
+        ("mechanics: acquire + asyncio.sleep(0) + release", mech_ours)
+    ]
+    problem = await pg_reachable(args.dsn)
+    if problem is None:
+        ours = next(c for c in pg_contenders(args.dsn) if c.name == OURS_PG)
+        parts.append((f"PostgreSQL: acquire + SELECT 1 + release ({args.dsn})", ours.setup))
+    else:
+        print(f"\n(c) PostgreSQL part SKIPPED — {problem}")
+    for title, setup in parts:
+        contenders = [
+            Contender(plain, setup, FLOOR),
+            Contender(
+                "aiolease.otel (SDK, exporter dropping all)", _with_metrics("otel", setup), OURS
+            ),
+            Contender("aiolease.prometheus.Collector", _with_metrics("prom", setup), OURS),
+        ]
+        for instrumented in contenders[1:]:
+            results = await rounds(
+                args, [contenders[0], instrumented], (instrumented.name, plain), clock, progress
+            )
+            print_table(
+                f"(c) metrics overhead, {title}",
+                [contenders[0], instrumented],
+                results,
+                targets=[(instrumented.name, plain, 0.95, ALL_COLUMNS)],
+            )
 
 
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:

@@ -45,6 +45,8 @@ PUBLIC_MODULES = [
     "aiolease.httpx",
     "aiolease.aiohttp",
     "aiolease.asgi",
+    "aiolease.otel",
+    "aiolease.prometheus",
 ]
 
 #: Not API: ``from __future__ import annotations`` leaves this behind.
@@ -90,6 +92,8 @@ CONTRACT = {
     "aiolease.httpx": {"LimitedTransport"},
     "aiolease.aiohttp": {"limited"},
     "aiolease.asgi": {"RateLimitMiddleware", "client_ip"},
+    "aiolease.otel": {"instrument", "uninstrument"},
+    "aiolease.prometheus": {"Collector"},
 }
 
 

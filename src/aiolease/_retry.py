@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
+from . import _metrics
 from ._dialects import find_dialect
 from ._lease import unwrap
 from ._transaction import (
@@ -192,6 +193,7 @@ class TransactionAttempts(Generic[C]):
         then count the next attempt."""
         cap = min(self._max_backoff, self._backoff * 2 ** (self._number - 1))
         delay = random.uniform(0, cap)
+        _metrics.transaction_ended("retry")
         logger.debug(
             "retrying transaction (attempt %d of %d) in %.3fs after %r",
             self._number + 1,

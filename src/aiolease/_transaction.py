@@ -22,7 +22,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from . import _tracking
+from . import _metrics, _tracking
 from ._dialects import dialect_for
 from ._dialects._base import ISOLATION_LEVELS, Dialect
 from ._errors import CommitUnknown, Rollback, TransactionError
@@ -400,6 +400,7 @@ class Transaction(Generic[C]):
                 # The cancellation goes on (asyncio.timeout(), TaskGroup and
                 # Task.cancel() rely on it), carrying the unknown outcome.
                 self._mark_broken()
+                _metrics.transaction_ended("unknown")
                 logger.warning(
                     "cancelled during COMMIT on %s: the outcome is unknown (the transaction "
                     "may or may not have been committed); the connection was marked broken",
@@ -416,6 +417,7 @@ class Transaction(Generic[C]):
             except Exception as err:
                 if dialect.is_connection_error(err, conn):
                     self._mark_broken()
+                    _metrics.transaction_ended("unknown")
                     logger.warning(
                         "connection lost during COMMIT on %s (%s: %s): the outcome is unknown "
                         "(the transaction may or may not have been committed); the connection "
@@ -433,9 +435,11 @@ class Transaction(Generic[C]):
                 # The database refused the commit (serialization failure,
                 # deferred constraint...): the transaction is over, nothing was
                 # committed, and the error propagates unchanged.
+                _metrics.transaction_ended("rollback")
                 await self._after_rollback(err)
                 raise
             if committed:
+                _metrics.transaction_ended("commit")
                 if self._on_commit:
                     errors = await _call_hooks(self._on_commit)
                     if errors:
@@ -447,10 +451,12 @@ class Transaction(Generic[C]):
                 "later statement fails and COMMIT turns into ROLLBACK). Let the error "
                 "propagate, or wrap the statement that may fail in a nested atomic() block"
             )
+            _metrics.transaction_ended("rollback")
             await self._after_rollback(error)
             raise error
 
         failed = await self._rollback_quietly(exc, outermost=True)
+        _metrics.transaction_ended("rollback")
         if exc is None:
             if failed is not None:
                 raise TransactionError(f"ROLLBACK failed on {conn!r}") from failed

@@ -35,6 +35,7 @@ from collections.abc import Hashable, Iterable
 from typing import Any
 
 from .._clock import BASE_TIME, loop_time, monotonic
+from .._metrics import LimiterObserver
 
 __all__ = [
     "EPS",
@@ -110,6 +111,7 @@ class LimiterBase:
         "_admitted",
         "_cancelled",
         "_default",
+        "_observer",
         "_rejected",
         "_states",
         "_sweep_mark",
@@ -130,6 +132,7 @@ class LimiterBase:
         # The default key (None) lives outside the map and is never evicted.
         self._states: OrderedDict[Hashable, Any] = OrderedDict()
         self._sweep_mark = SWEEP_FLOOR
+        self._observer: LimiterObserver | None = None  # set by _metrics.register_limiter
 
     def _new_state(self, key: Hashable) -> Any:
         raise NotImplementedError
@@ -175,6 +178,8 @@ class LimiterBase:
         self._wait_total += waited
         if waited > self._wait_max:
             self._wait_max = waited
+        if self._observer is not None:
+            self._observer.queued(waited)
 
     def _describe(self) -> str:
         return repr(self)

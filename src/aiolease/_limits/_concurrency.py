@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from .. import _tracking
+from .. import _metrics, _tracking
 from .._errors import LimitTimeout, WouldBlock
 from ._base import INF, LimiterBase, State, Waiter, fail, pump, withdraw
 from ._validate import check_name, check_timeout
@@ -157,6 +157,7 @@ class ConcurrencyLimiter(LimiterBase):
         self._in_use = 0
         self._timeouts = 0
         self._default = _SlotState(self, None)
+        self._observer = _metrics.register_limiter(self, self._name)
         _tracking.track(self)
 
     # -- public API ---------------------------------------------------------

@@ -11,7 +11,7 @@ from time import monotonic as _monotonic
 from types import TracebackType
 from typing import Any
 
-from .. import _tracking
+from .. import _metrics, _tracking
 from .._errors import RateLimitExceeded
 from ._base import _BASE_TIME, EPS, INF, LimiterBase, State, Waiter, fail, loop_time, pump, withdraw
 from ._validate import check_cost, check_name, check_positive, check_timeout
@@ -459,6 +459,7 @@ class RateLimiter(LimiterBase):
         # timeout then also get a deadline timer.
         self._grouped = False
         self._default = self._new_state(None)
+        self._observer = _metrics.register_limiter(self, self._name)
         _tracking.track(self)
 
     # -- public API ---------------------------------------------------------

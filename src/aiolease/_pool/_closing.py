@@ -188,6 +188,8 @@ async def reset_then_hand_off(pool: Pool[Any], entry: Entry[Any]) -> None:
             raise
         return
     pending = pool._hand_off(entry)
+    if pool._observer is not None:
+        pool._observer.reset_done()
     if pending is not None:
         await pending
 

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from types import EllipsisType, TracebackType
 from typing import Any, Generic, TypeVar
 
-from .. import _tracking
+from .. import _metrics, _tracking
 from .._clock import clock_of
 from .._errors import PoolClosed, PoolTimeout, WouldBlock
 from .._redact import pool_label
@@ -126,6 +126,7 @@ class Pool(Generic[T]):
         "_max_waiting",
         "_min_size",
         "_name",
+        "_observer",
         "_queue",
         "_size",
         "_state",
@@ -203,6 +204,8 @@ class Pool(Generic[T]):
         self._counters = Counters()
         self._drain: Drain | None = None  # the close, once aclose() began
         self._created_at = user_location()
+        # None unless metrics are on (aiolease.otel, aiolease.prometheus): see _metrics.
+        self._observer = _metrics.register_pool(self, self._label)
         _tracking.track(self)
 
     @classmethod
@@ -425,7 +428,7 @@ class Pool(Generic[T]):
             raise
         into._entry = entry
         entry.scoped = into._scoped
-        handle = self._lease(entry)
+        handle = self._lease(entry, start)
         if waited:  # the wait statistics (one copy): up to the lease's start
             counters = self._counters
             waited_for = entry.lease_start - start
@@ -434,12 +437,16 @@ class Pool(Generic[T]):
                 counters.wait_max = waited_for
         return handle
 
-    def _lease(self, entry: Entry[T]) -> T:
-        """The lease bookkeeping (one copy): ``entry`` goes to the current task."""
+    def _lease(self, entry: Entry[T], start: float | None = None) -> T:
+        """The lease bookkeeping (one copy): ``entry`` goes to the current task, which
+        asked for it at ``start`` (None: just now, served on the spot)."""
         info = entry.info
         info.uses += 1
         entry.holder = asyncio.current_task(self._loop)
         entry.lease_start = now = self._clock()
+        observer = self._observer
+        if observer is not None:
+            observer.leased(0.0 if start is None else now - start)
         if self._leak_timeout is not None or _tracking.active:
             entry.lease_stack = caller_stack(sys._getframe(1))
             if self._leak_timeout is not None:  # (leak_reported is read only then)
@@ -494,6 +501,9 @@ class Pool(Generic[T]):
             self._drain.wake.set()
         info = entry.info
         info.last_used_at = self._clock()
+        observer = self._observer
+        if observer is not None:
+            observer.released(info.last_used_at - entry.lease_start)
         hooks = self._hooks
         resource = entry.resource
         if hooks.detach is not None and entry.handle is not resource:

@@ -136,6 +136,7 @@ class Creations(Generic[T]):
 
     async def _run(self, creation: _Creation) -> None:
         pool = self._pool
+        started = pool._clock()
         try:
             resource = await pool._manager.create()
             if id(resource) in pool._live:
@@ -144,7 +145,7 @@ class Creations(Generic[T]):
                     "holds; each resource must be a distinct object"
                 )
         except BaseException as exc:
-            self._failed(creation, exc)
+            self._failed(creation, exc, started)
             if not isinstance(exc, Exception | asyncio.CancelledError):
                 raise
             return
@@ -154,6 +155,8 @@ class Creations(Generic[T]):
         waiter = self._forget(creation)
         now = pool._clock()
         pool._counters.created += 1
+        if pool._observer is not None:
+            pool._observer.created(now - started, None)
         pool._live.add(id(resource))
         if self.backoff.failures:
             logger.info(
@@ -171,7 +174,7 @@ class Creations(Generic[T]):
         if pending is not None:
             await asyncio.shield(pending)
 
-    def _failed(self, creation: _Creation, exc: BaseException) -> None:
+    def _failed(self, creation: _Creation, exc: BaseException, started: float) -> None:
         pool = self._pool
         pool._size -= 1
         target = self._forget(creation)
@@ -188,6 +191,8 @@ class Creations(Generic[T]):
                 )
                 error.__cause__ = exc
             pool._counters.create_errors += 1
+            if pool._observer is not None:
+                pool._observer.created(pool._clock() - started, error)
             wait = self.backoff.failed(pool._clock(), error)
             logger.warning(
                 "%r: creating a resource failed (attempt %d in a row): %s; next attempt "

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from redis import exceptions as _rexc
 
-from .. import _tracking
+from .. import _metrics, _tracking
 from .._errors import LimiterUnavailable, LimitTimeout, WouldBlock
 from .._limits import ConcurrencyLimiter, ConcurrencyLimiterStatistics, ConcurrencyPermit
 from .._limits._validate import check_positive, check_timeout
@@ -204,6 +204,7 @@ class RedisConcurrencyLimiter:
         "_listener_ready",
         "_lost",
         "_name",
+        "_observer",
         "_prefix",
         "_rejected",
         "_renewer",
@@ -272,6 +273,7 @@ class RedisConcurrencyLimiter:
         self._admitted = self._rejected = self._timeouts = self._cancelled = self._lost = 0
         self._waiting = 0
         self._wait_total = self._wait_max = 0.0
+        self._observer = _metrics.register_limiter(self, name)
         _tracking.track(self)
 
     # -- public -------------------------------------------------------------------------------
@@ -548,6 +550,8 @@ class RedisConcurrencyLimiter:
         self._wait_total += waited
         if waited > self._wait_max:
             self._wait_max = waited
+        if self._observer is not None:
+            self._observer.queued(waited)
         return self._grant(keys, key, lid)
 
     def _withdraw(self, keys: tuple[str, ...], lid: str) -> asyncio.Task[Any]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from .. import _tracking
+from .. import _metrics, _tracking
 from .._errors import RateLimitExceeded
 from .._limits import RateLimiter, RateLimiterStatistics, RatePermit
 from .._limits._validate import check_cost, check_positive, check_timeout
@@ -278,6 +278,7 @@ class RedisRateLimiter:
         "_health",
         "_max_cost",
         "_name",
+        "_observer",
         "_on_error",
         "_pause_seq",
         "_pauses",
@@ -376,6 +377,7 @@ class RedisRateLimiter:
         self._admitted = self._rejected = self._cancelled = self._waiting = 0
         self._degraded = 0
         self._wait_total = self._wait_max = 0.0
+        self._observer = _metrics.register_limiter(self, name)
         _tracking.track(self)
 
     # -- public -------------------------------------------------------------------------------
@@ -743,6 +745,8 @@ class RedisRateLimiter:
         self._wait_total += waited
         if waited > self._wait_max:
             self._wait_max = waited
+        if self._observer is not None:
+            self._observer.queued(waited)
 
 
 class _CoolingDown(Exception):

@@ -1,0 +1,277 @@
+"""OpenTelemetry metrics: pools, limiters and transactions by the standard names.
+
+Install with ``pip install 'aiolease[otel]'`` (``opentelemetry-api`` only; the
+application brings the SDK and an exporter). For example:
+
+```python
+from aiolease import otel
+otel.instrument()              # the global MeterProvider; or instrument(meter_provider=...)
+...
+otel.uninstrument()
+```
+
+Pools emit the database-client connection metrics of the OpenTelemetry
+semantic conventions as of :data:`SCHEMA_URL` (the meter carries that schema
+URL). The state instruments (``db.client.connection.count``, ``.idle.min``,
+``.max``, ``.pending_requests``, ``.timeouts``, and the limiters' counts) are
+*asynchronous* (observable) instruments of the kind the conventions name: they
+read each live pool and limiter when the SDK collects, so their values are
+exact for pools made before :func:`instrument` and cost the hot paths nothing.
+The histograms are recorded as things happen. See docs/observability.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from . import _metrics
+
+try:
+    from opentelemetry import metrics
+    from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "aiolease.otel needs opentelemetry-api: pip install 'aiolease[otel]'"
+    ) from exc
+
+__all__ = ["BUCKETS", "SCHEMA_URL", "instrument", "uninstrument"]
+
+#: The semantic conventions these metrics follow (the db.client.connection.* names,
+#: units in seconds); the meter is created with this schema URL.
+SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
+
+#: Histogram bucket boundaries (seconds) advised to the SDK: those the conventions
+#: advise for database operation durations, apt for waits and connects too.
+BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+
+_POOL = "db.client.connection.pool.name"
+_STATE = "db.client.connection.state"
+_LIMITER = "aiolease.limiter.name"
+_RESULT = "aiolease.limiter.result"
+_OUTCOME = "aiolease.transaction.outcome"
+_ERROR_TYPE = "error.type"
+
+
+class _PoolRecorder:
+    __slots__ = ("_attrs", "_create", "_errors", "_use", "_wait")
+
+    def __init__(self, sink: _Sink, name: str) -> None:
+        self._attrs = {_POOL: name}
+        self._wait = sink.wait_time.record
+        self._use = sink.use_time.record
+        self._create = sink.create_time.record
+        self._errors: dict[str, dict[str, str]] = {}  # error.type -> attributes
+
+    def wait(self, seconds: float) -> None:
+        self._wait(seconds, self._attrs)
+
+    def use(self, seconds: float) -> None:
+        self._use(seconds, self._attrs)
+
+    def reset_done(self) -> None:
+        pass  # the count is observed when the SDK collects
+
+    def create(self, seconds: float, error_type: str | None) -> None:
+        if error_type is None:
+            self._create(seconds, self._attrs)
+            return
+        attrs = self._errors.get(error_type)
+        if attrs is None:
+            attrs = self._errors[error_type] = {**self._attrs, _ERROR_TYPE: error_type}
+        self._create(seconds, attrs)
+
+
+class _LimiterRecorder:
+    __slots__ = ("_attrs", "_record")
+
+    def __init__(self, sink: _Sink, name: str) -> None:
+        self._attrs = {_LIMITER: name}
+        self._record = sink.time_in_queue.record
+
+    def queued(self, seconds: float) -> None:
+        self._record(seconds, self._attrs)
+
+
+class _Sink:
+    """The instruments of one MeterProvider. Made once per provider (an SDK keeps an
+    observable instrument's callbacks for good): :func:`uninstrument` only silences it."""
+
+    def __init__(self, provider: MeterProvider | None) -> None:
+        from . import __version__
+
+        self.active = False
+        meter = metrics.get_meter(
+            "aiolease", __version__, meter_provider=provider, schema_url=SCHEMA_URL
+        )
+        connection = "{connection}"
+        meter.create_observable_up_down_counter(
+            "db.client.connection.count",
+            [self._count],
+            connection,
+            "The number of connections that are currently in state described by the "
+            "state attribute.",
+        )
+        meter.create_observable_up_down_counter(
+            "db.client.connection.idle.min",
+            [self._idle_min],
+            connection,
+            "The minimum number of idle open connections allowed (aiolease: min_size, "
+            "which counts every open connection).",
+        )
+        meter.create_observable_up_down_counter(
+            "db.client.connection.max",
+            [self._max],
+            connection,
+            "The maximum number of open connections allowed.",
+        )
+        meter.create_observable_up_down_counter(
+            "db.client.connection.pending_requests",
+            [self._pending],
+            "{request}",
+            "The number of current pending requests for an open connection.",
+        )
+        meter.create_observable_counter(
+            "db.client.connection.timeouts",
+            [self._timeouts],
+            "{timeout}",
+            "The number of connection timeouts that have occurred trying to obtain a "
+            "connection from the pool.",
+        )
+        self.create_time = meter.create_histogram(
+            "db.client.connection.create_time",
+            "s",
+            "The time it took to create a new connection.",
+            explicit_bucket_boundaries_advisory=BUCKETS,
+        )
+        self.wait_time = meter.create_histogram(
+            "db.client.connection.wait_time",
+            "s",
+            "The time it took to obtain an open connection from the pool.",
+            explicit_bucket_boundaries_advisory=BUCKETS,
+        )
+        self.use_time = meter.create_histogram(
+            "db.client.connection.use_time",
+            "s",
+            "The time between borrowing a connection and returning it to the pool.",
+            explicit_bucket_boundaries_advisory=BUCKETS,
+        )
+        meter.create_observable_counter(
+            "aiolease.limiter.requests",
+            [self._limiter_requests],
+            "{request}",
+            "Requests to a limiter by result.",
+        )
+        self.time_in_queue = meter.create_histogram(
+            "aiolease.limiter.request.time_in_queue",
+            "s",
+            "The time a request admitted after waiting spent in the limiter's queue.",
+            explicit_bucket_boundaries_advisory=BUCKETS,
+        )
+        meter.create_observable_up_down_counter(
+            "aiolease.limiter.queued_requests",
+            [self._limiter_queued],
+            "{request}",
+            "Requests waiting in a limiter's queue.",
+        )
+        meter.create_observable_up_down_counter(
+            "aiolease.limiter.active_leases",
+            [self._limiter_leases],
+            "{request}",
+            "Slots held of a concurrency limiter.",
+        )
+        counter = meter.create_counter(
+            "aiolease.transaction.count",
+            "{transaction}",
+            "Outermost transactions by outcome (and retries of them).",
+        )
+        self._tx_add = counter.add
+        self._tx_attrs = {o: {_OUTCOME: o} for o in _metrics.TX_OUTCOMES}
+
+    # -- _metrics.Sink
+    def pool_recorder(self, name: str) -> _PoolRecorder:
+        return _PoolRecorder(self, name)
+
+    def limiter_recorder(self, name: str) -> _LimiterRecorder:
+        return _LimiterRecorder(self, name)
+
+    def transaction(self, outcome: str) -> None:
+        self._tx_add(1, self._tx_attrs[outcome])
+
+    # -- the observable instruments' callbacks
+    def _pools(self) -> Iterable[_metrics.PoolState]:
+        return _metrics.pools() if self.active else ()
+
+    def _limiters(self) -> Iterable[_metrics.LimiterState]:
+        return _metrics.limiters() if self.active else ()
+
+    def _count(self, options: CallbackOptions) -> Iterable[Observation]:
+        for p in self._pools():
+            yield Observation(p.idle, {_POOL: p.name, _STATE: "idle"})
+            yield Observation(p.used, {_POOL: p.name, _STATE: "used"})
+
+    def _idle_min(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(p.min_size, {_POOL: p.name}) for p in self._pools()]
+
+    def _max(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(p.max_size, {_POOL: p.name}) for p in self._pools()]
+
+    def _pending(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(p.pending, {_POOL: p.name}) for p in self._pools()]
+
+    def _timeouts(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(p.timeouts, {_POOL: p.name}) for p in self._pools()]
+
+    def _limiter_requests(self, options: CallbackOptions) -> Iterable[Observation]:
+        for s in self._limiters():
+            for result, value in (
+                ("acquired", s.acquired),
+                ("rejected", s.rejected),
+                ("timeout", s.timeouts),
+                ("canceled", s.canceled),
+            ):
+                yield Observation(value, {_LIMITER: s.name, _RESULT: result})
+
+    def _limiter_queued(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(s.queued, {_LIMITER: s.name}) for s in self._limiters()]
+
+    def _limiter_leases(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(s.active_leases, {_LIMITER: s.name})
+            for s in self._limiters()
+            if s.active_leases is not None
+        ]
+
+
+# One sink per provider, kept: instrumenting a provider again reuses its instruments.
+_by_provider: dict[int, tuple[object, _Sink]] = {}
+_current: _Sink | None = None
+
+
+def instrument(meter_provider: MeterProvider | None = None) -> None:
+    """Emit the metrics of every pool and limiter, existing and later ones, and of
+    transactions, to ``meter_provider`` (None: the global one). Calling it again
+    switches to the new provider.
+
+    Args:
+        meter_provider: an OpenTelemetry ``MeterProvider``.
+    """
+    global _current
+    uninstrument()
+    provider: Any = metrics.get_meter_provider() if meter_provider is None else meter_provider
+    known = _by_provider.get(id(provider))
+    if known is None or known[0] is not provider:
+        known = _by_provider[id(provider)] = (provider, _Sink(provider))
+    sink = known[1]
+    sink.active = True
+    _metrics.attach(sink)
+    _current = sink
+
+
+def uninstrument() -> None:
+    """Stop emitting (the observable instruments report nothing from now on)."""
+    global _current
+    if _current is not None:
+        _current.active = False
+        _metrics.detach(_current)
+        _current = None

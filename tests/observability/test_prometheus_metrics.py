@@ -1,0 +1,219 @@
+"""aiolease.prometheus: the standard names, kinds and labels in a registry; multiprocess mode."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+import aiolease
+from aiolease import Pool, PoolTimeout, prometheus
+from aiolease.testing import FakeConnection, FakeManager
+
+POOL = "db_client_connection_pool_name"
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def registry() -> Iterator[CollectorRegistry]:
+    gc.collect()  # an unreachable pool of an earlier test would still be summed in
+    registry = CollectorRegistry()
+    collector = prometheus.Collector()
+    registry.register(collector)
+    try:
+        yield registry
+    finally:
+        collector.close()
+
+
+def _types(registry: CollectorRegistry) -> dict[str, str]:
+    """metric family -> its # TYPE in the text exposition (a counter's family named
+    without ``_total``, which prometheus_client releases print or not)."""
+    text = generate_latest(registry).decode()
+    types = {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE"):
+            _, _, name, kind = line.split()
+            types[name.removesuffix("_total") if kind == "counter" else name] = kind
+    return types
+
+
+@pytest.mark.aiolease_virtual_time
+async def test_pool_workload(registry: CollectorRegistry) -> None:
+    fm = FakeManager()
+    fm.delay("create", 0.25)
+    fm.fail("create", ConnectionError, calls=1)
+    value = registry.get_sample_value
+    async with Pool(fm, max_size=1, acquire_timeout=5.0, name="orders") as pool:
+        with pytest.raises(ConnectionError):
+            await pool.acquire()
+        held = await pool.acquire()
+        waiter = asyncio.ensure_future(pool.acquire(timeout=1.0))
+        await asyncio.sleep(0.5)
+        used = {POOL: "orders", "db_client_connection_state": "used"}
+        assert value("db_client_connection_count", used) == 1
+        assert value("db_client_connection_pending_requests", {POOL: "orders"}) == 1
+        with pytest.raises(PoolTimeout):
+            await waiter
+        await asyncio.sleep(1.0)
+        await pool.release(held)
+
+        types = _types(registry)
+        for name, kind in {
+            "db_client_connection_count": "gauge",
+            "db_client_connection_idle_min": "gauge",
+            "db_client_connection_max": "gauge",
+            "db_client_connection_pending_requests": "gauge",
+            "db_client_connection_timeouts": "counter",
+            "db_client_connection_create_time_seconds": "histogram",
+            "db_client_connection_wait_time_seconds": "histogram",
+            "db_client_connection_use_time_seconds": "histogram",
+        }.items():
+            assert types[name] == kind, name
+
+        pool_label = {POOL: "orders"}
+        idle = {POOL: "orders", "db_client_connection_state": "idle"}
+        assert value("db_client_connection_count", idle) == 1
+        assert value("db_client_connection_count", used) == 0
+        assert value("db_client_connection_max", pool_label) == 1
+        assert value("db_client_connection_idle_min", pool_label) == 0
+        assert value("db_client_connection_pending_requests", pool_label) == 0
+        assert value("db_client_connection_timeouts_total", pool_label) == 1
+        ok = {POOL: "orders", "error_type": ""}
+        failed = {POOL: "orders", "error_type": "ConnectionError"}
+        assert value("db_client_connection_create_time_seconds_count", ok) == 1
+        assert value("db_client_connection_create_time_seconds_sum", ok) == pytest.approx(0.25)
+        assert value("db_client_connection_create_time_seconds_count", failed) == 1
+        assert value("db_client_connection_wait_time_seconds_count", pool_label) == 1
+        assert value("db_client_connection_use_time_seconds_sum", pool_label) == pytest.approx(2.0)
+        # the buckets: the 2 s use in (1, 5]
+        bucket = {**pool_label, "le": "1.0"}
+        assert value("db_client_connection_use_time_seconds_bucket", bucket) == 0
+        bucket["le"] = "5.0"
+        assert value("db_client_connection_use_time_seconds_bucket", bucket) == 1
+
+
+@pytest.mark.aiolease_virtual_time
+async def test_limiters_and_transactions(registry: CollectorRegistry) -> None:
+    value = registry.get_sample_value
+    lim = aiolease.ConcurrencyLimiter(1, name="api")
+    permit = await lim.acquire()
+    waiter = asyncio.create_task(lim.acquire(key="tenant-1").__aenter__())
+    other = asyncio.create_task(lim.acquire().__aenter__())
+    await asyncio.sleep(0.5)
+    name = {"aiolease_limiter_name": "api"}
+    assert value("aiolease_limiter_queued_requests", name) == 1
+    assert value("aiolease_limiter_active_leases", name) == 2
+    permit.release()
+    (await other).release()
+    (await waiter).release()
+    with pytest.raises(aiolease.WouldBlock):
+        async with lim.acquire():
+            lim.acquire_nowait()
+    acquired = {**name, "aiolease_limiter_result": "acquired"}
+    assert value("aiolease_limiter_requests_total", acquired) == 4
+    rejected = {**name, "aiolease_limiter_result": "rejected"}
+    assert value("aiolease_limiter_requests_total", rejected) == 1
+    assert value("aiolease_limiter_request_time_in_queue_seconds_sum", name) == pytest.approx(0.5)
+
+    conn = FakeConnection()
+    async with aiolease.atomic(conn):
+        pass
+    outcome = {"aiolease_transaction_outcome": "commit"}
+    assert value("aiolease_transaction_count_total", outcome) == 1
+    types = _types(registry)
+    assert types["aiolease_limiter_requests"] == "counter"
+    assert types["aiolease_limiter_request_time_in_queue_seconds"] == "histogram"
+    assert types["aiolease_transaction_count"] == "counter"
+    assert "tenant-1" not in generate_latest(registry).decode()  # never the per-call key
+
+
+_WORKER = textwrap.dedent(
+    """
+    import asyncio, os, sys
+    from aiolease import Pool, prometheus
+    from aiolease.testing import FakeManager
+
+    async def main():
+        collector = prometheus.Collector()
+        pool = Pool(FakeManager(), max_size=3, name="shared")
+        await pool.open()
+        held = await pool.acquire()
+        async with pool.acquire():
+            pass
+        await asyncio.sleep(0)  # the state is written once per turn of the loop
+        print(os.getpid(), flush=True)
+        # exit holding a lease, as a worker serving a request would
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_multiprocess_mode_sums_the_workers(tmp_path: Path) -> None:
+    from prometheus_client import multiprocess
+
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    pids = []
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, "-W", "ignore", "-c", _WORKER],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        pids.append(int(done.stdout.split()[0]))
+    assert list(tmp_path.iterdir())
+
+    def read() -> CollectorRegistry:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(tmp_path))  # type: ignore[no-untyped-call]
+        return registry
+
+    shared = {POOL: "shared"}
+    used = {**shared, "db_client_connection_state": "used"}
+    idle = {**shared, "db_client_connection_state": "idle"}
+    registry = read()
+    assert registry.get_sample_value("db_client_connection_count", used) == 2
+    assert registry.get_sample_value("db_client_connection_count", idle) == 2
+    assert registry.get_sample_value("db_client_connection_max", shared) == 6
+    assert registry.get_sample_value("db_client_connection_wait_time_seconds_count", shared) == 4
+    assert registry.get_sample_value("db_client_connection_use_time_seconds_count", shared) == 2
+    assert (
+        registry.get_sample_value(
+            "db_client_connection_create_time_seconds_count", {**shared, "error_type": ""}
+        )
+        == 4
+    )
+
+    multiprocess.mark_process_dead(pids[0], path=str(tmp_path))  # type: ignore[no-untyped-call]  # livesum: a worker gone
+    registry = read()
+    assert registry.get_sample_value("db_client_connection_count", used) == 1
+    assert registry.get_sample_value("db_client_connection_wait_time_seconds_count", shared) == 4
+
+
+def test_a_value_on_a_bound_counts_in_that_bucket() -> None:
+    from aiolease.prometheus import _LocalHistogram
+
+    histogram = _LocalHistogram("x_seconds", "x", ["p"])
+    for value in (0.001, 0.0011, 10.0, 11.0):
+        histogram.labels("a").observe(value)
+    (family,) = histogram.collect()
+    buckets = {s.labels["le"]: s.value for s in family.samples if s.name == "x_seconds_bucket"}
+    assert buckets["0.001"] == 1  # le: 0.001 <= 0.001
+    assert buckets["0.005"] == 2
+    assert buckets["10.0"] == 3
+    assert buckets["+Inf"] == 4
+    (total,) = (s.value for s in family.samples if s.name == "x_seconds_sum")
+    assert total == pytest.approx(21.0021)
