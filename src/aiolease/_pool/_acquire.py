@@ -77,6 +77,10 @@ class Acquire(Generic[T]):
         self._entered = False
         is_fatal = pool._hooks.is_fatal
         discard = exc is not None and is_fatal is not None and bool(is_fatal(entry.resource, exc))
+        # Unusable, so cut before its close; unless the body was cancelled or timed out:
+        # then the driver may still be cancelling a statement, which its close lets finish.
+        if discard and not isinstance(exc, asyncio.CancelledError | TimeoutError):
+            entry.broken = True
         pending = pool._release(entry.handle, discard)
         if pending is None:
             done = pool._done
@@ -99,6 +103,7 @@ async def run_check(pool: Pool[T], entry: Entry[T], deadline: float) -> bool:
             await check(entry.resource, entry.info)
     except Exception as exc:
         pool._counters.discarded += 1
+        entry.broken = True
         pool._close_soon(entry)
         if scope.expired():
             pool._counters.timeouts += 1
@@ -110,6 +115,7 @@ async def run_check(pool: Pool[T], entry: Entry[T], deadline: float) -> bool:
     except BaseException:
         # Interrupted mid-check: the resource's state is unknown, so close it.
         pool._counters.discarded += 1
+        entry.broken = True
         pool._close_soon(entry)
         raise
     finally:
