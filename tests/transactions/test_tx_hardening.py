@@ -57,7 +57,7 @@ async def test_a_hanging_rollback_is_abandoned_after_cleanup_timeout() -> None:
         async with aiolease.atomic(conn, cleanup_timeout=0.2):
             await conn.execute("INSERT")
             raise Boom
-    assert 0.2 <= loop.time() - start < 2
+    assert 0.199 <= loop.time() - start < 2  # (uvloop's clock counts whole milliseconds)
     assert isinstance(info.value.__context__, TimeoutError)
     assert "cleanup_timeout" in str(info.value.__context__)
     assert any("ROLLBACK also failed" in n for n in info.value.__notes__)
@@ -320,33 +320,23 @@ async def _cancel_mid_statement(conn: Any, proxy: SilentProxy, *, silent: bool) 
 
 
 @pytest.mark.skipif(not HAVE_SOCKET, reason="public mode cannot see asyncpg's cancellation")
-async def test_asyncpg_rollback_behind_a_cancel_nothing_answers_waits_only_the_grace(
-    proxy: SilentProxy,
+@pytest.mark.parametrize("silent", [True, False], ids=["silent peer", "live server"])
+async def test_asyncpg_rollback_behind_a_cancel_waits_only_the_grace(
+    proxy: SilentProxy, silent: bool
 ) -> None:
-    # asyncpg queues the ROLLBACK behind its cancel request of the cancelled statement; on a
-    # silent peer neither is ever answered. atomic waits the dialect's cancel_grace (0.5 s),
-    # not cleanup_timeout (5 s), so the connection's pool slot is free again at once.
+    # asyncpg queues the ROLLBACK behind its cancel request of the cancelled statement. On a
+    # silent peer neither is ever answered: atomic waits the dialect's cancel_grace (0.5 s),
+    # not cleanup_timeout (5 s), so the connection's pool slot is free again at once. A live
+    # server answers the cancel at once, the ROLLBACK follows and the connection is kept.
     conn = await _connect("asyncpg", proxy)
     try:
-        assert await _cancel_mid_statement(conn, proxy, silent=True) < 2.5
-        assert _tracking.is_broken(conn)
-        assert conn.is_closed()  # abandoned: its transport was aborted
-    finally:
-        await _close(conn)
-
-
-@pytest.mark.skipif(not HAVE_SOCKET, reason="public mode cannot see asyncpg's cancellation")
-async def test_asyncpg_statement_cancelled_on_a_live_server_keeps_its_connection(
-    proxy: SilentProxy,
-) -> None:
-    # The grace is for silent peers only: a live server answers the cancel at once, the
-    # ROLLBACK follows and the connection stays usable.
-    conn = await _connect("asyncpg", proxy)
-    try:
-        assert await _cancel_mid_statement(conn, proxy, silent=False) < 2.5
-        assert not _tracking.is_broken(conn)
-        assert await conn.fetchval("SELECT 1") == 1
-        assert not conn.is_in_transaction()
+        assert await _cancel_mid_statement(conn, proxy, silent=silent) < 2.5
+        assert _tracking.is_broken(conn) is silent
+        if silent:
+            assert conn.is_closed()  # abandoned: its transport was aborted
+        else:
+            assert await conn.fetchval("SELECT 1") == 1
+            assert not conn.is_in_transaction()
     finally:
         await _close(conn)
 
