@@ -20,12 +20,13 @@ import asyncio
 import calendar
 import email.utils
 import inspect
-import logging
 import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Hashable
 from typing import Any, Generic, Protocol, TypeVar
+
+from ._logs import get_logger
 
 __all__ = [
     "IDEMPOTENT_METHODS",
@@ -36,7 +37,7 @@ __all__ = [
     "retry_delay",
 ]
 
-logger = logging.getLogger("aiolease.http")
+logger = get_logger("aiolease.http")
 
 #: Methods RFC 9110 defines as idempotent: retried after a 429/503 by default.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})

@@ -13,12 +13,14 @@ it fails with a connection error (the pool discards the connection).
 from __future__ import annotations
 
 import asyncio
-import logging
+import functools
 import socket
 import weakref
 from typing import Any
 
-logger = logging.getLogger("aiolease.pool")
+from ._logs import get_logger
+
+logger = get_logger("aiolease.pool")
 
 #: Seconds of silence before the first keepalive probe.
 KEEPALIVE_IDLE = 5
@@ -100,9 +102,9 @@ class PoolExpirer:
             return
         logger.warning("%r: the server failed over (%r): expiring every connection", pool, exc)
         self._task = loop.create_task(pool.expire())
-        self._task.add_done_callback(_log_failure)
+        self._task.add_done_callback(functools.partial(_log_failure, pool))
 
 
-def _log_failure(task: asyncio.Task[None]) -> None:
+def _log_failure(pool: Any, task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        logger.warning("expiring the pool after a failover failed: %r", task.exception())
+        logger.warning("%r: expiring the pool after a failover failed: %r", pool, task.exception())

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 import math
 from collections.abc import Callable
 from types import TracebackType
@@ -28,6 +27,8 @@ from ._dialects import dialect_for
 from ._dialects._base import ISOLATION_LEVELS, Dialect
 from ._errors import CommitUnknown, Rollback, TransactionError
 from ._lease import unwrap
+from ._logs import get_logger
+from ._redact import redact
 
 __all__ = [
     "HookError",
@@ -38,7 +39,7 @@ __all__ = [
     "transaction_attempts",
 ]
 
-logger = logging.getLogger("aiolease.transaction")
+logger = get_logger("aiolease.transaction")
 
 C = TypeVar("C")
 R = TypeVar("R")
@@ -167,6 +168,7 @@ class Transaction(Generic[C]):
         "_on_commit",
         "_on_rollback",
         "_parent",
+        "_pool",
         "_raw",
         "_readonly",
         "_retrying",
@@ -204,6 +206,7 @@ class Transaction(Generic[C]):
         self._savepoint = bool(savepoint)
         self._durable = bool(durable)
         self._parent: Transaction[C] | None = None
+        self._pool: Any = None  # the pool it acquired its connection from, for log lines
         self._sp_name: str | None = None
         self._state = _NEW
         self._task: asyncio.Task[Any] | None = None
@@ -398,9 +401,9 @@ class Transaction(Generic[C]):
                 # Task.cancel() rely on it), carrying the unknown outcome.
                 self._mark_broken()
                 logger.warning(
-                    "cancelled during COMMIT on %r: the outcome is unknown (the transaction "
+                    "cancelled during COMMIT on %s: the outcome is unknown (the transaction "
                     "may or may not have been committed); the connection was marked broken",
-                    self._connection,
+                    self._where(),
                 )
                 _attach(
                     err,
@@ -413,8 +416,17 @@ class Transaction(Generic[C]):
             except Exception as err:
                 if dialect.is_connection_error(err, conn):
                     self._mark_broken()
+                    logger.warning(
+                        "connection lost during COMMIT on %s (%s: %s): the outcome is unknown "
+                        "(the transaction may or may not have been committed); the connection "
+                        "was marked broken",
+                        self._where(),
+                        type(err).__name__,
+                        err,
+                    )
                     raise CommitUnknown(
-                        f"the connection was lost during COMMIT ({type(err).__name__}: {err}): "
+                        "the connection was lost during COMMIT "
+                        f"({type(err).__name__}: {redact(str(err))}): "
                         "the transaction may or may not have been committed; "
                         f"{conn!r} was marked broken (a pool discards it)"
                     ) from err
@@ -548,7 +560,7 @@ class Transaction(Generic[C]):
             try:
                 dialect.abort(raw)
             except Exception as abort_error:
-                logger.warning("aborting %r failed: %r", self._connection, abort_error)
+                logger.warning("aborting %s failed: %r", self._where(), abort_error)
             task.cancel()
             task.add_done_callback(_consume)
         elif task.cancelled():
@@ -557,8 +569,8 @@ class Transaction(Generic[C]):
             err = task.exception()
         if err is not None:
             self._mark_broken()
-            logger.warning("%s failed on %r: %r", what, self._connection, err)
-            note = f"aiolease: {what} also failed ({type(err).__name__}: {err})"
+            logger.warning("%s failed on %s: %r", what, self._where(), err)
+            note = f"aiolease: {what} also failed ({type(err).__name__}: {redact(str(err))})"
             if exc is not None:
                 _attach(exc, err, note)
             if cancelled is not None and cancelled is not exc:
@@ -568,6 +580,12 @@ class Transaction(Generic[C]):
                 _attach(cancelled, exc)
             raise cancelled
         return err
+
+    def _where(self) -> str:
+        """The connection for a log line, and its pool when known."""
+        if self._pool is None:
+            return repr(self._connection)
+        return f"{self._connection!r} of {self._pool!r}"
 
     def _mark_broken(self) -> None:
         _tracking.mark_broken(self._raw)
@@ -756,6 +774,7 @@ async def _begin_on_pool(
     conn = await acquire.__aenter__()
     try:
         tx: Transaction[Any] = Transaction(conn, **_with_pool_defaults(pool, options))
+        tx._pool = pool
         if created is not None:
             created(tx)
         await tx.__aenter__()

@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 import math
 from collections.abc import Awaitable, Callable, Collection, Hashable, MutableMapping
 from typing import Any
 
 from ._errors import RateLimitExceeded, WouldBlock
+from ._logs import get_logger
 
 __all__ = ["RateLimitMiddleware", "client_ip"]
 
-logger = logging.getLogger("aiolease.asgi")
+logger = get_logger("aiolease.asgi")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

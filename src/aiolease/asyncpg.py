@@ -6,14 +6,15 @@ Install with ``pip install aiolease[asyncpg]``.
 from __future__ import annotations
 
 import asyncio
-import logging
 import select
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from ._driver_args import check_connect_kwargs, check_timeout_seconds, keywords_of
 from ._lease import LeaseProxies
 from ._liveness import CANCEL_GRACE, DEFAULT_CONNECT_TIMEOUT, PoolExpirer, set_keepalive
+from ._logs import get_logger
 from ._pool import Pool
+from ._redact import dsn_label, dsn_secrets, redact, scrubbed
 from .abc import Manager, ResourceInfo
 
 try:
@@ -45,7 +46,7 @@ __all__ = ["AsyncpgManager", "create_pool"]
 # typo, refused at the call rather than at the first connect.
 _CONNECT_KEYWORDS = (keywords_of(asyncpg.connect) or frozenset()) - {"dsn"}
 
-logger = logging.getLogger("aiolease.asyncpg")
+logger = get_logger("aiolease.pool.asyncpg")
 
 Reset = Literal["transaction", "session"]
 
@@ -325,6 +326,8 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
         #: Expires the pool on a failover error (see is_fatal); bound by create_pool.
         self.failover = PoolExpirer()
         self.dsn = dsn
+        self._secrets = dsn_secrets(dsn, connect_kwargs)
+        self._pool_name = dsn_label(dsn, connect_kwargs)
         self._session_reset = reset == "session"  # (read on every release)
         self.reset_timeout = check_timeout_seconds("reset_timeout", reset_timeout)
         self.close_timeout = check_timeout_seconds("close_timeout", close_timeout)
@@ -335,11 +338,21 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
         """``"transaction"`` or ``"session"``: see the class docstring."""
         return "session" if self._session_reset else "transaction"
 
+    def __repr__(self) -> str:
+        return f"<AsyncpgManager {self._pool_name!r} reset={self.reset_mode!r}>"
+
+    def _aiolease_pool_name(self) -> str:
+        """What an unnamed pool of this manager goes by in its repr, logs and metrics:
+        ``server.address:server.port/db.namespace`` (see aiolease._redact.pool_label)."""
+        return self._pool_name
+
     async def create(self) -> Connection:
         # asyncpg applies ``timeout`` to each step of connecting; the scope bounds the
         # whole (a second's grace, so that asyncpg's own timeout normally reports it).
         async with asyncio.timeout(self.connect_timeout + 1.0):
-            conn: Connection = await asyncpg.connect(self.dsn, **self.connect_kwargs)
+            conn: Connection = await scrubbed(
+                asyncpg.connect(self.dsn, **self.connect_kwargs), self._secrets
+            )
         # Keepalive: a silent peer is detected within SILENT_PEER_BOUND seconds.
         set_keepalive(connection_socket(conn))
         _install_watch(conn)
@@ -376,7 +389,8 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
                     await resource.execute("SELECT 1")
             except Exception as exc:  # any failure (incl. the driver's InternalClientError)
                 raise ConnectionError(
-                    f"connection failed its check after unread data while idle: {exc!r}"
+                    "connection failed its check after unread data while idle: "
+                    + redact(repr(exc), self._secrets)
                 ) from exc
 
     def reset_needed(self, resource: Connection, info: ResourceInfo) -> bool:
@@ -406,7 +420,11 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
         if self._session_reset:
             await resource.reset(timeout=self.reset_timeout)
         elif resource.is_in_transaction() or transaction_pending(resource):
-            logger.warning("rolling back a transaction left open on %r at release", resource)
+            logger.warning(
+                "%s: rolling back a transaction left open on %r at release",
+                self._pool_name,
+                resource,
+            )
             await end_transaction(resource, self.reset_timeout)
 
     async def close(self, resource: Connection) -> None:

@@ -11,14 +11,15 @@ idle (see :class:`PsycopgManager`).
 from __future__ import annotations
 
 import asyncio
-import logging
 import select
 from typing import Any
 
 from ._driver_args import check_connect_kwargs, check_timeout_seconds, keywords_of
 from ._lease import LeaseProxies
 from ._liveness import DEFAULT_CONNECT_TIMEOUT, LIBPQ_KEEPALIVE, PoolExpirer
+from ._logs import get_logger
 from ._pool import Pool
+from ._redact import dsn_label, dsn_secrets, redact, scrubbed
 from .abc import Manager, ResourceInfo
 
 try:
@@ -32,7 +33,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 __all__ = ["PsycopgManager", "create_pool"]
 
-logger = logging.getLogger("aiolease.psycopg")
+logger = get_logger("aiolease.pool.psycopg")
 
 _TS = pq.TransactionStatus
 _OK = pq.ConnStatus.OK
@@ -65,10 +66,23 @@ def _read_only_server(conn: AsyncConnection) -> bool:
     return all(v is None for v in reported) or "on" in reported
 
 
-def _conninfo_defaults(conninfo: str, connect_kwargs: dict[str, Any]) -> None:
+def _parse_conninfo(conninfo: str) -> dict[str, Any]:
+    """The parameters of a conninfo string.
+
+    Raises:
+        ValueError: a malformed conninfo; the message never shows its password (libpq's
+            own quotes the string whole).
+    """
+    try:
+        return psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError as exc:
+        error = f"malformed conninfo for psycopg: {redact(str(exc).strip())}"
+    raise ValueError(error)  # outside the except clause: no __context__ with the string
+
+
+def _conninfo_defaults(given: dict[str, Any], connect_kwargs: dict[str, Any]) -> None:
     """Add libpq's keepalive and TCP user timeout parameters to ``connect_kwargs``,
-    each unless the conninfo string or the keywords set it already."""
-    given = psycopg.conninfo.conninfo_to_dict(conninfo)
+    each unless the conninfo string (``given``) or the keywords set it already."""
     for key, value in LIBPQ_KEEPALIVE.items():
         if key not in given:
             connect_kwargs.setdefault(key, value)
@@ -234,7 +248,7 @@ def _check_connect_kwargs(kwargs: dict[str, Any]) -> None:
                     "psycopg.AsyncConnection.connect() (nor a libpq connection parameter)",
                     ("reset_timeout", "connect_timeout", "pgbouncer"),
                 )
-        raise TypeError(f"bad connection parameters for psycopg: {exc}") from exc
+        raise TypeError(f"bad connection parameters for psycopg: {redact(str(exc))}") from exc
 
 
 class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
@@ -298,19 +312,33 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
         self.pgbouncer = pgbouncer
         _check_connect_kwargs(connect_kwargs)
         self.conninfo = conninfo
+        given = _parse_conninfo(conninfo)
         connect_kwargs.setdefault("autocommit", True)
-        _conninfo_defaults(conninfo, connect_kwargs)
-        if "connect_timeout" not in psycopg.conninfo.conninfo_to_dict(conninfo):
+        _conninfo_defaults(given, connect_kwargs)
+        if "connect_timeout" not in given:
             connect_kwargs.setdefault("connect_timeout", max(2, round(self.connect_timeout)))
         self.connect_kwargs = connect_kwargs
+        self._secrets = (*dsn_secrets(None, given), *dsn_secrets(None, connect_kwargs))
+        self._pool_name = dsn_label(None, {**given, **connect_kwargs})
         #: Expires the pool on a failover error (see is_fatal); bound by create_pool.
         self.failover = PoolExpirer()
+
+    def __repr__(self) -> str:
+        return f"<PsycopgManager {self._pool_name!r}>"
+
+    def _aiolease_pool_name(self) -> str:
+        """What an unnamed pool of this manager goes by in its repr, logs and metrics:
+        ``server.address:server.port/db.namespace`` (see aiolease._redact.pool_label)."""
+        return self._pool_name
 
     async def create(self) -> AsyncConnection:
         # libpq's connect_timeout is per host and attempt; the scope bounds the whole
         # (a second's grace, so that psycopg's own timeout normally reports it).
         async with asyncio.timeout(self.connect_timeout + 1.0):
-            conn = await psycopg.AsyncConnection.connect(self.conninfo, **self.connect_kwargs)
+            conn = await scrubbed(
+                psycopg.AsyncConnection.connect(self.conninfo, **self.connect_kwargs),
+                self._secrets,
+            )
         _install_watch(conn)
         return conn
 
@@ -351,7 +379,9 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
             pgconn.consume_input()
             pgconn.is_busy()
         except psycopg.Error as exc:
-            raise ConnectionError(f"connection was lost while idle: {exc}") from exc
+            raise ConnectionError(
+                f"connection was lost while idle: {redact(str(exc), self._secrets)}"
+            ) from exc
         fatal = _fatal_notice(resource)
         if fatal is not None:
             raise ConnectionError(f"the server terminated the connection while idle: {fatal}")
@@ -367,7 +397,8 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
                 await _round_trip(resource)
         except Exception as exc:  # TimeoutError included
             raise ConnectionError(
-                f"connection failed its check after data arrived while idle: {exc!r}"
+                "connection failed its check after data arrived while idle: "
+                + redact(repr(exc), self._secrets)
             ) from exc
 
     def reset_needed(self, resource: AsyncConnection, info: ResourceInfo) -> bool:
@@ -387,7 +418,11 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
         if status == _TS.IDLE:
             return
         if status in (_TS.INTRANS, _TS.INERROR):
-            logger.warning("rolling back a transaction left open on %r at release", resource)
+            logger.warning(
+                "%s: rolling back a transaction left open on %r at release",
+                self._pool_name,
+                resource,
+            )
             async with asyncio.timeout(self.reset_timeout):
                 await resource.rollback()
             return

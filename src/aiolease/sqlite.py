@@ -20,6 +20,7 @@ from ._dialects.sqlite import enable_loop_commit
 from ._driver_args import check_connect_kwargs, check_pragmas, keywords_of
 from ._lease import LeaseProxies
 from ._pool import Pool
+from ._redact import redact
 from .abc import Manager, ResourceInfo
 
 try:
@@ -147,6 +148,8 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
             raise TypeError(f"commit_on_loop must be a bool, got {commit_on_loop!r}")
         self.path = os.fspath(path)
         _check_path(self.path)
+        # What an unnamed pool goes by: the path (a ``file:`` URI without its query).
+        self._pool_name = redact(self.path.partition("?")[0])
         self.commit_on_loop = commit_on_loop
         self.pragmas = check_pragmas(DEFAULT_PRAGMAS if pragmas is None else pragmas)
         check_connect_kwargs(
@@ -162,6 +165,11 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
         self._stopping: weakref.WeakKeyDictionary[aiosqlite.Connection, asyncio.Future[Any]] = (
             weakref.WeakKeyDictionary()
         )
+
+    def _aiolease_pool_name(self) -> str:
+        """What an unnamed pool of this manager goes by in its repr, logs and metrics:
+        the database's path (a ``file:`` URI without its query, which may hold more)."""
+        return self._pool_name
 
     async def create(self) -> aiosqlite.Connection:
         # Connecting runs in aiosqlite's own thread and cannot be interrupted. If we are

@@ -7,6 +7,7 @@ through a proxy that can go silent; the shared server is never touched.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import subprocess
@@ -171,13 +172,17 @@ async def test_concurrency_waiter_bounded_when_redis_goes_silent(silent: SilentP
 # -- down, then back ----------------------------------------------------------------------------
 
 
-async def test_rate_limiter_recovers_after_a_restart(own_redis: OwnRedis) -> None:
+async def test_rate_limiter_recovers_after_a_restart(
+    own_redis: OwnRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="aiolease.redis")
     async with redis_asyncio.Redis.from_url(own_redis.url) as client:
         lim = RedisRateLimiter(client, "faults", 1000, burst=10, call_timeout=0.2)
         await lim.acquire()
         await own_redis.kill()
-        with pytest.raises(LimiterUnavailable):
-            await lim.acquire(timeout=1.0)
+        for _ in range(3):
+            with pytest.raises(LimiterUnavailable):
+                await lim.acquire(timeout=1.0)
         await own_redis.start()  # no persistence: the limiter state is gone
         t0 = now()
         while True:
@@ -190,6 +195,12 @@ async def test_rate_limiter_recovers_after_a_restart(own_redis: OwnRedis) -> Non
         assert not permit.degraded
         assert lim.statistics().errors >= 1
         await lim.aclose()
+    # One line when the outage starts, one when it ends (docs/logging.md), naming the limiter.
+    (down,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "Redis unavailable for rate limiter 'faults'" in down.getMessage()
+    assert "answering by on_error='raise' meanwhile" in down.getMessage()
+    (up,) = [r for r in caplog.records if r.levelno == logging.INFO]
+    assert "Redis answers again for rate limiter 'faults', after " in up.getMessage()
 
 
 async def test_fallback_admits_while_redis_is_down_and_redis_takes_over_again(

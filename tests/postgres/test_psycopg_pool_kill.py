@@ -688,7 +688,7 @@ async def test_failing_notify_handler_does_not_discard_the_connection(
             await conn.execute(f"LISTEN {channel}")
         await admin.execute(f"NOTIFY {channel}, 'x'")
         await wait_readable(conn)
-        with caplog.at_level("ERROR", logger="aiolease.psycopg"):
+        with caplog.at_level("ERROR", logger="aiolease.pool.psycopg"):
             async with pool.acquire() as conn2:
                 assert raw(conn2) is raw(conn)
                 conn2.remove_notify_handler(handler)

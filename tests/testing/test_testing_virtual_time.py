@@ -12,6 +12,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+import anyio
+import anyio.from_thread
+import anyio.to_thread
 import pytest
 
 import aiolease
@@ -237,9 +240,10 @@ def test_timeout_around_a_thread_does_not_fire_while_the_thread_works() -> None:
 
 
 def test_plain_def_dependencies_run_in_threads_without_jumps_or_no_progress() -> None:
-    """A web app's plain ``def`` dependency and endpoint, each handed to a thread (as ASGI
-    frameworks do), with a request timeout around them and no other timer: the clock holds
-    while they block, and no NoProgressError although no task is ready meanwhile."""
+    """A plain ``def`` dependency and endpoint, each handed to a thread with asyncio's own
+    API, with a request timeout around them and no other timer: the clock holds while they
+    block, and no NoProgressError although no task is ready meanwhile. (FastAPI itself goes
+    through anyio: tests/integrations/test_integ_virtual_time_fastapi.py.)"""
 
     def get_settings() -> dict[str, float]:  # a blocking dependency (reads a file, say)
         time.sleep(0.03)
@@ -267,6 +271,108 @@ def test_thread_work_without_any_timer_is_pending_not_no_progress() -> None:
         return await asyncio.to_thread(_slow_answer, 0.05, "answered")
 
     assert run(main, stall_timeout=5.0) == "answered"
+
+
+# -- anyio's worker threads (anyio.to_thread.run_sync, as Starlette and FastAPI use) ---------
+
+
+def test_anyio_thread_calls_hold_the_clock_and_never_race_the_jump() -> None:
+
+    async def main() -> tuple[list[str], float]:
+        loop = asyncio.get_running_loop()
+        log: list[str] = []
+        loop.call_later(0.001, log.append, "timer")  # fires first if the clock jumps
+        async with asyncio.timeout(0.002):
+            log.append(await anyio.to_thread.run_sync(_slow_answer, 0.05, "slow"))
+            # Many short calls: an answer landing between the loop's poll and its look at
+            # pending work must not be jumped over.
+            for _ in range(200):
+                await anyio.to_thread.run_sync(int)
+            log.append(await anyio.to_thread.run_sync(_slow_answer, 0.0, "fast"))
+        return log, loop.time()
+
+    assert run(main) == (["slow", "fast"], 0.0)
+
+
+def test_anyio_call_abandoned_by_its_caller_holds_the_clock_until_the_thread_answers() -> None:
+    """``abandon_on_cancel``: the caller is cancelled while the thread works; the thread still
+    runs and will wake the loop, so the clock must not jump past it meanwhile."""
+    started, finished = threading.Event(), threading.Event()
+
+    def work() -> None:
+        started.set()
+        time.sleep(0.05)
+        finished.set()
+
+    async def main() -> tuple[bool, float]:
+        loop = asyncio.get_running_loop()
+        caller = asyncio.create_task(anyio.to_thread.run_sync(work, abandon_on_cancel=True))
+        await asyncio.to_thread(started.wait)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        await asyncio.sleep(10.0)  # the jump waits for the abandoned thread
+        return finished.is_set(), loop.time()
+
+    assert run(main) == (True, 10.0)
+
+
+def test_anyio_call_cancelled_before_its_thread_started_is_not_pending() -> None:
+    """A call still waiting for a limiter token when its caller is cancelled never runs: it
+    stops counting (else the loop would wait for it until NoProgressError)."""
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        limiter = anyio.CapacityLimiter(1)
+        release = threading.Event()
+        holder = asyncio.create_task(anyio.to_thread.run_sync(release.wait, limiter=limiter))
+        queued = asyncio.create_task(anyio.to_thread.run_sync(int, limiter=limiter))
+        for _ in range(5):  # both tasks reach the limiter
+            await asyncio.sleep(0)
+        assert limiter.statistics().tasks_waiting == 1
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        release.set()
+        assert await holder is True
+        await asyncio.sleep(5.0)  # no call pending any more: the clock jumps
+        return loop.time()
+
+    assert run(main, stall_timeout=2.0) == 5.0
+
+
+def test_anyio_thread_waiting_for_the_loop_lets_the_clock_move_then_holds_it_again() -> None:
+    """A worker thread that runs a coroutine on the loop (``anyio.from_thread.run``) does no
+    work while it waits: the coroutine's sleep jumps. Once the thread has its answer it works
+    again, and the clock holds until it returns."""
+
+    def work() -> str:
+        answer = anyio.from_thread.run(asyncio.sleep, 30.0, "slept")
+        time.sleep(0.05)
+        return answer
+
+    async def main() -> list[tuple[str, float]]:
+        loop = asyncio.get_running_loop()
+        log: list[tuple[str, float]] = []
+        loop.call_later(30.001, lambda: log.append(("timer", loop.time())))
+        log.append((await anyio.to_thread.run_sync(work), loop.time()))
+        await asyncio.sleep(1.0)
+        return log
+
+    assert run(main, stall_timeout=5.0) == [("slept", 30.0), ("timer", 30.001)]
+
+
+def test_anyio_run_sync_is_wrapped_only_while_a_virtual_time_loop_runs() -> None:
+    originals = anyio.to_thread.run_sync, anyio.from_thread.run
+
+    async def main() -> tuple[bool, int]:
+        now = anyio.to_thread.run_sync, anyio.from_thread.run
+        return now == originals, await anyio.to_thread.run_sync(int, "7")
+
+    assert run(main) == (False, 7)
+    assert (anyio.to_thread.run_sync, anyio.from_thread.run) == originals
+    # On any other loop the call goes straight through.
+    assert asyncio.run(main()) == (True, 7)
 
 
 def test_aiosqlite_calls_hold_the_clock_while_its_thread_works(tmp_path: Path) -> None:
@@ -324,19 +430,30 @@ def test_child_process_is_awaited_with_the_clock_frozen() -> None:
     assert run(main) == (0, b"child\n", 0.0)
 
 
-def test_stuck_executor_job_raises_no_progress_after_stall_timeout() -> None:
+@pytest.mark.parametrize(
+    ("to_thread", "what"),
+    [
+        (asyncio.to_thread, "executor job"),
+        # Looked up at the call: the loop wraps anyio's function while it runs.
+        (lambda func: anyio.to_thread.run_sync(func), "anyio worker thread call"),
+    ],
+    ids=["asyncio", "anyio"],
+)
+def test_stuck_thread_raises_no_progress_after_stall_timeout(
+    to_thread: Callable[..., Awaitable[object]], what: str
+) -> None:
     release = threading.Event()
 
     async def main() -> None:
-        await asyncio.to_thread(release.wait)
+        await to_thread(release.wait)
 
     runner = asyncio.Runner(loop_factory=functools.partial(VirtualTimeLoop, stall_timeout=0.1))
     try:
-        stalled = r"waiting for 1 executor job\(s\), but nothing happened for 0.1 s"
+        stalled = rf"waiting for 1 {what}\(s\), but nothing happened for 0.1 s"
         with pytest.raises(NoProgressError, match=stalled):
             runner.run(main())
     finally:
-        release.set()  # let the thread end so the executor can shut down
+        release.set()  # let the thread end so the runner can close
         runner.close()
 
 

@@ -9,6 +9,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .._errors import PoolTimeout
+from .._logs import get_logger
+from ._closing import error_text, note_discard
 
 if TYPE_CHECKING:
     from ._core import Pool
@@ -17,7 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["Acquire", "run_check", "self_wait_error", "waiting_on_itself"]
 
 T = TypeVar("T")
-logger = logging.getLogger("aiolease.pool")
+logger = get_logger("aiolease.pool")
 _INF = float("inf")
 
 
@@ -77,10 +79,18 @@ class Acquire(Generic[T]):
         self._entered = False
         is_fatal = pool._hooks.is_fatal
         discard = exc is not None and is_fatal is not None and bool(is_fatal(entry.resource, exc))
-        # Unusable, so cut before its close; unless the body was cancelled or timed out:
-        # then the driver may still be cancelling a statement, which its close lets finish.
-        if discard and not isinstance(exc, asyncio.CancelledError | TimeoutError):
-            entry.broken = True
+        if discard:
+            assert exc is not None
+            logger.info(
+                "%r: %r is unusable after its holder's error (%s); the pool discards it",
+                pool,
+                entry.resource,
+                error_text(exc),
+            )
+            # Unusable, so cut before its close; unless the body was cancelled or timed
+            # out: the driver may still be cancelling a statement, which its close lets end.
+            if not isinstance(exc, asyncio.CancelledError | TimeoutError):
+                entry.broken = True
         pending = pool._release(entry.handle, discard)
         if pending is None:
             done = pool._done
@@ -102,19 +112,19 @@ async def run_check(pool: Pool[T], entry: Entry[T], deadline: float) -> bool:
         async with asyncio.timeout_at(None if deadline == _INF else deadline) as scope:
             await check(entry.resource, entry.info)
     except Exception as exc:
-        pool._counters.discarded += 1
         entry.broken = True
         pool._close_soon(entry)
         if scope.expired():
+            note_discard(pool, entry.resource, "its check outlasted the acquire timeout")
             pool._counters.timeouts += 1
             raise PoolTimeout(f"{pool!r}: no resource within the acquire timeout") from (
                 pool._creations.backoff.last_error
             )
-        logger.info("%r: check failed for %r (%r); discarding it", pool, entry.resource, exc)
+        note_discard(pool, entry.resource, f"its check failed: {error_text(exc)}")
         return False
     except BaseException:
         # Interrupted mid-check: the resource's state is unknown, so close it.
-        pool._counters.discarded += 1
+        note_discard(pool, entry.resource, "its check was cancelled", logging.DEBUG)
         entry.broken = True
         pool._close_soon(entry)
         raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .._redact import redact
 from ._backoff import Backoff
 
 __all__ = ["check_backoff", "check_int", "check_options", "check_seconds", "check_timeout"]
@@ -69,7 +70,8 @@ def check_options(
     max_waiting, max_lifetime, idle_timeout, leak_timeout, close_timeout, name, backoff)``."""
     if not callable(getattr(manager, "create", None)):
         raise TypeError(
-            f"manager must implement async create() (an aiolease.abc.Manager), got {manager!r}"
+            "manager must implement async create() (an aiolease.abc.Manager), got "
+            + redact(repr(manager))
         )
     min_size = check_int("min_size", options["min_size"], 0)
     max_size = check_int("max_size", options["max_size"], 1)

@@ -14,14 +14,23 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _tracking
 from .._errors import PoolClosed
+from .._logs import get_logger
 
 if TYPE_CHECKING:
     from ._core import Pool
     from ._entries import Entry
 
-__all__ = ["Drain", "close_all", "close_resource", "reset_then_hand_off"]
+__all__ = [
+    "Drain",
+    "close_all",
+    "close_resource",
+    "error_text",
+    "note_discard",
+    "reset_then_hand_off",
+    "retire",
+]
 
-logger = logging.getLogger("aiolease.pool")
+logger = get_logger("aiolease.pool")
 _INF = float("inf")
 # First report of outstanding leases, in seconds after the wait began; each next one
 # comes twice as long after, up to the cap.
@@ -67,7 +76,7 @@ async def close_all(pool: Pool[Any], drain: Drain) -> None:
             fut.set_exception(closed)
     pool._creations.close()
     while pool._idle:
-        pool._close_soon(pool._idle.pop())
+        retire(pool, pool._idle.pop())
     start = loop.time()
     report_at = start + FIRST_REPORT
     interval = FIRST_REPORT
@@ -184,9 +193,10 @@ async def reset_then_hand_off(pool: Pool[Any], entry: Entry[Any]) -> None:
     try:
         await reset(entry.resource, entry.info)
     except BaseException as exc:
-        if not isinstance(exc, asyncio.CancelledError):
-            logger.info("%r: reset failed for %r (%r); discarding it", pool, entry.resource, exc)
-        pool._counters.discarded += 1
+        if isinstance(exc, asyncio.CancelledError):
+            note_discard(pool, entry.resource, "its reset was cancelled", logging.DEBUG)
+        else:
+            note_discard(pool, entry.resource, f"its reset failed: {error_text(exc)}")
         await close_resource(pool, entry)
         if not isinstance(exc, Exception):
             raise
@@ -194,3 +204,37 @@ async def reset_then_hand_off(pool: Pool[Any], entry: Entry[Any]) -> None:
     pending = pool._hand_off(entry)
     if pending is not None:
         await pending
+
+
+def error_text(exc: BaseException) -> str:
+    """An error for a log line: its type and message (``TimeoutError`` alone when empty)."""
+    message = str(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def note_discard(pool: Pool[Any], resource: object, why: str, level: int = logging.INFO) -> None:
+    """Count a resource the pool closes because it failed or was given back with
+    ``discard=True`` (``statistics().discarded``), and log one line saying why."""
+    pool._counters.discarded += 1
+    logger.log(level, "%r: discarding %r: %s", pool, resource, why)
+
+
+def retire(pool: Pool[Any], entry: Entry[Any]) -> asyncio.Future[Any]:
+    """Close a resource the pool no longer wants though nothing failed (its lifetime or
+    idle timeout is over, ``resize()``, ``expire()``, the pool closes); DEBUG says why."""
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("%r: closing %r: %s", pool, entry.resource, _retired_because(pool, entry))
+    return pool._close_soon(entry)
+
+
+def _retired_because(pool: Pool[Any], entry: Entry[Any]) -> str:
+    info = entry.info
+    if not pool._is_open():
+        return "the pool closes"
+    if entry.generation != pool._generation:
+        return "expire() retired it (called, or after a failover)"
+    if info.expires_at <= pool._now():
+        return f"past max_lifetime={pool._max_lifetime}s"
+    if pool._size > pool._max_size:
+        return f"above max_size={pool._max_size}"
+    return f"idle longer than idle_timeout={pool._idle_timeout}s"

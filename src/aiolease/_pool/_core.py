@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import logging
 import sys
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -34,11 +33,12 @@ from typing import Any, Generic, TypeVar
 from .. import _tracking
 from .._clock import clock_of
 from .._errors import PoolClosed, PoolTimeout, WouldBlock
+from .._redact import pool_label
 from .._transaction import PoolAtomic
 from ..abc import Manager
 from ._acquire import Acquire, run_check, self_wait_error, waiting_on_itself
 from ._args import check_int, check_options, check_timeout
-from ._closing import Drain, close_resource, reset_then_hand_off
+from ._closing import Drain, close_resource, note_discard, reset_then_hand_off, retire
 from ._creations import Creations
 from ._entries import CallableManager, Entry, Hooks, caller_stack
 from ._housekeeping import Housekeeper, idle_deadline, leak_report
@@ -49,8 +49,8 @@ from ._where import user_location, warn_at_user
 __all__ = ["Pool"]
 
 T = TypeVar("T")
-logger = logging.getLogger("aiolease.pool")
 _INF = float("inf")
+_BROKEN = "a transaction marked it broken (unknown COMMIT outcome, or an abandoned cleanup)"
 
 
 class _State(enum.Enum):
@@ -115,6 +115,7 @@ class Pool(Generic[T]):
         "_idle",
         "_idle_timeout",
         "_in_use",
+        "_label",
         "_leak_timeout",
         "_live",
         "_loop",
@@ -172,6 +173,7 @@ class Pool(Generic[T]):
             backoff_base=backoff_base,
             backoff_max=backoff_max,
         )
+        self._label = pool_label(self._name, manager)  # repr, logs: see docs/logging.md
         self._creations: Creations[T] = Creations(self, backoff)
         self._manager = manager
         self._hooks = Hooks(manager)
@@ -365,7 +367,7 @@ class Pool(Generic[T]):
             entry = idle.popleft() if self._lru else idle.pop()
             expires = entry.info.expires_at
             if expires != _INF and expires <= self._clock():
-                self._close_soon(entry)
+                retire(self, entry)
                 continue
             return entry
         return None
@@ -505,7 +507,7 @@ class Pool(Generic[T]):
             hooks.on_release(resource, info)
         if _tracking._broken and _tracking.is_broken(resource):
             # Not awaited: the caller's exit never waits on a connection that may be dead.
-            self._counters.discarded += 1
+            note_discard(self, resource, _BROKEN)
             self._close_soon(entry)
             return None
         if discard:
@@ -537,7 +539,7 @@ class Pool(Generic[T]):
             or self._size > self._max_size
             or (entry.info.expires_at != _INF and entry.info.expires_at <= self._clock())
         ):
-            return self._close_soon(entry)
+            return retire(self, entry)
         fut: asyncio.Future[Entry[T]] | None = None
         if to is not None and not to.done():
             self._queue.remove(to)
@@ -622,7 +624,7 @@ class Pool(Generic[T]):
             return
         closes: list[asyncio.Future[Any]] = []
         while self._size - len(closes) > self._max_size and self._idle:
-            closes.append(self._close_soon(self._idle.popleft()))
+            closes.append(retire(self, self._idle.popleft()))
         self._dispatch()
         if self._idle_timeout is not None and self._idle:
             # Idle resources kept for the old min_size may now be surplus past their deadline.
@@ -636,7 +638,7 @@ class Pool(Generic[T]):
         self._generation += 1
         if self._state is not _OPEN:
             return
-        closes = [self._close_soon(entry) for entry in self._idle]
+        closes = [retire(self, entry) for entry in self._idle]
         self._idle.clear()
         if closes:
             await asyncio.shield(asyncio.gather(*closes))
@@ -691,9 +693,8 @@ class Pool(Generic[T]):
         return self._max_size
 
     def __repr__(self) -> str:
-        name = f" {self._name!r}" if self._name else ""
         return (
-            f"<aiolease.Pool{name} {self._state.value} "
+            f"<aiolease.Pool {self._label!r} {self._state.value} "
             f"size={self._size}/{max(self._size, self._max_size)} idle={len(self._idle)} "
             f"in_use={len(self._in_use)} waiting={len(self._waiters)}>"
         )

@@ -9,13 +9,14 @@ next waiter no creation serves adopts. Bound waiters are always queued, so
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .._errors import PoolClosed
+from .._logs import get_logger
 from ..abc import ResourceInfo
 from ._backoff import Backoff
+from ._closing import error_text
 from ._entries import Entry
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["Creations"]
 
 T = TypeVar("T")
-logger = logging.getLogger("aiolease.pool")
+logger = get_logger("aiolease.pool")
 _INF = float("inf")
 _LIFETIME_JITTER = 0.05  # max_lifetime is shortened by up to 5% so resources do not expire together
 
@@ -154,6 +155,12 @@ class Creations(Generic[T]):
         now = pool._clock()
         pool._counters.created += 1
         pool._live.add(id(resource))
+        if self.backoff.failures:
+            logger.info(
+                "%r: created a resource again, after %d failed attempt(s)",
+                pool,
+                self.backoff.failures,
+            )
         self.backoff.succeeded()
         expires = _INF
         if pool._max_lifetime is not None:
@@ -183,11 +190,12 @@ class Creations(Generic[T]):
             pool._counters.create_errors += 1
             wait = self.backoff.failed(pool._clock(), error)
             logger.warning(
-                "%r: creating a resource failed (%d in a row), next attempt in %.3fs: %r",
+                "%r: creating a resource failed (attempt %d in a row): %s; next attempt "
+                "in %.3fs at the earliest",
                 pool,
                 self.backoff.failures,
+                error_text(error),
                 wait,
-                error,
             )
             if target is None and pool._is_open():
                 # A fill stood for the oldest waiter no creation serves: fail fast.

@@ -6,9 +6,11 @@ One loop timer, armed for the next deadline: no polling.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
+
+from .._logs import get_logger
+from ._closing import retire
 
 if TYPE_CHECKING:
     from ._core import Pool
@@ -16,7 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Housekeeper", "idle_deadline", "leak_report"]
 
-logger = logging.getLogger("aiolease.pool")
+logger = get_logger("aiolease.pool")
 _INF = float("inf")
 
 
@@ -69,7 +71,7 @@ class Housekeeper:
             if info.expires_at <= now or (
                 idle_timeout is not None and info.last_used_at + idle_timeout <= now and surplus > 0
             ):
-                pool._close_soon(entry)
+                retire(pool, entry)
                 surplus -= 1
                 continue
             keep.append(entry)

@@ -20,6 +20,7 @@ from .. import _tracking
 from .._errors import LimiterUnavailable, LimitTimeout, WouldBlock
 from .._limits import ConcurrencyLimiter, ConcurrencyLimiterStatistics, ConcurrencyPermit
 from .._limits._validate import check_positive, check_timeout
+from .._logs import get_logger
 from ._keys import check_name, check_prefix, key_text, redis_key
 from ._pipe import UNAVAILABLE, Background, Caller, Health, check_client, text, unavailable
 from ._scripts import CONC_ACQUIRE, CONC_CANCEL, CONC_COUNT, CONC_RENEW
@@ -33,7 +34,7 @@ __all__ = [
     "RedisConcurrencyPermit",
 ]
 
-logger = logging.getLogger("aiolease.redis")
+logger = get_logger("aiolease.redis")
 
 Clock = Literal["server", "client"]
 
@@ -250,12 +251,15 @@ class RedisConcurrencyLimiter:
         self._prefix = prefix
         self._clock = "s" if clock == "server" else "c"
         self._call = Caller(client, check_positive("call_timeout", call_timeout))
-        self._health = Health()
+        self._health = Health(
+            f"concurrency limiter {name!r}",
+            "" if fallback is None else "; answering by the fallback limiter meanwhile",
+        )
         self._closed = False
         self._channel = f"{redis_key(prefix, 'conc', name)}:wake"
         self._uid = f"{uuid.uuid4().hex[:12]}-{os.getpid()}"
         self._seq = itertools.count(1)
-        self._bg = Background()
+        self._bg = Background(self._health)
         #: lease id -> permit, for the renewer.
         self._held: dict[str, RedisConcurrencyPermit] = {}
         #: lease id -> (redis keys, future resolved by a hand-off message or the renewer).
@@ -431,13 +435,11 @@ class RedisConcurrencyLimiter:
             late.__cause__ = exc
             raise unavailable(what, late) from late
         except UNAVAILABLE as exc:
-            if health.down_since is None:
-                logger.warning("Redis unavailable for %s: %r", what, exc)
             health.failed(exc, loop.time())
             raise unavailable(what, exc) from exc
         finally:
             health.end_probe()
-        health.ok()
+        health.ok(loop.time())
         return res
 
     async def _acquire(
@@ -590,7 +592,13 @@ class RedisConcurrencyLimiter:
                 except UNAVAILABLE as exc:
                     # The other keys' renewals would most likely fail too: try again next
                     # round rather than spend call_timeout on each of them now.
-                    logger.warning("renewing leases of %r failed: %r", self._name, exc)
+                    logger.log(  # once per outage at WARNING (Health logs its start)
+                        logging.DEBUG if self._health.down_since is not None else logging.WARNING,
+                        "renewing the leases of concurrency limiter %r failed (%s: %s)",
+                        self._name,
+                        type(exc).__name__,
+                        exc,
+                    )
                     break
                 for lid in map(text, lost):
                     gone = self._held.get(lid)

@@ -20,6 +20,8 @@ from redis import exceptions as _rexc
 
 from .._compat import redis as _compat
 from .._errors import LimiterUnavailable
+from .._logs import get_logger
+from .._redact import redact
 from ._scripts import Script
 
 if TYPE_CHECKING:
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["UNAVAILABLE", "Background", "Caller", "Health", "check_client", "wake"]
 
-logger = logging.getLogger("aiolease.redis")
+logger = get_logger("aiolease.redis")
 
 #: Errors meaning "Redis could not answer" (as opposed to "Redis answered no"). A timeout after
 #: the script was sent is *indeterminate* - the script may have run - so it is never re-sent.
@@ -58,7 +60,7 @@ def check_client(client: object, cls: str) -> None:
     if isinstance(client, (str, bytes)) or client is None or not hasattr(client, "evalsha"):
         raise TypeError(
             f"{cls}: client must be a redis.asyncio.Redis (or RedisCluster) client, got "
-            f"{type(client).__name__} {client!r:.80}; create one with "
+            f"{type(client).__name__} {redact(repr(client)):.80}; create one with "
             "redis.asyncio.Redis.from_url(url) and pass it (the limiter never closes it)"
         )
 
@@ -93,9 +95,20 @@ class Health:
     others keep being answered the same way; the first success ends the outage.
     """
 
-    __slots__ = ("cooldown", "down_since", "errors", "last_error", "probing", "until")
+    __slots__ = (
+        "cooldown",
+        "down_since",
+        "errors",
+        "last_error",
+        "meanwhile",
+        "probing",
+        "until",
+        "what",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, what: str, meanwhile: str = "") -> None:
+        self.what = what  # the limiter, for the log lines ("rate limiter 'api'")
+        self.meanwhile = meanwhile  # how it answers while Redis is down, for the log line
         self.cooldown = 0.0
         self.until = -math.inf
         self.probing = False
@@ -115,13 +128,26 @@ class Health:
     def end_probe(self) -> None:
         self.probing = False
 
-    def ok(self) -> None:
+    def ok(self, now: float) -> None:
         if self.down_since is not None:
-            logger.info("Redis answers again")
+            logger.info(
+                "Redis answers again for %s, after %.1fs unavailable",
+                self.what,
+                now - self.down_since,
+            )
         self.cooldown = 0.0
         self.down_since = None
 
     def failed(self, exc: BaseException, now: float) -> None:
+        """A call failed: one WARNING when this starts an outage (none while it lasts)."""
+        if self.down_since is None:
+            logger.warning(
+                "Redis unavailable for %s (%s: %s)%s",
+                self.what,
+                type(exc).__name__,
+                exc,
+                self.meanwhile,
+            )
         self.errors += 1
         self.last_error = exc
         self.cooldown = min(COOLDOWN_MAX, max(COOLDOWN_MIN, self.cooldown * 2))
@@ -135,7 +161,7 @@ class Health:
 
 def unavailable(what: str, exc: BaseException | None, detail: str = "") -> LimiterUnavailable:
     """The error a limiter raises when Redis cannot answer (redis-py's error as the cause)."""
-    reason = f": {type(exc).__name__}: {exc}" if exc is not None else ""
+    reason = f": {type(exc).__name__}: {redact(str(exc))}" if exc is not None else ""
     err = LimiterUnavailable(f"Redis unavailable for {what}{detail}{reason}")
     err.__cause__ = exc
     return err
@@ -426,25 +452,34 @@ class Caller:
         return reply
 
 
-def _log_task_error(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        logger.warning("aiolease.redis background call failed: %r", exc)
-
-
 class Background:
-    """A limiter's background Redis calls (refunds, settles, releases); errors are logged."""
+    """A limiter's background Redis calls (refunds, settles, releases); errors are logged:
+    a WARNING, or a DEBUG line while ``health`` knows Redis is down (its outage was logged
+    once already; one line per call would flood the log)."""
 
-    __slots__ = ("tasks",)
+    __slots__ = ("health", "tasks")
 
-    def __init__(self) -> None:
+    def __init__(self, health: Health) -> None:
+        self.health = health
         self.tasks: set[asyncio.Task[Any]] = set()
 
     def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-        task.add_done_callback(_log_task_error)
+        task.add_done_callback(self._log_error)
         return task
+
+    def _log_error(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or (exc := task.exception()) is None:
+            return
+        logger.log(
+            logging.DEBUG if self.health.down_since is not None else logging.WARNING,
+            "%s: a background Redis call (a release, refund or settle) failed (%s: %s)",
+            self.health.what,
+            type(exc).__name__,
+            exc,
+        )
 
     async def aclose(self, timeout: float) -> None:
         """Let the calls in flight finish within ``timeout``, then cancel the rest."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Awaitable, Generator, Hashable
 from dataclasses import dataclass
@@ -35,7 +34,6 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisRateLimiter", "RedisRateLimiterStatistics", "RedisRatePermit"]
 
-logger = logging.getLogger("aiolease.redis")
 
 OnError = Literal["raise", "allow", "deny"]
 Clock = Literal["server", "client"]
@@ -361,11 +359,16 @@ class RedisRateLimiter:
             )
         )[: -len(b"$0\r\n\r\n$0\r\n\r\n")]
         self._max_cost = self._burst
-        self._bg = Background()
         #: key -> this object's sleeping waiters there (pause() wakes them early; a give-back
         #: moves the later ones up).
         self._sleepers: dict[str, _Chain] = {}
-        self._health = Health()
+        self._health = Health(
+            f"rate limiter {self._name!r}",
+            "; answering by the fallback limiter meanwhile"
+            if self._fallback is not None
+            else f"; answering by on_error={self._on_error!r} meanwhile",
+        )
+        self._bg = Background(self._health)
         self._closed = False
         self._pause_seq = 0
         #: key -> (sequence number, task) of the latest pause() of this object on that key.
@@ -598,20 +601,11 @@ class RedisRateLimiter:
                     raise _Late("no reply from Redis before the acquire timeout") from exc
         except UNAVAILABLE as exc:
             if not isinstance(exc, _Late):
-                if health.down_since is None:
-                    logger.warning(
-                        "Redis unavailable for rate limiter %r (%r); answering by %s",
-                        self._name,
-                        exc,
-                        "the fallback limiter"
-                        if self._fallback
-                        else f"on_error={self._on_error!r}",
-                    )
                 health.failed(exc, loop.time())
             raise
         finally:
             health.end_probe()
-        health.ok()
+        health.ok(loop.time())
         return res
 
     async def _acquire(

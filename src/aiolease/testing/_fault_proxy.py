@@ -9,16 +9,17 @@ socket bound here, ``loop.create_connection``, ``transport.get_extra_info("socke
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 import struct
 from collections import deque
 from types import TracebackType
 from typing import Any, cast
 
+from .._logs import get_logger
+
 __all__ = ["FaultProxy"]
 
-logger = logging.getLogger("aiolease.testing")
+logger = get_logger("aiolease.testing")
 
 _LINGER_ZERO = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends an RST
 

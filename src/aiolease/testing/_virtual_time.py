@@ -14,6 +14,11 @@ time with the clock frozen:
 * work running in a thread the loop started: a job of ``loop.run_in_executor``
   / ``asyncio.to_thread`` (the default executor or any other) that has not
   delivered its result, or the default executor shutting down;
+* a call of ``anyio.to_thread.run_sync`` (Starlette's and FastAPI's ``def``
+  endpoints and dependencies, anyio's file I/O) whose worker thread has not
+  answered, except while it waits for a coroutine on the loop
+  (``anyio.from_thread.run``): while a ``VirtualTimeLoop`` runs, those public
+  functions are wrapped so that each call counts (see ``_AnyioThreads``);
 * a future made by aiosqlite (``loop.create_future()`` called from aiosqlite's
   code) that its connection thread has not answered yet;
 * a child process (``asyncio.create_subprocess_exec``) that has not exited;
@@ -30,8 +35,9 @@ tasks and where they wait.
 
 Only public asyncio API: the loop overrides public methods (``call_at``,
 ``create_future``, ``call_soon_threadsafe``, ``run_in_executor``,
-``subprocess_exec``/``subprocess_shell``) and wraps the selector it passes to
-``SelectorEventLoop``.
+``run_forever``, ``subprocess_exec``/``subprocess_shell``) and wraps the
+selector it passes to ``SelectorEventLoop``; of anyio it uses
+``anyio.to_thread.run_sync`` and ``anyio.from_thread.run`` only.
 
 Why not ``looptime``: see ``docs/testing.md`` ("Why not looptime").
 """
@@ -40,12 +46,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import inspect
 import itertools
 import selectors
+import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 __all__ = ["NoProgressError", "VirtualTimeLoop"]
@@ -67,6 +75,169 @@ class NoProgressError(RuntimeError):
     of hanging: there is no timer to jump to, no executor job or watched
     socket that could answer (or it stayed silent for ``stall_timeout``).
     """
+
+
+# The life of a call handed to a thread the loop does not own (see _HandOff); _WAITING:
+# the thread waits for a coroutine of the loop (``anyio.from_thread.run``).
+_QUEUED, _RUNNING, _WAITING, _RETURNED, _SETTLED = range(5)
+# The hand-off a worker thread is running, if any.
+_IN_THREAD = threading.local()
+
+
+class _HandOff:
+    """One call handed to a thread the loop does not own: pending work until it answers.
+
+    anyio runs ``hand_off(*args)`` in a worker thread of its own and then, from that
+    same thread, answers with ``loop.call_soon_threadsafe``. The hand-off sits in the
+    loop's pending set from when it is made until that answer has woken the loop (the
+    thread notes it in ``_vt_returned`` just before answering; see
+    :meth:`VirtualTimeLoop.call_soon_threadsafe`), or until the caller stopped waiting
+    before the thread started it (:meth:`settle`). A caller cancelled while the thread
+    works leaves it pending: the thread still runs and will still wake the loop. While
+    the thread waits for a coroutine on the loop (``anyio.from_thread.run``) it does no
+    work, and the coroutine may need the clock to move: it is not pending then.
+    """
+
+    __slots__ = ("_func", "_loop", "_state")
+
+    def __init__(self, loop: VirtualTimeLoop, func: Callable[..., Any]) -> None:
+        self._loop = loop
+        self._func = func
+        self._state = _QUEUED
+
+    def __call__(self, *args: Any) -> Any:
+        """Run the call, in the worker thread."""
+        loop = self._loop
+        with loop._vt_lock:
+            if self._state == _SETTLED:  # the caller gave up, yet the thread runs it
+                loop._vt_hand_offs.add(self)
+            self._state = _RUNNING
+        outer, _IN_THREAD.hand_off = getattr(_IN_THREAD, "hand_off", None), self
+        try:
+            return self._func(*args)
+        finally:
+            _IN_THREAD.hand_off = outer
+            with loop._vt_lock:
+                self._state = _RETURNED
+                loop._vt_returned[threading.get_ident()] = self
+
+    def settle(self) -> None:
+        """The caller's await ended (answer, error or cancellation), in the loop's thread."""
+        loop = self._loop
+        with loop._vt_lock:
+            if self._state not in (_RUNNING, _WAITING):  # else the thread still runs
+                self._state = _SETTLED
+                loop._vt_hand_offs.discard(self)
+
+    async def wait_for(self, coroutine: Awaitable[_T]) -> _T:
+        """Run, on the loop, a coroutine the thread blocks on: the thread is not pending
+        meanwhile. Pending again before the coroutine's result can wake the thread."""
+        loop = self._loop
+        with loop._vt_lock:
+            self._state = _WAITING
+            loop._vt_hand_offs.discard(self)
+        try:
+            return await coroutine
+        finally:
+            with loop._vt_lock:
+                self._state = _RUNNING
+                loop._vt_hand_offs.add(self)
+
+
+def _counting_run_sync(original: Callable[..., Awaitable[_T]]) -> Callable[..., Awaitable[_T]]:
+    """``anyio.to_thread.run_sync`` that, on a VirtualTimeLoop, counts the call as pending."""
+
+    @functools.wraps(original)
+    async def run_sync(func: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # anyio on another backend (trio)
+            loop = None
+        # A hand-off is already counted (a second wrapper around this one).
+        if not isinstance(loop, VirtualTimeLoop) or isinstance(func, _HandOff):
+            return await original(func, *args, **kwargs)
+        hand_off = _HandOff(loop, func)
+        with loop._vt_lock:
+            loop._vt_hand_offs.add(hand_off)
+        try:
+            return await original(hand_off, *args, **kwargs)
+        finally:
+            hand_off.settle()
+
+    return run_sync
+
+
+def _waiting_from_thread_run(original: Callable[..., _T]) -> Callable[..., _T]:
+    """``anyio.from_thread.run`` that, from a counted worker thread, stops counting it while
+    the coroutine runs on the loop (see :meth:`_HandOff.wait_for`)."""
+
+    @functools.wraps(original)
+    def run(func: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> _T:
+        hand_off: _HandOff | None = getattr(_IN_THREAD, "hand_off", None)
+        if hand_off is None or kwargs.get("token") is not None:  # not back to that loop
+            return original(func, *args, **kwargs)
+
+        async def on_the_loop() -> Any:
+            return await hand_off.wait_for(func(*args))
+
+        return original(on_the_loop, **kwargs)
+
+    return run
+
+
+class _AnyioThreads:
+    """Wraps two public anyio functions (when anyio is installed) while a VirtualTimeLoop runs.
+
+    anyio runs ``to_thread.run_sync`` (which Starlette and FastAPI use for ``def``
+    endpoints and dependencies) in worker threads of its own, not through
+    ``loop.run_in_executor``, and has no hook to observe them; so its public function
+    is replaced by a wrapper that counts each call made on a VirtualTimeLoop, and
+    ``from_thread.run`` by one that lets such a thread wait for the loop uncounted.
+    Both pass every other call straight through. The originals come back when the last
+    running VirtualTimeLoop stops, unless something replaced a wrapper meanwhile (that
+    keeps calling through the harmless wrapper). Code that bound the functions before a
+    loop ran (``from anyio.to_thread import run_sync``) calls the originals: invisible.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0  # VirtualTimeLoops running, in any thread
+        # (module, attribute, original, wrapper) of each function replaced
+        self._replaced: list[tuple[Any, str, Any, Any]] = []
+
+    def acquire(self) -> None:
+        with self._lock:
+            if not self._running:
+                self._install()
+            self._running += 1
+
+    def _install(self) -> None:
+        try:
+            import anyio.from_thread
+            import anyio.to_thread
+        except ImportError:  # anyio is not installed: nothing to wrap
+            return
+        for module, name, wrap in (
+            (anyio.to_thread, "run_sync", _counting_run_sync),
+            (anyio.from_thread, "run", _waiting_from_thread_run),
+        ):
+            original = getattr(module, name)
+            wrapper = wrap(original)
+            setattr(module, name, wrapper)
+            self._replaced.append((module, name, original, wrapper))
+
+    def release(self) -> None:
+        with self._lock:
+            self._running -= 1
+            if self._running:
+                return
+            for module, name, original, wrapper in self._replaced:
+                if getattr(module, name) is wrapper:
+                    setattr(module, name, original)
+            self._replaced.clear()
+
+
+_ANYIO_THREADS = _AnyioThreads()
 
 
 class _VirtualSelector(selectors.BaseSelector):
@@ -116,10 +287,10 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     ``functools.partial``.
 
     Work in threads the loop started (``run_in_executor``, ``asyncio.to_thread``,
-    the default executor) counts as pending: while it runs the clock does not
-    jump and no :class:`NoProgressError` is raised, so blocking ``def`` code
-    handed to a thread (e.g. a web framework's sync dependencies run with
-    ``asyncio.to_thread``) runs on this loop. So do aiosqlite's calls.
+    the default executor, ``anyio.to_thread.run_sync``) counts as pending: while
+    it runs the clock does not jump and no :class:`NoProgressError` is raised, so
+    blocking ``def`` code handed to a thread (a FastAPI or Starlette app's ``def``
+    endpoints and dependencies) runs on this loop. So do aiosqlite's calls.
 
     Args:
         start: the clock's initial value (``loop.time()``), in seconds.
@@ -156,6 +327,11 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self._vt_jobs: set[asyncio.Future[Any]] = set()
         self._vt_thread_futures: set[asyncio.Future[Any]] = set()
         self._vt_external = 0
+        # anyio calls in flight (see _HandOff), and by answering thread the one whose
+        # function returned; both shared with the worker threads under the lock.
+        self._vt_lock = threading.Lock()
+        self._vt_hand_offs: set[_HandOff] = set()
+        self._vt_returned: dict[int, _HandOff] = {}
         self._vt_children: list[asyncio.SubprocessTransport] = []
         selector = _VirtualSelector(selectors.DefaultSelector())
         super().__init__(selector)
@@ -213,14 +389,29 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def call_soon_threadsafe(  # type: ignore[override]  # as call_at
         self, callback: Callable[..., object], *args: Any, context: Any = None
     ) -> asyncio.Handle:
-        """As :meth:`asyncio.AbstractEventLoop.call_soon_threadsafe`; a thread answering a
-        future counted as work in flight (see :meth:`create_future`) ends that work."""
+        """As :meth:`asyncio.AbstractEventLoop.call_soon_threadsafe`; a thread answering
+        work counted in flight (an aiosqlite future, see :meth:`create_future`; an anyio
+        call, see ``_HandOff``) ends that work."""
         handle = super().call_soon_threadsafe(callback, *args, context=context)
         # After the callback is queued and the loop woken, so that the loop never sees
         # neither the work nor its answer.
         if args and self._vt_thread_futures:
             self._vt_thread_futures.discard(args[0])
+        if self._vt_returned:
+            with self._vt_lock:
+                hand_off = self._vt_returned.pop(threading.get_ident(), None)
+                if hand_off is not None:
+                    self._vt_hand_offs.discard(hand_off)
         return handle
+
+    def run_forever(self) -> None:
+        """As :meth:`asyncio.AbstractEventLoop.run_forever`; while it runs, calls of
+        ``anyio.to_thread.run_sync`` made on this loop count as work in flight."""
+        _ANYIO_THREADS.acquire()
+        try:
+            super().run_forever()
+        finally:
+            _ANYIO_THREADS.release()
 
     def run_in_executor(  # type: ignore[override]  # same signature; typeshed's is generic
         self, executor: Any, func: Callable[..., _T], *args: Any
@@ -248,13 +439,19 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         if self._vt_children:
             self._vt_children = [t for t in self._vt_children if t.get_returncode() is None]
         return bool(
-            self._vt_jobs or self._vt_thread_futures or self._vt_external or self._vt_children
+            self._vt_jobs
+            or self._vt_hand_offs
+            or self._vt_thread_futures
+            or self._vt_external
+            or self._vt_children
         )
 
     def _vt_outside_description(self) -> str:
         parts = []
         if self._vt_jobs:
             parts.append(f"{len(self._vt_jobs)} executor job(s)")
+        if self._vt_hand_offs:
+            parts.append(f"{len(self._vt_hand_offs)} anyio worker thread call(s)")
         if self._vt_thread_futures:
             parts.append(f"{len(self._vt_thread_futures)} aiosqlite call(s)")
         if self._vt_children:

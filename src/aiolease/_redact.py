@@ -1,0 +1,164 @@
+"""Passwords kept out of logs, reprs and error messages; the names pools go by.
+
+:func:`redact` is the one redaction helper: every log record of an aiolease
+logger goes through it (see :mod:`aiolease._logs`), and so does every error
+message that quotes a DSN, a client or another library's error. It removes the
+password of a URL (``postgresql://user:secret@host``, ``redis://:secret@host``),
+of a ``password=`` parameter (a libpq key-value conninfo, a URL query, a
+keyword shown as ``password='x'`` or ``'password': 'x'``), and any literal
+secret it is given (a driver pool knows its own password, see :func:`dsn_secrets`).
+
+:func:`pool_label` is the name a pool goes by in its repr, logs and metrics:
+its ``name``, else for a driver pool ``server.address:server.port/db.namespace``
+(:func:`dsn_label`), else a generated ``pool-N``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from collections.abc import Awaitable, Iterable, Mapping
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+__all__ = [
+    "MASK",
+    "dsn_label",
+    "dsn_secrets",
+    "pool_label",
+    "redact",
+    "scrubbed",
+    "without_secrets",
+]
+
+T = TypeVar("T")
+
+MASK = "***"
+
+# scheme://user:password@ : the password runs to the last "@" before a space or "/"
+# (an unencoded "@" in it is not taken for the host's start).
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^:@/\s]*:)[^\s/]*@")
+# password=x, password = 'x y', "password": "x", password: 'x' (a URL query, a conninfo,
+# a repr of keywords or a dict); a quoted value may hold escaped quotes.
+_KEY_PASSWORD = re.compile(
+    r"""(?i)(\b(?:ssl)?pass(?:word|wd)?\b['"]?\s*[:=]\s*)"""
+    r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^\s&,;)}'"]+)"""
+)
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with every password replaced by ``***``: those of URLs and ``password=``
+    parameters, and each of ``secrets`` wherever it appears."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, MASK)
+    if "pass" in text.lower():
+        text = _KEY_PASSWORD.sub(lambda m: m.group(1) + MASK, text)
+    if "@" in text:
+        text = _URL_PASSWORD.sub(lambda m: m.group(1) + MASK + "@", text)
+    return text
+
+
+def without_secrets(exc: BaseException, secrets: Iterable[str]) -> BaseException | None:
+    """A ``ConnectionError`` standing for ``exc`` when its message shows one of ``secrets``
+    (some drivers quote a malformed DSN whole), else None (``exc`` may be raised as it is).
+
+    The replacement is made without a ``__cause__`` or ``__context__``, which would carry
+    the secret along; raise it outside the ``except`` clause that caught ``exc``.
+    """
+    shown = f"{exc!s} {exc!r}"
+    secrets = [s for s in secrets if s]
+    if not any(s in shown for s in secrets) and redact(shown) == shown:
+        return None
+    return ConnectionError(f"{type(exc).__name__}: {redact(str(exc), secrets)}")
+
+
+async def scrubbed(connect: Awaitable[T], secrets: Iterable[str]) -> T:
+    """Await a driver's ``connect``; an error whose message shows a secret is replaced
+    (:func:`without_secrets`), any other passes as it is (its type is the driver's)."""
+    try:
+        return await connect
+    except Exception as exc:
+        hidden = without_secrets(exc, secrets)
+        if hidden is None:
+            raise
+    raise hidden  # outside the except clause: no __context__ back to the driver's error
+
+
+def _url_parts(dsn: str) -> dict[str, str]:
+    """host, port, dbname, user and password of a ``scheme://`` DSN (hosts as given,
+    comma-separated when there are several)."""
+    parts = urlsplit(dsn)
+    netloc = parts.netloc
+    userinfo, _, hostspec = netloc.rpartition("@")
+    found: dict[str, str] = {}
+    if userinfo:
+        user, colon, password = userinfo.partition(":")
+        found["user"] = unquote(user)
+        if colon:
+            found["password"] = unquote(password)
+    if hostspec:
+        found["host"] = unquote(hostspec)
+    if parts.path.strip("/"):
+        found["dbname"] = unquote(parts.path.lstrip("/"))
+    for key, value in parse_qsl(parts.query):
+        found[{"database": "dbname"}.get(key, key)] = value
+    return found
+
+
+def _parts(dsn: str | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    found: dict[str, Any] = _url_parts(dsn) if dsn and "://" in dsn else {}
+    for key, value in overrides.items():
+        if isinstance(value, list | tuple):  # asyncpg takes lists of hosts and ports
+            value = ",".join(map(str, value))
+        if value is not None:
+            found[{"database": "dbname"}.get(key, key)] = value
+    return found
+
+
+def dsn_label(
+    dsn: str | None = None, overrides: Mapping[str, Any] | None = None, default_port: int = 5432
+) -> str:
+    """``server.address:server.port/db.namespace`` for a PostgreSQL DSN (a URL; key-value
+    settings from ``overrides``, which win, as the drivers' keywords do), filled in from
+    ``PGHOST``, ``PGPORT``, ``PGDATABASE`` and the defaults; never the password.
+
+    Several hosts come out as given (``h1:5432,h2:5433/db``).
+    """
+    parts = _parts(dsn, overrides or {})
+    hosts = str(parts.get("host") or os.environ.get("PGHOST") or "localhost")
+    port = str(parts.get("port") or os.environ.get("PGPORT") or default_port)
+    label = ",".join(h if _has_port(h) else f"{h}:{port}" for h in hosts.split(","))
+    dbname = parts.get("dbname") or os.environ.get("PGDATABASE") or parts.get("user")
+    return redact(f"{label}/{dbname}" if dbname else label)
+
+
+def _has_port(host: str) -> bool:
+    if host.startswith("["):  # [IPv6]:port
+        return "]:" in host
+    return ":" in host and not host.startswith("/")
+
+
+def dsn_secrets(dsn: str | None, overrides: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+    """The passwords a DSN and connect keywords hold (``password``, ``sslpassword``; a
+    callable password is not a string, and not shown by anyone)."""
+    found = []
+    for parts in (_parts(dsn, {}), overrides or {}):
+        found += [parts.get("password"), parts.get("sslpassword")]
+    return tuple(s for s in found if isinstance(s, str) and s)
+
+
+_generated = itertools.count(1)
+
+
+def pool_label(name: str | None, manager: object) -> str:
+    """What a pool goes by: ``name``, else what its driver manager says
+    (``_aiolease_pool_name()``), else a generated ``pool-N`` (unique in the process)."""
+    if name:
+        return name
+    derive = getattr(manager, "_aiolease_pool_name", None)
+    derived = derive() if callable(derive) else None
+    if isinstance(derived, str) and derived:
+        return derived
+    return f"pool-{next(_generated)}"
