@@ -34,6 +34,11 @@ KEEPALIVE_COUNT = 3
 SILENT_PEER_BOUND = KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_COUNT
 #: Default seconds a driver pool waits for a new connection (TCP, TLS, authentication).
 DEFAULT_CONNECT_TIMEOUT = 10.0
+#: Seconds the clean-up of a cancelled statement (atomic's ROLLBACK, the close of a
+#: connection released mid-statement) waits for the server to answer the driver's cancel
+#: request before the connection is cut: a live server answers within a round trip or
+#: two, a silent peer never does, and meanwhile the connection's pool slot stays taken.
+CANCEL_GRACE = 0.5
 
 #: libpq conninfo parameters with the same meaning (``tcp_user_timeout`` in milliseconds).
 LIBPQ_KEEPALIVE: dict[str, str] = {

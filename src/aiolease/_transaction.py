@@ -521,7 +521,9 @@ class Transaction(Generic[C]):
     ) -> BaseException | None:
         """Roll back (to the savepoint), shielded from cancellation and bounded.
 
-        The rollback gets ``cleanup_timeout`` seconds; past them the connection
+        The rollback gets ``cleanup_timeout`` seconds (the dialect's ``cancel_grace``
+        when it waits behind a statement the driver is still cancelling: on a silent
+        peer that never ends, and the pool's slot waits); past them the connection
         is abandoned (marked broken so that its pool discards it, its transport
         aborted where the driver allows) and the wait ends. A rollback failure
         never replaces ``exc``: it is attached to ``exc`` (a note and
@@ -538,8 +540,12 @@ class Transaction(Generic[C]):
             what = f"ROLLBACK TO SAVEPOINT {self._sp_name}"
             op = dialect.rollback_to_savepoint(raw, self._sp_name)
         loop = asyncio.get_running_loop()
+        budget = self._cleanup_timeout
+        if dialect.cancel_pending(raw):
+            budget = min(budget, dialect.cancel_grace)
+            what += " (behind a statement still being cancelled)"
         task = asyncio.ensure_future(op)
-        deadline = loop.time() + self._cleanup_timeout
+        deadline = loop.time() + budget
         cancelled: asyncio.CancelledError | None = None
         while not task.done():
             remaining = deadline - loop.time()
@@ -552,7 +558,8 @@ class Transaction(Generic[C]):
         err: BaseException | None
         if not task.done():
             err = TimeoutError(
-                f"{what} got no answer within cleanup_timeout={self._cleanup_timeout}s; "
+                f"{what} got no answer within {budget}s (cleanup_timeout="
+                f"{self._cleanup_timeout}s); "
                 f"{self._connection!r} was abandoned (a pool discards it)"
             )
             self._mark_broken()

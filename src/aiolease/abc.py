@@ -64,7 +64,11 @@ class Manager(ABC, Generic[T]):
         """Cut the resource off at once, without waiting for its peer (synchronous).
 
         Called when :meth:`close` outlasted ``close_timeout`` (or was cancelled),
-        to free what it holds: abort the transport where the driver allows.
+        to free what it holds: abort the transport where the driver allows. Also
+        called before :meth:`close` for a resource discarded as unusable (a fatal
+        error in the body other than a cancellation or timeout, marked broken by a
+        transaction, a failed check), whose graceful close would wait on a dead
+        peer: :meth:`close` must accept an aborted resource.
         The default does nothing. Errors are logged.
         """
 

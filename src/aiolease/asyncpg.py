@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from ._driver_args import check_connect_kwargs, check_timeout_seconds, keywords_of
 from ._lease import LeaseProxies
-from ._liveness import DEFAULT_CONNECT_TIMEOUT, PoolExpirer, set_keepalive
+from ._liveness import CANCEL_GRACE, DEFAULT_CONNECT_TIMEOUT, PoolExpirer, set_keepalive
 from ._logs import get_logger
 from ._pool import Pool
 from ._redact import dsn_label, dsn_secrets, redact, scrubbed
@@ -429,9 +429,19 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
 
     async def close(self, resource: Connection) -> None:
         """Close gracefully; the pool bounds this by :attr:`close_timeout` and then
-        calls :meth:`abort`."""
-        if not resource.is_closed():
+        calls :meth:`abort`. A connection released with a statement still being cancelled
+        gets :data:`~aiolease._liveness.CANCEL_GRACE` seconds (asyncpg's close waits for
+        the server to answer the cancel, which a silent peer never does), then is cut."""
+        if resource.is_closed():
+            return
+        if not cancelling(resource):
             await resource.close()
+            return
+        try:
+            async with asyncio.timeout(CANCEL_GRACE):
+                await resource.close()
+        except TimeoutError:
+            resource.terminate()
 
     def abort(self, resource: Connection) -> None:
         """Cut the connection at once (``Connection.terminate()``: the socket is closed

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -160,6 +161,10 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
         connect_kwargs.setdefault("isolation_level", None)
         connect_kwargs.setdefault("check_same_thread", False)
         self.connect_kwargs = connect_kwargs
+        # Connections cut by abort(): their thread's answer to stop(), awaited by close().
+        self._stopping: weakref.WeakKeyDictionary[aiosqlite.Connection, asyncio.Future[Any]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def _aiolease_pool_name(self) -> str:
         """What an unnamed pool of this manager goes by in its repr, logs and metrics:
@@ -219,10 +224,21 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
     def abort(self, resource: aiosqlite.Connection) -> None:
         """Ask the connection's thread to close the database and stop as soon as it is
         free (aiosqlite's ``stop()``; the pool calls this when :meth:`close` outlasted
-        ``close_timeout``). A statement still running in the thread cannot be interrupted."""
-        resource.stop()
+        ``close_timeout``, and before closing a connection discarded as broken). A
+        statement still running in the thread cannot be interrupted."""
+        if _in_transaction(resource) is None:
+            return  # closed already: that close stopped its thread
+        stopping = resource.stop()
+        if stopping is not None:
+            self._stopping.setdefault(resource, stopping)
 
     async def close(self, resource: aiosqlite.Connection) -> None:
+        stopping = self._stopping.pop(resource, None)
+        if stopping is not None:
+            # Cut already: aiosqlite's close would queue work behind the thread's stop,
+            # which nothing would answer. Its answer to stop() is all that is left.
+            await stopping
+            return
         # Its connection thread ends right after answering this (aiosqlite's own close).
         await resource.close()
 

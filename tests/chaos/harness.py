@@ -60,7 +60,8 @@ class Report:
     max_acquire: float = 0.0
     lost: int = 0  # reported success, row absent
     phantom: int = 0  # reported failure, row present
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # problems: a run with notes fails
+    remarks: list[str] = field(default_factory=list)  # shown in the row, not problems
 
     def row(self) -> str:
         errors = ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items())) or "-"
@@ -69,6 +70,7 @@ class Report:
             f"{self.driver:<8} {self.fault:<22} {self.ops:>6} {self.ok:>6} {self.unknown:>4} "
             f"{recovery:>7} {self.max_acquire:>6.2f} {self.lost:>4} {self.phantom:>4}  {errors}"
             + (f"  [{'; '.join(self.notes)}]" if self.notes else "")
+            + (f"  ({'; '.join(self.remarks)})" if self.remarks else "")
         )
 
 

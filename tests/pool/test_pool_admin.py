@@ -340,6 +340,94 @@ async def test_resource_marked_broken_is_discarded_on_release() -> None:
     assert_closed_cleanly(pool, fm)
 
 
+class _SilentPeerManager(FakeManager):
+    """The first resource's peer goes silent: its graceful close hangs (bounded only by
+    close_timeout) unless it was aborted first, as a driver's close of a cut connection
+    returns at once."""
+
+    close_timeout = 5.0
+
+    def __init__(self) -> None:
+        super().__init__(fatal=(ResourceKilled,))
+        self.aborted: list[FakeResource] = []
+
+    def abort(self, resource: FakeResource) -> None:
+        self.aborted.append(resource)
+
+    async def close(self, resource: FakeResource) -> None:
+        if resource.id == 1 and resource not in self.aborted:
+            await asyncio.sleep(3600)
+        await super().close(resource)
+
+
+@pytest.mark.parametrize("how", ["marked broken", "fatal error", "failed check"])
+async def test_a_broken_resource_is_aborted_first_and_its_slot_freed_at_once(how: str) -> None:
+    fm = _SilentPeerManager()
+    loop = asyncio.get_running_loop()
+    async with Pool(fm, max_size=1) as pool:
+        if how == "failed check":
+            async with pool.acquire():
+                pass
+            fm.fail("check", calls=1)
+            start = loop.time()
+            async with pool.acquire() as r2:  # the idle one failed its check: a new one
+                assert r2.id == 2
+        else:
+            start = loop.time()
+            with pytest.raises(ResourceKilled):  # noqa: PT012 - the block under test
+                async with pool.acquire() as r:
+                    if how == "marked broken":
+                        mark_broken(r)  # e.g. a COMMIT cancelled on a silent peer
+                    raise ResourceKilled("the connection was lost")
+        await settle(pool)
+        (first, *_) = fm.resources
+        # Cut before its close, which then had nothing to wait for: the slot was free at
+        # the same instant, not after close_timeout.
+        assert fm.aborted == [first]
+        assert first.closed
+        assert loop.time() == start
+        assert pool.statistics().size == (1 if how == "failed check" else 0)
+        async with pool.acquire() as again:
+            assert not again.closed
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_a_resource_whose_body_was_cancelled_is_closed_gracefully() -> None:
+    # Even when the manager calls the cancellation fatal (asyncpg in public mode): the
+    # driver may still be cancelling a statement, which a graceful close lets reach the server.
+    fm = _SilentPeerManager()
+    fm.fatal = (ResourceKilled, asyncio.CancelledError)
+    loop = asyncio.get_running_loop()
+    async with Pool(fm, max_size=1) as pool:
+        inside = asyncio.Event()
+
+        async def body() -> None:
+            async with pool.acquire():
+                inside.set()
+                await asyncio.sleep(3600)
+
+        task = asyncio.create_task(body())
+        await inside.wait()
+        start = loop.time()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert loop.time() - start == pytest.approx(fm.close_timeout)
+        assert fm.aborted == fm.resources[:1]  # by the close_timeout, not before
+
+
+async def test_a_resource_discarded_by_its_holder_is_closed_gracefully() -> None:
+    # discard=True says nothing about the peer: no abort unless the close outlasts its bound.
+    fm = _SilentPeerManager()
+    loop = asyncio.get_running_loop()
+    async with Pool(fm, max_size=1) as pool:
+        r = await pool.acquire()
+        start = loop.time()
+        await pool.release(r, discard=True)
+        assert loop.time() - start == pytest.approx(fm.close_timeout)
+        assert fm.aborted == [r]  # by the close_timeout, not before
+
+
 # -- the manager's synchronous fast paths ----------------------------------------------------
 
 

@@ -141,8 +141,7 @@ async def test_cancelled_operation_on_a_silent_peer_ends_and_the_pool_recovers(
     driver: str, proxy: FaultProxy, tcp_dsn: str
 ) -> None:
     loop = asyncio.get_running_loop()
-    options: dict[str, Any] = {"close_timeout": 1.0} if driver == "asyncpg" else {}
-    pool = _pool(driver, _via(tcp_dsn, proxy.address), max_size=2, **options)
+    pool = _pool(driver, _via(tcp_dsn, proxy.address), max_size=2)  # default close_timeout
     async with pool:
         async with pool.acquire() as conn:
             await _select1(driver, conn)
@@ -162,11 +161,12 @@ async def test_cancelled_operation_on_a_silent_peer_ends_and_the_pool_recovers(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        # asyncpg: ends within the bound of the discarded connection's close (asyncpg's
-        # close waits for its cancel request, which nothing answers). psycopg (3.3):
-        # within its own bound, a 5 s cancel request then 5 s for the query to end.
+        # asyncpg: the release closes the connection, whose statement is still being
+        # cancelled: CANCEL_GRACE (0.5 s), not close_timeout (5 s), then it is cut (asyncpg's
+        # close waits for the cancel, which nothing answers). psycopg (3.3): within its own
+        # bound, a 5 s cancel request then 5 s for the query to end.
         assert loop.time() - start < (2.0 if driver == "asyncpg" else 12.0)
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(2.0 if driver == "asyncpg" else 5.0):
             while pool.statistics().size:  # noqa: ASYNC110 - the pool's background close
                 await asyncio.sleep(0.05)
         proxy.heal()
@@ -306,10 +306,11 @@ async def test_asyncpg_atomic_cancelled_on_a_silent_peer_ends(
     proxy: FaultProxy, tcp_dsn: str
 ) -> None:
     """Found by the chaos suite (asyncpg, blackhole): workers stuck for good, until
-    atomic's cleanup was bounded by cleanup_timeout."""
-    async with aiolease.asyncpg.create_pool(
-        _via(tcp_dsn, proxy.address), max_size=1, close_timeout=1.0
-    ) as pool:
+    atomic's cleanup was bounded by cleanup_timeout; then the pool served again only
+    after cleanup_timeout (5 s), until the ROLLBACK behind the statement being cancelled
+    got the cancel grace (0.5 s) and the abandoned connection was cut."""
+    loop = asyncio.get_running_loop()
+    async with aiolease.asyncpg.create_pool(_via(tcp_dsn, proxy.address), max_size=1) as pool:
 
         async def op() -> None:
             async with asyncio.timeout(0.5), pool.acquire() as conn, aiolease.atomic(conn):
@@ -318,8 +319,13 @@ async def test_asyncpg_atomic_cancelled_on_a_silent_peer_ends(
                 await conn.execute("SELECT 2")
 
         task = asyncio.create_task(op())
-        done, _ = await asyncio.wait({task}, timeout=6)
+        done, _ = await asyncio.wait({task}, timeout=3.0)  # its timeout + grace + slack
         proxy.reset()  # frees a stuck task: its connection is cut
         with pytest.raises(TimeoutError):
             await task
-        assert done, "the transaction's exit was still waiting 6 s after its timeout"
+        assert done, "the transaction's exit was still waiting 2.5 s after its timeout"
+        proxy.heal()
+        start = loop.time()
+        async with pool.acquire(timeout=5) as conn:  # the slot is free: a new connection
+            assert await conn.fetchval("SELECT 1") == 1
+        assert loop.time() - start < 2.0

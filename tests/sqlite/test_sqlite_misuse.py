@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,23 @@ async def test_abort_stops_the_connection_thread(tmp_path: Path) -> None:
     manager.abort(conn)  # what the pool calls when a close outlasts close_timeout
     conn._thread.join(timeout=5.0)  # white-box: the worker
     assert not conn._thread.is_alive()
+
+
+async def test_close_after_abort_returns_once_the_thread_stopped(tmp_path: Path) -> None:
+    from aiolease.sqlite import SqliteManager
+
+    manager = SqliteManager(tmp_path / "db.sqlite")
+    conn = await manager.create()
+    manager.abort(conn)  # what the pool calls first for a connection discarded as broken
+    async with asyncio.timeout(5):
+        await manager.close(conn)
+    conn._thread.join(timeout=5.0)  # white-box: the worker
+    assert not conn._thread.is_alive()
+    closed = await manager.create()
+    await manager.close(closed)
+    manager.abort(closed)  # closed already: nothing to stop
+    async with asyncio.timeout(5):
+        await manager.close(closed)
 
 
 async def test_unclosed_driver_pool_warning_names_the_users_line(tmp_path: Path) -> None:

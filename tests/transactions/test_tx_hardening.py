@@ -20,6 +20,7 @@ from silent_proxy import SilentProxy
 
 import aiolease
 from aiolease import _tracking
+from aiolease._compat.asyncpg import HAVE_SOCKET
 from aiolease._transaction import _open
 from aiolease.testing import FakeConnection
 
@@ -291,6 +292,52 @@ async def test_cancellation_on_a_silent_peer_goes_on_within_the_bound(
             await task
         assert loop.time() - start < 3
         assert _tracking.is_broken(conn)
+    finally:
+        await _close(conn)
+
+
+async def _cancel_mid_statement(conn: Any, proxy: SilentProxy, *, silent: bool) -> float:
+    """Cancel a statement running inside atomic (default cleanup_timeout); the seconds
+    the task took to end after the cancel."""
+    inside = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    async def body() -> None:
+        async with aiolease.atomic(conn):
+            await conn.execute("SELECT 1")
+            if silent:
+                proxy.blackhole()
+            inside.set()
+            await conn.execute("SELECT pg_sleep(30)")
+
+    task = asyncio.create_task(body())
+    await inside.wait()
+    await asyncio.sleep(0.2)  # the statement is on its way
+    start = loop.time()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return loop.time() - start
+
+
+@pytest.mark.skipif(not HAVE_SOCKET, reason="public mode cannot see asyncpg's cancellation")
+@pytest.mark.parametrize("silent", [True, False], ids=["silent peer", "live server"])
+async def test_asyncpg_rollback_behind_a_cancel_waits_only_the_grace(
+    proxy: SilentProxy, silent: bool
+) -> None:
+    # asyncpg queues the ROLLBACK behind its cancel request of the cancelled statement. On a
+    # silent peer neither is ever answered: atomic waits the dialect's cancel_grace (0.5 s),
+    # not cleanup_timeout (5 s), so the connection's pool slot is free again at once. A live
+    # server answers the cancel at once, the ROLLBACK follows and the connection is kept.
+    conn = await _connect("asyncpg", proxy)
+    try:
+        assert await _cancel_mid_statement(conn, proxy, silent=silent) < 2.5
+        assert _tracking.is_broken(conn) is silent
+        if silent:
+            assert conn.is_closed()  # abandoned: its transport was aborted
+        else:
+            assert await conn.fetchval("SELECT 1") == 1
+            assert not conn.is_in_transaction()
     finally:
         await _close(conn)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import ClassVar, Generic, TypeVar
 
+from .._liveness import CANCEL_GRACE
+
 __all__ = ["ISOLATION_LEVELS", "Dialect", "sqlstate_of"]
 
 C = TypeVar("C")
@@ -43,6 +45,12 @@ class Dialect(ABC, Generic[C]):
     #: before ``atomic`` abandons the connection; ``atomic(cleanup_timeout=...)``
     #: overrides it per block.
     cleanup_timeout: ClassVar[float] = 5.0
+    #: Seconds a clean-up statement may wait behind a statement the driver is still
+    #: cancelling (see :meth:`cancel_pending`) before ``atomic`` abandons the connection
+    #: (at most ``cleanup_timeout``; default 0.5): a live server answers a cancel request
+    #: within a round trip or two, a silent peer never does, and meanwhile the
+    #: connection's pool slot stays taken.
+    cancel_grace: ClassVar[float] = CANCEL_GRACE
 
     @abstractmethod
     async def begin(self, conn: C, isolation: str | None, readonly: bool) -> None:
@@ -87,6 +95,14 @@ class Dialect(ABC, Generic[C]):
         abandoned. Implement it only with the driver's public API; the default
         does nothing (the pool that owns the connection closes it).
         """
+
+    def cancel_pending(self, conn: C) -> bool:
+        """Whether a statement cancelled on ``conn`` is still being cancelled (the driver
+        has not heard the server end it yet), answered without I/O. A clean-up statement
+        queued behind it waits only ``cancel_grace`` seconds. The default answers False
+        (unknown: the clean-up gets the whole ``cleanup_timeout``).
+        """
+        return False
 
     def in_transaction(self, conn: C) -> bool:
         """Whether ``conn`` is inside a transaction right now (answered without I/O).

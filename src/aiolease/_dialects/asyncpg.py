@@ -6,6 +6,7 @@ from typing import Any
 
 import asyncpg
 
+from .._compat.asyncpg import cancelling
 from ._base import Dialect
 from ._pg import begin_sql
 
@@ -46,6 +47,11 @@ class AsyncpgDialect(Dialect[Any]):
         # Closes the socket at once; a statement still waiting fails with
         # ConnectionDoesNotExistError.
         conn.terminate()
+
+    def cancel_pending(self, conn: Any) -> bool:
+        # asyncpg queues the next statement behind its cancel request of the cancelled
+        # one (public mode cannot see it: the clean-up gets the whole cleanup_timeout).
+        return cancelling(conn)
 
     def in_transaction(self, conn: Any) -> bool:
         return bool(conn.is_in_transaction())

@@ -87,6 +87,10 @@ class Acquire(Generic[T]):
                 entry.resource,
                 error_text(exc),
             )
+            # Unusable, so cut before its close; unless the body was cancelled or timed
+            # out: the driver may still be cancelling a statement, which its close lets end.
+            if not isinstance(exc, asyncio.CancelledError | TimeoutError):
+                entry.broken = True
         pending = pool._release(entry.handle, discard)
         if pending is None:
             done = pool._done
@@ -108,6 +112,7 @@ async def run_check(pool: Pool[T], entry: Entry[T], deadline: float) -> bool:
         async with asyncio.timeout_at(None if deadline == _INF else deadline) as scope:
             await check(entry.resource, entry.info)
     except Exception as exc:
+        entry.broken = True
         pool._close_soon(entry)
         if scope.expired():
             note_discard(pool, entry.resource, "its check outlasted the acquire timeout")
@@ -120,6 +125,7 @@ async def run_check(pool: Pool[T], entry: Entry[T], deadline: float) -> bool:
     except BaseException:
         # Interrupted mid-check: the resource's state is unknown, so close it.
         note_discard(pool, entry.resource, "its check was cancelled", logging.DEBUG)
+        entry.broken = True
         pool._close_soon(entry)
         raise
     finally:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from .. import _tracking
 from .._errors import PoolClosed
 from .._logs import get_logger
 
@@ -134,8 +135,16 @@ def _close_outstanding(pool: Pool[Any], now: float) -> None:
 
 async def close_resource(pool: Pool[Any], entry: Entry[Any]) -> None:
     """Close a resource within the manager's ``close_timeout`` (past it, or cancelled:
-    abandon it) and free its slot. Runs in a pool-owned task."""
+    abandon it) and free its slot. Runs in a pool-owned task.
+
+    A resource discarded as unusable (a fatal error in the body, marked broken by a
+    transaction, a failed or interrupted check) is cut first (the manager's ``abort``):
+    a graceful close of a connection to a silent peer would hold the slot, and the
+    caller's release, until ``close_timeout``. Its close then has nothing to wait for.
+    """
     resource = entry.resource
+    if entry.broken or (_tracking._broken and _tracking.is_broken(resource)):
+        _cut(pool, resource)
     try:
         async with asyncio.timeout(pool._close_timeout) as scope:
             await pool._manager.close(resource)
@@ -163,6 +172,11 @@ def _abandon(pool: Pool[Any], resource: object, why: str) -> None:
         why,
         pool._close_timeout,
     )
+    _cut(pool, resource)
+
+
+def _cut(pool: Pool[Any], resource: object) -> None:
+    """The manager's ``abort`` (cut the transport at once), if it has one; errors logged."""
     abort = pool._hooks.abort
     if abort is not None:
         try:

@@ -30,6 +30,7 @@ class Entry(Generic[T]):
     """
 
     __slots__ = (
+        "broken",
         "check_due",
         "closing",
         "generation",
@@ -56,6 +57,8 @@ class Entry(Generic[T]):
         # holder runs that check (unless the manager's check_needed says no).
         self.check_due = False
         self.closing: asyncio.Future[Any] | None = None  # the close task, once started
+        # Discarded as unusable (a fatal error, a failed check): cut before its close.
+        self.broken = False
         self.holder: asyncio.Task[Any] | None = None  # the task that leased it
         self.scoped = False  # leased by `async with` (its holder's own exit releases it)
         self.lease_start = 0.0
