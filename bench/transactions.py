@@ -351,6 +351,19 @@ async def sqlite_contenders(folder: Path, closers: list[Any]) -> list[Contender]
     return out
 
 
+async def close_all(closers: list[Any], tables: list[str]) -> None:
+    """Close what the contenders opened (last first) and drop their tables."""
+    for close in reversed(closers):
+        await close()
+    if tables:
+        import asyncpg
+
+        conn = await asyncpg.connect(DSN)
+        for t in tables:
+            await conn.execute(f"DROP TABLE IF EXISTS {t}")
+        await conn.close()
+
+
 def _aiosqlite_fast() -> bool:
     from aiolease._compat import aiosqlite as compat
 
@@ -436,15 +449,7 @@ async def main(argv: list[str] | None = None) -> int:
                 if (r + 1) % 5 == 0:
                     print(f"  round {r + 1}/{args.repeats} done", file=sys.stderr)
         finally:
-            for close in reversed(closers):
-                await close()
-            if tables:
-                import asyncpg
-
-                conn = await asyncpg.connect(DSN)
-                for t in tables:
-                    await conn.execute(f"DROP TABLE IF EXISTS {t}")
-                await conn.close()
+            await close_all(closers, tables)
 
     by_name = {c.name: c for c in contenders}
     print(f"{'contender':<48} {'txn/s (median)':>15} {'spread':>8}")

@@ -38,7 +38,7 @@ import aiolease
 from aiolease._lease import unwrap
 
 sys.path.insert(0, str(Path(__file__).parent))
-from transactions import NO_FLUSH, proxied
+from transactions import NO_FLUSH, close_all, proxied
 
 DSN = os.environ.get("AIOLEASE_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -226,15 +226,7 @@ async def main(argv: list[str] | None = None) -> int:
                 trips = (counter.turns - before) / n
                 print(f"postgres {name:<14} round trips per transaction: {trips:.2f}")
         finally:
-            for close in reversed(closers):
-                await close()
-            if tables:
-                import asyncpg
-
-                conn = await asyncpg.connect(DSN)
-                for t in tables:
-                    await conn.execute(f"DROP TABLE IF EXISTS {t}")
-                await conn.close()
+            await close_all(closers, tables)
             if counter.server is not None:
                 counter.server.close()
     return 0
