@@ -207,6 +207,11 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
             raise
         return conn
 
+    def check_needed(self, resource: aiosqlite.Connection, info: ResourceInfo) -> bool:
+        """Only a closed connection goes through :meth:`check` (no await, no timeout
+        scope for an open one: the check has nothing else to vet)."""
+        return _in_transaction(resource) is None
+
     async def check(self, resource: aiosqlite.Connection, info: ResourceInfo) -> None:
         if _in_transaction(resource) is None:
             raise ConnectionError("connection is closed")

@@ -239,8 +239,10 @@ async def test_check_rejects_only_closed_connections(db: Path) -> None:
     manager = SqliteManager(db)
     conn = await manager.create()
     info = ResourceInfo(0.0, 0.0)
+    assert manager.check_needed(raw(conn), info) is False  # an open one: no check awaited
     await manager.check(raw(conn), info)
     await manager.close(raw(conn))
+    assert manager.check_needed(raw(conn), info) is True
     with pytest.raises(ConnectionError):
         await manager.check(raw(conn), info)
     with pytest.raises(ConnectionError):

@@ -85,6 +85,23 @@ async def test_one_insert_costs_two_hops_and_reads_are_inside_the_transaction(db
         await conn.close()
 
 
+async def test_the_dialect_path_is_chosen_once_by_the_compat_mode(db: Path) -> None:
+    """The dialect made for aiosqlite runs the fenced functions as its methods when the
+    internals are in use, and the public-API methods otherwise (AIOLEASE_COMPAT=public)."""
+    from aiolease._dialects import dialect_for
+    from aiolease._dialects.sqlite import AiosqliteDialect, aiosqlite_dialect
+
+    conn = await connect(db)
+    try:
+        dialect = dialect_for(conn)
+        assert isinstance(dialect, AiosqliteDialect)
+        fenced = type(dialect).begin is not AiosqliteDialect.begin
+        assert fenced is _compat_aiosqlite.ENABLED
+        assert type(aiosqlite_dialect()) is type(dialect)
+    finally:
+        await conn.close()
+
+
 async def test_writes_take_the_write_lock_at_begin(db: Path) -> None:
     """BEGIN IMMEDIATE: a second writer waits at its first statement, even a read."""
     writer, other = await connect(db), await connect(db, busy_ms=0)

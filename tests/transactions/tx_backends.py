@@ -24,13 +24,17 @@ import pytest
 import aiolease
 import aiolease.psycopg
 import aiolease.sqlite
+from aiolease import _dialects
 from aiolease._compat import aiosqlite as _compat_aiosqlite
+from aiolease._dialects.sqlite import AiosqliteDialect
 from aiolease.testing import FakeConnection, FakeDatabase
 
 PG_DSN = os.environ.get("AIOLEASE_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 # sqlite-public: aiosqlite through its public API only (the _compat fast path off).
 BACKENDS = ["asyncpg", "psycopg", "sqlite", "sqlite-public", "sqlite-loop", "fake"]
 POSTGRES = frozenset({"asyncpg", "psycopg"})
+# How the registry names the aiosqlite dialect's factory.
+SQLITE_DIALECT = _dialects._LAZY[("aiosqlite", "Connection")]
 
 
 class Backend:
@@ -284,7 +288,10 @@ async def backend_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Asy
         b = FakeBackend()
     with pytest.MonkeyPatch.context() as patch:
         if name == "sqlite-public":
+            # The dialect chose its path when it was made: swap in the public one.
             patch.setattr(_compat_aiosqlite, "ENABLED", False)
+            patch.setattr(_dialects, "_CACHE", {})
+            patch.setitem(_dialects._BUILTIN, SQLITE_DIALECT, AiosqliteDialect())
         await b.setup()
         try:
             yield b

@@ -237,8 +237,9 @@ def _rollback_to(db: sqlite3.Connection, name: str) -> None:
     db.execute(f"RELEASE SAVEPOINT {name}")
 
 
-async def begin(conn: Any, readonly: bool) -> None:
-    """Arm ``conn``: its next operation runs BEGIN first, in the same hop."""
+async def begin(conn: Any, isolation: str | None, readonly: bool) -> None:
+    """Arm ``conn``: its next operation runs BEGIN first, in the same hop (SQLite's
+    only level, serializable, is what ``isolation`` can be)."""
     state = conn.__dict__
     begin_fn = _begin_readonly if readonly else _begin_immediate
     if readonly:

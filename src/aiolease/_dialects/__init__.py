@@ -23,8 +23,8 @@ _LAZY: dict[tuple[str, str], str] = {
     # psycopg sets __module__ = "psycopg" on its public classes.
     ("psycopg", "AsyncConnection"): "aiolease._dialects.psycopg:PsycopgDialect",
     ("psycopg.connection_async", "AsyncConnection"): "aiolease._dialects.psycopg:PsycopgDialect",
-    ("aiosqlite.core", "Connection"): "aiolease._dialects.sqlite:AiosqliteDialect",
-    ("aiosqlite", "Connection"): "aiolease._dialects.sqlite:AiosqliteDialect",
+    ("aiosqlite.core", "Connection"): "aiolease._dialects.sqlite:aiosqlite_dialect",
+    ("aiosqlite", "Connection"): "aiolease._dialects.sqlite:aiosqlite_dialect",
     (
         "aiolease.testing._fake_connection",
         "FakeConnection",

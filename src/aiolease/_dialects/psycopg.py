@@ -22,7 +22,6 @@ leaves the driver's semantics untouched.
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import psycopg
@@ -57,7 +56,7 @@ def _state(conn: Any) -> str:
         return "closed"
     if conn.broken:
         return "broken"
-    return f"in transaction status {conn.info.transaction_status.name}"
+    return f"in transaction status {pq.TransactionStatus(conn.pgconn.transaction_status).name}"
 
 
 class PsycopgDialect(Dialect[Any]):
@@ -66,33 +65,37 @@ class PsycopgDialect(Dialect[Any]):
     name = "psycopg"
 
     def __init__(self) -> None:
-        # Each connection's open blocks, outermost first: the context manager
-        # ``conn.transaction()`` returned and the AsyncTransaction it entered.
-        self._blocks: weakref.WeakKeyDictionary[Any, list[tuple[Any, Any]]] = (
-            weakref.WeakKeyDictionary()
-        )
+        # id(conn) -> the connection's open blocks, outermost first: the context
+        # manager ``conn.transaction()`` returned and the AsyncTransaction it
+        # entered. Both hold the connection, so its id cannot be reused while
+        # the entry exists; the entry goes with the outermost block.
+        self._blocks: dict[int, list[tuple[Any, Any]]] = {}
 
     async def begin(self, conn: Any, isolation: str | None, readonly: bool) -> None:
         cm = conn.transaction()
         # psycopg undoes its own BEGIN when entering fails or is cancelled.
         tx = await cm.__aenter__()
-        self._blocks[conn] = [(cm, tx)]
+        self._blocks[id(conn)] = [(cm, tx)]
         if isolation is not None or readonly:
             # Raising here makes atomic roll the transaction back (self.rollback).
             await conn.execute(_set_transaction(isolation, readonly), prepare=False)
 
     def _pop(self, conn: Any) -> tuple[Any, Any] | None:
-        blocks = self._blocks.get(conn)
+        key = id(conn)
+        blocks = self._blocks.get(key)
         if not blocks:
             return None
-        return blocks.pop()
+        block = blocks.pop()
+        if not blocks:
+            del self._blocks[key]
+        return block
 
     async def commit(self, conn: Any) -> bool:
         block = self._pop(conn)
         if block is None:
             raise psycopg.OperationalError(f"no transaction to commit on {conn!r}")
         # PostgreSQL turns the COMMIT of an aborted transaction into a ROLLBACK.
-        aborted = conn.info.transaction_status == _INERROR
+        aborted = conn.pgconn.transaction_status == _INERROR
         await block[0].__aexit__(None, None, None)
         if conn.broken or conn.closed:
             # psycopg skips COMMIT on a connection it knows is gone.
@@ -110,10 +113,10 @@ class PsycopgDialect(Dialect[Any]):
     async def savepoint(self, conn: Any, name: str) -> None:
         cm = conn.transaction(savepoint_name=name)
         tx = await cm.__aenter__()
-        self._blocks.setdefault(conn, []).append((cm, tx))
+        self._blocks.setdefault(id(conn), []).append((cm, tx))
 
     async def release_savepoint(self, conn: Any, name: str) -> None:
-        if conn.info.transaction_status == _INERROR:
+        if conn.pgconn.transaction_status == _INERROR:
             # What RELEASE would answer, without the round trip; the savepoint
             # stays open so that atomic rolls back to it through psycopg.
             raise psycopg.errors.InFailedSqlTransaction(
@@ -139,7 +142,7 @@ class PsycopgDialect(Dialect[Any]):
         await cm.__aexit__(None, None, None)
         # psycopg logs a failed rollback ("error ignored in rollback") and
         # returns: the connection's state tells whether it worked.
-        if conn.closed or conn.broken or conn.info.transaction_status != expected:
+        if conn.closed or conn.broken or conn.pgconn.transaction_status != expected:
             raise psycopg.OperationalError(
                 f"{what} failed: the connection is {_state(conn)} "
                 "(psycopg logged the error on logger 'psycopg')"
@@ -155,7 +158,7 @@ class PsycopgDialect(Dialect[Any]):
         return
 
     def in_transaction(self, conn: Any) -> bool:
-        return bool(conn.info.transaction_status != _IDLE)
+        return bool(conn.pgconn.transaction_status != _IDLE)
 
     def is_connection_error(self, exc: BaseException, conn: Any) -> bool:
         if super().is_connection_error(exc, conn):

@@ -12,7 +12,9 @@ When :data:`aiolease._compat.aiosqlite.ENABLED` (aiosqlite's internals as
 expected, ``AIOLEASE_COMPAT`` not ``public``), the same statements run in
 fewer hops: BEGIN rides along with the block's first operation, and COMMIT
 may run on the event loop for connections that opted in (see that module for
-how and for the hazard).
+how and for the hazard). Which of the two is in force is chosen once, when
+the dialect is made (:func:`aiosqlite_dialect`): its methods are then the
+chosen path's functions, with no test per call.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from .._compat import aiosqlite as _fast
 from .._compat.aiosqlite import LOOP_COMMIT_MAX_CHANGES, enable_loop_commit
 from ._base import Dialect
 
-__all__ = ["LOOP_COMMIT_MAX_CHANGES", "AiosqliteDialect", "enable_loop_commit"]
+__all__ = ["LOOP_COMMIT_MAX_CHANGES", "AiosqliteDialect", "aiosqlite_dialect", "enable_loop_commit"]
 
 # sqlite3 primary result codes that mean "another connection holds the lock".
 _SQLITE_BUSY = 5
@@ -33,7 +35,8 @@ _SQLITE_LOCKED = 6
 
 
 class AiosqliteDialect(Dialect[Any]):
-    """aiosqlite: ``BEGIN IMMEDIATE``, statements, ``commit()`` (see the module doc)."""
+    """aiosqlite through its public API: ``BEGIN IMMEDIATE``, statements, ``commit()``
+    (see the module doc)."""
 
     name = "sqlite"
     isolation_levels = frozenset({"serializable"})
@@ -43,9 +46,6 @@ class AiosqliteDialect(Dialect[Any]):
         self._readonly: weakref.WeakSet[Any] = weakref.WeakSet()
 
     async def begin(self, conn: Any, isolation: str | None, readonly: bool) -> None:
-        if _fast.ENABLED:
-            await _fast.begin(conn, readonly)
-            return
         if not readonly:
             await conn.execute("BEGIN IMMEDIATE")
             return
@@ -54,8 +54,6 @@ class AiosqliteDialect(Dialect[Any]):
         await conn.execute("BEGIN DEFERRED")
 
     async def commit(self, conn: Any) -> bool:
-        if _fast.ENABLED:
-            return await _fast.commit(conn)
         if not conn.in_transaction:
             # SQLite ended the transaction itself (some errors roll back
             # automatically) or a statement of the block did.
@@ -74,9 +72,6 @@ class AiosqliteDialect(Dialect[Any]):
         return True
 
     async def rollback(self, conn: Any) -> None:
-        if _fast.ENABLED:
-            await _fast.rollback(conn)
-            return
         try:
             # Always sent (sqlite3 makes it a no-op outside a transaction): a
             # BEGIN or statement whose caller was cancelled may still be queued
@@ -91,21 +86,12 @@ class AiosqliteDialect(Dialect[Any]):
             await conn.execute("PRAGMA query_only = 0")
 
     async def savepoint(self, conn: Any, name: str) -> None:
-        if _fast.ENABLED:
-            await _fast.savepoint(conn, name)
-            return
         await conn.execute(f"SAVEPOINT {name}")
 
     async def release_savepoint(self, conn: Any, name: str) -> None:
-        if _fast.ENABLED:
-            await _fast.release_savepoint(conn, name)
-            return
         await conn.execute(f"RELEASE SAVEPOINT {name}")
 
     async def rollback_to_savepoint(self, conn: Any, name: str) -> None:
-        if _fast.ENABLED:
-            await _fast.rollback_to_savepoint(conn, name)
-            return
         await conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
         await conn.execute(f"RELEASE SAVEPOINT {name}")
 
@@ -133,3 +119,20 @@ class AiosqliteDialect(Dialect[Any]):
         # A local file: a failed COMMIT is a definite failure (SQLite rolls
         # back what it could not commit), never an unknown outcome.
         return False
+
+
+class _FencedAiosqliteDialect(AiosqliteDialect):
+    """aiosqlite in fewer thread hops, through :mod:`aiolease._compat.aiosqlite`."""
+
+    begin = staticmethod(_fast.begin)
+    commit = staticmethod(_fast.commit)
+    rollback = staticmethod(_fast.rollback)
+    savepoint = staticmethod(_fast.savepoint)
+    release_savepoint = staticmethod(_fast.release_savepoint)
+    rollback_to_savepoint = staticmethod(_fast.rollback_to_savepoint)
+
+
+def aiosqlite_dialect() -> AiosqliteDialect:
+    """The dialect for aiosqlite connections: the fenced path when
+    :data:`aiolease._compat.aiosqlite.ENABLED`, else the public API."""
+    return _FencedAiosqliteDialect() if _fast.ENABLED else AiosqliteDialect()
