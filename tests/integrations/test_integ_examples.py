@@ -46,9 +46,11 @@ async def test_the_app_over_sqlite_through_uvicorn(tmp_path: Path) -> None:
         refused = await client.post("/accounts/ann/deposit", params={"amount": 5000})
         assert refused.status_code == 403  # written, then rolled back
         assert (await client.get("/accounts/ann")).json() == {"name": "ann", "balance": 30}
-        statuses = [(await client.get("/accounts/ann")).status_code for _ in range(6)]
-        assert 429 in statuses
-        limited = (await client.get("/accounts/ann")).headers
+        answers = [await client.get("/accounts/ann") for _ in range(6)]
+        refusals = [a for a in answers if a.status_code == 429]
+        assert refusals
+        # (headers of a refusal from the burst: a later request may find a token refilled)
+        limited = refusals[0].headers
         assert limited["retry-after"] == "1"
         assert limited["ratelimit-policy"] == '"default";q=5;w=1'
         health = await client.get("/health")
