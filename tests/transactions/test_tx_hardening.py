@@ -56,7 +56,7 @@ async def test_a_hanging_rollback_is_abandoned_after_cleanup_timeout() -> None:
         async with aiolease.atomic(conn, cleanup_timeout=0.2):
             await conn.execute("INSERT")
             raise Boom
-    assert 0.2 <= loop.time() - start < 2
+    assert 0.2 - 0.001 <= loop.time() - start < 2  # (uvloop's clock counts milliseconds)
     assert isinstance(info.value.__context__, TimeoutError)
     assert "cleanup_timeout" in str(info.value.__context__)
     assert any("ROLLBACK also failed" in n for n in info.value.__notes__)
