@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -82,8 +83,33 @@ LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
 #: Every async test that does not ask for virtual time runs on each of these loops.
 LOOP_FACTORIES: dict[str, LoopFactory] = {"asyncio": asyncio.new_event_loop}
+
 if uvloop is not None:
-    LOOP_FACTORIES["uvloop"] = uvloop.new_event_loop
+
+    class _UvloopLoop(uvloop.Loop):
+        """uvloop's loop, whose ``close()`` cannot hang the run.
+
+        uvloop's ``close()`` warns about each transport a test left open and then closes it.
+        Under ``filterwarnings = error`` the warning is raised instead, inside a libuv callback
+        that only prints it: the transport is never closed, and ``close()`` waits for it in
+        libuv forever, where no Python signal handler runs (not pytest-timeout's, not Ctrl-C).
+        Here the warnings are recorded while the loop closes and raised once it is closed: a
+        test that leaks a transport fails in its teardown instead of hanging the whole run.
+        """
+
+        def close(self) -> None:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ResourceWarning)
+                super().close()
+            leaked = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+            if leaked:
+                warnings.warn(
+                    f"uvloop closed {len(leaked)} resource(s) left open: {'; '.join(leaked)}",
+                    ResourceWarning,
+                    stacklevel=2,
+                )
+
+    LOOP_FACTORIES["uvloop"] = _UvloopLoop
 
 #: The black-box contract suites run as a user's tests would, on asyncio's own loop.
 _ASYNCIO_ONLY: dict[str, LoopFactory] = {"asyncio": asyncio.new_event_loop}

@@ -7,12 +7,14 @@ fixture applies the project's skip-or-fail policy first).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis.asyncio as redis_asyncio
@@ -20,6 +22,7 @@ from limits_helpers import Impl
 
 from aiolease._compat import redis as _compat_redis
 from aiolease.redis import RedisConcurrencyLimiter, RedisRateLimiter
+from aiolease.testing import FaultProxy
 
 REDIS_URL = os.environ.get("AIOLEASE_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -46,6 +49,27 @@ async def redis_client(url: str = REDIS_URL, **kw: Any) -> AsyncIterator[redis_a
         yield client
     finally:
         await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def through_proxy(
+    url: str = REDIS_URL,
+) -> AsyncIterator[tuple[FaultProxy, redis_asyncio.Redis]]:
+    """A client of ``url`` that reaches it through a FaultProxy (to delay or cut its traffic)."""
+    parts = urlsplit(url)
+    async with FaultProxy(parts.hostname or "127.0.0.1", parts.port or 6379) as proxy:
+        host, port = proxy.address
+        async with redis_client(f"redis://{host}:{port}{parts.path}") as client:
+            yield proxy, client
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 2.0) -> None:
+    """Poll ``check`` every 5 ms until it is true; fail after ``seconds``."""
+    for _ in range(int(seconds / 0.005)):
+        if await check():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"not reached within {seconds}s")
 
 
 @contextlib.contextmanager

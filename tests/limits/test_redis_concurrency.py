@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis.asyncio as redis_asyncio
-from _redis_factories import delete_keys, redis_client, unique_name
+from _redis_factories import delete_keys, eventually, redis_client, through_proxy, unique_name
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from aiolease import LimitTimeout, WouldBlock
@@ -56,7 +56,7 @@ async def queue_ids(client: redis_asyncio.Redis, queue: str) -> list[str]:
 async def settle_down(*limiters: RedisConcurrencyLimiter) -> None:
     """Wait until every background Redis call of the limiters is done."""
     for _ in range(400):
-        if not any(lim._bg.tasks or lim._call._pending for lim in limiters):
+        if not any(lim._bg.tasks or lim._call._pending or lim._call._calls for lim in limiters):
             return
         await asyncio.sleep(0.005)
     raise AssertionError("background calls did not finish")
@@ -188,6 +188,7 @@ async def test_timeout_raises_limit_timeout_and_leaves_the_queue(
     assert 0.15 <= now() - t0 < 1.0
     assert isinstance(LimitTimeout(), TimeoutError)
     keys = sem._keys(None)
+    await settle_down(sem)  # the withdrawal is a background call of the limiter
     assert await client.zcard(keys[1]) == 0  # not queued any more
     with pytest.raises(LimitTimeout):
         await sem.acquire(timeout=0)
@@ -206,6 +207,7 @@ async def test_cancelled_waiter_leaves_the_queue(client: redis_asyncio.Redis, na
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
+    await settle_down(sem)  # the withdrawal is a background call of the limiter
     assert await client.zcard(keys[1]) == 0
     assert sem.statistics().cancelled == 1
     await held.arelease()
@@ -375,21 +377,31 @@ async def test_leaks_name_held_leases_and_waiters(client: redis_asyncio.Redis, n
 
 
 async def test_cancel_during_the_first_round_trip_leaves_no_slot_held(
-    client: redis_asyncio.Redis, name: str
+    client: redis_asyncio.Redis, name: str, redis_url: str
 ) -> None:
-    sem = RedisConcurrencyLimiter(client, name, 1)
-    await sem.in_use()  # connect first, so the next call is written at once
-    task = asyncio.ensure_future(sem.acquire())
-    await asyncio.sleep(0)  # its script is written (and will take the free slot)
-    assert sem._call._pending
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await settle_down(sem)
-    assert await sem.in_use() == 0  # the slot taken for the cancelled task was given back
-    assert any("left open" in p for p in sem._aiolease_leaks())
-    await sem.aclose()
-    assert sem._aiolease_leaks() == []
+    # Through a proxy that delays every chunk, the script reaches Redis (and takes the free
+    # slot) well before its reply is back: the task is cancelled in between.
+    async with through_proxy(redis_url) as (proxy, slow):
+        sem = RedisConcurrencyLimiter(slow, name, 1, call_timeout=5.0)
+        await sem.in_use()  # connect first
+        holders = sem._keys(None)[0]
+        proxy.set_latency(0.25)
+        task = asyncio.ensure_future(sem.acquire())
+
+        async def taken() -> bool:
+            return bool(await client.zcard(holders))
+
+        await eventually(taken)  # the slot is taken for the task...
+        assert not task.done()  # ...whose reply has not come yet
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await settle_down(sem)
+        assert await client.zcard(holders) == 0  # the slot was given back
+        assert sem.statistics().in_use == 0
+        assert any("left open" in p for p in sem._aiolease_leaks())
+        await sem.aclose()
+        assert sem._aiolease_leaks() == []
 
 
 async def test_a_release_that_cannot_reach_redis_does_not_replace_the_error(

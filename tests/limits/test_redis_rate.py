@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as redis_asyncio
-from _redis_factories import TOL, delete_keys, redis_client, unique_name
+from _redis_factories import TOL, delete_keys, eventually, redis_client, through_proxy, unique_name
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -210,29 +210,39 @@ async def test_pause_from_one_client_holds_newcomers_of_another(redis_url: str, 
 
 
 async def test_cancel_during_the_round_trip_gives_the_reservation_back(
-    client: redis_asyncio.Redis, name: str
+    client: redis_asyncio.Redis, name: str, redis_url: str
 ) -> None:
-    lim = RedisRateLimiter(client, name, 1, burst=1)
-    await lim.acquire()  # the next slot is 1 s away
-    task = asyncio.ensure_future(lim.acquire())
-    await asyncio.sleep(0)  # the script is written; its reply has not been read
-    assert lim._call._pending
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    for _ in range(200):  # the refund is sent when the abandoned reply arrives
-        if not lim._call._pending and not lim._bg.tasks:
-            break
-        await asyncio.sleep(0.005)
-    assert not lim._bg.tasks
-    with pytest.raises(RateLimitExceeded) as info:
-        await lim.acquire_nowait()
-    # had the cancelled reservation stayed, the next slot would be ~2 s away
-    assert info.value.retry_after <= 1.0
-    assert lim.statistics().cancelled == 1
-    assert any("left open" in p for p in lim._aiolease_leaks())
-    await lim.aclose()
-    assert lim._aiolease_leaks() == []
+    # Through a proxy that delays every chunk, the script reaches Redis (and reserves the next
+    # slot) well before its reply is back: the task is cancelled in between.
+    async with through_proxy(redis_url) as (proxy, slow):
+        lim = RedisRateLimiter(slow, name, 1, 10, burst=1, call_timeout=5.0)
+        await lim.acquire()  # the next slot is 10 s away
+        state = await client.get(lim._rkey(None))
+        proxy.set_latency(0.25)
+        task = asyncio.ensure_future(lim.acquire())
+
+        async def changed() -> bool:
+            return await client.get(lim._rkey(None)) != state
+
+        await eventually(changed)  # reserved...
+        assert not task.done()  # ...and the reply has not come yet
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+        async def settled() -> bool:  # the refund is sent when the abandoned reply arrives
+            return not (lim._call._pending or lim._call._calls or lim._bg.tasks)
+
+        await eventually(settled)
+        proxy.set_latency(0)
+        with pytest.raises(RateLimitExceeded) as info:
+            await lim.acquire_nowait()
+        # had the cancelled reservation stayed, the next slot would be ~20 s away
+        assert info.value.retry_after <= 10.0
+        assert lim.statistics().cancelled == 1
+        assert any("left open" in p for p in lim._aiolease_leaks())
+        await lim.aclose()
+        assert lim._aiolease_leaks() == []
 
 
 async def test_cancel_in_the_middle_moves_later_waiters_up(
@@ -526,24 +536,31 @@ def test_missing_redis_py_names_the_extra() -> None:
 
 
 async def test_a_connection_killed_under_the_limiter_fails_one_call_then_recovers(
-    client: redis_asyncio.Redis, name: str
+    client: redis_asyncio.Redis, name: str, redis_url: str
 ) -> None:
-    lim = RedisRateLimiter(client, name, 1000, burst=10, on_error="raise")
-    await lim.acquire()
-    conn = lim._call._link
-    host, port = conn._writer.get_extra_info("sockname")[:2]
-    assert await client.client_kill(f"{host}:{port}")
-    await asyncio.sleep(0.05)
-    outcomes = []
-    for _ in range(2):
-        try:
-            await lim.acquire()
-            outcomes.append("ok")
-        except LimiterUnavailable:
-            outcomes.append("error")  # the call in flight is lost, not replayed
-        await asyncio.sleep(0.15)  # past the cool-down
-    assert outcomes in (["error", "ok"], ["ok", "ok"])
-    # a new socket (the pool may hand back the same Connection object, reconnected)
-    assert lim._call._link._writer.get_extra_info("sockname")[:2] != (host, port)
-    assert lim.statistics().errors == outcomes.count("error")
-    await lim.aclose()
+    async with redis_client(redis_url, client_name=name) as own:
+        lim = RedisRateLimiter(own, name, 1000, burst=10, on_error="raise")
+        await lim.acquire()
+        # the pipe's connection, or the pooled one the public path used
+        killed = await client_ids(client, name)
+        assert killed
+        for cid in killed:
+            assert await client.client_kill_filter(_id=cid) == 1
+        await asyncio.sleep(0.05)
+        outcomes = []
+        for _ in range(2):
+            try:
+                await lim.acquire()
+                outcomes.append("ok")
+            except LimiterUnavailable:
+                outcomes.append("error")  # the call in flight is lost, not replayed
+            await asyncio.sleep(0.15)  # past the cool-down
+        assert outcomes in (["error", "ok"], ["ok", "ok"])
+        assert not set(await client_ids(client, name)) & set(killed)  # on a new socket
+        assert lim.statistics().errors == outcomes.count("error")
+        await lim.aclose()
+
+
+async def client_ids(client: redis_asyncio.Redis, name: str) -> list[str]:
+    """The ids of the connections to Redis named ``name``."""
+    return [str(c["id"]) for c in await client.client_list() if c.get("name") == name]

@@ -678,7 +678,7 @@ async def test_on_uvloop_the_watch_stays_in_place_and_still_counts(
 ) -> None:
     # uvloop's set_protocol() stops and restarts reading the socket (two syscalls), so
     # the watch is never swapped there: it stays the protocol, and only its count moves.
-    assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+    assert isinstance(asyncio.get_running_loop(), pytest.importorskip("uvloop").Loop)
     async with create_pool(pg_dsn, max_size=1) as pool:
         async with pool.acquire() as conn:
             assert watched(conn)

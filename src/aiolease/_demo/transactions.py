@@ -102,15 +102,25 @@ async def run(out: Callable[[str], None]) -> None:
             await asyncio.gather(*(run_transaction(pool, add_interest) for _ in range(8)))
             out(f"   8 increments, {len(attempts)} attempts; BEGIN IMMEDIATE queued the writers")
 
-            # A busy database forces a real retry: another connection holds the write lock.
+            # A busy database forces a real retry: another connection holds the write lock
+            # for a moment. (The attempt fails at its BEGIN IMMEDIATE, retried inside
+            # `async with attempt`, or, where BEGIN rides along with the first statement, at
+            # the UPDATE below.)
             async with pool.acquire() as holder:
                 await holder.execute("BEGIN IMMEDIATE")
                 await holder.execute("PRAGMA busy_timeout = 0")
+
+                async def finish_other_writer() -> None:
+                    await asyncio.sleep(0.05)
+                    await holder.execute("COMMIT")
+
+                other = asyncio.create_task(finish_other_writer())
                 async with pool.acquire() as conn:
                     await conn.execute("PRAGMA busy_timeout = 0")
-                    async for attempt in transaction_attempts(conn, backoff=0.01):
-                        if attempt.number == 2:
-                            await holder.execute("COMMIT")  # the other writer finishes
+                    retrying = transaction_attempts(
+                        conn, attempts=50, backoff=0.01, max_backoff=0.02
+                    )
+                    async for attempt in retrying:
                         async with attempt as tx:
                             n = attempt.number
 
@@ -126,6 +136,7 @@ async def run(out: Callable[[str], None]) -> None:
                                 out(f"   attempt {n}: {exc} -> rolled back, retried")
                                 raise
                     await conn.execute("PRAGMA busy_timeout = 5000")
+                await other
                 await holder.execute("PRAGMA busy_timeout = 5000")
             async with pool.acquire() as conn:
                 out(f"   final:                  {await _balances(conn)}")

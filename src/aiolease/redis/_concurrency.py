@@ -394,7 +394,7 @@ class RedisConcurrencyLimiter:
         if self._waiting:
             problems.append(f"{self!r}: {self._waiting} task(s) still waiting")
         running = [t for t in (self._renewer, self._listener) if t is not None and not t.done()]
-        if not self._closed and (running or self._call.busy or self._bg.tasks):
+        if not self._closed and (running or self._call.used or self._bg.tasks):
             problems.append(f"{self!r} left open: call `await limiter.aclose()`")
         return problems
 
@@ -515,19 +515,17 @@ class RedisConcurrencyLimiter:
                     self._waiters[lid] = (keys, fut)
                 # Sleep until woken by a hand-off, or until the earliest lease could have expired
                 # (a crashed holder); the renewer also refreshes our place every lease_ttl / 3.
+                # A sleep that ends at the deadline ends the wait: no further round trip.
                 delay = max(hint_ms, 0) / 1000 + 0.005
+                last = False
                 if deadline is not None:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        self._timeouts += 1
-                        raise LimitTimeout(
-                            f"{self!r}: no slot of key {key!r} within timeout={timeout!r}s"
-                        )
+                    remaining = max(0.0, deadline - loop.time())
+                    last = remaining <= delay
                     delay = min(delay, remaining)
                 await asyncio.wait((fut,), timeout=delay)
                 if fut.done() and fut.result() == _GRANTED:
                     break
-                if not fut.done() and deadline is not None and loop.time() >= deadline:
+                if last and not fut.done():
                     self._timeouts += 1
                     raise LimitTimeout(
                         f"{self!r}: no slot of key {key!r} within timeout={timeout!r}s"
@@ -535,14 +533,11 @@ class RedisConcurrencyLimiter:
         except BaseException as exc:
             if not isinstance(exc, (LimitTimeout, LimiterUnavailable)):
                 self._cancelled += 1
-            if self._closed:  # aclose() withdrew it
-                raise
-            # Withdraw from the queue, passing on a slot handed to us meanwhile. Shielded: a
-            # second cancellation cannot stop it; waited for only as long as the deadline allows.
-            withdraw = self._withdraw(keys, lid)
-            wait = self._call.timeout if end is None else max(0.0, end - loop.time())
-            with contextlib.suppress(BaseException):
-                await asyncio.wait((withdraw,), timeout=wait)
+            if not self._closed:  # (aclose() withdrew it)
+                # Leave the queue, passing on a slot handed to us meanwhile: a background call
+                # the limiter owns (aclose() waits for it). Not waited for here: the caller's
+                # timeout or cancellation takes effect now, not after the calls queued ahead.
+                self._withdraw(keys, lid)
             raise
         finally:
             del self._waiters[lid]

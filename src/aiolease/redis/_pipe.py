@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 from collections import deque
@@ -185,6 +186,7 @@ class Caller:
     """
 
     __slots__ = (
+        "_calls",
         "_client",
         "_connecting",
         "_direct",
@@ -210,7 +212,7 @@ class Caller:
             and not getattr(client, "single_connection_client", False)
         )
         self._loaded = 0  # SCRIPT LOAD count (observable in tests)
-        self.sent = 0  # commands written to the pipe
+        self.sent = 0  # calls sent: written to the pipe, or handed to the client's evalsha
         self._link: Any = None
         self._connecting: asyncio.Lock | None = None
         #: (future, on_abandon, deadline) of the replies still to read, in the order the commands
@@ -226,14 +228,25 @@ class Caller:
         self._watch: asyncio.TimerHandle | None = None
         #: closes of dropped connections still running.
         self._drops: set[asyncio.Task[None]] = set()
-        #: Without the pipe, calls go one at a time in call order (FIFO per key, as with it).
+        #: Without the pipe, calls go one at a time in call order (FIFO per key, as with it),
+        #: each in a task of its own (see _via_client).
         self._order: asyncio.Lock | None = None
+        self._calls: set[asyncio.Task[Any]] = set()
         self.closed = False
 
     @property
-    def busy(self) -> bool:
-        """Whether the pipe holds a connection or runs a task (what ``aclose`` ends)."""
-        return self._link is not None or self._reader is not None or bool(self._drops)
+    def used(self) -> bool:
+        """Whether a limiter using this caller must be closed: it has sent a call, or holds a
+        connection or runs a task. (The pipe keeps its connection from the first call until
+        ``aclose()``; the public path takes one per call. Counting sent calls makes "left
+        open" mean the same in both modes.)"""
+        return (
+            self.sent > 0
+            or self._link is not None
+            or self._reader is not None
+            or bool(self._drops)
+            or bool(self._calls)
+        )
 
     async def __call__(
         self,
@@ -407,14 +420,20 @@ class Caller:
             task.add_done_callback(self._drops.discard)
 
     async def aclose(self) -> None:
-        """Drop the pipe's connection (back to the client's pool) and end the reader."""
+        """Drop the pipe's connection (back to the client's pool) and end the reader; calls
+        through the client still running get ``timeout`` to finish, then are cancelled."""
         self.closed = True
         reader = self._reader
         if self._link is not None or reader is not None:
             self._break(_rexc.ConnectionError("limiter closed"))
-        tasks = [t for t in (reader, *self._drops) if t is not None]
+        tasks = [t for t in (reader, *self._drops, *self._calls) if t is not None]
         if tasks:
-            await asyncio.wait(tasks, timeout=self.timeout)
+            _, late = await asyncio.wait(tasks, timeout=self.timeout)
+            late &= self._calls  # the reader and the drops end by themselves
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
 
     async def _via_client(
         self,
@@ -423,33 +442,53 @@ class Caller:
         args: tuple[Any, ...],
         on_abandon: Callable[[Any], None] | None = None,
     ) -> Any:
+        # Each call runs in a task of its own, which the caller awaits without cancelling it:
+        # a caller that is cancelled or whose deadline passes abandons the reply, as on the pipe
+        # (on_abandon gets it), at once. Cancelling redis-py mid-call instead would close the
+        # connection (the next call pays a reconnect) and keep the caller until redis-py has
+        # cleaned up. The call itself stays bounded by call_timeout, and aclose() ends it.
+        call = asyncio.get_running_loop().create_task(self._client_call(script, keys, args))
+        self.sent += 1
+        self._calls.add(call)
+        call.add_done_callback(self._calls.discard)
+        try:
+            return await asyncio.shield(call)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if call.cancelled() and (task is None or not task.cancelling()):
+                # aclose() ended the call; the caller was not cancelled.
+                raise _rexc.ConnectionError("the limiter was closed (aclose())") from None
+            if on_abandon is not None:
+                call.add_done_callback(functools.partial(_hand_back, on_abandon))
+            raise
+
+    async def _client_call(
+        self, script: Script, keys: tuple[str, ...], args: tuple[Any, ...]
+    ) -> Any:
         # Cluster (or single-connection) clients route and retry by their own policy; configure
         # their retries off to keep "never replay an indeterminate call" (docs/redis.md).
-        # One call at a time, in call order (asyncio.Lock is FIFO): Redis then runs this
-        # process's scripts in the order they were called, as on the pipe.
+        # One call at a time, in call order: the tasks start in the order they were created
+        # and asyncio.Lock is FIFO, so Redis runs this process's scripts in the order they were
+        # called, as on the pipe.
         client: Any = self._client
         if self._order is None:
             self._order = asyncio.Lock()
-        task = asyncio.current_task()
-        cancels = task.cancelling() if task is not None else 0
         try:
             async with asyncio.timeout(self.timeout), self._order:
                 try:
-                    reply = await client.evalsha(script.sha, len(keys), *keys, *args)
+                    return await client.evalsha(script.sha, len(keys), *keys, *args)
                 except _rexc.NoScriptError:
                     self._loaded += 1
                     await client.script_load(script.source)
-                    reply = await client.evalsha(script.sha, len(keys), *keys, *args)
+                    return await client.evalsha(script.sha, len(keys), *keys, *args)
         except TimeoutError as exc:
             raise _rexc.TimeoutError(f"no reply from Redis within {self.timeout}s") from exc
-        if task is not None and task.cancelling() > cancels:
-            # redis-py (8.x) can return a reply to a task cancelled during the call, the
-            # cancellation swallowed: it is not ours to swallow. The script ran: hand its
-            # reply back as abandoned (a reservation is given back), then go on cancelling.
-            if on_abandon is not None:
-                on_abandon(reply)
-            raise asyncio.CancelledError
-        return reply
+
+
+def _hand_back(on_abandon: Callable[[Any], None], call: asyncio.Task[Any]) -> None:
+    """The reply of a call its caller abandoned goes to ``on_abandon`` (when it came)."""
+    if not call.cancelled() and call.exception() is None:
+        on_abandon(call.result())
 
 
 class Background:

@@ -500,7 +500,7 @@ class RedisRateLimiter:
 
     def _aiolease_leaks(self) -> list[str]:
         problems = []
-        if not self._closed and (self._call.busy or self._bg.tasks):
+        if not self._closed and (self._call.used or self._bg.tasks):
             problems.append(f"{self!r} left open: call `await limiter.aclose()`")
         if self._waiting:
             problems.append(f"{self!r}: {self._waiting} task(s) still waiting")
