@@ -506,8 +506,7 @@ class Pool(Generic[T]):
             observer.released(info.last_used_at - entry.lease_start)
         hooks = self._hooks
         resource = entry.resource
-        if hooks.detach is not None and entry.handle is not resource:
-            hooks.detach(entry.handle)  # as _detach does: the lease's handle refuses use now
+        self._detach(entry)  # the lease's handle refuses use from now on
         if hooks.on_release is not None:
             hooks.on_release(resource, info)
         if _tracking._broken and _tracking.is_broken(resource):
