@@ -541,7 +541,8 @@ class Transaction(Generic[C]):
             op = dialect.rollback_to_savepoint(raw, self._sp_name)
         loop = asyncio.get_running_loop()
         budget = self._cleanup_timeout
-        if dialect.cancel_pending(raw):
+        pending = dialect.cancel_pending(raw)
+        if pending or (pending is None and isinstance(exc, (asyncio.CancelledError, TimeoutError))):
             budget = min(budget, dialect.cancel_grace)
             what += " (behind a statement still being cancelled)"
         task = asyncio.ensure_future(op)

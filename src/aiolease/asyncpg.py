@@ -27,6 +27,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 # (after the driver: the fence imports asyncpg too, and the error above names the extra)
 from ._compat.asyncpg import (
     HAVE_SOCKET,
+    SEES_CANCELLING,
     cancelling,
     connection_socket,
     end_transaction,
@@ -431,10 +432,12 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
         """Close gracefully; the pool bounds this by :attr:`close_timeout` and then
         calls :meth:`abort`. A connection released with a statement still being cancelled
         gets :data:`~aiolease._liveness.CANCEL_GRACE` seconds (asyncpg's close waits for
-        the server to answer the cancel, which a silent peer never does), then is cut."""
+        the server to answer the cancel, which a silent peer never does), then is cut. In
+        public mode (``AIOLEASE_COMPAT=public``) that cannot be seen, so every close gets
+        that bound (a connection being closed loses nothing by being cut)."""
         if resource.is_closed():
             return
-        if not cancelling(resource):
+        if SEES_CANCELLING and not cancelling(resource):
             await resource.close()
             return
         try:

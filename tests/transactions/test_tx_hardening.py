@@ -20,7 +20,6 @@ from silent_proxy import SilentProxy
 
 import aiolease
 from aiolease import _tracking
-from aiolease._compat.asyncpg import HAVE_SOCKET
 from aiolease._transaction import _open
 from aiolease.testing import FakeConnection
 
@@ -64,6 +63,45 @@ async def test_a_hanging_rollback_is_abandoned_after_cleanup_timeout() -> None:
     assert any("ROLLBACK also failed" in n for n in info.value.__notes__)
     assert _tracking.is_broken(conn)
     assert id(conn) not in _open
+
+
+@pytest.mark.parametrize("cancelled", [True, False], ids=["cancelled", "an error"])
+async def test_a_dialect_that_cannot_tell_bounds_only_the_clean_up_after_a_cancel(
+    monkeypatch: pytest.MonkeyPatch, cancelled: bool
+) -> None:
+    # cancel_pending() -> None: the driver cannot tell whether it is still cancelling a
+    # statement. After a cancellation (a statement may have been cut short) the ROLLBACK gets
+    # cancel_grace; after an ordinary error it gets the whole cleanup_timeout.
+    from aiolease.testing._fake_connection import FakeDialect
+
+    monkeypatch.setattr(FakeDialect, "cancel_pending", lambda self, conn: None)
+    monkeypatch.setattr(FakeDialect, "cancel_grace", 0.05)
+    conn = FakeConnection()
+    conn.hang("^ROLLBACK$")
+    loop = asyncio.get_running_loop()
+    inside = asyncio.Event()
+
+    async def body() -> None:
+        async with aiolease.atomic(conn, cleanup_timeout=0.5):
+            await conn.execute("INSERT")
+            inside.set()
+            if not cancelled:
+                raise Boom
+            await asyncio.sleep(3600)
+
+    task = asyncio.create_task(body())
+    await inside.wait()
+    start = loop.time()
+    if cancelled:
+        task.cancel()
+    with pytest.raises(asyncio.CancelledError if cancelled else Boom):
+        await task
+    took = loop.time() - start
+    if cancelled:
+        assert took < 0.4
+    else:
+        assert 0.499 <= took < 2
+    assert _tracking.is_broken(conn)
 
 
 async def test_a_failing_rollback_is_attached_to_the_original_error() -> None:
@@ -320,7 +358,6 @@ async def _cancel_mid_statement(conn: Any, proxy: SilentProxy, *, silent: bool) 
     return loop.time() - start
 
 
-@pytest.mark.skipif(not HAVE_SOCKET, reason="public mode cannot see asyncpg's cancellation")
 @pytest.mark.parametrize("silent", [True, False], ids=["silent peer", "live server"])
 async def test_asyncpg_rollback_behind_a_cancel_waits_only_the_grace(
     proxy: SilentProxy, silent: bool
@@ -329,6 +366,7 @@ async def test_asyncpg_rollback_behind_a_cancel_waits_only_the_grace(
     # silent peer neither is ever answered: atomic waits the dialect's cancel_grace (0.5 s),
     # not cleanup_timeout (5 s), so the connection's pool slot is free again at once. A live
     # server answers the cancel at once, the ROLLBACK follows and the connection is kept.
+    # Public mode cannot see the cancel: a clean-up after a cancellation gets the grace anyway.
     conn = await _connect("asyncpg", proxy)
     try:
         assert await _cancel_mid_statement(conn, proxy, silent=silent) < 2.5

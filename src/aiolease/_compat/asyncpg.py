@@ -40,6 +40,7 @@ from . import PUBLIC
 __all__ = [
     "HAVE_SOCKET",
     "PRIVATE",
+    "SEES_CANCELLING",
     "cancelling",
     "connection_socket",
     "end_transaction",
@@ -111,6 +112,9 @@ end_transaction = _end_private if PRIVATE else _end_public
 
 #: Whether :func:`connection_socket` can answer (False in public mode).
 HAVE_SOCKET = PRIVATE
+#: Whether :func:`cancelling` can answer (False in public mode: it then always says False, and
+#: a caller that must not wait behind an unseen cancel bounds the wait instead).
+SEES_CANCELLING = PRIVATE
 
 
 def connection_socket(conn: Any) -> Any:

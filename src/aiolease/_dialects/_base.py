@@ -96,11 +96,14 @@ class Dialect(ABC, Generic[C]):
         does nothing (the pool that owns the connection closes it).
         """
 
-    def cancel_pending(self, conn: C) -> bool:
+    def cancel_pending(self, conn: C) -> bool | None:
         """Whether a statement cancelled on ``conn`` is still being cancelled (the driver
         has not heard the server end it yet), answered without I/O. A clean-up statement
-        queued behind it waits only ``cancel_grace`` seconds. The default answers False
-        (unknown: the clean-up gets the whole ``cleanup_timeout``).
+        queued behind it waits only ``cancel_grace`` seconds. None: the driver cannot
+        tell, so a clean-up after a cancellation or a timeout (when a statement may have
+        been cut short) waits only ``cancel_grace`` seconds too. The default answers False
+        (no driver-side cancel to wait behind: the clean-up gets the whole
+        ``cleanup_timeout``).
         """
         return False
 

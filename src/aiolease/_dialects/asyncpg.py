@@ -6,7 +6,7 @@ from typing import Any
 
 import asyncpg
 
-from .._compat.asyncpg import cancelling
+from .._compat.asyncpg import SEES_CANCELLING, cancelling
 from ._base import Dialect
 from ._pg import begin_sql
 
@@ -48,10 +48,11 @@ class AsyncpgDialect(Dialect[Any]):
         # ConnectionDoesNotExistError.
         conn.terminate()
 
-    def cancel_pending(self, conn: Any) -> bool:
+    def cancel_pending(self, conn: Any) -> bool | None:
         # asyncpg queues the next statement behind its cancel request of the cancelled
-        # one (public mode cannot see it: the clean-up gets the whole cleanup_timeout).
-        return cancelling(conn)
+        # one; public mode cannot see that request (None: atomic bounds a clean-up after
+        # a cancellation or a timeout as if one were pending).
+        return cancelling(conn) if SEES_CANCELLING else None
 
     def in_transaction(self, conn: Any) -> bool:
         return bool(conn.is_in_transaction())
