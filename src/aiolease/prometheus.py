@@ -141,6 +141,9 @@ class _PoolRecorder:
     def wait(self, seconds: float) -> None:
         self._wait(seconds)
 
+    def wait_failed(self, seconds: float, error: BaseException) -> None:
+        pass  # timeouts are state, read at the scrape
+
     def use(self, seconds: float) -> None:
         self._use(seconds)
 
@@ -165,6 +168,9 @@ class _SharedPoolRecorder(_PoolRecorder):
 
     def wait(self, seconds: float) -> None:
         super().wait(seconds)
+        self._touched()
+
+    def wait_failed(self, seconds: float, error: BaseException) -> None:
         self._touched()
 
     def use(self, seconds: float) -> None:
