@@ -328,11 +328,13 @@ class Collector(_Collector):
     # -- _metrics.Sink
     def pool_recorder(self, name: str) -> _PoolRecorder:
         if self._multiprocess:
+            self._made()
             return _SharedPoolRecorder(self, name)
         return _PoolRecorder(self, name)
 
     def limiter_recorder(self, name: str) -> _LimiterRecorder:
         if self._multiprocess:
+            self._made()
             return _SharedLimiterRecorder(self, name)
         return _LimiterRecorder(self, name)
 
@@ -396,6 +398,16 @@ class Collector(_Collector):
         loop.call_soon(self._refresh)
         if self._timer is None:
             self._timer = loop.call_later(self._interval, self._tick, loop)
+
+    def _made(self) -> None:
+        """A pool or limiter was made (or re-bound): have its state written at the next
+        turn of the running loop, so a worker's pools count before their first event and
+        the periodic refresh is armed; outside a running loop, its first event does it."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._touched()
 
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None
