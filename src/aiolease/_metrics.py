@@ -38,7 +38,10 @@ __all__ = [
     "pools",
     "register_limiter",
     "register_pool",
+    "set_tracer",
+    "tracer",
     "transaction_ended",
+    "transaction_retried",
 ]
 
 #: The outcomes ``aiolease.transaction.count`` takes.
@@ -49,6 +52,7 @@ class PoolRecorder(Protocol):
     """A sink's recorder bound to one pool (its attributes prepared once)."""
 
     def wait(self, seconds: float) -> None: ...
+    def wait_failed(self, seconds: float, error: BaseException) -> None: ...
     def use(self, seconds: float) -> None: ...
     def create(self, seconds: float, error_type: str | None) -> None: ...
     def reset_done(self) -> None: ...
@@ -81,6 +85,12 @@ class PoolObserver:
         for recorder in self._recorders:
             recorder.wait(waited)
 
+    def wait_failed(self, waited: float, error: BaseException) -> None:
+        """A waiting acquire gave up after ``waited`` seconds with ``error`` (a timeout,
+        a cancellation, the pool closing)."""
+        for recorder in self._recorders:
+            recorder.wait_failed(waited, error)
+
     def released(self, used: float) -> None:
         """A lease of ``used`` seconds ended."""
         for recorder in self._recorders:
@@ -94,7 +104,7 @@ class PoolObserver:
 
     def created(self, seconds: float, error: BaseException | None) -> None:
         """A creation attempt took ``seconds``; ``error``: what it raised, if it failed."""
-        error_type = None if error is None else _error_type(error)
+        error_type = None if error is None else error_type_of(error)
         for recorder in self._recorders:
             recorder.create(seconds, error_type)
 
@@ -113,7 +123,7 @@ class LimiterObserver:
             recorder.queued(seconds)
 
 
-def _error_type(error: BaseException) -> str:
+def error_type_of(error: BaseException) -> str:
     """``error.type`` as the semantic conventions spell it: the fully qualified class name
     (the bare name for builtins)."""
     cls = type(error)
@@ -190,6 +200,49 @@ def transaction_ended(outcome: str) -> None:
     """An outermost transaction ended with ``outcome`` (see :data:`TX_OUTCOMES`)."""
     for sink in _tx_sinks:
         sink.transaction(outcome)
+
+
+def transaction_retried(attempt: int, error: BaseException, delay: float) -> None:
+    """Attempt ``attempt`` failed with the retryable ``error``; the next one starts after
+    ``delay`` seconds."""
+    transaction_ended("retry")
+    if tracer is not None:
+        tracer.retried(attempt, error, delay)
+
+
+# ---------------------------------------------------------------------------- tracing
+
+
+class Span(Protocol):
+    """A span a :class:`Tracer` opened and made current; ended exactly once."""
+
+    def end(self, outcome: str | None, error: BaseException | None) -> None:
+        """End it: ``outcome`` one of :data:`TX_OUTCOMES` (None: none was reached),
+        ``error`` what propagates, if anything."""
+
+
+class Tracer(Protocol):
+    """Where spans go (``aiolease.otel`` with tracing on)."""
+
+    def transaction(self, dialect: str) -> Span:
+        """Open a span around an outermost transaction on a ``dialect`` connection
+        ("asyncpg", "psycopg", "sqlite", ...), current until it ends."""
+
+    def retry_loop(self) -> Span:
+        """Open a span around ``run_transaction``'s attempts, current until it ends."""
+
+    def retried(self, attempt: int, error: BaseException, delay: float) -> None:
+        """Note a retry on the current span."""
+
+
+#: The tracer, or None while nothing traces (read once per outermost transaction).
+tracer: Tracer | None = None
+
+
+def set_tracer(new: Tracer | None) -> None:
+    """Send spans to ``new`` (None: stop tracing)."""
+    global tracer
+    tracer = new
 
 
 # ---------------------------------------------------------------------------- state

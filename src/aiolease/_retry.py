@@ -193,7 +193,7 @@ class TransactionAttempts(Generic[C]):
         then count the next attempt."""
         cap = min(self._max_backoff, self._backoff * 2 ** (self._number - 1))
         delay = random.uniform(0, cap)
-        _metrics.transaction_ended("retry")
+        _metrics.transaction_retried(self._number, error, delay)
         logger.debug(
             "retrying transaction (attempt %d of %d) in %.3fs after %r",
             self._number + 1,
@@ -285,8 +285,7 @@ async def run_transaction(
             > 0), ``isolation`` or ``cleanup_timeout``, at the call.
         Exception: whatever the last attempt raised.
     """
-    result: R
-    async for attempt in transaction_attempts(
+    attempts_loop = transaction_attempts(
         target,
         attempts=attempts,
         isolation=isolation,
@@ -294,7 +293,18 @@ async def run_transaction(
         backoff=backoff,
         max_backoff=max_backoff,
         cleanup_timeout=cleanup_timeout,
-    ):
-        async with attempt as tx:
-            result = await fn(tx.connection)
+    )
+    tracer = _metrics.tracer
+    span = None if tracer is None else tracer.retry_loop()  # retries are its events
+    result: R
+    try:
+        async for attempt in attempts_loop:
+            async with attempt as tx:
+                result = await fn(tx.connection)
+    except BaseException as error:
+        if span is not None:
+            span.end(None, error)
+        raise
+    if span is not None:
+        span.end("commit", None)
     return result

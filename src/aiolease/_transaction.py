@@ -167,6 +167,7 @@ class Transaction(Generic[C]):
         "_isolation",
         "_on_commit",
         "_on_rollback",
+        "_outcome",
         "_parent",
         "_pool",
         "_raw",
@@ -175,6 +176,7 @@ class Transaction(Generic[C]):
         "_rollback_only",
         "_savepoint",
         "_sp_name",
+        "_span",
         "_state",
         "_task",
     )
@@ -208,6 +210,8 @@ class Transaction(Generic[C]):
         self._parent: Transaction[C] | None = None
         self._pool: Any = None  # the pool it acquired its connection from, for log lines
         self._sp_name: str | None = None
+        self._span: _metrics.Span | None = None  # while a tracer traces the outermost block
+        self._outcome: str | None = None  # what it reported to the metrics, once over
         self._state = _NEW
         self._task: asyncio.Task[Any] | None = None
         self._rollback_only = False
@@ -318,14 +322,20 @@ class Transaction(Generic[C]):
             self._task = task
             self._state = _ACTIVE
             _open[key] = self
+            tracer = _metrics.tracer
+            if tracer is not None:  # BEGIN's own span, if the driver makes one, nests in it
+                self._span = tracer.transaction(self._dialect.name)
             try:
                 await self._dialect.begin(conn, self._isolation, self._readonly)
             except BaseException as exc:
                 self._state = _DONE
                 if _open.get(key) is self:
                     del _open[key]
-                # BEGIN may have run before the failure/cancellation reached us.
-                await self._rollback_quietly(exc, outermost=True)
+                try:
+                    # BEGIN may have run before the failure/cancellation reached us.
+                    await self._rollback_quietly(exc, outermost=True)
+                finally:
+                    self._end_span(exc)
                 raise
             return self
 
@@ -385,11 +395,29 @@ class Transaction(Generic[C]):
         parent = self._parent
         if parent is None:
             del _open[key]
-            return await self._exit_outermost(exc)
+            try:
+                suppressed = await self._exit_outermost(exc)
+            except BaseException as error:
+                self._end_span(error)
+                raise
+            self._end_span(None if suppressed else exc)
+            return suppressed
         _open[key] = parent
         if self._sp_name is None:
             return self._exit_without_savepoint(parent, exc)
         return await self._exit_savepoint(parent, exc)
+
+    def _ended(self, outcome: str) -> None:
+        """The outermost block's outcome is known: report it (once)."""
+        self._outcome = outcome
+        _metrics.transaction_ended(outcome)
+
+    def _end_span(self, error: BaseException | None) -> None:
+        """End the block's span, if a tracer opened one, with what propagates."""
+        span = self._span
+        if span is not None:
+            self._span = None
+            span.end(self._outcome, error)
 
     async def _exit_outermost(self, exc: BaseException | None) -> bool:
         conn, dialect = self._raw, self._dialect
@@ -400,7 +428,7 @@ class Transaction(Generic[C]):
                 # The cancellation goes on (asyncio.timeout(), TaskGroup and
                 # Task.cancel() rely on it), carrying the unknown outcome.
                 self._mark_broken()
-                _metrics.transaction_ended("unknown")
+                self._ended("unknown")
                 logger.warning(
                     "cancelled during COMMIT on %s: the outcome is unknown (the transaction "
                     "may or may not have been committed); the connection was marked broken",
@@ -417,7 +445,7 @@ class Transaction(Generic[C]):
             except Exception as err:
                 if dialect.is_connection_error(err, conn):
                     self._mark_broken()
-                    _metrics.transaction_ended("unknown")
+                    self._ended("unknown")
                     logger.warning(
                         "connection lost during COMMIT on %s (%s: %s): the outcome is unknown "
                         "(the transaction may or may not have been committed); the connection "
@@ -435,11 +463,11 @@ class Transaction(Generic[C]):
                 # The database refused the commit (serialization failure,
                 # deferred constraint...): the transaction is over, nothing was
                 # committed, and the error propagates unchanged.
-                _metrics.transaction_ended("rollback")
+                self._ended("rollback")
                 await self._after_rollback(err)
                 raise
             if committed:
-                _metrics.transaction_ended("commit")
+                self._ended("commit")
                 if self._on_commit:
                     errors = await _call_hooks(self._on_commit)
                     if errors:
@@ -451,12 +479,12 @@ class Transaction(Generic[C]):
                 "later statement fails and COMMIT turns into ROLLBACK). Let the error "
                 "propagate, or wrap the statement that may fail in a nested atomic() block"
             )
-            _metrics.transaction_ended("rollback")
+            self._ended("rollback")
             await self._after_rollback(error)
             raise error
 
         failed = await self._rollback_quietly(exc, outermost=True)
-        _metrics.transaction_ended("rollback")
+        self._ended("rollback")
         if exc is None:
             if failed is not None:
                 raise TransactionError(f"ROLLBACK failed on {conn!r}") from failed

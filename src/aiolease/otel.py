@@ -22,14 +22,16 @@ The histograms are recorded as things happen. See docs/observability.md.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
 from . import _metrics
 
 try:
-    from opentelemetry import metrics
+    from opentelemetry import context, metrics, trace
     from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
+    from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "aiolease.otel needs opentelemetry-api: pip install 'aiolease[otel]'"
@@ -51,6 +53,11 @@ _LIMITER = "aiolease.limiter.name"
 _RESULT = "aiolease.limiter.result"
 _OUTCOME = "aiolease.transaction.outcome"
 _ERROR_TYPE = "error.type"
+_DB_SYSTEM = "db.system"
+_ATTEMPT = "aiolease.transaction.attempt"
+_BACKOFF = "aiolease.transaction.backoff"
+#: ``db.system`` by transaction dialect (other dialects: their own name).
+_SYSTEMS = {"asyncpg": "postgresql", "psycopg": "postgresql", "sqlite": "sqlite"}
 
 
 class _PoolRecorder:
@@ -81,6 +88,95 @@ class _PoolRecorder:
             attrs = self._errors[error_type] = {**self._attrs, _ERROR_TYPE: error_type}
         self._create(seconds, attrs)
 
+    def wait_failed(self, seconds: float, error: BaseException) -> None:
+        pass  # timeouts are state, observed when the SDK collects
+
+
+class _TracingPoolRecorder(_PoolRecorder):
+    """A pool recorder that also makes a span of every acquire that waited."""
+
+    __slots__ = ("_tracer",)
+
+    def __init__(self, sink: _Sink, name: str, tracer: trace.Tracer) -> None:
+        super().__init__(sink, name)
+        self._tracer = tracer
+
+    def wait(self, seconds: float) -> None:
+        super().wait(seconds)
+        if seconds > 0.0:  # served on the spot: no span
+            self._span(seconds, None)
+
+    def wait_failed(self, seconds: float, error: BaseException) -> None:
+        self._span(seconds, error)
+
+    def _span(self, seconds: float, error: BaseException | None) -> None:
+        # The wait is over when we hear of it: the span is made with its start in the past.
+        end = time.time_ns()
+        span = self._tracer.start_span(
+            "aiolease.pool.acquire",
+            kind=SpanKind.INTERNAL,
+            attributes=self._attrs,
+            start_time=end - int(seconds * 1e9),
+        )
+        if error is not None:
+            _failed(span, error)
+        span.end(end_time=end)
+
+
+def _failed(span: trace.Span, error: BaseException) -> None:
+    span.set_attribute(_ERROR_TYPE, _metrics.error_type_of(error))
+    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+
+
+class _Span:
+    """A span made current until it ends (``_metrics.Span``)."""
+
+    __slots__ = ("_span", "_token")
+
+    def __init__(self, tracer: trace.Tracer, name: str, attributes: dict[str, str]) -> None:
+        self._span = span = tracer.start_span(name, kind=SpanKind.INTERNAL, attributes=attributes)
+        self._token = context.attach(trace.set_span_in_context(span))
+
+    def end(self, outcome: str | None, error: BaseException | None) -> None:
+        span = self._span
+        context.detach(self._token)
+        if outcome is not None:
+            span.set_attribute(_OUTCOME, outcome)
+        if error is not None:
+            _failed(span, error)
+        span.end()
+
+
+class _Tracing:
+    """``_metrics.Tracer`` over an OpenTelemetry ``TracerProvider``."""
+
+    def __init__(self, provider: TracerProvider | None) -> None:
+        from . import __version__
+
+        self.tracer = trace.get_tracer(
+            "aiolease", __version__, tracer_provider=provider, schema_url=SCHEMA_URL
+        )
+
+    def transaction(self, dialect: str) -> _Span:
+        return _Span(
+            self.tracer, "aiolease.transaction", {_DB_SYSTEM: _SYSTEMS.get(dialect, dialect)}
+        )
+
+    def retry_loop(self) -> _Span:
+        return _Span(self.tracer, "aiolease.run_transaction", {})
+
+    def retried(self, attempt: int, error: BaseException, delay: float) -> None:
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.add_event(
+                "aiolease.transaction.retry",
+                {
+                    _ATTEMPT: attempt,
+                    _ERROR_TYPE: _metrics.error_type_of(error),
+                    _BACKOFF: delay,
+                },
+            )
+
 
 class _LimiterRecorder:
     __slots__ = ("_attrs", "_record")
@@ -101,6 +197,7 @@ class _Sink:
         from . import __version__
 
         self.active = False
+        self.tracing: _Tracing | None = None  # set by instrument(tracing=True)
         meter = metrics.get_meter(
             "aiolease", __version__, meter_provider=provider, schema_url=SCHEMA_URL
         )
@@ -190,6 +287,8 @@ class _Sink:
 
     # -- _metrics.Sink
     def pool_recorder(self, name: str) -> _PoolRecorder:
+        if self.tracing is not None:
+            return _TracingPoolRecorder(self, name, self.tracing.tracer)
         return _PoolRecorder(self, name)
 
     def limiter_recorder(self, name: str) -> _LimiterRecorder:
@@ -248,15 +347,42 @@ _by_provider: dict[int, tuple[object, _Sink]] = {}
 _current: _Sink | None = None
 
 
-def instrument(meter_provider: MeterProvider | None = None) -> None:
+def instrument(
+    meter_provider: MeterProvider | None = None,
+    *,
+    tracing: bool = False,
+    tracer_provider: TracerProvider | None = None,
+) -> None:
     """Emit the metrics of every pool and limiter, existing and later ones, and of
-    transactions, to ``meter_provider`` (None: the global one). Calling it again
-    switches to the new provider.
+    transactions, to ``meter_provider`` (None: the global one); with ``tracing``, spans
+    too. Calling it again switches to the new providers and settings.
+
+    Spans (``tracing=True``; all of kind INTERNAL): ``aiolease.transaction`` around each
+    outermost transaction, current while it runs (so the driver's own spans nest in it),
+    with ``db.system`` and ``aiolease.transaction.outcome``; ``aiolease.run_transaction``
+    around :func:`aiolease.run_transaction`'s attempts, each retry an event
+    ``aiolease.transaction.retry`` on it; ``aiolease.pool.acquire`` for every acquire
+    that waited (one served on the spot makes none), with an error status when the
+    wait failed. A failure sets ``error.type`` and the span's status to ERROR.
 
     Args:
         meter_provider: an OpenTelemetry ``MeterProvider``.
+        tracing: whether to make spans as well (off by default: metrics only).
+        tracer_provider: an OpenTelemetry ``TracerProvider`` for the spans (None: the
+            global one); only with ``tracing=True``.
+
+    Raises:
+        TypeError: ``tracing`` is not a bool.
+        ValueError: ``tracer_provider`` given without ``tracing=True``.
     """
     global _current
+    if not isinstance(tracing, bool):
+        raise TypeError(f"tracing must be a bool, got {tracing!r}")
+    if tracer_provider is not None and not tracing:
+        raise ValueError(
+            f"tracer_provider={tracer_provider!r} is only used with tracing=True; "
+            "pass tracing=True to make spans"
+        )
     uninstrument()
     provider: Any = metrics.get_meter_provider() if meter_provider is None else meter_provider
     known = _by_provider.get(id(provider))
@@ -264,14 +390,19 @@ def instrument(meter_provider: MeterProvider | None = None) -> None:
         known = _by_provider[id(provider)] = (provider, _Sink(provider))
     sink = known[1]
     sink.active = True
+    sink.tracing = _Tracing(tracer_provider) if tracing else None
+    _metrics.set_tracer(sink.tracing)
     _metrics.attach(sink)
     _current = sink
 
 
 def uninstrument() -> None:
-    """Stop emitting (the observable instruments report nothing from now on)."""
+    """Stop emitting (the observable instruments report nothing from now on) and
+    tracing."""
     global _current
     if _current is not None:
         _current.active = False
+        _current.tracing = None
+        _metrics.set_tracer(None)
         _metrics.detach(_current)
         _current = None

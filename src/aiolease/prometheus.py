@@ -141,6 +141,9 @@ class _PoolRecorder:
     def wait(self, seconds: float) -> None:
         self._wait(seconds)
 
+    def wait_failed(self, seconds: float, error: BaseException) -> None:
+        pass  # timeouts are state, read at the scrape
+
     def use(self, seconds: float) -> None:
         self._use(seconds)
 
@@ -165,6 +168,9 @@ class _SharedPoolRecorder(_PoolRecorder):
 
     def wait(self, seconds: float) -> None:
         super().wait(seconds)
+        self._touched()
+
+    def wait_failed(self, seconds: float, error: BaseException) -> None:
         self._touched()
 
     def use(self, seconds: float) -> None:
@@ -322,11 +328,13 @@ class Collector(_Collector):
     # -- _metrics.Sink
     def pool_recorder(self, name: str) -> _PoolRecorder:
         if self._multiprocess:
+            self._made()
             return _SharedPoolRecorder(self, name)
         return _PoolRecorder(self, name)
 
     def limiter_recorder(self, name: str) -> _LimiterRecorder:
         if self._multiprocess:
+            self._made()
             return _SharedLimiterRecorder(self, name)
         return _LimiterRecorder(self, name)
 
@@ -390,6 +398,16 @@ class Collector(_Collector):
         loop.call_soon(self._refresh)
         if self._timer is None:
             self._timer = loop.call_later(self._interval, self._tick, loop)
+
+    def _made(self) -> None:
+        """A pool or limiter was made (or re-bound): have its state written at the next
+        turn of the running loop, so a worker's pools count before their first event and
+        the periodic refresh is armed; outside a running loop, its first event does it."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._touched()
 
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None

@@ -14,6 +14,9 @@ from opentelemetry.sdk.metrics.export import (
     InMemoryMetricReader,
     Sum,
 )
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from aiolease import otel
 
@@ -81,3 +84,38 @@ def instrumented() -> Iterator[InMemoryMetricReader]:
     finally:
         otel.uninstrument()
         provider.shutdown()
+
+
+class Traced:
+    def __init__(self, exporter: InMemorySpanExporter, provider: TracerProvider) -> None:
+        self.exporter = exporter
+        self.tracer = provider.get_tracer("test")
+
+    def spans(self, name: str | None = None) -> list[ReadableSpan]:
+        got = list(self.exporter.get_finished_spans())
+        return [s for s in got if name is None or s.name == name]
+
+    def one(self, name: str) -> ReadableSpan:
+        found = self.spans(name)
+        assert len(found) == 1, [s.name for s in self.spans()]
+        return found[0]
+
+
+@contextmanager
+def traced(*, tracing: bool = True) -> Iterator[Traced]:
+    """aiolease instrumented with fresh SDK meter and tracer providers."""
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    otel.instrument(
+        meter_provider=meter_provider,
+        tracing=tracing,
+        tracer_provider=tracer_provider if tracing else None,
+    )
+    try:
+        yield Traced(exporter, tracer_provider)
+    finally:
+        otel.uninstrument()
+        meter_provider.shutdown()
+        tracer_provider.shutdown()

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import pytest
-from metrics_helpers import Collected, instrumented
+from metrics_helpers import Collected, instrumented, traced
 
 POOL = "db.client.connection.pool.name"
 
@@ -48,6 +48,34 @@ async def test_psycopg_pool_is_named_by_address_and_database(pg_dsn: str) -> Non
             got = Collected(reader)
     wait = got["db.client.connection.wait_time"].value(**{POOL: _expected_name(pg_dsn)})
     assert wait.count == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+async def test_postgres_transaction_and_waited_acquire_spans(pg_dsn: str, driver: str) -> None:
+    import importlib
+
+    create_pool = importlib.import_module(f"aiolease.{driver}").create_pool
+    with traced() as t:
+        async with create_pool(pg_dsn, max_size=1, name="traced") as pool:
+            async with pool.atomic() as tx:
+                waiter = asyncio.ensure_future(pool.acquire(timeout=5))
+                await asyncio.sleep(0.05)
+                await tx.connection.execute("SELECT 1")
+            await pool.release(await waiter)  # it waited for the transaction's connection
+    span = t.one("aiolease.transaction")
+    assert dict(span.attributes or {}) == {
+        "db.system": "postgresql",
+        "aiolease.transaction.outcome": "commit",
+    }
+    # The first acquire waited for the pool's first connection to be made, the second
+    # for the transaction's connection.
+    first, acquire = t.spans("aiolease.pool.acquire")
+    assert dict(first.attributes or {}) == {POOL: "traced"}
+    assert dict(acquire.attributes or {}) == {POOL: "traced"}
+    assert acquire.end_time is not None
+    assert acquire.start_time is not None
+    assert acquire.end_time - acquire.start_time >= 0.04e9
 
 
 @pytest.fixture

@@ -217,3 +217,100 @@ def test_a_value_on_a_bound_counts_in_that_bucket() -> None:
     assert buckets["+Inf"] == 4
     (total,) = (s.value for s in family.samples if s.name == "x_seconds_sum")
     assert total == pytest.approx(21.0021)
+
+
+_APP = textwrap.dedent(
+    """
+    import asyncio, os
+    from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+    from aiolease import Pool, prometheus
+    from aiolease.testing import FakeManager
+
+    state = {}
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    state["collector"] = prometheus.Collector()  # one per worker, unregistered
+                    state["pool"] = Pool(FakeManager(), max_size=3, name="web")
+                    await state["pool"].open()
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await state["pool"].aclose()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["path"] == "/metrics":
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            body = generate_latest(registry)
+        else:
+            async with state["pool"].acquire():
+                await asyncio.sleep(0.001)
+            body = str(os.getpid()).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+    """
+)
+
+
+@pytest.mark.slow
+def test_uvicorn_workers_share_their_series(tmp_path: Path) -> None:
+    """Two uvicorn workers, each with its own pool and collector: whichever serves the
+    scrape, the series add up both workers' pools (docs/observability.md's recipe)."""
+    import socket
+    import time
+
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    (tmp_path / "app.py").write_text(_APP)
+    shared = tmp_path / "multiproc"
+    shared.mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(shared), "PYTHONWARNINGS": "ignore"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app:app", "--workers", "2", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def samples() -> dict[tuple[str, str], float]:
+            text = httpx.get(f"{url}/metrics", timeout=5).text
+            return {
+                (s.name, s.labels.get("db_client_connection_state", "")): s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+                if s.labels.get(POOL) == "web"
+            }
+
+        with httpx.Client(timeout=5) as client:
+            give_up = time.monotonic() + 30
+            while True:  # until both workers have written their pool's state
+                try:
+                    if samples().get(("db_client_connection_max", "")) == 6:
+                        break
+                except httpx.TransportError:
+                    pass  # not listening yet
+                assert server.poll() is None, "uvicorn exited"
+                assert time.monotonic() < give_up, "the two workers' pools never both counted"
+                time.sleep(0.1)
+            pids = {client.get(f"{url}/work").text for _ in range(40)}
+        got = samples()
+        assert got[("db_client_connection_wait_time_seconds_count", "")] == 40
+        assert got[("db_client_connection_use_time_seconds_count", "")] == 40
+        assert got[("db_client_connection_count", "used")] == 0
+        assert got[("db_client_connection_idle_min", "")] == 0
+        assert pids  # the kernel picks the serving worker; the sums hold either way
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        if server.stderr is not None:
+            server.stderr.close()

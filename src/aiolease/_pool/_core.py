@@ -405,6 +405,8 @@ class Pool(Generic[T]):
                             entry = await fut
                         except BaseException as exc:
                             self._queue.abandon(fut)
+                            if self._observer is not None:
+                                self._observer.wait_failed(self._clock() - start, exc)
                             if isinstance(exc, PoolTimeout) and waiting_on_itself(
                                 self, scoped_only=False
                             ):
