@@ -14,7 +14,6 @@ import asyncio
 import select
 from typing import Any
 
-from ._compat.psycopg import CONNECTION_CLASS
 from ._driver_args import check_connect_kwargs, check_timeout_seconds, keywords_of
 from ._lease import LeaseProxies
 from ._liveness import DEFAULT_CONNECT_TIMEOUT, LIBPQ_KEEPALIVE, PoolExpirer
@@ -31,6 +30,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError(
         "aiolease.psycopg needs the psycopg driver: pip install 'aiolease[psycopg]'"
     ) from exc
+
+from ._compat.psycopg import CONNECTION_CLASS  # after the check above: it imports psycopg
 
 __all__ = ["PsycopgManager", "create_pool"]
 
