@@ -10,6 +10,14 @@ Contenders:
 * ``public``: every asyncpg fallback (no transport to watch: each checkout of an idle
   connection is verified with a round trip), as ``AIOLEASE_COMPAT=public``.
 
+Then the same operation (``conn.execute("SELECT 1")``) on an ``aiolease.psycopg`` pool of 4,
+straight to the server (the psycopg fence adds no I/O, only its ``wait`` on every query, which
+added latency would hide):
+
+* ``psycopg``: the connection class aiolease opens (``_compat.psycopg``: a cancelled query
+  ends within the cancel grace);
+* ``psycopg public``: psycopg's own ``AsyncConnection``, as ``AIOLEASE_COMPAT=public``.
+
     python bench/compat.py [--latency-ms 0.25] [--duration 0.8] [--repeats 7]
 """
 
@@ -21,13 +29,15 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import psycopg
 from _common import Column, Contender, Stop, Worker, environment, run_rounds
 
 import aiolease.asyncpg
+import aiolease.psycopg
 from aiolease._compat import asyncpg as compat_asyncpg
 from transactions import LatencyProxy, proxied
 
@@ -55,17 +65,39 @@ def asyncpg_public() -> Iterator[None]:
             setattr(aiolease.asyncpg, name, value)
 
 
-def contender(name: str, dsn: str, public: bool = False, **options: Any) -> Contender:
+@contextlib.contextmanager
+def psycopg_public() -> Iterator[None]:
+    """aiolease.psycopg opening psycopg's own AsyncConnection, as AIOLEASE_COMPAT=public does."""
+    saved = aiolease.psycopg.CONNECTION_CLASS
+    aiolease.psycopg.CONNECTION_CLASS = psycopg.AsyncConnection
+    try:
+        yield
+    finally:
+        aiolease.psycopg.CONNECTION_CLASS = saved
+
+
+#: driver -> (its create_pool, what binds its public fallbacks, the method running the query)
+DRIVERS: dict[str, tuple[Callable[..., Any], Callable[[], Any], str]] = {
+    "asyncpg": (aiolease.asyncpg.create_pool, asyncpg_public, "fetchval"),
+    "psycopg": (aiolease.psycopg.create_pool, psycopg_public, "execute"),
+}
+
+
+def contender(name: str, driver: str, dsn: str, public: bool = False) -> Contender:
+    """acquire + ``SELECT 1`` + release on a pool of 4 of ``driver``, in the default mode or
+    with the driver's public fallbacks bound."""
+    create_pool, public_mode, method = DRIVERS[driver]
+
     @contextlib.asynccontextmanager
     async def setup() -> AsyncIterator[Worker]:
-        with asyncpg_public() if public else contextlib.nullcontext():
-            async with aiolease.asyncpg.create_pool(dsn, max_size=4, **options) as pool:
+        with public_mode() if public else contextlib.nullcontext():
+            async with create_pool(dsn, max_size=4) as pool:
 
                 async def worker(stop: Stop) -> int:
                     done = 0
                     while not stop.flag:
                         async with pool.acquire() as conn:
-                            await conn.fetchval("SELECT 1")
+                            await getattr(conn, method)("SELECT 1")
                         done += 1
                     return done
 
@@ -85,31 +117,42 @@ async def main(args: argparse.Namespace) -> None:
     proxy.ready.wait(5)
     dsn = proxied(DSN, proxy.port)
     try:
-        contenders = [
-            contender("default", dsn),
-            contender("public", dsn, public=True),
-        ]
-        results = await run_rounds(
-            contenders,
-            COLUMNS,
-            repeats=args.repeats,
-            duration=args.duration,
-            warmup=0.2,
-            progress=lambda msg: print(msg, file=sys.stderr, flush=True),
-            pair=("default", "public"),
+        await compare(
+            args,
+            [contender("default", "asyncpg", dsn), contender("public", "asyncpg", dsn, True)],
         )
     finally:
         proxy.stop()
+    print("\npsycopg, straight to the server")
+    await compare(
+        args,
+        [contender("psycopg", "psycopg", DSN), contender("psycopg public", "psycopg", DSN, True)],
+    )
+
+
+async def compare(args: argparse.Namespace, pair: list[Contender]) -> None:
+    """Interleaved rounds of a fence's private path and its fallback; prints both rates and
+    the ratio of the fallback to the private path."""
+    ours, public = pair
+    results = await run_rounds(
+        pair,
+        COLUMNS,
+        repeats=args.repeats,
+        duration=args.duration,
+        warmup=0.2,
+        progress=lambda msg: print(msg, file=sys.stderr, flush=True),
+        pair=(ours.name, public.name),
+    )
     titles = [c.title for c in COLUMNS]
     print(f"\n{'ops/s (median)':<28}" + "".join(f"{t:>14}" for t in titles))
-    for c in contenders:
+    for c in pair:
         print(f"{c.name:<28}" + "".join(f"{results.median(c.name, t):>14,.0f}" for t in titles))
     print(f"\n{'ratio (median per round)':<28}" + "".join(f"{t:>14}" for t in titles))
-    for other in ("public",):
-        label = f"{other} / default"
-        print(
-            f"{label:<28}" + "".join(f"{results.ratio(other, 'default', t):>14.2f}" for t in titles)
-        )
+    label = f"{public.name} / {ours.name}"
+    print(
+        f"{label:<28}"
+        + "".join(f"{results.ratio(public.name, ours.name, t):>14.2f}" for t in titles)
+    )
 
 
 if __name__ == "__main__":

@@ -9,13 +9,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
 import aiolease._compat
 import aiolease._compat.asyncpg
+import aiolease._compat.psycopg
 
-_MODULES = ("asyncpg",)
+_MODULES = ("asyncpg", "psycopg")
 
 
 def _in_child(code: str, compat: str | None) -> str:
@@ -30,26 +32,27 @@ def _in_child(code: str, compat: str | None) -> str:
 
 
 _REPORT = (
-    "import aiolease._compat as c, aiolease._compat.asyncpg\n"
+    "import aiolease._compat as c, aiolease._compat.asyncpg, aiolease._compat.psycopg\n"
     f"print(c.PUBLIC, *(getattr(c, m).PRIVATE for m in {_MODULES!r}))"
 )
 
 
 @pytest.mark.parametrize("value", ["public", "PUBLIC", " public "])
 def test_public_env_forces_every_fallback(value: str) -> None:
-    assert _in_child(_REPORT, value) == "True False"
+    assert _in_child(_REPORT, value) == "True False False"
 
 
 @pytest.mark.parametrize("value", [None, "", "private", "default"])
 def test_without_public_env_the_probes_decide(value: str | None) -> None:
     # On the driver and Python versions pyproject.toml allows, every probe passes.
-    assert _in_child(_REPORT, value) == "False True"
+    assert _in_child(_REPORT, value) == "False True True"
 
 
 def test_the_flag_is_the_environment_at_import() -> None:
     expected = os.environ.get("AIOLEASE_COMPAT", "").strip().lower() == "public"
     assert aiolease._compat.PUBLIC is expected
     assert aiolease._compat.asyncpg.PRIVATE is (not expected)
+    assert aiolease._compat.psycopg.PRIVATE is (not expected)
 
 
 def test_public_fallbacks_know_nothing_private() -> None:
@@ -83,3 +86,33 @@ print(m.check_needed(Conn(), info), m.is_fatal(Conn(), asyncio.CancelledError())
     assert _in_child(code, "public") == "True True True False"
     # (TimeoutError is an OSError, fatal in both modes; a fake has no transport: verified)
     assert _in_child(code, None) == "True False True False"
+
+
+def test_psycopg_pools_open_the_bounded_class_unless_public() -> None:
+    # The class the manager connects with (aiolease.psycopg binds it at import).
+    code = "import aiolease.psycopg as p\nprint(p.CONNECTION_CLASS.__name__)"
+    assert _in_child(code, "public") == "AsyncConnection"
+    assert _in_child(code, None) == "BoundedCancelConnection"
+
+
+def test_psycopg_probe_refuses_a_layout_it_does_not_know(monkeypatch: pytest.MonkeyPatch) -> None:
+    import psycopg
+
+    from aiolease._compat import psycopg as fence
+
+    assert isinstance(fence._probe(), float)  # psycopg's polling interval, kept by the override
+
+    async def wait(self: Any, gen: Any, timeout: float | None = None) -> Any:
+        raise AssertionError("never called")
+
+    with monkeypatch.context() as m:
+        m.setattr(psycopg.AsyncConnection, "wait", wait)
+        assert fence._probe() is None
+    with monkeypatch.context() as m:
+        m.setattr(psycopg.waiting, "wait_async", lambda gen, fileno: None)
+        assert fence._probe() is None
+    with monkeypatch.context() as m:
+        # libpq before 17: cancel_safe runs libpq's blocking cancel in a thread, unbounded
+        m.setattr(psycopg.capabilities, "has_cancel_safe", lambda: False)
+        assert fence._probe() is None
+    assert isinstance(fence._probe(), float)

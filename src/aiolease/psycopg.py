@@ -31,6 +31,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "aiolease.psycopg needs the psycopg driver: pip install 'aiolease[psycopg]'"
     ) from exc
 
+from ._compat.psycopg import CONNECTION_CLASS  # after the check above: it imports psycopg
+
 __all__ = ["PsycopgManager", "create_pool"]
 
 logger = get_logger("aiolease.pool.psycopg")
@@ -186,9 +188,10 @@ async def _round_trip(conn: AsyncConnection) -> None:
 
     Not ``conn.execute()``: that would send ``BEGIN`` first on a connection
     that is not in autocommit mode, and when cancelled (by the caller or the
-    check's timeout) psycopg sends a cancel request and waits up to seconds
-    for the server to stop the query. Here, cancellation abandons the round
-    trip at once; the pool then closes the connection. Notifications that
+    check's timeout) psycopg sends a cancel request and waits for the server
+    to stop the query (up to the cancel grace, see aiolease._compat.psycopg).
+    Here, cancellation abandons the round trip at once; the pool then closes
+    the connection. Notifications that
     arrive meanwhile go to psycopg's handlers, as ``execute()`` would.
 
     Raises:
@@ -268,6 +271,14 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
     A connection killed while in use fails the body with a connection error,
     which :meth:`is_fatal` recognises, so it is closed rather than reused.
 
+    Connections are opened with ``aiolease._compat.psycopg.CONNECTION_CLASS``,
+    a subclass of psycopg's ``AsyncConnection`` whose cancelled queries end
+    within :data:`~aiolease._liveness.CANCEL_GRACE` (psycopg's own bound is
+    5 s for the cancel request and 5 s more for the query's end, which on a
+    silent peer holds the cancelled task and its pool slot); past the grace
+    the connection is closed and discarded. With ``AIOLEASE_COMPAT=public``,
+    psycopg's own class.
+
     ``reset`` rolls back a transaction left open (``INTRANS``/``INERROR``)
     and discards a connection released with a query still running
     (``ACTIVE``) or in an unknown state.
@@ -336,7 +347,7 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
         # (a second's grace, so that psycopg's own timeout normally reports it).
         async with asyncio.timeout(self.connect_timeout + 1.0):
             conn = await scrubbed(
-                psycopg.AsyncConnection.connect(self.conninfo, **self.connect_kwargs),
+                CONNECTION_CLASS.connect(self.conninfo, **self.connect_kwargs),
                 self._secrets,
             )
         _install_watch(conn)

@@ -23,6 +23,7 @@ import pytest
 import aiolease
 import aiolease.asyncpg
 import aiolease.psycopg
+from aiolease._compat.psycopg import PRIVATE as PSYCOPG_BOUNDED
 from aiolease._liveness import DEFAULT_CONNECT_TIMEOUT
 from aiolease.testing import FaultProxy
 
@@ -40,7 +41,8 @@ ACQUIRE_TIMEOUT = 3.0
 OP_TIMEOUT = 2.0  # the application's own timeout per transaction
 WARM = 0.5
 FAULT_SECONDS = env_seconds("AIOLEASE_CHAOS_FAULT_SECONDS", 2.0)
-#: After the fault: long enough for psycopg's own cancel bound (5 s + 5 s) on dead peers.
+#: After the fault: long enough for psycopg's own cancel bound (5 s + 5 s) on dead peers,
+#: which applies in public mode (aiolease._compat.psycopg).
 AFTER = {"blackhole": 12.0, "half_open": 12.0}
 AFTER_DEFAULT = 3.0
 #: Seconds from heal to the first success we accept (the goal: 1 s plus the backoff in
@@ -49,13 +51,15 @@ AFTER_DEFAULT = 3.0
 #: operations in flight end at the application's timeout (as the fault ends); asyncpg's
 #: clean-up of their cancelled statements waits CANCEL_GRACE (0.5 s), then the connections
 #: are cut and replaced (a 5 s close_timeout or cleanup_timeout would fail the bound);
-#: psycopg holds a cancelled operation itself, for its cancel request (5 s) and then for
-#: the query to end (5 s), before it closes the connection.
+#: psycopg's cancelled operations get CANCEL_GRACE for the cancel request and the query's
+#: end together, then their connections are closed. In public mode psycopg's own bounds
+#: apply: 5 s for its cancel request, then 5 s for the query to end.
+PSYCOPG_SILENT = 2.5 if PSYCOPG_BOUNDED else 12.0
 RECOVERY_BOUND = {
     ("asyncpg", "blackhole"): 2.5,
     ("asyncpg", "half_open"): 2.5,
-    ("psycopg", "blackhole"): 12.0,
-    ("psycopg", "half_open"): 12.0,
+    ("psycopg", "blackhole"): PSYCOPG_SILENT,
+    ("psycopg", "half_open"): PSYCOPG_SILENT,
     ("asyncpg", "refuse_and_drop"): 5.0,
     ("psycopg", "refuse_and_drop"): 5.0,
 }
@@ -208,7 +212,7 @@ async def test_chaos(driver: str, fault: str, pg_dsn: str, admin: asyncpg.Connec
                 await asyncio.sleep(AFTER.get(fault, AFTER_DEFAULT))
                 stop.set()
                 # Every operation is under OP_TIMEOUT; its clean-up is bounded by the
-                # pool's and the drivers' bounds (close_timeout, psycopg's cancel).
+                # pool's and the drivers' bounds (close_timeout, the cancel grace).
                 _, stuck = await asyncio.wait(workers, timeout=OP_TIMEOUT + 12)
                 if stuck:
                     report.notes.append(f"{len(stuck)} workers stuck past their timeout")

@@ -21,6 +21,8 @@ import aiolease
 import aiolease.asyncpg
 import aiolease.psycopg
 from aiolease._compat.asyncpg import HAVE_SOCKET, connection_socket
+from aiolease._compat.psycopg import PRIVATE as PSYCOPG_BOUNDED
+from aiolease._compat.psycopg import BoundedCancelConnection
 from aiolease._lease import unwrap
 from aiolease._liveness import (
     KEEPALIVE_COUNT,
@@ -29,6 +31,7 @@ from aiolease._liveness import (
     SILENT_PEER_BOUND,
 )
 from aiolease.testing import FaultProxy
+from cancelling import cancel_and_time
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(60)]
 
@@ -166,10 +169,12 @@ async def test_cancelled_operation_on_a_silent_peer_ends_and_the_pool_recovers(
             await task
         # asyncpg: the release closes the connection, whose statement is still being
         # cancelled: CANCEL_GRACE (0.5 s), not close_timeout (5 s), then it is cut (asyncpg's
-        # close waits for the cancel, which nothing answers). psycopg (3.3): within its own
+        # close waits for the cancel, which nothing answers). psycopg: the cancelled query
+        # gets CANCEL_GRACE too (aiolease._compat.psycopg); in public mode psycopg's own
         # bound, a 5 s cancel request then 5 s for the query to end.
-        assert loop.time() - start < (2.0 if driver == "asyncpg" else 12.0)
-        async with asyncio.timeout(2.0 if driver == "asyncpg" else 5.0):
+        bounded = driver == "asyncpg" or PSYCOPG_BOUNDED
+        assert loop.time() - start < (2.0 if bounded else 12.0)
+        async with asyncio.timeout(2.0 if bounded else 5.0):
             while pool.statistics().size:  # noqa: ASYNC110 - the pool's background close
                 await asyncio.sleep(0.05)
         proxy.heal()
@@ -178,6 +183,105 @@ async def test_cancelled_operation_on_a_silent_peer_ends_and_the_pool_recovers(
             await _select1(driver, conn)
         assert loop.time() - start < 2.0
         assert pool.statistics().in_use == 0
+
+
+# psycopg: a cancelled query gets CANCEL_GRACE (aiolease._compat.psycopg). In public mode
+# psycopg's own bounds apply instead: a 5 s cancel request, then 5 s for the query to end.
+PSYCOPG_CANCEL_BOUND = BoundedCancelConnection.cancel_grace + 1.0 if PSYCOPG_BOUNDED else 12.0
+
+
+@pytest.mark.slow  # public mode: psycopg's own 10 s
+@pytest.mark.parametrize("fault", ["blackhole", "half_open"])
+async def test_psycopg_query_timed_out_on_a_silent_peer_ends_within_the_grace(
+    fault: str, proxy: FaultProxy, tcp_dsn: str
+) -> None:
+    """The chaos suite's blackhole and half-open runs, reduced to one query under the
+    application's timeout. psycopg's own wait holds the cancelled task for a cancel request
+    and then for the query's end, 5 s each, before it closes the connection; the pool's
+    connections give both CANCEL_GRACE together. The caller's TimeoutError is unchanged and
+    the pool serves again as soon as the fault ends."""
+    loop = asyncio.get_running_loop()
+    async with _pool("psycopg", _via(tcp_dsn, proxy.address), max_size=1) as pool:
+        async with pool.acquire() as conn:
+            await _select1("psycopg", conn)
+        with pytest.raises(TimeoutError) as caught:  # noqa: PT012 - the block under test
+            async with asyncio.timeout(0.5) as scope, pool.acquire() as conn:
+                getattr(proxy, fault)()
+                await conn.execute("SELECT pg_sleep(30)")
+        ended = loop.time() - (scope.when() or 0.0)
+        assert type(caught.value) is TimeoutError
+        current = asyncio.current_task()
+        assert current is not None
+        assert current.cancelling() == 0
+        assert ended < PSYCOPG_CANCEL_BOUND, f"ended {ended:.2f} s after the timeout"
+        async with asyncio.timeout(2.0):
+            while pool.statistics().size:  # noqa: ASYNC110 - the pool's background close
+                await asyncio.sleep(0.05)
+        assert pool.statistics().discarded == 1
+        proxy.heal()
+        start = loop.time()
+        async with pool.acquire(timeout=5) as conn:
+            await _select1("psycopg", conn)
+        assert loop.time() - start < 2.0  # the goal is 1 s; slack for a loaded machine
+
+
+async def test_psycopg_query_cancelled_on_a_live_server_keeps_its_connection(
+    tcp_dsn: str,
+) -> None:
+    """A live server answers the cancel request at once: the query ends with QueryCanceled
+    inside the driver, the cancellation goes on, and the connection is kept."""
+    async with _pool("psycopg", tcp_dsn, max_size=1) as pool:
+        async with pool.acquire() as conn:
+            pid = conn.info.backend_pid
+            expected = BoundedCancelConnection if PSYCOPG_BOUNDED else psycopg.AsyncConnection
+            assert type(unwrap(conn)) is expected
+        started = asyncio.Event()
+
+        async def op() -> None:
+            async with pool.acquire() as conn:
+                started.set()
+                await conn.execute("SELECT pg_sleep(30)")
+
+        task = asyncio.create_task(op())
+        await started.wait()
+        await asyncio.sleep(0.2)  # the query is running on the server
+        assert await cancel_and_time(task) < 2.0
+        async with pool.acquire(timeout=5) as conn:
+            assert conn.info.backend_pid == pid
+            await _select1("psycopg", conn)
+        assert pool.statistics().discarded == 0
+
+
+async def test_psycopg_second_cancellation_during_the_grace_ends_it_at_once(
+    proxy: FaultProxy, tcp_dsn: str
+) -> None:
+    """A second cancellation while the first one's query is still being cancelled closes
+    the connection and propagates at once (psycopg's own wait does the same in public
+    mode: 3.3.8 and later close the connection, 3.3.7 leaves it to the pool)."""
+    loop = asyncio.get_running_loop()
+
+    class LongGrace(BoundedCancelConnection):
+        cancel_grace = 5.0  # wide enough that the second cancellation lands inside it
+
+    cls = LongGrace if PSYCOPG_BOUNDED else psycopg.AsyncConnection
+    host, port = proxy.address
+    conn = await cls.connect(tcp_dsn, host=host, port=port, autocommit=True)
+    try:
+        task = asyncio.create_task(conn.execute("SELECT pg_sleep(30)"))
+        await asyncio.sleep(0.2)
+        proxy.blackhole()
+        task.cancel()
+        await asyncio.sleep(0.2)
+        assert not task.done()  # cancelling: nothing answers the cancel request
+        start = loop.time()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert loop.time() - start < 1.0
+        if PSYCOPG_BOUNDED:
+            assert conn.closed
+    finally:
+        await conn.close()
 
 
 def _fatal_message() -> bytes:

@@ -20,8 +20,12 @@ from silent_proxy import SilentProxy
 
 import aiolease
 from aiolease import _tracking
+from aiolease._compat.psycopg import CONNECTION_CLASS
+from aiolease._compat.psycopg import PRIVATE as PSYCOPG_BOUNDED
+from aiolease._liveness import CANCEL_GRACE
 from aiolease._transaction import _open
 from aiolease.testing import FakeConnection
+from cancelling import cancel_and_time
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -323,7 +327,7 @@ async def test_cancellation_on_a_silent_peer_goes_on_within_the_bound(
     try:
         task = asyncio.create_task(body())
         await inside.wait()
-        assert await _cancel_and_time(task) < 3
+        assert await cancel_and_time(task) < 3
         assert _tracking.is_broken(conn)
     finally:
         await _close(conn)
@@ -345,17 +349,7 @@ async def _cancel_mid_statement(conn: Any, proxy: SilentProxy, *, silent: bool) 
     task = asyncio.create_task(body())
     await inside.wait()
     await asyncio.sleep(0.2)  # the statement is on its way
-    return await _cancel_and_time(task)
-
-
-async def _cancel_and_time(task: asyncio.Task[None]) -> float:
-    """Cancel ``task``, expect it to end cancelled; the seconds that took."""
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    return loop.time() - start
+    return await cancel_and_time(task)
 
 
 @pytest.mark.parametrize("silent", [True, False], ids=["silent peer", "live server"])
@@ -405,5 +399,29 @@ async def test_a_timeout_during_commit_on_a_silent_peer_carries_commit_unknown(
                 proxy.blackhole()
         assert any(isinstance(e, aiolease.CommitUnknown) for e in chain(info.value))
         assert _tracking.is_broken(conn)
+    finally:
+        await _close(conn)
+
+
+@pytest.mark.slow  # public mode: psycopg's own 10 s
+async def test_psycopg_pool_connection_timed_out_in_commit_ends_within_the_grace(
+    proxy: SilentProxy,
+) -> None:
+    """The class aiolease's psycopg pools open: the COMMIT cancelled by the timeout gets
+    CANCEL_GRACE (aiolease._compat.psycopg), and the caller's TimeoutError still carries
+    CommitUnknown."""
+    host, port = proxy.address
+    conn = await CONNECTION_CLASS.connect(PG_DSN, host=host, port=port, autocommit=True)
+    loop = asyncio.get_running_loop()
+    try:
+        with pytest.raises(TimeoutError) as info:  # noqa: PT012 - the block under test
+            async with asyncio.timeout(0.5) as scope, aiolease.atomic(conn):
+                await conn.execute("SELECT 1")
+                proxy.blackhole()
+        ended = loop.time() - (scope.when() or 0.0)
+        assert any(isinstance(e, aiolease.CommitUnknown) for e in chain(info.value))
+        assert _tracking.is_broken(conn)
+        assert conn.closed or not PSYCOPG_BOUNDED
+        assert ended < (CANCEL_GRACE + 1.0 if PSYCOPG_BOUNDED else 12.0)
     finally:
         await _close(conn)

@@ -151,9 +151,10 @@ class PsycopgDialect(Dialect[Any]):
     def abort(self, conn: Any) -> None:
         # Nothing to add: atomic cancels the abandoned clean-up, and psycopg's
         # AsyncConnection.wait answers a cancellation by sending a cancel
-        # request and, when the server does not answer within its own bound,
-        # finishing the connection itself. Closing the socket here instead
-        # would close it under psycopg's pending wait. The pool closes the
+        # request and, when the server does not answer within its bound (on
+        # the connections of aiolease's psycopg pools, the cancel grace: see
+        # aiolease._compat.psycopg), finishing the connection itself. Closing
+        # the socket here instead would close it under psycopg's pending wait. The pool closes the
         # connection (marked broken) in a task of its own.
         return
 
