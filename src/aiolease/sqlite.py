@@ -248,13 +248,19 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
         await resource.close()
 
 
-def _in_transaction(conn: aiosqlite.Connection) -> bool | None:
+def _public_in_transaction(conn: aiosqlite.Connection) -> bool | None:
     """Whether a transaction is open; None when the connection is closed (aiosqlite's
     ``in_transaction`` raises ``ValueError`` then)."""
     try:
         return bool(conn.in_transaction)
     except ValueError:
         return None
+
+
+# The same answer read without aiosqlite's property calls, when its internals are in use.
+_in_transaction = (
+    _compat_aiosqlite.transaction_state if _compat_aiosqlite.ENABLED else _public_in_transaction
+)
 
 
 def create_pool(

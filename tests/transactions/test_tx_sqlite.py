@@ -249,3 +249,48 @@ async def test_savepoint_as_first_operation_begins_in_the_same_hop(db: Path) -> 
         assert await scalar(conn, "SELECT v FROM t") == 0
     finally:
         await conn.close()
+
+
+async def test_the_dialect_reads_the_transaction_state_and_false_once_closed(db: Path) -> None:
+    """Both paths (the fenced read of the sqlite3 connection, and aiosqlite's public
+    ``in_transaction``, which raises once closed) give the same answers."""
+    from aiolease._dialects import dialect_for
+
+    conn = await connect(db)
+    dialect = dialect_for(conn)
+    try:
+        assert dialect.in_transaction(conn) is False
+        await conn.execute("BEGIN")
+        assert dialect.in_transaction(conn) is True
+        await conn.execute("ROLLBACK")
+        assert dialect.in_transaction(conn) is False
+    finally:
+        await conn.close()
+    assert dialect.in_transaction(conn) is False
+
+
+async def test_an_operation_after_stop_fails_in_a_block_as_outside_one(db: Path) -> None:
+    """The block's first operation is queued to the worker thread by aiolease (with BEGIN,
+    on the fenced path): a connection that is stopping refuses it as aiosqlite does."""
+    conn = await connect(db)
+    release = threading.Event()
+    # The worker thread waits on the event, so the connection stays stopping (not yet
+    # closed) while the operations below are refused.
+    busy = asyncio.ensure_future(conn._execute(release.wait))  # type: ignore[no-untyped-call]
+    await asyncio.sleep(0)  # queued
+    stopped = conn.stop()
+    assert stopped is not None
+    try:
+        with pytest.raises(ValueError, match="Connection closed"):
+            await conn.execute("SELECT 1")
+        with pytest.raises(ValueError, match="Connection closed"):
+            async with aiolease.atomic(conn):
+                await conn.execute("SELECT 1")
+    finally:
+        release.set()
+        await busy
+        await stopped
+    # The block ended: a new one on the same object fails only for the closed connection.
+    with pytest.raises(ValueError, match="no active connection"):
+        async with aiolease.atomic(conn):
+            await conn.execute("SELECT 1")

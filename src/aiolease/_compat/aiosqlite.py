@@ -5,10 +5,12 @@ connection's worker thread and the event loop is woken with the result. Hops,
 not SQLite, dominate the cost of a small transaction. aiosqlite has no public
 way to run two steps in one hop, so this module uses its internals
 (``Connection._execute``, the funnel of every operation; ``_conn``; the
-request queue ``_tx``). It is used only when :data:`ENABLED` (chosen once at
-import: off with ``AIOLEASE_COMPAT=public`` or when aiosqlite's layout is not
-the expected one); otherwise :mod:`aiolease._dialects.sqlite` spends a hop per
-statement through the public API.
+request queue ``_tx`` and its ``(future, callable)`` items; the flags
+``_running`` and ``_connection``). It is used only when :data:`ENABLED`
+(chosen once at import: off with ``AIOLEASE_COMPAT=public`` or when
+aiosqlite's layout is not the expected one); otherwise
+:mod:`aiolease._dialects.sqlite` spends a hop per statement through the
+public API.
 
 * **BEGIN rides along with the first operation of the block.** :func:`arm`
   issues nothing; it installs a one-shot wrapper over the connection's
@@ -18,6 +20,12 @@ statement through the public API.
   block that *reads first*. A block that ran no statement costs no hop.
 * COMMIT (or ROLLBACK), and resetting ``query_only`` after a read-only block,
   share one hop; a failed COMMIT is rolled back in the same hop.
+* The block's two hops (its first operation with BEGIN, and COMMIT) are put on
+  the request queue directly (:func:`_submit`), without the coroutine and the
+  ``functools.partial`` aiosqlite's ``_execute`` adds: Python run on the loop
+  thread between two hops is what a transaction spends beyond its hops.
+* A pool reads a connection's transaction state (:func:`transaction_state`)
+  from the sqlite3 connection, without aiosqlite's two property calls.
 * **COMMIT on the loop (opt-in)**, for connections marked by
   :func:`enable_loop_commit` (``aiolease.sqlite`` pools with
   ``commit_on_loop=True``; WAL mode, ``check_same_thread=False``). The COMMIT
@@ -39,7 +47,9 @@ write lock is taken.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+from functools import partial
 from typing import Any
 
 from . import PUBLIC
@@ -50,10 +60,12 @@ __all__ = [
     "begin",
     "commit",
     "enable_loop_commit",
+    "in_transaction",
     "release_savepoint",
     "rollback",
     "rollback_to_savepoint",
     "savepoint",
+    "transaction_state",
 ]
 
 
@@ -207,6 +219,20 @@ def _rollback(db: sqlite3.Connection, readonly: bool) -> None:
             db.execute("PRAGMA query_only = 0")
 
 
+def _submit(conn: Any, call: Any) -> asyncio.Future[Any]:
+    """Queue ``call()`` to ``conn``'s worker thread; the future its answer resolves.
+
+    What aiosqlite's ``_execute`` does (same check, same queue, same answer),
+    without the coroutine and the ``functools.partial`` it adds: the block's
+    two hops (its first operation with BEGIN, and COMMIT) go this way.
+    """
+    if not conn._running or not conn._connection:
+        raise ValueError("Connection closed")
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    conn._tx.put_nowait((future, call))
+    return future
+
+
 def _begin_then(conn: Any, begin_fn: Any, fn: Any, args: Any, kwargs: Any) -> Any:
     begin_fn(conn._connection)
     return fn(*args, **kwargs)
@@ -217,13 +243,13 @@ def _make_first(conn: Any, begin_fn: Any) -> Any:
 
     Made per block: kept on the connection only while armed, so the reference
     cycle it forms (connection -> wrapper -> connection) ends with the block.
+    Every caller awaits what ``_execute`` returns, so a future does.
     """
-    original = type(conn)._execute
 
-    async def first_execute(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def first_execute(fn: Any, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
         # One shot: from now on operations go straight to the thread.
         conn.__dict__.pop("_execute", None)
-        return await original(conn, _begin_then, conn, begin_fn, fn, args, kwargs)
+        return _submit(conn, partial(_begin_then, conn, begin_fn, fn, args, kwargs))
 
     return first_execute
 
@@ -262,7 +288,7 @@ async def commit(conn: Any) -> bool:
     if loop is None:
         if state.pop("_execute", None) is not None:
             return True  # the block ran no statement: nothing began, nothing to commit
-        return bool(await conn._execute(_commit, conn._conn, readonly))
+        return bool(await _submit(conn, partial(_commit, conn._conn, readonly)))
     loop.begin_fn = None
     if loop.submitted == 0:
         return True  # the block ran no statement: nothing began, nothing to commit
@@ -306,15 +332,34 @@ async def rollback_to_savepoint(conn: Any, name: str) -> None:
     await conn._execute(_rollback_to, conn._conn, name)
 
 
+def transaction_state(conn: Any) -> bool | None:
+    """Whether ``conn`` is in a transaction; None once it is closed.
+
+    aiosqlite's ``in_transaction`` (which raises ``ValueError`` once closed)
+    read from the sqlite3 connection directly, without its two property calls:
+    a pool reads it at every checkout and release.
+    """
+    db = conn._connection
+    return None if db is None else bool(db.in_transaction)
+
+
+def in_transaction(conn: Any) -> bool:
+    """:func:`transaction_state`, False once closed (what a dialect answers)."""
+    db = conn._connection
+    return db is not None and bool(db.in_transaction)
+
+
 def _has_layout() -> bool:
     try:
         import aiosqlite
     except ImportError:  # pragma: no cover - the sqlite extra is not installed
         return False
     conn_type = aiosqlite.Connection
+    # The request queue and the state flags are set per instance, in __init__.
+    assigned = getattr(getattr(conn_type.__init__, "__code__", None), "co_names", ())
     return all(
         hasattr(conn_type, name) for name in ("_execute", "_conn", "in_transaction", "commit")
-    )
+    ) and all(name in assigned for name in ("_tx", "_running", "_connection"))
 
 
 #: Whether aiolease uses the internals above (chosen once at import).

@@ -126,6 +126,7 @@ class _FencedAiosqliteDialect(AiosqliteDialect):
 
     begin = staticmethod(_fast.begin)
     commit = staticmethod(_fast.commit)
+    in_transaction = staticmethod(_fast.in_transaction)
     rollback = staticmethod(_fast.rollback)
     savepoint = staticmethod(_fast.savepoint)
     release_savepoint = staticmethod(_fast.release_savepoint)
