@@ -128,10 +128,11 @@ async def test_processes_sharing_a_rate_limit_stay_within_the_bound(
     for window in (0.5, 1.0, 2.0):
         worst = max_in_window(times, [1.0] * len(times), window)
         assert worst <= burst + rate * window + 2, (window, worst)
-    # ...and the processes together saturate the limit.
+    # ...and the processes together saturate the limit (the same two admissions of jitter
+    # either way: a late first or last stamp shortens the span they are measured over).
     span = times[-1] - times[0]
     assert len(times) >= burst + rate * span - 2
-    assert len(times) <= burst + rate * span + 1
+    assert len(times) <= burst + rate * span + 2
 
 
 async def test_processes_sharing_a_concurrency_limit_never_exceed_it(
