@@ -436,7 +436,8 @@ class Pool(Options[T]):
             observer.released(info.last_used_at - entry.lease_start)
         hooks = self._hooks
         resource = entry.resource
-        self._detach(entry)  # the lease's handle refuses use from now on
+        if hooks.detach is not None:  # the lease's handle refuses use from now on
+            self._detach(entry)
         if hooks.on_release is not None:
             hooks.on_release(resource, info)
         if _tracking._broken and _tracking.is_broken(resource):
