@@ -3,8 +3,10 @@
 ``_backoff`` (creation backoff, time passed in), ``_queue`` (the waiters and,
 with ``_deadlines``, their timeouts on one timer), ``_creations`` (creations in
 flight and whom they serve), ``_housekeeping`` (lifetime, idle, leak reports),
-``_closing`` (aclose and its reports), ``_stats`` (counters and the snapshot),
-``_entries`` (per-resource bookkeeping), ``_acquire`` (the context manager).
+``_closing`` (closing resources, and aclose with its reports), ``_stats``
+(counters, the snapshot, the repr), ``_args`` (the options, checked),
+``_entries`` (per-resource bookkeeping), ``_acquire`` (the context manager
+and the check before a lease).
 """
 
 from __future__ import annotations

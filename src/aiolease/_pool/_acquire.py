@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from ._core import Pool
     from ._entries import Entry
 
-__all__ = ["Acquire", "run_check", "self_wait_error", "waiting_on_itself"]
+__all__ = ["Acquire", "needs_check", "run_check", "self_wait_error", "waiting_on_itself"]
 
 T = TypeVar("T")
 logger = get_logger("aiolease.pool")
@@ -54,7 +54,7 @@ class Acquire(Generic[T]):
         self._entered = True
         pool = self._pool
         entry = pool._take_idle()
-        if entry is not None and not (entry.check_due and pool._needs_check(entry)):
+        if entry is not None and not (entry.check_due and needs_check(pool, entry)):
             entry.scoped = self._scoped
             pool._lease(entry)
             self._entry = entry
@@ -97,6 +97,15 @@ class Acquire(Generic[T]):
             assert done is not None
             return done
         return asyncio.shield(pending)  # the reset/close goes on if the caller is cancelled
+
+
+def needs_check(pool: Pool[T], entry: Entry[T]) -> bool:
+    """Whether an entry that sat idle gets the manager's check before its lease (its
+    ``check_due``, unless the manager's ``check_needed`` says no)."""
+    check_needed = pool._hooks.check_needed
+    return entry.check_due and (
+        check_needed is None or bool(check_needed(entry.resource, entry.info))
+    )
 
 
 async def run_check(pool: Pool[T], entry: Entry[T], deadline: float) -> bool:

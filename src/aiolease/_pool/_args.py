@@ -1,14 +1,25 @@
-"""Argument checks shared by the pool's constructor and methods (errors at the call)."""
+"""The pool's options: the argument checks its constructor and methods share (errors at
+the call), and :class:`Options`, the base of :class:`Pool` that checks and holds them."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from .._redact import redact
+from .._redact import pool_label, redact
+from ..abc import Manager
 from ._backoff import Backoff
 
-__all__ = ["check_backoff", "check_int", "check_options", "check_seconds", "check_timeout"]
+__all__ = [
+    "Options",
+    "check_backoff",
+    "check_bounds",
+    "check_int",
+    "check_seconds",
+    "check_timeout",
+]
+
+T = TypeVar("T")
 
 
 def check_seconds(name: str, value: object, *, allow_none: bool = True) -> float | None:
@@ -46,55 +57,72 @@ def check_int(name: str, value: object, minimum: int) -> int:
     return value
 
 
+def check_bounds(min_size: object, max_size: object) -> tuple[int, int]:
+    """``(min_size, max_size)``, checked (the constructor's and :meth:`Pool.resize`'s)."""
+    low = check_int("min_size", min_size, 0)
+    high = check_int("max_size", max_size, 1)
+    if low > high:
+        raise ValueError(f"min_size ({low}) must be <= max_size ({high})")
+    return low, high
+
+
 def check_backoff(name: str, value: object) -> float:
     seconds = check_seconds(name, value, allow_none=False)
     assert seconds is not None
     return seconds
 
 
-def check_options(
-    manager: object, **options: Any
-) -> tuple[
-    int,
-    int,
-    float | None,
-    int | None,
-    float | None,
-    float | None,
-    float | None,
-    float,
-    str | None,
-    Backoff,
-]:
-    """The Pool constructor's options, checked: ``(min_size, max_size, acquire_timeout,
-    max_waiting, max_lifetime, idle_timeout, leak_timeout, close_timeout, name, backoff)``."""
-    if not callable(getattr(manager, "create", None)):
-        raise TypeError(
-            "manager must implement async create() (an aiolease.abc.Manager), got "
-            + redact(repr(manager))
+class Options(Generic[T]):
+    """The pool's options, checked once (errors at the constructor call) and held as
+    plain attributes: :class:`Pool` derives from it, so its hot paths read them
+    directly. :meth:`Pool.resize` changes the bounds afterwards."""
+
+    __slots__ = (
+        "_acquire_timeout",
+        "_close_timeout",
+        "_idle_timeout",
+        "_label",
+        "_leak_timeout",
+        "_lru",
+        "_manager",
+        "_max_lifetime",
+        "_max_size",
+        "_max_waiting",
+        "_min_size",
+        "_name",
+    )
+
+    def _check_options(self, manager: Manager[T], **options: Any) -> Backoff:
+        """Check and keep the manager, its ``close_timeout`` and the :class:`Pool`
+        keyword arguments; returns the creation backoff they configure."""
+        if not callable(getattr(manager, "create", None)):
+            raise TypeError(
+                "manager must implement async create() (an aiolease.abc.Manager), got "
+                + redact(repr(manager))
+            )
+        self._manager = manager
+        self._min_size, self._max_size = check_bounds(options["min_size"], options["max_size"])
+        self._acquire_timeout = check_timeout("acquire_timeout", options["acquire_timeout"])
+        max_waiting = options["max_waiting"]
+        self._max_waiting = (
+            None if max_waiting is None else check_int("max_waiting", max_waiting, 0)
         )
-    min_size = check_int("min_size", options["min_size"], 0)
-    max_size = check_int("max_size", options["max_size"], 1)
-    if min_size > max_size:
-        raise ValueError(f"min_size ({min_size}) must be <= max_size ({max_size})")
-    max_waiting = options["max_waiting"]
-    name = options["name"]
-    if name is not None and not isinstance(name, str):
-        raise TypeError(f"name must be a str or None, got {name!r}")
-    return (
-        min_size,
-        max_size,
-        check_timeout("acquire_timeout", options["acquire_timeout"]),
-        None if max_waiting is None else check_int("max_waiting", max_waiting, 0),
-        check_seconds("max_lifetime", options["max_lifetime"]),
-        check_seconds("idle_timeout", options["idle_timeout"]),
-        check_seconds("leak_timeout", options["leak_timeout"]),
-        check_backoff(
+        self._max_lifetime = check_seconds("max_lifetime", options["max_lifetime"])
+        self._idle_timeout = check_seconds("idle_timeout", options["idle_timeout"])
+        self._leak_timeout = check_seconds("leak_timeout", options["leak_timeout"])
+        self._close_timeout = check_backoff(
             f"{type(manager).__name__}.close_timeout", getattr(manager, "close_timeout", 10.0)
-        ),
-        name,
-        Backoff(
+        )
+        name = options["name"]
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, got {name!r}")
+        self._name: str | None = name
+        self._label = pool_label(name, manager)  # repr, logs: see docs/logging.md
+        # Without idle_timeout, idle resources go out least recently used first, so use
+        # spreads over all of them and none sits unused long enough for a firewall or the
+        # server to drop it; with it, most recently used first, so the surplus is trimmed.
+        self._lru = self._idle_timeout is None
+        return Backoff(
             check_backoff("backoff_base", options["backoff_base"]),
             check_backoff("backoff_max", options["backoff_max"]),
-        ),
-    )
+        )

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Drain",
     "close_all",
+    "close_broken",
     "close_resource",
     "error_text",
     "note_discard",
@@ -39,16 +40,40 @@ REPORT_CAP = 300.0
 
 
 class Drain:
-    """A pool's close: the task running it, and its wait for the leases to end (a
-    deadline that can only come closer)."""
+    """A pool's close: the task running it, its wait for the leases to end (a
+    deadline that can only come closer), and the leases it closed in their
+    holders' hands."""
 
-    __slots__ = ("deadline", "done", "task", "wake")
+    __slots__ = ("closed_out", "deadline", "done", "task", "wake")
 
     def __init__(self, pool: Pool[Any]) -> None:
         self.deadline = _INF
         self.wake = asyncio.Event()  # set when a lease ends or the deadline moves
         self.done = asyncio.Event()
+        # Leases closed in their holders' hands: id(handle) -> entry, until given back.
+        self.closed_out: dict[int, Entry[Any]] = {}
         self.task = asyncio.get_running_loop().create_task(self._run(pool))
+
+    async def wait(self, timeout: float | None) -> None:
+        """Wait for the close to end (each ``aclose()`` call): ``timeout`` seconds at most
+        for the leases, and a cancelled caller stops that wait at once."""
+        loop = asyncio.get_running_loop()
+        if timeout is not None:
+            self.shorten(loop.time() + timeout)
+        try:
+            await asyncio.shield(self.done.wait())
+        except asyncio.CancelledError:
+            self.shorten(loop.time())  # a cancelled closer stops waiting for leases
+            raise
+
+    def given_back(self, key: int, handle: object) -> bool:
+        """Whether ``handle`` (``key`` is its id) is a lease this close closed in its
+        holder's hands; it is forgotten then (a second release is an error)."""
+        entry = self.closed_out.get(key)
+        if entry is None or entry.handle is not handle:
+            return False
+        del self.closed_out[key]
+        return True
 
     async def _run(self, pool: Pool[Any]) -> None:
         try:
@@ -83,7 +108,7 @@ async def close_all(pool: Pool[Any], drain: Drain) -> None:
     while pool._in_use or pool._under_check:
         now = loop.time()
         if now >= drain.deadline:
-            _close_outstanding(pool, now)
+            _close_outstanding(pool, drain, now)
             break
         if now >= report_at:
             _report_outstanding(pool, now, now - start)
@@ -115,12 +140,12 @@ def _report_outstanding(pool: Pool[Any], now: float, waited: float) -> None:
     )
 
 
-def _close_outstanding(pool: Pool[Any], now: float) -> None:
+def _close_outstanding(pool: Pool[Any], drain: Drain, now: float) -> None:
     for entry in list(pool._under_check):
         logger.warning("%r: closing %r, still under check as the pool closes", pool, entry.handle)
         pool._close_soon(entry)
     # No longer in use (statistics count them out), but their holders may still give
-    # them back: the release finds them in _closed_out.
+    # them back: the release finds them in closed_out.
     for entry in pool._in_use.values():
         logger.warning(
             "%r: closing a resource still checked out as the pool closes: %s",
@@ -129,7 +154,7 @@ def _close_outstanding(pool: Pool[Any], now: float) -> None:
         )
         pool._detach(entry)
         pool._close_soon(entry)
-    pool._closed_out.update(pool._in_use)
+    drain.closed_out.update(pool._in_use)
     pool._in_use.clear()
 
 
@@ -157,7 +182,7 @@ async def close_resource(pool: Pool[Any], entry: Entry[Any]) -> None:
         _abandon(pool, resource, "its close was cancelled")
         raise
     finally:
-        pool._live.discard(id(resource))
+        pool._creations.live.discard(id(resource))
         pool._counters.closed += 1
         pool._size -= 1
         pool._dispatch()
@@ -214,6 +239,18 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
+def close_broken(pool: Pool[Any], entry: Entry[Any]) -> None:
+    """Close a released resource a transaction marked broken, in a pool-owned task the
+    release does not wait for: the caller's exit never waits on a connection that may
+    be dead."""
+    note_discard(
+        pool,
+        entry.resource,
+        "a transaction marked it broken (unknown COMMIT outcome, or an abandoned cleanup)",
+    )
+    pool._close_soon(entry)
+
+
 def note_discard(pool: Pool[Any], resource: object, why: str, level: int = logging.INFO) -> None:
     """Count a resource the pool closes because it failed or was given back with
     ``discard=True`` (``statistics().discarded``), and log one line saying why."""
@@ -235,7 +272,7 @@ def _retired_because(pool: Pool[Any], entry: Entry[Any]) -> str:
         return "the pool closes"
     if entry.generation != pool._generation:
         return "expire() retired it (called, or after a failover)"
-    if info.expires_at <= pool._now():
+    if info.expires_at <= pool._clock():
         return f"past max_lifetime={pool._max_lifetime}s"
     if pool._size > pool._max_size:
         return f"above max_size={pool._max_size}"

@@ -15,9 +15,7 @@ Invariants every method keeps:
   capacity). One release path: :meth:`Pool._release` ends the lease and goes
   through the same hand-off. Waiters are served strictly first-in first-out.
 * A creation is bound to the waiter it was started for (its error goes to
-  that waiter); a waiter that leaves orphans its creation, which the next
-  uncovered waiter adopts. Bound waiters are always queued, so the queue's
-  length minus the bound ones is the number ``max_waiting`` limits.
+  that waiter): see :mod:`._creations` for orphans and what ``max_waiting`` counts.
 """
 
 from __future__ import annotations
@@ -28,29 +26,27 @@ import sys
 from collections import deque
 from collections.abc import Awaitable, Callable
 from types import EllipsisType, TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from .. import _metrics, _tracking
 from .._clock import clock_of
 from .._errors import PoolClosed, PoolTimeout, WouldBlock
-from .._redact import pool_label
 from .._transaction import PoolAtomic
 from ..abc import Manager
-from ._acquire import Acquire, run_check, self_wait_error, waiting_on_itself
-from ._args import check_int, check_options, check_timeout
-from ._closing import Drain, close_resource, note_discard, reset_then_hand_off, retire
+from ._acquire import Acquire, needs_check, run_check, self_wait_error, waiting_on_itself
+from ._args import Options, check_timeout
+from ._closing import Drain, close_broken, close_resource, reset_then_hand_off, retire
 from ._creations import Creations
-from ._entries import CallableManager, Entry, Hooks, caller_stack
-from ._housekeeping import Housekeeper, idle_deadline, leak_report
+from ._entries import CallableManager, Entry, Hooks
+from ._housekeeping import Housekeeper, idle_deadline, leak_report, warn_unclosed
 from ._queue import Waiter, WaitQueue
-from ._stats import Counters, PoolStatistics
-from ._where import user_location, warn_at_user
+from ._stats import Counters, PoolStatistics, describe, snapshot
+from ._where import user_location
 
 __all__ = ["Pool"]
 
 T = TypeVar("T")
 _INF = float("inf")
-_BROKEN = "a transaction marked it broken (unknown COMMIT outcome, or an abandoned cleanup)"
 
 
 class _State(enum.Enum):
@@ -67,7 +63,7 @@ class _State(enum.Enum):
 _NEW, _OPEN, _CLOSING, _CLOSED = _State.NEW, _State.OPEN, _State.CLOSING, _State.CLOSED
 
 
-class Pool(Generic[T]):
+class Pool(Options[T]):
     """An async pool of resources made by a :class:`~aiolease.abc.Manager`.
 
     Nothing happens in the constructor: the pool binds to the running loop and
@@ -100,10 +96,7 @@ class Pool(Generic[T]):
 
     __slots__ = (
         "__weakref__",
-        "_acquire_timeout",
         "_clock",
-        "_close_timeout",
-        "_closed_out",
         "_counters",
         "_created_at",
         "_creations",
@@ -113,19 +106,8 @@ class Pool(Generic[T]):
         "_hooks",
         "_housekeeper",
         "_idle",
-        "_idle_timeout",
         "_in_use",
-        "_label",
-        "_leak_timeout",
-        "_live",
         "_loop",
-        "_lru",
-        "_manager",
-        "_max_lifetime",
-        "_max_size",
-        "_max_waiting",
-        "_min_size",
-        "_name",
         "_observer",
         "_queue",
         "_size",
@@ -150,18 +132,7 @@ class Pool(Generic[T]):
         backoff_base: float = 0.1,
         backoff_max: float = 10.0,
     ) -> None:
-        (
-            self._min_size,
-            self._max_size,
-            self._acquire_timeout,
-            self._max_waiting,
-            self._max_lifetime,
-            self._idle_timeout,
-            self._leak_timeout,
-            self._close_timeout,
-            self._name,
-            backoff,
-        ) = check_options(
+        backoff = self._check_options(
             manager,
             min_size=min_size,
             max_size=max_size,
@@ -174,28 +145,16 @@ class Pool(Generic[T]):
             backoff_base=backoff_base,
             backoff_max=backoff_max,
         )
-        self._label = pool_label(self._name, manager)  # repr, logs: see docs/logging.md
         self._creations: Creations[T] = Creations(self, backoff)
-        self._manager = manager
         self._hooks = Hooks(manager)
-        # Without idle_timeout, idle resources go out least recently used first, so use
-        # spreads over all of them and none sits unused long enough for a firewall or the
-        # server to drop it; with it, most recently used first, so the surplus is trimmed.
-        self._lru = self._idle_timeout is None
-
         self._state: _State = _NEW
         self._loop: asyncio.AbstractEventLoop | None = None
         self._clock: Callable[[], float] = _unbound_clock
         self._done: asyncio.Future[None] | None = None  # a completed future, set in open()
         self._idle: deque[Entry[T]] = deque()  # the oldest release at the left
         self._in_use: dict[int, Entry[T]] = {}  # id(handle) -> entry
-        # Leases closed in their holders' hands by aclose: id(handle) -> entry, until given back.
-        self._closed_out: dict[int, Entry[T]] = {}
         self._waiters: deque[Waiter] = deque()
         self._under_check: set[Entry[T]] = set()
-        # id() of every resource alive: a manager handing out the same object twice would
-        # otherwise lose a slot.
-        self._live: set[int] = set()
         self._size = 0
         self._generation = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -290,30 +249,17 @@ class Pool(Generic[T]):
             self._state = _CLOSED
         if self._state is _CLOSED:
             return
-        loop = self._loop
-        assert loop is not None
         if self._drain is None:
             self._state = _CLOSING
             self._drain = Drain(self)
-        if wait_for is not None:
-            self._drain.shorten(loop.time() + wait_for)
-        try:
-            await asyncio.shield(self._drain.done.wait())
-        except asyncio.CancelledError:
-            self._drain.shorten(loop.time())  # a cancelled closer stops waiting for leases
-            raise
+        await self._drain.wait(wait_for)
 
     def _closed(self) -> None:
         self._state = _CLOSED
 
     def __del__(self) -> None:
         if getattr(self, "_state", None) is _OPEN:
-            warn_at_user(
-                f"unclosed {self!r} (created at {self._created_at}); "
-                "use `async with pool:` or `await pool.aclose()`",
-                ResourceWarning,
-                source=self,
-            )
+            warn_unclosed(self)
 
     # ------------------------------------------------------------------ acquire
 
@@ -375,12 +321,6 @@ class Pool(Generic[T]):
             return entry
         return None
 
-    def _needs_check(self, entry: Entry[T]) -> bool:
-        check_needed = self._hooks.check_needed
-        return entry.check_due and (
-            check_needed is None or bool(check_needed(entry.resource, entry.info))
-        )
-
     async def _acquire_blocking(self, into: Acquire[T], entry: Entry[T] | None) -> T:
         """Every acquire not served on the spot: ``entry`` is an idle one that needs its check."""
         try:
@@ -415,7 +355,7 @@ class Pool(Generic[T]):
                 # `entry` is ours now; until it is leased, every exit must give it back.
                 if (
                     entry.check_due
-                    and self._needs_check(entry)
+                    and needs_check(self, entry)
                     and not await run_check(self, entry, deadline)
                 ):
                     entry, retry = None, True  # keep our place, ahead of later tasks
@@ -432,11 +372,7 @@ class Pool(Generic[T]):
         entry.scoped = into._scoped
         handle = self._lease(entry, start)
         if waited:  # the wait statistics (one copy): up to the lease's start
-            counters = self._counters
-            waited_for = entry.lease_start - start
-            counters.wait_total += waited_for
-            if waited_for > counters.wait_max:
-                counters.wait_max = waited_for
+            self._counters.waited(entry.lease_start - start)
         return handle
 
     def _lease(self, entry: Entry[T], start: float | None = None) -> T:
@@ -450,10 +386,7 @@ class Pool(Generic[T]):
         if observer is not None:
             observer.leased(0.0 if start is None else now - start)
         if self._leak_timeout is not None or _tracking.active:
-            entry.lease_stack = caller_stack(sys._getframe(1))
-            if self._leak_timeout is not None:  # (leak_reported is read only then)
-                entry.leak_reported = False
-                self._housekeeper.schedule(now + self._leak_timeout)
+            self._housekeeper.watch(entry, sys._getframe(1))
         else:
             entry.lease_stack = None
         hooks = self._hooks
@@ -491,11 +424,8 @@ class Pool(Generic[T]):
         if entry is None or entry.handle is not handle:
             if entry is not None:
                 self._in_use[key] = entry
-            else:
-                closed = self._closed_out.get(key)
-                if closed is not None and closed.handle is handle:
-                    del self._closed_out[key]
-                    return None  # aclose has closed it already
+            elif self._drain is not None and self._drain.given_back(key, handle):
+                return None  # aclose has closed it already
             raise ValueError(
                 f"{handle!r} is not checked out from {self!r} (released twice, or another pool's)"
             )
@@ -508,13 +438,12 @@ class Pool(Generic[T]):
             observer.released(info.last_used_at - entry.lease_start)
         hooks = self._hooks
         resource = entry.resource
-        self._detach(entry)  # the lease's handle refuses use from now on
+        if hooks.detach is not None:  # the lease's handle refuses use from now on
+            self._detach(entry)
         if hooks.on_release is not None:
             hooks.on_release(resource, info)
         if _tracking._broken and _tracking.is_broken(resource):
-            # Not awaited: the caller's exit never waits on a connection that may be dead.
-            note_discard(self, resource, _BROKEN)
-            self._close_soon(entry)
+            close_broken(self, entry)  # not awaited (see close_broken)
             return None
         if discard:
             self._counters.discarded += 1
@@ -564,8 +493,8 @@ class Pool(Generic[T]):
         return None
 
     def _dispatch(self) -> None:
-        """After any change: idle entries to the oldest waiters, creations for waiters no
-        creation serves yet (adopting orphans first), ``min_size`` kept filled."""
+        """After any change: idle entries to the oldest waiters, then (an open pool) the
+        creations it owes (:meth:`Creations.replenish`)."""
         creations = self._creations
         if not self._idle and self._size >= self._max_size and not creations.orphans:
             return  # nothing to hand out and no room to create (the pool under load)
@@ -582,19 +511,10 @@ class Pool(Generic[T]):
                     self._idle.append(entry)
                 break
             fut.set_result(entry)  # from idle: its receiver runs the check
-        if self._state is not _OPEN:
-            return
-        if waiters and (creations.orphans or self._size < self._max_size):
-            creations.cover(waiters)
-        while self._size < self._min_size and creations.can_start():
-            creations.start(None)
-        if creations.backoff.failures and (waiters or self._size < self._min_size):
-            creations.schedule_backoff()
+        if self._state is _OPEN:
+            creations.replenish()
 
     # ------------------------------------------------------------------ create / close
-
-    def _now(self) -> float:
-        return self._clock()
 
     def _is_open(self) -> bool:
         return self._state is _OPEN
@@ -622,18 +542,12 @@ class Pool(Generic[T]):
             TypeError: a bound is not an int.
             ValueError: ``min_size > max_size`` or out of range.
         """
-        new_min = self._min_size if min_size is None else check_int("min_size", min_size, 0)
-        new_max = self._max_size if max_size is None else check_int("max_size", max_size, 1)
-        if new_min > new_max:
-            raise ValueError(f"min_size ({new_min}) must be <= max_size ({new_max})")
-        self._min_size, self._max_size = new_min, new_max
-        await self._housekeeper.resized()
+        await self._housekeeper.resize(min_size, max_size)
 
     async def expire(self) -> None:
         """Retire every current resource: idle ones are closed now (returns after they are),
         checked-out ones when released. New resources replace them on demand."""
-        self._generation += 1
-        await self._housekeeper.close_idle()
+        await self._housekeeper.expire()
 
     def atomic(
         self,
@@ -652,14 +566,7 @@ class Pool(Generic[T]):
 
     def statistics(self) -> PoolStatistics:
         """A frozen snapshot of sizes and counters."""
-        return self._counters.snapshot(
-            size=self._size,
-            idle=len(self._idle),
-            in_use=len(self._in_use),
-            waiting=len(self._waiters),
-            min_size=self._min_size,
-            max_size=max(self._size, self._max_size),
-        )
+        return snapshot(self)
 
     @property
     def name(self) -> str | None:
@@ -685,11 +592,7 @@ class Pool(Generic[T]):
         return self._max_size
 
     def __repr__(self) -> str:
-        return (
-            f"<aiolease.Pool {self._label!r} {self._state.value} "
-            f"size={self._size}/{max(self._size, self._max_size)} idle={len(self._idle)} "
-            f"in_use={len(self._in_use)} waiting={len(self._waiters)}>"
-        )
+        return describe(self, self._state.value)
 
     def _aiolease_leaks(self) -> list[str]:
         return leak_report(self, self._state is _CLOSED)

@@ -44,11 +44,14 @@ class _Creation:
 class Creations(Generic[T]):
     """The pool's creations in flight and its creation backoff."""
 
-    __slots__ = ("_pool", "_timer", "backoff", "bound", "orphans", "tasks")
+    __slots__ = ("_pool", "_timer", "backoff", "bound", "live", "orphans", "tasks")
 
     def __init__(self, pool: Pool[T], backoff: Backoff) -> None:
         self._pool = pool
         self.backoff = backoff
+        # id() of every resource alive (until its close ends): a manager handing out the
+        # same object twice would otherwise lose a slot.
+        self.live: set[int] = set()
         self.bound: dict[Waiter, _Creation] = {}
         self.orphans: list[_Creation] = []
         self.tasks: set[asyncio.Task[Any]] = set()  # creations that may still be cancelled
@@ -76,6 +79,19 @@ class Creations(Generic[T]):
                 self.start(fut)
             else:
                 break
+
+    def replenish(self) -> None:
+        """After any change in an open pool (:meth:`Pool._dispatch`): creations for the
+        waiters no creation serves yet (adopting orphans first), ``min_size`` kept
+        filled, and while creations fail, a dispatch when the backoff ends."""
+        pool = self._pool
+        waiters = pool._waiters
+        if waiters and (self.orphans or pool._size < pool._max_size):
+            self.cover(waiters)
+        while pool._size < pool._min_size and self.can_start():
+            self.start(None)
+        if self.backoff.failures and (waiters or pool._size < pool._min_size):
+            self.schedule_backoff()
 
     def can_start(self) -> bool:
         pool = self._pool
@@ -139,7 +155,7 @@ class Creations(Generic[T]):
         started = pool._clock()
         try:
             resource = await pool._manager.create()
-            if id(resource) in pool._live:
+            if id(resource) in self.live:
                 raise ValueError(
                     f"{pool._manager!r}.create() returned {resource!r}, which {pool!r} already "
                     "holds; each resource must be a distinct object"
@@ -157,7 +173,7 @@ class Creations(Generic[T]):
         pool._counters.created += 1
         if pool._observer is not None:
             pool._observer.created(now - started, None)
-        pool._live.add(id(resource))
+        self.live.add(id(resource))
         if self.backoff.failures:
             logger.info(
                 "%r: created a resource again, after %d failed attempt(s)",

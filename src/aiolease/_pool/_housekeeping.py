@@ -1,5 +1,6 @@
 """Housekeeping: retire idle resources past their lifetime or idle timeout, report leaks,
-close idle surplus after :meth:`Pool.resize` and :meth:`Pool.expire`.
+change the bounds (:meth:`Pool.resize`) and the generation (:meth:`Pool.expire`) and
+close the idle resources they make surplus.
 
 One loop timer, armed for the next deadline: no polling.
 """
@@ -8,16 +9,20 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .._logs import get_logger
+from ._args import check_bounds
 from ._closing import retire
+from ._entries import caller_stack
+from ._where import warn_at_user
 
 if TYPE_CHECKING:
     from ._core import Pool
     from ._entries import Entry
 
-__all__ = ["Housekeeper", "idle_deadline", "leak_report"]
+__all__ = ["Housekeeper", "idle_deadline", "leak_report", "warn_unclosed"]
 
 logger = get_logger("aiolease.pool")
 _INF = float("inf")
@@ -45,15 +50,28 @@ class Housekeeper:
             timer.cancel()
         self._timer = pool._loop.call_at(when, self.run)
 
+    def watch(self, entry: Entry[Any], frame: FrameType | None) -> None:
+        """A lease begins (leak_timeout set, or leak_check active): keep where it was
+        acquired (``frame``: the acquiring call's) and arm its leak report."""
+        entry.lease_stack = caller_stack(frame)
+        leak_timeout = self._pool._leak_timeout
+        if leak_timeout is not None:  # (leak_reported is read only then)
+            entry.leak_reported = False
+            self.schedule(entry.lease_start + leak_timeout)
+
     def cancel(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    async def resized(self) -> None:
-        """The bounds changed (:meth:`Pool.resize`): close surplus idle resources (returns
-        after they are closed), serve waiters from new capacity."""
+    async def resize(self, min_size: int | None, max_size: int | None) -> None:
+        """:meth:`Pool.resize`: change the bounds (None keeps one), close surplus idle
+        resources (returns after they are closed), serve waiters from new capacity."""
         pool = self._pool
+        pool._min_size, pool._max_size = check_bounds(
+            pool._min_size if min_size is None else min_size,
+            pool._max_size if max_size is None else max_size,
+        )
         if not pool._is_open():
             return
         closes: list[asyncio.Future[Any]] = []
@@ -62,12 +80,14 @@ class Housekeeper:
         pool._dispatch()
         if pool._idle_timeout is not None and pool._idle:
             # Idle resources kept for the old min_size may now be surplus past their deadline.
-            self.schedule(pool._now())
+            self.schedule(pool._clock())
         await _all_closed(closes)
 
-    async def close_idle(self) -> None:
-        """Close every idle resource now (:meth:`Pool.expire`); returns after they are."""
+    async def expire(self) -> None:
+        """:meth:`Pool.expire`: retire every resource of the current generation, closing
+        the idle ones now (returns after they are)."""
         pool = self._pool
+        pool._generation += 1
         if not pool._is_open():
             return
         closes = [retire(pool, entry) for entry in pool._idle]
@@ -80,7 +100,7 @@ class Housekeeper:
         pool = self._pool
         if not pool._is_open():
             return
-        now = pool._now()
+        now = pool._clock()
         nxt = min(self._retire_idle(now), self._report_leaks(now))
         self.schedule(nxt)
 
@@ -146,6 +166,16 @@ def idle_deadline(entry: Entry[Any], idle_timeout: float | None) -> float:
     return min(info.expires_at, info.last_used_at + idle_timeout)
 
 
+def warn_unclosed(pool: Pool[Any]) -> None:
+    """The ResourceWarning of a pool collected while open."""
+    warn_at_user(
+        f"unclosed {pool!r} (created at {pool._created_at}); "
+        "use `async with pool:` or `await pool.aclose()`",
+        ResourceWarning,
+        source=pool,
+    )
+
+
 def leak_report(pool: Pool[Any], closed: bool) -> list[str]:
     """What ``aiolease.testing.leak_check`` reports about ``pool``: left open, slots never
     freed, leases still out."""
@@ -157,7 +187,8 @@ def leak_report(pool: Pool[Any], closed: bool) -> list[str]:
             f"{pool!r} (created at {pool._created_at}) is closed but "
             f"{pool._size - len(pool._in_use)} resource slot(s) were never freed"
         )
-    for entry in (*pool._in_use.values(), *pool._closed_out.values()):
+    closed_out = () if pool._drain is None else pool._drain.closed_out.values()
+    for entry in (*pool._in_use.values(), *closed_out):
         where = "".join(entry.lease_stack.format()) if entry.lease_stack else "  (unknown)\n"
         problems.append(
             f"{entry.handle!r} is still checked out from {pool!r}; acquired at:\n{where}"

@@ -1,10 +1,15 @@
-"""The pool's counters and the frozen snapshot :meth:`Pool.statistics` returns."""
+"""The pool's counters, the frozen snapshot :meth:`Pool.statistics` returns, and the
+pool's ``repr`` (its label, state and sizes)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Counters", "PoolStatistics"]
+if TYPE_CHECKING:
+    from ._core import Pool
+
+__all__ = ["Counters", "PoolStatistics", "describe", "snapshot"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,24 +83,39 @@ class Counters:
         self.wait_total = 0.0
         self.wait_max = 0.0
 
-    def snapshot(
-        self, *, size: int, idle: int, in_use: int, waiting: int, min_size: int, max_size: int
-    ) -> PoolStatistics:
-        """These counts with the pool's current sizes."""
-        return PoolStatistics(
-            size=size,
-            idle=idle,
-            in_use=in_use,
-            waiting=waiting,
-            min_size=min_size,
-            max_size=max_size,
-            acquired=self.acquired,
-            created=self.created,
-            closed=self.closed,
-            timeouts=self.timeouts,
-            wait_time_total=self.wait_total,
-            wait_time_max=self.wait_max,
-            leaks=self.leaks,
-            create_errors=self.create_errors,
-            discarded=self.discarded,
-        )
+    def waited(self, seconds: float) -> None:
+        """An acquirer waited ``seconds`` for its lease."""
+        self.wait_total += seconds
+        if seconds > self.wait_max:
+            self.wait_max = seconds
+
+
+def snapshot(pool: Pool[Any]) -> PoolStatistics:
+    """``pool``'s counts with its current sizes."""
+    counters = pool._counters
+    return PoolStatistics(
+        size=pool._size,
+        idle=len(pool._idle),
+        in_use=len(pool._in_use),
+        waiting=len(pool._waiters),
+        min_size=pool._min_size,
+        max_size=max(pool._size, pool._max_size),  # see PoolStatistics.max_size
+        acquired=counters.acquired,
+        created=counters.created,
+        closed=counters.closed,
+        timeouts=counters.timeouts,
+        wait_time_total=counters.wait_total,
+        wait_time_max=counters.wait_max,
+        leaks=counters.leaks,
+        create_errors=counters.create_errors,
+        discarded=counters.discarded,
+    )
+
+
+def describe(pool: Pool[Any], state: str) -> str:
+    """``repr(pool)``: its label, lifecycle ``state`` and sizes."""
+    s = snapshot(pool)
+    return (
+        f"<aiolease.Pool {pool._label!r} {state} size={s.size}/{s.max_size} idle={s.idle} "
+        f"in_use={s.in_use} waiting={s.waiting}>"
+    )
