@@ -141,9 +141,13 @@ def _attach(exc: BaseException, err: BaseException, note: str | None = None) -> 
 def _validate_timeout(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond any float: not a finite number of seconds
+        seconds = math.inf
+    if not (math.isfinite(seconds) and seconds > 0):
         raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
-    return float(value)
+    return seconds
 
 
 class Transaction(Generic[C]):

@@ -325,7 +325,7 @@ async def test_misuse_errors() -> None:
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="attempts"):
             aiolease.transaction_attempts(conn, attempts=bad)  # type: ignore[arg-type]
-    for bad_backoff in (-1, 0, float("inf"), float("nan")):
+    for bad_backoff in (-1, 0, float("inf"), float("nan"), 10**400):
         with pytest.raises(ValueError, match="backoff"):
             aiolease.transaction_attempts(conn, backoff=bad_backoff)
         with pytest.raises(ValueError, match="max_backoff"):
