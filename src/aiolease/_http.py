@@ -48,6 +48,7 @@ RETRY_STATUSES = frozenset({429, 503})
 #: Above this a ``RateLimit-Reset`` value is read as a Unix time, not a delay
 #: (some servers send the epoch form); ten years of seconds.
 _EPOCH_THRESHOLD = 10 * 365 * 86400.0
+_DELTA_MAX = 2.0**31
 _DELTA = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*$")
 #: One member of a Structured Fields list (RFC 8941): commas inside quoted strings kept.
 _MEMBER = re.compile(r'(?:"(?:[^"\\]|\\.)*"|[^,"])+')
@@ -67,7 +68,10 @@ class HeaderGetter(Protocol):
 
 def _number(text: str) -> float | None:
     m = _DELTA.match(text)
-    return float(m.group(1)) if m else None
+    # Capped at 2**31 s as RFC 9111 (1.2.2) caps delta-seconds: too many digits for a float
+    # would read as inf, which a limiter refuses to pause for while the key stayed paused here
+    # for good (a later request waited forever, whatever its timeout).
+    return min(float(m.group(1)), _DELTA_MAX) if m else None
 
 
 def _http_date(text: str) -> float | None:
