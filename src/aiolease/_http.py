@@ -23,7 +23,7 @@ import inspect
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Collection, Hashable
+from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable
 from typing import Any, Generic, Protocol, TypeVar
 
 from ._logs import get_logger
@@ -34,6 +34,7 @@ __all__ = [
     "HeaderGetter",
     "Pauses",
     "RetryPolicy",
+    "check_key",
     "retry_delay",
 ]
 
@@ -47,9 +48,16 @@ RETRY_STATUSES = frozenset({429, 503})
 #: Above this a ``RateLimit-Reset`` value is read as a Unix time, not a delay
 #: (some servers send the epoch form); ten years of seconds.
 _EPOCH_THRESHOLD = 10 * 365 * 86400.0
+_DELTA_MAX = 2.0**31
 _DELTA = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*$")
 #: One member of a Structured Fields list (RFC 8941): commas inside quoted strings kept.
 _MEMBER = re.compile(r'(?:"(?:[^"\\]|\\.)*"|[^,"])+')
+
+
+def check_key(key: object) -> None:
+    """The adapters' ``key`` option: a function of the request (checked at the call)."""
+    if not callable(key):
+        raise TypeError(f"key={key!r}: expected a function of the request returning the key")
 
 
 class HeaderGetter(Protocol):
@@ -60,7 +68,10 @@ class HeaderGetter(Protocol):
 
 def _number(text: str) -> float | None:
     m = _DELTA.match(text)
-    return float(m.group(1)) if m else None
+    # Capped at 2**31 s as RFC 9111 (1.2.2) caps delta-seconds: too many digits for a float
+    # would read as inf, which a limiter refuses to pause for while the key stayed paused here
+    # for good (a later request waited forever, whatever its timeout).
+    return min(float(m.group(1)), _DELTA_MAX) if m else None
 
 
 def _http_date(text: str) -> float | None:
@@ -251,18 +262,22 @@ class RetryPolicy(Generic[R]):
                 raise TypeError(f"{name}={value!r}: expected a number >= 0 or None")
             if not value >= 0:
                 raise ValueError(f"{name}={value!r}: expected a number >= 0 or None")
-        if isinstance(retry_methods, str):
-            raise TypeError(
-                f"retry_methods={retry_methods!r}: expected a collection of method names, "
-                'e.g. {"GET", "POST"}'
+        allowed = IDEMPOTENT_METHODS
+        if retry_methods is not None:
+            names = (
+                tuple(retry_methods)
+                if isinstance(retry_methods, Iterable) and not isinstance(retry_methods, str)
+                else None
             )
+            if names is None or not all(isinstance(m, str) for m in names):
+                raise TypeError(
+                    f"retry_methods={retry_methods!r}: expected a collection of method names, "
+                    'e.g. {"GET", "POST"}'
+                )
+            allowed = frozenset(m.upper() for m in names)
         self.limits = limits
         self.retries = retries
-        self.retry_methods = (
-            IDEMPOTENT_METHODS
-            if retry_methods is None
-            else frozenset(m.upper() for m in retry_methods)
-        )
+        self.retry_methods = allowed
         self.max_wait = max_wait
         self.timeout = timeout
         self._pauses = Pauses()

@@ -283,8 +283,11 @@ async def run_transaction(
     Raises:
         ValueError: bad ``attempts``/``backoff``/``max_backoff`` (finite and
             > 0), ``isolation`` or ``cleanup_timeout``, at the call.
+        TypeError: ``fn`` is not callable, at the call.
         Exception: whatever the last attempt raised.
     """
+    if not callable(fn):
+        raise TypeError(f"fn must be an async function of the connection, got {fn!r}")
     attempts_loop = transaction_attempts(
         target,
         attempts=attempts,

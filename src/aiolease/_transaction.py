@@ -141,9 +141,20 @@ def _attach(exc: BaseException, err: BaseException, note: str | None = None) -> 
 def _validate_timeout(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond any float: not a finite number of seconds
+        seconds = math.inf
+    if not (math.isfinite(seconds) and seconds > 0):
         raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
-    return float(value)
+    return seconds
+
+
+def _flag(name: str, value: object) -> bool:
+    # Not bool(value): readonly="false" would be True.
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
 
 
 class Transaction(Generic[C]):
@@ -204,9 +215,9 @@ class Transaction(Generic[C]):
             else _validate_timeout("cleanup_timeout", cleanup_timeout)
         )
         self._isolation = None if isolation is None else _normalize_isolation(isolation, dialect)
-        self._readonly = bool(readonly)
-        self._savepoint = bool(savepoint)
-        self._durable = bool(durable)
+        self._readonly = _flag("readonly", readonly)
+        self._savepoint = _flag("savepoint", savepoint)
+        self._durable = _flag("durable", durable)
         self._parent: Transaction[C] | None = None
         self._pool: Any = None  # the pool it acquired its connection from, for log lines
         self._sp_name: str | None = None
@@ -725,7 +736,8 @@ def atomic(
             default (5 s).
 
     Raises:
-        TypeError: no dialect is registered for ``conn``.
+        TypeError: no dialect is registered for ``conn``; ``readonly``,
+            ``savepoint`` or ``durable`` is not a bool.
         ValueError: ``isolation`` is not an accepted level; ``cleanup_timeout``
             is not a finite number > 0.
         TransactionError: (on enter) ``durable`` or ``isolation``/``readonly``

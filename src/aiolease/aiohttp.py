@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Hashable
 from typing import Any
 
-from ._http import HeaderGetter, RetryPolicy
+from ._http import HeaderGetter, RetryPolicy, check_key
 
 try:
     import aiohttp
@@ -145,6 +145,7 @@ def limited(
         TypeError: ``limits`` has no ``acquire()``, or an option has the wrong type.
         ValueError: an option is out of range.
     """
+    check_key(key)
     policy: RetryPolicy[aiohttp.ClientResponse] = RetryPolicy(
         limits, retries=retries, retry_methods=retry_methods, max_wait=max_wait, timeout=timeout
     )

@@ -21,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
-from collections.abc import Awaitable, Callable, Collection, Hashable, MutableMapping
+import re
+from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, MutableMapping
 from typing import Any
 
 from ._errors import RateLimitExceeded, WouldBlock
@@ -46,6 +47,8 @@ CONCURRENCY_RETRY_AFTER = 1
 RELEASE_TIMEOUT = 5.0
 
 _BODY = b"Too Many Requests"
+#: What a policy name may hold: it is sent inside a Structured Fields string (RFC 8941).
+_FIELD_TEXT = re.compile(r"[\x20-\x21\x23-\x5b\x5d-\x7e]+")
 
 
 def client_ip(scope: Scope) -> str:
@@ -97,8 +100,13 @@ def _exempt_test(exempt: Collection[str] | Callable[[Scope], bool]) -> Callable[
             f"exempt={exempt!r}: expected a collection of paths (e.g. {{{exempt!r}}}) "
             "or a function of the ASGI scope"
         )
-    exact = frozenset(p for p in exempt if not p.endswith("*"))
-    prefixes = tuple(p[:-1] for p in exempt if p.endswith("*"))
+    paths = tuple(exempt) if isinstance(exempt, Iterable) else None
+    if paths is None or not all(isinstance(p, str) for p in paths):
+        raise TypeError(
+            f"exempt={exempt!r}: expected a collection of paths or a function of the ASGI scope"
+        )
+    exact = frozenset(p for p in paths if not p.endswith("*"))
+    prefixes = tuple(p[:-1] for p in paths if p.endswith("*"))
 
     def test(scope: Scope) -> bool:
         path: str = scope.get("path", "")
@@ -134,8 +142,10 @@ class RateLimitMiddleware:
 
     Raises:
         TypeError: ``limiter`` has no ``acquire_nowait()``, ``key`` is not callable,
-            or ``exempt`` is a single string.
-        ValueError: ``policy_name`` is empty or contains a double quote.
+            ``exempt`` is a single string or holds a non-string, or ``policy`` is
+            not a string.
+        ValueError: ``policy_name`` is empty or not printable ASCII without ``"``
+            and ``\\``; ``policy`` is not printable ASCII.
     """
 
     def __init__(
@@ -155,8 +165,16 @@ class RateLimitMiddleware:
             )
         if not callable(key):
             raise TypeError(f"key={key!r}: expected a function of the ASGI scope")
-        if not isinstance(policy_name, str) or not policy_name or '"' in policy_name:
-            raise ValueError(f"policy_name={policy_name!r}: expected a non-empty name without '\"'")
+        if not isinstance(policy_name, str) or not _FIELD_TEXT.fullmatch(policy_name):
+            raise ValueError(
+                f"policy_name={policy_name!r}: expected a non-empty name of printable ASCII "
+                "without '\"' or '\\'"
+            )
+        if policy is not None:
+            if not isinstance(policy, str):
+                raise TypeError(f"policy={policy!r}: expected a RateLimit-Policy field value (str)")
+            if not policy.isascii() or not policy.isprintable():
+                raise ValueError(f"policy={policy!r}: expected printable ASCII (a header value)")
         self.app = app
         self.limiter = limiter
         self.key = key

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Hashable
 from typing import Any
 
-from ._http import HeaderGetter, RetryPolicy
+from ._http import HeaderGetter, RetryPolicy, check_key
 
 try:
     import httpx
@@ -98,6 +98,7 @@ class LimitedTransport(httpx.AsyncBaseTransport):
         max_wait: float | None = 60.0,
         timeout: float | None = None,
     ) -> None:
+        check_key(key)
         self._policy: RetryPolicy[httpx.Response] = RetryPolicy(
             limits, retries=retries, retry_methods=retry_methods, max_wait=max_wait, timeout=timeout
         )

@@ -200,6 +200,17 @@ def test_bad_arguments_are_refused_at_the_call() -> None:
         RateLimitMiddleware(hello, limiter=limiter, key="ip")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="policy_name"):
         RateLimitMiddleware(hello, limiter=limiter, policy_name="")
+    # Caught here, not when the first request is refused (a 500 instead of a 429).
+    with pytest.raises(TypeError, match="policy=5"):
+        RateLimitMiddleware(hello, limiter=limiter, policy=5)  # type: ignore[arg-type]
+    for name, bad in (("policy_name", "lone\ud800"), ("policy", '"p";q=1\n')):
+        options: dict[str, Any] = {name: bad}
+        with pytest.raises(ValueError, match=name):
+            RateLimitMiddleware(hello, limiter=limiter, **options)
+    with pytest.raises(TypeError, match="exempt=5"):
+        RateLimitMiddleware(hello, limiter=limiter, exempt=5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"exempt=\['/health', 1\]"):
+        RateLimitMiddleware(hello, limiter=limiter, exempt=["/health", 1])  # type: ignore[list-item]
 
 
 async def test_a_cancelled_request_gives_its_slot_back() -> None:

@@ -337,6 +337,13 @@ def test_bad_arguments_are_refused_at_the_call(kind: str) -> None:
         make(limiter, max_wait=-1)
     with pytest.raises(TypeError, match="retry_methods='POST'"):
         make(limiter, retry_methods="POST")
+    # Caught here, not by the first request (a TypeError or AttributeError naming nothing).
+    with pytest.raises(TypeError, match="retry_methods=5"):
+        make(limiter, retry_methods=5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"retry_methods=\['GET', 1\]"):
+        make(limiter, retry_methods=["GET", 1])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="key='host'"):
+        make(limiter, key="host")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("module", "extra"), [("httpx", "httpx"), ("aiohttp", "aiohttp")])

@@ -64,6 +64,10 @@ def _getter(headers: dict[str, str]):  # type: ignore[no-untyped-def]
         ({"Retry-After": "-3"}, None),
         ({"RateLimit": "garbage"}, None),
         ({"Retry-After": "soon", "RateLimit-Reset": "3"}, 3.0),
+        # delta-seconds beyond any float: 2**31 s (RFC 9111 1.2.2), never inf: a limiter
+        # refuses an infinite pause, and the key would stay paused here for good
+        ({"Retry-After": "9" * 400}, 2.0**31),
+        ({"RateLimit": '"default";r=0;t=' + "9" * 400}, 2.0**31),
         ({}, None),
     ],
 )

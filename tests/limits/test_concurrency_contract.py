@@ -152,6 +152,7 @@ def test_bad_arguments(concurrency_impl: Impl) -> None:
         async with concurrency_impl.make(1) as sem:
             with pytest.raises(ValueError, match="timeout"):
                 sem.acquire(timeout=-1)
+            sem.acquire(timeout=10**400)  # an int beyond any float waits as long as inf does
 
     concurrency_impl.run(body)
 

@@ -296,6 +296,9 @@ def test_acquire_nowait_does_not_barge_ahead_of_waiters(rate_impl: Impl) -> None
         ((10, -1.0), {}, ValueError),
         ((10,), {"burst": 0.5}, ValueError),
         ((10,), {"burst": math.inf}, ValueError),
+        ((10**400,), {}, ValueError),  # an int beyond any float: too large, not OverflowError
+        ((10, 10**400), {}, ValueError),
+        ((10,), {"burst": 10**400}, ValueError),
     ],
 )
 def test_bad_constructor_arguments(
@@ -314,7 +317,7 @@ def test_bad_constructor_arguments(
 def test_bad_acquire_arguments(rate_impl: Impl) -> None:
     async def body() -> None:
         async with rate_impl.make(10, burst=3) as lim:
-            for cost in (0, -1, math.nan, math.inf):
+            for cost in (0, -1, math.nan, math.inf, 10**400):
                 with pytest.raises(ValueError, match="cost"):
                     lim.acquire(cost=cost)
                 with pytest.raises(ValueError, match="cost"):
@@ -326,13 +329,18 @@ def test_bad_acquire_arguments(rate_impl: Impl) -> None:
                 await nowait(lim, cost=3.5)
             with pytest.raises(ValueError, match="timeout"):
                 lim.acquire(timeout=-1)
+            lim.acquire(timeout=10**400)  # an int beyond any float waits as long as inf does
             with pytest.raises(TypeError):
                 lim.acquire(cost="1")
             with pytest.raises(ValueError, match="seconds"):
                 await applied(lim.pause(-1))
+            with pytest.raises(ValueError, match="seconds"):
+                await applied(lim.pause(10**400))
             permit = await lim.acquire(cost=3)
             with pytest.raises(ValueError, match="actual_cost"):
                 await applied(permit.settle(-1))
+            with pytest.raises(ValueError, match="actual_cost"):
+                await applied(permit.settle(10**400))
 
     rate_impl.run(body)
 

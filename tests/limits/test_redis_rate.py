@@ -16,7 +16,15 @@ from typing import Any
 
 import pytest
 import redis.asyncio as redis_asyncio
-from _redis_factories import TOL, delete_keys, eventually, redis_client, through_proxy, unique_name
+from _redis_factories import (
+    TOL,
+    compat_public,
+    delete_keys,
+    eventually,
+    redis_client,
+    through_proxy,
+    unique_name,
+)
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -207,6 +215,41 @@ async def test_pause_from_one_client_holds_newcomers_of_another(redis_url: str, 
 
 
 # -- cancellation ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("public", [False, True], ids=["pipe", "public"])
+@pytest.mark.parametrize("kind", ["rate", "concurrency"])
+async def test_a_caller_cancelled_while_the_limiter_connects_is_cancelled(
+    redis_url: str, name: str, kind: str, public: bool
+) -> None:
+    # The first call of a limiter takes a connection from the client's pool; redis-py can hand
+    # one back even though its caller was cancelled while it connected. Whatever instant the
+    # cancellation lands on (counted in loop iterations after the call started), the caller ends
+    # cancelled, never admitted.
+    admitted = []
+    for steps in range(16):
+        async with redis_client(redis_url) as fresh:  # no connection in its pool yet
+            with compat_public(public):
+                lim: Any = (
+                    RedisRateLimiter(fresh, name, 1000, burst=100)
+                    if kind == "rate"
+                    else RedisConcurrencyLimiter(fresh, name, 100)
+                )
+
+            async def acquire(lim: Any = lim) -> Any:
+                return await lim.acquire()
+
+            task = asyncio.ensure_future(acquire())
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            if task.cancel():
+                with contextlib.suppress(asyncio.CancelledError):
+                    permit = await task
+                    admitted.append(steps)
+                    if kind == "concurrency":
+                        await permit.arelease()
+            await lim.aclose()
+    assert admitted == [], f"cancelled after these many loop iterations, yet admitted: {admitted}"
 
 
 async def test_cancel_during_the_round_trip_gives_the_reservation_back(

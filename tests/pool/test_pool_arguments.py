@@ -49,6 +49,9 @@ from aiolease.testing import FakeManager
         ({"backoff_base": None}, TypeError, r"backoff_base must be a number of seconds, not None"),
         ({"backoff_max": -1.0}, ValueError, r"backoff_max must be > 0"),
         ({"backoff_max": "x"}, TypeError, r"backoff_max must be a number of seconds"),
+        # an int beyond any float is out of range, not an OverflowError
+        ({"max_lifetime": 10**400}, ValueError, r"max_lifetime must be > 0 seconds"),
+        ({"backoff_base": 10**400}, ValueError, r"backoff_base must be > 0 seconds"),
     ],
 )
 def test_bad_option(options: dict[str, Any], error: type[Exception], pattern: str) -> None:
@@ -121,6 +124,8 @@ def test_infinite_timeouts_mean_no_timeout() -> None:
     pool = Pool(FakeManager(), acquire_timeout=float("inf"))
     assert pool.acquire()._timeout is None
     assert pool.acquire(timeout=float("inf"))._timeout is None
+    assert pool.acquire(timeout=10**400)._timeout is None  # an int beyond any float
+    assert Pool(FakeManager(), acquire_timeout=10**400).acquire()._timeout is None
 
 
 def test_from_callables_refuses_a_sync_function_at_the_call() -> None:

@@ -325,7 +325,7 @@ async def test_misuse_errors() -> None:
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="attempts"):
             aiolease.transaction_attempts(conn, attempts=bad)  # type: ignore[arg-type]
-    for bad_backoff in (-1, 0, float("inf"), float("nan")):
+    for bad_backoff in (-1, 0, float("inf"), float("nan"), 10**400):
         with pytest.raises(ValueError, match="backoff"):
             aiolease.transaction_attempts(conn, backoff=bad_backoff)
         with pytest.raises(ValueError, match="max_backoff"):
@@ -337,6 +337,21 @@ async def test_misuse_errors() -> None:
     with pytest.raises(TypeError, match="cleanup_timeout"):
         aiolease.atomic(conn, cleanup_timeout="5")  # type: ignore[arg-type]
     assert "unentered" in repr(aiolease.atomic(conn))
+
+
+async def test_flags_and_fn_are_checked_at_the_call() -> None:
+    # readonly="false" is a str, not False: taken as a truth value it meant the opposite.
+    conn = FakeConnection()
+    for flag in ("readonly", "savepoint", "durable"):
+        for bad in ("false", None, 0, 1.0):
+            options: dict[str, Any] = {flag: bad}
+            with pytest.raises(TypeError, match=f"{flag} must be True or False"):
+                aiolease.atomic(conn, **options)
+    with pytest.raises(TypeError, match="readonly must be True or False"):
+        await aiolease.run_transaction(conn, _never, readonly="no")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="fn must be an async function"):
+        await aiolease.run_transaction(conn, 42)  # type: ignore[arg-type]
+    assert conn.statements == []  # refused before any BEGIN
 
 
 async def test_blocks_exited_out_of_order_are_refused() -> None:

@@ -10,7 +10,10 @@ __all__ = ["check_cost", "check_name", "check_positive", "check_timeout"]
 def _number(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond any float: as large as inf (rejected where inf is)
+        return math.inf if value > 0 else -math.inf
 
 
 def check_positive(

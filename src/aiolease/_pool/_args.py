@@ -22,6 +22,13 @@ __all__ = [
 T = TypeVar("T")
 
 
+def _float(value: int | float) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond any float: as large as inf (rejected where inf is)
+        return math.inf if value > 0 else -math.inf
+
+
 def check_seconds(name: str, value: object, *, allow_none: bool = True) -> float | None:
     """A duration that must be a finite number > 0 (or None when allowed)."""
     if value is None:
@@ -32,10 +39,11 @@ def check_seconds(name: str, value: object, *, allow_none: bool = True) -> float
         raise TypeError(
             f"{name} must be a number of seconds{' or None' if allow_none else ''}, got {value!r}"
         )
-    if not 0 < value < math.inf:  # also rejects NaN
+    seconds = _float(value)
+    if not 0 < seconds < math.inf:  # also rejects NaN
         accepted = "> 0 seconds or None" if allow_none else "> 0 seconds"
         raise ValueError(f"{name} must be {accepted} (finite), got {value!r}")
-    return float(value)
+    return seconds
 
 
 def check_timeout(name: str, value: object) -> float | None:
@@ -46,7 +54,8 @@ def check_timeout(name: str, value: object) -> float | None:
         raise TypeError(f"{name} must be a number of seconds or None, got {value!r}")
     if not value >= 0:  # also rejects NaN
         raise ValueError(f"{name} must be >= 0 seconds or None, got {value!r}")
-    return None if value == math.inf else float(value)
+    seconds = _float(value)
+    return None if seconds == math.inf else seconds
 
 
 def check_int(name: str, value: object, minimum: int) -> int:

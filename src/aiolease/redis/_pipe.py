@@ -333,16 +333,33 @@ class Caller:
         async with self._connecting:  # FIFO: callers keep their order while we connect
             if self._link is None:
                 pool = self._client.connection_pool  # type: ignore[union-attr]
+                # In a task of its own, awaited through a shield: redis-py's get_connection()
+                # can return a connection although its caller was cancelled while it connected
+                # (the cancellation is lost). The caller always gets its CancelledError; a
+                # connection that comes anyway goes back to the pool (aclose() ends a late one).
+                taking = asyncio.get_running_loop().create_task(_take(pool))
+                self._calls.add(taking)
+                taking.add_done_callback(self._calls.discard)
                 try:
-                    conn = await pool.get_connection()
-                except TypeError:  # redis-py < 5.3 requires a command name (later: deprecated)
-                    conn = await pool.get_connection("EVALSHA")
+                    conn = await asyncio.shield(taking)
+                except asyncio.CancelledError:
+                    taking.cancel()
+                    taking.add_done_callback(functools.partial(self._give_back, pool))
+                    raise
                 if not _compat.can_write(conn):  # pragma: no cover - redis-py changed
                     await pool.release(conn)
                     self._direct = False
                     raise _rexc.ConnectionError("redis-py connection cannot be pipelined")
                 self._link = conn
             return self._send(packed, on_abandon)
+
+    def _give_back(self, pool: Any, taking: asyncio.Task[Any]) -> None:
+        """A connection taken for a caller that was cancelled meanwhile goes back to the pool."""
+        if taking.cancelled() or taking.exception() is not None:
+            return
+        task = asyncio.get_running_loop().create_task(pool.release(taking.result()))
+        self._drops.add(task)
+        task.add_done_callback(self._drops.discard)
 
     async def _read(self, conn: Any) -> None:
         """Read replies while any is pending; each goes to the oldest pending future."""
@@ -483,6 +500,13 @@ class Caller:
                     return await client.evalsha(script.sha, len(keys), *keys, *args)
         except TimeoutError as exc:
             raise _rexc.TimeoutError(f"no reply from Redis within {self.timeout}s") from exc
+
+
+async def _take(pool: Any) -> Any:
+    try:
+        return await pool.get_connection()
+    except TypeError:  # redis-py < 5.3 requires a command name (later: deprecated)
+        return await pool.get_connection("EVALSHA")
 
 
 def _hand_back(on_abandon: Callable[[Any], None], call: asyncio.Task[Any]) -> None:
