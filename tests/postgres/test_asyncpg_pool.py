@@ -332,9 +332,9 @@ async def test_the_manager_lets_go_of_a_connection_it_closed(pg_dsn: str, end: s
     assert ref() is None
 
 
-def raw_transport_gone(conn: Connection) -> bool:
-    transport: Any = conn._transport
-    return transport is None or transport.is_closing()
+def raw_transport_gone(conn: Any) -> bool:
+    transport = conn._transport
+    return transport is None or bool(transport.is_closing())
 
 
 def notify_blocking(dsn: str, channel: str, payload: str, conn: Connection) -> None:
