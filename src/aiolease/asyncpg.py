@@ -123,12 +123,10 @@ def _quiet(conn: Connection, watch: _Watch | None = None) -> bool:
     sends a FATAL message and closes the socket; asyncpg notices only when the
     event loop next polls that socket, so until then ``is_closed()`` is still
     False. Polling the socket (one ``poll(0)``, or a non-blocking
-    ``recv(MSG_PEEK)`` where there is no ``poll``; no round trip) sees what the
+    ``select`` where there is no ``poll``; no round trip) sees what the
     loop has not read yet. Unknowable (no socket): True. ``watch``: the connection's,
-    when the caller has it already.
+    which keeps the poll object from one call to the next.
     """
-    if watch is None:
-        watch = _watch_of(conn)
     poller = None if watch is None else watch.poller
     if poller is None:
         fd = _socket_fd(conn)
@@ -164,8 +162,10 @@ class _Watch:
     each checkout and release makes.
 
     It is put in the data path once, when the connection is made, through the
-    transport's public ``set_protocol()``, stays there for the connection's life
-    (a call per chunk received), and is found as the transport's protocol.
+    transport's public ``set_protocol()``, and stays there for the connection's life
+    (a call per chunk received). The manager keeps it by connection from
+    :meth:`AsyncpgManager.create` to :meth:`AsyncpgManager.close` (or ``abort``), so
+    the hooks of each checkout and release find it with a dict lookup.
     """
 
     __slots__ = ("_inner", "poller", "received", "seen")
@@ -196,33 +196,22 @@ class _Watch:
         self._inner.resume_writing()
 
 
-def _install_watch(conn: Connection) -> None:
-    """Make the connection's watch (see :class:`_Watch`) and put it in the data path."""
+def _install_watch(conn: Connection) -> _Watch | None:
+    """Make the connection's watch (see :class:`_Watch`) and put it in the data path;
+    None where the transport cannot be watched."""
     transport = transport_of(conn)
     if transport is None:
-        return  # nothing to watch: every checkout of an idle connection is verified
+        return None  # nothing to watch: every checkout of an idle connection is verified
     try:
         protocol = transport.get_protocol()
-        if not isinstance(protocol, _Watch):
-            transport.set_protocol(cast(asyncio.BaseProtocol, _Watch(protocol)))
+        if isinstance(protocol, _Watch):
+            return protocol
+        watch = _Watch(protocol)
+        transport.set_protocol(cast(asyncio.BaseProtocol, watch))
     except Exception as exc:  # an exotic transport: fall back to polling the socket alone
         logger.debug("cannot watch %r for unsolicited messages: %r", conn, exc)
-
-
-def _watch_of(conn: Connection) -> _Watch | None:
-    """The connection's watch: its transport's protocol."""
-    transport = transport_of(conn)
-    if transport is None:
         return None
-    try:
-        watch: object = transport.get_protocol()
-    except Exception:  # a closed or exotic transport
-        return None
-    return watch if type(watch) is _Watch else None
-
-
-def _heard_while_idle(watch: _Watch | None) -> bool:
-    return watch is not None and watch.received != watch.seen
+    return watch
 
 
 class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
@@ -333,6 +322,9 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
         self.reset_timeout = check_timeout_seconds("reset_timeout", reset_timeout)
         self.close_timeout = check_timeout_seconds("close_timeout", close_timeout)
         self.connect_kwargs = connect_kwargs
+        # Each open connection's watch (see _Watch): made by create(), forgotten by
+        # close() and abort(). None where the transport cannot be watched.
+        self._watches: dict[Connection, _Watch] = {}
 
     @property
     def reset_mode(self) -> Reset:
@@ -356,7 +348,9 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
             )
         # Keepalive: a silent peer is detected within SILENT_PEER_BOUND seconds.
         set_keepalive(connection_socket(conn))
-        _install_watch(conn)
+        watch = _install_watch(conn)
+        if watch is not None:
+            self._watches[conn] = watch
         return conn
 
     def check_needed(self, resource: Connection, info: ResourceInfo) -> bool:
@@ -366,10 +360,13 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
         every one where the connection's transport cannot be watched
         (``AIOLEASE_COMPAT=public``).
         """
-        if resource.is_closed():
-            return True
-        watch = _watch_of(resource)
-        return watch is None or _heard_while_idle(watch) or not _quiet(resource, watch)
+        watch = self._watches.get(resource)
+        return (
+            watch is None
+            or watch.received != watch.seen
+            or resource.is_closed()
+            or not _quiet(resource, watch)
+        )
 
     async def check(self, resource: Connection, info: ResourceInfo) -> None:
         """Discard a closed connection; verify a suspicious one with a round trip.
@@ -380,8 +377,7 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
         """
         if resource.is_closed():
             raise ConnectionError("connection was closed while idle (server restart or kill?)")
-        watch = _watch_of(resource)
-        if watch is None or _heard_while_idle(watch) or not _quiet(resource, watch):
+        if self.check_needed(resource, info):
             # Data while idle: a FATAL from a server that dropped us (the close follows),
             # or a harmless notification. A round trip tells them apart. No watch: the
             # round trip is the only way to know.
@@ -407,7 +403,7 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
     def on_idle(self, resource: Connection, info: ResourceInfo) -> None:
         """The connection sits idle from now on: reset its watch's count (anything it
         hears from here on is suspicious, see :class:`_Watch`)."""
-        watch = _watch_of(resource)
+        watch = self._watches.get(resource)
         if watch is not None:
             watch.seen = watch.received
 
@@ -435,6 +431,7 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
         the server to answer the cancel, which a silent peer never does), then is cut. In
         public mode (``AIOLEASE_COMPAT=public``) that cannot be seen, so every close gets
         that bound (a connection being closed loses nothing by being cut)."""
+        self._watches.pop(resource, None)
         if resource.is_closed():
             return
         if SEES_CANCELLING and not cancelling(resource):
@@ -449,6 +446,7 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
     def abort(self, resource: Connection) -> None:
         """Cut the connection at once (``Connection.terminate()``: the socket is closed
         without a goodbye to the server)."""
+        self._watches.pop(resource, None)
         resource.terminate()
 
     def is_fatal(self, resource: Connection, exc: BaseException) -> bool:

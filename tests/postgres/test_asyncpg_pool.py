@@ -13,12 +13,14 @@ hard case, where asyncpg has not seen the server's FATAL message yet and
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import random
 import select
 import signal
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -305,6 +307,34 @@ async def test_check_needs_no_round_trip_for_a_healthy_connection(pg_dsn: str) -
             await manager.check(raw(conn), info)
     finally:
         await manager.close(raw(conn))
+
+
+@pytest.mark.parametrize("end", ["close", "abort"])
+async def test_the_manager_lets_go_of_a_connection_it_closed(pg_dsn: str, end: str) -> None:
+    # The manager keeps each connection's watch from create() to close() or abort(): after
+    # either, nothing of the manager's keeps the connection alive.
+    manager = AsyncpgManager(pg_dsn)
+    conn = await manager.create()
+    info = ResourceInfo(0.0, 0.0)
+    manager.on_idle(conn, info)
+    assert manager.check_needed(conn, info) is not aiolease._compat.asyncpg.PRIVATE
+    ref = weakref.ref(conn)
+    if end == "close":
+        await manager.close(conn)
+    else:
+        manager.abort(conn)
+        for _ in range(100):  # the transport's connection_lost runs on a later loop turn
+            if conn.is_closed() and raw_transport_gone(conn):
+                break
+            await asyncio.sleep(0.01)
+    del conn
+    gc.collect()
+    assert ref() is None
+
+
+def raw_transport_gone(conn: Any) -> bool:
+    transport = conn._transport
+    return transport is None or bool(transport.is_closing())
 
 
 def notify_blocking(dsn: str, channel: str, payload: str, conn: Connection) -> None:

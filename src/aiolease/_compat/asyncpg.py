@@ -72,8 +72,10 @@ def _transport_public(conn: Any) -> Any:
     return None
 
 
+# The probe found these slots on asyncpg's Connection, which sets them in __init__: read
+# directly (each runs on every release).
 def _cancelling_private(conn: Any) -> bool:
-    protocol = getattr(conn, "_protocol", None)  # None once the connection is aborted
+    protocol = conn._protocol  # None once the connection is aborted
     return protocol is not None and bool(protocol._is_cancelling())
 
 
@@ -82,7 +84,7 @@ def _cancelling_public(conn: Any) -> bool:
 
 
 def _pending_private(conn: Any) -> bool:
-    return getattr(conn, "_top_xact", None) is not None
+    return conn._top_xact is not None
 
 
 def _pending_public(conn: Any) -> bool:
