@@ -165,11 +165,8 @@ async def _record_ops(config: str, stack: AsyncExitStack) -> Callable[[int], Awa
     return through_observer
 
 
-async def _pg_ops(config: str, stack: AsyncExitStack) -> Callable[[int], Awaitable[None]]:
-    from aiolease.asyncpg import create_pool
-
-    await _instrument(config, stack)
-    pool = await stack.enter_async_context(create_pool(DSN, min_size=SIZE, max_size=SIZE))
+def _crowd(op: Callable[[], Awaitable[None]]) -> Callable[[int], Awaitable[None]]:
+    """``ops(n)``: TASKS tasks make ``n`` calls of ``op`` between them."""
 
     async def ops(n: int) -> None:
         left = n
@@ -178,12 +175,24 @@ async def _pg_ops(config: str, stack: AsyncExitStack) -> Callable[[int], Awaitab
             nonlocal left
             while left > 0:
                 left -= 1
-                async with pool.acquire() as conn:
-                    await conn.fetchval("SELECT 1")
+                await op()
 
         await asyncio.gather(*(worker() for _ in range(TASKS)))
 
     return ops
+
+
+async def _pg_ops(config: str, stack: AsyncExitStack) -> Callable[[int], Awaitable[None]]:
+    from aiolease.asyncpg import create_pool
+
+    await _instrument(config, stack)
+    pool = await stack.enter_async_context(create_pool(DSN, min_size=SIZE, max_size=SIZE))
+
+    async def lease() -> None:
+        async with pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+
+    return _crowd(lease)
 
 
 async def _limiter_ops(config: str, stack: AsyncExitStack) -> Callable[[int], Awaitable[None]]:
@@ -192,19 +201,11 @@ async def _limiter_ops(config: str, stack: AsyncExitStack) -> Callable[[int], Aw
     await _instrument(config, stack)
     limiter = aiolease.ConcurrencyLimiter(SIZE)
 
-    async def ops(n: int) -> None:
-        left = n
+    async def hold() -> None:
+        async with limiter:
+            await asyncio.sleep(0)
 
-        async def worker() -> None:
-            nonlocal left
-            while left > 0:
-                left -= 1
-                async with limiter:
-                    await asyncio.sleep(0)
-
-        await asyncio.gather(*(worker() for _ in range(TASKS)))
-
-    return ops
+    return _crowd(hold)
 
 
 SUBJECTS = {"record": _record_ops, "pg": _pg_ops, "limiter": _limiter_ops}
