@@ -17,8 +17,8 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,8 +30,10 @@ __all__ = [
     "Worker",
     "environment",
     "fmt_ops",
+    "instrumented",
     "run_rounds",
     "timed",
+    "with_metrics",
 ]
 
 
@@ -174,6 +176,65 @@ async def run_rounds(
         if progress is not None:
             progress(f"  round {rnd + 1}/{repeats} done")
     return results
+
+
+@contextmanager
+def instrumented(how: str) -> Iterator[None]:
+    """aiolease instrumented while in the block: ``"otel"``, the OpenTelemetry SDK with a
+    reader collecting every second into an exporter that drops everything (what the SDK
+    costs, not an export), or ``"prometheus"``, a ``Collector`` (not scraped)."""
+    if how == "otel":
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import (
+            MetricExporter,
+            MetricExportResult,
+            PeriodicExportingMetricReader,
+        )
+
+        from aiolease import otel
+
+        class Drop(MetricExporter):
+            def export(self, metrics_data: Any, timeout_millis: float = 0, **kw: Any) -> Any:
+                return MetricExportResult.SUCCESS
+
+            def force_flush(self, timeout_millis: float = 0) -> bool:
+                return True
+
+            def shutdown(self, timeout_millis: float = 0, **kw: Any) -> None:
+                pass
+
+        reader = PeriodicExportingMetricReader(Drop(), export_interval_millis=1000)
+        provider = MeterProvider(metric_readers=[reader])
+        otel.instrument(meter_provider=provider)
+        try:
+            yield
+        finally:
+            otel.uninstrument()
+            provider.shutdown()
+    elif how == "prometheus":
+        from aiolease import prometheus
+
+        collector = prometheus.Collector()
+        try:
+            yield
+        finally:
+            collector.close()
+    else:
+        raise ValueError(f"instrumented: {how!r} is neither 'otel' nor 'prometheus'")
+
+
+def with_metrics(
+    how: str, setup: Callable[[], AbstractAsyncContextManager[Worker]]
+) -> Callable[[], AbstractAsyncContextManager[Worker]]:
+    """``setup`` (a contender's) with aiolease :func:`instrumented` for as long as it is open."""
+
+    @asynccontextmanager
+    async def instrumented_setup() -> AsyncIterator[Worker]:
+        with instrumented(how):
+            async with setup() as worker:
+                yield worker
+
+    return instrumented_setup
 
 
 def fmt_ops(value: float) -> str:

@@ -22,6 +22,18 @@
 
 (c) Redis (H3's ``bench/limits_redis.py``, run when present): see there.
 
+(d) Metrics overhead: the limiters instrumented by ``aiolease.otel`` (the
+    OpenTelemetry SDK, a reader collecting every second into an exporter that
+    drops everything) and by ``aiolease.prometheus``, against the same limiter
+    not instrumented, ops per CPU second (``time.process_time``: the shared
+    machine's load moves it far less than wall time). Two operations: the
+    never-limited ``async with RateLimiter(...)`` of (a), 1 task (it records
+    nothing: the counts are read when the SDK collects); and ``async with``
+    a ``ConcurrencyLimiter(10)`` around ``asyncio.sleep(0)``, 100 tasks, where
+    nearly every acquisition waits in the queue and records its time there
+    (``aiolease.limiter.request.time_in_queue``). Ratios: instrumented / not,
+    the median of per-round ratios.
+
 Each measurement is repeated (``--repeats``) and the tables show medians;
 ratios are ours / the anchor. These are measurements, not tests.
 """
@@ -37,7 +49,8 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 # This file is called limits.py: keep its directory off sys.path while the
@@ -51,7 +64,16 @@ limits_strategies = importlib.import_module("limits.aio.strategies")
 pyrate_limiter = importlib.import_module("pyrate_limiter")
 throttled_asyncio = importlib.import_module("throttled.asyncio")
 sys.path.insert(0, _HERE)
-from _common import environment, fmt_ops  # noqa: E402
+from _common import (  # noqa: E402
+    Column,
+    Contender,
+    Stop,
+    Worker,
+    environment,
+    fmt_ops,
+    run_rounds,
+    with_metrics,
+)
 
 import aiolease  # noqa: E402
 
@@ -367,11 +389,100 @@ async def section_c(repeats: int, duration: float) -> list[str]:
     return lines
 
 
+# -- (d) metrics overhead ----------------------------------------------------------
+
+SLOTS, CROWD = 10, 100
+PLAIN = "not instrumented"
+
+
+def _never_limited() -> Any:
+    """A contender's setup: the never-limited ``async with`` of (a), in batches (it never
+    yields, so the loop timer that ends a run is let in between batches)."""
+
+    @asynccontextmanager
+    async def setup() -> AsyncIterator[Worker]:
+        lim = aiolease.RateLimiter(HUGE)
+
+        async def worker(stop: Stop) -> int:
+            n = 0
+            while not stop.flag:
+                for _ in range(BATCH):
+                    async with lim:
+                        pass
+                n += BATCH
+                await asyncio.sleep(0)
+            return n
+
+        yield worker
+
+    return setup
+
+
+def _queued() -> Any:
+    """A contender's setup: ``async with`` a ConcurrencyLimiter(SLOTS) around sleep(0)."""
+
+    @asynccontextmanager
+    async def setup() -> AsyncIterator[Worker]:
+        lim = aiolease.ConcurrencyLimiter(SLOTS)
+
+        async def worker(stop: Stop) -> int:
+            n = 0
+            sleep = asyncio.sleep
+            while not stop.flag:
+                async with lim:
+                    await sleep(0)
+                n += 1
+            return n
+
+        yield worker
+
+    return setup
+
+
+async def section_d(repeats: int, duration: float) -> list[str]:
+    parts = [
+        (Column("never limited, 1 task", 1), _never_limited()),
+        (Column(f"ConcurrencyLimiter({SLOTS}), {CROWD} tasks", CROWD), _queued()),
+    ]
+    names = {
+        "otel": "aiolease.otel (SDK, exporter dropping all)",
+        "prometheus": "aiolease.prometheus.Collector",
+    }
+    lines = [
+        f"(d) metrics overhead: ops per CPU second, median of {repeats} interleaved rounds "
+        f"x {duration:g} s (ratio: median of per-round ratios, instrumented / not)",
+        f"    {'operation':36} {'contender':44} {'ops/CPU-s':>12} {'ratio':>6}",
+    ]
+    for column, setup in parts:
+        for how, name in names.items():
+            contenders = [Contender(PLAIN, setup), Contender(name, with_metrics(how, setup))]
+            results = await run_rounds(
+                contenders,
+                [column],
+                repeats=repeats,
+                duration=duration,
+                warmup=0.2,
+                clock=time.process_time,
+                pair=(name, PLAIN),
+            )
+            for c in contenders:
+                ratio = (
+                    "" if c.name == PLAIN else f"{results.ratio(c.name, PLAIN, column.title):.2f}"
+                )
+                lines.append(
+                    f"    {column.title:36} {c.name:44} "
+                    f"{fmt_ops(results.median(c.name, column.title)):>12} {ratio:>6}"
+                )
+    return lines
+
+
 async def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="rounds per measurement")
     parser.add_argument("--duration", type=float, default=1.0, help="seconds per (a) sample")
-    parser.add_argument("--sections", default="abc", help="which sections to run, e.g. 'a' or 'ab'")
+    parser.add_argument(
+        "--sections", default="abcd", help="which sections to run, e.g. 'a' or 'ad'"
+    )
     args = parser.parse_args(argv)
     print(environment(), flush=True)
     if "a" in args.sections:
@@ -380,6 +491,8 @@ async def main(argv: list[str] | None = None) -> None:
         print("\n".join(await section_b(args.repeats)), flush=True)
     if "c" in args.sections:
         print("\n".join(await section_c(args.repeats, args.duration)), flush=True)
+    if "d" in args.sections:
+        print("\n".join(await section_d(args.repeats, args.duration)), flush=True)
 
 
 if __name__ == "__main__":

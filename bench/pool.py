@@ -68,6 +68,7 @@ from _common import (
     environment,
     fmt_ops,
     run_rounds,
+    with_metrics,
 )
 
 import aiolease
@@ -500,58 +501,6 @@ async def main(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------- (c) metrics
 
 
-@asynccontextmanager
-async def _instrumented(how: str) -> AsyncIterator[None]:
-    """aiolease instrumented for the length of one contender's cells."""
-    if how == "otel":
-        from opentelemetry.sdk.metrics import MeterProvider
-        from opentelemetry.sdk.metrics.export import (
-            MetricExporter,
-            MetricExportResult,
-            PeriodicExportingMetricReader,
-        )
-
-        from aiolease import otel
-
-        class Drop(MetricExporter):
-            def export(self, metrics_data: Any, timeout_millis: float = 0, **kw: Any) -> Any:
-                return MetricExportResult.SUCCESS
-
-            def force_flush(self, timeout_millis: float = 0) -> bool:
-                return True
-
-            def shutdown(self, timeout_millis: float = 0, **kw: Any) -> None:
-                pass
-
-        reader = PeriodicExportingMetricReader(Drop(), export_interval_millis=1000)
-        provider = MeterProvider(metric_readers=[reader])
-        otel.instrument(meter_provider=provider)
-        try:
-            yield
-        finally:
-            otel.uninstrument()
-            provider.shutdown()
-    else:
-        from aiolease import prometheus
-
-        collector = prometheus.Collector()
-        try:
-            yield
-        finally:
-            collector.close()
-
-
-def _with_metrics(
-    how: str, setup: Callable[[], AbstractAsyncContextManager[Worker]]
-) -> Callable[[], AbstractAsyncContextManager[Worker]]:
-    @asynccontextmanager
-    async def instrumented() -> AsyncIterator[Worker]:
-        async with _instrumented(how), setup() as worker:
-            yield worker
-
-    return instrumented
-
-
 async def metrics_overhead(
     args: argparse.Namespace, clock: Callable[[], float], progress: Callable[[str], None]
 ) -> None:
@@ -569,9 +518,9 @@ async def metrics_overhead(
         contenders = [
             Contender(plain, setup, FLOOR),
             Contender(
-                "aiolease.otel (SDK, exporter dropping all)", _with_metrics("otel", setup), OURS
+                "aiolease.otel (SDK, exporter dropping all)", with_metrics("otel", setup), OURS
             ),
-            Contender("aiolease.prometheus.Collector", _with_metrics("prom", setup), OURS),
+            Contender("aiolease.prometheus.Collector", with_metrics("prometheus", setup), OURS),
         ]
         for instrumented in contenders[1:]:
             results = await rounds(
