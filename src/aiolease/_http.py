@@ -181,9 +181,11 @@ class _Key:
     An *episode* begins with a throttled response to a request sent after the
     previous episode began (throttled responses to requests already in flight
     belong to it). The server had nothing left to give at each episode, so the
-    requests it accepted between the first episode and a later one, over the
-    time between them, are a rate it has shown it sustains (a pause longer
-    than the server needed to refill only lowers it). The learned pace
+    requests it accepted between the first episode and a later one are what
+    it sustains over the announced waits plus the time the key was sending
+    after each (a client that resumed late, held by its own limiter, is not
+    taken for a slow server; an estimate too high costs one more episode,
+    never a request inside an announced wait). The learned pace
     is a token bucket of that rate, sized to what it refills during the
     server's announced wait: the requests resumed after a pause use what the
     server's own bucket regained, then go on at the learned rate instead of
@@ -198,10 +200,13 @@ class _Key:
         "generation",
         "learned_at",
         "rate",
+        "resumed",
         "served",
+        "span",
         "span_start",
         "tat",
         "until",
+        "waited",
     )
 
     def __init__(self) -> None:
@@ -211,6 +216,9 @@ class _Key:
         self.episode = -math.inf  # when the latest episode began
         self.span_start: float | None = None  # first episode of the learning span
         self.served = 0  # responses not throttled, to requests sent within the span
+        self.span = 0.0  # seconds of the span the server was being used: waits and sending
+        self.waited = 0.0  # the latest episode's announced wait
+        self.resumed: float | None = None  # the first send after the latest episode
         self.rate: float | None = None  # learned pace, requests per second
         self.burst = 1.0  # learned bucket size, requests
         self.learned_at = -math.inf
@@ -297,6 +305,13 @@ class Pauses:
         if st.busy == 0:
             st.span_start = None
             st.served = 0
+            st.span = 0.0
+
+    def sent(self, key: Hashable, at: float) -> None:
+        """A request for ``key`` is sent at ``at``."""
+        st = self._keys[key]
+        if st.resumed is None and at >= st.episode:
+            st.resumed = at
 
     def answered(self, key: Hashable, sent_at: float) -> None:
         """A response that was not throttled, to a request sent at ``sent_at``."""
@@ -308,17 +323,21 @@ class Pauses:
         """A throttled response asking for ``seconds``: pause the key, learn from a new episode."""
         st = self._state(key, now)
         if sent_at >= st.episode:  # not in flight when the latest episode began: a new one
-            start = st.span_start
-            if start is not None and st.served > 0 and now > start:
-                # The server's bucket held a fraction of a token at each end of
-                # the span (less than one, or it would not have throttled): half
-                # a token is the middle of what it accepted beyond the count.
-                st.rate = (st.served + 0.5) / (now - start)
-                st.burst = max(1.0, st.rate * seconds)
-                st.learned_at = now
-            elif start is None:
+            if st.span_start is None:
                 st.span_start = now
+            else:
+                resumed = sent_at if st.resumed is None else st.resumed
+                st.span += st.waited + max(0.0, now - resumed)
+                if st.served > 0 and st.span > 0:
+                    # The server's bucket held a fraction of a token at each end of
+                    # the span (less than one, or it would not have throttled): half
+                    # a token is the middle of what it accepted beyond the count.
+                    st.rate = (st.served + 0.5) / st.span
+                    st.burst = max(1.0, st.rate * seconds)
+                    st.learned_at = now
             st.episode = now
+            st.waited = seconds
+            st.resumed = None
             st.generation += 1
             if st.rate is not None:
                 st.tat = now + st.burst / st.rate  # the server's bucket is empty now
@@ -484,6 +503,7 @@ class RetryPolicy(Generic[R]):
                 # holds it too: nothing is sent into a window the server closed.
                 await self._pauses.wait(key)
                 sent_at = clock()
+                self._pauses.sent(key, sent_at)
                 response = await attempt()
             delay = retry_delay(header(response)) if status(response) in RETRY_STATUSES else None
             if delay is None:

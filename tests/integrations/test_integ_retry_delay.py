@@ -103,6 +103,7 @@ def _two_episodes(p: Pauses) -> None:
     p.throttled("a", 1.0, sent_at=0.99, now=1.0)
     assert p.pace("a", 1.0) is None  # one episode tells no rate
     for i in range(40):
+        p.sent("a", 2.0 + i / 40)
         p.answered("a", 2.0 + i / 40)
     p.throttled("a", 1.0, sent_at=2.99, now=3.0)
 
@@ -142,3 +143,16 @@ def test_an_idle_key_restarts_the_span() -> None:
     p.begin("a", 10.0)
     p.throttled("a", 1.0, sent_at=10.0, now=10.5)
     assert p.pace("a", 10.5) is None
+
+
+def test_a_late_resumption_is_not_taken_for_a_slow_server() -> None:
+    # Held by its own limiter, the key sends again 1.5 s after a 1 s wait: the rate is
+    # what was accepted over the announced wait plus the time spent sending.
+    p = Pauses()
+    p.begin("a", 0.0)
+    p.throttled("a", 1.0, sent_at=0.99, now=1.0)
+    for i in range(30):
+        p.sent("a", 2.5 + i / 40)
+        p.answered("a", 2.5 + i / 40)
+    p.throttled("a", 1.0, sent_at=3.2, now=3.25)
+    assert p.pace("a", 3.25) == pytest.approx(30.5 / (1.0 + 0.75))
