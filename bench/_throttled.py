@@ -249,15 +249,21 @@ async def client_limiter(
         try:
             yield limiter
         finally:
-            aclose = getattr(limiter, "aclose", None)
-            if aclose is not None:
-                await aclose()
-            keys = [k async for k in rc.scan_iter(match=f"*{name}*")]
-            if keys:
-                await rc.delete(*keys)
-            await rc.aclose()
+            await close_redis_limiters(rc, name, limiter)
     else:
         raise ValueError(f"limiter={kind!r}: one of {LIMITERS}")
+
+
+async def close_redis_limiters(rc: Any, name: str, *limiters: Any) -> None:
+    """Close ``limiters``, delete the Redis keys of ``name`` and close the client ``rc``."""
+    for limiter in limiters:
+        aclose = getattr(limiter, "aclose", None)  # Redis limiters gain aclose() on 2026-12-05
+        if aclose is not None:
+            await aclose()
+    keys = [k async for k in rc.scan_iter(match=f"*{name}*")]
+    if keys:
+        await rc.delete(*keys)
+    await rc.aclose()
 
 
 async def measure(

@@ -477,51 +477,37 @@ class RetryPolicy(Generic[R]):
         """
         retry_ok = replayable and method.upper() in self.retry_methods
         loop = asyncio.get_running_loop()
+        tries = 0
         self._pauses.begin(key, loop.time())
         try:
-            return await self._send(
-                key, retry_ok, attempt, status, header, discard, close, loop.time
-            )
+            while True:
+                async with self.limits.acquire(key=key, timeout=self.timeout):
+                    # A pause that began while this request waited for the limits
+                    # holds it too: nothing is sent into a window the server closed.
+                    await self._pauses.wait(key)
+                    sent_at = loop.time()
+                    self._pauses.sent(key, sent_at)
+                    response = await attempt()
+                throttled = status(response) in RETRY_STATUSES
+                delay = retry_delay(header(response)) if throttled else None
+                if delay is None:
+                    if not throttled:
+                        self._pauses.answered(key, sent_at)
+                    return response
+                try:
+                    await self.pause(key, delay, sent_at)
+                except BaseException:
+                    # Cancelled while a Redis limiter records the pause: the response
+                    # is nobody's now, so it is closed (shielded) before the error goes on.
+                    await asyncio.shield(close(response))
+                    raise
+                if (
+                    not retry_ok
+                    or tries >= self.retries
+                    or (self.max_wait is not None and delay > self.max_wait)
+                ):
+                    return response
+                tries += 1
+                await discard(response)
         finally:
             self._pauses.end(key)
-
-    async def _send(
-        self,
-        key: Hashable,
-        retry_ok: bool,
-        attempt: Callable[[], Awaitable[R]],
-        status: Callable[[R], int],
-        header: Callable[[R], HeaderGetter],
-        discard: Callable[[R], Awaitable[None]],
-        close: Callable[[R], Awaitable[None]],
-        clock: Callable[[], float],
-    ) -> R:
-        tries = 0
-        while True:
-            async with self.limits.acquire(key=key, timeout=self.timeout):
-                # A pause that began while this request waited for the limits
-                # holds it too: nothing is sent into a window the server closed.
-                await self._pauses.wait(key)
-                sent_at = clock()
-                self._pauses.sent(key, sent_at)
-                response = await attempt()
-            delay = retry_delay(header(response)) if status(response) in RETRY_STATUSES else None
-            if delay is None:
-                if status(response) not in RETRY_STATUSES:
-                    self._pauses.answered(key, sent_at)
-                return response
-            try:
-                await self.pause(key, delay, sent_at)
-            except BaseException:
-                # Cancelled while a Redis limiter records the pause: the response
-                # is nobody's now, so it is closed (shielded) before the error goes on.
-                await asyncio.shield(close(response))
-                raise
-            if (
-                not retry_ok
-                or tries >= self.retries
-                or (self.max_wait is not None and delay > self.max_wait)
-            ):
-                return response
-            tries += 1
-            await discard(response)

@@ -302,14 +302,7 @@ async def test_a_redis_limiter_shares_the_pause_with_other_processes(
             await theirs.acquire_nowait(key=HOST)
         assert info.value.retry_after > 3
     finally:
-        for limiter in (ours, theirs):
-            aclose = getattr(limiter, "aclose", None)  # Redis limiters gain aclose() on 2026-12-05
-            if aclose is not None:
-                await aclose()
-        keys = [k async for k in rc.scan_iter(match=f"*{name}*")]
-        if keys:
-            await rc.delete(*keys)
-        await rc.aclose()
+        await _THROTTLED.close_redis_limiters(rc, name, ours, theirs)
 
 
 # Each header style and each kind of limiter once per adapter (not the whole product: slow).

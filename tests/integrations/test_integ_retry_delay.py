@@ -95,6 +95,13 @@ def test_pauses_extend_never_shorten_and_forget_expired_keys() -> None:
     assert len(p._keys) < 100  # expired entries were swept
 
 
+def _answers(p: Pauses, start: float, n: int) -> None:
+    """``n`` requests sent from ``start`` on, 1/40 s apart, each answered without throttling."""
+    for i in range(n):
+        p.sent("a", start + i / 40)
+        p.answered("a", start + i / 40)
+
+
 def _two_episodes(p: Pauses) -> None:
     """Episodes at 1.0 and 3.0 (each asking for 1 s), 40 answers sent between them."""
     p.begin("a", 0.0)
@@ -102,9 +109,7 @@ def _two_episodes(p: Pauses) -> None:
         p.answered("a", t / 20)  # before the first episode: says nothing of the rate
     p.throttled("a", 1.0, sent_at=0.99, now=1.0)
     assert p.pace("a", 1.0) is None  # one episode tells no rate
-    for i in range(40):
-        p.sent("a", 2.0 + i / 40)
-        p.answered("a", 2.0 + i / 40)
+    _answers(p, 2.0, 40)
     p.throttled("a", 1.0, sent_at=2.99, now=3.0)
 
 
@@ -137,8 +142,7 @@ def test_an_idle_key_restarts_the_span() -> None:
     p = Pauses()
     p.begin("a", 0.0)
     p.throttled("a", 1.0, sent_at=0.5, now=1.0)
-    for i in range(40):
-        p.answered("a", 2.0 + i / 40)
+    _answers(p, 2.0, 40)
     p.end("a")  # no request in progress: a quiet spell, not the server's rate
     p.begin("a", 10.0)
     p.throttled("a", 1.0, sent_at=10.0, now=10.5)
@@ -151,8 +155,6 @@ def test_a_late_resumption_is_not_taken_for_a_slow_server() -> None:
     p = Pauses()
     p.begin("a", 0.0)
     p.throttled("a", 1.0, sent_at=0.99, now=1.0)
-    for i in range(30):
-        p.sent("a", 2.5 + i / 40)
-        p.answered("a", 2.5 + i / 40)
+    _answers(p, 2.5, 30)
     p.throttled("a", 1.0, sent_at=3.2, now=3.25)
     assert p.pace("a", 3.25) == pytest.approx(30.5 / (1.0 + 0.75))
