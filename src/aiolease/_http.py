@@ -189,13 +189,14 @@ class _Key:
     is a token bucket of that rate, sized to what it refills during the
     server's announced wait: the requests resumed after a pause use what the
     server's own bucket regained, then go on at the learned rate instead of
-    running into the next 429. The span is restarted when the key goes idle
-    (what is served then says nothing of the server's rate).
+    running into the next 429. The span is restarted whenever no request of
+    the key is waiting to be sent: a client that is not pushing leaves the
+    server's bucket to fill up and overflow, and what is served then says
+    nothing of the server's rate.
     """
 
     __slots__ = (
         "burst",
-        "busy",
         "episode",
         "generation",
         "learned_at",
@@ -207,12 +208,13 @@ class _Key:
         "tat",
         "until",
         "waited",
+        "waiting",
     )
 
     def __init__(self) -> None:
         self.until = -math.inf  # the pause in force ends here (loop clock)
         self.generation = 0  # bumped by each pause and episode: paced waiters reserve again
-        self.busy = 0  # requests inside RetryPolicy.send for this key
+        self.waiting = 0  # requests of this key waiting to be sent (limits, pause, pace)
         self.episode = -math.inf  # when the latest episode began
         self.span_start: float | None = None  # first episode of the learning span
         self.served = 0  # responses not throttled, to requests sent within the span
@@ -269,7 +271,7 @@ class Pauses:
 
     @staticmethod
     def _idle(st: _Key, now: float) -> bool:
-        return st.busy == 0 and st.until <= now and st.pace(now) is None
+        return st.waiting == 0 and st.until <= now and st.pace(now) is None
 
     def pause(self, key: Hashable, seconds: float, now: float) -> None:
         """Hold ``key`` until ``now + seconds``; a pause in force is never shortened."""
@@ -295,28 +297,32 @@ class Pauses:
         return None if st is None else st.pace(now)
 
     def begin(self, key: Hashable, now: float) -> None:
-        """A request for ``key`` starts (with :meth:`end`, tells when the key goes idle)."""
-        self._state(key, now).busy += 1
+        """An attempt for ``key`` waits to be sent (then :meth:`sent` or :meth:`gave_up`)."""
+        self._state(key, now).waiting += 1
 
-    def end(self, key: Hashable) -> None:
-        """A request for ``key`` is over; the last one restarts the learning span."""
+    def sent(self, key: Hashable, at: float) -> None:
+        """The attempt is sent at ``at``."""
         st = self._keys[key]
-        st.busy -= 1
-        if st.busy == 0:
+        if st.resumed is None and at >= st.episode:
+            st.resumed = at
+        self._left(st)
+
+    def gave_up(self, key: Hashable) -> None:
+        """The attempt ends without being sent (a limiter timeout, a cancellation)."""
+        self._left(self._keys[key])
+
+    @staticmethod
+    def _left(st: _Key) -> None:
+        st.waiting -= 1
+        if st.waiting == 0:  # nothing pushing: the learning span restarts at the next episode
             st.span_start = None
             st.served = 0
             st.span = 0.0
 
-    def sent(self, key: Hashable, at: float) -> None:
-        """A request for ``key`` is sent at ``at``."""
-        st = self._keys[key]
-        if st.resumed is None and at >= st.episode:
-            st.resumed = at
-
     def answered(self, key: Hashable, sent_at: float) -> None:
         """A response that was not throttled, to a request sent at ``sent_at``."""
-        st = self._keys[key]
-        if st.span_start is not None and sent_at >= st.span_start:
+        st = self._keys.get(key)
+        if st is not None and st.span_start is not None and sent_at >= st.span_start:
             st.served += 1
 
     def throttled(self, key: Hashable, seconds: float, sent_at: float, now: float) -> None:
@@ -478,9 +484,10 @@ class RetryPolicy(Generic[R]):
         retry_ok = replayable and method.upper() in self.retry_methods
         loop = asyncio.get_running_loop()
         tries = 0
-        self._pauses.begin(key, loop.time())
-        try:
-            while True:
+        while True:
+            self._pauses.begin(key, loop.time())
+            sent_at: float | None = None
+            try:
                 async with self.limits.acquire(key=key, timeout=self.timeout):
                     # A pause that began while this request waited for the limits
                     # holds it too: nothing is sent into a window the server closed.
@@ -488,26 +495,27 @@ class RetryPolicy(Generic[R]):
                     sent_at = loop.time()
                     self._pauses.sent(key, sent_at)
                     response = await attempt()
-                throttled = status(response) in RETRY_STATUSES
-                delay = retry_delay(header(response)) if throttled else None
-                if delay is None:
-                    if not throttled:
-                        self._pauses.answered(key, sent_at)
-                    return response
-                try:
-                    await self.pause(key, delay, sent_at)
-                except BaseException:
-                    # Cancelled while a Redis limiter records the pause: the response
-                    # is nobody's now, so it is closed (shielded) before the error goes on.
-                    await asyncio.shield(close(response))
-                    raise
-                if (
-                    not retry_ok
-                    or tries >= self.retries
-                    or (self.max_wait is not None and delay > self.max_wait)
-                ):
-                    return response
-                tries += 1
-                await discard(response)
-        finally:
-            self._pauses.end(key)
+            finally:
+                if sent_at is None:
+                    self._pauses.gave_up(key)
+            throttled = status(response) in RETRY_STATUSES
+            delay = retry_delay(header(response)) if throttled else None
+            if delay is None:
+                if not throttled:
+                    self._pauses.answered(key, sent_at)
+                return response
+            try:
+                await self.pause(key, delay, sent_at)
+            except BaseException:
+                # Cancelled while a Redis limiter records the pause: the response
+                # is nobody's now, so it is closed (shielded) before the error goes on.
+                await asyncio.shield(close(response))
+                raise
+            if (
+                not retry_ok
+                or tries >= self.retries
+                or (self.max_wait is not None and delay > self.max_wait)
+            ):
+                return response
+            tries += 1
+            await discard(response)

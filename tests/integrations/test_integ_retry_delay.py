@@ -98,12 +98,16 @@ def test_pauses_extend_never_shorten_and_forget_expired_keys() -> None:
 def _answers(p: Pauses, start: float, n: int) -> None:
     """``n`` requests sent from ``start`` on, 1/40 s apart, each answered without throttling."""
     for i in range(n):
+        p.begin("a", start + i / 40)
         p.sent("a", start + i / 40)
         p.answered("a", start + i / 40)
 
 
 def _two_episodes(p: Pauses) -> None:
-    """Episodes at 1.0 and 3.0 (each asking for 1 s), 40 answers sent between them."""
+    """Episodes at 1.0 and 3.0 (each asking for 1 s), 40 answers sent between them.
+
+    One request waits all along (the client is pushing: the span is not restarted).
+    """
     p.begin("a", 0.0)
     for t in range(10):
         p.answered("a", t / 20)  # before the first episode: says nothing of the rate
@@ -138,12 +142,12 @@ def test_the_learned_bucket_refills_over_the_pause_then_paces() -> None:
     assert 0 < delays[20] <= 1 / rate
 
 
-def test_an_idle_key_restarts_the_span() -> None:
+def test_a_key_with_no_request_waiting_restarts_the_span() -> None:
     p = Pauses()
     p.begin("a", 0.0)
     p.throttled("a", 1.0, sent_at=0.5, now=1.0)
     _answers(p, 2.0, 40)
-    p.end("a")  # no request in progress: a quiet spell, not the server's rate
+    p.gave_up("a")  # no request waiting: a quiet spell, not the server's rate
     p.begin("a", 10.0)
     p.throttled("a", 1.0, sent_at=10.0, now=10.5)
     assert p.pace("a", 10.5) is None
