@@ -333,11 +333,13 @@ async def test_concurrent_requests_against_a_limited_server(
         redis_url=redis_url,
     )
     assert run.ok == 130
-    assert run.episodes >= 2  # the pace is learned from the second one
+    assert 2 <= run.episodes <= 3  # the pace is learned from the second one
     assert run.throttled <= run.episodes + 1  # at most one 429 per pause, one in flight aside
-    # A RedisRateLimiter does not give back the slots its queued waiters had reserved when
-    # the first pause moves them: the key resumes that much later (bench/README.md).
-    assert run.efficiency >= (0.6 if limiter == "redis" else 0.9)
+    # Loose: now and then the learned rate is a hair above the server's and a third
+    # episode falls in the run's last second, which then waits out most of a 1 s pause.
+    # A RedisRateLimiter does not give back the slots its queued waiters had reserved
+    # when the first pause moves them: the key resumes that much later (bench/README.md).
+    assert run.efficiency >= (0.6 if limiter == "redis" else 0.85)
 
 
 async def test_the_pace_learned_is_about_the_servers_rate(kind: str, server_cls: type) -> None:
