@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import math
+import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -219,6 +221,51 @@ CLIENTS: dict[str, Callable[[str, int, Any], Any]] = {
 }
 
 
+LIMITERS = ("local", "group", "redis")
+
+
+@asynccontextmanager
+async def client_limiter(
+    kind: str, rate: float, redis_url: str | None = None
+) -> AsyncIterator[Any]:
+    """The client's own limiter of ``rate``/s: a ``RateLimiter``, a ``LimitGroup`` of one
+    with a ``ConcurrencyLimiter(100)``, or a ``RedisRateLimiter`` on ``AIOLEASE_REDIS_URL``
+    (its keys are deleted afterwards)."""
+    import aiolease
+
+    if kind == "local":
+        yield aiolease.RateLimiter(rate)
+    elif kind == "group":
+        yield aiolease.LimitGroup(aiolease.RateLimiter(rate), aiolease.ConcurrencyLimiter(100))
+    elif kind == "redis":
+        import redis.asyncio as redis_asyncio
+
+        from aiolease.redis import RedisRateLimiter
+
+        url = redis_url or os.environ.get("AIOLEASE_REDIS_URL", "redis://127.0.0.1:6379/0")
+        name = f"aiolease-bench-clients-{os.getpid()}-{id(url)}"
+        rc = redis_asyncio.Redis.from_url(url)
+        limiter = RedisRateLimiter(rc, name, rate)
+        try:
+            yield limiter
+        finally:
+            await close_redis_limiters(rc, name, limiter)
+    else:
+        raise ValueError(f"limiter={kind!r}: one of {LIMITERS}")
+
+
+async def close_redis_limiters(rc: Any, name: str, *limiters: Any) -> None:
+    """Close ``limiters``, delete the Redis keys of ``name`` and close the client ``rc``."""
+    for limiter in limiters:
+        aclose = getattr(limiter, "aclose", None)  # Redis limiters gain aclose() on 2026-12-05
+        if aclose is not None:
+            await aclose()
+    keys = [k async for k in rc.scan_iter(match=f"*{name}*")]
+    if keys:
+        await rc.delete(*keys)
+    await rc.aclose()
+
+
 async def measure(
     client: str,
     *,
@@ -227,12 +274,14 @@ async def measure(
     client_rate: float,
     n: int,
     style: str = "retry-after",
+    limiter: str = "local",
+    redis_url: str | None = None,
 ) -> Run:
     """``n`` concurrent GETs through ``client`` limited to ``client_rate``/s at a ``rate``/s server."""
-    import aiolease
-
-    async with ThrottledServer(rate, burst, style=style) as server:
-        limits = aiolease.RateLimiter(client_rate)
+    async with (
+        ThrottledServer(rate, burst, style=style) as server,
+        client_limiter(limiter, client_rate, redis_url) as limits,
+    ):
         statuses = await CLIENTS[client](server.url, n, limits)
         # The server's view: from the first request it saw to the last it served.
         first, last = server.counts.first, server.counts.last_served

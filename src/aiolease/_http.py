@@ -6,7 +6,8 @@ Three pieces, none of which imports an HTTP library:
   (``Retry-After`` as delta-seconds or HTTP-date, the IETF ``RateLimit`` field
   in its draft-08+ and draft-07 syntaxes, or the older ``RateLimit-Reset``).
 * :class:`Pauses` holds, per key, the loop-clock instant until which nothing
-  may be sent; every caller using the same client waits it out.
+  may be sent, and the pace learned from the key's throttling episodes; every
+  caller using the same client waits them out.
 * :class:`RetryPolicy` runs one request: acquire the limits under the key, wait
   out a pause, send; on a 429/503 that says how long to wait, pause the key
   (locally and in the limiter, so a Redis limiter pauses every process) and
@@ -179,50 +180,210 @@ def retry_delay(header: HeaderGetter) -> float | None:
     return None
 
 
-class Pauses:
-    """Per key, the loop-clock instant until which no request may be sent.
+#: How long a learned pace holds (seconds): then the key runs at its limiter's rate
+#: again and relearns from its next episodes, so a server whose limit rose, or
+#: that answered 503 while briefly overloaded, is not under-used for long.
+LEARNED_PACE_LASTS = 60.0
 
-    Expired entries are dropped when read, and all of them whenever the map
-    has doubled since the last sweep, so it holds about the keys paused now.
+
+class _Key:
+    """One key's state: the pause in force and the pace learned from its throttling episodes.
+
+    An *episode* begins with a throttled response to a request sent after the
+    previous episode began (throttled responses to requests already in flight
+    belong to it). The server had nothing left to give at each episode, so the
+    requests it accepted between the first episode and a later one are what
+    it sustains over the announced waits plus the time the key was sending
+    after each (a client that resumed late, held by its own limiter, is not
+    taken for a slow server; an estimate too high costs one more episode,
+    never a request inside an announced wait). The learned pace
+    is a token bucket of that rate, sized to what it refills during the
+    server's announced wait: the requests resumed after a pause use what the
+    server's own bucket regained, then go on at the learned rate instead of
+    running into the next 429. The span is restarted whenever no request of
+    the key is waiting to be sent: a client that is not pushing leaves the
+    server's bucket to fill up and overflow, and what is served then says
+    nothing of the server's rate.
     """
 
-    __slots__ = ("_sweep_mark", "_until")
+    __slots__ = (
+        "burst",
+        "episode",
+        "generation",
+        "learned_at",
+        "rate",
+        "resumed",
+        "served",
+        "span",
+        "span_start",
+        "tat",
+        "until",
+        "waited",
+        "waiting",
+    )
 
     def __init__(self) -> None:
-        self._until: dict[Hashable, float] = {}
+        self.until = -math.inf  # the pause in force ends here (loop clock)
+        self.generation = 0  # bumped by each pause and episode: paced waiters reserve again
+        self.waiting = 0  # requests of this key waiting to be sent (limits, pause, pace)
+        self.episode = -math.inf  # when the latest episode began
+        self.span_start: float | None = None  # first episode of the learning span
+        self.served = 0  # responses not throttled, to requests sent within the span
+        self.span = 0.0  # seconds of the span the server was being used: waits and sending
+        self.waited = 0.0  # the latest episode's announced wait
+        self.resumed: float | None = None  # the first send after the latest episode
+        self.rate: float | None = None  # learned pace, requests per second
+        self.burst = 1.0  # learned bucket size, requests
+        self.learned_at = -math.inf
+        self.tat = -math.inf  # the learned bucket is full again at this instant (GCRA)
+
+    def pace(self, now: float) -> float | None:
+        """The learned rate in force, or None."""
+        if self.rate is not None and now - self.learned_at > LEARNED_PACE_LASTS:
+            self.rate = None
+        return self.rate
+
+    def reserve(self, now: float) -> float:
+        """Take the next slot of the learned pace: seconds until it comes (0: now)."""
+        rate = self.pace(now)
+        if rate is None:
+            return 0.0
+        interval = 1.0 / rate
+        at = max(now, self.tat - (self.burst - 1.0) * interval)
+        self.tat = max(self.tat, at) + interval
+        return at - now
+
+
+class Pauses:
+    """Per key, the instant until which nothing may be sent, and the pace learned after it.
+
+    :meth:`wait` holds a request until the key's pause is over and a slot of
+    its learned pace (see :class:`_Key`) has come; the pace only ever delays,
+    so every limit of the caller's own limiter still holds. Entries of keys
+    that are idle, not paused and without a pace are dropped when read, and all
+    of them whenever the map has doubled since the last sweep.
+    """
+
+    __slots__ = ("_keys", "_sweep_mark")
+
+    def __init__(self) -> None:
+        self._keys: dict[Hashable, _Key] = {}
         self._sweep_mark = 64
+
+    def _state(self, key: Hashable, now: float) -> _Key:
+        st = self._keys.get(key)
+        if st is None:
+            st = self._keys[key] = _Key()
+            if len(self._keys) >= self._sweep_mark:
+                for k in [k for k, s in self._keys.items() if s is not st and self._idle(s, now)]:
+                    del self._keys[k]
+                self._sweep_mark = max(64, 2 * len(self._keys))
+        return st
+
+    @staticmethod
+    def _idle(st: _Key, now: float) -> bool:
+        return st.waiting == 0 and st.until <= now and st.pace(now) is None
 
     def pause(self, key: Hashable, seconds: float, now: float) -> None:
         """Hold ``key`` until ``now + seconds``; a pause in force is never shortened."""
+        st = self._state(key, now)
         until = now + seconds
-        if until > self._until.get(key, -math.inf):
-            self._until[key] = until
-        if len(self._until) >= self._sweep_mark:
-            for k in [k for k, u in self._until.items() if u <= now]:
-                del self._until[k]
-            self._sweep_mark = max(64, 2 * len(self._until))
+        if until > st.until:
+            st.until = until
+            st.generation += 1
 
     def remaining(self, key: Hashable, now: float) -> float:
         """Seconds until ``key`` may send again (0 when it is not paused)."""
-        until = self._until.get(key)
-        if until is None:
+        st = self._keys.get(key)
+        if st is None:
             return 0.0
-        if until <= now:
-            del self._until[key]
+        if self._idle(st, now):
+            del self._keys[key]
             return 0.0
-        return until - now
+        return max(0.0, st.until - now)
+
+    def pace(self, key: Hashable, now: float) -> float | None:
+        """The rate (requests per second) learned for ``key`` and in force, or None."""
+        st = self._keys.get(key)
+        return None if st is None else st.pace(now)
+
+    def begin(self, key: Hashable, now: float) -> None:
+        """An attempt for ``key`` waits to be sent (then :meth:`sent` or :meth:`gave_up`)."""
+        self._state(key, now).waiting += 1
+
+    def sent(self, key: Hashable, at: float) -> None:
+        """The attempt is sent at ``at``."""
+        st = self._keys[key]
+        if st.resumed is None and at >= st.episode:
+            st.resumed = at
+        self._left(st)
+
+    def gave_up(self, key: Hashable) -> None:
+        """The attempt ends without being sent (a limiter timeout, a cancellation)."""
+        self._left(self._keys[key])
+
+    @staticmethod
+    def _left(st: _Key) -> None:
+        st.waiting -= 1
+        if st.waiting == 0:  # nothing pushing: the learning span restarts at the next episode
+            st.span_start = None
+            st.served = 0
+            st.span = 0.0
+
+    def answered(self, key: Hashable, sent_at: float) -> None:
+        """A response that was not throttled, to a request sent at ``sent_at``."""
+        st = self._keys.get(key)
+        if st is not None and st.span_start is not None and sent_at >= st.span_start:
+            st.served += 1
+
+    def throttled(self, key: Hashable, seconds: float, sent_at: float, now: float) -> None:
+        """A throttled response asking for ``seconds``: pause the key, learn from a new episode."""
+        st = self._state(key, now)
+        if sent_at >= st.episode:  # not in flight when the latest episode began: a new one
+            if st.span_start is None:
+                st.span_start = now
+            else:
+                resumed = sent_at if st.resumed is None else st.resumed
+                st.span += st.waited + max(0.0, now - resumed)
+                if st.served > 0 and st.span > 0:
+                    # The server's bucket held a fraction of a token at each end of
+                    # the span (less than one, or it would not have throttled): half
+                    # a token is the middle of what it accepted beyond the count.
+                    st.rate = (st.served + 0.5) / st.span
+                    st.burst = max(1.0, st.rate * seconds)
+                    st.learned_at = now
+            st.episode = now
+            st.waited = seconds
+            st.resumed = None
+            st.generation += 1
+            if st.rate is not None:
+                st.tat = now + st.burst / st.rate  # the server's bucket is empty now
+        self.pause(key, seconds, now)
 
     async def wait(self, key: Hashable) -> None:
-        """Sleep until ``key`` is not paused (a pause extended meanwhile is waited out too).
+        """Sleep until ``key`` is not paused and a slot of its learned pace has come.
 
-        One sleep per pause in force: a sleep ends exactly at the deadline it read.
+        A pause or an episode that begins during the wait is waited out too,
+        and the slot is taken again after it (the learned bucket was emptied).
+        The slot of a waiter cancelled meanwhile is not given back: the pace
+        errs on the slow side.
         """
         loop = asyncio.get_running_loop()
         while True:
-            left = self.remaining(key, loop.time())
-            if left <= 0:
+            now = loop.time()
+            st = self._keys.get(key)
+            if st is None:
                 return
-            await asyncio.sleep(left)
+            if st.until > now:
+                await asyncio.sleep(st.until - now)
+                continue
+            generation = st.generation
+            delay = st.reserve(now)
+            if delay <= 0:
+                return
+            await asyncio.sleep(delay)
+            if st.generation == generation:
+                return
 
 
 R = TypeVar("R")
@@ -286,9 +447,17 @@ class RetryPolicy(Generic[R]):
         """Seconds until ``key`` may send again through this client (0 when not paused)."""
         return self._pauses.remaining(key, asyncio.get_running_loop().time())
 
-    async def pause(self, key: Hashable, seconds: float) -> None:
-        """Pause ``key`` here and in the limiter (a Redis limiter shares it between processes)."""
-        self._pauses.pause(key, seconds, asyncio.get_running_loop().time())
+    def pace(self, key: Hashable) -> float | None:
+        """The rate (requests per second) learned for ``key`` and in force, or None."""
+        return self._pauses.pace(key, asyncio.get_running_loop().time())
+
+    async def pause(self, key: Hashable, seconds: float, sent_at: float) -> None:
+        """Pause ``key`` here and in the limiter (a Redis limiter shares it between processes).
+
+        ``sent_at`` is when the throttled request was sent: it tells a new
+        episode from the answers to requests already in flight.
+        """
+        self._pauses.throttled(key, seconds, sent_at, asyncio.get_running_loop().time())
         limiter_pause = getattr(self.limits, "pause", None)
         if limiter_pause is None:
             return
@@ -328,20 +497,30 @@ class RetryPolicy(Generic[R]):
                 request within ``timeout``.
         """
         retry_ok = replayable and method.upper() in self.retry_methods
+        loop = asyncio.get_running_loop()
         tries = 0
         while True:
-            async with self.limits.acquire(key=key, timeout=self.timeout):
-                # A pause that began while this request waited for the limits
-                # holds it too: nothing is sent into a window the server closed.
-                await self._pauses.wait(key)
-                response = await attempt()
-            if status(response) not in RETRY_STATUSES:
-                return response
-            delay = retry_delay(header(response))
+            self._pauses.begin(key, loop.time())
+            sent_at: float | None = None
+            try:
+                async with self.limits.acquire(key=key, timeout=self.timeout):
+                    # A pause that began while this request waited for the limits
+                    # holds it too: nothing is sent into a window the server closed.
+                    await self._pauses.wait(key)
+                    sent_at = loop.time()
+                    self._pauses.sent(key, sent_at)
+                    response = await attempt()
+            finally:
+                if sent_at is None:
+                    self._pauses.gave_up(key)
+            throttled = status(response) in RETRY_STATUSES
+            delay = retry_delay(header(response)) if throttled else None
             if delay is None:
+                if not throttled:
+                    self._pauses.answered(key, sent_at)
                 return response
             try:
-                await self.pause(key, delay)
+                await self.pause(key, delay, sent_at)
             except BaseException:
                 # Cancelled while a Redis limiter records the pause: the response
                 # is nobody's now, so it is closed (shielded) before the error goes on.

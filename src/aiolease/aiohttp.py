@@ -87,6 +87,14 @@ class _Limited:
         """Seconds until ``key`` may send again (0 when it is not paused)."""
         return self._policy.paused_for(key)
 
+    def pace(self, key: Hashable) -> float | None:
+        """The rate (requests per second) learned for ``key`` from its 429s, or None.
+
+        From a key's second throttling episode on, its requests are paced no
+        faster than the server has shown it accepts, and only ever slower than ``limits``.
+        """
+        return self._policy.pace(key)
+
     async def __call__(
         self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
     ) -> aiohttp.ClientResponse:
@@ -129,6 +137,9 @@ def limited(
     returned as it is when retries are exhausted, the method is not retried,
     or the pause is longer than ``max_wait``. Use one middleware object per
     client so its pauses are shared by every request of that client.
+    From a key's second throttling episode on, its requests are also paced no
+    faster than the server has shown it accepts between episodes (only ever
+    slower than ``limits``; see ``pace(key)`` on the returned object).
 
     Args:
         limits: any aiolease limiter: ``RateLimiter``, ``ConcurrencyLimiter``,

@@ -66,6 +66,9 @@ class LimitedTransport(httpx.AsyncBaseTransport):
     request is sent again after the pause, up to ``retries`` times. The last
     response is returned as it is when retries are exhausted, the method is
     not retried, or the pause is longer than ``max_wait``.
+    From a key's second throttling episode on, its requests are also paced no
+    faster than the server has shown it accepts between episodes (only ever
+    slower than ``limits``; see :meth:`pace`).
 
     Args:
         limits: any aiolease limiter: ``RateLimiter``, ``ConcurrencyLimiter``,
@@ -113,6 +116,14 @@ class LimitedTransport(httpx.AsyncBaseTransport):
     def paused_for(self, key: Hashable) -> float:
         """Seconds until ``key`` may send again (0 when it is not paused)."""
         return self._policy.paused_for(key)
+
+    def pace(self, key: Hashable) -> float | None:
+        """The rate (requests per second) learned for ``key`` from its 429s, or None.
+
+        From a key's second throttling episode on, its requests are paced no
+        faster than the server has shown it accepts, and only ever slower than ``limits``.
+        """
+        return self._policy.pace(key)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` under the limits (see the class docstring)."""

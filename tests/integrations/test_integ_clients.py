@@ -70,6 +70,7 @@ class Client:
 
     request: Callable[..., Any]  # (method, url, **kwargs) -> awaitable status
     paused_for: Callable[[Any], float]
+    pace: Callable[[Any], float | None]
 
 
 @asynccontextmanager
@@ -81,7 +82,7 @@ async def open_client(kind: str, limits: Any, **options: Any) -> AsyncIterator[C
             async def hrequest(method: str, url: str, **kw: Any) -> int:
                 return (await hc.request(method, url, **kw)).status_code
 
-            yield Client(hrequest, transport.paused_for)
+            yield Client(hrequest, transport.paused_for, transport.pace)
     else:
         middleware = aiolease.aiohttp.limited(limits, **options)
         async with aiohttp.ClientSession(middlewares=[middleware]) as session:
@@ -93,7 +94,7 @@ async def open_client(kind: str, limits: Any, **options: Any) -> AsyncIterator[C
                     await response.read()
                     return response.status
 
-            yield Client(arequest, middleware.paused_for)
+            yield Client(arequest, middleware.paused_for, middleware.pace)
 
 
 @pytest.fixture(params=KINDS)
@@ -301,26 +302,63 @@ async def test_a_redis_limiter_shares_the_pause_with_other_processes(
             await theirs.acquire_nowait(key=HOST)
         assert info.value.retry_after > 3
     finally:
-        for limiter in (ours, theirs):
-            aclose = getattr(limiter, "aclose", None)  # Redis limiters gain aclose() on 2026-12-05
-            if aclose is not None:
-                await aclose()
-        keys = [k async for k in rc.scan_iter(match=f"*{name}*")]
-        if keys:
-            await rc.delete(*keys)
-        await rc.aclose()
+        await _THROTTLED.close_redis_limiters(rc, name, ours, theirs)
+
+
+# Each header style and each kind of limiter once per adapter (not the whole product: slow).
+SCENARIOS = [
+    ("local", "retry-after"),
+    ("group", "http-date"),
+    pytest.param("redis", "ratelimit", marks=pytest.mark.redis),
+    ("local", "ratelimit-reset"),
+]
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_200_concurrent_requests_against_a_limited_server(
-    kind: str, throttled: ModuleType
+@pytest.mark.parametrize(("limiter", "style"), SCENARIOS)
+async def test_concurrent_requests_against_a_limited_server(
+    kind: str, limiter: str, style: str, throttled: ModuleType, request: pytest.FixtureRequest
 ) -> None:
-    # The bench-clients scenario, checked loosely (figures: bench/README.md).
-    run = await throttled.measure(f"aiolease.{kind}", rate=50, burst=50, client_rate=100, n=250)
-    assert run.ok == 250
-    assert run.episodes >= 2
+    # The bench-clients scenario, checked loosely (figures: bench/README.md): a client
+    # limiter twice the server's rate, so the server throttles until the pace is learned.
+    redis_url = request.getfixturevalue("redis_url") if limiter == "redis" else None
+    run = await throttled.measure(
+        f"aiolease.{kind}",
+        rate=20,
+        burst=20,
+        client_rate=40,
+        n=130,
+        style=style,
+        limiter=limiter,
+        redis_url=redis_url,
+    )
+    assert run.ok == 130
+    assert 2 <= run.episodes <= 3  # the pace is learned from the second one
     assert run.throttled <= run.episodes + 1  # at most one 429 per pause, one in flight aside
-    assert run.steady >= 0.9
+    # Loose: now and then the learned rate is a hair above the server's and a third
+    # episode falls in the run's last second, which then waits out most of a 1 s pause.
+    # A RedisRateLimiter does not give back the slots its queued waiters had reserved
+    # when the first pause moves them: the key resumes that much later (bench/README.md).
+    assert run.efficiency >= (0.6 if limiter == "redis" else 0.85)
+
+
+async def test_the_pace_learned_is_about_the_servers_rate(kind: str, server_cls: type) -> None:
+    async with (
+        server_cls(20, 20) as server,
+        open_client(kind, aiolease.RateLimiter(40), retries=5) as client,
+    ):
+        assert client.pace(HOST) is None
+        statuses = await asyncio.gather(
+            *(client.request("GET", f"{server.url}/{i}") for i in range(160))
+        )
+        pace = client.pace(HOST)
+    assert statuses == [200] * 160
+    assert server.counts.episodes >= 2
+    assert pace is not None
+    assert 0.8 * 20 <= pace <= 1.2 * 20
+    # Once learned, the pace keeps the requests under the server's rate: no episode
+    # after the one it was learned from, but for one a rounding may let in.
+    assert server.counts.episodes <= 3
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from aiolease._http import Pauses, retry_delay
+from aiolease._http import LEARNED_PACE_LASTS, Pauses, retry_delay
 
 
 def _getter(headers: dict[str, str]):  # type: ignore[no-untyped-def]
@@ -96,4 +96,73 @@ def test_pauses_extend_never_shorten_and_forget_expired_keys() -> None:
     assert p.remaining("b", 0.0) == 0.0
     for i in range(200):
         p.pause(i, 1, now=float(i))
-    assert len(p._until) < 100  # expired entries were swept
+    assert len(p._keys) < 100  # expired entries were swept
+
+
+def _answers(p: Pauses, start: float, n: int) -> None:
+    """``n`` requests sent from ``start`` on, 1/40 s apart, each answered without throttling."""
+    for i in range(n):
+        p.begin("a", start + i / 40)
+        p.sent("a", start + i / 40)
+        p.answered("a", start + i / 40)
+
+
+def _two_episodes(p: Pauses) -> None:
+    """Episodes at 1.0 and 3.0 (each asking for 1 s), 40 answers sent between them.
+
+    One request waits all along (the client is pushing: the span is not restarted).
+    """
+    p.begin("a", 0.0)
+    for t in range(10):
+        p.answered("a", t / 20)  # before the first episode: says nothing of the rate
+    p.throttled("a", 1.0, sent_at=0.99, now=1.0)
+    assert p.pace("a", 1.0) is None  # one episode tells no rate
+    _answers(p, 2.0, 40)
+    p.throttled("a", 1.0, sent_at=2.99, now=3.0)
+
+
+def test_a_pace_is_learned_from_the_second_episode() -> None:
+    p = Pauses()
+    _two_episodes(p)
+    assert p.pace("a", 3.0) == pytest.approx(40.5 / 2)
+    assert p.remaining("a", 3.0) == 1.0
+    # A 429 to a request sent before the episode began belongs to it: nothing relearned.
+    p.throttled("a", 1.0, sent_at=2.995, now=3.01)
+    assert p.pace("a", 3.01) == pytest.approx(40.5 / 2)
+    # Past LEARNED_PACE_LASTS the key runs at its limiter's rate again.
+    assert p.pace("a", 3.0 + LEARNED_PACE_LASTS + 1) is None
+
+
+def test_the_learned_bucket_refills_over_the_pause_then_paces() -> None:
+    p = Pauses()
+    _two_episodes(p)
+    st = p._keys["a"]
+    rate = 40.5 / 2
+    # Emptied at the episode (3.0) and refilled over the 1 s pause: `rate` requests
+    # at once, then 1/rate apart.
+    delays = [st.reserve(4.0) for _ in range(25)]
+    assert delays[:20] == [0.0] * 20
+    assert delays[21] == pytest.approx(delays[20] + 1 / rate)
+    assert 0 < delays[20] <= 1 / rate
+
+
+def test_a_key_with_no_request_waiting_restarts_the_span() -> None:
+    p = Pauses()
+    p.begin("a", 0.0)
+    p.throttled("a", 1.0, sent_at=0.5, now=1.0)
+    _answers(p, 2.0, 40)
+    p.gave_up("a")  # no request waiting: a quiet spell, not the server's rate
+    p.begin("a", 10.0)
+    p.throttled("a", 1.0, sent_at=10.0, now=10.5)
+    assert p.pace("a", 10.5) is None
+
+
+def test_a_late_resumption_is_not_taken_for_a_slow_server() -> None:
+    # Held by its own limiter, the key sends again 1.5 s after a 1 s wait: the rate is
+    # what was accepted over the announced wait plus the time spent sending.
+    p = Pauses()
+    p.begin("a", 0.0)
+    p.throttled("a", 1.0, sent_at=0.99, now=1.0)
+    _answers(p, 2.5, 30)
+    p.throttled("a", 1.0, sent_at=3.2, now=3.25)
+    assert p.pace("a", 3.25) == pytest.approx(30.5 / (1.0 + 0.75))
