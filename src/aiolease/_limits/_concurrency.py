@@ -175,8 +175,9 @@ class ConcurrencyLimiter(LimiterBase):
         Raises:
             LimitTimeout: (when awaited) no slot came free within ``timeout``.
             ValueError: ``timeout`` is negative.
+            TypeError: ``key`` is not hashable.
         """
-        k = key if key is None else check_key(key)
+        k = key if key is None else check_key(key)  # the default key needs no check
         return _ConcurrencyAcquire(self, k, check_timeout(timeout))
 
     def acquire_nowait(self, key: Hashable = None) -> ConcurrencyPermit:

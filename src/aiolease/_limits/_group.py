@@ -161,6 +161,7 @@ class LimitGroup:
 
         Raises:
             ValueError: ``cost`` can never be admitted, or ``timeout`` is negative.
+            TypeError: ``key`` is not hashable.
             RateLimitExceeded: (when awaited) the rate members alone cannot admit
                 within ``timeout`` (raised at once); or, with no concurrency member,
                 the deadline passed.

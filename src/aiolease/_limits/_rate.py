@@ -483,6 +483,7 @@ class RateLimiter(LimiterBase):
 
         Raises:
             ValueError: ``cost`` can never be admitted, or ``timeout`` is negative.
+            TypeError: ``key`` is not hashable.
             RateLimitExceeded: (when awaited) the slot is more than ``timeout`` away;
                 ``retry_after`` says when the same acquisition would be admitted.
         """
@@ -491,7 +492,7 @@ class RateLimiter(LimiterBase):
             if cost == 1 and type(cost) is int
             else check_cost(cost, self._max_cost, self._what())
         )
-        k = key if key is None else check_key(key)
+        k = key if key is None else check_key(key)  # the default key needs no check
         return _RateAcquire(self, c, k, check_timeout(timeout))
 
     def acquire_nowait(self, cost: float = 1, key: Hashable = None) -> RatePermit:
