@@ -36,6 +36,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from . import _metrics
+from ._limits._validate import check_positive
 
 try:
     from prometheus_client import Counter, Gauge, Histogram
@@ -221,17 +222,15 @@ class Collector(_Collector):
 
     Args:
         refresh_interval: in multiprocess mode, the longest a worker's state gauges
-            lag behind its pools and limiters while nothing happens there (seconds).
+            lag behind its pools and limiters while nothing happens there (seconds,
+            a finite number > 0).
+
+    Raises:
+        TypeError, ValueError: ``refresh_interval`` is not a finite number > 0.
     """
 
     def __init__(self, *, refresh_interval: float = 1.0) -> None:
-        if isinstance(refresh_interval, bool) or not isinstance(refresh_interval, int | float):
-            raise TypeError(
-                f"refresh_interval must be a number of seconds, got {refresh_interval!r}"
-            )
-        if not refresh_interval > 0:
-            raise ValueError(f"refresh_interval must be > 0 seconds, got {refresh_interval!r}")
-        self._interval = float(refresh_interval)
+        self._interval = check_positive("refresh_interval", refresh_interval)
         self._multiprocess = _multiprocess()
         self._create_time = self._histogram(
             "db_client_connection_create_time_seconds",

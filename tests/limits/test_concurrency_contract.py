@@ -153,6 +153,11 @@ def test_bad_arguments(concurrency_impl: Impl) -> None:
             with pytest.raises(ValueError, match="timeout"):
                 sem.acquire(timeout=-1)
             sem.acquire(timeout=10**400)  # an int beyond any float waits as long as inf does
+            # An unhashable key is refused at the call (not when awaited), naming key and value.
+            with pytest.raises(TypeError, match=r"key must .*got list \[1\]"):
+                sem.acquire(key=[1])
+            with pytest.raises(TypeError, match=r"key must .*got list \[1\]"):
+                await nowait(sem, key=[1])
 
     concurrency_impl.run(body)
 

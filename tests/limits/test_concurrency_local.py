@@ -146,6 +146,12 @@ def test_leaks_report_held_slots_and_waiters() -> None:
     vrun(body)
 
 
+def test_name_must_be_utf8_text() -> None:
+    # A lone surrogate cannot be logged to a UTF-8 file nor exported to Prometheus or OTLP.
+    with pytest.raises(ValueError, match=r"name must be encodable as UTF-8 .*got 'a\\ud800'"):
+        ConcurrencyLimiter(1, name="a\ud800")
+
+
 def test_release_without_acquire_is_an_error_and_repr() -> None:
     async def body() -> None:
         sem = ConcurrencyLimiter(2, name="db")

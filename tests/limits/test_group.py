@@ -190,6 +190,8 @@ def test_group_acquire_nowait() -> None:
             group.acquire_nowait()
         assert info.value.retry_after == 1.0
         assert sem.statistics().in_use == 0
+        with pytest.raises(TypeError, match=r"key must be hashable .*got list \[1\]"):
+            group.acquire_nowait(key=[1])  # type: ignore[arg-type]
 
     vrun(body)
 
@@ -227,6 +229,14 @@ def test_group_bad_arguments() -> None:
         group.acquire(cost=3)
     with pytest.raises(ValueError, match="timeout"):
         group.acquire(timeout=-1)
+    # An unhashable key is refused at the call (not when awaited), naming key and value.
+    with pytest.raises(TypeError, match=r"key must be hashable .*got list \[1\]"):
+        group.acquire(key=[1])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"key must be hashable .*got dict \{\}"):
+        group.pause(1, key={})  # type: ignore[arg-type]
+    for shared in (5, rate):  # a member, not a tuple of members
+        with pytest.raises(TypeError, match=r"shared must be a tuple .*got (int 5|RateLimiter)"):
+            LimitGroup(rate, shared=shared)  # type: ignore[arg-type]
     assert len(group.members) == 3
     assert repr(group).startswith("<LimitGroup <RateLimiter")
 

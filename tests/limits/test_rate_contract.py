@@ -336,6 +336,13 @@ def test_bad_acquire_arguments(rate_impl: Impl) -> None:
                 await applied(lim.pause(-1))
             with pytest.raises(ValueError, match="seconds"):
                 await applied(lim.pause(10**400))
+            # An unhashable key is refused at the call (not when awaited), naming key and value.
+            with pytest.raises(TypeError, match=r"key must .*got list \[1\]"):
+                lim.acquire(key=[1])
+            with pytest.raises(TypeError, match=r"key must .*got list \[1\]"):
+                await nowait(lim, key=[1])
+            with pytest.raises(TypeError, match=r"key must .*got list \[1\]"):
+                await applied(lim.pause(1, key=[1]))
             permit = await lim.acquire(cost=3)
             with pytest.raises(ValueError, match="actual_cost"):
                 await applied(permit.settle(-1))

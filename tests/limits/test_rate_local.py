@@ -457,6 +457,14 @@ def test_leak_check_reports_waiting_tasks() -> None:
     vrun(body)
 
 
+def test_name_must_be_utf8_text() -> None:
+    # A lone surrogate cannot be logged to a UTF-8 file nor exported to Prometheus or OTLP.
+    with pytest.raises(ValueError, match=r"name must be encodable as UTF-8 .*got 'a\\ud800'"):
+        RateLimiter(1, name="a\ud800")
+    with pytest.raises(TypeError, match="name must be None or a str, got int 1"):
+        RateLimiter(1, name=1)  # type: ignore[arg-type]
+
+
 def test_repr_and_no_loop_binding_at_construction() -> None:
     lim = RateLimiter(10, per=2, burst=3, name="api")  # no running loop needed
     assert repr(lim) == "<RateLimiter 'api' 10/2s burst=3 waiting=0 keys=0>"

@@ -314,3 +314,11 @@ def test_uvicorn_workers_share_their_series(tmp_path: Path) -> None:
         server.wait(timeout=30)
         if server.stderr is not None:
             server.stderr.close()
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), 10**400, "1", True])
+def test_bad_refresh_interval_is_refused_naming_it(bad: object) -> None:
+    # an int beyond any float (10**400) is out of range, not an OverflowError
+    error = TypeError if isinstance(bad, str | bool) else ValueError
+    with pytest.raises(error, match=r"refresh_interval must be a (finite|real) number"):
+        prometheus.Collector(refresh_interval=bad)  # type: ignore[arg-type]

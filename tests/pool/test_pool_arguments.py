@@ -44,7 +44,9 @@ from aiolease.testing import FakeManager
         ({"idle_timeout": []}, TypeError, r"idle_timeout must be a number of seconds"),
         ({"leak_timeout": -1}, ValueError, r"leak_timeout must be > 0 seconds or None"),
         ({"leak_timeout": False}, TypeError, r"leak_timeout must be a number of seconds"),
-        ({"name": 3}, TypeError, r"name must be a str or None, got 3"),
+        ({"name": 3}, TypeError, r"name must be None or a str, got int 3"),
+        # a lone surrogate cannot be logged to a UTF-8 file nor exported to Prometheus
+        ({"name": "a\ud800"}, ValueError, r"name must be encodable as UTF-8 .*got 'a\\ud800'"),
         ({"backoff_base": 0}, ValueError, r"backoff_base must be > 0"),
         ({"backoff_base": None}, TypeError, r"backoff_base must be a number of seconds, not None"),
         ({"backoff_max": -1.0}, ValueError, r"backoff_max must be > 0"),

@@ -55,6 +55,7 @@ def test_sqlite_create_pool_accepts_pathlike_and_open(tmp_path: Path) -> None:
 def test_asyncpg_and_psycopg_create_pool_unopened_without_io() -> None:
     import aiolease.asyncpg
     import aiolease.psycopg
+    import aiolease.sqlite
 
     # An unroutable DSN: construction must not connect.
     p1 = aiolease.asyncpg.create_pool(
@@ -69,6 +70,13 @@ def test_asyncpg_and_psycopg_create_pool_unopened_without_io() -> None:
         aiolease.asyncpg.create_pool("postgresql://x@192.0.2.1/x", reset="bogus")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="min_size"):
         aiolease.asyncpg.create_pool("postgresql://x@192.0.2.1/x", min_size=-1)
+    for create_pool, target in (
+        (aiolease.asyncpg.create_pool, "postgresql://x@192.0.2.1/x"),
+        (aiolease.psycopg.create_pool, "host=192.0.2.1 port=1"),
+        (aiolease.sqlite.create_pool, ":memory:"),
+    ):
+        with pytest.raises(ValueError, match="name must be encodable as UTF-8"):
+            create_pool(target, name="a\ud800")
 
 
 @pytest.mark.postgres

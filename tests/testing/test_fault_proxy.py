@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -199,6 +200,9 @@ def test_bad_arguments() -> None:
     with pytest.raises(TypeError, match="host"):
         FaultProxy(b"127.0.0.1", 5432)  # type: ignore[arg-type]
     proxy = FaultProxy("127.0.0.1", 5432)
-    with pytest.raises(ValueError, match="seconds"):
-        proxy.set_latency(-1)
+    for seconds in (-1, math.inf, 10**400):  # an int beyond any float: not OverflowError
+        with pytest.raises(ValueError, match="seconds must be a finite number >= 0"):
+            proxy.set_latency(seconds)
+    with pytest.raises(TypeError, match="seconds must be a real number, got str '1'"):
+        proxy.set_latency("1")  # type: ignore[arg-type]
     assert "not started" in repr(proxy)

@@ -175,9 +175,16 @@ def test_start_and_jump_count_and_repr() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"start": float("nan")}, "start must be a finite number of seconds, got nan"),
-        ({"io_grace": -1}, "io_grace must be finite and >= 0 seconds, got -1.0"),
-        ({"stall_timeout": float("inf")}, "stall_timeout must be finite and >= 0 seconds or None"),
+        ({"start": float("nan")}, "start must be a finite number, got nan"),
+        ({"io_grace": -1}, "io_grace must be a finite number >= 0, got -1"),
+        (
+            {"stall_timeout": float("inf")},
+            r"stall_timeout \(or None\) must be a finite number >= 0",
+        ),
+        # an int beyond any float is out of range, not an OverflowError
+        ({"start": 10**400}, "start must be a finite number, got 1000"),
+        ({"io_grace": 10**400}, "io_grace must be a finite number >= 0, got 1000"),
+        ({"stall_timeout": 10**400}, r"stall_timeout \(or None\) must be a finite number >= 0"),
     ],
 )
 def test_bad_arguments(kwargs: dict[str, float], message: str) -> None:

@@ -76,8 +76,9 @@ async def test_fake_scripts_results_and_limits_them() -> None:
         conn.script("x", rows=[], error=KeyError())
     with pytest.raises(ValueError):
         conn.script("x", times=0)
-    with pytest.raises(ValueError):
-        FakeConnection(latency=-1)
+    for latency in (-1, 10**400):  # an int beyond any float: not OverflowError
+        with pytest.raises(ValueError, match="latency must be a finite number >= 0"):
+            FakeConnection(latency=latency)
 
 
 async def test_fake_savepoint_errors() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 from .. import _metrics, _tracking
 from .._errors import LimitTimeout, WouldBlock
 from ._base import INF, LimiterBase, State, Waiter, fail, pump, withdraw
-from ._validate import check_name, check_timeout
+from ._validate import check_key, check_name, check_timeout
 
 __all__ = ["ConcurrencyLimiter", "ConcurrencyLimiterStatistics", "ConcurrencyPermit"]
 
@@ -175,8 +175,10 @@ class ConcurrencyLimiter(LimiterBase):
         Raises:
             LimitTimeout: (when awaited) no slot came free within ``timeout``.
             ValueError: ``timeout`` is negative.
+            TypeError: ``key`` is not hashable.
         """
-        return _ConcurrencyAcquire(self, key, check_timeout(timeout))
+        k = key if key is None else check_key(key)  # the default key needs no check
+        return _ConcurrencyAcquire(self, k, check_timeout(timeout))
 
     def acquire_nowait(self, key: Hashable = None) -> ConcurrencyPermit:
         """Take a free slot on ``key`` now.
@@ -184,7 +186,7 @@ class ConcurrencyLimiter(LimiterBase):
         Raises:
             WouldBlock: no slot is free, or other tasks are already waiting for one.
         """
-        st = self._state(key, 0.0)
+        st = self._state(check_key(key), 0.0)
         if self._admit(st):
             return ConcurrencyPermit(self, st)
         self._rejected += 1

@@ -11,7 +11,7 @@ from .._errors import LimitTimeout, RateLimitExceeded, WouldBlock
 from ._base import EPS, INF, State, Waiter, fail, pump, withdraw
 from ._concurrency import ConcurrencyLimiter, ConcurrencyPermit, _SlotState
 from ._rate import RateLimiter, RatePermit
-from ._validate import check_cost, check_positive, check_timeout
+from ._validate import check_cost, check_key, check_positive, check_timeout
 
 __all__ = ["GroupPermit", "LimitGroup"]
 
@@ -104,7 +104,7 @@ class LimitGroup:
             per-user rate limits: ``LimitGroup(per_user, cap, shared=(cap,))``.
 
     Raises:
-        TypeError: a member is not a local limiter.
+        TypeError: a member is not a local limiter, or ``shared`` is not a collection.
         ValueError: no member, one given twice, or a ``shared`` one not among them.
     """
 
@@ -121,6 +121,13 @@ class LimitGroup:
                 )
         if len({id(m) for m in limiters}) != len(limiters):
             raise ValueError("LimitGroup got the same limiter twice")
+        try:
+            shared = tuple(shared)
+        except TypeError:
+            raise TypeError(
+                "shared must be a tuple of some of the group's limiters, e.g. shared=(cap,), "
+                f"got {type(shared).__name__} {shared!r}"
+            ) from None
         for m in shared:
             if not any(m is x for x in limiters):
                 raise ValueError(f"shared member {m!r} is not one of the group's limiters")
@@ -154,6 +161,7 @@ class LimitGroup:
 
         Raises:
             ValueError: ``cost`` can never be admitted, or ``timeout`` is negative.
+            TypeError: ``key`` is not hashable.
             RateLimitExceeded: (when awaited) the rate members alone cannot admit
                 within ``timeout`` (raised at once); or, with no concurrency member,
                 the deadline passed.
@@ -161,7 +169,7 @@ class LimitGroup:
                 group has a concurrency member.
         """
         c = check_cost(cost, self._max_cost, f"smallest member limit={self._max_cost:g}")
-        return _GroupAcquire(self, c, key, check_timeout(timeout))
+        return _GroupAcquire(self, c, check_key(key), check_timeout(timeout))
 
     def acquire_nowait(self, cost: float = 1, key: Hashable = None) -> GroupPermit:
         """Admit on every member now, or raise.
@@ -173,7 +181,7 @@ class LimitGroup:
         c = check_cost(cost, self._max_cost, f"smallest member limit={self._max_cost:g}")
         loop = get_running_loop()
         now = loop.time()
-        states = self._states(key, now)
+        states = self._states(check_key(key), now)
         slot = now
         for st in states:
             if st.nwait:
@@ -194,6 +202,7 @@ class LimitGroup:
 
     def pause(self, seconds: float, key: Hashable = None) -> None:
         """Pause every rate member on ``key`` (see :meth:`RateLimiter.pause`)."""
+        check_key(key)
         for r in self._rates:
             r.pause(seconds, key)
 

@@ -14,7 +14,7 @@ from typing import Any
 from .. import _metrics, _tracking
 from .._errors import RateLimitExceeded
 from ._base import _BASE_TIME, EPS, INF, LimiterBase, State, Waiter, fail, loop_time, pump, withdraw
-from ._validate import check_cost, check_name, check_positive, check_timeout
+from ._validate import check_cost, check_key, check_name, check_positive, check_timeout
 
 __all__ = ["RateLimiter", "RateLimiterStatistics", "RatePermit"]
 
@@ -483,6 +483,7 @@ class RateLimiter(LimiterBase):
 
         Raises:
             ValueError: ``cost`` can never be admitted, or ``timeout`` is negative.
+            TypeError: ``key`` is not hashable.
             RateLimitExceeded: (when awaited) the slot is more than ``timeout`` away;
                 ``retry_after`` says when the same acquisition would be admitted.
         """
@@ -491,7 +492,8 @@ class RateLimiter(LimiterBase):
             if cost == 1 and type(cost) is int
             else check_cost(cost, self._max_cost, self._what())
         )
-        return _RateAcquire(self, c, key, check_timeout(timeout))
+        k = key if key is None else check_key(key)  # the default key needs no check
+        return _RateAcquire(self, c, k, check_timeout(timeout))
 
     def acquire_nowait(self, cost: float = 1, key: Hashable = None) -> RatePermit:
         """Admit ``cost`` on ``key`` now, or raise.
@@ -504,7 +506,7 @@ class RateLimiter(LimiterBase):
         """
         c = check_cost(cost, self._max_cost, self._what())
         now = loop_time(get_running_loop())
-        st = self._state(key, now)
+        st = self._state(check_key(key), now)
         token = st.admit(c, now)
         if token is not None:
             return RatePermit(self, st, c, token)
@@ -530,7 +532,7 @@ class RateLimiter(LimiterBase):
         s = check_positive("seconds", seconds, inclusive=True)
         loop = get_running_loop()
         now = loop.time()
-        st = self._state(key, now)
+        st = self._state(check_key(key), now)
         until = now + s
         if until > st.paused_until:
             st.paused_until = until

@@ -1,10 +1,12 @@
-"""Argument checks of the limiters: each error names the argument, the value and the range."""
+"""Argument checks of the limiters (and the names of pools): each error names the argument,
+the value and the range."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 
-__all__ = ["check_cost", "check_name", "check_positive", "check_timeout"]
+__all__ = ["check_cost", "check_key", "check_name", "check_positive", "check_timeout", "utf8_size"]
 
 
 def _number(name: str, value: object) -> float:
@@ -22,8 +24,9 @@ def check_positive(
     v = _number(name, value)
     ok = math.isfinite(v) and (v >= minimum if inclusive else v > minimum)
     if not ok:
-        bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+        bound = f" >= {minimum:g}" if inclusive else f" > {minimum:g}"
+        bound = "" if minimum == -math.inf else bound
+        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
     return v
 
 
@@ -48,7 +51,34 @@ def check_timeout(value: object) -> float | None:
     return None if v == math.inf else v
 
 
+def check_key(key: object) -> Hashable:
+    """A limiter key: any hashable (checked at the call, not when the acquisition is awaited)."""
+    try:
+        hash(key)
+    except TypeError:
+        raise TypeError(
+            f"key must be hashable (None, a str, an int, a tuple...), got {type(key).__name__} "
+            f"{key!r}"
+        ) from None
+    return key
+
+
+def utf8_size(what: str, text: str, shown: object) -> int:
+    """The length of ``text`` in UTF-8; ValueError naming ``what`` when it has none (a lone
+    surrogate): names and keys go to logs, metrics exports and Redis as UTF-8 text."""
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{what} must be encodable as UTF-8 (it is written to logs, metrics and Redis as "
+            f"text), got {shown!r}: {exc.reason} at index {exc.start}"
+        ) from None
+
+
 def check_name(value: object) -> str | None:
+    """The ``name`` of a pool or a local limiter: None, or a str encodable as UTF-8."""
     if value is not None and not isinstance(value, str):
         raise TypeError(f"name must be None or a str, got {type(value).__name__} {value!r}")
+    if value is not None:
+        utf8_size("name", value, value)
     return value

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any, Generic, TypeVar
 
+from .._limits._validate import check_name
 from .._redact import pool_label, redact
 from ..abc import Manager
 from ._backoff import Backoff
@@ -122,11 +123,8 @@ class Options(Generic[T]):
         self._close_timeout = check_backoff(
             f"{type(manager).__name__}.close_timeout", getattr(manager, "close_timeout", 10.0)
         )
-        name = options["name"]
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"name must be a str or None, got {name!r}")
-        self._name: str | None = name
-        self._label = pool_label(name, manager)  # repr, logs: see docs/logging.md
+        self._name: str | None = check_name(options["name"])
+        self._label = pool_label(self._name, manager)  # repr, logs: see docs/logging.md
         # Without idle_timeout, idle resources go out least recently used first, so use
         # spreads over all of them and none sits unused long enough for a firewall or the
         # server to drop it; with it, most recently used first, so the surplus is trimmed.

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Final
 
+from .._limits._validate import utf8_size
+
 __all__ = ["check_name", "check_prefix", "key_text", "redis_key"]
 
 #: The longest name, prefix or key text accepted, in UTF-8 bytes. Redis takes far longer keys,
@@ -25,13 +27,7 @@ def _esc(text: str) -> str:
 
 
 def _check_text(what: str, text: str, shown: object) -> None:
-    try:
-        size = len(text.encode())
-    except UnicodeEncodeError as exc:
-        raise ValueError(
-            f"{what} must be encodable as UTF-8 (it is stored in Redis as text), got {shown!r}: "
-            f"{exc.reason} at index {exc.start}"
-        ) from None
+    size = utf8_size(what, text, shown)
     if size > MAX_KEY_BYTES:
         raise ValueError(
             f"{what} must be at most {MAX_KEY_BYTES} bytes of UTF-8, got {size} bytes "

@@ -16,6 +16,7 @@ from typing import Any
 
 from .._dialects._base import Dialect
 from .._dialects._pg import begin_sql
+from .._limits._validate import check_positive
 
 __all__ = [
     "FakeConnection",
@@ -203,10 +204,8 @@ class FakeConnection:
     """
 
     def __init__(self, *, database: FakeDatabase | None = None, latency: float = 0.0) -> None:
-        if latency < 0:
-            raise ValueError(f"latency must be >= 0 seconds, got {latency!r}")
+        self.latency = check_positive("latency", latency, inclusive=True)
         self.database = database if database is not None else FakeDatabase()
-        self.latency = latency
         #: Every SQL string received, in order (transaction control included).
         self.statements: list[str] = []
         #: Arguments of each statement, parallel to :attr:`statements`.

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypeAlias, cast
 
+from .._limits._validate import check_positive
 from ..abc import Manager, ResourceInfo
 
 __all__ = [
@@ -446,10 +447,9 @@ class FakeManager(Manager[FakeResource]):
         Raises:
             ValueError: unknown ``op``, a negative or non-finite ``seconds``,
                 or a call number below 1.
+            TypeError: ``seconds`` is not a number.
         """
-        seconds = float(seconds)
-        if not 0.0 <= seconds < float("inf"):
-            raise ValueError(f"seconds must be finite and >= 0, got {seconds!r}")
+        seconds = check_positive("seconds", seconds, inclusive=True)
         return self._add(Rule(self, _check_op(op), calls=_calls(calls), when=when, delay=seconds))
 
     def block(

@@ -15,6 +15,7 @@ from collections import deque
 from types import TracebackType
 from typing import Any, cast
 
+from .._limits._validate import check_positive
 from .._logs import get_logger
 
 __all__ = ["FaultProxy"]
@@ -383,11 +384,10 @@ class FaultProxy:
         """Delay every chunk forwarded from now on by ``seconds`` (0 for none), in order.
 
         Raises:
-            ValueError: ``seconds`` is negative or not a number.
+            ValueError: ``seconds`` is negative or not finite.
+            TypeError: ``seconds`` is not a number.
         """
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0:
-            raise ValueError(f"seconds must be a number >= 0, got {seconds!r}")
-        self._latency = float(seconds)
+        self._latency = check_positive("seconds", seconds, inclusive=True)
 
     def blackhole(self) -> None:
         """Forward nothing from now on, in either direction; keep every connection open.

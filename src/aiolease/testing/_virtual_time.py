@@ -50,11 +50,14 @@ import functools
 import heapq
 import inspect
 import itertools
+import math
 import selectors
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar
+
+from .._limits._validate import check_positive
 
 __all__ = ["NoProgressError", "VirtualTimeLoop"]
 
@@ -578,19 +581,13 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 def _validate(
     start: float, io_grace: float, stall_timeout: float | None
 ) -> tuple[float, float, float | None]:
-    start = float(start)
-    if start != start or start in (float("inf"), float("-inf")):
-        raise ValueError(f"start must be a finite number of seconds, got {start!r}")
-    io_grace = float(io_grace)
-    if not 0.0 <= io_grace < float("inf"):
-        raise ValueError(f"io_grace must be finite and >= 0 seconds, got {io_grace!r}")
-    if stall_timeout is not None:
-        stall_timeout = float(stall_timeout)
-        if not 0.0 <= stall_timeout < float("inf"):
-            raise ValueError(
-                f"stall_timeout must be finite and >= 0 seconds or None, got {stall_timeout!r}"
-            )
-    return start, io_grace, stall_timeout
+    return (
+        check_positive("start", start, minimum=-math.inf, inclusive=True),
+        check_positive("io_grace", io_grace, inclusive=True),
+        None
+        if stall_timeout is None
+        else check_positive("stall_timeout (or None)", stall_timeout, inclusive=True),
+    )
 
 
 def _where(task: asyncio.Task[Any]) -> str:
