@@ -283,7 +283,15 @@ def test_uvicorn_workers_share_their_series(tmp_path: Path) -> None:
         url = f"http://127.0.0.1:{port}"
 
         def samples() -> dict[tuple[str, str], float]:
-            text = httpx.get(f"{url}/metrics", timeout=5).text
+            # prometheus_client's multiprocess reader can fail while another worker is
+            # creating its files (a scrape answered 500 under load); a scraper would retry.
+            for _ in range(20):
+                response = httpx.get(f"{url}/metrics", timeout=5)
+                if response.status_code == 200:
+                    break
+                time.sleep(0.1)
+            response.raise_for_status()
+            text = response.text
             return {
                 (s.name, s.labels.get("db_client_connection_state", "")): s.value
                 for family in text_string_to_metric_families(text)
