@@ -401,7 +401,13 @@ class RedisConcurrencyLimiter:
     # -- internals ----------------------------------------------------------------------------
     def _keys(self, key: Hashable) -> tuple[str, ...]:
         base = redis_key(self._prefix, "conc", self._name, key)
-        return (f"{base}:holders", f"{base}:queue", f"{base}:beats", f"{base}:seq")
+        return (
+            f"{base}:holders",
+            f"{base}:queue",
+            f"{base}:beats",
+            f"{base}:seq",
+            f"{base}:withdrawn",
+        )
 
     def _argv(self) -> tuple[Any, ...]:
         return (
@@ -550,7 +556,10 @@ class RedisConcurrencyLimiter:
         return self._grant(keys, key, lid)
 
     def _withdraw(self, keys: tuple[str, ...], lid: str) -> asyncio.Task[Any]:
-        return self._bg.spawn(self._call(CONC_CANCEL, keys, (*self._argv(), lid)))
+        # "w": a script of this acquisition may still reach Redis after this call (it was sent
+        # on a connection dropped since, after a timeout); Redis then keeps it from taking a
+        # slot or a place in the queue.
+        return self._bg.spawn(self._call(CONC_CANCEL, keys, (*self._argv(), lid, "w")))
 
     def _grant(self, keys: tuple[str, ...], key: Hashable, lid: str) -> RedisConcurrencyPermit:
         permit = RedisConcurrencyPermit(self, keys, key, lid)
