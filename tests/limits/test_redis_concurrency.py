@@ -440,6 +440,30 @@ async def test_a_script_overtaken_by_its_withdrawal_takes_no_slot(
         await sem.aclose()
 
 
+@pytest.mark.parametrize("public", [False, True], ids=["pipe", "public"])
+async def test_a_release_lost_with_its_connection_is_sent_again(
+    client: redis_asyncio.Redis, name: str, redis_url: str, public: bool
+) -> None:
+    # The release goes into a network that went silent: what it sent is lost, its call times out
+    # and its connection is dropped. The network is back by then, so the release is sent once
+    # more on a fresh connection: the slot is free now, not after lease_ttl.
+    async with through_proxy(redis_url) as (proxy, slow):
+        with compat_public(public):
+            sem = RedisConcurrencyLimiter(slow, name, 1, lease_ttl=5.0, call_timeout=0.2)
+        permit = await sem.acquire()
+        holders = sem._keys(None)[0]
+        assert await client.zcard(holders) == 1
+        proxy.blackhole()
+        released = permit.release()
+        assert released is not None
+        await asyncio.sleep(0.05)
+        proxy.heal()
+        assert await released == 1  # the second call found the slot held and freed it
+        assert await client.zcard(holders) == 0
+        await (await sem.acquire_nowait()).arelease()
+        await sem.aclose()
+
+
 async def test_a_release_that_cannot_reach_redis_does_not_replace_the_error(
     client: redis_asyncio.Redis, name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
