@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import AsyncIterator, Callable
 
@@ -20,6 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from aiolease import LimiterUnavailable, LimitTimeout, WouldBlock
 from aiolease.redis import RedisConcurrencyLimiter
+from aiolease.testing import FaultProxy
 
 pytestmark = pytest.mark.redis
 
@@ -411,6 +413,20 @@ async def test_cancel_during_the_first_round_trip_leaves_no_slot_held(
         assert sem._aiolease_leaks() == []
 
 
+@contextlib.asynccontextmanager
+async def slow_limiter(
+    redis_url: str, name: str, public: bool, call_timeout: float
+) -> AsyncIterator[tuple[FaultProxy, RedisConcurrencyLimiter]]:
+    """A limit-1 limiter (lease_ttl 5 s) reaching Redis through a FaultProxy; closed at exit."""
+    async with through_proxy(redis_url) as (proxy, slow):
+        with compat_public(public):
+            sem = RedisConcurrencyLimiter(slow, name, 1, lease_ttl=5.0, call_timeout=call_timeout)
+        try:
+            yield proxy, sem
+        finally:
+            await sem.aclose()
+
+
 @pytest.mark.parametrize("public", [False, True], ids=["pipe", "public"])
 async def test_a_script_overtaken_by_its_withdrawal_takes_no_slot(
     client: redis_asyncio.Redis, name: str, redis_url: str, public: bool
@@ -419,9 +435,7 @@ async def test_a_script_overtaken_by_its_withdrawal_takes_no_slot(
     # connection is dropped (the pipe; in public mode redis-py's own) and the withdrawal goes on a
     # fresh connection, which reaches Redis first. The late script must take nothing: it used to
     # take the free slot for lease_ttl although its caller had failed.
-    async with through_proxy(redis_url) as (proxy, slow):
-        with compat_public(public):
-            sem = RedisConcurrencyLimiter(slow, name, 1, lease_ttl=5.0, call_timeout=0.1)
+    async with slow_limiter(redis_url, name, public, call_timeout=0.1) as (proxy, sem):
         await sem.in_use()  # connect first
         holders, queue, _, _, withdrawn = sem._keys(None)
         proxy.set_latency(0.3)
@@ -437,7 +451,6 @@ async def test_a_script_overtaken_by_its_withdrawal_takes_no_slot(
         assert await client.zcard(withdrawn) == 1
         permit = await sem.acquire_nowait()  # the slot is free now, not after lease_ttl
         await permit.arelease()
-        await sem.aclose()
 
 
 @pytest.mark.parametrize("public", [False, True], ids=["pipe", "public"])
@@ -447,9 +460,7 @@ async def test_a_release_lost_with_its_connection_is_sent_again(
     # The release goes into a network that went silent: what it sent is lost, its call times out
     # and its connection is dropped. The network is back by then, so the release is sent once
     # more on a fresh connection: the slot is free now, not after lease_ttl.
-    async with through_proxy(redis_url) as (proxy, slow):
-        with compat_public(public):
-            sem = RedisConcurrencyLimiter(slow, name, 1, lease_ttl=5.0, call_timeout=0.2)
+    async with slow_limiter(redis_url, name, public, call_timeout=0.2) as (proxy, sem):
         permit = await sem.acquire()
         holders = sem._keys(None)[0]
         assert await client.zcard(holders) == 1
@@ -461,7 +472,6 @@ async def test_a_release_lost_with_its_connection_is_sent_again(
         assert await released == 1  # the second call found the slot held and freed it
         assert await client.zcard(holders) == 0
         await (await sem.acquire_nowait()).arelease()
-        await sem.aclose()
 
 
 async def test_a_release_that_cannot_reach_redis_does_not_replace_the_error(
