@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis.asyncio as redis_asyncio
-from _redis_factories import delete_keys, eventually, redis_client, through_proxy, unique_name
+from _redis_factories import (
+    compat_public,
+    delete_keys,
+    eventually,
+    redis_client,
+    through_proxy,
+    unique_name,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from aiolease import LimitTimeout, WouldBlock
+from aiolease import LimiterUnavailable, LimitTimeout, WouldBlock
 from aiolease.redis import RedisConcurrencyLimiter
+from aiolease.testing import FaultProxy
 
 pytestmark = pytest.mark.redis
 
@@ -402,6 +411,67 @@ async def test_cancel_during_the_first_round_trip_leaves_no_slot_held(
         assert any("left open" in p for p in sem._aiolease_leaks())
         await sem.aclose()
         assert sem._aiolease_leaks() == []
+
+
+@contextlib.asynccontextmanager
+async def slow_limiter(
+    redis_url: str, name: str, public: bool, call_timeout: float
+) -> AsyncIterator[tuple[FaultProxy, RedisConcurrencyLimiter]]:
+    """A limit-1 limiter (lease_ttl 5 s) reaching Redis through a FaultProxy; closed at exit."""
+    async with through_proxy(redis_url) as (proxy, slow):
+        with compat_public(public):
+            sem = RedisConcurrencyLimiter(slow, name, 1, lease_ttl=5.0, call_timeout=call_timeout)
+        try:
+            yield proxy, sem
+        finally:
+            await sem.aclose()
+
+
+@pytest.mark.parametrize("public", [False, True], ids=["pipe", "public"])
+async def test_a_script_overtaken_by_its_withdrawal_takes_no_slot(
+    client: redis_asyncio.Redis, name: str, redis_url: str, public: bool
+) -> None:
+    # The first script is slow on its way (a slow network); its call times out, so its
+    # connection is dropped (the pipe; in public mode redis-py's own) and the withdrawal goes on a
+    # fresh connection, which reaches Redis first. The late script must take nothing: it used to
+    # take the free slot for lease_ttl although its caller had failed.
+    async with slow_limiter(redis_url, name, public, call_timeout=0.1) as (proxy, sem):
+        await sem.in_use()  # connect first
+        holders, queue, _, _, withdrawn = sem._keys(None)
+        proxy.set_latency(0.3)
+        task = asyncio.ensure_future(sem.acquire())
+        await asyncio.sleep(0.02)  # the script is on its way...
+        proxy.set_latency(0)  # ...and what is sent from now on (the withdrawal) arrives at once
+        with pytest.raises(LimiterUnavailable):
+            await task
+        await settle_down(sem)
+        await asyncio.sleep(0.6)  # the late script has come (0.3 s after it was sent)
+        assert await client.zrange(holders, 0, -1) == []
+        assert await client.zrange(queue, 0, -1) == []
+        assert await client.zcard(withdrawn) == 1
+        permit = await sem.acquire_nowait()  # the slot is free now, not after lease_ttl
+        await permit.arelease()
+
+
+@pytest.mark.parametrize("public", [False, True], ids=["pipe", "public"])
+async def test_a_release_lost_with_its_connection_is_sent_again(
+    client: redis_asyncio.Redis, name: str, redis_url: str, public: bool
+) -> None:
+    # The release goes into a network that went silent: what it sent is lost, its call times out
+    # and its connection is dropped. The network is back by then, so the release is sent once
+    # more on a fresh connection: the slot is free now, not after lease_ttl.
+    async with slow_limiter(redis_url, name, public, call_timeout=0.2) as (proxy, sem):
+        permit = await sem.acquire()
+        holders = sem._keys(None)[0]
+        assert await client.zcard(holders) == 1
+        proxy.blackhole()
+        released = permit.release()
+        assert released is not None
+        await asyncio.sleep(0.05)
+        proxy.heal()
+        assert await released == 1  # the second call found the slot held and freed it
+        assert await client.zcard(holders) == 0
+        await (await sem.acquire_nowait()).arelease()
 
 
 async def test_a_release_that_cannot_reach_redis_does_not_replace_the_error(

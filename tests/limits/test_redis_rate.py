@@ -137,7 +137,7 @@ def test_keys_of_one_call_share_a_cluster_slot(lname: str, key: object) -> None:
     lim = RedisConcurrencyLimiter.__new__(RedisConcurrencyLimiter)
     lim._prefix, lim._name = "aiolease", lname
     conc_keys = lim._keys(key)
-    assert len(conc_keys) == 4
+    assert len(conc_keys) == 5
     assert len({key_slot(k.encode("latin-1")) for k in conc_keys}) == 1, conc_keys
 
 
@@ -513,8 +513,8 @@ async def test_leaks_report_waiting_tasks(client: redis_asyncio.Redis, name: str
 
 def test_conc_script_touches_only_its_keys() -> None:
     # Every KEYS[i] the script uses is passed in (Cluster routing needs all keys declared).
-    assert "KEYS[4]" in CONC_ACQUIRE.source
-    assert "KEYS[5]" not in CONC_ACQUIRE.source
+    assert "KEYS[5]" in CONC_ACQUIRE.source
+    assert "KEYS[6]" not in CONC_ACQUIRE.source
     assert "KEYS[2]" not in RATE_ACQUIRE.source
 
 

@@ -401,7 +401,13 @@ class RedisConcurrencyLimiter:
     # -- internals ----------------------------------------------------------------------------
     def _keys(self, key: Hashable) -> tuple[str, ...]:
         base = redis_key(self._prefix, "conc", self._name, key)
-        return (f"{base}:holders", f"{base}:queue", f"{base}:beats", f"{base}:seq")
+        return (
+            f"{base}:holders",
+            f"{base}:queue",
+            f"{base}:beats",
+            f"{base}:seq",
+            f"{base}:withdrawn",
+        )
 
     def _argv(self) -> tuple[Any, ...]:
         return (
@@ -550,7 +556,10 @@ class RedisConcurrencyLimiter:
         return self._grant(keys, key, lid)
 
     def _withdraw(self, keys: tuple[str, ...], lid: str) -> asyncio.Task[Any]:
-        return self._bg.spawn(self._call(CONC_CANCEL, keys, (*self._argv(), lid)))
+        # "w": a script of this acquisition may still reach Redis after this call (it was sent
+        # on a connection dropped since, after a timeout); Redis then keeps it from taking a
+        # slot or a place in the queue.
+        return self._bg.spawn(self._cancel(keys, (lid, "w")))
 
     def _grant(self, keys: tuple[str, ...], key: Hashable, lid: str) -> RedisConcurrencyPermit:
         permit = RedisConcurrencyPermit(self, keys, key, lid)
@@ -564,9 +573,21 @@ class RedisConcurrencyLimiter:
         if not self._held and not self._waiters and self._renewer is not None:
             self._renewer.cancel()
             self._renewer = None
-        return self._bg.spawn(
-            self._call(CONC_CANCEL, permit._keys, (*self._argv(), permit.lease_id))
-        )
+        return self._bg.spawn(self._cancel(permit._keys, (permit.lease_id,)))
+
+    async def _cancel(self, keys: tuple[str, ...], args: tuple[str, ...]) -> Any:
+        """Release or withdraw an id; sent once more when the first call's outcome is unknown.
+
+        Its connection may have been dropped with the call still on its way (a timeout of any
+        call breaks the pipe), and the call then lost: the slot would stay taken until lease_ttl
+        although Redis answers. Unlike an acquisition, this call may be repeated: releasing or
+        withdrawing an id twice frees it once.
+        """
+        try:
+            return await self._call(CONC_CANCEL, keys, (*self._argv(), *args))
+        except UNAVAILABLE:  # (after aclose() the second call fails at once too)
+            pass
+        return await self._call(CONC_CANCEL, keys, (*self._argv(), *args))
 
     def _ensure_renewer(self) -> None:
         if self._renewer is None or self._renewer.done():

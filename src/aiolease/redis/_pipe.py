@@ -475,8 +475,9 @@ class Caller:
             if call.cancelled() and (task is None or not task.cancelling()):
                 # aclose() ended the call; the caller was not cancelled.
                 raise _rexc.ConnectionError("the limiter was closed (aclose())") from None
-            if on_abandon is not None:
-                call.add_done_callback(functools.partial(_hand_back, on_abandon))
+            # (also read when there is no on_abandon: an abandoned call's failure is expected,
+            # not a "Task exception was never retrieved" for asyncio to log)
+            call.add_done_callback(functools.partial(_hand_back, on_abandon))
             raise
 
     async def _client_call(
@@ -509,9 +510,9 @@ async def _take(pool: Any) -> Any:
         return await pool.get_connection("EVALSHA")
 
 
-def _hand_back(on_abandon: Callable[[Any], None], call: asyncio.Task[Any]) -> None:
+def _hand_back(on_abandon: Callable[[Any], None] | None, call: asyncio.Task[Any]) -> None:
     """The reply of a call its caller abandoned goes to ``on_abandon`` (when it came)."""
-    if not call.cancelled() and call.exception() is None:
+    if not call.cancelled() and call.exception() is None and on_abandon is not None:
         on_abandon(call.result())
 
 

@@ -212,7 +212,8 @@ return 0
 )
 
 # Concurrency limiter: KEYS = holders (zset id -> lease expiry ms), queue (zset id -> arrival
-# sequence), heartbeats (zset id -> waiter expiry ms), sequence counter.
+# sequence), heartbeats (zset id -> waiter expiry ms), sequence counter, withdrawn ids (zset id ->
+# expiry ms: an acquire script that reaches Redis after its own withdrawal takes nothing).
 # ARGV: clock, client_now_us, limit, ttl_ms, channel, then per script.
 # ``fill`` purges expired leases and waiters, then hands free slots to the oldest waiters directly
 # (FIFO hand-off: a newcomer cannot barge in front of a queued waiter) and PUBLISHes each granted
@@ -223,7 +224,7 @@ local ms = math.floor(now / 1000)
 local limit = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[4])
 local channel = ARGV[5]
-local H, Q, E, N = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local H, Q, E, N, G = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local function fill()
   redis.call('ZREMRANGEBYSCORE', H, '-inf', ms)
   local dead = redis.call('ZRANGEBYSCORE', E, '-inf', ms)
@@ -273,6 +274,9 @@ if redis.call('ZSCORE', H, id) then
   return {1, 0}
 end
 if not redis.call('ZSCORE', Q, id) then
+  -- Withdrawn already: this script was sent before the withdrawal but overtaken by it (sent on
+  -- a connection that was dropped after a timeout, the withdrawal on a fresh one).
+  if redis.call('ZSCORE', G, id) then return {0, hint()} end
   if redis.call('ZCARD', Q) == 0 and redis.call('ZCARD', H) < limit then
     redis.call('ZADD', H, ms + ttl, id)
     touch()
@@ -289,7 +293,10 @@ return {0, hint()}
 )
 
 #: Release a held slot or withdraw a waiter (ARGV[6] = id); a slot handed to a waiter that gave
-#: up in the meantime is passed on. Returns 1 when the id held a slot.
+#: up in the meantime is passed on. ARGV[7] = 'w' for a withdrawal: a script of that acquisition
+#: may still be on its way (its outcome was unknown), so the id is remembered as withdrawn for as
+#: long as the keys live, and that script takes nothing when it comes. Returns 1 when the id held
+#: a slot.
 CONC_CANCEL = Script(
     "conc_cancel",
     _conc(
@@ -298,6 +305,11 @@ local id = ARGV[6]
 redis.call('ZREM', Q, id)
 redis.call('ZREM', E, id)
 local held = redis.call('ZREM', H, id)
+if ARGV[7] == 'w' then
+  redis.call('ZREMRANGEBYSCORE', G, '-inf', ms)
+  redis.call('ZADD', G, ms + ttl * 2 + 1000, id)
+  redis.call('PEXPIRE', G, ttl * 2 + 1000)
+end
 fill()
 touch()
 return held
