@@ -216,6 +216,14 @@ def test_group_settle_and_pause() -> None:
     vrun(body)
 
 
+@pytest.mark.parametrize("seconds", [-1.0, float("nan"), float("inf"), 10**400])
+def test_group_pause_checks_seconds_without_a_rate_member(seconds: float) -> None:
+    group = LimitGroup(ConcurrencyLimiter(1), ConcurrencyLimiter(2))
+    with pytest.raises(ValueError, match="seconds"):
+        group.pause(seconds)
+    group.pause(0.5)  # a valid pause of a group with no rate member does nothing
+
+
 def test_group_bad_arguments() -> None:
     rate = RateLimiter(1, burst=2)
     with pytest.raises(ValueError, match="at least one"):

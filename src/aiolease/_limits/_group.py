@@ -201,7 +201,14 @@ class LimitGroup:
         raise RateLimitExceeded(rate_slot - now)
 
     def pause(self, seconds: float, key: Hashable = None) -> None:
-        """Pause every rate member on ``key`` (see :meth:`RateLimiter.pause`)."""
+        """Pause every rate member on ``key`` (see :meth:`RateLimiter.pause`).
+
+        Raises:
+            ValueError: ``seconds`` is negative or not finite (also for a group with no
+                rate member, where the pause does nothing).
+            TypeError: ``key`` is not hashable.
+        """
+        seconds = check_positive("seconds", seconds, inclusive=True)
         check_key(key)
         for r in self._rates:
             r.pause(seconds, key)
