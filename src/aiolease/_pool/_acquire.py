@@ -100,12 +100,10 @@ class Acquire(Generic[T]):
 
 
 def needs_check(pool: Pool[T], entry: Entry[T]) -> bool:
-    """Whether an entry that sat idle gets the manager's check before its lease (its
-    ``check_due``, unless the manager's ``check_needed`` says no)."""
+    """Whether an entry whose check is due (``entry.check_due``, which the callers test
+    first) gets the manager's check before its lease: yes unless ``check_needed`` says no."""
     check_needed = pool._hooks.check_needed
-    return entry.check_due and (
-        check_needed is None or bool(check_needed(entry.resource, entry.info))
-    )
+    return check_needed is None or bool(check_needed(entry.resource, entry.info))
 
 
 async def run_check(pool: Pool[T], entry: Entry[T], deadline: float) -> bool:
