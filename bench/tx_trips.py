@@ -17,8 +17,9 @@ Usage::
     python bench/tx_trips.py --run NAME --n 2000   # N transactions of one contender
                                                    # (for callgrind, see bench/README.md)
 
-``--run`` names: asyncpg, ours-asyncpg, psycopg, ours-psycopg, aiosqlite, ours-pool,
-ours-plain.
+``--run`` names: asyncpg, ours-asyncpg, psycopg, ours-psycopg, ours-psycopg-pool,
+psycopg-pipe-tx, psycopg-pipe-atx (references: psycopg's pipeline mode around BEGIN and the
+first statement), aiosqlite, ours-pool, ours-plain.
 """
 
 from __future__ import annotations
@@ -179,6 +180,35 @@ async def pg_steps(dsn: str, closers: list[Any], tables: list[str]) -> dict[str,
             await p1.execute(ip, (n,))
 
     out["psycopg"], out["ours-psycopg"] = pg, ours_pg
+
+    from aiolease.psycopg import create_pool
+
+    pool = create_pool(dsn, max_size=1, options="-c synchronous_commit=off")
+    await pool.open()
+    closers.append(pool.aclose)
+
+    async def ours_pg_pool(n: int) -> None:
+        async with pool.atomic() as tx:
+            await tx.connection.execute(ip, (n,))
+
+    out["ours-psycopg-pool"] = ours_pg_pool
+
+    # References, not aiolease: psycopg's pipeline mode around BEGIN and the first
+    # statement (synced inside the step). psycopg's own conn.transaction() syncs BEGIN
+    # on its own inside a pipeline; only a bare AsyncTransaction object rides with the
+    # statement (see docs/transactions.md, psycopg, for why atomic does neither).
+    async def pipe_transaction(n: int) -> None:
+        async with p1.pipeline(), p1.transaction():
+            await p1.execute(ip, (n,))
+
+    async def pipe_async_transaction(n: int) -> None:
+        tx = psycopg.AsyncTransaction(p1)
+        async with p1.pipeline():
+            await tx.__aenter__()
+            await p1.execute(ip, (n,))
+        await tx.__aexit__(None, None, None)
+
+    out["psycopg-pipe-tx"], out["psycopg-pipe-atx"] = pipe_transaction, pipe_async_transaction
     return out
 
 
@@ -217,14 +247,14 @@ async def main(argv: list[str] | None = None) -> int:
                 for i in range(n):
                     await step(i)
                 hops = sum(q.puts for q in queues) / n
-                print(f"sqlite   {name:<14} thread hops per transaction: {hops:.2f}")
+                print(f"sqlite   {name:<18} thread hops per transaction: {hops:.2f}")
             for name, step in pgs.items():
                 await step(-1)
                 before = counter.turns
                 for i in range(n):
                     await step(i)
                 trips = (counter.turns - before) / n
-                print(f"postgres {name:<14} round trips per transaction: {trips:.2f}")
+                print(f"postgres {name:<18} round trips per transaction: {trips:.2f}")
         finally:
             await close_all(closers, tables)
             if counter.server is not None:
