@@ -30,6 +30,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from aiolease import LimiterUnavailable, RateLimitExceeded
 from aiolease.redis import RedisConcurrencyLimiter, RedisRateLimiter, redis_key
+from aiolease.redis._pipe import wake
 from aiolease.redis._scripts import CONC_ACQUIRE, RATE_ACQUIRE
 
 pytestmark = pytest.mark.redis
@@ -369,6 +370,129 @@ async def test_cas_failure_moves_own_waiters_up_but_keeps_the_debt(
     assert times["l1"] <= 0.2 + TOL
     assert times["o2"] >= 0.6 - TOL
     assert retry >= 0.8 - TOL
+
+
+# -- pause: the re-queued waiters give their reservations back ----------------------------------
+
+
+async def _paused_schedule(
+    lim: RedisRateLimiter, other: RedisRateLimiter, order: str
+) -> tuple[float, list[asyncio.Task[Any]]]:
+    """``order`` names who reserves, in turn ("l" = lim, "o" = other, another process), after
+    lim's admission at t0; then lim pauses 0.1 s and its sleeping waiters queue again.
+
+    Returns the slot (seconds after t0) a newcomer is told once they have all reserved again,
+    and the waiting tasks (the caller cancels them).
+    """
+    await lim.acquire()
+    t0 = now()
+    tasks = []
+    for who in order:
+        tasks.append(asyncio.ensure_future((lim if who == "l" else other).acquire()))
+        await asyncio.sleep(0.02)
+    await lim.pause(0.1)
+    rkey = lim._rkey(None)
+
+    async def requeued() -> bool:  # every waiter of lim reserved again and sleeps
+        chain = lim._sleepers.get(rkey)
+        return chain is not None and sum(not f.done() for f in chain.entries) == order.count("l")
+
+    await eventually(requeued)
+    with pytest.raises(RateLimitExceeded) as info:
+        await other.acquire_nowait()
+    return info.value.retry_after + (now() - t0), tasks
+
+
+async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_pause_gives_the_requeued_waiters_reservations_back(
+    client: redis_asyncio.Redis, redis_url: str, name: str
+) -> None:
+    async with redis_client(redis_url) as c2:
+        lim = RedisRateLimiter(client, name, 2, burst=1)  # T = 500 ms
+        other = RedisRateLimiter(c2, name, 2, burst=1)
+        # l0..l3 slots 0.5..2.0, then the pause: their reservations are the tail of the
+        # schedule, so they are given back and the four queue again from 0.5 (the pause ends
+        # before): a newcomer gets 2.5. Left in place, they would queue after 2.5 (newcomer 4.5).
+        retry, tasks = await _paused_schedule(lim, other, "llll")
+        await _cancel_all(tasks)
+    assert 2.5 - TOL <= retry <= 2.5 + TOL
+
+
+async def test_pause_gives_back_only_the_tail_after_another_process_reservation(
+    client: redis_asyncio.Redis, redis_url: str, name: str
+) -> None:
+    async with redis_client(redis_url) as c2:
+        lim = RedisRateLimiter(client, name, 2, burst=1)  # T = 500 ms
+        other = RedisRateLimiter(c2, name, 2, burst=1)
+        # l0 0.5, o1 1.0 (another process), l2 1.5, l3 2.0: only l2 and l3 are given back
+        # (o1 keeps its slot, and l0's is left unused once); l0, l2, l3 queue again from 1.5.
+        retry, tasks = await _paused_schedule(lim, other, "loll")
+        await _cancel_all(tasks)
+    assert 3.0 - TOL <= retry <= 3.0 + TOL
+
+
+async def test_pause_gives_nothing_back_when_another_process_reserved_last(
+    client: redis_asyncio.Redis, redis_url: str, name: str
+) -> None:
+    async with redis_client(redis_url) as c2:
+        lim = RedisRateLimiter(client, name, 2, burst=1)  # T = 500 ms
+        other = RedisRateLimiter(c2, name, 2, burst=1)
+        # l0 0.5, l1 1.0, o2 1.5: the key does not hold lim's last write, so nothing is given
+        # back (compare-and-swap); l0 and l1 queue again after o2: 2.0, 2.5; a newcomer 3.0.
+        retry, tasks = await _paused_schedule(lim, other, "llo")
+        await _cancel_all(tasks)
+    assert 3.0 - TOL <= retry <= 3.0 + TOL
+
+
+@pytest.mark.parametrize("resumed", [True, False], ids=["admitted", "timer-fired"])
+async def test_pause_never_gives_back_a_waiter_before_an_admitted_one(
+    client: redis_asyncio.Redis, redis_url: str, name: str, resumed: bool
+) -> None:
+    # A busy loop can fire timers out of slot order: w1's timer is late, so w2 is admitted
+    # first, at its slot (0.4). The pause may give back w3 only: the state from before w1 does
+    # not count w2, and w1 would be scheduled on top of it. "timer-fired": the pause comes
+    # after w2's timer fired, before its task resumed.
+    async with redis_client(redis_url) as c2:
+        lim = RedisRateLimiter(client, name, 5, burst=1)  # T = 200 ms
+        other = RedisRateLimiter(c2, name, 5, burst=1)
+        loop = asyncio.get_running_loop()
+        await lim.acquire()
+        t0 = now()
+        times: dict[str, float] = {}
+
+        async def take(tag: str) -> None:
+            await lim.acquire()
+            times[tag] = now() - t0
+
+        tasks = {}
+        for tag in ("w1", "w2", "w3"):  # slots 0.2, 0.4, 0.6
+            tasks[tag] = asyncio.ensure_future(take(tag))
+            await asyncio.sleep(0.02)
+        chain = lim._sleepers[lim._rkey(None)]
+        (f1, e1), (f2, e2), _ = chain.entries.items()
+        assert e1.handle is not None
+        assert e2.handle is not None
+        e1.handle.cancel()
+        e1.handle = loop.call_at(e1.deadline + 2.0, wake, f1)  # late
+        if resumed:
+            await tasks["w2"]
+        else:
+            e2.handle.cancel()
+            await asyncio.sleep(e2.deadline - loop.time())
+            wake(f2)  # what its timer does; the task resumes after the pause below
+        await lim.pause(0)
+        with pytest.raises(RateLimitExceeded) as info:
+            await other.acquire_nowait()
+        retry = info.value.retry_after + (now() - t0)
+        await asyncio.gather(*tasks.values())
+    assert times["w2"] <= 0.4 + TOL
+    assert min(times["w1"], times["w3"]) >= 0.6 - TOL  # after w2 (the bound), w3's slot reused
+    assert 1.0 - TOL <= retry <= 1.0 + TOL
 
 
 # -- on_error: Redis unreachable ------------------------------------------------------------

@@ -136,7 +136,9 @@ async def run_model(
                         a.cost = max(0.0, a.cost + applied + back)
             else:
                 pause = rnd.choice([100_000, 800_000])
-                await lim._call(RATE_PAUSE, (rkey,), (b"c", t, *shape, repr(float(pause))))
+                await lim._call(
+                    RATE_PAUSE, (rkey,), (b"c", t, *shape, repr(float(pause)), b"", b"")
+                )
                 note(f"pause {pause / 1e6}")
         admitted.extend(pending)  # reservations still pending will be admitted at their slots
         for a in admitted:
@@ -189,6 +191,8 @@ class GiveBackStats:
     shifted: int = 0  # ... of which Redis also lowered the key's debt (RATE_SHIFT applied)
     exact: int = 0  # give-backs of the last write (RATE_CANCEL applied)
     kept: int = 0  # give-backs that moved nothing (slot left unused)
+    unwound: int = 0  # pauses of A or B that gave their sleeping waiters' reservations back
+    unwind_refused: int = 0  # ... that asked to, but the key had changed (compare-and-swap)
 
 
 async def run_give_back_model(
@@ -199,8 +203,11 @@ async def run_give_back_model(
     A and B keep their waiters exactly as RedisRateLimiter does (``_Chain.note`` on each
     reservation, ``can_move_up`` / ``move_up`` / RATE_SHIFT or RATE_CANCEL on a cancel), on a
     clock the test drives; the third party reserves and pauses in between. Some RATE_SHIFT calls
-    are dropped before reaching Redis, or their reply is lost (an indeterminate error). Returns
-    the worst excess over the window bound of every admission at its (possibly moved) slot.
+    are dropped before reaching Redis, or their reply is lost (an indeterminate error). A or B
+    pauses too, as ``RedisRateLimiter.pause`` does: its sleeping waiters give their reservations
+    back (``_Chain.pause_give_back``) and queue again, reserving later among the others'
+    reservations. Returns the worst excess over the window bound of every admission at its
+    (possibly moved) slot.
     """
     rnd = random.Random(seed)
     rate, burst = 1.0, rnd.choice([1.0, 2.0, 3.0])
@@ -213,6 +220,7 @@ async def run_give_back_model(
     olds: dict[int, str | None] = {}
     admitted: list[Admission] = []
     third: list[Admission] = []  # the third party's pending reservations
+    requeued: dict[str, list[float]] = {"A": [], "B": []}  # costs of waiters woken by a pause
 
     def clock() -> tuple[bytes, bytes]:
         return b"c", repr(now).encode()
@@ -222,8 +230,11 @@ async def run_give_back_model(
             now += rnd.choice([0, 0, 30_000, 200_000, 600_000])
             for who, chain in chains.items():
                 for fut, e in list(chain.entries.items()):
-                    if e.slot <= now:
+                    # Now and then a timer fires late (a busy loop): a waiter whose slot has
+                    # come sleeps on after later ones were admitted (still admitted at its slot).
+                    if e.slot <= now and rnd.random() > 0.15:
                         del chain.entries[fut]
+                        chain.used = max(chain.used, e.seq)
                         admitted.append(Admission(e.slot, e.cost, "", "", ""))
                 if not chain.entries:
                     chains[who] = _Chain()
@@ -234,6 +245,8 @@ async def run_give_back_model(
             if op < 0.45:
                 who = rnd.choice(["A", "B", "C"])
                 cost = rnd.choice([1.0, 1.0, 0.5, burst])
+                if who != "C" and requeued[who] and rnd.random() < 0.8:
+                    cost = requeued[who].pop(0)  # a waiter woken by a pause reserves again
                 res = await lim._call(RATE_ACQUIRE, (rkey,), (*clock(), *shape, repr(cost), b"-1"))
                 if type(res) is int:
                     admitted.append(Admission(now, cost, "", "", ""))
@@ -287,8 +300,26 @@ async def run_give_back_model(
                 if not chain.entries:
                     chains[who] = _Chain()
             else:
-                pause = rnd.choice([100_000, 800_000])
-                await lim._call(RATE_PAUSE, (rkey,), (*clock(), *shape, repr(float(pause))))
+                pause = rnd.choice([0, 100_000, 800_000])
+                who = rnd.choice(["A", "B", "C"])
+                expected, restored = "", ""
+                if who != "C":
+                    chain = chains[who]
+                    expected, restored = chain.pause_give_back()
+                    # every sleeping waiter is woken and queues again (never admitted on its slot)
+                    requeued[who].extend(e.cost for e in chain.entries.values())
+                    for fut in chain.entries:
+                        fut.cancel()
+                    chains[who] = _Chain()
+                res = await lim._call(
+                    RATE_PAUSE,
+                    (rkey,),
+                    (*clock(), *shape, repr(float(pause)), expected, restored),
+                )
+                if res == 2:
+                    stats.unwound += 1
+                elif expected:
+                    stats.unwind_refused += 1
         for chain in chains.values():
             admitted.extend(Admission(e.slot, e.cost, "", "", "") for e in chain.entries.values())
         admitted.extend(third)
@@ -316,3 +347,5 @@ async def test_the_give_back_model_exercises_every_path(client: redis_asyncio.Re
     assert 0 < stats.shifted < stats.moved  # CAS failures (another writer) happen too
     assert stats.exact > 0
     assert stats.kept > 0
+    assert stats.unwound > 0
+    assert stats.unwind_refused > 0  # another writer came after the pausing object's last write

@@ -152,13 +152,21 @@ _PAUSED: Final = object()
 class _Entry:
     """A sleeping waiter of this limiter object: its reservation and its one timer."""
 
-    __slots__ = ("cost", "deadline", "handle", "new", "pu", "pure", "seq", "slot", "tat")
+    __slots__ = ("cost", "deadline", "handle", "new", "old", "pu", "pure", "seq", "slot", "tat")
 
     def __init__(
-        self, seq: int, cost: float, new: str, fields: list[str], pure: bool, deadline: float
+        self,
+        seq: int,
+        cost: float,
+        old: str | None,
+        new: str,
+        fields: list[str],
+        pure: bool,
+        deadline: float,
     ) -> None:
         self.seq = seq
         self.cost = cost
+        self.old = "" if old is None else old  # the state before the reservation ('' = none)
         self.new = new  # the state the reservation wrote
         self.slot = float(fields[0])  # its slot, server microseconds
         self.tat = float(fields[1])  # tat right after it (moved back by later give-backs)
@@ -175,15 +183,17 @@ class _Chain:
     write (None: unknown); ``brk`` the sequence number of the latest reservation whose previous
     state was not ``last`` - someone else wrote on the key just before it. A waiter with no break
     after it has only this object's reservations behind it, so giving its reservation back can
-    move them up (see RedisRateLimiter._give_back). ``entries`` are in reservation order.
+    move them up (see RedisRateLimiter._give_back). ``used`` is the sequence number of the
+    latest reservation admitted after sleeping. ``entries`` are in reservation order.
     """
 
-    __slots__ = ("brk", "entries", "last", "seq")
+    __slots__ = ("brk", "entries", "last", "seq", "used")
 
     def __init__(self) -> None:
         self.last: str | None = None
         self.brk = 0
         self.seq = 0
+        self.used = 0
         self.entries: dict[asyncio.Future[object], _Entry] = {}
 
     def note(self, old: str | None, new: str, cost: float, deadline: float) -> _Entry:
@@ -192,7 +202,7 @@ class _Chain:
         self.seq += 1
         # "slot tat hold epoch paused_until": an unchanged epoch means plain GCRA scheduled it.
         pure = old is not None and old.split(" ")[3] == fields[3]
-        entry = _Entry(self.seq, cost, new, fields, pure, deadline)
+        entry = _Entry(self.seq, cost, old, new, fields, pure, deadline)
         if old is None or old != self.last:
             self.brk = entry.seq  # someone else wrote on the key just before this reservation
         self.last = new
@@ -206,6 +216,28 @@ class _Chain:
         after it must be this object's own (no break after it).
         """
         return self.last != entry.new and not due and entry.pure and self.brk <= entry.seq
+
+    def pause_give_back(self) -> tuple[str, str]:
+        """What a pause that re-queues the sleeping waiters may give back: (expected, restored).
+
+        The unbroken tail of this object's schedule, taken newest first: reservations of waiters
+        still sleeping (their timer has not fired), with no admitted reservation after them and
+        no other writer between them (only the oldest may follow someone else's write).
+        Restoring the state from before the oldest of them undoes exactly these reservations
+        (as RATE_CANCEL does one) provided the key still holds the state this object last wrote
+        (compare-and-swap in RATE_PAUSE); ('', '') when there is nothing to give back.
+        """
+        if self.last is None:
+            return "", ""
+        first = None
+        for fut, e in reversed(self.entries.items()):
+            # Admitted (or about to be), or someone else wrote after it: the tail ends here.
+            if fut.done() or e.seq <= self.used or e.seq < self.brk:
+                break
+            first = e
+        if first is None:
+            return "", ""
+        return self.last, first.old
 
     def move_up(self, entry: _Entry, t_us: float) -> None:
         """Move this object's waiters after ``entry`` up by its cost (re-arming their timers).
@@ -424,9 +456,12 @@ class RedisRateLimiter:
         """Admit nothing on ``key`` before ``seconds`` from now, in every process (Retry-After).
 
         Extends a pause, never shortens it. Waiters of this limiter object that are sleeping on a
-        slot are woken and queue again behind the pause (their timeout still applies).
-        Reservations already made by other processes keep their slots. The Redis call runs in the
-        returned task; await it to be sure the pause is in force.
+        slot are woken and queue again behind the pause (their timeout still applies); the same
+        script gives their reservations back when no other process wrote on the key after them,
+        so the schedule resumes from the pause instead of after their old slots (otherwise those
+        slots are left unused once). Reservations already made by other processes keep their
+        slots. The Redis call runs in the returned task; await it to be sure the pause is in
+        force.
 
         Raises:
             ValueError: ``seconds`` is negative or not finite.
@@ -437,13 +472,16 @@ class RedisRateLimiter:
         rkey = self._rkey(key)
         if self._fallback is not None:  # so that it holds off too if Redis fails meanwhile
             self._fallback.pause(s, key)
-        task = self._bg.spawn(self._run(RATE_PAUSE, rkey, (s * 1e6,)))
+        chain = self._sleepers.get(rkey)
+        # The waiters woken below queue again: the same script gives their reservations back
+        # when they are still the tail of the key's schedule (see _Chain.pause_give_back).
+        expected, restored = chain.pause_give_back() if chain is not None else ("", "")
+        task = self._bg.spawn(self._run(RATE_PAUSE, rkey, (s * 1e6, expected, restored)))
         # Acquisitions in flight now (sent before this pause) requeue too if they got a slot.
         self._pause_seq += 1
         if len(self._pauses) > 256:
             self._pauses = {k: v for k, v in self._pauses.items() if not v[1].done()}
         self._pauses[rkey] = (self._pause_seq, task)
-        chain = self._sleepers.get(rkey)
         for fut, entry in list(chain.entries.items()) if chain is not None else ():
             if entry.handle is not None:
                 entry.handle.cancel()
@@ -663,8 +701,9 @@ class RedisRateLimiter:
                         self._admitted += 1
                         self._note_wait(loop.time() - arrived)
                         return permit
-                # Woken by pause(): queue again once the pause is in force in Redis. The
-                # abandoned reservation is not refunded: the pause moved the schedule past it.
+                # Woken by pause(): queue again once the pause is in force in Redis. The pause
+                # gave the abandoned reservation back if it was in this object's unbroken tail
+                # of the schedule; otherwise (or in flight) it is left unused once.
                 requeued = True
                 if outcome is not None:
                     wait_for = None if end is None else max(0.0, end - loop.time())
@@ -711,6 +750,7 @@ class RedisRateLimiter:
         if isinstance(result, tuple):
             task: asyncio.Task[None] = result[1]
             return task
+        chain.used = max(chain.used, entry.seq)  # admitted: a pause cannot give it back
         return None
 
     async def _give_back(

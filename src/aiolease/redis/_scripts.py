@@ -195,19 +195,40 @@ return f(applied)
 )
 
 #: Nothing is admitted before now + pause (extends, never shortens).
-#: ARGV: clock, client_now_us, T_us, burst, pause_us. Returns 1 when the pause was extended.
+#: ARGV: clock, client_now_us, T_us, burst, pause_us, expected_state, restored_state.
+#: The pausing object's sleeping waiters give their reservations back: when ``expected_state``
+#: is not empty and the key holds exactly it (compare-and-swap, as in RATE_CANCEL: nobody else
+#: wrote since the caller's last write), the state from before the oldest of those reservations
+#: (``restored_state``, '' = none) is restored first - the caller only asks when every
+#: reservation made since that state is one of the waiters it re-queues, so none of them is ever
+#: admitted on it. A pause already in force is kept either way.
+#: Returns 2 when reservations were given back, else 1 when the pause was extended, else 0.
 RATE_PAUSE = Script(
     "rate_pause",
     _CLOCK
     + _RATE_STATE
     + """
+local given = 0
+if ARGV[6] ~= '' and old == ARGV[6] then
+  given = 2
+  local held = pu
+  slot, tat, hold, epoch, pu = 0, now, 0, now, 0
+  if ARGV[7] ~= '' then
+    local v = {}
+    for x in string.gmatch(ARGV[7], '%S+') do v[#v + 1] = tonumber(x) end
+    slot, tat, hold, epoch, pu = v[1], v[2], v[3], v[4], v[5]
+  end
+  if held > pu then pu = held end
+end
+local extended = 0
 local until_ = now + tonumber(ARGV[5])
 if until_ > pu then
   pu = until_
-  store()
-  return 1
+  extended = 1
 end
-return 0
+if given + extended > 0 then store() end
+if given > 0 then return given end
+return extended
 """,
 )
 
