@@ -68,6 +68,17 @@ def _getter(headers: dict[str, str]):  # type: ignore[no-untyped-def]
         # refuses an infinite pause, and the key would stay paused here for good
         ({"Retry-After": "9" * 400}, 2.0**31),
         ({"RateLimit": '"default";r=0;t=' + "9" * 400}, 2.0**31),
+        # a date the parser reads but no calendar holds (year 99999) is malformed too, in
+        # Retry-After or in the Date it is measured against (then the wall clock is used)
+        ({"Retry-After": "Wed, 21 Oct 99999 07:28:00 GMT"}, None),
+        ({"Retry-After": "Wed, 21 Oct 99999 07:28:00 GMT", "RateLimit-Reset": "3"}, 3.0),
+        (
+            {
+                "Date": "Wed, 21 Oct 99999 07:28:00 GMT",
+                "Retry-After": "Fri, 31 Dec 1999 23:59:59 GMT",
+            },
+            0.0,
+        ),
         ({}, None),
     ],
 )
