@@ -5,8 +5,11 @@ from __future__ import annotations
 import email.utils
 import time
 
+import httpx
 import pytest
 
+import aiolease
+import aiolease.httpx
 from aiolease._http import LEARNED_PACE_LASTS, Pauses, retry_delay
 
 
@@ -177,3 +180,18 @@ def test_a_late_resumption_is_not_taken_for_a_slow_server() -> None:
     _answers(p, 2.5, 30)
     p.throttled("a", 1.0, sent_at=3.2, now=3.25)
     assert p.pace("a", 3.25) == pytest.approx(30.5 / (1.0 + 0.75))
+
+
+async def test_a_date_beyond_the_calendar_reaches_the_caller_as_the_429() -> None:
+    """Through an adapter: the throttled response is the caller's (not a ValueError with
+    the response left open), and nothing is paused."""
+
+    def api(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, headers={"Retry-After": "Wed, 21 Oct 99999 07:28:00 GMT"})
+
+    limiter = aiolease.RateLimiter(100, per=1.0)
+    transport = aiolease.httpx.LimitedTransport(limiter, wrapped=httpx.MockTransport(api))
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+        response = await client.get("/")
+    assert response.status_code == 429
+    assert transport.paused_for("api.test") == 0.0
