@@ -79,12 +79,13 @@ def _http_date(text: str) -> float | None:
     """An HTTP-date (IMF-fixdate, RFC 850 or asctime form) as a Unix time, or None."""
     try:
         parts = email.utils.parsedate_tz(text.strip())
-    except (TypeError, ValueError, IndexError):
+        if parts is None:
+            return None
+        # An HTTP-date is always GMT; a missing zone is read as GMT too. timegm refuses
+        # what the parser lets through but no calendar holds (year 99999): malformed too.
+        return float(calendar.timegm(parts[:9])) - (parts[9] or 0)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if parts is None:
-        return None
-    # An HTTP-date is always GMT; a missing zone is read as GMT too.
-    return float(calendar.timegm(parts[:9])) - (parts[9] or 0)
 
 
 def _reference_time(header: HeaderGetter) -> float:

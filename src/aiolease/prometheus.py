@@ -82,6 +82,13 @@ _LEASES_HELP = "Slots held of a concurrency limiter."
 _RESULTS = ("acquired", "rejected", "timeout", "canceled")
 
 
+#: Multiprocess mode: per (process, counter series), the total written to the shared
+#: directory. This process's files keep the counts whichever collector wrote them, so a
+#: collector closed and made again in the same worker brings them up from there instead of
+#: adding every total a second time. Keyed by pid: a forked worker's files start at zero.
+_WRITTEN_TOTALS: dict[tuple[Any, ...], float] = {}
+
+
 def _multiprocess() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
@@ -269,7 +276,6 @@ class Collector(_Collector):
         # Multiprocess mode: the state written to the shared directory.
         self._timer: asyncio.TimerHandle | None = None
         self._soon = False
-        self._seen: dict[tuple[str, ...], float] = {}  # counter series -> the count written
         self._written: set[tuple[str, tuple[str, ...]]] = set()  # gauge series written
         if self._multiprocess:
             self._gauges = {
@@ -441,11 +447,11 @@ class Collector(_Collector):
     def _count_up(self, counter: Any, labels: tuple[str, ...], total: int) -> None:
         """Bring a counter series to ``total`` (a smaller total, when an object of a
         shared name is gone, becomes the new baseline: counters never go down)."""
-        key = (counter._name, *labels)
-        delta = total - self._seen.get(key, 0)
+        key = (os.getpid(), counter._name, *labels)
+        delta = total - _WRITTEN_TOTALS.get(key, 0)
         if delta > 0:
             counter.labels(*labels).inc(delta)
-        self._seen[key] = total
+        _WRITTEN_TOTALS[key] = total
 
 
 def _limiter_count(s: _metrics.LimiterState, result: str) -> int:

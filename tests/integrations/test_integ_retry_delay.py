@@ -5,8 +5,11 @@ from __future__ import annotations
 import email.utils
 import time
 
+import httpx
 import pytest
 
+import aiolease
+import aiolease.httpx
 from aiolease._http import LEARNED_PACE_LASTS, Pauses, retry_delay
 
 
@@ -68,6 +71,17 @@ def _getter(headers: dict[str, str]):  # type: ignore[no-untyped-def]
         # refuses an infinite pause, and the key would stay paused here for good
         ({"Retry-After": "9" * 400}, 2.0**31),
         ({"RateLimit": '"default";r=0;t=' + "9" * 400}, 2.0**31),
+        # a date the parser reads but no calendar holds (year 99999) is malformed too, in
+        # Retry-After or in the Date it is measured against (then the wall clock is used)
+        ({"Retry-After": "Wed, 21 Oct 99999 07:28:00 GMT"}, None),
+        ({"Retry-After": "Wed, 21 Oct 99999 07:28:00 GMT", "RateLimit-Reset": "3"}, 3.0),
+        (
+            {
+                "Date": "Wed, 21 Oct 99999 07:28:00 GMT",
+                "Retry-After": "Fri, 31 Dec 1999 23:59:59 GMT",
+            },
+            0.0,
+        ),
         ({}, None),
     ],
 )
@@ -166,3 +180,18 @@ def test_a_late_resumption_is_not_taken_for_a_slow_server() -> None:
     _answers(p, 2.5, 30)
     p.throttled("a", 1.0, sent_at=3.2, now=3.25)
     assert p.pace("a", 3.25) == pytest.approx(30.5 / (1.0 + 0.75))
+
+
+async def test_a_date_beyond_the_calendar_reaches_the_caller_as_the_429() -> None:
+    """Through an adapter: the throttled response is the caller's (not a ValueError with
+    the response left open), and nothing is paused."""
+
+    def api(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, headers={"Retry-After": "Wed, 21 Oct 99999 07:28:00 GMT"})
+
+    limiter = aiolease.RateLimiter(100, per=1.0)
+    transport = aiolease.httpx.LimitedTransport(limiter, wrapped=httpx.MockTransport(api))
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+        response = await client.get("/")
+    assert response.status_code == 429
+    assert transport.paused_for("api.test") == 0.0

@@ -203,6 +203,49 @@ def test_multiprocess_mode_sums_the_workers(tmp_path: Path) -> None:
     assert registry.get_sample_value("db_client_connection_wait_time_seconds_count", shared) == 4
 
 
+_REMADE = textwrap.dedent(
+    """
+    import asyncio
+    from aiolease import Pool, PoolTimeout, RateLimiter, prometheus
+    from aiolease.testing import FakeManager
+
+    async def main():
+        collector = prometheus.Collector()
+        limiter = RateLimiter(1, per=60.0, name="remade")
+        pool = Pool(FakeManager(), max_size=1, name="remade")
+        async with pool, pool.acquire():
+            limiter.acquire_nowait()
+            for _ in range(2):
+                try:
+                    await pool.acquire(timeout=0)
+                except PoolTimeout:
+                    pass
+            await asyncio.sleep(0)  # the state is written once per turn of the loop
+            collector.close()
+            collector = prometheus.Collector()  # made again in the same worker
+            await asyncio.sleep(0)
+            collector.close()
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_a_collector_made_again_in_a_worker_counts_nothing_twice(tmp_path: Path) -> None:
+    """Multiprocess mode: the counters read from the pools' and limiters' totals (pool
+    timeouts, limiter requests) live in the worker's files, not in one collector; a
+    collector closed and made again in the same worker adds only what happened since."""
+    from prometheus_client import multiprocess
+
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-W", "ignore", "-c", _REMADE], env=env, timeout=60, check=True)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(tmp_path))  # type: ignore[no-untyped-call]
+    assert registry.get_sample_value("db_client_connection_timeouts_total", {POOL: "remade"}) == 2
+    acquired = {"aiolease_limiter_name": "remade", "aiolease_limiter_result": "acquired"}
+    assert registry.get_sample_value("aiolease_limiter_requests_total", acquired) == 1
+
+
 def test_a_value_on_a_bound_counts_in_that_bucket() -> None:
     from aiolease.prometheus import _LocalHistogram
 
