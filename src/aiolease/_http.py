@@ -100,6 +100,11 @@ def _reference_time(header: HeaderGetter) -> float:
     return at if at is not None else time.time()
 
 
+def _until(at: float, header: HeaderGetter) -> float:
+    """The delay until the absolute time ``at``, capped as delta-seconds are (see _number)."""
+    return min(max(0.0, at - _reference_time(header)), _DELTA_MAX)
+
+
 def _retry_after(value: str, header: HeaderGetter) -> float | None:
     seconds = _number(value)
     if seconds is not None:
@@ -107,7 +112,7 @@ def _retry_after(value: str, header: HeaderGetter) -> float | None:
     at = _http_date(value)
     if at is None:
         return None
-    return max(0.0, at - _reference_time(header))
+    return _until(at, header)
 
 
 def _params(member: str) -> tuple[str, dict[str, str]]:
@@ -151,7 +156,7 @@ def _ratelimit_reset(value: str, header: HeaderGetter) -> float | None:
     if seconds is None:
         return None
     if seconds > _EPOCH_THRESHOLD:
-        return max(0.0, seconds - _reference_time(header))
+        return _until(seconds, header)
     return seconds
 
 

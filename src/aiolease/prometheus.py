@@ -433,21 +433,24 @@ class Collector(_Collector):
             set_gauge("db_client_connection_count", (p.name, "used"), p.used)
             for name, (_, field) in _POOL_GAUGES.items():
                 set_gauge(name, (p.name,), getattr(p, field))
-            self._count_up(self._timeouts, (p.name,), p.timeouts)
+            self._count_up("timeouts", self._timeouts, (p.name,), p.timeouts)
         for s in _metrics.limiters():
             set_gauge("aiolease_limiter_queued_requests", (s.name,), s.queued)
             if s.active_leases is not None:
                 set_gauge("aiolease_limiter_active_leases", (s.name,), s.active_leases)
             for result in _RESULTS:
-                self._count_up(self._requests, (s.name, result), _limiter_count(s, result))
+                self._count_up(
+                    "requests", self._requests, (s.name, result), _limiter_count(s, result)
+                )
         for name, labels in self._written - written:  # pools and limiters gone: 0
             self._gauges[name].labels(*labels).set(0)
         self._written = written
 
-    def _count_up(self, counter: Any, labels: tuple[str, ...], total: int) -> None:
+    def _count_up(self, family: str, counter: Any, labels: tuple[str, ...], total: int) -> None:
         """Bring a counter series to ``total`` (a smaller total, when an object of a
-        shared name is gone, becomes the new baseline: counters never go down)."""
-        key = (os.getpid(), counter._name, *labels)
+        shared name is gone, becomes the new baseline: counters never go down).
+        ``family`` names the counter in the per-process record of what was written."""
+        key = (os.getpid(), family, *labels)
         delta = total - _WRITTEN_TOTALS.get(key, 0)
         if delta > 0:
             counter.labels(*labels).inc(delta)

@@ -82,6 +82,14 @@ def _getter(headers: dict[str, str]):  # type: ignore[no-untyped-def]
             },
             0.0,
         ),
+        # an absolute time far ahead is capped as delta-seconds are
+        (
+            {
+                "Date": "Fri, 31 Dec 1999 23:59:50 GMT",
+                "Retry-After": "Fri, 31 Dec 9999 23:59:59 GMT",
+            },
+            2.0**31,
+        ),
         ({}, None),
     ],
 )

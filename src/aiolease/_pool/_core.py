@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import sys
+import inspect
 from collections import deque
 from collections.abc import Awaitable, Callable
 from types import EllipsisType, TracebackType
@@ -386,7 +386,7 @@ class Pool(Options[T]):
         if observer is not None:
             observer.leased(0.0 if start is None else now - start)
         if self._leak_timeout is not None or _tracking.active:
-            self._housekeeper.watch(entry, sys._getframe(1))
+            self._housekeeper.watch(entry, inspect.currentframe())
         else:
             entry.lease_stack = None
         hooks = self._hooks

@@ -52,8 +52,9 @@ class Housekeeper:
 
     def watch(self, entry: Entry[Any], frame: FrameType | None) -> None:
         """A lease begins (leak_timeout set, or leak_check active): keep where it was
-        acquired (``frame``: the acquiring call's) and arm its leak report."""
-        entry.lease_stack = caller_stack(frame)
+        acquired (``frame``: the pool's leasing method's; its caller acquired) and arm
+        its leak report."""
+        entry.lease_stack = caller_stack(None if frame is None else frame.f_back)
         leak_timeout = self._pool._leak_timeout
         if leak_timeout is not None:  # (leak_reported is read only then)
             entry.leak_reported = False

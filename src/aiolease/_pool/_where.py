@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import warnings
@@ -14,17 +15,21 @@ _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 def _outside_frames() -> int:
     """How many frames up from our caller's caller the first frame outside aiolease is."""
-    frame = sys._getframe(2)
+    here = inspect.currentframe()  # this function's frame
+    frame = None if here is None or here.f_back is None else here.f_back.f_back
     level = 1
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
-        frame = frame.f_back  # type: ignore[assignment]
+        frame = frame.f_back
         level += 1
     return level
 
 
 def user_location() -> str:
     """``file:line`` of the innermost caller outside aiolease (where a pool was made)."""
-    frame = sys._getframe(1)
+    here = inspect.currentframe()
+    if here is None or here.f_back is None:  # an interpreter without frame support
+        return "<unknown>"
+    frame = here.f_back
     while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
         frame = frame.f_back
     return f"{frame.f_code.co_filename}:{frame.f_lineno}"
