@@ -1,8 +1,9 @@
 """The limiters' Redis calls: one pipelined connection, bounded calls, health and background tasks.
 
 :class:`Caller` runs a Lua script in one round trip, bounded by ``call_timeout`` (connecting
-included) on the event loop's clock. :class:`Health` remembers that Redis failed and spaces out
-the next attempts (no retry storm). :class:`Background` owns a limiter's fire-and-forget calls.
+included) on the event loop's clock, judged by :func:`recheck`. :class:`Health` remembers that
+Redis failed and spaces out the next attempts (no retry storm). :class:`Background` owns a
+limiter's fire-and-forget calls.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
 import redis.asyncio as _redis_asyncio
@@ -31,7 +33,16 @@ if TYPE_CHECKING:
 
     Client = Redis | RedisCluster
 
-__all__ = ["UNAVAILABLE", "Background", "Caller", "Health", "check_client", "wake"]
+__all__ = [
+    "UNAVAILABLE",
+    "Background",
+    "Bound",
+    "Caller",
+    "Health",
+    "check_client",
+    "recheck",
+    "wake",
+]
 
 logger = get_logger("aiolease.redis")
 
@@ -69,6 +80,65 @@ def check_client(client: object, cls: str) -> None:
 def wake(fut: asyncio.Future[Any]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+def recheck(stage: int, now: float, due: float, timeout: float) -> float | None:
+    """When to look again at a call still unanswered at its deadline, or None: it has expired.
+
+    ``stage`` counts the looks taken since the deadline (0: the timer due at ``due`` itself).
+    A timer can run after a reply has arrived but before the task that reads it: a loop pass
+    polls the sockets, then runs the callbacks due (the timer among them), and only the next
+    pass runs the reader the poll woke up. After the loop was blocked past the deadline (a
+    synchronous call, a long GC pause, SIGSTOP) that is the usual order, with every reply that
+    came meanwhile waiting to be read. So the deadline is not the end: stage 0 gives back the
+    time the loop was late for it (at most ``timeout``: a call still queued behind others then
+    gets its round trip too), stage 1 waits one more loop pass, and only stage 2 fails the call,
+    once whatever had arrived has been polled and read. Bounded: while the loop runs on time a
+    silent Redis fails a call two loop passes after its deadline.
+    """
+    if stage == 0:
+        return now + min(max(now - due, 0.0), timeout)
+    if stage == 1:
+        return now
+    return None
+
+
+class Bound:
+    """``async with Bound(timeout):`` is ``asyncio.timeout(timeout)`` expiring by
+    :func:`recheck` (the public path's calls and the pipe's connect are bounded by it)."""
+
+    __slots__ = ("_cm", "_handle", "_stage", "_timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+        self._cm = asyncio.timeout(None)
+        self._handle: asyncio.TimerHandle | None = None
+        self._stage = 0
+
+    async def __aenter__(self) -> None:
+        await self._cm.__aenter__()
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self._timeout
+        self._handle = loop.call_at(due, self._check, due)
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        await self._cm.__aexit__(et, e, tb)  # TimeoutError if it expired
+
+    def _check(self, due: float) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        later = recheck(self._stage, now, due, self._timeout)
+        self._stage += 1
+        if later is None:
+            self._handle = None
+            self._cm.reschedule(now)  # expired: asyncio.timeout cancels the task
+        else:
+            self._handle = loop.call_at(later, self._check, later)
 
 
 def b(value: Any) -> bytes:
@@ -191,6 +261,7 @@ class Caller:
         "_connecting",
         "_direct",
         "_drops",
+        "_late",
         "_link",
         "_loaded",
         "_more",
@@ -226,6 +297,8 @@ class Caller:
         #: ONE timer for the whole pipe, not one per call: replies come in order, so only the
         #: oldest pending call can be the first to be late (see _watchdog).
         self._watch: asyncio.TimerHandle | None = None
+        #: (the oldest pending call, the looks taken at it since its deadline: see recheck).
+        self._late: tuple[asyncio.Future[Any], int] | None = None
         #: closes of dropped connections still running.
         self._drops: set[asyncio.Task[None]] = set()
         #: Without the pipe, calls go one at a time in call order (FIFO per key, as with it),
@@ -277,7 +350,7 @@ class Caller:
             if conn is not None:  # closed under us (e.g. the client disconnected its pool)
                 self._break(_rexc.ConnectionError("connection closed"))
             try:
-                async with asyncio.timeout(self.timeout):
+                async with Bound(self.timeout):
                     fut = await self._connect_send(packed, on_abandon)
             except TimeoutError as exc:  # the loop's bound, not redis-py's socket timeout
                 raise _rexc.TimeoutError(
@@ -309,21 +382,29 @@ class Caller:
         elif self._more is not None and not self._more.done():
             self._more.set_result(None)
         if self._watch is None:
-            self._watch = loop.call_at(deadline, self._watchdog)
+            self._watch = loop.call_at(deadline, self._watchdog, deadline)
         return fut
 
-    def _watchdog(self) -> None:
+    def _watchdog(self, due: float) -> None:
         self._watch = None
         if not self._pending:
             return
-        deadline = self._pending[0][2]
+        fut, _, deadline = self._pending[0]
         loop = asyncio.get_running_loop()
-        if loop.time() >= deadline:
+        now = loop.time()
+        if now < deadline:
+            self._watch = loop.call_at(deadline, self._watchdog, deadline)
+            return
+        late = self._late
+        stage = late[1] if late is not None and late[0] is fut else 0
+        later = recheck(stage, now, max(due, deadline), self.timeout)
+        if later is None:
             # No reply in time: the server or the path to it is in trouble. What was sent is
             # indeterminate (never resent); the pipe is dropped so later calls start afresh.
             self._break(_rexc.TimeoutError(f"no reply from Redis within {self.timeout}s"))
         else:
-            self._watch = loop.call_at(deadline, self._watchdog)
+            self._late = (fut, stage + 1)
+            self._watch = loop.call_at(later, self._watchdog, later)
 
     async def _connect_send(
         self, packed: bytes, on_abandon: Callable[[Any], None] | None
@@ -418,6 +499,7 @@ class Caller:
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
+        self._late = None
         for fut, _, _ in pending:
             if not fut.done():
                 err = _rexc.ConnectionError(f"connection to Redis lost: {exc!r}")
@@ -492,7 +574,7 @@ class Caller:
         if self._order is None:
             self._order = asyncio.Lock()
         try:
-            async with asyncio.timeout(self.timeout), self._order:
+            async with Bound(self.timeout), self._order:
                 try:
                     return await client.evalsha(script.sha, len(keys), *keys, *args)
                 except _rexc.NoScriptError:
