@@ -93,7 +93,7 @@ async def close_all(pool: Pool[Any], drain: Drain) -> None:
     the pool made is closed or abandoned."""
     loop = asyncio.get_running_loop()
     pool._housekeeper.cancel()
-    pool._queue.deadlines.close()
+    pool._queue.disarm()
     closed = PoolClosed(f"{pool!r} was closed while waiting")
     while pool._waiters:
         fut = pool._waiters.popleft()
