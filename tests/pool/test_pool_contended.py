@@ -106,7 +106,7 @@ async def test_a_waiter_served_before_its_deadline_leaves_the_later_ones_on_time
     assert loop.time() - start == pytest.approx(2.5)  # at its own deadline, no later
     assert pool.statistics().timeouts == 1
     await pool.release(held)
-    assert pool._queue.deadlines._timer is None
+    assert pool._queue._timer is None
     await pool.aclose()
 
 
@@ -130,7 +130,7 @@ async def test_a_queued_task_times_out_and_leaves_the_queue(how: str) -> None:
     await pool.release(held)
     assert await first is held
     await pool.release(held)
-    assert pool._queue.deadlines._timer is None  # no timed wait left: the timer is disarmed
+    assert pool._queue._timer is None  # no timed wait left: the timer is disarmed
     await pool.aclose()
 
 

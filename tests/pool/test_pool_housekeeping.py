@@ -38,7 +38,7 @@ def _loop() -> VirtualTimeLoop:
 def _pool_timers(pool: Pool[Any]) -> list[asyncio.TimerHandle]:
     """The timers this pool has scheduled on the running loop (white-box: asyncio internals)."""
     scheduled: list[Any] = _loop()._scheduled  # type: ignore[attr-defined]
-    owners: tuple[object, ...] = (pool, pool._housekeeper, pool._queue.deadlines, pool._creations)
+    owners: tuple[object, ...] = (pool, pool._housekeeper, pool._queue, pool._creations)
     return [
         h
         for h in scheduled

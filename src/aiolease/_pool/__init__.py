@@ -1,7 +1,7 @@
 """The generic resource pool: a small core (:mod:`._core`) beside its collaborators.
 
-``_backoff`` (creation backoff, time passed in), ``_queue`` (the waiters and,
-with ``_deadlines``, their timeouts on one timer), ``_creations`` (creations in
+``_backoff`` (creation backoff, time passed in), ``_queue`` (the waiters and
+their timeouts on one timer), ``_creations`` (creations in
 flight and whom they serve), ``_housekeeping`` (lifetime, idle, leak reports),
 ``_closing`` (closing resources, and aclose with its reports), ``_stats``
 (counters, the snapshot, the repr), ``_args`` (the options, checked),

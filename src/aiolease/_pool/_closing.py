@@ -25,6 +25,7 @@ __all__ = [
     "close_all",
     "close_broken",
     "close_resource",
+    "detach",
     "error_text",
     "note_discard",
     "reset_then_hand_off",
@@ -93,7 +94,7 @@ async def close_all(pool: Pool[Any], drain: Drain) -> None:
     the pool made is closed or abandoned."""
     loop = asyncio.get_running_loop()
     pool._housekeeper.cancel()
-    pool._queue.deadlines.close()
+    pool._queue.disarm()
     closed = PoolClosed(f"{pool!r} was closed while waiting")
     while pool._waiters:
         fut = pool._waiters.popleft()
@@ -152,7 +153,7 @@ def _close_outstanding(pool: Pool[Any], drain: Drain, now: float) -> None:
             pool,
             entry.describe(now),
         )
-        pool._detach(entry)
+        detach(pool, entry)
         pool._close_soon(entry)
     drain.closed_out.update(pool._in_use)
     pool._in_use.clear()
@@ -231,6 +232,13 @@ async def reset_then_hand_off(pool: Pool[Any], entry: Entry[Any]) -> None:
         pool._observer.reset_done()
     if pending is not None:
         await pending
+
+
+def detach(pool: Pool[Any], entry: Entry[Any]) -> None:
+    """End a wrapping manager's per-lease object (it refuses use from now on)."""
+    hook = pool._hooks.detach
+    if hook is not None and entry.handle is not entry.resource:
+        hook(entry.handle)
 
 
 def error_text(exc: BaseException) -> str:

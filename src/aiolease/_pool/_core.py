@@ -35,7 +35,7 @@ from .._transaction import PoolAtomic
 from ..abc import Manager
 from ._acquire import Acquire, needs_check, run_check, self_wait_error, waiting_on_itself
 from ._args import Options, check_timeout
-from ._closing import Drain, close_broken, close_resource, reset_then_hand_off, retire
+from ._closing import Drain, close_broken, close_resource, detach, reset_then_hand_off, retire
 from ._creations import Creations
 from ._entries import CallableManager, Entry, Hooks
 from ._housekeeping import Housekeeper, idle_deadline, leak_report, warn_unclosed
@@ -370,14 +370,12 @@ class Pool(Options[T]):
             raise
         into._entry = entry
         entry.scoped = into._scoped
-        handle = self._lease(entry, start)
-        if waited:  # the wait statistics (one copy): up to the lease's start
-            self._counters.waited(entry.lease_start - start)
-        return handle
+        return self._lease(entry, start, waited)
 
-    def _lease(self, entry: Entry[T], start: float | None = None) -> T:
+    def _lease(self, entry: Entry[T], start: float | None = None, waited: bool = False) -> T:
         """The lease bookkeeping (one copy): ``entry`` goes to the current task, which
-        asked for it at ``start`` (None: just now, served on the spot)."""
+        asked for it at ``start`` (None: just now, served on the spot), after a wait
+        in the queue if ``waited``."""
         info = entry.info
         info.uses += 1
         entry.holder = asyncio.current_task(self._loop)
@@ -396,6 +394,12 @@ class Pool(Options[T]):
             entry.ready = None
         self._in_use[entry.key] = entry
         self._counters.acquired += 1
+        if waited:  # the wait statistics: up to the lease's start
+            assert start is not None
+            counters, wait = self._counters, now - start
+            counters.wait_total += wait
+            if wait > counters.wait_max:
+                counters.wait_max = wait
         if hooks.on_acquire is not None:
             hooks.on_acquire(entry.resource, info)
         return entry.handle
@@ -439,7 +443,7 @@ class Pool(Options[T]):
         hooks = self._hooks
         resource = entry.resource
         if hooks.detach is not None:  # the lease's handle refuses use from now on
-            self._detach(entry)
+            detach(self, entry)
         if hooks.on_release is not None:
             hooks.on_release(resource, info)
         if _tracking._broken and _tracking.is_broken(resource):
@@ -453,12 +457,6 @@ class Pool(Options[T]):
         ):
             return self._spawn(reset_then_hand_off(self, entry))
         return self._hand_off(entry)
-
-    def _detach(self, entry: Entry[T]) -> None:
-        """End a wrapping manager's per-lease object (it refuses use from now on)."""
-        detach = self._hooks.detach
-        if detach is not None and entry.handle is not entry.resource:
-            detach(entry.handle)
 
     # ------------------------------------------------------------------ hand-off
 

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .._errors import PoolTimeout, TooManyWaiters
 from ._acquire import self_wait_error, waiting_on_itself
-from ._deadlines import Deadlines
 from ._entries import Entry
 
 if TYPE_CHECKING:
@@ -30,19 +29,28 @@ Waiter = asyncio.Future[Entry[Any]]
 
 
 class WaitQueue(Generic[T]):
-    """The pool's waiters (``futures``, oldest at the left) and their ``deadlines``."""
+    """The pool's waiters (``futures``, oldest at the left) and their deadlines.
 
-    __slots__ = ("_due", "_pool", "deadlines", "futures")
+    Every timed wait shares one loop timer, armed for the earliest deadline: a
+    waiter admitted with an earlier one re-arms it; when it fires, the waits
+    whose deadline has come time out and it is re-armed for the earliest one
+    left; it is disarmed when the queue empties. A wait that ends costs nothing
+    here but dropping its deadline.
+    """
+
+    __slots__ = ("_due", "_loop", "_pool", "_timer", "_when", "futures")
 
     def __init__(self, pool: Pool[T], futures: deque[Waiter]) -> None:
         self._pool = pool
         self.futures = futures
         self._due: dict[Waiter, float] = {}  # the deadline of each timed waiter
-        self.deadlines = Deadlines(None, self._expire)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._when = _INF  # when _timer fires
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """The pool opened on ``loop``: the deadline timer runs there."""
-        self.deadlines = Deadlines(loop, self._expire)
+        self._loop = loop
 
     def admit(self, front: bool, deadline: float) -> Waiter:
         """Queue a new waiter of the running loop that times out at ``deadline`` (at the
@@ -58,7 +66,8 @@ class WaitQueue(Generic[T]):
         fut: Waiter = asyncio.Future()  # of the running loop
         if deadline != _INF:
             self._due[fut] = deadline
-            self.deadlines.due(deadline)
+            if deadline < self._when:
+                self._arm(deadline)
         first = not futures  # nobody queued ahead (see the self-wait check below)
         if front:
             futures.appendleft(fut)
@@ -101,8 +110,8 @@ class WaitQueue(Generic[T]):
                 break
         else:
             fut = None
-        if not futures:
-            self.deadlines.close()  # no wait left to time out
+        if not futures and self._timer is not None:
+            self.disarm()  # no wait left to time out
         return fut
 
     def remove(self, fut: Waiter) -> None:
@@ -113,8 +122,8 @@ class WaitQueue(Generic[T]):
         except ValueError:
             pass
         self._due.pop(fut, None)
-        if not futures:
-            self.deadlines.close()
+        if not futures and self._timer is not None:
+            self.disarm()
         self._pool._creations.unbind(fut)
 
     def abandon(self, fut: Waiter) -> None:
@@ -129,12 +138,29 @@ class WaitQueue(Generic[T]):
             fut.cancel()
         pool._dispatch()
 
-    def _expire(self, now: float) -> float:
+    def disarm(self) -> None:
+        """No wait left to time out (or the pool closes): the timer stops."""
+        self._arm(_INF)
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._when = when
+        if when != _INF:
+            assert self._loop is not None, "a timed wait before the pool opened"
+            self._timer = self._loop.call_at(when, self._expire, when)
+
+    def _expire(self, now: float) -> None:
         """The shared deadline timer fired at ``now``: time out the waits whose deadline
-        has come; returns the earliest deadline left."""
+        has come, then re-arm it for the earliest deadline left."""
+        self._timer = None
+        self._when = _INF
         for fut in [fut for fut, deadline in self._due.items() if deadline <= now]:
             self._time_out(fut)
-        return min(self._due.values(), default=_INF)
+        earliest = min(self._due.values(), default=_INF)
+        if earliest != _INF:
+            self._arm(earliest)
 
     def _time_out(self, fut: Waiter) -> None:
         """``fut``'s wait is over."""

@@ -83,12 +83,6 @@ class Counters:
         self.wait_total = 0.0
         self.wait_max = 0.0
 
-    def waited(self, seconds: float) -> None:
-        """An acquirer waited ``seconds`` for its lease."""
-        self.wait_total += seconds
-        if seconds > self.wait_max:
-            self.wait_max = seconds
-
 
 def snapshot(pool: Pool[Any]) -> PoolStatistics:
     """``pool``'s counts with its current sizes."""
