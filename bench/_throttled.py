@@ -15,10 +15,13 @@ already closed. A client that honours the pause gets one 429 per episode
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
+import json
 import math
 import os
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -149,6 +152,52 @@ class ThrottledServer:
         await self._runner.cleanup()
 
 
+@asynccontextmanager
+async def server_process(rate: float, burst: float, style: str) -> AsyncIterator[Any]:
+    """A ``ThrottledServer(rate, burst, style=style)`` in a child process.
+
+    Yields an object with ``url`` and, once the block has ended, ``counts`` (the
+    server's ``Counts``; its instants are the child's loop clock, the same
+    monotonic clock as this process's). The server's request handling then
+    does not run on the client's event loop, where it would delay the client's
+    own limiter as no remote server does.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        str(rate),
+        str(burst),
+        style,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    remote = _Remote((await proc.stdout.readline()).decode().strip())
+    try:
+        yield remote
+    finally:
+        proc.stdin.write(b"\n")
+        await proc.stdin.drain()
+        line = await proc.stdout.readline()
+        await proc.wait()
+    remote.counts = Counts(**json.loads(line))
+
+
+@dataclass
+class _Remote:
+    url: str
+    counts: Counts = field(default_factory=Counts)
+
+
+async def _serve_child(rate: float, burst: float, style: str) -> None:
+    """The child of :func:`server_process`: print the URL, serve until a line comes on stdin."""
+    async with ThrottledServer(rate, burst, style=style) as server:
+        print(server.url, flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    print(json.dumps(dataclasses.asdict(server.counts)), flush=True)
+
+
 @dataclass
 class Run:
     client: str
@@ -276,16 +325,22 @@ async def measure(
     style: str = "retry-after",
     limiter: str = "local",
     redis_url: str | None = None,
+    in_process: bool = True,
 ) -> Run:
-    """``n`` concurrent GETs through ``client`` limited to ``client_rate``/s at a ``rate``/s server."""
+    """``n`` concurrent GETs through ``client`` limited to ``client_rate``/s at a ``rate``/s server.
+
+    ``in_process=False``: the server runs in a child process (:func:`server_process`).
+    """
     async with (
-        ThrottledServer(rate, burst, style=style) as server,
+        ThrottledServer(rate, burst, style=style)
+        if in_process
+        else server_process(rate, burst, style) as server,
         client_limiter(limiter, client_rate, redis_url) as limits,
     ):
         statuses = await CLIENTS[client](server.url, n, limits)
-        # The server's view: from the first request it saw to the last it served.
-        first, last = server.counts.first, server.counts.last_served
-        elapsed = (last - first) if first is not None and last is not None else 0.0
+    # The server's view: from the first request it saw to the last it served.
+    first, last = server.counts.first, server.counts.last_served
+    elapsed = (last - first) if first is not None and last is not None else 0.0
     return Run(
         client=client,
         requests=n,
@@ -310,3 +365,7 @@ def _steady(counts: Counts, rate: float) -> float | None:
     a, b = counts.episode_starts[0], counts.episode_starts[-1]
     served = sum(1 for t in counts.served_at if a <= t < b)
     return served / ((b - a) * rate)
+
+
+if __name__ == "__main__":
+    asyncio.run(_serve_child(float(sys.argv[1]), float(sys.argv[2]), sys.argv[3]))

@@ -5,11 +5,14 @@ second with a bucket of ``--burst``; ``--requests`` GETs are started at once
 through a client whose own limiter (``--limiter``: a ``RateLimiter``, a
 ``LimitGroup``, or a ``RedisRateLimiter`` on ``AIOLEASE_REDIS_URL``) is set to
 ``--client-rate`` (above the server's limit, as when the documented limit is
-wrong or shared). Printed per client and header style: the 429s, the server's
-throttling episodes (a 429 after the previous announced wait had passed), 429s
-per episode, and the achieved share of the limit (the time the limit needs for
-the requests over the time taken); with ``--rounds`` above 1, each round and
-then the medians. Not a test: nothing here asserts timings.
+wrong or shared). The server runs in a child process, as a remote server
+does not share the client's event loop (``--in-process``: in this one, where
+its request handling delays the client's own limiter). Printed per client and
+header style: the 429s, the server's throttling episodes (a 429 after the
+previous announced wait had passed), 429s per episode, and the achieved share
+of the limit (the time the limit needs for the requests over the time taken);
+with ``--rounds`` above 1, each round and then the medians. Not a test:
+nothing here asserts timings.
 """
 
 from __future__ import annotations
@@ -58,7 +61,8 @@ def _row(client: str, style: str, runs: list[Any]) -> str:
 async def main(args: argparse.Namespace) -> None:
     print(
         f"server: {args.rate:g}/s, bucket {args.burst:g}; client limiter {args.client_rate:g}/s "
-        f"({args.limiter}); {args.requests} concurrent GETs; {args.rounds} round(s)"
+        f"({args.limiter}); {args.requests} concurrent GETs; {args.rounds} round(s); "
+        f"server {'in this process' if args.in_process else 'in a child process'}"
     )
     print(HEADER)
     runs: dict[tuple[str, str], list[Any]] = {}
@@ -77,6 +81,7 @@ async def main(args: argparse.Namespace) -> None:
                     n=args.requests,
                     style=style,
                     limiter=args.limiter,
+                    in_process=args.in_process,
                 )
                 runs.setdefault((client, style), []).append(run)
                 print(_row(client, style, [run]))
@@ -95,6 +100,11 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--limiter", default="local", choices=throttled.LIMITERS)
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the server on the client's event loop (the figures before 2026-12-05)",
+    )
     parser.add_argument(
         "--styles", nargs="+", default=list(throttled.STYLES), choices=throttled.STYLES
     )

@@ -210,13 +210,36 @@ class _Key:
     the key is waiting to be sent: a client that is not pushing leaves the
     server's bucket to fill up and overflow, and what is served then says
     nothing of the server's rate.
+
+    The key's first episode already gives a provisional pace when nothing was
+    sent on the key for at least the wait it announces before the key's first
+    send (or ever): the server's bucket was then as full as after a pause, so
+    what it accepted from the first answer on (half a token added, as above),
+    over the announced wait plus the time requests of the key were waiting to
+    be sent, is its rate. That estimate is off by up to half a request over
+    its span either way, and after the one pause the requests left may need
+    exactly what the server regains: its bucket starts one request short, so
+    that an estimate a hair too high does not send the last of them into a
+    second 429 and a whole second wait. Time when no request was waiting is
+    left out (the server's bucket may have overflowed then, which would make
+    the rate look too low); the accepted requests sent in it are kept, so that
+    estimate errs high, costing one more episode. The second episode replaces
+    it.
     """
 
     __slots__ = (
         "burst",
+        "early",
         "episode",
+        "first_answer",
+        "first_sent",
+        "first_span",
         "generation",
+        "idle",
+        "idle_since",
+        "last_sent",
         "learned_at",
+        "quiet",
         "rate",
         "resumed",
         "served",
@@ -235,6 +258,20 @@ class _Key:
         self.episode = -math.inf  # when the latest episode began
         self.span_start: float | None = None  # first episode of the learning span
         self.served = 0  # responses not throttled, to requests sent within the span
+        # Before the first episode: the first send, the silence before it, the
+        # first answer not throttled, the latest send, the seconds nothing waited
+        # since the first answer (and the ongoing spell), and the answers not
+        # throttled to requests sent from the first send on.
+        self.first_sent: float | None = None
+        self.first_answer: float | None = None
+        self.quiet = math.inf
+        self.last_sent = -math.inf
+        self.idle = 0.0
+        self.idle_since: float | None = None
+        self.early = 0
+        # The seconds the first episode's pace is reckoned over, while that pace
+        # is in force: answers still in flight at the episode are added to it.
+        self.first_span: float | None = None
         self.span = 0.0  # seconds of the span the server was being used: waits and sending
         self.waited = 0.0  # the latest episode's announced wait
         self.resumed: float | None = None  # the first send after the latest episode
@@ -267,24 +304,31 @@ class Pauses:
     its learned pace (see :class:`_Key`) has come; the pace only ever delays,
     so every limit of the caller's own limiter still holds. Entries of keys
     that are idle, not paused and without a pace are dropped when read, and all
-    of them whenever the map has doubled since the last sweep.
+    of them whenever the map has doubled since the last sweep. A key created
+    again takes the latest send of any dropped key as its own last send: its
+    silence is understated, never overstated.
     """
 
-    __slots__ = ("_keys", "_sweep_mark")
+    __slots__ = ("_forgotten", "_keys", "_sweep_mark")
 
     def __init__(self) -> None:
         self._keys: dict[Hashable, _Key] = {}
         self._sweep_mark = 64
+        self._forgotten = -math.inf  # the latest send of a dropped entry
 
     def _state(self, key: Hashable, now: float) -> _Key:
         st = self._keys.get(key)
         if st is None:
             st = self._keys[key] = _Key()
+            st.last_sent = self._forgotten
             if len(self._keys) >= self._sweep_mark:
                 for k in [k for k, s in self._keys.items() if s is not st and self._idle(s, now)]:
-                    del self._keys[k]
+                    self._drop(k)
                 self._sweep_mark = max(64, 2 * len(self._keys))
         return st
+
+    def _drop(self, key: Hashable) -> None:
+        self._forgotten = max(self._forgotten, self._keys.pop(key).last_sent)
 
     @staticmethod
     def _idle(st: _Key, now: float) -> bool:
@@ -304,7 +348,7 @@ class Pauses:
         if st is None:
             return 0.0
         if self._idle(st, now):
-            del self._keys[key]
+            self._drop(key)
             return 0.0
         return max(0.0, st.until - now)
 
@@ -315,38 +359,66 @@ class Pauses:
 
     def begin(self, key: Hashable, now: float) -> None:
         """An attempt for ``key`` waits to be sent (then :meth:`sent` or :meth:`gave_up`)."""
-        self._state(key, now).waiting += 1
+        st = self._state(key, now)
+        st.waiting += 1
+        if st.idle_since is not None:
+            st.idle += max(0.0, now - st.idle_since)
+            st.idle_since = None
 
     def sent(self, key: Hashable, at: float) -> None:
         """The attempt is sent at ``at``."""
         st = self._keys[key]
         if st.resumed is None and at >= st.episode:
             st.resumed = at
-        self._left(st)
+        if st.first_sent is None:
+            st.first_sent = at
+            st.quiet = at - st.last_sent
+        st.last_sent = max(st.last_sent, at)
+        self._left(st, at)
 
-    def gave_up(self, key: Hashable) -> None:
+    def gave_up(self, key: Hashable, now: float) -> None:
         """The attempt ends without being sent (a limiter timeout, a cancellation)."""
-        self._left(self._keys[key])
+        self._left(self._keys[key], now)
 
     @staticmethod
-    def _left(st: _Key) -> None:
+    def _left(st: _Key, now: float) -> None:
         st.waiting -= 1
         if st.waiting == 0:  # nothing pushing: the learning span restarts at the next episode
+            if st.first_sent is not None and st.episode == -math.inf:
+                st.idle_since = now  # before the first episode: see _first_episode
             st.span_start = None
             st.served = 0
             st.span = 0.0
 
-    def answered(self, key: Hashable, sent_at: float) -> None:
-        """A response that was not throttled, to a request sent at ``sent_at``."""
+    def answered(self, key: Hashable, sent_at: float, now: float) -> None:
+        """A response that was not throttled, to a request sent at ``sent_at``, came at ``now``."""
         st = self._keys.get(key)
-        if st is not None and st.span_start is not None and sent_at >= st.span_start:
+        if st is None:
+            return
+        if st.span_start is not None and sent_at >= st.span_start:
             st.served += 1
+        if st.first_sent is None or sent_at < st.first_sent:
+            return
+        if st.episode == -math.inf:
+            st.early += 1
+            if st.first_answer is None:
+                st.first_answer = now
+                st.idle = 0.0
+                if st.idle_since is not None:
+                    st.idle_since = max(st.idle_since, now)
+        elif st.first_span is not None and sent_at < st.episode:
+            st.early += 1  # sent before the first episode, answered after it
+            self._learn(st, (st.early + 0.5) / st.first_span, st.waited, st.learned_at)
 
     def throttled(self, key: Hashable, seconds: float, sent_at: float, now: float) -> None:
         """A throttled response asking for ``seconds``: pause the key, learn from a new episode."""
         st = self._state(key, now)
         if sent_at >= st.episode:  # not in flight when the latest episode began: a new one
+            st.first_span = None  # a later episode: the span below takes over
+            first = False
             if st.span_start is None:
+                if st.episode == -math.inf:
+                    first = self._first_episode(st, seconds, sent_at, now)
                 st.span_start = now
             else:
                 resumed = sent_at if st.resumed is None else st.resumed
@@ -355,16 +427,41 @@ class Pauses:
                     # The server's bucket held a fraction of a token at each end of
                     # the span (less than one, or it would not have throttled): half
                     # a token is the middle of what it accepted beyond the count.
-                    st.rate = (st.served + 0.5) / st.span
-                    st.burst = max(1.0, st.rate * seconds)
-                    st.learned_at = now
+                    self._learn(st, (st.served + 0.5) / st.span, seconds, now)
             st.episode = now
             st.waited = seconds
             st.resumed = None
             st.generation += 1
             if st.rate is not None:
                 st.tat = now + st.burst / st.rate  # the server's bucket is empty now
+                if first:
+                    # One request short: a first estimate a hair too high must not run
+                    # the requests resumed after this pause into a second 429.
+                    st.tat += 1.0 / st.rate
         self.pause(key, seconds, now)
+
+    def _first_episode(self, st: _Key, seconds: float, sent_at: float, now: float) -> bool:
+        """The provisional pace of the key's first episode (see :class:`_Key`).
+
+        The push is timed from the first answer to the throttled request's
+        send: the server saw the first request at neither its send (a new
+        connection is opened first) nor much before its answer, and the
+        throttled one about when it was sent. True: a pace was learned.
+        """
+        if st.first_answer is None or st.quiet < seconds:
+            return False
+        idle = st.idle
+        if st.idle_since is not None:
+            idle += max(0.0, sent_at - st.idle_since)
+        st.first_span = seconds + max(0.0, sent_at - st.first_answer - idle)
+        self._learn(st, (st.early + 0.5) / st.first_span, seconds, now)
+        return True
+
+    @staticmethod
+    def _learn(st: _Key, rate: float, seconds: float, now: float) -> None:
+        st.rate = rate
+        st.burst = max(1.0, rate * seconds)
+        st.learned_at = now
 
     async def wait(self, key: Hashable) -> None:
         """Sleep until ``key`` is not paused and a slot of its learned pace has come.
@@ -518,12 +615,12 @@ class RetryPolicy(Generic[R]):
                     response = await attempt()
             finally:
                 if sent_at is None:
-                    self._pauses.gave_up(key)
+                    self._pauses.gave_up(key, loop.time())
             throttled = status(response) in RETRY_STATUSES
             delay = retry_delay(header(response)) if throttled else None
             if delay is None:
                 if not throttled:
-                    self._pauses.answered(key, sent_at)
+                    self._pauses.answered(key, sent_at, loop.time())
                 return response
             try:
                 await self.pause(key, delay, sent_at)

@@ -66,8 +66,9 @@ class LimitedTransport(httpx.AsyncBaseTransport):
     request is sent again after the pause, up to ``retries`` times. The last
     response is returned as it is when retries are exhausted, the method is
     not retried, or the pause is longer than ``max_wait``.
-    From a key's second throttling episode on, its requests are also paced no
-    faster than the server has shown it accepts between episodes (only ever
+    From a key's second throttling episode on (from its first, when nothing
+    had been sent on the key for the announced wait before), its requests are
+    also paced no faster than the server has shown it accepts (only ever
     slower than ``limits``; see :meth:`pace`).
 
     Args:
@@ -120,8 +121,10 @@ class LimitedTransport(httpx.AsyncBaseTransport):
     def pace(self, key: Hashable) -> float | None:
         """The rate (requests per second) learned for ``key`` from its 429s, or None.
 
-        From a key's second throttling episode on, its requests are paced no
-        faster than the server has shown it accepts, and only ever slower than ``limits``.
+        From a key's second throttling episode on (from its first, when nothing
+        had been sent on the key for the announced wait before), its requests are
+        paced no faster than the server has shown it accepts, and only ever slower
+        than ``limits``.
         """
         return self._policy.pace(key)
 

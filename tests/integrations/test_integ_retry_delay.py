@@ -126,7 +126,7 @@ def _answers(p: Pauses, start: float, n: int) -> None:
     for i in range(n):
         p.begin("a", start + i / 40)
         p.sent("a", start + i / 40)
-        p.answered("a", start + i / 40)
+        p.answered("a", start + i / 40, start + i / 40)
 
 
 def _two_episodes(p: Pauses) -> None:
@@ -136,9 +136,9 @@ def _two_episodes(p: Pauses) -> None:
     """
     p.begin("a", 0.0)
     for t in range(10):
-        p.answered("a", t / 20)  # before the first episode: says nothing of the rate
+        p.answered("a", t / 20, t / 20)  # before the first episode: says nothing of the rate
     p.throttled("a", 1.0, sent_at=0.99, now=1.0)
-    assert p.pace("a", 1.0) is None  # one episode tells no rate
+    assert p.pace("a", 1.0) is None  # nothing was sent before it: no first-episode pace
     _answers(p, 2.0, 40)
     p.throttled("a", 1.0, sent_at=2.99, now=3.0)
 
@@ -173,7 +173,7 @@ def test_a_key_with_no_request_waiting_restarts_the_span() -> None:
     p.begin("a", 0.0)
     p.throttled("a", 1.0, sent_at=0.5, now=1.0)
     _answers(p, 2.0, 40)
-    p.gave_up("a")  # no request waiting: a quiet spell, not the server's rate
+    p.gave_up("a", 9.0)  # no request waiting: a quiet spell, not the server's rate
     p.begin("a", 10.0)
     p.throttled("a", 1.0, sent_at=10.0, now=10.5)
     assert p.pace("a", 10.5) is None
@@ -203,3 +203,96 @@ async def test_a_date_beyond_the_calendar_reaches_the_caller_as_the_429() -> Non
         response = await client.get("/")
     assert response.status_code == 429
     assert transport.paused_for("api.test") == 0.0
+
+
+def _first_push(p: Pauses, n: int, *, pushing: bool = True) -> None:
+    """``n`` requests sent from 0.0, 1/40 s apart, each answered, then a 429 at 1.0.
+
+    ``pushing``: one more request waits all along (the client is held by its limits);
+    otherwise each request is sent as soon as it begins and nothing waits in between.
+    """
+    if pushing:
+        p.begin("a", 0.0)
+    for i in range(n):
+        p.begin("a", i / 40)
+        p.sent("a", i / 40)
+        p.answered("a", i / 40, i / 40)
+    p.begin("a", 0.99)
+    p.sent("a", 0.99)
+    p.throttled("a", 1.0, sent_at=0.99, now=1.0)
+
+
+def test_the_first_episode_of_a_quiet_key_gives_a_pace() -> None:
+    # Never used before: the server's bucket was full at the first send, so what it
+    # accepted until the 429, over the announced wait plus the push, is its rate.
+    p = Pauses()
+    _first_push(p, 40)
+    # From the first answer to the throttled request's send (0.99), plus the wait; half
+    # a token for the fraction the server's bucket held at the 429.
+    assert p.pace("a", 1.0) == pytest.approx(40.5 / 1.99)
+    # An answer still in flight at the 429, to a request sent before it, is added.
+    p.answered("a", 0.98, 1.01)
+    rate = 41.5 / 1.99
+    assert p.pace("a", 1.0) == pytest.approx(rate)
+    st = p._keys["a"]
+    assert st.burst == pytest.approx(rate)  # what the server regains over its wait
+    # After the pause the learned bucket is one request short of it, then 1/rate apart.
+    delays = [st.reserve(2.0) for _ in range(22)]
+    assert delays[:19] == [0.0] * 19
+    assert 0 < delays[19] <= 1 / rate
+    assert delays[20] == pytest.approx(delays[19] + 1 / rate)
+    assert p.remaining("a", 1.0) == 1.0  # the pause holds as before
+
+
+def test_the_first_episode_is_timed_from_the_first_answer() -> None:
+    # The first request opened the connection: the server saw it at about its answer.
+    p = Pauses()
+    p.begin("a", 0.0)  # one request waits all along
+    p.begin("a", 0.0)
+    p.sent("a", 0.0)
+    p.answered("a", 0.0, 0.05)
+    for i in range(2, 40):
+        p.begin("a", i / 40)
+        p.sent("a", i / 40)
+        p.answered("a", i / 40, i / 40)
+    p.begin("a", 0.99)
+    p.sent("a", 0.99)
+    p.throttled("a", 1.0, sent_at=0.99, now=1.0)
+    assert p.pace("a", 1.0) == pytest.approx(39.5 / (1.0 + 0.99 - 0.05))
+
+
+def test_the_first_episode_leaves_out_the_time_nothing_waited() -> None:
+    # Nothing waited between the sends: the server's bucket may have overflowed then,
+    # so only the announced wait counts and the estimate errs high (one more episode).
+    p = Pauses()
+    _first_push(p, 40, pushing=False)
+    assert p.pace("a", 1.0) == pytest.approx(40.5 / 1.0)
+
+
+def test_no_first_episode_pace_after_a_send_closer_than_the_wait() -> None:
+    # The key's entry was dropped (idle) 0.6 s after a send: the server's bucket may
+    # not have refilled, so the first episode of the new entry teaches nothing.
+    p = Pauses()
+    p.begin("a", 0.0)
+    p.sent("a", 0.0)
+    p.answered("a", 0.0, 0.0)
+    assert p.remaining("a", 0.1) == 0.0
+    assert "a" not in p._keys
+    p.begin("a", 0.6)
+    p.begin("a", 0.6)
+    p.sent("a", 0.6)
+    p.answered("a", 0.6, 0.6)
+    p.sent("a", 0.7)
+    p.throttled("a", 1.0, sent_at=0.7, now=0.71)
+    assert p.pace("a", 0.71) is None
+
+
+def test_a_second_episode_replaces_the_first_episode_pace() -> None:
+    p = Pauses()
+    _first_push(p, 40)
+    p.begin("a", 1.0)  # the throttled request waits again: the key keeps pushing
+    _answers(p, 2.0, 30)
+    p.throttled("a", 1.0, sent_at=2.9, now=3.0)
+    assert p.pace("a", 3.0) == pytest.approx(30.5 / 2.0)
+    p.answered("a", 0.98, 1.01)  # a late answer from before the first episode no longer counts
+    assert p.pace("a", 3.0) == pytest.approx(30.5 / 2.0)
