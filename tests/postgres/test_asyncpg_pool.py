@@ -86,16 +86,19 @@ async def terminate(admin: Connection, pid: int) -> None:
     raise AssertionError(f"backend {pid} still alive after pg_terminate_backend")
 
 
-async def wait_until_active(admin: Connection, pid: int, query_part: str) -> None:
-    """Wait until backend ``pid`` is running a query containing ``query_part``."""
+async def wait_until_sleeping(admin: Connection, pid: int) -> None:
+    """Wait until backend ``pid`` is executing ``pg_sleep`` (its wait event says so). The
+    query text alone is no proof: it shows as active already while the statement is being
+    parsed, and a cancellation arriving between the parse and the execution finds no query
+    in flight (the connection is then rightly kept)."""
     for _ in range(2000):
         state = await admin.fetchrow(
-            "SELECT state, query FROM pg_stat_activity WHERE pid = $1", pid
+            "SELECT state, wait_event FROM pg_stat_activity WHERE pid = $1", pid
         )
-        if state is not None and state["state"] == "active" and query_part in state["query"]:
+        if state is not None and state["state"] == "active" and state["wait_event"] == "PgSleep":
             return
         await asyncio.sleep(0.005)
-    raise AssertionError(f"backend {pid} never started {query_part!r}")
+    raise AssertionError(f"backend {pid} never slept in pg_sleep")
 
 
 async def settle(pool: Pool[Any]) -> None:
@@ -504,7 +507,7 @@ async def test_body_cancelled_mid_query_discards_the_busy_connection(
 
         task = asyncio.create_task(slow())
         await started.wait()
-        await wait_until_active(admin, pids[0], "pg_sleep")
+        await wait_until_sleeping(admin, pids[0])
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
