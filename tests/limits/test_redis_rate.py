@@ -409,44 +409,31 @@ async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def test_pause_gives_the_requeued_waiters_reservations_back(
-    client: redis_asyncio.Redis, redis_url: str, name: str
-) -> None:
-    async with redis_client(redis_url) as c2:
-        lim = RedisRateLimiter(client, name, 2, burst=1)  # T = 500 ms
-        other = RedisRateLimiter(c2, name, 2, burst=1)
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
         # l0..l3 slots 0.5..2.0, then the pause: their reservations are the tail of the
         # schedule, so they are given back and the four queue again from 0.5 (the pause ends
         # before): a newcomer gets 2.5. Left in place, they would queue after 2.5 (newcomer 4.5).
-        retry, tasks = await _paused_schedule(lim, other, "llll")
-        await _cancel_all(tasks)
-    assert 2.5 - TOL <= retry <= 2.5 + TOL
-
-
-async def test_pause_gives_back_only_the_tail_after_another_process_reservation(
-    client: redis_asyncio.Redis, redis_url: str, name: str
-) -> None:
-    async with redis_client(redis_url) as c2:
-        lim = RedisRateLimiter(client, name, 2, burst=1)  # T = 500 ms
-        other = RedisRateLimiter(c2, name, 2, burst=1)
+        ("llll", 2.5),
         # l0 0.5, o1 1.0 (another process), l2 1.5, l3 2.0: only l2 and l3 are given back
         # (o1 keeps its slot, and l0's is left unused once); l0, l2, l3 queue again from 1.5.
-        retry, tasks = await _paused_schedule(lim, other, "loll")
-        await _cancel_all(tasks)
-    assert 3.0 - TOL <= retry <= 3.0 + TOL
-
-
-async def test_pause_gives_nothing_back_when_another_process_reserved_last(
-    client: redis_asyncio.Redis, redis_url: str, name: str
+        ("loll", 3.0),
+        # l0 0.5, l1 1.0, o2 1.5: the key does not hold lim's last write, so nothing is given
+        # back (compare-and-swap); l0 and l1 queue again after o2: 2.0, 2.5; a newcomer 3.0.
+        ("llo", 3.0),
+    ],
+    ids=["all-given-back", "tail-after-another-process", "another-process-reserved-last"],
+)
+async def test_pause_gives_back_this_objects_unbroken_tail(
+    client: redis_asyncio.Redis, redis_url: str, name: str, schedule: str, expected: float
 ) -> None:
     async with redis_client(redis_url) as c2:
         lim = RedisRateLimiter(client, name, 2, burst=1)  # T = 500 ms
         other = RedisRateLimiter(c2, name, 2, burst=1)
-        # l0 0.5, l1 1.0, o2 1.5: the key does not hold lim's last write, so nothing is given
-        # back (compare-and-swap); l0 and l1 queue again after o2: 2.0, 2.5; a newcomer 3.0.
-        retry, tasks = await _paused_schedule(lim, other, "llo")
+        retry, tasks = await _paused_schedule(lim, other, schedule)
         await _cancel_all(tasks)
-    assert 3.0 - TOL <= retry <= 3.0 + TOL
+    assert expected - TOL <= retry <= expected + TOL
 
 
 @pytest.mark.parametrize("resumed", [True, False], ids=["admitted", "timer-fired"])
