@@ -108,5 +108,10 @@ async def test_no_slot_outlives_its_tasks_when_calls_time_out(redis_url: str, pu
             finally:
                 await sem.aclose()
                 await direct.delete(*sem._keys(None))
-    assert sem.statistics().admitted > ROUNDS  # the rounds did take slots
+    # Not vacuous: slots were taken and the faults did bite. How many of the 12 * ROUNDS
+    # acquisitions get through depends on the machine's speed against CALL_TIMEOUT (a CI
+    # run admitted 121 of them), so the floor is loose.
+    stats = sem.statistics()
+    assert stats.admitted >= ROUNDS // 4, stats
+    assert stats.timeouts + stats.cancelled > 0, stats
     assert left == [], f"slots or queue places left by ended tasks (round, ids): {left[:5]}"
