@@ -3,9 +3,10 @@
 Install with ``pip install aiolease[psycopg]``. Connections are opened in
 autocommit mode by default: transactions are explicit (``aiolease.atomic`` or
 ``conn.transaction()``), so a released connection is idle unless a block was
-left open, and the reset costs no round trip. Checkout costs no round trip
-either, yet never hands out a connection the server terminated while it sat
-idle (see :class:`PsycopgManager`).
+left open, and the reset costs no round trip (after a lease that raised, it
+re-synchronises psycopg's prepared statements with the server's). Checkout costs
+no round trip either, yet never hands out a connection the server terminated
+while it sat idle (see :class:`PsycopgManager`).
 """
 
 from __future__ import annotations
