@@ -3,9 +3,10 @@
 Install with ``pip install aiolease[psycopg]``. Connections are opened in
 autocommit mode by default: transactions are explicit (``aiolease.atomic`` or
 ``conn.transaction()``), so a released connection is idle unless a block was
-left open, and the reset costs no round trip. Checkout costs no round trip
-either, yet never hands out a connection the server terminated while it sat
-idle (see :class:`PsycopgManager`).
+left open, and the reset costs no round trip (after a lease that raised, it
+re-synchronises psycopg's prepared statements with the server's). Checkout costs
+no round trip either, yet never hands out a connection the server terminated
+while it sat idle (see :class:`PsycopgManager`).
 """
 
 from __future__ import annotations
@@ -119,8 +120,10 @@ else:  # pragma: no cover - Windows: select() works on sockets there
 
 class _Watch:
     """Wraps psycopg's notice handler on a pooled connection to spot a FATAL message,
-    and keeps the connection's poll object (registered once: each checkout then
-    costs one ``poll(0)`` system call).
+    keeps the connection's poll object (registered once: each checkout then
+    costs one ``poll(0)`` system call), and remembers that the last lease ended
+    with an error (its reset then re-synchronises the prepared statements, see
+    :func:`_resync_prepared`).
 
     A server that drops a backend (``pg_terminate_backend``, shutdown, idle
     session timeout) sends an ErrorResponse of severity FATAL, then closes the
@@ -131,12 +134,13 @@ class _Watch:
     that. Only called for notices (rare), so it costs nothing on the hot path.
     """
 
-    __slots__ = ("fatal", "handler", "poller")
+    __slots__ = ("fatal", "handler", "poller", "resync")
 
     def __init__(self, handler: Any, poller: Any) -> None:
         self.handler = handler  # psycopg's own (holds the connection weakly)
         self.fatal: str | None = None  # the FATAL message, once one was seen
         self.poller = poller  # select.poll() on the socket (None without poll(2))
+        self.resync = False  # the last lease ended with an error: resync at its reset
 
     def __call__(self, res: pq.abc.PGresult) -> None:
         if res.error_field(_SEVERITY) in (b"FATAL", b"PANIC"):
@@ -158,7 +162,36 @@ def _fatal_notice(conn: AsyncConnection) -> str | None:
     return watch.fatal if type(watch) is _Watch else None
 
 
+def _take_resync(conn: AsyncConnection) -> bool:
+    """Whether the last lease of ``conn`` ended with an error (and forget it: once)."""
+    watch = conn.pgconn.notice_handler
+    if type(watch) is not _Watch or not watch.resync:
+        return False
+    watch.resync = False
+    return True
+
+
 _RESULT_OK = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK)
+
+
+async def _resync_prepared(conn: AsyncConnection) -> None:
+    """Make psycopg's prepared-statement cache and the server's statements agree: both empty.
+
+    A pipeline whose earlier statement failed or was cancelled makes the server skip the
+    rest of it, the ``Parse`` of a statement psycopg prepares there included; psycopg
+    (3.3.9) may still record that statement as prepared, and then every later run of it
+    on the connection fails with ``InvalidSqlStatementName``. The other way round, a
+    statement the server prepared but whose run failed stays on the server, unknown to
+    psycopg (a leak, not an error: psycopg never reuses a name).
+
+    Public API only: psycopg empties its cache at the end of every transaction block it
+    rolls back, and ``DEALLOCATE ALL`` empties the server's (prepared statements are not
+    transactional). A bare ``execute("DEALLOCATE ALL")`` is not enough: psycopg only
+    looks at a statement's command tag the first time it counts that statement, so a
+    second one can leave its cache full while the server's is empty.
+    """
+    async with conn.transaction(force_rollback=True):
+        await conn.execute("DEALLOCATE ALL", prepare=False)
 
 
 async def _wait_fd(fd: int, *, write: bool = False) -> None:
@@ -281,7 +314,14 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
 
     ``reset`` rolls back a transaction left open (``INTRANS``/``INERROR``)
     and discards a connection released with a query still running
-    (``ACTIVE``) or in an unknown state.
+    (``ACTIVE``) or in an unknown state. After a lease whose body raised
+    (a cancellation, a timeout, an error) on a connection that is kept, it also
+    empties both psycopg's prepared-statement cache and the server's prepared
+    statements (:func:`_resync_prepared`: ``BEGIN``, ``DEALLOCATE ALL``,
+    ``ROLLBACK``), unless ``prepare_threshold`` is None: a failed or cancelled
+    pipeline can leave psycopg holding the name of a statement the server never
+    prepared, and the next holder would get ``InvalidSqlStatementName`` for it.
+    A lease that ends normally pays nothing for this.
 
     Args:
         conninfo: the connection string, passed to ``AsyncConnection.connect``.
@@ -417,7 +457,7 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
         if pgconn.status != _OK or pgconn.transaction_status != _TS.IDLE:
             return True
         watch = pgconn.notice_handler
-        return type(watch) is _Watch and watch.fatal is not None
+        return type(watch) is _Watch and (watch.fatal is not None or watch.resync)
 
     async def reset(self, resource: AsyncConnection, info: ResourceInfo) -> None:
         if resource.closed or resource.broken:
@@ -426,20 +466,27 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
         if fatal is not None:
             raise ConnectionError(f"the server terminated the connection: {fatal}")
         status = resource.pgconn.transaction_status
-        if status == _TS.IDLE:
-            return
-        if status in (_TS.INTRANS, _TS.INERROR):
-            logger.warning(
-                "%s: rolling back a transaction left open on %r at release",
-                self._pool_name,
-                resource,
+        if status not in (_TS.IDLE, _TS.INTRANS, _TS.INERROR):
+            raise ConnectionError(
+                f"connection released in state {_TS(status).name} "
+                "(a query still running, or unknown)"
             )
-            async with asyncio.timeout(self.reset_timeout):
-                await resource.rollback()
+        resync = _take_resync(resource)
+        if status == _TS.IDLE and not resync:
             return
-        raise ConnectionError(
-            f"connection released in state {_TS(status).name} (a query still running, or unknown)"
-        )
+        # One bound for all of it: past it (a silent peer) the timeout cancels the
+        # statement in flight (its cancel bounded as usual) and the pool discards the
+        # connection.
+        async with asyncio.timeout(self.reset_timeout):
+            if status != _TS.IDLE:
+                logger.warning(
+                    "%s: rolling back a transaction left open on %r at release",
+                    self._pool_name,
+                    resource,
+                )
+                await resource.rollback()
+            if resync:
+                await _resync_prepared(resource)
 
     async def close(self, resource: AsyncConnection) -> None:
         if not resource.closed:
@@ -455,7 +502,19 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
         error is a socket error, a connection-class SQLSTATE (08xxx, 57P01-57P05, 25P03),
         a FATAL/PANIC server error, or a client-side loss of the connection. A failover
         error (57P01-57P03, or 25006 from a server that reports itself read-only) also
-        expires the whole pool."""
+        expires the whole pool.
+
+        On any other error (the connection is kept), the reset that follows the lease
+        re-synchronises psycopg's prepared statements with the server's (see the class).
+        """
+        fatal = self._fatal(resource, exc)
+        if not fatal and resource.prepare_threshold is not None:
+            watch = resource.pgconn.notice_handler
+            if type(watch) is _Watch:
+                watch.resync = True
+        return fatal
+
+    def _fatal(self, resource: AsyncConnection, exc: BaseException) -> bool:
         if resource.closed or isinstance(exc, OSError):
             return True
         if not isinstance(exc, psycopg.Error):

@@ -4,10 +4,10 @@ public mode): the cancellation propagates, or the operation had ended first, and
 caller is served a connection that answers its own query (a kept connection carries no
 result or state of the cancelled operation).
 
-Not here: a pipeline repeating a statement psycopg has begun to prepare. Cancelled on a
-live server, psycopg 3.3.9 (its own AsyncConnection too) may keep the name of a statement
-the server never prepared, and that connection's later pipelines of the same statement
-then fail with InvalidSqlStatementName.
+Not here: a pipeline repeating a statement psycopg has begun to prepare. Cancelled (or
+failed) on a live server, psycopg 3.3.9 (its own AsyncConnection too) may keep the name of
+a statement the server never prepared; the pool's reset after such a lease empties both
+sides, which tests/postgres/test_psycopg_prepared.py checks.
 """
 
 from __future__ import annotations

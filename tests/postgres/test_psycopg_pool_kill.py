@@ -695,3 +695,30 @@ async def test_failing_notify_handler_does_not_discard_the_connection(
                 await conn2.execute(f"UNLISTEN {channel}")
         assert "bad handler got x" in caplog.text
         assert pool.statistics().discarded == 0
+
+
+# ---------------------------------------------------------------- prepared statements resync
+
+
+async def test_prepared_resync_without_an_answer_discards_the_connection(
+    proxy: tuple[HoldingProxy, str],
+) -> None:
+    # After a lease that raised, the reset empties the prepared statements of psycopg and
+    # of the server (tests/postgres/test_psycopg_prepared.py). When the server's answer
+    # never comes (a silent peer), reset_timeout ends it: the release returns, the
+    # connection is discarded and the next caller gets a new one.
+    hp, conninfo = proxy
+    async with Pool(PsycopgManager(conninfo, reset_timeout=0.3), max_size=1) as pool:
+        async with pool.acquire() as conn:
+            pid = pid_of(conn)
+        hp.links[0].stall_on = b"DEALLOCATE ALL"
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            async with pool.acquire() as conn:
+                await conn.execute("SELECT 1/0")
+        assert hp.links[0].stalled.is_set()  # the resync was sent, and held
+        await settle(pool)
+        assert raw(conn).closed
+        assert pool.statistics().discarded == 1
+        async with pool.acquire() as conn2:
+            assert pid_of(conn2) != pid
+            await conn2.execute("SELECT 1")
