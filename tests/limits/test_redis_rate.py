@@ -574,9 +574,9 @@ async def test_bad_arguments(client: redis_asyncio.Redis) -> None:
         RedisRateLimiter(client, "", 1)
     # A state that would have to last longer than Redis can count (its key's expiry, the waits
     # its script answers in integer microseconds) is refused, naming the arguments.
-    for args, kwargs in (((1e-300,), {}), ((1,), {"per": 1e300}), ((1,), {"burst": 1e300})):
+    for rate, per, burst in ((1e-300, 1.0, 1.0), (1.0, 1e300, 1.0), (1.0, 1.0, 1e300)):
         with pytest.raises(ValueError, match=r"burst \* per / rate"):
-            RedisRateLimiter(client, "n", *args, **kwargs)
+            RedisRateLimiter(client, "n", rate, per, burst=burst)
     RedisRateLimiter(client, "n", 1, per=3600.0, burst=1000)  # 1000 h: fine
     lim = RedisRateLimiter(client, "n", 1, burst=2)
     with pytest.raises(ValueError, match="cost"):
