@@ -30,7 +30,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from aiolease import LimiterUnavailable, RateLimitExceeded
 from aiolease.redis import RedisConcurrencyLimiter, RedisRateLimiter, redis_key
-from aiolease.redis._pipe import wake
+from aiolease.redis._pipe import text, wake
 from aiolease.redis._scripts import CONC_ACQUIRE, RATE_ACQUIRE
 
 pytestmark = pytest.mark.redis
@@ -480,6 +480,68 @@ async def test_pause_never_gives_back_a_waiter_before_an_admitted_one(
     assert times["w2"] <= 0.4 + TOL
     assert min(times["w1"], times["w3"]) >= 0.6 - TOL  # after w2 (the bound), w3's slot reused
     assert 1.0 - TOL <= retry <= 1.0 + TOL
+
+
+async def _background_done(lim: RedisRateLimiter) -> None:
+    while lim._bg.tasks:
+        await asyncio.wait(set(lim._bg.tasks))
+
+
+@pytest.mark.parametrize("connected", [False, True], ids=["connecting", "connected"])
+async def test_a_caller_that_stops_waiting_for_a_pause_leaves_it_in_force(
+    client: redis_asyncio.Redis, redis_url: str, name: str, connected: bool
+) -> None:
+    # pause() returns the task of its Redis call; a caller cancelled while awaiting it (a
+    # request cancelled while the HTTP adapter records a 429's pause) stops waiting: the pause
+    # still goes to Redis and holds every process, and the sleeping waiter it woke queues behind.
+    async with redis_client(redis_url) as c2:
+        lim = RedisRateLimiter(client, name, 10, burst=1)
+        other = RedisRateLimiter(c2, name, 10, burst=1)
+        if connected:
+            await lim.acquire()
+            waiter = asyncio.ensure_future(lim.acquire())
+            await asyncio.sleep(0.02)  # sleeps on its slot
+
+        async def pausing() -> None:
+            await lim.pause(2.0)
+
+        caller = asyncio.ensure_future(pausing())
+        await asyncio.sleep(0)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        t0 = now()
+        await _background_done(lim)
+        with pytest.raises(RateLimitExceeded) as info:
+            await other.acquire_nowait()
+        assert info.value.retry_after >= 1.5
+        if connected:
+            await waiter
+            assert now() - t0 >= 1.5
+        await lim.aclose()
+        await other.aclose()
+
+
+@pytest.mark.parametrize("delta", [0.5, -0.5], ids=["charge", "refund"])
+async def test_a_caller_that_stops_waiting_for_a_settle_leaves_it_applied(
+    client: redis_asyncio.Redis, name: str, delta: float
+) -> None:
+    lim = RedisRateLimiter(client, name, 1, burst=2)
+    permit = await lim.acquire()
+    before = text(await client.get(lim._rkey(None))).split(" ")[1]
+
+    async def settling() -> None:
+        await permit.settle(1 + delta)
+
+    caller = asyncio.ensure_future(settling())
+    await asyncio.sleep(0)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await _background_done(lim)
+    after = text(await client.get(lim._rkey(None))).split(" ")[1]
+    assert float(after) - float(before) == pytest.approx(delta * 1e6)
+    await lim.aclose()
 
 
 # -- on_error: Redis unreachable ------------------------------------------------------------

@@ -22,6 +22,7 @@ from ._pipe import (
     Health,
     b,
     check_client,
+    detached,
     pack,
     text,
     unavailable,
@@ -104,7 +105,7 @@ class RedisRatePermit:
         Raises:
             ValueError: ``actual_cost`` is negative or not finite.
         """
-        return self._limiter._bg.spawn(self.asettle(actual_cost))
+        return detached(self._limiter._bg.spawn(self.asettle(actual_cost)))
 
     async def asettle(self, actual_cost: float) -> float:
         """Like :meth:`settle`, awaiting the Redis call; returns the cost units actually applied.
@@ -497,7 +498,7 @@ class RedisRateLimiter:
                 entry.handle.cancel()
             if not fut.done():
                 fut.set_result((_PAUSED, task))
-        return task
+        return detached(task)
 
     def statistics(self) -> RedisRateLimiterStatistics:
         """Counters of this limiter object (this process)."""
