@@ -794,3 +794,27 @@ async def test_a_connection_killed_under_the_limiter_fails_one_call_then_recover
 async def client_ids(client: redis_asyncio.Redis, name: str) -> list[str]:
     """The ids of the connections to Redis named ``name``."""
     return [str(c["id"]) for c in await client.client_list() if c.get("name") == name]
+
+
+async def test_asettle_cancelled_behind_other_calls_still_charges(
+    client: redis_asyncio.Redis, name: str
+) -> None:
+    # The public path sends one call at a time: asettle's call waits its turn. Cancelled then,
+    # the permit already counts the new cost, so the charge must still reach Redis.
+    with compat_public(True):
+        lim = RedisRateLimiter(client, name, 1, burst=10)
+    permit = await lim.acquire()
+    key = lim._rkey(None)
+    before = float(text(await client.get(key)).split(" ")[1])
+    ahead = [asyncio.ensure_future(lim.acquire_nowait(key="other")) for _ in range(3)]
+    await asyncio.sleep(0)  # they hold and queue on the one-call-at-a-time lock
+    caller = asyncio.ensure_future(permit.asettle(3))
+    await asyncio.sleep(0)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await asyncio.gather(*ahead)
+    await _background_done(lim)
+    after = float(text(await client.get(key)).split(" ")[1])
+    assert after - before == pytest.approx(2e6)  # 2 units at T = 1 s
+    await lim.aclose()
