@@ -453,8 +453,11 @@ class Pauses:
         idle = st.idle
         if st.idle_since is not None:
             idle += max(0.0, sent_at - st.idle_since)
-        st.first_span = seconds + max(0.0, sent_at - st.first_answer - idle)
-        self._learn(st, (st.early + 0.5) / st.first_span, seconds, now)
+        span = seconds + max(0.0, sent_at - st.first_answer - idle)
+        if span <= 0.0:  # no wait announced and sent before the first answer: nothing to time
+            return False
+        st.first_span = span
+        self._learn(st, (st.early + 0.5) / span, seconds, now)
         return True
 
     @staticmethod

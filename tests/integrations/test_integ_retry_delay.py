@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import time
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import aiolease
 import aiolease.httpx
@@ -296,3 +299,65 @@ def test_a_second_episode_replaces_the_first_episode_pace() -> None:
     assert p.pace("a", 3.0) == pytest.approx(30.5 / 2.0)
     p.answered("a", 0.98, 1.01)  # a late answer from before the first episode no longer counts
     assert p.pace("a", 3.0) == pytest.approx(30.5 / 2.0)
+
+
+def test_a_first_429_asking_for_no_wait_sent_before_the_first_answer_learns_nothing() -> None:
+    # Two requests sent together; the first is answered, the second gets "Retry-After: 0".
+    # The span the first-episode pace would be reckoned over is empty: no pace (it was a
+    # division by zero that escaped the request).
+    p = Pauses()
+    p.begin("a", 0.0)
+    p.begin("a", 0.0)
+    p.sent("a", 0.0)
+    p.sent("a", 0.0)
+    p.answered("a", 0.0, 0.1)
+    p.throttled("a", 0.0, sent_at=0.0, now=0.2)
+    assert p.pace("a", 0.2) is None
+    assert p.remaining("a", 0.2) == 0.0
+
+
+async def test_a_retry_after_zero_to_concurrent_first_requests_reaches_the_caller() -> None:
+    calls = 0
+
+    async def api(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(0.01)
+            return httpx.Response(200)
+        if calls == 2:
+            await asyncio.sleep(0.05)  # answered after the first one
+            return httpx.Response(429, headers={"Retry-After": "0"})
+        return httpx.Response(200)
+
+    limiter = aiolease.RateLimiter(100, per=1.0, burst=10)
+    transport = aiolease.httpx.LimitedTransport(limiter, wrapped=httpx.MockTransport(api))
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+        first, second = await asyncio.gather(client.get("/"), client.get("/"))
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert calls == 3
+    assert transport.pace("api.test") is None
+
+
+@given(
+    value=st.one_of(
+        st.text(max_size=60),
+        st.from_regex(r"\A\s*-?[0-9]{0,400}(\.[0-9]{0,20})?\s*\Z"),
+        st.builds(
+            lambda d, sep: sep.join([d, d]),
+            st.sampled_from(
+                ["7", "Wed, 21 Oct 2015 07:28:00 GMT", "Sun Nov  6 08:49:37 1994", "nan", "-1"]
+            ),
+            st.sampled_from([", ", ","]),
+        ),
+    ),
+    date=st.one_of(st.none(), st.text(max_size=40), st.just("Wed, 21 Oct 99999 07:28:00 GMT")),
+    field=st.sampled_from(["Retry-After", "RateLimit", "RateLimit-Reset"]),
+)
+@settings(max_examples=400, deadline=None)
+def test_retry_delay_of_any_header_value_is_none_or_a_bounded_delay(
+    value: str, date: str | None, field: str
+) -> None:
+    headers = {field: value} if date is None else {field: value, "Date": date}
+    seconds = retry_delay(_getter(headers))
+    assert seconds is None or 0.0 <= seconds <= 2.0**31

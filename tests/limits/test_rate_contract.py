@@ -392,6 +392,24 @@ def test_pause_fails_waiters_it_pushes_past_their_timeout(rate_impl: Impl) -> No
     rate_impl.run(body)
 
 
+def test_a_pause_longer_than_any_clock_holds_every_waiter_off(rate_impl: Impl) -> None:
+    # A finite pause beyond what a clock can count (Redis: its expiry and reply integers) is a
+    # pause for good: the waiter it pushes past its timeout fails, nobody is admitted.
+    async def body() -> None:
+        async with rate_impl.make(1) as lim:
+            await lim.acquire()
+            waiter = asyncio.ensure_future(lim.acquire(timeout=30))
+            await asyncio.sleep(0.05)  # it sleeps on its slot
+            await applied(lim.pause(1e300))
+            with pytest.raises(RateLimitExceeded):
+                await waiter
+            with pytest.raises(RateLimitExceeded) as info:
+                await nowait(lim)
+            assert info.value.retry_after >= 2.0**31 - 1
+
+    rate_impl.run(body)
+
+
 def test_pause_on_one_key_leaves_others_alone(rate_impl: Impl) -> None:
     async def body() -> None:
         async with rate_impl.make(10) as lim:

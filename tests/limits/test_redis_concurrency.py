@@ -521,3 +521,26 @@ async def test_client_clock_and_key_prefix(client: redis_asyncio.Redis, name: st
             await sem.acquire_nowait(key="k")
     assert await client.zcard(holders) == 0
     await client.delete(*sem._keys("k"))
+
+
+async def test_a_caller_that_stops_waiting_for_a_release_leaves_the_slot_free(
+    client: redis_asyncio.Redis, name: str
+) -> None:
+    # release() returns the task of its Redis call; a caller cancelled while awaiting it stops
+    # waiting, and the slot is still freed (not held until lease_ttl).
+    sem = RedisConcurrencyLimiter(client, name, 1, lease_ttl=30)
+    permit = await sem.acquire()
+
+    async def releasing() -> None:
+        task = permit.release()
+        assert task is not None
+        await task
+
+    caller = asyncio.ensure_future(releasing())
+    await asyncio.sleep(0)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await settle_down(sem)
+    assert await sem.in_use() == 0
+    await sem.aclose()

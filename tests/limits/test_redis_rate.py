@@ -30,7 +30,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from aiolease import LimiterUnavailable, RateLimitExceeded
 from aiolease.redis import RedisConcurrencyLimiter, RedisRateLimiter, redis_key
-from aiolease.redis._pipe import wake
+from aiolease.redis._pipe import text, wake
 from aiolease.redis._scripts import CONC_ACQUIRE, RATE_ACQUIRE
 
 pytestmark = pytest.mark.redis
@@ -482,6 +482,76 @@ async def test_pause_never_gives_back_a_waiter_before_an_admitted_one(
     assert 1.0 - TOL <= retry <= 1.0 + TOL
 
 
+async def _background_done(lim: RedisRateLimiter) -> None:
+    while lim._bg.tasks:
+        await asyncio.wait(set(lim._bg.tasks))
+
+
+@pytest.mark.parametrize("connected", [False, True], ids=["connecting", "connected"])
+async def test_a_caller_that_stops_waiting_for_a_pause_leaves_it_in_force(
+    client: redis_asyncio.Redis, redis_url: str, name: str, connected: bool
+) -> None:
+    # pause() returns the task of its Redis call; a caller cancelled while awaiting it (a
+    # request cancelled while the HTTP adapter records a 429's pause) stops waiting: the pause
+    # still goes to Redis and holds every process, and the sleeping waiter it woke queues behind.
+    async with redis_client(redis_url) as c2:
+        lim = RedisRateLimiter(client, name, 10, burst=1)
+        other = RedisRateLimiter(c2, name, 10, burst=1)
+        if connected:
+            await lim.acquire()
+            waiter = asyncio.ensure_future(lim.acquire())
+            await asyncio.sleep(0.02)  # sleeps on its slot
+
+        async def pausing() -> None:
+            await lim.pause(2.0)
+
+        caller = asyncio.ensure_future(pausing())
+        await asyncio.sleep(0)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        t0 = now()
+        await _background_done(lim)
+        with pytest.raises(RateLimitExceeded) as info:
+            await other.acquire_nowait()
+        assert info.value.retry_after >= 1.5
+        if connected:
+            await waiter
+            assert now() - t0 >= 1.5
+        await lim.aclose()
+        await other.aclose()
+
+
+@pytest.mark.parametrize("public", [False, True], ids=["pipe", "public"])
+@pytest.mark.parametrize("waits", [False, True], ids=["settle", "asettle"])
+@pytest.mark.parametrize("delta", [0.5, -0.5], ids=["charge", "refund"])
+async def test_a_caller_that_stops_waiting_for_a_settle_leaves_it_applied(
+    client: redis_asyncio.Redis, name: str, delta: float, waits: bool, public: bool
+) -> None:
+    # Cancelled while waiting for Redis, asettle too leaves the call running: the permit's cost
+    # is already the new one, so a dropped call would never be charged (or refunded) again.
+    with compat_public(public):
+        lim = RedisRateLimiter(client, name, 1, burst=2)
+    permit = await lim.acquire()
+    before = text(await client.get(lim._rkey(None))).split(" ")[1]
+
+    async def settling() -> None:
+        if waits:
+            await permit.asettle(1 + delta)
+        else:
+            await permit.settle(1 + delta)
+
+    caller = asyncio.ensure_future(settling())
+    await asyncio.sleep(0)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await _background_done(lim)
+    after = text(await client.get(lim._rkey(None))).split(" ")[1]
+    assert float(after) - float(before) == pytest.approx(delta * 1e6)
+    await lim.aclose()
+
+
 # -- on_error: Redis unreachable ------------------------------------------------------------
 
 
@@ -572,6 +642,12 @@ async def test_bad_arguments(client: redis_asyncio.Redis) -> None:
         RedisRateLimiter(client, "n", 1, call_timeout=0)
     with pytest.raises(TypeError, match="name"):
         RedisRateLimiter(client, "", 1)
+    # A state that would have to last longer than Redis can count (its key's expiry, the waits
+    # its script answers in integer microseconds) is refused, naming the arguments.
+    for rate, per, burst in ((1e-300, 1.0, 1.0), (1.0, 1e300, 1.0), (1.0, 1.0, 1e300)):
+        with pytest.raises(ValueError, match=r"burst \* per / rate"):
+            RedisRateLimiter(client, "n", rate, per, burst=burst)
+    RedisRateLimiter(client, "n", 1, per=3600.0, burst=1000)  # 1000 h: fine
     lim = RedisRateLimiter(client, "n", 1, burst=2)
     with pytest.raises(ValueError, match="cost"):
         lim.acquire(cost=3)
@@ -718,3 +794,27 @@ async def test_a_connection_killed_under_the_limiter_fails_one_call_then_recover
 async def client_ids(client: redis_asyncio.Redis, name: str) -> list[str]:
     """The ids of the connections to Redis named ``name``."""
     return [str(c["id"]) for c in await client.client_list() if c.get("name") == name]
+
+
+async def test_asettle_cancelled_behind_other_calls_still_charges(
+    client: redis_asyncio.Redis, name: str
+) -> None:
+    # The public path sends one call at a time: asettle's call waits its turn. Cancelled then,
+    # the permit already counts the new cost, so the charge must still reach Redis.
+    with compat_public(True):
+        lim = RedisRateLimiter(client, name, 1, burst=10)
+    permit = await lim.acquire()
+    key = lim._rkey(None)
+    before = float(text(await client.get(key)).split(" ")[1])
+    ahead = [asyncio.ensure_future(lim.acquire_nowait(key="other")) for _ in range(3)]
+    await asyncio.sleep(0)  # they hold and queue on the one-call-at-a-time lock
+    caller = asyncio.ensure_future(permit.asettle(3))
+    await asyncio.sleep(0)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await asyncio.gather(*ahead)
+    await _background_done(lim)
+    after = float(text(await client.get(key)).split(" ")[1])
+    assert after - before == pytest.approx(2e6)  # 2 units at T = 1 s
+    await lim.aclose()

@@ -22,7 +22,16 @@ from .._limits import ConcurrencyLimiter, ConcurrencyLimiterStatistics, Concurre
 from .._limits._validate import check_positive, check_timeout
 from .._logs import get_logger
 from ._keys import check_name, check_prefix, key_text, redis_key
-from ._pipe import UNAVAILABLE, Background, Caller, Health, check_client, text, unavailable
+from ._pipe import (
+    UNAVAILABLE,
+    Background,
+    Caller,
+    Health,
+    check_client,
+    detached,
+    text,
+    unavailable,
+)
 from ._scripts import CONC_ACQUIRE, CONC_CANCEL, CONC_COUNT, CONC_RENEW
 
 if TYPE_CHECKING:
@@ -89,7 +98,12 @@ class RedisConcurrencyPermit:
         return self._released
 
     def release(self) -> asyncio.Task[Any] | None:
-        """Give the slot back (idempotent). The Redis call runs in the returned background task."""
+        """Give the slot back (idempotent). The Redis call runs in the returned background task
+        (cancelling a wait for it leaves the call running: the slot is freed all the same)."""
+        task = self._end()
+        return None if task is None else detached(task)
+
+    def _end(self) -> asyncio.Task[Any] | None:
         if self._released:
             return None
         self._released = True
@@ -104,7 +118,7 @@ class RedisConcurrencyPermit:
         When Redis cannot be reached the failure is logged, not raised (it must not replace an
         exception leaving an ``async with`` block): the lease then expires after ``lease_ttl``.
         """
-        task = self.release()
+        task = self._end()
         if task is not None:
             try:
                 await asyncio.shield(task)

@@ -16,7 +16,7 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import redis.asyncio as _redis_asyncio
 from redis import exceptions as _rexc
@@ -40,11 +40,14 @@ __all__ = [
     "Caller",
     "Health",
     "check_client",
+    "detached",
     "recheck",
     "wake",
 ]
 
 logger = get_logger("aiolease.redis")
+
+T = TypeVar("T")
 
 #: Errors meaning "Redis could not answer" (as opposed to "Redis answered no"). A timeout after
 #: the script was sent is *indeterminate* - the script may have run - so it is never re-sent.
@@ -80,6 +83,25 @@ def check_client(client: object, cls: str) -> None:
 def wake(fut: asyncio.Future[Any]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+def detached(task: asyncio.Task[T]) -> asyncio.Task[T]:
+    """What a caller is given to await of a background call: it ends as ``task`` does, but
+    cancelling it (a caller that stops waiting, or a caller cancelled while awaiting it) leaves
+    ``task`` running to its end - a pause, charge or refund is not dropped half sent."""
+    handle = asyncio.ensure_future(_outcome(task))
+    handle.add_done_callback(_seen)
+    return handle
+
+
+async def _outcome(task: asyncio.Task[T]) -> T:
+    return await asyncio.shield(task)
+
+
+def _seen(handle: asyncio.Task[Any]) -> None:
+    # The background task's own callback logs its error: an unawaited handle is no news.
+    if not handle.cancelled():
+        handle.exception()
 
 
 def recheck(stage: int, now: float, due: float, timeout: float) -> float | None:

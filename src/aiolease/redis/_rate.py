@@ -22,6 +22,7 @@ from ._pipe import (
     Health,
     b,
     check_client,
+    detached,
     pack,
     text,
     unavailable,
@@ -41,6 +42,11 @@ Clock = Literal["server", "client"]
 #: How far past ``timeout`` an ``acquire(timeout=...)`` may end: the time to wrap up a Redis call
 #: that did not answer in time (the contract allows 0.1 s).
 DEADLINE_GRACE: Final = 0.05
+#: The longest a key's state is made to last by one call, in seconds (as RFC 9111 caps
+#: delta-seconds): a longer pause is held this long, and a full burst must be regained within it.
+#: Far beyond it the script's expiry (PX) and its waits (integer microseconds) are no longer
+#: numbers Redis takes, and the call failed - with the pause not in force.
+LONGEST: Final = 2.0**31
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +105,7 @@ class RedisRatePermit:
         Raises:
             ValueError: ``actual_cost`` is negative or not finite.
         """
-        return self._limiter._bg.spawn(self.asettle(actual_cost))
+        return detached(self._limiter._bg.spawn(self.asettle(actual_cost)))
 
     async def asettle(self, actual_cost: float) -> float:
         """Like :meth:`settle`, awaiting the Redis call; returns the cost units actually applied.
@@ -346,6 +352,11 @@ class RedisRateLimiter:
         self._rate = check_positive("rate", rate)
         self._per = check_positive("per", per)
         self._burst = check_positive("burst", burst, minimum=1.0, inclusive=True)
+        if self._burst * (self._per / self._rate) > LONGEST:
+            raise ValueError(
+                f"burst * per / rate must be at most 2**31 s (the time a full burst takes to be "
+                f"regained), got {burst!r} * {per!r} / {rate!r}"
+            )
         if on_error not in ("raise", "allow", "deny"):
             raise ValueError(f"on_error must be 'raise', 'allow' or 'deny', got {on_error!r}")
         if fallback is not None:
@@ -455,18 +466,18 @@ class RedisRateLimiter:
     def pause(self, seconds: float, key: Hashable = None) -> asyncio.Task[None]:
         """Admit nothing on ``key`` before ``seconds`` from now, in every process (Retry-After).
 
-        Extends a pause, never shortens it. Waiters of this limiter object that are sleeping on a
-        slot are woken and queue again behind the pause (their timeout still applies); the same
-        script gives their reservations back when no other process wrote on the key after them,
-        so the schedule resumes from the pause instead of after their old slots (otherwise those
-        slots are left unused once). Reservations already made by other processes keep their
-        slots. The Redis call runs in the returned task; await it to be sure the pause is in
-        force.
+        Extends a pause, never shortens it (one longer than 2**31 s is held for 2**31 s). Waiters
+        of this limiter object that are sleeping on a slot are woken and queue again behind the
+        pause (their timeout still applies); the same script gives their reservations back when
+        no other process wrote on the key after them, so the schedule resumes from the pause
+        instead of after their old slots (otherwise those slots are left unused once).
+        Reservations already made by other processes keep their slots. The Redis call runs in
+        the returned task; await it to be sure the pause is in force.
 
         Raises:
             ValueError: ``seconds`` is negative or not finite.
         """
-        s = check_positive("seconds", seconds, inclusive=True)
+        s = min(check_positive("seconds", seconds, inclusive=True), LONGEST)
         if self._closed:
             raise RuntimeError(f"{self!r} is closed (aclose() was called)")
         rkey = self._rkey(key)
@@ -487,7 +498,7 @@ class RedisRateLimiter:
                 entry.handle.cancel()
             if not fut.done():
                 fut.set_result((_PAUSED, task))
-        return task
+        return detached(task)
 
     def statistics(self) -> RedisRateLimiterStatistics:
         """Counters of this limiter object (this process)."""
