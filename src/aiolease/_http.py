@@ -50,7 +50,8 @@ RETRY_STATUSES = frozenset({429, 503})
 #: (some servers send the epoch form); ten years of seconds.
 _EPOCH_THRESHOLD = 10 * 365 * 86400.0
 _DELTA_MAX = 2.0**31
-_DELTA = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*$")
+#: delta-seconds: ASCII digits only (RFC 9110 DIGIT; ``\d`` alone takes "٣" for 3).
+_DELTA = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*$", re.ASCII)
 #: One member of a Structured Fields list (RFC 8941): commas inside quoted strings kept.
 _MEMBER = re.compile(r'(?:"(?:[^"\\]|\\.)*"|[^,"])+')
 

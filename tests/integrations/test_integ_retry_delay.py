@@ -68,6 +68,8 @@ def _getter(headers: dict[str, str]):  # type: ignore[no-untyped-def]
         # malformed values are ignored
         ({"Retry-After": "soon"}, None),
         ({"Retry-After": "-3"}, None),
+        ({"Retry-After": "\u0663"}, None),  # ARABIC-INDIC DIGIT THREE: not a DIGIT
+        ({"RateLimit-Reset": "\uff14"}, None),  # FULLWIDTH DIGIT FOUR
         ({"RateLimit": "garbage"}, None),
         ({"Retry-After": "soon", "RateLimit-Reset": "3"}, 3.0),
         # delta-seconds beyond any float: 2**31 s (RFC 9111 1.2.2), never inf: a limiter
