@@ -27,6 +27,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable
 from typing import Any, Generic, Protocol, TypeVar
 
+from ._errors import RateLimitExceeded
 from ._logs import get_logger
 
 __all__ = [
@@ -287,14 +288,16 @@ class _Key:
             self.rate = None
         return self.rate
 
-    def reserve(self, now: float) -> float:
-        """Take the next slot of the learned pace: seconds until it comes (0: now)."""
+    def reserve(self, now: float, within: float = math.inf) -> float:
+        """Seconds until the next slot of the learned pace comes (0: now); the slot is
+        taken only when it comes within ``within`` seconds."""
         rate = self.pace(now)
         if rate is None:
             return 0.0
         interval = 1.0 / rate
         at = max(now, self.tat - (self.burst - 1.0) * interval)
-        self.tat = max(self.tat, at) + interval
+        if at - now <= within:
+            self.tat = max(self.tat, at) + interval
         return at - now
 
 
@@ -467,13 +470,17 @@ class Pauses:
         st.burst = max(1.0, rate * seconds)
         st.learned_at = now
 
-    async def wait(self, key: Hashable) -> None:
+    async def wait(self, key: Hashable, deadline: float = math.inf) -> None:
         """Sleep until ``key`` is not paused and a slot of its learned pace has come.
 
         A pause or an episode that begins during the wait is waited out too,
         and the slot is taken again after it (the learned bucket was emptied).
         The slot of a waiter cancelled meanwhile is not given back: the pace
         errs on the slow side.
+
+        Raises:
+            RateLimitExceeded: the pause or the slot ends after ``deadline`` (loop
+                clock); nothing is waited for and no slot is taken.
         """
         loop = asyncio.get_running_loop()
         while True:
@@ -482,15 +489,23 @@ class Pauses:
             if st is None:
                 return
             if st.until > now:
+                if st.until > deadline:
+                    raise RateLimitExceeded(st.until - now, _past_deadline(key, "paused"))
                 await asyncio.sleep(st.until - now)
                 continue
             generation = st.generation
-            delay = st.reserve(now)
+            delay = st.reserve(now, deadline - now)
+            if now + delay > deadline:
+                raise RateLimitExceeded(delay, _past_deadline(key, "paced"))
             if delay <= 0:
                 return
             await asyncio.sleep(delay)
             if st.generation == generation:
                 return
+
+
+def _past_deadline(key: Hashable, state: str) -> str:
+    return f"{key!r} is {state} by the server's answers past this request's timeout"
 
 
 R = TypeVar("R")
@@ -601,19 +616,24 @@ class RetryPolicy(Generic[R]):
 
         Raises:
             RateLimitExceeded, LimitTimeout: the limits could not admit the
-                request within ``timeout``.
+                request within ``timeout``; ``RateLimitExceeded`` too when the
+                key's pause or learned pace holds it past ``timeout``.
         """
         retry_ok = replayable and method.upper() in self.retry_methods
         loop = asyncio.get_running_loop()
         tries = 0
         while True:
-            self._pauses.begin(key, loop.time())
+            start = loop.time()
+            self._pauses.begin(key, start)
             sent_at: float | None = None
             try:
                 async with self.limits.acquire(key=key, timeout=self.timeout):
                     # A pause that began while this request waited for the limits
                     # holds it too: nothing is sent into a window the server closed.
-                    await self._pauses.wait(key)
+                    # ``timeout`` bounds that wait as well, from the attempt's start.
+                    await self._pauses.wait(
+                        key, math.inf if self.timeout is None else start + self.timeout
+                    )
                     sent_at = loop.time()
                     self._pauses.sent(key, sent_at)
                     response = await attempt()

@@ -153,7 +153,9 @@ def limited(
         retry_methods: the methods retried (default: the idempotent ones,
             GET HEAD OPTIONS TRACE PUT DELETE).
         max_wait: the longest pause (seconds) waited out for a retry, or None.
-        timeout: the longest wait for ``limits`` per attempt (seconds), or None.
+        timeout: the longest wait for ``limits`` per attempt (seconds), or None; it
+            bounds the wait for the key's pause and learned pace too (then
+            ``RateLimitExceeded``, the request unsent).
 
     Raises:
         TypeError: ``limits`` has no ``acquire()``, or an option has the wrong type.

@@ -84,7 +84,9 @@ class LimitedTransport(httpx.AsyncBaseTransport):
             process the request, so ``{"GET", "POST"}`` is often safe too.
         max_wait: the longest pause (seconds) waited out for a retry, or None.
         timeout: the longest wait for ``limits`` per attempt (seconds), or None;
-            past it the limiter's ``RateLimitExceeded``/``LimitTimeout`` is raised.
+            past it the limiter's ``RateLimitExceeded``/``LimitTimeout`` is raised. It
+            bounds the wait for the key's pause and learned pace too (then
+            ``RateLimitExceeded``, the request unsent).
 
     Raises:
         TypeError: ``limits`` has no ``acquire()``, or an option has the wrong type.

@@ -282,6 +282,25 @@ async def test_the_limiter_timeout_bounds_the_wait(kind: str, server_cls: type) 
             await client.request("GET", server.url + "/b")
 
 
+async def test_the_timeout_bounds_the_wait_for_the_servers_pause_too(
+    kind: str, server_cls: type
+) -> None:
+    # A ConcurrencyLimiter has no pause of its own: the adapter holds the request.
+    sem = aiolease.ConcurrencyLimiter(1)
+    async with (
+        server_cls(script=[_ra(30)]) as server,
+        open_client(kind, sem, retries=0, timeout=0.1) as client,
+    ):
+        assert await client.request("GET", server.url + "/a") == 429
+        async with asyncio.timeout(5):  # not the 30 s the server asked for
+            with pytest.raises(aiolease.RateLimitExceeded) as caught:
+                await client.request("GET", server.url + "/b")
+        assert 29 < caught.value.retry_after <= 30
+        assert len(server.counts.times) == 1  # /b was never sent
+    stats = sem.statistics()
+    assert (stats.in_use, stats.waiting) == (0, 0)
+
+
 @pytest.mark.redis
 async def test_a_redis_limiter_shares_the_pause_with_other_processes(
     kind: str, server_cls: type, redis_url: str

@@ -126,6 +126,30 @@ def test_pauses_extend_never_shorten_and_forget_expired_keys() -> None:
     assert len(p._keys) < 100  # expired entries were swept
 
 
+async def test_a_pause_past_the_deadline_fails_fast_and_a_short_one_is_waited() -> None:
+    p = Pauses()
+    now = asyncio.get_running_loop().time()
+    p.pause("a", 30, now=now)
+    with pytest.raises(aiolease.RateLimitExceeded) as caught:
+        await asyncio.wait_for(p.wait("a", deadline=now + 0.1), 1)
+    assert 29 < caught.value.retry_after <= 30
+    p.pause("b", 0.01, now=now)
+    await asyncio.wait_for(p.wait("b", deadline=now + 1), 1)
+
+
+def test_a_slot_past_the_deadline_is_not_taken() -> None:
+    p = Pauses()
+    _two_episodes(p)
+    st = p._keys["a"]
+    rate = 40.5 / 2
+    assert [st.reserve(4.0) for _ in range(20)] == [0.0] * 20  # the refilled bucket
+    late = st.reserve(4.0, within=0.0)
+    assert 0 < late <= 1 / rate
+    assert st.reserve(4.0, within=0.0) == late  # not taken: the next caller gets it
+    assert st.reserve(4.0, within=1.0) == late  # taken now
+    assert st.reserve(4.0, within=1.0) == pytest.approx(late + 1 / rate)
+
+
 def _answers(p: Pauses, start: float, n: int) -> None:
     """``n`` requests sent from ``start`` on, 1/40 s apart, each answered without throttling."""
     for i in range(n):
