@@ -110,6 +110,43 @@ async def test_a_waiter_served_before_its_deadline_leaves_the_later_ones_on_time
     await pool.aclose()
 
 
+async def test_each_queued_task_keeps_its_own_deadline_as_others_leave() -> None:
+    # The queue keeps each waiter's deadline beside it, in queue order: a wait that leaves
+    # from the front (served), the middle (cancelled) or the back (timed out) takes its
+    # own deadline along and leaves the others' in place.
+    pool, _ = plain_pool()
+    await pool.open()
+    held = await pool.acquire()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    tasks = []
+    for timeout in (None, 1.0, None, 2.0, None, 6.0):
+        tasks.append(asyncio.create_task(enter(pool, "await", timeout=timeout)))
+        await asyncio.sleep(0)
+    a, b, c, d, e, f = tasks
+    f.cancel()  # the back
+    await asyncio.sleep(0.5)
+    b.cancel()  # the middle
+    await pool.release(held)
+    assert await a is held  # the front
+    with pytest.raises(asyncio.CancelledError):
+        await b
+    with pytest.raises(PoolTimeout):
+        await d
+    assert loop.time() - start == pytest.approx(2.0)
+    await asyncio.sleep(10)
+    assert not c.done()  # no deadline: they wait on
+    assert not e.done()
+    await pool.release(held)
+    assert await c is held
+    await pool.release(held)
+    assert await e is held
+    await pool.release(held)
+    assert pool.statistics().timeouts == 1
+    assert pool._queue._timer is None
+    await pool.aclose()
+
+
 @HOW
 async def test_a_queued_task_times_out_and_leaves_the_queue(how: str) -> None:
     pool, _ = plain_pool(acquire_timeout=3.0)

@@ -77,26 +77,31 @@ class Acquire(Generic[T]):
             raise RuntimeError(f"{pool!r}: leaving an acquire that was not entered, or twice")
         self._entry = None
         self._entered = False
-        is_fatal = pool._hooks.is_fatal
-        discard = exc is not None and is_fatal is not None and bool(is_fatal(entry.resource, exc))
-        if discard:
-            assert exc is not None
-            logger.info(
-                "%r: %r is unusable after its holder's error (%s); the pool discards it",
-                pool,
-                entry.resource,
-                error_text(exc),
-            )
-            # Unusable, so cut before its close; unless the body was cancelled or timed
-            # out: the driver may still be cancelling a statement, which its close lets end.
-            if not isinstance(exc, asyncio.CancelledError | TimeoutError):
-                entry.broken = True
-        pending = pool._release(entry.handle, discard)
+        pending = pool._release(entry.handle, exc is not None and unusable_after(pool, entry, exc))
         if pending is None:
             done = pool._done
             assert done is not None
             return done
         return asyncio.shield(pending)  # the reset/close goes on if the caller is cancelled
+
+
+def unusable_after(pool: Pool[T], entry: Entry[T], exc: BaseException) -> bool:
+    """Whether the error ``exc`` that ended a lease's body leaves ``entry`` unusable (the
+    manager's ``is_fatal`` says so), in which case the release discards it."""
+    is_fatal = pool._hooks.is_fatal
+    if is_fatal is None or not is_fatal(entry.resource, exc):
+        return False
+    logger.info(
+        "%r: %r is unusable after its holder's error (%s); the pool discards it",
+        pool,
+        entry.resource,
+        error_text(exc),
+    )
+    # Unusable, so cut before its close; unless the body was cancelled or timed
+    # out: the driver may still be cancelling a statement, which its close lets end.
+    if not isinstance(exc, asyncio.CancelledError | TimeoutError):
+        entry.broken = True
+    return True
 
 
 def needs_check(pool: Pool[T], entry: Entry[T]) -> bool:

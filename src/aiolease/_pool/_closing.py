@@ -96,10 +96,8 @@ async def close_all(pool: Pool[Any], drain: Drain) -> None:
     pool._housekeeper.cancel()
     pool._queue.disarm()
     closed = PoolClosed(f"{pool!r} was closed while waiting")
-    while pool._waiters:
-        fut = pool._waiters.popleft()
-        if not fut.done():
-            fut.set_exception(closed)
+    while (fut := pool._queue.next()) is not None:
+        fut.set_exception(closed)
     pool._creations.close()
     while pool._idle:
         retire(pool, pool._idle.pop())

@@ -118,7 +118,7 @@ class Creations(Generic[T]):
         pool = self._pool
         assert pool._loop is not None
         futures: list[Waiter] = [pool._loop.create_future() for _ in range(count)]
-        pool._waiters.extend(futures)
+        pool._queue.extend(futures)
         pool._dispatch()
         try:
             results = await asyncio.gather(*futures, return_exceptions=True)

@@ -29,7 +29,9 @@ Waiter = asyncio.Future[Entry[Any]]
 
 
 class WaitQueue(Generic[T]):
-    """The pool's waiters (``futures``, oldest at the left) and their deadlines.
+    """The pool's waiters (``futures``, oldest at the left) and their deadlines
+    (``_deadlines``, in the same order: ``_INF`` for a wait without one). Every
+    change to ``futures`` goes through this class, which keeps the two aligned.
 
     Every timed wait shares one loop timer, armed for the earliest deadline: a
     waiter admitted with an earlier one re-arms it; when it fires, the waits
@@ -38,12 +40,12 @@ class WaitQueue(Generic[T]):
     here but dropping its deadline.
     """
 
-    __slots__ = ("_due", "_loop", "_pool", "_timer", "_when", "futures")
+    __slots__ = ("_deadlines", "_loop", "_pool", "_timer", "_when", "futures")
 
     def __init__(self, pool: Pool[T], futures: deque[Waiter]) -> None:
         self._pool = pool
         self.futures = futures
-        self._due: dict[Waiter, float] = {}  # the deadline of each timed waiter
+        self._deadlines: deque[float] = deque()  # futures[i] times out at _deadlines[i]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._when = _INF  # when _timer fires
@@ -64,15 +66,15 @@ class WaitQueue(Generic[T]):
         """
         pool, futures = self._pool, self.futures
         fut: Waiter = asyncio.Future()  # of the running loop
-        if deadline != _INF:
-            self._due[fut] = deadline
-            if deadline < self._when:
-                self._arm(deadline)
+        if deadline < self._when:
+            self._arm(deadline)
         first = not futures  # nobody queued ahead (see the self-wait check below)
         if front:
             futures.appendleft(fut)
+            self._deadlines.appendleft(deadline)
         else:
             futures.append(fut)
+            self._deadlines.append(deadline)
         pool._dispatch()  # a creation for it, if capacity allows
         creations = pool._creations
         bound = creations.bound
@@ -95,17 +97,21 @@ class WaitQueue(Generic[T]):
             creations.schedule_backoff()
         return fut
 
+    def extend(self, futures: list[Waiter]) -> None:
+        """Queue ``futures`` as waiters without a deadline (an opening pool's prefill)."""
+        self.futures.extend(futures)
+        self._deadlines.extend(_INF for _ in futures)
+
     def next(self) -> Waiter | None:
         """Take the oldest waiter still waiting off the queue (its creation, if any,
         becomes an orphan for the next one to adopt)."""
-        futures = self.futures
+        futures, deadlines = self.futures, self._deadlines
         creations = self._pool._creations
         while futures:
             fut = futures.popleft()
+            deadlines.popleft()
             if creations.bound:
                 creations.unbind(fut)
-            if self._due:
-                self._due.pop(fut, None)
             if not fut.done():
                 break
         else:
@@ -118,10 +124,12 @@ class WaitQueue(Generic[T]):
         """Take ``fut`` off the queue, wherever it is (rare: O(queue))."""
         futures = self.futures
         try:
-            futures.remove(fut)
+            i = futures.index(fut)
         except ValueError:
             pass
-        self._due.pop(fut, None)
+        else:
+            del futures[i]
+            del self._deadlines[i]
         if not futures and self._timer is not None:
             self.disarm()
         self._pool._creations.unbind(fut)
@@ -156,9 +164,10 @@ class WaitQueue(Generic[T]):
         has come, then re-arm it for the earliest deadline left."""
         self._timer = None
         self._when = _INF
-        for fut in [fut for fut, deadline in self._due.items() if deadline <= now]:
+        due = [fut for fut, at in zip(self.futures, self._deadlines, strict=True) if at <= now]
+        for fut in due:
             self._time_out(fut)
-        earliest = min(self._due.values(), default=_INF)
+        earliest = min(self._deadlines, default=_INF)
         if earliest != _INF:
             self._arm(earliest)
 
