@@ -16,7 +16,7 @@ from limits_helpers import max_in_window, vrun
 
 import aiolease
 from aiolease import RateLimiter, RateLimitExceeded
-from aiolease.testing import leak_check
+from aiolease.testing import VirtualTimeLoop, leak_check
 
 #: More examples for a soak run: AIOLEASE_HYPOTHESIS_EXAMPLES=5000 pytest ...
 _EXAMPLES = int(os.environ.get("AIOLEASE_HYPOTHESIS_EXAMPLES", "150"))
@@ -507,12 +507,12 @@ def test_huge_wait_queue_each_admitted_once_at_its_slot() -> None:
     vrun(body)
 
 
-@pytest.mark.parametrize(("late", "shift"), [(0.0005, 0.0), (0.005, 0.004)])
+@pytest.mark.parametrize(("late", "shift"), [(0.0005, 0.0), (0.002, 0.0), (0.005, 0.0025)])
 def test_a_late_timer_is_absorbed_up_to_the_grace(late: float, shift: float) -> None:
     """White-box: make the head's timer fire ``late``; the next slot moves by late - grace."""
 
     async def body() -> list[float]:
-        lim = RateLimiter(100)  # T = 10 ms, grace = min(1 ms, T/4) = 1 ms
+        lim = RateLimiter(100)  # T = 10 ms, grace = min(3 ms, T/4) = 2.5 ms
         loop = asyncio.get_running_loop()
         t0 = now()
         await lim.acquire()
@@ -535,3 +535,80 @@ def test_a_late_timer_is_absorbed_up_to_the_grace(late: float, shift: float) -> 
     first, second = vrun(body)
     assert first == pytest.approx(0.01 + late)
     assert second == pytest.approx(0.02 + shift)
+
+
+class _LateTimerLoop(VirtualTimeLoop):
+    """Virtual time whose every timer fires ``late`` seconds after its time.
+
+    As on a real loop: CPython's epoll selector sleeps in whole milliseconds,
+    rounded up, and for some durations one millisecond more (its seconds are
+    rounded up to milliseconds twice), so an idle loop's timer fires up to
+    about 2 ms late.
+    """
+
+    late = 0.0
+
+    def call_at(  # type: ignore[override]  # same signature; typeshed's is generic
+        self, when: float, callback: Any, *args: Any, context: Any = None
+    ) -> asyncio.TimerHandle:
+        return super().call_at(when + self.late, callback, *args, context=context)
+
+
+def _saturated_on_late_timers(
+    rate: float, late: float, burst: float = 1, n: int = 40
+) -> list[float]:
+    """Admission instants (from the first) of ``n`` tasks queued at once, timers ``late``."""
+
+    class Loop(_LateTimerLoop):
+        pass
+
+    Loop.late = late
+
+    async def body() -> list[float]:
+        lim = RateLimiter(rate, burst=burst)
+        t0 = now()
+        times: list[float] = []
+
+        async def one() -> None:
+            await lim.acquire()
+            times.append(now() - t0)
+
+        await asyncio.gather(*(one() for _ in range(n)))
+        return times
+
+    with asyncio.Runner(loop_factory=Loop) as runner:
+        return runner.run(body())
+
+
+@pytest.mark.parametrize(
+    ("rate", "late", "step"),
+    [
+        (100, 0.002, 0.01),  # an idle CPython loop's worst: absorbed (grace = T/4 = 2.5 ms)
+        (10, 0.0025, 0.1),  # absorbed (grace = 3 ms)
+        (10, 0.01, 0.107),  # a busy loop: 7 ms of the 10 are lost per admission
+    ],
+)
+def test_late_timers_keep_the_saturated_rate_up_to_the_grace(
+    rate: float, late: float, step: float
+) -> None:
+    """Timers that all fire late (a real loop): a saturated burst-1 limiter keeps its
+    schedule when the lateness is within the grace, min(3 ms, T/4); the window bound
+    holds to within a quarter of one unit."""
+    times = _saturated_on_late_timers(rate, late)
+    T = 1 / rate
+    # The first is admitted at once; each later one `late` after its slot.
+    assert times == pytest.approx(
+        [0.0] + [T + late + (k - 1) * step for k in range(1, len(times))], abs=1e-9
+    )
+    for window in (T / 2, T, 2.5 * T, 10 * T):
+        assert max_in_window(times, [1.0] * len(times), window) <= 1 + window / T + 0.25
+
+
+def test_late_timers_cost_nothing_with_burst_2() -> None:
+    """With burst >= 2 a waiter's slot comes from the TAT, not its (late) admission: even
+    lateness far past the grace leaves the saturated rate exact (what docs/integrations.md
+    advises for busy loops)."""
+    times = _saturated_on_late_timers(10, 0.03, burst=2)
+    assert times == pytest.approx(
+        [0.0, 0.0] + [(k - 1) * 0.1 + 0.03 for k in range(2, len(times))], abs=1e-9
+    )

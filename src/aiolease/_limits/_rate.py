@@ -18,8 +18,13 @@ from ._validate import check_cost, check_key, check_name, check_positive, check_
 
 __all__ = ["RateLimiter", "RateLimiterStatistics", "RatePermit"]
 
-#: Timer lateness a GCRA waiter's admission may absorb (see ``_GcraState.commit``).
-_LATE_GRACE = 0.001
+#: Timer lateness a GCRA waiter's admission may absorb (see ``_GcraState.commit``):
+#: an idle loop's timer resolution. CPython's epoll selector sleeps in whole
+#: milliseconds rounded up, and for some durations one more (it rounds the seconds up
+#: to milliseconds, converts them back to a float just above and ``epoll.poll`` rounds
+#: up again), so a timer fires up to about 2 ms late; the rest covers the kernel's
+#: wake-up and the callbacks that run before the timer's in its loop iteration.
+_LATE_GRACE = 0.003
 
 #: Most debt records kept per key for refunds (see ``_GcraState.debts``).
 _MAX_DEBTS = 64
@@ -114,13 +119,14 @@ class _GcraState(State):
         tat = self.tat
         if tat <= now:
             self.clamp_at = now  # older ``debts`` entries no longer matter
-            # The head's timer (armed for ``fired``, its exact slot) fires up
-            # to ~1 ms late (epoll's resolution). With burst=1 every admission
-            # would carry that lag into the next slot and the saturated rate
-            # would sag (192/s for 200/s); dating the admission back to the
-            # slot, by at most ``_grace`` (<= T/4), keeps the schedule, at the
-            # price of the window bound holding to within grace * rate / per
-            # (< 1/4 unit). Under a virtual clock timers are never late.
+            # The head's timer (armed for ``fired``, its exact slot) fires late
+            # by the loop's timer resolution (see ``_LATE_GRACE``). With
+            # burst=1 every admission would carry that lag into the next slot
+            # and the saturated rate would sag; dating the admission back to
+            # the slot, by at most ``_grace`` (min(_LATE_GRACE, T/4)), keeps the
+            # schedule, at the price of the window bound holding to within
+            # grace * rate / per (< 1/4 unit). Lateness past the grace (a busy
+            # loop) is lost. Under a virtual clock timers are never late.
             tat = now if fired is None else max(tat, fired, now - self.owner._grace)
         else:
             self._push_debt(now, tat - now)
