@@ -250,3 +250,34 @@ async def test_unclosed_pool_warning_names_the_users_line() -> None:
     (warning,) = [w for w in caught if issubclass(w.category, ResourceWarning)]
     assert f"test_pool_misuse.py:{line}" in str(warning.message)  # created at
     assert "aiolease" not in warning.filename.replace("test_pool_misuse", "")
+
+
+# -- a manager's is_fatal that raises -----------------------------------------------------
+
+
+class RaisingIsFatal(FakeManager):
+    def is_fatal(self, resource: FakeResource, exc: BaseException) -> bool:
+        raise KeyError("a bug in is_fatal")
+
+
+@pytest.mark.parametrize("error", [ValueError("body"), asyncio.CancelledError()])
+async def test_an_is_fatal_that_raises_loses_no_resource_nor_the_bodys_error(
+    caplog: pytest.LogCaptureFixture, error: BaseException
+) -> None:
+    # The pool cannot tell whether the resource survived: it discards it (logged), and the
+    # body's exception propagates unchanged; nothing stays checked out.
+    fm = RaisingIsFatal()
+    async with Pool(fm, max_size=1) as pool:
+        caplog.set_level(logging.WARNING, logger="aiolease.pool")
+        with pytest.raises(type(error)) as info:
+            async with pool.acquire():
+                raise error
+        assert info.value is error
+        assert "is_fatal raised KeyError: 'a bug in is_fatal'" in caplog.text
+        await settle(pool)
+        st = pool.statistics()
+        assert st.in_use == 0, st
+        assert st.discarded == 1, st
+        async with pool.acquire():  # a new resource
+            assert fm.created == 2
+    assert_closed_cleanly(pool, fm)

@@ -78,7 +78,21 @@ class Acquire(Generic[T]):
         self._entry = None
         self._entered = False
         is_fatal = pool._hooks.is_fatal
-        discard = exc is not None and is_fatal is not None and bool(is_fatal(entry.resource, exc))
+        try:
+            discard = (
+                exc is not None and is_fatal is not None and bool(is_fatal(entry.resource, exc))
+            )
+        except Exception as hook_error:
+            # The lease must still end (else its slot is lost and aclose() waits for it),
+            # and the body's exception must still propagate: the resource's state is
+            # unknown, so it is discarded.
+            logger.warning(
+                "%r: the manager's is_fatal raised %s; the pool discards %r",
+                pool,
+                error_text(hook_error),
+                entry.resource,
+            )
+            discard = True
         if discard:
             assert exc is not None
             logger.info(
