@@ -1,0 +1,106 @@
+"""pool.atomic() with a nested savepoint and a commit hook on the real drivers, cancelled
+after each number of event-loop steps: the cancellation is never swallowed nor replaced,
+the work is all or nothing (a cancellation that is not during COMMIT rolled it back), and
+the connection goes back to the pool outside any transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import uuid
+from typing import Any
+
+import pytest
+
+import aiolease
+from aiolease import CommitUnknown
+from aiolease._transaction import _chain, _open
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def raw(conn: Any) -> Any:
+    return getattr(conn, "_aiolease_origin", conn)
+
+
+async def make_pool(driver: str, dsn: str) -> Any:
+    if driver == "psycopg":
+        from aiolease.psycopg import create_pool as psycopg_pool
+
+        return psycopg_pool(dsn, max_size=1)
+    from aiolease.asyncpg import create_pool as asyncpg_pool
+
+    return asyncpg_pool(dsn, max_size=1)
+
+
+def in_transaction(driver: str, conn: Any) -> bool:
+    conn = raw(conn)
+    if driver == "psycopg":
+        return bool(conn.pgconn.transaction_status != 0)
+    return bool(conn.is_in_transaction())
+
+
+async def hook(hooked: list[str]) -> None:
+    await asyncio.sleep(0)
+    hooked.append("commit")
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+async def test_pool_atomic_cancelled_at_each_step(pg_dsn: str, driver: str) -> None:
+    pool = await make_pool(driver, pg_dsn)
+    async with pool:
+        t = f"aiolease_sw_{uuid.uuid4().hex[:12]}"
+        async with pool.acquire() as admin:
+            await admin.execute(f"CREATE TABLE {t} (v int)")
+        try:
+            seen_commit_unknown = False
+            for k in range(80):
+                hooked: list[str] = []
+
+                async def body(hooked: list[str]) -> None:
+                    async with pool.atomic() as tx:
+                        await tx.connection.execute(f"INSERT INTO {t} VALUES (1)")
+                        async with aiolease.atomic(tx.connection):
+                            await tx.connection.execute(f"INSERT INTO {t} VALUES (2)")
+
+                        tx.on_commit(functools.partial(hook, hooked))
+
+                task = asyncio.create_task(body(hooked))
+                for _ in range(k):
+                    await asyncio.sleep(0)
+                cancelled = task.cancel()
+                try:
+                    await task
+                    outcome = "ok"
+                except asyncio.CancelledError as exc:
+                    outcome = "cancelled"
+                    if any(isinstance(e, CommitUnknown) for e in _chain(exc)):
+                        seen_commit_unknown = True
+                assert cancelled or outcome == "ok"
+                if cancelled:
+                    assert outcome == "cancelled", f"k={k}: cancellation swallowed"
+                for _ in range(50):
+                    if not pool._tasks:
+                        break
+                    await asyncio.sleep(0.01)
+                async with pool.acquire() as conn:
+                    assert not in_transaction(driver, conn), k
+                    assert id(raw(conn)) not in _open, k
+                    if driver == "psycopg":
+                        rows = await (await conn.execute(f"SELECT count(*) FROM {t}")).fetchall()
+                        count = rows[0][0]
+                    else:
+                        count = await conn.fetchval(f"SELECT count(*) FROM {t}")
+                    assert count in (0, 2), (k, count)
+                    if outcome == "ok":
+                        assert count == 2, k
+                        assert hooked == ["commit"], k
+                    elif hooked:  # the hooks run after COMMIT only
+                        assert count == 2, k
+                    await conn.execute(f"DELETE FROM {t}")
+                assert pool.statistics().in_use == 0
+            assert seen_commit_unknown  # the sweep reached COMMIT
+        finally:
+            async with pool.acquire() as conn:
+                await conn.execute(f"DROP TABLE IF EXISTS {t}")
