@@ -55,7 +55,8 @@ async def test_pool_atomic_cancelled_at_each_step(pg_dsn: str, driver: str) -> N
             await admin.execute(f"CREATE TABLE {t} (v int)")
         try:
             seen_commit_unknown = False
-            for k in range(80):
+            outcomes: list[str] = []
+            for k in range(5000):  # until the block ends before the cancellation
                 hooked: list[str] = []
 
                 async def body(hooked: list[str]) -> None:
@@ -77,6 +78,7 @@ async def test_pool_atomic_cancelled_at_each_step(pg_dsn: str, driver: str) -> N
                     outcome = "cancelled"
                     if any(isinstance(e, CommitUnknown) for e in _chain(exc)):
                         seen_commit_unknown = True
+                outcomes.append(outcome)
                 assert cancelled or outcome == "ok"
                 if cancelled:
                     assert outcome == "cancelled", f"k={k}: cancellation swallowed"
@@ -100,7 +102,10 @@ async def test_pool_atomic_cancelled_at_each_step(pg_dsn: str, driver: str) -> N
                         assert count == 2, k
                     await conn.execute(f"DELETE FROM {t}")
                 assert pool.statistics().in_use == 0
+                if outcome == "ok":
+                    break
             assert seen_commit_unknown  # the sweep reached COMMIT
+            assert outcomes[-1] == "ok"  # and past the whole block
         finally:
             async with pool.acquire() as conn:
                 await conn.execute(f"DROP TABLE IF EXISTS {t}")
