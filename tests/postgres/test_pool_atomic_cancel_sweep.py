@@ -109,3 +109,68 @@ async def test_pool_atomic_cancelled_at_each_step(pg_dsn: str, driver: str) -> N
         finally:
             async with pool.acquire() as conn:
                 await conn.execute(f"DROP TABLE IF EXISTS {t}")
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+async def test_run_transaction_cancelled_at_each_step_of_a_retry(pg_dsn: str, driver: str) -> None:
+    # The first attempt fails with a serialization failure after its write, the second
+    # commits: a cancellation at any step (the attempts, their rollback and release, the
+    # backoff between them) propagates, and at most the second attempt's write is kept.
+    if driver == "psycopg":
+        import psycopg
+
+        failure: type[Exception] = psycopg.errors.SerializationFailure
+    else:
+        import asyncpg
+
+        failure = asyncpg.exceptions.SerializationError
+    pool = await make_pool(driver, pg_dsn)
+    async with pool:
+        t = f"aiolease_sw_{uuid.uuid4().hex[:12]}"
+        async with pool.acquire() as admin:
+            await admin.execute(f"CREATE TABLE {t} (v int)")
+        try:
+            for k in range(5000):  # until the loop ends before the cancellation
+                tries: list[int] = []
+
+                async def fn(conn: Any, tries: list[int] = tries) -> None:
+                    tries.append(1)
+                    await conn.execute(f"INSERT INTO {t} VALUES ({len(tries)})")
+                    if len(tries) == 1:
+                        raise failure("could not serialize access (test)")
+
+                task = asyncio.create_task(
+                    aiolease.run_transaction(pool, fn, backoff=0.001, max_backoff=0.001)
+                )
+                for _ in range(k):
+                    await asyncio.sleep(0)
+                cancelled = task.cancel()
+                outcome = (await asyncio.gather(task, return_exceptions=True))[0]
+                if cancelled:
+                    assert isinstance(outcome, asyncio.CancelledError), (k, outcome)
+                else:
+                    assert outcome is None, (k, outcome)
+                for _ in range(50):
+                    if not pool._tasks:
+                        break
+                    await asyncio.sleep(0.01)
+                async with pool.acquire() as conn:
+                    assert not in_transaction(driver, conn), k
+                    assert id(raw(conn)) not in _open, k
+                    if driver == "psycopg":
+                        cur = await conn.execute(f"SELECT v FROM {t}")
+                        values = [r[0] for r in await cur.fetchall()]
+                    else:
+                        values = [r[0] for r in await conn.fetch(f"SELECT v FROM {t}")]
+                    assert values in ([], [2]), (k, values)
+                    if not cancelled:
+                        assert values == [2], k
+                    await conn.execute(f"DELETE FROM {t}")
+                assert pool.statistics().in_use == 0
+                if not cancelled:
+                    break
+            else:
+                raise AssertionError("the retry loop never ended before its cancellation")
+        finally:
+            async with pool.acquire() as conn:
+                await conn.execute(f"DROP TABLE IF EXISTS {t}")
