@@ -14,6 +14,7 @@ from pool_helpers import NO_HANG, assert_closed_cleanly, settle, start_acquire
 
 from aiolease import Pool, PoolTimeout, TooManyWaiters
 from aiolease._pool._backoff import Backoff
+from aiolease.abc import ResourceInfo
 from aiolease.testing import FakeManager, FakeResource
 
 pytestmark = [pytest.mark.aiolease_virtual_time, NO_HANG]
@@ -280,4 +281,33 @@ async def test_an_is_fatal_that_raises_loses_no_resource_nor_the_bodys_error(
         assert st.discarded == 1, st
         async with pool.acquire():  # a new resource
             assert fm.created == 2
+    assert_closed_cleanly(pool, fm)
+
+
+class LeakingResetManager(FakeManager):
+    """A manager whose reset lets an inner cancellation out (a timeout misused inside
+    it, a driver's bug) though nobody cancelled the pool's reset task."""
+
+    async def reset(self, resource: FakeResource, info: ResourceInfo) -> None:
+        raise asyncio.CancelledError
+
+
+async def test_a_reset_that_raises_cancelled_error_is_a_failed_reset_not_a_cancellation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Nobody cancelled the releasing task: it must not end cancelled (as for create(),
+    # see Creations._failed). The resource is discarded, as after any failed reset.
+    fm = LeakingResetManager()
+    async with Pool(fm, max_size=1) as pool:
+        caplog.set_level(logging.INFO, logger="aiolease.pool")
+        async with pool.acquire():
+            pass
+        r = await pool.acquire()
+        await pool.release(r)
+        await settle(pool)
+        assert "its reset failed" in caplog.text
+        st = pool.statistics()
+        assert st.in_use == 0, st
+        assert st.discarded == 2, st
+        assert fm.created == 2
     assert_closed_cleanly(pool, fm)

@@ -219,12 +219,20 @@ async def reset_then_hand_off(pool: Pool[Any], entry: Entry[Any]) -> None:
     try:
         await reset(entry.resource, entry.info)
     except BaseException as exc:
-        if isinstance(exc, asyncio.CancelledError):
+        # This task is cancelled only when the loop shuts down. A CancelledError the
+        # reset raises otherwise (an inner timeout that leaked) is a failed reset, as for
+        # create() (see Creations._failed): the releaser awaiting this task was not
+        # cancelled and must not end as if it were.
+        task = asyncio.current_task()
+        cancelled = isinstance(exc, asyncio.CancelledError) and (
+            task is None or task.cancelling() > 0
+        )
+        if cancelled:
             note_discard(pool, entry.resource, "its reset was cancelled", logging.DEBUG)
         else:
             note_discard(pool, entry.resource, f"its reset failed: {error_text(exc)}")
         await close_resource(pool, entry)
-        if not isinstance(exc, Exception):
+        if cancelled or not isinstance(exc, Exception | asyncio.CancelledError):
             raise
         return
     pending = pool._hand_off(entry)
