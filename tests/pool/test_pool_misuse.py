@@ -311,3 +311,30 @@ async def test_a_reset_that_raises_cancelled_error_is_a_failed_reset_not_a_cance
         assert st.discarded == 2, st
         assert fm.created == 2
     assert_closed_cleanly(pool, fm)
+
+
+class LeakingCloseManager(FakeManager):
+    """A manager whose close lets an inner cancellation out though nobody cancelled it."""
+
+    async def close(self, resource: FakeResource) -> None:
+        await super().close(resource)
+        raise asyncio.CancelledError
+
+
+async def test_a_close_that_raises_cancelled_error_is_a_failed_close_not_a_cancellation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # release(discard=True) and resize() wait for the close's pool task: nobody cancelled
+    # the caller, so it must not end cancelled. The slot is freed all the same.
+    fm = LeakingCloseManager()
+    async with Pool(fm, max_size=2) as pool:
+        caplog.set_level(logging.WARNING, logger="aiolease.pool")
+        r = await pool.acquire()
+        await pool.release(r, discard=True)
+        async with pool.acquire():
+            pass
+        await pool.resize(max_size=2, min_size=0)
+        await pool.expire()
+        assert "closing" in caplog.text
+        assert pool.statistics().size == 0
+    assert pool.statistics().size == 0
