@@ -134,6 +134,7 @@ class Manager(ABC, Generic[T]):
         """Whether an exception raised by the ``async with`` body means the resource is broken.
 
         A resource whose body raised a fatal error is closed instead of going
-        back to the pool. The default says no.
+        back to the pool. The default says no. If it raises, the pool logs a
+        WARNING and discards the resource (the body's exception propagates).
         """
         return False

@@ -312,9 +312,10 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
     the connection is closed and discarded. With ``AIOLEASE_COMPAT=public``,
     psycopg's own class.
 
-    ``reset`` rolls back a transaction left open (``INTRANS``/``INERROR``)
-    and discards a connection released with a query still running
-    (``ACTIVE``) or in an unknown state. After a lease whose body raised
+    ``reset`` rolls back a transaction left open (``INTRANS``/``INERROR``),
+    restores the pool's ``autocommit`` mode if the holder changed it
+    (``set_autocommit``; no round trip), and discards a connection released with
+    a query still running (``ACTIVE``) or in an unknown state. After a lease whose body raised
     (a cancellation, a timeout, an error) on a connection that is kept, it also
     empties both psycopg's prepared-statement cache and the server's prepared
     statements (:func:`_resync_prepared`: ``BEGIN``, ``DEALLOCATE ALL``,
@@ -364,7 +365,8 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
         _check_connect_kwargs(connect_kwargs)
         self.conninfo = conninfo
         given = _parse_conninfo(conninfo)
-        connect_kwargs.setdefault("autocommit", True)
+        #: The autocommit mode of the pool's connections; a reset restores it.
+        self.autocommit = bool(connect_kwargs.setdefault("autocommit", True))
         _conninfo_defaults(given, connect_kwargs)
         if "connect_timeout" not in given:
             connect_kwargs.setdefault("connect_timeout", max(2, round(self.connect_timeout)))
@@ -456,6 +458,8 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
         pgconn = resource.pgconn
         if pgconn.status != _OK or pgconn.transaction_status != _TS.IDLE:
             return True
+        if resource.autocommit is not self.autocommit:
+            return True
         watch = pgconn.notice_handler
         return type(watch) is _Watch and (watch.fatal is not None or watch.resync)
 
@@ -472,7 +476,9 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
                 "(a query still running, or unknown)"
             )
         resync = _take_resync(resource)
-        if status == _TS.IDLE and not resync:
+        # A holder that changed the mode (set_autocommit): the next one gets the pool's.
+        restore = resource.autocommit is not self.autocommit
+        if status == _TS.IDLE and not resync and not restore:
             return
         # One bound for all of it: past it (a silent peer) the timeout cancels the
         # statement in flight (its cancel bounded as usual) and the pool discards the
@@ -487,6 +493,8 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
                 await resource.rollback()
             if resync:
                 await _resync_prepared(resource)
+            if restore:  # no round trip: psycopg only checks that no transaction is open
+                await resource.set_autocommit(self.autocommit)
 
     async def close(self, resource: AsyncConnection) -> None:
         if not resource.closed:

@@ -14,6 +14,7 @@ from pool_helpers import NO_HANG, assert_closed_cleanly, settle, start_acquire
 
 from aiolease import Pool, PoolTimeout, TooManyWaiters
 from aiolease._pool._backoff import Backoff
+from aiolease.abc import ResourceInfo
 from aiolease.testing import FakeManager, FakeResource
 
 pytestmark = [pytest.mark.aiolease_virtual_time, NO_HANG]
@@ -250,3 +251,90 @@ async def test_unclosed_pool_warning_names_the_users_line() -> None:
     (warning,) = [w for w in caught if issubclass(w.category, ResourceWarning)]
     assert f"test_pool_misuse.py:{line}" in str(warning.message)  # created at
     assert "aiolease" not in warning.filename.replace("test_pool_misuse", "")
+
+
+# -- a manager's is_fatal that raises -----------------------------------------------------
+
+
+class RaisingIsFatal(FakeManager):
+    def is_fatal(self, resource: FakeResource, exc: BaseException) -> bool:
+        raise KeyError("a bug in is_fatal")
+
+
+@pytest.mark.parametrize("error", [ValueError("body"), asyncio.CancelledError()])
+async def test_an_is_fatal_that_raises_loses_no_resource_nor_the_bodys_error(
+    caplog: pytest.LogCaptureFixture, error: BaseException
+) -> None:
+    # The pool cannot tell whether the resource survived: it discards it (logged), and the
+    # body's exception propagates unchanged; nothing stays checked out.
+    fm = RaisingIsFatal()
+    async with Pool(fm, max_size=1) as pool:
+        caplog.set_level(logging.WARNING, logger="aiolease.pool")
+        with pytest.raises(type(error)) as info:
+            async with pool.acquire():
+                raise error
+        assert info.value is error
+        assert "is_fatal raised KeyError: 'a bug in is_fatal'" in caplog.text
+        await settle(pool)
+        st = pool.statistics()
+        assert st.in_use == 0, st
+        assert st.discarded == 1, st
+        async with pool.acquire():  # a new resource
+            assert fm.created == 2
+    assert_closed_cleanly(pool, fm)
+
+
+class LeakingResetManager(FakeManager):
+    """A manager whose reset lets an inner cancellation out (a timeout misused inside
+    it, a driver's bug) though nobody cancelled the pool's reset task."""
+
+    async def reset(self, resource: FakeResource, info: ResourceInfo) -> None:
+        raise asyncio.CancelledError
+
+
+async def test_a_reset_that_raises_cancelled_error_is_a_failed_reset_not_a_cancellation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Nobody cancelled the releasing task: it must not end cancelled (as for create(),
+    # see Creations._failed). The resource is discarded, as after any failed reset.
+    fm = LeakingResetManager()
+    async with Pool(fm, max_size=1) as pool:
+        caplog.set_level(logging.INFO, logger="aiolease.pool")
+        async with pool.acquire():
+            pass
+        r = await pool.acquire()
+        await pool.release(r)
+        await settle(pool)
+        assert "its reset failed" in caplog.text
+        st = pool.statistics()
+        assert st.in_use == 0, st
+        assert st.discarded == 2, st
+        assert fm.created == 2
+    assert_closed_cleanly(pool, fm)
+
+
+class LeakingCloseManager(FakeManager):
+    """A manager whose close lets an inner cancellation out though nobody cancelled it."""
+
+    async def close(self, resource: FakeResource) -> None:
+        await super().close(resource)
+        raise asyncio.CancelledError
+
+
+async def test_a_close_that_raises_cancelled_error_is_a_failed_close_not_a_cancellation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # release(discard=True) and resize() wait for the close's pool task: nobody cancelled
+    # the caller, so it must not end cancelled. The slot is freed all the same.
+    fm = LeakingCloseManager()
+    async with Pool(fm, max_size=2) as pool:
+        caplog.set_level(logging.WARNING, logger="aiolease.pool")
+        r = await pool.acquire()
+        await pool.release(r, discard=True)
+        async with pool.acquire():
+            pass
+        await pool.resize(max_size=2, min_size=0)
+        await pool.expire()
+        assert "closing" in caplog.text
+        assert pool.statistics().size == 0
+    assert pool.statistics().size == 0

@@ -89,7 +89,22 @@ def unusable_after(pool: Pool[T], entry: Entry[T], exc: BaseException) -> bool:
     """Whether the error ``exc`` that ended a lease's body leaves ``entry`` unusable (the
     manager's ``is_fatal`` says so), in which case the release discards it."""
     is_fatal = pool._hooks.is_fatal
-    if is_fatal is None or not is_fatal(entry.resource, exc):
+    if is_fatal is None:
+        return False
+    try:
+        fatal = bool(is_fatal(entry.resource, exc))
+    except Exception as hook_error:
+        # The lease must still end (else its slot is lost and aclose() waits for it),
+        # and the body's exception must still propagate: the resource's state is
+        # unknown, so it is discarded.
+        logger.warning(
+            "%r: the manager's is_fatal raised %s; the pool discards %r",
+            pool,
+            error_text(hook_error),
+            entry.resource,
+        )
+        fatal = True
+    if not fatal:
         return False
     logger.info(
         "%r: %r is unusable after its holder's error (%s); the pool discards it",

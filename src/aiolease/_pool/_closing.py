@@ -177,9 +177,15 @@ async def close_resource(pool: Pool[Any], entry: Entry[Any]) -> None:
             _abandon(pool, resource, "its close took longer than close_timeout")
         else:
             logger.warning("%r: closing %r failed: %r", pool, resource, exc)
-    except BaseException:
-        _abandon(pool, resource, "its close was cancelled")
-        raise
+    except BaseException as exc:
+        task = asyncio.current_task()
+        if isinstance(exc, asyncio.CancelledError) and task is not None and not task.cancelling():
+            # Nobody cancelled this task (an inner timeout in the close leaked): a failed
+            # close, as for reset (see reset_then_hand_off); whoever awaits it goes on.
+            logger.warning("%r: closing %r failed: %r", pool, resource, exc)
+        else:
+            _abandon(pool, resource, "its close was cancelled")
+            raise
     finally:
         pool._creations.live.discard(id(resource))
         pool._counters.closed += 1
@@ -217,12 +223,20 @@ async def reset_then_hand_off(pool: Pool[Any], entry: Entry[Any]) -> None:
     try:
         await reset(entry.resource, entry.info)
     except BaseException as exc:
-        if isinstance(exc, asyncio.CancelledError):
+        # This task is cancelled only when the loop shuts down. A CancelledError the
+        # reset raises otherwise (an inner timeout that leaked) is a failed reset, as for
+        # create() (see Creations._failed): the releaser awaiting this task was not
+        # cancelled and must not end as if it were.
+        task = asyncio.current_task()
+        cancelled = isinstance(exc, asyncio.CancelledError) and (
+            task is None or task.cancelling() > 0
+        )
+        if cancelled:
             note_discard(pool, entry.resource, "its reset was cancelled", logging.DEBUG)
         else:
             note_discard(pool, entry.resource, f"its reset failed: {error_text(exc)}")
         await close_resource(pool, entry)
-        if not isinstance(exc, Exception):
+        if cancelled or not isinstance(exc, Exception | asyncio.CancelledError):
             raise
         return
     pending = pool._hand_off(entry)
