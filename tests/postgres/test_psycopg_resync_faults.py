@@ -19,7 +19,22 @@ from psycopg import pq
 from aiolease import Pool
 from aiolease.psycopg import create_pool
 
-pytestmark = pytest.mark.timeout(120)
+#: psycopg before 3.3.9: a pipeline whose exit was cancelled, on a connection closed since
+#: (the pool discards it), is later collected and its exit generator's ``finally`` flushes
+#: the closed connection: "Exception ignored in <generator object BasePipeline._exit_gen>"
+#: (psycopg's noise, nothing lost; 3.3.9 does not do it). Ignored there only.
+_OLD_PIPELINE_EXIT = tuple(int(p) for p in psycopg.__version__.split(".")[:3]) < (3, 3, 9)
+
+pytestmark = [pytest.mark.timeout(120)] + (
+    [
+        pytest.mark.filterwarnings(
+            "ignore:Exception ignored in. <generator object BasePipeline._exit_gen"
+            ":pytest.PytestUnraisableExceptionWarning"
+        )
+    ]
+    if _OLD_PIPELINE_EXIT
+    else []
+)
 
 QUERY = "SELECT %s::int + 1 AS aiolease_resync_faults_probe"
 THRESHOLD = 2
