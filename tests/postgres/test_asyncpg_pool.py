@@ -33,6 +33,7 @@ import aiolease._compat.asyncpg
 from aiolease import Pool
 from aiolease.abc import ResourceInfo
 from aiolease.asyncpg import AsyncpgManager, _quiet, _socket_fd, create_pool
+from driver_pools import settle
 from pg_tables import temporary_table
 
 
@@ -99,16 +100,6 @@ async def wait_until_sleeping(admin: Connection, pid: int) -> None:
             return
         await asyncio.sleep(0.005)
     raise AssertionError(f"backend {pid} never slept in pg_sleep")
-
-
-async def settle(pool: Pool[Any]) -> None:
-    """Wait for the pool's background work (resets, closes) to finish."""
-    for _ in range(100):
-        tasks = [t for t in pool._tasks if not t.done()]
-        if not tasks:
-            return
-        await asyncio.wait(tasks, timeout=10)
-    raise AssertionError(f"{pool!r} never settled")
 
 
 @pytest.fixture

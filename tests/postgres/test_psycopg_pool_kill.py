@@ -31,6 +31,7 @@ from psycopg import pq
 from aiolease import Pool
 from aiolease.abc import ResourceInfo
 from aiolease.psycopg import PsycopgManager, _readable, create_pool
+from driver_pools import settle
 from pg_tables import temporary_table
 
 
@@ -97,16 +98,6 @@ async def last_query(admin: Conn, pid: int) -> tuple[str, Any]:
     row = await cur.fetchone()
     assert row is not None, f"backend {pid} is gone"
     return str(row[0]), row[1]
-
-
-async def settle(pool: Pool[Any]) -> None:
-    """Wait for the pool's background work (resets, closes) to finish."""
-    for _ in range(100):
-        tasks = [t for t in pool._tasks if not t.done()]
-        if not tasks:
-            return
-        await asyncio.wait(tasks, timeout=10)
-    raise AssertionError(f"{pool!r} never settled")
 
 
 @pytest.fixture

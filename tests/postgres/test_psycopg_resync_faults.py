@@ -18,6 +18,7 @@ from psycopg import pq
 
 from aiolease import Pool
 from aiolease.psycopg import create_pool
+from driver_pools import settle
 
 #: psycopg before 3.3.9: a pipeline whose exit was cancelled, on a connection closed since
 #: (the pool discards it), is later collected and its exit generator's ``finally`` flushes
@@ -54,15 +55,6 @@ async def server_statements(conn: Any) -> int:
     row = await cur.fetchone()
     assert row is not None
     return int(row[0])
-
-
-async def settle(pool: Pool[Any]) -> None:
-    for _ in range(100):
-        tasks = [t for t in pool._tasks if not t.done()]
-        if not tasks:
-            return
-        await asyncio.wait(tasks, timeout=10)
-    raise AssertionError(f"{pool!r} never settled")
 
 
 async def warm(pool: Pool[Any]) -> None:

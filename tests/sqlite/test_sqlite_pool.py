@@ -15,9 +15,9 @@ from typing import Any
 import aiosqlite
 import pytest
 
-from aiolease import Pool
 from aiolease.abc import ResourceInfo
 from aiolease.sqlite import DEFAULT_PRAGMAS, SqliteManager, create_pool
+from driver_pools import settle
 
 
 def raw(conn: Any) -> Any:
@@ -37,16 +37,6 @@ async def scalar(conn: aiosqlite.Connection, sql: str) -> Any:
         row = await cur.fetchone()
     assert row is not None
     return row[0]
-
-
-async def settle(pool: Pool[Any]) -> None:
-    """Wait for the pool's background work (resets, closes) to finish."""
-    for _ in range(100):
-        tasks = [t for t in pool._tasks if not t.done()]
-        if not tasks:
-            return
-        await asyncio.wait(tasks, timeout=10)
-    raise AssertionError(f"{pool!r} never settled")
 
 
 def exists(path: Path) -> bool:
