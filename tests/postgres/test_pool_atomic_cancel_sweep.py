@@ -41,6 +41,26 @@ def in_transaction(driver: str, conn: Any) -> bool:
     return bool(conn.is_in_transaction())
 
 
+async def next_holder_values(driver: str, pool: Any, t: str, k: int) -> list[int]:
+    """Once the pool's background work is done: the next holder's connection is outside
+    any transaction and any atomic block. Returns table ``t``'s values and empties it."""
+    for _ in range(50):
+        if not pool._tasks:
+            break
+        await asyncio.sleep(0.01)
+    async with pool.acquire() as conn:
+        assert not in_transaction(driver, conn), k
+        assert id(raw(conn)) not in _open, k
+        if driver == "psycopg":
+            cur = await conn.execute(f"SELECT v FROM {t} ORDER BY v")
+            values = [r[0] for r in await cur.fetchall()]
+        else:
+            values = [r[0] for r in await conn.fetch(f"SELECT v FROM {t} ORDER BY v")]
+        await conn.execute(f"DELETE FROM {t}")
+    assert pool.statistics().in_use == 0
+    return values
+
+
 async def hook(hooked: list[str]) -> None:
     await asyncio.sleep(0)
     hooked.append("commit")
@@ -92,26 +112,13 @@ async def test_pool_atomic_cancelled_at_each_step(pg_dsn: str, driver: str, nest
                 assert cancelled or outcome == "ok"
                 if cancelled:
                     assert outcome == "cancelled", f"k={k}: cancellation swallowed"
-                for _ in range(50):
-                    if not pool._tasks:
-                        break
-                    await asyncio.sleep(0.01)
-                async with pool.acquire() as conn:
-                    assert not in_transaction(driver, conn), k
-                    assert id(raw(conn)) not in _open, k
-                    if driver == "psycopg":
-                        cur = await conn.execute(f"SELECT v FROM {t} ORDER BY v")
-                        values = [r[0] for r in await cur.fetchall()]
-                    else:
-                        values = [r[0] for r in await conn.fetch(f"SELECT v FROM {t} ORDER BY v")]
-                    assert values in ([], kept), (k, values)
-                    if outcome == "ok":
-                        assert values == kept, k
-                        assert hooked == ["commit"], k
-                    elif hooked:  # the hooks run after COMMIT only
-                        assert values == kept, k
-                    await conn.execute(f"DELETE FROM {t}")
-                assert pool.statistics().in_use == 0
+                values = await next_holder_values(driver, pool, t, k)
+                assert values in ([], kept), (k, values)
+                if outcome == "ok":
+                    assert values == kept, k
+                    assert hooked == ["commit"], k
+                elif hooked:  # the hooks run after COMMIT only
+                    assert values == kept, k
                 if outcome == "ok":
                     break
             assert seen_commit_unknown  # the sweep reached COMMIT
@@ -160,23 +167,10 @@ async def test_run_transaction_cancelled_at_each_step_of_a_retry(pg_dsn: str, dr
                     assert isinstance(outcome, asyncio.CancelledError), (k, outcome)
                 else:
                     assert outcome is None, (k, outcome)
-                for _ in range(50):
-                    if not pool._tasks:
-                        break
-                    await asyncio.sleep(0.01)
-                async with pool.acquire() as conn:
-                    assert not in_transaction(driver, conn), k
-                    assert id(raw(conn)) not in _open, k
-                    if driver == "psycopg":
-                        cur = await conn.execute(f"SELECT v FROM {t}")
-                        values = [r[0] for r in await cur.fetchall()]
-                    else:
-                        values = [r[0] for r in await conn.fetch(f"SELECT v FROM {t}")]
-                    assert values in ([], [2]), (k, values)
-                    if not cancelled:
-                        assert values == [2], k
-                    await conn.execute(f"DELETE FROM {t}")
-                assert pool.statistics().in_use == 0
+                values = await next_holder_values(driver, pool, t, k)
+                assert values in ([], [2]), (k, values)
+                if not cancelled:
+                    assert values == [2], k
                 if not cancelled:
                     break
             else:
