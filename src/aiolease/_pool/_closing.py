@@ -178,10 +178,7 @@ async def close_resource(pool: Pool[Any], entry: Entry[Any]) -> None:
         else:
             logger.warning("%r: closing %r failed: %r", pool, resource, exc)
     except BaseException as exc:
-        task = asyncio.current_task()
-        if isinstance(exc, asyncio.CancelledError) and task is not None and not task.cancelling():
-            # Nobody cancelled this task (an inner timeout in the close leaked): a failed
-            # close, as for reset (see reset_then_hand_off); whoever awaits it goes on.
+        if _leaked_cancel(exc):  # a failed close; whoever awaits this task goes on
             logger.warning("%r: closing %r failed: %r", pool, resource, exc)
         else:
             _abandon(pool, resource, "its close was cancelled")
@@ -191,6 +188,15 @@ async def close_resource(pool: Pool[Any], entry: Entry[Any]) -> None:
         pool._counters.closed += 1
         pool._size -= 1
         pool._dispatch()
+
+
+def _leaked_cancel(exc: BaseException) -> bool:
+    """Whether ``exc`` is a CancelledError though nobody cancelled the running pool task:
+    an inner timeout of a manager hook that leaked. That is the hook's failure (as for
+    create(), see Creations._failed), not a cancellation: the caller awaiting the task was
+    not cancelled and must not end as if it were."""
+    task = asyncio.current_task()
+    return isinstance(exc, asyncio.CancelledError) and task is not None and not task.cancelling()
 
 
 def _abandon(pool: Pool[Any], resource: object, why: str) -> None:
@@ -223,14 +229,9 @@ async def reset_then_hand_off(pool: Pool[Any], entry: Entry[Any]) -> None:
     try:
         await reset(entry.resource, entry.info)
     except BaseException as exc:
-        # This task is cancelled only when the loop shuts down. A CancelledError the
-        # reset raises otherwise (an inner timeout that leaked) is a failed reset, as for
-        # create() (see Creations._failed): the releaser awaiting this task was not
-        # cancelled and must not end as if it were.
-        task = asyncio.current_task()
-        cancelled = isinstance(exc, asyncio.CancelledError) and (
-            task is None or task.cancelling() > 0
-        )
+        # This task is cancelled only when the loop shuts down; otherwise a
+        # CancelledError is a failed reset (see _leaked_cancel).
+        cancelled = isinstance(exc, asyncio.CancelledError) and not _leaked_cancel(exc)
         if cancelled:
             note_discard(pool, entry.resource, "its reset was cancelled", logging.DEBUG)
         else:
