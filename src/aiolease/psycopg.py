@@ -157,6 +157,45 @@ def _install_watch(conn: AsyncConnection) -> None:
         pgconn.notice_handler = _Watch(pgconn.notice_handler, _poller(pgconn.socket))
 
 
+_Session = tuple[Any, ...]
+
+
+def _session(conn: AsyncConnection) -> _Session:
+    """The settings of the connection object that a holder may change and the next one
+    would inherit, in the order :func:`_restore_session` sets them back."""
+    return (
+        conn.autocommit,
+        conn.isolation_level,
+        conn.read_only,
+        conn.deferrable,
+        conn.row_factory,
+        conn.cursor_factory,
+        conn.prepare_threshold,
+    )
+
+
+async def _restore_session(conn: AsyncConnection, session: _Session | None) -> None:
+    """Set back what differs from ``session``: no round trip (psycopg applies the
+    transaction characteristics at the next BEGIN and only checks, under its lock,
+    that no transaction is open)."""
+    if session is None:  # no connection was created by this manager: nothing to go by
+        return
+    autocommit, isolation_level, read_only, deferrable, row_factory, cursor_factory, threshold = (
+        session
+    )
+    if conn.autocommit is not autocommit:
+        await conn.set_autocommit(autocommit)
+    if conn.isolation_level != isolation_level:
+        await conn.set_isolation_level(isolation_level)
+    if conn.read_only is not read_only:
+        await conn.set_read_only(read_only)
+    if conn.deferrable is not deferrable:
+        await conn.set_deferrable(deferrable)
+    conn.row_factory = row_factory
+    conn.cursor_factory = cursor_factory
+    conn.prepare_threshold = threshold
+
+
 def _fatal_notice(conn: AsyncConnection) -> str | None:
     watch = conn.pgconn.notice_handler
     return watch.fatal if type(watch) is _Watch else None
@@ -313,8 +352,10 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
     psycopg's own class.
 
     ``reset`` rolls back a transaction left open (``INTRANS``/``INERROR``),
-    restores the pool's ``autocommit`` mode if the holder changed it
-    (``set_autocommit``; no round trip), and discards a connection released with
+    sets back what the holder changed on the connection object (``autocommit``,
+    ``isolation_level``, ``read_only``, ``deferrable``, ``row_factory``,
+    ``cursor_factory``, ``prepare_threshold``: to their values on a new
+    connection of the pool; no round trip), and discards a connection released with
     a query still running (``ACTIVE``) or in an unknown state. After a lease whose body raised
     (a cancellation, a timeout, an error) on a connection that is kept, it also
     empties both psycopg's prepared-statement cache and the server's prepared
@@ -367,6 +408,9 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
         given = _parse_conninfo(conninfo)
         #: The autocommit mode of the pool's connections; a reset restores it.
         self.autocommit = bool(connect_kwargs.setdefault("autocommit", True))
+        # The client-side settings a new connection has (see _session), taken from
+        # each new connection; a reset restores them.
+        self._session: _Session | None = None
         _conninfo_defaults(given, connect_kwargs)
         if "connect_timeout" not in given:
             connect_kwargs.setdefault("connect_timeout", max(2, round(self.connect_timeout)))
@@ -393,6 +437,7 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
                 self._secrets,
             )
         _install_watch(conn)
+        self._session = _session(conn)  # every connection starts the same
         return conn
 
     def check_needed(self, resource: AsyncConnection, info: ResourceInfo) -> bool:
@@ -458,7 +503,7 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
         pgconn = resource.pgconn
         if pgconn.status != _OK or pgconn.transaction_status != _TS.IDLE:
             return True
-        if resource.autocommit is not self.autocommit:
+        if _session(resource) != self._session:
             return True
         watch = pgconn.notice_handler
         return type(watch) is _Watch and (watch.fatal is not None or watch.resync)
@@ -476,8 +521,9 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
                 "(a query still running, or unknown)"
             )
         resync = _take_resync(resource)
-        # A holder that changed the mode (set_autocommit): the next one gets the pool's.
-        restore = resource.autocommit is not self.autocommit
+        # A holder that changed a setting of the connection object (set_autocommit,
+        # set_isolation_level, row_factory, ...): the next one gets it as opened.
+        restore = _session(resource) != self._session
         if status == _TS.IDLE and not resync and not restore:
             return
         # One bound for all of it: past it (a silent peer) the timeout cancels the
@@ -493,8 +539,8 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
                 await resource.rollback()
             if resync:
                 await _resync_prepared(resource)
-            if restore:  # no round trip: psycopg only checks that no transaction is open
-                await resource.set_autocommit(self.autocommit)
+            if restore:
+                await _restore_session(resource, self._session)
 
     async def close(self, resource: AsyncConnection) -> None:
         if not resource.closed:

@@ -161,6 +161,8 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
         connect_kwargs.setdefault("isolation_level", None)
         connect_kwargs.setdefault("check_same_thread", False)
         self.connect_kwargs = connect_kwargs
+        # The settings of a new connection (see _session), taken from each new one.
+        self._session: _Session | None = None
         # Connections cut by abort(): their thread's answer to stop(), awaited by close().
         self._stopping: weakref.WeakKeyDictionary[aiosqlite.Connection, asyncio.Future[Any]] = (
             weakref.WeakKeyDictionary()
@@ -205,6 +207,7 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
         except BaseException:
             await _finish(asyncio.ensure_future(conn.close()))
             raise
+        self._session = _session(conn)  # every connection starts the same
         return conn
 
     def check_needed(self, resource: aiosqlite.Connection, info: ResourceInfo) -> bool:
@@ -217,14 +220,27 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
             raise ConnectionError("connection is closed")
 
     def reset_needed(self, resource: aiosqlite.Connection, info: ResourceInfo) -> bool:
-        return _in_transaction(resource) is not False
+        return _in_transaction(resource) is not False or _session(resource) != self._session
 
     async def reset(self, resource: aiosqlite.Connection, info: ResourceInfo) -> None:
+        """Roll back a transaction left open, then set back what the holder changed on
+        the connection object (``isolation_level``, ``row_factory``, ``text_factory``)
+        to its value on a new connection of the pool.
+
+        Raises:
+            ConnectionError: the connection is closed, or its ``isolation_level``
+                cannot be set back from the event loop's thread (opened with
+                ``check_same_thread=True``): the pool discards it.
+        """
         in_transaction = _in_transaction(resource)
         if in_transaction is None:
             raise ConnectionError("connection is closed")
         if in_transaction:
             await resource.rollback()
+        if self._session is not None:
+            # After the rollback: sqlite3 commits an open transaction when isolation_level
+            # becomes None.
+            _restore_session(resource, self._session)
 
     def abort(self, resource: aiosqlite.Connection) -> None:
         """Ask the connection's thread to close the database and stop as soon as it is
@@ -255,6 +271,41 @@ def _public_in_transaction(conn: aiosqlite.Connection) -> bool | None:
         return bool(conn.in_transaction)
     except ValueError:
         return None
+
+
+_Session = tuple[Any, Any, Any]
+
+
+def _session(conn: aiosqlite.Connection) -> _Session:
+    """The settings of the connection object that a holder may change and the next
+    holder would inherit (read on the loop: plain attributes of the sqlite3 connection)."""
+    return (conn.isolation_level, conn.row_factory, conn.text_factory)
+
+
+def _restore_session(conn: aiosqlite.Connection, session: _Session) -> None:
+    """Set back what differs from ``session``.
+
+    A holder's ``isolation_level = "DEFERRED"`` left in place would open an implicit
+    transaction around the next holder's writes, rolled back at its release.
+
+    Raises:
+        ConnectionError: ``isolation_level`` must go back to None on a connection opened
+            with ``check_same_thread=True``, which sqlite3 allows only in the connection's
+            own thread (aiosqlite's): the connection is discarded.
+    """
+    isolation_level, row_factory, text_factory = session
+    if conn.row_factory is not row_factory:
+        conn.row_factory = row_factory
+    if conn.text_factory is not text_factory:
+        conn.text_factory = text_factory
+    if conn.isolation_level != isolation_level:
+        try:
+            conn.isolation_level = isolation_level
+        except sqlite3.ProgrammingError as exc:
+            raise ConnectionError(
+                f"cannot set isolation_level back to {isolation_level!r} outside the "
+                "connection's thread (check_same_thread=True): connection discarded"
+            ) from exc
 
 
 # The same answer read without aiosqlite's property calls, when its internals are in use.
