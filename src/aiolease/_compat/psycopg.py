@@ -14,7 +14,9 @@ meanwhile.
 path of every query, so a query that is not cancelled runs exactly as before. On a cancellation
 it sends the cancel request with psycopg's public ``cancel_safe(timeout=...)`` and waits for the
 query to end, both within ``cancel_grace`` seconds in all: a live server answers a cancel request
-within a round trip or two and the connection is kept; past the grace, or on any other outcome,
+within a round trip or two and the connection is kept (also when the query ended on an error of
+its own first, e.g. an earlier statement's in a pipeline: the connection is then between
+statements, as after any failed query); past the grace, or on any other outcome,
 the connection is closed (``pgconn.finish()``, as psycopg does when its own bound expires or a
 second interruption arrives) and the pool discards it at release. The cancellation itself is
 always re-raised unchanged; a second one that arrives during the grace closes the connection and
@@ -46,6 +48,9 @@ __all__ = ["CONNECTION_CLASS", "PRIVATE", "BoundedCancelConnection"]
 logger = get_logger("aiolease.pool.psycopg")
 
 _ACTIVE = pq.TransactionStatus.ACTIVE
+_OK = pq.ConnStatus.OK
+# The states a connection is in between statements.
+_SETTLED = (pq.TransactionStatus.IDLE, pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR)
 # What psycopg's wait treats as an interruption of the query (its _INTERRUPTED, async flavour).
 _INTERRUPTED = (asyncio.CancelledError, KeyboardInterrupt, SystemExit)
 
@@ -118,15 +123,28 @@ class BoundedCancelConnection(psycopg.AsyncConnection[Any]):
         except psycopg.errors.QueryCanceled:
             return  # the server stopped the query: the connection is usable
         except BaseException as exc:
+            pgconn = self.pgconn
+            if (
+                isinstance(exc, psycopg.Error)
+                and pgconn.status == _OK
+                and pgconn.transaction_status in _SETTLED
+            ):
+                # It ended on an error of its own before the cancel took effect (in a
+                # pipeline, an earlier statement's): usable, as after any failed query.
+                return
             # No answer within the grace (a silent peer), a lost connection, or another
             # interruption: the connection's state is unknown.
+            if pgconn.status == _OK and pgconn.transaction_status == _ACTIVE:
+                what = f"did not end within {grace:.1f} s"
+            else:
+                what = "ended with the connection lost or in an unknown state"
             logger.warning(
-                "the cancelled query on %r did not end within %.1f s (%s): closing the connection",
+                "the cancelled query on %r %s (%s): closing the connection",
                 self,
-                grace,
+                what,
                 type(exc).__name__,
             )
-            self.pgconn.finish()
+            pgconn.finish()
             if not isinstance(exc, Exception):
                 raise  # a new interruption goes on; an error must not replace the first
 
