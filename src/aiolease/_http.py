@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable
 from typing import Any, Generic, Protocol, TypeVar
 
 from ._errors import RateLimitExceeded
+from ._limits._validate import LONGEST_WAIT
 from ._logs import get_logger
 
 __all__ = [
@@ -50,7 +51,6 @@ RETRY_STATUSES = frozenset({429, 503})
 #: Above this a ``RateLimit-Reset`` value is read as a Unix time, not a delay
 #: (some servers send the epoch form); ten years of seconds.
 _EPOCH_THRESHOLD = 10 * 365 * 86400.0
-_DELTA_MAX = 2.0**31
 #: delta-seconds: ASCII digits only (RFC 9110 DIGIT; ``\d`` alone takes "٣" for 3).
 _DELTA = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*$", re.ASCII)
 #: One member of a Structured Fields list (RFC 8941): commas inside quoted strings kept.
@@ -74,7 +74,7 @@ def _number(text: str) -> float | None:
     # Capped at 2**31 s as RFC 9111 (1.2.2) caps delta-seconds: too many digits for a float
     # would read as inf, which a limiter refuses to pause for while the key stayed paused here
     # for good (a later request waited forever, whatever its timeout).
-    return min(float(m.group(1)), _DELTA_MAX) if m else None
+    return min(float(m.group(1)), LONGEST_WAIT) if m else None
 
 
 def _http_date(text: str) -> float | None:
@@ -104,7 +104,7 @@ def _reference_time(header: HeaderGetter) -> float:
 
 def _until(at: float, header: HeaderGetter) -> float:
     """The delay until the absolute time ``at``, capped as delta-seconds are (see _number)."""
-    return min(max(0.0, at - _reference_time(header)), _DELTA_MAX)
+    return min(max(0.0, at - _reference_time(header)), LONGEST_WAIT)
 
 
 def _retry_after(value: str, header: HeaderGetter) -> float | None:

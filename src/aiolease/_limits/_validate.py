@@ -5,8 +5,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable
+from typing import Final
 
-__all__ = ["check_cost", "check_key", "check_name", "check_positive", "check_timeout", "utf8_size"]
+__all__ = [
+    "LONGEST_WAIT",
+    "check_cost",
+    "check_key",
+    "check_name",
+    "check_positive",
+    "check_timeout",
+    "utf8_size",
+]
+
+#: The longest wait one instruction is taken to ask for, in seconds (a server's
+#: ``Retry-After``, a Redis limiter's pause): RFC 9111 (1.2.2) caps delta-seconds there.
+LONGEST_WAIT: Final = 2.0**31
 
 
 def _number(name: str, value: object) -> float:

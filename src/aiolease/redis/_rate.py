@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from .. import _metrics, _tracking
 from .._errors import RateLimitExceeded
 from .._limits import RateLimiter, RateLimiterStatistics, RatePermit
-from .._limits._validate import check_cost, check_positive, check_timeout
+from .._limits._validate import LONGEST_WAIT, check_cost, check_positive, check_timeout
 from ._keys import check_name, check_prefix, redis_key
 from ._pipe import (
     UNAVAILABLE,
@@ -42,11 +42,6 @@ Clock = Literal["server", "client"]
 #: How far past ``timeout`` an ``acquire(timeout=...)`` may end: the time to wrap up a Redis call
 #: that did not answer in time (the contract allows 0.1 s).
 DEADLINE_GRACE: Final = 0.05
-#: The longest a key's state is made to last by one call, in seconds (as RFC 9111 caps
-#: delta-seconds): a longer pause is held this long, and a full burst must be regained within it.
-#: Far beyond it the script's expiry (PX) and its waits (integer microseconds) are no longer
-#: numbers Redis takes, and the call failed - with the pause not in force.
-LONGEST: Final = 2.0**31
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,7 +347,10 @@ class RedisRateLimiter:
         self._rate = check_positive("rate", rate)
         self._per = check_positive("per", per)
         self._burst = check_positive("burst", burst, minimum=1.0, inclusive=True)
-        if self._burst * (self._per / self._rate) > LONGEST:
+        # One call makes a key's state last at most LONGEST_WAIT (a longer pause is held
+        # that long): far beyond it the script's expiry (PX) and its waits (integer
+        # microseconds) are no longer numbers Redis takes, and the call would fail.
+        if self._burst * (self._per / self._rate) > LONGEST_WAIT:
             raise ValueError(
                 f"burst * per / rate must be at most 2**31 s (the time a full burst takes to be "
                 f"regained), got {burst!r} * {per!r} / {rate!r}"
@@ -477,7 +475,7 @@ class RedisRateLimiter:
         Raises:
             ValueError: ``seconds`` is negative or not finite.
         """
-        s = min(check_positive("seconds", seconds, inclusive=True), LONGEST)
+        s = min(check_positive("seconds", seconds, inclusive=True), LONGEST_WAIT)
         if self._closed:
             raise RuntimeError(f"{self!r} is closed (aclose() was called)")
         rkey = self._rkey(key)
