@@ -107,7 +107,7 @@ def _until(at: float, header: HeaderGetter) -> float:
     return min(max(0.0, at - _reference_time(header)), LONGEST_WAIT)
 
 
-def _retry_after(value: str, header: HeaderGetter) -> float | None:
+def _one_retry_after(value: str, header: HeaderGetter) -> float | None:
     seconds = _number(value)
     if seconds is not None:
         return seconds
@@ -115,6 +115,31 @@ def _retry_after(value: str, header: HeaderGetter) -> float | None:
     if at is None:
         return None
     return _until(at, header)
+
+
+def _retry_after(value: str, header: HeaderGetter) -> float | None:
+    """One ``Retry-After`` value, or several (the field repeated, e.g. by a proxy, comes
+    joined by ", "): the longest wait among them, or None when any is malformed.
+
+    An HTTP-date holds a comma itself: where two pieces together read as a date, they
+    are one value.
+    """
+    seconds = _one_retry_after(value, header)
+    if seconds is not None or "," not in value:
+        return seconds
+    pieces = [p.strip() for p in value.split(",")]
+    waits: list[float] = []
+    i = 0
+    while i < len(pieces):
+        if i + 1 < len(pieces) and _http_date(f"{pieces[i]}, {pieces[i + 1]}") is not None:
+            piece, i = f"{pieces[i]}, {pieces[i + 1]}", i + 2
+        else:
+            piece, i = pieces[i], i + 1
+        wait = _one_retry_after(piece, header)
+        if wait is None:
+            return None
+        waits.append(wait)
+    return max(waits)
 
 
 def _params(member: str) -> tuple[str, dict[str, str]]:

@@ -65,6 +65,25 @@ def _getter(headers: dict[str, str]):  # type: ignore[no-untyped-def]
         ({"RateLimit-Reset": "4"}, 4.0),
         # Retry-After wins over RateLimit
         ({"Retry-After": "2", "RateLimit": '"default";r=0;t=50'}, 2.0),
+        # the field repeated (by a proxy: the lines come joined by ", "): the longest
+        ({"Retry-After": "120, 120"}, 120.0),
+        ({"Retry-After": "5,120"}, 120.0),
+        (
+            {
+                "Date": "Fri, 31 Dec 1999 23:59:50 GMT",
+                "Retry-After": "Fri, 31 Dec 1999 23:59:59 GMT, Fri, 31 Dec 1999 23:59:59 GMT",
+            },
+            9.0,
+        ),
+        (
+            {
+                "Date": "Fri, 31 Dec 1999 23:59:50 GMT",
+                "Retry-After": "3, Fri, 31 Dec 1999 23:59:59 GMT, 4",
+            },
+            9.0,
+        ),
+        ({"Retry-After": "120, soon"}, None),  # one of them malformed: the field is
+        ({"Retry-After": "120, "}, None),
         # malformed values are ignored
         ({"Retry-After": "soon"}, None),
         ({"Retry-After": "-3"}, None),
@@ -387,3 +406,9 @@ def test_retry_delay_of_any_header_value_is_none_or_a_bounded_delay(
     headers = {field: value} if date is None else {field: value, "Date": date}
     seconds = retry_delay(_getter(headers))
     assert seconds is None or 0.0 <= seconds <= 2.0**31
+
+
+def test_a_retry_after_repeated_by_a_proxy_pauses_through_httpx() -> None:
+    # httpx joins the two lines of the field: "2, 3".
+    response = httpx.Response(429, headers=[("Retry-After", "2"), ("Retry-After", "3")])
+    assert retry_delay(aiolease.httpx._header(response)) == 3.0
