@@ -16,6 +16,7 @@ import pytest
 import aiolease
 from aiolease import CommitUnknown
 from aiolease._transaction import _chain, _open
+from cancelling import cancel_after_steps
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -97,21 +98,16 @@ async def test_pool_atomic_cancelled_at_each_step(pg_dsn: str, driver: str, nest
 
                         tx.on_commit(functools.partial(hook, hooked))
 
-                task = asyncio.create_task(body(hooked))
-                for _ in range(k):
-                    await asyncio.sleep(0)
-                cancelled = task.cancel()
-                try:
-                    await task
-                    outcome = "ok"
-                except asyncio.CancelledError as exc:
-                    outcome = "cancelled"
-                    if any(isinstance(e, CommitUnknown) for e in _chain(exc)):
-                        seen_commit_unknown = True
-                outcomes.append(outcome)
-                assert cancelled or outcome == "ok"
+                cancelled, result = await cancel_after_steps(body(hooked), k)
                 if cancelled:
-                    assert outcome == "cancelled", f"k={k}: cancellation swallowed"
+                    outcome = "cancelled"
+                    assert isinstance(result, asyncio.CancelledError)  # (the helper checked)
+                    if any(isinstance(e, CommitUnknown) for e in _chain(result)):
+                        seen_commit_unknown = True
+                else:
+                    assert result is None, (k, result)
+                    outcome = "ok"
+                outcomes.append(outcome)
                 values = await next_holder_values(driver, pool, t, k)
                 assert values in ([], kept), (k, values)
                 if outcome == "ok":
@@ -156,16 +152,10 @@ async def test_run_transaction_cancelled_at_each_step_of_a_retry(pg_dsn: str, dr
                     if len(tries) == 1:
                         raise failure("could not serialize access (test)")
 
-                task = asyncio.create_task(
-                    aiolease.run_transaction(pool, fn, backoff=0.001, max_backoff=0.001)
+                cancelled, outcome = await cancel_after_steps(
+                    aiolease.run_transaction(pool, fn, backoff=0.001, max_backoff=0.001), k
                 )
-                for _ in range(k):
-                    await asyncio.sleep(0)
-                cancelled = task.cancel()
-                outcome = (await asyncio.gather(task, return_exceptions=True))[0]
-                if cancelled:
-                    assert isinstance(outcome, asyncio.CancelledError), (k, outcome)
-                else:
+                if not cancelled:
                     assert outcome is None, (k, outcome)
                 values = await next_holder_values(driver, pool, t, k)
                 assert values in ([], [2]), (k, values)

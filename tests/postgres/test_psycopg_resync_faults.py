@@ -19,6 +19,7 @@ from psycopg import pq
 import aiolease._compat.psycopg
 from aiolease import Pool
 from aiolease.psycopg import create_pool
+from cancelling import cancel_after_steps
 from driver_pools import settle
 
 #: psycopg before 3.3.9: a pipeline whose exit was cancelled, on a connection closed since
@@ -94,13 +95,8 @@ async def test_failing_lease_cancelled_at_each_step_hands_on_a_clean_connection(
     async with create_pool(pg_dsn, max_size=1, prepare_threshold=THRESHOLD) as pool:
         await warm(pool)
         for k in range(5000):
-            task = asyncio.create_task(failing_lease(pool))
-            await yields(k)
-            cancelled = task.cancel()
-            outcome = (await asyncio.gather(task, return_exceptions=True))[0]
-            if cancelled:
-                assert isinstance(outcome, asyncio.CancelledError), (k, outcome)
-            else:
+            cancelled, outcome = await cancel_after_steps(failing_lease(pool), k)
+            if not cancelled:
                 assert isinstance(outcome, psycopg.errors.DivisionByZero), (k, outcome)
             await settle(pool)
             await assert_clean_next_holder(pool)

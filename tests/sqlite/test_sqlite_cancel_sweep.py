@@ -17,6 +17,7 @@ import aiolease
 from aiolease._compat.aiosqlite import _LOOP
 from aiolease._transaction import _open
 from aiolease.sqlite import create_pool
+from cancelling import cancel_after_steps
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -66,14 +67,8 @@ async def test_sqlite_pool_atomic_cancelled_at_each_step(
         outcomes: list[str] = []
         for k in range(5000):  # until the block ends before the cancellation
             hooked: list[str] = []
-            task = asyncio.create_task(body(pool, hooked, readonly))
-            for _ in range(k):
-                await asyncio.sleep(0)
-            cancelled = task.cancel()
-            outcome = (await asyncio.gather(task, return_exceptions=True))[0]
-            if cancelled:
-                assert isinstance(outcome, asyncio.CancelledError), (k, outcome)
-            else:
+            cancelled, outcome = await cancel_after_steps(body(pool, hooked, readonly), k)
+            if not cancelled:
                 assert outcome is None, (k, outcome)
             outcomes.append("cancelled" if cancelled else "ok")
             for _ in range(200):
