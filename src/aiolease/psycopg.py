@@ -174,12 +174,10 @@ def _session(conn: AsyncConnection) -> _Session:
     )
 
 
-async def _restore_session(conn: AsyncConnection, session: _Session | None) -> None:
+async def _restore_session(conn: AsyncConnection, session: _Session) -> None:
     """Set back what differs from ``session``: no round trip (psycopg applies the
     transaction characteristics at the next BEGIN and only checks, under its lock,
     that no transaction is open)."""
-    if session is None:  # no connection was created by this manager: nothing to go by
-        return
     autocommit, isolation_level, read_only, deferrable, row_factory, cursor_factory, threshold = (
         session
     )
@@ -503,7 +501,7 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
         pgconn = resource.pgconn
         if pgconn.status != _OK or pgconn.transaction_status != _TS.IDLE:
             return True
-        if _session(resource) != self._session:
+        if self._changed(resource):
             return True
         watch = pgconn.notice_handler
         return type(watch) is _Watch and (watch.fatal is not None or watch.resync)
@@ -523,7 +521,7 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
         resync = _take_resync(resource)
         # A holder that changed a setting of the connection object (set_autocommit,
         # set_isolation_level, row_factory, ...): the next one gets it as opened.
-        restore = _session(resource) != self._session
+        restore = self._changed(resource)
         if status == _TS.IDLE and not resync and not restore:
             return
         # One bound for all of it: past it (a silent peer) the timeout cancels the
@@ -539,8 +537,13 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
                 await resource.rollback()
             if resync:
                 await _resync_prepared(resource)
-            if restore:
+            if restore and self._session is not None:
                 await _restore_session(resource, self._session)
+
+    def _changed(self, resource: AsyncConnection) -> bool:
+        """Whether the holder changed a setting of the connection object (see _session);
+        never for a connection this manager did not open."""
+        return self._session is not None and _session(resource) != self._session
 
     async def close(self, resource: AsyncConnection) -> None:
         if not resource.closed:

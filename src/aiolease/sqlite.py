@@ -220,7 +220,9 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
             raise ConnectionError("connection is closed")
 
     def reset_needed(self, resource: aiosqlite.Connection, info: ResourceInfo) -> bool:
-        return _in_transaction(resource) is not False or _session(resource) != self._session
+        return _in_transaction(resource) is not False or (
+            self._session is not None and _session(resource) != self._session
+        )
 
     async def reset(self, resource: aiosqlite.Connection, info: ResourceInfo) -> None:
         """Roll back a transaction left open, then set back what the holder changed on
