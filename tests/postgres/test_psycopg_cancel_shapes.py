@@ -83,6 +83,8 @@ async def _pipeline_error(c: Any) -> None:
         await c.execute("SELECT pg_sleep(0.05)")
 
 
+_PSYCOPG = tuple(int(p) for p in psycopg.__version__.split(".")[:3])
+
 SHAPES: dict[str, Callable[[Any], Awaitable[None]]] = {
     "execute": _execute,
     "executemany": _executemany,
@@ -121,9 +123,11 @@ async def test_cancelled_psycopg_operation_leaves_the_pool_serving(pg_dsn: str, 
                 assert await cur.fetchone() == (42,)
         stats = pool.statistics()
         assert (stats.in_use, stats.waiting) == (0, 0), stats
-        if aiolease._compat.psycopg.PRIVATE and not shape.startswith("copy"):
+        old_pipeline = shape == "pipeline_error" and _PSYCOPG < (3, 3, 9)
+        if aiolease._compat.psycopg.PRIVATE and not shape.startswith("copy") and not old_pipeline:
             # A live server ends every cancelled query: each connection is kept, also
             # when the query ended on an error of its own first (psycopg's own class
             # closes it then). A COPY cancelled midway may be left active by psycopg's
-            # copy object: that connection is discarded.
+            # copy object, and psycopg before 3.3.9 leaves a pipeline that failed busy:
+            # those connections are discarded.
             assert stats.discarded == 0, stats

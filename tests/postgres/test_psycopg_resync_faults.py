@@ -104,9 +104,10 @@ async def test_failing_lease_cancelled_at_each_step_hands_on_a_clean_connection(
                 break
         else:
             raise AssertionError("the lease never ended before its cancellation")
-        if aiolease._compat.psycopg.PRIVATE:
+        if aiolease._compat.psycopg.PRIVATE and not _OLD_PIPELINE_EXIT:
             # A cancellation while the pipeline's results were read, after 1/0 had failed:
             # the connection is between statements, kept (psycopg's own class closes it).
+            # psycopg before 3.3.9 leaves it busy (ACTIVE, pipeline aborted) then: closed.
             assert pool.statistics().discarded == 0, pool.statistics()
 
 

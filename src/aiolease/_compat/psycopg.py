@@ -135,7 +135,7 @@ class BoundedCancelConnection(psycopg.AsyncConnection[Any]):
             # No answer within the grace (a silent peer), a lost connection, or another
             # interruption: the connection's state is unknown.
             if pgconn.status == _OK and pgconn.transaction_status == _ACTIVE:
-                what = f"did not end within {grace:.1f} s"
+                what = f"did not end cleanly within {grace:.1f} s"
             else:
                 what = "ended with the connection lost or in an unknown state"
             logger.warning(
