@@ -24,6 +24,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "aiolease.asyncpg needs the asyncpg driver: pip install 'aiolease[asyncpg]'"
     ) from exc
 
+from asyncpg.cursor import Cursor, CursorFactory
+from asyncpg.prepared_stmt import PreparedStatement
+from asyncpg.transaction import Transaction
+
 # (after the driver: the fence imports asyncpg too, and the error above names the extra)
 from ._compat.asyncpg import (
     HAVE_SOCKET,
@@ -273,6 +277,10 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
             refused (a session there is not ours to reset).
         **connect_kwargs: passed to :func:`asyncpg.connect`.
     """
+
+    # What a lease makes that can run statements later (see aiolease._lease.Guarded).
+    _making = frozenset({"prepare", "cursor", "transaction"})
+    _guarded = (PreparedStatement, CursorFactory, Cursor, Transaction)
 
     def __init__(
         self,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import select
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from ._driver_args import check_connect_kwargs, check_timeout_seconds, keywords_of
@@ -40,6 +41,7 @@ logger = get_logger("aiolease.pool.psycopg")
 
 _TS = pq.TransactionStatus
 _OK = pq.ConnStatus.OK
+_PIPELINE_OFF = pq.PipelineStatus.OFF
 _SEVERITY = pq.DiagnosticField.SEVERITY_NONLOCALIZED
 AsyncConnection = psycopg.AsyncConnection[Any]
 
@@ -382,6 +384,12 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
             within ``aiolease._liveness.SILENT_PEER_BOUND`` seconds (see docs/pool.md).
     """
 
+    # What a lease makes that can run statements or take the connection later (see
+    # aiolease._lease.Guarded); an async context manager a cursor returns (``copy()``)
+    # runs its statement on entry.
+    _making = frozenset({"cursor", "execute", "transaction", "pipeline", "notifies"})
+    _guarded = (psycopg.AsyncCursor, psycopg.AsyncTransaction, AbstractAsyncContextManager)
+
     def __init__(
         self,
         conninfo: str = "",
@@ -501,6 +509,8 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
         pgconn = resource.pgconn
         if pgconn.status != _OK or pgconn.transaction_status != _TS.IDLE:
             return True
+        if pgconn.pipeline_status != _PIPELINE_OFF:
+            return True
         if self._changed(resource):
             return True
         watch = pgconn.notice_handler
@@ -518,6 +528,10 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
                 f"connection released in state {_TS(status).name} "
                 "(a query still running, or unknown)"
             )
+        if resource.pgconn.pipeline_status != _PIPELINE_OFF:
+            # Given back inside ``async with conn.pipeline()``: the block's exit would
+            # run on the next holder's lease, so the pipeline is not ours to end.
+            raise ConnectionError("connection released inside a pipeline block")
         resync = _take_resync(resource)
         # A holder that changed a setting of the connection object (set_autocommit,
         # set_isolation_level, row_factory, ...): the next one gets it as opened.

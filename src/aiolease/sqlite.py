@@ -136,6 +136,10 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
             ``atomic``'s COMMIT ever runs outside the connection's thread).
     """
 
+    # What a lease makes that can run statements later (see aiolease._lease.Guarded).
+    _making = frozenset({"cursor", "execute", "executemany", "executescript", "iterdump"})
+    _guarded = (aiosqlite.Cursor,)
+
     def __init__(
         self,
         path: str | os.PathLike[str],

@@ -120,3 +120,43 @@ async def test_unclosed_driver_pool_warning_names_the_users_line(tmp_path: Path)
         gc.collect()
     messages = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
     assert any(f"test_sqlite_misuse.py:{line}" in m for m in messages), messages
+
+
+async def test_cursors_made_by_a_lease_work_during_it(tmp_path: Path) -> None:
+    async with create_pool(tmp_path / "db.sqlite", max_size=1) as pool, pool.acquire() as conn:
+        await conn.execute("CREATE TABLE t (x INTEGER)")
+        cur = await conn.executemany("INSERT INTO t VALUES (?)", [(1,), (2,), (3,)])
+        assert cur.rowcount == 3
+        async with conn.execute("SELECT x FROM t ORDER BY x") as cur:
+            assert await cur.fetchone() == (1,)
+            assert [row async for row in cur] == [(2,), (3,)]
+        made = await conn.cursor()
+        assert await made.execute("SELECT count(*) FROM t") is made
+        assert list(await made.fetchall()) == [(3,)]
+        await conn.executescript("DELETE FROM t; INSERT INTO t VALUES (9);")
+        assert list(await (await conn.execute("SELECT x FROM t")).fetchall()) == [(9,)]
+        assert "CREATE TABLE t (x INTEGER);" in [line async for line in conn.iterdump()]
+
+
+async def test_cursors_made_by_a_lease_refuse_use_after_it(tmp_path: Path) -> None:
+    async with create_pool(tmp_path / "db.sqlite", max_size=1) as pool:
+        async with pool.acquire() as kept:
+            await kept.execute("CREATE TABLE t (x INTEGER)")
+            made = await kept.cursor()
+            executed = await kept.execute("SELECT 1")
+            pending = kept.execute("INSERT INTO t VALUES (1)")  # made, not awaited
+            dump = kept.iterdump()
+        with pytest.raises(ResourceReleased, match=r"Cursor\.execute\(\)"):
+            await made.execute("INSERT INTO t VALUES (2)")
+        with pytest.raises(ResourceReleased, match=r"Cursor\.fetchall\(\)"):
+            await executed.fetchall()
+        with pytest.raises(ResourceReleased, match=r"Cursor \(async for\)"):
+            async for _ in executed:
+                pass
+        with pytest.raises(ResourceReleased, match=r"\(await\)"):
+            await pending
+        with pytest.raises(ResourceReleased, match=r"\(async for\)"):
+            async for _ in dump:
+                pass
+        async with pool.acquire() as conn, conn.execute("SELECT count(*) FROM t") as cur:
+            assert await cur.fetchone() == (0,)

@@ -1,0 +1,165 @@
+"""Driver pools (asyncpg, psycopg): what a lease made (a cursor, a prepared statement, a
+transaction object) works during the lease and refuses every use after it."""
+
+from __future__ import annotations
+
+import pytest
+
+import aiolease.asyncpg
+import aiolease.psycopg
+from aiolease import ResourceReleased
+
+
+async def test_asyncpg_objects_made_by_a_lease_work_during_it(pg_dsn: str) -> None:
+    async with aiolease.asyncpg.create_pool(pg_dsn, max_size=1) as pool, pool.acquire() as conn:
+        stmt = await conn.prepare("SELECT $1::int * 2")
+        assert await stmt.fetchval(21) == 42
+        assert [r[0] for r in await stmt.fetch(1)] == [2]
+        async with conn.transaction():
+            series = "SELECT generate_series(1, 5)"
+            assert [r[0] async for r in conn.cursor(series)] == [1, 2, 3, 4, 5]
+            cursor = await conn.cursor(series)
+            assert [r[0] for r in await cursor.fetch(2)] == [1, 2]
+            row = await cursor.fetchrow()
+            assert row is not None
+            assert row[0] == 3
+            numbered = await conn.prepare("SELECT generate_series(1, $1::int)")
+            assert [r[0] async for r in numbered.cursor(3)] == [1, 2, 3]
+        tr = conn.transaction()
+        await tr.start()
+        await conn.execute("CREATE TEMP TABLE guarded_tmp (x int)")
+        await tr.rollback()
+        assert await conn.fetchval("SELECT to_regclass('pg_temp.guarded_tmp')") is None
+
+
+async def test_asyncpg_objects_made_by_a_lease_refuse_use_after_it(pg_dsn: str) -> None:
+    async with aiolease.asyncpg.create_pool(pg_dsn, max_size=1) as pool:
+        async with pool.acquire() as kept:
+            intrude = await kept.prepare("SELECT set_config('application_name', 'intruder', false)")
+            tr = kept.transaction()
+            factory = kept.cursor("SELECT 1")
+            async with kept.transaction():
+                cursor = await kept.cursor("SELECT generate_series(1, 3)")
+        async with pool.acquire() as current:  # the same connection, another holder
+            await current.execute("SET application_name = 'holder2'")
+            with pytest.raises(ResourceReleased, match=r"PreparedStatement\.fetchval\(\)"):
+                await intrude.fetchval()
+            with pytest.raises(ResourceReleased, match=r"Transaction\.start\(\)"):
+                await tr.start()
+            with pytest.raises(ResourceReleased, match=r"CursorFactory \(await\)"):
+                await factory
+            with pytest.raises(ResourceReleased, match=r"CursorFactory \(async for\)"):
+                async for _ in factory:
+                    pass
+            with pytest.raises(ResourceReleased, match=r"Cursor\.fetch\(\)"):
+                await cursor.fetch(1)
+            assert await current.fetchval("SHOW application_name") == "holder2"
+            assert not current.is_in_transaction()
+
+
+async def test_psycopg_objects_made_by_a_lease_work_during_it(pg_dsn: str) -> None:
+    async with aiolease.psycopg.create_pool(pg_dsn, max_size=1) as pool, pool.acquire() as conn:
+        cur = conn.cursor()
+        assert await cur.execute("SELECT %s::int", (5,)) is cur
+        assert await cur.fetchone() == (5,)
+        assert cur.connection is conn  # the lease, not the driver's connection
+        async with conn.cursor() as cur2:
+            await cur2.execute("SELECT generate_series(1, 3)")
+            assert [r[0] async for r in cur2] == [1, 2, 3]
+        executed = await conn.execute("SELECT 'a' UNION ALL SELECT 'b'")
+        assert await executed.fetchall() == [("a",), ("b",)]
+        async with conn.transaction() as tx:
+            assert tx.connection is conn
+            async with conn.cursor("guarded_named") as named:
+                await named.execute("SELECT generate_series(1, 4)")
+                assert await named.fetchmany(3) == [(1,), (2,), (3,)]
+            async with cur.copy("COPY (SELECT 7) TO STDOUT") as copy:
+                assert [bytes(block) async for block in copy] == [b"7\n"]
+            async with conn.transaction(force_rollback=True):
+                await conn.execute("CREATE TEMP TABLE guarded_tmp (x int)")
+        cur = await conn.execute("SELECT to_regclass('pg_temp.guarded_tmp')")
+        assert await cur.fetchone() == (None,)
+        async with conn.pipeline() as pipeline:
+            piped = await conn.execute("SELECT 8")
+            await pipeline.sync()
+            assert await piped.fetchone() == (8,)
+        assert [n async for n in conn.notifies(timeout=0.01)] == []
+
+
+async def test_psycopg_objects_made_by_a_lease_refuse_use_after_it(pg_dsn: str) -> None:
+    async with aiolease.psycopg.create_pool(pg_dsn, max_size=1) as pool:
+        async with pool.acquire() as kept:
+            made = kept.cursor()
+            executed = await kept.execute("SELECT 1")
+            transaction = kept.transaction()
+            pending = kept.execute("SET application_name = 'intruder'")  # made, not awaited
+            pipeline = kept.pipeline()
+            notifies = kept.notifies(timeout=0.01)
+        async with pool.acquire() as current:  # the same connection, another holder
+            await current.execute("SET application_name = 'holder2'")
+            intrude = "SET application_name = 'intruder'"
+            with pytest.raises(ResourceReleased, match=r"^execute\(\) on"):
+                await pending
+            with pytest.raises(ResourceReleased, match=r"AsyncCursor\.execute\(\)"):
+                await made.execute(intrude)
+            with pytest.raises(ResourceReleased, match=r"AsyncCursor\.execute\(\)"):
+                await executed.execute(intrude)
+            with pytest.raises(ResourceReleased, match=r"AsyncCursor\.fetchone\(\)"):
+                await executed.fetchone()
+            with pytest.raises(ResourceReleased, match=r"\(async with\)"):
+                async with transaction:
+                    await current.execute(intrude)  # not reached
+            with pytest.raises(ResourceReleased, match=r"AsyncCursor\.connection"):
+                _ = made.connection
+            with pytest.raises(ResourceReleased, match=r"\(async with\)"):
+                async with pipeline:
+                    pass  # not reached: the pipeline would be the next holder's
+            with pytest.raises(ResourceReleased, match=r"\(async for\)"):
+                async for _ in notifies:
+                    pass  # not reached: waiting here would hold the connection's lock
+            with pytest.raises(ResourceReleased, match=r"\(anext\)"):
+                await anext(notifies)
+            cur = await current.execute("SHOW application_name")
+            assert await cur.fetchone() == ("holder2",)
+            assert current.info.transaction_status.name == "IDLE"
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+async def test_a_block_the_lease_ended_inside_exits_without_running(
+    pg_dsn: str, driver: str
+) -> None:
+    """The lease given back inside ``async with conn.transaction()``: the exit sends nothing
+    (the release ended the transaction: asyncpg's rolled back, psycopg's connection
+    discarded) and raises nothing of its own."""
+    module = getattr(aiolease, driver)
+    async with module.create_pool(pg_dsn, max_size=1) as pool:
+        conn = await pool.acquire()
+
+        async def give_back_inside_the_block() -> None:
+            async with conn.transaction():
+                await pool.release(conn)
+                raise LookupError("the block's own error")
+
+        with pytest.raises(LookupError, match="the block's own"):
+            await give_back_inside_the_block()
+        async with pool.acquire() as current:
+            if driver == "asyncpg":
+                assert not current.is_in_transaction()
+            else:
+                assert current.info.transaction_status.name == "IDLE"
+
+
+async def test_psycopg_connection_given_back_inside_a_pipeline_block_is_discarded(
+    pg_dsn: str,
+) -> None:
+    """Still in pipeline mode at release (nothing sent yet, so it looks idle): the next
+    holder must not get it in pipeline mode, and the block's exit sends nothing."""
+    async with aiolease.psycopg.create_pool(pg_dsn, max_size=1) as pool:
+        conn = await pool.acquire()
+        async with conn.pipeline():
+            await pool.release(conn)
+        async with pool.acquire() as current:
+            assert current.pgconn.pipeline_status == 0
+            cur = await current.execute("SELECT 1")
+            assert await cur.fetchone() == (1,)
+        assert pool.statistics().discarded == 1
