@@ -178,3 +178,36 @@ def test_nowait_does_not_barge_ahead_of_waiters() -> None:
         (await w).release()
 
     vrun(body)
+
+
+def test_release_off_the_loop_with_waiters_fails_before_changing_anything() -> None:
+    """A release from a thread (no running loop) while tasks wait used to count the slot
+    free and then fail, leaving the oldest waiter (and every later one) waiting forever."""
+
+    async def body() -> None:
+        sem = ConcurrencyLimiter(1)
+        p = await sem.acquire()
+        waiter = asyncio.ensure_future(sem.acquire())
+        await asyncio.sleep(0)
+        with pytest.raises(RuntimeError, match="event loop"):
+            await asyncio.to_thread(p.release)
+        assert not p.released
+        assert sem.statistics().in_use == 1
+        p.release()  # on the loop: the slot goes to the waiter
+        async with asyncio.timeout(5):
+            q = await waiter
+        q.release()
+        assert sem.statistics().in_use == 0
+
+    vrun(body)
+
+
+def test_release_off_the_loop_without_waiters_still_works() -> None:
+    async def body() -> None:
+        sem = ConcurrencyLimiter(1)
+        p = await sem.acquire()
+        await asyncio.to_thread(p.release)
+        assert p.released
+        assert sem.statistics().in_use == 0
+
+    vrun(body)

@@ -295,3 +295,31 @@ def test_shared_member_ignores_the_key() -> None:
     vrun(body)
     with pytest.raises(ValueError, match="shared member"):
         LimitGroup(RateLimiter(1), shared=(ConcurrencyLimiter(1),))
+
+
+def test_group_async_with_checks_the_default_cost() -> None:
+    """``async with group:`` charges 1: a strict member below rate 1 can never admit it."""
+
+    async def body() -> None:
+        small = RateLimiter(0.5, strict=True)
+        sem = ConcurrencyLimiter(1)
+        group = LimitGroup(small, sem)
+        with pytest.raises(ValueError, match="never be admitted"):
+            async with group:
+                pass
+        assert small.statistics().admitted == 0
+        assert sem.statistics().in_use == 0
+
+    vrun(body)
+
+
+def test_group_settle_beyond_any_clock_changes_no_member() -> None:
+    async def body() -> None:
+        a, b = RateLimiter(1, per=0.5, burst=2), RateLimiter(1, per=2, burst=2)
+        permit = await LimitGroup(a, b).acquire()
+        with pytest.raises(ValueError, match="actual_cost"):
+            permit.settle(1e308)  # fits a's interval (0.5 s) but not b's (2 s)
+        assert [p.cost for p in permit.rate_permits] == [1, 1]
+        assert a._default.tat == 0.5
+
+    vrun(body)

@@ -612,3 +612,58 @@ def test_late_timers_cost_nothing_with_burst_2() -> None:
     assert times == pytest.approx(
         [0.0, 0.0] + [(k - 1) * 0.1 + 0.03 for k in range(2, len(times))], abs=1e-9
     )
+
+
+def test_strict_rate_below_one_refuses_the_default_cost_at_every_way_in() -> None:
+    """``RateLimiter(0.5, strict=True)``: a cost of 1 can never be admitted, whichever way in."""
+
+    async def body() -> None:
+        lim = RateLimiter(0.5, per=1, strict=True)
+        with pytest.raises(ValueError, match="never be admitted"):
+            lim.acquire()
+        with pytest.raises(ValueError, match="never be admitted"):
+            async with lim:
+                pass
+        with pytest.raises(ValueError, match="never be admitted"):
+            lim.acquire_nowait()
+        await lim.acquire(cost=0.5)  # what fits is still admitted
+        assert lim.statistics().admitted == 1
+        assert lim._default.used == 0.5
+
+    vrun(body)
+
+
+def test_gcra_interval_beyond_any_float_is_refused() -> None:
+    # per / rate overflows: each admission would be worth an infinite interval, and the
+    # arithmetic (inf - inf) used to admit everything at once.
+    with pytest.raises(ValueError, match=r"per / rate") as info:
+        RateLimiter(1e-320)
+    assert "rate=1e-320" in str(info.value)
+    with pytest.raises(ValueError, match=r"per / rate"):
+        RateLimiter(1e-10, per=1e300)
+    RateLimiter(1e-320, strict=True)  # strict mode counts over a window: no interval
+    lim = RateLimiter(1e-300)  # small but finite: one admission, then a very long wait
+
+    async def body() -> None:
+        lim.acquire_nowait()
+        with pytest.raises(RateLimitExceeded):
+            lim.acquire_nowait()
+
+    vrun(body)
+
+
+def test_settle_charge_beyond_any_clock_is_refused() -> None:
+    async def body() -> None:
+        lim = RateLimiter(1, per=2)
+        p = await lim.acquire()
+        # actual_cost * (per / rate) overflows: the TAT would become inf, and a later
+        # refund inf - inf = nan, after which the key admitted everything.
+        with pytest.raises(ValueError, match="actual_cost"):
+            p.settle(1e308)
+        assert p.cost == 1
+        p.settle(0)  # an ordinary refund still works
+        lim.acquire_nowait()
+        with pytest.raises(RateLimitExceeded):
+            lim.acquire_nowait()
+
+    vrun(body)

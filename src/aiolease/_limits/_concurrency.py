@@ -84,11 +84,16 @@ class ConcurrencyPermit:
     def release(self) -> None:
         """Give the slot back (to the oldest waiter, if any). A second call does nothing.
 
-        Synchronous, so it cannot be interrupted by cancellation.
+        Synchronous, so it cannot be interrupted by cancellation. While tasks wait for the
+        slot it must be called on the event loop's thread (it hands the slot over).
+
+        Raises:
+            RuntimeError: tasks wait for the slot and no event loop runs in this thread (the
+                permit is then still held; ``loop.call_soon_threadsafe(permit.release)``).
         """
         if not self._released:
-            self._released = True
             self._limiter._release(self._state)
+            self._released = True
 
     def __repr__(self) -> str:
         state = "released" if self._released else "held"
@@ -248,10 +253,22 @@ class ConcurrencyLimiter(LimiterBase):
     def _release(self, st: _SlotState) -> None:
         if st.held <= 0:
             raise RuntimeError(f"{self!r}: release of key {st.key!r} without a matching acquire")
+        loop = None
+        if st.nwait:
+            # Found before anything changes: a release that counted the slot free and then
+            # failed to hand it over would leave every waiter on the key waiting forever.
+            try:
+                loop = get_running_loop()
+            except RuntimeError:
+                raise RuntimeError(
+                    f"{self!r}: a slot of key {st.key!r} released outside the event loop while "
+                    f"{st.nwait} task(s) wait for it; release it on the loop's thread, e.g. "
+                    "loop.call_soon_threadsafe(permit.release)"
+                ) from None
         st.held -= 1
         self._in_use -= 1
-        if st.nwait:
-            pump((st,), get_running_loop())
+        if loop is not None:
+            pump((st,), loop)
         elif st.held == 0 and st is not self._default and not st.evicted:
             if self._states.get(st.key) is st:
                 del self._states[st.key]

@@ -41,6 +41,8 @@ class GroupPermit:
     def settle(self, actual_cost: float) -> None:
         """Settle the cost on every rate member (see :meth:`RatePermit.settle`)."""
         check_positive("actual_cost", actual_cost, inclusive=True)
+        for p in self.rate_permits:  # every member accepts it, or none is settled
+            p._limiter._check_actual(actual_cost)
         for p in self.rate_permits:
             p.settle(actual_cost)
 
@@ -214,7 +216,7 @@ class LimitGroup:
             r.pause(seconds, key)
 
     async def __aenter__(self) -> None:
-        await self._acquire(1.0, None, None)
+        await self.acquire()  # checks the cost: 1 may exceed a strict member's rate
 
     async def __aexit__(
         self,

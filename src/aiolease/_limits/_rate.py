@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import math
 from asyncio import get_running_loop
 from collections import deque
 from collections.abc import Generator, Hashable
@@ -305,7 +306,10 @@ def _overdue(w: Waiter, slot: float) -> bool:
 def _next_slot(
     log: deque[list[float]], used: float, cost: float, t: float, per: float, limit: float
 ) -> float:
-    """Earliest instant >= t at which ``cost`` fits in the window (log already expired at t)."""
+    """Earliest instant >= t at which ``cost`` fits in the window (log already expired at t);
+    INF when it can never fit (more than ``limit``)."""
+    if cost > limit + EPS:
+        return INF
     need = used + cost - limit
     if need <= EPS:
         return t
@@ -348,10 +352,11 @@ class RatePermit:
             actual_cost: the real cost, a finite number >= 0 (it may exceed the burst).
 
         Raises:
-            ValueError: ``actual_cost`` is negative or not finite.
+            ValueError: ``actual_cost`` is negative or not finite, or (GCRA) so large that
+                ``actual_cost * per / rate`` seconds is beyond any float.
             RuntimeError: called outside a running event loop.
         """
-        actual = check_positive("actual_cost", actual_cost, inclusive=True)
+        actual = self._limiter._check_actual(actual_cost)
         diff = actual - self.cost
         if diff:
             self._limiter._settle(self, diff)
@@ -456,6 +461,12 @@ class RateLimiter(LimiterBase):
         self._strict = bool(strict)
         self._gcra = not self._strict
         self._T = self._per / self._rate
+        if self._gcra and math.isinf(self._T):
+            # inf - inf in the admission test would admit everything at once.
+            raise ValueError(
+                f"per / rate, the interval between admissions, must be a finite number, got "
+                f"per={per!r} / rate={rate!r}"
+            )
         self._tau = self._burst * self._T
         self._grace = min(_LATE_GRACE, self._T / 4)
         self._max_cost = self._rate if self._strict else self._burst
@@ -495,7 +506,7 @@ class RateLimiter(LimiterBase):
         """
         c = (
             1.0
-            if cost == 1 and type(cost) is int
+            if cost == 1 and type(cost) is int and self._max_cost >= 1
             else check_cost(cost, self._max_cost, self._what())
         )
         k = key if key is None else check_key(key)  # the default key needs no check
@@ -566,7 +577,7 @@ class RateLimiter(LimiterBase):
         loop = get_running_loop()
         now = _monotonic() if type(loop).time is _BASE_TIME else loop.time()
         if self._default.admit(1.0, now) is None:
-            await self._acquire(1.0, None, None)
+            await self.acquire()  # checks the cost: 1 may exceed a strict limiter's rate
 
     async def __aexit__(
         self,
@@ -585,6 +596,17 @@ class RateLimiter(LimiterBase):
         )
 
     # -- internals ----------------------------------------------------------
+    def _check_actual(self, actual_cost: object) -> float:
+        """The ``actual_cost`` of a settle: a finite number >= 0 whose interval is finite."""
+        actual = check_positive("actual_cost", actual_cost, inclusive=True)
+        if self._gcra and math.isinf(actual * self._T):
+            # The TAT would become inf, and a later refund make it inf - inf = nan.
+            raise ValueError(
+                f"actual_cost={actual_cost!r} is too large for {self!r}: it would charge "
+                f"actual_cost * per / rate seconds, beyond any float"
+            )
+        return actual
+
     def _what(self) -> str:
         return f"rate={self._rate:g}" if self._strict else f"burst={self._burst:g}"
 
