@@ -29,6 +29,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from ._errors import RateLimitExceeded
 from ._limits._validate import LONGEST_WAIT
+from ._limits._validate import check_key as check_key_value
 from ._logs import get_logger
 
 __all__ = [
@@ -57,10 +58,22 @@ _DELTA = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*$", re.ASCII)
 _MEMBER = re.compile(r'(?:"(?:[^"\\]|\\.)*"|[^,"])+')
 
 
+def is_async_function(fn: object) -> bool:
+    """Whether calling ``fn`` returns a coroutine (an ``async def`` function or callable object)."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+
+
 def check_key(key: object) -> None:
     """The adapters' ``key`` option: a function of the request (checked at the call)."""
     if not callable(key):
         raise TypeError(f"key={key!r}: expected a function of the request returning the key")
+    if is_async_function(key):
+        # Its coroutine would be taken for the key itself: a new key for every request
+        # (nothing limited) and a coroutine never awaited.
+        raise TypeError(
+            f"key={key!r} is an async function: the key function must return the key "
+            "(a plain def); compute anything awaited before the request"
+        )
 
 
 class HeaderGetter(Protocol):
@@ -620,7 +633,7 @@ class RetryPolicy(Generic[R]):
         self,
         key: Hashable,
         method: str,
-        replayable: bool,
+        replayable: Callable[[], bool],
         attempt: Callable[[], Awaitable[R]],
         status: Callable[[R], int],
         header: Callable[[R], HeaderGetter],
@@ -632,7 +645,8 @@ class RetryPolicy(Generic[R]):
         Args:
             key: the limiter key (and the key paused on a 429/503).
             method: the request method (retries only for ``retry_methods``).
-            replayable: whether the request body can be sent again.
+            replayable: whether the request body can be sent again (asked when a
+                retry is due: a body read from a stream may be spent by then).
             attempt: sends the request once and returns the response head.
             status: the response's status code.
             header: the response's field reader.
@@ -644,13 +658,15 @@ class RetryPolicy(Generic[R]):
                 request within ``timeout``; ``RateLimitExceeded`` too when the
                 key's pause or learned pace holds it past ``timeout``.
         """
-        retry_ok = replayable and method.upper() in self.retry_methods
+        check_key_value(key)
+        retry_method = method.upper() in self.retry_methods
         loop = asyncio.get_running_loop()
         tries = 0
         while True:
             start = loop.time()
             self._pauses.begin(key, start)
             sent_at: float | None = None
+            response: R | None = None
             try:
                 async with self.limits.acquire(key=key, timeout=self.timeout):
                     # A pause that began while this request waited for the limits
@@ -662,6 +678,13 @@ class RetryPolicy(Generic[R]):
                     sent_at = loop.time()
                     self._pauses.sent(key, sent_at)
                     response = await attempt()
+            except BaseException:
+                if response is not None:
+                    # The limits' release failed or was cancelled (a Redis round trip)
+                    # after the response head came: the response is nobody's now, and
+                    # left open it would hold its connection for good.
+                    await asyncio.shield(close(response))
+                raise
             finally:
                 if sent_at is None:
                     self._pauses.gave_up(key, loop.time())
@@ -679,9 +702,10 @@ class RetryPolicy(Generic[R]):
                 await asyncio.shield(close(response))
                 raise
             if (
-                not retry_ok
+                not retry_method
                 or tries >= self.retries
                 or (self.max_wait is not None and delay > self.max_wait)
+                or not replayable()
             ):
                 return response
             tries += 1

@@ -57,6 +57,10 @@ def _header(response: aiohttp.ClientResponse) -> HeaderGetter:
 async def _discard(response: aiohttp.ClientResponse) -> None:
     try:
         await response.read()  # read to the end, so the connection can be reused
+    except aiohttp.ClientError:
+        # The server closed or stalled the body of a response it throttled: nobody
+        # reads it, so that is no reason to fail the request; the retry goes ahead.
+        pass
     finally:
         response.release()
 
@@ -101,12 +105,29 @@ class _Limited:
         self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
     ) -> aiohttp.ClientResponse:
         # An async iterable or a stream reader body can be sent only once.
-        replayable = not isinstance(request.body, (AsyncIterablePayload, StreamReaderPayload))
+        once = isinstance(request.body, (AsyncIterablePayload, StreamReaderPayload))
+
+        def replayable() -> bool:
+            # A file that cannot seek back (a pipe) is spent by the first attempt: sent
+            # again, the body would go out empty. aiohttp marks such a payload consumed.
+            return not once and not getattr(request.body, "consumed", False)
+
+        async def attempt() -> aiohttp.ClientResponse:
+            session = getattr(request, "session", None)
+            if session is not None and session.closed:
+                # Closed while the request waited (for the limits or a pause): aiohttp
+                # would fail on its missing connector with a bare AssertionError.
+                raise RuntimeError(
+                    f"cannot send {request.method} {request.url}: the session was closed "
+                    "while the request waited"
+                )
+            return await handler(request)
+
         return await self._policy.send(
             self._key(request),
             request.method,
             replayable,
-            lambda: handler(request),
+            attempt,
             _status,
             _header,
             _discard,
@@ -137,7 +158,10 @@ def limited(
     the limiter: a Redis limiter pauses every process), and the request is
     sent again after the pause, up to ``retries`` times. The last response is
     returned as it is when retries are exhausted, the method is not retried,
-    or the pause is longer than ``max_wait``. Use one middleware object per
+    or the pause is longer than ``max_wait``; a body that cannot be sent again
+    (an async iterable, a stream, a file that cannot seek back) is never
+    resent. A request still waiting when its session is closed raises
+    ``RuntimeError`` unsent. Use one middleware object per
     client so its pauses are shared by every request of that client.
     From a key's second throttling episode on (from its first, when nothing
     had been sent on the key for the announced wait before), its requests are
@@ -148,7 +172,8 @@ def limited(
         limits: any aiolease limiter: ``RateLimiter``, ``ConcurrencyLimiter``,
             ``LimitGroup``, ``aiolease.redis.RedisRateLimiter`` or
             ``RedisConcurrencyLimiter``.
-        key: ``key(request)`` returns the limiter key (any hashable).
+        key: ``key(request)`` returns the limiter key (any hashable); a plain
+            function, not ``async def``.
         retries: how many times a throttled request is sent again, an int >= 0.
         retry_methods: the methods retried (default: the idempotent ones,
             GET HEAD OPTIONS TRACE PUT DELETE).
@@ -158,7 +183,8 @@ def limited(
             ``RateLimitExceeded``, the request unsent).
 
     Raises:
-        TypeError: ``limits`` has no ``acquire()``, or an option has the wrong type.
+        TypeError: ``limits`` has no ``acquire()``, ``key`` is an async function,
+            or an option has the wrong type.
         ValueError: an option is out of range.
     """
     check_key(key)

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable,
 from typing import Any
 
 from ._errors import RateLimitExceeded, WouldBlock
+from ._http import is_async_function
 from ._logs import get_logger
 
 __all__ = ["RateLimitMiddleware", "client_ip"]
@@ -54,6 +55,8 @@ _FIELD_TEXT = re.compile(r"[\x20-\x21\x23-\x5b\x5d-\x7e]+")
 def client_ip(scope: Scope) -> str:
     """The default key: the client's address as the server saw it.
 
+    ``"unknown"`` when the scope has no client address (a server on a Unix
+    socket): all such requests share that key.
     Behind a reverse proxy this is the proxy's address unless the server
     rewrites it from ``X-Forwarded-For`` (uvicorn: ``--proxy-headers
     --forwarded-allow-ips=...``); otherwise pass a key function of your own.
@@ -128,11 +131,12 @@ class RateLimitMiddleware:
         app: the ASGI application to protect.
         limiter: ``aiolease.RateLimiter``, ``ConcurrencyLimiter``, ``LimitGroup``,
             ``aiolease.redis.RedisRateLimiter`` or ``RedisConcurrencyLimiter``.
-            A Redis limiter with ``on_error="raise"`` lets ``LimiterUnavailable``
+            A ``RedisRateLimiter`` with ``on_error="raise"`` lets ``LimiterUnavailable``
             through to the server when Redis is down; choose ``"allow"`` to
-            fail open or ``"deny"`` to refuse with 429.
+            fail open or ``"deny"`` to refuse with 429. A ``RedisConcurrencyLimiter``
+            lets it through unless it has a ``fallback``.
         key: ``key(scope)`` returns the limiter key (any hashable; default the
-            client's IP address, :func:`client_ip`).
+            client's IP address, :func:`client_ip`); a plain function, not ``async def``.
         exempt: paths never limited: exact paths, or prefixes written with a
             trailing ``*`` (``"/static/*"``), or a function ``exempt(scope) -> bool``.
         policy_name: the policy's name in the ``RateLimit-Policy``/``RateLimit`` fields.
@@ -141,7 +145,8 @@ class RateLimitMiddleware:
             restrictive rate member).
 
     Raises:
-        TypeError: ``limiter`` has no ``acquire_nowait()``, ``key`` is not callable,
+        TypeError: ``limiter`` has no ``acquire_nowait()``, ``key`` is not callable
+            or is an async function,
             ``exempt`` is a single string or holds a non-string, or ``policy`` is
             not a string.
         ValueError: ``policy_name`` is empty or not printable ASCII without ``"``
@@ -165,6 +170,13 @@ class RateLimitMiddleware:
             )
         if not callable(key):
             raise TypeError(f"key={key!r}: expected a function of the ASGI scope")
+        if is_async_function(key):
+            # Its coroutine would be taken for the key itself: a new key for every
+            # request (nothing limited) and a coroutine never awaited.
+            raise TypeError(
+                f"key={key!r} is an async function: the key function must return the key "
+                "(a plain def of the ASGI scope)"
+            )
         if not isinstance(policy_name, str) or not _FIELD_TEXT.fullmatch(policy_name):
             raise ValueError(
                 f"policy_name={policy_name!r}: expected a non-empty name of printable ASCII "

@@ -46,6 +46,10 @@ def _header(response: httpx.Response) -> HeaderGetter:
 async def _discard(response: httpx.Response) -> None:
     try:
         await response.aread()  # read to the end, so the connection can be reused
+    except (httpx.TransportError, httpx.DecodingError):
+        # The server closed or stalled the body of a response it throttled: nobody
+        # reads it, so that is no reason to fail the request; the retry goes ahead.
+        pass
     finally:
         await response.aclose()
 
@@ -65,7 +69,9 @@ class LimitedTransport(httpx.AsyncBaseTransport):
     ``pause()``, in the limiter: a Redis limiter pauses every process), and the
     request is sent again after the pause, up to ``retries`` times. The last
     response is returned as it is when retries are exhausted, the method is
-    not retried, or the pause is longer than ``max_wait``.
+    not retried, or the pause is longer than ``max_wait``; a streamed body is
+    never resent. A request still waiting when the transport is closed raises
+    ``RuntimeError`` unsent.
     From a key's second throttling episode on (from its first, when nothing
     had been sent on the key for the announced wait before), its requests are
     also paced no faster than the server has shown it accepts (only ever
@@ -77,7 +83,8 @@ class LimitedTransport(httpx.AsyncBaseTransport):
             ``RedisConcurrencyLimiter``.
         wrapped: the transport that sends (default ``httpx.AsyncHTTPTransport()``);
             closed with this one.
-        key: ``key(request)`` returns the limiter key (any hashable).
+        key: ``key(request)`` returns the limiter key (any hashable); a plain
+            function, not ``async def``.
         retries: how many times a throttled request is sent again, an int >= 0.
         retry_methods: the methods retried (default: the idempotent ones,
             GET HEAD OPTIONS TRACE PUT DELETE). A 429 means the server did not
@@ -89,7 +96,8 @@ class LimitedTransport(httpx.AsyncBaseTransport):
             ``RateLimitExceeded``, the request unsent).
 
     Raises:
-        TypeError: ``limits`` has no ``acquire()``, or an option has the wrong type.
+        TypeError: ``limits`` has no ``acquire()``, ``key`` is an async function,
+            or an option has the wrong type.
         ValueError: an option is out of range.
     """
 
@@ -110,6 +118,7 @@ class LimitedTransport(httpx.AsyncBaseTransport):
         )
         self._wrapped = wrapped if wrapped is not None else httpx.AsyncHTTPTransport()
         self._key = key
+        self._closed = False
 
     @property
     def limits(self) -> Any:
@@ -132,20 +141,32 @@ class LimitedTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` under the limits (see the class docstring)."""
+        # A streaming body (an async generator) can be read only once.
+        replayable = isinstance(request.stream, httpx.ByteStream)
         return await self._policy.send(
             self._key(request),
             request.method,
-            # A streaming body (an async generator) can be read only once.
-            isinstance(request.stream, httpx.ByteStream),
-            lambda: self._wrapped.handle_async_request(request),
+            lambda: replayable,
+            lambda: self._attempt(request),
             _status,
             _header,
             _discard,
             _close,
         )
 
+    async def _attempt(self, request: httpx.Request) -> httpx.Response:
+        if self._closed:
+            # Closed while the request waited (for the limits or a pause): sent now, it
+            # would open a connection on a closed pool that nothing closes.
+            raise RuntimeError(
+                f"cannot send {request.method} {request.url}: the transport (its client) "
+                "was closed while the request waited"
+            )
+        return await self._wrapped.handle_async_request(request)
+
     async def aclose(self) -> None:
-        """Close the wrapped transport."""
+        """Close the wrapped transport; a request still waiting then raises ``RuntimeError``."""
+        self._closed = True
         await self._wrapped.aclose()
 
     def __repr__(self) -> str:

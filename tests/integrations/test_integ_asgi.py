@@ -235,3 +235,19 @@ async def test_a_cancelled_request_gives_its_slot_back() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert sem.statistics().in_use == 0
+
+
+def test_an_async_key_function_is_refused_at_the_call() -> None:
+    # Its coroutine used to be taken for the key: a new key per request, nothing limited,
+    # and a "coroutine never awaited" warning.
+    async def api_key(scope: Any) -> str:
+        return "k"
+
+    class AsyncKey:
+        async def __call__(self, scope: Any) -> str:
+            return "k"
+
+    bad: Any
+    for bad in (api_key, AsyncKey()):
+        with pytest.raises(TypeError, match="async function"):
+            RateLimitMiddleware(hello, limiter=aiolease.RateLimiter(1), key=bad)

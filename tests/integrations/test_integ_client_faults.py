@@ -1,0 +1,346 @@
+"""The client adapters against misbehaving peers and lifecycles: bodies cut short, bodies
+that cannot be sent twice, limits whose release fails, clients closed mid-request.
+
+Each test talks to a real server on 127.0.0.1: an aiohttp web server, or a raw asyncio
+socket server for answers no well-behaved server gives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import httpx
+import pytest
+from aiohttp import web
+
+import aiolease
+import aiolease.aiohttp
+import aiolease.httpx
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(30)]
+
+KINDS = ["httpx", "aiohttp"]
+HOST = "127.0.0.1"
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+Answer = Callable[[int], bytes]  # the n-th request (from 1) -> the raw response bytes
+
+
+@asynccontextmanager
+async def raw_server(answer: Answer) -> AsyncIterator[tuple[str, list[bytes]]]:
+    """A raw HTTP/1.1 server: ``answer(n)`` is written for the n-th request head; a
+    response ending in ``b"<close>"`` is written without that marker, then the
+    connection is closed. Yields the base URL and the request heads received."""
+    heads: list[bytes] = []
+    writers: set[asyncio.StreamWriter] = set()
+    handlers: set[asyncio.Task[Any]] = set()
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.add(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                heads.append(head)
+                data = answer(len(heads))
+                close = data.endswith(b"<close>")
+                writer.write(data.removesuffix(b"<close>"))
+                await writer.drain()
+                if close:
+                    return
+        finally:
+            writers.discard(writer)
+            writer.close()
+
+    server = await asyncio.start_server(connection, HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://{HOST}:{port}/", heads
+    finally:
+        server.close()
+        for w in list(writers):
+            w.close()  # the handlers' reads end: each returns
+        if handlers:
+            await asyncio.wait(handlers, timeout=5)
+        await server.wait_closed()
+
+
+@asynccontextmanager
+async def web_server(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[str]:
+    """An aiohttp web server answering every path and method with ``handler``."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind((HOST, 0))
+    try:
+        await web.SockSite(runner, sock).start()
+        yield f"http://{HOST}:{sock.getsockname()[1]}/"
+    finally:
+        await runner.cleanup()
+        sock.close()
+
+
+Get = Callable[[str], Coroutine[Any, Any, int]]
+
+
+@asynccontextmanager
+async def client(kind: str, limits: Any, **options: Any) -> AsyncIterator[tuple[Get, Any]]:
+    """A client of one connection at most; yields ``get(url) -> status`` and the adapter."""
+    if kind == "httpx":
+        transport = aiolease.httpx.LimitedTransport(
+            limits,
+            wrapped=httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=1)),
+            **options,
+        )
+        async with httpx.AsyncClient(transport=transport, timeout=5) as hc:
+
+            async def hget(url: str) -> int:
+                return (await hc.get(url)).status_code
+
+            yield hget, transport
+    else:
+        middleware = aiolease.aiohttp.limited(limits, **options)
+        async with aiohttp.ClientSession(
+            middlewares=[middleware],
+            connector=aiohttp.TCPConnector(limit=1),
+            timeout=aiohttp.ClientTimeout(total=5),
+        ) as session:
+
+            async def aget(url: str) -> int:
+                async with session.get(url) as response:
+                    await response.read()
+                    return response.status
+
+            yield aget, middleware
+
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def _until(condition: Callable[[], bool], within: float = 10.0) -> None:
+    """Wait (bounded) for a condition another task brings about."""
+    async with asyncio.timeout(within):
+        for _ in iter(int, 1):
+            if condition():
+                return
+            await asyncio.sleep(0.005)
+
+
+# -- a throttled response whose body cannot be read ------------------------------------
+
+THROTTLED_BODIES = {
+    # the server closes the connection 5 bytes into a 100-byte body
+    "cut-short": (
+        b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 0.1\r\n"
+        b"Content-Length: 100\r\n\r\nslow <close>"
+    ),
+    # a body that says it is gzip and is not
+    "bad-gzip": (
+        b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 0.1\r\n"
+        b"Content-Encoding: gzip\r\nContent-Length: 9\r\n\r\nnot gzip!"
+    ),
+}
+
+
+@pytest.mark.parametrize("body", list(THROTTLED_BODIES))
+async def test_a_throttled_body_that_cannot_be_read_does_not_fail_the_retry(
+    kind: str, body: str
+) -> None:
+    # Nobody reads the body of a response that is retried: a failure reading it is no
+    # reason to fail the request (it used to reach the caller as a transport error).
+    def answer(n: int) -> bytes:
+        return THROTTLED_BODIES[body] if n == 1 else OK
+
+    async with (
+        raw_server(answer) as (url, heads),
+        client(kind, aiolease.RateLimiter(100)) as (
+            get,
+            _,
+        ),
+    ):
+        assert await get(url) == 200
+    assert len(heads) == 2
+
+
+# -- a body that cannot be sent twice --------------------------------------------------
+
+
+async def test_a_pipe_body_spent_by_the_first_attempt_is_not_sent_again() -> None:
+    # aiohttp reads a file body from where it started, and seeks back to resend it; a
+    # pipe cannot seek: resent, the PUT went out with an empty body (and got a 200).
+    bodies: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        bodies.append(await request.read())
+        if len(bodies) == 1:
+            return web.Response(status=429, headers={"Retry-After": "0.1"})
+        return web.Response(text="ok")
+
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"the only copy")
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        async with (
+            web_server(handler) as url,
+            aiohttp.ClientSession(
+                middlewares=[aiolease.aiohttp.limited(aiolease.RateLimiter(100))]
+            ) as session,
+            session.put(url, data=pipe) as response,
+        ):
+            assert response.status == 429  # returned as it is: the body cannot be resent
+    assert bodies == [b"the only copy"]
+
+
+async def test_a_seekable_file_body_is_sent_again_whole(tmp_path: Any) -> None:
+    # The counterpart: a file that seeks back is replayable, and resent whole.
+    bodies: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        bodies.append(await request.read())
+        if len(bodies) == 1:
+            return web.Response(status=429, headers={"Retry-After": "0.1"})
+        return web.Response(text="ok")
+
+    path = tmp_path / "body.bin"
+    path.write_bytes(b"the file")
+    with path.open("rb") as f:
+        async with (
+            web_server(handler) as url,
+            aiohttp.ClientSession(
+                middlewares=[aiolease.aiohttp.limited(aiolease.RateLimiter(100))]
+            ) as session,
+            session.put(url, data=f) as response,
+        ):
+            assert response.status == 200
+    assert bodies == [b"the file", b"the file"]
+
+
+# -- limits whose release fails after the response head came ---------------------------
+
+
+class _StuckRelease:
+    """A limiter whose release waits (a Redis round trip that does not come back)."""
+
+    def __init__(self) -> None:
+        self.releasing = asyncio.Event()
+        self.stuck = True
+
+    @asynccontextmanager
+    async def _acquire(self) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if self.stuck:
+                self.releasing.set()
+                await asyncio.Event().wait()
+
+    def acquire(self, key: Any = None, timeout: float | None = None) -> Any:
+        return self._acquire()
+
+
+async def test_a_response_is_closed_when_the_release_of_the_limits_is_cancelled(
+    kind: str,
+) -> None:
+    # The response head had come when the release was cancelled: left open, it held its
+    # connection for good (the next request on a pool of one waited for it in vain).
+    limiter = _StuckRelease()
+
+    def answer(n: int) -> bytes:
+        # The first body is left unfinished: its response holds the connection.
+        return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n" if n == 1 else OK
+
+    async with raw_server(answer) as (url, heads), client(kind, limiter) as (get, _):
+        task = asyncio.create_task(get(url))
+        await limiter.releasing.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        limiter.stuck = False
+        async with asyncio.timeout(5):
+            assert await get(url) == 200
+    assert len(heads) == 2
+
+
+# -- the client closed while a request waits -------------------------------------------
+
+
+async def test_closing_the_client_fails_the_requests_still_waiting(kind: str) -> None:
+    # httpx sent them after the close, on connections nothing closed; aiohttp failed
+    # them with a bare AssertionError from its missing connector.
+    def answer(n: int) -> bytes:
+        return b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 0.3\r\nContent-Length: 0\r\n\r\n"
+
+    async with raw_server(answer) as (url, heads):
+        if kind == "httpx":
+            transport = aiolease.httpx.LimitedTransport(aiolease.RateLimiter(100))
+            hc = httpx.AsyncClient(transport=transport)
+
+            async def get() -> Any:
+                return await hc.get(url)
+
+            close: Callable[[], Awaitable[None]] = hc.aclose
+            adapter: Any = transport
+        else:
+            adapter = aiolease.aiohttp.limited(aiolease.RateLimiter(100))
+            session = aiohttp.ClientSession(middlewares=[adapter])
+
+            async def get() -> Any:
+                async with session.get(url) as response:
+                    return response.status
+
+            close = session.close
+        retried = asyncio.create_task(get())  # its 429 pauses the key, its retry waits
+        await _until(lambda: adapter.paused_for(HOST) > 0)
+        waiting = asyncio.create_task(get())  # waits for the pause
+        await asyncio.sleep(0.05)
+        await close()
+        for task in (retried, waiting):
+            with pytest.raises(RuntimeError, match="closed while the request waited"):
+                await task
+    assert len(heads) == 1
+
+
+# -- bad key functions -----------------------------------------------------------------
+
+
+def test_an_async_key_function_is_refused_at_the_call(kind: str) -> None:
+    async def key(request: Any) -> str:
+        return "k"
+
+    class AsyncKey:
+        async def __call__(self, request: Any) -> str:
+            return "k"
+
+    make: Callable[..., Any] = (
+        aiolease.httpx.LimitedTransport if kind == "httpx" else aiolease.aiohttp.limited
+    )
+    for bad in (key, AsyncKey()):
+        with pytest.raises(TypeError, match="async function"):
+            make(aiolease.RateLimiter(1), key=bad)
+
+
+async def test_an_unhashable_key_is_named_as_such(kind: str) -> None:
+    async with (
+        raw_server(lambda n: OK) as (url, heads),
+        client(kind, aiolease.RateLimiter(100), key=lambda request: ["a", "list"]) as (get, _),
+    ):
+        with pytest.raises(TypeError, match="key must be hashable"):
+            await get(url)
+    assert heads == []
