@@ -22,7 +22,7 @@ from ._http import HeaderGetter, RetryPolicy, check_key
 
 try:
     import aiohttp
-    from aiohttp.payload import AsyncIterablePayload, StreamReaderPayload
+    from aiohttp.payload import AsyncIterablePayload, IOBasePayload, Payload, StreamReaderPayload
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("aiolease.aiohttp needs aiohttp: pip install 'aiolease[aiohttp]'") from exc
 
@@ -31,6 +31,13 @@ if not hasattr(aiohttp, "ClientMiddlewareType"):  # pragma: no cover - old aioht
         f"aiolease.aiohttp needs aiohttp >= 3.12 (client middlewares), found {aiohttp.__version__}:"
         " pip install 'aiolease[aiohttp]'"
     )
+
+# Bodies sent only once: an async iterable or a stream reader always; a file too on an
+# aiohttp that does not mark a spent payload ``consumed`` (before payload reuse, it
+# closes a file body once sent: resent, the request fails on the closed file).
+_SENT_ONCE: tuple[type, ...] = (AsyncIterablePayload, StreamReaderPayload)
+if not hasattr(Payload, "consumed"):
+    _SENT_ONCE += (IOBasePayload,)
 
 __all__ = ["limited", "request_host"]
 
@@ -104,8 +111,7 @@ class _Limited:
     async def __call__(
         self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
     ) -> aiohttp.ClientResponse:
-        # An async iterable or a stream reader body can be sent only once.
-        once = isinstance(request.body, (AsyncIterablePayload, StreamReaderPayload))
+        once = isinstance(request.body, _SENT_ONCE)
 
         def replayable() -> bool:
             # A file that cannot seek back (a pipe) is spent by the first attempt: sent

@@ -209,7 +209,10 @@ async def test_a_pipe_body_spent_by_the_first_attempt_is_not_sent_again() -> Non
 
 
 async def test_a_seekable_file_body_is_sent_again_whole(tmp_path: Any) -> None:
-    # The counterpart: a file that seeks back is replayable, and resent whole.
+    # The counterpart: a file that seeks back is replayable, and resent whole. An aiohttp
+    # that does not mark spent payloads (the lowest allowed) closes a file body once
+    # sent: there it is not resent, and the 429 is returned.
+    replays = hasattr(aiohttp.payload.Payload, "consumed")
     bodies: list[bytes] = []
 
     async def handler(request: web.Request) -> web.Response:
@@ -228,8 +231,8 @@ async def test_a_seekable_file_body_is_sent_again_whole(tmp_path: Any) -> None:
             ) as session,
             session.put(url, data=f) as response,
         ):
-            assert response.status == 200
-    assert bodies == [b"the file", b"the file"]
+            assert response.status == (200 if replays else 429)
+    assert bodies == [b"the file", b"the file"][: 2 if replays else 1]
 
 
 # -- limits whose release fails after the response head came ---------------------------
