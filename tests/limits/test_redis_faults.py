@@ -40,6 +40,14 @@ def now() -> float:
     return asyncio.get_running_loop().time()
 
 
+async def until(cond: Callable[[], bool]) -> None:
+    for _ in range(1000):
+        if cond():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached")
+
+
 @pytest.fixture
 async def silent(own_redis: OwnRedis) -> AsyncIterator[SilentProxy]:
     async with SilentProxy(own_redis.port) as proxy:
@@ -167,6 +175,89 @@ async def test_concurrency_waiter_bounded_when_redis_goes_silent(silent: SilentP
         silent.heal()
         held.release()
         await sem.aclose()
+
+
+async def test_the_error_says_why_the_pipe_was_dropped(kind: str, silent: SilentProxy) -> None:
+    # redis-py 8 shows its errors as "network:TimeoutError" in repr(): the reason must be said
+    # by its text, or every silent-Redis error reads "connection to Redis lost: network:...".
+    async with redis_asyncio.Redis.from_url(silent.url) as client:
+        lim = make_limiter(kind, client, call_timeout=0.2)
+        await release(await acquire(lim))  # connected
+        silent.silence()
+        with pytest.raises(LimiterUnavailable, match=r"no reply from Redis within 0\.2s"):
+            await acquire(lim)
+        silent.heal()
+        await lim.aclose()
+
+
+async def test_a_waiter_is_still_woken_after_its_hand_off_listener_was_cut(
+    own_redis: OwnRedis,
+) -> None:
+    # The pub/sub connection is cut while a task waits: the waiter must subscribe again, so that
+    # a release still wakes it at once (not at the next renewal, lease_ttl / 3 later).
+    async with (
+        redis_asyncio.Redis.from_url(own_redis.url) as client,
+        redis_asyncio.Redis.from_url(own_redis.url) as admin,
+    ):
+        sem = RedisConcurrencyLimiter(client, "faults", 1, lease_ttl=30.0)
+        held = await sem.acquire()
+        waiter = asyncio.ensure_future(sem.acquire(timeout=10.0))
+        await until(lambda: sem._listener_ready is not None and sem._listener_ready.is_set())
+        listener = sem._listener
+        assert listener is not None
+        assert await admin.client_kill_filter(_type="pubsub") == 1
+        await until(listener.done)
+        await asyncio.sleep(0.1)  # the waiter has re-checked its place
+        await held.arelease()
+        async with asyncio.timeout(2.0):
+            permit = await waiter
+        await permit.arelease()
+        await sem.aclose()
+
+
+async def test_a_waiter_ends_with_runtime_error_at_aclose_wherever_it_is(
+    own_redis: OwnRedis,
+) -> None:
+    # aclose() after `steps` loop steps of a waiter: in its first round trip, while it
+    # subscribes, or queued. Each time it must end at once with RuntimeError (not as if Redis had
+    # failed, and not only once the earliest lease could expire: lease_ttl here).
+    async with redis_asyncio.Redis.from_url(own_redis.url) as client:
+        for steps in range(60):
+            sem = RedisConcurrencyLimiter(client, f"faults-{steps}", 1, lease_ttl=30.0)
+            held = await sem.acquire()
+            waiter = asyncio.ensure_future(sem.acquire())
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            await sem.aclose()
+            async with asyncio.timeout(2.0):
+                with pytest.raises(RuntimeError, match="closed"):
+                    await waiter
+            assert sem._renewer is None, steps  # nothing started after aclose()
+            assert sem._listener is None, steps
+            assert sem._health.down_since is None, steps  # Redis was never judged down
+            del held
+
+
+async def test_an_acquisition_in_flight_at_aclose_is_not_taken_for_a_redis_failure(
+    own_redis: OwnRedis,
+) -> None:
+    # aclose() drops the pipe under a call still in flight: that is the limiter closing, not
+    # Redis failing - RuntimeError, not an admission by on_error="allow" nor a "Redis
+    # unavailable" outage.
+    async with redis_asyncio.Redis.from_url(own_redis.url) as client:
+        for steps in range(40):
+            lim = RedisRateLimiter(client, f"faults-{steps}", 1000, burst=5, on_error="allow")
+            task = asyncio.ensure_future(lim.acquire())
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            await lim.aclose()
+            (outcome,) = await asyncio.gather(task, return_exceptions=True)
+            if isinstance(outcome, BaseException):
+                assert isinstance(outcome, RuntimeError), (steps, outcome)
+                assert "closed" in str(outcome)
+            else:
+                assert not outcome.degraded, steps
+            assert lim._health.down_since is None, steps
 
 
 # -- down, then back ----------------------------------------------------------------------------
@@ -338,6 +429,7 @@ def test_rate_limiter_arguments_checked_at_construction(
         ({"lease_ttl": math.nan}, ValueError, "lease_ttl"),
         ({"lease_ttl": math.inf}, ValueError, "lease_ttl"),
         ({"lease_ttl": 0.01}, ValueError, "lease_ttl"),
+        ({"lease_ttl": 1e15}, ValueError, r"lease_ttl must be .* <= 2\*\*31"),
         ({"limit": 0}, ValueError, "limit"),
         ({"limit": 2.5}, TypeError, "limit"),
         ({"call_timeout": math.nan}, ValueError, "call_timeout"),

@@ -32,6 +32,7 @@ from aiolease import LimiterUnavailable, RateLimitExceeded
 from aiolease.redis import RedisConcurrencyLimiter, RedisRateLimiter, redis_key
 from aiolease.redis._pipe import text, wake
 from aiolease.redis._scripts import CONC_ACQUIRE, RATE_ACQUIRE
+from cancelling import cancel_after_steps
 
 pytestmark = pytest.mark.redis
 
@@ -287,6 +288,60 @@ async def test_cancel_during_the_round_trip_gives_the_reservation_back(
         assert any("left open" in p for p in lim._aiolease_leaks())
         await lim.aclose()
         assert lim._aiolease_leaks() == []
+
+
+async def idle(lim: RedisRateLimiter) -> None:
+    """Wait until the limiter's background calls and replies still to come are done."""
+    for _ in range(1000):
+        if not (lim._bg.tasks or lim._call._pending):
+            return
+        await asyncio.sleep(0.002)
+    raise AssertionError("background calls did not finish")
+
+
+async def test_cancelled_at_any_step_the_reservation_is_given_back(
+    client: redis_asyncio.Redis, name: str
+) -> None:
+    # Cancelled after `steps` loop steps: in the round trip, in the step between the reply being
+    # handed over and the caller running (the reply used to be dropped there, and the
+    # reservation with it), or while sleeping. Each time the key's state is what it was before.
+    lim = RedisRateLimiter(client, name, 20, burst=1)
+
+    async def acquire(key: str) -> object:
+        return await lim.acquire(key=key)
+
+    try:
+        for steps in range(60):
+            key = f"k{steps}"
+            await lim.acquire(key=key)  # the burst is used: the next acquisition must wait
+            before = await client.get(lim._rkey(key))
+            cancelled, _ = await cancel_after_steps(acquire(key), steps)
+            await idle(lim)
+            if cancelled:
+                assert await client.get(lim._rkey(key)) == before, steps
+    finally:
+        await lim.aclose()
+
+
+async def test_admitted_at_once_then_cancelled_at_any_step_is_refunded(
+    client: redis_asyncio.Redis, name: str
+) -> None:
+    # The same for an acquisition admitted at once: a caller cancelled before it saw its permit
+    # is refunded (through settle), whichever step the cancellation came at.
+    lim = RedisRateLimiter(client, name, 0.01, burst=1)  # no regain within the test
+
+    async def acquire(key: str) -> object:
+        return await lim.acquire(key=key)
+
+    try:
+        for steps in range(40):
+            key = f"k{steps}"
+            cancelled, _ = await cancel_after_steps(acquire(key), steps)
+            await idle(lim)
+            if cancelled:  # the burst is free again
+                await lim.acquire_nowait(key=key)
+    finally:
+        await lim.aclose()
 
 
 async def test_cancel_in_the_middle_moves_later_waiters_up(

@@ -19,7 +19,7 @@ from redis import exceptions as _rexc
 from .. import _metrics, _tracking
 from .._errors import LimiterUnavailable, LimitTimeout, WouldBlock
 from .._limits import ConcurrencyLimiter, ConcurrencyLimiterStatistics, ConcurrencyPermit
-from .._limits._validate import check_positive, check_timeout
+from .._limits._validate import LONGEST_WAIT, check_positive, check_timeout
 from .._logs import get_logger
 from ._keys import check_name, check_prefix, key_text, redis_key
 from ._pipe import (
@@ -28,6 +28,7 @@ from ._pipe import (
     Caller,
     Health,
     check_client,
+    describe,
     detached,
     text,
     unavailable,
@@ -124,10 +125,10 @@ class RedisConcurrencyPermit:
                 await asyncio.shield(task)
             except UNAVAILABLE as exc:
                 logger.warning(
-                    "releasing %s of %r failed (%r); the lease expires after lease_ttl",
+                    "releasing %s of %r failed (%s); the lease expires after lease_ttl",
                     self.lease_id,
                     self._limiter.name,
-                    exc,
+                    describe(exc),
                 )
 
     def __repr__(self) -> str:
@@ -183,7 +184,7 @@ class RedisConcurrencyLimiter:
         client: a ``redis.asyncio.Redis`` client; not closed by the limiter.
         name: the limiter's name in Redis.
         limit: slots per key, an int >= 1. Every process sharing a name must use the same limit.
-        lease_ttl: seconds a lease survives without renewal (finite, >= 0.1).
+        lease_ttl: seconds a lease survives without renewal (>= 0.1, at most 2**31).
         clock: ``"server"`` (Redis ``TIME``) or ``"client"`` (this host's wall clock).
         call_timeout: seconds one Redis call may take, connecting included (finite, > 0),
             enforced on the event loop's clock.
@@ -252,6 +253,12 @@ class RedisConcurrencyLimiter:
         if limit < 1:
             raise ValueError(f"limit must be an int >= 1, got {limit!r}")
         self._ttl = check_positive("lease_ttl", lease_ttl, minimum=0.1, inclusive=True)
+        if self._ttl > LONGEST_WAIT:
+            # Far beyond it the keys' expiry (PEXPIRE, integer milliseconds) is no longer a
+            # number Redis takes, and every script call would fail.
+            raise ValueError(
+                f"lease_ttl must be a finite number >= 0.1 and <= 2**31 s, got {lease_ttl!r}"
+            )
         if clock not in ("server", "client"):
             raise ValueError(f"clock must be 'server' or 'client', got {clock!r}")
         if fallback is not None and not isinstance(fallback, ConcurrencyLimiter):
@@ -437,7 +444,7 @@ class RedisConcurrencyLimiter:
     ) -> Any:
         """One script call answered by ``end`` (loop time) too; failures as LimiterUnavailable."""
         if self._closed:
-            raise RuntimeError(f"{self!r} is closed (aclose() was called)")
+            raise self._closed_error()
         loop = asyncio.get_running_loop()
         health = self._health
         what = f"concurrency limiter {self._name!r}"
@@ -457,12 +464,17 @@ class RedisConcurrencyLimiter:
             late.__cause__ = exc
             raise unavailable(what, late) from late
         except UNAVAILABLE as exc:
+            if self._closed:  # aclose() dropped the pipe under this call: Redis did not fail
+                raise self._closed_error() from exc
             health.failed(exc, loop.time())
             raise unavailable(what, exc) from exc
         finally:
             health.end_probe()
         health.ok(loop.time())
         return res
+
+    def _closed_error(self) -> RuntimeError:
+        return RuntimeError(f"{self!r} is closed (aclose() was called)")
 
     async def _acquire(
         self, key: Hashable, timeout: float | None, *, nowait: bool = False
@@ -523,13 +535,18 @@ class RedisConcurrencyLimiter:
         self._waiters[lid] = (keys, fut)
         try:
             self._ensure_renewer()  # keeps our place in the queue alive from now on
-            await self._ensure_listener(end)
             while True:
+                # Subscribed before each check: the listener may have stopped (its connection
+                # was cut), and a hand-off published before it subscribes again is seen by the
+                # check that follows.
+                await self._ensure_listener(end)
                 granted, hint_ms = await self._run(
                     CONC_ACQUIRE, keys, (*self._argv(), lid, "w"), end
                 )
                 if granted or (fut.done() and fut.result() == _GRANTED):
                     break
+                if self._closed:  # aclose() came during the call: nobody would wake us
+                    raise self._closed_error()
                 if fut.done():  # _RECHECK: re-run the script with a fresh future
                     fut = loop.create_future()
                     self._waiters[lid] = (keys, fut)
@@ -569,13 +586,17 @@ class RedisConcurrencyLimiter:
             self._observer.queued(waited)
         return self._grant(keys, key, lid)
 
-    def _withdraw(self, keys: tuple[str, ...], lid: str) -> asyncio.Task[Any]:
+    def _withdraw(self, keys: tuple[str, ...], lid: str) -> None:
         # "w": a script of this acquisition may still reach Redis after this call (it was sent
         # on a connection dropped since, after a timeout); Redis then keeps it from taking a
         # slot or a place in the queue.
-        return self._bg.spawn(self._cancel(keys, (lid, "w")))
+        if not self._call.closed:  # (after aclose() it expires after lease_ttl, as a lease)
+            self._bg.spawn(self._cancel(keys, (lid, "w")))
 
     def _grant(self, keys: tuple[str, ...], key: Hashable, lid: str) -> RedisConcurrencyPermit:
+        if self._closed:  # aclose() came while the call that took the slot was in flight
+            self._withdraw(keys, lid)
+            raise self._closed_error()
         permit = RedisConcurrencyPermit(self, keys, key, lid)
         self._held[lid] = permit
         self._admitted += 1
@@ -604,6 +625,8 @@ class RedisConcurrencyLimiter:
         return await self._call(CONC_CANCEL, keys, (*self._argv(), *args))
 
     def _ensure_renewer(self) -> None:
+        if self._closed:
+            raise self._closed_error()
         if self._renewer is None or self._renewer.done():
             self._renewer = asyncio.get_running_loop().create_task(
                 self._renew_loop(), name=f"aiolease-redis-renew-{self._name}"
@@ -649,7 +672,14 @@ class RedisConcurrencyLimiter:
                         w[1].set_result(outcome)
 
     async def _ensure_listener(self, end: float | None) -> None:
-        if self._listener is None or self._listener.done():
+        if self._closed:
+            raise self._closed_error()
+        ready_ev = self._listener_ready
+        if self._listener is not None and not self._listener.done():
+            if ready_ev is not None and ready_ev.is_set():
+                return  # subscribed
+        else:
+            self._listener_error = None
             ready = self._listener_ready = asyncio.Event()
             self._listener = asyncio.get_running_loop().create_task(
                 self._listen(ready), name=f"aiolease-redis-listen-{self._name}"
@@ -669,6 +699,8 @@ class RedisConcurrencyLimiter:
             )
         finally:
             waiter.cancel()
+        if self._closed:  # aclose() ended the listener
+            raise self._closed_error()
         if not ready_ev.is_set():
             cause = self._listener_error or _rexc.TimeoutError("no SUBSCRIBE reply in time")
             raise unavailable(
@@ -684,7 +716,9 @@ class RedisConcurrencyLimiter:
         me = asyncio.current_task()
         try:
             await ps.subscribe(self._channel)
-            while True:
+            # (redis-py can lose a cancellation while it connects: aclose() must not wait for
+            # the next get_message() timeout to end this task)
+            while not self._closed:
                 msg = await ps.get_message(timeout=1.0)
                 if msg is None:
                     if not self._waiters:
@@ -699,7 +733,7 @@ class RedisConcurrencyLimiter:
         except Exception as exc:
             # Waiters re-check (and start a new listener); a waiter whose listener never
             # subscribed gets this error from _ensure_listener.
-            logger.warning("hand-off listener of %r stopped: %r", self._name, exc)
+            logger.warning("hand-off listener of %r stopped (%s)", self._name, describe(exc))
             self._listener_error = exc
             for _, fut in self._waiters.values():
                 if not fut.done():

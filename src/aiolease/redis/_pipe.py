@@ -40,6 +40,7 @@ __all__ = [
     "Caller",
     "Health",
     "check_client",
+    "describe",
     "detached",
     "recheck",
     "wake",
@@ -252,6 +253,14 @@ class Health:
         return max(self.until - now, 0.001)
 
 
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of an error, for messages and logs (secrets redacted): redis-py 8's
+    ``repr()`` of its errors is ``network:TimeoutError``, without the message that says
+    what happened."""
+    message = redact(str(exc))
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
 def unavailable(what: str, exc: BaseException | None, detail: str = "") -> LimiterUnavailable:
     """The error a limiter raises when Redis cannot answer (redis-py's error as the cause)."""
     reason = f": {type(exc).__name__}: {redact(str(exc))}" if exc is not None else ""
@@ -382,9 +391,17 @@ class Caller:
             return await fut
         except _rexc.NoScriptError:
             pass
+        except asyncio.CancelledError:
+            _late_abandon(fut, on_abandon)
+            raise
         self._loaded += 1
         self._send(pack((b"SCRIPT", b"LOAD", script.source.encode())))
-        return await self._send(packed, on_abandon)
+        fut = self._send(packed, on_abandon)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            _late_abandon(fut, on_abandon)
+            raise
 
     def _send(
         self, packed: bytes, on_abandon: Callable[[Any], None] | None = None
@@ -524,7 +541,7 @@ class Caller:
         self._late = None
         for fut, _, _ in pending:
             if not fut.done():
-                err = _rexc.ConnectionError(f"connection to Redis lost: {exc!r}")
+                err = _rexc.ConnectionError(f"connection to Redis lost: {describe(exc)}")
                 err.__cause__ = exc
                 fut.set_exception(err)
         if conn is not None and drop:
@@ -605,6 +622,14 @@ class Caller:
                     return await client.evalsha(script.sha, len(keys), *keys, *args)
         except TimeoutError as exc:
             raise _rexc.TimeoutError(f"no reply from Redis within {self.timeout}s") from exc
+
+
+def _late_abandon(fut: asyncio.Future[Any], on_abandon: Callable[[Any], None] | None) -> None:
+    """A caller cancelled while it awaited its reply abandons it: the reader hands a reply still
+    to come to ``on_abandon`` (the future is cancelled); one that had come already (the reader
+    set it, and the cancellation reached the caller before the caller ran) is handed here."""
+    if on_abandon is not None and fut.done() and not fut.cancelled() and fut.exception() is None:
+        on_abandon(fut.result())
 
 
 async def _take(pool: Any) -> Any:

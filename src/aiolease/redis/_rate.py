@@ -477,7 +477,7 @@ class RedisRateLimiter:
         """
         s = min(check_positive("seconds", seconds, inclusive=True), LONGEST_WAIT)
         if self._closed:
-            raise RuntimeError(f"{self!r} is closed (aclose() was called)")
+            raise self._closed_error()
         rkey = self._rkey(key)
         if self._fallback is not None:  # so that it holds off too if Redis fails meanwhile
             self._fallback.pause(s, key)
@@ -557,6 +557,9 @@ class RedisRateLimiter:
         return problems
 
     # -- internals ----------------------------------------------------------------------------
+    def _closed_error(self) -> RuntimeError:
+        return RuntimeError(f"{self!r} is closed (aclose() was called)")
+
     def _rkey(self, key: Hashable) -> str:
         return self._base if key is None else redis_key(self._prefix, "rate", self._name, key)
 
@@ -635,6 +638,8 @@ class RedisRateLimiter:
         end: float | None,
     ) -> Any:
         """One RATE_ACQUIRE, answered by ``end`` (loop time) when given; Redis errors pass."""
+        if self._closed:  # (a waiter re-queued by a pause after aclose())
+            raise self._closed_error()
         health = self._health
         if not health.may_call(loop.time()):
             raise _CoolingDown
@@ -649,6 +654,8 @@ class RedisRateLimiter:
                     # The caller's own deadline, not call_timeout: Redis is not judged down.
                     raise _Late("no reply from Redis before the acquire timeout") from exc
         except UNAVAILABLE as exc:
+            if self._closed:  # aclose() dropped the pipe under this call: Redis did not fail
+                raise self._closed_error() from exc
             if not isinstance(exc, _Late):
                 health.failed(exc, loop.time())
             raise
@@ -666,7 +673,7 @@ class RedisRateLimiter:
         bounded: bool = True,
     ) -> RedisRatePermit:
         if self._closed:
-            raise RuntimeError(f"{self!r} is closed (aclose() was called)")
+            raise self._closed_error()
         loop = asyncio.get_running_loop()
         if rkey is None:
             rkey = self._rkey(key)
