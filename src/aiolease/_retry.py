@@ -10,6 +10,7 @@ loop's clock) before the next one. A cancellation is never retried.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -17,10 +18,12 @@ from typing import Any, Generic, TypeVar
 
 from . import _metrics
 from ._dialects import find_dialect
+from ._errors import Rollback
 from ._lease import unwrap
 from ._transaction import (
     Transaction,
     _begin_on_pool,
+    _check_options,
     _release_keeping_outcome,
     _validate_timeout,
     logger,
@@ -156,9 +159,12 @@ class TransactionAttempts(Generic[C]):
                 "run_transaction()/transaction_attempts() need a pool (with acquire()) or a "
                 f"connection with a transaction dialect, got {type(target).__name__}"
             )
+        # Validate the options now rather than at the first attempt (for a pool,
+        # after waiting for a connection).
         if self._is_connection:
-            # Validate the options now rather than at the first attempt.
             Transaction(target, **options)
+        else:
+            _check_options(options)
         self._target = target
         self._attempts = attempts
         self._backoff = float(backoff)
@@ -191,7 +197,12 @@ class TransactionAttempts(Generic[C]):
     async def _pause(self, error: BaseException) -> None:
         """Sleep the jittered backoff after attempt ``_number`` failed with ``error``,
         then count the next attempt."""
-        cap = min(self._max_backoff, self._backoff * 2 ** (self._number - 1))
+        try:
+            # ldexp: backoff * 2**(n - 1) as a float, raising OverflowError (not inf)
+            # past the largest float, which a long run of retries reaches.
+            cap = min(self._max_backoff, math.ldexp(self._backoff, self._number - 1))
+        except OverflowError:
+            cap = self._max_backoff
         delay = random.uniform(0, cap)
         _metrics.transaction_retried(self._number, error, delay)
         logger.debug(
@@ -256,7 +267,14 @@ def transaction_attempts(
         attempts=attempts,
         backoff=backoff,
         max_backoff=max_backoff,
-        options={"isolation": isolation, "readonly": readonly, "cleanup_timeout": cleanup_timeout},
+        # durable: each attempt is a fresh outermost transaction, never a savepoint
+        # of one already open on the connection.
+        options={
+            "isolation": isolation,
+            "readonly": readonly,
+            "cleanup_timeout": cleanup_timeout,
+            "durable": True,
+        },
     )
 
 
@@ -280,10 +298,16 @@ async def run_transaction(
     nested ``async with aiolease.atomic(conn, savepoint=False) as tx:``
     (free: no SQL); they run only for the attempt that commits.
 
+    ``fn`` raising :class:`~aiolease.Rollback` rolls the transaction back
+    (no retry; its ``on_rollback`` hooks run) and, as there is no result to
+    return, ``run_transaction`` raises that ``Rollback`` again. To roll back
+    and still return a value, call ``tx.set_rollback(True)`` instead.
+
     Raises:
         ValueError: bad ``attempts``/``backoff``/``max_backoff`` (finite and
             > 0), ``isolation`` or ``cleanup_timeout``, at the call.
         TypeError: ``fn`` is not callable, at the call.
+        Rollback: ``fn`` raised it (the transaction rolled back).
         Exception: whatever the last attempt raised.
     """
     if not callable(fn):
@@ -300,10 +324,19 @@ async def run_transaction(
     tracer = _metrics.tracer
     span = None if tracer is None else tracer.retry_loop()  # retries are its events
     result: R
+    rolled_back: Rollback | None = None
     try:
         async for attempt in attempts_loop:
             async with attempt as tx:
-                result = await fn(tx.connection)
+                try:
+                    result = await fn(tx.connection)
+                except Rollback as exc:
+                    rolled_back = exc
+                    raise
+        if rolled_back is not None:
+            # The attempt's block swallowed it and rolled back: there is no
+            # result to return, so the caller gets the Rollback back.
+            raise rolled_back
     except BaseException as error:
         if span is not None:
             span.end(None, error)

@@ -69,9 +69,8 @@ class HookError(TransactionError):
         self.errors = errors
 
 
-def _normalize_isolation(isolation: str | None, dialect: Dialect[Any]) -> str | None:
-    if isolation is None:
-        return None
+def _isolation_level(isolation: object) -> str:
+    """``isolation`` as one of :data:`ISOLATION_LEVELS` (whatever the database)."""
     if not isinstance(isolation, str):
         raise TypeError(f"isolation must be a string or None, got {isolation!r}")
     level = " ".join(isolation.lower().replace("_", " ").split())
@@ -80,6 +79,30 @@ def _normalize_isolation(isolation: str | None, dialect: Dialect[Any]) -> str | 
             f"isolation={isolation!r} is not an isolation level: use 'read committed', "
             "'repeatable read' or 'serializable' (case-insensitive), or None for the default"
         )
+    return level
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    """Check the :func:`atomic` options that do not depend on the connection.
+
+    Called where the connection is not known yet (``pool.atomic()``,
+    :func:`run_transaction` on a pool), so that a bad option raises at the call
+    instead of after waiting for a connection. What depends on the database
+    (the isolation levels it accepts) is checked when the block is made.
+    """
+    if options.get("isolation") is not None:
+        _isolation_level(options["isolation"])
+    for name in ("readonly", "savepoint", "durable"):
+        if name in options:
+            _flag(name, options[name])
+    if options.get("cleanup_timeout") is not None:
+        _validate_timeout("cleanup_timeout", options["cleanup_timeout"])
+
+
+def _normalize_isolation(isolation: str | None, dialect: Dialect[Any]) -> str | None:
+    if isolation is None:
+        return None
+    level = _isolation_level(isolation)
     if level not in dialect.isolation_levels:
         accepted = ", ".join(repr(x) for x in sorted(dialect.isolation_levels))
         raise ValueError(
@@ -357,6 +380,14 @@ class Transaction(Generic[C]):
                 "Give each task its own connection (e.g. pool.atomic())"
             )
         if self._durable:
+            if self._retrying is not None:
+                raise TransactionError(
+                    "run_transaction()/transaction_attempts() must run outside any atomic "
+                    f"block on the connection, but it is nested in {parent!r}: a retry runs "
+                    "the whole transaction again, which a savepoint cannot (after a "
+                    "serialization failure or a deadlock the enclosing transaction must be "
+                    "retried as a whole)"
+                )
             raise TransactionError(
                 "atomic(durable=True) must be the outermost block, but it is nested in "
                 f"{parent!r}; a durable block's commit must not be undone by an outer rollback"
@@ -487,7 +518,9 @@ class Transaction(Generic[C]):
             error = TransactionError(
                 "the transaction was rolled back, not committed: the database had aborted "
                 "it after an error inside the block that was caught (in PostgreSQL every "
-                "later statement fails and COMMIT turns into ROLLBACK). Let the error "
+                "later statement fails and COMMIT turns into ROLLBACK), or a statement of "
+                "the block ended it (a ROLLBACK or COMMIT sent by hand: atomic() cannot "
+                "vouch for its work, and no on_commit hook ran). Let the error "
                 "propagate, or wrap the statement that may fail in a nested atomic() block"
             )
             self._ended("rollback")
@@ -743,8 +776,8 @@ def atomic(
         TransactionError: (on enter) ``durable`` or ``isolation``/``readonly``
             on a nested block; the connection's transaction is in use by
             another task; the connection is in a transaction aiolease did not
-            start. (On exit) the database had aborted the transaction, so it
-            was rolled back instead of committed.
+            start. (On exit) the database had aborted the transaction, or a
+            statement of the block ended it, so it was not committed.
         CommitUnknown: the connection was lost (or the driver timed out) during
             COMMIT: the outcome is unknown.
         HookError: a hook failed (the outcome is in ``committed``).
@@ -774,6 +807,7 @@ class PoolAtomic(Generic[C]):
     __slots__ = ("_acquire", "_options", "_pool", "_tx")
 
     def __init__(self, pool: Any, **options: Any) -> None:
+        _check_options(options)
         self._pool = pool
         self._options = options
         self._acquire: Any = None

@@ -431,3 +431,114 @@ async def test_a_failed_rollback_is_never_silent() -> None:
     with pytest.raises(aiolease.TransactionError, match="ROLLBACK TO SAVEPOINT"):
         async with aiolease.atomic(conn), aiolease.atomic(conn) as inner:
             inner.set_rollback(True)
+
+
+async def test_backoff_stays_capped_after_a_thousand_retries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # backoff * 2**(n - 1) exceeds any float after 1024 retries: it raised
+    # OverflowError instead of sleeping max_backoff and trying again.
+    caps: list[float] = []
+
+    def uniform(low: float, high: float) -> float:
+        caps.append(high)
+        return 0.0
+
+    monkeypatch.setattr("aiolease._retry.random.uniform", uniform)
+    conn = FakeConnection()
+    calls = 0
+
+    async def conflicts(c: FakeConnection) -> None:
+        nonlocal calls
+        calls += 1
+        raise FakeDatabaseError("could not serialize access", sqlstate="40001")
+
+    with pytest.raises(FakeDatabaseError, match="serialize"):
+        await aiolease.run_transaction(conn, conflicts, attempts=1100, max_backoff=0.5)
+    assert calls == 1100
+    assert caps[-1] == 0.5
+    assert len(caps) == 1099
+
+
+async def test_run_transaction_gives_back_a_rollback_raised_by_fn() -> None:
+    # The attempt's block swallowed the Rollback, and run_transaction then read
+    # a result that fn never returned: UnboundLocalError.
+    conn = FakeConnection()
+    rolled_back: list[str] = []
+    rollback = aiolease.Rollback()
+
+    async def gives_up(c: FakeConnection) -> int:
+        async with aiolease.atomic(c, savepoint=False) as tx:
+            tx.on_rollback(lambda: rolled_back.append("hook"))
+        await c.execute("INSERT")
+        raise rollback
+
+    with pytest.raises(aiolease.Rollback) as info:
+        await aiolease.run_transaction(conn, gives_up)
+    assert info.value is rollback
+    assert conn.statements == ["BEGIN", "INSERT", "ROLLBACK"]  # one attempt, no retry
+    assert conn.committed == []
+    assert rolled_back == ["hook"]
+
+
+async def test_pool_options_are_checked_at_the_call_not_after_a_connection() -> None:
+    # They were checked only once a connection was acquired: with the pool busy,
+    # the call waited for a slot (here: for ever) before saying the option was bad.
+    async def create() -> FakeConnection:
+        return FakeConnection()
+
+    async with aiolease.Pool.from_callables(create, max_size=1, acquire_timeout=None) as pool:
+        async with pool.acquire():
+            with pytest.raises(ValueError, match="isolation='bogus'"):
+                pool.atomic(isolation="bogus")
+            with pytest.raises(TypeError, match="readonly must be True or False"):
+                pool.atomic(readonly="no")  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match="cleanup_timeout"):
+                pool.atomic(cleanup_timeout=float("nan"))
+            with pytest.raises(ValueError, match="cleanup_timeout"):
+                aiolease.transaction_attempts(pool, cleanup_timeout=-1)
+            async with asyncio.timeout(5):
+                with pytest.raises(ValueError, match="isolation='bogus'"):
+                    await aiolease.run_transaction(pool, _never, isolation="bogus")
+        assert pool.statistics().acquired == 1  # only the test's own
+
+
+async def test_pool_atomic_takes_a_cleanup_timeout() -> None:
+    # docs/transactions.md names cleanup_timeout a pool.atomic() option; it was refused.
+    conn = FakeConnection()
+    conn.hang("^ROLLBACK$")
+
+    async def create() -> FakeConnection:
+        return conn
+
+    async with aiolease.Pool.from_callables(create, max_size=1) as pool:
+        async with asyncio.timeout(5):
+            with pytest.raises(KeyError) as info:
+                async with pool.atomic(cleanup_timeout=0.05):
+                    raise KeyError("boom")
+    assert isinstance(info.value.__context__, TimeoutError)
+    assert "cleanup_timeout=0.05s" in str(info.value.__context__)
+
+
+async def test_run_transaction_refuses_to_retry_inside_an_open_block() -> None:
+    # On a connection already in atomic(), each attempt was a savepoint: a
+    # serialization failure was "retried" inside the same transaction (which
+    # cannot succeed), though every attempt is documented as a fresh outermost one.
+    conn = FakeConnection()
+    calls = 0
+
+    async def conflicts(c: FakeConnection) -> None:
+        nonlocal calls
+        calls += 1
+        raise FakeDatabaseError("could not serialize access", sqlstate="40001")
+
+    async with aiolease.atomic(conn):
+        with pytest.raises(aiolease.TransactionError, match="outside any atomic block"):
+            await aiolease.run_transaction(conn, conflicts, backoff=0.001)
+        with pytest.raises(aiolease.TransactionError, match="outside any atomic block"):  # noqa: PT012 - the loop under test
+            async for attempt in aiolease.transaction_attempts(conn, backoff=0.001):
+                async with attempt:
+                    await conflicts(conn)
+        await conn.execute("INSERT")
+    assert calls == 0
+    assert conn.statements == ["BEGIN", "INSERT", "COMMIT"]

@@ -27,6 +27,11 @@ class AsyncpgDialect(Dialect[Any]):
         await conn.execute(begin_sql(isolation, readonly))
 
     async def commit(self, conn: Any) -> bool:
+        if not conn.is_in_transaction() and not conn.is_closed():
+            # A statement of the block ended the transaction (a COMMIT or ROLLBACK
+            # sent by hand): a COMMIT now would only draw a warning and report
+            # success for work that may have been rolled back.
+            return False
         status: str = await conn.execute("COMMIT")
         return status == "COMMIT"
 

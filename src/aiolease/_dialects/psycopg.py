@@ -34,6 +34,7 @@ __all__ = ["PsycopgDialect"]
 _IDLE = pq.TransactionStatus.IDLE
 _INTRANS = pq.TransactionStatus.INTRANS
 _INERROR = pq.TransactionStatus.INERROR
+_UNKNOWN = pq.TransactionStatus.UNKNOWN
 
 _SET_TRANSACTION: dict[tuple[str | None, bool], sql.Composable] = {}
 
@@ -94,8 +95,15 @@ class PsycopgDialect(Dialect[Any]):
         block = self._pop(conn)
         if block is None:
             raise psycopg.OperationalError(f"no transaction to commit on {conn!r}")
+        status = conn.pgconn.transaction_status
+        if status == _IDLE:
+            # A statement of the block ended the transaction (a COMMIT or ROLLBACK
+            # sent by hand): nothing to commit. psycopg's block is still left,
+            # rolling back as psycopg does (a no-op on the server).
+            await self._roll_back(conn, block, "ROLLBACK", _IDLE)
+            return False
         # PostgreSQL turns the COMMIT of an aborted transaction into a ROLLBACK.
-        aborted = conn.pgconn.transaction_status == _INERROR
+        aborted = status == _INERROR
         await block[0].__aexit__(None, None, None)
         if conn.broken or conn.closed:
             # psycopg skips COMMIT on a connection it knows is gone.
@@ -159,7 +167,9 @@ class PsycopgDialect(Dialect[Any]):
         return
 
     def in_transaction(self, conn: Any) -> bool:
-        return bool(conn.pgconn.transaction_status != _IDLE)
+        # UNKNOWN: a closed or broken connection, in no transaction; BEGIN then
+        # fails with psycopg's own error ("the connection is closed").
+        return bool(conn.pgconn.transaction_status not in (_IDLE, _UNKNOWN))
 
     def is_connection_error(self, exc: BaseException, conn: Any) -> bool:
         if super().is_connection_error(exc, conn):

@@ -554,12 +554,24 @@ class Pool(Options[T]):
         readonly: bool = False,
         savepoint: bool = True,
         durable: bool = False,
+        cleanup_timeout: float | None = None,
     ) -> PoolAtomic[T]:
         """``async with pool.atomic(...) as tx``: acquire a connection and run a transaction
         on it (see :func:`aiolease.atomic` for the options); ``tx.connection`` is what
-        the pool handed out."""
+        the pool handed out. ``cleanup_timeout`` None takes the manager's
+        ``cleanup_timeout`` attribute when it has one, else the dialect's default.
+
+        Raises:
+            TypeError, ValueError: a bad option (as for :func:`aiolease.atomic`), at the
+                call; an isolation level the database does not accept, at entry.
+        """
         return PoolAtomic(
-            self, isolation=isolation, readonly=readonly, savepoint=savepoint, durable=durable
+            self,
+            isolation=isolation,
+            readonly=readonly,
+            savepoint=savepoint,
+            durable=durable,
+            cleanup_timeout=cleanup_timeout,
         )
 
     def statistics(self) -> PoolStatistics:
