@@ -76,3 +76,26 @@ async def test_savepoint_names_fold_like_postgresql() -> None:
     await conn.execute("INSERT 5")
     await conn.execute("ROLLBACK")
     assert conn.committed == [("INSERT 4", ())]
+
+
+@pytest.mark.parametrize("error", ["boom", 42, int])
+def test_script_refuses_an_error_that_is_not_an_exception(error: object) -> None:
+    # Before, it was accepted and the statement then failed with "exceptions must
+    # derive from BaseException", far from the script() call.
+    with pytest.raises(TypeError, match="error must be an exception"):
+        FakeConnection().script("INSERT", error=error)  # type: ignore[arg-type]
+
+
+async def test_script_takes_an_exception_class() -> None:
+    conn = FakeConnection()
+    conn.script("INSERT", error=ConnectionResetError)
+    with pytest.raises(ConnectionResetError):
+        await conn.execute("INSERT x")
+
+
+async def test_cursor_records_named_parameters_with_their_values() -> None:
+    conn = FakeConnection()
+    async with conn.cursor() as cur:
+        await cur.execute("INSERT %(a)s, %(b)s", {"a": 1, "b": 2})
+        await cur.execute("INSERT %s", [3])
+    assert conn.arguments == [({"a": 1, "b": 2},), (3,)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,7 +150,7 @@ class FakeGate:
 class _Script:
     pattern: re.Pattern[str]
     rows: Any
-    error: BaseException | None
+    error: BaseException | type[BaseException] | None
     times: int | None
 
 
@@ -191,10 +192,16 @@ class FakeCursor:
         self.rowcount = -1
 
     async def execute(self, sql: str, params: Any = None) -> FakeCursor:
-        """Run ``sql`` with ``params`` (a sequence, or None); returns the cursor."""
+        """Run ``sql`` with ``params`` (a sequence, a mapping for named placeholders, or
+        None; a mapping is recorded as one argument); returns the cursor."""
         if self.closed:
             raise FakeDatabaseError("the cursor is closed")
-        args = () if params is None else tuple(params)
+        if params is None:
+            args: tuple[Any, ...] = ()
+        elif isinstance(params, Mapping):
+            args = (params,)  # tuple() of it would keep only the names
+        else:
+            args = tuple(params)
         self._rows = _as_rows(await self.connection.execute(sql, *args))
         self._pos = 0
         self.rowcount = len(self._rows)
@@ -316,13 +323,13 @@ class FakeConnection:
         pattern: str | re.Pattern[str],
         *,
         rows: Any = None,
-        error: BaseException | None = None,
+        error: BaseException | type[BaseException] | None = None,
         times: int | None = None,
     ) -> None:
         """Answer statements matching ``pattern`` (``re.search``, case-insensitive) with ``rows``.
 
-        With ``error`` the statement raises it instead (inside a transaction
-        that aborts the transaction, as a server error does). Transaction
+        With ``error`` (an exception, or its class) the statement raises it instead
+        (inside a transaction that aborts the transaction, as a server error does). Transaction
         control statements (BEGIN, COMMIT, ROLLBACK, SAVEPOINT...) obey error
         rules only, and fail without changing the transaction state. ``times`` limits
         how many statements the rule serves (None: all). The first matching
@@ -330,6 +337,11 @@ class FakeConnection:
         """
         if rows is not None and error is not None:
             raise ValueError("script() takes rows or error, not both")
+        ok = isinstance(error, BaseException | None) or (
+            isinstance(error, type) and issubclass(error, BaseException)
+        )
+        if not ok:
+            raise TypeError(f"error must be an exception (instance or class), got {error!r}")
         if times is not None and times < 1:
             raise ValueError(f"times must be >= 1 or None, got {times!r}")
         compiled = pattern if isinstance(pattern, re.Pattern) else re.compile(pattern, re.I)
