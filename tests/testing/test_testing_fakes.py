@@ -379,6 +379,49 @@ def test_bad_rule_arguments(kwargs: dict[str, object], message: str) -> None:
         fm.block(**kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("calls", [True, [True, 2], [1, "2"]])
+def test_calls_must_be_ints_not_bools(calls: object) -> None:
+    # True == 1: calls=True would quietly target the first call
+    with pytest.raises(ValueError, match="calls must be call numbers >= 1"):
+        FakeManager().fail("create", calls=calls)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("error", ["boom", int, 5, None])
+def test_fail_refuses_an_error_that_is_not_one_when_armed(error: object) -> None:
+    # Before, "boom" failed at the call with "'str' object is not callable" and int
+    # with "invalid literal for int()", inside the pool.
+    with pytest.raises(TypeError, match="error must be an exception class, an exception "):
+        FakeManager().fail("create", error)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("method", ["fail", "delay", "block"])
+def test_when_must_be_callable(method: str) -> None:
+    fm = FakeManager()
+    args = ("create", 1.0) if method == "delay" else ("create",)
+    with pytest.raises(TypeError, match="when must be a callable taking the Call, or None; got 5"):
+        getattr(fm, method)(*args, when=5)
+
+
+async def test_an_error_factory_returning_no_exception_is_named() -> None:
+    fm = FakeManager()
+    fm.fail("create", lambda call: "not an exception")  # type: ignore[arg-type,return-value]
+    with pytest.raises(TypeError, match=r"error factory of <Rule fail create .* returned 'not an"):
+        await fm.create()
+
+
+@pytest.mark.parametrize("fatal", [[ConnectionError], (ConnectionError, "x"), "ConnectionError"])
+def test_fatal_must_be_exception_classes(fatal: object) -> None:
+    # Before, a list was taken and is_fatal raised TypeError inside the pool, which then
+    # discarded every resource that met any error.
+    with pytest.raises(TypeError, match="fatal must be a tuple of exception classes"):
+        FakeManager(fatal=fatal)  # type: ignore[arg-type]
+
+
+def test_fatal_takes_one_exception_class_as_isinstance_does() -> None:
+    fm = FakeManager(fatal=ConnectionError)  # type: ignore[arg-type]
+    assert fm.fatal == (ConnectionError,)
+
+
 @pytest.mark.parametrize("seconds", [-1.0, float("inf"), float("nan"), 10**400])
 def test_bad_delay(seconds: float) -> None:
     with pytest.raises(ValueError, match="seconds must be a finite number >= 0"):

@@ -182,3 +182,39 @@ def test_plugin_is_registered_under_the_entry_point_name(pytestconfig: pytest.Co
     plugin = pytestconfig.pluginmanager.get_plugin("aiolease")
     assert plugin is not None
     assert Path(plugin.__file__).name == "_plugin.py"
+
+
+def test_marker_with_an_argument_the_loop_does_not_take_is_a_usage_error(
+    tmp_path: Path,
+) -> None:
+    # Before, each such test errored with a TypeError from the loop's constructor,
+    # and the half-built loop's __del__ left "Exception ignored ... no attribute
+    # '_closed'" behind.
+    (tmp_path / "pytest.ini").write_text(INI)
+    (tmp_path / "test_bad_marker.py").write_text(
+        textwrap.dedent(
+            """
+            import pytest
+
+            @pytest.mark.aiolease_virtual_time(stall_timout=1.0)
+            async def test_typo() -> None:
+                pass
+            """
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-W", "error", "."],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    assert (
+        "test_bad_marker.py::test_typo: @pytest.mark.aiolease_virtual_time: got an unexpected "
+        "keyword argument 'stall_timout'; VirtualTimeLoop takes start, io_grace, stall_timeout"
+    ) in output
+    assert "_closed" not in output

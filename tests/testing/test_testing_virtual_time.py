@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import socket
 import sys
 import threading
@@ -566,6 +567,80 @@ def test_silent_watched_socket_without_timers_raises_after_stall_timeout() -> No
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    ("start", "delay"),
+    [(1.7e9, 1.0), (0.0, 1e9), (2.0**24, 0.0), (1.7e9, 0.0)],
+    ids=["epoch-like-start", "thirty-years", "at-2**24-now", "epoch-like-now"],
+)
+def test_timers_fire_when_the_clock_is_too_large_for_its_resolution(
+    start: float, delay: float
+) -> None:
+    # From a clock of 2**24 s on, now + the clock's resolution rounds back to now:
+    # asyncio then never runs a timer due exactly now, and the clock must still move.
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        fired: list[float] = []
+        loop.call_later(delay, lambda: fired.append(loop.time()))
+        await asyncio.sleep(delay + 1.0)
+        async with asyncio.timeout(5.0):
+            await asyncio.sleep(10.0)
+        return fired
+
+    with pytest.raises(TimeoutError):
+        run(main, start=start)
+
+    async def sleeps() -> list[float]:
+        loop = asyncio.get_running_loop()
+        fired: list[float] = []
+        loop.call_later(delay, lambda: fired.append(loop.time()))
+        await asyncio.sleep(delay + 1.0)
+        return [*fired, loop.time()]
+
+    fired, end = run(sleeps, start=start)
+    # Each lands on its time or the next representable one after it, never before.
+    assert start + delay <= fired <= math.nextafter(start + delay, math.inf)
+    assert start + delay + 1.0 <= end <= math.nextafter(start + delay + 1.0, math.inf)
+
+
+@pytest.mark.timeout(10)
+def test_an_infinite_sleep_alone_is_no_progress_not_a_hang() -> None:
+    async def forever() -> None:
+        await asyncio.sleep(math.inf)
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        # An infinite timer beside finite ones: the finite ones still fire.
+        loop.call_later(math.inf, lambda: None)
+        await asyncio.sleep(3.0)
+        assert loop.time() == 3.0
+        await asyncio.create_task(forever(), name="sleeps-forever")
+        return loop.time()
+
+    with pytest.raises(NoProgressError) as exc_info:
+        run(main)
+    assert "sleeps-forever: forever -> sleep" in str(exc_info.value)
+
+
+@pytest.mark.timeout(10)
+def test_a_nan_timer_does_not_stop_the_clock() -> None:
+    # asyncio runs a NaN timer once it reaches the head of its heap; the others still
+    # fire at their times.
+    async def main() -> tuple[list[tuple[str, float]], float]:
+        loop = asyncio.get_running_loop()
+        fired: list[tuple[str, float]] = []
+        loop.call_later(2.0, lambda: fired.append(("2", loop.time())))
+        loop.call_later(math.nan, lambda: fired.append(("nan", loop.time())))
+        loop.call_later(1.0, lambda: fired.append(("1", loop.time())))
+        await asyncio.sleep(5.0)
+        return fired, loop.time()
+
+    fired, end = run(main)
+    assert [f for f in fired if f[0] != "nan"] == [("1", 1.0), ("2", 2.0)]
+    assert [name for name, _ in fired].count("nan") == 1
+    assert end == 5.0
 
 
 def test_deadlock_raises_no_progress_naming_the_blocked_tasks() -> None:

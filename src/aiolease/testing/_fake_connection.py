@@ -1,7 +1,8 @@
 """FakeConnection: an in-memory SQL connection double with real transaction semantics.
 
 It understands transaction control the way PostgreSQL does (BEGIN, COMMIT,
-ROLLBACK, SAVEPOINT, RELEASE, ROLLBACK TO, the aborted state after an error)
+ROLLBACK, SAVEPOINT, RELEASE, ROLLBACK TO, AND CHAIN, quoted and folded savepoint
+names, the aborted state after an error or a malformed control statement)
 and treats every other statement as opaque work: it is recorded, answered
 from a script, and "committed" or thrown away with its transaction. Use it to
 test transaction code without a database, deterministically.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,9 +35,72 @@ _CONTROL = frozenset(
     {"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE"}
 )
 
-_SAVEPOINT = re.compile(r"SAVEPOINT\s+(\w+)$", re.I)
-_RELEASE = re.compile(r"RELEASE(?:\s+SAVEPOINT)?\s+(\w+)$", re.I)
-_ROLLBACK_TO = re.compile(r"ROLLBACK\s+TO(?:\s+SAVEPOINT)?\s+(\w+)$", re.I)
+# A word (a keyword or an unquoted name) or a double-quoted name ("" inside stands for ").
+_TOKEN = re.compile(r'\s*(?:"((?:[^"]|"")+)"|([^\W\d][\w$]*))')
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    text: str
+    quoted: bool
+
+    def is_(self, *keywords: str) -> bool:
+        return not self.quoted and self.text.upper() in keywords
+
+    @property
+    def name(self) -> str:
+        """As PostgreSQL names it: unquoted names are folded to (ASCII) lower case."""
+        return self.text if self.quoted else self.text.translate(_ASCII_LOWER)
+
+
+_DEFAULT_ISOLATION = "read committed"  # PostgreSQL's default_transaction_isolation
+_LEVELS = ("serializable", "repeatable read", "read committed", "read uncommitted")
+
+
+def _transaction_modes(tokens: list[_Token]) -> list[tuple[str, object]] | None:
+    """The modes of a BEGIN, in order, as ``(kind, value)``; None if one is malformed."""
+    words = [t.text.lower() if not t.quoted else "" for t in tokens]
+    modes: list[tuple[str, object]] = []
+    i = 0
+    while i < len(words):
+        pair = " ".join(words[i : i + 2])
+        if pair == "isolation level":
+            level = next(
+                (
+                    lv.split()
+                    for lv in _LEVELS
+                    if words[i + 2 : i + 2 + len(lv.split())] == lv.split()
+                ),
+                None,
+            )
+            if level is None:
+                return None
+            modes.append(("isolation", " ".join(level)))
+            i += 2 + len(level)
+        elif pair in ("read only", "read write"):
+            modes.append(("read only", pair == "read only"))
+            i += 2
+        elif pair == "not deferrable" or words[i] == "deferrable":
+            modes.append(("deferrable", words[i] == "deferrable"))
+            i += 1 if words[i] == "deferrable" else 2
+        else:
+            return None
+    return modes
+
+
+def _tokens(text: str) -> list[_Token] | None:
+    """The words and quoted names of a transaction-control statement; None if anything else."""
+    tokens: list[_Token] = []
+    pos = 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if m is None:
+            return None
+        quoted, word = m.groups()
+        tokens.append(_Token(quoted.replace('""', '"'), True) if quoted else _Token(word, False))
+        pos = m.end()
+    return tokens
 
 
 class FakeDatabaseError(Exception):
@@ -85,7 +150,7 @@ class FakeGate:
 class _Script:
     pattern: re.Pattern[str]
     rows: Any
-    error: BaseException | None
+    error: BaseException | type[BaseException] | None
     times: int | None
 
 
@@ -127,10 +192,16 @@ class FakeCursor:
         self.rowcount = -1
 
     async def execute(self, sql: str, params: Any = None) -> FakeCursor:
-        """Run ``sql`` with ``params`` (a sequence, or None); returns the cursor."""
+        """Run ``sql`` with ``params`` (a sequence, a mapping for named placeholders, or
+        None; a mapping is recorded as one argument); returns the cursor."""
         if self.closed:
             raise FakeDatabaseError("the cursor is closed")
-        args = () if params is None else tuple(params)
+        if params is None:
+            args: tuple[Any, ...] = ()
+        elif isinstance(params, Mapping):
+            args = (params,)  # tuple() of it would keep only the names
+        else:
+            args = tuple(params)
         self._rows = _as_rows(await self.connection.execute(sql, *args))
         self._pos = 0
         self.rowcount = len(self._rows)
@@ -214,6 +285,11 @@ class FakeConnection:
         self._status = _IDLE
         self._work: list[tuple[str, tuple[Any, ...]]] = []
         self._savepoints: list[tuple[str, int]] = []
+        # The open transaction's characteristics, and whether a statement ran in it
+        # (after which PostgreSQL refuses to change them).
+        self._isolation = _DEFAULT_ISOLATION
+        self._read_only = False
+        self._snapshot = False
         self._scripts: list[_Script] = []
         self._gates: list[FakeGate] = []
         self._commits = 0
@@ -247,13 +323,13 @@ class FakeConnection:
         pattern: str | re.Pattern[str],
         *,
         rows: Any = None,
-        error: BaseException | None = None,
+        error: BaseException | type[BaseException] | None = None,
         times: int | None = None,
     ) -> None:
         """Answer statements matching ``pattern`` (``re.search``, case-insensitive) with ``rows``.
 
-        With ``error`` the statement raises it instead (inside a transaction
-        that aborts the transaction, as a server error does). Transaction
+        With ``error`` (an exception, or its class) the statement raises it instead
+        (inside a transaction that aborts the transaction, as a server error does). Transaction
         control statements (BEGIN, COMMIT, ROLLBACK, SAVEPOINT...) obey error
         rules only, and fail without changing the transaction state. ``times`` limits
         how many statements the rule serves (None: all). The first matching
@@ -261,6 +337,11 @@ class FakeConnection:
         """
         if rows is not None and error is not None:
             raise ValueError("script() takes rows or error, not both")
+        ok = isinstance(error, BaseException | None) or (
+            isinstance(error, type) and issubclass(error, BaseException)
+        )
+        if not ok:
+            raise TypeError(f"error must be an exception (instance or class), got {error!r}")
         if times is not None and times < 1:
             raise ValueError(f"times must be >= 1 or None, got {times!r}")
         compiled = pattern if isinstance(pattern, re.Pattern) else re.compile(pattern, re.I)
@@ -270,8 +351,11 @@ class FakeConnection:
         """Make the ``n``-th COMMIT from now fail with ``sqlstate`` (default 40001).
 
         The transaction is rolled back, as PostgreSQL does when COMMIT fails.
+
+        Raises:
+            ValueError: ``n`` is not an int >= 1.
         """
-        self._commit_faults[self._commits + n] = ("fail", sqlstate)
+        self._commit_faults[self._commits + _nth(n)] = ("fail", sqlstate)
 
     def drop_on_commit(self, n: int = 1, *, committed: bool = False) -> None:
         """Drop the connection during the ``n``-th COMMIT from now.
@@ -279,8 +363,11 @@ class FakeConnection:
         ``committed`` decides whether the database applied the commit before
         the connection was lost (the client cannot know). The COMMIT raises
         :class:`FakeConnectionLost` and the connection is closed.
+
+        Raises:
+            ValueError: ``n`` is not an int >= 1.
         """
-        self._commit_faults[self._commits + n] = ("drop", committed)
+        self._commit_faults[self._commits + _nth(n)] = ("drop", committed)
 
     def hang(self, pattern: str | re.Pattern[str]) -> FakeGate:
         """Never answer the statements matching ``pattern``: a silent peer.
@@ -338,6 +425,8 @@ class FakeConnection:
                 await asyncio.sleep(0)
         finally:
             self._busy = False
+        if self.closed:  # closed (or dropped) while the statement was on its way
+            raise FakeConnectionLost("the connection was closed while the statement ran")
         # Applied in one synchronous step after the wait: a statement whose
         # wait was cancelled had no effect.
         return self._apply(sql, args)
@@ -376,6 +465,15 @@ class FakeConnection:
         self._status = _IDLE
         self._work = []
         self._savepoints = []
+        self._snapshot = False
+
+    def _abort(self) -> None:
+        """A statement failed inside the transaction: it is aborted until ROLLBACK."""
+        if not self._savepoints:
+            # PostgreSQL aborts the top-level transaction there and then: its
+            # characteristics fall back to the defaults, which AND CHAIN carries over.
+            self._isolation, self._read_only = _DEFAULT_ISOLATION, False
+        self._status = _INERROR
 
     def _failed_transaction_error(self) -> FakeDatabaseError:
         return FakeDatabaseError(
@@ -386,38 +484,127 @@ class FakeConnection:
     def _apply(self, sql: str, args: tuple[Any, ...]) -> Any:
         text = sql.strip().rstrip(";").strip()
         head = text.split(None, 1)[0].upper() if text else ""
-        if head in _CONTROL:
-            # Transaction control obeys only scripted errors (to inject faults).
-            for rule in self._scripts:
-                if rule.error is not None and rule.pattern.search(sql):
-                    self._use(rule)
-                    raise rule.error
-        if head in ("BEGIN", "START"):
-            if self._status == _IDLE:
-                self._status = _INTRANS
-            return "BEGIN"
-        if head in ("COMMIT", "END"):
-            return self._commit()
-        if head == "ROLLBACK" or head == "ABORT":
-            m = _ROLLBACK_TO.match(text)
-            if m is None:
-                self._reset()
-                return "ROLLBACK"
-            return self._rollback_to(m.group(1))
+        if head not in _CONTROL:
+            return self._work_statement(sql, args)
+        # Transaction control obeys only scripted errors (to inject faults).
+        for rule in self._scripts:
+            if rule.error is not None and rule.pattern.search(sql):
+                self._use(rule)
+                raise rule.error
+        if head == "BEGIN" or head == "START":
+            return self._begin(head, text)
+        tokens = _tokens(text)
+        if tokens is None:
+            raise self._syntax_error(text)
+        rest = tokens[1:]
         if head == "SAVEPOINT":
-            m = _SAVEPOINT.match(text)
+            if len(rest) != 1:
+                raise self._syntax_error(text)
             self._require_transaction("SAVEPOINT")
-            assert m is not None
-            self._savepoints.append((m.group(1).lower(), len(self._work)))
+            self._savepoints.append((rest[0].name, len(self._work)))
             return "SAVEPOINT"
         if head == "RELEASE":
-            m = _RELEASE.match(text)
+            if len(rest) == 2 and rest[0].is_("SAVEPOINT"):
+                rest = rest[1:]
+            if len(rest) != 1:
+                raise self._syntax_error(text)
             self._require_transaction("RELEASE SAVEPOINT")
-            assert m is not None
-            index = self._find_savepoint(m.group(1))
+            index = self._find_savepoint(rest[0].name)
             del self._savepoints[index:]
             return "RELEASE"
-        return self._work_statement(sql, args)
+        # COMMIT | END | ROLLBACK | ABORT  [WORK | TRANSACTION]  [AND [NO] CHAIN]
+        # ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name
+        if rest and rest[0].is_("WORK", "TRANSACTION"):
+            rest = rest[1:]
+        if head == "ROLLBACK" and rest and rest[0].is_("TO"):
+            rest = rest[1:]
+            if len(rest) == 2 and rest[0].is_("SAVEPOINT"):
+                rest = rest[1:]
+            if len(rest) != 1:
+                raise self._syntax_error(text)
+            return self._rollback_to(rest[0].name)
+        if not rest or (
+            len(rest) == 3 and rest[0].is_("AND") and rest[1].is_("NO") and rest[2].is_("CHAIN")
+        ):
+            chain = False
+        elif len(rest) == 2 and rest[0].is_("AND") and rest[1].is_("CHAIN"):
+            chain = True
+        else:
+            raise self._syntax_error(text)
+        if chain and self._status == _IDLE:
+            what = "COMMIT" if head in ("COMMIT", "END") else "ROLLBACK"
+            raise FakeDatabaseError(
+                f"{what} AND CHAIN can only be used in transaction blocks", "25P01"
+            )
+        modes = (self._isolation, self._read_only)
+        if head in ("COMMIT", "END"):
+            status = self._commit()  # a failed COMMIT raises: no new transaction
+        else:
+            self._reset()
+            status = "ROLLBACK"
+        if chain:  # a new transaction starts at once, with the same characteristics
+            self._status = _INTRANS
+            self._isolation, self._read_only = modes
+        return status
+
+    def _begin(self, head: str, text: str) -> str:
+        # BEGIN [WORK | TRANSACTION] [mode [, ...]] | START TRANSACTION [mode [, ...]]
+        tokens = _tokens(text.replace(",", " "))
+        rest = [] if tokens is None else tokens[1:]
+        if head == "START" and not (rest and rest[0].is_("TRANSACTION")):
+            tokens = None
+        elif rest and rest[0].is_("WORK", "TRANSACTION"):
+            rest = rest[1:]
+        modes = None if tokens is None else _transaction_modes(rest)
+        if modes is None:
+            raise self._syntax_error(text)
+        if self._status == _INERROR:
+            raise self._failed_transaction_error()
+        if self._status == _IDLE:
+            self._status = _INTRANS
+            self._isolation, self._read_only = _DEFAULT_ISOLATION, False
+        # Inside a transaction PostgreSQL only warns, then sets the modes as SET
+        # TRANSACTION does, with its checks.
+        for mode, value in modes:
+            problem = None
+            if mode == "isolation" and value != self._isolation:
+                problem = (
+                    "SET TRANSACTION ISOLATION LEVEL must be called before any query"
+                    if self._snapshot
+                    else "SET TRANSACTION ISOLATION LEVEL must not be called in a subtransaction"
+                    if self._savepoints
+                    else None
+                )
+                self._isolation = str(value)
+            elif mode == "read only" and not value and self._read_only:
+                problem = (
+                    "cannot set transaction read-write mode inside a read-only transaction"
+                    if self._savepoints
+                    else "transaction read-write mode must be set before any query"
+                    if self._snapshot
+                    else None
+                )
+                self._read_only = False
+            elif mode == "read only":
+                self._read_only = bool(value)
+            elif mode == "deferrable":
+                problem = (
+                    "SET TRANSACTION [NOT] DEFERRABLE cannot be called within a subtransaction"
+                    if self._savepoints
+                    else "SET TRANSACTION [NOT] DEFERRABLE must be called before any query"
+                    if self._snapshot
+                    else None
+                )
+            if problem is not None:
+                self._abort()
+                raise FakeDatabaseError(problem, "25001")
+        return "BEGIN" if head == "BEGIN" else "START TRANSACTION"
+
+    def _syntax_error(self, text: str) -> FakeDatabaseError:
+        # As in PostgreSQL, a statement that fails to parse aborts the transaction.
+        if self._status == _INTRANS:
+            self._abort()
+        return FakeDatabaseError(f"syntax error in {text!r}", "42601")
 
     def _require_transaction(self, what: str) -> None:
         if self._status == _IDLE:
@@ -426,11 +613,10 @@ class FakeConnection:
             raise self._failed_transaction_error()
 
     def _find_savepoint(self, name: str) -> int:
-        name = name.lower()
         for index in range(len(self._savepoints) - 1, -1, -1):
             if self._savepoints[index][0] == name:
                 return index
-        self._status = _INERROR
+        self._abort()
         raise FakeDatabaseError(f"savepoint {name!r} does not exist", "3B001")
 
     def _rollback_to(self, name: str) -> str:
@@ -483,7 +669,8 @@ class FakeConnection:
                 self._use(rule)
                 if rule.error is not None:
                     if self._status == _INTRANS:
-                        self._status = _INERROR
+                        self._abort()
+                        self._snapshot = True  # it ran, then failed
                     raise rule.error
                 result = rule.rows
                 break
@@ -493,7 +680,14 @@ class FakeConnection:
             self.database.committed.append((sql, args))
         else:
             self._work.append((sql, args))
+            self._snapshot = True
         return result
+
+
+def _nth(n: object) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an int >= 1 (1 = the next COMMIT), got {n!r}")
+    return n
 
 
 class FakeDialect(Dialect[FakeConnection]):

@@ -235,7 +235,11 @@ class Rule:
         if isinstance(spec, type):
             exc: BaseException = spec(f"injected {call.op} failure (call #{call.number})")
             return exc
-        made: BaseException = spec(call)
+        made = spec(call)
+        if not isinstance(made, BaseException):
+            raise TypeError(
+                f"the error factory of {self!r} returned {made!r}, not an exception instance"
+            )
         return made
 
     def remove(self) -> None:
@@ -394,6 +398,10 @@ class FakeManager(Manager[FakeResource]):
     ) -> None:
         if not isinstance(lease_hooks, bool):
             raise TypeError(f"lease_hooks must be a bool, got {lease_hooks!r}")
+        if _is_exception_class(fatal):  # one class, as isinstance() takes it
+            fatal = (cast(type[BaseException], fatal),)
+        if not isinstance(fatal, tuple) or not all(_is_exception_class(t) for t in fatal):
+            raise TypeError(f"fatal must be a tuple of exception classes, got {fatal!r}")
         self.lease_hooks = lease_hooks
         self.fatal = fatal
         self.events: list[LifecycleEvent] = []
@@ -431,8 +439,20 @@ class FakeManager(Manager[FakeResource]):
 
         Raises:
             ValueError: unknown ``op`` or a call number below 1.
+            TypeError: ``error`` is none of the three, or ``when`` is not callable.
         """
-        return self._add(Rule(self, _check_op(op), calls=_calls(calls), when=when, error=error))
+        if not (
+            isinstance(error, BaseException)
+            or _is_exception_class(error)
+            or (callable(error) and not isinstance(error, type))
+        ):
+            raise TypeError(
+                "error must be an exception class, an exception instance or a factory "
+                f"taking the Call; got {error!r}"
+            )
+        return self._add(
+            Rule(self, _check_op(op), calls=_calls(calls), when=_when(when), error=error)
+        )
 
     def delay(
         self,
@@ -450,7 +470,9 @@ class FakeManager(Manager[FakeResource]):
             TypeError: ``seconds`` is not a number.
         """
         seconds = check_positive("seconds", seconds, inclusive=True)
-        return self._add(Rule(self, _check_op(op), calls=_calls(calls), when=when, delay=seconds))
+        return self._add(
+            Rule(self, _check_op(op), calls=_calls(calls), when=_when(when), delay=seconds)
+        )
 
     def block(
         self,
@@ -472,7 +494,7 @@ class FakeManager(Manager[FakeResource]):
             ValueError: unknown ``op`` or a call number below 1.
         """
         gate = Gate()
-        self._add(Rule(self, _check_op(op), calls=_calls(calls), when=when, gate=gate))
+        self._add(Rule(self, _check_op(op), calls=_calls(calls), when=_when(when), gate=gate))
         return gate
 
     def clear_rules(self) -> None:
@@ -696,10 +718,23 @@ def _calls(calls: int | Iterable[int] | None) -> frozenset[int] | None:
     if calls is None:
         return None
     numbers = frozenset([calls] if isinstance(calls, int) else calls)
-    bad = sorted(n for n in numbers if not isinstance(n, int) or n < 1)
+    # (a bool is an int, and True == 1: calls=True would quietly mean the first call)
+    bad = sorted(
+        (n for n in numbers if isinstance(n, bool) or not isinstance(n, int) or n < 1), key=repr
+    )
     if bad or not numbers:
         raise ValueError(f"calls must be call numbers >= 1 (1 = the first call); got {calls!r}")
     return numbers
+
+
+def _when(when: Callable[[Call], bool] | None) -> Callable[[Call], bool] | None:
+    if when is not None and not callable(when):
+        raise TypeError(f"when must be a callable taking the Call, or None; got {when!r}")
+    return when
+
+
+def _is_exception_class(obj: object) -> bool:
+    return isinstance(obj, type) and issubclass(obj, BaseException)
 
 
 class _FakeManagerWithoutLeaseHooks(FakeManager):

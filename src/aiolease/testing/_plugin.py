@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -120,6 +121,16 @@ def pytest_asyncio_loop_factories(
 ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]] | None:
     """Give tests marked ``aiolease_virtual_time`` (or all, per the ini) a VirtualTimeLoop."""
     enabled, kwargs = _enabled(item, _VT_MARK, _VT_INI)
+    if enabled and kwargs:
+        try:
+            inspect.signature(VirtualTimeLoop).bind(**kwargs)
+        except TypeError as exc:
+            # Refused here, naming the test: a loop whose construction fails on its
+            # signature also leaves an "Exception ignored in __del__" behind.
+            raise pytest.UsageError(
+                f"{item.nodeid}: @pytest.mark.{_VT_MARK}: {exc}; VirtualTimeLoop takes "
+                f"{', '.join(inspect.signature(VirtualTimeLoop).parameters)}"
+            ) from None
     if enabled:
         factory: Callable[[], asyncio.AbstractEventLoop] = (
             functools.partial(VirtualTimeLoop, **kwargs) if kwargs else VirtualTimeLoop

@@ -359,6 +359,8 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     ) -> asyncio.TimerHandle:
         """As :meth:`asyncio.AbstractEventLoop.call_at`; the loop notes the timer to jump to."""
         handle = super().call_at(when, callback, *args, context=context)
+        if math.isnan(handle.when()):
+            return handle  # asyncio runs it at once; unordered, it would corrupt the heap
         timers = self._vt_timers
         if len(timers) >= self._vt_compact_at:  # drop cancelled and past timers, amortised
             horizon = self._vt_now + _RESOLUTION
@@ -494,7 +496,10 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         # due); otherwise the delay to the next timer, or None. A thread's
         # call_soon_threadsafe always writes to the wake-up pipe, so it shows as an event.
         if timeout is not None and timeout <= 0:
-            return inner.select(0)
+            events = inner.select(0)
+            if not events and self._vt_now + _RESOLUTION == self._vt_now:
+                self._vt_step_past_due_timer()
+            return events
         events = inner.select(0)
         if events:
             return events
@@ -506,21 +511,39 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         if events:
             return events
         watched = self._vt_watched(inner)
-        if timeout is None:
+        when = None
+        if timeout is not None:
+            when = self._vt_next_timer()
+            if when is None:  # (not reached: a timeout comes from a timer)
+                when = self._vt_now + timeout
+        # A timer at infinity (``asyncio.sleep(math.inf)``) never fires: no timer at all.
+        if when is None or when == math.inf:
             if watched:
                 return self._vt_wait_real(inner, f"watching {watched} file descriptor(s)")
-            raise NoProgressError(self._vt_describe("no timer is scheduled"))
+            why = "no timer is scheduled" if when is None else "no timer before infinity"
+            raise NoProgressError(self._vt_describe(why))
         if watched and self._vt_io_grace > 0:
             events = inner.select(self._vt_io_grace)
             if events:
                 return events
-        when = self._vt_next_timer()
-        if when is None:  # (not reached: a timeout comes from a timer)
-            when = self._vt_now + timeout
         if when > self._vt_now:
             self._vt_now = when
             self.jumps += 1
         return []
+
+    def _vt_step_past_due_timer(self) -> None:
+        """Move the clock one float step when a timer due now cannot run.
+
+        asyncio runs the timers due before ``time() + resolution``. Once float spacing
+        at the clock's value exceeds twice the resolution (from 2**24 s with a 1 ns
+        resolution), that sum rounds back to ``time()`` and a timer due exactly now (one
+        jumped to, or ``call_later(0)``) would never run while the clock stands still:
+        the loop would spin forever. The next representable time lets it run, the
+        earliest that can.
+        """
+        when = self._vt_next_timer()
+        if when is not None and when <= self._vt_now:
+            self._vt_now = math.nextafter(self._vt_now, math.inf)
 
     def _vt_next_timer(self) -> float | None:
         """When the next pending timer is due: the one that set the selector's timeout.

@@ -1,0 +1,101 @@
+"""FakeConnection edge cases without a server (its PostgreSQL differential is in
+test_fake_connection_vs_psycopg.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from aiolease.testing import FakeConnection, FakeConnectionLost, FakeDatabaseError
+
+
+@pytest.mark.parametrize("sql", ["INSERT x", "COMMIT"])
+async def test_a_statement_in_flight_when_the_connection_closes_fails(sql: str) -> None:
+    conn = FakeConnection()
+    await conn.execute("BEGIN")
+    await conn.execute("INSERT in the transaction")
+    gate = conn.gate(sql)
+    task = asyncio.create_task(conn.execute(sql))
+    await gate.reached.wait()
+    await conn.close()
+    gate.open()
+    with pytest.raises(FakeConnectionLost, match="closed while the statement ran"):
+        await task
+    assert conn.committed == []  # neither the statement nor the transaction's work
+
+
+async def test_an_autocommit_statement_in_flight_when_the_connection_closes_fails() -> None:
+    conn = FakeConnection()
+    gate = conn.gate("INSERT")
+    task = asyncio.create_task(conn.execute("INSERT x"))
+    await gate.reached.wait()
+    await conn.close()
+    gate.open()
+    with pytest.raises(FakeConnectionLost):
+        await task
+    assert conn.committed == []
+
+
+@pytest.mark.parametrize("n", [0, -1, True, 1.0, "1"])
+def test_commit_faults_refuse_a_count_that_never_comes(n: object) -> None:
+    conn = FakeConnection()
+    with pytest.raises(ValueError, match=r"n must be an int >= 1 \(1 = the next COMMIT\)"):
+        conn.fail_commit(n)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"n must be an int >= 1"):
+        conn.drop_on_commit(n)  # type: ignore[arg-type]
+
+
+async def test_a_malformed_control_statement_is_a_syntax_error_that_aborts() -> None:
+    conn = FakeConnection()
+    await conn.execute("BEGIN")
+    with pytest.raises(FakeDatabaseError) as info:
+        await conn.execute("SAVEPOINT")
+    assert info.value.sqlstate == "42601"
+    assert conn.transaction_status == "inerror"
+    assert await conn.execute("COMMIT") == "ROLLBACK"
+
+
+async def test_savepoint_names_fold_like_postgresql() -> None:
+    conn = FakeConnection()
+    await conn.execute("BEGIN")
+    await conn.execute("INSERT 1")
+    await conn.execute('SAVEPOINT "Sp"')
+    await conn.execute("INSERT 2")
+    with pytest.raises(FakeDatabaseError, match="'sp' does not exist"):
+        await conn.execute("ROLLBACK TO Sp")  # unquoted: folded to sp, another name
+    await conn.execute("ROLLBACK")
+    await conn.execute("BEGIN")
+    await conn.execute('SAVEPOINT "Sp"')
+    await conn.execute("INSERT 3")
+    assert await conn.execute('rollback work to savepoint "Sp"') == "ROLLBACK"
+    assert conn.transaction_status == "intrans"  # only the savepoint's work went
+    await conn.execute("INSERT 4")
+    assert await conn.execute("COMMIT AND CHAIN") == "COMMIT"
+    assert conn.transaction_status == "intrans"
+    await conn.execute("INSERT 5")
+    await conn.execute("ROLLBACK")
+    assert conn.committed == [("INSERT 4", ())]
+
+
+@pytest.mark.parametrize("error", ["boom", 42, int])
+def test_script_refuses_an_error_that_is_not_an_exception(error: object) -> None:
+    # Before, it was accepted and the statement then failed with "exceptions must
+    # derive from BaseException", far from the script() call.
+    with pytest.raises(TypeError, match="error must be an exception"):
+        FakeConnection().script("INSERT", error=error)  # type: ignore[arg-type]
+
+
+async def test_script_takes_an_exception_class() -> None:
+    conn = FakeConnection()
+    conn.script("INSERT", error=ConnectionResetError)
+    with pytest.raises(ConnectionResetError):
+        await conn.execute("INSERT x")
+
+
+async def test_cursor_records_named_parameters_with_their_values() -> None:
+    conn = FakeConnection()
+    async with conn.cursor() as cur:
+        await cur.execute("INSERT %(a)s, %(b)s", {"a": 1, "b": 2})
+        await cur.execute("INSERT %s", [3])
+    assert conn.arguments == [({"a": 1, "b": 2},), (3,)]
