@@ -223,6 +223,26 @@ async def test_cancelled_waiter_leaves_the_queue(client: redis_asyncio.Redis, na
     assert await sem.in_use() == 0
 
 
+async def test_cancelled_in_its_first_round_trip_counts_as_cancelled(
+    client: redis_asyncio.Redis, name: str
+) -> None:
+    """A request is waiting from the call on (its round trips are part of the wait), so one
+    cancelled before Redis answered its first call ends as cancelled, as a local or Redis
+    rate limiter's does; it was counted in no result (aiolease.limiter.requests lost it)."""
+    sem = RedisConcurrencyLimiter(client, name, 1)
+    request = asyncio.ensure_future(sem.acquire())
+    await asyncio.sleep(0)  # its first call sent, not yet answered
+    assert sem.statistics().waiting == 1
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    await settle_down(sem)  # the withdrawal is a background call of the limiter
+    s = sem.statistics()
+    assert (s.waiting, s.in_use, s.admitted, s.cancelled) == (0, 0, 0, 1)
+    assert await sem.in_use() == 0
+    await sem.aclose()
+
+
 async def test_a_slot_handed_to_a_waiter_cancelled_meanwhile_is_passed_on(
     client: redis_asyncio.Redis, name: str
 ) -> None:

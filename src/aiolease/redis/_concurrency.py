@@ -506,9 +506,11 @@ class RedisConcurrencyLimiter:
             granted, _ = await self._run(CONC_ACQUIRE, keys, (*self._argv(), lid, mode), end)
         except _NotSent:
             raise
-        except BaseException:
+        except BaseException as exc:
             # Cancelled (or failed) with the outcome unknown: a slot taken for us must not stay
             # held until it expires. Withdrawing an id that holds nothing is harmless.
+            if not isinstance(exc, LimiterUnavailable):  # counted as the queued wait counts it
+                self._cancelled += 1
             self._withdraw(keys, lid)
             raise
         if granted:
