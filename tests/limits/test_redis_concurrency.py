@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -497,6 +498,7 @@ async def test_a_release_lost_with_its_connection_is_sent_again(
 async def test_a_release_that_cannot_reach_redis_does_not_replace_the_error(
     client: redis_asyncio.Redis, name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="aiolease.redis")
     sem = RedisConcurrencyLimiter(client, name, 1, lease_ttl=0.5)
 
     async def down(*args: object, **kwargs: object) -> None:
@@ -513,6 +515,9 @@ async def test_a_release_that_cannot_reach_redis_does_not_replace_the_error(
         await body()
     sem._call = caller
     assert "the lease expires after lease_ttl" in caplog.text
+    # the failure began an outage: its one WARNING (the release's own line is then DEBUG)
+    (warning,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warning.getMessage().startswith("Redis unavailable for concurrency limiter")
     assert any("left open" in p for p in sem._aiolease_leaks())
     await sem.aclose()
     assert sem._aiolease_leaks() == []

@@ -123,7 +123,10 @@ class RedisConcurrencyPermit:
             try:
                 await asyncio.shield(task)
             except UNAVAILABLE as exc:
-                logger.warning(
+                logger.log(  # the task's own line began the outage, if it was not known
+                    logging.DEBUG
+                    if self._limiter._health.down_since is not None
+                    else logging.WARNING,
                     "releasing %s of %r failed (%r); the lease expires after lease_ttl",
                     self.lease_id,
                     self._limiter.name,
@@ -628,8 +631,8 @@ class RedisConcurrencyLimiter:
                 except UNAVAILABLE as exc:
                     # The other keys' renewals would most likely fail too: try again next
                     # round rather than spend call_timeout on each of them now.
-                    logger.log(  # once per outage at WARNING (Health logs its start)
-                        logging.DEBUG if self._health.down_since is not None else logging.WARNING,
+                    logger.log(  # Health logs the outage's start once, at WARNING
+                        self._health.background_failed(exc),
                         "renewing the leases of concurrency limiter %r failed (%s: %s)",
                         self._name,
                         type(exc).__name__,
