@@ -249,3 +249,34 @@ def test_a_dsn_passed_as_the_manager(caplog: pytest.LogCaptureFixture) -> None:
         Pool(f"postgresql://bob:{SECRET}@h/db")  # type: ignore[arg-type]
     seen.error(info.value)
     seen.assert_hidden()
+
+
+# ----------------------------------------------------------------------------- transactions
+
+
+async def test_a_failed_on_rollback_hook_names_the_pool_and_hides_the_secret(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """docs/logging.md: lines of aiolease.transaction name the pool the connection came from;
+    an error quoted in a note is redacted. The line for a failed on_rollback hook named
+    neither, and its note on the propagating error quoted the hook's error as it was."""
+    from aiolease.testing import FakeConnection
+
+    async def create() -> FakeConnection:
+        return FakeConnection()
+
+    def hook() -> None:
+        raise RuntimeError(f"cannot reach postgresql://bob:{SECRET}@h/db")
+
+    seen = Seen(caplog)
+    async with Pool.from_callables(create, max_size=1, name="ledger") as pool:
+        with pytest.raises(ZeroDivisionError) as info:  # noqa: PT012 - the block under test
+            async with pool.atomic() as tx:
+                tx.on_rollback(hook)
+                1 / 0  # noqa: B018
+    seen.error(info.value)
+    (record,) = [r for r in caplog.records if "on_rollback hook failed" in r.getMessage()]
+    assert record.name == "aiolease.transaction"
+    assert "'ledger'" in record.getMessage()
+    assert any("on_rollback hook also failed" in note for note in info.value.__notes__)
+    seen.assert_hidden()

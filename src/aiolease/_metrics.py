@@ -285,7 +285,11 @@ def pools() -> list[PoolState]:
     by_name: dict[str, list[int]] = {}
     for pool, name in list(_pools.items()):
         s = pool.statistics()
-        now = (s.idle, s.in_use, s.waiting, s.min_size, s.max_size, s.timeouts)
+        # A closed pool's bounds are those of no pool: a pool made again under its name
+        # must not count twice. Its timeouts stay (a counter does not go down).
+        gone = pool.closed and s.size == 0
+        bounds = (0, 0) if gone else (s.min_size, s.max_size)
+        now = (s.idle, s.in_use, s.waiting, *bounds, s.timeouts)
         known = by_name.get(name)
         by_name[name] = (
             list(now) if known is None else [a + b for a, b in zip(known, now, strict=True)]

@@ -684,8 +684,11 @@ class Transaction(Generic[C]):
         if exc is None or isinstance(exc, Rollback):
             raise _hook_error(errors, len(hooks), committed=False)
         for err in errors:
-            logger.warning("on_rollback hook failed: %r", err)
-            exc.add_note(f"aiolease: an on_rollback hook also failed ({type(err).__name__}: {err})")
+            logger.warning("on_rollback hook failed on %s: %r", self._where(), err)
+            exc.add_note(
+                f"aiolease: an on_rollback hook also failed ({type(err).__name__}: "
+                f"{redact(str(err))})"
+            )
 
 
 def _merge_hooks(child: Transaction[Any], parent: Transaction[Any]) -> None:

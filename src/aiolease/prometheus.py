@@ -276,6 +276,9 @@ class Collector(_Collector):
         # Multiprocess mode: the state written to the shared directory.
         self._timer: asyncio.TimerHandle | None = None
         self._soon = False
+        # The loop _timer and the pending write (_soon) are on: a worker may run several
+        # loops in turn, and callbacks left on one that ended never run.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._written: set[tuple[str, tuple[str, ...]]] = set()  # gauge series written
         if self._multiprocess:
             self._gauges = {
@@ -326,9 +329,8 @@ class Collector(_Collector):
     def close(self) -> None:
         """Stop recording (what was recorded stays in the registry's output)."""
         _metrics.detach(self)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._disarm()
+        self._loop = None
 
     # -- _metrics.Sink
     def pool_recorder(self, name: str) -> _PoolRecorder:
@@ -392,17 +394,26 @@ class Collector(_Collector):
     def _touched(self) -> None:
         """Something happened to a pool or limiter: write the state soon (once per turn
         of the event loop, however many events), and keep a periodic refresh armed."""
-        if self._soon:
-            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self._refresh()
             return
+        if loop is not self._loop:  # armed on a loop that has ended (or none): arm here
+            self._disarm()
+            self._loop = loop
+        if self._soon:
+            return
         self._soon = True
         loop.call_soon(self._refresh)
         if self._timer is None:
             self._timer = loop.call_later(self._interval, self._tick, loop)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._soon = False
 
     def _made(self) -> None:
         """A pool or limiter was made (or re-bound): have its state written at the next

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -221,6 +222,26 @@ async def test_cancelled_waiter_leaves_the_queue(client: redis_asyncio.Redis, na
     assert sem.statistics().cancelled == 1
     await held.arelease()
     assert await sem.in_use() == 0
+
+
+async def test_cancelled_in_its_first_round_trip_counts_as_cancelled(
+    client: redis_asyncio.Redis, name: str
+) -> None:
+    """A request is waiting from the call on (its round trips are part of the wait), so one
+    cancelled before Redis answered its first call ends as cancelled, as a local or Redis
+    rate limiter's does; it was counted in no result (aiolease.limiter.requests lost it)."""
+    sem = RedisConcurrencyLimiter(client, name, 1)
+    request = asyncio.ensure_future(sem.acquire())
+    await asyncio.sleep(0)  # its first call sent, not yet answered
+    assert sem.statistics().waiting == 1
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    await settle_down(sem)  # the withdrawal is a background call of the limiter
+    s = sem.statistics()
+    assert (s.waiting, s.in_use, s.admitted, s.cancelled) == (0, 0, 0, 1)
+    assert await sem.in_use() == 0
+    await sem.aclose()
 
 
 async def test_a_slot_handed_to_a_waiter_cancelled_meanwhile_is_passed_on(
@@ -477,6 +498,7 @@ async def test_a_release_lost_with_its_connection_is_sent_again(
 async def test_a_release_that_cannot_reach_redis_does_not_replace_the_error(
     client: redis_asyncio.Redis, name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="aiolease.redis")
     sem = RedisConcurrencyLimiter(client, name, 1, lease_ttl=0.5)
 
     async def down(*args: object, **kwargs: object) -> None:
@@ -493,6 +515,9 @@ async def test_a_release_that_cannot_reach_redis_does_not_replace_the_error(
         await body()
     sem._call = caller
     assert "the lease expires after lease_ttl" in caplog.text
+    # the failure began an outage: its one WARNING (the release's own line is then DEBUG)
+    (warning,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warning.getMessage().startswith("Redis unavailable for concurrency limiter")
     assert any("left open" in p for p in sem._aiolease_leaks())
     await sem.aclose()
     assert sem._aiolease_leaks() == []

@@ -520,3 +520,27 @@ def test_aiolease_compat_public_takes_the_public_redis_path() -> None:
             check=True,
         ).stdout
         assert out.strip() == expected
+
+
+async def test_an_outage_only_background_calls_meet_is_one_warning(
+    own_redis: OwnRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/logging.md: Redis unavailable is a WARNING once per outage, the background calls
+    that fail during it DEBUG. Releases made while Redis was down each logged a WARNING of
+    their own, and the outage none, when no acquisition met it first."""
+    caplog.set_level(logging.DEBUG, logger="aiolease.redis")
+    async with redis_asyncio.Redis.from_url(own_redis.url, socket_timeout=1.0) as client:
+        lim = RedisConcurrencyLimiter(client, "outage", 3, call_timeout=0.5)
+        permits = [await lim.acquire() for _ in range(3)]
+        await own_redis.kill()
+        for permit in permits[:2]:
+            await permit.arelease()  # as `async with` does: each one's Redis call fails
+        permits[2].release()  # its call fails in the background
+        await lim.aclose()  # (waits for the background calls)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("Redis unavailable for concurrency limiter 'outage'")
+    failed = [r for r in caplog.records if r.getMessage().startswith(("releasing", "concurrency"))]
+    assert len(failed) >= 3, [r.getMessage() for r in caplog.records]
+    assert all(r.levelno == logging.DEBUG for r in failed)
+    assert lim.statistics().in_use == 0

@@ -264,3 +264,24 @@ def test_instrument_twice_with_one_provider_reuses_its_instruments() -> None:
         otel.uninstrument()
         provider.shutdown()
         del pool
+
+
+async def test_a_closed_pool_reports_zeros_so_its_successor_of_the_same_name_counts_alone() -> None:
+    """docs/observability.md: a closed pool reports zeros until it is garbage-collected, and
+    pools sharing a name are summed; its bounds (idle.min, max) were still reported, so a pool
+    made again under the same name showed twice its bounds until the old one was collected."""
+    with instrumented() as reader:
+        old = Pool(FakeManager(), min_size=1, max_size=3, name="remade")
+        await old.open()
+        await old.aclose()
+        got = Collected(reader)
+        for metric in ("db.client.connection.max", "db.client.connection.idle.min"):
+            assert got[metric].value(**{POOL: "remade"}) == 0, metric
+        async with Pool(FakeManager(), min_size=1, max_size=3, name="remade"):
+            got = Collected(reader)
+            assert got["db.client.connection.max"].value(**{POOL: "remade"}) == 3
+            assert got["db.client.connection.idle.min"].value(**{POOL: "remade"}) == 1
+            state = "db.client.connection.state"
+            count = got["db.client.connection.count"]
+            assert count.value(**{POOL: "remade", state: "idle"}) == 1
+        del old

@@ -246,6 +246,51 @@ def test_a_collector_made_again_in_a_worker_counts_nothing_twice(tmp_path: Path)
     assert registry.get_sample_value("aiolease_limiter_requests_total", acquired) == 1
 
 
+_LOOPS = textwrap.dedent(
+    """
+    import asyncio
+    from prometheus_client import CollectorRegistry, multiprocess
+    from aiolease import ConcurrencyLimiter, Pool, prometheus
+    from aiolease.testing import FakeManager
+
+    collector = prometheus.Collector(refresh_interval=0.05)
+
+    async def start():  # a first loop, as a worker's start-up may run, with a pool of its own
+        async with Pool(FakeManager(), name="start-up") as pool, pool.acquire():
+            pass
+
+    async def serve():  # the worker's loop from then on
+        limiter = ConcurrencyLimiter(2, name="loops")  # made here: the state is written soon
+        await asyncio.sleep(0)
+        async with limiter.acquire():  # a slot taken at once is no event: the refresh writes it
+            await asyncio.sleep(0.5)
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            labels = {"aiolease_limiter_name": "loops"}
+            print(registry.get_sample_value("aiolease_limiter_active_leases", labels))
+
+    asyncio.run(start())
+    asyncio.run(serve())
+    """
+)
+
+
+def test_the_periodic_refresh_follows_the_worker_to_its_next_loop(tmp_path: Path) -> None:
+    """Multiprocess mode: the periodic refresh armed on a loop that ended was never armed
+    again, so in the worker's next loop what changed without an event (a limiter slot
+    taken at once) was never written."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", _LOOPS],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.split() == ["1.0"], done.stdout + done.stderr
+
+
 def test_a_value_on_a_bound_counts_in_that_bucket() -> None:
     from aiolease.prometheus import _LocalHistogram
 

@@ -124,7 +124,10 @@ class RedisConcurrencyPermit:
             try:
                 await asyncio.shield(task)
             except UNAVAILABLE as exc:
-                logger.warning(
+                logger.log(  # the task's own line began the outage, if it was not known
+                    logging.DEBUG
+                    if self._limiter._health.down_since is not None
+                    else logging.WARNING,
                     "releasing %s of %r failed (%s); the lease expires after lease_ttl",
                     self.lease_id,
                     self._limiter.name,
@@ -518,9 +521,11 @@ class RedisConcurrencyLimiter:
             granted, _ = await self._run(CONC_ACQUIRE, keys, (*self._argv(), lid, mode), end)
         except _NotSent:
             raise
-        except BaseException:
+        except BaseException as exc:
             # Cancelled (or failed) with the outcome unknown: a slot taken for us must not stay
             # held until it expires. Withdrawing an id that holds nothing is harmless.
+            if not isinstance(exc, (LimitTimeout, LimiterUnavailable)):  # as a queued wait
+                self._cancelled += 1
             self._withdraw(keys, lid)
             raise
         if granted:
@@ -649,8 +654,8 @@ class RedisConcurrencyLimiter:
                 except UNAVAILABLE as exc:
                     # The other keys' renewals would most likely fail too: try again next
                     # round rather than spend call_timeout on each of them now.
-                    logger.log(  # once per outage at WARNING (Health logs its start)
-                        logging.DEBUG if self._health.down_since is not None else logging.WARNING,
+                    logger.log(  # Health logs the outage's start once, at WARNING
+                        self._health.background_failed(exc),
                         "renewing the leases of concurrency limiter %r failed (%s: %s)",
                         self._name,
                         type(exc).__name__,

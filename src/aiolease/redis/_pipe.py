@@ -249,6 +249,15 @@ class Health:
         if self.down_since is None:
             self.down_since = now
 
+    def background_failed(self, exc: BaseException) -> int:
+        """A background call or a renewal failed with ``exc``: the level of its line. An
+        unavailable Redis is an outage, as for a call of an acquisition (its start logged
+        once by :meth:`failed`), so the line itself is DEBUG; another error is a WARNING
+        unless an outage is known."""
+        if isinstance(exc, UNAVAILABLE):
+            self.failed(exc, asyncio.get_running_loop().time())
+        return logging.DEBUG if self.down_since is not None else logging.WARNING
+
     def retry_after(self, now: float) -> float:
         return max(self.until - now, 0.001)
 
@@ -667,7 +676,7 @@ class Background:
         if task.cancelled() or (exc := task.exception()) is None:
             return
         logger.log(
-            logging.DEBUG if self.health.down_since is not None else logging.WARNING,
+            self.health.background_failed(exc),
             "%s: a background Redis call (a release, refund or settle) failed (%s: %s)",
             self.health.what,
             type(exc).__name__,
