@@ -23,11 +23,10 @@ from ._lease import unwrap
 from ._transaction import (
     Transaction,
     _begin_on_pool,
-    _check_options,
     _release_keeping_outcome,
-    _validate_timeout,
     logger,
 )
+from ._tx_options import check_duration, check_options
 
 __all__ = ["TransactionAttempt", "TransactionAttempts", "run_transaction", "transaction_attempts"]
 
@@ -151,8 +150,8 @@ class TransactionAttempts(Generic[C]):
     ) -> None:
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
             raise ValueError(f"attempts must be an int >= 1, got {attempts!r}")
-        backoff = _validate_timeout("backoff", backoff)
-        max_backoff = _validate_timeout("max_backoff", max_backoff)
+        backoff = check_duration("backoff", backoff)
+        max_backoff = check_duration("max_backoff", max_backoff)
         self._is_connection = find_dialect(unwrap(target)) is not None
         if not self._is_connection and not hasattr(target, "acquire"):
             raise TypeError(
@@ -164,7 +163,7 @@ class TransactionAttempts(Generic[C]):
         if self._is_connection:
             Transaction(target, **options)
         else:
-            _check_options(options)
+            check_options(options)
         self._target = target
         self._attempts = attempts
         self._backoff = float(backoff)

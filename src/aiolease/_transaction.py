@@ -17,18 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import math
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from . import _metrics, _tracking
 from ._dialects import dialect_for
-from ._dialects._base import ISOLATION_LEVELS, Dialect
+from ._dialects._base import Dialect
 from ._errors import CommitUnknown, Rollback, TransactionError
 from ._lease import unwrap
 from ._logs import get_logger
 from ._redact import redact
+from ._tx_options import check_duration, check_flag, check_options, normalize_isolation
 
 __all__ = [
     "HookError",
@@ -67,48 +67,6 @@ class HookError(TransactionError):
         super().__init__(message)
         self.committed = committed
         self.errors = errors
-
-
-def _isolation_level(isolation: object) -> str:
-    """``isolation`` as one of :data:`ISOLATION_LEVELS` (whatever the database)."""
-    if not isinstance(isolation, str):
-        raise TypeError(f"isolation must be a string or None, got {isolation!r}")
-    level = " ".join(isolation.lower().replace("_", " ").split())
-    if level not in ISOLATION_LEVELS:
-        raise ValueError(
-            f"isolation={isolation!r} is not an isolation level: use 'read committed', "
-            "'repeatable read' or 'serializable' (case-insensitive), or None for the default"
-        )
-    return level
-
-
-def _check_options(options: dict[str, Any]) -> None:
-    """Check the :func:`atomic` options that do not depend on the connection.
-
-    Called where the connection is not known yet (``pool.atomic()``,
-    :func:`run_transaction` on a pool), so that a bad option raises at the call
-    instead of after waiting for a connection. What depends on the database
-    (the isolation levels it accepts) is checked when the block is made.
-    """
-    if options.get("isolation") is not None:
-        _isolation_level(options["isolation"])
-    for name in ("readonly", "savepoint", "durable"):
-        if name in options:
-            _flag(name, options[name])
-    if options.get("cleanup_timeout") is not None:
-        _validate_timeout("cleanup_timeout", options["cleanup_timeout"])
-
-
-def _normalize_isolation(isolation: str | None, dialect: Dialect[Any]) -> str | None:
-    if isolation is None:
-        return None
-    level = _isolation_level(isolation)
-    if level not in dialect.isolation_levels:
-        accepted = ", ".join(repr(x) for x in sorted(dialect.isolation_levels))
-        raise ValueError(
-            f"isolation={isolation!r} is not supported by {dialect.name}: it accepts {accepted}"
-        )
-    return level
 
 
 async def _call_hooks(hooks: list[Hook]) -> list[Exception]:
@@ -159,25 +117,6 @@ def _attach(exc: BaseException, err: BaseException, note: str | None = None) -> 
         while tail.__context__ is not None:
             tail = tail.__context__
         tail.__context__ = previous
-
-
-def _validate_timeout(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    try:
-        seconds = float(value)
-    except OverflowError:  # an int beyond any float: not a finite number of seconds
-        seconds = math.inf
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
-    return seconds
-
-
-def _flag(name: str, value: object) -> bool:
-    # Not bool(value): readonly="false" would be True.
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return value
 
 
 class Transaction(Generic[C]):
@@ -235,12 +174,12 @@ class Transaction(Generic[C]):
         self._cleanup_timeout = (
             dialect.cleanup_timeout
             if cleanup_timeout is None
-            else _validate_timeout("cleanup_timeout", cleanup_timeout)
+            else check_duration("cleanup_timeout", cleanup_timeout)
         )
-        self._isolation = None if isolation is None else _normalize_isolation(isolation, dialect)
-        self._readonly = _flag("readonly", readonly)
-        self._savepoint = _flag("savepoint", savepoint)
-        self._durable = _flag("durable", durable)
+        self._isolation = None if isolation is None else normalize_isolation(isolation, dialect)
+        self._readonly = check_flag("readonly", readonly)
+        self._savepoint = check_flag("savepoint", savepoint)
+        self._durable = check_flag("durable", durable)
         self._parent: Transaction[C] | None = None
         self._pool: Any = None  # the pool it acquired its connection from, for log lines
         self._sp_name: str | None = None
@@ -810,7 +749,7 @@ class PoolAtomic(Generic[C]):
     __slots__ = ("_acquire", "_options", "_pool", "_tx")
 
     def __init__(self, pool: Any, **options: Any) -> None:
-        _check_options(options)
+        check_options(options)
         self._pool = pool
         self._options = options
         self._acquire: Any = None

@@ -1,0 +1,76 @@
+"""The options of :func:`aiolease.atomic` and the retry helpers: checked at the call.
+
+What does not depend on the connection (:func:`check_options`) is checked where the
+connection is not known yet too (``pool.atomic()``, ``run_transaction`` on a pool), so a
+bad option raises at once instead of after waiting for a connection.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ._dialects._base import ISOLATION_LEVELS, Dialect
+
+__all__ = ["check_duration", "check_flag", "check_options", "normalize_isolation"]
+
+
+def isolation_level(isolation: object) -> str:
+    """``isolation`` as one of :data:`ISOLATION_LEVELS` (whatever the database)."""
+    if not isinstance(isolation, str):
+        raise TypeError(f"isolation must be a string or None, got {isolation!r}")
+    level = " ".join(isolation.lower().replace("_", " ").split())
+    if level not in ISOLATION_LEVELS:
+        raise ValueError(
+            f"isolation={isolation!r} is not an isolation level: use 'read committed', "
+            "'repeatable read' or 'serializable' (case-insensitive), or None for the default"
+        )
+    return level
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """Check the :func:`atomic` options that do not depend on the connection.
+
+    Called where the connection is not known yet (``pool.atomic()``,
+    :func:`run_transaction` on a pool), so that a bad option raises at the call
+    instead of after waiting for a connection. What depends on the database
+    (the isolation levels it accepts) is checked when the block is made.
+    """
+    if options.get("isolation") is not None:
+        isolation_level(options["isolation"])
+    for name in ("readonly", "savepoint", "durable"):
+        if name in options:
+            check_flag(name, options[name])
+    if options.get("cleanup_timeout") is not None:
+        check_duration("cleanup_timeout", options["cleanup_timeout"])
+
+
+def normalize_isolation(isolation: str | None, dialect: Dialect[Any]) -> str | None:
+    if isolation is None:
+        return None
+    level = isolation_level(isolation)
+    if level not in dialect.isolation_levels:
+        accepted = ", ".join(repr(x) for x in sorted(dialect.isolation_levels))
+        raise ValueError(
+            f"isolation={isolation!r} is not supported by {dialect.name}: it accepts {accepted}"
+        )
+    return level
+
+
+def check_duration(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond any float: not a finite number of seconds
+        seconds = math.inf
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
+    return seconds
+
+
+def check_flag(name: str, value: object) -> bool:
+    # Not bool(value): readonly="false" would be True.
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
