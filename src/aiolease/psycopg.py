@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import select
+from collections.abc import AsyncGenerator
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -386,9 +387,14 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
 
     # What a lease makes that can run statements or take the connection later (see
     # aiolease._lease.Guarded); an async context manager a cursor returns (``copy()``)
-    # runs its statement on entry.
+    # runs its statement on entry, an async generator (``stream()``) when iterated.
     _making = frozenset({"cursor", "execute", "transaction", "pipeline", "notifies"})
-    _guarded = (psycopg.AsyncCursor, psycopg.AsyncTransaction, AbstractAsyncContextManager)
+    _guarded = (
+        psycopg.AsyncCursor,
+        psycopg.AsyncTransaction,
+        AbstractAsyncContextManager,
+        AsyncGenerator,
+    )
 
     def __init__(
         self,

@@ -84,6 +84,8 @@ async def test_psycopg_objects_made_by_a_lease_work_during_it(pg_dsn: str) -> No
             await pipeline.sync()
             assert await piped.fetchone() == (8,)
         assert [n async for n in conn.notifies(timeout=0.01)] == []
+        streamed = conn.cursor().stream("SELECT generate_series(1, 3)")
+        assert [r[0] async for r in streamed] == [1, 2, 3]
 
 
 async def test_psycopg_objects_made_by_a_lease_refuse_use_after_it(pg_dsn: str) -> None:
@@ -95,6 +97,9 @@ async def test_psycopg_objects_made_by_a_lease_refuse_use_after_it(pg_dsn: str) 
             pending = kept.execute("SET application_name = 'intruder'")  # made, not awaited
             pipeline = kept.pipeline()
             notifies = kept.notifies(timeout=0.01)
+            stream = kept.cursor().stream(
+                "SELECT set_config('application_name', 'intruder', false)"
+            )
         async with pool.acquire() as current:  # the same connection, another holder
             await current.execute("SET application_name = 'holder2'")
             intrude = "SET application_name = 'intruder'"
@@ -119,6 +124,9 @@ async def test_psycopg_objects_made_by_a_lease_refuse_use_after_it(pg_dsn: str) 
                     pass  # not reached: waiting here would hold the connection's lock
             with pytest.raises(ResourceReleased, match=r"\(anext\)"):
                 await anext(notifies)
+            with pytest.raises(ResourceReleased, match=r"\(async for\)"):
+                async for _ in stream:
+                    pass  # not reached: the statement runs when the stream is iterated
             cur = await current.execute("SHOW application_name")
             assert await cur.fetchone() == ("holder2",)
             assert current.info.transaction_status.name == "IDLE"
