@@ -544,3 +544,34 @@ async def test_an_outage_only_background_calls_meet_is_one_warning(
     assert len(failed) >= 3, [r.getMessage() for r in caplog.records]
     assert all(r.levelno == logging.DEBUG for r in failed)
     assert lim.statistics().in_use == 0
+
+
+async def test_closing_never_waits_forever_for_a_call_that_ignores_its_cancellation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # redis-py can lose a cancellation while it connects or reads (a blackholed peer, no
+    # socket timeout): aclose() cancels such a call, waits call_timeout more, and leaves it.
+    from aiolease.redis._pipe import Background, Health
+
+    background = Background(Health("concurrency limiter 'stubborn'"))
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                pass  # the cancellation lost, as in redis-py's connect
+
+    task = background.spawn(stubborn())
+    await asyncio.sleep(0)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    try:
+        with caplog.at_level(logging.WARNING, "aiolease.redis"):
+            await asyncio.wait_for(background.aclose(0.05), 5)
+        assert loop.time() - start < 1
+        assert "did not end within 0.05s of being cancelled; left running" in caplog.text
+    finally:
+        release.set()  # (the stubborn call ends, so the test's loop can close)
+        await task

@@ -27,6 +27,7 @@ from ._pipe import (
     Background,
     Caller,
     Health,
+    cancel_late,
     check_client,
     describe,
     detached,
@@ -396,12 +397,9 @@ class RedisConcurrencyLimiter:
             if not fut.done():
                 fut.set_result(_RECHECK)
         self._closed = True
-        tasks = [t for t in (self._renewer, self._listener) if t is not None]
+        tasks = {t for t in (self._renewer, self._listener) if t is not None}
         self._renewer = self._listener = None
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        await cancel_late(tasks, self._call.timeout, f"closing {self!r}")
         await self._bg.aclose(self._call.timeout)
         await self._call.aclose()
 

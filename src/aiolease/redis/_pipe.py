@@ -39,6 +39,7 @@ __all__ = [
     "Bound",
     "Caller",
     "Health",
+    "cancel_late",
     "check_client",
     "describe",
     "detached",
@@ -577,10 +578,7 @@ class Caller:
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=self.timeout)
             late &= self._calls  # the reader and the drops end by themselves
-            for task in late:
-                task.cancel()
-            if late:
-                await asyncio.wait(late)
+            await cancel_late(late, self.timeout, "closing a limiter's pipe")
 
     async def _via_client(
         self,
@@ -687,7 +685,22 @@ class Background:
         """Let the calls in flight finish within ``timeout``, then cancel the rest."""
         if self.tasks:
             _, late = await asyncio.wait(set(self.tasks), timeout=timeout)
-            for task in late:
-                task.cancel()
-            if late:
-                await asyncio.wait(late)
+            await cancel_late(late, timeout, self.health.what)
+
+
+async def cancel_late(late: set[asyncio.Task[Any]], timeout: float, what: str) -> None:
+    """Cancel ``late`` and wait up to ``timeout`` for them to end. A task that ignores its
+    cancellation (redis-py can lose one while it connects or reads) is left running, with a
+    WARNING, rather than waited for forever: closing stays bounded."""
+    if not late:
+        return
+    for task in late:
+        task.cancel()
+    _, stuck = await asyncio.wait(late, timeout=timeout)
+    if stuck:
+        logger.warning(
+            "%s: %d Redis call(s) did not end within %ss of being cancelled; left running",
+            what,
+            len(stuck),
+            timeout,
+        )
