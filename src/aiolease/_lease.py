@@ -212,10 +212,14 @@ async def _guarded_aenter(self: Guarded) -> Any:
 
 
 async def _guarded_aexit(self: Guarded, *exc_info: Any) -> Any:
-    if self._aiolease_lease._aiolease_conn is None:
-        # The lease ended inside the block: nothing runs on the next holder's lease
-        # (the release ended what the block left open, or discarded the connection),
-        # and the block's own exception, if any, propagates unchanged.
+    lease = self._aiolease_lease
+    if lease._aiolease_conn is None:
+        # The lease ended inside the block: the exit would run on the next holder's lease
+        # (the release ended what the block left open, or discarded the connection), so it
+        # does not run. The block's own exception propagates unchanged; without one, the
+        # block's outcome is unknown (a pipeline reports its errors at its exit): say so.
+        if exc_info[0] is None:
+            raise lease._released(f"{type(self._aiolease_obj).__name__} (end of async with)")
         return None
     return await self._aiolease_obj.__aexit__(*exc_info)
 

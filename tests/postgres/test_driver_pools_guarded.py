@@ -138,18 +138,22 @@ async def test_a_block_the_lease_ended_inside_exits_without_running(
 ) -> None:
     """The lease given back inside ``async with conn.transaction()``: the exit sends nothing
     (the release ended the transaction: asyncpg's rolled back, psycopg's connection
-    discarded) and raises nothing of its own."""
+    discarded). The block's own error propagates unchanged; a block that ended without one
+    gets ResourceReleased, never a silent success (nothing was committed)."""
     module = getattr(aiolease, driver)
     async with module.create_pool(pg_dsn, max_size=1) as pool:
-        conn = await pool.acquire()
 
-        async def give_back_inside_the_block() -> None:
+        async def give_back_inside_the_block(error: Exception | None) -> None:
+            conn = await pool.acquire()
             async with conn.transaction():
                 await pool.release(conn)
-                raise LookupError("the block's own error")
+                if error is not None:
+                    raise error
 
         with pytest.raises(LookupError, match="the block's own"):
-            await give_back_inside_the_block()
+            await give_back_inside_the_block(LookupError("the block's own error"))
+        with pytest.raises(ResourceReleased, match=r"\(end of async with\)"):
+            await give_back_inside_the_block(None)
         async with pool.acquire() as current:
             if driver == "asyncpg":
                 assert not current.is_in_transaction()
@@ -161,11 +165,17 @@ async def test_psycopg_connection_given_back_inside_a_pipeline_block_is_discarde
     pg_dsn: str,
 ) -> None:
     """Still in pipeline mode at release (nothing sent yet, so it looks idle): the next
-    holder must not get it in pipeline mode, and the block's exit sends nothing."""
+    holder must not get it in pipeline mode, and the block's exit sends nothing (it says
+    the lease ended: a pipeline's outcome is known only at its exit)."""
     async with aiolease.psycopg.create_pool(pg_dsn, max_size=1) as pool:
         conn = await pool.acquire()
-        async with conn.pipeline():
-            await pool.release(conn)
+
+        async def give_back_inside_the_pipeline() -> None:
+            async with conn.pipeline():
+                await pool.release(conn)
+
+        with pytest.raises(ResourceReleased, match=r"\(end of async with\)"):
+            await give_back_inside_the_pipeline()
         async with pool.acquire() as current:
             assert current.pgconn.pipeline_status == 0
             cur = await current.execute("SELECT 1")
