@@ -18,14 +18,16 @@ import aiohttp
 import httpx
 import pytest
 from aiohttp import web
+from client_kinds import kind, until
 
 import aiolease
 import aiolease.aiohttp
 import aiolease.httpx
 
+__all__ = ["kind"]  # the fixture, imported for pytest
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(30)]
 
-KINDS = ["httpx", "aiohttp"]
 HOST = "127.0.0.1"
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -129,20 +131,6 @@ async def client(kind: str, limits: Any, **options: Any) -> AsyncIterator[tuple[
             yield aget, middleware
 
 
-@pytest.fixture(params=KINDS)
-def kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-async def _until(condition: Callable[[], bool], within: float = 10.0) -> None:
-    """Wait (bounded) for a condition another task brings about."""
-    async with asyncio.timeout(within):
-        for _ in iter(int, 1):
-            if condition():
-                return
-            await asyncio.sleep(0.005)
-
-
 # -- a throttled response whose body cannot be read ------------------------------------
 
 THROTTLED_BODIES = {
@@ -182,9 +170,9 @@ async def test_a_throttled_body_that_cannot_be_read_does_not_fail_the_retry(
 # -- a body that cannot be sent twice --------------------------------------------------
 
 
-async def test_a_pipe_body_spent_by_the_first_attempt_is_not_sent_again() -> None:
-    # aiohttp reads a file body from where it started, and seeks back to resend it; a
-    # pipe cannot seek: resent, the PUT went out with an empty body (and got a 200).
+async def _put_throttled_once(data: Any) -> tuple[int, list[bytes]]:
+    """PUT ``data`` through ``limited()`` to a server that throttles the first request:
+    the final status and the bodies the server received."""
     bodies: list[bytes] = []
 
     async def handler(request: web.Request) -> web.Response:
@@ -193,18 +181,25 @@ async def test_a_pipe_body_spent_by_the_first_attempt_is_not_sent_again() -> Non
             return web.Response(status=429, headers={"Retry-After": "0.1"})
         return web.Response(text="ok")
 
+    async with (
+        web_server(handler) as url,
+        aiohttp.ClientSession(
+            middlewares=[aiolease.aiohttp.limited(aiolease.RateLimiter(100))]
+        ) as session,
+        session.put(url, data=data) as response,
+    ):
+        return response.status, bodies
+
+
+async def test_a_pipe_body_spent_by_the_first_attempt_is_not_sent_again() -> None:
+    # aiohttp reads a file body from where it started, and seeks back to resend it; a
+    # pipe cannot seek: resent, the PUT went out with an empty body (and got a 200).
     read_end, write_end = os.pipe()
     os.write(write_end, b"the only copy")
     os.close(write_end)
     with os.fdopen(read_end, "rb") as pipe:
-        async with (
-            web_server(handler) as url,
-            aiohttp.ClientSession(
-                middlewares=[aiolease.aiohttp.limited(aiolease.RateLimiter(100))]
-            ) as session,
-            session.put(url, data=pipe) as response,
-        ):
-            assert response.status == 429  # returned as it is: the body cannot be resent
+        status, bodies = await _put_throttled_once(pipe)
+    assert status == 429  # returned as it is: the body cannot be resent
     assert bodies == [b"the only copy"]
 
 
@@ -213,25 +208,11 @@ async def test_a_seekable_file_body_is_sent_again_whole(tmp_path: Any) -> None:
     # that does not mark spent payloads (the lowest allowed) closes a file body once
     # sent: there it is not resent, and the 429 is returned.
     replays = hasattr(aiohttp.payload.Payload, "consumed")
-    bodies: list[bytes] = []
-
-    async def handler(request: web.Request) -> web.Response:
-        bodies.append(await request.read())
-        if len(bodies) == 1:
-            return web.Response(status=429, headers={"Retry-After": "0.1"})
-        return web.Response(text="ok")
-
     path = tmp_path / "body.bin"
     path.write_bytes(b"the file")
     with path.open("rb") as f:
-        async with (
-            web_server(handler) as url,
-            aiohttp.ClientSession(
-                middlewares=[aiolease.aiohttp.limited(aiolease.RateLimiter(100))]
-            ) as session,
-            session.put(url, data=f) as response,
-        ):
-            assert response.status == (200 if replays else 429)
+        status, bodies = await _put_throttled_once(f)
+    assert status == (200 if replays else 429)
     assert bodies == [b"the file", b"the file"][: 2 if replays else 1]
 
 
@@ -310,7 +291,7 @@ async def test_closing_the_client_fails_the_requests_still_waiting(kind: str) ->
 
             close = session.close
         retried = asyncio.create_task(get())  # its 429 pauses the key, its retry waits
-        await _until(lambda: adapter.paused_for(HOST) > 0)
+        await until(lambda: adapter.paused_for(HOST) > 0)
         waiting = asyncio.create_task(get())  # waits for the pause
         await asyncio.sleep(0.05)
         await close()

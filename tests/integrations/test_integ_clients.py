@@ -21,11 +21,14 @@ from typing import Any
 import aiohttp
 import httpx
 import pytest
+from client_kinds import KINDS, kind, until
 
 import aiolease
 import aiolease.aiohttp
 import aiolease.httpx
 from aiolease.redis import RedisRateLimiter
+
+__all__ = ["kind"]  # the fixture, imported for pytest
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +60,6 @@ def server_cls() -> type:
     return cls
 
 
-KINDS = ["httpx", "aiohttp"]
 HOST = "127.0.0.1"
 # uvloop's clock counts whole milliseconds: two of its readings exactly 0.3 s apart can
 # subtract to just under 0.3 in floating point. Gaps are compared to the pause less one tick.
@@ -97,20 +99,6 @@ async def open_client(kind: str, limits: Any, **options: Any) -> AsyncIterator[C
             yield Client(arequest, middleware.paused_for, middleware.pace)
 
 
-@pytest.fixture(params=KINDS)
-def kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-async def _until(condition: Callable[[], bool], within: float = 10.0) -> None:
-    """Wait (bounded) for a condition another task brings about."""
-    async with asyncio.timeout(within):
-        for _ in iter(int, 1):
-            if condition():
-                return
-            await asyncio.sleep(0.005)
-
-
 def _ra(seconds: float) -> tuple[int, dict[str, str]]:
     return (429, {"Retry-After": str(seconds)})
 
@@ -134,7 +122,7 @@ async def test_the_pause_holds_every_caller_of_the_host(kind: str, server_cls: t
         open_client(kind, aiolease.ConcurrencyLimiter(10)) as client,
     ):
         first = asyncio.create_task(client.request("GET", server.url + "/a"))
-        await _until(lambda: client.paused_for(HOST) > 0)  # the 429 has arrived
+        await until(lambda: client.paused_for(HOST) > 0)  # the 429 has arrived
         assert client.paused_for(HOST) > 0.2
         assert await client.request("GET", server.url + "/b") == 200
         assert await first == 200
@@ -262,7 +250,7 @@ async def test_cancelling_a_request_in_a_pause_gives_its_slot_back(
         open_client(kind, sem, max_wait=60) as client,
     ):
         task = asyncio.create_task(client.request("GET", server.url + "/a"))
-        await _until(lambda: client.paused_for(HOST) > 0)
+        await until(lambda: client.paused_for(HOST) > 0)
         blocked = asyncio.create_task(client.request("GET", server.url + "/b"))
         await asyncio.sleep(0.05)
         task.cancel()
@@ -398,7 +386,7 @@ async def test_the_first_episode_of_a_new_key_gives_a_pace(kind: str, server_cls
         open_client(kind, aiolease.RateLimiter(40), retries=5) as client,
     ):
         requests = asyncio.gather(*(client.request("GET", f"{server.url}/{i}") for i in range(60)))
-        await _until(lambda: client.paused_for(HOST) > 0 or requests.done(), within=30.0)
+        await until(lambda: client.paused_for(HOST) > 0 or requests.done(), within=30.0)
         pace = client.pace(HOST)  # during the first pause
         statuses = await requests
     assert server.counts.episodes >= 1
