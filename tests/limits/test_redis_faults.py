@@ -575,3 +575,46 @@ async def test_closing_never_waits_forever_for_a_call_that_ignores_its_cancellat
     finally:
         release.set()  # (the stubborn call ends, so the test's loop can close)
         await task
+
+
+# -- refused credentials: a configuration error, not an outage -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "answer"),
+    [
+        ("rate", "on_error"),
+        ("rate", "fallback"),
+        ("concurrency", None),
+        ("concurrency", "fallback"),
+    ],
+)
+async def test_refused_credentials_raise_and_are_not_answered_as_an_outage(
+    kind: str, answer: str | None, own_redis: OwnRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A wrong password must not turn the limit off: on_error="allow" or a fallback would admit
+    # every caller unchecked for as long as the configuration stays wrong.
+    async with redis_asyncio.Redis.from_url(own_redis.url) as admin:
+        await admin.config_set("requirepass", "right-secret")
+    url = f"redis://:wrong-secret@127.0.0.1:{own_redis.port}/0"
+    local: Any = (
+        aiolease.RateLimiter(5, burst=5) if kind == "rate" else aiolease.ConcurrencyLimiter(1)
+    )
+    kw: dict[str, Any] = {}
+    if answer == "fallback":
+        kw["fallback"] = local
+    elif answer == "on_error":
+        kw["on_error"] = "allow"
+    async with redis_asyncio.Redis.from_url(url) as client:
+        lim = make_limiter(kind, client, **kw)
+        for _ in range(3):  # every time, not only until a cool-down starts
+            with pytest.raises(RedisError, match="refused the credentials") as info:
+                await acquire(lim, timeout=1.0)
+            assert not isinstance(info.value, ConnectionError)  # not LimiterUnavailable's kind
+            assert "wrong-secret" not in str(info.value)
+        if kind == "rate":
+            assert lim.statistics().degraded == 0
+        else:
+            assert local.statistics().in_use == 0
+        assert not [r for r in caplog.records if "unavailable" in r.getMessage()]
+        await lim.aclose()

@@ -627,6 +627,8 @@ class Caller:
                     self._loaded += 1
                     await client.script_load(script.source)
                     return await client.evalsha(script.sha, len(keys), *keys, *args)
+        except _rexc.AuthenticationError as exc:
+            raise refused(exc) from exc
         except TimeoutError as exc:
             raise _rexc.TimeoutError(f"no reply from Redis within {self.timeout}s") from exc
 
@@ -641,9 +643,23 @@ def _late_abandon(fut: asyncio.Future[Any], on_abandon: Callable[[Any], None] | 
 
 async def _take(pool: Any) -> Any:
     try:
-        return await pool.get_connection()
-    except TypeError:  # redis-py < 5.3 requires a command name (later: deprecated)
-        return await pool.get_connection("EVALSHA")
+        try:
+            return await pool.get_connection()
+        except TypeError:  # redis-py < 5.3 requires a command name (later: deprecated)
+            return await pool.get_connection("EVALSHA")
+    except _rexc.AuthenticationError as exc:
+        raise refused(exc) from exc
+
+
+def refused(exc: _rexc.AuthenticationError) -> _rexc.ResponseError:
+    """Redis refused the client's credentials. redis-py's error for it is a ConnectionError,
+    but Redis did answer: a wrong password is a configuration error, never an outage for
+    ``on_error`` or a ``fallback`` to answer (they would admit every caller unchecked for as
+    long as the configuration stays wrong)."""
+    return _rexc.ResponseError(
+        f"Redis refused the credentials of the limiter's client ({describe(exc)}):"
+        " check its username and password"
+    )
 
 
 def _hand_back(on_abandon: Callable[[Any], None] | None, call: asyncio.Task[Any]) -> None:
