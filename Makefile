@@ -39,7 +39,7 @@ test: lint typecheck pytest
 # Fault injection against the real services (tests/chaos): a few minutes, prints a table.
 # AIOLEASE_CHAOS_SOAK_SECONDS (default 180) shortens the cancellation soak for local runs.
 chaos: $(VENV)/.stamp-test
-	$(BIN)/pytest tests/chaos -m chaos -q $(PYTEST_ARGS)
+	$(BIN)/pytest tests/chaos -m chaos -q -o faulthandler_timeout=660 $(PYTEST_ARGS)
 
 # The whole pytest suite on every CPython 3.11-3.13 found (PATH or pyenv), in public mode
 # (AIOLEASE_COMPAT=public) and with the lowest driver versions pyproject.toml allows; one venv
