@@ -362,8 +362,9 @@ async def test_fn_that_returns_no_awaitable_is_named() -> None:
     # run (a lambda returning a coroutine is fine), so the attempt rolls back first.
     conn = FakeConnection()
     with pytest.raises(
-        TypeError, match=r"fn must be an async function of the connection: fn\(connection\) "
-        r"returned int 1, not an awaitable"
+        TypeError,
+        match=r"fn must be an async function of the connection: fn\(connection\) "
+        r"returned int 1, not an awaitable",
     ):
         await aiolease.run_transaction(conn, lambda c: 1)  # type: ignore[arg-type,return-value]
     assert conn.statements == ["BEGIN", "ROLLBACK"]
