@@ -299,6 +299,15 @@ def test_bad_arguments(
         create_pool(tmp_path / "x.db", **kwargs)
 
 
+def test_manager_repr_names_the_database(tmp_path: Path) -> None:
+    # Found by a new user's probe: it was "<aiolease.sqlite.SqliteManager object at 0x...>",
+    # while the asyncpg and psycopg managers name their database.
+    path = tmp_path / "x.db"
+    assert repr(SqliteManager(path)) == f"<SqliteManager {str(path)!r}>"
+    uri = SqliteManager(f"file:{path}?mode=rwc&password=hunter2", uri=True)
+    assert repr(uri) == f"<SqliteManager {'file:' + str(path)!r}>"  # no query
+
+
 async def test_prefill_of_a_new_database_never_hits_the_wal_switch_lock(tmp_path: Path) -> None:
     # Connections opened together all switch a fresh file to WAL, which needs an exclusive
     # lock that SQLite refuses at once (no busy wait): the manager retries instead.
