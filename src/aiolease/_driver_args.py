@@ -8,7 +8,15 @@ import re
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-__all__ = ["check_connect_kwargs", "check_pragmas", "check_timeout_seconds", "keywords_of"]
+from ._redact import redact
+
+__all__ = [
+    "check_connect_kwargs",
+    "check_connection_string",
+    "check_pragmas",
+    "check_timeout_seconds",
+    "keywords_of",
+]
 
 POOL_OPTIONS = (
     "min_size",
@@ -71,12 +79,26 @@ def check_timeout_seconds(name: str, value: object) -> float:
     return float(value)
 
 
+def check_connection_string(name: str, value: object, *, allow_none: bool) -> None:
+    """A driver pool's connection string (``dsn``, ``conninfo``): a str (or None where the
+    driver takes it), checked here rather than met by a parser's AttributeError."""
+    if isinstance(value, str) or (allow_none and value is None):
+        return
+    accepted = "a str or None" if allow_none else "a str"
+    raise TypeError(f"{name} must be {accepted}, got {type(value).__name__} {redact(repr(value))}")
+
+
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 def check_pragmas(pragmas: Mapping[str, object]) -> dict[str, str | int | float]:
     """SQLite pragmas that are safe to put in a ``PRAGMA name=value`` statement: names
     are identifiers, values ints, floats or simple identifiers (``WAL``, ``NORMAL``, ``ON``)."""
+    if not isinstance(pragmas, Mapping):
+        raise TypeError(
+            "pragmas must be a mapping of pragma names to values, such as "
+            f"{{'journal_mode': 'WAL'}}, or None, got {type(pragmas).__name__} {pragmas!r}"
+        )
     checked: dict[str, str | int | float] = {}
     for name, value in pragmas.items():
         if not isinstance(name, str) or not _IDENTIFIER.match(name):

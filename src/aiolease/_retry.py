@@ -10,6 +10,7 @@ loop's clock) before the next one. A cancellation is never retried.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import random
 from collections.abc import Awaitable, Callable
@@ -305,7 +306,8 @@ async def run_transaction(
     Raises:
         ValueError: bad ``attempts``/``backoff``/``max_backoff`` (finite and
             > 0), ``isolation`` or ``cleanup_timeout``, at the call.
-        TypeError: ``fn`` is not callable, at the call.
+        TypeError: ``fn`` is not callable, at the call; or ``fn(connection)``
+            returned no awaitable (its attempt is rolled back).
         Rollback: ``fn`` raised it (the transaction rolled back).
         Exception: whatever the last attempt raised.
     """
@@ -328,7 +330,7 @@ async def run_transaction(
         async for attempt in attempts_loop:
             async with attempt as tx:
                 try:
-                    result = await fn(tx.connection)
+                    result = await _awaitable(fn(tx.connection))
                 except Rollback as exc:
                     rolled_back = exc
                     raise
@@ -343,3 +345,14 @@ async def run_transaction(
     if span is not None:
         span.end("commit", None)
     return result
+
+
+def _awaitable(value: Awaitable[R]) -> Awaitable[R]:
+    """What ``fn`` returned, which ``run_transaction`` awaits: a plain function (a lambda
+    that forgot to call the async function) is known only once it has run."""
+    if not inspect.isawaitable(value):
+        raise TypeError(
+            "fn must be an async function of the connection: fn(connection) returned "
+            f"{type(value).__name__} {value!r}, not an awaitable"
+        )
+    return value

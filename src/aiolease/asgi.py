@@ -145,7 +145,8 @@ class RateLimitMiddleware:
             restrictive rate member).
 
     Raises:
-        TypeError: ``limiter`` has no ``acquire_nowait()``, ``key`` is not callable
+        TypeError: ``app`` is not callable, ``limiter`` has no ``acquire_nowait()``,
+            ``key`` is not callable
             or is an async function,
             ``exempt`` is a single string or holds a non-string, or ``policy`` is
             not a string.
@@ -163,6 +164,11 @@ class RateLimitMiddleware:
         policy_name: str = "default",
         policy: str | None = None,
     ) -> None:
+        if not callable(app):
+            raise TypeError(
+                f"app={app!r}: expected an ASGI application (an async callable of scope, "
+                "receive and send) to wrap"
+            )
         if not callable(getattr(limiter, "acquire_nowait", None)):
             raise TypeError(
                 f"limiter={limiter!r} has no acquire_nowait(): pass an aiolease limiter "

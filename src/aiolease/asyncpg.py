@@ -9,7 +9,12 @@ import asyncio
 import select
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from ._driver_args import check_connect_kwargs, check_timeout_seconds, keywords_of
+from ._driver_args import (
+    check_connect_kwargs,
+    check_connection_string,
+    check_timeout_seconds,
+    keywords_of,
+)
 from ._lease import LeaseProxies
 from ._liveness import CANCEL_GRACE, DEFAULT_CONNECT_TIMEOUT, PoolExpirer, set_keepalive
 from ._logs import get_logger
@@ -293,6 +298,7 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
         pgbouncer: bool = False,
         **connect_kwargs: Any,
     ) -> None:
+        check_connection_string("dsn", dsn, allow_none=True)
         if reset not in ("transaction", "session"):
             raise ValueError(f'reset must be "transaction" or "session", got {reset!r}')
         check_connect_kwargs(

@@ -116,6 +116,11 @@ class LimitedTransport(httpx.AsyncBaseTransport):
         self._policy: RetryPolicy[httpx.Response] = RetryPolicy(
             limits, retries=retries, retry_methods=retry_methods, max_wait=max_wait, timeout=timeout
         )
+        if wrapped is not None and not callable(getattr(wrapped, "handle_async_request", None)):
+            raise TypeError(
+                f"wrapped={wrapped!r}: expected an httpx.AsyncBaseTransport, such as "
+                "httpx.AsyncHTTPTransport(...), or None for the default one"
+            )
         self._wrapped = wrapped if wrapped is not None else httpx.AsyncHTTPTransport()
         self._key = key
         self._closed = False

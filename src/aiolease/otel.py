@@ -372,7 +372,7 @@ def instrument(
             global one); only with ``tracing=True``.
 
     Raises:
-        TypeError: ``tracing`` is not a bool.
+        TypeError: ``tracing`` is not a bool, or a provider is not one.
         ValueError: ``tracer_provider`` given without ``tracing=True``.
     """
     global _current
@@ -383,6 +383,9 @@ def instrument(
             f"tracer_provider={tracer_provider!r} is only used with tracing=True; "
             "pass tracing=True to make spans"
         )
+    # Checked before the current instrumentation is switched off.
+    _check_provider("meter_provider", meter_provider, "get_meter", "MeterProvider")
+    _check_provider("tracer_provider", tracer_provider, "get_tracer", "TracerProvider")
     uninstrument()
     provider: Any = metrics.get_meter_provider() if meter_provider is None else meter_provider
     known = _by_provider.get(id(provider))
@@ -394,6 +397,14 @@ def instrument(
     _metrics.set_tracer(sink.tracing)
     _metrics.attach(sink)
     _current = sink
+
+
+def _check_provider(name: str, provider: object, method: str, kind: str) -> None:
+    if provider is not None and not callable(getattr(provider, method, None)):
+        raise TypeError(
+            f"{name} must be an OpenTelemetry {kind} (with {method}()), or None for the "
+            f"global one, got {type(provider).__name__} {provider!r}"
+        )
 
 
 def uninstrument() -> None:

@@ -17,7 +17,12 @@ from collections.abc import AsyncGenerator
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from ._driver_args import check_connect_kwargs, check_timeout_seconds, keywords_of
+from ._driver_args import (
+    check_connect_kwargs,
+    check_connection_string,
+    check_timeout_seconds,
+    keywords_of,
+)
 from ._lease import LeaseProxies
 from ._liveness import DEFAULT_CONNECT_TIMEOUT, LIBPQ_KEEPALIVE, PoolExpirer
 from ._logs import get_logger
@@ -405,6 +410,7 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
         pgbouncer: bool = False,
         **connect_kwargs: Any,
     ):
+        check_connection_string("conninfo", conninfo, allow_none=False)
         self.reset_timeout = check_timeout_seconds("reset_timeout", reset_timeout)
         self.connect_timeout = check_timeout_seconds("connect_timeout", connect_timeout)
         if not isinstance(pgbouncer, bool):

@@ -172,6 +172,9 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
             weakref.WeakKeyDictionary()
         )
 
+    def __repr__(self) -> str:
+        return f"<SqliteManager {self._pool_name!r}>"
+
     def _aiolease_pool_name(self) -> str:
         """What an unnamed pool of this manager goes by in its repr, logs and metrics:
         the database's path (a ``file:`` URI without its query, which may hold more)."""

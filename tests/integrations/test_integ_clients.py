@@ -418,6 +418,15 @@ def test_bad_arguments_are_refused_at_the_call(kind: str) -> None:
         make(limiter, key="host")  # type: ignore[arg-type]
 
 
+def test_a_wrapped_transport_that_is_not_an_async_one_is_refused_at_the_call() -> None:
+    # Found by a new user's probe: wrapped=httpx.HTTPTransport() (the sync one) was accepted
+    # and the first request raised AttributeError 'handle_async_request'.
+    limiter = aiolease.RateLimiter(1)
+    for bad in (httpx.HTTPTransport(), 5):
+        with pytest.raises(TypeError, match=r"wrapped=.*: expected an httpx\.AsyncBaseTransport"):
+            aiolease.httpx.LimitedTransport(limiter, wrapped=bad)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(("module", "extra"), [("httpx", "httpx"), ("aiohttp", "aiohttp")])
 def test_a_missing_dependency_names_the_extra(module: str, extra: str) -> None:
     code = (

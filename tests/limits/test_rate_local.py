@@ -465,6 +465,13 @@ def test_name_must_be_utf8_text() -> None:
         RateLimiter(1, name=1)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("strict", ["false", 1, 0, None])
+def test_strict_must_be_a_bool(strict: object) -> None:
+    # Found by a new user's probe: bool(strict) made strict="false" a strict limiter.
+    with pytest.raises(TypeError, match=f"strict must be True or False, got {strict!r}"):
+        RateLimiter(5, strict=strict)  # type: ignore[arg-type]
+
+
 def test_repr_and_no_loop_binding_at_construction() -> None:
     lim = RateLimiter(10, per=2, burst=3, name="api")  # no running loop needed
     assert repr(lim) == "<RateLimiter 'api' 10/2s burst=3 waiting=0 keys=0>"

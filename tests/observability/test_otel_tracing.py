@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from metrics_helpers import traced
 from opentelemetry import trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -163,6 +165,28 @@ def test_bad_tracing_arguments_are_refused_at_the_call() -> None:
         otel.instrument(tracing="yes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="only used with tracing=True"):
         otel.instrument(tracer_provider=TracerProvider())
+
+
+@pytest.mark.parametrize("kwargs", [{"tracing": True, "tracer_provider": "x"}, {}])
+def test_a_provider_that_is_not_one_is_refused_and_instrumentation_stays(
+    kwargs: dict[str, Any],
+) -> None:
+    # Found by a new user's probe: instrument("x") (or a Meter passed for its provider)
+    # raised AttributeError "'str' object has no attribute 'get_meter'", after it had
+    # already switched the current instrumentation off.
+    meter_provider: Any = MeterProvider(metric_readers=[InMemoryMetricReader()]) if kwargs else "x"
+    words = "tracer_provider must be" if kwargs else "meter_provider must be"
+    with traced() as t:
+        with pytest.raises(TypeError, match=words + r" .*, got str 'x'"):
+            otel.instrument(meter_provider, **kwargs)
+        async_conn = FakeConnection()
+
+        async def body() -> None:
+            async with aiolease.atomic(async_conn):
+                pass
+
+        asyncio.run(body())
+        assert [s.name for s in t.spans()] == ["aiolease.transaction"]  # still instrumented
 
 
 def test_the_docs_tracing_snippet_runs() -> None:

@@ -628,6 +628,16 @@ def test_bad_manager_arguments(kwargs: dict[str, Any], error: type[Exception], m
         AsyncpgManager("postgresql://unused", **kwargs)
 
 
+@pytest.mark.parametrize("dsn", [5, b"postgresql://h/db", {"host": "h"}])
+def test_a_dsn_that_is_not_a_str_is_named_at_the_call(dsn: object) -> None:
+    # Found by a new user's probe: create_pool(5) raised "argument of type 'int' is not
+    # iterable" from deep inside, naming neither the argument nor what it takes.
+    with pytest.raises(TypeError, match=f"dsn must be a str or None, got {type(dsn).__name__}"):
+        AsyncpgManager(dsn)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="dsn must be a str or None"):
+        create_pool(dsn)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [

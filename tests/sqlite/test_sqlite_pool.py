@@ -287,6 +287,9 @@ async def test_cancelled_task_leaves_the_pool_whole(db: Path) -> None:
         ({"min_size": 2, "max_size": 1}, ValueError, "min_size"),
         ({"pragmas": {"journal_mode; DROP TABLE x": "WAL"}}, ValueError, "pragma names"),
         ({"idle_timeout": 0}, ValueError, "idle_timeout"),
+        # Found by a new user's probe: these raised AttributeError from inside.
+        ({"pragmas": ["journal_mode=WAL"]}, TypeError, "pragmas must be a mapping"),
+        ({"pragmas": "journal_mode=WAL"}, TypeError, "pragmas must be a mapping"),
     ],
 )
 def test_bad_arguments(
@@ -294,6 +297,15 @@ def test_bad_arguments(
 ) -> None:
     with pytest.raises(error, match=match):
         create_pool(tmp_path / "x.db", **kwargs)
+
+
+def test_manager_repr_names_the_database(tmp_path: Path) -> None:
+    # Found by a new user's probe: it was "<aiolease.sqlite.SqliteManager object at 0x...>",
+    # while the asyncpg and psycopg managers name their database.
+    path = tmp_path / "x.db"
+    assert repr(SqliteManager(path)) == f"<SqliteManager {str(path)!r}>"
+    uri = SqliteManager(f"file:{path}?mode=rwc&password=hunter2", uri=True)
+    assert repr(uri) == f"<SqliteManager {'file:' + str(path)!r}>"  # no query
 
 
 async def test_prefill_of_a_new_database_never_hits_the_wal_switch_lock(tmp_path: Path) -> None:

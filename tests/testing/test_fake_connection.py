@@ -7,7 +7,12 @@ import asyncio
 
 import pytest
 
-from aiolease.testing import FakeConnection, FakeConnectionLost, FakeDatabaseError
+from aiolease.testing import (
+    FakeConnection,
+    FakeConnectionLost,
+    FakeDatabase,
+    FakeDatabaseError,
+)
 
 
 @pytest.mark.parametrize("sql", ["INSERT x", "COMMIT"])
@@ -44,6 +49,15 @@ def test_commit_faults_refuse_a_count_that_never_comes(n: object) -> None:
         conn.fail_commit(n)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"n must be an int >= 1"):
         conn.drop_on_commit(n)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("database", [5, [], "db"])
+def test_a_database_that_is_not_one_is_refused_at_the_call(database: object) -> None:
+    # Found by a new user's probe: FakeConnection(database=5) was accepted and its first
+    # COMMIT raised AttributeError.
+    with pytest.raises(TypeError, match="database must be a FakeDatabase or None, got"):
+        FakeConnection(database=database)  # type: ignore[arg-type]
+    FakeConnection(database=FakeDatabase())
 
 
 async def test_a_malformed_control_statement_is_a_syntax_error_that_aborts() -> None:

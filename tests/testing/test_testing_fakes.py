@@ -379,11 +379,24 @@ def test_bad_rule_arguments(kwargs: dict[str, object], message: str) -> None:
         fm.block(**kwargs)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("calls", [True, [True, 2], [1, "2"]])
+@pytest.mark.parametrize("calls", [True, [True, 2], [1, "2"], 1.5, object()])
 def test_calls_must_be_ints_not_bools(calls: object) -> None:
     # True == 1: calls=True would quietly target the first call
     with pytest.raises(ValueError, match="calls must be call numbers >= 1"):
         FakeManager().fail("create", calls=calls)  # type: ignore[arg-type]
+
+
+def test_events_of_refuses_a_kind_that_is_not_one() -> None:
+    # Found by a new user's probe: events_of("close") (the op, not the event "closed")
+    # returned [], so `assert not fm.events_of("close")` passed whatever happened.
+    fm = FakeManager()
+    with pytest.raises(
+        ValueError,
+        match="kinds must be among 'created', 'checked', 'reset', 'closed', 'acquired', "
+        "'released'; got 'close'",
+    ):
+        fm.events_of("closed", "close")
+    assert fm.events_of("closed") == []
 
 
 @pytest.mark.parametrize("error", ["boom", int, 5, None])

@@ -103,6 +103,17 @@ async def test_manager_validates_reset_timeout(pg_dsn: str) -> None:
         aiolease.psycopg.PsycopgManager(pg_dsn, reset_timeout="1")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("conninfo", [None, 5, b"host=h"])
+def test_a_conninfo_that_is_not_a_str_is_named_at_the_call(conninfo: object) -> None:
+    # Found by a new user's probe: create_pool(None) raised AttributeError "'NoneType'
+    # object has no attribute 'encode'" from psycopg's parser.
+    name = type(conninfo).__name__
+    with pytest.raises(TypeError, match=f"conninfo must be a str, got {name}"):
+        aiolease.psycopg.PsycopgManager(conninfo)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="conninfo must be a str"):
+        aiolease.psycopg.create_pool(conninfo)  # type: ignore[arg-type]
+
+
 async def test_pool_atomic_on_psycopg_pool_commits(pg_dsn: str) -> None:
     async with aiolease.psycopg.create_pool(pg_dsn, max_size=2) as pool:
         results = await asyncio.gather(

@@ -355,6 +355,26 @@ async def test_flags_and_fn_are_checked_at_the_call() -> None:
     assert conn.statements == []  # refused before any BEGIN
 
 
+async def test_fn_that_returns_no_awaitable_is_named() -> None:
+    # Found by a new user's probe: a plain def fn (a lambda that forgot to call the async
+    # function, a sync function) failed with "object int can't be used in 'await'
+    # expression", naming neither fn nor what it must be. It is known only once fn has
+    # run (a lambda returning a coroutine is fine), so the attempt rolls back first.
+    conn = FakeConnection()
+    with pytest.raises(
+        TypeError,
+        match=r"fn must be an async function of the connection: fn\(connection\) "
+        r"returned int 1, not an awaitable",
+    ):
+        await aiolease.run_transaction(conn, lambda c: 1)  # type: ignore[arg-type,return-value]
+    assert conn.statements == ["BEGIN", "ROLLBACK"]
+    assert await aiolease.run_transaction(conn, lambda c: _answer(c)) == 42
+
+
+async def _answer(conn: FakeConnection) -> int:
+    return 42
+
+
 async def test_blocks_exited_out_of_order_are_refused() -> None:
     conn = FakeConnection()
     outer = aiolease.atomic(conn)

@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import _metrics, _tracking
 from .._errors import RateLimitExceeded
+from .._tx_options import check_flag
 from ._base import _BASE_TIME, EPS, INF, LimiterBase, State, Waiter, fail, loop_time, pump, withdraw
 from ._validate import check_cost, check_key, check_name, check_positive, check_timeout
 
@@ -453,12 +454,12 @@ class RateLimiter(LimiterBase):
         self._rate = check_positive("rate", rate)
         self._per = check_positive("per", per)
         self._burst = check_positive("burst", burst, minimum=1.0, inclusive=True)
-        if strict and self._burst != 1:
+        self._strict = check_flag("strict", strict)
+        if self._strict and self._burst != 1:
             raise ValueError(
                 f"burst={burst!r} has no meaning with strict=True: a strict limiter admits "
                 f"at most rate={rate!r} in any window of per={per!r} seconds"
             )
-        self._strict = bool(strict)
         self._gcra = not self._strict
         self._T = self._per / self._rate
         if self._gcra and math.isinf(self._T):

@@ -276,6 +276,11 @@ class FakeConnection:
 
     def __init__(self, *, database: FakeDatabase | None = None, latency: float = 0.0) -> None:
         self.latency = check_positive("latency", latency, inclusive=True)
+        if database is not None and not isinstance(database, FakeDatabase):
+            raise TypeError(
+                "database must be a FakeDatabase or None, got "
+                f"{type(database).__name__} {database!r}"
+            )
         self.database = database if database is not None else FakeDatabase()
         #: Every SQL string received, in order (transaction control included).
         self.statements: list[str] = []

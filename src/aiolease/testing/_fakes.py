@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Final, Literal, TypeAlias, cast
+from typing import Final, Literal, TypeAlias, cast, get_args
 
 from .._limits._validate import check_positive
 from ..abc import Manager, ResourceInfo
@@ -34,6 +34,9 @@ __all__ = [
 #: The operations a rule can target. ``use`` is :meth:`FakeResource.use`.
 Op: TypeAlias = Literal["create", "check", "reset", "close", "use"]
 _OPS: Final = ("create", "check", "reset", "close", "use")
+#: The kinds of :class:`LifecycleEvent`.
+EventKind: TypeAlias = Literal["created", "checked", "reset", "closed", "acquired", "released"]
+_KINDS: Final = get_args(EventKind)
 
 #: What ``fail(error=...)`` accepts: an exception class (instantiated with a
 #: message per call), an exception instance (raised as is on every matching
@@ -87,7 +90,7 @@ class LifecycleEvent:
         time: ``loop.time()`` when the event was recorded.
     """
 
-    kind: Literal["created", "checked", "reset", "closed", "acquired", "released"]
+    kind: EventKind
     resource: int | None
     lease: int | None = None
     call: int | None = None
@@ -537,7 +540,18 @@ class FakeManager(Manager[FakeResource]):
         return self._lease_counter
 
     def events_of(self, *kinds: str, ok: bool | None = None) -> list[LifecycleEvent]:
-        """The events of the given kinds (all when none given), optionally filtered by success."""
+        """The events of the given kinds (all when none given), optionally filtered by success.
+
+        Raises:
+            ValueError: a kind that is not one (``"close"`` for ``"closed"``): it would
+                match nothing, and an assertion that none happened would pass vacuously.
+        """
+        unknown = [k for k in kinds if k not in _KINDS]
+        if unknown:
+            raise ValueError(
+                f"kinds must be among {', '.join(map(repr, _KINDS))}; got "
+                f"{', '.join(map(repr, unknown))}"
+            )
         return [
             e for e in self.events if (not kinds or e.kind in kinds) and (ok is None or e.ok is ok)
         ]
@@ -688,7 +702,7 @@ class FakeManager(Manager[FakeResource]):
 
     def _record(
         self,
-        kind: Literal["created", "checked", "reset", "closed", "acquired", "released"],
+        kind: EventKind,
         resource: int | None,
         *,
         lease: int | None = None,
@@ -717,7 +731,10 @@ def _check_op(op: str) -> Op:
 def _calls(calls: int | Iterable[int] | None) -> frozenset[int] | None:
     if calls is None:
         return None
-    numbers = frozenset([calls] if isinstance(calls, int) else calls)
+    try:
+        numbers = frozenset([calls] if isinstance(calls, int) else calls)
+    except TypeError:  # neither an int nor an iterable (calls=1.5)
+        numbers = frozenset([calls])  # type: ignore[list-item]
     # (a bool is an int, and True == 1: calls=True would quietly mean the first call)
     bad = sorted(
         (n for n in numbers if isinstance(n, bool) or not isinstance(n, int) or n < 1), key=repr
