@@ -108,6 +108,12 @@ def _exempt_test(exempt: Collection[str] | Callable[[Scope], bool]) -> Callable[
         raise TypeError(
             f"exempt={exempt!r}: expected a collection of paths or a function of the ASGI scope"
         )
+    stray = [p for p in paths if not p.startswith("/")]
+    if stray:  # (an ASGI request's path starts with "/": these would never match)
+        raise ValueError(
+            f"exempt={exempt!r}: {stray[0]!r} never matches a request path, which starts with "
+            f"'/' (write {'/' + stray[0]!r})"
+        )
     exact = frozenset(p for p in paths if not p.endswith("*"))
     prefixes = tuple(p[:-1] for p in paths if p.endswith("*"))
 
@@ -138,7 +144,8 @@ class RateLimitMiddleware:
         key: ``key(scope)`` returns the limiter key (any hashable; default the
             client's IP address, :func:`client_ip`); a plain function, not ``async def``.
         exempt: paths never limited: exact paths, or prefixes written with a
-            trailing ``*`` (``"/static/*"``), or a function ``exempt(scope) -> bool``.
+            trailing ``*`` (``"/static/*"``), each starting with ``/``; or a function
+            ``exempt(scope) -> bool``.
         policy_name: the policy's name in the ``RateLimit-Policy``/``RateLimit`` fields.
         policy: the ``RateLimit-Policy`` value to send instead of the one derived
             from ``limiter`` (for a LimitGroup, the derived one describes its most
@@ -151,7 +158,8 @@ class RateLimitMiddleware:
             ``exempt`` is a single string or holds a non-string, or ``policy`` is
             not a string.
         ValueError: ``policy_name`` is empty or not printable ASCII without ``"``
-            and ``\\``; ``policy`` is not printable ASCII.
+            and ``\\``; ``policy`` is not printable ASCII; an ``exempt`` path does not
+            start with ``/`` (it would never match).
     """
 
     def __init__(

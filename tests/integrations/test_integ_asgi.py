@@ -211,6 +211,8 @@ def test_bad_arguments_are_refused_at_the_call() -> None:
         RateLimitMiddleware(hello, limiter=limiter, exempt=5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"exempt=\['/health', 1\]"):
         RateLimitMiddleware(hello, limiter=limiter, exempt=["/health", 1])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=r"'health' never matches .* \(write '/health'\)"):
+        RateLimitMiddleware(hello, limiter=limiter, exempt=["/static/*", "health"])
     # Found by a new user's probe: app=None was accepted, and every request then failed
     # with "'NoneType' object is not callable".
     with pytest.raises(TypeError, match="app=None: expected an ASGI application"):
