@@ -6,6 +6,7 @@ Install with ``pip install aiolease[asyncpg]``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import select
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -218,6 +219,39 @@ def _install_watch(conn: Connection) -> _Watch | None:
     return watch
 
 
+# What RESET ALL leaves behind that a new session does not have: the role a holder switched
+# to (``SET ROLE``, ``SET SESSION AUTHORIZATION``, which RESET ALL skips) and its temporary
+# tables. Sent with asyncpg's own reset query, in its round trip (see _session_reset_class).
+_RESET_AUTHORIZATION = "SET SESSION AUTHORIZATION DEFAULT;\nRESET ROLE;"
+_RESET_TEMPORARY = "DISCARD TEMP;"
+
+
+@functools.cache
+def _session_reset_class(base: type[Connection]) -> type[Connection]:
+    """``base`` (asyncpg's ``Connection`` or the user's ``connection_class``) whose session
+    reset also restores the role and drops temporary tables: asyncpg's public hook,
+    ``Connection.get_reset_query()``, which ``Connection.reset()`` sends. Extended only
+    where asyncpg's query has ``RESET ALL`` (a server that supports it: PostgreSQL).
+
+    Raises:
+        TypeError: ``base`` is not a subclass of ``asyncpg.Connection``.
+    """
+    if not (isinstance(base, type) and issubclass(base, asyncpg.Connection)):
+        raise TypeError(f"connection_class must be a subclass of asyncpg.Connection, got {base!r}")
+
+    class SessionResetConnection(base):  # type: ignore[valid-type,misc]
+        __slots__ = ()
+
+        def get_reset_query(self) -> str:
+            query: str = super().get_reset_query()
+            if "RESET ALL" not in query:
+                return query
+            return f"{_RESET_AUTHORIZATION}\n{query}\n{_RESET_TEMPORARY}"
+
+    SessionResetConnection.__qualname__ = f"SessionReset[{base.__qualname__}]"
+    return SessionResetConnection
+
+
 class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
     """Creates, vets, resets and closes asyncpg connections for a :class:`~aiolease.Pool`.
 
@@ -240,6 +274,9 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
     open / failed transaction rolled back                  rolled back
     query still running       connection discarded         connection discarded
     ``SET`` settings          **kept** for the next user   ``RESET ALL``
+    ``SET ROLE``, ``SET       **kept**                     ``SET SESSION AUTHORIZATION
+    SESSION AUTHORIZATION``                                DEFAULT``, ``RESET ROLE``
+    temporary tables          **kept**                     ``DISCARD TEMP``
     advisory locks            **kept** (still held)        ``pg_advisory_unlock_all()``
     ``LISTEN``                **kept**                     ``UNLISTEN *``
     prepared/cursor state     kept                         ``CLOSE ALL`` (and listeners)
@@ -260,8 +297,12 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
             to the next user, and a release costs no round trip when no
             transaction is open. ``"session"`` runs asyncpg's full session
             reset on every release (``RESET ALL``, ``UNLISTEN *``, unlock
-            advisory locks, ``CLOSE ALL``) as asyncpg's own pool does: isolated,
-            but one extra round trip per release.
+            advisory locks, ``CLOSE ALL``) as asyncpg's own pool does, and in the
+            same round trip restores the role (``SET SESSION AUTHORIZATION
+            DEFAULT``, ``RESET ROLE``: ``RESET ALL`` leaves both) and drops
+            temporary tables (``DISCARD TEMP``): isolated, but one extra round
+            trip per release. It connects with a subclass of ``connection_class``
+            (default ``asyncpg.Connection``) whose ``get_reset_query()`` adds those.
         reset_timeout: seconds a reset (or the verifying round trip of a
             suspicious idle connection, see :meth:`check`) may take before the
             connection is discarded.
@@ -316,6 +357,10 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
                     f"{connect_kwargs['statement_cache_size']!r}"
                 )
         self.pgbouncer = pgbouncer
+        if reset == "session":
+            connect_kwargs["connection_class"] = _session_reset_class(
+                connect_kwargs.get("connection_class", asyncpg.Connection)
+            )
         connect_kwargs.setdefault("timeout", self.connect_timeout)
         if not HAVE_SOCKET:
             # Public mode: no socket for keepalive, so an operation waiting on a silent

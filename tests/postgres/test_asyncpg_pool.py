@@ -555,6 +555,39 @@ async def test_session_state_across_leases(pg_dsn: str, admin: Connection, reset
         assert pool.statistics().discarded == 0
 
 
+async def test_session_reset_restores_the_role_and_drops_temporary_tables(pg_dsn: str) -> None:
+    # RESET ALL leaves ROLE and SESSION AUTHORIZATION alone, and temporary tables live on:
+    # the next holder ran as the role the last one switched to, and saw its tables.
+    temp = f"aiolease_tmp_{uuid.uuid4().hex[:10]}"
+    async with create_pool(pg_dsn, max_size=1, reset="session") as pool:
+        async with pool.acquire() as conn:
+            user = await conn.fetchval("SELECT current_user")
+            superuser = await conn.fetchval("SHOW is_superuser") == "on"
+            try:
+                await conn.execute("SET ROLE pg_monitor")
+            except asyncpg.InsufficientPrivilegeError:
+                pytest.skip(f"!!! SKIPPED: {user} cannot SET ROLE pg_monitor")
+            await conn.execute(f"CREATE TEMPORARY TABLE {temp} (v int)")
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT current_user") == user
+            assert await conn.fetchval("SELECT to_regclass($1)", temp) is None
+            if superuser:
+                await conn.execute("SET SESSION AUTHORIZATION pg_monitor")
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT session_user") == user
+        assert pool.statistics().discarded == 0
+
+
+async def test_session_reset_keeps_the_users_connection_class(pg_dsn: str) -> None:
+    class Mine(asyncpg.Connection):
+        __slots__ = ()
+
+    pool = create_pool(pg_dsn, max_size=1, reset="session", connection_class=Mine)
+    async with pool, pool.acquire() as conn:
+        assert isinstance(raw(conn), Mine)
+        assert "RESET ROLE" in raw(conn).get_reset_query()
+
+
 async def test_session_reset_also_rolls_back(pg_dsn: str, table: str) -> None:
     async with create_pool(pg_dsn, max_size=1, reset="session") as pool:
         async with pool.acquire() as conn:
@@ -621,6 +654,7 @@ async def test_reset_outlasting_reset_timeout_discards_the_connection(
         ({"close_timeout": float("inf")}, ValueError, "close_timeout must be > 0 seconds"),
         ({"close_timeout": -1.0}, ValueError, "close_timeout must be > 0"),
         ({"close_timeout": "5"}, TypeError, "close_timeout"),
+        ({"reset": "session", "connection_class": object}, TypeError, "connection_class"),
     ],
 )
 def test_bad_manager_arguments(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
