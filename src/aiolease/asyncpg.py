@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from ._driver_args import check_connect_kwargs, check_timeout_seconds, keywords_of
 from ._lease import LeaseProxies
-from ._liveness import CANCEL_GRACE, DEFAULT_CONNECT_TIMEOUT, PoolExpirer, set_keepalive
+from ._liveness import (
+    CANCEL_GRACE,
+    DEFAULT_CONNECT_TIMEOUT,
+    PoolExpirer,
+    connect_timed_out,
+    set_keepalive,
+)
 from ._logs import get_logger
 from ._pool import Pool
 from ._redact import dsn_label, dsn_secrets, redact, scrubbed
@@ -395,10 +401,17 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
     async def create(self) -> Connection:
         # asyncpg applies ``timeout`` to each step of connecting; the scope bounds the
         # whole (a second's grace, so that asyncpg's own timeout normally reports it).
-        async with asyncio.timeout(self.connect_timeout + 1.0):
-            conn: Connection = await scrubbed(
-                asyncpg.connect(self.dsn, **self.connect_kwargs), self._secrets
-            )
+        try:
+            async with asyncio.timeout(self.connect_timeout + 1.0):
+                conn: Connection = await scrubbed(
+                    asyncpg.connect(self.dsn, **self.connect_kwargs), self._secrets
+                )
+        except TimeoutError as exc:
+            raise connect_timed_out(
+                self._pool_name,
+                f"asyncpg's timeout={self.connect_kwargs['timeout']} s per step, "
+                f"connect_timeout={self.connect_timeout:g} s",
+            ) from exc
         # Keepalive: a silent peer is detected within SILENT_PEER_BOUND seconds.
         set_keepalive(connection_socket(conn))
         watch = _install_watch(conn)

@@ -19,7 +19,7 @@ from typing import Any
 
 from ._driver_args import check_connect_kwargs, check_timeout_seconds, keywords_of
 from ._lease import LeaseProxies
-from ._liveness import DEFAULT_CONNECT_TIMEOUT, LIBPQ_KEEPALIVE, PoolExpirer
+from ._liveness import DEFAULT_CONNECT_TIMEOUT, LIBPQ_KEEPALIVE, PoolExpirer, connect_timed_out
 from ._logs import get_logger
 from ._pool import Pool
 from ._redact import dsn_label, dsn_secrets, redact, scrubbed
@@ -443,11 +443,17 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
     async def create(self) -> AsyncConnection:
         # libpq's connect_timeout is per host and attempt; the scope bounds the whole
         # (a second's grace, so that psycopg's own timeout normally reports it).
-        async with asyncio.timeout(self.connect_timeout + 1.0):
-            conn = await scrubbed(
-                CONNECTION_CLASS.connect(self.conninfo, **self.connect_kwargs),
-                self._secrets,
-            )
+        try:
+            async with asyncio.timeout(self.connect_timeout + 1.0):
+                conn = await scrubbed(
+                    CONNECTION_CLASS.connect(self.conninfo, **self.connect_kwargs),
+                    self._secrets,
+                )
+        except TimeoutError as exc:
+            raise connect_timed_out(
+                self._pool_name,
+                f"connect_timeout={self.connect_timeout:g} s, bounding the whole connect",
+            ) from exc
         _install_watch(conn)
         self._session = _session(conn)  # every connection starts the same
         return conn
