@@ -270,7 +270,9 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
     (a count kept by a thin wrapper around asyncpg's protocol); only then does
     a ``SELECT 1`` round trip decide. A connection killed while in use fails
     the body with a connection error, which :meth:`is_fatal` recognises, so it
-    is closed rather than reused.
+    is closed rather than reused. A release polls the socket too (one ``poll(0)``):
+    a connection with data the loop has not read yet gets the ``SELECT 1`` round
+    trip before it goes to a waiting acquirer, which no checkout check precedes.
 
     Choosing ``reset`` (the trade-off):
 
@@ -286,8 +288,9 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
     advisory locks            **kept** (still held)        ``pg_advisory_unlock_all()``
     ``LISTEN``                **kept**                     ``UNLISTEN *``
     prepared/cursor state     kept                         ``CLOSE ALL`` (and listeners)
-    cost per release          nothing, unless a            one round trip, always
-                              transaction was left open
+    cost per release          one ``poll(0)``; a round     one round trip, always
+                              trip if a transaction was
+                              left open
     ========================  ===========================  ==============================
 
     Use ``"transaction"`` when your code does not change session state (or
@@ -447,23 +450,34 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
             # Data while idle: a FATAL from a server that dropped us (the close follows),
             # or a harmless notification. A round trip tells them apart. No watch: the
             # round trip is the only way to know.
-            try:
-                async with asyncio.timeout(self.reset_timeout):
-                    await resource.execute("SELECT 1")
-            except Exception as exc:  # any failure (incl. the driver's InternalClientError)
-                raise ConnectionError(
-                    "connection failed its check after unread data while idle: "
-                    + redact(repr(exc), self._secrets)
-                ) from exc
+            await self._verify(resource)
+
+    async def _verify(self, resource: Connection) -> None:
+        """One ``SELECT 1`` round trip, bounded by :attr:`reset_timeout`.
+
+        Raises:
+            ConnectionError: it failed (e.g. the server terminated the backend).
+        """
+        try:
+            async with asyncio.timeout(self.reset_timeout):
+                await resource.execute("SELECT 1")
+        except Exception as exc:  # any failure (incl. the driver's InternalClientError)
+            raise ConnectionError(
+                "connection failed its check after unread data while idle: "
+                + redact(repr(exc), self._secrets)
+            ) from exc
 
     def reset_needed(self, resource: Connection, info: ResourceInfo) -> bool:
-        """Whether the connection needs :meth:`reset` (called on every release)."""
+        """Whether the connection needs :meth:`reset` (called on every release): also when
+        something sits unread in its socket (see :func:`_quiet`), since a release may go
+        straight to a waiting acquirer, without the checkout's :meth:`check`."""
         return (
             self._session_reset
             or resource.is_closed()
             or resource.is_in_transaction()
             or transaction_pending(resource)
             or cancelling(resource)
+            or not _quiet(resource, self._watches.get(resource))
         )
 
     def on_idle(self, resource: Connection, info: ResourceInfo) -> None:
@@ -489,6 +503,10 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
                 resource,
             )
             await end_transaction(resource, self.reset_timeout)
+        else:
+            # Data arrived since the holder's last operation, not read by the loop yet: a
+            # FATAL from a terminated backend, or a notification. A round trip tells.
+            await self._verify(resource)
 
     async def close(self, resource: Connection) -> None:
         """Close gracefully; the pool bounds this by :attr:`close_timeout` and then

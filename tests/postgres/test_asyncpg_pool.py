@@ -252,6 +252,29 @@ async def test_backend_killed_in_use_without_noticing_is_not_reused(
             assert await conn2.fetchval("SELECT 1") == 1
 
 
+@needs_transport
+async def test_backend_killed_while_held_is_not_handed_to_a_waiter(pg_dsn: str) -> None:
+    # Killed with the loop blocked, then released at once: asyncpg has read nothing, and
+    # a release goes straight to the waiting acquirer, without the checkout's check. The
+    # release sees the unread FATAL message and EOF in the socket instead (public mode has
+    # no socket to look at: the waiter's first statement fails, and is fatal).
+    async with create_pool(pg_dsn, max_size=1) as pool:
+        conn = await pool.acquire()
+        pid = raw(conn).get_server_pid()
+        waiter = asyncio.ensure_future(pool.acquire(timeout=10))
+        await asyncio.sleep(0.05)  # queued
+        terminate_blocking(pg_dsn, pid)
+        await pool.release(conn)
+        async with asyncio.timeout(10):
+            conn2 = await waiter
+        try:
+            assert raw(conn2).get_server_pid() != pid
+            assert await conn2.fetchval("SELECT 1") == 1
+        finally:
+            await pool.release(conn2)
+        assert pool.statistics().discarded == 1
+
+
 @pytest.mark.parametrize(
     "exc",
     [
