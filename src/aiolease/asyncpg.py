@@ -77,6 +77,11 @@ _FATAL_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InternalClientError,
 )
 
+# A statement asyncpg's statement cache names is not on the server (a holder ran
+# DEALLOCATE ALL or DISCARD ALL, or a pooler moved the session): asyncpg keeps the stale
+# entry, so every later run of that query on the connection fails the same way.
+_STALE_STATEMENT = asyncpg.exceptions.InvalidSQLStatementNameError
+
 # Errors that say the server stopped being the primary we want: it became read-only
 # (25006, when the session's server reports itself read-only: see _read_only_server) or
 # is shutting down or starting up (57P01 admin shutdown, 57P02 crash, 57P03 cannot
@@ -535,7 +540,9 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
 
     def is_fatal(self, resource: Connection, exc: BaseException) -> bool:
         """A closed connection, a connection error (a socket error, a connection-class or
-        shutdown error, asyncpg's protocol confused by an unsolicited FATAL message), and,
+        shutdown error, asyncpg's protocol confused by an unsolicited FATAL message), a
+        prepared statement the server does not have (SQLSTATE 26000: asyncpg's statement
+        cache is stale, after a ``DEALLOCATE ALL`` or ``DISCARD ALL``), and,
         where asyncpg's in-flight state cannot be read (``AIOLEASE_COMPAT=public``), a body
         that was cancelled or timed out: its query may still be running. A failover error
         (the server is read-only, or shutting down) also expires the whole pool."""
@@ -544,7 +551,7 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
             return True
         return (
             resource.is_closed()
-            or isinstance(exc, _FATAL_ERRORS)
+            or isinstance(exc, (*_FATAL_ERRORS, _STALE_STATEMENT))
             or (not COMPAT_PRIVATE and isinstance(exc, asyncio.CancelledError | TimeoutError))
         )
 

@@ -307,6 +307,24 @@ async def test_application_error_in_body_keeps_the_connection(pg_dsn: str) -> No
         assert pool.statistics().discarded == 0
 
 
+@pytest.mark.parametrize("statement", ["DEALLOCATE ALL", "DISCARD ALL"])
+async def test_statements_dropped_by_a_holder_cost_one_failure_not_all(
+    pg_dsn: str, statement: str
+) -> None:
+    # asyncpg's statement cache still names the statements the server dropped: every
+    # later run of a cached query on that connection failed, lease after lease.
+    async with create_pool(pg_dsn, max_size=1) as pool:
+        async with pool.acquire() as conn:
+            await conn.fetchval("SELECT $1::int", 1)
+            await conn.execute(statement)
+        with pytest.raises(asyncpg.exceptions.InvalidSQLStatementNameError):
+            async with pool.acquire() as conn:
+                await conn.fetchval("SELECT $1::int", 2)
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT $1::int", 3) == 3
+        assert pool.statistics().discarded == 1
+
+
 # ---------------------------------------------------------------- check without a round trip
 
 
