@@ -56,6 +56,10 @@ def test_redact_known_secrets_anywhere() -> None:
         ("postgresql:///app?host=/run/postgresql", {}, "/run/postgresql:5432/app"),
         ("postgresql://h/app", {"port": 6000, "database": "other"}, "h:6000/other"),
         (None, {"host": ["a", "b"], "user": "bob"}, "a:5432,b:5432/bob"),
+        # A port list pairs with the host list (libpq, asyncpg): psycopg's conninfo dict.
+        (None, {"host": "a,b", "port": "6001,6002", "dbname": "d"}, "a:6001,b:6002/d"),
+        (None, {"host": ["a", "b"], "port": [6001, 6002], "dbname": "d"}, "a:6001,b:6002/d"),
+        (None, {"host": "a,b", "port": "6001", "dbname": "d"}, "a:6001,b:6001/d"),
     ],
 )
 def test_dsn_label(

@@ -75,6 +75,13 @@ def set_keepalive(sock: Any) -> bool:
     return True
 
 
+def connect_timed_out(pool_name: str, bounds: str) -> TimeoutError:
+    """The error of a connect that outlasted its bounds (``bounds``: which, in seconds),
+    in place of the bare ``TimeoutError()`` the drivers and ``asyncio.timeout`` raise:
+    an acquirer that gets it sees which server and which timeout."""
+    return TimeoutError(f"connecting to {pool_name} timed out ({bounds})")
+
+
 class PoolExpirer:
     """Expires the pool a manager serves (``pool.expire()``) when a connection reports
     a failover: the server became read-only or is shutting down. Every connection of

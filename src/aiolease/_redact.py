@@ -124,12 +124,15 @@ def dsn_label(
     settings from ``overrides``, which win, as the drivers' keywords do), filled in from
     ``PGHOST``, ``PGPORT``, ``PGDATABASE`` and the defaults; never the password.
 
-    Several hosts come out as given (``h1:5432,h2:5433/db``).
+    Several hosts come out as given (``h1:5432,h2:5433/db``); a list of ports pairs with
+    the list of hosts, as in libpq (``host=h1,h2 port=5432,5433``).
     """
     parts = _parts(dsn, overrides or {})
-    hosts = str(parts.get("host") or os.environ.get("PGHOST") or "localhost")
-    port = str(parts.get("port") or os.environ.get("PGPORT") or default_port)
-    label = ",".join(h if _has_port(h) else f"{h}:{port}" for h in hosts.split(","))
+    hosts = str(parts.get("host") or os.environ.get("PGHOST") or "localhost").split(",")
+    ports = str(parts.get("port") or os.environ.get("PGPORT") or default_port).split(",")
+    if len(ports) != len(hosts):
+        ports = ports[:1] * len(hosts)
+    label = ",".join(h if _has_port(h) else f"{h}:{p}" for h, p in zip(hosts, ports, strict=True))
     dbname = parts.get("dbname") or os.environ.get("PGDATABASE") or parts.get("user")
     return redact(f"{label}/{dbname}" if dbname else label)
 

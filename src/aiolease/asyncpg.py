@@ -6,6 +6,7 @@ Install with ``pip install aiolease[asyncpg]``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import select
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -16,7 +17,13 @@ from ._driver_args import (
     keywords_of,
 )
 from ._lease import LeaseProxies
-from ._liveness import CANCEL_GRACE, DEFAULT_CONNECT_TIMEOUT, PoolExpirer, set_keepalive
+from ._liveness import (
+    CANCEL_GRACE,
+    DEFAULT_CONNECT_TIMEOUT,
+    PoolExpirer,
+    connect_timed_out,
+    set_keepalive,
+)
 from ._logs import get_logger
 from ._pool import Pool
 from ._redact import dsn_label, dsn_secrets, redact, scrubbed
@@ -74,6 +81,11 @@ _FATAL_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.InternalClientError,
 )
+
+# A statement asyncpg's statement cache names is not on the server (a holder ran
+# DEALLOCATE ALL or DISCARD ALL, or a pooler moved the session): asyncpg keeps the stale
+# entry, so every later run of that query on the connection fails the same way.
+_STALE_STATEMENT = asyncpg.exceptions.InvalidSQLStatementNameError
 
 # Errors that say the server stopped being the primary we want: it became read-only
 # (25006, when the session's server reports itself read-only: see _read_only_server) or
@@ -223,6 +235,39 @@ def _install_watch(conn: Connection) -> _Watch | None:
     return watch
 
 
+# What RESET ALL leaves behind that a new session does not have: the role a holder switched
+# to (``SET ROLE``, ``SET SESSION AUTHORIZATION``, which RESET ALL skips) and its temporary
+# tables. Sent with asyncpg's own reset query, in its round trip (see _session_reset_class).
+_RESET_AUTHORIZATION = "SET SESSION AUTHORIZATION DEFAULT;\nRESET ROLE;"
+_RESET_TEMPORARY = "DISCARD TEMP;"
+
+
+@functools.cache
+def _session_reset_class(base: type[Connection]) -> type[Connection]:
+    """``base`` (asyncpg's ``Connection`` or the user's ``connection_class``) whose session
+    reset also restores the role and drops temporary tables: asyncpg's public hook,
+    ``Connection.get_reset_query()``, which ``Connection.reset()`` sends. Extended only
+    where asyncpg's query has ``RESET ALL`` (a server that supports it: PostgreSQL).
+
+    Raises:
+        TypeError: ``base`` is not a subclass of ``asyncpg.Connection``.
+    """
+    if not (isinstance(base, type) and issubclass(base, asyncpg.Connection)):
+        raise TypeError(f"connection_class must be a subclass of asyncpg.Connection, got {base!r}")
+
+    class SessionResetConnection(base):  # type: ignore[valid-type,misc]
+        __slots__ = ()
+
+        def get_reset_query(self) -> str:
+            query: str = super().get_reset_query()
+            if "RESET ALL" not in query:
+                return query
+            return f"{_RESET_AUTHORIZATION}\n{query}\n{_RESET_TEMPORARY}"
+
+    SessionResetConnection.__qualname__ = f"SessionReset[{base.__qualname__}]"
+    return SessionResetConnection
+
+
 class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
     """Creates, vets, resets and closes asyncpg connections for a :class:`~aiolease.Pool`.
 
@@ -235,7 +280,9 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
     (a count kept by a thin wrapper around asyncpg's protocol); only then does
     a ``SELECT 1`` round trip decide. A connection killed while in use fails
     the body with a connection error, which :meth:`is_fatal` recognises, so it
-    is closed rather than reused.
+    is closed rather than reused. A release polls the socket too (one ``poll(0)``):
+    a connection with data the loop has not read yet gets the ``SELECT 1`` round
+    trip before it goes to a waiting acquirer, which no checkout check precedes.
 
     Choosing ``reset`` (the trade-off):
 
@@ -245,11 +292,15 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
     open / failed transaction rolled back                  rolled back
     query still running       connection discarded         connection discarded
     ``SET`` settings          **kept** for the next user   ``RESET ALL``
+    ``SET ROLE``, ``SET       **kept**                     ``SET SESSION AUTHORIZATION
+    SESSION AUTHORIZATION``                                DEFAULT``, ``RESET ROLE``
+    temporary tables          **kept**                     ``DISCARD TEMP``
     advisory locks            **kept** (still held)        ``pg_advisory_unlock_all()``
     ``LISTEN``                **kept**                     ``UNLISTEN *``
     prepared/cursor state     kept                         ``CLOSE ALL`` (and listeners)
-    cost per release          nothing, unless a            one round trip, always
-                              transaction was left open
+    cost per release          one ``poll(0)``; a round     one round trip, always
+                              trip if a transaction was
+                              left open
     ========================  ===========================  ==============================
 
     Use ``"transaction"`` when your code does not change session state (or
@@ -265,8 +316,12 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
             to the next user, and a release costs no round trip when no
             transaction is open. ``"session"`` runs asyncpg's full session
             reset on every release (``RESET ALL``, ``UNLISTEN *``, unlock
-            advisory locks, ``CLOSE ALL``) as asyncpg's own pool does: isolated,
-            but one extra round trip per release.
+            advisory locks, ``CLOSE ALL``) as asyncpg's own pool does, and in the
+            same round trip restores the role (``SET SESSION AUTHORIZATION
+            DEFAULT``, ``RESET ROLE``: ``RESET ALL`` leaves both) and drops
+            temporary tables (``DISCARD TEMP``): isolated, but one extra round
+            trip per release. It connects with a subclass of ``connection_class``
+            (default ``asyncpg.Connection``) whose ``get_reset_query()`` adds those.
         reset_timeout: seconds a reset (or the verifying round trip of a
             suspicious idle connection, see :meth:`check`) may take before the
             connection is discarded.
@@ -322,6 +377,10 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
                     f"{connect_kwargs['statement_cache_size']!r}"
                 )
         self.pgbouncer = pgbouncer
+        if reset == "session":
+            connect_kwargs["connection_class"] = _session_reset_class(
+                connect_kwargs.get("connection_class", asyncpg.Connection)
+            )
         connect_kwargs.setdefault("timeout", self.connect_timeout)
         if not HAVE_SOCKET:
             # Public mode: no socket for keepalive, so an operation waiting on a silent
@@ -356,10 +415,17 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
     async def create(self) -> Connection:
         # asyncpg applies ``timeout`` to each step of connecting; the scope bounds the
         # whole (a second's grace, so that asyncpg's own timeout normally reports it).
-        async with asyncio.timeout(self.connect_timeout + 1.0):
-            conn: Connection = await scrubbed(
-                asyncpg.connect(self.dsn, **self.connect_kwargs), self._secrets
-            )
+        try:
+            async with asyncio.timeout(self.connect_timeout + 1.0):
+                conn: Connection = await scrubbed(
+                    asyncpg.connect(self.dsn, **self.connect_kwargs), self._secrets
+                )
+        except TimeoutError as exc:
+            raise connect_timed_out(
+                self._pool_name,
+                f"asyncpg's timeout={self.connect_kwargs['timeout']} s per step, "
+                f"connect_timeout={self.connect_timeout:g} s",
+            ) from exc
         # Keepalive: a silent peer is detected within SILENT_PEER_BOUND seconds.
         set_keepalive(connection_socket(conn))
         watch = _install_watch(conn)
@@ -395,23 +461,34 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
             # Data while idle: a FATAL from a server that dropped us (the close follows),
             # or a harmless notification. A round trip tells them apart. No watch: the
             # round trip is the only way to know.
-            try:
-                async with asyncio.timeout(self.reset_timeout):
-                    await resource.execute("SELECT 1")
-            except Exception as exc:  # any failure (incl. the driver's InternalClientError)
-                raise ConnectionError(
-                    "connection failed its check after unread data while idle: "
-                    + redact(repr(exc), self._secrets)
-                ) from exc
+            await self._verify(resource)
+
+    async def _verify(self, resource: Connection) -> None:
+        """One ``SELECT 1`` round trip, bounded by :attr:`reset_timeout`.
+
+        Raises:
+            ConnectionError: it failed (e.g. the server terminated the backend).
+        """
+        try:
+            async with asyncio.timeout(self.reset_timeout):
+                await resource.execute("SELECT 1")
+        except Exception as exc:  # any failure (incl. the driver's InternalClientError)
+            raise ConnectionError(
+                "connection failed its check after unread data while idle: "
+                + redact(repr(exc), self._secrets)
+            ) from exc
 
     def reset_needed(self, resource: Connection, info: ResourceInfo) -> bool:
-        """Whether the connection needs :meth:`reset` (called on every release)."""
+        """Whether the connection needs :meth:`reset` (called on every release): also when
+        something sits unread in its socket (see :func:`_quiet`), since a release may go
+        straight to a waiting acquirer, without the checkout's :meth:`check`."""
         return (
             self._session_reset
             or resource.is_closed()
             or resource.is_in_transaction()
             or transaction_pending(resource)
             or cancelling(resource)
+            or not _quiet(resource, self._watches.get(resource))
         )
 
     def on_idle(self, resource: Connection, info: ResourceInfo) -> None:
@@ -437,6 +514,10 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
                 resource,
             )
             await end_transaction(resource, self.reset_timeout)
+        else:
+            # Data arrived since the holder's last operation, not read by the loop yet: a
+            # FATAL from a terminated backend, or a notification. A round trip tells.
+            await self._verify(resource)
 
     async def close(self, resource: Connection) -> None:
         """Close gracefully; the pool bounds this by :attr:`close_timeout` and then
@@ -465,7 +546,9 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
 
     def is_fatal(self, resource: Connection, exc: BaseException) -> bool:
         """A closed connection, a connection error (a socket error, a connection-class or
-        shutdown error, asyncpg's protocol confused by an unsolicited FATAL message), and,
+        shutdown error, asyncpg's protocol confused by an unsolicited FATAL message), a
+        prepared statement the server does not have (SQLSTATE 26000: asyncpg's statement
+        cache is stale, after a ``DEALLOCATE ALL`` or ``DISCARD ALL``), and,
         where asyncpg's in-flight state cannot be read (``AIOLEASE_COMPAT=public``), a body
         that was cancelled or timed out: its query may still be running. A failover error
         (the server is read-only, or shutting down) also expires the whole pool."""
@@ -474,7 +557,7 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
             return True
         return (
             resource.is_closed()
-            or isinstance(exc, _FATAL_ERRORS)
+            or isinstance(exc, (*_FATAL_ERRORS, _STALE_STATEMENT))
             or (not COMPAT_PRIVATE and isinstance(exc, asyncio.CancelledError | TimeoutError))
         )
 

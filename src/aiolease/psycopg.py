@@ -24,7 +24,7 @@ from ._driver_args import (
     keywords_of,
 )
 from ._lease import LeaseProxies
-from ._liveness import DEFAULT_CONNECT_TIMEOUT, LIBPQ_KEEPALIVE, PoolExpirer
+from ._liveness import DEFAULT_CONNECT_TIMEOUT, LIBPQ_KEEPALIVE, PoolExpirer, connect_timed_out
 from ._logs import get_logger
 from ._pool import Pool
 from ._redact import dsn_label, dsn_secrets, redact, scrubbed
@@ -202,6 +202,19 @@ async def _restore_session(conn: AsyncConnection, session: _Session) -> None:
     conn.prepare_threshold = threshold
 
 
+def _unread(pgconn: Any) -> bool:
+    """Whether the connection's socket has anything psycopg has not read (data, EOF, an
+    error): one ``poll(0)``, no round trip. psycopg reads only while an operation runs, so
+    whatever the server sent since (a FATAL message and EOF, a notification) is there."""
+    watch = pgconn.notice_handler
+    if type(watch) is _Watch and watch.poller is not None:
+        return bool(watch.poller.poll(0))  # any event: data, EOF, hang-up, error
+    try:
+        return _readable(pgconn.socket)
+    except (OSError, ValueError, psycopg.Error):  # no socket any more
+        return True
+
+
 def _fatal_notice(conn: AsyncConnection) -> str | None:
     watch = conn.pgconn.notice_handler
     return watch.fatal if type(watch) is _Watch else None
@@ -347,7 +360,10 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
     the connection) costs one ``SELECT 1`` round trip, which keeps a live
     connection and delivers the notification to psycopg as usual.
     A connection killed while in use fails the body with a connection error,
-    which :meth:`is_fatal` recognises, so it is closed rather than reused.
+    which :meth:`is_fatal` recognises, so it is closed rather than reused. One
+    killed while held but not queried (its FATAL message and EOF unread) is
+    found the same way at release (:meth:`reset_needed` polls the socket once),
+    so a release never hands it straight to a waiting acquirer.
 
     Connections are opened with ``aiolease._compat.psycopg.CONNECTION_CLASS``,
     a subclass of psycopg's ``AsyncConnection`` whose cancelled queries end
@@ -449,11 +465,17 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
     async def create(self) -> AsyncConnection:
         # libpq's connect_timeout is per host and attempt; the scope bounds the whole
         # (a second's grace, so that psycopg's own timeout normally reports it).
-        async with asyncio.timeout(self.connect_timeout + 1.0):
-            conn = await scrubbed(
-                CONNECTION_CLASS.connect(self.conninfo, **self.connect_kwargs),
-                self._secrets,
-            )
+        try:
+            async with asyncio.timeout(self.connect_timeout + 1.0):
+                conn = await scrubbed(
+                    CONNECTION_CLASS.connect(self.conninfo, **self.connect_kwargs),
+                    self._secrets,
+                )
+        except TimeoutError as exc:
+            raise connect_timed_out(
+                self._pool_name,
+                f"connect_timeout={self.connect_timeout:g} s, bounding the whole connect",
+            ) from exc
         _install_watch(conn)
         self._session = _session(conn)  # every connection starts the same
         return conn
@@ -466,15 +488,9 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
         if pgconn.status != _OK or pgconn.transaction_status != _TS.IDLE:
             return True
         watch = pgconn.notice_handler
-        if type(watch) is _Watch:
-            if watch.fatal is not None:
-                return True
-            if watch.poller is not None:
-                return bool(watch.poller.poll(0))  # any event: data, EOF, hang-up, error
-        try:
-            return _readable(pgconn.socket)
-        except (OSError, ValueError, psycopg.Error):  # no socket any more
+        if type(watch) is _Watch and watch.fatal is not None:
             return True
+        return _unread(pgconn)
 
     async def check(self, resource: AsyncConnection, info: ResourceInfo) -> None:
         """Discard a dead idle connection; verify an ambiguous one with one round trip.
@@ -489,20 +505,7 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
         if not self.check_needed(resource, info):
             return  # quiet: nothing to read, nothing to verify
         pgconn = resource.pgconn
-        try:
-            # Read what arrived while idle (never blocks) and parse it: a FATAL
-            # message reaches the notice watch, an EOF or reset closes the pgconn.
-            pgconn.consume_input()
-            pgconn.is_busy()
-        except psycopg.Error as exc:
-            raise ConnectionError(
-                f"connection was lost while idle: {redact(str(exc), self._secrets)}"
-            ) from exc
-        fatal = _fatal_notice(resource)
-        if fatal is not None:
-            raise ConnectionError(f"the server terminated the connection while idle: {fatal}")
-        if resource.closed:
-            raise ConnectionError("connection was closed while idle (server restart or kill?)")
+        self._take_unread(resource)
         status = pgconn.transaction_status
         if status != _TS.IDLE:
             raise ConnectionError(f"idle connection in state {_TS(status).name}, expected IDLE")
@@ -517,6 +520,27 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
                 + redact(repr(exc), self._secrets)
             ) from exc
 
+    def _take_unread(self, resource: AsyncConnection) -> None:
+        """Read what arrived while nothing was reading the connection (never blocks) and
+        parse it: a FATAL message reaches the notice watch, an EOF or reset closes the
+        pgconn, a notification waits for psycopg's next operation to deliver it.
+
+        Raises:
+            ConnectionError: the server terminated the connection, or it was lost.
+        """
+        try:
+            resource.pgconn.consume_input()
+            resource.pgconn.is_busy()
+        except psycopg.Error as exc:
+            raise ConnectionError(
+                f"connection was lost while idle: {redact(str(exc), self._secrets)}"
+            ) from exc
+        fatal = _fatal_notice(resource)
+        if fatal is not None:
+            raise ConnectionError(f"the server terminated the connection while idle: {fatal}")
+        if resource.closed:
+            raise ConnectionError("connection was closed while idle (server restart or kill?)")
+
     def reset_needed(self, resource: AsyncConnection, info: ResourceInfo) -> bool:
         pgconn = resource.pgconn
         if pgconn.status != _OK or pgconn.transaction_status != _TS.IDLE:
@@ -526,7 +550,12 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
         if self._changed(resource):
             return True
         watch = pgconn.notice_handler
-        return type(watch) is _Watch and (watch.fatal is not None or watch.resync)
+        if type(watch) is _Watch and (watch.fatal is not None or watch.resync):
+            return True
+        # Something arrived since the holder's last operation (a FATAL and EOF from a
+        # terminated backend, a notification): a release may go straight to a waiter,
+        # without the checkout's check, so the reset reads it.
+        return _unread(pgconn)
 
     async def reset(self, resource: AsyncConnection, info: ResourceInfo) -> None:
         if resource.closed or resource.broken:
@@ -544,6 +573,8 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
             # Given back inside ``async with conn.pipeline()``: the block's exit would
             # run on the next holder's lease, so the pipeline is not ours to end.
             raise ConnectionError("connection released inside a pipeline block")
+        if _unread(resource.pgconn):
+            self._take_unread(resource)  # what arrived since the holder's last operation
         resync = _take_resync(resource)
         # A holder that changed a setting of the connection object (set_autocommit,
         # set_isolation_level, row_factory, ...): the next one gets it as opened.

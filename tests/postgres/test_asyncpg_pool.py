@@ -252,6 +252,29 @@ async def test_backend_killed_in_use_without_noticing_is_not_reused(
             assert await conn2.fetchval("SELECT 1") == 1
 
 
+@needs_transport
+async def test_backend_killed_while_held_is_not_handed_to_a_waiter(pg_dsn: str) -> None:
+    # Killed with the loop blocked, then released at once: asyncpg has read nothing, and
+    # a release goes straight to the waiting acquirer, without the checkout's check. The
+    # release sees the unread FATAL message and EOF in the socket instead (public mode has
+    # no socket to look at: the waiter's first statement fails, and is fatal).
+    async with create_pool(pg_dsn, max_size=1) as pool:
+        conn = await pool.acquire()
+        pid = raw(conn).get_server_pid()
+        waiter = asyncio.ensure_future(pool.acquire(timeout=10))
+        await asyncio.sleep(0.05)  # queued
+        terminate_blocking(pg_dsn, pid)
+        await pool.release(conn)
+        async with asyncio.timeout(10):
+            conn2 = await waiter
+        try:
+            assert raw(conn2).get_server_pid() != pid
+            assert await conn2.fetchval("SELECT 1") == 1
+        finally:
+            await pool.release(conn2)
+        assert pool.statistics().discarded == 1
+
+
 @pytest.mark.parametrize(
     "exc",
     [
@@ -282,6 +305,24 @@ async def test_application_error_in_body_keeps_the_connection(pg_dsn: str) -> No
         async with pool.acquire() as conn2:
             assert raw(conn2) is raw(conn)
         assert pool.statistics().discarded == 0
+
+
+@pytest.mark.parametrize("statement", ["DEALLOCATE ALL", "DISCARD ALL"])
+async def test_statements_dropped_by_a_holder_cost_one_failure_not_all(
+    pg_dsn: str, statement: str
+) -> None:
+    # asyncpg's statement cache still names the statements the server dropped: every
+    # later run of a cached query on that connection failed, lease after lease.
+    async with create_pool(pg_dsn, max_size=1) as pool:
+        async with pool.acquire() as conn:
+            await conn.fetchval("SELECT $1::int", 1)
+            await conn.execute(statement)
+        with pytest.raises(asyncpg.exceptions.InvalidSQLStatementNameError):
+            async with pool.acquire() as conn:
+                await conn.fetchval("SELECT $1::int", 2)
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT $1::int", 3) == 3
+        assert pool.statistics().discarded == 1
 
 
 # ---------------------------------------------------------------- check without a round trip
@@ -555,6 +596,39 @@ async def test_session_state_across_leases(pg_dsn: str, admin: Connection, reset
         assert pool.statistics().discarded == 0
 
 
+async def test_session_reset_restores_the_role_and_drops_temporary_tables(pg_dsn: str) -> None:
+    # RESET ALL leaves ROLE and SESSION AUTHORIZATION alone, and temporary tables live on:
+    # the next holder ran as the role the last one switched to, and saw its tables.
+    temp = f"aiolease_tmp_{uuid.uuid4().hex[:10]}"
+    async with create_pool(pg_dsn, max_size=1, reset="session") as pool:
+        async with pool.acquire() as conn:
+            user = await conn.fetchval("SELECT current_user")
+            superuser = await conn.fetchval("SHOW is_superuser") == "on"
+            try:
+                await conn.execute("SET ROLE pg_monitor")
+            except asyncpg.InsufficientPrivilegeError:
+                pytest.skip(f"!!! SKIPPED: {user} cannot SET ROLE pg_monitor")
+            await conn.execute(f"CREATE TEMPORARY TABLE {temp} (v int)")
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT current_user") == user
+            assert await conn.fetchval("SELECT to_regclass($1)", temp) is None
+            if superuser:
+                await conn.execute("SET SESSION AUTHORIZATION pg_monitor")
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT session_user") == user
+        assert pool.statistics().discarded == 0
+
+
+async def test_session_reset_keeps_the_users_connection_class(pg_dsn: str) -> None:
+    class Mine(asyncpg.Connection):
+        __slots__ = ()
+
+    pool = create_pool(pg_dsn, max_size=1, reset="session", connection_class=Mine)
+    async with pool, pool.acquire() as conn:
+        assert isinstance(raw(conn), Mine)
+        assert "RESET ROLE" in raw(conn).get_reset_query()
+
+
 async def test_session_reset_also_rolls_back(pg_dsn: str, table: str) -> None:
     async with create_pool(pg_dsn, max_size=1, reset="session") as pool:
         async with pool.acquire() as conn:
@@ -621,6 +695,7 @@ async def test_reset_outlasting_reset_timeout_discards_the_connection(
         ({"close_timeout": float("inf")}, ValueError, "close_timeout must be > 0 seconds"),
         ({"close_timeout": -1.0}, ValueError, "close_timeout must be > 0"),
         ({"close_timeout": "5"}, TypeError, "close_timeout"),
+        ({"reset": "session", "connection_class": object}, TypeError, "connection_class"),
     ],
 )
 def test_bad_manager_arguments(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:

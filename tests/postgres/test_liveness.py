@@ -129,13 +129,30 @@ async def test_a_hung_connect_is_bounded(driver: str, proxy: FaultProxy, tcp_dsn
     pool = _pool(driver, _via(tcp_dsn, proxy.address), max_size=1, connect_timeout=timeout)
     async with pool:
         start = loop.time()
-        with pytest.raises((TimeoutError, OSError, psycopg.OperationalError)):
+        with pytest.raises((TimeoutError, OSError, psycopg.OperationalError)) as caught:
             async with pool.acquire():
                 pass
         assert loop.time() - start < timeout + 1.5
+        assert "timeout" in str(caught.value)  # says what timed out: never a bare TimeoutError()
         stats = pool.statistics()
         assert stats.size == 0  # the slot came back
         assert stats.in_use == 0
+
+
+async def test_psycopg_hung_connect_to_several_hosts_is_bounded_with_a_message(
+    proxy: FaultProxy, tcp_dsn: str
+) -> None:
+    # libpq's connect_timeout is per host: two silent hosts outlast the pool's own bound
+    # around the whole connect, whose TimeoutError names the pool and the bound.
+    proxy.blackhole()
+    host, port = proxy.address
+    conninfo = f"host={host},{host} port={port},{port} dbname=unused user=unused"
+    pool = aiolease.psycopg.create_pool(conninfo, max_size=1, connect_timeout=2)
+    async with pool:
+        with pytest.raises(TimeoutError, match=f"{host}:{port},{host}:{port}/unused.*2 s"):
+            async with pool.acquire():
+                pass
+        assert pool.statistics().size == 0
 
 
 @pytest.mark.slow

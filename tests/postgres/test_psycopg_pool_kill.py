@@ -350,6 +350,43 @@ async def test_killed_while_in_use_is_discarded(pg_dsn: str, admin: Conn) -> Non
             assert pool.manager.is_fatal(raw(conn2), caught.value)
 
 
+async def test_killed_while_held_is_not_handed_to_a_waiter(pg_dsn: str, admin: Conn) -> None:
+    # The holder does not touch the connection after its backend is terminated: the FATAL
+    # and the EOF sit unread in the socket at release, and a release goes straight to the
+    # waiting acquirer, without the checkout's check. The reset sees them instead.
+    async with create_pool(pg_dsn, max_size=1) as pool:
+        conn = await pool.acquire()
+        pid = pid_of(conn)
+        waiter = asyncio.ensure_future(pool.acquire(timeout=10))
+        await asyncio.sleep(0.05)  # queued
+        await terminate(admin, pid)
+        await wait_readable(conn)
+        await pool.release(conn)
+        async with asyncio.timeout(10):
+            conn2 = await waiter
+        try:
+            assert pid_of(conn2) != pid
+            await conn2.execute("SELECT 1")
+        finally:
+            await pool.release(conn2)
+        stats = pool.statistics()
+        assert (stats.size, stats.in_use, stats.discarded, stats.closed) == (1, 0, 1, 1)
+
+
+async def test_notification_while_held_keeps_the_connection(pg_dsn: str, admin: Conn) -> None:
+    channel = f"aiolease_{uuid.uuid4().hex[:10]}"
+    async with create_pool(pg_dsn, max_size=1) as pool:
+        async with pool.acquire() as conn:
+            await conn.execute(f"LISTEN {channel}")
+            await admin.execute(f"NOTIFY {channel}, 'x'")
+            await wait_readable(conn)
+        async with pool.acquire() as conn2:
+            assert raw(conn2) is raw(conn)
+            await conn2.execute("SELECT 1")
+            await conn2.execute(f"UNLISTEN {channel}")
+        assert pool.statistics().discarded == 0
+
+
 async def test_killed_inside_pool_atomic_is_discarded(pg_dsn: str, admin: Conn, table: str) -> None:
     async with create_pool(pg_dsn, max_size=1) as pool:
         pids: list[int] = []
@@ -374,13 +411,14 @@ async def test_killed_inside_pool_atomic_is_discarded(pg_dsn: str, admin: Conn, 
 
 
 async def test_killed_in_use_without_noticing_is_not_reused(pg_dsn: str, admin: Conn) -> None:
-    # The body never touches the connection after the kill, so the release sees no
-    # error and the connection goes back idle: the next checkout must catch it.
+    # The body never touches the connection after the kill, so the body sees no error:
+    # the release finds the FATAL message and EOF unread in the socket and discards it.
     async with create_pool(pg_dsn, max_size=1) as pool:
         async with pool.acquire() as conn:
             pid = pid_of(conn)
             await terminate(admin, pid)
-        assert pool.statistics().idle == 1
+            await wait_readable(conn)
+        assert pool.statistics().idle == 0
         async with pool.acquire() as conn2:
             assert pid_of(conn2) != pid
             await conn2.execute("SELECT 1")
