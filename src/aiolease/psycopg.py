@@ -12,6 +12,7 @@ while it sat idle (see :class:`PsycopgManager`).
 from __future__ import annotations
 
 import asyncio
+import re
 import select
 from collections.abc import AsyncGenerator
 from contextlib import AbstractAsyncContextManager
@@ -82,8 +83,17 @@ def _parse_conninfo(conninfo: str) -> dict[str, Any]:
     try:
         return psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.ProgrammingError as exc:
-        error = f"malformed conninfo for psycopg: {redact(str(exc).strip())}"
+        # libpq quotes the piece it stumbled on ("unexpected spaces found in "a b"",
+        # "invalid percent-encoded token: "..."", the whole URI): any but a parameter's
+        # name may be (part of) the password.
+        message = str(exc).strip()
+        quoted = {q for q in re.findall(r'"([^"]*)"', message) if q not in _LIBPQ_KEYWORDS}
+        error = f"malformed conninfo for psycopg: {redact(message, quoted)}"
     raise ValueError(error)  # outside the except clause: no __context__ with the string
+
+
+# The names of libpq's connection parameters (never secret, shown in its errors).
+_LIBPQ_KEYWORDS = frozenset(d.keyword.decode() for d in psycopg.pq.Conninfo.get_defaults())
 
 
 def _conninfo_defaults(given: dict[str, Any], connect_kwargs: dict[str, Any]) -> None:
@@ -427,8 +437,8 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
         if "connect_timeout" not in given:
             connect_kwargs.setdefault("connect_timeout", max(2, round(self.connect_timeout)))
         self.connect_kwargs = connect_kwargs
-        self._secrets = (*dsn_secrets(None, given), *dsn_secrets(None, connect_kwargs))
-        self._pool_name = dsn_label(None, {**given, **connect_kwargs})
+        self._secrets = dsn_secrets(conninfo, {**given, **connect_kwargs})
+        self._pool_name = dsn_label(conninfo, {**given, **connect_kwargs})
         #: Expires the pool on a failover error (see is_fatal); bound by create_pool.
         self.failover = PoolExpirer()
 
