@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-__all__ = ["check_connect_kwargs", "check_pragmas", "check_timeout_seconds", "keywords_of"]
+__all__ = ["check_connect_kwargs", "check_pragmas", "keywords_of"]
 
 POOL_OPTIONS = (
     "min_size",
@@ -60,15 +60,6 @@ def check_connect_kwargs(
                 f"({', '.join(POOL_OPTIONS)}), nor an option of the driver pool "
                 f"({', '.join(own)}), nor a keyword {target} takes ({', '.join(sorted(accepted))})"
             )
-
-
-def check_timeout_seconds(name: str, value: object) -> float:
-    """A driver pool's timeout: a finite number of seconds > 0."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    if not 0 < value < math.inf:
-        raise ValueError(f"{name} must be > 0 seconds (finite), got {value!r}")
-    return float(value)
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")

@@ -18,7 +18,8 @@ from collections.abc import AsyncGenerator
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from ._driver_args import check_connect_kwargs, check_timeout_seconds, keywords_of
+from . import _validate
+from ._driver_args import check_connect_kwargs, keywords_of
 from ._lease import LeaseProxies
 from ._liveness import DEFAULT_CONNECT_TIMEOUT, LIBPQ_KEEPALIVE, PoolExpirer
 from ._logs import get_logger
@@ -415,8 +416,8 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
         pgbouncer: bool = False,
         **connect_kwargs: Any,
     ):
-        self.reset_timeout = check_timeout_seconds("reset_timeout", reset_timeout)
-        self.connect_timeout = check_timeout_seconds("connect_timeout", connect_timeout)
+        self.reset_timeout = _validate.seconds("reset_timeout", reset_timeout)
+        self.connect_timeout = _validate.seconds("connect_timeout", connect_timeout)
         if not isinstance(pgbouncer, bool):
             raise TypeError(f"pgbouncer must be a bool, got {pgbouncer!r}")
         if pgbouncer and connect_kwargs.setdefault("prepare_threshold", None) is not None:
