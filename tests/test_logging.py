@@ -33,7 +33,8 @@ SECRET = "Zq7s3cr3tPW"
         ("host=h sslpassword=pw", "host=h sslpassword=***"),
         ("{'password': 'pw', 'port': 5432}", "{'password': ***, 'port': 5432}"),
         ('{"PASSWORD": "pw"}', '{"PASSWORD": ***}'),
-        ("Connection(password=pw,host=h)", "Connection(password=***,host=h)"),
+        # An unquoted value runs to the next space, as libpq reads it ("pw,host=h" could be one).
+        ("Connection(password=pw,host=h)", "Connection(password=***"),
         ("postgresql://bob@h/db", "postgresql://bob@h/db"),  # nothing to hide
         ("mail bob@example.com, passes=3", "mail bob@example.com, passes=3"),
     ],
@@ -71,7 +72,9 @@ def test_dsn_label(
 
 
 def test_dsn_secrets() -> None:
-    assert dsn_secrets("postgresql://bob:p%40w@h/db", {"password": "kw"}) == ("p@w", "kw")
+    assert dsn_secrets("postgresql://bob:p%40w@h/db", {"password": "kw"}) == ("p@w", "kw", "p%40w")
+    # A raw "/" (or "?", "#", "@"): the pieces a driver may show on their own are secrets.
+    assert dsn_secrets("postgresql://bob:abcd/efgh@h/db") == ("abcd/efgh", "abcd", "efgh")
     assert dsn_secrets("postgresql://h/db?sslpassword=k", {"password": lambda: "x"}) == ("k",)
 
 

@@ -21,9 +21,13 @@ from typing import Any
 
 import pytest
 
-from aiolease import Pool
+from aiolease import Pool, PoolTimeout
+from aiolease._redact import redact
 
 SECRET = "Zq7s3cr3tPW"
+# A password in two pieces around a character that URL and conninfo parsers read in more
+# than one way ("/", "@", "#", "?", ";", a space, quotes): neither piece may show anywhere.
+A, B = "Zq7s3cr3t", "Wx9kPq2m"
 
 
 def closed_port() -> int:
@@ -154,8 +158,17 @@ async def test_leaks_and_discards(
 
 @pytest.mark.parametrize(
     "conninfo",
-    [f"postgresql://bob:{SECRET}@[bad/db", f"host=h password={SECRET} port"],
-    ids=["url", "conninfo"],
+    [
+        f"postgresql://bob:{SECRET}@[bad/db",
+        f"host=h password={SECRET} port",
+        f"postgresql://bob:{A} {B}@h/db",  # libpq: unexpected spaces found in "..."
+        f"postgresql://bob:{A}%zz{B}@h/db",  # libpq: invalid percent-encoded token: "..."
+        f"postgresql://h/db?password={A} {B}",
+        f"postgresql://bob:{A}/{B}@h/db?x",
+        f"host=h password={A} {B}",  # libpq takes B for a key: missing "=" after "..."
+        f"host=h password='{A} {B}",
+    ],
+    ids=["url", "conninfo", "space", "percent", "query", "slash", "unquoted", "unterminated"],
 )
 def test_psycopg_malformed_conninfo(caplog: pytest.LogCaptureFixture, conninfo: str) -> None:
     """libpq quotes a malformed conninfo whole: the error raised instead does not, and it
@@ -169,6 +182,7 @@ def test_psycopg_malformed_conninfo(caplog: pytest.LogCaptureFixture, conninfo: 
     assert info.value.__context__ is None
     assert info.value.__cause__ is None
     seen.assert_hidden()
+    assert_no_piece(seen)
 
 
 async def test_a_driver_error_showing_the_secret_is_replaced() -> None:
@@ -212,14 +226,25 @@ async def test_sqlite(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- Redis
 
 
-@pytest.mark.parametrize("url", [f"redis://:{SECRET}@127.0.0.1", f"redis://u:{SECRET}@127.0.0.1"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"redis://:{SECRET}@127.0.0.1:{{port}}/0",
+        f"redis://u:{SECRET}@127.0.0.1:{{port}}/0",
+        f"rediss://u:{SECRET}@127.0.0.1:{{port}}/0",
+        f"redis://127.0.0.1:{{port}}/0?password={SECRET}",
+        f"unix://:{SECRET}@/nonexistent/redis-{{port}}.sock?db=0",
+        f"unix://u:{SECRET}@/nonexistent/redis-{{port}}.sock?db=0",
+    ],
+)
 async def test_redis_limiters(caplog: pytest.LogCaptureFixture, url: str) -> None:
     import redis.asyncio as aredis
 
     from aiolease.redis import RedisConcurrencyLimiter, RedisRateLimiter
 
     seen = Seen(caplog)
-    client = aredis.Redis.from_url(f"{url}:{closed_port()}/0")
+    url = url.format(port=closed_port())
+    client = aredis.Redis.from_url(url)
     rate = RedisRateLimiter(client, "api", 10, call_timeout=0.5)
     conc = RedisConcurrencyLimiter(client, "jobs", 2, call_timeout=0.5)
     try:
@@ -235,7 +260,7 @@ async def test_redis_limiters(caplog: pytest.LogCaptureFixture, url: str) -> Non
     # One WARNING per outage and limiter: the background calls that fail during it are DEBUG.
     assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 2, seen.logs()
     with pytest.raises(TypeError) as info:
-        RedisRateLimiter(f"{url}:6379/0", "api", 10)  # type: ignore[arg-type]
+        RedisRateLimiter(url, "api", 10)  # type: ignore[arg-type]
     seen.error(info.value)
     seen.assert_hidden()
 
@@ -280,3 +305,213 @@ async def test_a_failed_on_rollback_hook_names_the_pool_and_hides_the_secret(
     assert "'ledger'" in record.getMessage()
     assert any("on_rollback hook also failed" in note for note in info.value.__notes__)
     seen.assert_hidden()
+
+
+# ------------------------------------------------------------------ every form, every place
+
+
+#: (text, what must still show): every password form redact() knows.
+FORMS: dict[str, tuple[str, str]] = {
+    "url": (f"postgresql://bob:{A}{B}@db:5432/shop", "postgresql://bob:***@db:5432/shop"),
+    "url-percent": (f"postgresql://bob:{A}%2F%40%23{B}@db/shop", "@db/shop"),
+    "url-raw-slash": (f"postgresql://bob:{A}/{B}@db/shop", "postgresql://bob:***@db/shop"),
+    "url-raw-at": (f"postgresql://bob:{A}@{B}@db/shop", "postgresql://bob:***@db/shop"),
+    "url-raw-hash": (f"postgresql://bob:{A}#{B}@db/shop", "postgresql://bob:***@db/shop"),
+    "url-raw-question": (f"postgresql://bob:{A}?{B}@db/shop", "@db/shop"),
+    "url-raw-colon": (f"postgres://bob:{A}:{B}@db/shop", "@db/shop"),
+    "url-no-user": (f"postgresql://:{A}{B}@db/shop", "postgresql://:***@db/shop"),
+    "url-ipv6": (f"postgresql://bob:{A}{B}@[::1]:5432/shop", "@[::1]:5432/shop"),
+    "url-query": (f"postgresql://db/shop?password={A}{B}&sslmode=require", "&sslmode=require"),
+    "url-query-sslpassword": (f"postgresql://db/shop?sslpassword={A}{B}", "postgresql://db/"),
+    "url-query-raw-semicolon": (f"postgresql://db/shop?password={A};{B}", "postgresql://db/"),
+    "redis": (f"redis://:{A}{B}@cache:6379/0", "redis://:***@cache:6379/0"),
+    "rediss-user": (f"rediss://app:{A}/{B}@cache:6380/1", "rediss://app:***@cache:6380/1"),
+    "redis-unix": (f"unix://:{A}{B}@/run/redis.sock?db=2", "@/run/redis.sock?db=2"),
+    "redis-unix-query": (f"unix:///run/redis.sock?db=2&password={A}{B}", "unix:///run/redis"),
+    "redis-query": (f"redis://cache:6379/0?password={A}{B}", "redis://cache:6379/0?password="),
+    "conninfo": (f"host=db password={A}{B} dbname=shop", "dbname=shop"),
+    "conninfo-spaces": (f"host=db password = {A}{B} port=5433", "port=5433"),
+    "conninfo-quoted": (f"host=db password='{A} {B}' port=5433", "port=5433"),
+    "conninfo-escaped-quote": (f"host=db password='{A}\\' {B}' port=5433", "port=5433"),
+    "conninfo-escaped-backslash": (f"password='{A}\\\\{B}' port=5433", "port=5433"),
+    "conninfo-unterminated": (f"host=db password='{A} {B}", "host=db"),
+    "conninfo-semicolon": (f"host=db password={A};{B} port=5433", "port=5433"),
+    "conninfo-comma": (f"host=db password={A},{B} port=5433", "port=5433"),
+    "conninfo-quote-inside": (f"host=db password={A}'{B} port=5433", "port=5433"),
+    "conninfo-ampersand": (f"host=db password={A}&{B} port=5433", "port=5433"),
+    "conninfo-upper": (f"host=db PASSWORD={A}{B}", "host=db"),
+    "pwd": (f"Server=db;Uid=bob;Pwd={A}{B}", "Server=db;Uid=bob;"),
+    "passwd": (f"passwd: {A}{B}", "passwd: ***"),
+    "pgpassword": (f"PGPASSWORD={A}{B} psql -h db", "psql -h db"),
+    "pgpassword-quoted": (f"export PGPASSWORD='{A} {B}'; psql", "export PGPASSWORD="),
+    "oauth-client-secret": (f"host=db oauth_client_secret={A}{B} user=bob", "user=bob"),
+    "prefixed-keyword": (f"connect(db_password={A}{B})", "connect(db_password="),
+    "keyword-repr": (f"connect(password='{A}\\'{B}', host='db')", "host='db'"),
+    "keyword-bytes": (f"connect(password=b'{A}{B}', host='db')", "host='db'"),
+    "dict-repr": (f"{{'password': \"{A}'{B}\", 'host': 'db'}}", "'host': 'db'"),
+    "json": (f'{{"password": "{A}\\"{B}", "host": "db"}}', '"host": "db"'),
+    "pair-repr": (f"[('password', '{A}{B}'), ('host', 'db')]", "('host', 'db')"),
+    "http-path-at": (
+        f"http://u:{A}{B}@api/users/me@example.com http://api:8080/users/me@example.com",
+        "http://api:8080/users/me@example.com",
+    ),
+}
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_redact_every_form(form: str) -> None:
+    text, kept = FORMS[form]
+    shown = redact(text)
+    for piece in (A, B):
+        assert piece not in shown, shown
+    assert kept in shown, shown
+    assert redact(shown) == shown  # nothing more to hide
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_a_form_inside_a_message_log_or_traceback(
+    caplog: pytest.LogCaptureFixture, form: str
+) -> None:
+    """The same forms quoted in a log line (its message, its arguments, its traceback)."""
+    from aiolease._logs import get_logger
+
+    text, _ = FORMS[form]
+    seen = Seen(caplog)
+    log = get_logger("aiolease.pool")
+    log.warning(f"cannot connect with {text}")
+    log.warning("cannot connect with %s (%r)", text, {"dsn": text})
+    try:
+        raise ConnectionError(f"cannot connect with {text}")
+    except ConnectionError:
+        log.exception("failed")
+    seen.texts.append(redact(text))
+    everything = "\n".join([*seen.texts, seen.logs(), *(r.exc_text or "" for r in caplog.records)])
+    for piece in (A, B):
+        assert piece not in everything, everything
+
+
+#: (driver, DSN, keywords) with the password in its pieces; {port} is a closed port.
+DRIVER_FORMS: dict[str, tuple[str, str | None, dict[str, Any]]] = {
+    **{
+        f"{driver}-{form}": (driver, dsn, {})
+        for driver in ("asyncpg", "psycopg")
+        for form, dsn in {
+            "url-percent": f"postgresql://bob:{A}%2F%40%23%3F{B}@127.0.0.1:{{port}}/db",
+            "url-raw-slash": f"postgresql://bob:{A}/{B}@127.0.0.1:{{port}}/db",
+            "url-raw-at": f"postgresql://bob:{A}@{B}@127.0.0.1:{{port}}/db",
+            "url-raw-hash": f"postgresql://bob:{A}#{B}@127.0.0.1:{{port}}/db",
+            "url-raw-question": f"postgresql://bob:{A}?{B}@127.0.0.1:{{port}}/db",
+            "url-query": f"postgresql://bob@127.0.0.1:{{port}}/db?password={A}%26{B}",
+        }.items()
+    },
+    "psycopg-conninfo-semicolon": ("psycopg", f"host=127.0.0.1 port={{port}} password={A};{B}", {}),
+    "psycopg-conninfo-quoted": (
+        "psycopg",
+        f"host=127.0.0.1 port={{port}} password='{A}\\' {B}'",
+        {},
+    ),
+    "psycopg-keyword": ("psycopg", "host=127.0.0.1 port={port}", {"password": f"{A}' {B}"}),
+    "asyncpg-keyword": ("asyncpg", None, {"host": "127.0.0.1", "password": f"{A}' {B}"}),
+}
+
+
+def assert_no_piece(seen: Seen) -> None:
+    everything = "\n".join([*seen.texts, seen.logs()])
+    for piece in (A, B):
+        at = everything.find(piece)
+        assert at < 0, everything[max(0, at - 200) : at + 100]
+
+
+@pytest.mark.parametrize("case", list(DRIVER_FORMS))
+async def test_every_form_in_every_place(caplog: pytest.LogCaptureFixture, case: str) -> None:
+    """A driver pool failing to connect with each form: the reprs of the pool and its
+    manager, its statistics, its metrics labels and span statuses (OpenTelemetry), the
+    log records and every error raised (or the ValueError a malformed DSN gets)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from aiolease import otel
+
+    driver, dsn, keywords = DRIVER_FORMS[case]
+    port = closed_port()
+    if dsn is None:
+        keywords = {**keywords, "port": port}
+    seen = Seen(caplog)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    otel.instrument(tracing=True, tracer_provider=provider)
+    try:
+        try:
+            pool = driver_pool(driver, dsn and dsn.format(port=port), **keywords)
+        except ValueError as exc:  # psycopg: a conninfo libpq cannot read
+            seen.error(exc)
+        else:
+            await fail_to_connect(seen, pool)
+    finally:
+        otel.uninstrument()
+        provider.shutdown()
+    for span in exporter.get_finished_spans():
+        seen.texts += [str(span.status.description), repr(dict(span.attributes or {}))]
+    assert_no_piece(seen)
+
+
+async def test_span_statuses(caplog: pytest.LogCaptureFixture) -> None:
+    """An error span's status quotes the error: a transaction's and a failed acquire's
+    (from a manager of your own, whose error aiolease cannot replace) are redacted."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from aiolease import otel
+    from aiolease.testing import FakeConnection
+
+    async def failing() -> FakeConnection:
+        raise ConnectionError(f"cannot reach postgresql://bob:{A}/{B}@h/db")
+
+    async def create() -> FakeConnection:
+        return FakeConnection()
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    otel.instrument(tracing=True, tracer_provider=provider)
+    try:
+        async with Pool.from_callables(failing, max_size=1) as pool:
+            with pytest.raises(ConnectionError):
+                await pool.acquire()
+        async with Pool.from_callables(create, max_size=1) as pool:
+            with pytest.raises(RuntimeError):
+                async with pool.atomic():
+                    raise RuntimeError(f"bad password={A}{B} in PGPASSWORD={A}{B}")
+    finally:
+        otel.uninstrument()
+        provider.shutdown()
+    seen = Seen(caplog)
+    spans = exporter.get_finished_spans()
+    assert {s.name for s in spans} >= {"aiolease.pool.acquire", "aiolease.transaction"}
+    seen.texts += [str(s.status.description) for s in spans]
+    assert_no_piece(seen)
+
+
+async def test_a_pool_timeout_quotes_the_last_creation_error_redacted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A manager of your own whose error shows a DSN: the PoolTimeout's message quotes it
+    redacted (the error itself stays its ``__cause__``, as it is)."""
+
+    async def create() -> object:
+        raise ConnectionError(f"cannot reach postgresql://bob:{A}/{B}@h/db")
+
+    seen = Seen(caplog)
+    async with Pool.from_callables(create, max_size=1, backoff_base=1.0) as pool:
+        with pytest.raises(ConnectionError):
+            await pool.acquire()
+        with pytest.raises(PoolTimeout) as info:
+            await pool.acquire(timeout=0.01)  # in backoff
+    assert "last creation error: ConnectionError('cannot reach postgresql://bob:***@h/db')" in (
+        str(info.value)
+    )
+    seen.texts.append(str(info.value))
+    assert_no_piece(seen)

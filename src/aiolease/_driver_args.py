@@ -10,13 +10,7 @@ from typing import Any
 
 from ._redact import redact
 
-__all__ = [
-    "check_connect_kwargs",
-    "check_connection_string",
-    "check_pragmas",
-    "check_timeout_seconds",
-    "keywords_of",
-]
+__all__ = ["check_connect_kwargs", "check_connection_string", "check_pragmas", "keywords_of"]
 
 POOL_OPTIONS = (
     "min_size",
@@ -68,15 +62,6 @@ def check_connect_kwargs(
                 f"({', '.join(POOL_OPTIONS)}), nor an option of the driver pool "
                 f"({', '.join(own)}), nor a keyword {target} takes ({', '.join(sorted(accepted))})"
             )
-
-
-def check_timeout_seconds(name: str, value: object) -> float:
-    """A driver pool's timeout: a finite number of seconds > 0."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    if not 0 < value < math.inf:
-        raise ValueError(f"{name} must be > 0 seconds (finite), got {value!r}")
-    return float(value)
 
 
 def check_connection_string(name: str, value: object, *, allow_none: bool) -> None:

@@ -28,9 +28,9 @@ from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable
 from typing import Any, Generic, Protocol, TypeVar
 
 from ._errors import RateLimitExceeded
-from ._limits._validate import LONGEST_WAIT
-from ._limits._validate import check_key as check_key_value
 from ._logs import get_logger
+from ._validate import LONGEST_WAIT
+from ._validate import check_key as check_key_value
 
 __all__ = [
     "IDEMPOTENT_METHODS",

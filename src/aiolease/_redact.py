@@ -2,10 +2,12 @@
 
 :func:`redact` is the one redaction helper: every log record of an aiolease
 logger goes through it (see :mod:`aiolease._logs`), and so does every error
-message that quotes a DSN, a client or another library's error. It removes the
-password of a URL (``postgresql://user:secret@host``, ``redis://:secret@host``),
-of a ``password=`` parameter (a libpq key-value conninfo, a URL query, a
-keyword shown as ``password='x'`` or ``'password': 'x'``), and any literal
+message, span status or URL that quotes a DSN, a client or another library's
+error. It removes the password of a URL (``postgresql://user:secret@host``,
+``redis://:secret@host``, one with a raw ``/`` or ``@`` in it), of a password
+parameter (``password``, ``pwd``, ``PGPASSWORD``, ``sslpassword``... in a libpq
+key-value conninfo, quoted or not, a URL query, a keyword shown as
+``password='x'``, ``'password': 'x'`` or ``('password', 'x')``), and any literal
 secret it is given (a driver pool knows its own password, see :func:`dsn_secrets`).
 
 :func:`pool_label` is the name a pool goes by in its repr, logs and metrics:
@@ -36,27 +38,51 @@ T = TypeVar("T")
 
 MASK = "***"
 
-# scheme://user:password@ : the password runs to the last "@" before a space or "/"
-# (an unencoded "@" in it is not taken for the host's start).
-_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^:@/\s]*:)[^\s/]*@")
-# password=x, password = 'x y', "password": "x", password: 'x' (a URL query, a conninfo,
-# a repr of keywords or a dict); a quoted value may hold escaped quotes.
+# scheme://user:password@host: the password runs to the last "@" before a space, so a
+# raw "@", "#", "?" or "/" in it is not taken for the host's start (libpq and the
+# redis-py of some versions read it so). An http(s)/ws(s) URL, which HTTP clients
+# percent-encode, keeps "/" for its path ("http://host:8080/users/a@b" is no password).
+_URL_PASSWORD = re.compile(
+    r"(?i)(?<![a-z0-9+.\-])"
+    r"(?:((?:https?|wss?)://[^:@/\s]*:)[^\s/]*@"
+    r"|((?!(?:https?|wss?)://)[a-z][a-z0-9+.\-]*://[^:@/\s]*:)\S*@)"
+)
+# A secret parameter: password, pwd, passwd, pass, sslpassword, PGPASSWORD, db_password,
+# secret, oauth_client_secret...
+_KEY = r"(?:pg|ssl|\w*_)?(?:pass(?:word|wd)?|pwd|secret)"
+# In a URL query (after "?" or "&") its value runs to "&" or "#". Anywhere else (a libpq
+# conninfo, an environment variable, a repr of keywords, a dict or a pair): a quoted
+# value (a quote after a backslash, or after several as in a repr of a repr, does
+# not close it; it runs to the end when its quote is never closed) or, as libpq
+# reads it, everything up to a space.
 _KEY_PASSWORD = re.compile(
-    r"""(?i)(\b(?:ssl)?pass(?:word|wd)?\b['"]?\s*[:=]\s*)"""
-    r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^\s&,;)}'"]+)"""
+    rf"""(?i)(?<=[?&])({_KEY}=)[^\s&#]*"""
+    rf"""|\b({_KEY}(?:\\?['"]\s*[:=,]|\s*[:=])\s*)"""
+    r"""(?:\*\*\*(?=[\s,;)}\]'"]|\Z)"""  # one already redacted
+    r"""|b?'(?:\\+.|[^'\\])*(?:'|\Z)|b?"(?:\\+.|[^"\\])*(?:"|\Z)|\S+)"""
 )
 
 
+def _masked(match: re.Match[str]) -> str:
+    kept = match.group(1) or match.group(2)
+    return kept + MASK + ("@" if match.group(0).endswith("@") else "")
+
+
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with every password replaced by ``***``: those of URLs and ``password=``
-    parameters, and each of ``secrets`` wherever it appears."""
-    for secret in secrets:
+    """``text`` with every password replaced by ``***``: those of URLs and password
+    parameters, and each of ``secrets`` wherever it appears.
+
+    This is the one redaction helper; it errs on the side of hiding too much (an
+    unquoted value runs to the next space, a URL's password to its last ``@``).
+    """
+    for secret in sorted(secrets, key=len, reverse=True):  # a password before its pieces
         if secret:
             text = text.replace(secret, MASK)
-    if "pass" in text.lower():
-        text = _KEY_PASSWORD.sub(lambda m: m.group(1) + MASK, text)
+    lowered = text.lower()
+    if "pass" in lowered or "pwd" in lowered or "secret" in lowered:
+        text = _KEY_PASSWORD.sub(_masked, text)
     if "@" in text:
-        text = _URL_PASSWORD.sub(lambda m: m.group(1) + MASK + "@", text)
+        text = _URL_PASSWORD.sub(_masked, text)
     return text
 
 
@@ -134,7 +160,7 @@ def dsn_label(
         ports = ports[:1] * len(hosts)
     label = ",".join(h if _has_port(h) else f"{h}:{p}" for h, p in zip(hosts, ports, strict=True))
     dbname = parts.get("dbname") or os.environ.get("PGDATABASE") or parts.get("user")
-    return redact(f"{label}/{dbname}" if dbname else label)
+    return redact(f"{label}/{dbname}" if dbname else label, dsn_secrets(dsn, overrides))
 
 
 def _has_port(host: str) -> bool:
@@ -144,12 +170,23 @@ def _has_port(host: str) -> bool:
 
 
 def dsn_secrets(dsn: str | None, overrides: Mapping[str, Any] | None = None) -> tuple[str, ...]:
-    """The passwords a DSN and connect keywords hold (``password``, ``sslpassword``; a
-    callable password is not a string, and not shown by anyone)."""
+    """The secrets a DSN and connect keywords hold (``password``, ``sslpassword``,
+    ``oauth_client_secret``; a callable password is not a string, and not shown by anyone).
+
+    A URL's password is taken as :func:`redact` finds it too, as written and decoded;
+    when it holds a raw ``/``, ``?``, ``#`` or ``@`` a driver may read it as several
+    parts (``postgresql://bob:ab/cd@h`` is host ``bob``, port ``ab`` to urllib and
+    libpq) and quote one in an error, so its pieces of 4 characters or more are
+    secrets too.
+    """
     found = []
     for parts in (_parts(dsn, {}), overrides or {}):
-        found += [parts.get("password"), parts.get("sslpassword")]
-    return tuple(s for s in found if isinstance(s, str) and s)
+        found += [parts.get(k) for k in ("password", "sslpassword", "oauth_client_secret")]
+    for match in _URL_PASSWORD.finditer(dsn or ""):
+        password = match.group(0)[len(match.group(1) or match.group(2)) : -1]
+        pieces = [p for p in re.split(r"[/?#@]", password) if len(p) >= 4]
+        found += [s for p in (password, *pieces) for s in (p, unquote(p))]
+    return tuple(dict.fromkeys(s for s in found if isinstance(s, str) and s))
 
 
 _generated = itertools.count(1)

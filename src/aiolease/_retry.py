@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from . import _metrics
+from . import _metrics, _validate
 from ._dialects import find_dialect
 from ._errors import Rollback
 from ._lease import unwrap
@@ -27,7 +27,7 @@ from ._transaction import (
     _release_keeping_outcome,
     logger,
 )
-from ._tx_options import check_duration, check_options
+from ._tx_options import check_options
 
 __all__ = ["TransactionAttempt", "TransactionAttempts", "run_transaction", "transaction_attempts"]
 
@@ -151,8 +151,8 @@ class TransactionAttempts(Generic[C]):
     ) -> None:
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
             raise ValueError(f"attempts must be an int >= 1, got {attempts!r}")
-        backoff = check_duration("backoff", backoff)
-        max_backoff = check_duration("max_backoff", max_backoff)
+        backoff = _validate.seconds("backoff", backoff)
+        max_backoff = _validate.seconds("max_backoff", max_backoff)
         self._is_connection = find_dialect(unwrap(target)) is not None
         if not self._is_connection and not hasattr(target, "acquire"):
             raise TypeError(

@@ -21,14 +21,14 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from . import _metrics, _tracking
+from . import _metrics, _tracking, _validate
 from ._dialects import dialect_for
 from ._dialects._base import Dialect
 from ._errors import CommitUnknown, Rollback, TransactionError
 from ._lease import unwrap
 from ._logs import get_logger
 from ._redact import redact
-from ._tx_options import check_duration, check_flag, check_options, normalize_isolation
+from ._tx_options import check_flag, check_options, normalize_isolation
 
 __all__ = [
     "HookError",
@@ -174,7 +174,7 @@ class Transaction(Generic[C]):
         self._cleanup_timeout = (
             dialect.cleanup_timeout
             if cleanup_timeout is None
-            else check_duration("cleanup_timeout", cleanup_timeout)
+            else _validate.seconds("cleanup_timeout", cleanup_timeout)
         )
         self._isolation = None if isolation is None else normalize_isolation(isolation, dialect)
         self._readonly = check_flag("readonly", readonly)

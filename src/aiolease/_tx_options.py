@@ -7,12 +7,12 @@ bad option raises at once instead of after waiting for a connection.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
+from . import _validate
 from ._dialects._base import ISOLATION_LEVELS, Dialect
 
-__all__ = ["check_duration", "check_flag", "check_options", "normalize_isolation"]
+__all__ = ["check_flag", "check_options", "normalize_isolation"]
 
 
 def isolation_level(isolation: object) -> str:
@@ -42,7 +42,7 @@ def check_options(options: dict[str, Any]) -> None:
         if name in options:
             check_flag(name, options[name])
     if options.get("cleanup_timeout") is not None:
-        check_duration("cleanup_timeout", options["cleanup_timeout"])
+        _validate.seconds("cleanup_timeout", options["cleanup_timeout"])
 
 
 def normalize_isolation(isolation: str | None, dialect: Dialect[Any]) -> str | None:
@@ -55,18 +55,6 @@ def normalize_isolation(isolation: str | None, dialect: Dialect[Any]) -> str | N
             f"isolation={isolation!r} is not supported by {dialect.name}: it accepts {accepted}"
         )
     return level
-
-
-def check_duration(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    try:
-        seconds = float(value)
-    except OverflowError:  # an int beyond any float: not a finite number of seconds
-        seconds = math.inf
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
-    return seconds
 
 
 def check_flag(name: str, value: object) -> bool:

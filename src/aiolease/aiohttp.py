@@ -19,6 +19,7 @@ from collections.abc import Callable, Collection, Hashable
 from typing import Any
 
 from ._http import HeaderGetter, RetryPolicy, check_key
+from ._redact import redact
 
 try:
     import aiohttp
@@ -124,8 +125,8 @@ class _Limited:
                 # Closed while the request waited (for the limits or a pause): aiohttp
                 # would fail on its missing connector with a bare AssertionError.
                 raise RuntimeError(
-                    f"cannot send {request.method} {request.url}: the session was closed "
-                    "while the request waited"
+                    f"cannot send {request.method} {redact(str(request.url))}: the session was "
+                    "closed while the request waited"
                 )
             return await handler(request)
 

@@ -10,12 +10,8 @@ import functools
 import select
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from ._driver_args import (
-    check_connect_kwargs,
-    check_connection_string,
-    check_timeout_seconds,
-    keywords_of,
-)
+from . import _validate
+from ._driver_args import check_connect_kwargs, check_connection_string, keywords_of
 from ._lease import LeaseProxies
 from ._liveness import (
     CANCEL_GRACE,
@@ -362,7 +358,7 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
             "asyncpg.connect()",
             ("reset", "reset_timeout", "close_timeout", "connect_timeout", "pgbouncer"),
         )
-        self.connect_timeout = check_timeout_seconds("connect_timeout", connect_timeout)
+        self.connect_timeout = _validate.seconds("connect_timeout", connect_timeout)
         if not isinstance(pgbouncer, bool):
             raise TypeError(f"pgbouncer must be a bool, got {pgbouncer!r}")
         if pgbouncer:
@@ -392,8 +388,8 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
         self._secrets = dsn_secrets(dsn, connect_kwargs)
         self._pool_name = dsn_label(dsn, connect_kwargs)
         self._session_reset = reset == "session"  # (read on every release)
-        self.reset_timeout = check_timeout_seconds("reset_timeout", reset_timeout)
-        self.close_timeout = check_timeout_seconds("close_timeout", close_timeout)
+        self.reset_timeout = _validate.seconds("reset_timeout", reset_timeout)
+        self.close_timeout = _validate.seconds("close_timeout", close_timeout)
         self.connect_kwargs = connect_kwargs
         # Each open connection's watch (see _Watch): made by create(), forgotten by
         # close() and abort(). None where the transport cannot be watched.

@@ -19,6 +19,7 @@ from collections.abc import Callable, Collection, Hashable
 from typing import Any
 
 from ._http import HeaderGetter, RetryPolicy, check_key
+from ._redact import redact
 
 try:
     import httpx
@@ -164,8 +165,8 @@ class LimitedTransport(httpx.AsyncBaseTransport):
             # Closed while the request waited (for the limits or a pause): sent now, it
             # would open a connection on a closed pool that nothing closes.
             raise RuntimeError(
-                f"cannot send {request.method} {request.url}: the transport (its client) "
-                "was closed while the request waited"
+                f"cannot send {request.method} {redact(str(request.url))}: the transport (its "
+                "client) was closed while the request waited"
             )
         return await self._wrapped.handle_async_request(request)
 

@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import _metrics
+from ._redact import redact
 
 try:
     from opentelemetry import context, metrics, trace
@@ -125,7 +126,7 @@ class _TracingPoolRecorder(_PoolRecorder):
 
 def _failed(span: trace.Span, error: BaseException) -> None:
     span.set_attribute(_ERROR_TYPE, _metrics.error_type_of(error))
-    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {redact(str(error))}"))
 
 
 class _Span:

@@ -35,8 +35,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from . import _metrics
-from ._limits._validate import check_positive
+from . import _metrics, _validate
 
 try:
     from prometheus_client import Counter, Gauge, Histogram
@@ -237,7 +236,7 @@ class Collector(_Collector):
     """
 
     def __init__(self, *, refresh_interval: float = 1.0) -> None:
-        self._interval = check_positive("refresh_interval", refresh_interval)
+        self._interval = _validate.seconds("refresh_interval", refresh_interval)
         self._multiprocess = _multiprocess()
         self._create_time = self._histogram(
             "db_client_connection_create_time_seconds",

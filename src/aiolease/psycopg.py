@@ -12,17 +12,14 @@ while it sat idle (see :class:`PsycopgManager`).
 from __future__ import annotations
 
 import asyncio
+import re
 import select
 from collections.abc import AsyncGenerator
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from ._driver_args import (
-    check_connect_kwargs,
-    check_connection_string,
-    check_timeout_seconds,
-    keywords_of,
-)
+from . import _validate
+from ._driver_args import check_connect_kwargs, check_connection_string, keywords_of
 from ._lease import LeaseProxies
 from ._liveness import DEFAULT_CONNECT_TIMEOUT, LIBPQ_KEEPALIVE, PoolExpirer, connect_timed_out
 from ._logs import get_logger
@@ -87,8 +84,17 @@ def _parse_conninfo(conninfo: str) -> dict[str, Any]:
     try:
         return psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.ProgrammingError as exc:
-        error = f"malformed conninfo for psycopg: {redact(str(exc).strip())}"
+        # libpq quotes the piece it stumbled on ("unexpected spaces found in "a b"",
+        # "invalid percent-encoded token: "..."", the whole URI): any but a parameter's
+        # name may be (part of) the password.
+        message = str(exc).strip()
+        quoted = {q for q in re.findall(r'"([^"]*)"', message) if q not in _LIBPQ_KEYWORDS}
+        error = f"malformed conninfo for psycopg: {redact(message, quoted)}"
     raise ValueError(error)  # outside the except clause: no __context__ with the string
+
+
+# The names of libpq's connection parameters (never secret, shown in its errors).
+_LIBPQ_KEYWORDS = frozenset(d.keyword.decode() for d in psycopg.pq.Conninfo.get_defaults())
 
 
 def _conninfo_defaults(given: dict[str, Any], connect_kwargs: dict[str, Any]) -> None:
@@ -427,8 +433,8 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
         **connect_kwargs: Any,
     ):
         check_connection_string("conninfo", conninfo, allow_none=False)
-        self.reset_timeout = check_timeout_seconds("reset_timeout", reset_timeout)
-        self.connect_timeout = check_timeout_seconds("connect_timeout", connect_timeout)
+        self.reset_timeout = _validate.seconds("reset_timeout", reset_timeout)
+        self.connect_timeout = _validate.seconds("connect_timeout", connect_timeout)
         if not isinstance(pgbouncer, bool):
             raise TypeError(f"pgbouncer must be a bool, got {pgbouncer!r}")
         if pgbouncer and connect_kwargs.setdefault("prepare_threshold", None) is not None:
@@ -449,8 +455,8 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
         if "connect_timeout" not in given:
             connect_kwargs.setdefault("connect_timeout", max(2, round(self.connect_timeout)))
         self.connect_kwargs = connect_kwargs
-        self._secrets = (*dsn_secrets(None, given), *dsn_secrets(None, connect_kwargs))
-        self._pool_name = dsn_label(None, {**given, **connect_kwargs})
+        self._secrets = dsn_secrets(conninfo, {**given, **connect_kwargs})
+        self._pool_name = dsn_label(conninfo, {**given, **connect_kwargs})
         #: Expires the pool on a failover error (see is_fatal); bound by create_pool.
         self.failover = PoolExpirer()
 

@@ -488,7 +488,7 @@ def test_local_limiters_check_their_arguments_too() -> None:
     for bad in (math.nan, math.inf, -1, 0):
         with pytest.raises(ValueError, match="rate"):
             aiolease.RateLimiter(bad)
-    with pytest.raises(TypeError, match="rate must be a real number"):
+    with pytest.raises(TypeError, match="rate must be a finite number > 0, got str"):
         aiolease.RateLimiter("10")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="name must be None or a str"):
         aiolease.RateLimiter(1, name=3)  # type: ignore[arg-type]

@@ -725,6 +725,34 @@ async def test_settle_charges_and_refunds(client: redis_asyncio.Redis, name: str
         await permit.asettle(-1)
 
 
+async def test_settle_refuses_a_cost_redis_cannot_hold_at_the_call(
+    client: redis_asyncio.Redis, name: str
+) -> None:
+    """asettle(1e300) failed with redis-py's raw ResponseError from the script (the key's
+    expiry no longer a number Redis takes), and settle() raised nothing at the call: its
+    ValueError (a negative cost too) came out of the background task."""
+    lim = RedisRateLimiter(client, name, 10, burst=10)
+    permit = await lim.acquire(cost=1)
+    with pytest.raises(ValueError, match=r"actual_cost must be at most 2\.14748e\+10 \(what"):
+        await permit.asettle(1e300)
+    for bad in (1e300, 10**400, 2.0**31 * 10 * 1.01):
+        with pytest.raises(ValueError, match="actual_cost must be"):
+            await permit.asettle(bad)
+        with pytest.raises(ValueError, match="actual_cost"):
+            permit.settle(bad)
+    for bad_type in (True, "2", None):
+        with pytest.raises(TypeError, match="actual_cost must be a finite number >= 0"):
+            permit.settle(bad_type)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="actual_cost must be a finite number >= 0, got -1"):
+        permit.settle(-1)
+    with pytest.raises(ValueError, match="actual_cost must be a finite number >= 0, got nan"):
+        permit.settle(float("nan"))
+    assert permit.cost == 1  # nothing settled
+    assert await permit.asettle(2.0**31 * 10) == pytest.approx(2.0**31 * 10 - 1)  # the bound
+    assert await permit.asettle(-0.0) == pytest.approx(-(2.0**31) * 10)
+    assert permit.cost == 0.0
+
+
 async def test_works_with_decoded_responses(redis_url: str, name: str) -> None:
     async with redis_client(redis_url, decode_responses=True) as c:
         lim = RedisRateLimiter(c, name, 5, burst=1)

@@ -9,51 +9,53 @@ import pytest
 from aiolease import Pool
 from aiolease.testing import FakeManager
 
+# The messages of every numeric argument (aiolease._validate): the argument, what it
+# accepts, the value given (a TypeError its type too).
+INT0 = "an int >= 0"
+INT1 = "an int >= 1"
+TIMEOUT = r"None or a number of seconds >= 0"
+OPTIONAL = r"None or a finite number of seconds > 0"
+SECONDS = r"a finite number of seconds > 0"
+
 
 @pytest.mark.parametrize(
     ("options", "error", "pattern"),
     [
-        ({"min_size": -1}, ValueError, r"min_size must be >= 0, got -1"),
-        ({"min_size": 1.0}, TypeError, r"min_size must be an int >= 0, got 1\.0"),
-        ({"min_size": True}, TypeError, r"min_size must be an int"),
-        ({"min_size": None}, TypeError, r"min_size must be an int"),
-        ({"max_size": 0}, ValueError, r"max_size must be >= 1, got 0"),
-        ({"max_size": "10"}, TypeError, r"max_size must be an int >= 1, got '10'"),
-        ({"max_size": None}, TypeError, r"max_size must be an int"),
+        ({"min_size": -1}, ValueError, rf"min_size must be {INT0}, got -1$"),
+        ({"min_size": 1.0}, TypeError, rf"min_size must be {INT0}, got float 1\.0$"),
+        ({"min_size": True}, TypeError, rf"min_size must be {INT0}, got bool True$"),
+        ({"min_size": None}, TypeError, rf"min_size must be {INT0}, got NoneType None$"),
+        ({"max_size": 0}, ValueError, rf"max_size must be {INT1}, got 0$"),
+        ({"max_size": "10"}, TypeError, rf"max_size must be {INT1}, got str '10'$"),
+        ({"max_size": None}, TypeError, rf"max_size must be {INT1}, got NoneType None$"),
         ({"min_size": 5, "max_size": 4}, ValueError, r"min_size \(5\) must be <= max_size \(4\)"),
-        ({"acquire_timeout": -1}, ValueError, r"acquire_timeout must be >= 0 seconds or None"),
-        (
-            {"acquire_timeout": "1"},
-            TypeError,
-            r"acquire_timeout must be a number of seconds or None",
-        ),
-        ({"acquire_timeout": True}, TypeError, r"acquire_timeout"),
-        ({"max_waiting": -1}, ValueError, r"max_waiting must be >= 0, got -1"),
-        ({"max_waiting": 2.5}, TypeError, r"max_waiting must be an int"),
-        (
-            {"max_lifetime": 0},
-            ValueError,
-            r"max_lifetime must be > 0 seconds or None \(finite\), got 0",
-        ),
-        ({"max_lifetime": float("inf")}, ValueError, r"max_lifetime must be > 0 seconds"),
-        ({"leak_timeout": float("inf")}, ValueError, r"leak_timeout must be > 0 seconds"),
-        ({"backoff_max": float("inf")}, ValueError, r"backoff_max must be > 0 seconds"),
-        ({"max_lifetime": -5.0}, ValueError, r"max_lifetime must be > 0"),
-        ({"max_lifetime": "1h"}, TypeError, r"max_lifetime must be a number of seconds or None"),
-        ({"idle_timeout": 0.0}, ValueError, r"idle_timeout must be > 0 seconds or None"),
-        ({"idle_timeout": []}, TypeError, r"idle_timeout must be a number of seconds"),
-        ({"leak_timeout": -1}, ValueError, r"leak_timeout must be > 0 seconds or None"),
-        ({"leak_timeout": False}, TypeError, r"leak_timeout must be a number of seconds"),
+        ({"acquire_timeout": -1}, ValueError, rf"acquire_timeout must be {TIMEOUT}, got -1$"),
+        ({"acquire_timeout": "1"}, TypeError, rf"acquire_timeout must be {TIMEOUT}, got str '1'$"),
+        ({"acquire_timeout": True}, TypeError, rf"acquire_timeout must be {TIMEOUT}, got bool"),
+        ({"max_waiting": -1}, ValueError, rf"max_waiting must be {INT0}, got -1$"),
+        ({"max_waiting": 2.5}, TypeError, rf"max_waiting must be {INT0}, got float 2\.5$"),
+        ({"max_lifetime": 0}, ValueError, rf"max_lifetime must be {OPTIONAL}, got 0$"),
+        ({"max_lifetime": -0.0}, ValueError, rf"max_lifetime must be {OPTIONAL}, got -0\.0$"),
+        ({"max_lifetime": float("inf")}, ValueError, rf"max_lifetime must be {OPTIONAL}, got inf"),
+        ({"leak_timeout": float("inf")}, ValueError, rf"leak_timeout must be {OPTIONAL}, got inf"),
+        ({"max_lifetime": -5.0}, ValueError, rf"max_lifetime must be {OPTIONAL}, got -5\.0$"),
+        ({"max_lifetime": "1h"}, TypeError, rf"max_lifetime must be {OPTIONAL}, got str '1h'$"),
+        ({"idle_timeout": 0.0}, ValueError, rf"idle_timeout must be {OPTIONAL}, got 0\.0$"),
+        ({"idle_timeout": []}, TypeError, rf"idle_timeout must be {OPTIONAL}, got list \[\]$"),
+        ({"leak_timeout": -1}, ValueError, rf"leak_timeout must be {OPTIONAL}, got -1$"),
+        ({"leak_timeout": False}, TypeError, rf"leak_timeout must be {OPTIONAL}, got bool False"),
         ({"name": 3}, TypeError, r"name must be None or a str, got int 3"),
         # a lone surrogate cannot be logged to a UTF-8 file nor exported to Prometheus
         ({"name": "a\ud800"}, ValueError, r"name must be encodable as UTF-8 .*got 'a\\ud800'"),
-        ({"backoff_base": 0}, ValueError, r"backoff_base must be > 0"),
-        ({"backoff_base": None}, TypeError, r"backoff_base must be a number of seconds, not None"),
-        ({"backoff_max": -1.0}, ValueError, r"backoff_max must be > 0"),
-        ({"backoff_max": "x"}, TypeError, r"backoff_max must be a number of seconds"),
+        ({"backoff_base": 0}, ValueError, rf"backoff_base must be {SECONDS}, got 0$"),
+        ({"backoff_base": None}, TypeError, rf"backoff_base must be {SECONDS}, got NoneType None"),
+        ({"backoff_max": -1.0}, ValueError, rf"backoff_max must be {SECONDS}, got -1\.0$"),
+        ({"backoff_max": "x"}, TypeError, rf"backoff_max must be {SECONDS}, got str 'x'$"),
+        ({"backoff_max": float("inf")}, ValueError, rf"backoff_max must be {SECONDS}, got inf$"),
+        ({"backoff_max": True}, TypeError, rf"backoff_max must be {SECONDS}, got bool True$"),
         # an int beyond any float is out of range, not an OverflowError
-        ({"max_lifetime": 10**400}, ValueError, r"max_lifetime must be > 0 seconds"),
-        ({"backoff_base": 10**400}, ValueError, r"backoff_base must be > 0 seconds"),
+        ({"max_lifetime": 10**400}, ValueError, rf"max_lifetime must be {OPTIONAL}, got 1000"),
+        ({"backoff_base": 10**400}, ValueError, rf"backoff_base must be {SECONDS}, got 1000"),
     ],
 )
 def test_bad_option(options: dict[str, Any], error: type[Exception], pattern: str) -> None:
@@ -97,10 +99,11 @@ def test_valid_edge_values_accepted() -> None:
 
 
 _BAD_TIMEOUTS = [
-    (-1, ValueError, r"timeout must be >= 0 seconds or None, got -1"),
-    (float("nan"), ValueError, r"timeout must be >= 0 seconds or None, got nan"),
-    ("5", TypeError, r"timeout must be a number of seconds or None, got '5'"),
-    (True, TypeError, r"timeout must be a number of seconds or None, got True"),
+    (-1, ValueError, rf"timeout must be {TIMEOUT}, got -1$"),
+    (float("nan"), ValueError, rf"timeout must be {TIMEOUT}, got nan$"),
+    (float("-inf"), ValueError, rf"timeout must be {TIMEOUT}, got -inf$"),
+    ("5", TypeError, rf"timeout must be {TIMEOUT}, got str '5'$"),
+    (True, TypeError, rf"timeout must be {TIMEOUT}, got bool True$"),
 ]
 
 
@@ -130,6 +133,14 @@ def test_infinite_timeouts_mean_no_timeout() -> None:
     assert Pool(FakeManager(), acquire_timeout=10**400).acquire()._timeout is None
 
 
+def test_huge_and_signed_zero_values_keep_their_meaning() -> None:
+    """1e300 seconds is a valid (if endless) duration; -0.0 is 0.0 where 0 is accepted."""
+    pool = Pool(FakeManager(), max_lifetime=1e300, idle_timeout=1e300, acquire_timeout=1e300)
+    assert pool.acquire()._timeout == 1e300
+    assert pool.acquire(timeout=-0.0)._timeout == 0.0
+    assert str(pool.acquire(timeout=-0.0)._timeout) == "0.0"
+
+
 def test_from_callables_refuses_a_sync_function_at_the_call() -> None:
     def create() -> object:  # not async: would fail only at the first acquire
         return object()
@@ -142,7 +153,9 @@ def test_from_callables_refuses_a_sync_function_at_the_call() -> None:
 def test_bad_manager_close_timeout(close_timeout: float) -> None:
     fm = FakeManager()
     fm.close_timeout = close_timeout
-    with pytest.raises(ValueError, match=r"FakeManager.close_timeout must be > 0 seconds"):
+    with pytest.raises(
+        ValueError, match=r"FakeManager.close_timeout must be a finite number of seconds > 0"
+    ):
         Pool(fm)
 
 

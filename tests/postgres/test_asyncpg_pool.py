@@ -689,11 +689,31 @@ async def test_reset_outlasting_reset_timeout_discards_the_connection(
     ("kwargs", "error", "match"),
     [
         ({"reset": "none"}, ValueError, "reset must be"),
-        ({"reset_timeout": 0}, ValueError, "reset_timeout must be > 0"),
-        ({"reset_timeout": True}, TypeError, "reset_timeout"),
-        ({"reset_timeout": float("nan")}, ValueError, "reset_timeout must be > 0 seconds"),
-        ({"close_timeout": float("inf")}, ValueError, "close_timeout must be > 0 seconds"),
-        ({"close_timeout": -1.0}, ValueError, "close_timeout must be > 0"),
+        (
+            {"reset_timeout": 0},
+            ValueError,
+            "reset_timeout must be a finite number of seconds > 0, got 0",
+        ),
+        (
+            {"reset_timeout": True},
+            TypeError,
+            "reset_timeout must be a finite number of seconds > 0",
+        ),
+        (
+            {"reset_timeout": float("nan")},
+            ValueError,
+            "reset_timeout must be a finite number of seconds > 0",
+        ),
+        (
+            {"close_timeout": float("inf")},
+            ValueError,
+            "close_timeout must be a finite number of seconds > 0",
+        ),
+        (
+            {"close_timeout": -1.0},
+            ValueError,
+            "close_timeout must be a finite number of seconds > 0",
+        ),
         ({"close_timeout": "5"}, TypeError, "close_timeout"),
         ({"reset": "session", "connection_class": object}, TypeError, "connection_class"),
     ],
@@ -717,7 +737,7 @@ def test_a_dsn_that_is_not_a_str_is_named_at_the_call(dsn: object) -> None:
     ("kwargs", "error", "match"),
     [
         ({"reset": "always"}, ValueError, "reset must be"),
-        ({"max_size": 0}, ValueError, "max_size must be >= 1"),
+        ({"max_size": 0}, ValueError, "max_size must be an int >= 1"),
         ({"min_size": 3, "max_size": 2}, ValueError, "min_size"),
         ({"acquire_timeout": -1}, ValueError, "acquire_timeout"),
         ({"max_size": "10"}, TypeError, "max_size"),

@@ -59,12 +59,36 @@ async def test_pool_atomic_works_with_lease_proxies(pg_dsn: str, driver: str) ->
     ("kwargs", "error", "match"),
     [
         ({"max_sise": 3}, TypeError, "unexpected keyword argument 'max_sise'"),
-        ({"min_size": -1}, ValueError, "min_size must be >= 0"),
-        ({"max_size": 0}, ValueError, "max_size must be >= 1"),
+        ({"min_size": -1}, ValueError, "min_size must be an int >= 0"),
+        ({"max_size": 0}, ValueError, "max_size must be an int >= 1"),
         ({"acquire_timeout": float("nan")}, ValueError, "acquire_timeout"),
-        ({"backoff_base": 0}, ValueError, "backoff_base must be > 0"),
-        ({"backoff_max": "1"}, TypeError, "backoff_max must be a number"),
-        ({"reset_timeout": float("nan")}, ValueError, "reset_timeout must be > 0 seconds"),
+        ({"backoff_base": 0}, ValueError, "backoff_base must be a finite number of seconds > 0"),
+        (
+            {"backoff_max": "1"},
+            TypeError,
+            "backoff_max must be a finite number of seconds > 0, got str",
+        ),
+        (
+            {"reset_timeout": float("nan")},
+            ValueError,
+            "reset_timeout must be a finite number of seconds > 0",
+        ),
+        # An int beyond any float: a ValueError, not the OverflowError it was.
+        (
+            {"reset_timeout": 10**400},
+            ValueError,
+            "reset_timeout must be a finite number of seconds > 0, got 1000",
+        ),
+        (
+            {"connect_timeout": -(10**400)},
+            ValueError,
+            "connect_timeout must be a finite number of seconds > 0, got -1000",
+        ),
+        (
+            {"connect_timeout": True},
+            TypeError,
+            "connect_timeout must be a finite number of seconds > 0, got bool True",
+        ),
     ],
 )
 def test_create_pool_checks_every_option_at_the_call(
@@ -83,7 +107,7 @@ def test_create_pool_takes_the_backoff_options(driver: str) -> None:
 
 
 def test_asyncpg_close_timeout_inf_is_refused() -> None:
-    with pytest.raises(ValueError, match="close_timeout must be > 0 seconds"):
+    with pytest.raises(ValueError, match="close_timeout must be a finite number of seconds > 0"):
         aiolease.asyncpg.create_pool("postgresql://127.0.0.1:1/x", close_timeout=float("inf"))
 
 

@@ -64,7 +64,7 @@ def test_a_path_in_a_missing_directory_fails_at_the_call(tmp_path: Path) -> None
     [
         ({"max_sise": 3}, TypeError, "unexpected keyword argument 'max_sise'"),
         ({"tiemout": 3}, TypeError, "unexpected keyword argument 'tiemout'"),
-        ({"backoff_max": -1}, ValueError, "backoff_max must be > 0"),
+        ({"backoff_max": -1}, ValueError, "backoff_max must be a finite number of seconds > 0"),
     ],
 )
 def test_create_pool_checks_every_option_at_the_call(

@@ -283,7 +283,7 @@ async def test_cancelled_task_leaves_the_pool_whole(db: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"max_size": 0}, ValueError, "max_size must be >= 1"),
+        ({"max_size": 0}, ValueError, "max_size must be an int >= 1"),
         ({"min_size": 2, "max_size": 1}, ValueError, "min_size"),
         ({"pragmas": {"journal_mode; DROP TABLE x": "WAL"}}, ValueError, "pragma names"),
         ({"idle_timeout": 0}, ValueError, "idle_timeout"),

@@ -177,15 +177,18 @@ def test_start_and_jump_count_and_repr() -> None:
     ("kwargs", "message"),
     [
         ({"start": float("nan")}, "start must be a finite number, got nan"),
-        ({"io_grace": -1}, "io_grace must be a finite number >= 0, got -1"),
+        ({"io_grace": -1}, "io_grace must be a finite number of seconds >= 0, got -1"),
         (
             {"stall_timeout": float("inf")},
-            r"stall_timeout \(or None\) must be a finite number >= 0",
+            r"stall_timeout \(or None\) must be a finite number of seconds >= 0",
         ),
         # an int beyond any float is out of range, not an OverflowError
         ({"start": 10**400}, "start must be a finite number, got 1000"),
-        ({"io_grace": 10**400}, "io_grace must be a finite number >= 0, got 1000"),
-        ({"stall_timeout": 10**400}, r"stall_timeout \(or None\) must be a finite number >= 0"),
+        ({"io_grace": 10**400}, "io_grace must be a finite number of seconds >= 0, got 1000"),
+        (
+            {"stall_timeout": 10**400},
+            r"stall_timeout \(or None\) must be a finite number of seconds >= 0",
+        ),
     ],
 )
 def test_bad_arguments(kwargs: dict[str, float], message: str) -> None:

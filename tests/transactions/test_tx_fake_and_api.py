@@ -77,7 +77,7 @@ async def test_fake_scripts_results_and_limits_them() -> None:
     with pytest.raises(ValueError):
         conn.script("x", times=0)
     for latency in (-1, 10**400):  # an int beyond any float: not OverflowError
-        with pytest.raises(ValueError, match="latency must be a finite number >= 0"):
+        with pytest.raises(ValueError, match="latency must be a finite number of seconds >= 0"):
             FakeConnection(latency=latency)
 
 

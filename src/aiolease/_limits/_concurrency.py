@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from .. import _metrics, _tracking
+from .. import _metrics, _tracking, _validate
 from .._errors import LimitTimeout, WouldBlock
+from .._validate import check_key, check_name
 from ._base import INF, LimiterBase, State, Waiter, fail, pump, withdraw
-from ._validate import check_key, check_name, check_timeout
 
 __all__ = ["ConcurrencyLimiter", "ConcurrencyLimiterStatistics", "ConcurrencyPermit"]
 
@@ -153,10 +153,7 @@ class ConcurrencyLimiter(LimiterBase):
 
     def __init__(self, limit: int, *, name: str | None = None) -> None:
         super().__init__()
-        if isinstance(limit, bool) or not isinstance(limit, int):
-            raise TypeError(f"limit must be an int >= 1, got {type(limit).__name__} {limit!r}")
-        if limit < 1:
-            raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+        _validate.integer("limit", limit, 1)
         self._limit = limit
         self._name = check_name(name)
         self._in_use = 0
@@ -183,7 +180,7 @@ class ConcurrencyLimiter(LimiterBase):
             TypeError: ``key`` is not hashable.
         """
         k = key if key is None else check_key(key)  # the default key needs no check
-        return _ConcurrencyAcquire(self, k, check_timeout(timeout))
+        return _ConcurrencyAcquire(self, k, _validate.timeout("timeout", timeout))
 
     def acquire_nowait(self, key: Hashable = None) -> ConcurrencyPermit:
         """Take a free slot on ``key`` now.

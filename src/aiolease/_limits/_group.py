@@ -7,11 +7,12 @@ from collections.abc import Generator, Hashable
 from types import TracebackType
 from typing import Any
 
+from .. import _validate
 from .._errors import LimitTimeout, RateLimitExceeded, WouldBlock
+from .._validate import check_cost, check_key
 from ._base import EPS, INF, State, Waiter, fail, pump, withdraw
 from ._concurrency import ConcurrencyLimiter, ConcurrencyPermit, _SlotState
 from ._rate import RateLimiter, RatePermit
-from ._validate import check_cost, check_key, check_positive, check_timeout
 
 __all__ = ["GroupPermit", "LimitGroup"]
 
@@ -40,7 +41,7 @@ class GroupPermit:
 
     def settle(self, actual_cost: float) -> None:
         """Settle the cost on every rate member (see :meth:`RatePermit.settle`)."""
-        check_positive("actual_cost", actual_cost, inclusive=True)
+        _validate.number("actual_cost", actual_cost, inclusive=True)
         for p in self.rate_permits:  # every member accepts it, or none is settled
             p._limiter._check_actual(actual_cost)
         for p in self.rate_permits:
@@ -171,7 +172,7 @@ class LimitGroup:
                 group has a concurrency member.
         """
         c = check_cost(cost, self._max_cost, f"smallest member limit={self._max_cost:g}")
-        return _GroupAcquire(self, c, check_key(key), check_timeout(timeout))
+        return _GroupAcquire(self, c, check_key(key), _validate.timeout("timeout", timeout))
 
     def acquire_nowait(self, cost: float = 1, key: Hashable = None) -> GroupPermit:
         """Admit on every member now, or raise.
@@ -210,7 +211,7 @@ class LimitGroup:
                 rate member, where the pause does nothing).
             TypeError: ``key`` is not hashable.
         """
-        seconds = check_positive("seconds", seconds, inclusive=True)
+        seconds = _validate.number("seconds", seconds, inclusive=True)
         check_key(key)
         for r in self._rates:
             r.pause(seconds, key)

@@ -12,11 +12,11 @@ from time import monotonic as _monotonic
 from types import TracebackType
 from typing import Any
 
-from .. import _metrics, _tracking
+from .. import _metrics, _tracking, _validate
 from .._errors import RateLimitExceeded
 from .._tx_options import check_flag
+from .._validate import check_cost, check_key, check_name
 from ._base import _BASE_TIME, EPS, INF, LimiterBase, State, Waiter, fail, loop_time, pump, withdraw
-from ._validate import check_cost, check_key, check_name, check_positive, check_timeout
 
 __all__ = ["RateLimiter", "RateLimiterStatistics", "RatePermit"]
 
@@ -451,9 +451,9 @@ class RateLimiter(LimiterBase):
         name: str | None = None,
     ) -> None:
         super().__init__()
-        self._rate = check_positive("rate", rate)
-        self._per = check_positive("per", per)
-        self._burst = check_positive("burst", burst, minimum=1.0, inclusive=True)
+        self._rate = _validate.number("rate", rate)
+        self._per = _validate.seconds("per", per)
+        self._burst = _validate.number("burst", burst, minimum=1.0, inclusive=True)
         self._strict = check_flag("strict", strict)
         if self._strict and self._burst != 1:
             raise ValueError(
@@ -511,7 +511,7 @@ class RateLimiter(LimiterBase):
             else check_cost(cost, self._max_cost, self._what())
         )
         k = key if key is None else check_key(key)  # the default key needs no check
-        return _RateAcquire(self, c, k, check_timeout(timeout))
+        return _RateAcquire(self, c, k, _validate.timeout("timeout", timeout))
 
     def acquire_nowait(self, cost: float = 1, key: Hashable = None) -> RatePermit:
         """Admit ``cost`` on ``key`` now, or raise.
@@ -547,7 +547,7 @@ class RateLimiter(LimiterBase):
             ValueError: ``seconds`` is negative or not finite.
             RuntimeError: no running event loop.
         """
-        s = check_positive("seconds", seconds, inclusive=True)
+        s = _validate.number("seconds", seconds, inclusive=True)
         loop = get_running_loop()
         now = loop.time()
         st = self._state(check_key(key), now)
@@ -599,7 +599,7 @@ class RateLimiter(LimiterBase):
     # -- internals ----------------------------------------------------------
     def _check_actual(self, actual_cost: object) -> float:
         """The ``actual_cost`` of a settle: a finite number >= 0 whose interval is finite."""
-        actual = check_positive("actual_cost", actual_cost, inclusive=True)
+        actual = _validate.number("actual_cost", actual_cost, inclusive=True)
         if self._gcra and math.isinf(actual * self._T):
             # The TAT would become inf, and a later refund make it inf - inf = nan.
             raise ValueError(

@@ -28,13 +28,13 @@ from collections.abc import Awaitable, Callable
 from types import EllipsisType, TracebackType
 from typing import Any, TypeVar
 
-from .. import _metrics, _tracking
+from .. import _metrics, _tracking, _validate
 from .._clock import clock_of
 from .._errors import PoolClosed, PoolTimeout, WouldBlock
 from .._transaction import PoolAtomic
 from ..abc import Manager
 from ._acquire import Acquire, needs_check, run_check, self_wait_error, waiting_on_itself
-from ._args import Options, check_timeout
+from ._args import Options
 from ._closing import Drain, close_broken, close_resource, detach, reset_then_hand_off, retire
 from ._creations import Creations
 from ._entries import CallableManager, Entry, Hooks
@@ -244,7 +244,7 @@ class Pool(Options[T]):
             TypeError: ``timeout`` is not a number.
             ValueError: ``timeout`` is negative or NaN.
         """
-        wait_for = check_timeout("timeout", timeout)
+        wait_for = _validate.timeout("timeout", timeout)
         if self._state is _NEW:
             self._state = _CLOSED
         if self._state is _CLOSED:
@@ -286,7 +286,7 @@ class Pool(Options[T]):
         """
         if timeout is ...:
             return Acquire(self, self._acquire_timeout)
-        return Acquire(self, check_timeout("timeout", timeout))
+        return Acquire(self, _validate.timeout("timeout", timeout))
 
     def acquire_nowait(self) -> T:
         """Check out an idle resource without waiting (and without ``check``).

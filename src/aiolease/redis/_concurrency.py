@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from redis import exceptions as _rexc
 
-from .. import _metrics, _tracking
+from .. import _metrics, _tracking, _validate
 from .._errors import LimiterUnavailable, LimitTimeout, WouldBlock
 from .._limits import ConcurrencyLimiter, ConcurrencyLimiterStatistics, ConcurrencyPermit
-from .._limits._validate import LONGEST_WAIT, check_positive, check_timeout
 from .._logs import get_logger
+from .._validate import LONGEST_WAIT
 from ._keys import check_name, check_prefix, key_text, redis_key
 from ._pipe import (
     UNAVAILABLE,
@@ -252,11 +252,10 @@ class RedisConcurrencyLimiter:
         check_client(client, "RedisConcurrencyLimiter")
         check_name(name)
         check_prefix(prefix)
-        if isinstance(limit, bool) or not isinstance(limit, int):
-            raise TypeError(f"limit must be an int >= 1, got {type(limit).__name__} {limit!r}")
-        if limit < 1:
-            raise ValueError(f"limit must be an int >= 1, got {limit!r}")
-        self._ttl = check_positive("lease_ttl", lease_ttl, minimum=0.1, inclusive=True)
+        _validate.integer("limit", limit, 1)
+        self._ttl = _validate.number(
+            "lease_ttl", lease_ttl, minimum=0.1, inclusive=True, unit=" of seconds"
+        )
         if self._ttl > LONGEST_WAIT:
             # Far beyond it the keys' expiry (PEXPIRE, integer milliseconds) is no longer a
             # number Redis takes, and every script call would fail.
@@ -276,7 +275,7 @@ class RedisConcurrencyLimiter:
         self._limit = limit
         self._prefix = prefix
         self._clock = "s" if clock == "server" else "c"
-        self._call = Caller(client, check_positive("call_timeout", call_timeout))
+        self._call = Caller(client, _validate.seconds("call_timeout", call_timeout))
         self._health = Health(
             f"concurrency limiter {name!r}",
             "" if fallback is None else "; answering by the fallback limiter meanwhile",
@@ -323,7 +322,7 @@ class RedisConcurrencyLimiter:
         """
         if key is not None:
             key_text(key)
-        return _RedisConcAcquire(self, (key, check_timeout(timeout)))
+        return _RedisConcAcquire(self, (key, _validate.timeout("timeout", timeout)))
 
     async def acquire_nowait(self, key: Hashable = None) -> RedisConcurrencyPermit:
         """Take a free slot now or raise ``WouldBlock`` (a coroutine: one round trip).

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Final
 
-from .._limits._validate import utf8_size
+from .._validate import utf8_size
 
 __all__ = ["check_name", "check_prefix", "key_text", "redis_key"]
 

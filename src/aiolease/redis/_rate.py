@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from .. import _metrics, _tracking
+from .. import _metrics, _tracking, _validate
 from .._errors import RateLimitExceeded
 from .._limits import RateLimiter, RateLimiterStatistics, RatePermit
-from .._limits._validate import LONGEST_WAIT, check_cost, check_positive, check_timeout
+from .._validate import LONGEST_WAIT, check_cost
 from ._keys import check_name, check_prefix, redis_key
 from ._pipe import (
     UNAVAILABLE,
@@ -98,17 +98,23 @@ class RedisRatePermit:
         not already been scheduled against, so the window bound always holds.
 
         Raises:
-            ValueError: ``actual_cost`` is negative or not finite.
+            ValueError: ``actual_cost`` is negative, not finite, or more than the limiter
+                regains in 2**31 s (``2**31 * rate / per``: a longer debt is not a state
+                Redis can hold), at the call.
         """
-        return detached(self._limiter._bg.spawn(self.asettle(actual_cost)))
+        actual = self._limiter._check_actual(actual_cost)
+        return detached(self._limiter._bg.spawn(self._apply(actual)))
 
     async def asettle(self, actual_cost: float) -> float:
         """Like :meth:`settle`, awaiting the Redis call; returns the cost units actually applied.
 
         Raises:
-            ValueError: ``actual_cost`` is negative or not finite.
+            ValueError: ``actual_cost`` is negative, not finite, or more than the limiter
+                regains in 2**31 s.
         """
-        actual = check_positive("actual_cost", actual_cost, inclusive=True)
+        return await self._apply(self._limiter._check_actual(actual_cost))
+
+    async def _apply(self, actual: float) -> float:
         delta = actual - self.cost
         self.cost = actual
         if self.degraded:  # admitted without Redis: settle with whoever admitted it
@@ -344,9 +350,9 @@ class RedisRateLimiter:
         check_client(client, "RedisRateLimiter")
         check_name(name)
         check_prefix(prefix)
-        self._rate = check_positive("rate", rate)
-        self._per = check_positive("per", per)
-        self._burst = check_positive("burst", burst, minimum=1.0, inclusive=True)
+        self._rate = _validate.number("rate", rate)
+        self._per = _validate.seconds("per", per)
+        self._burst = _validate.number("burst", burst, minimum=1.0, inclusive=True)
         # One call makes a key's state last at most LONGEST_WAIT (a longer pause is held
         # that long): far beyond it the script's expiry (PX) and its waits (integer
         # microseconds) are no longer numbers Redis takes, and the call would fail.
@@ -381,7 +387,7 @@ class RedisRateLimiter:
         self._prefix = prefix
         self._on_error: OnError = on_error
         self._clock = "s" if clock == "server" else "c"
-        self._call = Caller(client, check_positive("call_timeout", call_timeout))
+        self._call = Caller(client, _validate.seconds("call_timeout", call_timeout))
         self._t_us = self._per / self._rate * 1e6
         self._clock_b = self._clock.encode()
         self._shape = (repr(self._t_us).encode(), repr(self._burst).encode())
@@ -448,7 +454,9 @@ class RedisRateLimiter:
             TypeError: bad key type.
         """
         cost_ = check_cost(cost, self._max_cost, f"burst={self._burst:g}")
-        return _RedisRateAcquire(self, (cost_, key, check_timeout(timeout), self._rkey(key)))
+        return _RedisRateAcquire(
+            self, (cost_, key, _validate.timeout("timeout", timeout), self._rkey(key))
+        )
 
     async def acquire_nowait(self, cost: float = 1, key: Hashable = None) -> RedisRatePermit:
         """Admit ``cost`` now or raise ``RateLimitExceeded`` (a coroutine: one round trip).
@@ -475,7 +483,7 @@ class RedisRateLimiter:
         Raises:
             ValueError: ``seconds`` is negative or not finite.
         """
-        s = min(check_positive("seconds", seconds, inclusive=True), LONGEST_WAIT)
+        s = min(_validate.number("seconds", seconds, inclusive=True), LONGEST_WAIT)
         if self._closed:
             raise self._closed_error()
         rkey = self._rkey(key)
@@ -593,6 +601,17 @@ class RedisRateLimiter:
         # The client's clock is read (and sent) only when the server's is not used.
         now = b"0" if self._clock == "s" else repr(time.time() * 1e6).encode()
         return self._call(script, (rkey,), (self._clock_b, now, *self._shape, *extra))
+
+    def _check_actual(self, actual_cost: object) -> float:
+        """The ``actual_cost`` of a settle: a finite number >= 0 whose charge lasts at most
+        LONGEST_WAIT (as a full burst does: see the constructor)."""
+        actual = _validate.number("actual_cost", actual_cost, inclusive=True)
+        if actual * (self._per / self._rate) > LONGEST_WAIT:
+            raise ValueError(
+                f"actual_cost must be at most {LONGEST_WAIT * self._rate / self._per:g} (what "
+                f"this limiter regains in 2**31 s), got {actual_cost!r}"
+            )
+        return actual
 
     async def _settle(self, rkey: str, delta: float, epoch: str) -> float:
         return float(text(await self._run(RATE_SETTLE, rkey, (repr(delta), epoch))))

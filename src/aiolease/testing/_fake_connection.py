@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import _validate
 from .._dialects._base import Dialect
 from .._dialects._pg import begin_sql
-from .._limits._validate import check_positive
 
 __all__ = [
     "FakeConnection",
@@ -275,7 +275,7 @@ class FakeConnection:
     """
 
     def __init__(self, *, database: FakeDatabase | None = None, latency: float = 0.0) -> None:
-        self.latency = check_positive("latency", latency, inclusive=True)
+        self.latency = _validate.number("latency", latency, inclusive=True, unit=" of seconds")
         if database is not None and not isinstance(database, FakeDatabase):
             raise TypeError(
                 "database must be a FakeDatabase or None, got "

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypeAlias, cast, get_args
 
-from .._limits._validate import check_positive
+from .. import _validate
 from ..abc import Manager, ResourceInfo
 
 __all__ = [
@@ -472,7 +472,7 @@ class FakeManager(Manager[FakeResource]):
                 or a call number below 1.
             TypeError: ``seconds`` is not a number.
         """
-        seconds = check_positive("seconds", seconds, inclusive=True)
+        seconds = _validate.number("seconds", seconds, inclusive=True)
         return self._add(
             Rule(self, _check_op(op), calls=_calls(calls), when=_when(when), delay=seconds)
         )

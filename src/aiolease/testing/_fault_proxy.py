@@ -15,7 +15,7 @@ from collections import deque
 from types import TracebackType
 from typing import Any, cast
 
-from .._limits._validate import check_positive
+from .. import _validate
 from .._logs import get_logger
 
 __all__ = ["FaultProxy"]
@@ -387,7 +387,7 @@ class FaultProxy:
             ValueError: ``seconds`` is negative or not finite.
             TypeError: ``seconds`` is not a number.
         """
-        self._latency = check_positive("seconds", seconds, inclusive=True)
+        self._latency = _validate.number("seconds", seconds, inclusive=True)
 
     def blackhole(self) -> None:
         """Forward nothing from now on, in either direction; keep every connection open.

@@ -57,7 +57,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
-from .._limits._validate import check_positive
+from .._validate import number
 
 __all__ = ["NoProgressError", "VirtualTimeLoop"]
 
@@ -605,11 +605,11 @@ def _validate(
     start: float, io_grace: float, stall_timeout: float | None
 ) -> tuple[float, float, float | None]:
     return (
-        check_positive("start", start, minimum=-math.inf, inclusive=True),
-        check_positive("io_grace", io_grace, inclusive=True),
+        number("start", start, minimum=-math.inf),
+        number("io_grace", io_grace, inclusive=True, unit=" of seconds"),
         None
         if stall_timeout is None
-        else check_positive("stall_timeout (or None)", stall_timeout, inclusive=True),
+        else number("stall_timeout (or None)", stall_timeout, inclusive=True, unit=" of seconds"),
     )
 
 
