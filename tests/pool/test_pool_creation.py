@@ -68,6 +68,37 @@ async def test_next_acquirer_waits_for_backoff_then_succeeds() -> None:
     assert_closed_cleanly(pool, fm)
 
 
+async def test_a_backoff_that_ends_between_two_clock_reads_still_starts_the_next_attempt() -> None:
+    # uvloop's clock is libuv's, read afresh in milliseconds: it can move on between two
+    # reads in one callback. At the backoff's end the dispatch found it not over (no
+    # attempt), then over (no timer): the waiter stalled until its acquire timeout. Here
+    # the first read at each new loop time lags the loop by a microsecond.
+    fm = FakeManager()
+    fm.fail("create", ConnectionError, calls=1)
+    pool = Pool(fm, max_size=1, backoff_base=4.0)
+    await pool.open()
+    with pytest.raises(ConnectionError):
+        await pool.acquire()
+    loop_clock = pool._clock
+    seen = [-1.0]
+
+    def lagging() -> float:
+        t = loop_clock()
+        if t != seen[0]:
+            seen[0] = t
+            return t - 1e-6
+        return t
+
+    pool._clock = lagging
+    until = pool._creations.backoff.until
+    r = await pool.acquire(timeout=10.0)
+    assert now() == until  # the attempt started when the backoff ended
+    assert fm.calls["create"] == 2
+    await pool.release(r)
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
 async def test_each_attempt_failure_goes_to_the_caller_it_served() -> None:
     fm = FakeManager()
     fm.fail("create", ConnectionError, calls=[1, 2, 3])

@@ -64,9 +64,9 @@ class Creations(Generic[T]):
             creation.waiter = None
             self.orphans.append(creation)
 
-    def cover(self, waiters: Any) -> None:
+    def cover(self, waiters: Any, now: float) -> None:
         """Give each waiter no creation serves one, oldest first: an orphan, or a new
-        creation while capacity and the backoff allow."""
+        creation while capacity and the backoff (at ``now``) allow."""
         bound = self.bound
         for fut in waiters:
             if fut in bound or fut.done():
@@ -75,7 +75,7 @@ class Creations(Generic[T]):
                 creation = self.orphans.pop()
                 creation.waiter = fut
                 bound[fut] = creation
-            elif self.can_start():
+            elif self.can_start(now):
                 self.start(fut)
             else:
                 break
@@ -83,19 +83,24 @@ class Creations(Generic[T]):
     def replenish(self) -> None:
         """After any change in an open pool (:meth:`Pool._dispatch`): creations for the
         waiters no creation serves yet (adopting orphans first), ``min_size`` kept
-        filled, and while creations fail, a dispatch when the backoff ends."""
+        filled, and while creations fail, a dispatch when the backoff ends.
+
+        The clock is read once: a loop's clock can move on between two reads in one
+        callback (uvloop's ticks in milliseconds), and a backoff found not over by the
+        creations and then over by the timer would leave the waiters with neither."""
         pool = self._pool
+        now = pool._clock()
         waiters = pool._waiters
         if waiters and (self.orphans or pool._size < pool._max_size):
-            self.cover(waiters)
-        while pool._size < pool._min_size and self.can_start():
+            self.cover(waiters, now)
+        while pool._size < pool._min_size and self.can_start(now):
             self.start(None)
         if self.backoff.failures and (waiters or pool._size < pool._min_size):
-            self.schedule_backoff()
+            self.schedule_backoff(now)
 
-    def can_start(self) -> bool:
+    def can_start(self, now: float) -> bool:
         pool = self._pool
-        return pool._size < pool._max_size and self.backoff.allows(pool._clock())
+        return pool._size < pool._max_size and self.backoff.allows(now)
 
     def start(self, fut: Waiter | None) -> None:
         """Start a creation serving ``fut`` (None: a fill, an orphan from the start)."""
@@ -226,13 +231,14 @@ class Creations(Generic[T]):
             target.set_exception(error)
         pool._dispatch()
 
-    def schedule_backoff(self) -> None:
-        """During backoff, dispatch again when the next attempt may start."""
+    def schedule_backoff(self, now: float) -> None:
+        """During backoff, dispatch again when the next attempt may start (after ``now``,
+        the time the caller found no attempt could start)."""
         backoff = self.backoff
         if backoff.probing or self._timer is not None:
             return
         pool = self._pool
-        if backoff.until <= pool._clock() or pool._loop is None:
+        if backoff.until <= now or pool._loop is None:
             return  # over: whatever frees capacity (a close, a release) dispatches
         self._timer = pool._loop.call_at(backoff.until, self._on_backoff_end)
 

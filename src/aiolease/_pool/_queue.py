@@ -13,7 +13,6 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .._errors import PoolTimeout, TooManyWaiters
-from .._redact import redact
 from ._acquire import self_wait_error, waiting_on_itself
 from ._entries import Entry
 
@@ -95,7 +94,7 @@ class WaitQueue(Generic[T]):
             pool._counters.timeouts += 1
             raise self_wait_error(pool)
         if creations.backoff.failures:
-            creations.schedule_backoff()
+            creations.schedule_backoff(pool._clock())
         return fut
 
     def extend(self, futures: list[Waiter]) -> None:
@@ -182,7 +181,7 @@ class WaitQueue(Generic[T]):
         error = pool._creations.backoff.last_error
         exc = PoolTimeout(
             f"{pool!r}: no resource within the acquire timeout"
-            + (f" (last creation error: {redact(repr(error))})" if error else "")
+            + (f" (last creation error: {error!r})" if error else "")
         )
         exc.__cause__ = error
         fut.set_exception(exc)
