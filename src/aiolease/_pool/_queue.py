@@ -13,6 +13,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .._errors import PoolTimeout, TooManyWaiters
+from .._redact import redact
 from ._acquire import self_wait_error, waiting_on_itself
 from ._entries import Entry
 
@@ -181,7 +182,7 @@ class WaitQueue(Generic[T]):
         error = pool._creations.backoff.last_error
         exc = PoolTimeout(
             f"{pool!r}: no resource within the acquire timeout"
-            + (f" (last creation error: {error!r})" if error else "")
+            + (f" (last creation error: {redact(repr(error))})" if error else "")
         )
         exc.__cause__ = error
         fut.set_exception(exc)
