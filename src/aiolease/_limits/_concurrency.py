@@ -244,7 +244,7 @@ class ConcurrencyLimiter(LimiterBase):
         Every way in (``async with``, ``acquire``, ``acquire_nowait``) tries this first and
         only queues (or raises ``WouldBlock``) when it returns False.
         """
-        if st.nwait == 0 and st.held < self._limit:
+        if not (st.nwait and st.waiting()) and st.held < self._limit:
             st.commit(1.0, 0.0)
             self._admitted += 1
             return True
@@ -254,7 +254,7 @@ class ConcurrencyLimiter(LimiterBase):
         if st.held <= 0:
             raise RuntimeError(f"{self!r}: release of key {st.key!r} without a matching acquire")
         loop = None
-        if st.nwait:
+        if st.nwait and st.waiting():
             # Found before anything changes: a release that counted the slot free and then
             # failed to hand it over would leave every waiter on the key waiting forever.
             try:

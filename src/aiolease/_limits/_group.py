@@ -186,7 +186,7 @@ class LimitGroup:
         states = self._states(check_key(key), now)
         slot = now
         for st in states:
-            if st.nwait:
+            if st.waiting():
                 slot = max(slot, INF if isinstance(st, _SlotState) else _estimate(st, c, now))
             else:
                 slot = max(slot, st.ready_at(c, now))
@@ -292,7 +292,7 @@ class LimitGroup:
         loop = get_running_loop()
         now = loop.time()
         states = self._states(key, now)
-        if all(st.nwait == 0 for st in states) and all(
+        if all(st.waiting() == 0 for st in states) and all(
             st.ready_at(cost, now) <= now + EPS for st in states
         ):
             return self._commit_now(states, cost, key, now)
@@ -332,6 +332,6 @@ def _estimate(st: State, cost: float, now: float) -> float:
 
 
 def _blocks(st: State, cost: float, now: float) -> bool:
-    if st.nwait:
+    if st.waiting():
         return True
     return st.ready_at(cost, now) > now + EPS
