@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Generator, Hashable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeGuard
 
 from redis import exceptions as _rexc
 
@@ -397,7 +397,7 @@ class RedisConcurrencyLimiter:
             if not fut.done():
                 fut.set_result(_RECHECK)
         self._closed = True
-        tasks = {t for t in (self._renewer, self._listener) if t is not None}
+        tasks = {t for t in (self._renewer, self._listener) if _live(t)}
         self._renewer = self._listener = None
         await cancel_late(tasks, self._call.timeout, f"closing {self!r}")
         await self._bg.aclose(self._call.timeout)
@@ -415,7 +415,7 @@ class RedisConcurrencyLimiter:
         ]
         if self._waiting:
             problems.append(f"{self!r}: {self._waiting} task(s) still waiting")
-        running = [t for t in (self._renewer, self._listener) if t is not None and not t.done()]
+        running = [t for t in (self._renewer, self._listener) if _live(t)]
         if not self._closed and (running or self._call.used or self._bg.tasks):
             problems.append(f"{self!r} left open: call `await limiter.aclose()`")
         return problems
@@ -609,7 +609,8 @@ class RedisConcurrencyLimiter:
     def _release(self, permit: RedisConcurrencyPermit) -> asyncio.Task[Any]:
         del self._held[permit.lease_id]
         if not self._held and not self._waiters and self._renewer is not None:
-            self._renewer.cancel()
+            if _live(self._renewer):
+                self._renewer.cancel()
             self._renewer = None
         return self._bg.spawn(self._cancel(permit._keys, (permit.lease_id,)))
 
@@ -630,7 +631,7 @@ class RedisConcurrencyLimiter:
     def _ensure_renewer(self) -> None:
         if self._closed:
             raise self._closed_error()
-        if self._renewer is None or self._renewer.done():
+        if not _live(self._renewer):
             self._renewer = asyncio.get_running_loop().create_task(
                 self._renew_loop(), name=f"aiolease-redis-renew-{self._name}"
             )
@@ -678,7 +679,7 @@ class RedisConcurrencyLimiter:
         if self._closed:
             raise self._closed_error()
         ready_ev = self._listener_ready
-        if self._listener is not None and not self._listener.done():
+        if _live(self._listener):
             if ready_ev is not None and ready_ev.is_set():
                 return  # subscribed
         else:
@@ -746,6 +747,12 @@ class RedisConcurrencyLimiter:
                 self._listener = None
             with contextlib.suppress(Exception):
                 await ps.aclose()
+
+
+def _live(task: asyncio.Task[Any] | None) -> TypeGuard[asyncio.Task[Any]]:
+    """Whether ``task`` may still run: it has not ended, and its loop was not closed with it
+    pending (a loop closed without cancelling its tasks, as ``asyncio.run`` does)."""
+    return task is not None and not task.done() and not task.get_loop().is_closed()
 
 
 class _NotSent(LimiterUnavailable):
