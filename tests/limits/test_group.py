@@ -349,3 +349,19 @@ def test_a_group_waiter_left_on_a_closed_loop_holds_up_no_member() -> None:
 
     asyncio.run(later())
     left.get_coro().close()
+
+
+def test_one_acquire_object_entered_by_two_tasks_at_once_is_refused() -> None:
+    async def body() -> None:
+        sem = ConcurrencyLimiter(2)
+        group = LimitGroup(RateLimiter(100, burst=10), sem)
+        slot = group.acquire(key="x")
+        async with slot:
+            with pytest.raises(RuntimeError, match="already"):
+                async with slot:
+                    pass  # pragma: no cover
+        async with slot:
+            pass
+        assert sem.statistics().in_use == 0
+
+    vrun(body)

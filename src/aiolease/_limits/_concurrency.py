@@ -11,7 +11,7 @@ from typing import Any
 from .. import _metrics, _tracking
 from .._errors import LimitTimeout, WouldBlock
 from ._base import INF, LimiterBase, State, Waiter, fail, pump, withdraw
-from ._validate import check_key, check_name, check_timeout
+from ._validate import check_entry, check_key, check_name, check_timeout
 
 __all__ = ["ConcurrencyLimiter", "ConcurrencyLimiterStatistics", "ConcurrencyPermit"]
 
@@ -103,19 +103,26 @@ class ConcurrencyPermit:
 class _ConcurrencyAcquire:
     """What :meth:`ConcurrencyLimiter.acquire` returns: awaitable, and an async context manager."""
 
-    __slots__ = ("_key", "_limiter", "_permit", "_timeout")
+    __slots__ = ("_entered", "_key", "_limiter", "_permit", "_timeout")
 
     def __init__(self, limiter: ConcurrencyLimiter, key: Hashable, timeout: float | None):
         self._limiter = limiter
         self._key = key
         self._timeout = timeout
         self._permit: ConcurrencyPermit | None = None
+        self._entered = False
 
     def __await__(self) -> Generator[Any, None, ConcurrencyPermit]:
         return self._limiter._acquire(self._key, self._timeout).__await__()
 
     async def __aenter__(self) -> ConcurrencyPermit:
-        self._permit = await self._limiter._acquire(self._key, self._timeout)
+        check_entry(self._entered, self._limiter)
+        self._entered = True
+        try:
+            self._permit = await self._limiter._acquire(self._key, self._timeout)
+        except BaseException:
+            self._entered = False
+            raise
         return self._permit
 
     async def __aexit__(
@@ -124,8 +131,9 @@ class _ConcurrencyAcquire:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._permit is not None:
-            self._permit.release()
+        permit, self._permit, self._entered = self._permit, None, False
+        if permit is not None:
+            permit.release()
 
 
 class ConcurrencyLimiter(LimiterBase):

@@ -11,7 +11,7 @@ from .._errors import LimitTimeout, RateLimitExceeded, WouldBlock
 from ._base import EPS, INF, State, Waiter, fail, pump, withdraw
 from ._concurrency import ConcurrencyLimiter, ConcurrencyPermit, _SlotState
 from ._rate import RateLimiter, RatePermit
-from ._validate import check_cost, check_key, check_positive, check_timeout
+from ._validate import check_cost, check_entry, check_key, check_positive, check_timeout
 
 __all__ = ["GroupPermit", "LimitGroup"]
 
@@ -56,7 +56,7 @@ class GroupPermit:
 
 
 class _GroupAcquire:
-    __slots__ = ("_cost", "_group", "_key", "_permit", "_timeout")
+    __slots__ = ("_cost", "_entered", "_group", "_key", "_permit", "_timeout")
 
     def __init__(self, group: LimitGroup, cost: float, key: Hashable, timeout: float | None):
         self._group = group
@@ -64,12 +64,19 @@ class _GroupAcquire:
         self._key = key
         self._timeout = timeout
         self._permit: GroupPermit | None = None
+        self._entered = False
 
     def __await__(self) -> Generator[Any, None, GroupPermit]:
         return self._group._acquire(self._cost, self._key, self._timeout).__await__()
 
     async def __aenter__(self) -> GroupPermit:
-        self._permit = await self._group._acquire(self._cost, self._key, self._timeout)
+        check_entry(self._entered, self._group)
+        self._entered = True
+        try:
+            self._permit = await self._group._acquire(self._cost, self._key, self._timeout)
+        except BaseException:
+            self._entered = False
+            raise
         return self._permit
 
     async def __aexit__(
@@ -78,8 +85,9 @@ class _GroupAcquire:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._permit is not None:
-            self._permit.release()
+        permit, self._permit, self._entered = self._permit, None, False
+        if permit is not None:
+            permit.release()
 
 
 class LimitGroup:

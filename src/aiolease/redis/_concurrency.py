@@ -19,7 +19,7 @@ from redis import exceptions as _rexc
 from .. import _metrics, _tracking
 from .._errors import LimiterUnavailable, LimitTimeout, WouldBlock
 from .._limits import ConcurrencyLimiter, ConcurrencyLimiterStatistics, ConcurrencyPermit
-from .._limits._validate import LONGEST_WAIT, check_positive, check_timeout
+from .._limits._validate import LONGEST_WAIT, check_entry, check_positive, check_timeout
 from .._logs import get_logger
 from ._keys import check_name, check_prefix, key_text, redis_key
 from ._pipe import (
@@ -142,7 +142,7 @@ class RedisConcurrencyPermit:
 
 
 class _RedisConcAcquire:
-    __slots__ = ("_args", "_limiter", "_permit")
+    __slots__ = ("_args", "_entered", "_limiter", "_permit")
 
     def __init__(
         self, limiter: RedisConcurrencyLimiter, args: tuple[Hashable, float | None]
@@ -150,19 +150,27 @@ class _RedisConcAcquire:
         self._limiter = limiter
         self._args = args
         self._permit: RedisConcurrencyPermit | None = None
+        self._entered = False
 
     def __await__(self) -> Generator[Any, None, RedisConcurrencyPermit]:
         return self._limiter._acquire(*self._args).__await__()
 
     async def __aenter__(self) -> RedisConcurrencyPermit:
-        self._permit = await self._limiter._acquire(*self._args)
+        check_entry(self._entered, self._limiter)
+        self._entered = True
+        try:
+            self._permit = await self._limiter._acquire(*self._args)
+        except BaseException:
+            self._entered = False
+            raise
         return self._permit
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._permit is not None:
-            await self._permit.arelease()
+        permit, self._permit, self._entered = self._permit, None, False
+        if permit is not None:
+            await permit.arelease()
 
 
 _GRANTED: Final = "granted"
