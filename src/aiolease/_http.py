@@ -191,13 +191,19 @@ def _ratelimit(value: str) -> float | None:
 
 
 def _ratelimit_reset(value: str, header: HeaderGetter) -> float | None:
-    """draft-06 and earlier: ``RateLimit-Reset: <delta-seconds>`` (an epoch value is tolerated)."""
-    seconds = _number(value.split(",")[0])
-    if seconds is None:
-        return None
-    if seconds > _EPOCH_THRESHOLD:
-        return _until(seconds, header)
-    return seconds
+    """draft-06 and earlier: ``RateLimit-Reset: <delta-seconds>`` (an epoch value is tolerated).
+
+    Those drafts allow one value (the reset of the policy closest to its limit); several
+    (the field added by two layers, the lines joined by ", ") give the longest wait, as
+    ``Retry-After`` does, or None when any is malformed.
+    """
+    waits: list[float] = []
+    for piece in value.split(","):
+        seconds = _number(piece)
+        if seconds is None:
+            return None
+        waits.append(_until(seconds, header) if seconds > _EPOCH_THRESHOLD else seconds)
+    return max(waits)
 
 
 def retry_delay(header: HeaderGetter) -> float | None:

@@ -18,6 +18,7 @@ from typing import Final
 __all__ = [
     "LONGEST_WAIT",
     "check_cost",
+    "check_entry",
     "check_key",
     "check_name",
     "integer",
@@ -140,3 +141,15 @@ def check_name(value: object) -> str | None:
     if value is not None:
         utf8_size("name", value, value)
     return value
+
+
+def check_entry(entered: bool, limiter: object) -> None:
+    """An object returned by ``acquire()`` holds the permit of its one block: entered again
+    before that block ended (by another task), the two exits would release one permit twice
+    and never the other."""
+    if entered:
+        raise RuntimeError(
+            f"this {limiter!r}.acquire() is already in an `async with` block (kept and entered "
+            "by another task?): call acquire() for each block, e.g. "
+            "`async with limiter.acquire(key=k):` in each task"
+        )

@@ -63,6 +63,12 @@ def _getter(headers: dict[str, str]):  # type: ignore[no-untyped-def]
         ({"RateLimit": "limit=10, remaining=2, reset=6"}, None),
         # draft-06 and earlier
         ({"RateLimit-Reset": "4"}, 4.0),
+        # a single value by those drafts; repeated (two layers each adding their own, the
+        # lines joined by ", "): the longest, as for Retry-After, not the first
+        ({"RateLimit-Reset": "4, 30"}, 30.0),
+        ({"RateLimit-Reset": "30,4"}, 30.0),
+        ({"RateLimit-Reset": "4, soon"}, None),
+        ({"RateLimit-Reset": "4, "}, None),
         # Retry-After wins over RateLimit
         ({"Retry-After": "2", "RateLimit": '"default";r=0;t=50'}, 2.0),
         # the field repeated (by a proxy: the lines come joined by ", "): the longest
@@ -130,6 +136,8 @@ def test_http_date_without_a_date_header_uses_the_wall_clock() -> None:
 
 def test_epoch_ratelimit_reset_is_read_as_a_unix_time() -> None:
     headers = {"Date": "Fri, 31 Dec 1999 23:59:50 GMT", "RateLimit-Reset": "946684800"}
+    assert retry_delay(_getter(headers)) == 10.0
+    headers["RateLimit-Reset"] = "3, 946684800"  # each value read on its own
     assert retry_delay(_getter(headers)) == 10.0
 
 

@@ -172,3 +172,15 @@ except ModuleNotFoundError as exc:
 if _redis is not None:
     RATE_IMPLS += list(getattr(_redis, "REDIS_RATE_IMPLS", []))
     CONCURRENCY_IMPLS += list(getattr(_redis, "REDIS_CONCURRENCY_IMPLS", []))
+
+
+def run_then_close(body: Callable[[], Awaitable[T]]) -> T:
+    """Run ``body()`` on a fresh event loop, then close it with the tasks it left still pending
+    (no cancellation: they never run again). Their "Task was destroyed but it is pending" report,
+    when they are collected, is expected and not printed."""
+    loop = asyncio.new_event_loop()
+    loop.set_exception_handler(lambda loop, context: None)
+    try:
+        return loop.run_until_complete(body())
+    finally:
+        loop.close()

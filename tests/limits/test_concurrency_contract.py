@@ -183,3 +183,24 @@ def test_statistics(concurrency_impl: Impl) -> None:
             assert s.wait_time_max >= 0.2 - concurrency_impl.tol
 
     concurrency_impl.run(body)
+
+
+def test_one_acquire_object_entered_by_two_tasks_at_once_is_refused(
+    concurrency_impl: Impl,
+) -> None:
+    """``slot = sem.acquire(key=...)`` kept and entered by several tasks: each exit released
+    the permit of the latest entry, so a slot was given back while its holder still ran (more
+    holders than ``limit``) and another stayed held for good."""
+
+    async def body() -> None:
+        async with concurrency_impl.make(2) as sem:
+            slot = sem.acquire(key="x")
+            async with slot:
+                with pytest.raises(RuntimeError, match="already"):
+                    async with slot:
+                        pass  # pragma: no cover
+            async with slot:  # entered again after its block: fine
+                pass
+            assert sem.statistics().in_use == 0
+
+    concurrency_impl.run(body)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
-from limits_helpers import vrun
+from limits_helpers import run_then_close, vrun
 
-from aiolease import ConcurrencyLimiter, LimitTimeout, WouldBlock
+from aiolease import ConcurrencyLimiter, ConcurrencyPermit, LimitTimeout, WouldBlock
 from aiolease.testing import leak_check
 
 
@@ -211,3 +212,38 @@ def test_release_off_the_loop_without_waiters_still_works() -> None:
         assert sem.statistics().in_use == 0
 
     vrun(body)
+
+
+def _strand(sem: ConcurrencyLimiter) -> tuple[ConcurrencyPermit, asyncio.Task[Any]]:
+    """Hold the one slot of key "k" and leave a waiter for it on an event loop then closed."""
+
+    async def body() -> tuple[ConcurrencyPermit, asyncio.Task[Any]]:
+        held = await sem.acquire(key="k")
+        left = asyncio.ensure_future(sem.acquire(key="k"))
+        await asyncio.sleep(0)
+        return held, left
+
+    return run_then_close(body)
+
+
+@pytest.mark.parametrize("where", ["off the loop", "on the next loop"])
+def test_a_waiter_left_on_a_closed_loop_does_not_hold_up_the_key(where: str) -> None:
+    """Its future can never be resolved: the slot went to it (and was lost), or the release
+    failed, and every later user of the key waited behind it forever."""
+    sem = ConcurrencyLimiter(1)
+    held, left = _strand(sem)
+    if where == "off the loop":
+        held.release()
+
+    async def later() -> None:
+        async with asyncio.timeout(5):
+            nxt = asyncio.ensure_future(sem.acquire(key="k"))
+            await asyncio.sleep(0)
+            held.release()
+            (await nxt).release()
+            sem.acquire_nowait(key="k").release()
+        stats = sem.statistics()
+        assert (stats.in_use, stats.waiting, stats.keys) == (0, 0, 0)
+
+    asyncio.run(later())
+    left.get_coro().close()

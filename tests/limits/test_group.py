@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from limits_helpers import vrun
+from limits_helpers import run_then_close, vrun
 
 from aiolease import (
     ConcurrencyLimiter,
@@ -321,5 +321,47 @@ def test_group_settle_beyond_any_clock_changes_no_member() -> None:
             permit.settle(1e308)  # fits a's interval (0.5 s) but not b's (2 s)
         assert [p.cost for p in permit.rate_permits] == [1, 1]
         assert a._default.tat == 0.5
+
+    vrun(body)
+
+
+def test_a_group_waiter_left_on_a_closed_loop_holds_up_no_member() -> None:
+    rate, sem = RateLimiter(10), ConcurrencyLimiter(1)
+    group = LimitGroup(rate, sem)
+
+    async def strand() -> tuple[GroupPermit, asyncio.Task[GroupPermit]]:
+        held = await group.acquire(key="k")
+        left = asyncio.ensure_future(group.acquire(key="k"))  # waits for the slot
+        await asyncio.sleep(0)
+        return held, left
+
+    held, left = run_then_close(strand)
+
+    async def later() -> None:
+        async with asyncio.timeout(5):
+            alone = asyncio.ensure_future(rate.acquire(key="k"))  # the rate member by itself
+            both = asyncio.ensure_future(group.acquire(key="k"))
+            await asyncio.sleep(0)
+            held.release()
+            await alone
+            (await both).release()
+        assert (rate.statistics().waiting, sem.statistics().in_use) == (0, 0)
+
+    asyncio.run(later())
+    left.get_coro().close()
+
+
+def test_one_acquire_object_entered_by_two_tasks_at_once_is_refused() -> None:
+    async def body() -> None:
+        sem = ConcurrencyLimiter(2)
+        group = LimitGroup(RateLimiter(100, burst=10), sem)
+        slot = group.acquire(key="x")
+        async with slot:
+            with pytest.raises(RuntimeError, match="already"):
+                async with slot:
+                    pass  # pragma: no cover
+        async with slot:
+            pass
+        assert sem.statistics().in_use == 0
 
     vrun(body)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from limits_helpers import max_in_window, vrun
+from limits_helpers import max_in_window, run_then_close, vrun
 
 import aiolease
 from aiolease import RateLimiter, RateLimitExceeded
@@ -674,3 +674,27 @@ def test_settle_charge_beyond_any_clock_is_refused() -> None:
             lim.acquire_nowait()
 
     vrun(body)
+
+
+def test_a_waiter_left_on_a_closed_loop_does_not_hold_up_the_key() -> None:
+    """Its timer belonged to the closed loop: later waiters on the key queued behind it and
+    were never admitted (or admitting it raised "Event loop is closed")."""
+    limiter = RateLimiter(10)
+
+    async def strand() -> asyncio.Task[Any]:
+        await limiter.acquire(key="k")
+        left = asyncio.ensure_future(limiter.acquire(key="k"))  # due 0.1 s later
+        await asyncio.sleep(0)
+        return left
+
+    left = run_then_close(strand)
+
+    async def later() -> None:
+        async with asyncio.timeout(5):
+            await limiter.acquire(key="k")
+            await limiter.acquire(key="k")
+        stats = limiter.statistics()
+        assert (stats.waiting, stats.cancelled) == (0, 1)
+
+    asyncio.run(later())
+    left.get_coro().close()

@@ -7,17 +7,20 @@ through a proxy that can go silent; the shared server is never touched.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 import redis.asyncio as redis_asyncio
 from _redis_server import OwnRedis, SilentProxy, own_redis
+from limits_helpers import run_then_close
 from redis.exceptions import RedisError
 
 import aiolease
@@ -618,3 +621,48 @@ async def test_refused_credentials_raise_and_are_not_answered_as_an_outage(
             assert local.statistics().in_use == 0
         assert not [r for r in caplog.records if "unavailable" in r.getMessage()]
         await lim.aclose()
+
+
+def test_a_limiter_whose_loop_was_closed_works_on_the_next_loop(redis_url: str, kind: str) -> None:
+    """The first loop was closed with the limiter's tasks still pending (not cancelled, as
+    asyncio.run does): on the next loop a call waited for a reply that loop's pipe reader
+    would never read (forever without a timeout), and the leases were no longer renewed."""
+    with warnings.catch_warnings():  # the first loop's connection, never closed by that loop
+        warnings.simplefilter("ignore", ResourceWarning)
+        _use_after_a_closed_loop(redis_url, kind)
+        gc.collect()
+
+
+def _use_after_a_closed_loop(redis_url: str, kind: str) -> None:
+    name = f"closed-loop-{os.getpid()}"
+    client = redis_asyncio.Redis.from_url(redis_url)
+    lim: Any
+    if kind == "rate":
+        lim = RedisRateLimiter(client, name, 1000, burst=5)
+    else:
+        lim = RedisConcurrencyLimiter(client, name, 1, lease_ttl=0.5)
+
+    async def first() -> Any:
+        # (a concurrency permit stays held: the renewer of that loop is pending too)
+        return await lim.acquire(key="a") if kind == "concurrency" else await lim.acquire()
+
+    left = run_then_close(first)
+    # redis-py's own pool keeps connections of that loop (its concern, not the limiter's):
+    # forgotten, as a program reusing a client on a new loop must
+    client.connection_pool.reset()  # type: ignore[no-untyped-call]
+
+    async def second() -> None:
+        try:
+            async with asyncio.timeout(10):
+                permit = await acquire(lim)
+                if kind == "concurrency":
+                    await asyncio.sleep(1.0)  # twice lease_ttl: renewed on this loop
+                    assert not permit.lost
+                    assert await lim.in_use() == 1
+                    await left.arelease()
+                await release(permit)
+                await lim.aclose()
+        finally:
+            await client.aclose()
+
+    asyncio.run(second())

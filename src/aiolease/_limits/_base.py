@@ -243,12 +243,25 @@ class State:
         q = self.queue
         while q:
             w = q[0]
-            # A waiter whose future is done was cancelled (or failed) and will
-            # withdraw itself when its task runs; it must not be admitted.
-            if not w.gone and not w.fut.done():
-                return w
+            if not w.gone:
+                if w.fut.get_loop().is_closed():
+                    # Left on an event loop closed since: its task never runs again, so
+                    # nothing else would ever take it out.
+                    _forget(w, cancelled=True)
+                    for st in w.states:
+                        st.disarm()  # (a timer of that loop; the next pump arms a live one)
+                elif not w.fut.done():
+                    return w
+                # A waiter whose future is done was cancelled (or failed) and will
+                # withdraw itself when its task runs; it must not be admitted.
             q.popleft()
         return None
+
+    def waiting(self) -> int:
+        """The live waiters (``nwait``), once the ones left on a closed event loop are dropped."""
+        if self.nwait:
+            self.head()
+        return self.nwait
 
     def waiters(self) -> list[Waiter]:
         """The live waiters, oldest first."""
@@ -338,6 +351,12 @@ def withdraw(w: Waiter, loop: asyncio.AbstractEventLoop, *, cancelled: bool) -> 
     """Take a waiter that was not admitted out of its states (its reservation is given back)."""
     if w.gone:
         return
+    _forget(w, cancelled=cancelled)
+    pump(w.states, loop)
+
+
+def _forget(w: Waiter, *, cancelled: bool) -> None:
+    """Stop counting a waiter in its states (its queue entries are dropped lazily)."""
     w.gone = True
     if w.timer is not None:
         w.timer.cancel()
@@ -348,7 +367,6 @@ def withdraw(w: Waiter, loop: asyncio.AbstractEventLoop, *, cancelled: bool) -> 
         st.owner._waiting -= 1
         if cancelled:
             st.owner._cancelled += 1
-    pump(w.states, loop)
 
 
 def fail(w: Waiter, exc: BaseException, loop: asyncio.AbstractEventLoop) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import _metrics, _tracking, _validate
 from .._errors import LimitTimeout, WouldBlock
-from .._validate import check_key, check_name
+from .._validate import check_entry, check_key, check_name
 from ._base import INF, LimiterBase, State, Waiter, fail, pump, withdraw
 
 __all__ = ["ConcurrencyLimiter", "ConcurrencyLimiterStatistics", "ConcurrencyPermit"]
@@ -103,19 +103,26 @@ class ConcurrencyPermit:
 class _ConcurrencyAcquire:
     """What :meth:`ConcurrencyLimiter.acquire` returns: awaitable, and an async context manager."""
 
-    __slots__ = ("_key", "_limiter", "_permit", "_timeout")
+    __slots__ = ("_entered", "_key", "_limiter", "_permit", "_timeout")
 
     def __init__(self, limiter: ConcurrencyLimiter, key: Hashable, timeout: float | None):
         self._limiter = limiter
         self._key = key
         self._timeout = timeout
         self._permit: ConcurrencyPermit | None = None
+        self._entered = False
 
     def __await__(self) -> Generator[Any, None, ConcurrencyPermit]:
         return self._limiter._acquire(self._key, self._timeout).__await__()
 
     async def __aenter__(self) -> ConcurrencyPermit:
-        self._permit = await self._limiter._acquire(self._key, self._timeout)
+        check_entry(self._entered, self._limiter)
+        self._entered = True
+        try:
+            self._permit = await self._limiter._acquire(self._key, self._timeout)
+        except BaseException:
+            self._entered = False
+            raise
         return self._permit
 
     async def __aexit__(
@@ -124,8 +131,9 @@ class _ConcurrencyAcquire:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._permit is not None:
-            self._permit.release()
+        permit, self._permit, self._entered = self._permit, None, False
+        if permit is not None:
+            permit.release()
 
 
 class ConcurrencyLimiter(LimiterBase):
@@ -241,7 +249,7 @@ class ConcurrencyLimiter(LimiterBase):
         Every way in (``async with``, ``acquire``, ``acquire_nowait``) tries this first and
         only queues (or raises ``WouldBlock``) when it returns False.
         """
-        if st.nwait == 0 and st.held < self._limit:
+        if not (st.nwait and st.waiting()) and st.held < self._limit:
             st.commit(1.0, 0.0)
             self._admitted += 1
             return True
@@ -251,7 +259,7 @@ class ConcurrencyLimiter(LimiterBase):
         if st.held <= 0:
             raise RuntimeError(f"{self!r}: release of key {st.key!r} without a matching acquire")
         loop = None
-        if st.nwait:
+        if st.nwait and st.waiting():
             # Found before anything changes: a release that counted the slot free and then
             # failed to hand it over would leave every waiter on the key waiting forever.
             try:

@@ -9,7 +9,7 @@ from typing import Any
 
 from .. import _validate
 from .._errors import LimitTimeout, RateLimitExceeded, WouldBlock
-from .._validate import check_cost, check_key
+from .._validate import check_cost, check_entry, check_key
 from ._base import EPS, INF, State, Waiter, fail, pump, withdraw
 from ._concurrency import ConcurrencyLimiter, ConcurrencyPermit, _SlotState
 from ._rate import RateLimiter, RatePermit
@@ -57,7 +57,7 @@ class GroupPermit:
 
 
 class _GroupAcquire:
-    __slots__ = ("_cost", "_group", "_key", "_permit", "_timeout")
+    __slots__ = ("_cost", "_entered", "_group", "_key", "_permit", "_timeout")
 
     def __init__(self, group: LimitGroup, cost: float, key: Hashable, timeout: float | None):
         self._group = group
@@ -65,12 +65,19 @@ class _GroupAcquire:
         self._key = key
         self._timeout = timeout
         self._permit: GroupPermit | None = None
+        self._entered = False
 
     def __await__(self) -> Generator[Any, None, GroupPermit]:
         return self._group._acquire(self._cost, self._key, self._timeout).__await__()
 
     async def __aenter__(self) -> GroupPermit:
-        self._permit = await self._group._acquire(self._cost, self._key, self._timeout)
+        check_entry(self._entered, self._group)
+        self._entered = True
+        try:
+            self._permit = await self._group._acquire(self._cost, self._key, self._timeout)
+        except BaseException:
+            self._entered = False
+            raise
         return self._permit
 
     async def __aexit__(
@@ -79,8 +86,9 @@ class _GroupAcquire:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._permit is not None:
-            self._permit.release()
+        permit, self._permit, self._entered = self._permit, None, False
+        if permit is not None:
+            permit.release()
 
 
 class LimitGroup:
@@ -187,7 +195,7 @@ class LimitGroup:
         states = self._states(check_key(key), now)
         slot = now
         for st in states:
-            if st.nwait:
+            if st.waiting():
                 slot = max(slot, INF if isinstance(st, _SlotState) else _estimate(st, c, now))
             else:
                 slot = max(slot, st.ready_at(c, now))
@@ -293,7 +301,7 @@ class LimitGroup:
         loop = get_running_loop()
         now = loop.time()
         states = self._states(key, now)
-        if all(st.nwait == 0 for st in states) and all(
+        if all(st.waiting() == 0 for st in states) and all(
             st.ready_at(cost, now) <= now + EPS for st in states
         ):
             return self._commit_now(states, cost, key, now)
@@ -333,6 +341,6 @@ def _estimate(st: State, cost: float, now: float) -> float:
 
 
 def _blocks(st: State, cost: float, now: float) -> bool:
-    if st.nwait:
+    if st.waiting():
         return True
     return st.ready_at(cost, now) > now + EPS

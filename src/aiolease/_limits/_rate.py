@@ -109,7 +109,7 @@ class _GcraState(State):
         """
         o = self.owner
         if (
-            self.nwait
+            (self.nwait and self.waiting())
             or self.paused_until > now + EPS
             or self.tat + cost * o._T - o._tau > now + EPS
         ):
@@ -244,7 +244,7 @@ class _WindowState(State):
 
     def admit(self, cost: float, now: float) -> list[float] | None:
         """The one sliding-window admission (see :meth:`_GcraState.admit`)."""
-        if self.nwait or self.ready_at(cost, now) > now + EPS:
+        if (self.nwait and self.waiting()) or self.ready_at(cost, now) > now + EPS:
             return None
         self.owner._admitted += 1
         return self.commit(cost, now)

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Generator, Hashable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeGuard
 
 from redis import exceptions as _rexc
 
@@ -20,7 +20,7 @@ from .. import _metrics, _tracking, _validate
 from .._errors import LimiterUnavailable, LimitTimeout, WouldBlock
 from .._limits import ConcurrencyLimiter, ConcurrencyLimiterStatistics, ConcurrencyPermit
 from .._logs import get_logger
-from .._validate import LONGEST_WAIT
+from .._validate import LONGEST_WAIT, check_entry
 from ._keys import check_name, check_prefix, key_text, redis_key
 from ._pipe import (
     UNAVAILABLE,
@@ -142,7 +142,7 @@ class RedisConcurrencyPermit:
 
 
 class _RedisConcAcquire:
-    __slots__ = ("_args", "_limiter", "_permit")
+    __slots__ = ("_args", "_entered", "_limiter", "_permit")
 
     def __init__(
         self, limiter: RedisConcurrencyLimiter, args: tuple[Hashable, float | None]
@@ -150,19 +150,27 @@ class _RedisConcAcquire:
         self._limiter = limiter
         self._args = args
         self._permit: RedisConcurrencyPermit | None = None
+        self._entered = False
 
     def __await__(self) -> Generator[Any, None, RedisConcurrencyPermit]:
         return self._limiter._acquire(*self._args).__await__()
 
     async def __aenter__(self) -> RedisConcurrencyPermit:
-        self._permit = await self._limiter._acquire(*self._args)
+        check_entry(self._entered, self._limiter)
+        self._entered = True
+        try:
+            self._permit = await self._limiter._acquire(*self._args)
+        except BaseException:
+            self._entered = False
+            raise
         return self._permit
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._permit is not None:
-            await self._permit.arelease()
+        permit, self._permit, self._entered = self._permit, None, False
+        if permit is not None:
+            await permit.arelease()
 
 
 _GRANTED: Final = "granted"
@@ -396,7 +404,7 @@ class RedisConcurrencyLimiter:
             if not fut.done():
                 fut.set_result(_RECHECK)
         self._closed = True
-        tasks = {t for t in (self._renewer, self._listener) if t is not None}
+        tasks = {t for t in (self._renewer, self._listener) if _live(t)}
         self._renewer = self._listener = None
         await cancel_late(tasks, self._call.timeout, f"closing {self!r}")
         await self._bg.aclose(self._call.timeout)
@@ -414,7 +422,7 @@ class RedisConcurrencyLimiter:
         ]
         if self._waiting:
             problems.append(f"{self!r}: {self._waiting} task(s) still waiting")
-        running = [t for t in (self._renewer, self._listener) if t is not None and not t.done()]
+        running = [t for t in (self._renewer, self._listener) if _live(t)]
         if not self._closed and (running or self._call.used or self._bg.tasks):
             problems.append(f"{self!r} left open: call `await limiter.aclose()`")
         return problems
@@ -608,7 +616,8 @@ class RedisConcurrencyLimiter:
     def _release(self, permit: RedisConcurrencyPermit) -> asyncio.Task[Any]:
         del self._held[permit.lease_id]
         if not self._held and not self._waiters and self._renewer is not None:
-            self._renewer.cancel()
+            if _live(self._renewer):
+                self._renewer.cancel()
             self._renewer = None
         return self._bg.spawn(self._cancel(permit._keys, (permit.lease_id,)))
 
@@ -629,7 +638,7 @@ class RedisConcurrencyLimiter:
     def _ensure_renewer(self) -> None:
         if self._closed:
             raise self._closed_error()
-        if self._renewer is None or self._renewer.done():
+        if not _live(self._renewer):
             self._renewer = asyncio.get_running_loop().create_task(
                 self._renew_loop(), name=f"aiolease-redis-renew-{self._name}"
             )
@@ -677,7 +686,7 @@ class RedisConcurrencyLimiter:
         if self._closed:
             raise self._closed_error()
         ready_ev = self._listener_ready
-        if self._listener is not None and not self._listener.done():
+        if _live(self._listener):
             if ready_ev is not None and ready_ev.is_set():
                 return  # subscribed
         else:
@@ -745,6 +754,12 @@ class RedisConcurrencyLimiter:
                 self._listener = None
             with contextlib.suppress(Exception):
                 await ps.aclose()
+
+
+def _live(task: asyncio.Task[Any] | None) -> TypeGuard[asyncio.Task[Any]]:
+    """Whether ``task`` may still run: it has not ended, and its loop was not closed with it
+    pending (a loop closed without cancelling its tasks, as ``asyncio.run`` does)."""
+    return task is not None and not task.done() and not task.get_loop().is_closed()
 
 
 class _NotSent(LimiterUnavailable):

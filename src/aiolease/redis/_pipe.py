@@ -305,6 +305,7 @@ class Caller:
         "_late",
         "_link",
         "_loaded",
+        "_loop",
         "_more",
         "_order",
         "_pending",
@@ -346,6 +347,8 @@ class Caller:
         #: each in a task of its own (see _via_client).
         self._order: asyncio.Lock | None = None
         self._calls: set[asyncio.Task[Any]] = set()
+        #: the loop of the calls so far (see _adopt).
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
 
     @property
@@ -378,6 +381,9 @@ class Caller:
         """
         if self.closed:  # a late release or settle after aclose(): logged by its caller
             raise _rexc.ConnectionError("the limiter was closed (aclose())")
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._adopt(loop)
         if not self._direct:
             return await self._via_client(script, keys, args, on_abandon)
         if packed is None:
@@ -412,6 +418,23 @@ class Caller:
         except asyncio.CancelledError:
             _late_abandon(fut, on_abandon)
             raise
+
+    def _adopt(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Make ``loop`` the loop of the calls; forget what a closed previous one left behind.
+
+        A loop closed without cancelling its tasks (``asyncio.run`` cancels them) leaves this
+        pipe's reader, timer and locks pending on it for good: a call on the next loop would
+        wait for a reply nothing reads. Nothing of that loop can run again, so its connection
+        is abandoned (its transport belonged to that loop) and the pipe starts afresh.
+        """
+        old, self._loop = self._loop, loop
+        if old is None or not old.is_closed():
+            return
+        self._link = self._reader = self._more = self._watch = self._late = None
+        self._pending.clear()
+        self._connecting = self._order = None
+        self._drops.clear()
+        self._calls.clear()
 
     def _send(
         self, packed: bytes, on_abandon: Callable[[Any], None] | None = None
@@ -699,8 +722,10 @@ class Background:
 
     async def aclose(self, timeout: float) -> None:
         """Let the calls in flight finish within ``timeout``, then cancel the rest."""
-        if self.tasks:
-            _, late = await asyncio.wait(set(self.tasks), timeout=timeout)
+        # (a task of a loop closed since never ends: it is not waited for)
+        tasks = {t for t in self.tasks if not t.get_loop().is_closed()}
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=timeout)
             await cancel_late(late, timeout, self.health.what)
 
 
