@@ -83,29 +83,6 @@ async def test_caught_error_aborts_the_transaction_and_exit_says_so(pg_backend: 
     assert not conn_in_transaction(conn)
 
 
-@pytest.mark.parametrize("statement", ["ROLLBACK", "COMMIT"])
-async def test_a_transaction_ended_by_a_statement_of_the_block_is_not_reported_committed(
-    pg_backend: Backend, statement: str
-) -> None:
-    # The block's own ROLLBACK ended the transaction; atomic's COMMIT then drew
-    # only a warning from the server, and atomic reported a commit and ran the
-    # on_commit hooks for work that was rolled back (SQLite already refused).
-    b = pg_backend
-    conn = await b.connect()
-    hooks: list[str] = []
-    with pytest.raises(aiolease.TransactionError, match="sent by hand"):  # noqa: PT012 - the block under test
-        async with aiolease.atomic(conn) as tx:
-            tx.on_commit(lambda: hooks.append("commit"))
-            await b.insert(conn, 1)
-            await b.run(conn, statement)
-    assert "commit" not in hooks
-    assert await b.count(conn) == (1 if statement == "COMMIT" else 0)
-    assert not conn_in_transaction(conn)
-    async with aiolease.atomic(conn):  # the connection is fine
-        await b.insert(conn, 2)
-    assert await b.count(conn) == (2 if statement == "COMMIT" else 1)
-
-
 async def test_atomic_on_a_closed_connection_raises_the_drivers_error(pg_backend: Backend) -> None:
     # psycopg: a closed connection was taken for one "already inside a transaction
     # that aiolease did not start".

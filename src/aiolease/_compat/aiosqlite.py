@@ -198,12 +198,12 @@ def _begin_readonly(db: sqlite3.Connection) -> None:
         raise
 
 
-def _commit(db: sqlite3.Connection, readonly: bool) -> bool:
+def _commit(db: sqlite3.Connection, readonly: bool) -> bool | None:
     try:
         if not db.in_transaction:
             # SQLite ended the transaction itself (some errors roll back
             # automatically) or a statement of the block did.
-            return False
+            return None
         try:
             db.execute("COMMIT")
         except BaseException:
@@ -216,10 +216,13 @@ def _commit(db: sqlite3.Connection, readonly: bool) -> bool:
             db.execute("PRAGMA query_only = 0")
 
 
-def _rollback(db: sqlite3.Connection, readonly: bool) -> None:
+def _rollback(db: sqlite3.Connection, readonly: bool) -> bool:
+    """Roll back; False when no transaction was open (a statement of the block ended it)."""
     try:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
+        if not db.in_transaction:
+            return False
+        db.execute("ROLLBACK")
+        return True
     finally:
         if readonly:
             db.execute("PRAGMA query_only = 0")
@@ -286,7 +289,7 @@ async def begin(conn: Any, isolation: str | None, readonly: bool) -> None:
     state["_execute"] = _make_first(conn, begin_fn)
 
 
-async def commit(conn: Any) -> bool:
+async def commit(conn: Any) -> bool | None:
     """COMMIT in one hop (or none: an empty block, or COMMIT on the loop)."""
     state = conn.__dict__
     readonly = state.pop(_READONLY, False)
@@ -294,7 +297,8 @@ async def commit(conn: Any) -> bool:
     if loop is None:
         if state.pop("_execute", None) is not None:
             return True  # the block ran no statement: nothing began, nothing to commit
-        return bool(await _submit(conn, partial(_commit, conn._conn, readonly)))
+        committed: bool | None = await _submit(conn, partial(_commit, conn._conn, readonly))
+        return committed
     loop.begin_fn = None
     if loop.submitted == 0:
         return True  # the block ran no statement: nothing began, nothing to commit
@@ -307,22 +311,25 @@ async def commit(conn: Any) -> bool:
     ):
         return _commit(db, readonly)  # on the loop: no hop (see the module doc)
     # Through the worker, behind whatever of the block is still running or queued.
-    return bool(await conn._execute(_commit, db, readonly))
+    outcome: bool | None = await conn._execute(_commit, db, readonly)
+    return outcome
 
 
-async def rollback(conn: Any) -> None:
-    """ROLLBACK in one hop (none when nothing began)."""
+async def rollback(conn: Any) -> bool:
+    """ROLLBACK in one hop (none when nothing began); False when a statement of the
+    block had ended the transaction."""
     state = conn.__dict__
     readonly = bool(state.pop(_READONLY, False))
     loop: _LoopCommit | None = state.get(_LOOP)
     if loop is not None:
         loop.begin_fn = None
         if loop.submitted == 0:
-            return  # nothing began
+            return True  # nothing began
     elif state.pop("_execute", None) is not None:
-        return  # nothing began
+        return True  # nothing began
     # Through the worker thread: a statement the block stopped awaiting may still run.
-    await conn._execute(_rollback, conn._conn, readonly)
+    rolled_back: bool = await conn._execute(_rollback, conn._conn, readonly)
+    return rolled_back
 
 
 async def savepoint(conn: Any, name: str) -> None:
