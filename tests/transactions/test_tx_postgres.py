@@ -294,6 +294,33 @@ async def test_isolation_level_is_applied(pg_backend: Backend) -> None:
         assert await b.scalar(conn, "SHOW transaction_read_only") == "off"
 
 
+async def test_isolation_and_readonly_apply_through_every_entry_point(pg_backend: Backend) -> None:
+    # atomic(), pool.atomic() and run_transaction(): what the server says it runs.
+    b = pg_backend
+
+    async def settings(conn: Any) -> tuple[str, str]:
+        level = await b.scalar(conn, "SELECT current_setting('transaction_isolation')")
+        readonly = await b.scalar(conn, "SELECT current_setting('transaction_read_only')")
+        return level, readonly
+
+    conn = await b.connect()
+    async with b.pool(max_size=1) as pool:
+        for level in (None, "read committed", "Repeatable Read", "SERIALIZABLE"):
+            for readonly in (False, True):
+                want = ((level or "read committed").lower(), "on" if readonly else "off")
+                async with aiolease.atomic(conn, isolation=level, readonly=readonly):
+                    assert await settings(conn) == want
+                async with pool.atomic(isolation=level, readonly=readonly) as tx:
+                    assert await settings(tx.connection) == want
+                got = await aiolease.run_transaction(
+                    pool, settings, isolation=level, readonly=readonly
+                )
+                assert got == want
+        async with pool.atomic() as tx:  # nothing sticks to the connection
+            assert await settings(tx.connection) == ("read committed", "off")
+    assert await settings(conn) == ("read committed", "off")
+
+
 def conn_in_transaction(conn: Any) -> bool:
     from aiolease._dialects import dialect_for
 

@@ -65,7 +65,7 @@ def _programs(depth: int) -> st.SearchStrategy[list[tuple[Any, ...]]]:
     block = st.tuples(
         st.just("block"), st.booleans(), _programs(depth - 1), st.sampled_from(ENDS), st.booleans()
     )
-    return st.lists(st.one_of(leaf, block), max_size=4)
+    return st.lists(st.one_of(block, leaf, block), max_size=4)  # blocks twice as often
 
 
 programs = st.tuples(
