@@ -155,6 +155,47 @@ async def test_real_serialization_conflicts_are_retried(pg_backend: Backend) -> 
     assert committed == [1] * tasks  # hooks ran for committed attempts only
 
 
+async def test_a_serialization_failure_at_commit_is_retried_without_hooks(
+    pg_backend: Backend,
+) -> None:
+    # Write skew under SERIALIZABLE: both bodies finish, the second COMMIT fails
+    # (40001). Its attempt is retried and runs no hook of either kind.
+    b = pg_backend
+    setup = await b.connect()
+    await b.insert(setup, 0, id=1)
+    await b.insert(setup, 0, id=2)
+    barrier = asyncio.Barrier(2)
+    finished: list[str] = []
+    hooks: list[tuple[str, str, int]] = []
+
+    async with b.pool(max_size=2) as pool:
+
+        async def write_skew(conn: Any, name: str, mine: int) -> int:
+            attempt = 1 + finished.count(name)
+            async with aiolease.atomic(conn, savepoint=False) as tx:
+                tx.on_commit(lambda: hooks.append(("commit", name, attempt)))
+                tx.on_rollback(lambda: hooks.append(("rollback", name, attempt)))
+            total = await b.scalar(conn, f"SELECT sum(v) FROM {b.table}")
+            if attempt == 1:
+                await barrier.wait()  # both read before either writes
+            await b.run(conn, f"UPDATE {b.table} SET v = $1 WHERE id = $2", total + 1, mine)
+            finished.append(name)
+            if attempt == 1:
+                await barrier.wait()  # both wrote before either commits
+            return attempt
+
+        def run(name: str, mine: int) -> Any:
+            async def fn(conn: Any) -> int:
+                return await write_skew(conn, name, mine)
+
+            return aiolease.run_transaction(pool, fn, isolation="serializable", attempts=3)
+
+        results = await asyncio.gather(run("a", 1), run("b", 2))
+    assert sorted(results) == [1, 2]  # one committed at once, one at its second attempt
+    assert len(finished) == 3  # the failed attempt's body ran to its end: COMMIT failed
+    assert sorted(hooks) == [("commit", "a", results[0]), ("commit", "b", results[1])]
+
+
 async def test_real_deadlock_is_retried_to_the_right_data(pg_backend: Backend) -> None:
     b = pg_backend
     setup = await b.connect()
