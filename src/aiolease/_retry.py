@@ -53,9 +53,12 @@ class TransactionAttempt(Generic[C]):
 
     def _will_retry(self, exc: BaseException) -> bool:
         loop = self._loop
-        if self.number >= loop._attempts or self._tx is None:
+        tx = self._tx
+        if self.number >= loop._attempts or tx is None:
             return False
-        return self._tx._dialect.is_retryable(exc)
+        # An unknown outcome (a COMMIT sent by hand, a connection lost during COMMIT)
+        # may have committed the attempt's work: running it again could do it twice.
+        return tx._outcome != "unknown" and tx._dialect.is_retryable(exc)
 
     async def __aenter__(self) -> Transaction[C]:
         loop = self._loop

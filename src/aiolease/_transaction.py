@@ -234,8 +234,10 @@ class Transaction(Generic[C]):
     def on_rollback(self, fn: Hook) -> Hook:
         """Run ``fn()`` after the outermost transaction rolls back (or fails to commit).
 
-        Not run when the outcome is unknown (:class:`~aiolease.CommitUnknown`)
-        nor for an attempt that :func:`run_transaction` retries. A hook
+        Not run when the outcome is unknown (:class:`~aiolease.CommitUnknown`, or
+        a statement of the block ended the transaction: a ``COMMIT`` or
+        ``ROLLBACK`` sent by hand) nor for an attempt that :func:`run_transaction`
+        retries. A hook
         registered in a savepoint that rolls back is dropped. Returns ``fn``.
 
         Raises:
@@ -454,19 +456,24 @@ class Transaction(Generic[C]):
                     if errors:
                         raise _hook_error(errors, len(self._on_commit), committed=True)
                 return False
+            if committed is None:
+                raise self._ended_by_block(None)
             error = TransactionError(
                 "the transaction was rolled back, not committed: the database had aborted "
                 "it after an error inside the block that was caught (in PostgreSQL every "
-                "later statement fails and COMMIT turns into ROLLBACK), or a statement of "
-                "the block ended it (a ROLLBACK or COMMIT sent by hand: atomic() cannot "
-                "vouch for its work, and no on_commit hook ran). Let the error "
+                "later statement fails and COMMIT turns into ROLLBACK). Let the error "
                 "propagate, or wrap the statement that may fail in a nested atomic() block"
             )
             self._ended("rollback")
             await self._after_rollback(error)
             raise error
 
-        failed = await self._rollback_quietly(exc, outermost=True)
+        failed, ended = await self._rollback_quietly(exc, outermost=True)
+        if ended:
+            error = self._ended_by_block(exc)
+            if exc is None or isinstance(exc, Rollback):
+                raise error from exc
+            return False
         self._ended("rollback")
         if exc is None:
             if failed is not None:
@@ -497,7 +504,7 @@ class Transaction(Generic[C]):
                     raise
                 # An error inside this block was caught, which aborted the
                 # transaction: undo this block so the enclosing one can go on.
-                failed = await self._rollback_quietly(err, outermost=False)
+                failed, _ = await self._rollback_quietly(err, outermost=False)
                 if failed is not None:
                     raise failed from err
                 raise TransactionError(
@@ -507,7 +514,7 @@ class Transaction(Generic[C]):
                 ) from err
             _merge_hooks(self, parent)
             return False
-        failed = await self._rollback_quietly(exc, outermost=False)
+        failed, _ = await self._rollback_quietly(exc, outermost=False)
         if failed is not None and (exc is None or isinstance(exc, Rollback)):
             raise TransactionError(f"ROLLBACK TO SAVEPOINT {name} failed") from failed
         if exc is None and self._doomed:
@@ -529,8 +536,11 @@ class Transaction(Generic[C]):
 
     async def _rollback_quietly(
         self, exc: BaseException | None, *, outermost: bool
-    ) -> BaseException | None:
+    ) -> tuple[BaseException | None, bool]:
         """Roll back (to the savepoint), shielded from cancellation and bounded.
+
+        Returns the rollback's failure (or None) and whether the dialect found
+        no transaction open (a statement of the block had ended it).
 
         The rollback gets ``cleanup_timeout`` seconds (the dialect's ``cancel_grace``
         when it waits behind a statement the driver is still cancelling: on a silent
@@ -597,7 +607,23 @@ class Transaction(Generic[C]):
             if exc is not None and exc is not cancelled:
                 _attach(cancelled, exc)
             raise cancelled
-        return err
+        return err, err is None and task.result() is False
+
+    def _ended_by_block(self, exc: BaseException | None) -> TransactionError:
+        """The outermost transaction was found over at the block's exit: a statement
+        of the block ended it. Whether its work was committed is not known, so no
+        hook runs (either kind would claim an outcome). Returns the error to raise
+        when the block has no exception of its own; ``exc`` gets its message as a note."""
+        self._ended("unknown")
+        message = (
+            "a statement of the block ended the transaction (a COMMIT or ROLLBACK sent "
+            "by hand; SQLite also rolls back by itself after some errors), so atomic() "
+            "cannot tell whether its work was committed: no COMMIT was sent and no "
+            "on_commit or on_rollback hook ran. End transactions through atomic() only"
+        )
+        if exc is not None:
+            exc.add_note(f"aiolease: {message}")
+        return TransactionError(f"the transaction was not committed by atomic(): {message}")
 
     def _where(self) -> str:
         """The connection for a log line, and its pool when known."""
@@ -718,8 +744,9 @@ def atomic(
         TransactionError: (on enter) ``durable`` or ``isolation``/``readonly``
             on a nested block; the connection's transaction is in use by
             another task; the connection is in a transaction aiolease did not
-            start. (On exit) the database had aborted the transaction, or a
-            statement of the block ended it, so it was not committed.
+            start. (On exit) the database had aborted the transaction, so it
+            was not committed; or a statement of the block ended it, so
+            whether its work was committed is not known (no hook ran).
         CommitUnknown: the connection was lost (or the driver timed out) during
             COMMIT: the outcome is unknown.
         HookError: a hook failed (the outcome is in ``committed``).

@@ -156,6 +156,47 @@ async def test_on_rollback_hooks_run_and_commit_hooks_do_not(backend: Backend) -
     assert events == ["silent"]
 
 
+@pytest.mark.parametrize("exit", ["clean", "raise", "Rollback", "set_rollback", "nested"])
+@pytest.mark.parametrize("statement", ["ROLLBACK", "COMMIT"])
+async def test_a_transaction_ended_by_a_statement_of_the_block_runs_no_hook(
+    backend: Backend, statement: str, exit: str
+) -> None:
+    # A COMMIT sent by hand made atomic raise "rolled back, not committed" and run
+    # the on_rollback hooks for work that was committed (on FakeConnection it even
+    # reported a commit and ran on_commit after a ROLLBACK sent by hand). atomic
+    # cannot tell which statement ended the transaction: no hook runs, either kind.
+    conn = await backend.connect()
+    hooks: list[str] = []
+    with pytest.raises(Exception) as info:  # noqa: PT012 - the block under test; checked below
+        async with aiolease.atomic(conn) as tx:
+            tx.on_commit(lambda: hooks.append("commit"))
+            tx.on_rollback(lambda: hooks.append("rollback"))
+            await backend.insert(conn, 1)
+            if exit == "nested":
+                async with aiolease.atomic(conn) as inner:
+                    inner.on_rollback(lambda: hooks.append("inner rollback"))
+                    await backend.run(conn, statement)
+            else:
+                await backend.run(conn, statement)
+            if exit == "raise":
+                raise Boom
+            if exit == "Rollback":
+                raise aiolease.Rollback
+            tx.set_rollback(exit == "set_rollback")
+    assert hooks == []
+    if exit == "raise":
+        assert isinstance(info.value, Boom)  # unchanged, with a note saying why no hook ran
+        assert any("cannot tell" in note for note in info.value.__notes__)
+    elif exit != "nested":  # there the savepoint's RELEASE fails with the driver's error
+        assert isinstance(info.value, aiolease.TransactionError)
+        assert "cannot tell whether its work was committed" in str(info.value)
+    assert await backend.count(conn) == (1 if statement == "COMMIT" else 0)
+    assert not _tracking.is_broken(conn)
+    async with aiolease.atomic(conn):  # the connection is fine
+        await backend.insert(conn, 2)
+    assert await backend.count(conn) == (2 if statement == "COMMIT" else 1)
+
+
 async def test_a_failing_commit_hook_says_the_data_was_committed(backend: Backend) -> None:
     conn = await backend.connect()
     ran: list[int] = []

@@ -178,6 +178,27 @@ async def test_last_attempt_error_propagates_and_its_rollback_hooks_run() -> Non
     assert rolled_back == [1]  # only the final, unretried attempt's
 
 
+async def test_an_attempt_whose_block_ended_the_transaction_is_not_retried() -> None:
+    # The work was committed by hand; a retryable error after it made
+    # run_transaction run fn again: the work was done twice.
+    conn = FakeConnection()
+    conn.script("^UPDATE", error=FakeDatabaseError("deadlock detected", sqlstate="40P01"))
+    calls: list[int] = []
+
+    async def work(c: FakeConnection) -> None:
+        calls.append(1)
+        await c.execute("INSERT", len(calls))
+        await c.execute("COMMIT")
+        await c.execute("UPDATE")  # outside any transaction now
+
+    with pytest.raises(FakeDatabaseError) as info:
+        await aiolease.run_transaction(conn, work, backoff=0.001)
+    assert info.value.sqlstate == "40P01"
+    assert any("cannot tell" in note for note in info.value.__notes__)
+    assert calls == [1]
+    assert conn.committed == [("INSERT", (1,))]
+
+
 async def test_retry_backoff_is_capped_and_jittered(monkeypatch: pytest.MonkeyPatch) -> None:
     caps: list[float] = []
 

@@ -83,29 +83,6 @@ async def test_caught_error_aborts_the_transaction_and_exit_says_so(pg_backend: 
     assert not conn_in_transaction(conn)
 
 
-@pytest.mark.parametrize("statement", ["ROLLBACK", "COMMIT"])
-async def test_a_transaction_ended_by_a_statement_of_the_block_is_not_reported_committed(
-    pg_backend: Backend, statement: str
-) -> None:
-    # The block's own ROLLBACK ended the transaction; atomic's COMMIT then drew
-    # only a warning from the server, and atomic reported a commit and ran the
-    # on_commit hooks for work that was rolled back (SQLite already refused).
-    b = pg_backend
-    conn = await b.connect()
-    hooks: list[str] = []
-    with pytest.raises(aiolease.TransactionError, match="sent by hand"):  # noqa: PT012 - the block under test
-        async with aiolease.atomic(conn) as tx:
-            tx.on_commit(lambda: hooks.append("commit"))
-            await b.insert(conn, 1)
-            await b.run(conn, statement)
-    assert "commit" not in hooks
-    assert await b.count(conn) == (1 if statement == "COMMIT" else 0)
-    assert not conn_in_transaction(conn)
-    async with aiolease.atomic(conn):  # the connection is fine
-        await b.insert(conn, 2)
-    assert await b.count(conn) == (2 if statement == "COMMIT" else 1)
-
-
 async def test_atomic_on_a_closed_connection_raises_the_drivers_error(pg_backend: Backend) -> None:
     # psycopg: a closed connection was taken for one "already inside a transaction
     # that aiolease did not start".
@@ -176,6 +153,47 @@ async def test_real_serialization_conflicts_are_retried(pg_backend: Backend) -> 
     assert await b.get(setup, 1) == tasks  # no lost update
     assert len(attempts) > tasks  # conflicts really happened and were retried
     assert committed == [1] * tasks  # hooks ran for committed attempts only
+
+
+async def test_a_serialization_failure_at_commit_is_retried_without_hooks(
+    pg_backend: Backend,
+) -> None:
+    # Write skew under SERIALIZABLE: both bodies finish, the second COMMIT fails
+    # (40001). Its attempt is retried and runs no hook of either kind.
+    b = pg_backend
+    setup = await b.connect()
+    await b.insert(setup, 0, id=1)
+    await b.insert(setup, 0, id=2)
+    barrier = asyncio.Barrier(2)
+    finished: list[str] = []
+    hooks: list[tuple[str, str, int]] = []
+
+    async with b.pool(max_size=2) as pool:
+
+        async def write_skew(conn: Any, name: str, mine: int) -> int:
+            attempt = 1 + finished.count(name)
+            async with aiolease.atomic(conn, savepoint=False) as tx:
+                tx.on_commit(lambda: hooks.append(("commit", name, attempt)))
+                tx.on_rollback(lambda: hooks.append(("rollback", name, attempt)))
+            total = await b.scalar(conn, f"SELECT sum(v) FROM {b.table}")
+            if attempt == 1:
+                await barrier.wait()  # both read before either writes
+            await b.run(conn, f"UPDATE {b.table} SET v = $1 WHERE id = $2", total + 1, mine)
+            finished.append(name)
+            if attempt == 1:
+                await barrier.wait()  # both wrote before either commits
+            return attempt
+
+        def run(name: str, mine: int) -> Any:
+            async def fn(conn: Any) -> int:
+                return await write_skew(conn, name, mine)
+
+            return aiolease.run_transaction(pool, fn, isolation="serializable", attempts=3)
+
+        results = await asyncio.gather(run("a", 1), run("b", 2))
+    assert sorted(results) == [1, 2]  # one committed at once, one at its second attempt
+    assert len(finished) == 3  # the failed attempt's body ran to its end: COMMIT failed
+    assert sorted(hooks) == [("commit", "a", results[0]), ("commit", "b", results[1])]
 
 
 async def test_real_deadlock_is_retried_to_the_right_data(pg_backend: Backend) -> None:
@@ -315,6 +333,33 @@ async def test_isolation_level_is_applied(pg_backend: Backend) -> None:
         assert await b.scalar(conn, "SHOW transaction_read_only") == "on"
     async with aiolease.atomic(conn):
         assert await b.scalar(conn, "SHOW transaction_read_only") == "off"
+
+
+async def test_isolation_and_readonly_apply_through_every_entry_point(pg_backend: Backend) -> None:
+    # atomic(), pool.atomic() and run_transaction(): what the server says it runs.
+    b = pg_backend
+
+    async def settings(conn: Any) -> tuple[str, str]:
+        level = await b.scalar(conn, "SELECT current_setting('transaction_isolation')")
+        readonly = await b.scalar(conn, "SELECT current_setting('transaction_read_only')")
+        return level, readonly
+
+    conn = await b.connect()
+    async with b.pool(max_size=1) as pool:
+        for level in (None, "read committed", "Repeatable Read", "SERIALIZABLE"):
+            for readonly in (False, True):
+                want = ((level or "read committed").lower(), "on" if readonly else "off")
+                async with aiolease.atomic(conn, isolation=level, readonly=readonly):
+                    assert await settings(conn) == want
+                async with pool.atomic(isolation=level, readonly=readonly) as tx:
+                    assert await settings(tx.connection) == want
+                got = await aiolease.run_transaction(
+                    pool, settings, isolation=level, readonly=readonly
+                )
+                assert got == want
+        async with pool.atomic() as tx:  # nothing sticks to the connection
+            assert await settings(tx.connection) == ("read committed", "off")
+    assert await settings(conn) == ("read committed", "off")
 
 
 def conn_in_transaction(conn: Any) -> bool:

@@ -160,6 +160,30 @@ async def test_busy_begin_is_retried(db: Path) -> None:
         await conn.close()
 
 
+async def test_a_busy_begin_whose_error_was_caught_never_began(db: Path) -> None:
+    # BEGIN rides with the first statement (fast path): when it fails, nothing began.
+    # That is a plain rollback, not a transaction a statement of the block ended (an
+    # unknown outcome, which would skip the hooks and never be retried).
+    holder, conn = await connect(db), await connect(db, busy_ms=0)
+    hooks: list[str] = []
+    try:
+        await holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises((aiolease.TransactionError, sqlite3.OperationalError)) as info:  # noqa: PT012 - the block under test
+            async with aiolease.atomic(conn) as tx:
+                tx.on_rollback(lambda: hooks.append("rollback"))
+                try:
+                    await conn.execute("UPDATE t SET v = v + 1")
+                except sqlite3.OperationalError:
+                    pass  # busy: the mistake of catching it
+        # public path: BEGIN fails at entry, before the hook; fast path: at the UPDATE.
+        if isinstance(info.value, aiolease.TransactionError):
+            assert "rolled back, not committed" in str(info.value)
+            assert hooks == ["rollback"]
+    finally:
+        await holder.close()
+        await conn.close()
+
+
 async def test_sixteen_concurrent_writers_never_see_database_is_locked(db: Path) -> None:
     writers, rounds = 16, 10
     async with aiolease.sqlite.create_pool(db, max_size=writers) as pool:
@@ -227,7 +251,7 @@ async def test_failed_commit_is_rolled_back_in_the_same_hop(db: Path) -> None:
 async def test_transaction_ended_by_sqlite_is_reported(db: Path) -> None:
     conn = await connect(db)
     try:
-        with pytest.raises(aiolease.TransactionError, match="rolled back, not committed"):  # noqa: PT012 - the block under test
+        with pytest.raises(aiolease.TransactionError, match="cannot tell"):  # noqa: PT012 - the block under test
             async with aiolease.atomic(conn):
                 await conn.execute("UPDATE t SET v = 9")
                 await conn.execute("ROLLBACK")  # stands for SQLite's automatic rollbacks

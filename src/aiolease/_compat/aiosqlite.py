@@ -77,6 +77,10 @@ __all__ = [
 
 # Marker on a connection whose block began read-only (query_only must be reset).
 _READONLY = "_aiolease_readonly"
+# Marker on a connection whose block's BEGIN ran (set and read in the worker thread):
+# a block whose transaction is over without it never began (BEGIN failed), one with
+# it was ended by a statement of the block.
+_BEGAN = "_aiolease_began"
 
 
 #: A transaction that changed more rows than this commits through the worker thread.
@@ -171,6 +175,7 @@ def _in_block(conn: Any, loop: _LoopCommit, begin_fn: Any, fn: Any, args: Any, k
             _prepare_block(db, loop)
             loop.begun = True  # before BEGIN: a failed BEGIN still ends through the thread
             begin_fn(db)
+            conn.__dict__[_BEGAN] = True
         return fn(*args, **kwargs)
     finally:
         loop.finished += 1
@@ -198,12 +203,14 @@ def _begin_readonly(db: sqlite3.Connection) -> None:
         raise
 
 
-def _commit(db: sqlite3.Connection, readonly: bool) -> bool:
+def _commit(conn: Any, readonly: bool) -> bool | None:
+    db = conn._conn
     try:
         if not db.in_transaction:
-            # SQLite ended the transaction itself (some errors roll back
-            # automatically) or a statement of the block did.
-            return False
+            # BEGIN failed (its error was caught): nothing began (False). Else SQLite
+            # ended the transaction itself (some errors roll back automatically) or a
+            # statement of the block did (None).
+            return None if conn.__dict__.get(_BEGAN) else False
         try:
             db.execute("COMMIT")
         except BaseException:
@@ -216,10 +223,15 @@ def _commit(db: sqlite3.Connection, readonly: bool) -> bool:
             db.execute("PRAGMA query_only = 0")
 
 
-def _rollback(db: sqlite3.Connection, readonly: bool) -> None:
+def _rollback(conn: Any, readonly: bool) -> bool:
+    """Roll back; False when a statement of the block had ended the transaction."""
+    db = conn._conn
+    began = conn.__dict__.pop(_BEGAN, False)
     try:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
+        if not db.in_transaction:
+            return not began
+        db.execute("ROLLBACK")
+        return True
     finally:
         if readonly:
             db.execute("PRAGMA query_only = 0")
@@ -241,6 +253,7 @@ def _submit(conn: Any, call: Any) -> asyncio.Future[Any]:
 
 def _begin_then(conn: Any, begin_fn: Any, fn: Any, args: Any, kwargs: Any) -> Any:
     begin_fn(conn._connection)
+    conn.__dict__[_BEGAN] = True
     return fn(*args, **kwargs)
 
 
@@ -273,6 +286,7 @@ async def begin(conn: Any, isolation: str | None, readonly: bool) -> None:
     """Arm ``conn``: its next operation runs BEGIN first, in the same hop (SQLite's
     only level, serializable, is what ``isolation`` can be)."""
     state = conn.__dict__
+    state.pop(_BEGAN, None)
     begin_fn = _begin_readonly if readonly else _begin_immediate
     if readonly:
         state[_READONLY] = True
@@ -286,7 +300,7 @@ async def begin(conn: Any, isolation: str | None, readonly: bool) -> None:
     state["_execute"] = _make_first(conn, begin_fn)
 
 
-async def commit(conn: Any) -> bool:
+async def commit(conn: Any) -> bool | None:
     """COMMIT in one hop (or none: an empty block, or COMMIT on the loop)."""
     state = conn.__dict__
     readonly = state.pop(_READONLY, False)
@@ -294,7 +308,8 @@ async def commit(conn: Any) -> bool:
     if loop is None:
         if state.pop("_execute", None) is not None:
             return True  # the block ran no statement: nothing began, nothing to commit
-        return bool(await _submit(conn, partial(_commit, conn._conn, readonly)))
+        committed: bool | None = await _submit(conn, partial(_commit, conn, readonly))
+        return committed
     loop.begin_fn = None
     if loop.submitted == 0:
         return True  # the block ran no statement: nothing began, nothing to commit
@@ -305,24 +320,27 @@ async def commit(conn: Any) -> bool:
         and conn._tx.empty()
         and db.total_changes - loop.changes_at_begin <= LOOP_COMMIT_MAX_CHANGES
     ):
-        return _commit(db, readonly)  # on the loop: no hop (see the module doc)
+        return _commit(conn, readonly)  # on the loop: no hop (see the module doc)
     # Through the worker, behind whatever of the block is still running or queued.
-    return bool(await conn._execute(_commit, db, readonly))
+    outcome: bool | None = await conn._execute(_commit, conn, readonly)
+    return outcome
 
 
-async def rollback(conn: Any) -> None:
-    """ROLLBACK in one hop (none when nothing began)."""
+async def rollback(conn: Any) -> bool:
+    """ROLLBACK in one hop (none when nothing began); False when a statement of the
+    block had ended the transaction."""
     state = conn.__dict__
     readonly = bool(state.pop(_READONLY, False))
     loop: _LoopCommit | None = state.get(_LOOP)
     if loop is not None:
         loop.begin_fn = None
         if loop.submitted == 0:
-            return  # nothing began
+            return True  # nothing began
     elif state.pop("_execute", None) is not None:
-        return  # nothing began
+        return True  # nothing began
     # Through the worker thread: a statement the block stopped awaiting may still run.
-    await conn._execute(_rollback, conn._conn, readonly)
+    rolled_back: bool = await conn._execute(_rollback, conn, readonly)
+    return rolled_back
 
 
 async def savepoint(conn: Any, name: str) -> None:

@@ -57,13 +57,17 @@ class Dialect(ABC, Generic[C]):
         """Start a transaction; ``isolation`` is None (the default level) or a lower-case level."""
 
     @abstractmethod
-    async def commit(self, conn: C) -> bool:
+    async def commit(self, conn: C) -> bool | None:
         """Commit the transaction.
 
         Returns:
             True when it committed; False when the database ended it with a
             rollback instead (PostgreSQL does that to a transaction aborted by
-            an earlier error).
+            an earlier error); None when no transaction was open any more, so
+            nothing was sent: a statement of the block ended it (a ``COMMIT``
+            or ``ROLLBACK`` sent by hand; SQLite also rolls back by itself
+            after some errors), and whether its work was committed is not
+            known (``atomic`` then runs no hook).
 
         Raises:
             Exception: the commit failed; the transaction must be over when
@@ -72,8 +76,15 @@ class Dialect(ABC, Generic[C]):
         """
 
     @abstractmethod
-    async def rollback(self, conn: C) -> None:
-        """Roll the transaction back."""
+    async def rollback(self, conn: C) -> bool | None:
+        """Roll the transaction back.
+
+        Returns:
+            False when no transaction was open any more: a statement of the
+            block had ended it (see :meth:`commit`), and whether its work was
+            committed is not known (``atomic`` then runs no hook). True, or
+            None for a dialect that cannot tell: it rolled back.
+        """
 
     @abstractmethod
     async def savepoint(self, conn: C, name: str) -> None:

@@ -26,17 +26,21 @@ class AsyncpgDialect(Dialect[Any]):
     async def begin(self, conn: Any, isolation: str | None, readonly: bool) -> None:
         await conn.execute(begin_sql(isolation, readonly))
 
-    async def commit(self, conn: Any) -> bool:
-        if not conn.is_in_transaction() and not conn.is_closed():
+    async def commit(self, conn: Any) -> bool | None:
+        if _ended(conn):
             # A statement of the block ended the transaction (a COMMIT or ROLLBACK
             # sent by hand): a COMMIT now would only draw a warning and report
             # success for work that may have been rolled back.
-            return False
+            return None
         status: str = await conn.execute("COMMIT")
         return status == "COMMIT"
 
-    async def rollback(self, conn: Any) -> None:
+    async def rollback(self, conn: Any) -> bool:
+        # Read before: ROLLBACK goes out anyway (harmless outside a transaction), as
+        # a BEGIN whose caller was cancelled may still be on its way.
+        ended = _ended(conn)
         await conn.execute("ROLLBACK")
+        return not ended
 
     async def savepoint(self, conn: Any, name: str) -> None:
         await conn.execute(f"SAVEPOINT {name}")
@@ -71,3 +75,9 @@ class AsyncpgDialect(Dialect[Any]):
             return bool(conn.is_closed())
         except Exception:  # a released pool proxy raises
             return True
+
+
+def _ended(conn: Any) -> bool:
+    """Whether the transaction is over although the connection is open (a statement
+    of the block ended it); read from the status of the last statement, no I/O."""
+    return not conn.is_in_transaction() and not conn.is_closed()

@@ -91,7 +91,7 @@ class PsycopgDialect(Dialect[Any]):
             del self._blocks[key]
         return block
 
-    async def commit(self, conn: Any) -> bool:
+    async def commit(self, conn: Any) -> bool | None:
         block = self._pop(conn)
         if block is None:
             raise psycopg.OperationalError(f"no transaction to commit on {conn!r}")
@@ -101,7 +101,7 @@ class PsycopgDialect(Dialect[Any]):
             # sent by hand): nothing to commit. psycopg's block is still left,
             # rolling back as psycopg does (a no-op on the server).
             await self._roll_back(conn, block, "ROLLBACK", _IDLE)
-            return False
+            return None
         # PostgreSQL turns the COMMIT of an aborted transaction into a ROLLBACK.
         aborted = status == _INERROR
         await block[0].__aexit__(None, None, None)
@@ -112,11 +112,13 @@ class PsycopgDialect(Dialect[Any]):
             )
         return not aborted
 
-    async def rollback(self, conn: Any) -> None:
+    async def rollback(self, conn: Any) -> bool:
         block = self._pop(conn)
         if block is None:
-            return  # BEGIN did not happen (psycopg undid it)
+            return True  # BEGIN did not happen (psycopg undid it)
+        ended = conn.pgconn.transaction_status == _IDLE  # a statement of the block ended it
         await self._roll_back(conn, block, "ROLLBACK", _IDLE)
+        return not ended
 
     async def savepoint(self, conn: Any, name: str) -> None:
         cm = conn.transaction(savepoint_name=name)

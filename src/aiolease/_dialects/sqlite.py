@@ -53,12 +53,12 @@ class AiosqliteDialect(Dialect[Any]):
         await conn.execute("PRAGMA query_only = 1")
         await conn.execute("BEGIN DEFERRED")
 
-    async def commit(self, conn: Any) -> bool:
+    async def commit(self, conn: Any) -> bool | None:
         if not conn.in_transaction:
             # SQLite ended the transaction itself (some errors roll back
             # automatically) or a statement of the block did.
             await self._end_readonly(conn)
-            return False
+            return None
         try:
             await conn.commit()
         except Exception:
@@ -71,7 +71,8 @@ class AiosqliteDialect(Dialect[Any]):
         await self._end_readonly(conn)
         return True
 
-    async def rollback(self, conn: Any) -> None:
+    async def rollback(self, conn: Any) -> bool:
+        ended = not self.in_transaction(conn)  # a statement of the block ended it
         try:
             # Always sent (sqlite3 makes it a no-op outside a transaction): a
             # BEGIN or statement whose caller was cancelled may still be queued
@@ -79,6 +80,7 @@ class AiosqliteDialect(Dialect[Any]):
             await conn.rollback()
         finally:
             await self._end_readonly(conn)
+        return not ended
 
     async def _end_readonly(self, conn: Any) -> None:
         if conn in self._readonly:

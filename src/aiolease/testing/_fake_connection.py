@@ -695,6 +695,11 @@ def _nth(n: object) -> int:
     return n
 
 
+def _ended(conn: FakeConnection) -> bool:
+    """Whether the transaction is over although the connection is open."""
+    return not conn.in_transaction and not conn.closed
+
+
 class FakeDialect(Dialect[FakeConnection]):
     """PostgreSQL-style transaction control over :class:`FakeConnection`."""
 
@@ -703,11 +708,17 @@ class FakeDialect(Dialect[FakeConnection]):
     async def begin(self, conn: FakeConnection, isolation: str | None, readonly: bool) -> None:
         await conn.execute(begin_sql(isolation, readonly))
 
-    async def commit(self, conn: FakeConnection) -> bool:
+    async def commit(self, conn: FakeConnection) -> bool | None:
+        if _ended(conn):
+            # A statement of the block ended the transaction (a COMMIT or ROLLBACK
+            # sent by hand): as on PostgreSQL, a COMMIT now would answer COMMIT.
+            return None
         return bool(await conn.execute("COMMIT") == "COMMIT")
 
-    async def rollback(self, conn: FakeConnection) -> None:
+    async def rollback(self, conn: FakeConnection) -> bool:
+        ended = _ended(conn)
         await conn.execute("ROLLBACK")
+        return not ended
 
     async def savepoint(self, conn: FakeConnection, name: str) -> None:
         await conn.execute(f"SAVEPOINT {name}")
