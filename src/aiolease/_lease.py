@@ -20,6 +20,12 @@ the lease ended in the same way, ``async with``, ``await`` and ``async for``
 included. A
 guarded object's ``.connection`` is the lease's proxy, not the driver's
 connection. Rows and values are never wrapped.
+
+A callback the driver calls with the connection (asyncpg's listeners: the driver
+manager names their ``add_``/``remove_`` methods) gets the lease that added it
+instead, as asyncpg's own pool does: one kept past its lease is refused like any
+other use. A lease passed to a connection method that takes a connection
+(aiosqlite's ``backup()``) is passed on as the connection it stands for.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Collection, Coroutine
 from typing import Any, ClassVar, Generic, TypeVar, cast
+from weakref import WeakKeyDictionary
 
 from ._errors import ResourceReleased
 
@@ -127,20 +134,109 @@ def _making(name: str) -> Callable[..., Any]:
     return method
 
 
+def _taking(name: str) -> Callable[..., Any]:
+    """A forwarding method for a connection method that takes a connection: a lease
+    among its arguments is passed on as its driver connection."""
+
+    def method(self: LeaseProxy, *args: Any, **kwargs: Any) -> Any:
+        conn = self._aiolease_conn
+        if conn is None:
+            raise self._released(f"{name}()")
+        args = tuple(_passed(arg, name) for arg in args)
+        kwargs = {key: _passed(arg, name) for key, arg in kwargs.items()}
+        return getattr(conn, name)(*args, **kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    return method
+
+
+def _passed(arg: Any, name: str) -> Any:
+    """``arg`` as passed on to the connection method ``name``: a lease as its connection."""
+    if not isinstance(arg, LeaseProxy):
+        return arg
+    conn = arg._aiolease_conn
+    if conn is None:
+        raise arg._released(f"passing it to {name}()")
+    return conn
+
+
+# Per driver connection: the relay made for each callback added to it, by
+# (kind, the add method's other arguments, callback), so that the callback's removal,
+# in any later lease, removes its relay.
+_relays: WeakKeyDictionary[Any, dict[tuple[Any, ...], Callable[..., Any]]] = WeakKeyDictionary()
+
+
+def _relay(lease: LeaseProxy, callback: Any) -> Callable[..., Any]:
+    """``callback``, called with ``lease`` in place of its driver connection (a
+    coroutine function if ``callback`` is one: the driver tells them apart)."""
+    origin = lease._aiolease_origin
+    if inspect.iscoroutinefunction(callback):
+
+        async def relay_async(conn: Any, *args: Any) -> Any:
+            return await callback(lease if conn is origin else conn, *args)
+
+        return relay_async
+
+    def relay(conn: Any, *args: Any) -> Any:
+        return callback(lease if conn is origin else conn, *args)
+
+    return relay
+
+
+def _callback_method(name: str) -> Callable[..., Any]:
+    """A forwarding method for ``add_<kind>``/``remove_<kind>`` of a callback the driver
+    calls with the connection (the callback: the last argument, or ``callback=``)."""
+    adding = name.startswith("add_")
+    kind = name.partition("_")[2]
+
+    def method(self: LeaseProxy, *args: Any, **kwargs: Any) -> Any:
+        conn = self._aiolease_conn
+        if conn is None:
+            raise self._released(f"{name}()")
+        if "callback" in kwargs:
+            callback = kwargs.pop("callback")
+        elif args:
+            *rest, callback = args
+            args = tuple(rest)
+        else:
+            return getattr(conn, name)(*args, **kwargs)  # the driver names what is missing
+        key = (kind, args, tuple(sorted(kwargs.items())), callback)
+        relays = _relays.setdefault(conn, {})
+        if adding:
+            relays[key] = relay = _relay(self, callback)
+        else:
+            relay = relays.pop(key, callback)
+        return getattr(conn, name)(*args, relay, **kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    return method
+
+
 _proxy_classes: dict[type, type[LeaseProxy]] = {}
 
 
 def proxy_class(
-    cls: type, making: Collection[str] = (), guarded: tuple[type, ...] = ()
+    cls: type,
+    making: Collection[str] = (),
+    guarded: tuple[type, ...] = (),
+    taking: Collection[str] = (),
+    callbacks: Collection[str] = (),
 ) -> type[LeaseProxy]:
     """The LeaseProxy subclass for connections of class ``cls`` (made once): a forwarding
     method for each public method of ``cls``; those named in ``making`` hand out what
     they make behind :class:`Guarded`, as do the guarded objects' methods for what they
-    return of the classes in ``guarded``."""
+    return of the classes in ``guarded``; those in ``taking`` pass a lease argument on
+    as its connection; those in ``callbacks`` (``add_``/``remove_`` methods) relay the
+    callback with the lease in place of the connection."""
     proxy = _proxy_classes.get(cls)
     if proxy is None:
+        kinds = (
+            (making, _making),
+            (taking, _taking),
+            (callbacks, _callback_method),
+        )
         methods = {
-            name: _making(name) if name in making else _forwarding(name)
+            name: next((make for names, make in kinds if name in names), _forwarding)(name)
             for name, value in inspect.getmembers(cls)
             if not name.startswith("_") and inspect.isfunction(value)
         }
@@ -333,15 +429,22 @@ class LeaseProxies(Generic[C]):
     A driver manager names the connection methods that make objects able to run
     statements later (``_making``: cursors, prepared statements, transactions) and the
     driver's classes of such objects (``_guarded``), handed out behind
-    :class:`Guarded`."""
+    :class:`Guarded`; the methods that take a connection argument (``_taking``); and
+    the ``add_``/``remove_`` methods of callbacks called with the connection
+    (``_callbacks``)."""
 
     _making: ClassVar[frozenset[str]] = frozenset()
     _guarded: ClassVar[tuple[type, ...]] = ()
+    _taking: ClassVar[frozenset[str]] = frozenset()
+    _callbacks: ClassVar[frozenset[str]] = frozenset()
 
     def wrap(self, resource: C) -> C:
         """A proxy for this lease that raises :class:`~aiolease.ResourceReleased` once it ended."""
         cls = type(resource)
-        proxy = _new(_proxy_classes.get(cls) or proxy_class(cls, self._making, self._guarded))
+        proxy = _new(
+            _proxy_classes.get(cls)
+            or proxy_class(cls, self._making, self._guarded, self._taking, self._callbacks)
+        )
         _set_conn(proxy, resource)
         _set_origin(proxy, resource)
         return proxy  # type: ignore[return-value]  # typed as the connection it stands for

@@ -3,6 +3,9 @@ transaction object) works during the lease and refuses every use after it."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 
 import aiolease.asyncpg
@@ -181,3 +184,44 @@ async def test_psycopg_connection_given_back_inside_a_pipeline_block_is_discarde
             cur = await current.execute("SELECT 1")
             assert await cur.fetchone() == (1,)
         assert pool.statistics().discarded == 1
+
+
+async def test_asyncpg_listener_callbacks_get_the_lease_not_the_connection(pg_dsn: str) -> None:
+    # Found by asyncpg's own test_listeners run on a lease: the callbacks got the driver's
+    # connection, so one kept past the lease (reset="transaction" keeps listeners) ran
+    # statements on the next holder's lease.
+    got: list[Any] = []
+    notified = asyncio.Event()
+
+    async def on_notify(conn: Any, pid: int, channel: str, payload: object) -> None:
+        got.append(conn)
+        notified.set()
+
+    def on_log(conn: Any, message: object) -> None:
+        got.append(conn)
+
+    async with aiolease.asyncpg.create_pool(pg_dsn, max_size=1) as pool:
+        async with pool.acquire() as kept:
+            await kept.add_listener("aiolease_relay", on_notify)
+            kept.add_log_listener(on_log)
+            await kept.execute("DO $$ BEGIN RAISE NOTICE 'hello'; END $$")
+            await kept.execute("NOTIFY aiolease_relay")
+            async with asyncio.timeout(10):
+                await notified.wait()
+            assert got == [kept, kept]
+        async with pool.acquire() as current:  # the same connection, another holder
+            notified.clear()
+            await current.execute("NOTIFY aiolease_relay")
+            async with asyncio.timeout(10):
+                await notified.wait()
+            with pytest.raises(ResourceReleased, match=r"fetchval\(\)"):
+                await got[-1].fetchval("SELECT 1")
+            # Removing takes the callback that was added (in any later lease).
+            await current.remove_listener("aiolease_relay", on_notify)
+            current.remove_log_listener(on_log)
+            del got[:]
+            await current.execute("DO $$ BEGIN RAISE NOTICE 'hello'; END $$")
+            await current.execute("NOTIFY aiolease_relay")
+            await current.fetchval("SELECT 1")
+            await asyncio.sleep(0.05)
+            assert got == []
