@@ -78,8 +78,8 @@ class LeaseProxy:
         if conn is None:
             raise self._released(f".{name}")
         value: Any = getattr(conn, name)
-        if not callable(value) or isinstance(value, type):
-            return value
+        if getattr(value, "__self__", None) is not conn:
+            return value  # not a method of the connection (a row factory is the one set)
 
         def checked(*args: Any, **kwargs: Any) -> Any:
             if self._aiolease_conn is None:
@@ -256,7 +256,8 @@ class Guarded:
     docstring). Made per object by :func:`_guard`."""
 
     # _aiolease_obj: the driver's object; _aiolease_lease: the LeaseProxy of its lease.
-    __slots__ = ("_aiolease_lease", "_aiolease_obj")
+    # Weakly referenceable, as the driver's cursors are.
+    __slots__ = ("__weakref__", "_aiolease_lease", "_aiolease_obj")
 
     def _aiolease_check(self, what: str) -> Any:
         """The driver's object, if the lease still lasts."""
@@ -268,8 +269,8 @@ class Guarded:
     def __getattr__(self, name: str) -> Any:
         obj = self._aiolease_check(f".{name}")
         value: Any = getattr(obj, name)
-        if not callable(value) or isinstance(value, type):
-            return _guard(self._aiolease_lease, value, self)
+        if getattr(value, "__self__", None) is not obj:
+            return _guard(self._aiolease_lease, value, self)  # not a method of the object
 
         def checked(*args: Any, **kwargs: Any) -> Any:
             self._aiolease_check(f".{name}()")

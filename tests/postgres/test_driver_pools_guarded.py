@@ -4,6 +4,7 @@ transaction object) works during the lease and refuses every use after it."""
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any
 
 import pytest
@@ -225,3 +226,25 @@ async def test_asyncpg_listener_callbacks_get_the_lease_not_the_connection(pg_ds
             await current.fetchval("SELECT 1")
             await asyncio.sleep(0.05)
             assert got == []
+
+
+async def test_psycopg_attributes_that_are_callables_are_the_drivers_own(pg_dsn: str) -> None:
+    # Found by psycopg's own test_cursor_common run on a lease: a row factory read back
+    # from the lease or a cursor was a checking wrapper, not the function set, and a
+    # guarded cursor could not be weakly referenced.
+    from psycopg import rows
+
+    async with aiolease.psycopg.create_pool(pg_dsn, max_size=1) as pool:
+        async with pool.acquire() as conn:
+            conn.row_factory = rows.dict_row
+            assert conn.row_factory is rows.dict_row
+            cur = conn.cursor(row_factory=rows.namedtuple_row)
+            assert cur.row_factory is rows.namedtuple_row
+            ref = weakref.ref(cur)
+            assert ref() is cur
+            await cur.execute("SELECT 1 AS a")
+            row = await cur.fetchone()
+            assert row is not None
+            assert row._asdict() == {"a": 1}
+        with pytest.raises(ResourceReleased, match=r"AsyncCursor\.row_factory"):
+            cur.row_factory  # noqa: B018

@@ -41,6 +41,19 @@ async def test_a_lease_backs_up_into_another_lease(tmp_path: Path) -> None:
                 await src.backup(dst)
 
 
+async def test_a_row_factory_set_on_a_lease_reads_back_as_set(tmp_path: Path) -> None:
+    # Found by running the drivers' own suites on leases: a callable attribute read from
+    # a lease was a checking wrapper instead of the value set.
+    def first(cursor: Any, row: tuple[Any, ...]) -> Any:
+        return row[0]
+
+    async with create_pool(tmp_path / "db.sqlite", max_size=1) as pool, pool.acquire() as conn:
+        conn.row_factory = first  # type: ignore[assignment]  # aiosqlite types it as a class
+        assert conn.row_factory is first
+        async with conn.execute("SELECT 7") as cur:
+            assert await cur.fetchone() == 7
+
+
 async def test_pool_atomic_works_with_lease_proxies(tmp_path: Path) -> None:
     async with create_pool(tmp_path / "db.sqlite", max_size=1) as pool:
         async with pool.atomic() as tx:
