@@ -31,9 +31,9 @@ other use. A lease passed to a connection method that takes a connection
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import Callable, Collection, Coroutine
 from typing import Any, ClassVar, Generic, TypeVar, cast
-from weakref import WeakKeyDictionary
 
 from ._errors import ResourceReleased
 
@@ -163,24 +163,40 @@ def _passed(arg: Any, name: str) -> Any:
 # Per driver connection: the relay made for each callback added to it, by
 # (kind, the add method's other arguments, callback), so that the callback's removal,
 # in any later lease, removes its relay.
-_relays: WeakKeyDictionary[Any, dict[tuple[Any, ...], Callable[..., Any]]] = WeakKeyDictionary()
+_relays: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Callable[..., Any]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _relay(lease: LeaseProxy, callback: Any) -> Callable[..., Any]:
     """``callback``, called with ``lease`` in place of its driver connection (a
-    coroutine function if ``callback`` is one: the driver tells them apart)."""
-    origin = lease._aiolease_origin
+    coroutine function if ``callback`` is one: the driver tells them apart). The relay
+    holds the lease weakly (the lease holds its connection, which holds the relay): once
+    the lease is gone, the callback gets a lease that ended."""
+    ref = weakref.ref(lease)
     if inspect.iscoroutinefunction(callback):
 
         async def relay_async(conn: Any, *args: Any) -> Any:
-            return await callback(lease if conn is origin else conn, *args)
+            return await callback(_relayed(ref, conn), *args)
 
         return relay_async
 
     def relay(conn: Any, *args: Any) -> Any:
-        return callback(lease if conn is origin else conn, *args)
+        return callback(_relayed(ref, conn), *args)
 
     return relay
+
+
+def _relayed(ref: weakref.ref[LeaseProxy], conn: Any) -> Any:
+    """What a relay passes for the driver's ``conn``: the lease that added the callback
+    (a lease that ended in its place once it is gone)."""
+    lease = ref()
+    if lease is not None:
+        return lease if conn is lease._aiolease_origin else conn
+    ended = _new(_proxy_classes[type(conn)])
+    _set_conn(ended, None)
+    _set_origin(ended, conn)
+    return ended
 
 
 def _callback_method(name: str) -> Callable[..., Any]:

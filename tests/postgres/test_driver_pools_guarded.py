@@ -4,6 +4,7 @@ transaction object) works during the lease and refuses every use after it."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import weakref
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 import aiolease.asyncpg
 import aiolease.psycopg
 from aiolease import ResourceReleased
+from aiolease._lease import unwrap
 
 
 async def test_asyncpg_objects_made_by_a_lease_work_during_it(pg_dsn: str) -> None:
@@ -248,3 +250,20 @@ async def test_psycopg_attributes_that_are_callables_are_the_drivers_own(pg_dsn:
             assert row._asdict() == {"a": 1}
         with pytest.raises(ResourceReleased, match=r"AsyncCursor\.row_factory"):
             cur.row_factory  # noqa: B018
+
+
+async def test_asyncpg_a_connection_a_listener_was_added_to_is_freed_once_dropped(
+    pg_dsn: str,
+) -> None:
+    # The relay of a listener callback must not keep its connection alive (a pooled
+    # connection closed by the pool would otherwise stay in memory for good).
+    async def on_notify(conn: Any, pid: int, channel: str, payload: object) -> None:
+        pass
+
+    async with aiolease.asyncpg.create_pool(pg_dsn, max_size=1) as pool, pool.acquire() as conn:
+        await conn.add_listener("aiolease_relay", on_notify)
+        conn.add_log_listener(lambda conn, message: None)
+        ref = weakref.ref(unwrap(conn))
+    del conn
+    gc.collect()
+    assert ref() is None
