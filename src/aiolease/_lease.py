@@ -161,28 +161,29 @@ def _passed(arg: Any, name: str) -> Any:
 
 
 # Per driver connection: the relay made for each callback added to it, by
-# (kind, the add method's other arguments, callback), so that the callback's removal,
-# in any later lease, removes its relay.
-_relays: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Callable[..., Any]]] = (
-    weakref.WeakKeyDictionary()
-)
+# (kind, the add method's other arguments, callback), with the cell holding the lease it
+# passes, so that adding the callback again points the same relay at the new lease (the
+# driver keeps one registration per callback) and its removal, in any later lease,
+# removes its relay.
+_relays: weakref.WeakKeyDictionary[
+    Any, dict[tuple[Any, ...], tuple[Callable[..., Any], list[weakref.ref[LeaseProxy]]]]
+] = weakref.WeakKeyDictionary()
 
 
-def _relay(lease: LeaseProxy, callback: Any) -> Callable[..., Any]:
-    """``callback``, called with ``lease`` in place of its driver connection (a
-    coroutine function if ``callback`` is one: the driver tells them apart). The relay
+def _relay(cell: list[weakref.ref[LeaseProxy]], callback: Any) -> Callable[..., Any]:
+    """``callback``, called with the lease in ``cell`` in place of its driver connection
+    (a coroutine function if ``callback`` is one: the driver tells them apart). The cell
     holds the lease weakly (the lease holds its connection, which holds the relay): once
     the lease is gone, the callback gets a lease that ended."""
-    ref = weakref.ref(lease)
     if inspect.iscoroutinefunction(callback):
 
         async def relay_async(conn: Any, *args: Any) -> Any:
-            return await callback(_relayed(ref, conn), *args)
+            return await callback(_relayed(cell[0], conn), *args)
 
         return relay_async
 
     def relay(conn: Any, *args: Any) -> Any:
-        return callback(_relayed(ref, conn), *args)
+        return callback(_relayed(cell[0], conn), *args)
 
     return relay
 
@@ -219,9 +220,15 @@ def _callback_method(name: str) -> Callable[..., Any]:
         key = (kind, args, tuple(sorted(kwargs.items())), callback)
         relays = _relays.setdefault(conn, {})
         if adding:
-            relays[key] = relay = _relay(self, callback)
+            made = relays.get(key)
+            if made is None:
+                cell = [weakref.ref(self)]
+                made = relays[key] = (_relay(cell, callback), cell)
+            else:
+                made[1][0] = weakref.ref(self)
+            relay = made[0]
         else:
-            relay = relays.pop(key, callback)
+            relay = relays.pop(key, (callback, []))[0]
         return getattr(conn, name)(*args, relay, **kwargs)
 
     method.__name__ = method.__qualname__ = name

@@ -267,3 +267,30 @@ async def test_asyncpg_a_connection_a_listener_was_added_to_is_freed_once_droppe
     del conn
     gc.collect()
     assert ref() is None
+
+
+async def test_asyncpg_a_listener_added_again_is_called_once_with_the_latest_lease(
+    pg_dsn: str,
+) -> None:
+    # asyncpg keeps one registration per callback: adding it again changes nothing, and
+    # the lease that added it last is the one it gets.
+    got: list[Any] = []
+    notified = asyncio.Event()
+
+    def on_notify(conn: Any, pid: int, channel: str, payload: object) -> None:
+        got.append(conn)
+        notified.set()
+
+    async with aiolease.asyncpg.create_pool(pg_dsn, max_size=1) as pool:
+        async with pool.acquire() as first:
+            await first.add_listener("aiolease_again", on_notify)
+            await first.add_listener("aiolease_again", on_notify)
+        async with pool.acquire() as second:
+            await second.add_listener("aiolease_again", on_notify)
+            await second.execute("NOTIFY aiolease_again")
+            async with asyncio.timeout(10):
+                await notified.wait()
+            await second.fetchval("SELECT 1")
+            await asyncio.sleep(0.05)
+            assert got == [second]
+            await second.remove_listener("aiolease_again", on_notify)
