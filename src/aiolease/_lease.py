@@ -20,11 +20,18 @@ the lease ended in the same way, ``async with``, ``await`` and ``async for``
 included. A
 guarded object's ``.connection`` is the lease's proxy, not the driver's
 connection. Rows and values are never wrapped.
+
+A callback the driver calls with the connection (asyncpg's listeners: the driver
+manager names their ``add_``/``remove_`` methods) gets the lease that added it
+instead, as asyncpg's own pool does: one kept past its lease is refused like any
+other use. A lease passed to a connection method that takes a connection
+(aiosqlite's ``backup()``) is passed on as the connection it stands for.
 """
 
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import Callable, Collection, Coroutine
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
@@ -71,8 +78,8 @@ class LeaseProxy:
         if conn is None:
             raise self._released(f".{name}")
         value: Any = getattr(conn, name)
-        if not callable(value) or isinstance(value, type):
-            return value
+        if getattr(value, "__self__", None) is not conn:
+            return value  # not a method of the connection (a row factory is the one set)
 
         def checked(*args: Any, **kwargs: Any) -> Any:
             if self._aiolease_conn is None:
@@ -127,20 +134,132 @@ def _making(name: str) -> Callable[..., Any]:
     return method
 
 
+def _taking(name: str) -> Callable[..., Any]:
+    """A forwarding method for a connection method that takes a connection: a lease
+    among its arguments is passed on as its driver connection."""
+
+    def method(self: LeaseProxy, *args: Any, **kwargs: Any) -> Any:
+        conn = self._aiolease_conn
+        if conn is None:
+            raise self._released(f"{name}()")
+        args = tuple(_passed(arg, name) for arg in args)
+        kwargs = {key: _passed(arg, name) for key, arg in kwargs.items()}
+        return getattr(conn, name)(*args, **kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    return method
+
+
+def _passed(arg: Any, name: str) -> Any:
+    """``arg`` as passed on to the connection method ``name``: a lease as its connection."""
+    if not isinstance(arg, LeaseProxy):
+        return arg
+    conn = arg._aiolease_conn
+    if conn is None:
+        raise arg._released(f"passing it to {name}()")
+    return conn
+
+
+# Per driver connection: the relay made for each callback added to it, by
+# (kind, the add method's other arguments, callback), with the cell holding the lease it
+# passes, so that adding the callback again points the same relay at the new lease (the
+# driver keeps one registration per callback) and its removal, in any later lease,
+# removes its relay.
+_relays: weakref.WeakKeyDictionary[
+    Any, dict[tuple[Any, ...], tuple[Callable[..., Any], list[weakref.ref[LeaseProxy]]]]
+] = weakref.WeakKeyDictionary()
+
+
+def _relay(cell: list[weakref.ref[LeaseProxy]], callback: Any) -> Callable[..., Any]:
+    """``callback``, called with the lease in ``cell`` in place of its driver connection
+    (a coroutine function if ``callback`` is one: the driver tells them apart). The cell
+    holds the lease weakly (the lease holds its connection, which holds the relay): once
+    the lease is gone, the callback gets a lease that ended."""
+    if inspect.iscoroutinefunction(callback):
+
+        async def relay_async(conn: Any, *args: Any) -> Any:
+            return await callback(_relayed(cell[0], conn), *args)
+
+        return relay_async
+
+    def relay(conn: Any, *args: Any) -> Any:
+        return callback(_relayed(cell[0], conn), *args)
+
+    return relay
+
+
+def _relayed(ref: weakref.ref[LeaseProxy], conn: Any) -> Any:
+    """What a relay passes for the driver's ``conn``: the lease that added the callback
+    (a lease that ended in its place once it is gone)."""
+    lease = ref()
+    if lease is not None:
+        return lease if conn is lease._aiolease_origin else conn
+    ended = _new(_proxy_classes[type(conn)])
+    _set_conn(ended, None)
+    _set_origin(ended, conn)
+    return ended
+
+
+def _callback_method(name: str) -> Callable[..., Any]:
+    """A forwarding method for ``add_<kind>``/``remove_<kind>`` of a callback the driver
+    calls with the connection (the callback: the last argument, or ``callback=``)."""
+    adding = name.startswith("add_")
+    kind = name.partition("_")[2]
+
+    def method(self: LeaseProxy, *args: Any, **kwargs: Any) -> Any:
+        conn = self._aiolease_conn
+        if conn is None:
+            raise self._released(f"{name}()")
+        if "callback" in kwargs:
+            callback = kwargs.pop("callback")
+        elif args:
+            *rest, callback = args
+            args = tuple(rest)
+        else:
+            return getattr(conn, name)(*args, **kwargs)  # the driver names what is missing
+        key = (kind, args, tuple(sorted(kwargs.items())), callback)
+        relays = _relays.setdefault(conn, {})
+        if adding:
+            made = relays.get(key)
+            if made is None:
+                cell = [weakref.ref(self)]
+                made = relays[key] = (_relay(cell, callback), cell)
+            else:
+                made[1][0] = weakref.ref(self)
+            relay = made[0]
+        else:
+            relay = relays.pop(key, (callback, []))[0]
+        return getattr(conn, name)(*args, relay, **kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    return method
+
+
 _proxy_classes: dict[type, type[LeaseProxy]] = {}
 
 
 def proxy_class(
-    cls: type, making: Collection[str] = (), guarded: tuple[type, ...] = ()
+    cls: type,
+    making: Collection[str] = (),
+    guarded: tuple[type, ...] = (),
+    taking: Collection[str] = (),
+    callbacks: Collection[str] = (),
 ) -> type[LeaseProxy]:
     """The LeaseProxy subclass for connections of class ``cls`` (made once): a forwarding
     method for each public method of ``cls``; those named in ``making`` hand out what
     they make behind :class:`Guarded`, as do the guarded objects' methods for what they
-    return of the classes in ``guarded``."""
+    return of the classes in ``guarded``; those in ``taking`` pass a lease argument on
+    as its connection; those in ``callbacks`` (``add_``/``remove_`` methods) relay the
+    callback with the lease in place of the connection."""
     proxy = _proxy_classes.get(cls)
     if proxy is None:
+        kinds = (
+            (making, _making),
+            (taking, _taking),
+            (callbacks, _callback_method),
+        )
         methods = {
-            name: _making(name) if name in making else _forwarding(name)
+            name: next((make for names, make in kinds if name in names), _forwarding)(name)
             for name, value in inspect.getmembers(cls)
             if not name.startswith("_") and inspect.isfunction(value)
         }
@@ -160,7 +279,8 @@ class Guarded:
     docstring). Made per object by :func:`_guard`."""
 
     # _aiolease_obj: the driver's object; _aiolease_lease: the LeaseProxy of its lease.
-    __slots__ = ("_aiolease_lease", "_aiolease_obj")
+    # Weakly referenceable, as the driver's cursors are.
+    __slots__ = ("__weakref__", "_aiolease_lease", "_aiolease_obj")
 
     def _aiolease_check(self, what: str) -> Any:
         """The driver's object, if the lease still lasts."""
@@ -172,8 +292,8 @@ class Guarded:
     def __getattr__(self, name: str) -> Any:
         obj = self._aiolease_check(f".{name}")
         value: Any = getattr(obj, name)
-        if not callable(value) or isinstance(value, type):
-            return _guard(self._aiolease_lease, value, self)
+        if getattr(value, "__self__", None) is not obj:
+            return _guard(self._aiolease_lease, value, self)  # not a method of the object
 
         def checked(*args: Any, **kwargs: Any) -> Any:
             self._aiolease_check(f".{name}()")
@@ -333,15 +453,22 @@ class LeaseProxies(Generic[C]):
     A driver manager names the connection methods that make objects able to run
     statements later (``_making``: cursors, prepared statements, transactions) and the
     driver's classes of such objects (``_guarded``), handed out behind
-    :class:`Guarded`."""
+    :class:`Guarded`; the methods that take a connection argument (``_taking``); and
+    the ``add_``/``remove_`` methods of callbacks called with the connection
+    (``_callbacks``)."""
 
     _making: ClassVar[frozenset[str]] = frozenset()
     _guarded: ClassVar[tuple[type, ...]] = ()
+    _taking: ClassVar[frozenset[str]] = frozenset()
+    _callbacks: ClassVar[frozenset[str]] = frozenset()
 
     def wrap(self, resource: C) -> C:
         """A proxy for this lease that raises :class:`~aiolease.ResourceReleased` once it ended."""
         cls = type(resource)
-        proxy = _new(_proxy_classes.get(cls) or proxy_class(cls, self._making, self._guarded))
+        proxy = _new(
+            _proxy_classes.get(cls)
+            or proxy_class(cls, self._making, self._guarded, self._taking, self._callbacks)
+        )
         _set_conn(proxy, resource)
         _set_origin(proxy, resource)
         return proxy  # type: ignore[return-value]  # typed as the connection it stands for

@@ -337,6 +337,12 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
     # What a lease makes that can run statements later (see aiolease._lease.Guarded).
     _making = frozenset({"prepare", "cursor", "transaction"})
     _guarded = (PreparedStatement, CursorFactory, Cursor, Transaction)
+    # Callbacks asyncpg calls with the connection: they get the lease that added them.
+    _callbacks = frozenset(
+        f"{verb}_{kind}"
+        for verb in ("add", "remove")
+        for kind in ("listener", "log_listener", "termination_listener")
+    )
 
     def __init__(
         self,

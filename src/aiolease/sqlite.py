@@ -139,6 +139,8 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
     # What a lease makes that can run statements later (see aiolease._lease.Guarded).
     _making = frozenset({"cursor", "execute", "executemany", "executescript", "iterdump"})
     _guarded = (aiosqlite.Cursor,)
+    # Takes a connection (the backup's target): a lease is passed on as its connection.
+    _taking = frozenset({"backup"})
 
     def __init__(
         self,

@@ -3,11 +3,17 @@ transaction object) works during the lease and refuses every use after it."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import weakref
+from typing import Any
+
 import pytest
 
 import aiolease.asyncpg
 import aiolease.psycopg
 from aiolease import ResourceReleased
+from aiolease._lease import unwrap
 
 
 async def test_asyncpg_objects_made_by_a_lease_work_during_it(pg_dsn: str) -> None:
@@ -181,3 +187,110 @@ async def test_psycopg_connection_given_back_inside_a_pipeline_block_is_discarde
             cur = await current.execute("SELECT 1")
             assert await cur.fetchone() == (1,)
         assert pool.statistics().discarded == 1
+
+
+async def test_asyncpg_listener_callbacks_get_the_lease_not_the_connection(pg_dsn: str) -> None:
+    # Found by asyncpg's own test_listeners run on a lease: the callbacks got the driver's
+    # connection, so one kept past the lease (reset="transaction" keeps listeners) ran
+    # statements on the next holder's lease.
+    got: list[Any] = []
+    notified = asyncio.Event()
+
+    async def on_notify(conn: Any, pid: int, channel: str, payload: object) -> None:
+        got.append(conn)
+        notified.set()
+
+    def on_log(conn: Any, message: object) -> None:
+        got.append(conn)
+
+    async with aiolease.asyncpg.create_pool(pg_dsn, max_size=1) as pool:
+        async with pool.acquire() as kept:
+            await kept.add_listener("aiolease_relay", on_notify)
+            kept.add_log_listener(on_log)
+            await kept.execute("DO $$ BEGIN RAISE NOTICE 'hello'; END $$")
+            await kept.execute("NOTIFY aiolease_relay")
+            async with asyncio.timeout(10):
+                await notified.wait()
+            assert got == [kept, kept]
+        async with pool.acquire() as current:  # the same connection, another holder
+            notified.clear()
+            await current.execute("NOTIFY aiolease_relay")
+            async with asyncio.timeout(10):
+                await notified.wait()
+            with pytest.raises(ResourceReleased, match=r"fetchval\(\)"):
+                await got[-1].fetchval("SELECT 1")
+            # Removing takes the callback that was added (in any later lease).
+            await current.remove_listener("aiolease_relay", on_notify)
+            current.remove_log_listener(on_log)
+            del got[:]
+            await current.execute("DO $$ BEGIN RAISE NOTICE 'hello'; END $$")
+            await current.execute("NOTIFY aiolease_relay")
+            await current.fetchval("SELECT 1")
+            await asyncio.sleep(0.05)
+            assert got == []
+
+
+async def test_psycopg_attributes_that_are_callables_are_the_drivers_own(pg_dsn: str) -> None:
+    # Found by psycopg's own test_cursor_common run on a lease: a row factory read back
+    # from the lease or a cursor was a checking wrapper, not the function set, and a
+    # guarded cursor could not be weakly referenced.
+    from psycopg import rows
+
+    async with aiolease.psycopg.create_pool(pg_dsn, max_size=1) as pool:
+        async with pool.acquire() as conn:
+            conn.row_factory = rows.dict_row
+            assert conn.row_factory is rows.dict_row
+            cur = conn.cursor(row_factory=rows.namedtuple_row)
+            assert cur.row_factory is rows.namedtuple_row
+            ref = weakref.ref(cur)
+            assert ref() is cur
+            await cur.execute("SELECT 1 AS a")
+            row = await cur.fetchone()
+            assert row is not None
+            assert row._asdict() == {"a": 1}
+        with pytest.raises(ResourceReleased, match=r"AsyncCursor\.row_factory"):
+            cur.row_factory  # noqa: B018
+
+
+async def test_asyncpg_a_connection_a_listener_was_added_to_is_freed_once_dropped(
+    pg_dsn: str,
+) -> None:
+    # The relay of a listener callback must not keep its connection alive (a pooled
+    # connection closed by the pool would otherwise stay in memory for good).
+    async def on_notify(conn: Any, pid: int, channel: str, payload: object) -> None:
+        pass
+
+    async with aiolease.asyncpg.create_pool(pg_dsn, max_size=1) as pool, pool.acquire() as conn:
+        await conn.add_listener("aiolease_relay", on_notify)
+        conn.add_log_listener(lambda conn, message: None)
+        ref = weakref.ref(unwrap(conn))
+    del conn
+    gc.collect()
+    assert ref() is None
+
+
+async def test_asyncpg_a_listener_added_again_is_called_once_with_the_latest_lease(
+    pg_dsn: str,
+) -> None:
+    # asyncpg keeps one registration per callback: adding it again changes nothing, and
+    # the lease that added it last is the one it gets.
+    got: list[Any] = []
+    notified = asyncio.Event()
+
+    def on_notify(conn: Any, pid: int, channel: str, payload: object) -> None:
+        got.append(conn)
+        notified.set()
+
+    async with aiolease.asyncpg.create_pool(pg_dsn, max_size=1) as pool:
+        async with pool.acquire() as first:
+            await first.add_listener("aiolease_again", on_notify)
+            await first.add_listener("aiolease_again", on_notify)
+        async with pool.acquire() as second:
+            await second.add_listener("aiolease_again", on_notify)
+            await second.execute("NOTIFY aiolease_again")
+            async with asyncio.timeout(10):
+                await notified.wait()
+            await second.fetchval("SELECT 1")
+            await asyncio.sleep(0.05)
+            assert got == [second]
+            await second.remove_listener("aiolease_again", on_notify)

@@ -23,6 +23,37 @@ async def test_connection_used_after_its_lease_raises(tmp_path: Path) -> None:
             assert await cur.fetchone() == (0,)
 
 
+async def test_a_lease_backs_up_into_another_lease(tmp_path: Path) -> None:
+    # Found by aiosqlite's own test_backup_aiosqlite run on leases: backup() got the
+    # target's proxy, which aiosqlite does not know (TypeError from sqlite3).
+    async with (
+        create_pool(tmp_path / "a.sqlite", max_size=1) as source,
+        create_pool(tmp_path / "b.sqlite", max_size=1) as target,
+    ):
+        async with source.acquire() as src, target.acquire() as dst:
+            await src.execute("CREATE TABLE t (x INTEGER)")
+            await src.execute("INSERT INTO t VALUES (1)")
+            await src.backup(dst)
+            async with dst.execute("SELECT x FROM t") as cur:
+                assert [tuple(row) for row in await cur.fetchall()] == [(1,)]
+        async with source.acquire() as src:
+            with pytest.raises(ResourceReleased, match=r"backup"):
+                await src.backup(dst)
+
+
+async def test_a_row_factory_set_on_a_lease_reads_back_as_set(tmp_path: Path) -> None:
+    # Found by running the drivers' own suites on leases: a callable attribute read from
+    # a lease was a checking wrapper instead of the value set.
+    def first(cursor: Any, row: tuple[Any, ...]) -> Any:
+        return row[0]
+
+    async with create_pool(tmp_path / "db.sqlite", max_size=1) as pool, pool.acquire() as conn:
+        conn.row_factory = first  # type: ignore[assignment]  # aiosqlite types it as a class
+        assert conn.row_factory is first
+        async with conn.execute("SELECT 7") as cur:
+            assert await cur.fetchone() == 7
+
+
 async def test_pool_atomic_works_with_lease_proxies(tmp_path: Path) -> None:
     async with create_pool(tmp_path / "db.sqlite", max_size=1) as pool:
         async with pool.atomic() as tx:
