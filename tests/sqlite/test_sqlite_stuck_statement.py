@@ -167,3 +167,29 @@ async def test_pool_counts_stay_whole_after_many_timed_out_bodies(tmp_path: Path
         assert stats.size <= 2
         async with asyncio.timeout(BOUND), pool.acquire() as conn, conn.execute("SELECT 1") as cur:
             assert await cur.fetchone() == (1,)
+
+
+@pytest.mark.parametrize("commit_on_loop", [False, True])
+async def test_an_abandoned_rollback_behind_the_statement_frees_the_slot(
+    tmp_path: Path, commit_on_loop: bool
+) -> None:
+    async with create_pool(
+        tmp_path / "db.sqlite", max_size=1, commit_on_loop=commit_on_loop
+    ) as pool:
+        async with pool.acquire() as conn:
+            await conn.execute("CREATE TABLE t (v INTEGER)")
+        with pytest.raises(TimeoutError):  # noqa: PT012 - the block under test
+            async with asyncio.timeout(0.1), pool.atomic(cleanup_timeout=0.2) as tx:
+                thread = await thread_of(tx.connection)
+                await tx.connection.execute("INSERT INTO t VALUES (1)")
+                await tx.connection.execute(ENDLESS)
+        # atomic's ROLLBACK waited behind the statement, was abandoned (the connection
+        # marked broken), and the pool's abort interrupted the statement.
+        async with (
+            asyncio.timeout(BOUND),
+            pool.acquire() as conn,
+            conn.execute("SELECT count(*) FROM t") as cur,
+        ):
+            assert await cur.fetchone() == (0,)
+        assert await gone(thread)
+        assert pool.statistics().discarded == 1
