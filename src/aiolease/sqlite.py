@@ -17,7 +17,12 @@ from typing import Any
 
 from ._compat import aiosqlite as _compat_aiosqlite
 from ._dialects.sqlite import enable_loop_commit
-from ._driver_args import check_connect_kwargs, check_pragmas, keywords_of
+from ._driver_args import (
+    check_connect_kwargs,
+    check_pragmas,
+    check_timeout_seconds,
+    keywords_of,
+)
 from ._lease import LeaseProxies
 from ._pool import Pool
 from ._redact import redact
@@ -107,6 +112,26 @@ async def _set_journal_mode(conn: aiosqlite.Connection, mode: str | int | float)
     await conn.execute(f"PRAGMA journal_mode={mode}")
 
 
+def _interrupt(conn: aiosqlite.Connection) -> None:
+    """Stop the statement running in ``conn``'s thread, if any, at once.
+
+    sqlite3's ``interrupt()`` is the one call it allows from any thread, and the only
+    way to end a statement whose caller stopped awaiting it (cancelling the task does
+    not stop the thread). aiosqlite's ``interrupt()`` calls it directly, without a
+    thread hop, in a coroutine that never suspends: it is run to its end here.
+    Statements queued behind the running one still run; a closed connection has
+    nothing to interrupt.
+    """
+    step = conn.interrupt()
+    try:
+        step.send(None)
+    except StopIteration:
+        return
+    except (ValueError, sqlite3.ProgrammingError):
+        return  # closed (aiosqlite's ValueError, sqlite3's ProgrammingError)
+    step.close()  # pragma: no cover - an aiosqlite whose interrupt() waits for the thread
+
+
 async def _pragma(conn: aiosqlite.Connection, name: str) -> Any:
     async with conn.execute(f"PRAGMA {name}") as cursor:
         row = await cursor.fetchone()
@@ -130,6 +155,9 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
             but with ``synchronous=FULL`` or a slow disk it stalls every task of the
             loop. SQLite's automatic checkpoint is moved to the connection's thread
             (see :mod:`aiolease._compat.aiosqlite`).
+        reset_timeout: seconds the rollback of a transaction left open at release may
+            wait (default 5): it waits in the connection's thread behind any statement
+            still running there, and past this bound the connection is discarded.
         **connect_kwargs: passed to :func:`aiosqlite.connect` (and :func:`sqlite3.connect`);
             ``isolation_level`` defaults to None (autocommit: transactions are explicit,
             see :func:`aiolease.atomic`) and ``check_same_thread`` to False (only
@@ -148,6 +176,7 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
         *,
         pragmas: Mapping[str, str | int | float] | None = None,
         commit_on_loop: bool = False,
+        reset_timeout: float = 5.0,
         **connect_kwargs: Any,
     ) -> None:
         if not isinstance(commit_on_loop, bool):
@@ -157,19 +186,20 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
         # What an unnamed pool goes by: the path (a ``file:`` URI without its query).
         self._pool_name = redact(self.path.partition("?")[0])
         self.commit_on_loop = commit_on_loop
+        self.reset_timeout = check_timeout_seconds("reset_timeout", reset_timeout)
         self.pragmas = check_pragmas(DEFAULT_PRAGMAS if pragmas is None else pragmas)
         check_connect_kwargs(
             connect_kwargs,
             _CONNECT_KEYWORDS,
             "aiosqlite.connect() (nor sqlite3.connect())",
-            ("pragmas", "commit_on_loop"),
+            ("pragmas", "commit_on_loop", "reset_timeout"),
         )
         connect_kwargs.setdefault("isolation_level", None)
         connect_kwargs.setdefault("check_same_thread", False)
         self.connect_kwargs = connect_kwargs
         # The settings of a new connection (see _session), taken from each new one.
         self._session: _Session | None = None
-        # Connections cut by abort(): their thread's answer to stop(), awaited by close().
+        # Connections being closed: their thread's answer to stop() (see _stop).
         self._stopping: weakref.WeakKeyDictionary[aiosqlite.Connection, asyncio.Future[Any]] = (
             weakref.WeakKeyDictionary()
         )
@@ -247,32 +277,58 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
         if in_transaction is None:
             raise ConnectionError("connection is closed")
         if in_transaction:
-            await resource.rollback()
+            try:
+                # Queued behind whatever still runs in the thread (a statement whose
+                # caller stopped awaiting it): bounded, then the connection is discarded.
+                async with asyncio.timeout(self.reset_timeout):
+                    await resource.rollback()
+            except TimeoutError as exc:
+                raise ConnectionError(
+                    f"the rollback at release got no answer within reset_timeout="
+                    f"{self.reset_timeout}s (a statement of the lease still running in "
+                    "the connection's thread?): connection discarded"
+                ) from exc
         if self._session is not None:
             # After the rollback: sqlite3 commits an open transaction when isolation_level
             # becomes None.
             _restore_session(resource, self._session)
 
+    def is_fatal(self, resource: aiosqlite.Connection, exc: BaseException) -> bool:
+        """A body that was cancelled or timed out: its statement may still be running in
+        the connection's thread (cancelling a task does not stop it), and the next
+        holder's statements would queue behind it. The pool discards the connection,
+        whose close interrupts that statement."""
+        return isinstance(exc, asyncio.CancelledError | TimeoutError)
+
     def abort(self, resource: aiosqlite.Connection) -> None:
-        """Ask the connection's thread to close the database and stop as soon as it is
-        free (aiosqlite's ``stop()``; the pool calls this when :meth:`close` outlasted
-        ``close_timeout``, and before closing a connection discarded as broken). A
-        statement still running in the thread cannot be interrupted."""
-        if _in_transaction(resource) is None:
-            return  # closed already: that close stopped its thread
-        stopping = resource.stop()
-        if stopping is not None:
-            self._stopping.setdefault(resource, stopping)
+        """Interrupt the statement running in the connection's thread and have the thread
+        close the database and stop (the pool calls this when :meth:`close` outlasted
+        ``close_timeout``, and before closing a connection discarded as broken)."""
+        self._stop(resource)
 
     async def close(self, resource: aiosqlite.Connection) -> None:
-        stopping = self._stopping.pop(resource, None)
+        """Interrupt the statement running in the connection's thread, if any (nobody
+        awaits it any more: a closing connection serves no one), then close the database
+        and end the thread, after the operations queued there.
+
+        Not aiosqlite's ``close()``: cancelled, it goes on waiting for the thread to stop
+        (in a ``finally``), which a statement that never ends makes forever, past the
+        pool's ``close_timeout``. Waiting for the answer to ``stop()`` is cancellable."""
+        stopping = self._stop(resource)
         if stopping is not None:
-            # Cut already: aiosqlite's close would queue work behind the thread's stop,
-            # which nothing would answer. Its answer to stop() is all that is left.
             await stopping
-            return
-        # Its connection thread ends right after answering this (aiosqlite's own close).
-        await resource.close()
+
+    def _stop(self, resource: aiosqlite.Connection) -> asyncio.Future[Any] | None:
+        """Interrupt the running statement and ask the thread, once, to close the
+        database and stop (aiosqlite's ``stop()``); the future of its answer, or None
+        when the connection was closed already (that close stopped its thread)."""
+        _interrupt(resource)
+        stopping = self._stopping.get(resource)
+        if stopping is None and _in_transaction(resource) is not None:
+            stopping = resource.stop()
+            if stopping is not None:
+                self._stopping[resource] = stopping
+        return stopping
 
 
 def _public_in_transaction(conn: aiosqlite.Connection) -> bool | None:
