@@ -334,6 +334,29 @@ async def test_interrupted_check_discards_resource(how: str) -> None:
     assert_closed_cleanly(pool, fm)
 
 
+@pytest.mark.parametrize("how", ["task", "wait_for"])
+@pytest.mark.pool_shapes(*WITH_HOOKS)
+async def test_enter_cancelled_before_it_ran_keeps_the_idle_resource(how: str) -> None:
+    """``acquire().__aenter__()`` in a task cancelled before its first step (as
+    ``wait_for(..., 0)`` does): the idle resource its check was due on stays the pool's."""
+    fm = FakeManager()
+    pool = await _idle_pool(fm, 1, 1)
+    fm.fail("check", calls=1)  # the check_needed shape then asks for a check too
+    if how == "task":
+        task = asyncio.create_task(pool.acquire().__aenter__())
+        await _cancel(task)
+    else:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(pool.acquire().__aenter__(), 0)
+    fm.clear_rules()
+    assert_consistent(pool, fm)
+    assert pool.statistics().idle == 1
+    async with pool.acquire(timeout=1) as r:
+        assert r is fm.resources[0]
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
 @pytest.mark.pool_shapes(*WITH_HOOKS)
 async def test_aclose_during_check() -> None:
     fm = FakeManager()

@@ -54,16 +54,21 @@ class Acquire(Generic[T]):
         self._entered = True
         pool = self._pool
         entry = pool._take_idle()
-        if entry is not None and not (entry.check_due and needs_check(pool, entry)):
-            entry.scoped = self._scoped
-            pool._lease(entry)
-            self._entry = entry
-            ready = entry.ready
-            if ready is None:  # made once per handle: a future can be awaited any number of times
-                ready = entry.ready = asyncio.Future(loop=pool._loop)
-                ready.set_result(entry.handle)
-            return ready
-        return pool._acquire_blocking(self, entry)
+        if entry is not None:
+            if not (entry.check_due and needs_check(pool, entry)):
+                entry.scoped = self._scoped
+                pool._lease(entry)
+                self._entry = entry
+                ready = entry.ready
+                if ready is None:  # made once per handle: a future can be awaited many times
+                    ready = entry.ready = asyncio.Future(loop=pool._loop)
+                    ready.set_result(entry.handle)
+                return ready
+            # Its check awaits: the coroutine takes it again when it runs. A coroutine
+            # that never runs (its task cancelled before its first step, as
+            # wait_for(..., 0) does) must not hold a resource nobody would give back.
+            pool._unpop_idle(entry)
+        return pool._acquire_blocking(self)
 
     def __aexit__(
         self,

@@ -321,15 +321,24 @@ class Pool(Options[T]):
             return entry
         return None
 
-    async def _acquire_blocking(self, into: Acquire[T], entry: Entry[T] | None) -> T:
-        """Every acquire not served on the spot: ``entry`` is an idle one that needs its check."""
+    def _unpop_idle(self, entry: Entry[T]) -> None:
+        """Put back an entry :meth:`_pop_idle` gave, where it was: the next to go out."""
+        if self._lru:
+            self._idle.appendleft(entry)
+        else:
+            self._idle.append(entry)
+
+    async def _acquire_blocking(self, into: Acquire[T]) -> T:
+        """Every acquire not served on the spot: one that waits, or whose idle entry
+        needs its check."""
         try:
-            # `fresh`: whether an idle entry may be there that our caller's _take_idle
-            # did not see (the pool just opened, or our entry just failed its check).
-            fresh = retry = waited = False
+            # `fresh`: whether an idle entry may be there to take (at first: an idle
+            # entry that needs its check, or the pool just opened; later: our entry
+            # just failed its check).
+            entry: Entry[T] | None = None
+            fresh, retry, waited = True, False, False
             if self._state is _NEW:
                 await self.open(wait=False)
-                fresh = True
             start = self._clock()
             deadline = _INF if into._timeout is None else start + into._timeout
             while True:
@@ -503,10 +512,7 @@ class Pool(Options[T]):
                 break
             fut = self._queue.next()
             if fut is None:  # every queued waiter had left: the entry stays idle
-                if self._lru:
-                    self._idle.appendleft(entry)
-                else:
-                    self._idle.append(entry)
+                self._unpop_idle(entry)
                 break
             fut.set_result(entry)  # from idle: its receiver runs the check
         if self._state is _OPEN:
