@@ -343,7 +343,7 @@ async def test_enter_cancelled_before_it_ran_keeps_the_idle_resource(how: str) -
     pool = await _idle_pool(fm, 1, 1)
     fm.fail("check", calls=1)  # the check_needed shape then asks for a check too
     if how == "task":
-        task = asyncio.create_task(pool.acquire().__aenter__())
+        task = asyncio.ensure_future(pool.acquire().__aenter__())
         await _cancel(task)
     else:
         with pytest.raises(TimeoutError):

@@ -12,7 +12,7 @@ import warnings
 import pytest
 from pool_helpers import NO_HANG, assert_closed_cleanly, settle, start_acquire
 
-from aiolease import Pool, PoolTimeout, TooManyWaiters
+from aiolease import Pool, PoolClosed, PoolTimeout, TooManyWaiters
 from aiolease._pool._backoff import Backoff
 from aiolease.abc import ResourceInfo
 from aiolease.testing import FakeManager, FakeResource
@@ -338,3 +338,56 @@ async def test_a_close_that_raises_cancelled_error_is_a_failed_close_not_a_cance
         assert "closing" in caplog.text
         assert pool.statistics().size == 0
     assert pool.statistics().size == 0
+
+
+# -- closing while a check or reset never ends ----------------------------------------------
+
+
+async def test_aclose_timeout_ends_a_reset_that_never_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A reset that hangs is the pool's work, not a lease: aclose() reports it like a lease,
+    and aclose(timeout=t) interrupts it within t and closes the resource; the releaser
+    returns (its release is over), it does not end cancelled."""
+    fm = FakeManager()
+    gate = fm.block("reset", calls=1)
+    pool = Pool(fm, max_size=1)
+    await pool.open()
+    held = await pool.acquire()
+    releasing = asyncio.create_task(pool.release(held))
+    await gate.wait_arrived()
+    loop = asyncio.get_running_loop()
+    closing = asyncio.create_task(pool.aclose())
+    with caplog.at_level(logging.WARNING, logger="aiolease.pool"):
+        await asyncio.sleep(5.0)
+        reports = [r for r in caplog.records if "aclose() has waited" in r.getMessage()]
+        assert len(reports) == 1, caplog.text  # not silent
+        assert repr(held) in reports[0].getMessage()
+    assert not closing.done()
+    started = loop.time()
+    await pool.aclose(timeout=1.0)
+    assert loop.time() - started == pytest.approx(1.0)
+    assert closing.done()
+    assert releasing.done()
+    await releasing  # returned, not cancelled
+    assert held.closed
+    assert pool.statistics().discarded == 1
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_aclose_timeout_wakes_an_acquirer_whose_check_never_ends() -> None:
+    """An acquirer with no timeout stuck in a check is woken with PoolClosed when
+    aclose(timeout=t) stops waiting, not left waiting for a check that never ends."""
+    fm = FakeManager()
+    pool = Pool(fm, min_size=1, max_size=1)
+    await pool.open()
+    fm.block("check", calls=1)  # never opened
+    task = start_acquire(pool, timeout=None)
+    await asyncio.sleep(1.0)
+    await pool.aclose(timeout=2.0)
+    await asyncio.sleep(0)
+    assert task.done()
+    with pytest.raises(PoolClosed):
+        await task
+    assert pool.statistics().timeouts == 0  # closed, not timed out
+    assert_closed_cleanly(pool, fm)

@@ -290,7 +290,7 @@ class PoolMachine(RuleBasedStateMachine):
         pool = self.p
         return (
             self.fm.creating == 0
-            and not pool._under_check
+            and not pool._in_hook
             and all(t.done() for t in pool._tasks)
             and not pool.closed
         )

@@ -8,9 +8,9 @@ from collections.abc import Awaitable, Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from .._errors import PoolTimeout
+from .._errors import PoolClosed, PoolTimeout
 from .._logs import get_logger
-from ._closing import error_text, note_discard
+from ._closing import error_text, in_hook, note_discard
 
 if TYPE_CHECKING:
     from ._core import Pool
@@ -139,13 +139,16 @@ async def run_check(pool: Pool[T], entry: Entry[T], deadline: float) -> bool:
     """
     check = pool._hooks.check
     assert check is not None
-    pool._under_check.add(entry)  # aclose() waits for it, and closes it on timeout
     try:
         async with asyncio.timeout_at(None if deadline == _INF else deadline) as scope:
-            await check(entry.resource, entry.info)
+            with in_hook(pool, entry, scope):
+                await check(entry.resource, entry.info)
     except Exception as exc:
         entry.broken = True
         pool._close_soon(entry)
+        if scope.expired() and not pool._is_open():  # aclose() stopped waiting for it
+            note_discard(pool, entry.resource, "its check was interrupted: the pool closed")
+            raise PoolClosed(f"{pool!r} was closed during the check") from None
         if scope.expired():
             note_discard(pool, entry.resource, "its check outlasted the acquire timeout")
             pool._counters.timeouts += 1
@@ -160,10 +163,6 @@ async def run_check(pool: Pool[T], entry: Entry[T], deadline: float) -> bool:
         entry.broken = True
         pool._close_soon(entry)
         raise
-    finally:
-        pool._under_check.discard(entry)
-        if pool._drain is not None:
-            pool._drain.wake.set()
     return True
 
 

@@ -106,6 +106,7 @@ class Pool(Options[T]):
         "_hooks",
         "_housekeeper",
         "_idle",
+        "_in_hook",
         "_in_use",
         "_loop",
         "_observer",
@@ -113,7 +114,6 @@ class Pool(Options[T]):
         "_size",
         "_state",
         "_tasks",
-        "_under_check",
         "_waiters",
     )
 
@@ -154,7 +154,9 @@ class Pool(Options[T]):
         self._idle: deque[Entry[T]] = deque()  # the oldest release at the left
         self._in_use: dict[int, Entry[T]] = {}  # id(handle) -> entry
         self._waiters: deque[Waiter] = deque()
-        self._under_check: set[Entry[T]] = set()
+        # Entries in the manager's check or reset, each with the timeout scope around the
+        # hook: aclose() waits for them as for leases, and fires the scope when it stops.
+        self._in_hook: dict[Entry[T], asyncio.Timeout] = {}
         self._size = 0
         self._generation = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -232,9 +234,10 @@ class Pool(Options[T]):
 
     async def aclose(self, timeout: float | None = None) -> None:
         """Close the pool: wake waiters with :class:`PoolClosed`, close idle resources,
-        wait for checked-out ones (up to ``timeout``, then close them in their holders'
-        hands, as a later ``aclose(timeout=t)`` or cancelling the closer does sooner),
-        and return when every resource is closed. While it waits it logs a WARNING
+        wait for checked-out ones and for checks and resets in flight (up to ``timeout``,
+        then close them in their holders' hands and interrupt the hooks, as a later
+        ``aclose(timeout=t)`` or cancelling the closer does sooner), and return when
+        every resource is closed. While it waits it logs a WARNING
         on ``aiolease.pool`` naming each lease, soon and at growing intervals.
 
         Args:
@@ -362,6 +365,9 @@ class Pool(Options[T]):
                                 raise self_wait_error(self) from exc.__cause__
                             raise
                 # `entry` is ours now; until it is leased, every exit must give it back.
+                if self._state is not _OPEN:  # aclose() began while it was on its way
+                    self._close_soon(entry)
+                    raise PoolClosed(f"{self!r} is closed")
                 if (
                     entry.check_due
                     and needs_check(self, entry)
@@ -370,7 +376,7 @@ class Pool(Options[T]):
                     entry, retry = None, True  # keep our place, ahead of later tasks
                     fresh = True
                     continue
-                if self._state is not _OPEN:  # aclose() began while it was on its way
+                if self._state is not _OPEN:  # aclose() began during its check
                     self._close_soon(entry)
                     raise PoolClosed(f"{self!r} is closed")
                 break
