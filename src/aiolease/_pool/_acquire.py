@@ -51,8 +51,9 @@ class Acquire(Generic[T]):
                 "releases one lease, so it cannot hold two; call pool.acquire() again "
                 "for a second one"
             )
-        self._entered = True
         pool = self._pool
+        pool._check_loop()
+        self._entered = True
         entry = pool._take_idle()
         if entry is not None:
             if not (entry.check_due and needs_check(pool, entry)):

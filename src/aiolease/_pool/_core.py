@@ -248,6 +248,7 @@ class Pool(Options[T]):
             ValueError: ``timeout`` is negative or NaN.
         """
         wait_for = check_timeout("timeout", timeout)
+        self._check_loop()
         if self._state is _NEW:
             self._state = _CLOSED
         if self._state is _CLOSED:
@@ -259,6 +260,20 @@ class Pool(Options[T]):
 
     def _closed(self) -> None:
         self._state = _CLOSED
+
+    def _check_loop(self) -> None:
+        """Refuse a call from an event loop other than the one the pool opened on: its
+        timers and tasks run there, and its resources (connections) belong to it.
+
+        Raises:
+            RuntimeError: the running loop is not the pool's (or none runs).
+        """
+        loop = self._loop
+        if loop is not None and loop is not asyncio.get_running_loop():
+            raise RuntimeError(
+                f"{self!r} was opened on another event loop ({loop!r}), not the running one; "
+                "a pool serves the loop it was opened on: make one pool per event loop"
+            )
 
     def __del__(self) -> None:
         if getattr(self, "_state", None) is _OPEN:
@@ -285,6 +300,7 @@ class Pool(Options[T]):
                 already holds every lease the pool can give (it would wait on itself).
             PoolClosed: the pool is closed or closes while waiting.
             TooManyWaiters: ``max_waiting`` tasks are already queued.
+            RuntimeError: the pool was opened on another event loop.
             Exception: the error of the creation attempt made for this call.
         """
         if timeout is ...:
@@ -296,7 +312,9 @@ class Pool(Options[T]):
 
         Raises:
             WouldBlock: no resource is idle, or the pool is not open.
+            RuntimeError: the pool was opened on another event loop.
         """
+        self._check_loop()
         entry = self._take_idle()
         if entry is None:
             state = "has no idle resource" if self._state is _OPEN else "is not open"
@@ -431,7 +449,9 @@ class Pool(Options[T]):
 
         Raises:
             ValueError: the resource is not checked out from this pool.
+            RuntimeError: the pool was opened on another event loop.
         """
+        self._check_loop()
         pending = self._release(resource, discard)
         if pending is not None:
             await asyncio.shield(pending)
@@ -551,12 +571,19 @@ class Pool(Options[T]):
         Raises:
             TypeError: a bound is not an int.
             ValueError: ``min_size > max_size`` or out of range.
+            RuntimeError: the pool was opened on another event loop.
         """
+        self._check_loop()
         await self._housekeeper.resize(min_size, max_size)
 
     async def expire(self) -> None:
         """Retire every current resource: idle ones are closed now (returns after they are),
-        checked-out ones when released. New resources replace them on demand."""
+        checked-out ones when released. New resources replace them on demand.
+
+        Raises:
+            RuntimeError: the pool was opened on another event loop.
+        """
+        self._check_loop()
         await self._housekeeper.expire()
 
     def atomic(
