@@ -286,15 +286,17 @@ async def test_aclose_does_not_interrupt_close_started_by_a_finished_creation() 
     close_gate = fm.block("close", calls=1)
     a = start_acquire(pool)
     await create_gate.wait_arrived()
-    b = await pool.acquire()  # the 2nd creation is not held
+    b = start_acquire(pool)
+    # The 2nd creation (not held) serves the oldest waiter, a; b takes over the 1st.
+    held = await a
     await pool.resize(max_size=1)
-    await _cancel(a)
+    await _cancel(b)
     create_gate.open()
     await close_gate.wait_arrived()  # the surplus resource is being closed
     closing = asyncio.create_task(pool.aclose())
     await asyncio.sleep(1.0)
     close_gate.open()
-    await pool.release(b)
+    await pool.release(held)
     await closing
     closes = fm.events_of("closed")
     assert len(closes) == 2

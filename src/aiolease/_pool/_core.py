@@ -495,10 +495,11 @@ class Pool(Options[T]):
 
     # ------------------------------------------------------------------ hand-off
 
-    def _hand_off(self, entry: Entry[T], to: Waiter | None = None) -> asyncio.Future[Any] | None:
+    def _hand_off(self, entry: Entry[T]) -> asyncio.Future[Any] | None:
         """Where a free entry goes (released, created, or passed on by a waiter that
-        left): closed if retired, else to the waiter ``to`` a creation was made for
-        if it still waits, else to the oldest waiter, else idle."""
+        left): closed if retired, else to the oldest waiter (also when the creation was
+        made for a later one: that one then takes over the oldest's creation, see
+        :meth:`WaitQueue.next`), else idle."""
         if (
             self._state is not _OPEN
             or entry.generation != self._generation
@@ -506,12 +507,7 @@ class Pool(Options[T]):
             or (entry.info.expires_at != _INF and entry.info.expires_at <= self._clock())
         ):
             return retire(self, entry)
-        fut: Waiter | None = None
-        if to is not None and not to.done():
-            self._queue.remove(to)
-            fut = to
-        elif self._waiters:
-            fut = self._queue.next()
+        fut = self._queue.next() if self._waiters else None
         if fut is not None:
             entry.check_due = False
             fut.set_result(entry)
