@@ -391,3 +391,86 @@ async def test_aclose_timeout_wakes_an_acquirer_whose_check_never_ends() -> None
         await task
     assert pool.statistics().timeouts == 0  # closed, not timed out
     assert_closed_cleanly(pool, fm)
+
+
+class _StubbornManager(FakeManager):
+    """A FakeManager whose creation ignores cancellation until ``let_go`` is set (a driver
+    that loses its cancellation, as redis-py does while connecting through a silent peer)."""
+
+    close_timeout = 3.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.let_go = asyncio.Event()
+
+    async def create(self) -> FakeResource:
+        while not self.let_go.is_set():
+            try:
+                await self.let_go.wait()
+            except asyncio.CancelledError:
+                pass  # lost
+        return await super().create()
+
+
+class _StubbornResetManager(FakeManager):
+    close_timeout = 3.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.let_go = asyncio.Event()
+
+    async def reset(self, resource: FakeResource, info: ResourceInfo) -> None:
+        while not self.let_go.is_set():
+            try:
+                await self.let_go.wait()
+            except asyncio.CancelledError:
+                pass  # lost
+        await super().reset(resource, info)
+
+
+async def test_aclose_timeout_stops_waiting_for_a_reset_that_ignores_its_interruption(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fm = _StubbornResetManager()
+    pool = Pool(fm, max_size=1)
+    await pool.open()
+    held = await pool.acquire()
+    releasing = asyncio.create_task(pool.release(held))
+    await asyncio.sleep(1.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with caplog.at_level(logging.WARNING, logger="aiolease.pool"):
+        await pool.aclose(timeout=1.0)
+    waited = loop.time() - started
+    # The timeout, then close_timeout (and a grace) for the hook, then as long for its task.
+    assert waited <= 1.0 + 2 * (fm.close_timeout + 1.0), waited
+    assert "ignored their interruption" in caplog.text, caplog.text
+    fm.let_go.set()  # it ends at last: the resource is closed, its slot freed
+    await releasing
+    await settle(pool)
+    assert pool.statistics().size == 0
+    fm.assert_all_closed()
+
+
+async def test_aclose_stops_waiting_for_a_creation_that_ignores_its_cancellation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fm = _StubbornManager()
+    pool = Pool(fm, max_size=1)
+    await pool.open()
+    waiter = start_acquire(pool)
+    await asyncio.sleep(1.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with caplog.at_level(logging.WARNING, logger="aiolease.pool"):
+        await pool.aclose(timeout=1.0)
+    waited = loop.time() - started
+    assert fm.close_timeout <= waited <= fm.close_timeout + 2.0, waited  # not forever
+    assert "ignored its cancellation" in caplog.text, caplog.text
+    with pytest.raises(PoolClosed):
+        await waiter
+    assert pool.statistics().size == 1  # its slot: still creating
+    fm.let_go.set()  # it ends at last: what it made is closed, its slot freed
+    await settle(pool)
+    assert pool.statistics().size == 0
+    fm.assert_all_closed()

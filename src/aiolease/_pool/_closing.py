@@ -41,6 +41,9 @@ _INF = float("inf")
 # comes twice as long after, up to the cap.
 FIRST_REPORT = 2.0
 REPORT_CAP = 300.0
+# Seconds past the manager's close_timeout that aclose() waits for its own tasks (a close
+# abandoned at close_timeout ends a step later) before it leaves them running.
+STUCK_GRACE = 1.0
 
 
 class Drain:
@@ -107,29 +110,56 @@ async def close_all(pool: Pool[Any], drain: Drain) -> None:
     start = loop.time()
     report_at = start + FIRST_REPORT
     interval = FIRST_REPORT
-    stopped = False  # past the deadline: leases closed, checks and resets interrupted
+    # Past the deadline (leases closed, checks and resets interrupted), the wait goes on
+    # only for the interrupted hooks, which end at their next step: one that ignores its
+    # interruption is left running (with a WARNING) once `give_up` has come.
+    give_up = _INF
     while pool._in_use or pool._in_hook:
         now = loop.time()
-        if now >= drain.deadline and not stopped:
+        if give_up == _INF and now >= drain.deadline:
             _close_outstanding(pool, drain, now)
-            stopped = True
-            continue  # the interrupted hooks end at their next step
+            give_up = now + pool._close_timeout + STUCK_GRACE
+            continue
+        if now >= give_up:
+            logger.warning(
+                "%r: aclose() stops waiting for %d check(s) or reset(s) that ignored their "
+                "interruption; each resource is closed when its hook ends",
+                pool,
+                len(pool._in_hook),
+            )
+            break
         if now >= report_at:
             _report_outstanding(pool, now, now - start)
             interval = min(interval * 2, REPORT_CAP)
             report_at = now + interval
         drain.wake.clear()
         try:
-            async with asyncio.timeout_at(report_at if stopped else min(drain.deadline, report_at)):
+            async with asyncio.timeout_at(
+                min(report_at, drain.deadline if give_up == _INF else give_up)
+            ):
                 await drain.wake.wait()
         except TimeoutError:
             pass
-    while pool._tasks:
-        tasks = list(pool._tasks)
-        await asyncio.gather(*tasks, return_exceptions=True)
-        # Their done callbacks (which discard them) may not have run yet, and awaiting a
-        # gather of finished tasks need not yield: forget them here, or this loop spins.
-        pool._tasks.difference_update(tasks)
+    # The pool's tasks left: closes (each bounded by close_timeout) and cancelled
+    # creations. One still running a round later ignored its cancellation (a driver that
+    # lost it): it is left running, with a WARNING, not waited for forever. What it may
+    # still make is closed then (the pool is closed) and frees its slot.
+    left: set[asyncio.Task[Any]] = set()
+    while tasks := [t for t in pool._tasks if t not in left]:
+        done, pending = await asyncio.wait(tasks, timeout=pool._close_timeout + STUCK_GRACE)
+        # Their done callbacks (which discard them) may not have run yet, and a wait on
+        # finished tasks need not yield: forget them here, or this loop spins.
+        pool._tasks.difference_update(done)
+        if pending:
+            logger.warning(
+                "%r: aclose() stops waiting for %d task(s) still running %.1fs after the "
+                "close began; each ignored its cancellation (or its close_timeout): %s",
+                pool,
+                len(pending),
+                loop.time() - start,
+                ", ".join(sorted(repr(t.get_coro()) for t in pending)),
+            )
+            left.update(pending)
 
 
 def _report_outstanding(pool: Pool[Any], now: float, waited: float) -> None:
