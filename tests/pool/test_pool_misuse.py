@@ -39,6 +39,30 @@ async def test_reentering_an_entered_acquire_raises_and_loses_nothing() -> None:
     assert_closed_cleanly(pool, fm)
 
 
+async def test_an_awaited_acquire_can_be_awaited_again_and_then_entered() -> None:
+    """``r = await acq`` is a lease that ``pool.release()`` ends, not an entered block:
+    the same object may be awaited again, or entered, afterwards (it was refused as
+    "already entered", a block it never was)."""
+    fm = FakeManager()
+    pool = Pool(fm, max_size=2)
+    try:
+        acquire = pool.acquire(timeout=5)
+        first = await acquire
+        second = await acquire  # a second lease, while the first is held
+        assert first is not second
+        await pool.release(first)
+        await pool.release(second)
+        async with acquire as r:
+            assert pool.statistics().in_use == 1
+            assert r.lease is not None
+        again = await acquire
+        assert pool.statistics().in_use == 1
+        await pool.release(again)
+    finally:
+        await pool.aclose(timeout=0)  # (a failure above may leave a lease out)
+    assert_closed_cleanly(pool, fm)
+
+
 async def test_an_acquire_that_failed_can_be_entered_again() -> None:
     fm = FakeManager()
     fm.fail("create", ConnectionError, calls=1)

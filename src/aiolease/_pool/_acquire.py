@@ -41,8 +41,16 @@ class Acquire(Generic[T]):
         self._scoped = True  # entered by `async with` (False: awaited)
 
     def __await__(self) -> Generator[Any, None, T]:
+        # An awaited lease is ended by pool.release(), not by leaving this object: once
+        # it is served, the object is free to be awaited (or entered) again.
         self._scoped = False
-        return self.__aenter__().__await__()
+        try:
+            handle = yield from self.__aenter__().__await__()
+        finally:
+            self._scoped = True
+        self._entered = False
+        self._entry = None
+        return handle
 
     def __aenter__(self) -> Awaitable[T]:
         if self._entered:
