@@ -153,6 +153,8 @@ class Creations(Generic[T]):
     async def _run(self, creation: _Creation) -> None:
         pool = self._pool
         started = pool._clock()
+        # Read now: an expire() while it connects (a failover) retires what it makes.
+        generation = pool._generation
         try:
             resource = await pool._manager.create()
             if id(resource) in self.live:
@@ -186,7 +188,7 @@ class Creations(Generic[T]):
         expires = _INF
         if pool._max_lifetime is not None:
             expires = now + pool._max_lifetime * (1.0 - _LIFETIME_JITTER * random.random())
-        entry = Entry(resource, ResourceInfo(now, now, 0, expires), pool._generation)
+        entry = Entry(resource, ResourceInfo(now, now, 0, expires), generation)
         pending = pool._hand_off(entry)
         pool._dispatch()
         if pending is not None:
