@@ -15,14 +15,10 @@ import weakref
 from collections.abc import Mapping
 from typing import Any
 
+from . import _validate
 from ._compat import aiosqlite as _compat_aiosqlite
 from ._dialects.sqlite import enable_loop_commit
-from ._driver_args import (
-    check_connect_kwargs,
-    check_pragmas,
-    check_timeout_seconds,
-    keywords_of,
-)
+from ._driver_args import check_connect_kwargs, check_pragmas, keywords_of
 from ._lease import LeaseProxies
 from ._pool import Pool
 from ._redact import redact
@@ -186,7 +182,7 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
         # What an unnamed pool goes by: the path (a ``file:`` URI without its query).
         self._pool_name = redact(self.path.partition("?")[0])
         self.commit_on_loop = commit_on_loop
-        self.reset_timeout = check_timeout_seconds("reset_timeout", reset_timeout)
+        self.reset_timeout = _validate.seconds("reset_timeout", reset_timeout)
         self.pragmas = check_pragmas(DEFAULT_PRAGMAS if pragmas is None else pragmas)
         check_connect_kwargs(
             connect_kwargs,

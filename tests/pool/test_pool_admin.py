@@ -173,6 +173,26 @@ async def test_expire_does_not_retire_resources_created_after() -> None:
     assert_closed_cleanly(pool, fm)
 
 
+async def test_expire_retires_a_resource_whose_creation_began_before() -> None:
+    """A creation in flight when expire() is called (a connect to the old primary during
+    a failover) makes a resource of the old generation: it is closed, not handed out,
+    and its acquirer gets one created after."""
+    fm = FakeManager()
+    pool = Pool(fm, max_size=2)
+    await pool.open()
+    gate = fm.block("create", calls=1)
+    waiter = start_acquire(pool)
+    await gate.wait_arrived()
+    await pool.expire()
+    gate.open()
+    r = await waiter
+    assert r.id == 2, r
+    assert fm.resources[0].closed
+    await pool.release(r)
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
 # -- discard ---------------------------------------------------------------------------------
 
 

@@ -286,15 +286,17 @@ async def test_aclose_does_not_interrupt_close_started_by_a_finished_creation() 
     close_gate = fm.block("close", calls=1)
     a = start_acquire(pool)
     await create_gate.wait_arrived()
-    b = await pool.acquire()  # the 2nd creation is not held
+    b = start_acquire(pool)
+    # The 2nd creation (not held) serves the oldest waiter, a; b takes over the 1st.
+    held = await a
     await pool.resize(max_size=1)
-    await _cancel(a)
+    await _cancel(b)
     create_gate.open()
     await close_gate.wait_arrived()  # the surplus resource is being closed
     closing = asyncio.create_task(pool.aclose())
     await asyncio.sleep(1.0)
     close_gate.open()
-    await pool.release(b)
+    await pool.release(held)
     await closing
     closes = fm.events_of("closed")
     assert len(closes) == 2
@@ -330,6 +332,29 @@ async def test_interrupted_check_discards_resource(how: str) -> None:
     assert [r.id for r in fm.open_resources] == [2]
     async with pool.acquire() as r:
         assert r.id == 2
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+@pytest.mark.parametrize("how", ["task", "wait_for"])
+@pytest.mark.pool_shapes(*WITH_HOOKS)
+async def test_enter_cancelled_before_it_ran_keeps_the_idle_resource(how: str) -> None:
+    """``acquire().__aenter__()`` in a task cancelled before its first step (as
+    ``wait_for(..., 0)`` does): the idle resource its check was due on stays the pool's."""
+    fm = FakeManager()
+    pool = await _idle_pool(fm, 1, 1)
+    fm.fail("check", calls=1)  # the check_needed shape then asks for a check too
+    if how == "task":
+        task = asyncio.ensure_future(pool.acquire().__aenter__())
+        await _cancel(task)
+    else:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(pool.acquire().__aenter__(), 0)
+    fm.clear_rules()
+    assert_consistent(pool, fm)
+    assert pool.statistics().idle == 1
+    async with pool.acquire(timeout=1) as r:
+        assert r is fm.resources[0]
     await pool.aclose()
     assert_closed_cleanly(pool, fm)
 

@@ -116,6 +116,34 @@ async def test_freed_slot_goes_to_oldest_waiter() -> None:
     assert_closed_cleanly(pool, fm)
 
 
+async def test_a_faster_creation_serves_the_oldest_waiter() -> None:
+    """Two waiters, each with a creation started for it; the later one's finishes first:
+    the resource goes to the oldest waiter, and the later waiter takes over the creation
+    still in flight (it was served first, after waiting less)."""
+    fm = FakeManager()
+    fm.delay("create", 3.0, calls=1)
+    fm.delay("create", 0.5, calls=2)
+    pool = Pool(fm, max_size=2)
+    await pool.open()
+    loop = asyncio.get_running_loop()
+    served: list[tuple[str, float]] = []
+
+    async def user(name: str) -> FakeResource:
+        r = await pool.acquire()
+        served.append((name, loop.time()))
+        return r
+
+    first = asyncio.create_task(user("first"))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(user("second"))
+    got = await asyncio.gather(first, second)
+    assert served == [("first", 0.5), ("second", 3.0)]
+    for r in got:
+        await pool.release(r)
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
 @pytest.mark.pool_shapes(*WITH_HOOKS)
 async def test_acquirer_whose_resource_failed_its_check_keeps_its_turn() -> None:
     """A's idle resource fails its check while B queues behind A: the slot the

@@ -630,6 +630,51 @@ def test_constructed_in_one_loop_used_in_another() -> None:
     assert fm.created == fm.closed == 1
 
 
+def test_opened_in_one_loop_is_refused_in_another_and_stays_consistent() -> None:
+    """A pool opened on one event loop (a test's, or an asyncio.run that ended) and used
+    on another: every call says so at once, and the pool loses nothing (before, a release
+    spawned its reset on the other loop and lost the slot, and aclose() closed nothing)."""
+    fm = FakeManager()
+    pool = Pool(fm, max_size=2)
+    home = asyncio.Runner()
+
+    async def first() -> FakeResource:
+        await pool.open()
+        async with pool.acquire(), pool.acquire():
+            pass
+        return await pool.acquire()  # still held; the other one idle
+
+    async def second() -> None:
+        on_another = "opened on another event loop"
+        with pytest.raises(RuntimeError, match=on_another):
+            async with pool.acquire(timeout=1):
+                pass  # pragma: no cover
+        with pytest.raises(RuntimeError, match=on_another):
+            await pool.acquire(timeout=1)
+        with pytest.raises(RuntimeError, match=on_another):
+            pool.acquire_nowait()
+        with pytest.raises(RuntimeError, match=on_another):
+            await pool.release(held)
+        with pytest.raises(RuntimeError, match=on_another):
+            await pool.resize(max_size=1)
+        with pytest.raises(RuntimeError, match=on_another):
+            await pool.expire()
+        with pytest.raises(RuntimeError, match=on_another):
+            await pool.aclose()
+
+    async def back_home() -> None:
+        st = pool.statistics()
+        assert (st.size, st.idle, st.in_use, st.waiting) == (2, 1, 1, 0), st
+        await pool.release(held)
+        await pool.aclose()
+
+    with home:
+        held = home.run(first())
+        asyncio.run(second())
+        home.run(back_home())
+    assert_closed_cleanly(pool, fm)
+
+
 def test_async_with_prefills_min_size_and_closes_everything() -> None:
     async def main() -> None:
         fm = FakeManager()

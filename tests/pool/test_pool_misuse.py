@@ -12,7 +12,7 @@ import warnings
 import pytest
 from pool_helpers import NO_HANG, assert_closed_cleanly, settle, start_acquire
 
-from aiolease import Pool, PoolTimeout, TooManyWaiters
+from aiolease import Pool, PoolClosed, PoolTimeout, TooManyWaiters
 from aiolease._pool._backoff import Backoff
 from aiolease.abc import ResourceInfo
 from aiolease.testing import FakeManager, FakeResource
@@ -36,6 +36,30 @@ async def test_reentering_an_entered_acquire_raises_and_loses_nothing() -> None:
         assert pool.statistics().in_use == 0
         async with acquire as again:  # sequential reuse stays allowed
             assert again is first
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_an_awaited_acquire_can_be_awaited_again_and_then_entered() -> None:
+    """``r = await acq`` is a lease that ``pool.release()`` ends, not an entered block:
+    the same object may be awaited again, or entered, afterwards (it was refused as
+    "already entered", a block it never was)."""
+    fm = FakeManager()
+    pool = Pool(fm, max_size=2)
+    try:
+        acquire = pool.acquire(timeout=5)
+        first = await acquire
+        second = await acquire  # a second lease, while the first is held
+        assert first is not second
+        await pool.release(first)
+        await pool.release(second)
+        async with acquire as r:
+            assert pool.statistics().in_use == 1
+            assert r.lease is not None
+        again = await acquire
+        assert pool.statistics().in_use == 1
+        await pool.release(again)
+    finally:
+        await pool.aclose(timeout=0)  # (a failure above may leave a lease out)
     assert_closed_cleanly(pool, fm)
 
 
@@ -338,3 +362,139 @@ async def test_a_close_that_raises_cancelled_error_is_a_failed_close_not_a_cance
         assert "closing" in caplog.text
         assert pool.statistics().size == 0
     assert pool.statistics().size == 0
+
+
+# -- closing while a check or reset never ends ----------------------------------------------
+
+
+async def test_aclose_timeout_ends_a_reset_that_never_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A reset that hangs is the pool's work, not a lease: aclose() reports it like a lease,
+    and aclose(timeout=t) interrupts it within t and closes the resource; the releaser
+    returns (its release is over), it does not end cancelled."""
+    fm = FakeManager()
+    gate = fm.block("reset", calls=1)
+    pool = Pool(fm, max_size=1)
+    await pool.open()
+    held = await pool.acquire()
+    releasing = asyncio.create_task(pool.release(held))
+    await gate.wait_arrived()
+    loop = asyncio.get_running_loop()
+    closing = asyncio.create_task(pool.aclose())
+    with caplog.at_level(logging.WARNING, logger="aiolease.pool"):
+        await asyncio.sleep(5.0)
+        reports = [r for r in caplog.records if "aclose() has waited" in r.getMessage()]
+        assert len(reports) == 1, caplog.text  # not silent
+        assert repr(held) in reports[0].getMessage()
+    assert not closing.done()
+    started = loop.time()
+    await pool.aclose(timeout=1.0)
+    assert loop.time() - started == pytest.approx(1.0)
+    assert closing.done()
+    assert releasing.done()
+    await releasing  # returned, not cancelled
+    assert held.closed
+    assert pool.statistics().discarded == 1
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_aclose_timeout_wakes_an_acquirer_whose_check_never_ends() -> None:
+    """An acquirer with no timeout stuck in a check is woken with PoolClosed when
+    aclose(timeout=t) stops waiting, not left waiting for a check that never ends."""
+    fm = FakeManager()
+    pool = Pool(fm, min_size=1, max_size=1)
+    await pool.open()
+    fm.block("check", calls=1)  # never opened
+    task = start_acquire(pool, timeout=None)
+    await asyncio.sleep(1.0)
+    await pool.aclose(timeout=2.0)
+    await asyncio.sleep(0)
+    assert task.done()
+    with pytest.raises(PoolClosed):
+        await task
+    assert pool.statistics().timeouts == 0  # closed, not timed out
+    assert_closed_cleanly(pool, fm)
+
+
+class _StubbornManager(FakeManager):
+    """A FakeManager whose creation ignores cancellation until ``let_go`` is set (a driver
+    that loses its cancellation, as redis-py does while connecting through a silent peer)."""
+
+    close_timeout = 3.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.let_go = asyncio.Event()
+
+    async def create(self) -> FakeResource:
+        while not self.let_go.is_set():
+            try:
+                await self.let_go.wait()
+            except asyncio.CancelledError:
+                pass  # lost
+        return await super().create()
+
+
+class _StubbornResetManager(FakeManager):
+    close_timeout = 3.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.let_go = asyncio.Event()
+
+    async def reset(self, resource: FakeResource, info: ResourceInfo) -> None:
+        while not self.let_go.is_set():
+            try:
+                await self.let_go.wait()
+            except asyncio.CancelledError:
+                pass  # lost
+        await super().reset(resource, info)
+
+
+async def test_aclose_timeout_stops_waiting_for_a_reset_that_ignores_its_interruption(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fm = _StubbornResetManager()
+    pool = Pool(fm, max_size=1)
+    await pool.open()
+    held = await pool.acquire()
+    releasing = asyncio.create_task(pool.release(held))
+    await asyncio.sleep(1.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with caplog.at_level(logging.WARNING, logger="aiolease.pool"):
+        await pool.aclose(timeout=1.0)
+    waited = loop.time() - started
+    # The timeout, then close_timeout (and a grace) for the hook, then as long for its task.
+    assert waited <= 1.0 + 2 * (fm.close_timeout + 1.0), waited
+    assert "ignored their interruption" in caplog.text, caplog.text
+    fm.let_go.set()  # it ends at last: the resource is closed, its slot freed
+    await releasing
+    await settle(pool)
+    assert pool.statistics().size == 0
+    fm.assert_all_closed()
+
+
+async def test_aclose_stops_waiting_for_a_creation_that_ignores_its_cancellation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fm = _StubbornManager()
+    pool = Pool(fm, max_size=1)
+    await pool.open()
+    waiter = start_acquire(pool)
+    await asyncio.sleep(1.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with caplog.at_level(logging.WARNING, logger="aiolease.pool"):
+        await pool.aclose(timeout=1.0)
+    waited = loop.time() - started
+    assert fm.close_timeout <= waited <= fm.close_timeout + 2.0, waited  # not forever
+    assert "ignored its cancellation" in caplog.text, caplog.text
+    with pytest.raises(PoolClosed):
+        await waiter
+    assert pool.statistics().size == 1  # its slot: still creating
+    fm.let_go.set()  # it ends at last: what it made is closed, its slot freed
+    await settle(pool)
+    assert pool.statistics().size == 0
+    fm.assert_all_closed()

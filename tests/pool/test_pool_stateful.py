@@ -151,6 +151,26 @@ class PoolMachine(RuleBasedStateMachine):
         self._harvest()
 
     @rule()
+    def enter_cancelled_before_it_ran(self) -> None:
+        """``acquire().__aenter__()`` in a task cancelled before its first step (as
+        ``wait_for(..., 0)`` does): served on the spot it is a lease like any other,
+        else it must hold nothing."""
+        pool = self.p
+
+        async def go() -> None:
+            entering = asyncio.ensure_future(pool.acquire().__aenter__())
+            entering.cancel()
+            try:
+                r = await entering
+            except (asyncio.CancelledError, *EXPECTED_ACQUIRE_ERRORS):
+                return
+            assert r.id not in self.held
+            self.held[r.id] = r
+
+        self.run(go())
+        self._harvest()
+
+    @rule()
     def acquire_nowait(self) -> None:
         async def go() -> None:
             try:
@@ -290,7 +310,7 @@ class PoolMachine(RuleBasedStateMachine):
         pool = self.p
         return (
             self.fm.creating == 0
-            and not pool._under_check
+            and not pool._in_hook
             and all(t.done() for t in pool._tasks)
             and not pool.closed
         )

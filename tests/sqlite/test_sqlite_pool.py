@@ -287,8 +287,12 @@ async def test_cancelled_task_leaves_the_pool_whole(db: Path) -> None:
         ({"min_size": 2, "max_size": 1}, ValueError, "min_size"),
         ({"pragmas": {"journal_mode; DROP TABLE x": "WAL"}}, ValueError, "pragma names"),
         ({"idle_timeout": 0}, ValueError, "idle_timeout"),
-        ({"reset_timeout": 0}, ValueError, "reset_timeout must be > 0"),
-        ({"reset_timeout": "5"}, TypeError, "reset_timeout must be a number"),
+        ({"reset_timeout": 0}, ValueError, "reset_timeout must be a finite number of seconds > 0"),
+        (
+            {"reset_timeout": "5"},
+            TypeError,
+            "reset_timeout must be a finite number of seconds > 0, got str",
+        ),
         # Found by a new user's probe: these raised AttributeError from inside.
         ({"pragmas": ["journal_mode=WAL"]}, TypeError, "pragmas must be a mapping"),
         ({"pragmas": "journal_mode=WAL"}, TypeError, "pragmas must be a mapping"),

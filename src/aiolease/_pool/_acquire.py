@@ -8,9 +8,9 @@ from collections.abc import Awaitable, Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from .._errors import PoolTimeout
+from .._errors import PoolClosed, PoolTimeout
 from .._logs import get_logger
-from ._closing import error_text, note_discard
+from ._closing import error_text, in_hook, note_discard
 
 if TYPE_CHECKING:
     from ._core import Pool
@@ -41,8 +41,16 @@ class Acquire(Generic[T]):
         self._scoped = True  # entered by `async with` (False: awaited)
 
     def __await__(self) -> Generator[Any, None, T]:
+        # An awaited lease is ended by pool.release(), not by leaving this object: once
+        # it is served, the object is free to be awaited (or entered) again.
         self._scoped = False
-        return self.__aenter__().__await__()
+        try:
+            handle = yield from self.__aenter__().__await__()
+        finally:
+            self._scoped = True
+        self._entered = False
+        self._entry = None
+        return handle
 
     def __aenter__(self) -> Awaitable[T]:
         if self._entered:
@@ -51,19 +59,25 @@ class Acquire(Generic[T]):
                 "releases one lease, so it cannot hold two; call pool.acquire() again "
                 "for a second one"
             )
-        self._entered = True
         pool = self._pool
+        pool._check_loop()
+        self._entered = True
         entry = pool._take_idle()
-        if entry is not None and not (entry.check_due and needs_check(pool, entry)):
-            entry.scoped = self._scoped
-            pool._lease(entry)
-            self._entry = entry
-            ready = entry.ready
-            if ready is None:  # made once per handle: a future can be awaited any number of times
-                ready = entry.ready = asyncio.Future(loop=pool._loop)
-                ready.set_result(entry.handle)
-            return ready
-        return pool._acquire_blocking(self, entry)
+        if entry is not None:
+            if not (entry.check_due and needs_check(pool, entry)):
+                entry.scoped = self._scoped
+                pool._lease(entry)
+                self._entry = entry
+                ready = entry.ready
+                if ready is None:  # made once per handle: a future can be awaited many times
+                    ready = entry.ready = asyncio.Future(loop=pool._loop)
+                    ready.set_result(entry.handle)
+                return ready
+            # Its check awaits: the coroutine takes it again when it runs. A coroutine
+            # that never runs (its task cancelled before its first step, as
+            # wait_for(..., 0) does) must not hold a resource nobody would give back.
+            pool._unpop_idle(entry)
+        return pool._acquire_blocking(self)
 
     def __aexit__(
         self,
@@ -134,13 +148,16 @@ async def run_check(pool: Pool[T], entry: Entry[T], deadline: float) -> bool:
     """
     check = pool._hooks.check
     assert check is not None
-    pool._under_check.add(entry)  # aclose() waits for it, and closes it on timeout
     try:
         async with asyncio.timeout_at(None if deadline == _INF else deadline) as scope:
-            await check(entry.resource, entry.info)
+            with in_hook(pool, entry, scope):
+                await check(entry.resource, entry.info)
     except Exception as exc:
         entry.broken = True
         pool._close_soon(entry)
+        if scope.expired() and not pool._is_open():  # aclose() stopped waiting for it
+            note_discard(pool, entry.resource, "its check was interrupted: the pool closed")
+            raise PoolClosed(f"{pool!r} was closed during the check") from None
         if scope.expired():
             note_discard(pool, entry.resource, "its check outlasted the acquire timeout")
             pool._counters.timeouts += 1
@@ -155,10 +172,6 @@ async def run_check(pool: Pool[T], entry: Entry[T], deadline: float) -> bool:
         entry.broken = True
         pool._close_soon(entry)
         raise
-    finally:
-        pool._under_check.discard(entry)
-        if pool._drain is not None:
-            pool._drain.wake.set()
     return True
 
 

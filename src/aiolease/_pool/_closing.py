@@ -9,7 +9,9 @@ after it starts and again at growing intervals, and a later
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .. import _tracking
@@ -27,6 +29,7 @@ __all__ = [
     "close_resource",
     "detach",
     "error_text",
+    "in_hook",
     "note_discard",
     "reset_then_hand_off",
     "retire",
@@ -38,6 +41,9 @@ _INF = float("inf")
 # comes twice as long after, up to the cap.
 FIRST_REPORT = 2.0
 REPORT_CAP = 300.0
+# Seconds past the manager's close_timeout that aclose() waits for its own tasks (a close
+# abandoned at close_timeout ends a step later) before it leaves them running.
+STUCK_GRACE = 1.0
 
 
 class Drain:
@@ -104,10 +110,23 @@ async def close_all(pool: Pool[Any], drain: Drain) -> None:
     start = loop.time()
     report_at = start + FIRST_REPORT
     interval = FIRST_REPORT
-    while pool._in_use or pool._under_check:
+    # Past the deadline (leases closed, checks and resets interrupted), the wait goes on
+    # only for the interrupted hooks, which end at their next step: one that ignores its
+    # interruption is left running (with a WARNING) once `give_up` has come.
+    give_up = _INF
+    while pool._in_use or pool._in_hook:
         now = loop.time()
-        if now >= drain.deadline:
+        if give_up == _INF and now >= drain.deadline:
             _close_outstanding(pool, drain, now)
+            give_up = now + pool._close_timeout + STUCK_GRACE
+            continue
+        if now >= give_up:
+            logger.warning(
+                "%r: aclose() stops waiting for %d check(s) or reset(s) that ignored their "
+                "interruption; each resource is closed when its hook ends",
+                pool,
+                len(pool._in_hook),
+            )
             break
         if now >= report_at:
             _report_outstanding(pool, now, now - start)
@@ -115,20 +134,36 @@ async def close_all(pool: Pool[Any], drain: Drain) -> None:
             report_at = now + interval
         drain.wake.clear()
         try:
-            async with asyncio.timeout_at(min(drain.deadline, report_at)):
+            async with asyncio.timeout_at(
+                min(report_at, drain.deadline if give_up == _INF else give_up)
+            ):
                 await drain.wake.wait()
         except TimeoutError:
             pass
-    while pool._tasks:
-        tasks = list(pool._tasks)
-        await asyncio.gather(*tasks, return_exceptions=True)
-        # Their done callbacks (which discard them) may not have run yet, and awaiting a
-        # gather of finished tasks need not yield: forget them here, or this loop spins.
-        pool._tasks.difference_update(tasks)
+    # The pool's tasks left: closes (each bounded by close_timeout) and cancelled
+    # creations. One still running a round later ignored its cancellation (a driver that
+    # lost it): it is left running, with a WARNING, not waited for forever. What it may
+    # still make is closed then (the pool is closed) and frees its slot.
+    left: set[asyncio.Task[Any]] = set()
+    while tasks := [t for t in pool._tasks if t not in left]:
+        done, pending = await asyncio.wait(tasks, timeout=pool._close_timeout + STUCK_GRACE)
+        # Their done callbacks (which discard them) may not have run yet, and a wait on
+        # finished tasks need not yield: forget them here, or this loop spins.
+        pool._tasks.difference_update(done)
+        if pending:
+            logger.warning(
+                "%r: aclose() stops waiting for %d task(s) still running %.1fs after the "
+                "close began; each ignored its cancellation (or its close_timeout): %s",
+                pool,
+                len(pending),
+                loop.time() - start,
+                ", ".join(sorted(repr(t.get_coro()) for t in pending)),
+            )
+            left.update(pending)
 
 
 def _report_outstanding(pool: Pool[Any], now: float, waited: float) -> None:
-    leases = [*pool._in_use.values(), *pool._under_check]
+    leases = [*pool._in_use.values(), *pool._in_hook]
     logger.warning(
         "%r: aclose() has waited %.1fs for %d lease(s) to end (pass aclose(timeout=...) to "
         "close them in their holders' hands):\n%s",
@@ -140,9 +175,14 @@ def _report_outstanding(pool: Pool[Any], now: float, waited: float) -> None:
 
 
 def _close_outstanding(pool: Pool[Any], drain: Drain, now: float) -> None:
-    for entry in list(pool._under_check):
-        logger.warning("%r: closing %r, still under check as the pool closes", pool, entry.handle)
-        pool._close_soon(entry)
+    # A check or reset still running is interrupted (its scope fires); its own failure
+    # path closes the resource once the hook has ended, so the two never overlap.
+    for entry, scope in pool._in_hook.items():
+        logger.warning(
+            "%r: interrupting the check or reset of %r as the pool closes", pool, entry.handle
+        )
+        if not scope.expired():
+            scope.reschedule(now)
     # No longer in use (statistics count them out), but their holders may still give
     # them back: the release finds them in closed_out.
     for entry in pool._in_use.values():
@@ -221,19 +261,36 @@ def _cut(pool: Pool[Any], resource: object) -> None:
             logger.warning("%r: aborting %r failed: %r", pool, resource, exc)
 
 
+@contextlib.contextmanager
+def in_hook(pool: Pool[Any], entry: Entry[Any], scope: asyncio.Timeout) -> Iterator[None]:
+    """The manager's check or reset of ``entry`` runs, inside ``scope``: aclose() waits for
+    it as for a lease, and fires ``scope`` when it stops waiting (see close_all)."""
+    pool._in_hook[entry] = scope
+    try:
+        yield
+    finally:
+        del pool._in_hook[entry]
+        if pool._drain is not None:
+            pool._drain.wake.set()
+
+
 async def reset_then_hand_off(pool: Pool[Any], entry: Entry[Any]) -> None:
     """The manager's reset of a released resource (a pool task), then the hand-off;
     a failed reset closes the resource instead."""
     reset = pool._hooks.reset
     assert reset is not None
     try:
-        await reset(entry.resource, entry.info)
+        async with asyncio.timeout(None) as scope:  # fired by aclose() when it stops waiting
+            with in_hook(pool, entry, scope):
+                await reset(entry.resource, entry.info)
     except BaseException as exc:
         # This task is cancelled only when the loop shuts down; otherwise a
         # CancelledError is a failed reset (see _leaked_cancel).
         cancelled = isinstance(exc, asyncio.CancelledError) and not _leaked_cancel(exc)
         if cancelled:
             note_discard(pool, entry.resource, "its reset was cancelled", logging.DEBUG)
+        elif scope.expired():
+            note_discard(pool, entry.resource, "its reset was interrupted: the pool closed")
         else:
             note_discard(pool, entry.resource, f"its reset failed: {error_text(exc)}")
         await close_resource(pool, entry)

@@ -106,6 +106,7 @@ class Pool(Options[T]):
         "_hooks",
         "_housekeeper",
         "_idle",
+        "_in_hook",
         "_in_use",
         "_loop",
         "_observer",
@@ -113,7 +114,6 @@ class Pool(Options[T]):
         "_size",
         "_state",
         "_tasks",
-        "_under_check",
         "_waiters",
     )
 
@@ -154,7 +154,9 @@ class Pool(Options[T]):
         self._idle: deque[Entry[T]] = deque()  # the oldest release at the left
         self._in_use: dict[int, Entry[T]] = {}  # id(handle) -> entry
         self._waiters: deque[Waiter] = deque()
-        self._under_check: set[Entry[T]] = set()
+        # Entries in the manager's check or reset, each with the timeout scope around the
+        # hook: aclose() waits for them as for leases, and fires the scope when it stops.
+        self._in_hook: dict[Entry[T], asyncio.Timeout] = {}
         self._size = 0
         self._generation = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -232,9 +234,10 @@ class Pool(Options[T]):
 
     async def aclose(self, timeout: float | None = None) -> None:
         """Close the pool: wake waiters with :class:`PoolClosed`, close idle resources,
-        wait for checked-out ones (up to ``timeout``, then close them in their holders'
-        hands, as a later ``aclose(timeout=t)`` or cancelling the closer does sooner),
-        and return when every resource is closed. While it waits it logs a WARNING
+        wait for checked-out ones and for checks and resets in flight (up to ``timeout``,
+        then close them in their holders' hands and interrupt the hooks, as a later
+        ``aclose(timeout=t)`` or cancelling the closer does sooner), and return when
+        every resource is closed. While it waits it logs a WARNING
         on ``aiolease.pool`` naming each lease, soon and at growing intervals.
 
         Args:
@@ -245,6 +248,7 @@ class Pool(Options[T]):
             ValueError: ``timeout`` is negative or NaN.
         """
         wait_for = _validate.timeout("timeout", timeout)
+        self._check_loop()
         if self._state is _NEW:
             self._state = _CLOSED
         if self._state is _CLOSED:
@@ -256,6 +260,20 @@ class Pool(Options[T]):
 
     def _closed(self) -> None:
         self._state = _CLOSED
+
+    def _check_loop(self) -> None:
+        """Refuse a call from an event loop other than the one the pool opened on: its
+        timers and tasks run there, and its resources (connections) belong to it.
+
+        Raises:
+            RuntimeError: the running loop is not the pool's (or none runs).
+        """
+        loop = self._loop
+        if loop is not None and loop is not asyncio.get_running_loop():
+            raise RuntimeError(
+                f"{self!r} was opened on another event loop ({loop!r}), not the running one; "
+                "a pool serves the loop it was opened on: make one pool per event loop"
+            )
 
     def __del__(self) -> None:
         if getattr(self, "_state", None) is _OPEN:
@@ -282,6 +300,7 @@ class Pool(Options[T]):
                 already holds every lease the pool can give (it would wait on itself).
             PoolClosed: the pool is closed or closes while waiting.
             TooManyWaiters: ``max_waiting`` tasks are already queued.
+            RuntimeError: the pool was opened on another event loop.
             Exception: the error of the creation attempt made for this call.
         """
         if timeout is ...:
@@ -293,7 +312,9 @@ class Pool(Options[T]):
 
         Raises:
             WouldBlock: no resource is idle, or the pool is not open.
+            RuntimeError: the pool was opened on another event loop.
         """
+        self._check_loop()
         entry = self._take_idle()
         if entry is None:
             state = "has no idle resource" if self._state is _OPEN else "is not open"
@@ -321,15 +342,24 @@ class Pool(Options[T]):
             return entry
         return None
 
-    async def _acquire_blocking(self, into: Acquire[T], entry: Entry[T] | None) -> T:
-        """Every acquire not served on the spot: ``entry`` is an idle one that needs its check."""
+    def _unpop_idle(self, entry: Entry[T]) -> None:
+        """Put back an entry :meth:`_pop_idle` gave, where it was: the next to go out."""
+        if self._lru:
+            self._idle.appendleft(entry)
+        else:
+            self._idle.append(entry)
+
+    async def _acquire_blocking(self, into: Acquire[T]) -> T:
+        """Every acquire not served on the spot: one that waits, or whose idle entry
+        needs its check."""
         try:
-            # `fresh`: whether an idle entry may be there that our caller's _take_idle
-            # did not see (the pool just opened, or our entry just failed its check).
-            fresh = retry = waited = False
+            # `fresh`: whether an idle entry may be there to take (at first: an idle
+            # entry that needs its check, or the pool just opened; later: our entry
+            # just failed its check).
+            entry: Entry[T] | None = None
+            fresh, retry, waited = True, False, False
             if self._state is _NEW:
                 await self.open(wait=False)
-                fresh = True
             start = self._clock()
             deadline = _INF if into._timeout is None else start + into._timeout
             while True:
@@ -353,6 +383,9 @@ class Pool(Options[T]):
                                 raise self_wait_error(self) from exc.__cause__
                             raise
                 # `entry` is ours now; until it is leased, every exit must give it back.
+                if self._state is not _OPEN:  # aclose() began while it was on its way
+                    self._close_soon(entry)
+                    raise PoolClosed(f"{self!r} is closed")
                 if (
                     entry.check_due
                     and needs_check(self, entry)
@@ -361,7 +394,7 @@ class Pool(Options[T]):
                     entry, retry = None, True  # keep our place, ahead of later tasks
                     fresh = True
                     continue
-                if self._state is not _OPEN:  # aclose() began while it was on its way
+                if self._state is not _OPEN:  # aclose() began during its check
                     self._close_soon(entry)
                     raise PoolClosed(f"{self!r} is closed")
                 break
@@ -416,7 +449,9 @@ class Pool(Options[T]):
 
         Raises:
             ValueError: the resource is not checked out from this pool.
+            RuntimeError: the pool was opened on another event loop.
         """
+        self._check_loop()
         pending = self._release(resource, discard)
         if pending is not None:
             await asyncio.shield(pending)
@@ -460,10 +495,11 @@ class Pool(Options[T]):
 
     # ------------------------------------------------------------------ hand-off
 
-    def _hand_off(self, entry: Entry[T], to: Waiter | None = None) -> asyncio.Future[Any] | None:
+    def _hand_off(self, entry: Entry[T]) -> asyncio.Future[Any] | None:
         """Where a free entry goes (released, created, or passed on by a waiter that
-        left): closed if retired, else to the waiter ``to`` a creation was made for
-        if it still waits, else to the oldest waiter, else idle."""
+        left): closed if retired, else to the oldest waiter (also when the creation was
+        made for a later one: that one then takes over the oldest's creation, see
+        :meth:`WaitQueue.next`), else idle."""
         if (
             self._state is not _OPEN
             or entry.generation != self._generation
@@ -471,12 +507,7 @@ class Pool(Options[T]):
             or (entry.info.expires_at != _INF and entry.info.expires_at <= self._clock())
         ):
             return retire(self, entry)
-        fut: Waiter | None = None
-        if to is not None and not to.done():
-            self._queue.remove(to)
-            fut = to
-        elif self._waiters:
-            fut = self._queue.next()
+        fut = self._queue.next() if self._waiters else None
         if fut is not None:
             entry.check_due = False
             fut.set_result(entry)
@@ -503,10 +534,7 @@ class Pool(Options[T]):
                 break
             fut = self._queue.next()
             if fut is None:  # every queued waiter had left: the entry stays idle
-                if self._lru:
-                    self._idle.appendleft(entry)
-                else:
-                    self._idle.append(entry)
+                self._unpop_idle(entry)
                 break
             fut.set_result(entry)  # from idle: its receiver runs the check
         if self._state is _OPEN:
@@ -539,12 +567,19 @@ class Pool(Options[T]):
         Raises:
             TypeError: a bound is not an int.
             ValueError: ``min_size > max_size`` or out of range.
+            RuntimeError: the pool was opened on another event loop.
         """
+        self._check_loop()
         await self._housekeeper.resize(min_size, max_size)
 
     async def expire(self) -> None:
         """Retire every current resource: idle ones are closed now (returns after they are),
-        checked-out ones when released. New resources replace them on demand."""
+        checked-out ones when released. New resources replace them on demand.
+
+        Raises:
+            RuntimeError: the pool was opened on another event loop.
+        """
+        self._check_loop()
         await self._housekeeper.expire()
 
     def atomic(

@@ -158,6 +158,8 @@ class Creations(Generic[T]):
     async def _run(self, creation: _Creation) -> None:
         pool = self._pool
         started = pool._clock()
+        # Read now: an expire() while it connects (a failover) retires what it makes.
+        generation = pool._generation
         try:
             resource = await pool._manager.create()
             if id(resource) in self.live:
@@ -173,7 +175,9 @@ class Creations(Generic[T]):
         # The resource exists: aclose() must not cancel this task any more (a cancelled
         # close task that never started would leak the resource and its slot).
         self.tasks.discard(asyncio.current_task())  # type: ignore[arg-type,unused-ignore]
-        waiter = self._forget(creation)
+        # Its waiter, if still queued, is served in its turn like any other (FIFO): the
+        # entry goes to the oldest waiter, whose own creation, if any, it then adopts.
+        self._forget(creation)
         now = pool._clock()
         pool._counters.created += 1
         if pool._observer is not None:
@@ -189,8 +193,8 @@ class Creations(Generic[T]):
         expires = _INF
         if pool._max_lifetime is not None:
             expires = now + pool._max_lifetime * (1.0 - _LIFETIME_JITTER * random.random())
-        entry = Entry(resource, ResourceInfo(now, now, 0, expires), pool._generation)
-        pending = pool._hand_off(entry, waiter)
+        entry = Entry(resource, ResourceInfo(now, now, 0, expires), generation)
+        pending = pool._hand_off(entry)
         pool._dispatch()
         if pending is not None:
             await asyncio.shield(pending)
