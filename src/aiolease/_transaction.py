@@ -469,7 +469,7 @@ class Transaction(Generic[C]):
             raise error
 
         failed, ended = await self._rollback_quietly(exc, outermost=True)
-        if ended:
+        if ended and not (exc is not None and self._dialect.rolls_back_by_itself(exc)):
             error = self._ended_by_block(exc)
             if exc is None or isinstance(exc, Rollback):
                 raise error from exc
@@ -617,7 +617,7 @@ class Transaction(Generic[C]):
         self._ended("unknown")
         message = (
             "a statement of the block ended the transaction (a COMMIT or ROLLBACK sent "
-            "by hand; SQLite also rolls back by itself after some errors), so atomic() "
+            "by hand, or an error SQLite rolled back for that the block caught), so atomic() "
             "cannot tell whether its work was committed: no COMMIT was sent and no "
             "on_commit or on_rollback hook ran. End transactions through atomic() only"
         )

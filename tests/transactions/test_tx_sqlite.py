@@ -260,6 +260,34 @@ async def test_transaction_ended_by_sqlite_is_reported(db: Path) -> None:
         await conn.close()
 
 
+async def test_a_block_ending_with_the_error_sqlite_rolled_back_for_runs_its_rollback_hooks(
+    db: Path,
+) -> None:
+    # SQLite rolls the transaction back by itself after some errors (an interrupted write,
+    # SQLITE_FULL, IOERR, BUSY, NOMEM): a block that ends with such an error was rolled
+    # back, not "ended by a statement of the block" with an unknown outcome.
+    conn = await connect(db)
+    hooks: list[str] = []
+    endless = (
+        "INSERT INTO t(v) WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
+        "SELECT x FROM c"
+    )
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="interrupted") as info:  # noqa: PT012 - the block under test
+            async with aiolease.atomic(conn) as tx:
+                tx.on_rollback(lambda: hooks.append("rollback"))
+                tx.on_commit(lambda: hooks.append("commit"))
+                await conn.execute("UPDATE t SET v = 9")
+                asyncio.get_running_loop().call_later(0.05, asyncio.ensure_future, conn.interrupt())
+                await conn.execute(endless)
+        assert hooks == ["rollback"]
+        assert not getattr(info.value, "__notes__", None)  # no "cannot tell"
+        assert await scalar(conn, "SELECT v FROM t") == 0
+        assert not conn.in_transaction
+    finally:
+        await conn.close()
+
+
 @needs_fast_path
 async def test_savepoint_as_first_operation_begins_in_the_same_hop(db: Path) -> None:
     conn = await connect(db)

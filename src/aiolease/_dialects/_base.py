@@ -126,6 +126,14 @@ class Dialect(ABC, Generic[C]):
         """
         return False
 
+    def rolls_back_by_itself(self, exc: BaseException) -> bool:
+        """Whether the database ends the transaction with a rollback when a statement fails
+        with ``exc`` (SQLite does after some errors). A block ending with such an error
+        whose transaction is found over was rolled back; any other ended transaction was
+        ended by a statement of the block (a ``COMMIT`` or ``ROLLBACK`` sent by hand), with
+        an outcome ``atomic`` cannot know. The default answers False."""
+        return False
+
     def is_retryable(self, exc: BaseException) -> bool:
         """Whether running the transaction again may succeed (serialization failure, deadlock)."""
         return sqlstate_of(exc) in _RETRYABLE

@@ -32,6 +32,9 @@ __all__ = ["LOOP_COMMIT_MAX_CHANGES", "AiosqliteDialect", "aiosqlite_dialect", "
 # sqlite3 primary result codes that mean "another connection holds the lock".
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
+#: The primary result codes after which SQLite may roll the transaction back by itself:
+#: BUSY, NOMEM, INTERRUPT, IOERR, FULL.
+_AUTO_ROLLBACK = frozenset((5, 7, 9, 10, 13))
 
 
 class AiosqliteDialect(Dialect[Any]):
@@ -116,6 +119,16 @@ class AiosqliteDialect(Dialect[Any]):
 
     def is_aborted_error(self, exc: BaseException) -> bool:
         return False  # SQLite has no aborted-transaction state
+
+    def rolls_back_by_itself(self, exc: BaseException) -> bool:
+        # sqlite.org/lang_transaction.html: SQLITE_FULL, IOERR, BUSY and NOMEM may roll the
+        # transaction back; an interrupted INSERT, UPDATE or DELETE in a transaction does.
+        code = getattr(exc, "sqlite_errorcode", None)
+        return (
+            isinstance(exc, sqlite3.Error)
+            and isinstance(code, int)
+            and code & 0xFF in _AUTO_ROLLBACK
+        )
 
     def is_connection_error(self, exc: BaseException, conn: Any) -> bool:
         # A local file: a failed COMMIT is a definite failure (SQLite rolls
