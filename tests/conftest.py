@@ -14,6 +14,7 @@ import socket
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -108,6 +109,14 @@ if uvloop is not None:
                     ResourceWarning,
                     stacklevel=2,
                 )
+
+        def call_exception_handler(self, context: dict[str, Any]) -> None:
+            super().call_exception_handler(context)
+            if isinstance(context.get("exception"), pytest.fail.Exception):
+                # pytest-timeout's SIGALRM handler runs inside a libuv callback here, which
+                # only logs what it raises: stop the loop, so that the timed-out test fails
+                # ("Event loop stopped before Future completed") instead of waiting on.
+                self.stop()
 
     LOOP_FACTORIES["uvloop"] = _UvloopLoop
 
