@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import math
-import os
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from pathlib import Path
@@ -25,22 +24,17 @@ import aiosqlite
 import asyncpg
 import psycopg
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from psycopg.types.json import Json, Jsonb
+from tx_backends import generated
 
 import aiolease
 import aiolease.asyncpg
 import aiolease.psycopg
 import aiolease.sqlite
 
-EXAMPLES = int(os.environ.get("AIOLEASE_DIFF_EXAMPLES", "100"))
-DIFF = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    database=None,
-)
+EXAMPLES, DIFF = generated(100)
 pytestmark = pytest.mark.timeout(max(120, EXAMPLES * 3))
 
 #: Cases run per driver in this process (reported by the summary test at the end).

@@ -20,28 +20,26 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from psycopg import pq
-from tx_backends import Backend, FakeBackend, backend_fixture  # noqa: F401 - registers the fixture
+from tx_backends import (  # noqa: F401 - backend_fixture registers the fixture
+    Backend,
+    FakeBackend,
+    backend_fixture,
+    generated,
+)
 
 import aiolease
 from aiolease import _tracking
 from aiolease._compat.asyncpg import SEES_CANCELLING
 
-EXAMPLES = int(os.environ.get("AIOLEASE_DIFF_EXAMPLES", "60"))
-PROGRAMS = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    database=None,
-)
+EXAMPLES, PROGRAMS = generated(60)
 pytestmark = pytest.mark.timeout(max(120, EXAMPLES * 2))
 
 ENDS = ("normal", "raise", "Rollback", "set_rollback")

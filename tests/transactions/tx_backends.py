@@ -20,6 +20,7 @@ import aiosqlite
 import asyncpg
 import psycopg
 import pytest
+from hypothesis import HealthCheck, settings
 
 import aiolease
 import aiolease.psycopg
@@ -28,6 +29,19 @@ from aiolease import _dialects
 from aiolease._compat import aiosqlite as _compat_aiosqlite
 from aiolease._dialects.sqlite import AiosqliteDialect
 from aiolease.testing import FakeConnection, FakeDatabase
+
+
+def generated(default: int) -> tuple[int, settings]:
+    """How many examples a generated (hypothesis) suite runs, ``AIOLEASE_DIFF_EXAMPLES``
+    or ``default`` (modest, so ``make test`` stays quick), and its settings."""
+    examples = int(os.environ.get("AIOLEASE_DIFF_EXAMPLES", str(default)))
+    return examples, settings(
+        max_examples=examples,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+        database=None,
+    )
+
 
 PG_DSN = os.environ.get("AIOLEASE_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 # sqlite-public: aiosqlite through its public API only (the _compat fast path off).
