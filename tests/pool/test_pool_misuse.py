@@ -452,6 +452,15 @@ class _StubbornResetManager(FakeManager):
         await super().reset(resource, info)
 
 
+async def timed_aclose(pool: Pool[FakeResource], caplog: pytest.LogCaptureFixture) -> float:
+    """``pool.aclose(timeout=1.0)`` with aiolease.pool's WARNINGs captured; the seconds it took."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with caplog.at_level(logging.WARNING, logger="aiolease.pool"):
+        await pool.aclose(timeout=1.0)
+    return loop.time() - started
+
+
 async def test_aclose_timeout_stops_waiting_for_a_reset_that_ignores_its_interruption(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -461,11 +470,7 @@ async def test_aclose_timeout_stops_waiting_for_a_reset_that_ignores_its_interru
     held = await pool.acquire()
     releasing = asyncio.create_task(pool.release(held))
     await asyncio.sleep(1.0)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    with caplog.at_level(logging.WARNING, logger="aiolease.pool"):
-        await pool.aclose(timeout=1.0)
-    waited = loop.time() - started
+    waited = await timed_aclose(pool, caplog)
     # The timeout, then close_timeout (and a grace) for the hook, then as long for its task.
     assert waited <= 1.0 + 2 * (fm.close_timeout + 1.0), waited
     assert "ignored their interruption" in caplog.text, caplog.text
@@ -484,11 +489,7 @@ async def test_aclose_stops_waiting_for_a_creation_that_ignores_its_cancellation
     await pool.open()
     waiter = start_acquire(pool)
     await asyncio.sleep(1.0)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    with caplog.at_level(logging.WARNING, logger="aiolease.pool"):
-        await pool.aclose(timeout=1.0)
-    waited = loop.time() - started
+    waited = await timed_aclose(pool, caplog)
     assert fm.close_timeout <= waited <= fm.close_timeout + 2.0, waited  # not forever
     assert "ignored its cancellation" in caplog.text, caplog.text
     with pytest.raises(PoolClosed):
