@@ -86,20 +86,60 @@ class PoolExpirer:
     """Expires the pool a manager serves (``pool.expire()``) when a connection reports
     a failover: the server became read-only or is shutting down. Every connection of
     the pool points at the old server then; fresh ones go where the DSN's host list
-    and ``target_session_attrs`` point now. At most one expiry runs at a time."""
+    and ``target_session_attrs`` point now. At most one expiry runs at a time.
 
-    __slots__ = ("_pool", "_task")
+    Not every such error is news about the server. Each expiry starts an *epoch*; the
+    manager stamps each connection with the epoch its creation began in and whether
+    the server called the session read-only when it connected (:meth:`connected`).
+    The error only discards its own connection (:meth:`report` says it is fatal, no
+    expiry) when:
+
+    - the connection predates the latest expiry, which has retired it already (the
+      old server's connections fail one by one after the first expired the pool);
+    - the write was refused on a session that was writable when it connected: the
+      session was turned read-only since (a holder's ``SET
+      default_transaction_read_only``, or the server's configuration reloaded);
+      replacing that one connection is enough;
+    - the latest expiry came from a refused write and this connection, made since,
+      found the server read-only too: reconnecting did not help (a database or role
+      read-only by configuration, written to by mistake), so expiring every connection
+      again on each such write would only churn them.
+    """
+
+    __slots__ = ("_born", "_epoch", "_epoch_by_refusal", "_pool", "_task")
 
     def __init__(self) -> None:
         self._pool: weakref.ref[Any] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._epoch = 0
+        self._epoch_by_refusal = False  # the latest expiry came from a refused write
+        # Each live connection's (epoch its creation began in, read-only when it connected).
+        self._born: weakref.WeakKeyDictionary[Any, tuple[int, bool]] = weakref.WeakKeyDictionary()
 
     def bind(self, pool: Any) -> None:
         """The pool to expire (called by the driver's ``create_pool``)."""
         self._pool = weakref.ref(pool)
 
-    def trigger(self, exc: BaseException) -> None:
-        """Start expiring the pool (from synchronous code: ``Manager.is_fatal``)."""
+    @property
+    def epoch(self) -> int:
+        """The current epoch: a manager reads it when a creation begins."""
+        return self._epoch
+
+    def connected(self, conn: Any, epoch: int, *, read_only: bool) -> None:
+        """Stamp a new connection: the epoch its creation began in, and whether the
+        server called its session read-only (or did not say) when it connected."""
+        self._born[conn] = (epoch, read_only)
+
+    def report(self, conn: Any, exc: BaseException, *, refused_write: bool) -> None:
+        """A failover error on ``conn``: a shutdown error (``refused_write`` False) or
+        a write refused by a server that calls the session read-only. Expires the pool
+        unless the error is only about ``conn`` (see the class docstring); the caller
+        discards ``conn`` either way."""
+        epoch, born_read_only = self._born.get(conn, (self._epoch, True))
+        if epoch < self._epoch:
+            return
+        if refused_write and (not born_read_only or self._epoch_by_refusal):
+            return
         pool = None if self._pool is None else self._pool()
         if pool is None or (self._task is not None and not self._task.done()):
             return
@@ -107,6 +147,8 @@ class PoolExpirer:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # pragma: no cover - is_fatal runs on the pool's loop
             return
+        self._epoch += 1
+        self._epoch_by_refusal = refused_write
         logger.warning("%r: the server failed over (%r): expiring every connection", pool, exc)
         self._task = loop.create_task(pool.expire())
         self._task.add_done_callback(functools.partial(_log_failure, pool))

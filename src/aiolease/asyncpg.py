@@ -109,14 +109,6 @@ def _read_only_server(conn: Connection) -> bool:
     return all(v is None for v in reported) or "on" in reported
 
 
-def _failover(conn: Connection, exc: BaseException) -> bool:
-    if isinstance(exc, _SHUTDOWN_ERRORS):
-        return True
-    return isinstance(exc, asyncpg.exceptions.ReadOnlySQLTransactionError) and _read_only_server(
-        conn
-    )
-
-
 def _socket_fd(conn: Connection) -> int | None:
     """The file descriptor of the connection's socket, or None where there is none to poll.
 
@@ -417,6 +409,7 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
     async def create(self) -> Connection:
         # asyncpg applies ``timeout`` to each step of connecting; the scope bounds the
         # whole (a second's grace, so that asyncpg's own timeout normally reports it).
+        epoch = self.failover.epoch
         try:
             async with asyncio.timeout(self.connect_timeout + 1.0):
                 conn: Connection = await scrubbed(
@@ -430,6 +423,7 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
             ) from exc
         # Keepalive: a silent peer is detected within SILENT_PEER_BOUND seconds.
         set_keepalive(connection_socket(conn))
+        self.failover.connected(conn, epoch, read_only=_read_only_server(conn))
         watch = _install_watch(conn)
         if watch is not None:
             self._watches[conn] = watch
@@ -553,9 +547,13 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
         cache is stale, after a ``DEALLOCATE ALL`` or ``DISCARD ALL``), and,
         where asyncpg's in-flight state cannot be read (``AIOLEASE_COMPAT=public``), a body
         that was cancelled or timed out: its query may still be running. A failover error
-        (the server is read-only, or shutting down) also expires the whole pool."""
-        if _failover(resource, exc):
-            self.failover.trigger(exc)
+        (the server is read-only, or shutting down) also expires the whole pool, unless
+        it is news about this connection only (see :class:`PoolExpirer`)."""
+        refused_write = isinstance(
+            exc, asyncpg.exceptions.ReadOnlySQLTransactionError
+        ) and _read_only_server(resource)
+        if refused_write or isinstance(exc, _SHUTDOWN_ERRORS):
+            self.failover.report(resource, exc, refused_write=refused_write)
             return True
         return (
             resource.is_closed()

@@ -471,6 +471,7 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
     async def create(self) -> AsyncConnection:
         # libpq's connect_timeout is per host and attempt; the scope bounds the whole
         # (a second's grace, so that psycopg's own timeout normally reports it).
+        epoch = self.failover.epoch
         try:
             async with asyncio.timeout(self.connect_timeout + 1.0):
                 conn = await scrubbed(
@@ -482,6 +483,7 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
                 self._pool_name,
                 f"connect_timeout={self.connect_timeout:g} s, bounding the whole connect",
             ) from exc
+        self.failover.connected(conn, epoch, read_only=_read_only_server(conn))
         _install_watch(conn)
         self._session = _session(conn)  # every connection starts the same
         return conn
@@ -622,7 +624,8 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
         error is a socket error, a connection-class SQLSTATE (08xxx, 57P01-57P05, 25P03),
         a FATAL/PANIC server error, or a client-side loss of the connection. A failover
         error (57P01-57P03, or 25006 from a server that reports itself read-only) also
-        expires the whole pool.
+        expires the whole pool, unless it is news about this connection only (see
+        :class:`PoolExpirer`).
 
         On any other error (the connection is kept), the reset that follows the lease
         re-synchronises psycopg's prepared statements with the server's (see the class).
@@ -640,8 +643,11 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
         if not isinstance(exc, psycopg.Error):
             return False
         state = exc.sqlstate
-        if state in _SHUTDOWN_STATES or (state == "25006" and _read_only_server(resource)):
-            self.failover.trigger(exc)  # a failover: expire the whole pool
+        refused_write = state == "25006" and _read_only_server(resource)
+        if refused_write or state in _SHUTDOWN_STATES:
+            # A failover: the pool is expired unless the error is news about this
+            # connection only (see PoolExpirer).
+            self.failover.report(resource, exc, refused_write=refused_write)
             return True
         if state is None:
             return isinstance(exc, psycopg.OperationalError) and not isinstance(exc, _NOT_FATAL)

@@ -413,6 +413,104 @@ async def test_read_only_server_expires_the_whole_pool(
                 await _write(driver, conn, table)
 
 
+async def _backend(driver: str, conn: Any) -> int:
+    if driver == "asyncpg":
+        return int(await conn.fetchval("SELECT pg_backend_pid()"))
+    row = await (await conn.execute("SELECT pg_backend_pid()")).fetchone()
+    return int(row[0])
+
+
+async def _enter(pool: aiolease.Pool[Any]) -> tuple[Any, Any]:
+    """A lease entered as ``async with`` enters it, to be left with :func:`_refused_write`."""
+    lease = pool.acquire()
+    return lease, await lease.__aenter__()
+
+
+async def _refused_write(driver: str, lease: Any, conn: Any, table: str) -> None:
+    """A write the server refuses as read-only, leaving the lease with that error as
+    ``async with`` does (the pool judges the error there)."""
+    with pytest.raises((asyncpg.exceptions.ReadOnlySQLTransactionError, psycopg.Error)) as caught:
+        await _write(driver, conn, table)
+    await lease.__aexit__(caught.type, caught.value, caught.tb)
+
+
+async def _expiry_settled() -> None:
+    """Let an expiry the pool may have started (a task) run to its end."""
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+
+
+async def _backends_of_two(driver: str, pool: aiolease.Pool[Any]) -> set[int]:
+    async with pool.acquire() as a, pool.acquire() as b:
+        return {await _backend(driver, a), await _backend(driver, b)}
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+async def test_a_session_that_made_itself_read_only_is_not_a_failover(
+    driver: str, own_db: str, rw_table: Callable[[], str]
+) -> None:
+    """A holder's own ``SET default_transaction_read_only = on`` and then a write: the
+    server still is a writable primary, so the other connections stay (only the one whose
+    session was turned read-only is replaced)."""
+    table = rw_table()
+    async with _pool(driver, own_db, max_size=3) as pool:
+        kept = await _backends_of_two(driver, pool)
+        lease, conn = await _enter(pool)
+        assert await _backend(driver, conn) in kept
+        async with pool.acquire() as other:
+            assert await _backend(driver, other) in kept
+            third, conn = await _enter(pool)
+            await conn.execute("SET default_transaction_read_only = on")
+            await _refused_write(driver, third, conn, table)
+        await lease.__aexit__(None, None, None)
+        await _expiry_settled()
+        assert pool.statistics().closed == 1
+        assert await _backends_of_two(driver, pool) == kept, (
+            "a holder's own SET expired the pool's other connections"
+        )
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+async def test_a_failover_error_on_a_connection_from_before_the_expiry_expires_nothing_more(
+    driver: str, own_db: str, rw_table: Callable[[], str]
+) -> None:
+    """Holders of the old server's connections get their errors one after another, after
+    the first one expired the pool: the fresh connections made since are kept."""
+    table = rw_table()
+    await _set_read_only(own_db, True)
+    async with _pool(driver, own_db, max_size=5) as pool:
+        old = [await _enter(pool) for _ in range(3)]
+        await _set_read_only(own_db, False)  # "failover done"
+        await _refused_write(driver, *old[0], table)
+        await _expiry_settled()
+        fresh = await _backends_of_two(driver, pool)  # connections to the "new primary"
+        for lease, conn in old[1:]:
+            await _refused_write(driver, lease, conn, table)
+        await _expiry_settled()
+        assert await _backends_of_two(driver, pool) == fresh, "the fresh connections expired"
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+async def test_writes_to_a_read_only_database_expire_the_pool_once(
+    driver: str, own_db: str, rw_table: Callable[[], str]
+) -> None:
+    """A database (or role) read-only by configuration, written to by mistake again and
+    again: the first refusal expires the pool (it may be a demoted server); when the fresh
+    connections find the server read-only too, reconnecting did not help, and later
+    refusals replace only the connection that got them, not every connection each time."""
+    table = rw_table()
+    await _set_read_only(own_db, True)
+    async with _pool(driver, own_db, max_size=3) as pool:
+        await _refused_write(driver, *await _enter(pool), table)
+        await _expiry_settled()
+        kept = await _backends_of_two(driver, pool)
+        async with pool.acquire(), pool.acquire():  # the third lease is a new connection
+            lease, conn = await _enter(pool)
+            await _refused_write(driver, lease, conn, table)
+        await _expiry_settled()
+        assert await _backends_of_two(driver, pool) == kept, "a second refusal expired the pool"
+
+
 @pytest.mark.parametrize("driver", DRIVERS)
 async def test_a_read_only_transaction_of_the_user_is_not_a_failover(
     driver: str, own_db: str, rw_table: Callable[[], str]
