@@ -170,6 +170,15 @@ _relays: weakref.WeakKeyDictionary[
 ] = weakref.WeakKeyDictionary()
 
 
+def forget_relays(conn: Any, kinds: tuple[str, ...]) -> None:
+    """Drop the relays of the callbacks of ``kinds`` (``"listener"`` for ``add_listener``)
+    added to ``conn``: the driver removed them all (asyncpg's ``Connection.reset()``)."""
+    relays = _relays.get(conn)
+    if relays:
+        for key in [key for key in relays if key[0] in kinds]:
+            del relays[key]
+
+
 def _relay(cell: list[weakref.ref[LeaseProxy]], callback: Any) -> Callable[..., Any]:
     """``callback``, called with the lease in ``cell`` in place of its driver connection
     (a coroutine function if ``callback`` is one: the driver tells them apart). The cell

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from . import _validate
 from ._driver_args import check_connect_kwargs, check_connection_string, keywords_of
-from ._lease import LeaseProxies
+from ._lease import LeaseProxies, forget_relays
 from ._liveness import (
     CANCEL_GRACE,
     DEFAULT_CONNECT_TIMEOUT,
@@ -92,6 +92,9 @@ _SHUTDOWN_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.CannotConnectNowError,
 )
+
+# The callbacks asyncpg's ``Connection.reset()`` removes (by the kind of their add_ method).
+_RESET_REMOVES = ("listener", "log_listener")
 
 #: Seconds asyncpg's ``command_timeout`` defaults to in public mode
 #: (``AIOLEASE_COMPAT=public``), where the socket is out of reach for keepalive.
@@ -503,6 +506,7 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
         # than an asyncio.timeout scope around it) and asks the server to cancel on expiry.
         if self._session_reset:
             await resource.reset(timeout=self.reset_timeout)
+            forget_relays(resource, _RESET_REMOVES)
         elif resource.is_in_transaction() or transaction_pending(resource):
             logger.warning(
                 "%s: rolling back a transaction left open on %r at release",

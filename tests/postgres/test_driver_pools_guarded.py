@@ -13,7 +13,7 @@ import pytest
 import aiolease.asyncpg
 import aiolease.psycopg
 from aiolease import ResourceReleased
-from aiolease._lease import unwrap
+from aiolease._lease import _relays, unwrap
 
 
 async def test_asyncpg_objects_made_by_a_lease_work_during_it(pg_dsn: str) -> None:
@@ -294,3 +294,26 @@ async def test_asyncpg_a_listener_added_again_is_called_once_with_the_latest_lea
             await asyncio.sleep(0.05)
             assert got == [second]
             await second.remove_listener("aiolease_again", on_notify)
+
+
+async def test_asyncpg_a_session_reset_forgets_the_relays_of_the_listeners_it_removed(
+    pg_dsn: str,
+) -> None:
+    # asyncpg's reset removes every listener and log listener; their relays must go too, or
+    # a connection whose leases each add a new callback (a closure per request) keeps one
+    # more relay per lease for its whole life.
+    async with aiolease.asyncpg.create_pool(pg_dsn, max_size=1, reset="session") as pool:
+        for _ in range(20):
+            async with pool.acquire() as conn:
+                await conn.add_listener("aiolease_relay_reset", lambda *args: None)
+                conn.add_log_listener(lambda *args: None)
+                conn.add_termination_listener(on_termination)
+                raw = unwrap(conn)
+        async with pool.acquire() as conn:
+            assert unwrap(conn) is raw
+            # The termination listener survives the reset (asyncpg keeps it): one relay.
+            assert [key[0] for key in _relays.get(raw, {})] == ["termination_listener"]
+
+
+def on_termination(conn: Any) -> None:
+    pass
