@@ -405,6 +405,7 @@ class Transaction(Generic[C]):
     async def _exit_outermost(self, exc: BaseException | None) -> bool:
         conn, dialect = self._raw, self._dialect
         if exc is None and not self._rollback_only and not self._doomed:
+            closed = dialect.is_closed(conn)  # then COMMIT cannot be sent
             try:
                 committed = await dialect.commit(conn)
             except asyncio.CancelledError as err:
@@ -426,6 +427,16 @@ class Transaction(Generic[C]):
                 )
                 raise
             except Exception as err:
+                if dialect.is_connection_error(err, conn) and (
+                    closed or dialect.rolls_back_by_itself(err)
+                ):
+                    # The session ended before COMMIT was sent (or could run: the
+                    # idle-in-transaction timeout), and the server rolled its transaction
+                    # back: a known outcome, the driver's error propagates unchanged.
+                    self._mark_broken()
+                    self._ended("rollback")
+                    await self._after_rollback(err)
+                    raise
                 if dialect.is_connection_error(err, conn):
                     self._mark_broken()
                     self._ended("unknown")

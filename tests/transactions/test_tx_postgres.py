@@ -308,6 +308,51 @@ async def test_connection_killed_during_commit_raises_commit_unknown_and_pool_di
     assert await b.scalar(observer, f"SELECT count(*) FROM {slow_commit}") == 0
 
 
+@pytest.mark.parametrize("how", ["idle_in_transaction_timeout", "terminated_while_idle"])
+async def test_a_session_ended_before_commit_was_sent_is_a_known_rollback(
+    pg_backend: Backend, how: str
+) -> None:
+    """The server ended the session while the block was idle in its transaction (the
+    idle-in-transaction timeout, or a backend terminated between two statements): COMMIT
+    never reached it, so the transaction was rolled back, not "maybe committed". The
+    block's error is the driver's, its on_rollback hooks run, and the pool discards the
+    connection. Where the driver cannot tell (psycopg, below), it stays unknown."""
+    b = pg_backend
+    observer = await b.connect()
+    hooks: list[str] = []
+    async with b.pool(max_size=1) as pool:
+        with pytest.raises(Exception) as info:  # noqa: PT012 - the block under test
+            async with pool.atomic() as tx:
+                tx.on_commit(lambda: hooks.append("commit"))
+                tx.on_rollback(lambda: hooks.append("rollback"))
+                await b.insert(tx.connection, 1)
+                pid = server_pid(tx.connection)
+                if how == "idle_in_transaction_timeout":
+                    await b.run(tx.connection, "SET LOCAL idle_in_transaction_session_timeout=100")
+                else:
+                    await b.scalar(observer, "SELECT pg_terminate_backend($1)", pid)
+                for _ in range(200):  # idle in the transaction until the server ends it
+                    await asyncio.sleep(0.01)
+                    alive = await b.scalar(
+                        observer, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid
+                    )
+                    if not alive:
+                        break
+                await asyncio.sleep(0.05)  # the FATAL message and the close reach the driver
+        if b.name == "psycopg" and how == "terminated_while_idle":
+            # libpq reads the server's goodbye only when COMMIT goes out, and a backend
+            # terminated while COMMIT runs says the same (57P01): it stays unknown.
+            assert isinstance(info.value, aiolease.CommitUnknown), info.value
+            assert hooks == []
+        else:
+            assert not isinstance(info.value, aiolease.CommitUnknown), info.value
+            assert hooks == ["rollback"]
+        assert pool.statistics().idle == 0  # the dead connection was discarded
+        async with pool.atomic() as tx:
+            await b.insert(tx.connection, 2)
+    assert await b.count(observer) == 1
+
+
 async def test_connection_killed_in_body_propagates_and_pool_recovers(pg_backend: Backend) -> None:
     b = pg_backend
     observer = await b.connect()

@@ -128,10 +128,20 @@ class Dialect(ABC, Generic[C]):
 
     def rolls_back_by_itself(self, exc: BaseException) -> bool:
         """Whether the database ends the transaction with a rollback when a statement fails
-        with ``exc`` (SQLite does after some errors). A block ending with such an error
-        whose transaction is found over was rolled back; any other ended transaction was
-        ended by a statement of the block (a ``COMMIT`` or ``ROLLBACK`` sent by hand), with
-        an outcome ``atomic`` cannot know. The default answers False."""
+        with ``exc`` (SQLite does after some errors; PostgreSQL ends an idle-in-transaction
+        session, SQLSTATE 25P03, before the statement or the COMMIT that gets the error can
+        run). A block ending with such an error whose transaction is found over was rolled
+        back, and so was a transaction whose COMMIT failed with it; any other ended
+        transaction was ended by a statement of the block (a ``COMMIT`` or ``ROLLBACK`` sent
+        by hand), with an outcome ``atomic`` cannot know. The default answers False."""
+        return False
+
+    def is_closed(self, conn: C) -> bool:
+        """Whether ``conn`` is known to be closed, answered without I/O. ``atomic`` asks
+        just before its COMMIT: a COMMIT on a connection closed already is never sent, and
+        the server ended the session's transaction with a rollback, so the outcome is
+        known. The default answers False (then a COMMIT that fails with a connection error
+        has an unknown outcome)."""
         return False
 
     def is_retryable(self, exc: BaseException) -> bool:

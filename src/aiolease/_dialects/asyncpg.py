@@ -8,7 +8,7 @@ import asyncpg
 
 from .._compat.asyncpg import SEES_CANCELLING, cancelling
 from ._base import Dialect
-from ._pg import begin_sql
+from ._pg import begin_sql, ended_idle
 
 __all__ = ["AsyncpgDialect"]
 
@@ -65,6 +65,13 @@ class AsyncpgDialect(Dialect[Any]):
 
     def in_transaction(self, conn: Any) -> bool:
         return bool(conn.is_in_transaction())
+
+    def rolls_back_by_itself(self, exc: BaseException) -> bool:
+        return ended_idle(exc)
+
+    def is_closed(self, conn: Any) -> bool:
+        # asyncpg refuses an operation on a closed connection before sending anything.
+        return bool(conn.is_closed())
 
     def is_connection_error(self, exc: BaseException, conn: Any) -> bool:
         if isinstance(exc, asyncpg.exceptions.ConnectionDoesNotExistError):

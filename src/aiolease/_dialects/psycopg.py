@@ -28,6 +28,7 @@ import psycopg
 from psycopg import pq, sql
 
 from ._base import Dialect
+from ._pg import ended_idle
 
 __all__ = ["PsycopgDialect"]
 
@@ -106,10 +107,9 @@ class PsycopgDialect(Dialect[Any]):
         aborted = status == _INERROR
         await block[0].__aexit__(None, None, None)
         if conn.broken or conn.closed:
-            # psycopg skips COMMIT on a connection it knows is gone.
-            raise psycopg.OperationalError(
-                f"the connection is {_state(conn)}: COMMIT may not have reached the server"
-            )
+            # psycopg skips COMMIT on a connection it knows is gone: gone before this
+            # COMMIT (which would have raised had it failed), so it was not sent.
+            raise psycopg.OperationalError(f"the connection is {_state(conn)}: COMMIT was not sent")
         return not aborted
 
     async def rollback(self, conn: Any) -> bool:
@@ -167,6 +167,13 @@ class PsycopgDialect(Dialect[Any]):
         # the socket here instead would close it under psycopg's pending wait. The pool closes the
         # connection (marked broken) in a task of its own.
         return
+
+    def rolls_back_by_itself(self, exc: BaseException) -> bool:
+        return ended_idle(exc)
+
+    def is_closed(self, conn: Any) -> bool:
+        # psycopg skips COMMIT on a connection it knows is closed or broken.
+        return bool(conn.closed or conn.broken)
 
     def in_transaction(self, conn: Any) -> bool:
         # UNKNOWN: a closed or broken connection, in no transaction; BEGIN then
