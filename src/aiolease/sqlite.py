@@ -42,6 +42,11 @@ DEFAULT_PRAGMAS: Mapping[str, str | int] = {
 }
 
 
+# SQLITE_READONLY: a write to a database opened read-only (mode=ro, read-only media, no
+# write permission), changing the journal mode included.
+_SQLITE_READONLY = 8
+
+
 def _is_memory(path: str) -> bool:
     return path == ":memory:" or path.startswith("file::memory:") or "mode=memory" in path
 
@@ -94,6 +99,8 @@ async def _set_journal_mode(conn: aiosqlite.Connection, mode: str | int | float)
     Switching a new database to WAL needs an exclusive lock and SQLite reports
     a conflict at once instead of waiting for the busy timeout, so connections
     opened together (a pool's prefill) would otherwise fail with "database is locked".
+    A database opened read-only keeps the journal mode of its file: SQLite refuses the
+    switch (it writes the file's header), and a connection that cannot write needs none.
     """
     delay = 0.005
     for _ in range(40):
@@ -101,6 +108,8 @@ async def _set_journal_mode(conn: aiosqlite.Connection, mode: str | int | float)
             await conn.execute(f"PRAGMA journal_mode={mode}")
             return
         except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF == _SQLITE_READONLY:  # or an extended code of it
+                return
             if "locked" not in str(exc) and "busy" not in str(exc):
                 raise
         await asyncio.sleep(delay)

@@ -97,6 +97,29 @@ async def test_memory_database_skips_wal() -> None:
         assert await pragma(conn, "busy_timeout") == DEFAULT_PRAGMAS["busy_timeout"]
 
 
+async def test_a_read_only_database_is_served_with_the_default_pragmas(db: Path) -> None:
+    # A database opened read-only (mode=ro; also a file on read-only media, or without
+    # write permission) cannot change its journal mode, and needs none: nothing writes.
+    # Every connection failed at creation with "attempt to write a readonly database".
+    import sqlite3
+
+    setup = sqlite3.connect(db)
+    setup.execute("CREATE TABLE t (v INTEGER)")
+    setup.execute("INSERT INTO t VALUES (1)")
+    setup.commit()
+    setup.close()
+    async with create_pool(f"file:{db}?mode=ro", uri=True, max_size=2) as pool:
+        async with pool.acquire() as conn:
+            assert await scalar(conn, "SELECT v FROM t") == 1
+            assert await pragma(conn, "journal_mode") == "delete"  # the file's own
+            assert await pragma(conn, "busy_timeout") == DEFAULT_PRAGMAS["busy_timeout"]
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            async with pool.atomic() as tx:
+                await tx.connection.execute("INSERT INTO t VALUES (2)")
+        async with pool.acquire() as conn:
+            assert await scalar(conn, "SELECT count(*) FROM t") == 1
+
+
 async def test_a_writer_waits_for_the_lock_instead_of_failing(db: Path) -> None:
     async with create_pool(db, max_size=2) as pool:
         async with pool.acquire() as conn:
