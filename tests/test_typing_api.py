@@ -146,3 +146,21 @@ async def test_pool_atomic_is_typed_with_the_pools_connection_type() -> None:
         assert_type(tx, aiolease.Transaction[FakeConnection])
         assert_type(tx.connection, FakeConnection)
         await tx.connection.execute("SELECT 1")
+
+
+async def test_retries_on_a_pool_are_typed_with_the_pools_connection_type() -> None:
+    async def create() -> FakeConnection:
+        return FakeConnection()
+
+    async def work(conn: FakeConnection) -> int:
+        await conn.execute("SELECT 1")
+        return 7
+
+    async with Pool.from_callables(create, max_size=1) as pool:
+        # fn gets the pool's connection type (a fn for another type is a type error)...
+        assert_type(await aiolease.run_transaction(pool, work), int)
+        # ...and each attempt's transaction holds it.
+        async for attempt in aiolease.transaction_attempts(pool):
+            async with attempt as tx:
+                assert_type(tx.connection, FakeConnection)
+                await tx.connection.execute("SELECT 1")

@@ -15,7 +15,7 @@ import math
 import random
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from . import _metrics, _validate
 from ._dialects import find_dialect
@@ -28,6 +28,9 @@ from ._transaction import (
     logger,
 )
 from ._tx_options import check_options
+
+if TYPE_CHECKING:
+    from ._pool import Pool
 
 __all__ = ["TransactionAttempt", "TransactionAttempts", "run_transaction", "transaction_attempts"]
 
@@ -219,6 +222,32 @@ class TransactionAttempts(Generic[C]):
         self._number += 1
 
 
+@overload
+def transaction_attempts(
+    target: Pool[C],
+    *,
+    attempts: int = ...,
+    isolation: str | None = ...,
+    readonly: bool = ...,
+    backoff: float = ...,
+    max_backoff: float = ...,
+    cleanup_timeout: float | None = ...,
+) -> TransactionAttempts[C]: ...
+
+
+@overload
+def transaction_attempts(
+    target: Any,
+    *,
+    attempts: int = ...,
+    isolation: str | None = ...,
+    readonly: bool = ...,
+    backoff: float = ...,
+    max_backoff: float = ...,
+    cleanup_timeout: float | None = ...,
+) -> TransactionAttempts[Any]: ...
+
+
 def transaction_attempts(
     target: Any,
     *,
@@ -279,6 +308,34 @@ def transaction_attempts(
             "durable": True,
         },
     )
+
+
+@overload
+async def run_transaction(
+    target: Pool[C],
+    fn: Callable[[C], Awaitable[R]],
+    *,
+    attempts: int = ...,
+    isolation: str | None = ...,
+    readonly: bool = ...,
+    backoff: float = ...,
+    max_backoff: float = ...,
+    cleanup_timeout: float | None = ...,
+) -> R: ...
+
+
+@overload
+async def run_transaction(
+    target: Any,
+    fn: Callable[[Any], Awaitable[R]],
+    *,
+    attempts: int = ...,
+    isolation: str | None = ...,
+    readonly: bool = ...,
+    backoff: float = ...,
+    max_backoff: float = ...,
+    cleanup_timeout: float | None = ...,
+) -> R: ...
 
 
 async def run_transaction(

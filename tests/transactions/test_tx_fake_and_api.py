@@ -370,9 +370,9 @@ async def test_flags_and_fn_are_checked_at_the_call() -> None:
             with pytest.raises(TypeError, match=f"{flag} must be True or False"):
                 aiolease.atomic(conn, **options)
     with pytest.raises(TypeError, match="readonly must be True or False"):
-        await aiolease.run_transaction(conn, _never, readonly="no")  # type: ignore[arg-type]
+        await aiolease.run_transaction(conn, _never, readonly="no")  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="fn must be an async function"):
-        await aiolease.run_transaction(conn, 42)  # type: ignore[arg-type]
+        await aiolease.run_transaction(conn, 42)  # type: ignore[call-overload]
     assert conn.statements == []  # refused before any BEGIN
 
 
