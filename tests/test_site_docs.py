@@ -66,6 +66,22 @@ def test_the_fastapi_page_shows_the_examples_verbatim() -> None:
         assert shown[path] == (ROOT / path).read_text(), f"docs/fastapi.md shows an old {path}"
 
 
+def test_the_install_page_lists_every_extra() -> None:
+    """docs/install.md's table of extras is pyproject.toml's (the user-facing ones), and its
+    `all` row installs what the table lists."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    documented = re.findall(r"^\| `(\w+)` \|", (DOCS / "install.md").read_text(), re.M)
+    assert sorted(documented) == sorted(set(extras) - {"test", "bench"})
+    (all_extras,) = extras["all"]
+    assert sorted(all_extras.split("[")[1].rstrip("]").split(",")) == sorted(
+        set(documented) - {"all"}
+    )
+
+
 def test_no_file_cites_the_design_notes() -> None:
     skip = {".git", ".venv", "site", "build", "dist", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
     pattern = re.compile(r"DESIGN\.md|\.\./shared")
