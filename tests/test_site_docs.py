@@ -82,6 +82,23 @@ def test_the_install_page_lists_every_extra() -> None:
     )
 
 
+def test_the_wall_clock_is_read_only_where_architecture_md_says() -> None:
+    """docs/architecture.md, "Time": everything runs on the loop's clock except the reads it
+    lists (an HTTP-date's conversion, a Redis limiter's clock="client", a span's timestamps);
+    and the layout it shows names modules and packages that exist."""
+    reads = {
+        str(path.relative_to(ROOT / "src" / "aiolease"))
+        for path in (ROOT / "src" / "aiolease").rglob("*.py")
+        if re.search(r"\btime\.time(_ns)?\(|datetime\.now\(", path.read_text())
+    }
+    assert reads == {"_http.py", "redis/_rate.py", "redis/_concurrency.py", "otel.py"}
+    page = (DOCS / "architecture.md").read_text()
+    layout = page.split("src/aiolease/\n")[1].split("```")[0]
+    for entry in re.findall(r"^  (\S.*?)\s{2,}", layout, re.M):
+        for name in entry.split():
+            assert (ROOT / "src" / "aiolease" / name).exists(), f"architecture.md lists {name}"
+
+
 def test_no_file_cites_the_design_notes() -> None:
     skip = {".git", ".venv", "site", "build", "dist", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
     pattern = re.compile(r"DESIGN\.md|\.\./shared")
