@@ -116,3 +116,17 @@ def test_psycopg_probe_refuses_a_layout_it_does_not_know(monkeypatch: pytest.Mon
         m.setattr(psycopg.capabilities, "has_cancel_safe", lambda: False)
         assert fence._probe() is None
     assert isinstance(fence._probe(), float)
+
+
+def test_the_fence_table_of_compat_md_names_every_compat_module() -> None:
+    """docs/compat.md's table of fences is where a user learns what AIOLEASE_COMPAT=public
+    changes: every `_compat` module has a row."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    page = (root / "docs" / "compat.md").read_text()
+    table = page.split("## The fences")[1].split("\n\n")[1]
+    rows = table.splitlines()[2:]
+    fenced = {row.split("`_compat.")[1].split(".")[0].split("`")[0] for row in rows}
+    modules = {p.stem for p in (root / "src" / "aiolease" / "_compat").glob("*.py")} - {"__init__"}
+    assert fenced == modules
