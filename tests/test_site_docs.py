@@ -76,6 +76,13 @@ def test_the_install_page_lists_every_extra() -> None:
     ]
     documented = re.findall(r"^\| `(\w+)` \|", (DOCS / "install.md").read_text(), re.M)
     assert sorted(documented) == sorted(set(extras) - {"test", "bench"})
+    readme = (ROOT / "README.md").read_text()
+    for listing in (
+        readme.split("(also: ")[1].split(")")[0],
+        readme.split("# with extras (")[1].split(")")[0],
+    ):
+        listed = set(re.findall(r"\w+", listing.replace("#", " ")))
+        assert listed >= set(documented) - {"asyncpg"}, f"README's extras: {listing}"
     (all_extras,) = extras["all"]
     assert sorted(all_extras.split("[")[1].rstrip("]").split(",")) == sorted(
         set(documented) - {"all"}
