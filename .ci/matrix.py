@@ -6,8 +6,8 @@ changes). Pythons are found on PATH (python3.X) or through pyenv; a missing one 
 skipped. Extra pytest arguments: MATRIX_PYTEST_ARGS="-x -q tests/sqlite". Only some runs:
 MATRIX_RUNS="py3.12 public". Runs: py3.11, py3.12, py3.13-latest (the newest
 Python with the newest driver releases, re-resolved every time), public (AIOLEASE_COMPAT=public),
-lowest (the lowest versions pyproject.toml allows of the drivers, the HTTP clients and the
-test tools: PINNED).
+lowest (the lowest versions pyproject.toml allows of the drivers, the HTTP clients, the metrics
+libraries and the test tools: PINNED).
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 VENVS = ROOT / ".venv-matrix"
 PYTHONS = ("3.11", "3.12", "3.13")
 # The lowest run pins each of these to its `>=` bound in pyproject.toml's extras: what aiolease's
-# modules import (the database drivers, the HTTP clients, pytest-asyncio for aiolease.testing's
-# plugin) and what the suite runs on.
+# modules import (the database drivers, the HTTP clients, the metrics libraries, pytest-asyncio
+# for aiolease.testing's plugin) and what the suite runs on.
 PINNED = (
     *("asyncpg", "psycopg", "aiosqlite", "redis", "httpx", "aiohttp"),
+    *("opentelemetry-api", "opentelemetry-sdk", "prometheus-client"),
     *("pytest", "pytest-asyncio", "pytest-timeout", "hypothesis", "uvloop", "uvicorn", "fastapi"),
 )
 # Each run is bounded; the whole matrix stays well inside CI's limit.

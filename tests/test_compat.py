@@ -116,3 +116,47 @@ def test_psycopg_probe_refuses_a_layout_it_does_not_know(monkeypatch: pytest.Mon
         m.setattr(psycopg.capabilities, "has_cancel_safe", lambda: False)
         assert fence._probe() is None
     assert isinstance(fence._probe(), float)
+
+
+def test_the_fence_table_of_compat_md_names_every_compat_module() -> None:
+    """docs/compat.md's table of fences is where a user learns what AIOLEASE_COMPAT=public
+    changes: every `_compat` module has a row."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    page = (root / "docs" / "compat.md").read_text()
+    table = page.split("## The fences")[1].split("\n\n")[1]
+    rows = table.splitlines()[2:]
+    fenced = {row.split("`_compat.")[1].split(".")[0].split("`")[0] for row in rows}
+    modules = {p.stem for p in (root / "src" / "aiolease" / "_compat").glob("*.py")} - {"__init__"}
+    assert fenced == modules
+
+
+def test_the_lowest_run_pins_every_lower_bound_a_user_installs() -> None:
+    """docs/compat.md: pyproject.toml declares only lower bounds that pass. The lowest run of
+    `make test-matrix` (.ci/matrix.py) must therefore pin every package an extra installs to
+    its `>=` bound (opentelemetry-api 1.27 lacked the histograms' bucket advice aiolease.otel
+    passes, and 1.27-1.29 made instrument() raise TypeError)."""
+    import ast
+    import re
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    installed = {
+        re.split(r"[\[>=<;]", spec)[0]
+        for group, specs in extras.items()
+        if group not in ("test", "bench", "all")
+        for spec in specs
+    }
+    tree = ast.parse((root / ".ci" / "matrix.py").read_text())
+    (pinned_node,) = [
+        node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "PINNED"
+    ]
+    pinned = {c.value for c in ast.walk(pinned_node) if isinstance(c, ast.Constant)}
+    assert installed <= pinned, sorted(installed - pinned)

@@ -71,6 +71,22 @@ def test_dsn_label(
     assert dsn_label(dsn, keywords) == expected
 
 
+def test_dsn_label_names_the_database_libpq_defaults_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no database given, libpq (and asyncpg) connect to the one named after the user:
+    the user given, else ``PGUSER``, else the operating-system user (docs/logging.md)."""
+    import getpass
+
+    for var in ("PGHOST", "PGPORT", "PGDATABASE", "PGUSER"):
+        monkeypatch.delenv(var, raising=False)
+    assert dsn_label("postgresql://h") == f"h:5432/{getpass.getuser()}"
+    assert dsn_label(None, {}) == f"localhost:5432/{getpass.getuser()}"
+    monkeypatch.setenv("PGUSER", "carol")
+    assert dsn_label("postgresql://h") == "h:5432/carol"
+    assert dsn_label("postgresql://bob@h") == "h:5432/bob"
+    monkeypatch.setenv("PGDATABASE", "shop")
+    assert dsn_label("postgresql://bob@h") == "h:5432/shop"
+
+
 def test_dsn_secrets() -> None:
     assert dsn_secrets("postgresql://bob:p%40w@h/db", {"password": "kw"}) == ("p@w", "kw", "p%40w")
     # A raw "/" (or "?", "#", "@"): the pieces a driver may show on their own are secrets.

@@ -66,6 +66,46 @@ def test_the_fastapi_page_shows_the_examples_verbatim() -> None:
         assert shown[path] == (ROOT / path).read_text(), f"docs/fastapi.md shows an old {path}"
 
 
+def test_the_install_page_lists_every_extra() -> None:
+    """docs/install.md's table of extras is pyproject.toml's (the user-facing ones), and its
+    `all` row installs what the table lists."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    documented = re.findall(r"^\| `(\w+)` \|", (DOCS / "install.md").read_text(), re.M)
+    assert sorted(documented) == sorted(set(extras) - {"test", "bench"})
+    readme = (ROOT / "README.md").read_text()
+    for listing in (
+        readme.split("(also: ")[1].split(")")[0],
+        readme.split("# with extras (")[1].split(")")[0],
+    ):
+        listed = set(re.findall(r"\w+", listing.replace("#", " ")))
+        assert listed >= set(documented) - {"asyncpg"}, f"README's extras: {listing}"
+    (all_extras,) = extras["all"]
+    assert sorted(all_extras.split("[")[1].rstrip("]").split(",")) == sorted(
+        set(documented) - {"all"}
+    )
+
+
+def test_the_wall_clock_is_read_only_where_architecture_md_says() -> None:
+    """docs/architecture.md, "Time": everything runs on the loop's clock except the reads it
+    lists (an HTTP-date's conversion, a Redis limiter's clock="client", a span's timestamps);
+    and the layout it shows names modules and packages that exist."""
+    reads = {
+        str(path.relative_to(ROOT / "src" / "aiolease"))
+        for path in (ROOT / "src" / "aiolease").rglob("*.py")
+        if re.search(r"\btime\.time(_ns)?\(|datetime\.now\(", path.read_text())
+    }
+    assert reads == {"_http.py", "redis/_rate.py", "redis/_concurrency.py", "otel.py"}
+    page = (DOCS / "architecture.md").read_text()
+    layout = page.split("src/aiolease/\n")[1].split("```")[0]
+    for entry in re.findall(r"^  (\S.*?)\s{2,}", layout, re.M):
+        for name in entry.split():
+            assert (ROOT / "src" / "aiolease" / name).exists(), f"architecture.md lists {name}"
+
+
 def test_no_file_cites_the_design_notes() -> None:
     skip = {".git", ".venv", "site", "build", "dist", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
     pattern = re.compile(r"DESIGN\.md|\.\./shared")

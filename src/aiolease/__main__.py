@@ -8,7 +8,13 @@ import asyncio
 import sys
 from collections.abc import Callable
 
-from ._demo import SCENARIOS
+try:
+    from ._demo import SCENARIOS
+except ImportError as exc:  # a core install: the tour runs on SQLite (aiolease[sqlite])
+    SCENARIOS = []
+    _MISSING: ImportError | None = exc
+else:
+    _MISSING = None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.command == "demo":
+        if _MISSING is not None:
+            parser.error(f"the demo runs on SQLite: {_MISSING}")
         names = [name for name, _ in SCENARIOS]
         unknown = sorted(set(args.scenario) - set(names))
         if unknown:

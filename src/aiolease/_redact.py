@@ -17,6 +17,7 @@ its ``name``, else for a driver pool ``server.address:server.port/db.namespace``
 
 from __future__ import annotations
 
+import getpass
 import itertools
 import os
 import re
@@ -148,7 +149,8 @@ def dsn_label(
 ) -> str:
     """``server.address:server.port/db.namespace`` for a PostgreSQL DSN (a URL; key-value
     settings from ``overrides``, which win, as the drivers' keywords do), filled in from
-    ``PGHOST``, ``PGPORT``, ``PGDATABASE`` and the defaults; never the password.
+    ``PGHOST``, ``PGPORT``, ``PGDATABASE`` and the defaults (the database named after the
+    user: given, else ``PGUSER``, else the operating system's); never the password.
 
     Several hosts come out as given (``h1:5432,h2:5433/db``); a list of ports pairs with
     the list of hosts, as in libpq (``host=h1,h2 port=5432,5433``).
@@ -159,8 +161,23 @@ def dsn_label(
     if len(ports) != len(hosts):
         ports = ports[:1] * len(hosts)
     label = ",".join(h if _has_port(h) else f"{h}:{p}" for h, p in zip(hosts, ports, strict=True))
-    dbname = parts.get("dbname") or os.environ.get("PGDATABASE") or parts.get("user")
+    dbname = (
+        parts.get("dbname")
+        or os.environ.get("PGDATABASE")
+        or parts.get("user")
+        or os.environ.get("PGUSER")
+        or _os_user()
+    )
     return redact(f"{label}/{dbname}" if dbname else label, dsn_secrets(dsn, overrides))
+
+
+def _os_user() -> str | None:
+    """The user libpq and asyncpg connect as when neither the DSN nor ``PGUSER`` names one
+    (and so the database they connect to when none is named)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name, no passwd entry
+        return None
 
 
 def _has_port(host: str) -> bool:

@@ -66,8 +66,11 @@ def client_ip(scope: Scope) -> str:
 
 
 def _window(rate: float, per: float) -> tuple[int, int]:
-    """``(q, w)``: the sustained rate as a quota over a whole number of seconds."""
+    """``(q, w)``: the sustained rate as a quota over a whole number of seconds, never more
+    than the limiter admits (``q / w <= rate / per``)."""
     w = max(1, math.ceil(per))
+    if rate * w / per < 1:  # less than one request per window: stretch it to hold one
+        w = math.ceil(per / rate - 1e-9)
     return max(1, math.floor(rate * w / per + 1e-9)), w
 
 

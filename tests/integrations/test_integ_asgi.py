@@ -190,6 +190,23 @@ def test_the_policy_describes_the_limiter() -> None:
     assert _policy(object(), "p") is None
 
 
+@pytest.mark.parametrize(
+    ("rate", "per", "policy"),
+    [
+        (0.5, 1.0, '"p";q=1;w=2'),  # one every 2 s, not "1 per second"
+        (0.3, 1.0, '"p";q=1;w=4'),  # one every 3.3 s: the window holds one whole request
+        (1, 90.5, '"p";q=1;w=91'),
+        (1.5, 1.0, '"p";q=1;w=1'),
+    ],
+)
+def test_the_policy_never_announces_more_than_the_limiter_admits(
+    rate: float, per: float, policy: str
+) -> None:
+    """A rate below one request per `per` seconds is announced over a window long enough to
+    hold one (q / w <= rate / per), so a client that follows the header is not refused."""
+    assert _policy(aiolease.RateLimiter(rate, per=per), "p") == policy
+
+
 def test_bad_arguments_are_refused_at_the_call() -> None:
     limiter = aiolease.RateLimiter(1)
     with pytest.raises(TypeError, match="acquire_nowait"):

@@ -275,6 +275,13 @@ def test_group_fifo_across_members() -> None:
     assert vrun(body) == {"a1": 1.0, "g": 2.0, "a2": 3.0, "b1": 3.0}
 
 
+def test_shared_takes_any_collection_of_members() -> None:
+    """docs/limits.md: `shared=` is a collection of the group's members (a tuple, a list...)."""
+    rate, cap = RateLimiter(1), ConcurrencyLimiter(1)
+    for shared in ((cap,), [cap], {cap}):
+        LimitGroup(rate, cap, shared=shared)  # type: ignore[arg-type]
+
+
 def test_shared_member_ignores_the_key() -> None:
     async def body() -> None:
         per_user = RateLimiter(1)

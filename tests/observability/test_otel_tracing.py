@@ -64,6 +64,25 @@ async def test_a_failed_wait_is_an_error_span() -> None:
     assert (cancelled.attributes or {})["error.type"] == "asyncio.exceptions.CancelledError"
 
 
+@pytest.mark.aiolease_virtual_time
+async def test_the_check_of_an_idle_connection_counts_as_the_acquires_wait() -> None:
+    """docs/observability.md: an acquire served on the spot makes no span; one that waited for
+    a creation, or for the check of an idle connection, makes one spanning that wait."""
+    fm = FakeManager()
+    with traced() as t:
+        async with Pool(fm, max_size=1, name="checked") as pool:
+            async with pool.acquire():  # created on the spot: no time passes
+                pass
+            fm.delay("check", 2.0)
+            async with pool.acquire():  # the idle connection's check takes 2 s
+                pass
+    (checked,) = t.spans("aiolease.pool.acquire")
+    assert checked.end_time is not None
+    assert checked.start_time is not None
+    assert checked.end_time - checked.start_time == pytest.approx(2.0e9, rel=1e-6)
+    assert checked.status.status_code is StatusCode.UNSET
+
+
 async def test_transaction_span_is_current_and_carries_the_outcome() -> None:
     conn = FakeConnection()
     with traced() as t:

@@ -430,3 +430,30 @@ def test_aiolease_leaks_fixture_fails_leaky_test_and_passes_clean(tmp_path: Path
     assert "ERROR test_inner.py::test_leaky" in out or "FAILED test_inner.py::test_leaky" in out, (
         out
     )
+
+
+async def test_a_limiter_is_examined_when_made_inside_the_check() -> None:
+    """docs/limits.md and testing.md: a limiter made inside leak_check() and left with a
+    waiter is reported; one made before it (at import time) is not examined."""
+    before = aiolease.ConcurrencyLimiter(1)
+    held = await before.acquire()
+    waiter = asyncio.ensure_future(before.acquire())
+    async with leak_check():
+        await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    held.release()
+    check = leak_check()
+    async with check:
+        inside = aiolease.ConcurrencyLimiter(1)
+        held = await inside.acquire()
+        waiter = asyncio.ensure_future(inside.acquire())
+        await asyncio.sleep(0)
+        leaks = check.leaks()
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        held.release()
+    assert any("still waiting on the default key" in leak for leak in leaks), leaks
+    assert any("1 slot(s) still held on the default key" in leak for leak in leaks), leaks
