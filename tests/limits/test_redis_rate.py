@@ -838,7 +838,7 @@ def test_missing_redis_py_names_the_extra() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     ).stdout
-    assert "pip install aiolease[redis]" in out
+    assert "pip install 'aiolease[redis]'" in out  # quoted: zsh globs the brackets
     # and the package itself does not need redis-py
     plain = subprocess.run(
         [sys.executable, "-c", "import sys; sys.modules['redis'] = None; import aiolease"],

@@ -19,7 +19,7 @@ try:
     import redis.asyncio as _redis_asyncio  # noqa: F401
 except ImportError as _exc:  # pragma: no cover - exercised without the extra installed
     raise ImportError(
-        "aiolease.redis needs the redis-py client: pip install aiolease[redis]"
+        "aiolease.redis needs the redis-py client: pip install 'aiolease[redis]'"
     ) from _exc
 
 from ._concurrency import RedisConcurrencyLimiter as RedisConcurrencyLimiter
