@@ -64,7 +64,9 @@ class AsyncpgDialect(Dialect[Any]):
         return cancelling(conn) if SEES_CANCELLING else None
 
     def in_transaction(self, conn: Any) -> bool:
-        return bool(conn.is_in_transaction())
+        # A closed connection keeps the status of its last statement: in no transaction
+        # (BEGIN then raises asyncpg's own "connection is closed").
+        return bool(conn.is_in_transaction()) and not conn.is_closed()
 
     def rolls_back_by_itself(self, exc: BaseException) -> bool:
         return ended_idle(exc)
