@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from pathlib import Path
 from typing import Any
 
+import aiosqlite
 import asyncpg
 import pytest
 from tx_backends import PG_DSN
 
 import aiolease
+import aiolease.sqlite
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,3 +49,57 @@ async def test_asyncpg_connection_killed_in_a_transaction_is_not_taken_for_a_for
     finally:
         await observer.close()
         await conn.close()
+
+
+# -- SQLite --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("commit_on_loop", [False, True])
+async def test_sqlite_statements_after_a_failed_begin_whose_error_was_caught_never_autocommit(
+    tmp_path: Path, commit_on_loop: bool
+) -> None:
+    # On the fast path BEGIN IMMEDIATE runs with the block's first statement. When it
+    # failed busy and the block caught that error, the block's later statements ran
+    # outside any transaction: each committed at once, and the block, failing later,
+    # "rolled back" (its on_rollback hooks ran) with their rows in the database.
+    path = tmp_path / "busy.sqlite"
+    holder = await aiosqlite.connect(path, isolation_level=None)
+    await holder.execute("PRAGMA journal_mode=WAL")
+    await holder.execute("CREATE TABLE t (v INTEGER)")
+    hooks: list[str] = []
+    pool = aiolease.sqlite.create_pool(
+        path,
+        max_size=1,
+        pragmas={"journal_mode": "WAL", "busy_timeout": 0},
+        commit_on_loop=commit_on_loop,
+    )
+    try:
+        async with pool:
+            for body_fails in (True, False):
+                await holder.execute("BEGIN IMMEDIATE")
+                # Public path: BEGIN fails at entry, and the body does not run.
+                with pytest.raises((RuntimeError, sqlite3.OperationalError)):
+                    await busy_block(pool, holder, hooks, body_fails)
+                if holder.in_transaction:
+                    await holder.execute("ROLLBACK")
+                async with pool.acquire() as conn:
+                    assert not conn.in_transaction
+        async with holder.execute("SELECT count(*) FROM t") as cur:
+            assert await cur.fetchone() == (0,)
+    finally:
+        await holder.close()
+
+
+async def busy_block(pool: Any, holder: Any, hooks: list[str], body_fails: bool) -> None:
+    async with pool.atomic() as tx:
+        tx.on_rollback(lambda: hooks.append("rollback"))
+        try:
+            await tx.connection.execute("INSERT INTO t VALUES (1)")
+        except sqlite3.OperationalError:
+            pass  # busy: the mistake of catching it
+        await holder.execute("ROLLBACK")  # the lock is free again
+        try:
+            await tx.connection.execute("INSERT INTO t VALUES (2)")
+        finally:
+            if body_fails:
+                raise RuntimeError("the block fails: nothing may stay")

@@ -102,6 +102,7 @@ class _LoopCommit:
         "begun",
         "changes_at_begin",
         "checkpointed_at",
+        "failed",
         "finished",
         "submitted",
         "suspended",
@@ -113,6 +114,7 @@ class _LoopCommit:
         self.begun = False  # the block's first operation has run (BEGIN was sent)
         self.changes_at_begin = 0  # sqlite3 total_changes when the block began
         self.checkpointed_at = 0  # total_changes at our last checkpoint
+        self.failed: BaseException | None = None  # the block's BEGIN failed (see _NotBegun)
         self.submitted = 0
         self.finished = 0
         self.suspended = False  # wal_autocheckpoint is off (see _prepare_block)
@@ -174,8 +176,14 @@ def _in_block(conn: Any, loop: _LoopCommit, begin_fn: Any, fn: Any, args: Any, k
             db = conn._conn
             _prepare_block(db, loop)
             loop.begun = True  # before BEGIN: a failed BEGIN still ends through the thread
-            begin_fn(db)
+            try:
+                begin_fn(db)
+            except BaseException as exc:
+                loop.failed = exc
+                raise
             conn.__dict__[_BEGAN] = True
+        elif loop.failed is not None:
+            raise _not_begun(loop.failed)
         return fn(*args, **kwargs)
     finally:
         loop.finished += 1
@@ -251,8 +259,42 @@ def _submit(conn: Any, call: Any) -> asyncio.Future[Any]:
     return future
 
 
+def _not_begun(error: BaseException) -> sqlite3.OperationalError:
+    """The error of an operation of a block whose BEGIN failed with ``error`` (see
+    :class:`_NotBegun`): ``error``'s message and SQLite codes, so that it is retried
+    (or not) as ``error`` would be."""
+    refused = sqlite3.OperationalError(
+        f"{error} (not run: this atomic block's BEGIN failed with that error at its first "
+        "statement, and the error was caught; no later statement of the block runs, as "
+        "it would run outside the transaction)"
+    )
+    for name in ("sqlite_errorcode", "sqlite_errorname"):
+        if hasattr(error, name):
+            setattr(refused, name, getattr(error, name))
+    return refused
+
+
+class _NotBegun:
+    """The ``_execute`` of a block whose BEGIN failed (an error the block caught): its
+    later operations would run outside any transaction, each committing at once, so
+    they fail without running. Installed by the worker thread before the failed
+    operation's answer reaches the loop; the block's end removes it."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def __call__(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        raise _not_begun(self.error)
+
+
 def _begin_then(conn: Any, begin_fn: Any, fn: Any, args: Any, kwargs: Any) -> Any:
-    begin_fn(conn._connection)
+    try:
+        begin_fn(conn._connection)
+    except BaseException as exc:
+        conn.__dict__["_execute"] = _NotBegun(exc)
+        raise
     conn.__dict__[_BEGAN] = True
     return fn(*args, **kwargs)
 
@@ -293,6 +335,7 @@ async def begin(conn: Any, isolation: str | None, readonly: bool) -> None:
     loop: _LoopCommit | None = state.get(_LOOP)
     if loop is not None:
         loop.begun = False
+        loop.failed = None
         loop.submitted = loop.finished = 0
         loop.begin_fn = begin_fn  # the dispatcher sends BEGIN with the first operation
         return
@@ -306,7 +349,10 @@ async def commit(conn: Any) -> bool | None:
     readonly = state.pop(_READONLY, False)
     loop: _LoopCommit | None = state.get(_LOOP)
     if loop is None:
-        if state.pop("_execute", None) is not None:
+        armed = state.pop("_execute", None)
+        if isinstance(armed, _NotBegun):
+            return False  # BEGIN failed: nothing began, the block's work is not committed
+        if armed is not None:
             return True  # the block ran no statement: nothing began, nothing to commit
         committed: bool | None = await _submit(conn, partial(_commit, conn, readonly))
         return committed
