@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
-from . import _metrics, _validate
+from . import _metrics, _tracking, _validate
 from ._dialects import find_dialect
 from ._errors import Rollback
 from ._lease import unwrap
@@ -58,6 +58,10 @@ class TransactionAttempt(Generic[C]):
         loop = self._loop
         tx = self._tx
         if self.number >= loop._attempts or tx is None:
+            return False
+        if loop._is_connection and _tracking.is_broken(tx._raw):
+            # The attempt's clean-up failed on the connection it was given: the next
+            # attempt could only fail on it too (or wait on a dead peer), hiding this error.
             return False
         # An unknown outcome (a COMMIT sent by hand, a connection lost during COMMIT)
         # may have committed the attempt's work: running it again could do it twice.

@@ -9,8 +9,9 @@ from typing import Any
 
 import aiosqlite
 import asyncpg
+import psycopg
 import pytest
-from tx_backends import PG_DSN
+from tx_backends import PG_DSN, Backend, pg_backend_fixture  # noqa: F401 - registers the fixture
 
 import aiolease
 import aiolease.sqlite
@@ -49,6 +50,58 @@ async def test_asyncpg_connection_killed_in_a_transaction_is_not_taken_for_a_for
     finally:
         await observer.close()
         await conn.close()
+
+
+def server_pid(conn: Any) -> int:
+    if hasattr(conn, "get_server_pid"):
+        return int(conn.get_server_pid())
+    return int(conn.info.backend_pid)
+
+
+def serialization_failure(conn: Any) -> Exception:
+    """The driver's own 40001 error, as the server would have sent it."""
+    if isinstance(conn, asyncpg.Connection):
+        return asyncpg.exceptions.SerializationError("could not serialize access")
+    return psycopg.errors.SerializationFailure("could not serialize access")
+
+
+async def test_no_retry_on_a_passed_connection_whose_rollback_failed(pg_backend: Backend) -> None:
+    # A retryable error, then the connection is lost before its ROLLBACK: atomic marks the
+    # connection broken. A retry on that same connection could only fail at BEGIN (or
+    # wait on a dead peer), and the error it raised replaced the attempt's own error.
+    b = pg_backend
+    observer, conn = await b.connect(), await b.connect()
+    calls: list[int] = []
+
+    async def fn(c: Any) -> None:
+        calls.append(1)
+        await b.run(c, "SELECT 1")
+        await b.scalar(observer, "SELECT pg_terminate_backend($1)", server_pid(c))
+        await asyncio.sleep(0.1)
+        raise serialization_failure(c)
+
+    with pytest.raises(Exception, match="could not serialize") as info:
+        await aiolease.run_transaction(conn, fn, attempts=3, backoff=0.001)
+    assert getattr(info.value, "sqlstate", None) == "40001"
+    assert any("ROLLBACK also failed" in note for note in info.value.__notes__)
+    assert calls == [1]
+
+    # Through a pool, the next attempt gets a healthy connection.
+    calls.clear()
+    pids: list[int] = []
+    async with b.pool(max_size=1) as pool:
+
+        async def once_lost(c: Any) -> None:
+            pids.append(server_pid(c))
+            if len(pids) == 1:
+                await fn(c)
+            await b.run(c, "SELECT 1")
+
+        await aiolease.run_transaction(pool, once_lost, attempts=3, backoff=0.001)
+        assert len(pids) == 2
+        assert pids[0] != pids[1]
+        stats = pool.statistics()
+        assert (stats.size, stats.in_use, stats.discarded) == (1, 0, 1)
 
 
 # -- SQLite --------------------------------------------------------------------------
