@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import random
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -104,6 +106,153 @@ async def test_no_retry_on_a_passed_connection_whose_rollback_failed(pg_backend:
         assert (stats.size, stats.in_use, stats.discarded) == (1, 0, 1)
 
 
+RETRYABLE = frozenset({"40001", "40P01"})
+
+
+@pytest.mark.parametrize("isolation", ["serializable", "repeatable read"])
+async def test_bank_transfers_under_contention_are_retried_exactly_once_each(
+    pg_backend: Backend, isolation: str
+) -> None:
+    # Read-then-write transfers between few accounts from many workers: serialization
+    # failures and deadlocks, retried through run_transaction on a pool.
+    b = pg_backend
+    workers, transfers, accounts, attempts = 12, 4, 3, 8
+    setup = await b.connect()
+    for i in range(1, accounts + 1):
+        await b.insert(setup, 100, id=i)
+    barrier = asyncio.Barrier(workers)
+    tries: collections.Counter[tuple[int, int]] = collections.Counter()
+    hooks: collections.Counter[tuple[int, int]] = collections.Counter()
+    committed: list[tuple[int, int]] = []
+    failed: dict[tuple[int, int], BaseException] = {}
+
+    async with b.pool(max_size=workers) as pool:
+
+        async def transfer(key: tuple[int, int]) -> None:
+            src, dst = random.sample(range(1, accounts + 1), 2)
+
+            async def fn(conn: Any) -> None:
+                tries[key] += 1
+                async with aiolease.atomic(conn, savepoint=False) as tx:
+                    tx.on_commit(lambda: hooks.update([key]))
+                await b.run(conn, "SET LOCAL deadlock_timeout = '20ms'")  # deadlocks found fast
+                have = await b.get(conn, src)
+                if key[1] == 0 and tries[key] == 1:
+                    await barrier.wait()  # every worker's first attempt read: they collide
+                await b.run(conn, f"UPDATE {b.table} SET v = $1 WHERE id = $2", have - 1, src)
+                other = await b.get(conn, dst)
+                await b.run(conn, f"UPDATE {b.table} SET v = $1 WHERE id = $2", other + 1, dst)
+
+            try:
+                await aiolease.run_transaction(
+                    pool,
+                    fn,
+                    attempts=attempts,
+                    isolation=isolation,
+                    backoff=0.005,
+                    max_backoff=0.05,
+                )
+            except Exception as exc:
+                failed[key] = exc
+            else:
+                committed.append(key)
+
+        async def worker(w: int) -> None:
+            for k in range(transfers):
+                await transfer((w, k))
+
+        await asyncio.gather(*(worker(w) for w in range(workers)))
+        stats = pool.statistics()
+        assert (stats.in_use, stats.discarded) == (0, 0)
+    total = await b.scalar(setup, f"SELECT sum(v) FROM {b.table}")
+    assert total == 100 * accounts  # every transfer all or nothing
+    assert sum(tries.values()) > workers * transfers  # conflicts happened and were retried
+    assert max(tries.values()) <= attempts
+    assert hooks == collections.Counter(committed)  # once per committed transfer, else never
+    for key, exc in failed.items():  # the driver's own error, after every attempt
+        assert getattr(exc, "sqlstate", None) in RETRYABLE, repr(exc)
+        assert tries[key] == attempts
+
+
+async def test_cancelled_during_the_backoff_or_a_later_attempt_leaves_nothing_open(
+    pg_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b = pg_backend
+    monkeypatch.setattr(
+        random, "uniform", lambda low, high: high
+    )  # as _retry draws it  # the longest pause
+    observer = await b.connect()
+    calls: list[int] = []
+    hooks: list[str] = []
+
+    async def fn(conn: Any) -> None:
+        calls.append(1)
+        async with aiolease.atomic(conn, savepoint=False) as tx:
+            tx.on_commit(lambda: hooks.append("commit"))
+        await b.insert(conn, len(calls))
+        if len(calls) == 1:
+            await b.run(conn, "DO $$ BEGIN RAISE EXCEPTION 'x' USING ERRCODE = '40001'; END $$")
+        await b.run(conn, "SELECT pg_sleep(30)")
+
+    async with b.pool(max_size=1) as pool:
+        for attempt in (1, 2):  # cancelled in the backoff after attempt 1, then in attempt 2
+            calls.clear()
+            backoff = 30.0 if attempt == 1 else 0.001
+            task = asyncio.create_task(
+                aiolease.run_transaction(pool, fn, backoff=backoff, max_backoff=backoff)
+            )
+            while len(calls) < attempt or pool.statistics().in_use != attempt - 1:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert calls == [1] * attempt
+            assert pool.statistics().in_use == 0
+        calls.clear()
+        with pytest.raises(TimeoutError):  # asyncio.timeout() fires in a later attempt
+            await run_within(0.5, aiolease.run_transaction(pool, fn, backoff=0.001))
+        assert calls == [1, 1]
+        async with pool.atomic() as tx:  # the pool's connection is healthy
+            await b.run(tx.connection, "SELECT 1")
+    assert hooks == []
+    assert await b.count(observer) == 0
+    idle_in_tx = await b.scalar(
+        observer,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND state LIKE 'idle in transaction%'",
+    )
+    assert idle_in_tx == 0
+
+
+async def run_within(seconds: float, work: Any) -> None:
+    async with asyncio.timeout(seconds):
+        await work
+
+
+async def test_errors_that_are_not_retried(pg_backend: Backend) -> None:
+    b = pg_backend
+    setup = await b.connect()
+    await b.insert(setup, 0, id=1)
+    calls: list[str] = []
+
+    async def duplicate(conn: Any) -> None:
+        calls.append("duplicate")
+        await b.insert(conn, 0, id=1)
+
+    async def user_error(conn: Any) -> None:
+        calls.append("user")
+        raise LookupError("mine")
+
+    async with b.pool(max_size=1) as pool:
+        with pytest.raises(Exception) as info:  # the driver's own type, checked below
+            await aiolease.run_transaction(pool, duplicate, backoff=0.001)
+        assert getattr(info.value, "sqlstate", None) == "23505"
+        with pytest.raises(LookupError):
+            await aiolease.run_transaction(pool, user_error, backoff=0.001)
+    assert calls == ["duplicate", "user"]
+
+
 # -- SQLite --------------------------------------------------------------------------
 
 
@@ -156,3 +305,70 @@ async def busy_block(pool: Any, holder: Any, hooks: list[str], body_fails: bool)
         finally:
             if body_fails:
                 raise RuntimeError("the block fails: nothing may stay")
+
+
+@pytest.mark.parametrize("journal", ["WAL", "DELETE"])
+async def test_sqlite_two_pools_on_one_file_retry_busy_and_keep_the_total(
+    tmp_path: Path, journal: str
+) -> None:
+    # Two pools (as two processes would) write one file with a short busy timeout:
+    # "database is locked" at BEGIN IMMEDIATE (or at COMMIT, behind a reader in
+    # rollback-journal mode) is retried; what still fails is SQLite's own error.
+    path = tmp_path / "bank.sqlite"
+    pragmas: dict[str, str | int | float] = {"journal_mode": journal, "busy_timeout": 5}
+    setup = await aiosqlite.connect(path, isolation_level=None)
+    await setup.execute(f"PRAGMA journal_mode={journal}")
+    await setup.execute("CREATE TABLE acc (id INTEGER PRIMARY KEY, bal INTEGER)")
+    await setup.executemany("INSERT INTO acc VALUES (?, 100)", [(1,), (2,), (3,)])
+    hooks: collections.Counter[str] = collections.Counter()
+    committed: list[str] = []
+    failures: list[BaseException] = []
+    pools = [aiolease.sqlite.create_pool(path, max_size=4, pragmas=pragmas) for _ in range(2)]
+
+    async def transfer(pool: Any, key: str) -> None:
+        src, dst = random.sample([1, 2, 3], 2)
+
+        async def fn(conn: Any) -> None:
+            async with aiolease.atomic(conn, savepoint=False) as tx:
+                tx.on_commit(lambda: hooks.update([key]))
+            async with conn.execute("SELECT bal FROM acc WHERE id = ?", (src,)) as cur:
+                (have,) = await cur.fetchone()
+            await asyncio.sleep(0.001)
+            await conn.execute("UPDATE acc SET bal = ? WHERE id = ?", (have - 1, src))
+            await conn.execute("UPDATE acc SET bal = bal + 1 WHERE id = ?", (dst,))
+
+        try:
+            await aiolease.run_transaction(pool, fn, attempts=4, backoff=0.002, max_backoff=0.01)
+        except sqlite3.OperationalError as exc:
+            failures.append(exc)
+        else:
+            committed.append(key)
+
+    async def reader(pool: Any) -> None:
+        for _ in range(20):
+            try:
+                async with pool.atomic(readonly=True) as tx:
+                    total = await tx.connection.execute_fetchall("SELECT sum(bal) FROM acc")
+                    assert list(total) == [(300,)]
+            except sqlite3.OperationalError as exc:
+                failures.append(exc)  # surfaced as is: pool.atomic does not retry
+
+    try:
+        for pool in pools:
+            await pool.open()
+        await asyncio.gather(
+            *(transfer(pools[w % 2], f"{w}.{k}") for w in range(8) for k in range(4)),
+            *(reader(pool) for pool in pools),
+        )
+        for pool in pools:
+            async with pool.acquire() as conn:
+                assert not conn.in_transaction
+    finally:
+        for pool in pools:
+            await pool.aclose()
+    async with setup.execute("SELECT sum(bal) FROM acc") as cur:
+        assert await cur.fetchone() == (300,)
+    await setup.close()
+    assert hooks == collections.Counter(committed)
+    assert committed  # progress
+    assert all("database is locked" in str(exc) for exc in failures)
