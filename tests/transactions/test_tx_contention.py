@@ -225,6 +225,61 @@ async def test_cancelled_during_the_backoff_or_a_later_attempt_leaves_nothing_op
     assert idle_in_tx == 0
 
 
+@pytest.mark.slow
+async def test_a_commit_with_an_unknown_outcome_is_never_run_again(pg_backend: Backend) -> None:
+    # The backend is killed while COMMIT runs (a deferred trigger makes it last): the
+    # work may have been committed, so run_transaction raises CommitUnknown at once.
+    b = pg_backend
+    observer = await b.connect()
+    name = f"{b.table}_slow"
+    await b.run(observer, f"CREATE TABLE {name} (v INTEGER)")
+    await b.run(
+        observer,
+        f"CREATE FUNCTION {name}_f() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$",
+    )
+    await b.run(
+        observer,
+        f"CREATE CONSTRAINT TRIGGER {name}_t AFTER INSERT ON {name} "
+        f"DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {name}_f()",
+    )
+    calls: list[int] = []
+    hooks: list[str] = []
+    try:
+        async with b.pool(max_size=1) as pool:
+
+            async def fn(conn: Any) -> None:
+                calls.append(server_pid(conn))
+                async with aiolease.atomic(conn, savepoint=False) as tx:
+                    tx.on_commit(lambda: hooks.append("commit"))
+                    tx.on_rollback(lambda: hooks.append("rollback"))
+                await b.run(conn, f"INSERT INTO {name} VALUES (1)")
+
+            task = asyncio.create_task(aiolease.run_transaction(pool, fn, backoff=0.001))
+            for _ in range(1000):
+                state = None
+                if calls:
+                    state = await b.scalar(
+                        observer,
+                        "SELECT coalesce(max(query), '') FROM pg_stat_activity "
+                        "WHERE pid = $1 AND state = 'active'",
+                        calls[0],
+                    )
+                if state == "COMMIT":
+                    break
+                await asyncio.sleep(0.005)
+            await b.scalar(observer, "SELECT pg_terminate_backend($1)", calls[0])
+            with pytest.raises(aiolease.CommitUnknown):
+                await task
+            assert len(calls) == 1
+            assert hooks == []
+            stats = pool.statistics()
+            assert (stats.in_use, stats.idle, stats.discarded) == (0, 0, 1)
+    finally:
+        await b.run(observer, f"DROP TABLE IF EXISTS {name}")
+        await b.run(observer, f"DROP FUNCTION IF EXISTS {name}_f()")
+
+
 async def run_within(seconds: float, work: Any) -> None:
     async with asyncio.timeout(seconds):
         await work
