@@ -366,3 +366,28 @@ async def test_an_async_callable_object_is_a_configure(pg_dsn: str, driver: str)
 def test_a_bad_configure_timeout_is_refused(pg_dsn: str, driver: str) -> None:
     with pytest.raises(ValueError, match="configure_timeout"):
         _module(driver).create_pool(pg_dsn, configure_timeout=-1)
+
+
+async def test_psycopg_configure_without_autocommit_must_end_its_transaction(
+    pg_dsn: str,
+) -> None:
+    async def leaves_it(conn: psycopg.AsyncConnection[Any]) -> None:
+        await conn.execute("SELECT 1")  # opens a transaction (autocommit=False)
+
+    async def ends_it(conn: psycopg.AsyncConnection[Any]) -> None:
+        await conn.execute("SELECT 1")
+        await conn.commit()
+
+    async with aiolease.psycopg.create_pool(
+        pg_dsn, max_size=1, autocommit=False, configure=leaves_it
+    ) as pool:
+        with pytest.raises(RuntimeError, match=r"state INTRANS, not IDLE"):
+            async with pool.acquire():
+                pass
+    async with (
+        aiolease.psycopg.create_pool(
+            pg_dsn, max_size=1, autocommit=False, configure=ends_it
+        ) as pool,
+        pool.acquire() as conn,
+    ):
+        assert await _one(conn, "SELECT 2") == 2
