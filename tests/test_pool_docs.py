@@ -19,7 +19,7 @@ BLOCKS = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
 def _params() -> list[object]:
     params: list[object] = []
     for i, code in enumerate(BLOCKS):
-        needs_pg = "aiolease.asyncpg" in code
+        needs_pg = "aiolease.asyncpg" in code or "aiolease.psycopg" in code
         marks = [pytest.mark.postgres] if needs_pg else []
         params.append(pytest.param(code, needs_pg, id=f"block{i}", marks=marks))
     return params

@@ -1,16 +1,25 @@
-"""Checks the driver pools make at the call: connect keywords, timeouts, SQLite pragmas."""
+"""Checks the driver pools make at the call (connect keywords, timeouts, SQLite pragmas,
+the ``configure`` hook), and the run of that hook on each new connection."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import math
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 from ._redact import redact
 
-__all__ = ["check_connect_kwargs", "check_connection_string", "check_pragmas", "keywords_of"]
+__all__ = [
+    "check_configure",
+    "check_connect_kwargs",
+    "check_connection_string",
+    "check_pragmas",
+    "keywords_of",
+    "run_configure",
+]
 
 POOL_OPTIONS = (
     "min_size",
@@ -99,3 +108,54 @@ def check_pragmas(pragmas: Mapping[str, object]) -> dict[str, str | int | float]
             )
         checked[name] = value
     return checked
+
+
+def check_configure(configure: object) -> None:
+    """A driver pool's ``configure``: None, or an async function (a coroutine function, or
+    an object whose ``__call__`` is one) that takes the new connection.
+
+    Raises:
+        TypeError: anything else, a plain (sync) function included: its result would
+            never be awaited, or would be a value the pool cannot wait for.
+    """
+    if configure is None:
+        return
+    if not callable(configure):
+        raise TypeError(
+            "configure must be an async function taking the new connection "
+            f"(async def configure(conn): ...), or None, got {type(configure).__name__} "
+            f"{configure!r}"
+        )
+    call = getattr(configure, "__call__", None)  # noqa: B004 - an object's async __call__
+    if not (inspect.iscoroutinefunction(configure) or inspect.iscoroutinefunction(call)):
+        raise TypeError(
+            f"configure must be an async function (async def configure(conn): ...), got "
+            f"{configure!r}, which is not one: a plain function's result is not awaited"
+        )
+
+
+async def run_configure(
+    configure: Callable[[Any], Awaitable[object]],
+    conn: Any,
+    timeout: float,
+    pool_name: str,
+) -> None:
+    """Run ``configure(conn)`` on a new connection, bounded by ``timeout`` seconds (the
+    manager's ``configure_timeout``). The caller closes the connection if this raises.
+
+    Raises:
+        TimeoutError: ``configure`` outlasted ``timeout`` (the message names the pool and
+            the bound; a ``TimeoutError`` of ``configure``'s own goes through as it is).
+        Exception: whatever ``configure`` raised.
+    """
+    scope = asyncio.timeout(timeout)
+    try:
+        async with scope:
+            await configure(conn)
+    except TimeoutError as exc:
+        if scope.expired():
+            raise TimeoutError(
+                f"configure() of a new connection to {pool_name} did not finish within "
+                f"configure_timeout={timeout:g} s: connection closed"
+            ) from exc
+        raise

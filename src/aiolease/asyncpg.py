@@ -8,10 +8,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import select
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from . import _validate
-from ._driver_args import check_connect_kwargs, check_connection_string, keywords_of
+from ._driver_args import (
+    check_configure,
+    check_connect_kwargs,
+    check_connection_string,
+    keywords_of,
+    run_configure,
+)
 from ._lease import LeaseProxies, forget_relays
 from ._liveness import (
     CANCEL_GRACE,
@@ -62,6 +69,9 @@ _CONNECT_KEYWORDS = (keywords_of(asyncpg.connect) or frozenset()) - {"dsn"}
 logger = get_logger("aiolease.pool.asyncpg")
 
 Reset = Literal["transaction", "session"]
+
+#: The type of ``configure``: an async function called with each new connection.
+Configure = Callable[["Connection"], Awaitable[object]]
 
 
 _HAVE_POLL = hasattr(select, "poll")
@@ -326,6 +336,16 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
             (``statement_cache_size=0``: no named prepared statements, which another
             client's server connection would not have), and ``reset="session"`` is
             refused (a session there is not ours to reset).
+        configure: an async function called once with each new connection (the
+            ``asyncpg.Connection`` itself, not a lease), after it connects and before
+            it is first handed out: register codecs (``set_type_codec``) there. Its
+            failure fails the creation (the connection is closed, the acquirer gets
+            the error); a configure that leaves a transaction open or closes the
+            connection fails it too. Codecs it sets survive every reset at release; a
+            ``SET`` it runs does not survive ``reset="session"`` (``RESET ALL``: give
+            session settings as ``server_settings=`` instead, which it goes back to).
+        configure_timeout: seconds ``configure`` may take (default 10); past it the
+            connection is closed and the creation fails with a ``TimeoutError``.
         **connect_kwargs: passed to :func:`asyncpg.connect`.
     """
 
@@ -348,18 +368,31 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
         close_timeout: float = 5.0,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         pgbouncer: bool = False,
+        configure: Configure | None = None,
+        configure_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         **connect_kwargs: Any,
     ) -> None:
         check_connection_string("dsn", dsn, allow_none=True)
+        check_configure(configure)
         if reset not in ("transaction", "session"):
             raise ValueError(f'reset must be "transaction" or "session", got {reset!r}')
         check_connect_kwargs(
             connect_kwargs,
             _CONNECT_KEYWORDS,
             "asyncpg.connect()",
-            ("reset", "reset_timeout", "close_timeout", "connect_timeout", "pgbouncer"),
+            (
+                "reset",
+                "reset_timeout",
+                "close_timeout",
+                "connect_timeout",
+                "pgbouncer",
+                "configure",
+                "configure_timeout",
+            ),
         )
         self.connect_timeout = _validate.seconds("connect_timeout", connect_timeout)
+        self.configure = configure
+        self.configure_timeout = _validate.seconds("configure_timeout", configure_timeout)
         if not isinstance(pgbouncer, bool):
             raise TypeError(f"pgbouncer must be a bool, got {pgbouncer!r}")
         if pgbouncer:
@@ -427,10 +460,53 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
         # Keepalive: a silent peer is detected within SILENT_PEER_BOUND seconds.
         set_keepalive(connection_socket(conn))
         self.failover.connected(conn, epoch, read_only=_read_only_server(conn))
+        if self.configure is not None:
+            await self._configure(conn, self.configure)
+        # After configure: what it received is no idle traffic (see _Watch).
         watch = _install_watch(conn)
         if watch is not None:
             self._watches[conn] = watch
         return conn
+
+    async def _configure(self, conn: Connection, configure: Configure) -> None:
+        """Run ``configure(conn)`` on a new connection (bounded by ``configure_timeout``);
+        on any failure, cancellation included, close the connection (:meth:`_discard`)
+        and re-raise.
+
+        Raises:
+            ConnectionError: ``configure`` closed the connection.
+            RuntimeError: ``configure`` left a transaction open.
+        """
+        try:
+            await run_configure(configure, conn, self.configure_timeout, self._pool_name)
+            if conn.is_closed():
+                raise ConnectionError(f"configure {configure!r} closed the new connection")
+            if conn.is_in_transaction():
+                raise RuntimeError(
+                    f"configure {configure!r} left a transaction open on the new connection "
+                    "(end what it begins): connection closed"
+                )
+        except BaseException:
+            await self._discard(conn)
+            raise
+
+    async def _discard(self, conn: Connection) -> None:
+        """Close a new connection whose ``configure`` failed: as the pool closes one
+        (:meth:`close`, within ``close_timeout``: a query of configure's that a timeout or
+        a cancellation interrupted gets its cancel answered first, or the server would
+        run it on after the socket is gone), else cut (:meth:`abort`).
+
+        Raises:
+            CancelledError: cancelled meanwhile (the connection is cut first).
+        """
+        try:
+            async with asyncio.timeout(self.close_timeout):
+                await self.close(conn)
+        except Exception:
+            self.abort(conn)
+        except BaseException:
+            self.abort(conn)
+            raise
 
     def check_needed(self, resource: Connection, info: ResourceInfo) -> bool:
         """No round trip for a healthy idle connection. Only a closed one, or one that
@@ -580,21 +656,23 @@ def create_pool(
     backoff_base: float = 0.1,
     backoff_max: float = 10.0,
     reset: Reset = "transaction",
+    configure: Configure | None = None,
     **connect_kwargs: Any,
 ) -> Pool[Connection]:
     """An unopened :class:`~aiolease.Pool` of asyncpg connections.
 
     Open it with ``async with`` or ``await pool.open()``. Pool options are as
-    for :class:`~aiolease.Pool`; ``reset`` (and ``reset_timeout``,
-    ``close_timeout``, ``connect_timeout``, ``pgbouncer``, passed on as keywords) is
-    explained at :class:`AsyncpgManager`; everything else goes to :func:`asyncpg.connect`.
+    for :class:`~aiolease.Pool`; ``reset`` and ``configure`` (and ``reset_timeout``,
+    ``close_timeout``, ``connect_timeout``, ``pgbouncer``, ``configure_timeout``, passed on
+    as keywords) are explained at :class:`AsyncpgManager`; everything else goes to
+    :func:`asyncpg.connect`.
 
     Raises:
         TypeError: an unknown keyword (neither a Pool option nor one
             :func:`asyncpg.connect` takes), or an option of the wrong type.
         ValueError: a bad option value.
     """
-    manager = AsyncpgManager(dsn, reset=reset, **connect_kwargs)
+    manager = AsyncpgManager(dsn, reset=reset, configure=configure, **connect_kwargs)
     pool = Pool(
         manager,
         min_size=min_size,

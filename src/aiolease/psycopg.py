@@ -14,12 +14,18 @@ from __future__ import annotations
 import asyncio
 import re
 import select
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from . import _validate
-from ._driver_args import check_connect_kwargs, check_connection_string, keywords_of
+from ._driver_args import (
+    check_configure,
+    check_connect_kwargs,
+    check_connection_string,
+    keywords_of,
+    run_configure,
+)
 from ._lease import LeaseProxies
 from ._liveness import DEFAULT_CONNECT_TIMEOUT, LIBPQ_KEEPALIVE, PoolExpirer, connect_timed_out
 from ._logs import get_logger
@@ -47,6 +53,8 @@ _OK = pq.ConnStatus.OK
 _PIPELINE_OFF = pq.PipelineStatus.OFF
 _SEVERITY = pq.DiagnosticField.SEVERITY_NONLOCALIZED
 AsyncConnection = psycopg.AsyncConnection[Any]
+#: The type of ``configure``: an async function called with each new connection.
+Configure = Callable[[AsyncConnection], Awaitable[object]]
 
 # psycopg errors without a SQLSTATE that say nothing about the connection itself:
 # every other OperationalError without one is the client library reporting a lost
@@ -333,6 +341,9 @@ _CONNECT_KEYWORDS = (keywords_of(psycopg.AsyncConnection.connect) or frozenset()
 }
 
 
+_OWN_OPTIONS = ("reset_timeout", "connect_timeout", "pgbouncer", "configure", "configure_timeout")
+
+
 def _check_connect_kwargs(kwargs: dict[str, Any]) -> None:
     params = {k: v for k, v in kwargs.items() if k not in _CONNECT_KEYWORDS}
     try:
@@ -346,7 +357,7 @@ def _check_connect_kwargs(kwargs: dict[str, Any]) -> None:
                     {key: params[key]},
                     _CONNECT_KEYWORDS,
                     "psycopg.AsyncConnection.connect() (nor a libpq connection parameter)",
-                    ("reset_timeout", "connect_timeout", "pgbouncer"),
+                    _OWN_OPTIONS,
                 )
         raise TypeError(f"bad connection parameters for psycopg: {redact(str(exc))}") from exc
 
@@ -405,6 +416,18 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
             statement) pooling mode: psycopg never prepares statements
             (``prepare_threshold=None``), whose names another client's server
             connection would not know.
+        configure: an async function called once with each new connection (the
+            psycopg ``AsyncConnection`` itself, not a lease), after it connects and
+            before it is first handed out: register adapters and types there
+            (``TypeInfo.fetch(conn)``, ``register_vector_async(conn)``). Its failure
+            fails the creation (the connection is closed, the acquirer gets the error);
+            a configure that leaves a transaction open (``INTRANS``, ``INERROR``) or
+            closes the connection fails it too. The connection-object settings it
+            leaves (``row_factory``, ``prepare_threshold``, ...) are what a reset
+            restores; adapters it registers stay; a ``SET`` stays too (psycopg's reset
+            does not touch server-side session state).
+        configure_timeout: seconds ``configure`` may take (default 10); past it the
+            connection is closed and the creation fails with a ``TimeoutError``.
         **connect_kwargs: passed to ``AsyncConnection.connect``;
             ``autocommit`` defaults to True; libpq's ``keepalives``,
             ``keepalives_idle``, ``keepalives_interval``, ``keepalives_count`` and
@@ -430,9 +453,14 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
         reset_timeout: float = 5.0,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         pgbouncer: bool = False,
+        configure: Configure | None = None,
+        configure_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         **connect_kwargs: Any,
     ):
         check_connection_string("conninfo", conninfo, allow_none=False)
+        check_configure(configure)
+        self.configure = configure
+        self.configure_timeout = _validate.seconds("configure_timeout", configure_timeout)
         self.reset_timeout = _validate.seconds("reset_timeout", reset_timeout)
         self.connect_timeout = _validate.seconds("connect_timeout", connect_timeout)
         if not isinstance(pgbouncer, bool):
@@ -484,9 +512,36 @@ class PsycopgManager(LeaseProxies[AsyncConnection], Manager[AsyncConnection]):
                 f"connect_timeout={self.connect_timeout:g} s, bounding the whole connect",
             ) from exc
         self.failover.connected(conn, epoch, read_only=_read_only_server(conn))
+        if self.configure is not None:
+            await self._configure(conn, self.configure)
         _install_watch(conn)
-        self._session = _session(conn)  # every connection starts the same
+        # Every connection starts the same (as configure left it): what a reset restores.
+        self._session = _session(conn)
         return conn
+
+    async def _configure(self, conn: AsyncConnection, configure: Configure) -> None:
+        """Run ``configure(conn)`` on a new connection (bounded by ``configure_timeout``);
+        on any failure, cancellation included, close the connection at once (as
+        :meth:`abort`) and re-raise.
+
+        Raises:
+            ConnectionError: ``configure`` closed the connection.
+            RuntimeError: ``configure`` left a transaction open.
+        """
+        try:
+            await run_configure(configure, conn, self.configure_timeout, self._pool_name)
+            if conn.closed:
+                raise ConnectionError(f"configure {configure!r} closed the new connection")
+            status = conn.pgconn.transaction_status
+            if status != _TS.IDLE:
+                raise RuntimeError(
+                    f"configure {configure!r} left the new connection in state "
+                    f"{_TS(status).name}, not IDLE (end the transaction it begins, or "
+                    "keep autocommit): connection closed"
+                )
+        except BaseException:
+            self.abort(conn)
+            raise
 
     def check_needed(self, resource: AsyncConnection, info: ResourceInfo) -> bool:
         """No round trip, no await for a healthy idle connection: only one that is
@@ -669,12 +724,15 @@ def create_pool(
     name: str | None = None,
     backoff_base: float = 0.1,
     backoff_max: float = 10.0,
+    configure: Configure | None = None,
     **connect_kwargs: Any,
 ) -> Pool[AsyncConnection]:
     """An unopened :class:`~aiolease.Pool` of psycopg ``AsyncConnection`` objects.
 
     Open it with ``async with`` or ``await pool.open()``. Pool options are as
-    for :class:`~aiolease.Pool`; everything else goes to
+    for :class:`~aiolease.Pool`; ``configure`` (and ``reset_timeout``,
+    ``connect_timeout``, ``pgbouncer``, ``configure_timeout``, passed on as keywords) is
+    explained at :class:`PsycopgManager`; everything else goes to
     ``psycopg.AsyncConnection.connect`` (``autocommit`` defaults to True).
 
     Raises:
@@ -683,7 +741,7 @@ def create_pool(
             option of the wrong type.
         ValueError: a bad option value.
     """
-    manager = PsycopgManager(conninfo, **connect_kwargs)
+    manager = PsycopgManager(conninfo, configure=configure, **connect_kwargs)
     pool = Pool(
         manager,
         min_size=min_size,

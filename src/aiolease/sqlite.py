@@ -12,14 +12,22 @@ import asyncio
 import os
 import sqlite3
 import weakref
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from . import _validate
 from ._compat import aiosqlite as _compat_aiosqlite
 from ._dialects.sqlite import enable_loop_commit
-from ._driver_args import check_connect_kwargs, check_pragmas, keywords_of
+from ._driver_args import (
+    check_configure,
+    check_connect_kwargs,
+    check_pragmas,
+    keywords_of,
+    run_configure,
+)
 from ._lease import LeaseProxies
+from ._liveness import DEFAULT_CONNECT_TIMEOUT
+from ._logs import get_logger
 from ._pool import Pool
 from ._redact import redact
 from .abc import Manager, ResourceInfo
@@ -40,6 +48,11 @@ DEFAULT_PRAGMAS: Mapping[str, str | int] = {
     "foreign_keys": "ON",
     "busy_timeout": 5000,  # ms a writer waits for the lock before SQLITE_BUSY
 }
+
+logger = get_logger("aiolease.pool")
+
+#: The type of ``configure``: an async function called with each new connection.
+Configure = Callable[[aiosqlite.Connection], Awaitable[object]]
 
 
 # SQLITE_READONLY: a write to a database opened read-only (mode=ro, read-only media, no
@@ -91,6 +104,14 @@ async def _finish(task: asyncio.Future[Any]) -> None:
                 continue
     if not task.cancelled():
         task.exception()  # retrieved: the caller decides what the outcome means
+
+
+#: Seconds between the interrupts of a connection whose ``configure`` failed (see
+#: :meth:`SqliteManager._discard`).
+_REINTERRUPT = 0.05
+#: Seconds that discarding such a connection waits for its thread at most (the pool's
+#: default ``close_timeout``).
+_DISCARD_BOUND = 10.0
 
 
 async def _set_journal_mode(conn: aiosqlite.Connection, mode: str | int | float) -> None:
@@ -163,6 +184,17 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
         reset_timeout: seconds the rollback of a transaction left open at release may
             wait (default 5): it waits in the connection's thread behind any statement
             still running there, and past this bound the connection is discarded.
+        configure: an async function called once with each new connection (the
+            ``aiosqlite.Connection`` itself, not a lease), after the pragmas and before
+            it is first handed out: ``create_function``, ``create_collation``, more
+            pragmas, ``row_factory``. Its failure fails the creation (the connection is
+            closed, the acquirer gets the error); a configure that leaves a transaction
+            open or closes the connection fails it too. All of it survives the reset at
+            release: the connection-object settings it leaves (``row_factory``,
+            ``text_factory``, ``isolation_level``) are what a reset restores.
+        configure_timeout: seconds ``configure`` may take (default 10); past it the
+            connection is closed (a statement still running in its thread interrupted)
+            and the creation fails with a ``TimeoutError``.
         **connect_kwargs: passed to :func:`aiosqlite.connect` (and :func:`sqlite3.connect`);
             ``isolation_level`` defaults to None (autocommit: transactions are explicit,
             see :func:`aiolease.atomic`) and ``check_same_thread`` to False (only
@@ -182,8 +214,13 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
         pragmas: Mapping[str, str | int | float] | None = None,
         commit_on_loop: bool = False,
         reset_timeout: float = 5.0,
+        configure: Configure | None = None,
+        configure_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         **connect_kwargs: Any,
     ) -> None:
+        check_configure(configure)
+        self.configure = configure
+        self.configure_timeout = _validate.seconds("configure_timeout", configure_timeout)
         if not isinstance(commit_on_loop, bool):
             raise TypeError(f"commit_on_loop must be a bool, got {commit_on_loop!r}")
         self.path = os.fspath(path)
@@ -197,7 +234,7 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
             connect_kwargs,
             _CONNECT_KEYWORDS,
             "aiosqlite.connect() (nor sqlite3.connect())",
-            ("pragmas", "commit_on_loop", "reset_timeout"),
+            ("pragmas", "commit_on_loop", "reset_timeout", "configure", "configure_timeout"),
         )
         connect_kwargs.setdefault("isolation_level", None)
         connect_kwargs.setdefault("check_same_thread", False)
@@ -223,12 +260,64 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
         # so that no connection thread outlives the pool that made it.
         task = asyncio.ensure_future(self._connect())
         try:
-            return await asyncio.shield(task)
+            conn = await asyncio.shield(task)
         except asyncio.CancelledError:
             await _finish(task)
             if not task.cancelled() and task.exception() is None:
                 await _finish(asyncio.ensure_future(task.result().close()))
             raise
+        if self.configure is not None:
+            await self._configure(conn, self.configure)
+        # Every connection starts the same (as configure left it): what a reset restores.
+        self._session = _session(conn)
+        return conn
+
+    async def _configure(self, conn: aiosqlite.Connection, configure: Configure) -> None:
+        """Run ``configure(conn)`` on a new connection (bounded by ``configure_timeout``;
+        cancellable, unlike the connect); on any failure, cancellation included, close
+        the connection (:meth:`_discard`: a statement of configure's still running in the
+        thread is interrupted) and re-raise.
+
+        Raises:
+            ConnectionError: ``configure`` closed the connection.
+            RuntimeError: ``configure`` left a transaction open.
+        """
+        try:
+            await run_configure(configure, conn, self.configure_timeout, self._pool_name)
+            in_transaction = _in_transaction(conn)
+            if in_transaction is None:
+                raise ConnectionError(f"configure {configure!r} closed the new connection")
+            if in_transaction:
+                raise RuntimeError(
+                    f"configure {configure!r} left a transaction open on the new connection "
+                    "(end what it begins): connection closed"
+                )
+        except BaseException:
+            await _finish(asyncio.ensure_future(self._discard(conn)))
+            raise
+
+    async def _discard(self, conn: aiosqlite.Connection) -> None:
+        """Close a new connection whose ``configure`` failed, as :meth:`close` does, but
+        interrupting its thread again every :data:`_REINTERRUPT` seconds until the thread
+        has stopped: a statement configure sent just before its timeout or cancellation
+        may still be queued at the first interrupt, and starts (forever, maybe) after it.
+        """
+        stopping = self._stop(conn)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _DISCARD_BOUND
+        while stopping is not None and not stopping.done():
+            if loop.time() >= deadline:  # a thread that never stops is left behind
+                logger.warning(
+                    "%s: a new connection whose configure failed did not stop within %g s; "
+                    "its thread is abandoned",
+                    self._pool_name,
+                    _DISCARD_BOUND,
+                )
+                return
+            await asyncio.wait([stopping], timeout=_REINTERRUPT)
+            _interrupt(conn)
+        if stopping is not None and not stopping.cancelled():
+            stopping.exception()  # retrieved: closing is all that is asked
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, **self.connect_kwargs)
@@ -251,7 +340,6 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
         except BaseException:
             await _finish(asyncio.ensure_future(conn.close()))
             raise
-        self._session = _session(conn)  # every connection starts the same
         return conn
 
     def check_needed(self, resource: aiosqlite.Connection, info: ResourceInfo) -> bool:
@@ -401,12 +489,13 @@ def create_pool(
     backoff_max: float = 10.0,
     pragmas: Mapping[str, str | int | float] | None = None,
     commit_on_loop: bool = False,
+    configure: Configure | None = None,
     **connect_kwargs: Any,
 ) -> Pool[aiosqlite.Connection]:
     """An unopened :class:`~aiolease.Pool` of aiosqlite connections to ``path``.
 
     Open it with ``async with`` or ``await pool.open()``. See :class:`SqliteManager`
-    for ``pragmas`` and the connection options.
+    for ``pragmas``, ``configure`` and the connection options.
 
     Raises:
         TypeError: an unknown keyword (neither a Pool option nor one aiosqlite's
@@ -415,7 +504,13 @@ def create_pool(
             with an int, float or identifier value, or a path in a missing directory.
     """
     return Pool(
-        SqliteManager(path, pragmas=pragmas, commit_on_loop=commit_on_loop, **connect_kwargs),
+        SqliteManager(
+            path,
+            pragmas=pragmas,
+            commit_on_loop=commit_on_loop,
+            configure=configure,
+            **connect_kwargs,
+        ),
         min_size=min_size,
         max_size=max_size,
         acquire_timeout=acquire_timeout,
