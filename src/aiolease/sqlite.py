@@ -106,8 +106,8 @@ async def _finish(task: asyncio.Future[Any]) -> None:
         task.exception()  # retrieved: the caller decides what the outcome means
 
 
-#: Seconds between the interrupts of a connection whose ``configure`` failed (see
-#: :meth:`SqliteManager._discard`).
+#: Seconds between the interrupts of a connection being closed (see
+#: :meth:`SqliteManager.close`).
 _REINTERRUPT = 0.05
 #: Seconds that discarding such a connection waits for its thread at most (the pool's
 #: default ``close_timeout``).
@@ -297,27 +297,21 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
             raise
 
     async def _discard(self, conn: aiosqlite.Connection) -> None:
-        """Close a new connection whose ``configure`` failed, as :meth:`close` does, but
-        interrupting its thread again every :data:`_REINTERRUPT` seconds until the thread
-        has stopped: a statement configure sent just before its timeout or cancellation
-        may still be queued at the first interrupt, and starts (forever, maybe) after it.
-        """
-        stopping = self._stop(conn)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _DISCARD_BOUND
-        while stopping is not None and not stopping.done():
-            if loop.time() >= deadline:  # a thread that never stops is left behind
-                logger.warning(
-                    "%s: a new connection whose configure failed did not stop within %g s; "
-                    "its thread is abandoned",
-                    self._pool_name,
-                    _DISCARD_BOUND,
-                )
-                return
-            await asyncio.wait([stopping], timeout=_REINTERRUPT)
-            _interrupt(conn)
-        if stopping is not None and not stopping.cancelled():
-            stopping.exception()  # retrieved: closing is all that is asked
+        """Close a new connection whose ``configure`` failed, as the pool closes one
+        (:meth:`close`), within :data:`_DISCARD_BOUND` seconds (a thread that never
+        stops is abandoned, with a WARNING)."""
+        try:
+            async with asyncio.timeout(_DISCARD_BOUND):
+                await self.close(conn)
+        except TimeoutError:
+            logger.warning(
+                "%s: a new connection whose configure failed did not stop within %g s; "
+                "its thread is abandoned",
+                self._pool_name,
+                _DISCARD_BOUND,
+            )
+        except Exception:  # stop() failed: the thread is gone either way
+            pass
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, **self.connect_kwargs)
@@ -406,10 +400,17 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
 
         Not aiosqlite's ``close()``: cancelled, it goes on waiting for the thread to stop
         (in a ``finally``), which a statement that never ends makes forever, past the
-        pool's ``close_timeout``. Waiting for the answer to ``stop()`` is cancellable."""
+        pool's ``close_timeout``. Waiting for the answer to ``stop()`` is cancellable.
+        The statement is interrupted again every :data:`_REINTERRUPT` seconds until the
+        thread stops: one sent just before the first interrupt (a lease cancelled right
+        after it sent its statement) is still queued then, and starts after it."""
         stopping = self._stop(resource)
-        if stopping is not None:
-            await stopping
+        if stopping is None:
+            return
+        while not stopping.done():
+            await asyncio.wait([stopping], timeout=_REINTERRUPT)
+            _interrupt(resource)
+        await stopping
 
     def _stop(self, resource: aiosqlite.Connection) -> asyncio.Future[Any] | None:
         """Interrupt the running statement and ask the thread, once, to close the
