@@ -391,10 +391,11 @@ class Caller:
                 (b"EVALSHA", script.sha_b, b"%d" % len(keys), *map(b, keys), *map(b, args))
             )
         conn = self._link
-        if conn is not None and conn.is_connected:
+        if conn is not None and conn.is_connected and not _compat.closed_by_peer(conn):
             fut = self._send(packed, on_abandon)
         else:
-            if conn is not None:  # closed under us (e.g. the client disconnected its pool)
+            if conn is not None:  # closed under us: the client disconnected its pool, or the
+                # server closed it while idle (its `timeout`); nothing was sent on it since
                 self._break(_rexc.ConnectionError("connection closed"))
             try:
                 async with Bound(self.timeout):

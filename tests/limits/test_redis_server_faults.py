@@ -1,0 +1,60 @@
+"""Redis limiters facing a server that answers, but not as usual: ACLs, maxmemory, replicas,
+idle-connection timeouts. Each test runs on a redis-server of its own (``own_redis``).
+
+Redis "cannot answer" (an outage: ``LimiterUnavailable``, ``on_error``, ``fallback``) must be
+told apart from "Redis refuses this configuration" (a clear error, never answered by admitting
+callers unchecked), and a connection the server closed while idle is no outage at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import redis.asyncio as redis_asyncio
+from _redis_server import OwnRedis, own_redis
+
+from aiolease.redis import RedisConcurrencyLimiter, RedisRateLimiter
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+__all__ = ["own_redis"]  # the fixture, imported for pytest
+
+
+@pytest.fixture(params=["rate", "concurrency"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def make_limiter(kind: str, client: redis_asyncio.Redis, **kw: Any) -> Any:
+    if kind == "rate":
+        return RedisRateLimiter(client, "server-faults", 100, burst=5, **kw)
+    return RedisConcurrencyLimiter(client, "server-faults", 2, lease_ttl=2.0, **kw)
+
+
+async def use(lim: Any, timeout: float | None = 1.0) -> Any:
+    permit = await lim.acquire(timeout=timeout)
+    if isinstance(lim, RedisConcurrencyLimiter):
+        await permit.arelease()
+    return permit
+
+
+# -- a connection the server closed while it was idle ------------------------------------------
+
+
+async def test_a_connection_the_server_closed_while_idle_is_no_outage(
+    kind: str, own_redis: OwnRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `timeout 1` (or a load balancer's / NAT's idle timeout) closes a connection idle that
+    # long. The limiter's call must go on a fresh connection, not be answered as an outage.
+    async with redis_asyncio.Redis.from_url(own_redis.url) as client:
+        lim = make_limiter(kind, client)
+        await use(lim)
+        await client.config_set("timeout", 1)
+        await asyncio.sleep(2.5)  # the server has closed the limiter's idle connection
+        for _ in range(3):
+            permit = await use(lim)
+            assert not permit.degraded
+        assert not [r for r in caplog.records if "unavailable" in r.getMessage()]
+        await lim.aclose()
