@@ -14,7 +14,10 @@ from typing import Any
 import pytest
 import redis.asyncio as redis_asyncio
 from _redis_server import OwnRedis, own_redis
+from redis.exceptions import NoPermissionError
 
+import aiolease
+from aiolease import LimiterUnavailable
 from aiolease.redis import RedisConcurrencyLimiter, RedisRateLimiter
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -58,3 +61,45 @@ async def test_a_connection_the_server_closed_while_idle_is_no_outage(
             assert not permit.degraded
         assert not [r for r in caplog.records if "unavailable" in r.getMessage()]
         await lim.aclose()
+
+
+# -- ACL: a user Redis refuses a command, a key or a channel -----------------------------------
+
+
+async def acl_user(own_redis: OwnRedis, rules: str) -> str:
+    """A URL of a new ACL user with ``rules`` (password ``pw``) on ``own_redis``."""
+    async with redis_asyncio.Redis.from_url(own_redis.url) as admin:
+        command = f"ACL SETUSER limited on >pw {rules}"
+        await admin.execute_command(command)  # type: ignore[no-untyped-call]
+    return f"redis://limited:pw@127.0.0.1:{own_redis.port}/0"
+
+
+@pytest.mark.parametrize("with_fallback", [False, True])
+async def test_a_hand_off_channel_the_acl_refuses_is_no_outage(
+    own_redis: OwnRedis, with_fallback: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Redis 7 gives a new ACL user no pub/sub channel (acl-pubsub-default resetchannels): a
+    # queued waiter cannot subscribe for its hand-off. That is the configuration refusing the
+    # limiter, not Redis failing: a fallback must not hand out a slot on top of Redis's (the
+    # limit would be exceeded), and the error must say what was refused.
+    url = await acl_user(own_redis, "~* +@all resetchannels")
+    local = aiolease.ConcurrencyLimiter(1)
+    kw: dict[str, Any] = {"fallback": local} if with_fallback else {}
+    async with (
+        redis_asyncio.Redis.from_url(own_redis.url) as admin,
+        redis_asyncio.Redis.from_url(url) as client,
+    ):
+        holder = RedisConcurrencyLimiter(admin, "acl", 1)
+        lim = RedisConcurrencyLimiter(client, "acl", 1, **kw)
+        permit = await holder.acquire()  # the one slot is taken: the next caller queues
+        for _ in range(2):
+            with pytest.raises(NoPermissionError, match="channel") as info:
+                await lim.acquire(timeout=1.0)
+            assert not isinstance(info.value, LimiterUnavailable)
+            assert "aiolease:conc:{acl}:wake" in str(info.value)
+        assert local.statistics().in_use == 0
+        assert await holder.in_use() == 1  # the refused waiter left the queue
+        assert not [r for r in caplog.records if "unavailable" in r.getMessage()]
+        await permit.arelease()
+        await lim.aclose()
+        await holder.aclose()

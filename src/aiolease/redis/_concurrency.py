@@ -31,6 +31,7 @@ from ._pipe import (
     check_client,
     describe,
     detached,
+    refused,
     text,
     unavailable,
 )
@@ -714,6 +715,17 @@ class RedisConcurrencyLimiter:
             raise self._closed_error()
         if not ready_ev.is_set():
             cause = self._listener_error or _rexc.TimeoutError("no SUBSCRIBE reply in time")
+            if isinstance(cause, _rexc.AuthenticationError):
+                raise refused(cause) from cause
+            if isinstance(cause, _rexc.ResponseError) and not isinstance(cause, UNAVAILABLE):
+                # Redis answered and refused (an ACL without the channel: Redis 7 gives a new
+                # user none): a configuration error, never an outage for the fallback to answer.
+                raise type(cause)(
+                    f"Redis refused to subscribe the client of concurrency limiter "
+                    f"{self._name!r} to its hand-off channel {self._channel!r} "
+                    f"({describe(cause)}): allow the client's ACL user that channel "
+                    f"(e.g. '&{self._channel}')"
+                ) from cause
             raise unavailable(
                 f"concurrency limiter {self._name!r}",
                 cause,
