@@ -9,11 +9,13 @@ callers unchecked), and a connection the server closed while idle is no outage a
 from __future__ import annotations
 
 import asyncio
+import shutil
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import redis.asyncio as redis_asyncio
-from _redis_server import OwnRedis, own_redis
+from _redis_server import OwnRedis, SilentProxy, own_redis
 from redis.exceptions import NoPermissionError
 
 import aiolease
@@ -103,3 +105,51 @@ async def test_a_hand_off_channel_the_acl_refuses_is_no_outage(
         await permit.arelease()
         await lim.aclose()
         await holder.aclose()
+
+
+# -- replicas and failover ---------------------------------------------------------------------
+
+
+@pytest.fixture
+async def other_redis(own_redis: OwnRedis) -> AsyncIterator[OwnRedis]:
+    """A second redis-server of the test's own (``own_redis`` checked the binary exists)."""
+    binary = shutil.which("redis-server")
+    assert binary is not None
+    server = OwnRedis(binary)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.kill()
+
+
+async def test_a_failover_that_demotes_the_primary_is_followed(
+    kind: str, own_redis: OwnRedis, other_redis: OwnRedis
+) -> None:
+    # The address the client uses moves to the new primary (a DNS name, a VIP: here a proxy
+    # whose target changes) while the old primary lives on as a replica: connections made
+    # before keep reaching the replica, which answers READONLY. A call that meets it fails as
+    # unavailable; the limiter must then connect afresh, not stay on the replica for good.
+    async with (
+        SilentProxy(own_redis.port) as proxy,
+        redis_asyncio.Redis.from_url(proxy.url) as client,
+        redis_asyncio.Redis.from_url(own_redis.url) as old,
+    ):
+        lim = make_limiter(kind, client, call_timeout=0.5)
+        await use(lim)
+        await old.replicaof("127.0.0.1", other_redis.port)
+        proxy.target_port = other_redis.port  # new connections reach the new primary
+        with pytest.raises(LimiterUnavailable) as info:
+            await use(lim)  # still on the demoted primary: READONLY
+        assert "READONLY" in repr(info.value.__cause__) or "read only" in str(info.value)
+        ok = None
+        for _ in range(40):  # one cool-down (at most 1 s) later, Redis takes over again
+            await asyncio.sleep(0.1)
+            try:
+                ok = await use(lim)
+                break
+            except LimiterUnavailable:
+                continue
+        assert ok is not None
+        assert not ok.degraded
+        await lim.aclose()

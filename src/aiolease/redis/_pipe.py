@@ -529,6 +529,14 @@ class Caller:
                     if self._link is not conn:
                         break
                     fut, on_abandon, _ = pending.popleft()
+                    if isinstance(reply, _rexc.ReadOnlyError):
+                        # A replica: the primary this connection reached was demoted (failover).
+                        # Connections made from now on may reach the new one (a DNS name or a
+                        # VIP moved to it): drop this one, the next call connects afresh.
+                        if not fut.done():
+                            fut.set_exception(reply)
+                        self._break(reply)
+                        return
                     if fut.done():  # its caller gave up (cancelled / timed out)
                         if on_abandon is not None and not isinstance(reply, BaseException):
                             on_abandon(reply)
@@ -653,6 +661,18 @@ class Caller:
                     return await client.evalsha(script.sha, len(keys), *keys, *args)
         except _rexc.AuthenticationError as exc:
             raise refused(exc) from exc
+        except _rexc.ReadOnlyError:
+            # A demoted primary (failover): redis-py keeps its pooled connections to it. The
+            # idle ones are dropped, so that the next call connects afresh (the address may
+            # lead to the new primary by now), as the pipe does.
+            pool = getattr(client, "connection_pool", None)
+            if pool is not None:
+                drop = asyncio.get_running_loop().create_task(
+                    pool.disconnect(inuse_connections=False)
+                )
+                self._drops.add(drop)
+                drop.add_done_callback(self._drops.discard)
+            raise
         except TimeoutError as exc:
             raise _rexc.TimeoutError(f"no reply from Redis within {self.timeout}s") from exc
 
