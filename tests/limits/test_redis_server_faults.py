@@ -19,7 +19,7 @@ from _redis_server import OwnRedis, SilentProxy, own_redis
 from redis.exceptions import NoPermissionError
 
 import aiolease
-from aiolease import LimiterUnavailable
+from aiolease import LimiterUnavailable, LimitTimeout, RateLimitExceeded
 from aiolease.redis import RedisConcurrencyLimiter, RedisRateLimiter
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -152,4 +152,59 @@ async def test_a_failover_that_demotes_the_primary_is_followed(
                 continue
         assert ok is not None
         assert not ok.degraded
+        await lim.aclose()
+
+
+# -- maxmemory ---------------------------------------------------------------------------------
+
+
+async def fill_memory(admin: redis_asyncio.Redis) -> None:
+    """``maxmemory`` reached with ``noeviction``: every command that may grow memory is refused."""
+    await admin.config_set("maxmemory-policy", "noeviction")
+    await admin.config_set("maxmemory", 1)  # (far below what any server uses)
+    with pytest.raises(redis_asyncio.ResponseError, match=r"OOM|maxmemory"):
+        await admin.set("filler", "x")
+
+
+@pytest.mark.parametrize("answer", ["raise", "allow", "deny", "fallback"])
+async def test_a_full_redis_is_answered_as_unavailable_by_the_rate_limiter(
+    answer: str, own_redis: OwnRedis
+) -> None:
+    # maxmemory reached with noeviction: the script's SET is refused (OOM), nothing was written.
+    # Redis cannot keep the limit: that is for on_error / the fallback to answer, in the
+    # documented error type - not redis-py's raw OutOfMemoryError whatever on_error says.
+    kw: dict[str, Any] = {"on_error": answer}
+    if answer == "fallback":
+        kw = {"fallback": aiolease.RateLimiter(100, burst=5)}
+    async with redis_asyncio.Redis.from_url(own_redis.url) as client:
+        lim = make_limiter("rate", client, **kw)
+        await use(lim)
+        await fill_memory(client)
+        if answer in ("raise", "deny"):
+            expected = LimiterUnavailable if answer == "raise" else RateLimitExceeded
+            with pytest.raises(expected) as info:
+                await use(lim)
+            assert "OutOfMemoryError" in repr(info.value.__cause__) or "memory" in str(
+                info.value.__cause__
+            )
+        else:
+            assert (await use(lim)).degraded
+        assert lim.statistics().errors == 1
+        await lim.aclose()
+
+
+async def test_a_full_redis_keeps_the_concurrency_limit(own_redis: OwnRedis) -> None:
+    # The concurrency scripts write (purge) before anything that could grow memory, and Redis
+    # lets a script that has written finish: leases are still taken, renewed and released.
+    async with redis_asyncio.Redis.from_url(own_redis.url) as client:
+        lim = RedisConcurrencyLimiter(client, "full", 1, lease_ttl=0.6)
+        await fill_memory(client)
+        permit = await lim.acquire(timeout=1.0)
+        with pytest.raises(LimitTimeout):
+            await lim.acquire(timeout=0.3)
+        await asyncio.sleep(0.9)  # past lease_ttl: renewed meanwhile
+        assert not permit.lost
+        assert await lim.in_use() == 1
+        await permit.arelease()
+        assert await lim.in_use() == 0
         await lim.aclose()

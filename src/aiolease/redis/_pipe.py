@@ -53,6 +53,8 @@ T = TypeVar("T")
 
 #: Errors meaning "Redis could not answer" (as opposed to "Redis answered no"). A timeout after
 #: the script was sent is *indeterminate* - the script may have run - so it is never re-sent.
+#: ``OOM`` (maxmemory reached with ``noeviction``) counts too: Redis cannot keep the limit's
+#: state until memory frees up (the script did not write: its first write was refused).
 UNAVAILABLE: Final = (
     _rexc.ConnectionError,
     _rexc.TimeoutError,
@@ -62,6 +64,7 @@ UNAVAILABLE: Final = (
     _rexc.ClusterDownError,
     _rexc.TryAgainError,
     _rexc.BusyLoadingError,
+    _rexc.OutOfMemoryError,
 )
 
 #: After Redis was unavailable, calls within this cool-down (doubling per consecutive failure)
