@@ -9,6 +9,7 @@ callers unchecked), and a connection the server closed while idle is no outage a
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
 from collections.abc import AsyncIterator
 from typing import Any
@@ -105,6 +106,26 @@ async def test_a_hand_off_channel_the_acl_refuses_is_no_outage(
         await permit.arelease()
         await lim.aclose()
         await holder.aclose()
+
+
+async def test_an_acl_refusing_script_load_is_the_error_raised_not_noscript(
+    kind: str, own_redis: OwnRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A user allowed EVALSHA but not SCRIPT LOAD, after the script cache was flushed: the
+    # NOSCRIPT answer is followed by SCRIPT LOAD, which Redis refuses. That refusal is what the
+    # caller must see (not NOSCRIPT, whose advice to use EVAL is misleading), and it is not an
+    # outage for on_error to answer.
+    url = await acl_user(own_redis, "~* +@all -script allchannels")
+    kw: dict[str, Any] = {"on_error": "allow"} if kind == "rate" else {}
+    async with redis_asyncio.Redis.from_url(url) as client:
+        lim = make_limiter(kind, client, **kw)
+        for _ in range(2):
+            with pytest.raises(NoPermissionError, match="script"):
+                await use(lim)
+        await lim.aclose()
+    gc.collect()
+    await asyncio.sleep(0)
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
 
 
 # -- replicas and failover ---------------------------------------------------------------------

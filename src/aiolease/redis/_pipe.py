@@ -103,7 +103,7 @@ async def _outcome(task: asyncio.Task[T]) -> T:
     return await asyncio.shield(task)
 
 
-def _seen(handle: asyncio.Task[Any]) -> None:
+def _seen(handle: asyncio.Future[Any]) -> None:
     # The background task's own callback logs its error: an unawaited handle is no news.
     if not handle.cancelled():
         handle.exception()
@@ -415,10 +415,17 @@ class Caller:
             _late_abandon(fut, on_abandon)
             raise
         self._loaded += 1
-        self._send(pack((b"SCRIPT", b"LOAD", script.source.encode())))
+        load = self._send(pack((b"SCRIPT", b"LOAD", script.source.encode())))
+        load.add_done_callback(_seen)  # its error is raised below, or nobody waits any more
         fut = self._send(packed, on_abandon)
         try:
             return await fut
+        except _rexc.NoScriptError:
+            # Not loaded: the reason is SCRIPT LOAD's error (an ACL refusing it), if it failed
+            # (its reply came first: replies come in order).
+            if load.done() and not load.cancelled() and (why := load.exception()) is not None:
+                raise why from None
+            raise
         except asyncio.CancelledError:
             _late_abandon(fut, on_abandon)
             raise
