@@ -229,3 +229,29 @@ async def test_a_full_redis_keeps_the_concurrency_limit(own_redis: OwnRedis) -> 
         await permit.arelease()
         assert await lim.in_use() == 0
         await lim.aclose()
+
+
+# -- leases that outlive their holder's renewals -----------------------------------------------
+
+
+async def test_releasing_a_lost_lease_frees_no_one_elses_slot(own_redis: OwnRedis) -> None:
+    # A holder stalled past lease_ttl (here: its lease removed, as its expiry would) has lost
+    # its slot to the next caller; its late release must not free that caller's slot.
+    async with redis_asyncio.Redis.from_url(own_redis.url) as client:
+        a = RedisConcurrencyLimiter(client, "lost", 1, lease_ttl=0.6)
+        b = RedisConcurrencyLimiter(client, "lost", 1, lease_ttl=0.6)
+        stalled = await a.acquire()
+        await client.zrem(a._keys(None)[0], stalled.lease_id)  # its lease expired meanwhile
+        taker = await b.acquire(timeout=1.0)
+        for _ in range(100):  # a's renewal finds out
+            if stalled.lost:
+                break
+            await asyncio.sleep(0.02)
+        assert stalled.lost
+        await stalled.arelease()
+        assert await b.in_use() == 1
+        with pytest.raises(LimitTimeout):
+            await a.acquire(timeout=0.2)
+        await taker.arelease()
+        await a.aclose()
+        await b.aclose()
