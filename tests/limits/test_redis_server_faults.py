@@ -9,6 +9,7 @@ callers unchecked), and a connection the server closed while idle is no outage a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import shutil
 from collections.abc import AsyncIterator
@@ -255,3 +256,41 @@ async def test_releasing_a_lost_lease_frees_no_one_elses_slot(own_redis: OwnRedi
         await taker.arelease()
         await a.aclose()
         await b.aclose()
+
+
+# -- BUSY: another client's script runs past busy-reply-threshold -------------------------------
+
+
+@contextlib.asynccontextmanager
+async def busy(own_redis: OwnRedis) -> Any:
+    """While inside, a script of another client spins: Redis answers every call ``BUSY``."""
+    async with (
+        redis_asyncio.Redis.from_url(own_redis.url) as admin,
+        redis_asyncio.Redis.from_url(own_redis.url) as spinner,
+    ):
+        await admin.config_set("lua-time-limit", 50)  # (busy-reply-threshold since 7.0)
+        spin = asyncio.ensure_future(spinner.eval("while true do end", 0))
+        await asyncio.sleep(0.2)  # past the threshold: BUSY from now on
+        try:
+            yield
+        finally:
+            await admin.script_kill()
+            with pytest.raises(redis_asyncio.ResponseError):
+                await spin
+
+
+async def test_a_lease_is_renewed_again_after_renewals_failed_with_an_error_reply(
+    own_redis: OwnRedis,
+) -> None:
+    # A renewal answered by an error reply (BUSY here) ended the renewer for good: the lease
+    # then expired while its holder held it, and permit.lost never said so - the limit was
+    # exceeded silently. The renewer must go on (and report a lease it finds gone).
+    async with redis_asyncio.Redis.from_url(own_redis.url) as client:
+        lim = RedisConcurrencyLimiter(client, "renew", 1, lease_ttl=0.6)
+        permit = await lim.acquire()
+        async with busy(own_redis):
+            await asyncio.sleep(0.5)  # renewals every 0.2 s meet BUSY
+        await asyncio.sleep(1.5)  # past lease_ttl: renewed again, or found gone and reported
+        assert permit.lost is (await lim.in_use() == 0)
+        await permit.arelease()
+        await lim.aclose()

@@ -658,9 +658,11 @@ class RedisConcurrencyLimiter:
                     lost, granted, dropped = await self._call(
                         CONC_RENEW, keys, (*self._argv(), len(held), *held, *waiting)
                     )
-                except UNAVAILABLE as exc:
+                except Exception as exc:  # logged: the renewer must go on
                     # The other keys' renewals would most likely fail too: try again next
-                    # round rather than spend call_timeout on each of them now.
+                    # round rather than spend call_timeout on each of them now. Whatever the
+                    # error (an error reply too: BUSY, NOPERM), ending here would let every
+                    # lease expire unseen while held, and permit.lost never say so.
                     logger.log(  # Health logs the outage's start once, at WARNING
                         self._health.background_failed(exc),
                         "renewing the leases of concurrency limiter %r failed (%s: %s)",
