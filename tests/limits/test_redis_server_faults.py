@@ -279,6 +279,25 @@ async def busy(own_redis: OwnRedis) -> Any:
                 await spin
 
 
+async def test_a_busy_redis_is_answered_as_unavailable(kind: str, own_redis: OwnRedis) -> None:
+    # Redis refuses every command with BUSY while another client's script runs long: the call
+    # did not run, and Redis cannot answer for now - an outage, not a raw ResponseError that
+    # ignores on_error.
+    kw: dict[str, Any] = {"on_error": "allow"} if kind == "rate" else {}
+    async with redis_asyncio.Redis.from_url(own_redis.url) as client:
+        lim = make_limiter(kind, client, **kw)
+        await use(lim)
+        async with busy(own_redis):
+            if kind == "rate":
+                assert (await use(lim)).degraded
+            else:
+                with pytest.raises(LimiterUnavailable, match="BUSY"):
+                    await use(lim)
+        await asyncio.sleep(1.1)  # past the longest cool-down
+        assert not (await use(lim)).degraded
+        await lim.aclose()
+
+
 async def test_a_lease_is_renewed_again_after_renewals_failed_with_an_error_reply(
     own_redis: OwnRedis,
 ) -> None:

@@ -719,7 +719,7 @@ class RedisConcurrencyLimiter:
             cause = self._listener_error or _rexc.TimeoutError("no SUBSCRIBE reply in time")
             if isinstance(cause, _rexc.AuthenticationError):
                 raise refused(cause) from cause
-            if isinstance(cause, _rexc.ResponseError) and not isinstance(cause, UNAVAILABLE):
+            if isinstance(cause, _rexc.NoPermissionError):
                 # Redis answered and refused (an ACL without the channel: Redis 7 gives a new
                 # user none): a configuration error, never an outage for the fallback to answer.
                 raise type(cause)(

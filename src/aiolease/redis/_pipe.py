@@ -67,6 +67,23 @@ UNAVAILABLE: Final = (
     _rexc.OutOfMemoryError,
 )
 
+
+class ServerBusy(_rexc.BusyLoadingError):
+    """``BUSY``: Redis runs another client's script (or function) past its
+    ``busy-reply-threshold`` and refuses every other command meanwhile. The call did not run;
+    Redis cannot answer until that script ends (or is killed): an outage, as ``LOADING`` is."""
+
+
+def _busy(exc: _rexc.ResponseError) -> BaseException:
+    """An error reply as the limiters take it: ``BUSY`` (redis-py has no class for it) as
+    :class:`ServerBusy`, any other as it is."""
+    if str(exc).startswith("BUSY "):
+        err = ServerBusy(str(exc))
+        err.__cause__ = exc
+        return err
+    return exc
+
+
 #: After Redis was unavailable, calls within this cool-down (doubling per consecutive failure)
 #: are answered without contacting Redis; then ONE call probes it (no retry storm).
 COOLDOWN_MIN: Final = 0.1
@@ -535,7 +552,7 @@ class Caller:
                     try:
                         reply = await conn.read_response(disconnect_on_error=False)
                     except _rexc.ResponseError as exc:  # an error reply: the connection is fine
-                        reply = exc
+                        reply = _busy(exc)
                     if self._link is not conn:
                         break
                     fut, on_abandon, _ = pending.popleft()
@@ -682,6 +699,10 @@ class Caller:
                 )
                 self._drops.add(drop)
                 drop.add_done_callback(self._drops.discard)
+            raise
+        except _rexc.ResponseError as exc:
+            if (busy := _busy(exc)) is not exc:
+                raise busy from exc
             raise
         except TimeoutError as exc:
             raise _rexc.TimeoutError(f"no reply from Redis within {self.timeout}s") from exc
