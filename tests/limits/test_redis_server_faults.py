@@ -313,3 +313,74 @@ async def test_a_lease_is_renewed_again_after_renewals_failed_with_an_error_repl
         assert permit.lost is (await lim.in_use() == 0)
         await permit.arelease()
         await lim.aclose()
+
+
+# -- clients and commands a user may bring along -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"protocol": 3}, {"decode_responses": True}, {"protocol": 3, "decode_responses": True}],
+)
+async def test_resp3_and_decoding_clients_work(
+    own_redis: OwnRedis, options: dict[str, Any]
+) -> None:
+    # A client the user also uses for their own commands, with RESP3 and/or decoded replies.
+    async with redis_asyncio.Redis.from_url(own_redis.url, **options) as client:
+        rate = RedisRateLimiter(client, "resp", 10, burst=1)
+        conc = RedisConcurrencyLimiter(client, "resp", 1)
+        first = await rate.acquire()
+        await first.asettle(0.5)
+        second = await rate.acquire(timeout=1.0)  # reserved, slept, admitted
+        assert not second.degraded
+        await rate.pause(0.01)
+        held = await conc.acquire()
+        waiter = asyncio.ensure_future(conc.acquire(timeout=2.0))
+        await asyncio.sleep(0.1)
+        await client.set("resp:user", "mine")  # the user's own command on the same pool
+        await held.arelease()
+        handed = await waiter  # woken by the hand-off message
+        assert await conc.in_use() == 1
+        await handed.arelease()
+        assert await client.get("resp:user") in (b"mine", "mine")
+        await rate.aclose()
+        await conc.aclose()
+
+
+async def test_paused_writes_are_bounded_by_call_timeout(kind: str, own_redis: OwnRedis) -> None:
+    # CLIENT PAUSE WRITE holds every script for its duration: each call still ends within
+    # call_timeout (acquire(timeout=T) within T), as LimiterUnavailable.
+    async with redis_asyncio.Redis.from_url(own_redis.url) as client:
+        lim = make_limiter(kind, client, call_timeout=0.3)
+        await use(lim)
+        await client.execute_command("CLIENT PAUSE 1500 WRITE")  # type: ignore[no-untyped-call]
+        loop = asyncio.get_running_loop()
+        for timeout in (None, 0.2):
+            t0 = loop.time()
+            with pytest.raises(LimiterUnavailable):
+                await use(lim, timeout=timeout)
+            assert loop.time() - t0 < 0.3 + 0.5  # (slack for a loaded machine)
+        await asyncio.sleep(2.0)  # the pause is over, and the cool-down
+        assert not (await use(lim)).degraded
+        await lim.aclose()
+
+
+async def test_flushdb_under_held_leases_is_reported_and_releases_are_harmless(
+    own_redis: OwnRedis,
+) -> None:
+    async with redis_asyncio.Redis.from_url(own_redis.url) as client:
+        lim = RedisConcurrencyLimiter(client, "flushed", 2, lease_ttl=0.6)
+        permits = [await lim.acquire(), await lim.acquire()]
+        await client.flushdb()  # as a restart without persistence would
+        newcomer = await lim.acquire(timeout=1.0)  # the slots are free again (documented)
+        for _ in range(100):
+            if all(p.lost for p in permits):
+                break
+            await asyncio.sleep(0.02)
+        assert all(p.lost for p in permits)
+        for p in permits:
+            await p.arelease()
+        assert await lim.in_use() == 1  # the newcomer's lease is untouched
+        await newcomer.arelease()
+        assert await lim.in_use() == 0
+        await lim.aclose()
