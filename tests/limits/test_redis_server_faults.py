@@ -129,6 +129,33 @@ async def test_an_acl_refusing_script_load_is_the_error_raised_not_noscript(
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
 
 
+async def test_a_refused_release_does_not_replace_the_blocks_exception(
+    own_redis: OwnRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The ACL changed while the slot was held: the release is refused (NOPERM). Leaving the
+    # `async with` block must still raise the block's own exception (the failure is logged and
+    # the lease expires after lease_ttl), as when Redis cannot be reached.
+    url = await acl_user(own_redis, "~* +@all allchannels")
+    async with (
+        redis_asyncio.Redis.from_url(own_redis.url) as admin,
+        redis_asyncio.Redis.from_url(url) as client,
+    ):
+        lim = RedisConcurrencyLimiter(client, "refused-release", 1, lease_ttl=0.5)
+
+        async def block() -> None:
+            async with lim.acquire(timeout=1.0):
+                revoke = "ACL SETUSER limited -evalsha"
+                await admin.execute_command(revoke)  # type: ignore[no-untyped-call]
+                raise KeyError("the block's own")
+
+        with pytest.raises(KeyError, match="the block's own"):
+            await block()
+        assert [r for r in caplog.records if "releasing" in r.getMessage()]
+        await asyncio.sleep(0.7)  # the lease expired: the slot is free again
+        assert await RedisConcurrencyLimiter(admin, "refused-release", 1).in_use() == 0
+        await lim.aclose()
+
+
 # -- replicas and failover ---------------------------------------------------------------------
 
 

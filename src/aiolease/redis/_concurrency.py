@@ -118,14 +118,15 @@ class RedisConcurrencyPermit:
     async def arelease(self) -> None:
         """Give the slot back and wait for Redis to record it (idempotent, shielded).
 
-        When Redis cannot be reached the failure is logged, not raised (it must not replace an
-        exception leaving an ``async with`` block): the lease then expires after ``lease_ttl``.
+        When Redis cannot be reached, or refuses the call (an ACL changed meanwhile), the failure
+        is logged, not raised (it must not replace an exception leaving an ``async with``
+        block): the lease then expires after ``lease_ttl``.
         """
         task = self._end()
         if task is not None:
             try:
                 await asyncio.shield(task)
-            except UNAVAILABLE as exc:
+            except Exception as exc:  # logged: see above
                 logger.log(  # the task's own line began the outage, if it was not known
                     logging.DEBUG
                     if self._limiter._health.down_since is not None
