@@ -20,7 +20,7 @@ from typing import Any
 
 from . import PUBLIC
 
-__all__ = ["PIPE", "can_write", "write"]
+__all__ = ["PIPE", "can_write", "closed_by_peer", "write"]
 
 #: Whether the private pipe may be used at all (chosen once, at import).
 PIPE = not PUBLIC
@@ -34,3 +34,14 @@ def can_write(conn: Any) -> bool:
 def write(conn: Any, data: bytes) -> None:
     """Write ``data`` to ``conn``'s socket now, without awaiting (call order is wire order)."""
     conn._writer.write(data)
+
+
+def closed_by_peer(conn: Any) -> bool:
+    """Whether the server closed ``conn`` (its stream has reached EOF, nothing left to read).
+
+    An idle pipe connection is not read from: a server ``timeout`` (or a load balancer's idle
+    timeout) closes it unseen, and ``conn.is_connected`` stays True. A command written to it
+    then would fail as if Redis were down, although it never left this process.
+    """
+    reader = getattr(conn, "_reader", None)
+    return reader is not None and reader.at_eof()

@@ -31,6 +31,7 @@ from ._pipe import (
     check_client,
     describe,
     detached,
+    refused,
     text,
     unavailable,
 )
@@ -117,14 +118,15 @@ class RedisConcurrencyPermit:
     async def arelease(self) -> None:
         """Give the slot back and wait for Redis to record it (idempotent, shielded).
 
-        When Redis cannot be reached the failure is logged, not raised (it must not replace an
-        exception leaving an ``async with`` block): the lease then expires after ``lease_ttl``.
+        When Redis cannot be reached, or refuses the call (an ACL changed meanwhile), the failure
+        is logged, not raised (it must not replace an exception leaving an ``async with``
+        block): the lease then expires after ``lease_ttl``.
         """
         task = self._end()
         if task is not None:
             try:
                 await asyncio.shield(task)
-            except UNAVAILABLE as exc:
+            except Exception as exc:  # logged: see above
                 logger.log(  # the task's own line began the outage, if it was not known
                     logging.DEBUG
                     if self._limiter._health.down_since is not None
@@ -657,9 +659,11 @@ class RedisConcurrencyLimiter:
                     lost, granted, dropped = await self._call(
                         CONC_RENEW, keys, (*self._argv(), len(held), *held, *waiting)
                     )
-                except UNAVAILABLE as exc:
+                except Exception as exc:  # logged: the renewer must go on
                     # The other keys' renewals would most likely fail too: try again next
-                    # round rather than spend call_timeout on each of them now.
+                    # round rather than spend call_timeout on each of them now. Whatever the
+                    # error (an error reply too: BUSY, NOPERM), ending here would let every
+                    # lease expire unseen while held, and permit.lost never say so.
                     logger.log(  # Health logs the outage's start once, at WARNING
                         self._health.background_failed(exc),
                         "renewing the leases of concurrency limiter %r failed (%s: %s)",
@@ -714,6 +718,17 @@ class RedisConcurrencyLimiter:
             raise self._closed_error()
         if not ready_ev.is_set():
             cause = self._listener_error or _rexc.TimeoutError("no SUBSCRIBE reply in time")
+            if isinstance(cause, _rexc.AuthenticationError):
+                raise refused(cause) from cause
+            if isinstance(cause, _rexc.NoPermissionError):
+                # Redis answered and refused (an ACL without the channel: Redis 7 gives a new
+                # user none): a configuration error, never an outage for the fallback to answer.
+                raise type(cause)(
+                    f"Redis refused to subscribe the client of concurrency limiter "
+                    f"{self._name!r} to its hand-off channel {self._channel!r} "
+                    f"({describe(cause)}): allow the client's ACL user that channel "
+                    f"(e.g. '&{self._channel}')"
+                ) from cause
             raise unavailable(
                 f"concurrency limiter {self._name!r}",
                 cause,

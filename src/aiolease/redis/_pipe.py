@@ -53,6 +53,8 @@ T = TypeVar("T")
 
 #: Errors meaning "Redis could not answer" (as opposed to "Redis answered no"). A timeout after
 #: the script was sent is *indeterminate* - the script may have run - so it is never re-sent.
+#: ``OOM`` (maxmemory reached with ``noeviction``) counts too: Redis cannot keep the limit's
+#: state until memory frees up (the script did not write: its first write was refused).
 UNAVAILABLE: Final = (
     _rexc.ConnectionError,
     _rexc.TimeoutError,
@@ -62,7 +64,25 @@ UNAVAILABLE: Final = (
     _rexc.ClusterDownError,
     _rexc.TryAgainError,
     _rexc.BusyLoadingError,
+    _rexc.OutOfMemoryError,
 )
+
+
+class ServerBusy(_rexc.BusyLoadingError):
+    """``BUSY``: Redis runs another client's script (or function) past its
+    ``busy-reply-threshold`` and refuses every other command meanwhile. The call did not run;
+    Redis cannot answer until that script ends (or is killed): an outage, as ``LOADING`` is."""
+
+
+def _busy(exc: _rexc.ResponseError) -> BaseException:
+    """An error reply as the limiters take it: ``BUSY`` (redis-py has no class for it) as
+    :class:`ServerBusy`, any other as it is."""
+    if str(exc).startswith("BUSY "):
+        err = ServerBusy(str(exc))
+        err.__cause__ = exc
+        return err
+    return exc
+
 
 #: After Redis was unavailable, calls within this cool-down (doubling per consecutive failure)
 #: are answered without contacting Redis; then ONE call probes it (no retry storm).
@@ -100,7 +120,7 @@ async def _outcome(task: asyncio.Task[T]) -> T:
     return await asyncio.shield(task)
 
 
-def _seen(handle: asyncio.Task[Any]) -> None:
+def _seen(handle: asyncio.Future[Any]) -> None:
     # The background task's own callback logs its error: an unawaited handle is no news.
     if not handle.cancelled():
         handle.exception()
@@ -391,10 +411,11 @@ class Caller:
                 (b"EVALSHA", script.sha_b, b"%d" % len(keys), *map(b, keys), *map(b, args))
             )
         conn = self._link
-        if conn is not None and conn.is_connected:
+        if conn is not None and conn.is_connected and not _compat.closed_by_peer(conn):
             fut = self._send(packed, on_abandon)
         else:
-            if conn is not None:  # closed under us (e.g. the client disconnected its pool)
+            if conn is not None:  # closed under us: the client disconnected its pool, or the
+                # server closed it while idle (its `timeout`); nothing was sent on it since
                 self._break(_rexc.ConnectionError("connection closed"))
             try:
                 async with Bound(self.timeout):
@@ -411,10 +432,17 @@ class Caller:
             _late_abandon(fut, on_abandon)
             raise
         self._loaded += 1
-        self._send(pack((b"SCRIPT", b"LOAD", script.source.encode())))
+        load = self._send(pack((b"SCRIPT", b"LOAD", script.source.encode())))
+        load.add_done_callback(_seen)  # its error is raised below, or nobody waits any more
         fut = self._send(packed, on_abandon)
         try:
             return await fut
+        except _rexc.NoScriptError:
+            # Not loaded: the reason is SCRIPT LOAD's error (an ACL refusing it), if it failed
+            # (its reply came first: replies come in order).
+            if load.done() and not load.cancelled() and (why := load.exception()) is not None:
+                raise why from None
+            raise
         except asyncio.CancelledError:
             _late_abandon(fut, on_abandon)
             raise
@@ -524,10 +552,18 @@ class Caller:
                     try:
                         reply = await conn.read_response(disconnect_on_error=False)
                     except _rexc.ResponseError as exc:  # an error reply: the connection is fine
-                        reply = exc
+                        reply = _busy(exc)
                     if self._link is not conn:
                         break
                     fut, on_abandon, _ = pending.popleft()
+                    if isinstance(reply, _rexc.ReadOnlyError):
+                        # A replica: the primary this connection reached was demoted (failover).
+                        # Connections made from now on may reach the new one (a DNS name or a
+                        # VIP moved to it): drop this one, the next call connects afresh.
+                        if not fut.done():
+                            fut.set_exception(reply)
+                        self._break(reply)
+                        return
                     if fut.done():  # its caller gave up (cancelled / timed out)
                         if on_abandon is not None and not isinstance(reply, BaseException):
                             on_abandon(reply)
@@ -652,6 +688,22 @@ class Caller:
                     return await client.evalsha(script.sha, len(keys), *keys, *args)
         except _rexc.AuthenticationError as exc:
             raise refused(exc) from exc
+        except _rexc.ReadOnlyError:
+            # A demoted primary (failover): redis-py keeps its pooled connections to it. The
+            # idle ones are dropped, so that the next call connects afresh (the address may
+            # lead to the new primary by now), as the pipe does.
+            pool = getattr(client, "connection_pool", None)
+            if pool is not None:
+                drop = asyncio.get_running_loop().create_task(
+                    pool.disconnect(inuse_connections=False)
+                )
+                self._drops.add(drop)
+                drop.add_done_callback(self._drops.discard)
+            raise
+        except _rexc.ResponseError as exc:
+            if (busy := _busy(exc)) is not exc:
+                raise busy from exc
+            raise
         except TimeoutError as exc:
             raise _rexc.TimeoutError(f"no reply from Redis within {self.timeout}s") from exc
 
