@@ -109,6 +109,29 @@ async def test_resize_down_retires_in_use_surplus_on_release() -> None:
     assert_closed_cleanly(pool, fm)
 
 
+async def test_resize_down_does_not_count_closes_in_flight_as_surplus() -> None:
+    # One resource is being closed (slowly): its slot is freed when that close ends, so a
+    # resize to size - 1 has no other surplus, now or when a lease comes back.
+    fm = FakeManager()
+    fm.delay("close", 5.0)
+    pool = Pool(fm, max_size=4)
+    await pool.open()
+    held = [await pool.acquire() for _ in range(4)]
+    discard = asyncio.create_task(pool.release(held[0], discard=True))
+    await asyncio.sleep(0.1)
+    for r in held[1:3]:
+        await pool.release(r)
+    await pool.resize(max_size=3)
+    await pool.release(held[3])
+    await discard
+    await settle(pool)
+    st = pool.statistics()
+    assert (st.size, st.idle, st.closed) == (3, 3, 1), st
+    assert_consistent(pool, fm)
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
 async def test_resize_min_size_up_fills_in_background() -> None:
     fm = FakeManager()
     pool = Pool(fm, max_size=5)

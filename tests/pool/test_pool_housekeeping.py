@@ -419,3 +419,24 @@ def test_min_size_kept_filled_across_lifetimes() -> None:
             assert all(r.closed for r in fm.resources[:-2])
 
     vrun(main)
+
+
+async def test_idle_timeout_does_not_count_closes_in_flight_as_surplus() -> None:
+    # A slow close keeps its slot in `size` until it ends; trimming must not take it for a
+    # live resource above min_size, or the min_size one is closed too and recreated.
+    fm = FakeManager()
+    fm.delay("close", 5.0)
+    pool = Pool(fm, min_size=1, max_size=3, idle_timeout=10.0)
+    await pool.open()
+    held = [await pool.acquire() for _ in range(3)]
+    for r in held:  # idle deadlines at 10, 11 and 12: each while the previous close runs
+        await pool.release(r)
+        await asyncio.sleep(1.0)
+    await asyncio.sleep(30.0)
+    st = pool.statistics()
+    assert (st.size, st.idle) == (1, 1)
+    assert fm.created == 3, "the min_size resource was closed and recreated"
+    assert not held[-1].closed  # the most recently used one is the one kept
+    assert_consistent(pool, fm)
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)

@@ -199,7 +199,8 @@ def _close_outstanding(pool: Pool[Any], drain: Drain, now: float) -> None:
 
 async def close_resource(pool: Pool[Any], entry: Entry[Any]) -> None:
     """Close a resource within the manager's ``close_timeout`` (past it, or cancelled:
-    abandon it) and free its slot. Runs in a pool-owned task.
+    abandon it) and free its slot. Runs in a pool-owned task; its caller counted it in
+    ``pool._closing`` (when it decided to close, so no slot is taken for surplus twice).
 
     A resource discarded as unusable (a fatal error in the body, marked broken by a
     transaction, a failed or interrupted check) is cut first (the manager's ``abort``):
@@ -226,6 +227,7 @@ async def close_resource(pool: Pool[Any], entry: Entry[Any]) -> None:
     finally:
         pool._creations.live.discard(id(resource))
         pool._counters.closed += 1
+        pool._closing -= 1
         pool._size -= 1
         pool._dispatch()
 
@@ -293,6 +295,7 @@ async def reset_then_hand_off(pool: Pool[Any], entry: Entry[Any]) -> None:
             note_discard(pool, entry.resource, "its reset was interrupted: the pool closed")
         else:
             note_discard(pool, entry.resource, f"its reset failed: {error_text(exc)}")
+        pool._closing += 1
         await close_resource(pool, entry)
         if cancelled or not isinstance(exc, Exception | asyncio.CancelledError):
             raise
@@ -352,6 +355,6 @@ def _retired_because(pool: Pool[Any], entry: Entry[Any]) -> str:
         return "expire() retired it (called, or after a failover)"
     if info.expires_at <= pool._clock():
         return f"past max_lifetime={pool._max_lifetime}s"
-    if pool._size > pool._max_size:
+    if pool._size - pool._closing > pool._max_size:
         return f"above max_size={pool._max_size}"
     return f"idle longer than idle_timeout={pool._idle_timeout}s"

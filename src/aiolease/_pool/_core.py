@@ -7,7 +7,9 @@ Invariants every method keeps:
   (creating, resetting, closing a resource) runs in a pool-owned task, so a
   cancelled caller only stops *waiting* for it.
 * ``_size`` counts every slot in use: idle + in use + creations in flight +
-  closes in flight, and ``_size <= max_size`` at every instant.
+  closes in flight (``_closing`` of them), and ``_size <= max_size`` at every
+  instant. What is above a bound (``max_size`` after a resize down, ``min_size``
+  for idle_timeout) is ``_size - _closing``: a close in flight already frees its slot.
 * One acquire path: the non-blocking lease (:meth:`Pool.acquire_nowait`) is
   the fast path of :meth:`Pool.acquire`; an acquire that cannot be served on
   the spot queues a future and is handed an entry by :meth:`Pool._hand_off`
@@ -97,6 +99,7 @@ class Pool(Options[T]):
     __slots__ = (
         "__weakref__",
         "_clock",
+        "_closing",
         "_counters",
         "_created_at",
         "_creations",
@@ -158,6 +161,7 @@ class Pool(Options[T]):
         # hook: aclose() waits for them as for leases, and fires the scope when it stops.
         self._in_hook: dict[Entry[T], asyncio.Timeout] = {}
         self._size = 0
+        self._closing = 0  # closes in flight (counted in _size until each ends)
         self._generation = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._queue: WaitQueue[T] = WaitQueue(self, self._waiters)
@@ -503,7 +507,7 @@ class Pool(Options[T]):
         if (
             self._state is not _OPEN
             or entry.generation != self._generation
-            or self._size > self._max_size
+            or self._size - self._closing > self._max_size
             or (entry.info.expires_at != _INF and entry.info.expires_at <= self._clock())
         ):
             return retire(self, entry)
@@ -555,6 +559,7 @@ class Pool(Options[T]):
     def _close_soon(self, entry: Entry[T]) -> asyncio.Future[Any]:
         """Close ``entry`` in a pool-owned task (once, however often asked)."""
         if entry.closing is None:
+            self._closing += 1
             entry.closing = self._spawn(close_resource(self, entry))
         return entry.closing
 

@@ -76,7 +76,8 @@ class Housekeeper:
         if not pool._is_open():
             return
         closes: list[asyncio.Future[Any]] = []
-        while pool._size - len(closes) > pool._max_size and pool._idle:
+        # (a close in flight, counted in _closing, already frees its slot)
+        while pool._size - pool._closing > pool._max_size and pool._idle:
             closes.append(retire(pool, pool._idle.popleft()))
         pool._dispatch()
         if pool._idle_timeout is not None and pool._idle:
@@ -111,7 +112,8 @@ class Housekeeper:
         nxt = _INF
         keep: deque[Entry[Any]] = deque()
         # Oldest first, so idle_timeout trims the least recently used above min_size.
-        surplus = pool._size - pool._min_size
+        # (a close in flight, counted in _closing, is not a live resource)
+        surplus = pool._size - pool._closing - pool._min_size
         for entry in pool._idle:
             info = entry.info
             if info.expires_at <= now or (
