@@ -440,3 +440,20 @@ async def test_idle_timeout_does_not_count_closes_in_flight_as_surplus() -> None
     assert_consistent(pool, fm)
     await pool.aclose()
     assert_closed_cleanly(pool, fm)
+
+
+def test_a_resource_created_for_a_waiter_is_handed_out_even_with_a_tiny_max_lifetime() -> None:
+    # The lifetime starts when the creation ends; the hand-off reads the clock again a few
+    # microseconds later. A lifetime shorter than that must not throw every new resource
+    # away at its hand-off (a create/close loop at full speed that never serves the waiter).
+    async def main() -> None:
+        fm = FakeManager()
+        async with Pool(fm, max_size=1, max_lifetime=1e-9) as pool:
+            async with pool.acquire(timeout=5.0) as r:
+                assert not r.closed
+            assert fm.created == 1, f"{fm.created} resources made to serve one acquire"
+            await settle(pool)
+            assert closed(r)  # retired at its release: its lifetime is over
+        assert_closed_cleanly(pool, fm)
+
+    asyncio.run(main())

@@ -503,12 +503,15 @@ class Pool(Options[T]):
         """Where a free entry goes (released, created, or passed on by a waiter that
         left): closed if retired, else to the oldest waiter (also when the creation was
         made for a later one: that one then takes over the oldest's creation, see
-        :meth:`WaitQueue.next`), else idle."""
+        :meth:`WaitQueue.next`), else idle. A new entry (never leased) is not retired for
+        its lifetime here: one shorter than the moments since its creation ended would
+        throw every new resource away, and never serve the waiters it was made for."""
+        info = entry.info
         if (
             self._state is not _OPEN
             or entry.generation != self._generation
             or self._size - self._closing > self._max_size
-            or (entry.info.expires_at != _INF and entry.info.expires_at <= self._clock())
+            or (info.uses and info.expires_at != _INF and info.expires_at <= self._clock())
         ):
             return retire(self, entry)
         fut = self._queue.next() if self._waiters else None
@@ -520,7 +523,7 @@ class Pool(Options[T]):
         entry.check_due = hooks.check is not None
         self._idle.append(entry)
         if hooks.on_idle is not None:
-            hooks.on_idle(entry.resource, entry.info)
+            hooks.on_idle(entry.resource, info)
         if self._max_lifetime is not None or self._idle_timeout is not None:
             self._housekeeper.schedule(idle_deadline(entry, self._idle_timeout))
         return None
