@@ -457,3 +457,37 @@ def test_a_resource_created_for_a_waiter_is_handed_out_even_with_a_tiny_max_life
         assert_closed_cleanly(pool, fm)
 
     asyncio.run(main())
+
+
+class _NoRepr:
+    """A resource whose repr raises (as some do once closed or half-built)."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("repr failed")
+
+
+async def test_housekeeping_survives_a_resource_whose_repr_raises(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="aiolease.pool")
+
+    async def make() -> _NoRepr:
+        return _NoRepr()
+
+    pool = Pool.from_callables(make, max_size=3, leak_timeout=5.0, idle_timeout=10.0)
+    await pool.open()
+    a, b, c = [await pool.acquire() for _ in range(3)]
+    await pool.release(c)
+    await asyncio.sleep(60.0)
+    st = pool.statistics()
+    assert st.leaks == 2, st  # both leases reported, not only the first
+    assert (st.idle, st.size) == (0, 2), st  # and the idle one trimmed
+    assert "_NoRepr" in caplog.text
+    assert _pool_timers(pool) == []
+    closing = asyncio.create_task(pool.aclose())
+    await asyncio.sleep(3.0)  # aclose() reports the leases it waits for, and goes on waiting
+    assert not closing.done()
+    await pool.release(a)
+    await pool.release(b)
+    await closing
+    assert pool.statistics().size == 0

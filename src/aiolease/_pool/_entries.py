@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar
 
 from ..abc import Manager, ResourceInfo
 
-__all__ = ["CallableManager", "Entry", "Hooks", "caller_stack"]
+__all__ = ["CallableManager", "Entry", "Hooks", "caller_stack", "safe_repr"]
 
 T = TypeVar("T")
 
@@ -70,9 +70,18 @@ class Entry(Generic[T]):
         holder = "?" if self.holder is None else repr(self.holder.get_name())
         where = "".join(self.lease_stack.format()) if self.lease_stack else "  (unknown)\n"
         return (
-            f"{self.handle!r} held by task {holder} for {now - self.lease_start:.1f}s; "
+            f"{safe_repr(self.handle)} held by task {holder} for {now - self.lease_start:.1f}s; "
             f"acquired at:\n{where}"
         )
+
+
+def safe_repr(obj: object) -> str:
+    """``repr(obj)``, or a stand-in when it raises: the pool's own reports (leaks, aclose's
+    wait) run in its timer and close task, which a user's ``__repr__`` must not stop."""
+    try:
+        return repr(obj)
+    except Exception as exc:
+        return f"<{type(obj).__qualname__} object at {id(obj):#x} (repr raised {exc!r})>"
 
 
 class CallableManager(Manager[T]):

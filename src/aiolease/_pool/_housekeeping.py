@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .._logs import get_logger
 from ._args import check_bounds
 from ._closing import retire
-from ._entries import caller_stack
+from ._entries import caller_stack, safe_repr
 from ._where import warn_at_user
 
 if TYPE_CHECKING:
@@ -194,6 +194,6 @@ def leak_report(pool: Pool[Any], closed: bool) -> list[str]:
     for entry in (*pool._in_use.values(), *closed_out):
         where = "".join(entry.lease_stack.format()) if entry.lease_stack else "  (unknown)\n"
         problems.append(
-            f"{entry.handle!r} is still checked out from {pool!r}; acquired at:\n{where}"
+            f"{safe_repr(entry.handle)} is still checked out from {pool!r}; acquired at:\n{where}"
         )
     return problems
