@@ -317,6 +317,35 @@ async def test_release_discard_true_closes_before_returning() -> None:
     assert_closed_cleanly(pool, fm)
 
 
+class _SlowCloseManager(FakeManager):
+    close_timeout = 1.0
+
+
+@pytest.mark.parametrize("how", ["discard", "failed reset", "failed check", "retired"])
+async def test_a_discarded_resource_whose_close_is_abandoned_is_counted_once(how: str) -> None:
+    # statistics().discarded counts resources: one discarded (or retired) and then abandoned
+    # at close_timeout is one, not two.
+    fm = _SlowCloseManager()
+    fm.delay("close", 100.0)
+    pool = Pool(fm, max_size=1)
+    await pool.open()
+    r = await pool.acquire()
+    if how == "failed reset":
+        fm.fail("reset")
+    await pool.release(r, discard=how == "discard")
+    if how == "failed check":
+        fm.fail("check")
+        with pytest.raises(aiolease.PoolTimeout):  # its replacement waits for the close
+            await pool.acquire(timeout=0.5)
+    if how == "retired":
+        await pool.expire()
+    await settle(pool)
+    st = pool.statistics()
+    assert (st.created, st.closed, st.discarded) == (1, 1, 1), st
+    await pool.aclose()
+    assert pool.statistics().discarded == 1
+
+
 async def test_fatal_body_error_discards_resource() -> None:
     fm = FakeManager(fatal=(ConnectionError,))
     pool = Pool(fm, max_size=1)

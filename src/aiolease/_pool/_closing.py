@@ -215,14 +215,14 @@ async def close_resource(pool: Pool[Any], entry: Entry[Any]) -> None:
             await pool._manager.close(resource)
     except Exception as exc:
         if scope.expired():
-            _abandon(pool, resource, "its close took longer than close_timeout")
+            _abandon(pool, entry, "its close took longer than close_timeout")
         else:
             logger.warning("%r: closing %r failed: %r", pool, resource, exc)
     except BaseException as exc:
         if _leaked_cancel(exc):  # a failed close; whoever awaits this task goes on
             logger.warning("%r: closing %r failed: %r", pool, resource, exc)
         else:
-            _abandon(pool, resource, "its close was cancelled")
+            _abandon(pool, entry, "its close was cancelled")
             raise
     finally:
         pool._creations.live.discard(id(resource))
@@ -241,16 +241,16 @@ def _leaked_cancel(exc: BaseException) -> bool:
     return isinstance(exc, asyncio.CancelledError) and task is not None and not task.cancelling()
 
 
-def _abandon(pool: Pool[Any], resource: object, why: str) -> None:
-    pool._counters.discarded += 1
+def _abandon(pool: Pool[Any], entry: Entry[Any], why: str) -> None:
+    note_discard(pool, entry, None)  # (counted once, if it was not already)
     logger.warning(
         "%r: abandoned %r: %s (%ss); its transport is aborted where the driver allows",
         pool,
-        resource,
+        entry.resource,
         why,
         pool._close_timeout,
     )
-    _cut(pool, resource)
+    _cut(pool, entry.resource)
 
 
 def _cut(pool: Pool[Any], resource: object) -> None:
@@ -290,11 +290,11 @@ async def reset_then_hand_off(pool: Pool[Any], entry: Entry[Any]) -> None:
         # CancelledError is a failed reset (see _leaked_cancel).
         cancelled = isinstance(exc, asyncio.CancelledError) and not _leaked_cancel(exc)
         if cancelled:
-            note_discard(pool, entry.resource, "its reset was cancelled", logging.DEBUG)
+            note_discard(pool, entry, "its reset was cancelled", logging.DEBUG)
         elif scope.expired():
-            note_discard(pool, entry.resource, "its reset was interrupted: the pool closed")
+            note_discard(pool, entry, "its reset was interrupted: the pool closed")
         else:
-            note_discard(pool, entry.resource, f"its reset failed: {error_text(exc)}")
+            note_discard(pool, entry, f"its reset failed: {error_text(exc)}")
         pool._closing += 1
         await close_resource(pool, entry)
         if cancelled or not isinstance(exc, Exception | asyncio.CancelledError):
@@ -326,17 +326,23 @@ def close_broken(pool: Pool[Any], entry: Entry[Any]) -> None:
     be dead."""
     note_discard(
         pool,
-        entry.resource,
+        entry,
         "a transaction marked it broken (unknown COMMIT outcome, or an abandoned cleanup)",
     )
     pool._close_soon(entry)
 
 
-def note_discard(pool: Pool[Any], resource: object, why: str, level: int = logging.INFO) -> None:
+def note_discard(
+    pool: Pool[Any], entry: Entry[Any], why: str | None, level: int = logging.INFO
+) -> None:
     """Count a resource the pool closes because it failed or was given back with
-    ``discard=True`` (``statistics().discarded``), and log one line saying why."""
-    pool._counters.discarded += 1
-    logger.log(level, "%r: discarding %r: %s", pool, resource, why)
+    ``discard=True`` (``statistics().discarded``, once per resource), and log one line
+    saying why (``why`` None: no line)."""
+    if not entry.discarded:
+        entry.discarded = True
+        pool._counters.discarded += 1
+    if why is not None:
+        logger.log(level, "%r: discarding %r: %s", pool, entry.resource, why)
 
 
 def retire(pool: Pool[Any], entry: Entry[Any]) -> asyncio.Future[Any]:

@@ -37,7 +37,15 @@ from .._transaction import PoolAtomic
 from ..abc import Manager
 from ._acquire import Acquire, needs_check, run_check, self_wait_error, waiting_on_itself
 from ._args import Options
-from ._closing import Drain, close_broken, close_resource, detach, reset_then_hand_off, retire
+from ._closing import (
+    Drain,
+    close_broken,
+    close_resource,
+    detach,
+    note_discard,
+    reset_then_hand_off,
+    retire,
+)
 from ._creations import Creations
 from ._entries import CallableManager, Entry, Hooks
 from ._housekeeping import Housekeeper, idle_deadline, leak_report, warn_unclosed
@@ -489,7 +497,7 @@ class Pool(Options[T]):
             close_broken(self, entry)  # not awaited (see close_broken)
             return None
         if discard:
-            self._counters.discarded += 1
+            note_discard(self, entry, None)  # (the holder's choice: no log line)
             return self._close_soon(entry)
         if hooks.reset is not None and (
             hooks.reset_needed is None or hooks.reset_needed(resource, info)

@@ -33,6 +33,7 @@ class Entry(Generic[T]):
         "broken",
         "check_due",
         "closing",
+        "discarded",
         "generation",
         "handle",
         "holder",
@@ -59,6 +60,8 @@ class Entry(Generic[T]):
         self.closing: asyncio.Future[Any] | None = None  # the close task, once started
         # Discarded as unusable (a fatal error, a failed check): cut before its close.
         self.broken = False
+        # Counted in statistics().discarded (at most once, see note_discard).
+        self.discarded = False
         self.holder: asyncio.Task[Any] | None = None  # the task that leased it
         self.scoped = False  # leased by `async with` (its holder's own exit releases it)
         self.lease_start = 0.0

@@ -37,7 +37,8 @@ class PoolStatistics:
         create_errors: creation attempts that raised.
         discarded: resources closed because check/reset failed, ``discard=True``,
             a fatal error in the body or a broken mark, and resources abandoned
-            because their close outlasted the manager's ``close_timeout``.
+            because their close outlasted the manager's ``close_timeout`` (each
+            resource counted once: one discarded, then abandoned, is one).
     """
 
     size: int
