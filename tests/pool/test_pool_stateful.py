@@ -381,6 +381,8 @@ class PoolMachine(RuleBasedStateMachine):
         assert stats.size == stats.created - stats.closed + in_flight, (stats, in_flight)
         assert 0 <= self.p._closing <= stats.size, (stats, self.p._closing)
         assert stats.leaks <= stats.acquired, stats
+        # Each resource discarded once, and closed (or being closed) since.
+        assert stats.discarded <= stats.closed + self.p._closing, (stats, self.p._closing)
         assert 0.0 <= stats.wait_time_max <= stats.wait_time_total, stats
         last = self.last
         self.last = stats
