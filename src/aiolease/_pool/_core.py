@@ -6,8 +6,8 @@ Invariants every method keeps:
   outside them. Work that must finish even when its caller is cancelled
   (creating, resetting, closing a resource) runs in a pool-owned task, so a
   cancelled caller only stops *waiting* for it.
-* ``_size`` counts every slot in use: idle + in use + creations in flight +
-  closes in flight (``_closing`` of them), and ``_size <= max_size`` at every
+* ``_size`` counts every slot in use: idle + in use + creations, checks and
+  resets in flight + closes in flight (``_closing`` of them), and ``_size <= max_size`` at every
   instant. What is above a bound (``max_size`` after a resize down, ``min_size``
   for idle_timeout) is ``_size - _closing``: a close in flight already frees its slot.
 * One acquire path: the non-blocking lease (:meth:`Pool.acquire_nowait`) is

@@ -17,7 +17,8 @@ class PoolStatistics:
     """A snapshot of a pool's state and counters (see :meth:`Pool.statistics`).
 
     Attributes:
-        size: slots in use: idle + in use + creations and closes in flight.
+        size: slots in use: idle + in use + creations, checks, resets and closes
+            in flight.
         idle: resources ready to hand out.
         in_use: resources checked out (not counting those that ``aclose(timeout)``
             closed in their holders' hands).
