@@ -44,7 +44,7 @@ class _Creation:
 class Creations(Generic[T]):
     """The pool's creations in flight and its creation backoff."""
 
-    __slots__ = ("_pool", "_timer", "backoff", "bound", "live", "orphans", "tasks")
+    __slots__ = ("_pool", "_timer", "backoff", "bound", "live", "orphans", "prefilling", "tasks")
 
     def __init__(self, pool: Pool[T], backoff: Backoff) -> None:
         self._pool = pool
@@ -55,6 +55,8 @@ class Creations(Generic[T]):
         self.bound: dict[Waiter, _Creation] = {}
         self.orphans: list[_Creation] = []
         self.tasks: set[asyncio.Task[Any]] = set()  # creations that may still be cancelled
+        # An opening pool's prefill futures (queued, but no task waits on each): see queued().
+        self.prefilling: list[Waiter] = []
         self._timer: asyncio.TimerHandle | None = None
 
     def unbind(self, fut: Waiter) -> None:
@@ -124,6 +126,7 @@ class Creations(Generic[T]):
         assert pool._loop is not None
         futures: list[Waiter] = [pool._loop.create_future() for _ in range(count)]
         pool._queue.extend(futures)
+        self.prefilling = futures
         pool._dispatch()
         try:
             results = await asyncio.gather(*futures, return_exceptions=True)
@@ -131,10 +134,20 @@ class Creations(Generic[T]):
             for fut in futures:
                 pool._queue.abandon(fut)
             raise
+        finally:
+            self.prefilling = []
         for result in results:
             if isinstance(result, Entry):
                 pool._hand_off(result)
         return next((r for r in results if isinstance(r, BaseException)), None)
+
+    def queued(self) -> int:
+        """Tasks queued for a resource (``statistics().waiting``): the queue, less the
+        prefill futures still in it (a future is queued until it is done)."""
+        waiting = len(self._pool._waiters)
+        if self.prefilling:
+            waiting -= sum(not fut.done() for fut in self.prefilling)
+        return waiting
 
     def close(self) -> None:
         """The pool closes: cancel the creations still running, stop the backoff timer."""
