@@ -491,3 +491,21 @@ async def test_housekeeping_survives_a_resource_whose_repr_raises(
     await pool.release(b)
     await closing
     assert pool.statistics().size == 0
+
+
+async def test_min_size_is_refilled_while_retired_resources_close_slowly() -> None:
+    # A close in flight is not a live resource: min_size is refilled at once where
+    # max_size leaves room, not only once the slow closes have ended.
+    fm = FakeManager()
+    fm.delay("close", 5.0)
+    pool = Pool(fm, min_size=2, max_size=4, max_lifetime=10.0)
+    await pool.open()
+    await asyncio.sleep(10.5)  # both retired (lifetime 9.5..10 s), their closes run until ~15
+    st = pool.statistics()
+    assert (st.size, st.idle, st.closed) == (4, 2, 0), st  # two closing, two new ones idle
+    await asyncio.sleep(5.0)  # the old ones closed, the new ones not yet past their lifetime
+    st = pool.statistics()
+    assert (st.size, st.idle, st.closed) == (2, 2, 2), st
+    assert_consistent(pool, fm)
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)

@@ -95,9 +95,10 @@ class Creations(Generic[T]):
         waiters = pool._waiters
         if waiters and (self.orphans or pool._size < pool._max_size):
             self.cover(waiters, now)
-        while pool._size < pool._min_size and self.can_start(now):
+        # (a close in flight frees its slot: min_size counts the live resources)
+        while pool._size - pool._closing < pool._min_size and self.can_start(now):
             self.start(None)
-        if self.backoff.failures and (waiters or pool._size < pool._min_size):
+        if self.backoff.failures and (waiters or pool._size - pool._closing < pool._min_size):
             self.schedule_backoff(now)
 
     def can_start(self, now: float) -> bool:

@@ -94,6 +94,7 @@ class Housekeeper:
             return
         closes = [retire(pool, entry) for entry in pool._idle]
         pool._idle.clear()
+        pool._dispatch()  # min_size refilled now, not once the closes end
         await _all_closed(closes)
 
     def run(self) -> None:
@@ -103,7 +104,10 @@ class Housekeeper:
         if not pool._is_open():
             return
         now = pool._clock()
+        closing = pool._closing
         nxt = min(self._retire_idle(now), self._report_leaks(now))
+        if pool._closing != closing:  # min_size refilled now, not once the closes end
+            pool._dispatch()
         self.schedule(nxt)
 
     def _retire_idle(self, now: float) -> float:
