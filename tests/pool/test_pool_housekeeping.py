@@ -24,6 +24,7 @@ from pool_shapes import NO_DEADLINES
 from aiolease import (
     Pool,
 )
+from aiolease._pool._housekeeping import Housekeeper
 from aiolease.testing import FakeManager, FakeResource, VirtualTimeLoop
 
 pytestmark = [pytest.mark.aiolease_virtual_time, NO_HANG]
@@ -509,3 +510,36 @@ async def test_min_size_is_refilled_while_retired_resources_close_slowly() -> No
     assert_consistent(pool, fm)
     await pool.aclose()
     assert_closed_cleanly(pool, fm)
+
+
+def test_housekeeping_timer_firing_early_does_not_spin() -> None:
+    # uvloop's timers have millisecond ticks: a timer may fire while the loop's clock still
+    # reads a little before its deadline. The deadline the timer was armed for has come all
+    # the same: re-arming for it would spin (at most 1 ms on uvloop, here until the loop
+    # stops firing early, which it does after 100 early fires to keep this test bounded).
+    runs: list[float] = []
+
+    class EarlyTimerLoop(VirtualTimeLoop):
+        early_left = 100
+
+        def call_at(  # type: ignore[override]
+            self, when: float, callback: Any, *args: Any, context: Any = None
+        ) -> Any:
+            if getattr(callback, "__func__", None) is Housekeeper.run:
+                runs.append(when)
+                if self.early_left > 0:
+                    self.early_left -= 1
+                    when -= 0.0005
+            return super().call_at(when, callback, *args, context=context)
+
+    async def main() -> None:
+        fm = FakeManager()
+        async with Pool(fm, max_size=2, idle_timeout=10.0) as pool:
+            r = await pool.acquire()
+            await pool.release(r)
+            await asyncio.sleep(20.0)
+            assert pool.statistics().size == 0  # trimmed at its idle deadline
+
+    with asyncio.Runner(loop_factory=EarlyTimerLoop) as runner:
+        runner.run(main())
+    assert runs.count(10.0) == 1, f"armed {runs.count(10.0)} times for the idle deadline"

@@ -345,21 +345,23 @@ def note_discard(
         logger.log(level, "%r: discarding %r: %s", pool, entry.resource, why)
 
 
-def retire(pool: Pool[Any], entry: Entry[Any]) -> asyncio.Future[Any]:
+def retire(pool: Pool[Any], entry: Entry[Any], now: float | None = None) -> asyncio.Future[Any]:
     """Close a resource the pool no longer wants though nothing failed (its lifetime or
-    idle timeout is over, ``resize()``, ``expire()``, the pool closes); DEBUG says why."""
+    idle timeout is over, ``resize()``, ``expire()``, the pool closes); DEBUG says why.
+    ``now``: the time the caller judged it by (None: the clock's)."""
     if logger.isEnabledFor(logging.DEBUG):
-        logger.debug("%r: closing %r: %s", pool, entry.resource, _retired_because(pool, entry))
+        why = _retired_because(pool, entry, pool._clock() if now is None else now)
+        logger.debug("%r: closing %r: %s", pool, entry.resource, why)
     return pool._close_soon(entry)
 
 
-def _retired_because(pool: Pool[Any], entry: Entry[Any]) -> str:
+def _retired_because(pool: Pool[Any], entry: Entry[Any], now: float) -> str:
     info = entry.info
     if not pool._is_open():
         return "the pool closes"
     if entry.generation != pool._generation:
         return "expire() retired it (called, or after a failover)"
-    if info.expires_at <= pool._clock():
+    if info.expires_at <= now:
         return f"past max_lifetime={pool._max_lifetime}s"
     if pool._size - pool._closing > pool._max_size:
         return f"above max_size={pool._max_size}"

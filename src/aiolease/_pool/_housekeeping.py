@@ -48,7 +48,7 @@ class Housekeeper:
             if timer.when() <= when:
                 return
             timer.cancel()
-        self._timer = pool._loop.call_at(when, self.run)
+        self._timer = pool._loop.call_at(when, self.run, when)
 
     def watch(self, entry: Entry[Any], frame: FrameType | None) -> None:
         """A lease begins (leak_timeout set, or leak_check active): keep where it was
@@ -97,13 +97,17 @@ class Housekeeper:
         pool._dispatch()  # min_size refilled now, not once the closes end
         await _all_closed(closes)
 
-    def run(self) -> None:
-        """Retire idle entries past their deadline, report leaks, re-arm for the next."""
+    def run(self, when: float) -> None:
+        """Retire idle entries past their deadline, report leaks, re-arm for the next.
+
+        ``when``: the deadline the timer was armed for. It has come even if the clock
+        reads a little less (uvloop's timers tick in milliseconds): taking the clock
+        alone would re-arm for that same deadline, again and again until it passes."""
         self._timer = None
         pool = self._pool
         if not pool._is_open():
             return
-        now = pool._clock()
+        now = max(pool._clock(), when)
         closing = pool._closing
         nxt = min(self._retire_idle(now), self._report_leaks(now))
         if pool._closing != closing:  # min_size refilled now, not once the closes end
@@ -123,7 +127,7 @@ class Housekeeper:
             if info.expires_at <= now or (
                 idle_timeout is not None and info.last_used_at + idle_timeout <= now and surplus > 0
             ):
-                retire(pool, entry)
+                retire(pool, entry, now)
                 surplus -= 1
                 continue
             keep.append(entry)
