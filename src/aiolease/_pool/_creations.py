@@ -258,8 +258,14 @@ class Creations(Generic[T]):
         pool = self._pool
         if backoff.until <= now or pool._loop is None:
             return  # over: whatever frees capacity (a close, a release) dispatches
-        self._timer = pool._loop.call_at(backoff.until, self._on_backoff_end)
+        self._timer = pool._loop.call_at(backoff.until, self._on_backoff_end, backoff.until)
 
-    def _on_backoff_end(self) -> None:
+    def _on_backoff_end(self, when: float) -> None:
+        """The backoff ending at ``when`` is over, even if the clock reads a little less
+        (uvloop's timers tick in milliseconds): the dispatch would otherwise find it not
+        over and re-arm for that same end, again and again until the clock passed it."""
         self._timer = None
+        backoff = self.backoff
+        if backoff.until <= when:  # (not a later backoff, after a failure since)
+            backoff.until = min(backoff.until, self._pool._clock())
         self._pool._dispatch()
