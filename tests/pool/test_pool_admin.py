@@ -109,6 +109,29 @@ async def test_resize_down_retires_in_use_surplus_on_release() -> None:
     assert_closed_cleanly(pool, fm)
 
 
+async def test_resize_down_does_not_count_closes_in_flight_as_surplus() -> None:
+    # One resource is being closed (slowly): its slot is freed when that close ends, so a
+    # resize to size - 1 has no other surplus, now or when a lease comes back.
+    fm = FakeManager()
+    fm.delay("close", 5.0)
+    pool = Pool(fm, max_size=4)
+    await pool.open()
+    held = [await pool.acquire() for _ in range(4)]
+    discard = asyncio.create_task(pool.release(held[0], discard=True))
+    await asyncio.sleep(0.1)
+    for r in held[1:3]:
+        await pool.release(r)
+    await pool.resize(max_size=3)
+    await pool.release(held[3])
+    await discard
+    await settle(pool)
+    st = pool.statistics()
+    assert (st.size, st.idle, st.closed) == (3, 3, 1), st
+    assert_consistent(pool, fm)
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
 async def test_resize_min_size_up_fills_in_background() -> None:
     fm = FakeManager()
     pool = Pool(fm, max_size=5)
@@ -292,6 +315,35 @@ async def test_release_discard_true_closes_before_returning() -> None:
     assert pool.statistics().size == 0
     await pool.aclose()
     assert_closed_cleanly(pool, fm)
+
+
+class _SlowCloseManager(FakeManager):
+    close_timeout = 1.0
+
+
+@pytest.mark.parametrize("how", ["discard", "failed reset", "failed check", "retired"])
+async def test_a_discarded_resource_whose_close_is_abandoned_is_counted_once(how: str) -> None:
+    # statistics().discarded counts resources: one discarded (or retired) and then abandoned
+    # at close_timeout is one, not two.
+    fm = _SlowCloseManager()
+    fm.delay("close", 100.0)
+    pool = Pool(fm, max_size=1)
+    await pool.open()
+    r = await pool.acquire()
+    if how == "failed reset":
+        fm.fail("reset")
+    await pool.release(r, discard=how == "discard")
+    if how == "failed check":
+        fm.fail("check")
+        with pytest.raises(aiolease.PoolTimeout):  # its replacement waits for the close
+            await pool.acquire(timeout=0.5)
+    if how == "retired":
+        await pool.expire()
+    await settle(pool)
+    st = pool.statistics()
+    assert (st.created, st.closed, st.discarded) == (1, 1, 1), st
+    await pool.aclose()
+    assert pool.statistics().discarded == 1
 
 
 async def test_fatal_body_error_discards_resource() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from typing import Any
 
 import pytest
 from pool_helpers import (
@@ -21,7 +22,7 @@ from aiolease import (
     PoolTimeout,
 )
 from aiolease._pool._creations import Creations
-from aiolease.testing import FakeManager, FakeResource
+from aiolease.testing import FakeManager, FakeResource, VirtualTimeLoop
 
 pytestmark = [pytest.mark.aiolease_virtual_time, NO_HANG]
 
@@ -246,11 +247,11 @@ async def test_no_busy_loop_when_backoff_ends_while_pool_is_full(
     wakeups = 0
     on_backoff_end = Creations._on_backoff_end
 
-    def counting(self: Creations[FakeResource]) -> None:
+    def counting(self: Creations[FakeResource], when: float) -> None:
         nonlocal wakeups
         wakeups += 1
         if wakeups < 100:
-            on_backoff_end(self)
+            on_backoff_end(self, when)
         else:
             self._timer = None
 
@@ -420,3 +421,38 @@ def test_down_backend_is_not_hammered_by_min_size_refill() -> None:
             assert pool.statistics().idle == 2
 
     vrun(main)
+
+
+def test_backoff_timer_firing_early_does_not_spin() -> None:
+    # uvloop's timers tick in milliseconds: the backoff's timer may fire while the clock
+    # still reads a little before the backoff's end. That end has come all the same:
+    # finding the backoff not over and re-arming for it would spin (here until the loop
+    # stops firing early, after 100 early fires, to keep this test bounded).
+    arms: list[float] = []
+
+    class EarlyTimerLoop(VirtualTimeLoop):
+        early_left = 100
+
+        def call_at(  # type: ignore[override]
+            self, when: float, callback: Any, *args: Any, context: Any = None
+        ) -> Any:
+            if getattr(callback, "__func__", None) is Creations._on_backoff_end:
+                arms.append(when)
+                if self.early_left > 0:
+                    self.early_left -= 1
+                    when -= 0.0005
+            return super().call_at(when, callback, *args, context=context)
+
+    async def main() -> None:
+        fm = FakeManager()
+        fm.fail("create", ConnectionError, calls=1)
+        pool = Pool(fm, min_size=1, max_size=1, backoff_base=4.0)
+        await pool.open(wait=False)  # its first creation fails: a backoff of 2..4 s
+        await asyncio.sleep(10.0)
+        assert pool.statistics().idle == 1  # refilled when the backoff ended
+        assert fm.calls["create"] == 2
+        await pool.aclose()
+
+    with asyncio.Runner(loop_factory=EarlyTimerLoop) as runner:
+        runner.run(main())
+    assert len(arms) == 1, f"the backoff timer was armed {len(arms)} times"

@@ -24,6 +24,7 @@ from pool_shapes import NO_DEADLINES
 from aiolease import (
     Pool,
 )
+from aiolease._pool._housekeeping import Housekeeper
 from aiolease.testing import FakeManager, FakeResource, VirtualTimeLoop
 
 pytestmark = [pytest.mark.aiolease_virtual_time, NO_HANG]
@@ -419,3 +420,126 @@ def test_min_size_kept_filled_across_lifetimes() -> None:
             assert all(r.closed for r in fm.resources[:-2])
 
     vrun(main)
+
+
+async def test_idle_timeout_does_not_count_closes_in_flight_as_surplus() -> None:
+    # A slow close keeps its slot in `size` until it ends; trimming must not take it for a
+    # live resource above min_size, or the min_size one is closed too and recreated.
+    fm = FakeManager()
+    fm.delay("close", 5.0)
+    pool = Pool(fm, min_size=1, max_size=3, idle_timeout=10.0)
+    await pool.open()
+    held = [await pool.acquire() for _ in range(3)]
+    for r in held:  # idle deadlines at 10, 11 and 12: each while the previous close runs
+        await pool.release(r)
+        await asyncio.sleep(1.0)
+    await asyncio.sleep(30.0)
+    st = pool.statistics()
+    assert (st.size, st.idle) == (1, 1)
+    assert fm.created == 3, "the min_size resource was closed and recreated"
+    assert not held[-1].closed  # the most recently used one is the one kept
+    assert_consistent(pool, fm)
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+def test_a_resource_created_for_a_waiter_is_handed_out_even_with_a_tiny_max_lifetime() -> None:
+    # The lifetime starts when the creation ends; the hand-off reads the clock again a few
+    # microseconds later. A lifetime shorter than that must not throw every new resource
+    # away at its hand-off (a create/close loop at full speed that never serves the waiter).
+    async def main() -> None:
+        fm = FakeManager()
+        async with Pool(fm, max_size=1, max_lifetime=1e-9) as pool:
+            async with pool.acquire(timeout=5.0) as r:
+                assert not r.closed
+            assert fm.created == 1, f"{fm.created} resources made to serve one acquire"
+            await settle(pool)
+            assert closed(r)  # retired at its release: its lifetime is over
+        assert_closed_cleanly(pool, fm)
+
+    asyncio.run(main())
+
+
+class _NoRepr:
+    """A resource whose repr raises (as some do once closed or half-built)."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("repr failed")
+
+
+async def test_housekeeping_survives_a_resource_whose_repr_raises(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="aiolease.pool")
+
+    async def make() -> _NoRepr:
+        return _NoRepr()
+
+    pool = Pool.from_callables(make, max_size=3, leak_timeout=5.0, idle_timeout=10.0)
+    await pool.open()
+    a, b, c = [await pool.acquire() for _ in range(3)]
+    await pool.release(c)
+    await asyncio.sleep(60.0)
+    st = pool.statistics()
+    assert st.leaks == 2, st  # both leases reported, not only the first
+    assert (st.idle, st.size) == (0, 2), st  # and the idle one trimmed
+    assert "_NoRepr" in caplog.text
+    assert _pool_timers(pool) == []
+    closing = asyncio.create_task(pool.aclose())
+    await asyncio.sleep(3.0)  # aclose() reports the leases it waits for, and goes on waiting
+    assert not closing.done()
+    await pool.release(a)
+    await pool.release(b)
+    await closing
+    assert pool.statistics().size == 0
+
+
+async def test_min_size_is_refilled_while_retired_resources_close_slowly() -> None:
+    # A close in flight is not a live resource: min_size is refilled at once where
+    # max_size leaves room, not only once the slow closes have ended.
+    fm = FakeManager()
+    fm.delay("close", 5.0)
+    pool = Pool(fm, min_size=2, max_size=4, max_lifetime=10.0)
+    await pool.open()
+    await asyncio.sleep(10.5)  # both retired (lifetime 9.5..10 s), their closes run until ~15
+    st = pool.statistics()
+    assert (st.size, st.idle, st.closed) == (4, 2, 0), st  # two closing, two new ones idle
+    await asyncio.sleep(5.0)  # the old ones closed, the new ones not yet past their lifetime
+    st = pool.statistics()
+    assert (st.size, st.idle, st.closed) == (2, 2, 2), st
+    assert_consistent(pool, fm)
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+def test_housekeeping_timer_firing_early_does_not_spin() -> None:
+    # uvloop's timers have millisecond ticks: a timer may fire while the loop's clock still
+    # reads a little before its deadline. The deadline the timer was armed for has come all
+    # the same: re-arming for it would spin (at most 1 ms on uvloop, here until the loop
+    # stops firing early, which it does after 100 early fires to keep this test bounded).
+    runs: list[float] = []
+
+    class EarlyTimerLoop(VirtualTimeLoop):
+        early_left = 100
+
+        def call_at(  # type: ignore[override]
+            self, when: float, callback: Any, *args: Any, context: Any = None
+        ) -> Any:
+            if getattr(callback, "__func__", None) is Housekeeper.run:
+                runs.append(when)
+                if self.early_left > 0:
+                    self.early_left -= 1
+                    when -= 0.0005
+            return super().call_at(when, callback, *args, context=context)
+
+    async def main() -> None:
+        fm = FakeManager()
+        async with Pool(fm, max_size=2, idle_timeout=10.0) as pool:
+            r = await pool.acquire()
+            await pool.release(r)
+            await asyncio.sleep(20.0)
+            assert pool.statistics().size == 0  # trimmed at its idle deadline
+
+    with asyncio.Runner(loop_factory=EarlyTimerLoop) as runner:
+        runner.run(main())
+    assert runs.count(10.0) == 1, f"armed {runs.count(10.0)} times for the idle deadline"

@@ -171,6 +171,47 @@ async def test_open_nowait_fills_in_background() -> None:
     assert_closed_cleanly(pool, fm)
 
 
+async def test_statistics_size_counts_checks_and_resets_in_flight() -> None:
+    # size = idle + in_use + creations, checks, resets and closes in flight.
+    fm = FakeManager()
+    fm.delay("reset", 1.0)
+    fm.delay("check", 1.0)
+    pool = Pool(fm, max_size=2)
+    await pool.open()
+    r = await pool.acquire()
+    releasing = asyncio.create_task(pool.release(r))
+    await asyncio.sleep(0.5)
+    st = pool.statistics()
+    assert (st.size, st.idle, st.in_use) == (1, 0, 0), st  # a reset in flight
+    await releasing
+    acquiring = asyncio.ensure_future(pool.acquire())
+    await asyncio.sleep(0.5)
+    st = pool.statistics()
+    assert (st.size, st.idle, st.in_use) == (1, 0, 0), st  # a check in flight
+    await pool.release(await acquiring)
+    await pool.aclose()
+
+
+async def test_open_prefill_is_not_counted_as_waiting_tasks() -> None:
+    # open() waits for its min_size creations; no task is queued for a resource then
+    # (statistics().waiting, repr and the pending-requests metric read it).
+    fm = FakeManager()
+    fm.delay("create", 1.0)
+    pool = Pool(fm, min_size=3, max_size=4)
+    opening = asyncio.create_task(pool.open())
+    await asyncio.sleep(0.5)
+    st = pool.statistics()
+    assert (st.size, st.waiting) == (3, 0), st
+    assert "waiting=0" in repr(pool)
+    waiter = asyncio.ensure_future(pool.acquire())  # a real waiter is counted
+    await asyncio.sleep(0.1)
+    assert pool.statistics().waiting == 1
+    await opening
+    await pool.release(await waiter)
+    assert pool.statistics().waiting == 0
+    await pool.aclose()
+
+
 async def test_open_failure_closes_pool_and_raises() -> None:
     fm = FakeManager()
     fm.fail("create", ConnectionError, calls=2)

@@ -17,8 +17,29 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from pool_shapes import SHAPES, shaped_pool, tracks_leases
 
-from aiolease import Pool, PoolClosed, PoolTimeout, TooManyWaiters, WouldBlock, _tracking
+from aiolease import (
+    Pool,
+    PoolClosed,
+    PoolStatistics,
+    PoolTimeout,
+    TooManyWaiters,
+    WouldBlock,
+    _tracking,
+)
 from aiolease.testing import FakeManager, FakeResource, InjectedFault, VirtualTimeLoop
+
+#: The statistics that only ever grow.
+MONOTONE = (
+    "acquired",
+    "created",
+    "closed",
+    "timeouts",
+    "wait_time_total",
+    "wait_time_max",
+    "leaks",
+    "create_errors",
+    "discarded",
+)
 
 #: What a pending acquire may legitimately end with, besides a resource.
 EXPECTED_ACQUIRE_ERRORS = (
@@ -45,6 +66,7 @@ class PoolMachine(RuleBasedStateMachine):
         self.ceiling = 0  # size bound: max_size, or more right after a resize down
         self.shape = ""
         self.tracker = _tracking.Tracker()
+        self.last: PoolStatistics | None = None  # the previous invariant check's snapshot
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -344,10 +366,49 @@ class PoolMachine(RuleBasedStateMachine):
         if pool.closed and self.closing is not None and self.closing.done():
             # Closed, with resources closed in their holders' hands: none counted in use.
             assert (stats.size, stats.idle, stats.in_use) == (0, 0, 0), stats
+        self._check_counters(stats)
+        self._check_housekeeping(stats)
         if self._quiescent():
             assert stats.idle + stats.in_use == stats.size, stats
             assert stats.in_use == len(self.held), stats
             assert len(self.fm.open_resources) == stats.size, (stats, self.fm)
+
+    def _check_counters(self, stats: PoolStatistics) -> None:
+        """The counters only grow; size is what was created, less what was closed, plus
+        the creations in flight (white-box: the pool's own count of them)."""
+        creations = self.p._creations
+        in_flight = len(creations.bound) + len(creations.orphans)
+        assert stats.size == stats.created - stats.closed + in_flight, (stats, in_flight)
+        assert 0 <= self.p._closing <= stats.size, (stats, self.p._closing)
+        assert stats.leaks <= stats.acquired, stats
+        # Each resource discarded once, and closed (or being closed) since.
+        assert stats.discarded <= stats.closed + self.p._closing, (stats, self.p._closing)
+        assert 0.0 <= stats.wait_time_max <= stats.wait_time_total, stats
+        last = self.last
+        self.last = stats
+        if last is None:
+            return
+        for name in MONOTONE:
+            assert getattr(stats, name) >= getattr(last, name), (name, last, stats)
+
+    def _check_housekeeping(self, stats: PoolStatistics) -> None:
+        """Housekeeping ran at every deadline that passed: no idle resource past its
+        lifetime, none past its idle timeout while the live ones exceed min_size, and
+        every lease held past leak_timeout reported."""
+        pool = self.p
+        if pool.closed:
+            return
+        now = pool._clock()
+        for entry in pool._idle:
+            assert entry.info.expires_at > now, f"idle past its lifetime: {entry.resource!r}"
+        if pool._idle_timeout is not None:
+            live = stats.size - pool._closing
+            stale = [e for e in pool._idle if e.info.last_used_at + pool._idle_timeout <= now]
+            assert not stale or live <= pool.min_size, (stats, [e.resource for e in stale])
+        if pool._leak_timeout is not None:
+            for entry in pool._in_use.values():
+                if entry.lease_start + pool._leak_timeout < now:
+                    assert entry.leak_reported, f"lease of {entry.handle!r} not reported"
 
     def teardown(self) -> None:
         if self.tracker in _tracking.active:

@@ -156,19 +156,19 @@ async def run_check(pool: Pool[T], entry: Entry[T], deadline: float) -> bool:
         entry.broken = True
         pool._close_soon(entry)
         if scope.expired() and not pool._is_open():  # aclose() stopped waiting for it
-            note_discard(pool, entry.resource, "its check was interrupted: the pool closed")
+            note_discard(pool, entry, "its check was interrupted: the pool closed")
             raise PoolClosed(f"{pool!r} was closed during the check") from None
         if scope.expired():
-            note_discard(pool, entry.resource, "its check outlasted the acquire timeout")
+            note_discard(pool, entry, "its check outlasted the acquire timeout")
             pool._counters.timeouts += 1
             raise PoolTimeout(f"{pool!r}: no resource within the acquire timeout") from (
                 pool._creations.backoff.last_error
             )
-        note_discard(pool, entry.resource, f"its check failed: {error_text(exc)}")
+        note_discard(pool, entry, f"its check failed: {error_text(exc)}")
         return False
     except BaseException:
         # Interrupted mid-check: the resource's state is unknown, so close it.
-        note_discard(pool, entry.resource, "its check was cancelled", logging.DEBUG)
+        note_discard(pool, entry, "its check was cancelled", logging.DEBUG)
         entry.broken = True
         pool._close_soon(entry)
         raise

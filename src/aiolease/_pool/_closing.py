@@ -199,7 +199,8 @@ def _close_outstanding(pool: Pool[Any], drain: Drain, now: float) -> None:
 
 async def close_resource(pool: Pool[Any], entry: Entry[Any]) -> None:
     """Close a resource within the manager's ``close_timeout`` (past it, or cancelled:
-    abandon it) and free its slot. Runs in a pool-owned task.
+    abandon it) and free its slot. Runs in a pool-owned task; its caller counted it in
+    ``pool._closing`` (when it decided to close, so no slot is taken for surplus twice).
 
     A resource discarded as unusable (a fatal error in the body, marked broken by a
     transaction, a failed or interrupted check) is cut first (the manager's ``abort``):
@@ -214,18 +215,19 @@ async def close_resource(pool: Pool[Any], entry: Entry[Any]) -> None:
             await pool._manager.close(resource)
     except Exception as exc:
         if scope.expired():
-            _abandon(pool, resource, "its close took longer than close_timeout")
+            _abandon(pool, entry, "its close took longer than close_timeout")
         else:
             logger.warning("%r: closing %r failed: %r", pool, resource, exc)
     except BaseException as exc:
         if _leaked_cancel(exc):  # a failed close; whoever awaits this task goes on
             logger.warning("%r: closing %r failed: %r", pool, resource, exc)
         else:
-            _abandon(pool, resource, "its close was cancelled")
+            _abandon(pool, entry, "its close was cancelled")
             raise
     finally:
         pool._creations.live.discard(id(resource))
         pool._counters.closed += 1
+        pool._closing -= 1
         pool._size -= 1
         pool._dispatch()
 
@@ -239,16 +241,16 @@ def _leaked_cancel(exc: BaseException) -> bool:
     return isinstance(exc, asyncio.CancelledError) and task is not None and not task.cancelling()
 
 
-def _abandon(pool: Pool[Any], resource: object, why: str) -> None:
-    pool._counters.discarded += 1
+def _abandon(pool: Pool[Any], entry: Entry[Any], why: str) -> None:
+    note_discard(pool, entry, None)  # (counted once, if it was not already)
     logger.warning(
         "%r: abandoned %r: %s (%ss); its transport is aborted where the driver allows",
         pool,
-        resource,
+        entry.resource,
         why,
         pool._close_timeout,
     )
-    _cut(pool, resource)
+    _cut(pool, entry.resource)
 
 
 def _cut(pool: Pool[Any], resource: object) -> None:
@@ -288,11 +290,12 @@ async def reset_then_hand_off(pool: Pool[Any], entry: Entry[Any]) -> None:
         # CancelledError is a failed reset (see _leaked_cancel).
         cancelled = isinstance(exc, asyncio.CancelledError) and not _leaked_cancel(exc)
         if cancelled:
-            note_discard(pool, entry.resource, "its reset was cancelled", logging.DEBUG)
+            note_discard(pool, entry, "its reset was cancelled", logging.DEBUG)
         elif scope.expired():
-            note_discard(pool, entry.resource, "its reset was interrupted: the pool closed")
+            note_discard(pool, entry, "its reset was interrupted: the pool closed")
         else:
-            note_discard(pool, entry.resource, f"its reset failed: {error_text(exc)}")
+            note_discard(pool, entry, f"its reset failed: {error_text(exc)}")
+        pool._closing += 1
         await close_resource(pool, entry)
         if cancelled or not isinstance(exc, Exception | asyncio.CancelledError):
             raise
@@ -323,35 +326,43 @@ def close_broken(pool: Pool[Any], entry: Entry[Any]) -> None:
     be dead."""
     note_discard(
         pool,
-        entry.resource,
+        entry,
         "a transaction marked it broken (unknown COMMIT outcome, or an abandoned cleanup)",
     )
     pool._close_soon(entry)
 
 
-def note_discard(pool: Pool[Any], resource: object, why: str, level: int = logging.INFO) -> None:
+def note_discard(
+    pool: Pool[Any], entry: Entry[Any], why: str | None, level: int = logging.INFO
+) -> None:
     """Count a resource the pool closes because it failed or was given back with
-    ``discard=True`` (``statistics().discarded``), and log one line saying why."""
-    pool._counters.discarded += 1
-    logger.log(level, "%r: discarding %r: %s", pool, resource, why)
+    ``discard=True`` (``statistics().discarded``, once per resource), and log one line
+    saying why (``why`` None: no line)."""
+    if not entry.discarded:
+        entry.discarded = True
+        pool._counters.discarded += 1
+    if why is not None:
+        logger.log(level, "%r: discarding %r: %s", pool, entry.resource, why)
 
 
-def retire(pool: Pool[Any], entry: Entry[Any]) -> asyncio.Future[Any]:
+def retire(pool: Pool[Any], entry: Entry[Any], now: float | None = None) -> asyncio.Future[Any]:
     """Close a resource the pool no longer wants though nothing failed (its lifetime or
-    idle timeout is over, ``resize()``, ``expire()``, the pool closes); DEBUG says why."""
+    idle timeout is over, ``resize()``, ``expire()``, the pool closes); DEBUG says why.
+    ``now``: the time the caller judged it by (None: the clock's)."""
     if logger.isEnabledFor(logging.DEBUG):
-        logger.debug("%r: closing %r: %s", pool, entry.resource, _retired_because(pool, entry))
+        why = _retired_because(pool, entry, pool._clock() if now is None else now)
+        logger.debug("%r: closing %r: %s", pool, entry.resource, why)
     return pool._close_soon(entry)
 
 
-def _retired_because(pool: Pool[Any], entry: Entry[Any]) -> str:
+def _retired_because(pool: Pool[Any], entry: Entry[Any], now: float) -> str:
     info = entry.info
     if not pool._is_open():
         return "the pool closes"
     if entry.generation != pool._generation:
         return "expire() retired it (called, or after a failover)"
-    if info.expires_at <= pool._clock():
+    if info.expires_at <= now:
         return f"past max_lifetime={pool._max_lifetime}s"
-    if pool._size > pool._max_size:
+    if pool._size - pool._closing > pool._max_size:
         return f"above max_size={pool._max_size}"
     return f"idle longer than idle_timeout={pool._idle_timeout}s"

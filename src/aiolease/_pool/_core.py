@@ -6,8 +6,10 @@ Invariants every method keeps:
   outside them. Work that must finish even when its caller is cancelled
   (creating, resetting, closing a resource) runs in a pool-owned task, so a
   cancelled caller only stops *waiting* for it.
-* ``_size`` counts every slot in use: idle + in use + creations in flight +
-  closes in flight, and ``_size <= max_size`` at every instant.
+* ``_size`` counts every slot in use: idle + in use + creations, checks and
+  resets in flight + closes in flight (``_closing`` of them), and ``_size <= max_size`` at every
+  instant. What is above a bound (``max_size`` after a resize down, ``min_size``
+  for idle_timeout) is ``_size - _closing``: a close in flight already frees its slot.
 * One acquire path: the non-blocking lease (:meth:`Pool.acquire_nowait`) is
   the fast path of :meth:`Pool.acquire`; an acquire that cannot be served on
   the spot queues a future and is handed an entry by :meth:`Pool._hand_off`
@@ -35,7 +37,15 @@ from .._transaction import PoolAtomic
 from ..abc import Manager
 from ._acquire import Acquire, needs_check, run_check, self_wait_error, waiting_on_itself
 from ._args import Options
-from ._closing import Drain, close_broken, close_resource, detach, reset_then_hand_off, retire
+from ._closing import (
+    Drain,
+    close_broken,
+    close_resource,
+    detach,
+    note_discard,
+    reset_then_hand_off,
+    retire,
+)
 from ._creations import Creations
 from ._entries import CallableManager, Entry, Hooks
 from ._housekeeping import Housekeeper, idle_deadline, leak_report, warn_unclosed
@@ -97,6 +107,7 @@ class Pool(Options[T]):
     __slots__ = (
         "__weakref__",
         "_clock",
+        "_closing",
         "_counters",
         "_created_at",
         "_creations",
@@ -158,6 +169,7 @@ class Pool(Options[T]):
         # hook: aclose() waits for them as for leases, and fires the scope when it stops.
         self._in_hook: dict[Entry[T], asyncio.Timeout] = {}
         self._size = 0
+        self._closing = 0  # closes in flight (counted in _size until each ends)
         self._generation = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._queue: WaitQueue[T] = WaitQueue(self, self._waiters)
@@ -485,7 +497,7 @@ class Pool(Options[T]):
             close_broken(self, entry)  # not awaited (see close_broken)
             return None
         if discard:
-            self._counters.discarded += 1
+            note_discard(self, entry, None)  # (the holder's choice: no log line)
             return self._close_soon(entry)
         if hooks.reset is not None and (
             hooks.reset_needed is None or hooks.reset_needed(resource, info)
@@ -499,12 +511,15 @@ class Pool(Options[T]):
         """Where a free entry goes (released, created, or passed on by a waiter that
         left): closed if retired, else to the oldest waiter (also when the creation was
         made for a later one: that one then takes over the oldest's creation, see
-        :meth:`WaitQueue.next`), else idle."""
+        :meth:`WaitQueue.next`), else idle. A new entry (never leased) is not retired for
+        its lifetime here: one shorter than the moments since its creation ended would
+        throw every new resource away, and never serve the waiters it was made for."""
+        info = entry.info
         if (
             self._state is not _OPEN
             or entry.generation != self._generation
-            or self._size > self._max_size
-            or (entry.info.expires_at != _INF and entry.info.expires_at <= self._clock())
+            or self._size - self._closing > self._max_size
+            or (info.uses and info.expires_at != _INF and info.expires_at <= self._clock())
         ):
             return retire(self, entry)
         fut = self._queue.next() if self._waiters else None
@@ -516,7 +531,7 @@ class Pool(Options[T]):
         entry.check_due = hooks.check is not None
         self._idle.append(entry)
         if hooks.on_idle is not None:
-            hooks.on_idle(entry.resource, entry.info)
+            hooks.on_idle(entry.resource, info)
         if self._max_lifetime is not None or self._idle_timeout is not None:
             self._housekeeper.schedule(idle_deadline(entry, self._idle_timeout))
         return None
@@ -555,6 +570,7 @@ class Pool(Options[T]):
     def _close_soon(self, entry: Entry[T]) -> asyncio.Future[Any]:
         """Close ``entry`` in a pool-owned task (once, however often asked)."""
         if entry.closing is None:
+            self._closing += 1
             entry.closing = self._spawn(close_resource(self, entry))
         return entry.closing
 

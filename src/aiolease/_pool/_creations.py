@@ -44,7 +44,7 @@ class _Creation:
 class Creations(Generic[T]):
     """The pool's creations in flight and its creation backoff."""
 
-    __slots__ = ("_pool", "_timer", "backoff", "bound", "live", "orphans", "tasks")
+    __slots__ = ("_pool", "_timer", "backoff", "bound", "live", "orphans", "prefilling", "tasks")
 
     def __init__(self, pool: Pool[T], backoff: Backoff) -> None:
         self._pool = pool
@@ -55,6 +55,8 @@ class Creations(Generic[T]):
         self.bound: dict[Waiter, _Creation] = {}
         self.orphans: list[_Creation] = []
         self.tasks: set[asyncio.Task[Any]] = set()  # creations that may still be cancelled
+        # An opening pool's prefill futures (queued, but no task waits on each): see queued().
+        self.prefilling: list[Waiter] = []
         self._timer: asyncio.TimerHandle | None = None
 
     def unbind(self, fut: Waiter) -> None:
@@ -93,9 +95,10 @@ class Creations(Generic[T]):
         waiters = pool._waiters
         if waiters and (self.orphans or pool._size < pool._max_size):
             self.cover(waiters, now)
-        while pool._size < pool._min_size and self.can_start(now):
+        # (a close in flight frees its slot: min_size counts the live resources)
+        while pool._size - pool._closing < pool._min_size and self.can_start(now):
             self.start(None)
-        if self.backoff.failures and (waiters or pool._size < pool._min_size):
+        if self.backoff.failures and (waiters or pool._size - pool._closing < pool._min_size):
             self.schedule_backoff(now)
 
     def can_start(self, now: float) -> bool:
@@ -124,6 +127,7 @@ class Creations(Generic[T]):
         assert pool._loop is not None
         futures: list[Waiter] = [pool._loop.create_future() for _ in range(count)]
         pool._queue.extend(futures)
+        self.prefilling = futures
         pool._dispatch()
         try:
             results = await asyncio.gather(*futures, return_exceptions=True)
@@ -131,10 +135,20 @@ class Creations(Generic[T]):
             for fut in futures:
                 pool._queue.abandon(fut)
             raise
+        finally:
+            self.prefilling = []
         for result in results:
             if isinstance(result, Entry):
                 pool._hand_off(result)
         return next((r for r in results if isinstance(r, BaseException)), None)
+
+    def queued(self) -> int:
+        """Tasks queued for a resource (``statistics().waiting``): the queue, less the
+        prefill futures still in it (a future is queued until it is done)."""
+        waiting = len(self._pool._waiters)
+        if self.prefilling:
+            waiting -= sum(not fut.done() for fut in self.prefilling)
+        return waiting
 
     def close(self) -> None:
         """The pool closes: cancel the creations still running, stop the backoff timer."""
@@ -244,8 +258,14 @@ class Creations(Generic[T]):
         pool = self._pool
         if backoff.until <= now or pool._loop is None:
             return  # over: whatever frees capacity (a close, a release) dispatches
-        self._timer = pool._loop.call_at(backoff.until, self._on_backoff_end)
+        self._timer = pool._loop.call_at(backoff.until, self._on_backoff_end, backoff.until)
 
-    def _on_backoff_end(self) -> None:
+    def _on_backoff_end(self, when: float) -> None:
+        """The backoff ending at ``when`` is over, even if the clock reads a little less
+        (uvloop's timers tick in milliseconds): the dispatch would otherwise find it not
+        over and re-arm for that same end, again and again until the clock passed it."""
         self._timer = None
+        backoff = self.backoff
+        if backoff.until <= when:  # (not a later backoff, after a failure since)
+            backoff.until = min(backoff.until, self._pool._clock())
         self._pool._dispatch()

@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar
 
 from ..abc import Manager, ResourceInfo
 
-__all__ = ["CallableManager", "Entry", "Hooks", "caller_stack"]
+__all__ = ["CallableManager", "Entry", "Hooks", "caller_stack", "safe_repr"]
 
 T = TypeVar("T")
 
@@ -33,6 +33,7 @@ class Entry(Generic[T]):
         "broken",
         "check_due",
         "closing",
+        "discarded",
         "generation",
         "handle",
         "holder",
@@ -59,6 +60,8 @@ class Entry(Generic[T]):
         self.closing: asyncio.Future[Any] | None = None  # the close task, once started
         # Discarded as unusable (a fatal error, a failed check): cut before its close.
         self.broken = False
+        # Counted in statistics().discarded (at most once, see note_discard).
+        self.discarded = False
         self.holder: asyncio.Task[Any] | None = None  # the task that leased it
         self.scoped = False  # leased by `async with` (its holder's own exit releases it)
         self.lease_start = 0.0
@@ -70,9 +73,18 @@ class Entry(Generic[T]):
         holder = "?" if self.holder is None else repr(self.holder.get_name())
         where = "".join(self.lease_stack.format()) if self.lease_stack else "  (unknown)\n"
         return (
-            f"{self.handle!r} held by task {holder} for {now - self.lease_start:.1f}s; "
+            f"{safe_repr(self.handle)} held by task {holder} for {now - self.lease_start:.1f}s; "
             f"acquired at:\n{where}"
         )
+
+
+def safe_repr(obj: object) -> str:
+    """``repr(obj)``, or a stand-in when it raises: the pool's own reports (leaks, aclose's
+    wait) run in its timer and close task, which a user's ``__repr__`` must not stop."""
+    try:
+        return repr(obj)
+    except Exception as exc:
+        return f"<{type(obj).__qualname__} object at {id(obj):#x} (repr raised {exc!r})>"
 
 
 class CallableManager(Manager[T]):

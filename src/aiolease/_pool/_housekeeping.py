@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .._logs import get_logger
 from ._args import check_bounds
 from ._closing import retire
-from ._entries import caller_stack
+from ._entries import caller_stack, safe_repr
 from ._where import warn_at_user
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class Housekeeper:
             if timer.when() <= when:
                 return
             timer.cancel()
-        self._timer = pool._loop.call_at(when, self.run)
+        self._timer = pool._loop.call_at(when, self.run, when)
 
     def watch(self, entry: Entry[Any], frame: FrameType | None) -> None:
         """A lease begins (leak_timeout set, or leak_check active): keep where it was
@@ -76,7 +76,8 @@ class Housekeeper:
         if not pool._is_open():
             return
         closes: list[asyncio.Future[Any]] = []
-        while pool._size - len(closes) > pool._max_size and pool._idle:
+        # (a close in flight, counted in _closing, already frees its slot)
+        while pool._size - pool._closing > pool._max_size and pool._idle:
             closes.append(retire(pool, pool._idle.popleft()))
         pool._dispatch()
         if pool._idle_timeout is not None and pool._idle:
@@ -93,16 +94,24 @@ class Housekeeper:
             return
         closes = [retire(pool, entry) for entry in pool._idle]
         pool._idle.clear()
+        pool._dispatch()  # min_size refilled now, not once the closes end
         await _all_closed(closes)
 
-    def run(self) -> None:
-        """Retire idle entries past their deadline, report leaks, re-arm for the next."""
+    def run(self, when: float) -> None:
+        """Retire idle entries past their deadline, report leaks, re-arm for the next.
+
+        ``when``: the deadline the timer was armed for. It has come even if the clock
+        reads a little less (uvloop's timers tick in milliseconds): taking the clock
+        alone would re-arm for that same deadline, again and again until it passes."""
         self._timer = None
         pool = self._pool
         if not pool._is_open():
             return
-        now = pool._clock()
+        now = max(pool._clock(), when)
+        closing = pool._closing
         nxt = min(self._retire_idle(now), self._report_leaks(now))
+        if pool._closing != closing:  # min_size refilled now, not once the closes end
+            pool._dispatch()
         self.schedule(nxt)
 
     def _retire_idle(self, now: float) -> float:
@@ -111,13 +120,14 @@ class Housekeeper:
         nxt = _INF
         keep: deque[Entry[Any]] = deque()
         # Oldest first, so idle_timeout trims the least recently used above min_size.
-        surplus = pool._size - pool._min_size
+        # (a close in flight, counted in _closing, is not a live resource)
+        surplus = pool._size - pool._closing - pool._min_size
         for entry in pool._idle:
             info = entry.info
             if info.expires_at <= now or (
                 idle_timeout is not None and info.last_used_at + idle_timeout <= now and surplus > 0
             ):
-                retire(pool, entry)
+                retire(pool, entry, now)
                 surplus -= 1
                 continue
             keep.append(entry)
@@ -192,6 +202,6 @@ def leak_report(pool: Pool[Any], closed: bool) -> list[str]:
     for entry in (*pool._in_use.values(), *closed_out):
         where = "".join(entry.lease_stack.format()) if entry.lease_stack else "  (unknown)\n"
         problems.append(
-            f"{entry.handle!r} is still checked out from {pool!r}; acquired at:\n{where}"
+            f"{safe_repr(entry.handle)} is still checked out from {pool!r}; acquired at:\n{where}"
         )
     return problems

@@ -17,7 +17,8 @@ class PoolStatistics:
     """A snapshot of a pool's state and counters (see :meth:`Pool.statistics`).
 
     Attributes:
-        size: slots in use: idle + in use + creations and closes in flight.
+        size: slots in use: idle + in use + creations, checks, resets and closes
+            in flight.
         idle: resources ready to hand out.
         in_use: resources checked out (not counting those that ``aclose(timeout)``
             closed in their holders' hands).
@@ -37,7 +38,8 @@ class PoolStatistics:
         create_errors: creation attempts that raised.
         discarded: resources closed because check/reset failed, ``discard=True``,
             a fatal error in the body or a broken mark, and resources abandoned
-            because their close outlasted the manager's ``close_timeout``.
+            because their close outlasted the manager's ``close_timeout`` (each
+            resource counted once: one discarded, then abandoned, is one).
     """
 
     size: int
@@ -91,7 +93,7 @@ def snapshot(pool: Pool[Any]) -> PoolStatistics:
         size=pool._size,
         idle=len(pool._idle),
         in_use=len(pool._in_use),
-        waiting=len(pool._waiters),
+        waiting=pool._creations.queued(),
         min_size=pool._min_size,
         max_size=max(pool._size, pool._max_size),  # see PoolStatistics.max_size
         acquired=counters.acquired,
