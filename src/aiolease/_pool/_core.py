@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from .. import _metrics, _tracking, _validate
 from .._clock import clock_of
 from .._errors import PoolClosed, PoolTimeout, WouldBlock
+from .._tasks import start_task
 from .._transaction import PoolAtomic
 from ..abc import Manager
 from ._acquire import Acquire, needs_check, run_check, self_wait_error, waiting_on_itself
@@ -547,7 +548,7 @@ class Pool(Options[T]):
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         assert self._loop is not None
-        task: asyncio.Task[Any] = self._loop.create_task(coro)
+        task: asyncio.Task[Any] = start_task(coro, self._loop)  # never eagerly: see _tasks
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
