@@ -661,8 +661,14 @@ def test_opened_in_one_loop_is_refused_in_another_and_stays_consistent() -> None
             await pool.expire()
         with pytest.raises(RuntimeError, match=on_another):
             await pool.aclose()
+        with pytest.raises(RuntimeError, match=on_another):
+            await pool.open()  # (it returned as if this loop were the pool's)
+        with pytest.raises(RuntimeError, match=on_another):
+            async with pool:
+                pass  # pragma: no cover
 
     async def back_home() -> None:
+        await pool.open()  # open already, on this loop: nothing to do
         st = pool.statistics()
         assert (st.size, st.idle, st.in_use, st.waiting) == (2, 1, 1, 0), st
         await pool.release(held)

@@ -202,8 +202,10 @@ class Pool(Options[T]):
 
         Raises:
             PoolClosed: the pool was closed.
+            RuntimeError: the pool was opened on another event loop.
         """
         if self._state is _OPEN:
+            self._check_loop()
             return
         if self._state is not _NEW:
             raise PoolClosed(f"{self!r} is closed; make a new pool")
