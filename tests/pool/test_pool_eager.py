@@ -10,34 +10,15 @@ as they do with a manager whose hooks complete without suspending.
 from __future__ import annotations
 
 import asyncio
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 from pool_helpers import NO_HANG, assert_closed_cleanly, assert_consistent, settle
 
 from aiolease import Pool
 from aiolease.testing import FakeManager
+from eager import NEEDS_EAGER, eager_tasks
 
-pytestmark = [
-    pytest.mark.skipif(
-        sys.version_info < (3, 12), reason="asyncio.eager_task_factory is new in Python 3.12"
-    ),
-    NO_HANG,
-]
-
-
-@contextmanager
-def eager_tasks() -> Iterator[None]:
-    """Run the body with the running loop's task factory set to the eager one."""
-    loop = asyncio.get_running_loop()
-    before = loop.get_task_factory()
-    loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined,unused-ignore]
-    try:
-        yield
-    finally:
-        loop.set_task_factory(before)
+pytestmark = [NEEDS_EAGER, NO_HANG]
 
 
 async def test_readme_pool_serves_concurrent_users_in_order() -> None:
