@@ -30,6 +30,7 @@ __all__ = [
     "detach",
     "error_text",
     "in_hook",
+    "leaked_cancel",
     "note_discard",
     "reset_then_hand_off",
     "retire",
@@ -218,7 +219,7 @@ async def close_resource(pool: Pool[Any], entry: Entry[Any]) -> None:
         else:
             logger.warning("%r: closing %r failed: %r", pool, resource, exc)
     except BaseException as exc:
-        if _leaked_cancel(exc):  # a failed close; whoever awaits this task goes on
+        if leaked_cancel(exc):  # a failed close; whoever awaits this task goes on
             logger.warning("%r: closing %r failed: %r", pool, resource, exc)
         else:
             _abandon(pool, resource, "its close was cancelled")
@@ -230,7 +231,7 @@ async def close_resource(pool: Pool[Any], entry: Entry[Any]) -> None:
         pool._dispatch()
 
 
-def _leaked_cancel(exc: BaseException) -> bool:
+def leaked_cancel(exc: BaseException) -> bool:
     """Whether ``exc`` is a CancelledError though nobody cancelled the running pool task:
     an inner timeout of a manager hook that leaked. That is the hook's failure (as for
     create(), see Creations._failed), not a cancellation: the caller awaiting the task was
@@ -285,8 +286,8 @@ async def reset_then_hand_off(pool: Pool[Any], entry: Entry[Any]) -> None:
                 await reset(entry.resource, entry.info)
     except BaseException as exc:
         # This task is cancelled only when the loop shuts down; otherwise a
-        # CancelledError is a failed reset (see _leaked_cancel).
-        cancelled = isinstance(exc, asyncio.CancelledError) and not _leaked_cancel(exc)
+        # CancelledError is a failed reset (see leaked_cancel).
+        cancelled = isinstance(exc, asyncio.CancelledError) and not leaked_cancel(exc)
         if cancelled:
             note_discard(pool, entry.resource, "its reset was cancelled", logging.DEBUG)
         elif scope.expired():
