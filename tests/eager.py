@@ -30,6 +30,22 @@ def eager_tasks(enabled: bool = True) -> Iterator[None]:
     before = loop.get_task_factory()
     loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined,unused-ignore]
     try:
+        _check_loop_takes_it(loop)
         yield
     finally:
         loop.set_task_factory(before)
+
+
+async def _nothing() -> None:
+    pass
+
+
+def _check_loop_takes_it(loop: asyncio.AbstractEventLoop) -> None:
+    """Skip where the loop cannot call the eager factory (uvloop 0.23 passes it an
+    ``eager_start`` argument that Python 3.13's factory does not take)."""
+    coro = _nothing()
+    try:
+        loop.create_task(coro)
+    except TypeError as exc:
+        coro.close()
+        pytest.skip(f"{type(loop).__name__} cannot use asyncio.eager_task_factory here: {exc}")
