@@ -77,3 +77,19 @@ async def test_fake_manager_pool_keeps_its_invariants() -> None:
             await r.use()
         await pool.aclose()
     assert_closed_cleanly(pool, fm)
+
+
+@pytest.mark.aiolease_virtual_time
+async def test_aclose_right_after_starting_creations_frees_their_slots() -> None:
+    """aclose() in the same step as the creations it cancels (open(wait=False) starts the
+    min_size fill and returns without suspending): each creation still frees its slot.
+    The close's own task started eagerly would cancel them before their first step."""
+    fm = FakeManager()
+    fm.delay("create", 1.0)
+    with eager_tasks():
+        pool = Pool(fm, min_size=2, max_size=3)
+        await pool.open(wait=False)
+        await pool.aclose()
+    assert pool.statistics().size == 0, pool
+    assert pool._aiolease_leaks() == []
+    assert_closed_cleanly(pool, fm)

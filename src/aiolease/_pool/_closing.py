@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _tracking
 from .._errors import PoolClosed
 from .._logs import get_logger
+from .._tasks import start_task
 
 if TYPE_CHECKING:
     from ._core import Pool
@@ -60,7 +61,10 @@ class Drain:
         self.done = asyncio.Event()
         # Leases closed in their holders' hands: id(handle) -> entry, until given back.
         self.closed_out: dict[int, Entry[Any]] = {}
-        self.task = asyncio.get_running_loop().create_task(self._run(pool))
+        # Never eagerly (see aiolease._tasks): its first step cancels the creations in
+        # flight, which must have begun (a task cancelled before its first step never runs
+        # the code that frees its slot).
+        self.task = start_task(self._run(pool), asyncio.get_running_loop())
 
     async def wait(self, timeout: float | None) -> None:
         """Wait for the close to end (each ``aclose()`` call): ``timeout`` seconds at most
