@@ -527,6 +527,21 @@ async def test_a_release_that_cannot_reach_redis_does_not_replace_the_error(
     assert sem._aiolease_leaks() == []
 
 
+async def test_a_release_after_aclose_logs_no_outage(
+    client: redis_asyncio.Redis, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lease released after aclose() expires after lease_ttl (as documented): Redis did
+    not fail, so no outage is logged (before: a WARNING "Redis unavailable ... the limiter
+    was closed")."""
+    caplog.set_level(logging.DEBUG, logger="aiolease.redis")
+    sem = RedisConcurrencyLimiter(client, name, 1, lease_ttl=0.5)
+    async with sem.acquire() as permit:
+        await sem.aclose()
+    assert permit.released
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert sem._aiolease_leaks() == []
+
+
 async def test_a_waiter_does_not_poll(client: redis_asyncio.Redis, name: str) -> None:
     sem = RedisConcurrencyLimiter(client, name, 1)  # lease_ttl 30 s
     held = await sem.acquire()
