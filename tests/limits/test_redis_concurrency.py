@@ -23,6 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from aiolease import LimiterUnavailable, LimitTimeout, WouldBlock
 from aiolease.redis import RedisConcurrencyLimiter
 from aiolease.testing import FaultProxy
+from eager import NEEDS_EAGER, eager_tasks
 
 pytestmark = pytest.mark.redis
 
@@ -495,9 +496,12 @@ async def test_a_release_lost_with_its_connection_is_sent_again(
         await (await sem.acquire_nowait()).arelease()
 
 
+@pytest.mark.parametrize("eager", [False, pytest.param(True, marks=NEEDS_EAGER)])
 async def test_a_release_that_cannot_reach_redis_does_not_replace_the_error(
-    client: redis_asyncio.Redis, name: str, caplog: pytest.LogCaptureFixture
+    client: redis_asyncio.Redis, name: str, caplog: pytest.LogCaptureFixture, eager: bool
 ) -> None:
+    """Also with an eager task factory, where the release's call fails before the task
+    that runs it is returned (its failure must still be logged as the outage's start)."""
     caplog.set_level(logging.DEBUG, logger="aiolease.redis")
     sem = RedisConcurrencyLimiter(client, name, 1, lease_ttl=0.5)
 
@@ -511,7 +515,7 @@ async def test_a_release_that_cannot_reach_redis_does_not_replace_the_error(
             sem._call = down  # type: ignore[assignment]
             raise ZeroDivisionError
 
-    with pytest.raises(ZeroDivisionError):  # the body's error, not the release's
+    with pytest.raises(ZeroDivisionError), eager_tasks(eager):  # the body's, not the release's
         await body()
     sem._call = caller
     assert "the lease expires after lease_ttl" in caplog.text
@@ -520,6 +524,21 @@ async def test_a_release_that_cannot_reach_redis_does_not_replace_the_error(
     assert warning.getMessage().startswith("Redis unavailable for concurrency limiter")
     assert any("left open" in p for p in sem._aiolease_leaks())
     await sem.aclose()
+    assert sem._aiolease_leaks() == []
+
+
+async def test_a_release_after_aclose_logs_no_outage(
+    client: redis_asyncio.Redis, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lease released after aclose() expires after lease_ttl (as documented): Redis did
+    not fail, so no outage is logged (before: a WARNING "Redis unavailable ... the limiter
+    was closed")."""
+    caplog.set_level(logging.DEBUG, logger="aiolease.redis")
+    sem = RedisConcurrencyLimiter(client, name, 1, lease_ttl=0.5)
+    async with sem.acquire() as permit:
+        await sem.aclose()
+    assert permit.released
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
     assert sem._aiolease_leaks() == []
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import logging
 import re
 import warnings
 
@@ -702,8 +703,14 @@ def test_opened_in_one_loop_is_refused_in_another_and_stays_consistent() -> None
             await pool.expire()
         with pytest.raises(RuntimeError, match=on_another):
             await pool.aclose()
+        with pytest.raises(RuntimeError, match=on_another):
+            await pool.open()  # (it returned as if this loop were the pool's)
+        with pytest.raises(RuntimeError, match=on_another):
+            async with pool:
+                pass  # pragma: no cover
 
     async def back_home() -> None:
+        await pool.open()  # open already, on this loop: nothing to do
         st = pool.statistics()
         assert (st.size, st.idle, st.in_use, st.waiting) == (2, 1, 1, 0), st
         await pool.release(held)
@@ -714,6 +721,39 @@ def test_opened_in_one_loop_is_refused_in_another_and_stays_consistent() -> None
         asyncio.run(second())
         home.run(back_home())
     assert_closed_cleanly(pool, fm)
+
+
+def test_loop_shutdown_cancelling_creations_is_no_failed_attempt(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """asyncio.run() ending with a pool left open cancels its creations in flight, as it
+    cancels every task: the tasks end cancelled (not swallowed), and nothing is logged or
+    counted as a failed attempt (the manager did not fail: before, a WARNING said its
+    create() "raised CancelledError on an open pool")."""
+    fm = FakeManager()
+    fm.delay("create", 60.0)
+    creations: list[asyncio.Task[object]] = []
+
+    async def main() -> Pool[FakeResource]:
+        pool = Pool(fm, min_size=2, max_size=2, name="left-open")
+        await pool.open(wait=False)
+        creations.extend(pool._tasks)
+        await asyncio.sleep(0)  # they are in create()
+        return pool
+
+    caplog.set_level("WARNING", logger="aiolease.pool")
+    pool = asyncio.run(main())
+    assert len(creations) == 2
+    assert all(t.cancelled() for t in creations), creations
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    st = pool.statistics()
+    assert (st.size, st.create_errors, st.created) == (0, 0, 0), st
+    assert fm.creating == 0
+    creations.clear()  # (their frames refer to the pool, and so do the errors fm recorded)
+    fm.events.clear()
+    with pytest.warns(ResourceWarning, match="left-open"):  # noqa: PT031  # the del inside
+        del pool
+        gc.collect()
 
 
 def test_async_with_prefills_min_size_and_closes_everything() -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _tracking
 from .._errors import PoolClosed
 from .._logs import get_logger
+from .._tasks import start_task
 
 if TYPE_CHECKING:
     from ._core import Pool
@@ -30,6 +31,7 @@ __all__ = [
     "detach",
     "error_text",
     "in_hook",
+    "leaked_cancel",
     "note_discard",
     "reset_then_hand_off",
     "retire",
@@ -59,7 +61,10 @@ class Drain:
         self.done = asyncio.Event()
         # Leases closed in their holders' hands: id(handle) -> entry, until given back.
         self.closed_out: dict[int, Entry[Any]] = {}
-        self.task = asyncio.get_running_loop().create_task(self._run(pool))
+        # Never eagerly (see aiolease._tasks): its first step cancels the creations in
+        # flight, which must have begun (a task cancelled before its first step never runs
+        # the code that frees its slot).
+        self.task = start_task(self._run(pool), asyncio.get_running_loop())
 
     async def wait(self, timeout: float | None) -> None:
         """Wait for the close to end (each ``aclose()`` call): ``timeout`` seconds at most
@@ -219,7 +224,7 @@ async def close_resource(pool: Pool[Any], entry: Entry[Any]) -> None:
         else:
             logger.warning("%r: closing %r failed: %r", pool, resource, exc)
     except BaseException as exc:
-        if _leaked_cancel(exc):  # a failed close; whoever awaits this task goes on
+        if leaked_cancel(exc):  # a failed close; whoever awaits this task goes on
             logger.warning("%r: closing %r failed: %r", pool, resource, exc)
         else:
             _abandon(pool, entry, "its close was cancelled")
@@ -232,7 +237,7 @@ async def close_resource(pool: Pool[Any], entry: Entry[Any]) -> None:
         pool._dispatch()
 
 
-def _leaked_cancel(exc: BaseException) -> bool:
+def leaked_cancel(exc: BaseException) -> bool:
     """Whether ``exc`` is a CancelledError though nobody cancelled the running pool task:
     an inner timeout of a manager hook that leaked. That is the hook's failure (as for
     create(), see Creations._failed), not a cancellation: the caller awaiting the task was
@@ -287,8 +292,8 @@ async def reset_then_hand_off(pool: Pool[Any], entry: Entry[Any]) -> None:
                 await reset(entry.resource, entry.info)
     except BaseException as exc:
         # This task is cancelled only when the loop shuts down; otherwise a
-        # CancelledError is a failed reset (see _leaked_cancel).
-        cancelled = isinstance(exc, asyncio.CancelledError) and not _leaked_cancel(exc)
+        # CancelledError is a failed reset (see leaked_cancel).
+        cancelled = isinstance(exc, asyncio.CancelledError) and not leaked_cancel(exc)
         if cancelled:
             note_discard(pool, entry, "its reset was cancelled", logging.DEBUG)
         elif scope.expired():

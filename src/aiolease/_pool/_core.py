@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 from .. import _metrics, _tracking, _validate
 from .._clock import clock_of
 from .._errors import PoolClosed, PoolTimeout, WouldBlock
+from .._tasks import start_task
 from .._transaction import PoolAtomic
 from ..abc import Manager
 from ._acquire import Acquire, needs_check, run_check, self_wait_error, waiting_on_itself
@@ -213,8 +214,10 @@ class Pool(Options[T]):
 
         Raises:
             PoolClosed: the pool was closed.
+            RuntimeError: the pool was opened on another event loop.
         """
         if self._state is _OPEN:
+            self._check_loop()
             return
         if self._state is not _NEW:
             raise PoolClosed(f"{self!r} is closed; make a new pool")
@@ -562,7 +565,7 @@ class Pool(Options[T]):
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         assert self._loop is not None
-        task: asyncio.Task[Any] = self._loop.create_task(coro)
+        task: asyncio.Task[Any] = start_task(coro, self._loop)  # never eagerly: see _tasks
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task

@@ -16,7 +16,7 @@ from .._errors import PoolClosed
 from .._logs import get_logger
 from ..abc import ResourceInfo
 from ._backoff import Backoff
-from ._closing import error_text
+from ._closing import error_text, leaked_cancel
 from ._entries import Entry
 
 if TYPE_CHECKING:
@@ -183,9 +183,9 @@ class Creations(Generic[T]):
                 )
         except BaseException as exc:
             self._failed(creation, exc, started)
-            if not isinstance(exc, Exception | asyncio.CancelledError):
-                raise
-            return
+            if isinstance(exc, Exception) or leaked_cancel(exc):
+                return  # a failed attempt, told to the waiter it served
+            raise  # this task was cancelled (the pool closes, or its loop shuts down)
         # The resource exists: aclose() must not cancel this task any more (a cancelled
         # close task that never started would leak the resource and its slot).
         self.tasks.discard(asyncio.current_task())  # type: ignore[arg-type,unused-ignore]
@@ -220,6 +220,17 @@ class Creations(Generic[T]):
         if isinstance(exc, asyncio.CancelledError) and not pool._is_open():
             self.backoff.abandoned()
             error: BaseException = PoolClosed(f"{pool!r} was closed while creating a resource")
+        elif isinstance(exc, asyncio.CancelledError) and not leaked_cancel(exc):
+            # This task was cancelled though the pool is open: its loop shuts down with the
+            # pool left open (asyncio.run cancels every task). No verdict on the manager, and
+            # no new creation (the loop would destroy it pending); a waiter still there is told.
+            self.backoff.abandoned()
+            if target is not None and not target.done():
+                pool._queue.remove(target)
+                target.set_exception(
+                    RuntimeError(f"{pool!r}: the task creating a resource was cancelled")
+                )
+            return
         else:
             error = exc
             if isinstance(exc, asyncio.CancelledError):

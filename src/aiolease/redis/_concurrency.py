@@ -615,12 +615,19 @@ class RedisConcurrencyLimiter:
         self._ensure_renewer()
         return permit
 
-    def _release(self, permit: RedisConcurrencyPermit) -> asyncio.Task[Any]:
+    def _release(self, permit: RedisConcurrencyPermit) -> asyncio.Task[Any] | None:
         del self._held[permit.lease_id]
         if not self._held and not self._waiters and self._renewer is not None:
             if _live(self._renewer):
                 self._renewer.cancel()
             self._renewer = None
+        if self._closed and self._call.closed:  # after aclose(): it expires after lease_ttl
+            logger.debug(
+                "%r: lease %s released after aclose(); it expires after lease_ttl",
+                self,
+                permit.lease_id,
+            )
+            return None
         return self._bg.spawn(self._cancel(permit._keys, (permit.lease_id,)))
 
     async def _cancel(self, keys: tuple[str, ...], args: tuple[str, ...]) -> Any:

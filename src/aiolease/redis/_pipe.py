@@ -14,7 +14,7 @@ import functools
 import logging
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -25,6 +25,7 @@ from .._compat import redis as _compat
 from .._errors import LimiterUnavailable
 from .._logs import get_logger
 from .._redact import redact
+from .._tasks import start_task
 from ._scripts import Script
 
 if TYPE_CHECKING:
@@ -754,8 +755,11 @@ class Background:
         self.health = health
         self.tasks: set[asyncio.Task[Any]] = set()
 
-    def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        # Never eagerly (see aiolease._tasks): a call failing before it suspends would end
+        # the task inside this call, and whoever awaits it would see the failure before
+        # _log_error (which logs an outage's start) has run.
+        task: asyncio.Task[Any] = start_task(coro, asyncio.get_running_loop())
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         task.add_done_callback(self._log_error)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Generator, Hashable
+from collections.abc import Awaitable, Coroutine, Generator, Hashable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -597,7 +597,7 @@ class RedisRateLimiter:
 
         return self._call(RATE_ACQUIRE, (rkey,), args, packed, abandoned)
 
-    def _run(self, script: Script, rkey: str, extra: tuple[Any, ...]) -> Awaitable[Any]:
+    def _run(self, script: Script, rkey: str, extra: tuple[Any, ...]) -> Coroutine[Any, Any, Any]:
         # The client's clock is read (and sent) only when the server's is not used.
         now = b"0" if self._clock == "s" else repr(time.time() * 1e6).encode()
         return self._call(script, (rkey,), (self._clock_b, now, *self._shape, *extra))
