@@ -196,6 +196,28 @@ async def test_statement_cancelled_by_scope_rolls_back_and_keeps_capacity(
                 await conn.execute(f"drop table {table}")
 
 
+async def test_psycopg_query_cancelled_by_scope_keeps_the_connection(
+    pg_dsn: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The cancelled query is cancelled on the server within the grace and the connection
+    kept, as under asyncio.timeout(): the re-delivered cancellation is not a second one."""
+    async with _psycopg_pool(pg_dsn, tmp_path, max_size=1) as pool:
+        with caplog.at_level(logging.INFO, logger="aiolease"):
+            with anyio.move_on_after(0.3) as scope:
+                async with pool.atomic() as tx:
+                    await tx.connection.execute(PG_SLEEP)
+            assert scope.cancelled_caught
+            await settle(pool)
+        consistent(pool)
+        stats = pool.statistics()
+        if aiolease._compat.psycopg.PRIVATE:
+            assert (stats.created, stats.closed, stats.discarded) == (1, 0, 0), stats
+            assert aiolease_warnings(caplog) == []
+        async with pool.acquire() as conn:
+            cursor = await conn.execute("select 1")
+            assert await cursor.fetchone() == (1,)
+
+
 # -- the generic pool at each await ---------------------------------------------------
 
 
