@@ -604,3 +604,102 @@ async def test_pool_atomic_sweep_under_scope(db: tuple[str, Pool[Any], str]) -> 
             assert hooked == ["commit"], k
             return
     raise AssertionError("the block never ended before its cancellation")
+
+
+async def test_run_transaction_sweep_under_scope(db: tuple[str, Pool[Any], str]) -> None:
+    kind, pool, table = db
+    for k in range(3000):
+        tries: list[int] = []
+
+        async def fn(conn: Any, tries: list[int] = tries) -> None:
+            tries.append(1)
+            await conn.execute(f"insert into {table} values ({len(tries)})")
+            if len(tries) == 1:
+                raise _serialization_failure(kind)
+
+        async def body() -> None:
+            await aiolease.run_transaction(pool, fn, backoff=0.001, max_backoff=0.001)
+
+        cancelled, _ = await _cancel_scope_after_steps(body, k)
+        await settle(pool)
+        consistent(pool)
+        assert await in_transaction(kind, pool) == [False] * len(pool._idle), k
+        rows = await count_rows(kind, pool, table)
+        assert rows in (0, 1), (k, rows)
+        async with pool.acquire() as conn:
+            await conn.execute(f"delete from {table}")
+        if not cancelled:
+            assert rows == 1, k
+            return
+    raise AssertionError("run_transaction never ended before its cancellation")
+
+
+def _serialization_failure(kind: str) -> Exception:
+    if kind == "asyncpg":
+        import asyncpg
+
+        return asyncpg.exceptions.SerializationError("could not serialize access (test)")
+    if kind == "psycopg":
+        import psycopg
+
+        return psycopg.errors.SerializationFailure("could not serialize access (test)")
+    import sqlite3
+
+    return sqlite3.OperationalError("database is locked")
+
+
+async def test_asgi_redis_slot_given_back_before_an_outer_timeout_answers(redis_url: str) -> None:
+    """RateLimitMiddleware gives a concurrency slot back before the response leaves, also
+    when a timeout middleware around it (anyio.move_on_after) cancels the request: a
+    client's next request, to any worker, never meets its previous one."""
+    from urllib.parse import urlsplit
+
+    import redis.asyncio as redis_asyncio
+
+    from aiolease.asgi import RateLimitMiddleware
+    from aiolease.redis import RedisConcurrencyLimiter
+    from aiolease.testing import FaultProxy
+
+    parts = urlsplit(redis_url)
+    name = f"anyio-{uuid.uuid4().hex[:10]}"
+    fast = redis_asyncio.Redis.from_url(redis_url)
+    async with FaultProxy(parts.hostname or "127.0.0.1", parts.port or 6379) as proxy:
+        host, port = proxy.address
+        slow = redis_asyncio.Redis.from_url(f"redis://{host}:{port}{parts.path}")
+        # This worker's round trips to Redis take 0.1 s; another worker's are fast.
+        worker = RedisConcurrencyLimiter(slow, name, 1, call_timeout=3)
+        other = RedisConcurrencyLimiter(fast, name, 1)
+        try:
+            await worker.acquire_nowait("warm-up")  # connected before the latency
+            proxy.set_latency(0.05)
+
+            async def endpoint(scope: Any, receive: Any, send: Any) -> None:
+                await anyio.sleep(30)
+
+            app = _TimeoutMiddleware(
+                RateLimitMiddleware(endpoint, limiter=worker, key=lambda scope: "k"), 0.5
+            )
+            sent: list[dict[str, Any]] = []
+
+            async def receive() -> dict[str, Any]:  # pragma: no cover - never called
+                await anyio.sleep(60)
+                return {"type": "http.disconnect"}
+
+            async def send(message: dict[str, Any]) -> None:
+                sent.append(message)
+
+            scope = {"type": "http", "path": "/x", "method": "GET", "headers": []}
+            for _ in range(2):
+                sent.clear()
+                await app(scope, receive, send)
+                assert sent[0]["status"] == 504
+                permit = await other.acquire_nowait("k")  # raises WouldBlock if still held
+                await permit.arelease()
+        finally:
+            await worker.aclose()
+            await other.aclose()
+            keys = [k async for k in fast.scan_iter(match=f"*{name}*")]
+            if keys:
+                await fast.delete(*keys)
+            await slow.aclose()
+            await fast.aclose()
