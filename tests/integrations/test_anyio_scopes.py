@@ -703,3 +703,42 @@ async def test_asgi_redis_slot_given_back_before_an_outer_timeout_answers(redis_
                 await fast.delete(*keys)
             await slow.aclose()
             await fast.aclose()
+
+
+async def test_redis_slot_released_before_a_cancelled_scope_exits(redis_url: str) -> None:
+    """Leaving ``async with RedisConcurrencyLimiter.acquire()`` awaits the release (docs/redis.md),
+    also when an anyio scope cancelled the body: once the scope has exited, another process
+    finds the slot free."""
+    from urllib.parse import urlsplit
+
+    import redis.asyncio as redis_asyncio
+
+    from aiolease.redis import RedisConcurrencyLimiter
+    from aiolease.testing import FaultProxy
+
+    parts = urlsplit(redis_url)
+    name = f"anyio-{uuid.uuid4().hex[:10]}"
+    fast = redis_asyncio.Redis.from_url(redis_url)
+    async with FaultProxy(parts.hostname or "127.0.0.1", parts.port or 6379) as proxy:
+        host, port = proxy.address
+        slow = redis_asyncio.Redis.from_url(f"redis://{host}:{port}{parts.path}")
+        worker = RedisConcurrencyLimiter(slow, name, 1, call_timeout=3)
+        other = RedisConcurrencyLimiter(fast, name, 1)
+        try:
+            await worker.acquire_nowait("warm-up")  # connected before the latency
+            proxy.set_latency(0.05)
+            for _ in range(2):
+                with anyio.move_on_after(0.5) as scope:
+                    async with worker.acquire("k"):
+                        await anyio.sleep(30)
+                assert scope.cancelled_caught
+                permit = await other.acquire_nowait("k")  # raises WouldBlock if still held
+                await permit.arelease()
+        finally:
+            await worker.aclose()
+            await other.aclose()
+            keys = [k async for k in fast.scan_iter(match=f"*{name}*")]
+            if keys:
+                await fast.delete(*keys)
+            await slow.aclose()
+            await fast.aclose()
