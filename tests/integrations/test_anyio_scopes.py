@@ -742,3 +742,47 @@ async def test_redis_slot_released_before_a_cancelled_scope_exits(redis_url: str
                 await fast.delete(*keys)
             await slow.aclose()
             await fast.aclose()
+
+
+async def test_redis_rate_reservation_given_back_before_a_cancelled_scope_exits(
+    redis_url: str,
+) -> None:
+    """A waiter cancelled by an anyio scope gives its reservation back before the scope exits
+    (as a Task.cancel()'d one does): right after, another process sees the slot free again."""
+    from urllib.parse import urlsplit
+
+    import redis.asyncio as redis_asyncio
+
+    from aiolease import RateLimitExceeded
+    from aiolease.redis import RedisRateLimiter
+    from aiolease.testing import FaultProxy
+
+    parts = urlsplit(redis_url)
+    name = f"anyio-{uuid.uuid4().hex[:10]}"
+    fast = redis_asyncio.Redis.from_url(redis_url)
+    async with FaultProxy(parts.hostname or "127.0.0.1", parts.port or 6379) as proxy:
+        host, port = proxy.address
+        slow = redis_asyncio.Redis.from_url(f"redis://{host}:{port}{parts.path}")
+        # One admission per 20 s: the first takes it, a waiter reserves the next one.
+        worker = RedisRateLimiter(slow, name, 1, per=20, call_timeout=3)
+        other = RedisRateLimiter(fast, name, 1, per=20)
+        try:
+            await worker.acquire_nowait(key="warm-up")  # connected before the latency
+            await worker.acquire_nowait(key="k")
+            proxy.set_latency(0.05)
+            with anyio.move_on_after(0.5) as scope:
+                await worker.acquire(key="k")
+            assert scope.cancelled_caught
+            with pytest.raises(RateLimitExceeded) as refused:
+                await other.acquire_nowait(key="k")
+            # Given back: the next admission is the one after the first (about 20 s away),
+            # not one more period behind the cancelled reservation (about 40 s).
+            assert refused.value.retry_after < 30, refused.value.retry_after
+        finally:
+            await worker.aclose()
+            await other.aclose()
+            keys = [k async for k in fast.scan_iter(match=f"*{name}*")]
+            if keys:
+                await fast.delete(*keys)
+            await slow.aclose()
+            await fast.aclose()
