@@ -786,3 +786,35 @@ async def test_redis_rate_reservation_given_back_before_a_cancelled_scope_exits(
                 await fast.delete(*keys)
             await slow.aclose()
             await fast.aclose()
+
+
+async def test_failed_rollback_under_scope_is_logged_and_marks_broken(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from aiolease import _tracking
+
+    conn = FakeConnection()
+    conn.script("^ROLLBACK", error=OSError("connection reset"))
+    hooks: list[str] = []
+    with caplog.at_level(logging.WARNING, logger="aiolease"), anyio.move_on_after(0.1) as scope:
+        async with aiolease.atomic(conn) as tx:
+            tx.on_rollback(lambda: hooks.append("rollback"))
+            await conn.execute("INSERT")
+            await anyio.sleep(30)
+    assert scope.cancelled_caught
+    assert any("ROLLBACK failed" in m for m in aiolease_warnings(caplog))
+    assert _tracking.is_broken(conn)
+    assert hooks == ["rollback"]
+
+
+async def test_hung_rollback_under_scope_is_bounded() -> None:
+    conn = FakeConnection()
+    conn.hang("^ROLLBACK")
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with anyio.fail_after(10), anyio.move_on_after(0.1) as scope:
+        async with aiolease.atomic(conn, cleanup_timeout=0.5):
+            await conn.execute("INSERT")
+            await anyio.sleep(30)
+    assert scope.cancelled_caught
+    assert loop.time() - start < 5  # cleanup_timeout (0.5 s), not the outer 10 s
