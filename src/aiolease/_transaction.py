@@ -28,6 +28,7 @@ from ._errors import CommitUnknown, Rollback, TransactionError
 from ._lease import unwrap
 from ._logs import get_logger
 from ._redact import redact
+from ._shield import shielded
 from ._tx_options import check_flag, check_options, normalize_isolation
 
 __all__ = [
@@ -580,14 +581,16 @@ class Transaction(Generic[C]):
         task = asyncio.ensure_future(op)
         deadline = loop.time() + budget
         cancelled: asyncio.CancelledError | None = None
-        while not task.done():
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                await asyncio.wait((task,), timeout=remaining)
-            except asyncio.CancelledError as second:
-                cancelled = second
+        # An anyio scope's cancellation, delivered again at each await, is not a new one.
+        with shielded():
+            while not task.done():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    await asyncio.wait((task,), timeout=remaining)
+                except asyncio.CancelledError as second:
+                    cancelled = second
         err: BaseException | None
         if not task.done():
             err = TimeoutError(

@@ -28,6 +28,7 @@ from typing import Any
 from ._errors import RateLimitExceeded, WouldBlock
 from ._http import is_async_function
 from ._logs import get_logger
+from ._shield import shielded
 
 __all__ = ["RateLimitMiddleware", "client_ip"]
 
@@ -278,7 +279,10 @@ async def _release(permit: Any) -> None:
         try:
             await asyncio.wait_for(asyncio.shield(task), RELEASE_TIMEOUT)
         except asyncio.CancelledError:
-            await asyncio.wait({task}, timeout=RELEASE_TIMEOUT)
+            # Shielded from an anyio scope's cancellation too, which anyio delivers again
+            # at each await: the response must not leave before the slot is given back.
+            with shielded():
+                await asyncio.wait({task}, timeout=RELEASE_TIMEOUT)
             raise
         except TimeoutError:
             logger.warning(

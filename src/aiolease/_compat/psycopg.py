@@ -20,7 +20,8 @@ statements, as after any failed query); past the grace, or on any other outcome,
 the connection is closed (``pgconn.finish()``, as psycopg does when its own bound expires or a
 second interruption arrives) and the pool discards it at release. The cancellation itself is
 always re-raised unchanged; a second one that arrives during the grace closes the connection and
-propagates at once.
+propagates at once (an anyio cancel scope's cancellation, which anyio delivers again at every
+await until the scope exits, is not a second one: the grace runs shielded from it).
 
 The probe checks that ``AsyncConnection.wait`` and ``psycopg.waiting.wait_async`` have the
 signatures the override copies, and that libpq can bound a cancel request (libpq 17 or later,
@@ -41,6 +42,7 @@ from psycopg import pq, waiting
 
 from .._liveness import CANCEL_GRACE
 from .._logs import get_logger
+from .._shield import shielded
 from . import PUBLIC
 
 __all__ = ["CONNECTION_CLASS", "PRIVATE", "BoundedCancelConnection"]
@@ -117,9 +119,14 @@ class BoundedCancelConnection(psycopg.AsyncConnection[Any]):
         grace = self.cancel_grace
         deadline = loop.time() + grace
         try:
-            await self.cancel_safe(timeout=grace)
-            remaining = max(deadline - loop.time(), 0.0)
-            await waiting.wait_async(gen, self.pgconn.socket, interval=interval, timeout=remaining)
+            # An anyio scope's cancellation, delivered again at each await, is not a
+            # second interruption: it would close a connection the server can keep.
+            with shielded():
+                await self.cancel_safe(timeout=grace)
+                remaining = max(deadline - loop.time(), 0.0)
+                await waiting.wait_async(
+                    gen, self.pgconn.socket, interval=interval, timeout=remaining
+                )
         except psycopg.errors.QueryCanceled:
             return  # the server stopped the query: the connection is usable
         except BaseException as exc:

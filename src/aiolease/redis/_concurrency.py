@@ -20,6 +20,7 @@ from .. import _metrics, _tracking, _validate
 from .._errors import LimiterUnavailable, LimitTimeout, WouldBlock
 from .._limits import ConcurrencyLimiter, ConcurrencyLimiterStatistics, ConcurrencyPermit
 from .._logs import get_logger
+from .._shield import shielded
 from .._validate import LONGEST_WAIT, check_entry
 from ._keys import check_name, check_prefix, key_text, redis_key
 from ._pipe import (
@@ -125,7 +126,10 @@ class RedisConcurrencyPermit:
         task = self._end()
         if task is not None:
             try:
-                await asyncio.shield(task)
+                # The release is bounded (call_timeout); an anyio scope's cancellation,
+                # delivered again at each await, must not end this wait before Redis has it.
+                with shielded():
+                    await asyncio.shield(task)
             except Exception as exc:  # logged: see above
                 logger.log(  # the task's own line began the outage, if it was not known
                     logging.DEBUG

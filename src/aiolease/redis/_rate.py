@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from .. import _metrics, _tracking, _validate
 from .._errors import RateLimitExceeded
 from .._limits import RateLimiter, RateLimiterStatistics, RatePermit
+from .._shield import shielded
 from .._validate import LONGEST_WAIT, check_cost
 from ._keys import check_name, check_prefix, redis_key
 from ._pipe import (
@@ -772,10 +773,12 @@ class RedisRateLimiter:
         except BaseException:
             entry.handle.cancel()
             del chain.entries[fut]
-            # Give the reservation back; shielded so a second cancellation cannot stop it half way.
+            # Give the reservation back; shielded so a second cancellation cannot stop it half way
+            # (nor an anyio scope's, which anyio delivers again at each await: the caller leaves
+            # once the slot is back, as after a Task.cancel()).
             due = fut.done() and not fut.cancelled()  # its timer fired (or pause() woke it)
             refund = self._bg.spawn(self._give_back(rkey, chain, entry, old_t, due))
-            with contextlib.suppress(BaseException):
+            with contextlib.suppress(BaseException), shielded():
                 await asyncio.shield(refund)
             raise
         finally:
