@@ -28,20 +28,11 @@ import aiolease
 import aiolease._compat.psycopg
 from aiolease import Pool
 from aiolease.testing import FakeConnection, FakeManager
+from driver_pools import settle
 
 pytestmark = pytest.mark.timeout(60)
 
 PG_SLEEP = "select pg_sleep(30)"
-
-
-async def settle(pool: Pool[Any]) -> None:
-    """Wait for the pool's background work (resets, closes) to finish."""
-    for _ in range(100):
-        tasks = [t for t in pool._tasks if not t.done()]
-        if not tasks:
-            return
-        await asyncio.wait(tasks, timeout=10)
-    raise AssertionError(f"{pool!r} never settled")
 
 
 def consistent(pool: Pool[Any]) -> None:

@@ -202,3 +202,27 @@ def duck_pool(m: DuckManager, **opts: Any) -> Pool[Res]:
     # The contract's Manager is a Protocol; aiolease.abc.Manager is an ABC (the contract allows it),
     # so a duck-typed manager needs a cast for the type checker only.
     return Pool(m, **opts)  # type: ignore[arg-type]
+
+
+def early_timer_loop(
+    target: Callable[..., Any], armed: list[float], early: int = 100
+) -> type[VirtualTimeLoop]:
+    """A :class:`VirtualTimeLoop` whose timers for ``target`` (a function: the method a
+    timer calls) fire 0.5 ms before their deadline, as uvloop's millisecond ticks may, the
+    first ``early`` times (so that a test of a spin stays bounded); each deadline armed for
+    ``target`` is appended to ``armed``."""
+
+    class EarlyTimerLoop(VirtualTimeLoop):
+        early_left = early
+
+        def call_at(  # type: ignore[override]
+            self, when: float, callback: Any, *args: Any, context: Any = None
+        ) -> Any:
+            if getattr(callback, "__func__", None) is target:
+                armed.append(when)
+                if self.early_left > 0:
+                    self.early_left -= 1
+                    when -= 0.0005
+            return super().call_at(when, callback, *args, context=context)
+
+    return EarlyTimerLoop

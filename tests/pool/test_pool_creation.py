@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Any
 
 import pytest
 from pool_helpers import (
     NO_HANG,
     assert_closed_cleanly,
     assert_consistent,
+    early_timer_loop,
     now,
     settle,
     start_acquire,
@@ -22,7 +22,7 @@ from aiolease import (
     PoolTimeout,
 )
 from aiolease._pool._creations import Creations
-from aiolease.testing import FakeManager, FakeResource, VirtualTimeLoop
+from aiolease.testing import FakeManager, FakeResource
 
 pytestmark = [pytest.mark.aiolease_virtual_time, NO_HANG]
 
@@ -430,18 +430,7 @@ def test_backoff_timer_firing_early_does_not_spin() -> None:
     # stops firing early, after 100 early fires, to keep this test bounded).
     arms: list[float] = []
 
-    class EarlyTimerLoop(VirtualTimeLoop):
-        early_left = 100
-
-        def call_at(  # type: ignore[override]
-            self, when: float, callback: Any, *args: Any, context: Any = None
-        ) -> Any:
-            if getattr(callback, "__func__", None) is Creations._on_backoff_end:
-                arms.append(when)
-                if self.early_left > 0:
-                    self.early_left -= 1
-                    when -= 0.0005
-            return super().call_at(when, callback, *args, context=context)
+    EarlyTimerLoop = early_timer_loop(Creations._on_backoff_end, arms)
 
     async def main() -> None:
         fm = FakeManager()

@@ -15,6 +15,7 @@ from pool_helpers import (
     assert_consistent,
     checked_out_then_idle,
     closed,
+    early_timer_loop,
     now,
     settle,
     vrun,
@@ -519,18 +520,7 @@ def test_housekeeping_timer_firing_early_does_not_spin() -> None:
     # stops firing early, which it does after 100 early fires to keep this test bounded).
     runs: list[float] = []
 
-    class EarlyTimerLoop(VirtualTimeLoop):
-        early_left = 100
-
-        def call_at(  # type: ignore[override]
-            self, when: float, callback: Any, *args: Any, context: Any = None
-        ) -> Any:
-            if getattr(callback, "__func__", None) is Housekeeper.run:
-                runs.append(when)
-                if self.early_left > 0:
-                    self.early_left -= 1
-                    when -= 0.0005
-            return super().call_at(when, callback, *args, context=context)
+    EarlyTimerLoop = early_timer_loop(Housekeeper.run, runs)
 
     async def main() -> None:
         fm = FakeManager()
