@@ -12,11 +12,13 @@ cancelled task) neither spin on the re-delivered cancellation nor give up on it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -27,7 +29,7 @@ from fastapi import FastAPI, Request
 import aiolease
 import aiolease._compat.psycopg
 from aiolease import Pool
-from aiolease.testing import FakeConnection, FakeManager
+from aiolease.testing import FakeConnection, FakeManager, FaultProxy
 from driver_pools import settle
 
 pytestmark = pytest.mark.timeout(60)
@@ -641,17 +643,12 @@ def _serialization_failure(kind: str) -> Exception:
     return sqlite3.OperationalError("database is locked")
 
 
-async def test_asgi_redis_slot_given_back_before_an_outer_timeout_answers(redis_url: str) -> None:
-    """RateLimitMiddleware gives a concurrency slot back before the response leaves, also
-    when a timeout middleware around it (anyio.move_on_after) cancels the request: a
-    client's next request, to any worker, never meets its previous one."""
-    from urllib.parse import urlsplit
-
+@contextlib.asynccontextmanager
+async def _slow_and_fast(redis_url: str) -> AsyncIterator[tuple[FaultProxy, Any, Any, str]]:
+    """A Redis client whose round trips go through a FaultProxy (this worker's, slowed down
+    by the test), another straight to Redis (another process's), and a limiter name of the
+    test's own; the name's keys are deleted and both clients closed afterwards."""
     import redis.asyncio as redis_asyncio
-
-    from aiolease.asgi import RateLimitMiddleware
-    from aiolease.redis import RedisConcurrencyLimiter
-    from aiolease.testing import FaultProxy
 
     parts = urlsplit(redis_url)
     name = f"anyio-{uuid.uuid4().hex[:10]}"
@@ -659,6 +656,24 @@ async def test_asgi_redis_slot_given_back_before_an_outer_timeout_answers(redis_
     async with FaultProxy(parts.hostname or "127.0.0.1", parts.port or 6379) as proxy:
         host, port = proxy.address
         slow = redis_asyncio.Redis.from_url(f"redis://{host}:{port}{parts.path}")
+        try:
+            yield proxy, slow, fast, name
+        finally:
+            keys = [k async for k in fast.scan_iter(match=f"*{name}*")]
+            if keys:
+                await fast.delete(*keys)
+            await slow.aclose()
+            await fast.aclose()
+
+
+async def test_asgi_redis_slot_given_back_before_an_outer_timeout_answers(redis_url: str) -> None:
+    """RateLimitMiddleware gives a concurrency slot back before the response leaves, also
+    when a timeout middleware around it (anyio.move_on_after) cancels the request: a
+    client's next request, to any worker, never meets its previous one."""
+    from aiolease.asgi import RateLimitMiddleware
+    from aiolease.redis import RedisConcurrencyLimiter
+
+    async with _slow_and_fast(redis_url) as (proxy, slow, fast, name):
         # This worker's round trips to Redis take 0.1 s; another worker's are fast.
         worker = RedisConcurrencyLimiter(slow, name, 1, call_timeout=3)
         other = RedisConcurrencyLimiter(fast, name, 1)
@@ -691,30 +706,15 @@ async def test_asgi_redis_slot_given_back_before_an_outer_timeout_answers(redis_
         finally:
             await worker.aclose()
             await other.aclose()
-            keys = [k async for k in fast.scan_iter(match=f"*{name}*")]
-            if keys:
-                await fast.delete(*keys)
-            await slow.aclose()
-            await fast.aclose()
 
 
 async def test_redis_slot_released_before_a_cancelled_scope_exits(redis_url: str) -> None:
     """Leaving ``async with RedisConcurrencyLimiter.acquire()`` awaits the release (docs/redis.md),
     also when an anyio scope cancelled the body: once the scope has exited, another process
     finds the slot free."""
-    from urllib.parse import urlsplit
-
-    import redis.asyncio as redis_asyncio
-
     from aiolease.redis import RedisConcurrencyLimiter
-    from aiolease.testing import FaultProxy
 
-    parts = urlsplit(redis_url)
-    name = f"anyio-{uuid.uuid4().hex[:10]}"
-    fast = redis_asyncio.Redis.from_url(redis_url)
-    async with FaultProxy(parts.hostname or "127.0.0.1", parts.port or 6379) as proxy:
-        host, port = proxy.address
-        slow = redis_asyncio.Redis.from_url(f"redis://{host}:{port}{parts.path}")
+    async with _slow_and_fast(redis_url) as (proxy, slow, fast, name):
         worker = RedisConcurrencyLimiter(slow, name, 1, call_timeout=3)
         other = RedisConcurrencyLimiter(fast, name, 1)
         try:
@@ -730,11 +730,6 @@ async def test_redis_slot_released_before_a_cancelled_scope_exits(redis_url: str
         finally:
             await worker.aclose()
             await other.aclose()
-            keys = [k async for k in fast.scan_iter(match=f"*{name}*")]
-            if keys:
-                await fast.delete(*keys)
-            await slow.aclose()
-            await fast.aclose()
 
 
 async def test_redis_rate_reservation_given_back_before_a_cancelled_scope_exits(
@@ -742,20 +737,10 @@ async def test_redis_rate_reservation_given_back_before_a_cancelled_scope_exits(
 ) -> None:
     """A waiter cancelled by an anyio scope gives its reservation back before the scope exits
     (as a Task.cancel()'d one does): right after, another process sees the slot free again."""
-    from urllib.parse import urlsplit
-
-    import redis.asyncio as redis_asyncio
-
     from aiolease import RateLimitExceeded
     from aiolease.redis import RedisRateLimiter
-    from aiolease.testing import FaultProxy
 
-    parts = urlsplit(redis_url)
-    name = f"anyio-{uuid.uuid4().hex[:10]}"
-    fast = redis_asyncio.Redis.from_url(redis_url)
-    async with FaultProxy(parts.hostname or "127.0.0.1", parts.port or 6379) as proxy:
-        host, port = proxy.address
-        slow = redis_asyncio.Redis.from_url(f"redis://{host}:{port}{parts.path}")
+    async with _slow_and_fast(redis_url) as (proxy, slow, fast, name):
         # One admission per 20 s: the first takes it, a waiter reserves the next one.
         worker = RedisRateLimiter(slow, name, 1, per=20, call_timeout=3)
         other = RedisRateLimiter(fast, name, 1, per=20)
@@ -774,11 +759,6 @@ async def test_redis_rate_reservation_given_back_before_a_cancelled_scope_exits(
         finally:
             await worker.aclose()
             await other.aclose()
-            keys = [k async for k in fast.scan_iter(match=f"*{name}*")]
-            if keys:
-                await fast.delete(*keys)
-            await slow.aclose()
-            await fast.aclose()
 
 
 async def test_failed_rollback_under_scope_is_logged_and_marks_broken(
