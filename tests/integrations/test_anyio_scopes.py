@@ -122,6 +122,32 @@ async def in_transaction(kind: str, pool: Pool[Any]) -> list[bool]:
     return out
 
 
+async def server_in_transaction(
+    kind: str, pool: Pool[Any], request: pytest.FixtureRequest
+) -> list[bool]:
+    """Whether the server has a transaction open on each idle connection of the pool, asked
+    of the server (``pg_stat_activity``, from a connection of its own): the drivers' own
+    flags follow the replies they have read, and would miss a transaction the server opened
+    for a statement whose reply they dropped."""
+    if kind == "sqlite":
+        return [bool(entry.resource.in_transaction) for entry in pool._idle]
+    import asyncpg
+
+    pids = [
+        entry.resource.get_server_pid() if kind == "asyncpg" else entry.resource.info.backend_pid
+        for entry in pool._idle
+    ]
+    observer = await asyncpg.connect(request.getfixturevalue("pg_dsn"))
+    try:
+        rows = await observer.fetch(
+            "select pid, state from pg_stat_activity where pid = any($1::int[])", pids
+        )
+        states: dict[int, str | None] = {row["pid"]: row["state"] for row in rows}
+    finally:
+        await observer.close()
+    return [states.get(pid) not in ("idle", None) for pid in pids]
+
+
 async def test_atomic_body_cancelled_by_move_on_after_rolls_back(
     db: tuple[str, Pool[Any], str],
 ) -> None:
@@ -570,7 +596,9 @@ async def _cancel_scope_after_steps(fn: Callable[[], Any], steps: int) -> tuple[
     return scope.cancelled_caught, returned
 
 
-async def test_pool_atomic_sweep_under_scope(db: tuple[str, Pool[Any], str]) -> None:
+async def test_pool_atomic_sweep_under_scope(
+    db: tuple[str, Pool[Any], str], request: pytest.FixtureRequest
+) -> None:
     kind, pool, table = db
     history: list[tuple[int, bool, int, int]] = []
     for k in range(3000):  # until the block ends before the cancellation
@@ -587,6 +615,7 @@ async def test_pool_atomic_sweep_under_scope(db: tuple[str, Pool[Any], str]) -> 
         await settle(pool)
         consistent(pool)
         assert await in_transaction(kind, pool) == [False] * len(pool._idle), k
+        assert await server_in_transaction(kind, pool, request) == [False] * len(pool._idle), k
         rows = await count_rows(kind, pool, table)
         history.append((k, cancelled, rows, pool.statistics().discarded))
         assert rows in (0, 2), history[-6:]
@@ -601,7 +630,9 @@ async def test_pool_atomic_sweep_under_scope(db: tuple[str, Pool[Any], str]) -> 
     raise AssertionError("the block never ended before its cancellation")
 
 
-async def test_run_transaction_sweep_under_scope(db: tuple[str, Pool[Any], str]) -> None:
+async def test_run_transaction_sweep_under_scope(
+    db: tuple[str, Pool[Any], str], request: pytest.FixtureRequest
+) -> None:
     kind, pool, table = db
     for k in range(3000):
         tries: list[int] = []
@@ -619,6 +650,7 @@ async def test_run_transaction_sweep_under_scope(db: tuple[str, Pool[Any], str])
         await settle(pool)
         consistent(pool)
         assert await in_transaction(kind, pool) == [False] * len(pool._idle), k
+        assert await server_in_transaction(kind, pool, request) == [False] * len(pool._idle), k
         rows = await count_rows(kind, pool, table)
         assert rows in (0, 1), (k, rows)
         async with pool.acquire() as conn:
