@@ -410,6 +410,23 @@ async def _fifo_with_cancelled_waiters(acquire: Callable[[], Any]) -> list[int]:
     return order
 
 
+async def _rate_with_cancelled_waiters(acquire: Callable[[], Any]) -> list[int]:
+    """Five waiters on a 5/s limiter, the middle three cancelled by their scopes: which got
+    admitted (the last takes the slot the cancelled ones gave back)."""
+    got: list[int] = []
+
+    async def waiter(i: int, limit: float) -> None:
+        with anyio.move_on_after(limit):
+            async with acquire():
+                got.append(i)
+
+    async with anyio.create_task_group() as tg:
+        for i, limit in enumerate([30, 0.05, 0.05, 0.05, 30]):
+            tg.start_soon(waiter, i, limit)
+            await anyio.sleep(0.005)
+    return got
+
+
 async def test_local_limiters_under_scopes() -> None:
     sem = aiolease.ConcurrencyLimiter(1)
     assert await _fifo_with_cancelled_waiters(sem.acquire) == [0, 2, 4]
@@ -418,18 +435,8 @@ async def test_local_limiters_under_scopes() -> None:
     group = aiolease.LimitGroup(aiolease.ConcurrencyLimiter(1), aiolease.RateLimiter(1000))
     assert await _fifo_with_cancelled_waiters(group.acquire) == [0, 2, 4]
     rate = aiolease.RateLimiter(5)
-    got: list[int] = []
-
-    async def rate_waiter(i: int, limit: float) -> None:
-        with anyio.move_on_after(limit):
-            async with rate.acquire():
-                got.append(i)
-
-    async with anyio.create_task_group() as tg:
-        for i, limit in enumerate([30, 0.05, 0.05, 0.05, 30]):
-            tg.start_soon(rate_waiter, i, limit)
-            await anyio.sleep(0.005)
-    assert got == [0, 4]  # 4 got the slot the three cancelled waiters gave back
+    # 4 got the slot the three cancelled waiters gave back
+    assert await _rate_with_cancelled_waiters(rate.acquire) == [0, 4]
     assert rate.statistics().waiting == 0
 
 
@@ -448,18 +455,7 @@ async def test_redis_limiters_under_scopes(redis_url: str) -> None:
             await sem.aclose()
         rate = RedisRateLimiter(client, name + "-r", 5)
         try:
-            got: list[int] = []
-
-            async def rate_waiter(i: int, limit: float) -> None:
-                with anyio.move_on_after(limit):
-                    async with rate.acquire():
-                        got.append(i)
-
-            async with anyio.create_task_group() as tg:
-                for i, limit in enumerate([30, 0.05, 0.05, 0.05, 30]):
-                    tg.start_soon(rate_waiter, i, limit)
-                    await anyio.sleep(0.005)
-            assert got == [0, 4]
+            assert await _rate_with_cancelled_waiters(rate.acquire) == [0, 4]
         finally:
             await rate.aclose()
     finally:

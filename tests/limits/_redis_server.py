@@ -64,6 +64,17 @@ class OwnRedis:
             self.proc = None
 
 
+@contextlib.asynccontextmanager
+async def running_redis(binary: str) -> AsyncIterator[OwnRedis]:
+    """A redis-server of ``binary``, started on a free port, killed on the way out."""
+    server = OwnRedis(binary)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.kill()
+
+
 @pytest.fixture
 async def own_redis() -> AsyncIterator[OwnRedis]:
     """A started redis-server of this test's own; skipped loudly (failed under CI) if missing."""
@@ -73,12 +84,8 @@ async def own_redis() -> AsyncIterator[OwnRedis]:
         if IN_CI:
             pytest.fail(f"CI=true and {message}", pytrace=False)
         pytest.skip(f"!!! SKIPPED: {message}")
-    server = OwnRedis(binary)
-    await server.start()
-    try:
+    async with running_redis(binary) as server:
         yield server
-    finally:
-        await server.kill()
 
 
 class SilentProxy:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as redis_asyncio
-from _redis_server import OwnRedis, SilentProxy, own_redis
+from _redis_server import OwnRedis, SilentProxy, own_redis, running_redis
 from redis.exceptions import NoPermissionError
 
 import aiolease
@@ -164,12 +164,8 @@ async def other_redis(own_redis: OwnRedis) -> AsyncIterator[OwnRedis]:
     """A second redis-server of the test's own (``own_redis`` checked the binary exists)."""
     binary = shutil.which("redis-server")
     assert binary is not None
-    server = OwnRedis(binary)
-    await server.start()
-    try:
+    async with running_redis(binary) as server:
         yield server
-    finally:
-        await server.kill()
 
 
 async def test_a_failover_that_demotes_the_primary_is_followed(
