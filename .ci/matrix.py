@@ -5,7 +5,8 @@ Each run gets its own venv under .venv-matrix/ (made on first use, refreshed whe
 changes). Pythons are found on PATH (python3.X) or through pyenv; a missing one is reported as
 skipped. Extra pytest arguments: MATRIX_PYTEST_ARGS="-x -q tests/sqlite". Only some runs:
 MATRIX_RUNS="py3.12 public". Runs: py3.11, py3.12, py3.13-latest (the newest
-Python with the newest driver releases, re-resolved every time), public (AIOLEASE_COMPAT=public),
+Python with the newest driver releases, re-resolved every time; py3.12 on asyncio's loop alone:
+AIOLEASE_TEST_LOOPS), public (AIOLEASE_COMPAT=public),
 lowest (the lowest versions pyproject.toml allows of the drivers, the HTTP clients, the metrics
 libraries and the test tools: PINNED).
 """
@@ -34,8 +35,9 @@ PINNED = (
     *("opentelemetry-api", "opentelemetry-sdk", "prometheus-client"),
     *("pytest", "pytest-asyncio", "pytest-timeout", "hypothesis", "uvloop", "uvicorn", "fastapi"),
 )
-# Each run is bounded; the whole matrix stays well inside CI's limit.
-RUN_TIMEOUT = 900
+# Each run is bounded (a hang ends it), with room for a slower machine: a run of the whole
+# suite takes 11 to 14 minutes on CI's 2-core machine.
+RUN_TIMEOUT = 1200
 
 
 @dataclass
@@ -134,7 +136,13 @@ def summary(output: str) -> str:
 def main() -> int:
     lowest = lowest_pins()
     # The newest Python also takes the newest drivers (re-resolved on every run): "latest".
+    # The loops (asyncio's and uvloop) are covered on 3.11 (`make test`), 3.13 and by the
+    # public and lowest runs; 3.12 runs the suite on asyncio's loop alone, which keeps the
+    # matrix inside CI's time limit.
     runs = [Run(f"py{v}", v) for v in PYTHONS[:-1]]
+    for run in runs:
+        if run.python != PYTHONS[0]:
+            run.env["AIOLEASE_TEST_LOOPS"] = "asyncio"
     runs.append(Run(f"py{PYTHONS[-1]}-latest", PYTHONS[-1], upgrade=True))
     runs.append(Run("public", PYTHONS[0], env={"AIOLEASE_COMPAT": "public"}))
     runs.append(Run("lowest", PYTHONS[0], pins=lowest))

@@ -120,6 +120,17 @@ if uvloop is not None:
 
     LOOP_FACTORIES["uvloop"] = _UvloopLoop
 
+#: AIOLEASE_TEST_LOOPS="asyncio" (names, comma-separated) runs the suite on those loops only:
+#: a run of `make test-matrix` that covers a Python version, not the loops (see .ci/matrix.py).
+if os.environ.get("AIOLEASE_TEST_LOOPS"):
+    _wanted = {name.strip() for name in os.environ["AIOLEASE_TEST_LOOPS"].split(",")}
+    if not _wanted <= set(LOOP_FACTORIES):
+        raise pytest.UsageError(
+            f"AIOLEASE_TEST_LOOPS: unknown loop(s) {sorted(_wanted - set(LOOP_FACTORIES))}; "
+            f"known: {sorted(LOOP_FACTORIES)}"
+        )
+    LOOP_FACTORIES = {name: f for name, f in LOOP_FACTORIES.items() if name in _wanted}
+
 #: The black-box contract suites run as a user's tests would, on asyncio's own loop.
 _ASYNCIO_ONLY: dict[str, LoopFactory] = {"asyncio": asyncio.new_event_loop}
 _ACCEPTANCE = Path(__file__).resolve().parent / "acceptance"

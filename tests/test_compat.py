@@ -52,6 +52,7 @@ def test_the_flag_is_the_environment_at_import() -> None:
     expected = os.environ.get("AIOLEASE_COMPAT", "").strip().lower() == "public"
     assert aiolease._compat.PUBLIC is expected
     assert aiolease._compat.asyncpg.PRIVATE is (not expected)
+    assert aiolease._compat.asyncpg.RESENDS_CANCEL is (not expected)
     assert aiolease._compat.psycopg.PRIVATE is (not expected)
 
 
@@ -66,6 +67,50 @@ def test_public_fallbacks_know_nothing_private() -> None:
     assert pg._transport_public(Conn()) is None
     assert pg._cancelling_public(Conn()) is False
     assert pg._pending_public(Conn()) is False
+
+
+async def test_asyncpg_public_end_cancelled_waits_for_nothing_and_sends_nothing() -> None:
+    from aiolease._compat import asyncpg as pg
+
+    class Protocol:
+        def _is_cancelling(self) -> bool:
+            return True
+
+        async def _wait_for_cancellation(self) -> None:
+            raise AssertionError("the public fallback waited")
+
+    class Conn:
+        _protocol = Protocol()
+
+        def _cancel_current_command(self, waiter: Any, cancel_waiter: Any = None) -> None:
+            raise AssertionError("the public fallback sent a cancel request")
+
+    await pg._end_cancelled_public(Conn())  # (the fake raises if it is called)
+
+
+def test_asyncpg_cancel_probe_refuses_a_layout_it_does_not_know(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncpg
+
+    from aiolease._compat import asyncpg as fence
+
+    assert fence._probe_cancel() is True  # on the asyncpg versions pyproject.toml allows
+
+    def other(self: Any, task: Any) -> None:
+        raise AssertionError("never called")
+
+    connection = asyncpg.connection.Connection
+    with monkeypatch.context() as m:
+        m.setattr(connection, "_cancel_current_command", other)
+        assert fence._probe_cancel() is False
+    with monkeypatch.context() as m:
+        m.delattr(connection, "_cancel_current_command")
+        assert fence._probe_cancel() is False
+    with monkeypatch.context() as m:
+        m.setattr(asyncpg.protocol, "Protocol", object)
+        assert fence._probe_cancel() is False
+    assert fence._probe_cancel() is True
 
 
 def test_asyncpg_public_mode_verifies_each_checkout_and_discards_cancelled_bodies() -> None:

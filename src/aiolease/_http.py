@@ -49,11 +49,13 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELET
 #: The statuses whose waiting instructions pause the key.
 RETRY_STATUSES = frozenset({429, 503})
 
-#: Above this a ``RateLimit-Reset`` value is read as a Unix time, not a delay
-#: (some servers send the epoch form); ten years of seconds.
+#: Above this a ``Retry-After`` or ``RateLimit-Reset`` value is read as a Unix time,
+#: not a delay (some servers send the epoch form); ten years of seconds.
 _EPOCH_THRESHOLD = 10 * 365 * 86400.0
 #: delta-seconds: ASCII digits only (RFC 9110 DIGIT; ``\d`` alone takes "٣" for 3).
 _DELTA = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*$", re.ASCII)
+#: The day name an IMF-fixdate or RFC 850 date starts with, before its comma.
+_DAY_NAME = re.compile(r"^(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*$", re.ASCII | re.IGNORECASE)
 #: One member of a Structured Fields list (RFC 8941): commas inside quoted strings kept.
 _MEMBER = re.compile(r'(?:"(?:[^"\\]|\\.)*"|[^,"])+')
 
@@ -83,11 +85,16 @@ class HeaderGetter(Protocol):
 
 
 def _number(text: str) -> float | None:
+    """A non-negative decimal, or None; too many digits for a float read as inf (see _wait)."""
     m = _DELTA.match(text)
+    return float(m.group(1)) if m else None
+
+
+def _wait(seconds: float) -> float:
     # Capped at 2**31 s as RFC 9111 (1.2.2) caps delta-seconds: too many digits for a float
     # would read as inf, which a limiter refuses to pause for while the key stayed paused here
     # for good (a later request waited forever, whatever its timeout).
-    return min(float(m.group(1)), LONGEST_WAIT) if m else None
+    return min(seconds, LONGEST_WAIT)
 
 
 def _http_date(text: str) -> float | None:
@@ -116,14 +123,20 @@ def _reference_time(header: HeaderGetter) -> float:
 
 
 def _until(at: float, header: HeaderGetter) -> float:
-    """The delay until the absolute time ``at``, capped as delta-seconds are (see _number)."""
-    return min(max(0.0, at - _reference_time(header)), LONGEST_WAIT)
+    """The delay until the absolute time ``at``, capped as delta-seconds are."""
+    return _wait(max(0.0, at - _reference_time(header)))
+
+
+def _seconds_or_epoch(seconds: float, header: HeaderGetter) -> float:
+    """delta-seconds, or the delay until a Unix time sent in their place (see _EPOCH_THRESHOLD):
+    read as seconds, that would pause the key for decades."""
+    return _until(seconds, header) if seconds > _EPOCH_THRESHOLD else _wait(seconds)
 
 
 def _one_retry_after(value: str, header: HeaderGetter) -> float | None:
     seconds = _number(value)
     if seconds is not None:
-        return seconds
+        return _seconds_or_epoch(seconds, header)
     at = _http_date(value)
     if at is None:
         return None
@@ -134,17 +147,17 @@ def _retry_after(value: str, header: HeaderGetter) -> float | None:
     """One ``Retry-After`` value, or several (the field repeated, e.g. by a proxy, comes
     joined by ", "): the longest wait among them, or None when any is malformed.
 
-    An HTTP-date holds a comma itself: where two pieces together read as a date, they
-    are one value.
+    An HTTP-date holds a comma itself, right after its day name: such a piece and the
+    next are one value. (The whole field is not tried as one date first: the date
+    parser is lenient, and would read the first of several dates and drop the rest.)
     """
-    seconds = _one_retry_after(value, header)
-    if seconds is not None or "," not in value:
-        return seconds
+    if "," not in value:
+        return _one_retry_after(value, header)
     pieces = [p.strip() for p in value.split(",")]
     waits: list[float] = []
     i = 0
     while i < len(pieces):
-        if i + 1 < len(pieces) and _http_date(f"{pieces[i]}, {pieces[i + 1]}") is not None:
+        if i + 1 < len(pieces) and _DAY_NAME.match(pieces[i]):
             piece, i = f"{pieces[i]}, {pieces[i + 1]}", i + 2
         else:
             piece, i = pieces[i], i + 1
@@ -179,14 +192,14 @@ def _ratelimit(value: str) -> float | None:
         fields = {k.strip().lower(): v.strip() for k, v in fields.items()}
         reset = _number(fields.get("reset", ""))
         remaining = _number(fields.get("remaining", "0"))
-        return reset if reset is not None and remaining == 0 else None
+        return _wait(reset) if reset is not None and remaining == 0 else None
     resets: list[float] = []
     for m in members:
         _, params = _params(m)
         reset = _number(params.get("t", ""))
         remaining = _number(params.get("r", "0"))
         if reset is not None and remaining == 0:
-            resets.append(reset)
+            resets.append(_wait(reset))
     return max(resets) if resets else None
 
 
@@ -202,7 +215,7 @@ def _ratelimit_reset(value: str, header: HeaderGetter) -> float | None:
         seconds = _number(piece)
         if seconds is None:
             return None
-        waits.append(_until(seconds, header) if seconds > _EPOCH_THRESHOLD else seconds)
+        waits.append(_seconds_or_epoch(seconds, header))
     return max(waits)
 
 
@@ -514,7 +527,23 @@ class Pauses:
         st.burst = max(1.0, rate * seconds)
         st.learned_at = now
 
-    async def wait(self, key: Hashable, deadline: float = math.inf) -> None:
+    def check(self, key: Hashable, now: float, longest: float = math.inf) -> None:
+        """Raise unless the pause of ``key`` in force ends within ``longest`` seconds.
+
+        Raises:
+            RateLimitExceeded: the key is paused for longer than ``longest``.
+        """
+        st = self._keys.get(key)
+        if st is not None and st.until - now > longest:
+            raise RateLimitExceeded(
+                st.until - now,
+                f"{key!r} is paused by the server's answer for {st.until - now:.0f}s, "
+                f"longer than max_wait={longest:g}",
+            )
+
+    async def wait(
+        self, key: Hashable, deadline: float = math.inf, longest: float = math.inf
+    ) -> None:
         """Sleep until ``key`` is not paused and a slot of its learned pace has come.
 
         A pause or an episode that begins during the wait is waited out too,
@@ -524,7 +553,8 @@ class Pauses:
 
         Raises:
             RateLimitExceeded: the pause or the slot ends after ``deadline`` (loop
-                clock); nothing is waited for and no slot is taken.
+                clock), or the pause lasts longer than ``longest`` seconds (see
+                :meth:`check`); nothing is waited for and no slot is taken.
         """
         loop = asyncio.get_running_loop()
         while True:
@@ -533,6 +563,7 @@ class Pauses:
             if st is None:
                 return
             if st.until > now:
+                self.check(key, now, longest)
                 if st.until > deadline:
                     raise RateLimitExceeded(st.until - now, _past_deadline(key, "paused"))
                 await asyncio.sleep(st.until - now)
@@ -627,6 +658,13 @@ class RetryPolicy(Generic[R]):
         limiter_pause = getattr(self.limits, "pause", None)
         if limiter_pause is None:
             return
+        if self.max_wait is not None:
+            # Nobody here waits out a longer pause (see send()), and in the limiter it
+            # would hold the other processes of a Redis limiter, which never saw this
+            # answer, for all of it: past max_wait each sends one request and pauses
+            # itself from its own answer. A server asking for the end of time (2**31 s
+            # here) would otherwise stop the key everywhere for decades.
+            seconds = min(seconds, self.max_wait)
         try:
             result = limiter_pause(seconds, key)
             if inspect.isawaitable(result):
@@ -662,14 +700,19 @@ class RetryPolicy(Generic[R]):
         Raises:
             RateLimitExceeded, LimitTimeout: the limits could not admit the
                 request within ``timeout``; ``RateLimitExceeded`` too when the
-                key's pause or learned pace holds it past ``timeout``.
+                key's pause or learned pace holds it past ``timeout``, or the
+                key's pause lasts longer than ``max_wait`` (at once, unsent).
         """
         check_key_value(key)
         retry_method = method.upper() in self.retry_methods
         loop = asyncio.get_running_loop()
+        # A pause longer than max_wait is not waited out by any request: the one
+        # that got it returns the throttled response, the others raise at once.
+        longest = math.inf if self.max_wait is None else self.max_wait
         tries = 0
         while True:
             start = loop.time()
+            self._pauses.check(key, start, longest)
             self._pauses.begin(key, start)
             sent_at: float | None = None
             response: R | None = None
@@ -679,7 +722,7 @@ class RetryPolicy(Generic[R]):
                     # holds it too: nothing is sent into a window the server closed.
                     # ``timeout`` bounds that wait as well, from the attempt's start.
                     await self._pauses.wait(
-                        key, math.inf if self.timeout is None else start + self.timeout
+                        key, math.inf if self.timeout is None else start + self.timeout, longest
                     )
                     sent_at = loop.time()
                     self._pauses.sent(key, sent_at)

@@ -39,6 +39,10 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 #: request before the connection is cut: a live server answers within a round trip or
 #: two, a silent peer never does, and meanwhile the connection's pool slot stays taken.
 CANCEL_GRACE = 0.5
+#: Within that grace, the first wait for a cancelled statement's end before the cancel request
+#: is sent again, as a share of the grace; each later wait doubles. PostgreSQL drops a request
+#: that overtook its statement (it travels on a connection of its own).
+CANCEL_RESEND_FIRST = 0.1
 
 #: libpq conninfo parameters with the same meaning (``tcp_user_timeout`` in milliseconds).
 LIBPQ_KEEPALIVE: dict[str, str] = {

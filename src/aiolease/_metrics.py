@@ -16,7 +16,10 @@ consumers (*sinks*); nothing here knows either. Two kinds of data:
 
 Every pool and limiter registers itself here when made (a weak registry:
 registration keeps nothing alive), which is how instrumentation reaches the
-objects made before it.
+objects made before it. It is also what bounds the series a sink exports: a name
+has series while a live pool or limiter has it (:func:`pool_names`,
+:func:`limiter_names`), so pools or limiters made and dropped under generated
+names do not grow the exposition without bound.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ __all__ = [
     "Sink",
     "attach",
     "detach",
+    "limiter_names",
     "limiters",
+    "pool_names",
     "pools",
     "register_limiter",
     "register_pool",
@@ -172,13 +177,28 @@ def _limiter_observer(name: str) -> LimiterObserver | None:
     return LimiterObserver(tuple(sink.limiter_recorder(name) for sink in _sinks))
 
 
+def _live(registry: weakref.WeakKeyDictionary[Any, str]) -> list[tuple[Any, str]]:
+    """A copy of ``registry``'s entries (live object, name).
+
+    Consumers collect on threads of their own (the OpenTelemetry SDK's periodic
+    reader, prometheus_client's HTTP server) while the event loop's thread makes and
+    drops pools and limiters: copying a weak dictionary fails ("dictionary changed size
+    during iteration") when an entry comes or goes meanwhile, so it is copied again.
+    """
+    while True:
+        try:
+            return list(registry.items())
+        except RuntimeError:
+            continue
+
+
 def _rebind() -> None:
     """Give every live pool and limiter the observer of the current sinks."""
     global _tx_sinks
     _tx_sinks = tuple(_sinks)
-    for pool, name in list(_pools.items()):
+    for pool, name in _live(_pools):
         pool._observer = _pool_observer(name)
-    for limiter, name in list(_limiters.items()):
+    for limiter, name in _live(_limiters):
         limiter._observer = _limiter_observer(name)
 
 
@@ -279,11 +299,22 @@ class LimiterState:
     active_leases: int | None
 
 
+def pool_names() -> set[str]:
+    """The names of the live pools (closed ones included, until garbage-collected): a
+    sink keeps the series of a name while one of them has it. Safe on any thread."""
+    return {name for _, name in _live(_pools)}
+
+
+def limiter_names() -> set[str]:
+    """The names of the live limiters (see :func:`pool_names`)."""
+    return {name for _, name in _live(_limiters)}
+
+
 def pools() -> list[PoolState]:
     """The state of every live pool (closed ones included: they report zeros); pools
-    that share a name are summed, as one series."""
+    that share a name are summed, as one series. Safe on any thread."""
     by_name: dict[str, list[int]] = {}
-    for pool, name in list(_pools.items()):
+    for pool, name in _live(_pools):
         s = pool.statistics()
         # A closed pool's bounds are those of no pool: a pool made again under its name
         # must not count twice. Its timeouts stay (a counter does not go down).
@@ -298,9 +329,10 @@ def pools() -> list[PoolState]:
 
 
 def limiters() -> list[LimiterState]:
-    """The state of every live limiter; limiters that share a name are summed."""
+    """The state of every live limiter; limiters that share a name are summed. Safe on
+    any thread."""
     by_name: dict[str, LimiterState] = {}
-    for limiter, name in list(_limiters.items()):
+    for limiter, name in _live(_limiters):
         s = limiter.statistics()
         leases = getattr(s, "in_use", None)
         state = LimiterState(

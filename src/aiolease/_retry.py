@@ -4,7 +4,9 @@ Each attempt is a fresh outermost :class:`~aiolease.Transaction`; an attempt
 that fails with a retryable error (the dialect decides: PostgreSQL
 40001/40P01, SQLite busy/locked) while attempts remain rolls back, runs no
 hooks, and the loop sleeps a jittered, capped exponential backoff (on the
-loop's clock) before the next one. A cancellation is never retried.
+loop's clock) before the next one. A cancellation is never retried. A body
+that runs its statements in a ``TaskGroup`` raises the retryable error inside an
+``ExceptionGroup``: a group of retryable errors only is retried too.
 """
 
 from __future__ import annotations
@@ -17,16 +19,11 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
-from . import _metrics, _tracking, _validate
+from . import _metrics, _pool_atomic, _tracking, _validate
 from ._dialects import find_dialect
 from ._errors import Rollback
 from ._lease import unwrap
-from ._transaction import (
-    Transaction,
-    _begin_on_pool,
-    _release_keeping_outcome,
-    logger,
-)
+from ._transaction import Transaction, logger
 from ._tx_options import check_options
 
 if TYPE_CHECKING:
@@ -65,7 +62,7 @@ class TransactionAttempt(Generic[C]):
             return False
         # An unknown outcome (a COMMIT sent by hand, a connection lost during COMMIT)
         # may have committed the attempt's work: running it again could do it twice.
-        return tx._outcome != "unknown" and tx._dialect.is_retryable(exc)
+        return tx._outcome != "unknown" and _retryable(tx._dialect, exc)
 
     async def __aenter__(self) -> Transaction[C]:
         loop = self._loop
@@ -88,7 +85,9 @@ class TransactionAttempt(Generic[C]):
             self._adopt(tx)
             await tx.__aenter__()
             return tx
-        self._pool_cm, pooled = await _begin_on_pool(loop._target, loop._options, self._adopt)
+        self._pool_cm, pooled = await _pool_atomic._begin_on_pool(
+            loop._target, loop._options, self._adopt
+        )
         return pooled
 
     def _adopt(self, tx: Transaction[Any]) -> None:
@@ -113,7 +112,7 @@ class TransactionAttempt(Generic[C]):
             outcome = err
             if self._pool_cm is not None:
                 pool_cm, self._pool_cm = self._pool_cm, None
-                await _release_keeping_outcome(pool_cm, err)
+                await _pool_atomic._release_keeping_outcome(pool_cm, err)
             if isinstance(err, Exception) and self._will_retry(err):
                 loop._retry_pending = True
                 loop._last_error = err
@@ -132,6 +131,16 @@ class TransactionAttempt(Generic[C]):
             loop._last_error = outcome
             return True
         return False
+
+
+def _retryable(dialect: Any, exc: BaseException) -> bool:
+    """Whether running the transaction again may cure ``exc``: a retryable error, or a group
+    of them only (a body running its statements in a ``TaskGroup`` gets the server's error
+    inside an ``ExceptionGroup``). A group holding any other error is not retried: a retry
+    would hide that error, or repeat what caused it."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_retryable(dialect, e) for e in exc.exceptions)
+    return bool(dialect.is_retryable(exc))
 
 
 class TransactionAttempts(Generic[C]):
@@ -273,7 +282,8 @@ def transaction_attempts(
     Each attempt acquires a connection from ``target`` (a pool) or reuses
     ``target`` (a connection) and runs a fresh outermost transaction. An attempt
     that fails with a retryable error (PostgreSQL 40001/40P01, SQLite busy or
-    locked) while attempts remain rolls back, runs no hooks, and the loop
+    locked; or an ``ExceptionGroup`` of such errors only, as a ``TaskGroup`` in
+    the body raises) while attempts remain rolls back, runs no hooks, and the loop
     sleeps a jittered exponential backoff (uniform in ``[0, min(max_backoff,
     backoff * 2**n)]``, read from the loop's clock) before the next one. The
     last attempt's error propagates. The loop ends after the first attempt

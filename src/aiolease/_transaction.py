@@ -29,7 +29,7 @@ from ._lease import unwrap
 from ._logs import get_logger
 from ._redact import redact
 from ._shield import shielded
-from ._tx_options import check_flag, check_options, normalize_isolation
+from ._tx_options import check_flag, normalize_isolation
 
 __all__ = [
     "HookError",
@@ -189,9 +189,10 @@ class Transaction(Generic[C]):
         self._state = _NEW
         self._task: asyncio.Task[Any] | None = None
         self._rollback_only = False
-        # An inner savepoint=False block failed and the error was caught: the
-        # transaction cannot commit what the caller believes it did.
-        self._doomed = False
+        # Why the block cannot commit what the caller believes it did (an inner
+        # savepoint=False block failed, or an inner block's RELEASE SAVEPOINT was
+        # interrupted, and the error was caught), else None.
+        self._doomed: str | None = None
         self._on_commit: list[Hook] | None = None
         self._on_rollback: list[Hook] | None = None
         # Set by transaction_attempts: when it says an error will be retried,
@@ -492,8 +493,7 @@ class Transaction(Generic[C]):
                 raise TransactionError(f"ROLLBACK failed on {conn!r}") from failed
             if self._doomed:
                 error = TransactionError(
-                    "the transaction was rolled back, not committed: a nested "
-                    "atomic(savepoint=False) block failed and its error was caught"
+                    f"the transaction was rolled back, not committed: {self._doomed}"
                 )
                 await self._after_rollback(error)
                 raise error
@@ -511,6 +511,18 @@ class Transaction(Generic[C]):
         if exc is None and not self._rollback_only and not self._doomed:
             try:
                 await dialect.release_savepoint(conn, name)
+            except asyncio.CancelledError:
+                # Interrupted (Task.cancel(), a timeout's deadline): whether RELEASE ran is
+                # unknown, and either way this block's work is still in the transaction. Its
+                # caller is told the block failed, so the enclosing block must not commit
+                # that work should the error be caught there: it rolls back instead.
+                _merge_hooks(self, parent)
+                parent._doomed = (
+                    f"the RELEASE SAVEPOINT {name} of a nested block was interrupted and "
+                    "the error was caught (whether that block's work is in the transaction "
+                    "is unknown)"
+                )
+                raise
             except Exception as err:
                 if not dialect.is_aborted_error(err):
                     raise
@@ -531,8 +543,7 @@ class Transaction(Generic[C]):
             raise TransactionError(f"ROLLBACK TO SAVEPOINT {name} failed") from failed
         if exc is None and self._doomed:
             raise TransactionError(
-                f"the nested atomic block (savepoint {name}) was rolled back: a nested "
-                "atomic(savepoint=False) block inside it failed and its error was caught"
+                f"the nested atomic block (savepoint {name}) was rolled back: {self._doomed}"
             )
         return isinstance(exc, Rollback)
 
@@ -543,7 +554,9 @@ class Transaction(Generic[C]):
         if self._rollback_only or isinstance(exc, Rollback):
             parent._rollback_only = True
         elif exc is not None or self._doomed:
-            parent._doomed = True
+            parent._doomed = self._doomed or (
+                "a nested atomic(savepoint=False) block failed and its error was caught"
+            )
         return isinstance(exc, Rollback)
 
     async def _rollback_quietly(
@@ -760,7 +773,10 @@ def atomic(
             another task; the connection is in a transaction aiolease did not
             start. (On exit) the database had aborted the transaction, so it
             was not committed; or a statement of the block ended it, so
-            whether its work was committed is not known (no hook ran).
+            whether its work was committed is not known (no hook ran); or a
+            nested block failed and its error was caught where its work cannot
+            be undone alone (``savepoint=False``, or its RELEASE SAVEPOINT was
+            interrupted): the block rolled back.
         CommitUnknown: the connection was lost (or the driver timed out) during
             COMMIT: the outcome is unknown.
         HookError: a hook failed (the outcome is in ``committed``).
@@ -773,109 +789,6 @@ def atomic(
         durable=durable,
         cleanup_timeout=cleanup_timeout,
     )
-
-
-# -- pools ----------------------------------------------------------------------
-
-
-class PoolAtomic(Generic[C]):
-    """``pool.atomic()``: acquire a connection, run an atomic block on it, release it.
-
-    ``__aenter__`` blocks while acquiring and while BEGIN runs; ``__aexit__``
-    while COMMIT/ROLLBACK runs and the connection is released (shielded by the
-    pool). A connection whose COMMIT outcome is unknown is marked broken, so
-    the pool closes it instead of reusing it.
-    """
-
-    __slots__ = ("_acquire", "_options", "_pool", "_tx")
-
-    def __init__(self, pool: Any, **options: Any) -> None:
-        check_options(options)
-        self._pool = pool
-        self._options = options
-        self._acquire: Any = None
-        self._tx: Transaction[C] | None = None
-
-    async def __aenter__(self) -> Transaction[C]:
-        if self._acquire is not None:
-            raise TransactionError("a pool.atomic() block can be entered only once")
-        self._acquire, tx = await _begin_on_pool(self._pool, self._options)
-        self._tx = tx
-        return tx
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        tx, acquire = self._tx, self._acquire
-        assert tx is not None
-        try:
-            suppress = await tx.__aexit__(exc_type, exc, tb)
-        except BaseException as err:
-            await _release_keeping_outcome(acquire, err)
-            raise
-        if suppress:
-            await acquire.__aexit__(None, None, None)
-        else:
-            await acquire.__aexit__(exc_type, exc, tb)
-        return suppress
-
-
-async def _begin_on_pool(
-    pool: Any,
-    options: dict[str, Any],
-    created: Callable[[Transaction[Any]], None] | None = None,
-) -> tuple[Any, Transaction[Any]]:
-    """Acquire a connection from ``pool`` and enter an outermost block on it.
-
-    ``created`` sees the block before it is entered. Returns the pool's
-    entered ``acquire()`` context and the open block; on failure the
-    connection goes back to the pool and the error propagates.
-    """
-    acquire = pool.acquire()
-    conn = await acquire.__aenter__()
-    try:
-        tx: Transaction[Any] = Transaction(conn, **_with_pool_defaults(pool, options))
-        tx._pool = pool
-        if created is not None:
-            created(tx)
-        await tx.__aenter__()
-    except BaseException as exc:
-        await acquire.__aexit__(type(exc), exc, exc.__traceback__)
-        raise
-    return acquire, tx
-
-
-def _with_pool_defaults(pool: Any, options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` plus the pool's default ``cleanup_timeout`` (an attribute of
-    its manager, when it has one) unless the call gave one."""
-    if options.get("cleanup_timeout") is None:
-        default = getattr(getattr(pool, "manager", None), "cleanup_timeout", None)
-        if default is not None:
-            return {**options, "cleanup_timeout": default}
-    return options
-
-
-async def _release_keeping_outcome(acquire: Any, err: BaseException) -> None:
-    """Leave the pool's ``acquire()`` context after the block raised ``err``.
-
-    Once COMMIT was sent, no later exception hides the unknown outcome: one
-    that the release raises instead (a timeout of the caller firing meanwhile,
-    a cancellation) gets ``err`` in its chain.
-    """
-    try:
-        await acquire.__aexit__(type(err), err, err.__traceback__)
-    except BaseException as later:
-        if later is not err:
-            _attach(later, err)
-        raise
-
-
-def pool_atomic(pool: Any, **options: Any) -> PoolAtomic[Any]:
-    """What :meth:`aiolease.Pool.atomic` returns (the options are :func:`atomic`'s)."""
-    return PoolAtomic(pool, **options)
 
 
 # Retries live in their own module; re-exported here (the public names' home).

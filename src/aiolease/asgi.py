@@ -58,9 +58,11 @@ def client_ip(scope: Scope) -> str:
 
     ``"unknown"`` when the scope has no client address (a server on a Unix
     socket): all such requests share that key.
+    No forwarding header is read here: a client could name any address in it.
     Behind a reverse proxy this is the proxy's address unless the server
-    rewrites it from ``X-Forwarded-For`` (uvicorn: ``--proxy-headers
-    --forwarded-allow-ips=...``); otherwise pass a key function of your own.
+    rewrites it from ``X-Forwarded-For`` for the proxies it trusts (uvicorn:
+    ``--proxy-headers --forwarded-allow-ips=<your proxies>``, never ``'*'`` on a
+    server clients reach directly); otherwise pass a key function of your own.
     """
     client = scope.get("client")
     return str(client[0]) if client else "unknown"
@@ -275,19 +277,23 @@ async def _release(permit: Any) -> None:
     if arelease is not None:
         # A Redis release is a round trip: shielded from the request's
         # cancellation and bounded, so neither leaks the slot nor hangs.
+        # (asyncio.wait, not wait_for: Python 3.11's wait_for returns the result, swallowing
+        # the cancellation, when the release ends in the step the cancellation comes.)
         task = asyncio.ensure_future(arelease())
         try:
-            await asyncio.wait_for(asyncio.shield(task), RELEASE_TIMEOUT)
+            done, _ = await asyncio.wait({task}, timeout=RELEASE_TIMEOUT)
         except asyncio.CancelledError:
             # Shielded from an anyio scope's cancellation too, which anyio delivers again
             # at each await: the response must not leave before the slot is given back.
             with shielded():
                 await asyncio.wait({task}, timeout=RELEASE_TIMEOUT)
             raise
-        except TimeoutError:
+        if not done:
             logger.warning(
                 "releasing %r took over %ss; its lease expires on its own", permit, RELEASE_TIMEOUT
             )
+            return
+        task.result()
         return
     release = getattr(permit, "release", None)
     if release is not None:

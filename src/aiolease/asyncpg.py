@@ -49,6 +49,7 @@ from ._compat.asyncpg import (
     SEES_CANCELLING,
     cancelling,
     connection_socket,
+    end_cancelled,
     end_transaction,
     transaction_pending,
     transport_of,
@@ -601,7 +602,10 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
         gets :data:`~aiolease._liveness.CANCEL_GRACE` seconds (asyncpg's close waits for
         the server to answer the cancel, which a silent peer never does), then is cut. In
         public mode (``AIOLEASE_COMPAT=public``) that cannot be seen, so every close gets
-        that bound (a connection being closed loses nothing by being cut)."""
+        that bound (a connection being closed loses nothing by being cut). Within the same
+        bound, the cancel request is sent again while the statement has not ended (see
+        :func:`aiolease._compat.asyncpg.end_cancelled`: the server drops a request that
+        overtook its statement)."""
         self._watches.pop(resource, None)
         if resource.is_closed():
             return
@@ -610,6 +614,7 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
             return
         try:
             async with asyncio.timeout(CANCEL_GRACE):
+                await end_cancelled(resource)
                 await resource.close()
         except TimeoutError:
             resource.terminate()

@@ -23,6 +23,7 @@ The histograms are recorded as things happen. See docs/observability.md.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -343,9 +344,27 @@ class _Sink:
         ]
 
 
-# One sink per provider, kept: instrumenting a provider again reuses its instruments.
-_by_provider: dict[int, tuple[object, _Sink]] = {}
+# One sink per provider, while the provider lives: instrumenting it again reuses its
+# instruments. Weak: a provider the application dropped must not be kept alive, with its
+# readers and every point recorded (the sink refers to its instruments, not to the
+# provider). A provider that takes no weak reference is kept, by id.
+_by_provider: weakref.WeakKeyDictionary[Any, _Sink] = weakref.WeakKeyDictionary()
+_by_id: dict[int, tuple[object, _Sink]] = {}
 _current: _Sink | None = None
+
+
+def _sink_of(provider: Any) -> _Sink:
+    """The sink of ``provider``, made on its first instrumentation."""
+    try:
+        sink = _by_provider.get(provider)
+    except TypeError:  # no weak reference to it (or not hashable)
+        known = _by_id.get(id(provider))
+        if known is None or known[0] is not provider:
+            known = _by_id[id(provider)] = (provider, _Sink(provider))
+        return known[1]
+    if sink is None:
+        sink = _by_provider[provider] = _Sink(provider)
+    return sink
 
 
 def instrument(
@@ -389,10 +408,7 @@ def instrument(
     _check_provider("tracer_provider", tracer_provider, "get_tracer", "TracerProvider")
     uninstrument()
     provider: Any = metrics.get_meter_provider() if meter_provider is None else meter_provider
-    known = _by_provider.get(id(provider))
-    if known is None or known[0] is not provider:
-        known = _by_provider[id(provider)] = (provider, _Sink(provider))
-    sink = known[1]
+    sink = _sink_of(provider)
     sink.active = True
     sink.tracing = _Tracing(tracer_provider) if tracing else None
     _metrics.set_tracer(sink.tracing)

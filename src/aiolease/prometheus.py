@@ -23,7 +23,13 @@ gunicorn or uvicorn workers), each worker writes its values to the shared
 directory instead: the histograms and counters as they happen, the state
 gauges (``multiprocess_mode="livesum"``: summed over live workers) after each
 event of a pool or limiter in that worker and every ``refresh_interval``
-seconds while its event loop runs. See docs/observability.md.
+seconds while its event loop runs.
+
+A pool's or limiter's series exist while a live one has its name: a histogram
+series is made by its first measurement and, in one process, dropped by the first
+scrape after its name's last object is gone that finds nothing new in it (the
+multiprocess directory keeps what was written). See docs/observability.md, "How
+long a series lives".
 """
 
 from __future__ import annotations
@@ -31,8 +37,9 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import threading
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from typing import Any
 
 from . import _metrics, _validate
@@ -94,13 +101,14 @@ def _multiprocess() -> bool:
 
 class _Series:
     """One series of a histogram aggregated in this process: observations per bucket
-    (the last one past every bound) and their sum."""
+    (the last one past every bound), their sum, and how many a scrape last showed."""
 
-    __slots__ = ("counts", "sum")
+    __slots__ = ("counts", "seen", "sum")
 
     def __init__(self) -> None:
         self.counts = [0] * (len(BUCKETS) + 1)
         self.sum = 0.0
+        self.seen = 0
 
     def observe(self, value: float) -> None:
         self.counts[bisect_left(BUCKETS, value)] += 1  # the first bound >= value: its `le`
@@ -109,7 +117,12 @@ class _Series:
 
 class _LocalHistogram:
     """A histogram family aggregated in this process, turned into Prometheus's
-    cumulative buckets when scraped."""
+    cumulative buckets when scraped. The first label is the name of a pool or limiter.
+
+    A series is made by its first observation (a pool or limiter never used has none)
+    and dropped by a scrape that finds its name on no live pool or limiter and nothing
+    new in it since the previous scrape, which showed its final counts.
+    """
 
     def __init__(self, name: str, documentation: str, labelnames: list[str]) -> None:
         self._name = name
@@ -117,15 +130,24 @@ class _LocalHistogram:
         self._labelnames = labelnames
         self._series: dict[tuple[str, ...], _Series] = {}
 
-    def labels(self, *values: str) -> _Series:
+    def observe(self, values: tuple[str, ...], amount: float) -> None:
+        # Looked up at each observation, never kept: a series a scrape dropped is made
+        # again by the next observation instead of taking it in unseen.
         series = self._series.get(values)
         if series is None:
             series = self._series[values] = _Series()
-        return series
+        series.observe(amount)
 
-    def collect(self) -> list[Metric]:
+    def collect(self, live: Container[str]) -> list[Metric]:
+        """The family, once the series of names not in ``live`` with nothing new since
+        the previous scrape are dropped."""
         family = HistogramMetricFamily(self._name, self._doc, labels=self._labelnames)
         for values, series in list(self._series.items()):
+            observed = sum(series.counts)
+            if observed == series.seen and values[0] not in live:
+                del self._series[values]
+                continue
+            series.seen = observed
             total = 0
             buckets = []
             for bound, count in zip((*BUCKETS, math.inf), series.counts, strict=True):
@@ -135,33 +157,42 @@ class _LocalHistogram:
         return [family]
 
 
+class _SharedHistogram:
+    """Multiprocess mode: prometheus_client's histogram, which writes each observation
+    to the shared directory (a series made by its first observation, as above; the
+    directory's series cannot be removed)."""
+
+    def __init__(self, name: str, documentation: str, labelnames: list[str]) -> None:
+        self._histogram = Histogram(name, documentation, labelnames, buckets=BUCKETS, registry=None)
+
+    def observe(self, values: tuple[str, ...], amount: float) -> None:
+        self._histogram.labels(*values).observe(amount)
+
+
 class _PoolRecorder:
-    __slots__ = ("_create", "_failed", "_name", "_use", "_wait")
+    __slots__ = ("_create_time", "_key", "_name", "_use_time", "_wait_time")
 
     def __init__(self, collector: Collector, name: str) -> None:
         self._name = name
-        self._wait = collector._wait_time.labels(name).observe
-        self._use = collector._use_time.labels(name).observe
-        self._create = collector._create_time.labels(name, "").observe
-        self._failed = collector._create_time.labels  # (name, error_type), on failures only
+        self._key = (name,)
+        self._wait_time = collector._wait_time
+        self._use_time = collector._use_time
+        self._create_time = collector._create_time
 
     def wait(self, seconds: float) -> None:
-        self._wait(seconds)
+        self._wait_time.observe(self._key, seconds)
 
     def wait_failed(self, seconds: float, error: BaseException) -> None:
         pass  # timeouts are state, read at the scrape
 
     def use(self, seconds: float) -> None:
-        self._use(seconds)
+        self._use_time.observe(self._key, seconds)
 
     def reset_done(self) -> None:
         pass  # the state is read at the scrape
 
     def create(self, seconds: float, error_type: str | None) -> None:
-        if error_type is None:
-            self._create(seconds)
-        else:
-            self._failed(self._name, error_type).observe(seconds)
+        self._create_time.observe((self._name, error_type or ""), seconds)
 
 
 class _SharedPoolRecorder(_PoolRecorder):
@@ -193,13 +224,14 @@ class _SharedPoolRecorder(_PoolRecorder):
 
 
 class _LimiterRecorder:
-    __slots__ = ("_observe",)
+    __slots__ = ("_key", "_time_in_queue")
 
     def __init__(self, collector: Collector, name: str) -> None:
-        self._observe = collector._time_in_queue.labels(name).observe
+        self._key = (name,)
+        self._time_in_queue = collector._time_in_queue
 
     def queued(self, seconds: float) -> None:
-        self._observe(seconds)
+        self._time_in_queue.observe(self._key, seconds)
 
 
 class _SharedLimiterRecorder(_LimiterRecorder):
@@ -265,13 +297,13 @@ class Collector(_Collector):
             registry=None,
         )
         self._tx = {o: self._transactions.labels(o) for o in _metrics.TX_OUTCOMES}
-        self._own: list[Any] = [
-            self._create_time,
-            self._wait_time,
-            self._use_time,
-            self._time_in_queue,
-            self._transactions,
-        ]
+        # One process: the names given a recorder since the last scrape. A pool or
+        # limiter registers, then gets its recorders, then records: a scrape that read
+        # the live names just before a new one of a name registered still keeps that
+        # name's series (taken under _lock with the drop, so neither misses the other).
+        self._lock = threading.Lock()
+        self._claimed_pools: set[str] = set()
+        self._claimed_limiters: set[str] = set()
         # Multiprocess mode: the state written to the shared directory.
         self._timer: asyncio.TimerHandle | None = None
         self._soon = False
@@ -319,10 +351,10 @@ class Collector(_Collector):
 
     def _histogram(self, name: str, documentation: str, labelnames: list[str]) -> Any:
         """One process: a histogram aggregated here and read at each scrape (an observation
-        is a bisect and two additions); multiprocess mode: prometheus_client's own, which
-        writes each observation to the shared directory."""
+        is a dict lookup, a bisect and two additions); multiprocess mode: prometheus_client's
+        own, which writes each observation to the shared directory."""
         if self._multiprocess:
-            return Histogram(name, documentation, labelnames, buckets=BUCKETS, registry=None)
+            return _SharedHistogram(name, documentation, labelnames)
         return _LocalHistogram(name, documentation, labelnames)
 
     def close(self) -> None:
@@ -336,12 +368,16 @@ class Collector(_Collector):
         if self._multiprocess:
             self._made()
             return _SharedPoolRecorder(self, name)
+        with self._lock:
+            self._claimed_pools.add(name)
         return _PoolRecorder(self, name)
 
     def limiter_recorder(self, name: str) -> _LimiterRecorder:
         if self._multiprocess:
             self._made()
             return _SharedLimiterRecorder(self, name)
+        with self._lock:
+            self._claimed_limiters.add(name)
         return _LimiterRecorder(self, name)
 
     def transaction(self, outcome: str) -> None:
@@ -351,7 +387,22 @@ class Collector(_Collector):
     def collect(self) -> Iterable[Metric]:
         if self._multiprocess:
             return []  # MultiProcessCollector exposes what the workers wrote
-        return [*self._state(), *(m for own in self._own for m in own.collect())]
+        return [*self._state(), *self._histograms(), *self._transactions.collect()]
+
+    def _histograms(self) -> list[Metric]:
+        """The histograms, each keeping the series of the names a live pool or limiter
+        has (or that got a recorder since the last scrape)."""
+        with self._lock:
+            pools = _metrics.pool_names() | self._claimed_pools
+            limiters = _metrics.limiter_names() | self._claimed_limiters
+            self._claimed_pools = set()
+            self._claimed_limiters = set()
+            return [
+                *self._create_time.collect(pools),
+                *self._wait_time.collect(pools),
+                *self._use_time.collect(pools),
+                *self._time_in_queue.collect(limiters),
+            ]
 
     def _state(self) -> Iterator[Metric]:
         pools = _metrics.pools()
@@ -433,6 +484,7 @@ class Collector(_Collector):
     def _refresh(self) -> None:
         self._soon = False
         written: set[tuple[str, tuple[str, ...]]] = set()
+        counted: set[tuple[Any, ...]] = set()  # keys of _WRITTEN_TOTALS
 
         def set_gauge(name: str, labels: tuple[str, ...], value: float) -> None:
             self._gauges[name].labels(*labels).set(value)
@@ -443,28 +495,40 @@ class Collector(_Collector):
             set_gauge("db_client_connection_count", (p.name, "used"), p.used)
             for name, (_, field) in _POOL_GAUGES.items():
                 set_gauge(name, (p.name,), getattr(p, field))
-            self._count_up("timeouts", self._timeouts, (p.name,), p.timeouts)
+            counted.add(self._count_up("timeouts", self._timeouts, (p.name,), p.timeouts))
         for s in _metrics.limiters():
             set_gauge("aiolease_limiter_queued_requests", (s.name,), s.queued)
             if s.active_leases is not None:
                 set_gauge("aiolease_limiter_active_leases", (s.name,), s.active_leases)
             for result in _RESULTS:
-                self._count_up(
-                    "requests", self._requests, (s.name, result), _limiter_count(s, result)
+                counted.add(
+                    self._count_up(
+                        "requests", self._requests, (s.name, result), _limiter_count(s, result)
+                    )
                 )
-        for name, labels in self._written - written:  # pools and limiters gone: 0
+        # Pools and limiters gone: their gauges read 0 (prometheus_client cannot remove a
+        # series from the shared directory), and a name none has any more is forgotten
+        # as a counter baseline: the next pool or limiter of that name counts from 0.
+        for name, labels in self._written - written:
             self._gauges[name].labels(*labels).set(0)
         self._written = written
+        pid = os.getpid()
+        for key in [k for k in _WRITTEN_TOTALS if k[0] == pid and k not in counted]:
+            del _WRITTEN_TOTALS[key]
 
-    def _count_up(self, family: str, counter: Any, labels: tuple[str, ...], total: int) -> None:
+    def _count_up(
+        self, family: str, counter: Any, labels: tuple[str, ...], total: int
+    ) -> tuple[Any, ...]:
         """Bring a counter series to ``total`` (a smaller total, when an object of a
         shared name is gone, becomes the new baseline: counters never go down).
-        ``family`` names the counter in the per-process record of what was written."""
+        ``family`` names the counter in the per-process record of what was written,
+        under the key returned."""
         key = (os.getpid(), family, *labels)
         delta = total - _WRITTEN_TOTALS.get(key, 0)
         if delta > 0:
             counter.labels(*labels).inc(delta)
         _WRITTEN_TOTALS[key] = total
+        return key
 
 
 def _limiter_count(s: _metrics.LimiterState, result: str) -> int:

@@ -146,8 +146,11 @@ def _interrupt(conn: aiosqlite.Connection) -> None:
     not stop the thread). aiosqlite's ``interrupt()`` calls it directly, without a
     thread hop, in a coroutine that never suspends: it is run to its end here.
     Statements queued behind the running one still run; a closed connection has
-    nothing to interrupt.
+    nothing to interrupt. SQLite's wait for a lock ignores the interrupt: an ``atomic``
+    block's BEGIN waiting for the write lock is told to stop waiting instead (see
+    :func:`aiolease._compat.aiosqlite.stop_waiting`).
     """
+    _compat_aiosqlite.stop_waiting(conn)
     step = conn.interrupt()
     try:
         step.send(None)

@@ -30,7 +30,7 @@ import aiolease
 import aiolease._compat.psycopg
 from aiolease import Pool
 from aiolease.testing import FakeConnection, FakeManager, FaultProxy
-from driver_pools import settle
+from driver_pools import Sessions, settle, tagged
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -84,11 +84,13 @@ POOLS: dict[str, Callable[..., Pool[Any]]] = {
 async def db_fixture(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[tuple[str, Pool[Any], str]]:
-    """(driver, an open pool of max_size 2, a table name of this test)."""
+    """(driver, an open pool of max_size 2, a table name of this test); the pool's
+    PostgreSQL sessions are named after the table (see :func:`settled`)."""
     kind: str = request.param
     dsn = "" if kind == "sqlite" else request.getfixturevalue("pg_dsn")
     table = f"anyio_{uuid.uuid4().hex[:10]}"
-    pool = POOLS[kind](dsn, tmp_path, max_size=2, acquire_timeout=20)
+    named = {} if kind == "sqlite" else tagged(kind, table)
+    pool = POOLS[kind](dsn, tmp_path, max_size=2, acquire_timeout=20, **named)
     async with pool:
         async with pool.acquire() as conn:
             await conn.execute(f"create table {table} (x int)")
@@ -122,30 +124,29 @@ async def in_transaction(kind: str, pool: Pool[Any]) -> list[bool]:
     return out
 
 
-async def server_in_transaction(
-    kind: str, pool: Pool[Any], request: pytest.FixtureRequest
-) -> list[bool]:
-    """Whether the server has a transaction open on each idle connection of the pool, asked
-    of the server (``pg_stat_activity``, from a connection of its own): the drivers' own
-    flags follow the replies they have read, and would miss a transaction the server opened
-    for a statement whose reply they dropped."""
+@pytest.fixture(name="sessions")
+async def sessions_fixture(
+    db: tuple[str, Pool[Any], str], request: pytest.FixtureRequest
+) -> AsyncIterator[Sessions | None]:
+    """The server's view of the ``db`` pool's sessions (None for SQLite)."""
+    kind, _, table = db
     if kind == "sqlite":
-        return [bool(entry.resource.in_transaction) for entry in pool._idle]
-    import asyncpg
+        yield None
+        return
+    async with Sessions(request.getfixturevalue("pg_dsn"), table) as sessions:
+        yield sessions
 
-    pids = [
-        entry.resource.get_server_pid() if kind == "asyncpg" else entry.resource.info.backend_pid
-        for entry in pool._idle
-    ]
-    observer = await asyncpg.connect(request.getfixturevalue("pg_dsn"))
-    try:
-        rows = await observer.fetch(
-            "select pid, state from pg_stat_activity where pid = any($1::int[])", pids
-        )
-        states: dict[int, str | None] = {row["pid"]: row["state"] for row in rows}
-    finally:
-        await observer.close()
-    return [states.get(pid) not in ("idle", None) for pid in pids]
+
+async def settled(kind: str, pool: Pool[Any], sessions: Sessions | None, what: Any) -> None:
+    """Once the pool has settled: every PostgreSQL session the pool let go has ended on the
+    server, and its idle connections are outside any transaction as the server sees it
+    (see driver_pools.Sessions.settled). SQLite: its idle connections are outside any
+    transaction."""
+    if sessions is None:
+        states = [bool(entry.resource.in_transaction) for entry in pool._idle]
+        assert states == [False] * len(states), what
+        return
+    await sessions.settled(kind, pool, what)
 
 
 async def test_atomic_body_cancelled_by_move_on_after_rolls_back(
@@ -592,8 +593,16 @@ async def _cancel_scope_after_steps(fn: Callable[[], Any], steps: int) -> tuple[
     return scope.cancelled_caught, returned
 
 
+async def _explain(pool: Pool[Any], sessions: Sessions | None, history: Any) -> str:
+    """A failed sweep's message: the last iterations (step count, whether the scope caught
+    the cancellation, rows, connections discarded so far), the pool's statistics, and the
+    server's sessions of the pool."""
+    view = [] if sessions is None else await sessions.view()
+    return f"history={history} statistics={pool.statistics()} server={view}"
+
+
 async def test_pool_atomic_sweep_under_scope(
-    db: tuple[str, Pool[Any], str], request: pytest.FixtureRequest
+    db: tuple[str, Pool[Any], str], sessions: Sessions | None
 ) -> None:
     kind, pool, table = db
     history: list[tuple[int, bool, int, int]] = []
@@ -611,10 +620,12 @@ async def test_pool_atomic_sweep_under_scope(
         await settle(pool)
         consistent(pool)
         assert await in_transaction(kind, pool) == [False] * len(pool._idle), k
-        assert await server_in_transaction(kind, pool, request) == [False] * len(pool._idle), k
+        # Before counting: a discarded connection's COMMIT may still land on the server.
+        await settled(kind, pool, sessions, (k, history[-5:]))
         rows = await count_rows(kind, pool, table)
         history.append((k, cancelled, rows, pool.statistics().discarded))
-        assert rows in (0, 2), history[-6:]
+        if rows not in (0, 2):
+            raise AssertionError(await _explain(pool, sessions, history[-6:]))
         if hooked:
             assert rows == 2, k
         async with pool.acquire() as conn:
@@ -627,9 +638,10 @@ async def test_pool_atomic_sweep_under_scope(
 
 
 async def test_run_transaction_sweep_under_scope(
-    db: tuple[str, Pool[Any], str], request: pytest.FixtureRequest
+    db: tuple[str, Pool[Any], str], sessions: Sessions | None
 ) -> None:
     kind, pool, table = db
+    history: list[tuple[int, bool, int, int]] = []
     for k in range(3000):
         tries: list[int] = []
 
@@ -646,9 +658,11 @@ async def test_run_transaction_sweep_under_scope(
         await settle(pool)
         consistent(pool)
         assert await in_transaction(kind, pool) == [False] * len(pool._idle), k
-        assert await server_in_transaction(kind, pool, request) == [False] * len(pool._idle), k
+        await settled(kind, pool, sessions, (k, history[-5:]))
         rows = await count_rows(kind, pool, table)
-        assert rows in (0, 1), (k, rows)
+        history.append((k, cancelled, rows, pool.statistics().discarded))
+        if rows not in (0, 1):
+            raise AssertionError(await _explain(pool, sessions, history[-6:]))
         async with pool.acquire() as conn:
             await conn.execute(f"delete from {table}")
         if not cancelled:

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as redis_asyncio
 from asgi_server import serve
 from fastapi import FastAPI
 
@@ -274,3 +275,46 @@ def test_an_async_key_function_is_refused_at_the_call() -> None:
     for bad in (api_key, AsyncKey()):
         with pytest.raises(TypeError, match="async function"):
             RateLimitMiddleware(hello, limiter=aiolease.RateLimiter(1), key=bad)
+
+
+async def test_a_cancellation_as_a_redis_slot_comes_back_is_never_swallowed() -> None:
+    """The request cancelled at each step of giving a Redis concurrency slot back (a
+    degraded permit here: Redis unreachable, the fallback's slot; its release ends without a
+    round trip, so the steps are the same each time) ends cancelled. Python 3.11's
+    ``asyncio.wait_for`` returned the result instead when the awaited release ended in the
+    step the cancellation came."""
+    client = redis_asyncio.Redis.from_url("redis://127.0.0.1:1/0")  # refused at once
+    limiter = RedisConcurrencyLimiter(
+        client, f"asgi-{uuid.uuid4().hex}", 1, fallback=aiolease.ConcurrencyLimiter(1)
+    )
+    middleware = RateLimitMiddleware(hello, limiter=limiter)
+    scope = {"type": "http", "path": "/", "client": ("10.0.0.1", 1), "headers": []}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    cancelled = 0
+    try:
+        for steps in range(8):
+            head_sent = asyncio.Event()
+
+            async def send(message: Any, head_sent: asyncio.Event = head_sent) -> None:
+                if message["type"] == "http.response.start":
+                    head_sent.set()  # the release comes next, with the body's last part
+
+            task = asyncio.create_task(middleware(scope, receive, send))
+            await head_sent.wait()
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            if task.done():
+                await task
+                break
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            cancelled += 1
+            assert limiter.statistics().in_use == 0, steps
+    finally:
+        await limiter.aclose()
+        await client.aclose()
+    assert cancelled >= 2  # the sweep reached the release's end

@@ -331,3 +331,69 @@ async def test_an_unhashable_key_is_named_as_such(kind: str) -> None:
         with pytest.raises(TypeError, match="key must be hashable"):
             await get(url)
     assert heads == []
+
+
+# -- a pause longer than max_wait ------------------------------------------------------
+
+# A server (or a proxy in maintenance mode) that asks for the end of time: 2**31 s.
+FOREVER = (
+    b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: Fri, 31 Dec 9999 23:59:59 GMT\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)
+
+
+async def test_a_pause_longer_than_max_wait_fails_the_next_requests_at_once(kind: str) -> None:
+    # The 429 came back at once (the pause is past max_wait), but every later request of
+    # the key, with the default timeout=None, waited the whole pause: 68 years here, in
+    # every process for a Redis limiter, whose pause the 429 set too.
+    limiter = aiolease.RateLimiter(100)
+    async with (
+        raw_server(lambda n: FOREVER if n == 1 else OK) as (url, heads),
+        client(kind, limiter, max_wait=30) as (get, adapter),
+    ):
+        assert await get(url) == 429
+        assert adapter.paused_for(HOST) > 1e9  # the server's answer holds here
+        async with asyncio.timeout(5):
+            with pytest.raises(aiolease.RateLimitExceeded) as caught:
+                await get(url)
+        assert caught.value.retry_after > 1e9
+        # The limiter (shared between processes when it is a Redis one) is paused only
+        # for max_wait: a process that never saw the 429 sends one request after it,
+        # and learns the rest from its own answer.
+        with pytest.raises(aiolease.RateLimitExceeded) as held:
+            limiter.acquire_nowait(key=HOST)
+        assert 0 < held.value.retry_after <= 30
+    assert len(heads) == 1
+
+
+# -- cancelled while the body of a throttled response is read and dropped --------------
+
+
+async def test_a_request_cancelled_while_its_throttled_body_is_dropped_frees_everything(
+    kind: str,
+) -> None:
+    # The server stalls in the middle of a 429's body, which is read and dropped before
+    # the retry: the request is cancelled there. Its connection (the only one) and its
+    # slot must be free for the next request, and the key's pause must not outlive it.
+    def answer(n: int) -> bytes:
+        if n == 1:
+            return (
+                b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 0.1\r\n"
+                b"Content-Length: 100\r\n\r\nstalled"
+            )
+        return OK
+
+    sem = aiolease.ConcurrencyLimiter(1)
+    async with raw_server(answer) as (url, heads), client(kind, sem) as (get, adapter):
+        task = asyncio.create_task(get(url))
+        await until(lambda: adapter.paused_for(HOST) > 0)  # the 429 came: now dropping it
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with asyncio.timeout(5):
+            assert await get(url) == 200
+        assert adapter.paused_for(HOST) == 0
+    stats = sem.statistics()
+    assert (stats.in_use, stats.waiting) == (0, 0)
+    assert len(heads) == 2

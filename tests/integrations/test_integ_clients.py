@@ -180,9 +180,10 @@ async def test_a_pause_longer_than_max_wait_returns_the_429(kind: str, server_cl
     ):
         assert await client.request("GET", server.url + "/a") == 429
         assert client.paused_for(HOST) > 29
-        # The pause holds the next caller too; its limiter timeout ends the wait.
-        with pytest.raises(asyncio.TimeoutError):
-            async with asyncio.timeout(0.2):
+        # The next caller is not held for a pause nobody waits out: it raises at once,
+        # unsent (it used to wait all 30 s, or as long as the server said, unbounded).
+        with pytest.raises(aiolease.RateLimitExceeded, match="longer than max_wait=1"):
+            async with asyncio.timeout(5):
                 await client.request("GET", server.url + "/b")
     assert len(server.counts.times) == 1
 
@@ -301,13 +302,38 @@ async def test_a_redis_limiter_shares_the_pause_with_other_processes(
     try:
         async with (
             server_cls(script=[_ra(5)]) as server,
-            open_client(kind, ours, max_wait=1) as client,
+            open_client(kind, ours, retries=0, max_wait=10) as client,
         ):
             assert await client.request("GET", server.url + "/a") == 429
         # Another limiter object on the same name (another process) sees the pause.
         with pytest.raises(aiolease.RateLimitExceeded) as info:
             await theirs.acquire_nowait(key=HOST)
-        assert info.value.retry_after > 3
+        assert 3 < info.value.retry_after <= 5
+    finally:
+        await _THROTTLED.close_redis_limiters(rc, name, ours, theirs)
+
+
+@pytest.mark.redis
+async def test_a_pause_past_max_wait_holds_the_other_processes_for_max_wait(
+    kind: str, server_cls: type, redis_url: str
+) -> None:
+    # Held for the whole pause, a process that never saw the answer waited all of it with
+    # timeout=None: 68 years, everywhere, for a server that asked for the end of time.
+    import redis.asyncio as redis_asyncio
+
+    name = f"aiolease-test-integ-long-{kind}-{id(server_cls)}"
+    rc = redis_asyncio.Redis.from_url(redis_url)
+    ours, theirs = RedisRateLimiter(rc, name, 100), RedisRateLimiter(rc, name, 100)
+    try:
+        async with (
+            server_cls(script=[(429, {"Retry-After": "Fri, 31 Dec 9999 23:59:59 GMT"})]) as server,
+            open_client(kind, ours, max_wait=3) as client,
+        ):
+            assert await client.request("GET", server.url + "/a") == 429
+            assert client.paused_for(HOST) > 1e9  # this client knows the whole pause
+        with pytest.raises(aiolease.RateLimitExceeded) as info:
+            await theirs.acquire_nowait(key=HOST)
+        assert 1 < info.value.retry_after <= 3
     finally:
         await _THROTTLED.close_redis_limiters(rc, name, ours, theirs)
 

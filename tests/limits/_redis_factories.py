@@ -51,6 +51,23 @@ async def redis_client(url: str = REDIS_URL, **kw: Any) -> AsyncIterator[redis_a
         await client.aclose()
 
 
+async def disconnected_under_calls(
+    client: redis_asyncio.Redis, acquire: Callable[[], Awaitable[Any]], steps: int, how: str
+) -> list[Any]:
+    """The outcomes (results or exceptions) of three concurrent ``acquire()`` calls when
+    redis-py disconnects ``client``'s connections after ``steps`` loop steps: its pool's
+    ``disconnect()`` (``how="pool-disconnect"``) or the client's ``aclose()``, which the client
+    survives (it reconnects on its next call)."""
+    calls = [asyncio.ensure_future(acquire()) for _ in range(3)]
+    for _ in range(steps):
+        await asyncio.sleep(0)
+    if how == "pool-disconnect":
+        await client.connection_pool.disconnect()
+    else:
+        await client.aclose()
+    return await asyncio.gather(*calls, return_exceptions=True)
+
+
 @contextlib.asynccontextmanager
 async def through_proxy(
     url: str = REDIS_URL,

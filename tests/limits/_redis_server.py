@@ -90,12 +90,15 @@ async def own_redis() -> AsyncIterator[OwnRedis]:
 
 class SilentProxy:
     """Forwards 127.0.0.1:<port> to a Redis; :meth:`silence` keeps connections open but
-    forwards nothing either way (a hung server or a black-holed network), :meth:`heal` resumes."""
+    forwards nothing either way (a hung server or a black-holed network), :meth:`heal` resumes.
+    :meth:`cut_at_reply` lets one command through and loses the connection before its reply."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.silent = False
         self.connections = 0  # connections accepted so far
+        self.sent = bytearray()  # every byte the clients sent on to Redis
+        self._cut: bytes | None = None
         self._closing = False
         self._healed = asyncio.Event()
         self._healed.set()
@@ -104,10 +107,14 @@ class SilentProxy:
         self._writers: list[asyncio.StreamWriter] = []
 
     @property
-    def url(self) -> str:
+    def port(self) -> int:
         assert self._server is not None
-        port = self._server.sockets[0].getsockname()[1]
-        return f"redis://127.0.0.1:{port}/0"
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
 
     def silence(self) -> None:
         self.silent = True
@@ -117,10 +124,29 @@ class SilentProxy:
         self.silent = False
         self._healed.set()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def cut_at_reply(self, command: bytes) -> None:
+        """Once: the next data a client sends that contains ``command`` goes on to Redis (which
+        runs it), and when Redis answers, that client's connection is closed instead of given
+        the reply: the client cannot tell whether the command ran."""
+        self._cut = command
+
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        cut: list[bool],
+        to_redis: bool,
+    ) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await reader.read(65536):
                 await self._healed.wait()  # silent: hold every byte back
+                if to_redis:
+                    self.sent += data
+                    if self._cut is not None and self._cut in data:
+                        self._cut = None
+                        cut[0] = True  # this connection loses the reply
+                elif cut[0]:
+                    break  # the reply: dropped, the client's connection closed
                 writer.write(data)
                 await writer.drain()
         writer.close()
@@ -137,9 +163,10 @@ class SilentProxy:
             writer.close()
             return
         self._writers += [writer, up_writer]
+        cut = [False]
         for task in (
-            asyncio.ensure_future(self._pipe(reader, up_writer)),
-            asyncio.ensure_future(self._pipe(up_reader, writer)),
+            asyncio.ensure_future(self._pipe(reader, up_writer, cut, to_redis=True)),
+            asyncio.ensure_future(self._pipe(up_reader, writer, cut, to_redis=False)),
         ):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

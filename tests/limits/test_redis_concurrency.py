@@ -13,14 +13,16 @@ import redis.asyncio as redis_asyncio
 from _redis_factories import (
     compat_public,
     delete_keys,
+    disconnected_under_calls,
     eventually,
     redis_client,
     through_proxy,
     unique_name,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from aiolease import LimiterUnavailable, LimitTimeout, WouldBlock
+from aiolease import ConcurrencyLimiter, LimiterUnavailable, LimitTimeout, WouldBlock
 from aiolease.redis import RedisConcurrencyLimiter
 from aiolease.testing import FaultProxy
 from eager import NEEDS_EAGER, eager_tasks
@@ -54,7 +56,9 @@ async def wait_until(cond: Callable[[], bool]) -> None:
 
 
 def queued(sem: RedisConcurrencyLimiter, n: int) -> bool:
-    return sem.statistics().waiting == n and not sem._call._pending
+    """``n`` waiters, and no call in flight: the pipe's (``_pending``) or the public path's
+    (``_calls``). A waiter counts from its call on, before its round trip has queued it."""
+    return sem.statistics().waiting == n and not (sem._call._pending or sem._call._calls)
 
 
 async def queue_ids(client: redis_asyncio.Redis, queue: str) -> list[str]:
@@ -588,3 +592,51 @@ async def test_a_caller_that_stops_waiting_for_a_release_leaves_the_slot_free(
     await settle_down(sem)
     assert await sem.in_use() == 0
     await sem.aclose()
+
+
+async def _recovered(sem: RedisConcurrencyLimiter, steps: int) -> None:
+    """Past the cool-down, ``sem`` is answered by Redis again: the call made once
+    ``retry_after`` has passed is the probe (as for the rate limiter's sweep in
+    test_redis_rate.py)."""
+    await asyncio.sleep(sem._health.retry_after(now()))  # past the cool-down, if any
+    permit = await sem.acquire_nowait()
+    await permit.arelease()
+    assert not permit.degraded, steps
+
+
+@pytest.mark.parametrize("public", [False, True], ids=["pipe", "public"])
+@pytest.mark.parametrize("how", ["pool-disconnect", "client-aclose"])
+@pytest.mark.parametrize("fallback", [False, True], ids=["raise", "fallback"])
+async def test_a_client_disconnected_under_calls_at_any_step_is_an_outage_then_recovers(
+    redis_url: str, name: str, public: bool, how: str, fallback: bool
+) -> None:
+    # As the rate limiter's sweep (test_redis_rate.py): redis-py disconnects the client's
+    # connections (its pool's disconnect(), or the client's aclose(), which the client
+    # survives) at every loop step of three concurrent acquisitions of a fresh limiter:
+    # connecting, writing, awaiting the replies. Each is granted by Redis or, as Redis is
+    # unavailable, fails with LimiterUnavailable (no fallback) or is granted by the fallback,
+    # never with another error; the next call after the cool-down is answered by Redis.
+    # (A limit no sweep reaches: a release lost with its connection leaves a lease held until
+    # lease_ttl, and no acquisition waits for a hand-off.)
+    async with redis_client(redis_url) as own:
+        for steps in range(30):
+            local = ConcurrencyLimiter(1000) if fallback else None
+            with compat_public(public):
+                sem = RedisConcurrencyLimiter(
+                    own, name, 1000, lease_ttl=5.0, call_timeout=0.2, fallback=local
+                )
+            direct = sem._call._direct  # (the pipe unless AIOLEASE_COMPAT=public or public)
+            outcomes = await disconnected_under_calls(own, sem.acquire, steps, how)
+            for outcome in outcomes:  # (a connect redis-py retries may reach call_timeout)
+                assert not isinstance(outcome, BaseException) or (
+                    not fallback
+                    and isinstance(outcome, LimiterUnavailable)
+                    and isinstance(outcome.__cause__, (RedisConnectionError, RedisTimeoutError))
+                ), (steps, outcomes)
+            for outcome in outcomes:
+                if not isinstance(outcome, BaseException):
+                    assert fallback or not outcome.degraded
+                    await outcome.arelease()  # (a release that fails is logged, not raised)
+            await _recovered(sem, steps)
+            assert sem._call._direct is direct  # the pipe kept
+            await sem.aclose()

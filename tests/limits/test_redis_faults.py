@@ -7,9 +7,12 @@ through a proxy that can go silent; the shared server is never touched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import gc
 import logging
 import math
+import operator
 import os
 import subprocess
 import sys
@@ -19,13 +22,16 @@ from typing import Any
 
 import pytest
 import redis.asyncio as redis_asyncio
+from _redis_factories import compat_public
 from _redis_server import OwnRedis, SilentProxy, own_redis
 from limits_helpers import run_then_close
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 import aiolease
 from aiolease import LimiterUnavailable, LimitTimeout, RateLimitExceeded
 from aiolease.redis import RedisConcurrencyLimiter, RedisRateLimiter
+from aiolease.redis._scripts import CONC_ACQUIRE, RATE_ACQUIRE
 from aiolease.testing import leak_check
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -91,6 +97,99 @@ async def test_unreachable_redis_raises_limiter_unavailable_every_time(kind: str
             assert "Redis unavailable" in str(info.value)
             assert "'faults'" in str(info.value)
         await lim.aclose()
+
+
+async def test_calls_that_fail_together_are_one_failure_of_the_cool_down(kind: str) -> None:
+    # Five calls in flight when Redis fails are one failure: the cool-down is its first step
+    # (it doubled per call: 0.1, 0.2, 0.4, 0.8, then 1 s, for one refused connection). The
+    # probe after it, failing, doubles it (as a background call does not: the concurrency
+    # limiter gives each failed acquisition's slot back in the background).
+    from aiolease.redis._health import COOLDOWN_MIN
+
+    async with redis_asyncio.Redis.from_url(UNREACHABLE) as client:
+        lim = make_limiter(kind, client)
+        outcomes = await asyncio.gather(
+            *(acquire(lim, timeout=1.0) for _ in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(o, LimiterUnavailable) for o in outcomes), outcomes
+        health = lim._health
+        assert health.cooldown == COOLDOWN_MIN
+        # (t + 0.1) - t can round above 0.1 when the loop's clock reads the same t twice
+        assert 0 < health.retry_after(now()) <= COOLDOWN_MIN + 1e-9
+        await asyncio.sleep(health.retry_after(now()))
+        with pytest.raises(LimiterUnavailable):
+            await acquire(lim, timeout=1.0)  # the probe
+        assert health.cooldown == 2 * COOLDOWN_MIN
+        await lim.aclose()
+
+
+class _Held:
+    """A client (not a ``redis.asyncio.Redis``: each call goes to its ``evalsha``) whose
+    acquisition calls wait until the test ends them (``held``, in call order); its other
+    calls (a withdrawal in the background) are answered at once."""
+
+    def __init__(self, sha: str) -> None:
+        self.sha = sha
+        self.held: list[asyncio.Future[Any]] = []
+
+    async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
+        if sha != self.sha:
+            return 0
+        fut = asyncio.get_running_loop().create_future()
+        self.held.append(fut)
+        return await fut
+
+
+async def steps(n: int = 20) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+@pytest.mark.aiolease_virtual_time
+async def test_a_call_sent_before_an_outage_ending_does_not_let_a_second_probe_through(
+    kind: str,
+) -> None:
+    # Calls go one at a time: `early`, admitted before Redis failed, is still out when the
+    # cool-down ends and `probe` is sent after it. `early` failing then (one failure with the
+    # one that started the outage) ended "the probe" too: the next call probed Redis as well,
+    # while the probe was still out.
+    client = _Held(RATE_ACQUIRE.sha if kind == "rate" else CONC_ACQUIRE.sha)
+    lim: Any
+    answered: type[Exception]
+    if kind == "rate":
+        lim = RedisRateLimiter(client, "probe", 10, on_error="deny", call_timeout=10.0)  # type: ignore[arg-type]
+        answered = RateLimitExceeded
+    else:
+        lim = RedisConcurrencyLimiter(client, "probe", 2, call_timeout=10.0)  # type: ignore[arg-type]
+        answered = LimiterUnavailable
+    first = asyncio.ensure_future(acquire(lim))
+    early = asyncio.ensure_future(acquire(lim))
+    await steps()
+    client.held[0].set_exception(RedisConnectionError("Connection refused"))  # the outage
+    with pytest.raises(answered):
+        await first
+    await steps()
+    assert len(client.held) == 2  # early's call, sent
+    await asyncio.sleep(lim._health.retry_after(now()))
+    probe = asyncio.ensure_future(acquire(lim))  # the probe: queued behind early's call
+    await steps()
+    with pytest.raises(answered):
+        await acquire(lim)  # while the probe is out: answered without Redis
+    client.held[1].set_exception(RedisConnectionError("Connection reset by peer"))
+    with pytest.raises(answered):
+        await early
+    await steps()
+    assert len(client.held) == 3  # the probe's call, sent
+    after = asyncio.ensure_future(acquire(lim))
+    await steps()
+    assert after.done(), "a second probe went to Redis while the first was still out"
+    with pytest.raises(answered):
+        await after
+    assert len(client.held) == 3
+    client.held[2].set_exception(RedisConnectionError("Connection refused"))
+    with pytest.raises(answered):
+        await probe
+    await lim.aclose()
 
 
 async def test_silent_redis_bounds_acquire_timeout(kind: str, silent: SilentProxy) -> None:
@@ -190,6 +289,47 @@ async def test_the_error_says_why_the_pipe_was_dropped(kind: str, silent: Silent
         with pytest.raises(LimiterUnavailable, match=r"no reply from Redis within 0\.2s"):
             await acquire(lim)
         silent.heal()
+        await lim.aclose()
+
+
+@pytest.mark.parametrize("path", ["pipe", "public"])
+async def test_a_call_whose_reply_was_lost_is_never_sent_again(
+    kind: str, path: str, silent: SilentProxy
+) -> None:
+    # The connection is lost after Redis ran the acquisition's script, before its reply came: the
+    # outcome is unknown, and the call must not be sent again. On the public path the client's
+    # evalsha, under its retry policy (redis-py's default here), reconnected and ran the script
+    # a second time: a second charge of the rate limit's burst. (The client is made by the
+    # constructor: its default retry policy retries; from_url()'s does not.)
+    async with redis_asyncio.Redis(host="127.0.0.1", port=silent.port) as client:
+        lim: Any
+        with compat_public(path == "public"):
+            if kind == "rate":
+                lim = RedisRateLimiter(client, "replay", 1, per=3600, burst=5, call_timeout=5.0)
+            else:
+                lim = RedisConcurrencyLimiter(client, "replay", 2, call_timeout=5.0)
+        await release(await acquire(lim))  # connected, the scripts loaded
+        script = RATE_ACQUIRE if kind == "rate" else CONC_ACQUIRE
+        before = silent.sent.count(script.sha_b)
+        silent.cut_at_reply(b"EVALSHA")
+        # (no acquire timeout, and a call_timeout past redis-py's backoff before its first
+        # retry, up to 2 s in redis-py 7.2: a replay would happen within the call's bound)
+        call = asyncio.ensure_future(acquire(lim))
+        await asyncio.wait([call])
+        runs = silent.sent.count(script.sha_b) - before
+        assert runs == 1, f"the acquisition's script was sent {runs} times"
+        with pytest.raises(LimiterUnavailable):
+            await call
+        if kind == "rate":
+            # The call was charged once: 3 of the burst of 5 left (the first acquisition took
+            # one; a second run would have left 2).
+            await asyncio.sleep(lim._health.retry_after(now()))
+            admitted = 0
+            for _ in range(4):
+                with contextlib.suppress(RateLimitExceeded):
+                    await lim.acquire(timeout=0)
+                    admitted += 1
+            assert admitted == 3
         await lim.aclose()
 
 
@@ -370,6 +510,36 @@ async def test_aclose_ends_every_background_task(own_redis: OwnRedis) -> None:
         with pytest.raises(RuntimeError, match="closed"):
             await rate.acquire()
         del held
+
+
+async def test_a_cancelled_aclose_still_gives_the_connection_back(
+    own_redis: OwnRedis, kind: str
+) -> None:
+    """aclose() cancelled at any await (after it began) stops the caller's wait only: the
+    close goes on, so the pipelined connection still goes back to the client's pool (a second
+    aclose() is not needed, and leak_check could not ask for one: the limiter is closed)."""
+    for steps in range(1, 6):
+        async with redis_asyncio.Redis.from_url(own_redis.url) as client:
+            lim: RedisRateLimiter | RedisConcurrencyLimiter
+            if kind == "rate":
+                lim = RedisRateLimiter(client, "faults", 1000)
+                await lim.acquire()
+                lim.pause(0.01)  # a background call for aclose() to wait for
+            else:
+                # (a name per round: the slot held at aclose() stays taken in Redis)
+                lim = RedisConcurrencyLimiter(client, f"faults-{steps}", 1)
+                held = await lim.acquire()  # a renewer for aclose() to wait for
+            closing = asyncio.ensure_future(lim.aclose())
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            closing.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await closing
+            # (redis-py's pool has no public count of the connections it lent)
+            lent = client.connection_pool._in_use_connections
+            await until(functools.partial(operator.not_, lent))
+            if kind == "concurrency":
+                del held
 
 
 async def test_leak_check_reports_a_redis_limiter_left_open(own_redis: OwnRedis) -> None:
@@ -554,7 +724,8 @@ async def test_closing_never_waits_forever_for_a_call_that_ignores_its_cancellat
 ) -> None:
     # redis-py can lose a cancellation while it connects or reads (a blackholed peer, no
     # socket timeout): aclose() cancels such a call, waits call_timeout more, and leaves it.
-    from aiolease.redis._pipe import Background, Health
+    from aiolease.redis._health import Health
+    from aiolease.redis._pipe import Background
 
     background = Background(Health("concurrency limiter 'stubborn'"))
     release = asyncio.Event()

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
+import math
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from _redis_factories import (
     TOL,
     compat_public,
     delete_keys,
+    disconnected_under_calls,
     eventually,
     redis_client,
     through_proxy,
@@ -27,11 +30,13 @@ from _redis_factories import (
 )
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aiolease import LimiterUnavailable, RateLimitExceeded
 from aiolease.redis import RedisConcurrencyLimiter, RedisRateLimiter, redis_key
 from aiolease.redis._pipe import text, wake
 from aiolease.redis._scripts import CONC_ACQUIRE, RATE_ACQUIRE
+from aiolease.testing import VirtualTimeLoop
 from cancelling import cancel_after_steps
 
 pytestmark = pytest.mark.redis
@@ -254,6 +259,46 @@ async def test_a_caller_cancelled_while_the_limiter_connects_is_cancelled(
     assert admitted == [], f"cancelled after these many loop iterations, yet admitted: {admitted}"
 
 
+@pytest.mark.parametrize("kind", ["rate", "concurrency"])
+async def test_a_public_path_call_cancelled_by_its_bound_or_aclose_ends_without_a_reply(
+    redis_url: str, name: str, kind: str
+) -> None:
+    # Without the pipe each call runs in a task of its own, which its bound (Bound) and
+    # aclose() end by cancelling it. With a socket_timeout, redis-py on Python 3.11 sends
+    # through asyncio.wait_for, which loses a cancellation that lands as a send completes
+    # (in get_connection()'s handshake, or the call's own EVALSHA): the call went on (up to
+    # socket_timeout for a silent server) and its caller was admitted past the bound.
+    # Whatever loop iteration the cancellation lands on, the call ends and nobody is admitted.
+    admitted = []
+    for steps in range(48):
+        async with redis_client(redis_url, socket_timeout=5.0) as fresh:
+            with compat_public(True):
+                lim: Any = (
+                    RedisRateLimiter(fresh, name, 1000, burst=100)
+                    if kind == "rate"
+                    else RedisConcurrencyLimiter(fresh, name, 100)
+                )
+            assert not lim._call._direct
+            task = asyncio.ensure_future(lim.acquire())
+            await asyncio.sleep(0)
+            (call,) = lim._call._calls  # the call's task, as Bound and aclose() cancel it
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            if call.cancel():
+                with contextlib.suppress(LimiterUnavailable):  # (its on_error: raise)
+                    async with asyncio.timeout(5):
+                        permit = await task
+                    admitted.append(steps)
+                    if kind == "concurrency":
+                        await permit.arelease()
+            else:
+                permit = await task
+                if kind == "concurrency":
+                    await permit.arelease()
+            await lim.aclose()
+    assert admitted == [], f"its call cancelled after these many loop iterations: {admitted}"
+
+
 async def test_cancel_during_the_round_trip_gives_the_reservation_back(
     client: redis_asyncio.Redis, name: str, redis_url: str
 ) -> None:
@@ -367,6 +412,12 @@ async def test_cancel_in_the_middle_moves_later_waiters_up(
     assert lim.statistics().cancelled == 1
 
 
+async def _sleeping(limiter: RedisRateLimiter, n: int) -> bool:
+    """Whether ``n`` waiters of ``limiter`` (on its default key) have reserved and sleep."""
+    chain = limiter._sleepers.get(limiter._rkey(None))
+    return (0 if chain is None else sum(not f.done() for f in chain.entries)) == n
+
+
 async def _admission_times(
     lim: RedisRateLimiter, other: RedisRateLimiter, order: str
 ) -> tuple[dict[str, float], float]:
@@ -385,8 +436,10 @@ async def _admission_times(
 
     tasks = {}
     for i, who in enumerate(order):
-        tasks[f"{who}{i}"] = asyncio.ensure_future(take(lim if who == "l" else other, f"{who}{i}"))
-        await asyncio.sleep(0.03)
+        limiter = lim if who == "l" else other
+        tasks[f"{who}{i}"] = asyncio.ensure_future(take(limiter, f"{who}{i}"))
+        # Each reserves before the next starts (a fixed sleep is too short for a slow reply).
+        await eventually(functools.partial(_sleeping, limiter, order[: i + 1].count(who)))
     victim = tasks.pop(f"l{order.index('l')}")
     victim.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -443,17 +496,15 @@ async def _paused_schedule(
     await lim.acquire()
     t0 = now()
     tasks = []
-    for who in order:
-        tasks.append(asyncio.ensure_future((lim if who == "l" else other).acquire()))
-        await asyncio.sleep(0.02)
+    for i, who in enumerate(order):
+        limiter = lim if who == "l" else other
+        tasks.append(asyncio.ensure_future(limiter.acquire()))
+        # Each reserves before the next starts, and before the pause: a reply still in flight
+        # when pause() is called (a slow round trip) is not in lim's schedule yet, and its write
+        # makes the pause's compare-and-swap give nothing back (docs/redis.md, "Pause").
+        await eventually(functools.partial(_sleeping, limiter, order[: i + 1].count(who)))
     await lim.pause(0.1)
-    rkey = lim._rkey(None)
-
-    async def requeued() -> bool:  # every waiter of lim reserved again and sleeps
-        chain = lim._sleepers.get(rkey)
-        return chain is not None and sum(not f.done() for f in chain.entries) == order.count("l")
-
-    await eventually(requeued)
+    await eventually(functools.partial(_sleeping, lim, order.count("l")))  # all queued again
     with pytest.raises(RateLimitExceeded) as info:
         await other.acquire_nowait()
     return info.value.retry_after + (now() - t0), tasks
@@ -529,6 +580,17 @@ async def test_pause_never_gives_back_a_waiter_before_an_admitted_one(
             await asyncio.sleep(e2.deadline - loop.time())
             wake(f2)  # what its timer does; the task resumes after the pause below
         await lim.pause(0)
+
+        async def requeued() -> bool:
+            # w1 and w3 have reserved again: sleeping on their new slots, or admitted at once
+            # (a pause that gave back too much).
+            return await _sleeping(lim, 2 - tasks["w1"].done() - tasks["w3"].done())
+
+        # Each re-queued waiter reserves by a call of its own, and nothing orders another
+        # process's call after them: the public path sends lim's calls one at a time (the next
+        # once the previous one's reply came), so a newcomer asking at once may be told the
+        # slot between w1's and w3's. The newcomer asks once both have reserved again.
+        await eventually(requeued)
         with pytest.raises(RateLimitExceeded) as info:
             await other.acquire_nowait()
         retry = info.value.retry_after + (now() - t0)
@@ -586,8 +648,10 @@ async def test_a_caller_that_stops_waiting_for_a_settle_leaves_it_applied(
 ) -> None:
     # Cancelled while waiting for Redis, asettle too leaves the call running: the permit's cost
     # is already the new one, so a dropped call would never be charged (or refunded) again.
+    # (One request a minute: the state stays ahead of the clock however slow the machine, so
+    # the change is the whole charge or refund.)
     with compat_public(public):
-        lim = RedisRateLimiter(client, name, 1, burst=2)
+        lim = RedisRateLimiter(client, name, 1, per=60, burst=2)
     permit = await lim.acquire()
     before = text(await client.get(lim._rkey(None))).split(" ")[1]
 
@@ -604,7 +668,7 @@ async def test_a_caller_that_stops_waiting_for_a_settle_leaves_it_applied(
         await caller
     await _background_done(lim)
     after = text(await client.get(lim._rkey(None))).split(" ")[1]
-    assert float(after) - float(before) == pytest.approx(delta * 1e6)
+    assert float(after) - float(before) == pytest.approx(delta * 60e6)
     await lim.aclose()
 
 
@@ -885,8 +949,8 @@ async def test_asettle_cancelled_behind_other_calls_still_charges(
 ) -> None:
     # The public path sends one call at a time: asettle's call waits its turn. Cancelled then,
     # the permit already counts the new cost, so the charge must still reach Redis.
-    with compat_public(True):
-        lim = RedisRateLimiter(client, name, 1, burst=10)
+    with compat_public(True):  # (one request a minute: the state stays ahead of the clock)
+        lim = RedisRateLimiter(client, name, 1, per=60, burst=10)
     permit = await lim.acquire()
     key = lim._rkey(None)
     before = float(text(await client.get(key)).split(" ")[1])
@@ -899,6 +963,214 @@ async def test_asettle_cancelled_behind_other_calls_still_charges(
         await caller
     await asyncio.gather(*ahead)
     await _background_done(lim)
+    while lim._call._calls:  # the settle's call, its caller gone (it takes its connection
+        await asyncio.wait(set(lim._call._calls))  # in a task of its own: a step or two more)
     after = float(text(await client.get(key)).split(" ")[1])
-    assert after - before == pytest.approx(2e6)  # 2 units at T = 1 s
+    assert after - before == pytest.approx(120e6)  # 2 units at T = 60 s
     await lim.aclose()
+
+
+# -- a connection redis-py disconnected under the pipe -------------------------------------------
+
+
+async def _has(items: list[Any], n: int) -> bool:
+    return len(items) == n
+
+
+@contextlib.contextmanager
+def held_connections(
+    client: redis_asyncio.Redis, monkeypatch: pytest.MonkeyPatch, gate: asyncio.Event
+) -> Iterator[list[Any]]:
+    """The client's pool hands out its connections only once ``gate`` is set; yields them."""
+    pool = client.connection_pool
+    real: Any = pool.get_connection
+    taken: list[Any] = []
+
+    async def get_connection(*args: Any, **kwargs: Any) -> Any:
+        conn = await real(*args, **kwargs)
+        taken.append(conn)
+        await gate.wait()
+        return conn
+
+    monkeypatch.setattr(pool, "get_connection", get_connection)
+    yield taken
+
+
+@contextlib.asynccontextmanager
+async def _piped_limiter(
+    redis_url: str, name: str
+) -> AsyncIterator[tuple[redis_asyncio.Redis, RedisRateLimiter]]:
+    """A limiter on a client of its own (both yielded), through the pipe (skips in public
+    mode); on a clean exit, checks that it has recovered: past the cool-down it admits, still
+    through the pipe."""
+    async with redis_client(redis_url) as own:
+        lim = RedisRateLimiter(own, name, 1000, burst=10, on_error="raise")
+        if not lim._call._direct:
+            pytest.skip("the pipe only (AIOLEASE_COMPAT=public: no pipe)")
+        yield own, lim
+        await asyncio.sleep(0.15)  # past the cool-down
+        assert not (await lim.acquire()).degraded
+        assert lim._call._direct  # still through the pipe
+        assert lim._call._link is not None
+        await lim.aclose()
+
+
+async def test_a_connection_disconnected_while_a_call_waited_to_send_fails_it_as_unavailable(
+    redis_url: str, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pipe connects for its first caller while the next ones wait their turn. redis-py
+    # disconnects the connection (client.aclose(), connection_pool.disconnect()) once the
+    # first caller has its reply, before the next one writes: that caller meets a connection
+    # with no socket, which nothing was reading to notice. It fails as Redis unavailable
+    # (redis-py's ConnectionError, not an AttributeError), and the next call reconnects
+    # through the pipe.
+    async with _piped_limiter(redis_url, name) as (own, lim):
+        gate = asyncio.Event()
+        with held_connections(own, monkeypatch, gate) as taken:
+            first = asyncio.ensure_future(lim.acquire())
+            await eventually(functools.partial(_has, taken, 1))  # it holds the pipe's lock
+
+            async def disconnect_in_between() -> None:  # the next in line for the lock
+                connecting = lim._call._connecting
+                assert connecting is not None
+                async with connecting:
+                    await first
+                    await own.connection_pool.disconnect()
+
+            between = asyncio.ensure_future(disconnect_in_between())
+            second = asyncio.ensure_future(lim.acquire())
+            for _ in range(10):  # both wait behind the first (no I/O on their way there)
+                await asyncio.sleep(0)
+            gate.set()
+            outcomes = await asyncio.gather(first, between, second, return_exceptions=True)
+        assert not isinstance(outcomes[0], BaseException), outcomes
+        assert not outcomes[0].degraded
+        assert outcomes[1] is None
+        assert isinstance(outcomes[2], LimiterUnavailable), outcomes
+        assert isinstance(outcomes[2].__cause__, RedisConnectionError), outcomes
+
+
+async def test_a_connection_disconnected_before_the_pipe_wrote_to_it_keeps_the_pipe(
+    redis_url: str, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # redis-py disconnects the connection the pipe has just taken, before the pipe writes to
+    # it: the caller fails as Redis unavailable, and the limiter keeps the pipe (a closed
+    # connection is no sign that redis-py's connections cannot be pipelined).
+    async with _piped_limiter(redis_url, name) as (own, lim):
+        gate = asyncio.Event()
+        with held_connections(own, monkeypatch, gate) as taken:
+            call = asyncio.ensure_future(lim.acquire())
+            await eventually(functools.partial(_has, taken, 1))
+            await own.connection_pool.disconnect()
+            gate.set()
+            with pytest.raises(LimiterUnavailable) as info:
+                await call
+        assert isinstance(info.value.__cause__, RedisConnectionError)
+
+
+async def _recovered(lim: RedisRateLimiter, steps: int) -> None:
+    """Past the cool-down, ``lim`` is answered by Redis again: the call made once
+    ``retry_after`` has passed is the probe. (On uvloop it could wake a hair before the
+    cool-down's end and be answered from it, by the disconnect's error, without contacting
+    Redis: see test_a_call_after_retry_after_probes_redis_on_a_millisecond_clock.)"""
+    await asyncio.sleep(lim._health.retry_after(now()))  # past the cool-down, if any
+    permit = await lim.acquire()
+    assert not permit.degraded, steps
+
+
+class _Refusing:
+    """A client whose every call fails as redis-py's does when Redis refuses the connection
+    (not a ``redis.asyncio.Redis``: each call goes to its ``evalsha``)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def evalsha(self, *args: Any) -> Any:
+        self.calls += 1
+        raise RedisConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+
+
+async def _denied(lim: RedisRateLimiter) -> float:
+    """An acquisition answered without Redis (``on_error="deny"``): its ``retry_after``, the
+    time until the limiter contacts Redis again."""
+    with pytest.raises(RateLimitExceeded) as info:
+        await lim.acquire()
+    return info.value.retry_after
+
+
+class _MillisecondLoop(VirtualTimeLoop):
+    """Virtual time kept as uvloop keeps its clock: ``time()`` is a whole number of
+    milliseconds (``ms / 1000``), and a timer is due a whole number of them (its delay rounded
+    to the nearest) after the millisecond it was armed in."""
+
+    def call_at(  # type: ignore[override]  # same signature; typeshed's is generic
+        self, when: float, callback: Any, *args: Any, context: Any = None
+    ) -> asyncio.TimerHandle:
+        if math.isfinite(when):
+            now_ms = round(self.time() * 1000)
+            when = (now_ms + round((when - self.time()) * 1000)) / 1000
+        return super().call_at(when, callback, *args, context=context)
+
+
+def test_a_call_after_retry_after_probes_redis_on_a_millisecond_clock() -> None:
+    # uvloop's clock: a failure at k ms starts a cool-down ending at k / 1000 + 0.1, for some k
+    # a float above (k + 100) / 1000, the time the 100 ms timer of a caller that waited
+    # retry_after wakes at. That caller was answered from the cool-down again (by the failure
+    # that started it) instead of probing Redis, as retry_after promises.
+    k = next(k for k in itertools.count(1) if (k + 100) / 1000 < k / 1000 + 0.1)
+
+    async def body() -> None:
+        await asyncio.sleep(k / 1000)
+        assert now() == k / 1000
+        client = _Refusing()
+        lim = RedisRateLimiter(client, unique_name("ms"), 10, on_error="deny")  # type: ignore[arg-type]
+        await asyncio.sleep(await _denied(lim))
+        assert client.calls == 1
+        assert now() < lim._health.until  # (the case at hand: the clock reads a hair short)
+        await _denied(lim)
+        assert client.calls == 2, "answered from the cool-down, not by a probe"
+        await lim.aclose()
+
+    with asyncio.Runner(loop_factory=_MillisecondLoop) as runner:
+        runner.run(body())
+
+
+async def test_a_call_after_retry_after_probes_redis_cool_down_after_cool_down() -> None:
+    # The same on the running loop (asyncio's and uvloop), over growing cool-downs: each call
+    # made after waiting the retry_after given is a probe (here: refused again).
+    client = _Refusing()
+    lim = RedisRateLimiter(client, unique_name("probe"), 10, on_error="deny")  # type: ignore[arg-type]
+    wait = await _denied(lim)  # refused: a cool-down of 0.1 s starts
+    for n in (2, 3):
+        await asyncio.sleep(wait)
+        wait = await _denied(lim)
+        assert client.calls == n  # the probe (refused again: the cool-down doubles)
+    await lim.aclose()
+
+
+@pytest.mark.parametrize("public", [False, True], ids=["pipe", "public"])
+@pytest.mark.parametrize("how", ["pool-disconnect", "client-aclose"])
+async def test_a_client_disconnected_under_calls_at_any_step_is_an_outage_then_recovers(
+    redis_url: str, name: str, public: bool, how: str
+) -> None:
+    # redis-py disconnects the client's connections (its pool's disconnect(), or the client's
+    # aclose(), which the client survives: it reconnects on its next call) at every loop step
+    # of three concurrent calls of a fresh limiter: connecting, writing, awaiting the replies.
+    # Each call is admitted or fails as Redis unavailable, never with another error, and the
+    # next call after the cool-down is answered by Redis.
+    async with redis_client(redis_url) as own:
+        for steps in range(30):
+            with compat_public(public):
+                lim = RedisRateLimiter(
+                    own, name, 10000, burst=100, on_error="raise", call_timeout=0.2
+                )
+            direct = lim._call._direct  # (the pipe unless AIOLEASE_COMPAT=public or public)
+            outcomes = await disconnected_under_calls(own, lim.acquire, steps, how)
+            for outcome in outcomes:  # (a connect redis-py retries may reach call_timeout)
+                assert not isinstance(outcome, BaseException) or (
+                    isinstance(outcome, LimiterUnavailable)
+                    and isinstance(outcome.__cause__, (RedisConnectionError, RedisTimeoutError))
+                ), (steps, outcomes)
+            await _recovered(lim, steps)
+            assert lim._call._direct is direct  # the pipe kept
+            await lim.aclose()

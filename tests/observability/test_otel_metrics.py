@@ -156,6 +156,20 @@ async def test_a_pool_gone_is_forgotten() -> None:
         assert not got["db.client.connection.max"].has(**{POOL: "ephemeral"})
 
 
+def test_a_pool_or_limiter_never_used_records_no_histogram_point() -> None:
+    """docs/observability.md: a histogram series is made by its first measurement (the
+    SDK keeps each one it is given: a series per pool made and never used would stay)."""
+    with instrumented() as reader:
+        pool = Pool(FakeManager(), name="never-used")
+        limiter = aiolease.ConcurrencyLimiter(1, name="never-used")
+        got = Collected(reader)
+        assert got["db.client.connection.max"].has(**{POOL: "never-used"})
+        for histogram in ("create_time", "wait_time", "use_time"):
+            assert not got[f"db.client.connection.{histogram}"].points, histogram
+        assert not got["aiolease.limiter.request.time_in_queue"].points
+        del pool, limiter
+
+
 @pytest.mark.aiolease_virtual_time
 async def test_limiter_requests_queue_time_and_leases() -> None:
     gc.collect()  # a limiter of the same name from the other event loop's run: gone
@@ -285,3 +299,50 @@ async def test_a_closed_pool_reports_zeros_so_its_successor_of_the_same_name_cou
             count = got["db.client.connection.count"]
             assert count.value(**{POOL: "remade", state: "idle"}) == 1
         del old
+
+
+def test_a_provider_instrumented_once_is_not_kept_alive() -> None:
+    """instrument() kept every MeterProvider it was given for good (its readers, their
+    exporters and every point recorded), though nothing reports to it after
+    uninstrument(): a MeterProvider per test or per tenant grew the process for ever."""
+    import weakref
+
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    def instrument_once() -> weakref.ref[MeterProvider]:
+        provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+        otel.instrument(meter_provider=provider)
+        otel.uninstrument()
+        provider.shutdown()
+        return weakref.ref(provider)
+
+    gone = [instrument_once() for _ in range(3)]
+    gc.collect()
+    assert [ref() for ref in gone] == [None, None, None]
+
+
+def test_a_provider_instrumented_again_after_uninstrument_reports_once() -> None:
+    """The instruments of a provider are made once (the SDK keeps an observable
+    instrument's callbacks): instrument(), uninstrument(), instrument() again with the
+    same provider reports each series once, from the pools of both periods."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    before = Pool(FakeManager(), name="again-before")
+    try:
+        otel.instrument(meter_provider=provider)
+        otel.uninstrument()
+        gc.collect()  # nothing else keeps the provider's instruments
+        after = Pool(FakeManager(), name="again-after")
+        otel.instrument(meter_provider=provider)
+        points = Collected(reader)["db.client.connection.max"].points
+        names = [p.attributes[POOL] for p in points]
+        assert names.count("again-before") == 1, names
+        assert names.count("again-after") == 1, names
+    finally:
+        otel.uninstrument()
+        provider.shutdown()
+        del before, after

@@ -83,6 +83,40 @@ async def test_the_check_of_an_idle_connection_counts_as_the_acquires_wait() -> 
     assert checked.status.status_code is StatusCode.UNSET
 
 
+@pytest.mark.aiolease_virtual_time
+@pytest.mark.parametrize("how", ["timeout", "cancel", "close"])
+async def test_a_wait_that_fails_in_the_check_of_an_idle_connection_is_an_error_span(
+    how: str,
+) -> None:
+    """docs/observability.md: the check of an idle connection counts as the acquire's wait,
+    and a timed-out or cancelled wait has the error status; a wait that failed during the
+    check (it outlasted the acquire timeout, its task was cancelled, the pool closed) made
+    no span at all."""
+    fm = FakeManager()
+    with traced() as t:
+        pool = Pool(fm, max_size=1, name="checked")
+        async with pool:
+            async with pool.acquire():  # created on the spot: no time passes, no span
+                pass
+            fm.delay("check", 2.0)
+            acquire = asyncio.ensure_future(pool.acquire(timeout=0.5 if how == "timeout" else None))
+            await asyncio.sleep(0.25)  # in the idle connection's check
+            if how == "cancel":
+                acquire.cancel()
+            elif how == "close":
+                await pool.aclose(timeout=0)  # interrupts the check
+            with pytest.raises(BaseException) as info:
+                await acquire
+            expected = {"timeout": PoolTimeout, "cancel": asyncio.CancelledError}
+            assert isinstance(info.value, expected.get(how, aiolease.PoolClosed)), info.value
+    span = t.one("aiolease.pool.acquire")
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.end_time is not None
+    assert span.start_time is not None
+    waited = 0.5 if how == "timeout" else 0.25
+    assert span.end_time - span.start_time == pytest.approx(waited * 1e9, rel=1e-6)
+
+
 async def test_transaction_span_is_current_and_carries_the_outcome() -> None:
     conn = FakeConnection()
     with traced() as t:

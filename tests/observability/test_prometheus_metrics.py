@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -246,6 +247,100 @@ def test_a_collector_made_again_in_a_worker_counts_nothing_twice(tmp_path: Path)
     assert registry.get_sample_value("aiolease_limiter_requests_total", acquired) == 1
 
 
+_RECREATED = textwrap.dedent(
+    """
+    import asyncio, gc
+    from aiolease import Pool, RateLimitExceeded, RateLimiter, prometheus
+    from aiolease.testing import FakeManager
+
+    async def use(requests):  # made and used in one step of the loop
+        limiter = RateLimiter(1, per=60.0, name="tenant")
+        for _ in range(requests):
+            try:
+                limiter.acquire_nowait()
+            except RateLimitExceeded:
+                pass
+        await asyncio.sleep(0)  # the state is written once per turn of the loop
+
+    async def main():
+        collector = prometheus.Collector()
+        await use(3)
+        gc.collect()
+        async with Pool(FakeManager(), name="other") as pool, pool.acquire():
+            await asyncio.sleep(0)  # an event: the state is written, "tenant" gone
+        await use(2)  # a limiter of the same name again
+        collector.close()
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_a_name_whose_limiters_are_gone_counts_the_next_one_of_that_name_in_full(
+    tmp_path: Path,
+) -> None:
+    """Multiprocess mode: the totals last written for a name stayed the baseline after its
+    limiters (or pools) were gone, so the counts of a new one of that name were swallowed
+    until they passed the old one's totals."""
+    from prometheus_client import multiprocess
+
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", _RECREATED], env=env, timeout=60, check=True
+    )
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(tmp_path))  # type: ignore[no-untyped-call]
+    labels = {"aiolease_limiter_name": "tenant"}
+    value = registry.get_sample_value
+    assert (
+        value("aiolease_limiter_requests_total", {**labels, "aiolease_limiter_result": "acquired"})
+        == 2
+    )
+    assert (
+        value("aiolease_limiter_requests_total", {**labels, "aiolease_limiter_result": "rejected"})
+        == 3
+    )
+
+
+_UNUSED = textwrap.dedent(
+    """
+    import asyncio
+    from aiolease import ConcurrencyLimiter, Pool, prometheus
+    from aiolease.testing import FakeManager
+
+    async def main():
+        collector = prometheus.Collector()
+        pool = Pool(FakeManager(), name="never-used")
+        limiter = ConcurrencyLimiter(1, name="never-used")
+        await asyncio.sleep(0)  # the state is written
+        collector.close()
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_multiprocess_a_pool_or_limiter_never_used_writes_no_histogram_series(
+    tmp_path: Path,
+) -> None:
+    """Multiprocess mode: a recorder made its histogram series at once, and a series once
+    in the shared directory stays there: one per pool or limiter made, used or not."""
+    from prometheus_client import multiprocess
+
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-W", "ignore", "-c", _UNUSED], env=env, timeout=60, check=True)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(tmp_path))  # type: ignore[no-untyped-call]
+    value = registry.get_sample_value
+    assert value("db_client_connection_max", {POOL: "never-used"}) == 10  # its state: yes
+    assert value("db_client_connection_wait_time_seconds_count", {POOL: "never-used"}) is None
+    assert value("db_client_connection_use_time_seconds_count", {POOL: "never-used"}) is None
+    created = {POOL: "never-used", "error_type": ""}
+    assert value("db_client_connection_create_time_seconds_count", created) is None
+    queued = {"aiolease_limiter_name": "never-used"}
+    assert value("aiolease_limiter_request_time_in_queue_seconds_count", queued) is None
+
+
 _LOOPS = textwrap.dedent(
     """
     import asyncio
@@ -296,8 +391,8 @@ def test_a_value_on_a_bound_counts_in_that_bucket() -> None:
 
     histogram = _LocalHistogram("x_seconds", "x", ["p"])
     for value in (0.001, 0.0011, 10.0, 11.0):
-        histogram.labels("a").observe(value)
-    (family,) = histogram.collect()
+        histogram.observe(("a",), value)
+    (family,) = histogram.collect({"a"})
     buckets = {s.labels["le"]: s.value for s in family.samples if s.name == "x_seconds_bucket"}
     assert buckets["0.001"] == 1  # le: 0.001 <= 0.001
     assert buckets["0.005"] == 2
@@ -418,3 +513,90 @@ def test_bad_refresh_interval_is_refused_naming_it(bad: object) -> None:
     error = TypeError if isinstance(bad, str | bool) else ValueError
     with pytest.raises(error, match=r"refresh_interval must be a (finite|real) number"):
         prometheus.Collector(refresh_interval=bad)  # type: ignore[arg-type]
+
+
+def test_a_pool_or_limiter_never_used_makes_no_histogram_series(
+    registry: CollectorRegistry,
+) -> None:
+    """A recorder made the pool's and limiter's histogram series at once (count 0), so a
+    service making pools or limiters with generated names exported series for every one,
+    used or not."""
+    value = registry.get_sample_value
+    pool = Pool(FakeManager(), name="never-used")
+    limiter = aiolease.ConcurrencyLimiter(1, name="never-used")
+    assert value("db_client_connection_max", {POOL: "never-used"}) == 10  # its state: yes
+    assert value("db_client_connection_wait_time_seconds_count", {POOL: "never-used"}) is None
+    assert value("db_client_connection_use_time_seconds_count", {POOL: "never-used"}) is None
+    created = {POOL: "never-used", "error_type": ""}
+    assert value("db_client_connection_create_time_seconds_count", created) is None
+    queued = {"aiolease_limiter_name": "never-used"}
+    assert value("aiolease_limiter_request_time_in_queue_seconds_count", queued) is None
+    del pool, limiter
+
+
+async def _use_pool_and_limiter(name: str) -> None:
+    """A pool leased once (one creation) and a limiter with one request admitted after
+    queueing, both gone at the end."""
+    async with Pool(FakeManager(), name=name) as pool, pool.acquire():
+        pass
+    limiter = aiolease.ConcurrencyLimiter(1, name=name)
+    held = await limiter.acquire()
+    waiter = asyncio.ensure_future(limiter.acquire())
+    await asyncio.sleep(0)
+    held.release()
+    (await waiter).release()
+    gone: list[weakref.ref[object]] = [weakref.ref(pool), weakref.ref(limiter)]
+    del pool, limiter, held, waiter
+    await asyncio.sleep(0)  # the waiter task's last callbacks
+    gc.collect()
+    assert [ref() for ref in gone] == [None, None]
+
+
+async def test_the_histograms_of_a_name_no_pool_or_limiter_has_end_after_a_scrape_shows_them(
+    registry: CollectorRegistry,
+) -> None:
+    """The histogram series of a pool or limiter stayed in the collector for good after the
+    object was gone: one pool per tenant or per test grew the exposition without bound.
+    Now the first scrape after the object is gone still shows its final counts; the next
+    one (nothing new in them) no longer has them."""
+
+    def scrape() -> dict[tuple[str, str], float]:
+        """One scrape: (sample, pool or limiter name) -> value, for tenant-1's series."""
+        return {
+            (s.name, s.labels.get(POOL) or s.labels.get("aiolease_limiter_name", "")): s.value
+            for family in registry.collect()
+            for s in family.samples
+            if "tenant-1" in s.labels.values() and "le" not in s.labels
+        }
+
+    await _use_pool_and_limiter("tenant-1")
+    first = scrape()
+    assert first[("db_client_connection_wait_time_seconds_count", "tenant-1")] == 1
+    assert first[("db_client_connection_use_time_seconds_count", "tenant-1")] == 1
+    assert first[("db_client_connection_create_time_seconds_count", "tenant-1")] == 1
+    assert first[("aiolease_limiter_request_time_in_queue_seconds_count", "tenant-1")] == 1
+    assert scrape() == {}
+    assert "tenant-1" not in generate_latest(registry).decode()
+    # the name used again: its series start again from the new objects
+    await _use_pool_and_limiter("tenant-1")
+    again = scrape()
+    assert again[("db_client_connection_wait_time_seconds_count", "tenant-1")] == 1
+    assert again[("aiolease_limiter_request_time_in_queue_seconds_count", "tenant-1")] == 1
+
+
+async def test_a_name_shared_by_a_pool_made_again_keeps_its_histograms(
+    registry: CollectorRegistry,
+) -> None:
+    """Pools that share a name are one series: while one of them lives, the histograms
+    keep the counts of those gone (a counter that went down would read as a reset)."""
+    value = registry.get_sample_value
+    async with Pool(FakeManager(), name="remade") as old, old.acquire():
+        pass
+    successor = Pool(FakeManager(), name="remade")
+    del old
+    gc.collect()
+    for _ in range(3):  # scrapes with nothing new: the live successor keeps the series
+        assert value("db_client_connection_wait_time_seconds_count", {POOL: "remade"}) == 1
+    async with successor, successor.acquire():
+        pass
+    assert value("db_client_connection_wait_time_seconds_count", {POOL: "remade"}) == 2

@@ -796,6 +796,33 @@ def test_cancelled_open_loses_no_resource() -> None:
     vrun(main)
 
 
+def test_a_cancelled_async_with_pool_closes_the_pool_it_was_opening() -> None:
+    # `async with pool:` runs no __aexit__ when entering fails: cancelled while open() waits
+    # for its min_size creations, the pool must not stay open (and filled) out of reach.
+    async def main() -> None:
+        fm = FakeManager()
+        gate = fm.block("create", calls=1)
+        pool = Pool(fm, min_size=2, max_size=2)
+
+        async def body() -> None:
+            async with pool:
+                raise AssertionError("not reached")  # pragma: no cover
+
+        t = asyncio.ensure_future(body())
+        await gate.wait_arrived()
+        await settle()  # the 2nd creation has completed; the 1st is held at the gate
+        t.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await t
+        gate.open()
+        await settle()
+        assert pool.statistics().size == 0, pool
+        assert "closed" in repr(pool)
+        fm.assert_all_closed()
+
+    vrun(main)
+
+
 def test_outer_asyncio_timeout_and_wait_for_leave_pool_consistent() -> None:
     async def main() -> None:
         async with Pool(FakeManager(), max_size=1, acquire_timeout=None) as pool:

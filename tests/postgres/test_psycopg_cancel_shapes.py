@@ -21,6 +21,7 @@ import pytest
 
 import aiolease._compat.psycopg
 import aiolease.psycopg
+from aiolease._transaction import _chain
 
 
 async def _execute(c: Any) -> None:
@@ -101,9 +102,23 @@ SHAPES: dict[str, Callable[[Any], Awaitable[None]]] = {
 DELAYS = (0.0, 0.0005, 0.002, 0.01, 0.03)
 
 
+def _commit_unknown(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is a cancellation that came during atomic's COMMIT."""
+    return exc is not None and any(isinstance(e, aiolease.CommitUnknown) for e in _chain(exc))
+
+
+def _outcome(exc: BaseException | None) -> str:
+    """What a cancelled run ended with, its chain included (for a failure message)."""
+    if exc is None:
+        return "ended first"
+    return " <- ".join(f"{type(e).__name__}({e})" for e in _chain(exc))
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 async def test_cancelled_psycopg_operation_leaves_the_pool_serving(pg_dsn: str, shape: str) -> None:
     operation = SHAPES[shape]
+    outcomes: list[tuple[float, str]] = []
+    during_commit = 0
     async with aiolease.psycopg.create_pool(pg_dsn, max_size=1) as pool:
         for delay in DELAYS:
 
@@ -114,10 +129,13 @@ async def test_cancelled_psycopg_operation_leaves_the_pool_serving(pg_dsn: str, 
             task = asyncio.create_task(run())
             await asyncio.sleep(delay)
             task.cancel()
+            ended: BaseException | None = None
             try:
                 await task
-            except (asyncio.CancelledError, psycopg.errors.DivisionByZero):
-                pass  # (or it ended first: nothing to check of the operation itself)
+            except (asyncio.CancelledError, psycopg.errors.DivisionByZero) as exc:
+                ended = exc  # (or it ended first: nothing to check of the operation itself)
+            during_commit += _commit_unknown(ended)
+            outcomes.append((delay, _outcome(ended)))
             async with asyncio.timeout(5), pool.acquire() as conn:
                 cur = await conn.execute("SELECT 42")
                 assert await cur.fetchone() == (42,)
@@ -129,5 +147,8 @@ async def test_cancelled_psycopg_operation_leaves_the_pool_serving(pg_dsn: str, 
             # when the query ended on an error of its own first (psycopg's own class
             # closes it then). A COPY cancelled midway may be left active by psycopg's
             # copy object, and psycopg before 3.3.9 leaves a pipeline that failed busy:
-            # those connections are discarded.
-            assert stats.discarded == 0, stats
+            # those connections are discarded. So is one whose atomic block was cancelled
+            # during its COMMIT (the outcome is unknown: CommitUnknown in the chain, see
+            # docs/transactions.md), which the atomic shape's last delays can hit when the
+            # round trips are slow; a cancellation anywhere else in the block keeps it.
+            assert stats.discarded == during_commit, (stats, outcomes)

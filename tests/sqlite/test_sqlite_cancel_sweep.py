@@ -95,3 +95,30 @@ async def test_sqlite_pool_atomic_cancelled_at_each_step(
             if not cancelled:
                 break
         assert outcomes[-1] == "ok"
+
+
+async def test_a_read_only_block_on_a_bare_connection_cancelled_at_each_step(
+    tmp_path: Path,
+) -> None:
+    """Without a pool to discard the connection after a cancelled COMMIT, a read-only block
+    cancelled at any step still leaves it writable (``PRAGMA query_only`` back to 0)."""
+    import aiosqlite
+
+    async with aiosqlite.connect(tmp_path / "db.sqlite") as conn:
+        await conn.execute("CREATE TABLE t (v int)")
+        await conn.commit()
+
+        async def read() -> None:
+            async with (
+                aiolease.atomic(conn, readonly=True),
+                conn.execute("SELECT count(*) FROM t") as cur,
+            ):
+                await cur.fetchone()
+
+        for k in range(5000):  # until the block ends before the cancellation
+            cancelled, _ = await cancel_after_steps(read(), k)
+            async with conn.execute("PRAGMA query_only") as cur:
+                assert await cur.fetchone() == (0,), k
+            assert not conn.in_transaction, k
+            if not cancelled:
+                break

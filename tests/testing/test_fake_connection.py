@@ -113,3 +113,51 @@ async def test_cursor_records_named_parameters_with_their_values() -> None:
         await cur.execute("INSERT %(a)s, %(b)s", {"a": 1, "b": 2})
         await cur.execute("INSERT %s", [3])
     assert conn.arguments == [({"a": 1, "b": 2},), (3,)]
+
+
+@pytest.mark.parametrize(
+    ("sql", "command"),
+    [
+        ("INSERT INTO t VALUES (1)", "INSERT"),
+        ("  update t SET v = 2", "UPDATE"),
+        ("DELETE FROM t", "DELETE"),
+        ("MERGE INTO t USING s ON true WHEN MATCHED THEN DELETE", "MERGE"),
+        ("TRUNCATE t", "TRUNCATE"),
+        ("CREATE TEMP TABLE t (v int)", "CREATE"),
+        ("DROP TABLE t", "DROP"),
+        ("ALTER TABLE t ADD COLUMN w int", "ALTER"),
+        ("GRANT SELECT ON t TO public", "GRANT"),
+        ("REVOKE SELECT ON t FROM public", "REVOKE"),
+        ("COMMENT ON TABLE t IS 'x'", "COMMENT"),
+    ],
+)
+async def test_a_read_only_transaction_refuses_writes(sql: str, command: str) -> None:
+    # Before, the fake ran (and committed) them: a test of code that writes inside
+    # atomic(readonly=True) passed, and the code failed on PostgreSQL.
+    conn = FakeConnection()
+    conn.script(sql.split()[0], rows=[(1,)])  # a scripted answer does not bypass the check
+    await conn.execute("BEGIN READ ONLY")
+    with pytest.raises(FakeDatabaseError, match=f"cannot execute {command} in a read-only") as e:
+        await conn.execute(sql)
+    assert e.value.sqlstate == "25006"
+    assert conn.transaction_status == "inerror"
+    assert await conn.execute("COMMIT") == "ROLLBACK"
+    assert await conn.execute(sql) == [(1,)]  # outside the transaction, it runs
+    assert conn.committed == [(sql, ())]
+
+
+async def test_atomic_readonly_refuses_a_write_on_the_fake() -> None:
+    import aiolease
+
+    conn = FakeConnection()
+
+    async def write_in_a_read_only_block() -> None:
+        async with aiolease.atomic(conn, readonly=True):
+            assert await conn.fetch("SELECT 1") == []
+            await conn.execute("INSERT INTO t VALUES (1)")
+
+    with pytest.raises(FakeDatabaseError, match="read-only") as e:
+        await write_in_a_read_only_block()
+    assert e.value.sqlstate == "25006"
+    assert conn.committed == []
+    assert not conn.in_transaction

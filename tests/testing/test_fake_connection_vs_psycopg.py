@@ -13,6 +13,7 @@ Set ``AIOLEASE_DIFF_EXAMPLES`` to run more examples.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -37,6 +38,14 @@ CONTROL = [
     "BEGIN ISOLATION LEVEL REPEATABLE READ, READ WRITE",
     "START TRANSACTION NOT DEFERRABLE",
     "BEGIN WORK DEFERRABLE",
+    "BEGIN READ ONLY",
+    "START TRANSACTION READ ONLY",
+    "BEGIN ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE",
+    "SET TRANSACTION READ ONLY",
+    "SET TRANSACTION READ WRITE",
+    "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+    "SET TRANSACTION NOT DEFERRABLE",
+    "SET TRANSACTION",
     "BEGIN ISOLATION LEVEL",
     "BEGIN READ",
     "START TRANSACTION",
@@ -74,12 +83,12 @@ def _deterministic(steps: list[str]) -> bool:
 
     A transaction started by AND CHAIN sometimes counts as having run a query
     already (a snapshot taken by the server on its own, e.g. while other sessions
-    change the catalog), so changing its modes (BEGIN ISOLATION LEVEL ...) may or
-    may not fail there.
+    change the catalog), so changing its modes (BEGIN ISOLATION LEVEL ..., SET
+    TRANSACTION NOT DEFERRABLE) may or may not fail there.
     """
     chained = False
     for step in steps:
-        if chained and step.split()[0] in ("BEGIN", "START") and len(step.split()) > 2:
+        if chained and step.split()[0] in ("BEGIN", "START", "SET") and len(step.split()) > 2:
             return False
         chained = chained or step.endswith(" AND CHAIN")
     return True
@@ -184,8 +193,215 @@ async def test_the_fake_follows_postgresql_transaction_control(pg: _Pg, steps: l
         ["BEGIN", "SAVEPOINT a", "FAIL", "ROLLBACK TO a", "RELEASE a", "BEGIN DEFERRABLE"],
         ["BEGIN", "START TRANSACTION ISOLATION LEVEL REPEATABLE READ, NOT DEFERRABLE", "END"],
         ["BEGIN ISOLATION LEVEL SERIALIZABLE READ WRITE", "INSERT 9", "COMMIT"],
+        # A write in a read-only transaction fails with 25006 (the fake accepted and
+        # committed it).
+        ["BEGIN READ ONLY", "INSERT 1", "COMMIT"],
+        ["START TRANSACTION READ ONLY", "INSERT 1", "END"],
+        ["BEGIN READ ONLY", "SAVEPOINT a", "INSERT 1", "ROLLBACK TO a", "INSERT 2", "COMMIT"],
+        ["BEGIN READ ONLY", "COMMIT AND CHAIN", "INSERT 1", "COMMIT"],
+        ["BEGIN", "INSERT 1", "BEGIN READ ONLY", "INSERT 2", "COMMIT"],
+        ["BEGIN", "SAVEPOINT a", "BEGIN READ ONLY", "INSERT 1", "COMMIT"],
+        ["BEGIN READ ONLY", "BEGIN READ WRITE", "INSERT 1", "COMMIT"],
+        ["BEGIN READ ONLY", "SAVEPOINT a", "INSERT 1", "ROLLBACK TO a", "RELEASE a", "BEGIN"],
+        # SET TRANSACTION sets the modes as BEGIN inside a transaction does (the fake took it
+        # for work: read-only was not enforced, READ WRITE not restored).
+        ["BEGIN", "SET TRANSACTION READ ONLY", "INSERT 1", "COMMIT"],
+        ["BEGIN READ ONLY", "SET TRANSACTION READ WRITE", "INSERT 1", "COMMIT"],
+        ["BEGIN", "INSERT 1", "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", "COMMIT"],
+        ["BEGIN", "SAVEPOINT a", "SET TRANSACTION READ ONLY", "INSERT 1", "COMMIT"],
+        ["SET TRANSACTION READ ONLY", "INSERT 1"],
+        ["BEGIN", "FAIL", "SET TRANSACTION READ ONLY", "ROLLBACK"],
+        ["BEGIN", "SET TRANSACTION", "COMMIT"],
+        # An error undoes the modes set in the transaction back to those it started with,
+        # which AND CHAIN carried over (the fake fell back to the defaults: read-write).
+        ["BEGIN READ ONLY", "ROLLBACK AND CHAIN", "FAIL", "COMMIT AND CHAIN", "INSERT 1"],
+        [
+            "BEGIN READ ONLY",
+            "ROLLBACK AND CHAIN",
+            "SET TRANSACTION READ WRITE",
+            "FAIL",
+            "COMMIT AND CHAIN",
+            "INSERT 1",
+            "COMMIT",
+        ],
+        # Ending a subtransaction, released or rolled back, restores the read-only mode it
+        # had on entry (the fake kept the one set inside it).
+        ["BEGIN", "SAVEPOINT a", "SET TRANSACTION READ ONLY", "RELEASE a", "INSERT 1", "COMMIT"],
+        ["BEGIN", "SAVEPOINT a", "SET TRANSACTION READ ONLY", "ROLLBACK TO a", "INSERT 1"],
+        [
+            "BEGIN",
+            "SAVEPOINT a",
+            "SET TRANSACTION READ ONLY",
+            "FAIL",
+            "COMMIT AND CHAIN",
+            "INSERT 1",
+            "COMMIT",
+        ],
+        [
+            "BEGIN",
+            "SAVEPOINT a",
+            "SAVEPOINT b",
+            "SET TRANSACTION READ ONLY",
+            "RELEASE b",
+            "FAIL",
+            "COMMIT AND CHAIN",
+            "INSERT 1",
+            "COMMIT",
+        ],
+        [
+            "BEGIN",
+            "SAVEPOINT a",
+            "SET TRANSACTION READ ONLY",
+            "SAVEPOINT b",
+            "FAIL",
+            "ROLLBACK TO b",
+            "INSERT 1",
+            "COMMIT",
+        ],
+        # The refused write counts as a query: the modes can no longer change.
+        [
+            "BEGIN READ ONLY",
+            "SAVEPOINT a",
+            "INSERT 1",
+            "ROLLBACK TO a",
+            "RELEASE a",
+            "BEGIN DEFERRABLE",
+        ],
     ],
 )
 async def test_sequences_the_fake_got_wrong(pg: _Pg, steps: list[str]) -> None:
     expected = await _on_postgres(pg, steps)
     assert await _on_the_fake(steps) == expected
+
+
+CANCELLED = [
+    ["BEGIN", "INSERT 1", "SLOW", "INSERT 2", "COMMIT"],
+    ["BEGIN", "INSERT 1", "SAVEPOINT a", "SLOW", "ROLLBACK TO a", "INSERT 2", "COMMIT"],
+    ["BEGIN", "INSERT 1", "SAVEPOINT a", "SLOW", "RELEASE a", "COMMIT"],
+    ["SLOW", "INSERT 3", "BEGIN", "INSERT 4", "COMMIT"],
+]
+
+
+@pytest.mark.parametrize("steps", CANCELLED)
+async def test_a_statement_cancelled_while_it_runs_aborts_the_transaction(
+    pg: _Pg, steps: list[str]
+) -> None:
+    """``SLOW`` runs until a timeout cancels it (``asyncio.timeout`` around it, caught):
+    PostgreSQL cancels the statement, which aborts the transaction it ran in (25P02 until
+    ROLLBACK). The fake used to go on as if the statement had never been sent, so code that
+    catches the timeout and carries on in the transaction passed on the fake and failed on
+    PostgreSQL."""
+
+    async def run(execute: Any, state: Any, slow: str) -> list[Any]:
+        seen = []
+        for step in steps:
+            try:
+                if step == "SLOW":
+                    async with asyncio.timeout(0.2):
+                        await execute(slow)
+                    status = "answered"
+                else:
+                    status = await execute(step)
+            except TimeoutError:
+                status = "timed out"
+            except (psycopg.Error, FakeDatabaseError) as exc:
+                status = f"error {exc.sqlstate}"
+            seen.append((step, status, state()))
+        return seen
+
+    conn, table = pg.conn, pg.table
+
+    async def on_postgres(step: str) -> Any:
+        cur = await conn.execute(_sql(step, table))
+        return None if step.startswith(("INSERT", "FAIL", "SELECT")) else cur.statusmessage
+
+    expected = await run(
+        on_postgres, lambda: conn.info.transaction_status.name.lower(), "SELECT pg_sleep(5)"
+    )
+    if conn.info.transaction_status.name != "IDLE":
+        await conn.execute("ROLLBACK")
+    cur = await conn.execute(f"SELECT v FROM {table} ORDER BY v")
+    rows = [row[0] for row in await cur.fetchall()]
+
+    fake = FakeConnection()
+    fake.script(r"1/0", error=FakeDatabaseError("division by zero", "22012"))
+    fake.hang("pg_sleep")
+
+    async def on_the_fake(step: str) -> Any:
+        status = await fake.execute(_sql(step, "t"))
+        return None if step.startswith(("INSERT", "FAIL", "SELECT")) else status
+
+    assert await run(on_the_fake, lambda: fake.transaction_status, "SELECT pg_sleep(5)") == (
+        expected
+    )
+    assert sorted(int(sql.split("(")[1].rstrip(")")) for sql, _ in fake.committed) == rows
+
+
+@pytest.mark.parametrize("in_transaction", [False, True])
+async def test_executemany_is_all_or_nothing_as_on_postgresql(
+    pg: _Pg, pg_dsn: str, in_transaction: bool
+) -> None:
+    """A batch whose third row fails: outside a transaction, psycopg's and asyncpg's
+    ``executemany`` run it as one implicit transaction (no row stays); inside one, the
+    failure aborts the transaction. The fake committed the rows before the failing one."""
+    import asyncpg
+
+    rows = [(1,), (2,), (0,), (3,)]  # 0 fails: division by zero
+    sql = f"INSERT INTO {pg.table} VALUES (10 / %s)"
+    seen: list[tuple[str, int, str]] = []
+
+    async def committed() -> int:
+        cur = await pg.conn.execute(f"SELECT count(*) FROM {pg.table}")
+        row = await cur.fetchone()
+        await pg.conn.execute(f"TRUNCATE {pg.table}")
+        return int(row[0]) if row else -1
+
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as p:
+        if in_transaction:
+            await p.execute("BEGIN")
+        with pytest.raises(psycopg.Error):
+            async with p.cursor() as cur:
+                await cur.executemany(sql, rows)
+        status = p.info.transaction_status.name.lower()
+        if in_transaction:
+            await p.execute("COMMIT")
+        seen.append(("psycopg", await committed(), status))
+
+    a = await asyncpg.connect(pg_dsn)
+    try:
+        if in_transaction:
+            await a.execute("BEGIN")
+        with pytest.raises(asyncpg.PostgresError):
+            await a.executemany(sql.replace("%s", "$1"), rows)
+        try:  # asyncpg has no "aborted" status: ask the server
+            await a.execute("SELECT 1")
+            status = "intrans" if a.is_in_transaction() else "idle"
+        except asyncpg.PostgresError:
+            status = "inerror"
+        if in_transaction:
+            await a.execute("COMMIT")
+        seen.append(("asyncpg", await committed(), status))
+    finally:
+        await a.close()
+
+    for shape in ("cursor", "connection"):
+        fake = FakeConnection()
+        fake.script("INSERT", times=2)  # the first two rows go through...
+        fake.script("INSERT", error=FakeDatabaseError("division by zero", "22012"), times=1)
+        if in_transaction:
+            await fake.execute("BEGIN")
+        batch = fake.cursor().executemany if shape == "cursor" else fake.executemany
+        with pytest.raises(FakeDatabaseError):
+            await batch(sql, rows)
+        status = fake.transaction_status
+        if in_transaction:
+            await fake.execute("COMMIT")
+        seen.append((shape, len(fake.committed), status))
+
+    status = "inerror" if in_transaction else "idle"
+    assert seen == [
+        ("psycopg", 0, status),
+        ("asyncpg", 0, status),
+        ("cursor", 0, status),
+        ("connection", 0, status),
+    ]

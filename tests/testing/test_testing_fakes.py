@@ -239,6 +239,25 @@ async def test_gate_open_releases_waiters_and_later_calls_until_closed() -> None
     assert [c.number for c in gate.arrived] == [1, 2, 3, 4]
 
 
+async def test_gate_open_then_close_lets_the_blocked_calls_through() -> None:
+    """open() lets every call blocked now through, even when close() follows before they
+    run: "one call through, then block again". Before, the woken calls saw the gate closed
+    again and went on waiting, forever."""
+    fm = FakeManager()
+    gate = fm.block("create")
+    t1 = asyncio.create_task(fm.create())
+    await gate.wait_arrived()
+    gate.open()
+    gate.close()
+    t2 = asyncio.create_task(fm.create())
+    await gate.wait_arrived(2)
+    assert (await t1).id == 1
+    assert gate.blocked == 1  # the call that came after close() waits
+    assert not t2.done()
+    gate.open()
+    assert (await t2).id == 2
+
+
 async def test_gate_wait_arrived_rejects_bad_count() -> None:
     gate = FakeManager().block("check")
     with pytest.raises(ValueError, match="count must be >= 1, got 0"):
@@ -469,6 +488,20 @@ async def test_pool_lease_hooks_number_leases_and_use_after_release_raises() -> 
         "acquired r1 lease 2",
         "released r1 lease 2",
     ]
+    fm.assert_all_closed()
+
+
+async def test_without_lease_hooks_only_use_after_close_raises() -> None:
+    fm = FakeManager(lease_hooks=False)
+    assert type(fm).on_acquire is Manager.on_acquire  # the pool sees a manager without hooks
+    async with aiolease.Pool(fm, max_size=1) as pool:
+        async with pool.acquire() as resource:
+            assert await resource.use() == 1
+        assert await resource.use() == 2  # after its lease: not detected without the hooks
+    with pytest.raises(ResourceMisuse, match="after it was closed"):
+        await resource.use()
+    assert fm.events_of("acquired", "released") == []
+    assert (fm.leased, fm.leases) == ([], 0)
     fm.assert_all_closed()
 
 

@@ -457,3 +457,18 @@ async def test_a_limiter_is_examined_when_made_inside_the_check() -> None:
         held.release()
     assert any("still waiting on the default key" in leak for leak in leaks), leaks
     assert any("1 slot(s) still held on the default key" in leak for leak in leaks), leaks
+
+
+@pytest.mark.aiolease_virtual_time
+async def test_what_leak_check_does_not_examine() -> None:
+    """Documented limits: a lease from a pool made before the check, a transaction begun
+    by hand, a task left running."""
+    async with Pool(FakeManager(), max_size=1) as pool:
+        conn = FakeConnection()
+        async with leak_check() as check:
+            resource = await pool.acquire()
+            await conn.execute("BEGIN")
+            task = asyncio.create_task(asyncio.sleep(10))
+        assert check.leaks() == []
+        task.cancel()
+        await pool.release(resource)

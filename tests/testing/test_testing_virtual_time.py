@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import math
 import socket
@@ -282,6 +283,81 @@ def test_thread_work_without_any_timer_is_pending_not_no_progress() -> None:
         return await asyncio.to_thread(_slow_answer, 0.05, "answered")
 
     assert run(main, stall_timeout=5.0) == "answered"
+
+
+@pytest.mark.parametrize("how", ["run_in_executor", "to_thread"])
+def test_executor_job_whose_caller_is_cancelled_holds_the_clock_until_it_answers(
+    how: str,
+) -> None:
+    """Cancelling the caller does not stop a job its thread already runs; the clock must
+    not jump past it meanwhile. Before, the job stopped counting when its future was
+    cancelled: ``sleep(10)`` jumped at once and the job had not finished "10 s later"."""
+    started, finished = threading.Event(), threading.Event()
+
+    def work() -> None:
+        started.set()
+        time.sleep(0.05)
+        finished.set()
+
+    async def main() -> tuple[bool, float]:
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(None, work) if how == "run_in_executor" else None
+        caller = asyncio.ensure_future(job if job is not None else asyncio.to_thread(work))
+        await asyncio.to_thread(started.wait)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        await asyncio.sleep(10.0)  # the jump waits for the thread
+        return finished.is_set(), loop.time()
+
+    assert run(main) == (True, 10.0)
+
+
+def test_executor_job_cancelled_before_its_thread_started_is_not_pending() -> None:
+    """A job still queued behind a busy worker when its caller is cancelled never runs: it
+    stops counting (else the loop would wait for it until NoProgressError)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        release = threading.Event()
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            holder = loop.run_in_executor(executor, release.wait)
+            queued = loop.run_in_executor(executor, int)
+            queued.cancel()
+            release.set()
+            assert await holder is True
+            await asyncio.sleep(5.0)  # nothing pending any more: the clock jumps
+            return loop.time()
+
+    assert run(main, stall_timeout=2.0) == 5.0
+
+
+def test_process_pool_job_runs_and_holds_the_clock() -> None:
+    """A job of another process gets the function itself (it must pickle), and the clock
+    waits for it as for a thread's."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    async def main() -> tuple[str, float]:
+        loop = asyncio.get_running_loop()
+        with ProcessPoolExecutor(max_workers=1) as executor:
+            async with asyncio.timeout(0.001):  # would fire if the clock jumped meanwhile
+                answer = await loop.run_in_executor(executor, _slow_answer, 0.05, "process")
+        return answer, loop.time()
+
+    assert run(main) == ("process", 0.0)
+
+
+def test_run_in_executor_in_debug_mode_still_refuses_a_coroutine_function() -> None:
+    async def job() -> None:
+        pass
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_debug(True)  # asyncio checks only then
+        with pytest.raises(TypeError, match="coroutines cannot be used with run_in_executor"):
+            asyncio.get_running_loop().run_in_executor(None, job)
+
+    run(main)
 
 
 # -- anyio's worker threads (anyio.to_thread.run_sync, as Starlette and FastAPI use) ---------
@@ -646,6 +722,78 @@ def test_a_nan_timer_does_not_stop_the_clock() -> None:
     assert end == 5.0
 
 
+def test_timers_due_at_one_instant_fire_together_in_the_same_order_on_every_run() -> None:
+    """Documented limit: asyncio leaves the order of timers due at one instant undefined;
+    on virtual time they tie often, and the order is at least the same on every run."""
+
+    async def main() -> list[tuple[int, float]]:
+        loop = asyncio.get_running_loop()
+        woke: list[tuple[int, float]] = []
+
+        async def sleeper(n: int) -> None:
+            await asyncio.sleep(1.0)
+            woke.append((n, loop.time()))
+
+        await asyncio.gather(*(sleeper(n) for n in range(20)))
+        return woke
+
+    first = run(main)
+    assert sorted(first) == [(n, 1.0) for n in range(20)]
+    assert run(main) == first
+
+
+def test_a_ticking_task_keeps_the_clock_moving_instead_of_no_progress() -> None:
+    """Documented limit: with a timer always scheduled nothing is "no progress"; a timeout
+    bounds the test, on virtual time."""
+
+    async def main() -> tuple[int, float]:
+        loop = asyncio.get_running_loop()
+        ticks = 0
+
+        async def heartbeat() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(3.0)  # never due at 1000 (no tie with the timeout)
+                ticks += 1
+
+        beat = asyncio.create_task(heartbeat())
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(1000.0):
+                await asyncio.Event().wait()  # stuck: no NoProgressError, the heartbeat ticks
+        beat.cancel()
+        return ticks, loop.time()
+
+    assert run(main) == (333, 1000.0)
+
+
+def test_a_thread_the_loop_did_not_start_is_invisible_without_external_work() -> None:
+    """Documented limit: with no timer, a future only a foreign thread will answer is "no
+    progress" at once (the message says what to do); inside external_work() it is awaited."""
+
+    def answer_later(loop: asyncio.AbstractEventLoop, future: asyncio.Future[str]) -> None:
+        time.sleep(0.05)
+        with contextlib.suppress(RuntimeError):  # the loop may be closed by then
+            loop.call_soon_threadsafe(future.set_result, "answered")
+
+    async def main(external: bool) -> str:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, VirtualTimeLoop)
+        future: asyncio.Future[str] = loop.create_future()
+        thread = threading.Thread(target=answer_later, args=(loop, future))
+        thread.start()
+        try:
+            if external:
+                with loop.external_work():
+                    return await future
+            return await future
+        finally:
+            thread.join()
+
+    with pytest.raises(NoProgressError, match=r"loop\.external_work\(\)"):
+        run(functools.partial(main, False))
+    assert run(functools.partial(main, True)) == "answered"
+
+
 def test_deadlock_raises_no_progress_naming_the_blocked_tasks() -> None:
     async def waits_forever(event: asyncio.Event) -> None:
         await event.wait()
@@ -662,6 +810,9 @@ def test_deadlock_raises_no_progress_naming_the_blocked_tasks() -> None:
     message = str(exc_info.value)
     assert "no timer is scheduled" in message
     assert "a real event loop would hang here forever" in message
+    # The one case where a real loop would not hang: say what to do about it.
+    assert "unless a thread the loop did not start answers" in message
+    assert "loop.external_work()" in message
     assert "helper-task: waits_forever -> wait (at " in message
     assert "locks.py" in message
     assert "main (at " in message

@@ -82,6 +82,43 @@ async def test_cancelled_at_release_rolls_back_everything() -> None:
     assert not conn.in_transaction
 
 
+async def test_a_timeout_at_release_caught_in_the_enclosing_block_dooms_it() -> None:
+    """An ``asyncio.timeout()`` around a nested block, caught inside the enclosing one, whose
+    deadline comes during RELEASE SAVEPOINT: whether RELEASE ran is unknown, and either way the
+    nested block's work is still in the transaction. The caller was told that block failed
+    (TimeoutError), so the enclosing block must not commit that work: it rolls back."""
+    conn = FakeConnection()
+    gate = conn.gate("^RELEASE")
+    outcome: list[str] = []
+
+    async def body() -> None:
+        async with aiolease.atomic(conn):
+            await conn.execute("INSERT outer")
+            try:
+                async with asyncio.timeout(None) as deadline:
+                    async with aiolease.atomic(conn):
+                        await conn.execute("INSERT nested")
+                        reached = asyncio.ensure_future(gate.reached.wait())
+                        reached.add_done_callback(
+                            lambda _: deadline.reschedule(asyncio.get_running_loop().time())
+                        )
+            except TimeoutError:
+                outcome.append("nested timed out")
+            await conn.execute("INSERT after")
+
+    task = asyncio.create_task(body())
+    await gate.reached.wait()
+    await asyncio.sleep(0.01)  # the deadline fires while RELEASE waits
+    gate.open()
+    with pytest.raises(aiolease.TransactionError, match="RELEASE SAVEPOINT"):
+        await task
+    assert outcome == ["nested timed out"]
+    assert conn.committed == []
+    assert conn.statements[-1] == "ROLLBACK"
+    assert not conn.in_transaction
+    assert id(conn) not in _open
+
+
 async def test_rollback_is_shielded_from_a_second_cancellation() -> None:
     conn = FakeConnection()
     gate = conn.gate("^ROLLBACK$")

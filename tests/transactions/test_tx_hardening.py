@@ -196,7 +196,7 @@ async def test_pool_atomic_keeps_commit_unknown_when_the_release_is_cancelled() 
             return SlowRelease()
 
     with pytest.raises(TimeoutError) as info:
-        async with asyncio.timeout(0.2), aiolease._transaction.pool_atomic(Pool()) as tx:
+        async with asyncio.timeout(0.2), aiolease._pool_atomic.pool_atomic(Pool()) as tx:
             await tx.connection.execute("INSERT")
     assert release_started.is_set()
     assert any(isinstance(e, aiolease.CommitUnknown) for e in chain(info.value))

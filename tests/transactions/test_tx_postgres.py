@@ -253,6 +253,48 @@ async def test_retries_stop_after_attempts(pg_backend: Backend) -> None:
     assert calls == [1, 1, 1]
 
 
+async def test_a_serialization_failure_raised_in_a_task_group_is_retried(
+    pg_backend: Backend,
+) -> None:
+    # A body that runs its work in a TaskGroup gets the server's 40001 inside an
+    # ExceptionGroup: the attempt failed by serialization all the same and is retried. A group
+    # holding any other error too is not (that error would be hidden by a retry).
+    b = pg_backend
+    conn = await b.connect()
+    calls: list[int] = []
+
+    async def conflict_in_a_group(c: Any) -> str:
+        calls.append(1)
+        async with asyncio.TaskGroup() as group:
+            if len(calls) == 1:
+                group.create_task(
+                    b.run(c, "DO $$ BEGIN RAISE EXCEPTION 'x' USING ERRCODE = '40001'; END $$")
+                )
+        return "done"
+
+    assert await aiolease.run_transaction(conn, conflict_in_a_group, backoff=0.001) == "done"
+    assert calls == [1, 1]
+
+    calls.clear()
+
+    async def conflict_and_a_bug(c: Any) -> None:
+        calls.append(1)
+
+        async def bug() -> None:
+            raise Boom
+
+        async with asyncio.TaskGroup() as group:
+            group.create_task(bug())
+            group.create_task(
+                b.run(c, "DO $$ BEGIN RAISE EXCEPTION 'x' USING ERRCODE = '40001'; END $$")
+            )
+
+    with pytest.raises(ExceptionGroup) as info:
+        await aiolease.run_transaction(conn, conflict_and_a_bug, backoff=0.001)
+    assert info.value.subgroup(Boom) is not None
+    assert calls == [1]
+
+
 @pytest.mark.slow
 async def test_cancellation_during_commit_propagates_with_commit_unknown(
     pg_backend: Backend, slow_commit: str
@@ -428,3 +470,20 @@ async def test_asyncpg_own_pool_and_its_proxies(pg_dsn: str) -> None:
             assert await conn.fetchval("SHOW transaction_isolation") == "serializable"
     finally:
         await pool.close()
+
+
+async def test_asyncpg_rollback_on_a_cut_connection_raises_the_drivers_error(
+    pg_dsn: str,
+) -> None:
+    # A connection cut under a block (terminate(): what the pool does past its grace) has no
+    # protocol left; asyncpg's is_in_transaction() then fails with AttributeError. The
+    # dialect's rollback must report the driver's own error for a closed connection.
+    import asyncpg
+
+    from aiolease._dialects import dialect_for
+
+    conn = await asyncpg.connect(pg_dsn)
+    await conn.execute("BEGIN")
+    conn.terminate()
+    with pytest.raises(asyncpg.InterfaceError, match="closed"):
+        await dialect_for(conn).rollback(conn)

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from functools import partial
 from typing import Any
 
@@ -71,6 +72,7 @@ __all__ = [
     "rollback",
     "rollback_to_savepoint",
     "savepoint",
+    "stop_waiting",
     "transaction_state",
 ]
 
@@ -81,6 +83,28 @@ _READONLY = "_aiolease_readonly"
 # a block whose transaction is over without it never began (BEGIN failed), one with
 # it was ended by a statement of the block.
 _BEGAN = "_aiolease_began"
+
+
+# Marker on a connection whose block found one of its savepoints gone (set in the worker
+# thread): a statement of the block ended the transaction atomic began (a COMMIT or
+# ROLLBACK sent by hand), and any transaction open now is not that one.
+_LOST = "_aiolease_lost"
+# The block's _LockWait while it is open (see _begin_immediate).
+_LOCK_WAIT = "_aiolease_lock_wait"
+#: Milliseconds one try of a block's BEGIN IMMEDIATE waits for the write lock: the
+#: longest a cancelled block waits for its BEGIN to give up.
+LOCK_WAIT_SLICE_MS = 50
+_SQLITE_BUSY = 5
+
+
+class _LockWait:
+    """Whether the block whose BEGIN IMMEDIATE waits for the write lock is over: written
+    by the event loop (the block's rollback), read by the worker thread between tries."""
+
+    __slots__ = ("given_up",)
+
+    def __init__(self) -> None:
+        self.given_up = False
 
 
 #: A transaction that changed more rows than this commits through the worker thread.
@@ -198,8 +222,38 @@ def _outside_block(conn: Any, loop: _LoopCommit, fn: Any, args: Any, kwargs: Any
     return fn(*args, **kwargs)
 
 
-def _begin_immediate(db: sqlite3.Connection) -> None:
-    db.execute("BEGIN IMMEDIATE")
+def _begin_immediate(wait: _LockWait, db: sqlite3.Connection) -> None:
+    """``BEGIN IMMEDIATE``, waiting for the write lock as long as the connection's busy
+    timeout says, in tries of at most :data:`LOCK_WAIT_SLICE_MS`.
+
+    SQLite's busy wait ignores ``interrupt()``, so a single try would keep a cancelled
+    block's connection (and its rollback, queued behind) waiting for the whole busy
+    timeout. Between tries the wait ends once the block is over (``wait.given_up``, set
+    by its rollback), with the last try's "database is locked". A BEGIN that found the
+    lock taken began nothing, so trying again means what one longer wait means. The
+    busy timeout is set back before returning.
+    """
+    (timeout,) = db.execute("PRAGMA busy_timeout").fetchone()
+    if timeout <= LOCK_WAIT_SLICE_MS:
+        db.execute("BEGIN IMMEDIATE")
+        return
+    deadline = time.monotonic() + timeout / 1000
+    slice_ms = LOCK_WAIT_SLICE_MS
+    db.execute(f"PRAGMA busy_timeout={slice_ms}")
+    try:
+        while True:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                left_ms = int((deadline - time.monotonic()) * 1000)
+                if exc.sqlite_errorcode & 0xFF != _SQLITE_BUSY or wait.given_up or left_ms <= 0:
+                    raise
+            if left_ms < slice_ms:
+                slice_ms = left_ms
+                db.execute(f"PRAGMA busy_timeout={slice_ms}")
+    finally:
+        db.execute(f"PRAGMA busy_timeout={timeout}")
 
 
 def _begin_readonly(db: sqlite3.Connection) -> None:
@@ -211,9 +265,23 @@ def _begin_readonly(db: sqlite3.Connection) -> None:
         raise
 
 
+def _drop_not_begun(conn: Any) -> None:
+    """Worker thread, at the block's end: remove the :class:`_NotBegun` a BEGIN installed
+    after the loop ended the block (a block cancelled while its BEGIN waited)."""
+    state = conn.__dict__
+    if isinstance(state.get("_execute"), _NotBegun):
+        del state["_execute"]
+
+
 def _commit(conn: Any, readonly: bool) -> bool | None:
     db = conn._conn
+    _drop_not_begun(conn)
     try:
+        if conn.__dict__.pop(_LOST, False):
+            # Not the transaction the block began: never committed in its name.
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            return None
         if not db.in_transaction:
             # BEGIN failed (its error was caught): nothing began (False). Else SQLite
             # ended the transaction itself (some errors roll back automatically) or a
@@ -234,8 +302,14 @@ def _commit(conn: Any, readonly: bool) -> bool | None:
 def _rollback(conn: Any, readonly: bool) -> bool:
     """Roll back; False when a statement of the block had ended the transaction."""
     db = conn._conn
+    _drop_not_begun(conn)
     began = conn.__dict__.pop(_BEGAN, False)
+    lost = conn.__dict__.pop(_LOST, False)
     try:
+        if lost:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            return False
         if not db.in_transaction:
             return not began
         db.execute("ROLLBACK")
@@ -299,18 +373,55 @@ def _begin_then(conn: Any, begin_fn: Any, fn: Any, args: Any, kwargs: Any) -> An
     return fn(*args, **kwargs)
 
 
+def _unless_not_begun(conn: Any, fn: Any, args: Any, kwargs: Any) -> Any:
+    """Worker thread: an operation started while the block's BEGIN was in flight; it
+    fails without running when that BEGIN failed (see :class:`_Pending`)."""
+    failed = conn.__dict__.get("_execute")
+    if isinstance(failed, _NotBegun):
+        raise _not_begun(failed.error)
+    return fn(*args, **kwargs)
+
+
+class _Pending:
+    """The ``_execute`` of a block whose first operation (with BEGIN) was sent and has
+    not answered yet. Operations started meanwhile (``asyncio.gather`` in the block) are
+    queued behind it before anyone knows whether BEGIN worked: they go to the worker
+    thread with a check, and fail without running if it failed (else they would run
+    outside any transaction, each committing at once). Removed on the loop once the
+    first operation answered with BEGIN done; from then on operations go straight to
+    the thread."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def __call__(self, fn: Any, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        return _submit(self.conn, partial(_unless_not_begun, self.conn, fn, args, kwargs))
+
+
 def _make_first(conn: Any, begin_fn: Any) -> Any:
     """The one-shot ``_execute`` of an armed connection.
 
-    Made per block: kept on the connection only while armed, so the reference
-    cycle it forms (connection -> wrapper -> connection) ends with the block.
-    Every caller awaits what ``_execute`` returns, so a future does.
+    Made per block: kept on the connection only while armed (then :class:`_Pending`
+    while BEGIN is in flight), so the reference cycle it forms (connection -> wrapper
+    -> connection) ends with the block. Every caller awaits what ``_execute``
+    returns, so a future does.
     """
 
     def first_execute(fn: Any, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
-        # One shot: from now on operations go straight to the thread.
-        conn.__dict__.pop("_execute", None)
-        return _submit(conn, partial(_begin_then, conn, begin_fn, fn, args, kwargs))
+        state = conn.__dict__
+        pending = _Pending(conn)
+        state["_execute"] = pending
+        future = _submit(conn, partial(_begin_then, conn, begin_fn, fn, args, kwargs))
+
+        def answered(future: asyncio.Future[Any]) -> None:
+            # A failed BEGIN replaced ``pending`` (in the thread, before answering).
+            if not future.cancelled() and state.get("_execute") is pending:
+                del state["_execute"]
+
+        future.add_done_callback(answered)
+        return future
 
     return first_execute
 
@@ -324,14 +435,33 @@ def _rollback_to(db: sqlite3.Connection, name: str) -> None:
     db.execute(f"RELEASE SAVEPOINT {name}")
 
 
+def _on_savepoint(conn: Any, step: Any, name: str) -> None:
+    """Worker thread: ``step(db, name)`` on a block's savepoint; a savepoint found gone
+    marks the block's transaction lost (see :data:`_LOST`)."""
+    try:
+        step(conn._conn, name)
+    except sqlite3.OperationalError as exc:
+        if "no such savepoint" in str(exc):
+            conn.__dict__[_LOST] = True
+        raise
+
+
+def _release(db: sqlite3.Connection, name: str) -> None:
+    db.execute(f"RELEASE SAVEPOINT {name}").close()
+
+
 async def begin(conn: Any, isolation: str | None, readonly: bool) -> None:
     """Arm ``conn``: its next operation runs BEGIN first, in the same hop (SQLite's
     only level, serializable, is what ``isolation`` can be)."""
     state = conn.__dict__
     state.pop(_BEGAN, None)
-    begin_fn = _begin_readonly if readonly else _begin_immediate
+    state.pop(_LOST, None)
     if readonly:
         state[_READONLY] = True
+        begin_fn: Any = _begin_readonly
+    else:
+        wait = state[_LOCK_WAIT] = _LockWait()
+        begin_fn = partial(_begin_immediate, wait)
     loop: _LoopCommit | None = state.get(_LOOP)
     if loop is not None:
         loop.begun = False
@@ -347,12 +477,13 @@ async def commit(conn: Any) -> bool | None:
     """COMMIT in one hop (or none: an empty block, or COMMIT on the loop)."""
     state = conn.__dict__
     readonly = state.pop(_READONLY, False)
+    state.pop(_LOCK_WAIT, None)
     loop: _LoopCommit | None = state.get(_LOOP)
     if loop is None:
         armed = state.pop("_execute", None)
         if isinstance(armed, _NotBegun):
             return False  # BEGIN failed: nothing began, the block's work is not committed
-        if armed is not None:
+        if armed is not None and not isinstance(armed, _Pending):
             return True  # the block ran no statement: nothing began, nothing to commit
         committed: bool | None = await _submit(conn, partial(_commit, conn, readonly))
         return committed
@@ -377,16 +508,28 @@ async def rollback(conn: Any) -> bool:
     block had ended the transaction."""
     state = conn.__dict__
     readonly = bool(state.pop(_READONLY, False))
+    stop_waiting(conn)
     loop: _LoopCommit | None = state.get(_LOOP)
     if loop is not None:
         loop.begin_fn = None
         if loop.submitted == 0:
             return True  # nothing began
-    elif state.pop("_execute", None) is not None:
-        return True  # nothing began
+    else:
+        armed = state.pop("_execute", None)
+        if armed is not None and not isinstance(armed, _Pending):
+            return True  # nothing began: BEGIN was not sent, or it failed
     # Through the worker thread: a statement the block stopped awaiting may still run.
     rolled_back: bool = await conn._execute(_rollback, conn, readonly)
     return rolled_back
+
+
+def stop_waiting(conn: Any) -> None:
+    """End the wait for the write lock of the block open on ``conn``, if its BEGIN is
+    waiting (see :func:`_begin_immediate`): the block is over, or its connection is
+    being closed."""
+    wait: _LockWait | None = conn.__dict__.pop(_LOCK_WAIT, None)
+    if wait is not None:
+        wait.given_up = True
 
 
 async def savepoint(conn: Any, name: str) -> None:
@@ -395,11 +538,11 @@ async def savepoint(conn: Any, name: str) -> None:
 
 
 async def release_savepoint(conn: Any, name: str) -> None:
-    await conn._execute(_run, conn._conn, f"RELEASE SAVEPOINT {name}")
+    await conn._execute(_on_savepoint, conn, _release, name)
 
 
 async def rollback_to_savepoint(conn: Any, name: str) -> None:
-    await conn._execute(_rollback_to, conn._conn, name)
+    await conn._execute(_on_savepoint, conn, _rollback_to, name)
 
 
 def transaction_state(conn: Any) -> bool | None:

@@ -13,10 +13,11 @@ meanwhile.
 ``wait`` is psycopg's, with the same private helper (``psycopg.waiting.wait_async``) on the
 path of every query, so a query that is not cancelled runs exactly as before. On a cancellation
 it sends the cancel request with psycopg's public ``cancel_safe(timeout=...)`` and waits for the
-query to end, both within ``cancel_grace`` seconds in all: a live server answers a cancel request
-within a round trip or two and the connection is kept (also when the query ended on an error of
-its own first, e.g. an earlier statement's in a pipeline: the connection is then between
-statements, as after any failed query); past the grace, or on any other outcome,
+query to end, both within ``cancel_grace`` seconds in all, sending the request again while the
+query has not ended (the server drops one that overtook its query): a live server answers a
+cancel request within a round trip or two and the connection is kept (also when the query
+ended on an error of its own first, e.g. an earlier statement's in a pipeline: the connection is
+then between statements, as after any failed query); past the grace, or on any other outcome,
 the connection is closed (``pgconn.finish()``, as psycopg does when its own bound expires or a
 second interruption arrives) and the pool discards it at release. The cancellation itself is
 always re-raised unchanged; a second one that arrives during the grace closes the connection and
@@ -40,7 +41,7 @@ from typing import Any, ClassVar
 import psycopg
 from psycopg import pq, waiting
 
-from .._liveness import CANCEL_GRACE
+from .._liveness import CANCEL_GRACE, CANCEL_RESEND_FIRST
 from .._logs import get_logger
 from .._shield import shielded
 from . import PUBLIC
@@ -114,19 +115,38 @@ class BoundedCancelConnection(psycopg.AsyncConnection[Any]):
 
     async def _end_cancelled(self, gen: Any, interval: float) -> None:
         """Cancel the interrupted query and read its end, within ``cancel_grace`` in all;
-        otherwise close the connection. Re-raises only a new interruption."""
+        otherwise close the connection. Re-raises only a new interruption.
+
+        A cancel request is sent again while the query has not ended: PostgreSQL drops one
+        that reaches the backend while it waits for a command, so a request that overtook
+        its query (it travels on a connection of its own; the query may still be on its
+        way, or unread by a backend the machine has not scheduled yet) stops nothing, and
+        the query would run on to its end on the server after the connection is closed.
+        Each request is answered only once the server has signalled the backend, and
+        nothing else is sent on the connection until the query's end is read, so a
+        request can only stop this query or be dropped: never a later statement."""
         loop = asyncio.get_running_loop()
         grace = self.cancel_grace
         deadline = loop.time() + grace
+        pause = grace * CANCEL_RESEND_FIRST
         try:
             # An anyio scope's cancellation, delivered again at each await, is not a
             # second interruption: it would close a connection the server can keep.
             with shielded():
-                await self.cancel_safe(timeout=grace)
-                remaining = max(deadline - loop.time(), 0.0)
-                await waiting.wait_async(
-                    gen, self.pgconn.socket, interval=interval, timeout=remaining
-                )
+                remaining = grace
+                while True:
+                    await self.cancel_safe(timeout=remaining)
+                    remaining = deadline - loop.time()
+                    scope = asyncio.timeout(min(pause, max(remaining, 0.0)))
+                    try:
+                        async with scope:
+                            await waiting.wait_async(gen, self.pgconn.socket, interval=interval)
+                        break  # the query ended (on its own first, or stopped: see below)
+                    except TimeoutError:
+                        remaining = deadline - loop.time()
+                        if not scope.expired() or remaining <= 0:
+                            raise  # the grace is over: the connection is closed below
+                    pause *= 2
         except psycopg.errors.QueryCanceled:
             return  # the server stopped the query: the connection is usable
         except BaseException as exc:

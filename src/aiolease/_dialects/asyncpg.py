@@ -6,7 +6,7 @@ from typing import Any
 
 import asyncpg
 
-from .._compat.asyncpg import SEES_CANCELLING, cancelling
+from .._compat.asyncpg import SEES_CANCELLING, cancelling, end_cancelled
 from ._base import Dialect
 from ._pg import begin_sql, ended_idle
 
@@ -39,6 +39,9 @@ class AsyncpgDialect(Dialect[Any]):
         # Read before: ROLLBACK goes out anyway (harmless outside a transaction), as
         # a BEGIN whose caller was cancelled may still be on its way.
         ended = _ended(conn)
+        # Behind a cancelled statement: its end first, the cancel request sent again while
+        # it runs (the server drops one that overtook it; atomic bounds the wait).
+        await end_cancelled(conn)
         await conn.execute("ROLLBACK")
         return not ended
 
@@ -49,6 +52,7 @@ class AsyncpgDialect(Dialect[Any]):
         await conn.execute(f"RELEASE SAVEPOINT {name}")
 
     async def rollback_to_savepoint(self, conn: Any, name: str) -> None:
+        await end_cancelled(conn)  # (as in rollback)
         # Simple query protocol: both statements in one round trip.
         await conn.execute(f"ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}")
 
@@ -88,5 +92,6 @@ class AsyncpgDialect(Dialect[Any]):
 
 def _ended(conn: Any) -> bool:
     """Whether the transaction is over although the connection is open (a statement
-    of the block ended it); read from the status of the last statement, no I/O."""
-    return not conn.is_in_transaction() and not conn.is_closed()
+    of the block ended it); read from the status of the last statement, no I/O. A cut
+    connection first: asyncpg's ``is_in_transaction()`` fails on one (no protocol left)."""
+    return not conn.is_closed() and not conn.is_in_transaction()

@@ -47,8 +47,13 @@ class AiosqliteDialect(Dialect[Any]):
     def __init__(self) -> None:
         # Connections whose open block began read-only (query_only must be reset).
         self._readonly: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Connections whose open block found one of its savepoints gone: a statement of
+        # the block ended the transaction atomic began (a COMMIT or ROLLBACK sent by
+        # hand), and any transaction open now is not that one.
+        self._lost: weakref.WeakSet[Any] = weakref.WeakSet()
 
     async def begin(self, conn: Any, isolation: str | None, readonly: bool) -> None:
+        self._lost.discard(conn)
         if not readonly:
             await conn.execute("BEGIN IMMEDIATE")
             return
@@ -57,6 +62,11 @@ class AiosqliteDialect(Dialect[Any]):
         await conn.execute("BEGIN DEFERRED")
 
     async def commit(self, conn: Any) -> bool | None:
+        if conn in self._lost:
+            # Not the transaction the block began: never committed in its name.
+            self._lost.discard(conn)
+            await self.rollback(conn)
+            return None
         if not conn.in_transaction:
             # SQLite ended the transaction itself (some errors roll back
             # automatically) or a statement of the block did.
@@ -71,11 +81,19 @@ class AiosqliteDialect(Dialect[Any]):
                 await conn.rollback()
             await self._end_readonly(conn)
             raise
+        except BaseException:
+            # Cancelled: the COMMIT still runs in the worker thread, and the PRAGMA sent
+            # now runs after it; else a read-only block would leave the connection
+            # read-only (a pool discards it, but a connection of the caller's is kept).
+            await self._end_readonly(conn)
+            raise
         await self._end_readonly(conn)
         return True
 
     async def rollback(self, conn: Any) -> bool:
-        ended = not self.in_transaction(conn)  # a statement of the block ended it
+        # A statement of the block ended it.
+        ended = not self.in_transaction(conn) or conn in self._lost
+        self._lost.discard(conn)
         try:
             # Always sent (sqlite3 makes it a no-op outside a transaction): a
             # BEGIN or statement whose caller was cancelled may still be queued
@@ -94,11 +112,23 @@ class AiosqliteDialect(Dialect[Any]):
         await conn.execute(f"SAVEPOINT {name}")
 
     async def release_savepoint(self, conn: Any, name: str) -> None:
-        await conn.execute(f"RELEASE SAVEPOINT {name}")
+        try:
+            await conn.execute(f"RELEASE SAVEPOINT {name}")
+        except sqlite3.OperationalError as exc:
+            self._check_lost(conn, exc)
+            raise
 
     async def rollback_to_savepoint(self, conn: Any, name: str) -> None:
-        await conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
-        await conn.execute(f"RELEASE SAVEPOINT {name}")
+        try:
+            await conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            await conn.execute(f"RELEASE SAVEPOINT {name}")
+        except sqlite3.OperationalError as exc:
+            self._check_lost(conn, exc)
+            raise
+
+    def _check_lost(self, conn: Any, exc: sqlite3.OperationalError) -> None:
+        if "no such savepoint" in str(exc):
+            self._lost.add(conn)
 
     def in_transaction(self, conn: Any) -> bool:
         try:

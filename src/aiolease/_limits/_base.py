@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict, deque
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 from .._clock import BASE_TIME, loop_time, monotonic
@@ -44,9 +44,11 @@ __all__ = [
     "LimiterBase",
     "State",
     "Waiter",
+    "admission",
     "fail",
     "loop_time",
     "pump",
+    "reclaim_here",
     "withdraw",
 ]
 
@@ -72,6 +74,7 @@ class Waiter:
         "cost",
         "deadline",
         "fut",
+        "give_back",
         "gone",
         "states",
         "task",
@@ -101,6 +104,8 @@ class Waiter:
         self.tokens: list[Any] = []
         self.admitted_at = 0.0
         self.task = asyncio.current_task()
+        #: what undoes its admission, given a running loop (set by :func:`admission`).
+        self.give_back: Callable[[asyncio.AbstractEventLoop], None] | None = None
 
 
 class LimiterBase:
@@ -173,8 +178,8 @@ class LimiterBase:
                 states.move_to_end(k)
 
     def _on_admit_waiter(self, waited: float) -> None:
+        """Count a waiter's admission, once its caller has it (see :func:`admission`)."""
         self._admitted += 1
-        self._waiting -= 1
         self._wait_total += waited
         if waited > self._wait_max:
             self._wait_max = waited
@@ -204,6 +209,7 @@ class State:
         "owner",
         "pending",
         "queue",
+        "resuming",
         "timer",
         "timer_when",
     )
@@ -220,6 +226,8 @@ class State:
         self.timer_when = 0.0
         self.fired: float | None = None  # timer_when while its timer's callback runs
         self.evicted = False
+        # Waiters admitted whose task has not resumed yet (None while there are none).
+        self.resuming: set[Waiter] | None = None
 
     # -- to implement -------------------------------------------------------
     def ready_at(self, cost: float, now: float) -> float:
@@ -296,6 +304,25 @@ class State:
         finally:
             self.fired = None
 
+    def reclaim(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Undo the admissions of waiters whose event loop closed before their task
+        resumed (``loop``: the running one, where what is given back goes on).
+
+        Such a task never runs again, so its caller never gets the admission: counted
+        cancelled, as a waiter left queued on a closed loop is (:meth:`head`), and given
+        back (the slot passed on, the cost refunded). The loop-side paths call this
+        (:func:`pump`, a concurrency limiter's admission); a reader of the statistics on
+        another thread sees it at their next turn.
+        """
+        if not self.resuming:
+            return
+        for w in [w for w in self.resuming if w.fut.get_loop().is_closed()]:
+            _resumed(w)
+            for st in w.states:
+                st.owner._cancelled += 1
+            assert w.give_back is not None
+            w.give_back(loop)
+
 
 def _try_admit(w: Waiter, now: float, loop: asyncio.AbstractEventLoop) -> bool:
     states = w.states
@@ -317,17 +344,24 @@ def _try_admit(w: Waiter, now: float, loop: asyncio.AbstractEventLoop) -> bool:
         return False
     w.gone = True
     w.admitted_at = now
-    waited = now - w.arrived
     for st in states:
         assert st.queue is not None
         st.queue.popleft()
         st.nwait -= 1
         st.pending -= w.cost
         w.tokens.append(st.commit(w.cost, now, st.fired))
-        st.owner._on_admit_waiter(waited)
+        st.owner._waiting -= 1
     if w.timer is not None:
         w.timer.cancel()
         w.timer = None
+    # Known until its task resumes (State.reclaim); the task itself is let go (only leak
+    # reports of queued waiters name it): one dropped on a closed loop is still collected,
+    # which closes its coroutine and so undoes the admission (see admission()).
+    w.task = None
+    for st in states:
+        if st.resuming is None:
+            st.resuming = set()
+        st.resuming.add(w)
     w.fut.set_result(None)
     return True
 
@@ -336,6 +370,9 @@ def pump(states: Iterable[State], loop: asyncio.AbstractEventLoop) -> None:
     """Admit every head that can go now; arm timers for the heads that cannot."""
     now = loop.time()
     work = list(states)
+    for st in work:  # once per call: those admitted below are on open loops (see head)
+        if st.resuming:
+            st.reclaim(loop)
     while work:
         st = work.pop()
         w = st.head()
@@ -345,6 +382,66 @@ def pump(states: Iterable[State], loop: asyncio.AbstractEventLoop) -> None:
             continue
         if _try_admit(w, now, loop):
             work.extend(w.states)
+
+
+async def admission(
+    w: Waiter,
+    loop: asyncio.AbstractEventLoop,
+    give_back: Callable[[asyncio.AbstractEventLoop], None],
+) -> None:
+    """Wait for ``w``'s admission, and count its outcome where its caller learns it.
+
+    THE place a queued acquisition is counted in ``statistics()`` (and so in the
+    metrics): admitted when its task resumes with the admission, cancelled when it
+    is cancelled while queued, or admitted by :func:`pump` and cancelled before it
+    resumed — its caller then gets ``CancelledError``, so the admission is undone by
+    ``give_back(loop)`` (the slot passed on, the cost refunded) and counted as
+    cancelled, not admitted. An admission whose loop closed before its task resumed is
+    undone and counted the same way by :meth:`State.reclaim`, once. A failure set by
+    :func:`fail` is counted by whoever set it.
+    """
+    fut = w.fut
+    w.give_back = give_back
+    try:
+        await fut
+    except BaseException:
+        if not w.gone:
+            withdraw(w, loop, cancelled=True)
+        elif _resumed(w):
+            for st in w.states:
+                st.owner._cancelled += 1
+            give_back(loop)
+        raise
+    _resumed(w)  # (a loop closed never resumes a task: its admission stands)
+    waited = w.admitted_at - w.arrived
+    for st in w.states:
+        st.owner._on_admit_waiter(waited)
+
+
+def _resumed(w: Waiter) -> bool:
+    """Take an admitted ``w`` out of its states' ``resuming``; False: it was not there
+    (not admitted, or its admission already undone by :meth:`State.reclaim`)."""
+    found = False
+    for st in w.states:
+        if st.resuming is not None and w in st.resuming:
+            st.resuming.discard(w)
+            found = True
+    return found
+
+
+def reclaim_here(st: State) -> bool:
+    """In an admission's failure path: undo the admissions on ``st`` stranded by a
+    closed loop (:meth:`State.reclaim`), if any and a loop runs here; True when one was,
+    so the admission is worth trying again."""
+    if not st.resuming:
+        return False
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    before = len(st.resuming)
+    st.reclaim(loop)
+    return len(st.resuming) < before
 
 
 def withdraw(w: Waiter, loop: asyncio.AbstractEventLoop, *, cancelled: bool) -> None:

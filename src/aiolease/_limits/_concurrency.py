@@ -11,7 +11,7 @@ from typing import Any
 from .. import _metrics, _tracking, _validate
 from .._errors import LimitTimeout, WouldBlock
 from .._validate import check_entry, check_key, check_name
-from ._base import INF, LimiterBase, State, Waiter, fail, pump, withdraw
+from ._base import INF, LimiterBase, State, Waiter, admission, fail, pump, reclaim_here
 
 __all__ = ["ConcurrencyLimiter", "ConcurrencyLimiterStatistics", "ConcurrencyPermit"]
 
@@ -24,10 +24,11 @@ class ConcurrencyLimiterStatistics:
         limit: the most holders per key.
         in_use: slots held now, over every key.
         waiting: tasks waiting now, over every key.
-        admitted: acquisitions granted so far.
+        admitted: acquisitions granted so far (whose caller got the permit).
         rejected: ``WouldBlock`` raised by ``acquire_nowait``.
         timeouts: ``LimitTimeout`` raised.
-        cancelled: waiters cancelled before they got a slot.
+        cancelled: waiters cancelled before they resumed with a slot (one granted a slot in
+            the step it was cancelled included: the slot went on to the next waiter).
         wait_time_total: seconds waited by the admitted waiters together.
         wait_time_max: the longest single wait, seconds.
         keys: per-key states held in memory (the default key not counted).
@@ -253,7 +254,7 @@ class ConcurrencyLimiter(LimiterBase):
             st.commit(1.0, 0.0)
             self._admitted += 1
             return True
-        return False
+        return reclaim_here(st) and self._admit(st)
 
     def _release(self, st: _SlotState) -> None:
         if st.held <= 0:
@@ -299,14 +300,8 @@ class ConcurrencyLimiter(LimiterBase):
         st.enqueue(w)
         if timeout is not None:
             w.timer = loop.call_at(now + timeout, self._expire, w, loop)
-        try:
-            await fut
-        except BaseException:
-            if not w.gone:
-                withdraw(w, loop, cancelled=True)
-            elif fut.done() and not fut.cancelled() and fut.exception() is None:
-                self._release(st)  # granted, but cancelled before it ran: pass it on
-            raise
+        # Granted, but cancelled before it ran: the slot is passed on.
+        await admission(w, loop, lambda _: self._release(st))
         return ConcurrencyPermit(self, st)
 
     def _aiolease_leaks(self) -> list[str]:

@@ -10,7 +10,7 @@ from typing import Any
 from .. import _validate
 from .._errors import LimitTimeout, RateLimitExceeded, WouldBlock
 from .._validate import check_cost, check_entry, check_key
-from ._base import EPS, INF, State, Waiter, fail, pump, withdraw
+from ._base import EPS, INF, State, Waiter, admission, fail, pump
 from ._concurrency import ConcurrencyLimiter, ConcurrencyPermit, _SlotState
 from ._rate import RateLimiter, RatePermit
 
@@ -193,6 +193,9 @@ class LimitGroup:
         loop = get_running_loop()
         now = loop.time()
         states = self._states(check_key(key), now)
+        for st in states:
+            if st.resuming:  # admissions stranded by a closed loop (State.reclaim)
+                st.reclaim(loop)
         slot = now
         for st in states:
             if st.waiting():
@@ -301,6 +304,9 @@ class LimitGroup:
         loop = get_running_loop()
         now = loop.time()
         states = self._states(key, now)
+        for st in states:
+            if st.resuming:  # admissions stranded by a closed loop (State.reclaim)
+                st.reclaim(loop)
         if all(st.waiting() == 0 for st in states) and all(
             st.ready_at(cost, now) <= now + EPS for st in states
         ):
@@ -321,14 +327,8 @@ class LimitGroup:
         if timeout is not None:
             w.timer = loop.call_at(now + timeout, self._expire, w, loop)
         pump(states, loop)
-        try:
-            await fut
-        except BaseException:
-            if not w.gone:
-                withdraw(w, loop, cancelled=True)
-            elif fut.done() and not fut.cancelled() and fut.exception() is None:
-                self._give_back(states, w.tokens, cost, loop)
-            raise
+        # Admitted, but cancelled before it could run: every member's admission is undone.
+        await admission(w, loop, lambda lp: self._give_back(states, w.tokens, cost, lp))
         return self._permit(states, w.tokens, cost, key)
 
 

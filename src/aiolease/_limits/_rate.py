@@ -16,7 +16,19 @@ from .. import _metrics, _tracking, _validate
 from .._errors import RateLimitExceeded
 from .._tx_options import check_flag
 from .._validate import check_cost, check_key, check_name
-from ._base import _BASE_TIME, EPS, INF, LimiterBase, State, Waiter, fail, loop_time, pump, withdraw
+from ._base import (
+    _BASE_TIME,
+    EPS,
+    INF,
+    LimiterBase,
+    State,
+    Waiter,
+    admission,
+    fail,
+    loop_time,
+    pump,
+    reclaim_here,
+)
 
 __all__ = ["RateLimiter", "RateLimiterStatistics", "RatePermit"]
 
@@ -44,7 +56,8 @@ class RateLimiterStatistics:
         admitted: acquisitions admitted so far (a count, not a cost).
         rejected: ``RateLimitExceeded`` raised (``acquire_nowait``, timeout fail-fast,
             a waiter pushed past its timeout by ``pause`` or ``settle``).
-        cancelled: waiters cancelled before they were admitted.
+        cancelled: waiters cancelled before they resumed admitted (one admitted in the step
+            it was cancelled included: its cost was given back).
         waiting: tasks waiting now, over every key.
         wait_time_total: seconds waited by the admitted waiters together.
         wait_time_max: the longest single wait, seconds.
@@ -113,7 +126,7 @@ class _GcraState(State):
             or self.paused_until > now + EPS
             or self.tat + cost * o._T - o._tau > now + EPS
         ):
-            return None
+            return self.admit(cost, now) if reclaim_here(self) else None
         o._admitted += 1
         return self.commit(cost, now)
 
@@ -245,7 +258,7 @@ class _WindowState(State):
     def admit(self, cost: float, now: float) -> list[float] | None:
         """The one sliding-window admission (see :meth:`_GcraState.admit`)."""
         if (self.nwait and self.waiting()) or self.ready_at(cost, now) > now + EPS:
-            return None
+            return self.admit(cost, now) if reclaim_here(self) else None
         self.owner._admitted += 1
         return self.commit(cost, now)
 
@@ -645,15 +658,8 @@ class RateLimiter(LimiterBase):
             w.timer = loop.call_at(now + timeout, self._expire, w, loop)
         if st.nwait == 1:
             pump((st,), loop)  # it is the head: arm the timer for its slot
-        try:
-            await fut
-        except BaseException:
-            if not w.gone:
-                withdraw(w, loop, cancelled=True)
-            elif fut.done() and not fut.cancelled() and fut.exception() is None:
-                # Admitted, but cancelled before it could run: give it back.
-                self._give_back(st, w.tokens[0], cost, loop)
-            raise
+        # Admitted, but cancelled before it could run: the cost is given back.
+        await admission(w, loop, lambda lp: self._give_back(st, w.tokens[0], cost, lp))
         return RatePermit(self, st, cost, w.tokens[0])
 
     def _fast(self, cost: float, key: Hashable) -> RatePermit | None:

@@ -77,7 +77,7 @@ class Acquire(Generic[T]):
             # that never runs (its task cancelled before its first step, as
             # wait_for(..., 0) does) must not hold a resource nobody would give back.
             pool._unpop_idle(entry)
-        return pool._acquire_blocking(self)
+        return pool._acquire_blocking(self, fresh=entry is not None)
 
     def __aexit__(
         self,

@@ -33,8 +33,8 @@ from typing import Any, TypeVar
 from .. import _metrics, _tracking, _validate
 from .._clock import clock_of
 from .._errors import PoolClosed, PoolTimeout, WouldBlock
+from .._pool_atomic import PoolAtomic
 from .._tasks import start_task
-from .._transaction import PoolAtomic
 from ..abc import Manager
 from ._acquire import Acquire, needs_check, run_check, self_wait_error, waiting_on_itself
 from ._args import Options
@@ -236,7 +236,13 @@ class Pool(Options[T]):
             raise error
 
     async def __aenter__(self) -> Pool[T]:
-        await self.open()
+        try:
+            await self.open()
+        except asyncio.CancelledError:
+            # `async with` runs no __aexit__ when entering fails: cancelled while it fills,
+            # the pool would stay open, and filled, with nobody left to close it.
+            await self.aclose()
+            raise
         return self
 
     async def __aexit__(
@@ -364,57 +370,58 @@ class Pool(Options[T]):
         else:
             self._idle.append(entry)
 
-    async def _acquire_blocking(self, into: Acquire[T]) -> T:
+    async def _acquire_blocking(self, into: Acquire[T], *, fresh: bool) -> T:
         """Every acquire not served on the spot: one that waits, or whose idle entry
-        needs its check."""
+        needs its check.
+
+        ``fresh``: whether an idle entry may be there to take (at first: the caller put
+        back one whose check is due; later: our entry just failed its check). Otherwise
+        the caller has just found none to take, and the wait queue's admit hands this
+        waiter any that turned up since (its dispatch serves idle entries to waiters).
+        """
+        # Whether the wait (in the queue, or for the check of an idle entry: what wait_time
+        # counts) began.
+        retry, waited, checked = False, False, False
         try:
-            # `fresh`: whether an idle entry may be there to take (at first: an idle
-            # entry that needs its check, or the pool just opened; later: our entry
-            # just failed its check).
-            entry: Entry[T] | None = None
-            fresh, retry, waited = True, False, False
             if self._state is _NEW:
                 await self.open(wait=False)
             start = self._clock()
             deadline = _INF if into._timeout is None else start + into._timeout
             while True:
+                if self._state is not _OPEN:
+                    raise PoolClosed(f"{self!r} is closed")
+                entry = self._take_idle() if fresh else None
                 if entry is None:
-                    if self._state is not _OPEN:
-                        raise PoolClosed(f"{self!r} is closed")
-                    if fresh:
-                        entry = self._take_idle()
-                    if entry is None:
-                        waited = True
-                        fut = self._queue.admit(retry, deadline)
-                        try:
-                            entry = await fut
-                        except BaseException as exc:
-                            self._queue.abandon(fut)
-                            if self._observer is not None:
-                                self._observer.wait_failed(self._clock() - start, exc)
-                            if isinstance(exc, PoolTimeout) and waiting_on_itself(
-                                self, scoped_only=False
-                            ):
-                                raise self_wait_error(self) from exc.__cause__
-                            raise
+                    waited = True
+                    fut = self._queue.admit(retry, deadline)
+                    try:
+                        entry = await fut
+                    except BaseException as exc:
+                        self._queue.abandon(fut)
+                        if isinstance(exc, PoolTimeout) and waiting_on_itself(
+                            self, scoped_only=False
+                        ):
+                            raise self_wait_error(self) from exc.__cause__
+                        raise
                 # `entry` is ours now; until it is leased, every exit must give it back.
                 if self._state is not _OPEN:  # aclose() began while it was on its way
                     self._close_soon(entry)
                     raise PoolClosed(f"{self!r} is closed")
-                if (
-                    entry.check_due
-                    and needs_check(self, entry)
-                    and not await run_check(self, entry, deadline)
-                ):
-                    entry, retry = None, True  # keep our place, ahead of later tasks
-                    fresh = True
-                    continue
-                if self._state is not _OPEN:  # aclose() began during its check
-                    self._close_soon(entry)
-                    raise PoolClosed(f"{self!r} is closed")
+                if entry.check_due and needs_check(self, entry):
+                    checked = True
+                    if not await run_check(self, entry, deadline):
+                        retry = fresh = True  # keep our place, ahead of later tasks
+                        continue
+                    if self._state is not _OPEN:  # aclose() began during its check
+                        self._close_soon(entry)
+                        raise PoolClosed(f"{self!r} is closed")
                 break
-        except BaseException:
+        except BaseException as exc:
             into._entered = False
+            # A wait that failed after it began: in the queue, or in the check of an idle
+            # entry (timed out, cancelled, the pool closed meanwhile).
+            if (waited or checked) and self._observer is not None:
+                self._observer.wait_failed(self._clock() - start, exc)
             raise
         into._entry = entry
         entry.scoped = into._scoped

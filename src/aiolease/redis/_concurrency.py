@@ -22,19 +22,17 @@ from .._limits import ConcurrencyLimiter, ConcurrencyLimiterStatistics, Concurre
 from .._logs import get_logger
 from .._shield import shielded
 from .._validate import LONGEST_WAIT, check_entry
+from ._health import UNAVAILABLE, Health, describe, unavailable
 from ._keys import check_name, check_prefix, key_text, redis_key
 from ._pipe import (
-    UNAVAILABLE,
     Background,
     Caller,
-    Health,
     cancel_late,
     check_client,
-    describe,
+    closing,
     detached,
     refused,
     text,
-    unavailable,
 )
 from ._scripts import CONC_ACQUIRE, CONC_CANCEL, CONC_COUNT, CONC_RENEW
 
@@ -58,7 +56,9 @@ class RedisConcurrencyLimiterStatistics(ConcurrencyLimiterStatistics):
 
     The fields of :class:`aiolease.ConcurrencyLimiterStatistics` (``in_use``, ``waiting`` and
     ``keys`` count this process's leases and waiters; :meth:`RedisConcurrencyLimiter.in_use` asks
-    Redis for the total), plus:
+    Redis for the total). ``rejected`` includes the acquisitions that raised
+    ``LimiterUnavailable``, and the counts include the answers of the ``fallback`` limiter
+    (which counts them too). Plus:
 
     Attributes:
         lost: leases found expired by a renewal (the process stalled longer than ``lease_ttl``).
@@ -227,6 +227,7 @@ class RedisConcurrencyLimiter:
         "_client",
         "_clock",
         "_closed",
+        "_closing",
         "_ctx",
         "_fallback",
         "_health",
@@ -295,6 +296,7 @@ class RedisConcurrencyLimiter:
             "" if fallback is None else "; answering by the fallback limiter meanwhile",
         )
         self._closed = False
+        self._closing: asyncio.Task[None] | None = None
         self._channel = f"{redis_key(prefix, 'conc', name)}:wake"
         self._uid = f"{uuid.uuid4().hex[:12]}-{os.getpid()}"
         self._seq = itertools.count(1)
@@ -359,11 +361,15 @@ class RedisConcurrencyLimiter:
         return int(await self._run(CONC_COUNT, keys, self._argv(), None))
 
     def statistics(self) -> RedisConcurrencyLimiterStatistics:
-        """Counters of this limiter object (this process)."""
-        keys = {p._keys for p in self._held.values()} | {k for k, _ in self._waiters.values()}
+        """Counters of this limiter object (this process). Safe on any thread (metrics
+        exporters read it on theirs)."""
+        # Copies first (a C-level copy, which another thread cannot interleave with): the
+        # loop's thread may take or release a lease while the keys are gathered.
+        held, waiters = list(self._held.values()), list(self._waiters.values())
+        keys = {p._keys for p in held} | {k for k, _ in waiters}
         return RedisConcurrencyLimiterStatistics(
             limit=self._limit,
-            in_use=len(self._held),
+            in_use=len(held),
             waiting=self._waiting,
             admitted=self._admitted,
             rejected=self._rejected,
@@ -401,10 +407,15 @@ class RedisConcurrencyLimiter:
         Calls in flight get ``call_timeout`` to finish; the pipelined connection goes back to the
         client's pool (the client stays open). Leases still held are no longer renewed (they
         expire after ``lease_ttl``; ``leak_check`` reports them). Waiters still queued and later
-        acquisitions raise ``RuntimeError``. Idempotent.
+        acquisitions raise ``RuntimeError``. Idempotent. A cancelled caller stops waiting;
+        the close goes on to its end (see :func:`closing`).
         (``async with limiter:`` takes a slot, so the limiter's lifetime is ended by
         ``aclose()`` alone.)
         """
+        self._closing = closing(self._closing, self._close)
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         for lid, (keys, fut) in self._waiters.items():
             self._withdraw(keys, lid)  # leave the queue in Redis too, not after lease_ttl
             if not fut.done():
@@ -462,9 +473,11 @@ class RedisConcurrencyLimiter:
         loop = asyncio.get_running_loop()
         health = self._health
         what = f"concurrency limiter {self._name!r}"
-        if not health.may_call(loop.time()):
+        sent = loop.time()
+        probe = health.admit(sent)
+        if probe is None:
             err = unavailable(
-                what, health.last_error, f" (next try in {health.retry_after(loop.time()):.2f}s)"
+                what, health.last_error, f" (next try in {health.retry_after(sent):.2f}s)"
             )
             raise _NotSent(str(err)) from health.last_error
         try:
@@ -480,10 +493,11 @@ class RedisConcurrencyLimiter:
         except UNAVAILABLE as exc:
             if self._closed:  # aclose() dropped the pipe under this call: Redis did not fail
                 raise self._closed_error() from exc
-            health.failed(exc, loop.time())
+            health.failed(exc, loop.time(), sent)
             raise unavailable(what, exc) from exc
         finally:
-            health.end_probe()
+            if probe:
+                health.end_probe()
         health.ok(loop.time())
         return res
 
@@ -502,12 +516,25 @@ class RedisConcurrencyLimiter:
             except LimiterUnavailable:
                 fallback = self._fallback
                 if fallback is None or self._closed:
+                    # Not granted: counted as rejected (docs/observability.md), so a Redis
+                    # outage shows in the request counts instead of emptying them.
+                    self._rejected += 1
                     raise
             left = None if timeout is None else max(0.0, arrived + timeout - loop.time())
-            if nowait:
-                local = fallback.acquire_nowait(key)
-            else:
-                local = await fallback.acquire(key, timeout=left)
+            try:
+                if nowait:
+                    local = fallback.acquire_nowait(key)
+                else:
+                    local = await fallback.acquire(key, timeout=left)
+            except WouldBlock:  # the fallback's answer is this limiter's: counted here too
+                self._rejected += 1
+                raise
+            except LimitTimeout:
+                self._timeouts += 1
+                raise
+            except asyncio.CancelledError:
+                self._cancelled += 1
+                raise
             self._admitted += 1
             return RedisConcurrencyPermit(self, (), key, f"{self._uid}:local", local)
         finally:

@@ -1,9 +1,9 @@
 """The limiters' Redis calls: one pipelined connection, bounded calls, health and background tasks.
 
 :class:`Caller` runs a Lua script in one round trip, bounded by ``call_timeout`` (connecting
-included) on the event loop's clock, judged by :func:`recheck`. :class:`Health` remembers that
-Redis failed and spaces out the next attempts (no retry storm). :class:`Background` owns a
-limiter's fire-and-forget calls.
+included) on the event loop's clock, judged by :func:`recheck`. :class:`Background` owns a
+limiter's fire-and-forget calls, and reports their failures to the limiter's
+:class:`~aiolease.redis._health.Health`.
 """
 
 from __future__ import annotations
@@ -11,21 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
-import math
 from collections import deque
 from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.asyncio as _redis_asyncio
 from redis import exceptions as _rexc
 
 from .._compat import redis as _compat
-from .._errors import LimiterUnavailable
 from .._logs import get_logger
 from .._redact import redact
 from .._tasks import start_task
+from ._health import Health, describe
 from ._scripts import Script
 
 if TYPE_CHECKING:
@@ -35,14 +33,12 @@ if TYPE_CHECKING:
     Client = Redis | RedisCluster
 
 __all__ = [
-    "UNAVAILABLE",
     "Background",
     "Bound",
     "Caller",
-    "Health",
     "cancel_late",
     "check_client",
-    "describe",
+    "closing",
     "detached",
     "recheck",
     "wake",
@@ -51,22 +47,6 @@ __all__ = [
 logger = get_logger("aiolease.redis")
 
 T = TypeVar("T")
-
-#: Errors meaning "Redis could not answer" (as opposed to "Redis answered no"). A timeout after
-#: the script was sent is *indeterminate* - the script may have run - so it is never re-sent.
-#: ``OOM`` (maxmemory reached with ``noeviction``) counts too: Redis cannot keep the limit's
-#: state until memory frees up (the script did not write: its first write was refused).
-UNAVAILABLE: Final = (
-    _rexc.ConnectionError,
-    _rexc.TimeoutError,
-    TimeoutError,
-    OSError,
-    _rexc.ReadOnlyError,
-    _rexc.ClusterDownError,
-    _rexc.TryAgainError,
-    _rexc.BusyLoadingError,
-    _rexc.OutOfMemoryError,
-)
 
 
 class ServerBusy(_rexc.BusyLoadingError):
@@ -84,11 +64,6 @@ def _busy(exc: _rexc.ResponseError) -> BaseException:
         return err
     return exc
 
-
-#: After Redis was unavailable, calls within this cool-down (doubling per consecutive failure)
-#: are answered without contacting Redis; then ONE call probes it (no retry storm).
-COOLDOWN_MIN: Final = 0.1
-COOLDOWN_MAX: Final = 1.0
 
 _READER_LINGER = 0.25
 
@@ -203,103 +178,6 @@ def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class Health:
-    """Whether Redis answered lately, and when one call may try it again.
-
-    After a failure, calls within the cool-down (0.1 s doubling to 1 s per consecutive failure)
-    are answered at once without contacting Redis; after it, ONE call probes Redis while the
-    others keep being answered the same way; the first success ends the outage.
-    """
-
-    __slots__ = (
-        "cooldown",
-        "down_since",
-        "errors",
-        "last_error",
-        "meanwhile",
-        "probing",
-        "until",
-        "what",
-    )
-
-    def __init__(self, what: str, meanwhile: str = "") -> None:
-        self.what = what  # the limiter, for the log lines ("rate limiter 'api'")
-        self.meanwhile = meanwhile  # how it answers while Redis is down, for the log line
-        self.cooldown = 0.0
-        self.until = -math.inf
-        self.probing = False
-        self.errors = 0
-        self.last_error: BaseException | None = None
-        self.down_since: float | None = None
-
-    def may_call(self, now: float) -> bool:
-        """Whether this call may contact Redis; when it is the probe, :meth:`end_probe` it."""
-        if self.down_since is None:
-            return True
-        if now < self.until or self.probing:
-            return False
-        self.probing = True
-        return True
-
-    def end_probe(self) -> None:
-        self.probing = False
-
-    def ok(self, now: float) -> None:
-        if self.down_since is not None:
-            logger.info(
-                "Redis answers again for %s, after %.1fs unavailable",
-                self.what,
-                now - self.down_since,
-            )
-        self.cooldown = 0.0
-        self.down_since = None
-
-    def failed(self, exc: BaseException, now: float) -> None:
-        """A call failed: one WARNING when this starts an outage (none while it lasts)."""
-        if self.down_since is None:
-            logger.warning(
-                "Redis unavailable for %s (%s: %s)%s",
-                self.what,
-                type(exc).__name__,
-                exc,
-                self.meanwhile,
-            )
-        self.errors += 1
-        self.last_error = exc
-        self.cooldown = min(COOLDOWN_MAX, max(COOLDOWN_MIN, self.cooldown * 2))
-        self.until = now + self.cooldown
-        if self.down_since is None:
-            self.down_since = now
-
-    def background_failed(self, exc: BaseException) -> int:
-        """A background call or a renewal failed with ``exc``: the level of its line. An
-        unavailable Redis is an outage, as for a call of an acquisition (its start logged
-        once by :meth:`failed`), so the line itself is DEBUG; another error is a WARNING
-        unless an outage is known."""
-        if isinstance(exc, UNAVAILABLE):
-            self.failed(exc, asyncio.get_running_loop().time())
-        return logging.DEBUG if self.down_since is not None else logging.WARNING
-
-    def retry_after(self, now: float) -> float:
-        return max(self.until - now, 0.001)
-
-
-def describe(exc: BaseException) -> str:
-    """``Type: message`` of an error, for messages and logs (secrets redacted): redis-py 8's
-    ``repr()`` of its errors is ``network:TimeoutError``, without the message that says
-    what happened."""
-    message = redact(str(exc))
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-
-
-def unavailable(what: str, exc: BaseException | None, detail: str = "") -> LimiterUnavailable:
-    """The error a limiter raises when Redis cannot answer (redis-py's error as the cause)."""
-    reason = f": {type(exc).__name__}: {redact(str(exc))}" if exc is not None else ""
-    err = LimiterUnavailable(f"Redis unavailable for {what}{detail}{reason}")
-    err.__cause__ = exc
-    return err
-
-
 class Caller:
     """Runs a :class:`Script` with EVALSHA in one round trip, bounded by ``timeout``.
 
@@ -315,6 +193,12 @@ class Caller:
     pending calls fail as unavailable); NOSCRIPT (the server lost its script cache: restart,
     failover, SCRIPT FLUSH) is determinate - the script did not run - and is answered by one
     SCRIPT LOAD and one more EVALSHA.
+
+    Without the pipe (``AIOLEASE_COMPAT=public``, or a redis-py connection without the private
+    writer) a plain client's calls still bypass its retry policy: each takes a connection of the
+    client's pool and sends EVALSHA on it through redis-py's public connection API. Cluster and
+    single-connection clients go through the client's ``evalsha`` (they route, or share their
+    one connection, by their own rules): there the client's retry policy applies.
     """
 
     __slots__ = (
@@ -330,6 +214,7 @@ class Caller:
         "_more",
         "_order",
         "_pending",
+        "_pooled",
         "_reader",
         "_watch",
         "closed",
@@ -340,13 +225,14 @@ class Caller:
     def __init__(self, client: Client, timeout: float) -> None:
         self._client = client
         self.timeout = timeout
-        self._direct = (
-            _compat.PIPE
-            and isinstance(client, _redis_asyncio.Redis)
-            and not getattr(client, "single_connection_client", False)
+        #: a plain client: its pool's connections are ours to use, one call on one at a time
+        self._pooled = isinstance(client, _redis_asyncio.Redis) and not getattr(
+            client, "single_connection_client", False
         )
+        #: the pipe: one connection taken from that pool, written to synchronously
+        self._direct = _compat.PIPE and self._pooled
         self._loaded = 0  # SCRIPT LOAD count (observable in tests)
-        self.sent = 0  # calls sent: written to the pipe, or handed to the client's evalsha
+        self.sent = 0  # calls sent: written to the pipe, or handed to the public path
         self._link: Any = None
         self._connecting: asyncio.Lock | None = None
         #: (future, on_abandon, deadline) of the replies still to read, in the order the commands
@@ -473,8 +359,15 @@ class Caller:
         if conn is None:
             raise _rexc.ConnectionError("connection to Redis lost")
         loop = asyncio.get_running_loop()
+        try:
+            _compat.write(conn, packed)
+        except _rexc.ConnectionError as exc:
+            # redis-py disconnected it while this call waited (for the pipe's connect, or for a
+            # reply before a SCRIPT LOAD): the calls written before fail as lost, and the next
+            # call connects afresh.
+            self._break(exc)
+            raise
         fut: asyncio.Future[Any] = loop.create_future()
-        _compat.write(conn, packed)
         self.sent += 1
         deadline = loop.time() + self.timeout
         self._pending.append((fut, on_abandon, deadline))
@@ -515,25 +408,35 @@ class Caller:
         async with self._connecting:  # FIFO: callers keep their order while we connect
             if self._link is None:
                 pool = self._client.connection_pool  # type: ignore[union-attr]
-                # In a task of its own, awaited through a shield: redis-py's get_connection()
-                # can return a connection although its caller was cancelled while it connected
-                # (the cancellation is lost). The caller always gets its CancelledError; a
-                # connection that comes anyway goes back to the pool (aclose() ends a late one).
-                taking = asyncio.get_running_loop().create_task(_take(pool))
-                self._calls.add(taking)
-                taking.add_done_callback(self._calls.discard)
-                try:
-                    conn = await asyncio.shield(taking)
-                except asyncio.CancelledError:
-                    taking.cancel()
-                    taking.add_done_callback(functools.partial(self._give_back, pool))
-                    raise
+                conn = await self._take_shielded(pool)
                 if not _compat.can_write(conn):  # pragma: no cover - redis-py changed
                     await pool.release(conn)
                     self._direct = False
                     raise _rexc.ConnectionError("redis-py connection cannot be pipelined")
                 self._link = conn
             return self._send(packed, on_abandon)
+
+    async def _take_shielded(self, pool: Any) -> Any:
+        """A connection of ``pool`` (the pipe's, or a public-path call's).
+
+        Taken in a task of its own, awaited through a shield: redis-py's get_connection() can
+        return a connection although its caller was cancelled while it connected (on Python
+        3.11 the handshake's ``asyncio.wait_for`` around a send loses a cancellation that lands
+        as the send completes, when the client has a ``socket_timeout``). The caller always
+        gets its CancelledError - a call cancelled by its bound (:class:`Bound`) or by
+        ``aclose()`` ends then, without going on to send - and a connection that comes anyway
+        goes back to the pool (aclose() ends a late one). (redis-py gives a connection back
+        itself if connecting fails.)
+        """
+        taking = asyncio.get_running_loop().create_task(_take(pool))
+        self._calls.add(taking)
+        taking.add_done_callback(self._calls.discard)
+        try:
+            return await asyncio.shield(taking)
+        except asyncio.CancelledError:
+            taking.cancel()
+            taking.add_done_callback(functools.partial(self._give_back, pool))
+            raise
 
     def _give_back(self, pool: Any, taking: asyncio.Task[Any]) -> None:
         """A connection taken for a caller that was cancelled meanwhile goes back to the pool."""
@@ -671,8 +574,6 @@ class Caller:
     async def _client_call(
         self, script: Script, keys: tuple[str, ...], args: tuple[Any, ...]
     ) -> Any:
-        # Cluster (or single-connection) clients route and retry by their own policy; configure
-        # their retries off to keep "never replay an indeterminate call" (docs/redis.md).
         # One call at a time, in call order: the tasks start in the order they were created
         # and asyncio.Lock is FIFO, so Redis runs this process's scripts in the order they were
         # called, as on the pipe.
@@ -681,6 +582,11 @@ class Caller:
             self._order = asyncio.Lock()
         try:
             async with Bound(self.timeout), self._order:
+                if self._pooled:
+                    return await self._pool_call(script, keys, args)
+                # Cluster (or single-connection) clients route and retry by their own policy;
+                # configure their retries off to keep "never replay an indeterminate call"
+                # (docs/redis.md).
                 try:
                     return await client.evalsha(script.sha, len(keys), *keys, *args)
                 except _rexc.NoScriptError:
@@ -708,6 +614,38 @@ class Caller:
         except TimeoutError as exc:
             raise _rexc.TimeoutError(f"no reply from Redis within {self.timeout}s") from exc
 
+    async def _pool_call(self, script: Script, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
+        """EVALSHA on a connection of the client's pool, by redis-py's public connection API.
+
+        Not ``client.evalsha``: the client runs every command under its retry policy, which
+        after a dropped connection or a timeout (the script may have run) connects again and
+        sends the script again. Here a call is sent once; only NOSCRIPT (the script did not
+        run) is answered by SCRIPT LOAD and one more EVALSHA. The reply is read by the
+        connection as the client reads it (``decode_responses`` included).
+        """
+        pool: Any = self._client.connection_pool  # type: ignore[union-attr]
+        conn = await self._take_shielded(pool)
+        try:
+            try:
+                await _send_command(conn, "EVALSHA", script.sha, len(keys), *keys, *args)
+                return await conn.read_response()
+            except _rexc.NoScriptError:
+                self._loaded += 1
+                await _send_command(conn, "SCRIPT", "LOAD", script.source)
+                await conn.read_response()
+                await _send_command(conn, "EVALSHA", script.sha, len(keys), *keys, *args)
+                return await conn.read_response()
+        except BaseException as exc:
+            if not isinstance(exc, _rexc.ResponseError) or isinstance(exc, _rexc.ReadOnlyError):
+                # A reply may still be on its way (a timeout, a cancellation, a lost
+                # connection): the connection is out of step with its replies and is closed
+                # before it goes back, as redis-py does. (An error reply leaves it in step;
+                # READONLY: it reached a demoted primary, see _client_call.)
+                await conn.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(conn)
+
 
 def _late_abandon(fut: asyncio.Future[Any], on_abandon: Callable[[Any], None] | None) -> None:
     """A caller cancelled while it awaited its reply abandons it: the reader hands a reply still
@@ -717,12 +655,30 @@ def _late_abandon(fut: asyncio.Future[Any], on_abandon: Callable[[Any], None] | 
         on_abandon(fut.result())
 
 
+async def _send_command(conn: Any, *args: Any) -> None:
+    """``conn.send_command(*args)``, raising the cancellation redis-py may lose meanwhile.
+
+    With a ``socket_timeout``, redis-py sends through ``asyncio.wait_for``, which on Python
+    3.11 returns normally when the cancellation lands as the send completes: the call would
+    go on to wait for its reply (up to ``socket_timeout``) past its bound. The request is still
+    counted by the task (``cancelling()``), so it is raised here: the command was written, and
+    the call ends as any call cancelled after its send (its outcome unknown)."""
+    task = asyncio.current_task()
+    before = task.cancelling() if task is not None else 0
+    try:
+        await conn.send_command(*args)
+    except RuntimeError as exc:
+        # uvloop refuses a write on a transport closed meanwhile (the client disconnected its
+        # pool while the connection was being taken; redis-py < 8 still counts it connected
+        # while it closes): the connection was lost.
+        raise _rexc.ConnectionError(f"connection to Redis lost: {describe(exc)}") from exc
+    if task is not None and task.cancelling() > before:
+        raise asyncio.CancelledError
+
+
 async def _take(pool: Any) -> Any:
     try:
-        try:
-            return await pool.get_connection()
-        except TypeError:  # redis-py < 5.3 requires a command name (later: deprecated)
-            return await pool.get_connection("EVALSHA")
+        return await pool.get_connection()
     except _rexc.AuthenticationError as exc:
         raise refused(exc) from exc
 
@@ -783,6 +739,23 @@ class Background:
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=timeout)
             await cancel_late(late, timeout, self.health.what)
+
+
+def closing(
+    task: asyncio.Task[None] | None, close: Callable[[], Coroutine[Any, Any, None]]
+) -> asyncio.Task[None]:
+    """The task running a limiter's close (what its ``aclose()`` waits for, shielded): ``task``,
+    the one an earlier ``aclose()`` started, or a new one running ``close()``.
+
+    The close runs in a task of the limiter's own so that cancelling ``aclose()`` (a shutdown
+    hook's deadline) stops the caller's wait only: a close cut short would keep the pipelined
+    connection out of the client's pool, and the limiter, marked closed, would no longer be
+    reported as left open. It is bounded (``call_timeout`` per stage). One begun on a loop
+    closed since never ends: it starts again on this one.
+    """
+    if task is None or (not task.done() and task.get_loop().is_closed()):
+        task = start_task(close(), asyncio.get_running_loop())
+    return task
 
 
 async def cancel_late(late: set[asyncio.Task[Any]], timeout: float, what: str) -> None:

@@ -15,18 +15,17 @@ from .._errors import RateLimitExceeded
 from .._limits import RateLimiter, RateLimiterStatistics, RatePermit
 from .._shield import shielded
 from .._validate import LONGEST_WAIT, check_cost
+from ._health import UNAVAILABLE, Health, unavailable
 from ._keys import check_name, check_prefix, redis_key
 from ._pipe import (
-    UNAVAILABLE,
     Background,
     Caller,
-    Health,
     b,
     check_client,
+    closing,
     detached,
     pack,
     text,
-    unavailable,
     wake,
 )
 from ._scripts import RATE_ACQUIRE, RATE_CANCEL, RATE_PAUSE, RATE_SETTLE, RATE_SHIFT, Script
@@ -51,6 +50,9 @@ class RedisRateLimiterStatistics(RateLimiterStatistics):
 
     The fields of :class:`aiolease.RateLimiterStatistics` (``waiting`` and ``keys`` count this
     process's waiters and the keys they wait on: the limit state itself lives in Redis), plus:
+
+    ``rejected`` includes the acquisitions that raised ``LimiterUnavailable``, and the
+    counts include the answers of the ``fallback`` limiter (which counts them too).
 
     Attributes:
         errors: Redis calls that failed because Redis was unavailable.
@@ -312,6 +314,7 @@ class RedisRateLimiter:
         "_clock",
         "_clock_b",
         "_closed",
+        "_closing",
         "_degraded",
         "_fallback",
         "_head",
@@ -419,6 +422,7 @@ class RedisRateLimiter:
         )
         self._bg = Background(self._health)
         self._closed = False
+        self._closing: asyncio.Task[None] | None = None
         self._pause_seq = 0
         #: key -> (sequence number, task) of the latest pause() of this object on that key.
         self._pauses: dict[str, tuple[int, asyncio.Task[Any]]] = {}
@@ -476,8 +480,9 @@ class RedisRateLimiter:
         Extends a pause, never shortens it (one longer than 2**31 s is held for 2**31 s). Waiters
         of this limiter object that are sleeping on a slot are woken and queue again behind the
         pause (their timeout still applies); the same script gives their reservations back when
-        no other process wrote on the key after them, so the schedule resumes from the pause
-        instead of after their old slots (otherwise those slots are left unused once).
+        nothing wrote on the key after them (another process, or an acquisition of this object
+        whose reply had not come yet), so the schedule resumes from the pause instead of after
+        their old slots (otherwise those slots are left unused once).
         Reservations already made by other processes keep their slots. The Redis call runs in
         the returned task; await it to be sure the pause is in force.
 
@@ -548,8 +553,13 @@ class RedisRateLimiter:
 
         Its pipelined connection goes back to the client's pool (the client stays open). Later
         acquisitions raise ``RuntimeError``. Idempotent. (``async with limiter:`` acquires, so
-        the limiter's lifetime is ended by ``aclose()`` alone.)
+        the limiter's lifetime is ended by ``aclose()`` alone.) A cancelled caller stops
+        waiting; the close goes on to its end (see :func:`closing`).
         """
+        self._closing = closing(self._closing, self._close)
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         self._closed = True
         await self._bg.aclose(self._call.timeout)
         await self._call.aclose()
@@ -631,10 +641,17 @@ class RedisRateLimiter:
         exc = exc or health.last_error
         if self._fallback is not None:
             self._degraded += 1
-            local = await self._fallback.acquire(cost, key, timeout)
+            try:
+                local = await self._fallback.acquire(cost, key, timeout)
+            except RateLimitExceeded:  # the fallback's answer is this limiter's: counted here too
+                self._rejected += 1
+                raise
             self._admitted += 1
             return RedisRatePermit(self, rkey, key, cost, "", degraded=True, local=local)
         if self._on_error == "raise":
+            # Not admitted: counted as rejected, as on_error="deny" counts its refusal
+            # (docs/observability.md), so a Redis outage shows in the request counts.
+            self._rejected += 1
             raise unavailable(f"rate limiter {self._name!r}", exc)
         self._degraded += 1
         if self._on_error == "allow":
@@ -661,7 +678,9 @@ class RedisRateLimiter:
         if self._closed:  # (a waiter re-queued by a pause after aclose())
             raise self._closed_error()
         health = self._health
-        if not health.may_call(loop.time()):
+        sent = loop.time()
+        probe = health.admit(sent)
+        if probe is None:
             raise _CoolingDown
         try:
             if end is None:
@@ -677,10 +696,11 @@ class RedisRateLimiter:
             if self._closed:  # aclose() dropped the pipe under this call: Redis did not fail
                 raise self._closed_error() from exc
             if not isinstance(exc, _Late):
-                health.failed(exc, loop.time())
+                health.failed(exc, loop.time(), sent)
             raise
         finally:
-            health.end_probe()
+            if probe:
+                health.end_probe()
         health.ok(loop.time())
         return res
 

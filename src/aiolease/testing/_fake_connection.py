@@ -1,11 +1,12 @@
 """FakeConnection: an in-memory SQL connection double with real transaction semantics.
 
 It understands transaction control the way PostgreSQL does (BEGIN, COMMIT,
-ROLLBACK, SAVEPOINT, RELEASE, ROLLBACK TO, AND CHAIN, quoted and folded savepoint
-names, the aborted state after an error or a malformed control statement)
-and treats every other statement as opaque work: it is recorded, answered
-from a script, and "committed" or thrown away with its transaction. Use it to
-test transaction code without a database, deterministically.
+ROLLBACK, SAVEPOINT, RELEASE, ROLLBACK TO, AND CHAIN, SET TRANSACTION, quoted and
+folded savepoint names, the aborted state after an error or a malformed control
+statement, writes refused in a read-only transaction) and treats every other
+statement as opaque work: it is recorded, answered from a script, and
+"committed" or thrown away with its transaction. Use it to test transaction code
+without a database, deterministically.
 """
 
 from __future__ import annotations
@@ -33,6 +34,23 @@ __all__ = [
 _IDLE, _INTRANS, _INERROR = "idle", "intrans", "inerror"
 _CONTROL = frozenset(
     {"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE"}
+)
+# Commands PostgreSQL refuses (25006) in a read-only transaction, told by their first word.
+# A write it cannot see that way (inside WITH, nextval(), SELECT ... FOR UPDATE) runs.
+_WRITES = frozenset(
+    {
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "MERGE",
+        "TRUNCATE",
+        "CREATE",
+        "DROP",
+        "ALTER",
+        "GRANT",
+        "REVOKE",
+        "COMMENT",
+    }
 )
 
 # A word (a keyword or an unquoted name) or a double-quoted name ("" inside stands for ").
@@ -174,6 +192,16 @@ def _first_column(row: Any, column: int) -> Any:
     return row
 
 
+def _cursor_args(params: Any) -> tuple[Any, ...]:
+    """A cursor's parameters (a sequence, a mapping for named placeholders, or None) as the
+    connection's arguments; a mapping is one argument."""
+    if params is None:
+        return ()
+    if isinstance(params, Mapping):
+        return (params,)  # tuple() of it would keep only the names
+    return tuple(params)
+
+
 class FakeCursor:
     """Cursor-style access to a :class:`FakeConnection` (what ``conn.cursor()`` returns).
 
@@ -196,20 +224,18 @@ class FakeCursor:
         None; a mapping is recorded as one argument); returns the cursor."""
         if self.closed:
             raise FakeDatabaseError("the cursor is closed")
-        if params is None:
-            args: tuple[Any, ...] = ()
-        elif isinstance(params, Mapping):
-            args = (params,)  # tuple() of it would keep only the names
-        else:
-            args = tuple(params)
-        self._rows = _as_rows(await self.connection.execute(sql, *args))
+        self._rows = _as_rows(await self.connection.execute(sql, *_cursor_args(params)))
         self._pos = 0
         self.rowcount = len(self._rows)
         return self
 
     async def executemany(self, sql: str, params_seq: Any) -> None:
-        for params in params_seq:
-            await self.execute(sql, params)
+        """Run ``sql`` once per parameter set, all or nothing outside a transaction (see
+        :meth:`FakeConnection.executemany`); ``rowcount`` is -1 after it."""
+        if self.closed:
+            raise FakeDatabaseError("the cursor is closed")
+        await self.connection.executemany(sql, [_cursor_args(p) for p in params_seq])
+        self._rows, self._pos, self.rowcount = [], 0, -1
 
     async def fetchone(self) -> Any:
         if self._pos >= len(self._rows):
@@ -261,7 +287,10 @@ class FakeConnection:
     transaction reaches :attr:`committed` only when the transaction commits
     (minus what savepoints rolled back). After a failing statement inside a
     transaction every statement fails with SQLSTATE 25P02 until ROLLBACK (or
-    ROLLBACK TO SAVEPOINT), and COMMIT answers "ROLLBACK", as in PostgreSQL.
+    ROLLBACK TO SAVEPOINT), and COMMIT answers "ROLLBACK", as in PostgreSQL. In a
+    read-only transaction a statement starting with a write command (INSERT,
+    UPDATE, DELETE, CREATE, ...) fails with SQLSTATE 25006. A statement cancelled
+    while it runs aborts the transaction it ran in, as the server's cancel does.
 
     Faults and results are injected with :meth:`script`, :meth:`fail_commit`,
     :meth:`drop_on_commit` and :meth:`gate`. ``aiolease.atomic()`` drives it
@@ -289,17 +318,22 @@ class FakeConnection:
         self.closed = False
         self._status = _IDLE
         self._work: list[tuple[str, tuple[Any, ...]]] = []
-        self._savepoints: list[tuple[str, int]] = []
+        # (name, statements done when it was set, the read-only mode on entry)
+        self._savepoints: list[tuple[str, int, bool]] = []
         # The open transaction's characteristics, and whether a statement ran in it
         # (after which PostgreSQL refuses to change them).
         self._isolation = _DEFAULT_ISOLATION
         self._read_only = False
         self._snapshot = False
+        # The modes the transaction started with (the defaults, or those AND CHAIN carried).
+        self._start_modes = (_DEFAULT_ISOLATION, False)
         self._scripts: list[_Script] = []
         self._gates: list[FakeGate] = []
         self._commits = 0
         self._commit_faults: dict[int, tuple[str, Any]] = {}
         self._busy = False
+        # The autocommitted work of an executemany under way (see executemany), else None.
+        self._batch: list[tuple[str, tuple[Any, ...]]] | None = None
 
     # -- inspection -------------------------------------------------------------
 
@@ -428,12 +462,15 @@ class FakeConnection:
                 await asyncio.sleep(self.latency)
             else:
                 await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            self._cancelled(sql)
+            raise
         finally:
             self._busy = False
         if self.closed:  # closed (or dropped) while the statement was on its way
             raise FakeConnectionLost("the connection was closed while the statement ran")
         # Applied in one synchronous step after the wait: a statement whose
-        # wait was cancelled had no effect.
+        # wait was cancelled had no effect (but see _cancelled).
         return self._apply(sql, args)
 
     async def fetch(self, sql: str, *args: Any) -> list[Any]:
@@ -451,9 +488,24 @@ class FakeConnection:
         return None if row is None else _first_column(row, column)
 
     async def executemany(self, sql: str, args: Any) -> None:
-        """Run ``sql`` once per argument tuple in ``args`` (each one is recorded)."""
-        for one in args:
-            await self.execute(sql, *one)
+        """Run ``sql`` once per argument tuple in ``args`` (each one is recorded).
+
+        Outside a transaction the batch is all or nothing, as asyncpg and psycopg run it
+        in one implicit transaction: a failing statement leaves none of the batch
+        committed. Inside one, its statements are the transaction's work.
+        """
+        if self._status != _IDLE or self._batch is not None:
+            for one in args:
+                await self.execute(sql, *one)
+            return
+        batch: list[tuple[str, tuple[Any, ...]]] = []
+        self._batch = batch
+        try:
+            for one in args:
+                await self.execute(sql, *one)
+        finally:
+            self._batch = None
+        self.database.committed.extend(batch)
 
     def cursor(self) -> FakeCursor:
         """A cursor (psycopg/DB-API style) over this connection."""
@@ -474,11 +526,23 @@ class FakeConnection:
 
     def _abort(self) -> None:
         """A statement failed inside the transaction: it is aborted until ROLLBACK."""
-        if not self._savepoints:
-            # PostgreSQL aborts the top-level transaction there and then: its
-            # characteristics fall back to the defaults, which AND CHAIN carries over.
-            self._isolation, self._read_only = _DEFAULT_ISOLATION, False
+        if self._savepoints:
+            # PostgreSQL aborts the subtransaction: the read-only mode is the one it had on
+            # entry.
+            self._read_only = self._savepoints[-1][2]
+        else:
+            # PostgreSQL aborts the top-level transaction there and then: the modes set in
+            # it are undone, back to those it started with, which AND CHAIN carries over.
+            self._isolation, self._read_only = self._start_modes
         self._status = _INERROR
+
+    def _cancelled(self, sql: str) -> None:
+        """The caller was cancelled while ``sql`` ran: the driver has the server cancel it
+        (SQLSTATE 57014), which aborts the transaction it ran in, as any error does.
+        Transaction control is left as it was (it had no effect)."""
+        if self._status == _INTRANS and not self.closed and not _is_control(sql):
+            self._abort()
+            self._snapshot = True
 
     def _failed_transaction_error(self) -> FakeDatabaseError:
         return FakeDatabaseError(
@@ -488,15 +552,15 @@ class FakeConnection:
 
     def _apply(self, sql: str, args: tuple[Any, ...]) -> Any:
         text = sql.strip().rstrip(";").strip()
-        head = text.split(None, 1)[0].upper() if text else ""
-        if head not in _CONTROL:
+        head = _head(text)
+        if not _is_control(text):
             return self._work_statement(sql, args)
         # Transaction control obeys only scripted errors (to inject faults).
         for rule in self._scripts:
             if rule.error is not None and rule.pattern.search(sql):
                 self._use(rule)
                 raise rule.error
-        if head == "BEGIN" or head == "START":
+        if head in ("BEGIN", "START", "SET"):
             return self._begin(head, text)
         tokens = _tokens(text)
         if tokens is None:
@@ -506,7 +570,7 @@ class FakeConnection:
             if len(rest) != 1:
                 raise self._syntax_error(text)
             self._require_transaction("SAVEPOINT")
-            self._savepoints.append((rest[0].name, len(self._work)))
+            self._savepoints.append((rest[0].name, len(self._work), self._read_only))
             return "SAVEPOINT"
         if head == "RELEASE":
             if len(rest) == 2 and rest[0].is_("SAVEPOINT"):
@@ -515,6 +579,8 @@ class FakeConnection:
                 raise self._syntax_error(text)
             self._require_transaction("RELEASE SAVEPOINT")
             index = self._find_savepoint(rest[0].name)
+            # Ending a subtransaction, committed or not, restores its read-only mode on entry.
+            self._read_only = self._savepoints[index][2]
             del self._savepoints[index:]
             return "RELEASE"
         # COMMIT | END | ROLLBACK | ABORT  [WORK | TRANSACTION]  [AND [NO] CHAIN]
@@ -549,25 +615,28 @@ class FakeConnection:
             status = "ROLLBACK"
         if chain:  # a new transaction starts at once, with the same characteristics
             self._status = _INTRANS
-            self._isolation, self._read_only = modes
+            self._isolation, self._read_only = self._start_modes = modes
         return status
 
     def _begin(self, head: str, text: str) -> str:
         # BEGIN [WORK | TRANSACTION] [mode [, ...]] | START TRANSACTION [mode [, ...]]
+        # | SET TRANSACTION mode [, ...]
         tokens = _tokens(text.replace(",", " "))
         rest = [] if tokens is None else tokens[1:]
-        if head == "START" and not (rest and rest[0].is_("TRANSACTION")):
+        if head in ("START", "SET") and not (rest and rest[0].is_("TRANSACTION")):
             tokens = None
         elif rest and rest[0].is_("WORK", "TRANSACTION"):
             rest = rest[1:]
         modes = None if tokens is None else _transaction_modes(rest)
-        if modes is None:
+        if modes is None or (head == "SET" and not modes):
             raise self._syntax_error(text)
         if self._status == _INERROR:
             raise self._failed_transaction_error()
+        if head == "SET" and self._status == _IDLE:
+            return "SET"  # PostgreSQL only warns: it applies to no transaction
         if self._status == _IDLE:
             self._status = _INTRANS
-            self._isolation, self._read_only = _DEFAULT_ISOLATION, False
+            self._isolation, self._read_only = self._start_modes = (_DEFAULT_ISOLATION, False)
         # Inside a transaction PostgreSQL only warns, then sets the modes as SET
         # TRANSACTION does, with its checks.
         for mode, value in modes:
@@ -603,7 +672,7 @@ class FakeConnection:
             if problem is not None:
                 self._abort()
                 raise FakeDatabaseError(problem, "25001")
-        return "BEGIN" if head == "BEGIN" else "START TRANSACTION"
+        return {"BEGIN": "BEGIN", "START": "START TRANSACTION"}.get(head, "SET")
 
     def _syntax_error(self, text: str) -> FakeDatabaseError:
         # As in PostgreSQL, a statement that fails to parse aborts the transaction.
@@ -630,7 +699,7 @@ class FakeConnection:
                 "ROLLBACK TO SAVEPOINT can only be used in transaction blocks", "25P01"
             )
         index = self._find_savepoint(name)
-        mark = self._savepoints[index][1]
+        _, mark, self._read_only = self._savepoints[index]
         del self._savepoints[index + 1 :]
         del self._work[mark:]
         self._status = _INTRANS
@@ -669,6 +738,11 @@ class FakeConnection:
     def _work_statement(self, sql: str, args: tuple[Any, ...]) -> Any:
         if self._status == _INERROR:
             raise self._failed_transaction_error()
+        head = _head(sql)
+        if self._status == _INTRANS and self._read_only and head in _WRITES:
+            self._abort()
+            self._snapshot = True  # PostgreSQL took the statement's snapshot before refusing
+            raise FakeDatabaseError(f"cannot execute {head} in a read-only transaction", "25006")
         for rule in self._scripts:
             if rule.pattern.search(sql):
                 self._use(rule)
@@ -682,11 +756,27 @@ class FakeConnection:
         else:
             result = "OK"
         if self._status == _IDLE:
-            self.database.committed.append((sql, args))
+            batch = self._batch if self._batch is not None else self.database.committed
+            batch.append((sql, args))
         else:
             self._work.append((sql, args))
             self._snapshot = True
         return result
+
+
+def _is_control(sql: str) -> bool:
+    """Whether ``sql`` is transaction control (SET TRANSACTION included)."""
+    head = _head(sql)
+    if head == "SET":
+        words = sql.split(None, 2)
+        return len(words) > 1 and words[1].upper().rstrip(";") == "TRANSACTION"
+    return head in _CONTROL
+
+
+def _head(sql: str) -> str:
+    """The statement's first word, upper case ("" for none)."""
+    words = sql.strip().rstrip(";").split(None, 1)
+    return words[0].upper() if words else ""
 
 
 def _nth(n: object) -> int:

@@ -119,10 +119,13 @@ class Gate:
     :meth:`open`.
     """
 
-    __slots__ = ("_arrived", "_blocked", "_changed", "_open")
+    __slots__ = ("_arrived", "_blocked", "_changed", "_open", "_openings")
 
     def __init__(self) -> None:
         self._open = False
+        # How many times open() was called: a call blocked before an opening is let
+        # through by it, even if close() comes before the call runs again.
+        self._openings = 0
         self._arrived: list[Call] = []
         self._blocked = 0
         # One asyncio.Event for both directions (arrival, opening); made lazily
@@ -168,10 +171,12 @@ class Gate:
     def open(self) -> None:
         """Let every blocked call, and every later matching call, through."""
         self._open = True
+        self._openings += 1
         self._notify()
 
     def close(self) -> None:
-        """Block later matching calls again (calls already let through are not affected)."""
+        """Block later matching calls again (calls blocked when :meth:`open` was called are
+        let through all the same)."""
         self._open = False
 
     async def _pass(self, call: Call) -> None:
@@ -180,8 +185,9 @@ class Gate:
         if self._open:
             return
         self._blocked += 1
+        openings = self._openings
         try:
-            while not self._open:
+            while not self._open and self._openings == openings:
                 await self._event().wait()
         finally:
             self._blocked -= 1

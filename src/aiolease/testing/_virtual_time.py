@@ -13,7 +13,8 @@ time with the clock frozen:
 
 * work running in a thread the loop started: a job of ``loop.run_in_executor``
   / ``asyncio.to_thread`` (the default executor or any other) that has not
-  delivered its result, or the default executor shutting down;
+  delivered its result (also when its caller stopped waiting: the thread goes
+  on), or the default executor shutting down;
 * a call of ``anyio.to_thread.run_sync`` (Starlette's and FastAPI's ``def``
   endpoints and dependencies, anyio's file I/O) whose worker thread has not
   answered, except while it waits for a coroutine on the loop
@@ -45,6 +46,7 @@ Why not ``looptime``: see ``docs/testing.md`` ("Why not looptime").
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import heapq
@@ -88,11 +90,12 @@ _IN_THREAD = threading.local()
 
 
 class _HandOff:
-    """One call handed to a thread the loop does not own: pending work until it answers.
+    """One call handed to a worker thread: pending work until the thread answers.
 
-    anyio runs ``hand_off(*args)`` in a worker thread of its own and then, from that
-    same thread, answers with ``loop.call_soon_threadsafe``. The hand-off sits in the
-    loop's pending set from when it is made until that answer has woken the loop (the
+    anyio (or an executor of ``run_in_executor``) runs ``hand_off(*args)`` in a worker
+    thread and then, from that same thread, answers with ``loop.call_soon_threadsafe``.
+    The hand-off sits in one of the loop's pending sets (``pending``) from when it is
+    made until that answer has woken the loop (the
     thread notes it in ``_vt_returned`` just before answering; see
     :meth:`VirtualTimeLoop.call_soon_threadsafe`), or until the caller stopped waiting
     before the thread started it (:meth:`settle`). A caller cancelled while the thread
@@ -101,19 +104,24 @@ class _HandOff:
     work, and the coroutine may need the clock to move: it is not pending then.
     """
 
-    __slots__ = ("_func", "_loop", "_state")
+    __slots__ = ("_func", "_loop", "_pending", "_state")
 
-    def __init__(self, loop: VirtualTimeLoop, func: Callable[..., Any]) -> None:
+    def __init__(
+        self, loop: VirtualTimeLoop, func: Callable[..., Any], pending: set[_HandOff]
+    ) -> None:
         self._loop = loop
         self._func = func
+        self._pending = pending
         self._state = _QUEUED
+        with loop._vt_lock:
+            pending.add(self)
 
     def __call__(self, *args: Any) -> Any:
         """Run the call, in the worker thread."""
         loop = self._loop
         with loop._vt_lock:
             if self._state == _SETTLED:  # the caller gave up, yet the thread runs it
-                loop._vt_hand_offs.add(self)
+                self._pending.add(self)
             self._state = _RUNNING
         outer, _IN_THREAD.hand_off = getattr(_IN_THREAD, "hand_off", None), self
         try:
@@ -130,7 +138,7 @@ class _HandOff:
         with loop._vt_lock:
             if self._state not in (_RUNNING, _WAITING):  # else the thread still runs
                 self._state = _SETTLED
-                loop._vt_hand_offs.discard(self)
+                self._pending.discard(self)
 
     async def wait_for(self, coroutine: Awaitable[_T]) -> _T:
         """Run, on the loop, a coroutine the thread blocks on: the thread is not pending
@@ -138,13 +146,13 @@ class _HandOff:
         loop = self._loop
         with loop._vt_lock:
             self._state = _WAITING
-            loop._vt_hand_offs.discard(self)
+            self._pending.discard(self)
         try:
             return await coroutine
         finally:
             with loop._vt_lock:
                 self._state = _RUNNING
-                loop._vt_hand_offs.add(self)
+                self._pending.add(self)
 
 
 def _counting_run_sync(original: Callable[..., Awaitable[_T]]) -> Callable[..., Awaitable[_T]]:
@@ -159,9 +167,7 @@ def _counting_run_sync(original: Callable[..., Awaitable[_T]]) -> Callable[..., 
         # A hand-off is already counted (a second wrapper around this one).
         if not isinstance(loop, VirtualTimeLoop) or isinstance(func, _HandOff):
             return await original(func, *args, **kwargs)
-        hand_off = _HandOff(loop, func)
-        with loop._vt_lock:
-            loop._vt_hand_offs.add(hand_off)
+        hand_off = _HandOff(loop, func, loop._vt_hand_offs)
         try:
             return await original(hand_off, *args, **kwargs)
         finally:
@@ -327,13 +333,16 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self._vt_timers: list[tuple[float, int, asyncio.TimerHandle]] = []
         self._vt_order = itertools.count()
         self._vt_compact_at = 1024
-        self._vt_jobs: set[asyncio.Future[Any]] = set()
         self._vt_thread_futures: set[asyncio.Future[Any]] = set()
         self._vt_external = 0
-        # anyio calls in flight (see _HandOff), and by answering thread the one whose
-        # function returned; both shared with the worker threads under the lock.
+        # Calls in flight in worker threads (see _HandOff): anyio's, and executor jobs; and
+        # by answering thread the one whose function returned; all shared with the worker
+        # threads under the lock.
         self._vt_lock = threading.Lock()
         self._vt_hand_offs: set[_HandOff] = set()
+        self._vt_jobs: set[_HandOff] = set()
+        # Executor jobs run elsewhere (another process, an executor of another kind).
+        self._vt_other_jobs: set[asyncio.Future[Any]] = set()
         self._vt_returned: dict[int, _HandOff] = {}
         self._vt_children: list[asyncio.SubprocessTransport] = []
         selector = _VirtualSelector(selectors.DefaultSelector())
@@ -406,7 +415,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             with self._vt_lock:
                 hand_off = self._vt_returned.pop(threading.get_ident(), None)
                 if hand_off is not None:
-                    self._vt_hand_offs.discard(hand_off)
+                    hand_off._pending.discard(hand_off)
         return handle
 
     def run_forever(self) -> None:
@@ -421,10 +430,25 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def run_in_executor(  # type: ignore[override]  # same signature; typeshed's is generic
         self, executor: Any, func: Callable[..., _T], *args: Any
     ) -> asyncio.Future[_T]:
-        """As :meth:`asyncio.AbstractEventLoop.run_in_executor`; the clock waits for the job."""
-        future = super().run_in_executor(executor, func, *args)
-        self._vt_jobs.add(future)
-        future.add_done_callback(self._vt_jobs.discard)
+        """As :meth:`asyncio.AbstractEventLoop.run_in_executor`; the clock waits for the job,
+        also after its caller stopped waiting, until its thread answers (cancelling the
+        future does not stop a job already running; one that never started stops counting)."""
+        if not _in_process_threads(executor) or inspect.iscoroutinefunction(func):
+            # Another process (or interpreter, or an executor of unknown kind) runs the
+            # job: the function goes there as it is (it may have to pickle), and the job
+            # counts until its future is done. (A coroutine function
+            # goes as it is, for asyncio's debug mode to refuse it.)
+            future = super().run_in_executor(executor, func, *args)
+            self._vt_other_jobs.add(future)
+            future.add_done_callback(self._vt_other_jobs.discard)
+            return future
+        hand_off = _HandOff(self, func, self._vt_jobs)
+        try:
+            future = super().run_in_executor(executor, hand_off, *args)
+        except BaseException:
+            hand_off.settle()
+            raise
+        future.add_done_callback(lambda _: hand_off.settle())
         return future
 
     async def subprocess_exec(self, *args: Any, **kwargs: Any) -> Any:
@@ -445,6 +469,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             self._vt_children = [t for t in self._vt_children if t.get_returncode() is None]
         return bool(
             self._vt_jobs
+            or self._vt_other_jobs
             or self._vt_hand_offs
             or self._vt_thread_futures
             or self._vt_external
@@ -453,8 +478,8 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
     def _vt_outside_description(self) -> str:
         parts = []
-        if self._vt_jobs:
-            parts.append(f"{len(self._vt_jobs)} executor job(s)")
+        if self._vt_jobs or self._vt_other_jobs:
+            parts.append(f"{len(self._vt_jobs) + len(self._vt_other_jobs)} executor job(s)")
         if self._vt_hand_offs:
             parts.append(f"{len(self._vt_hand_offs)} anyio worker thread call(s)")
         if self._vt_thread_futures:
@@ -585,7 +610,9 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def _vt_describe(self, why: str) -> str:
         lines = [
             f"VirtualTimeLoop: every task is blocked and nothing can wake one ({why}); "
-            "a real event loop would hang here forever. Blocked tasks:"
+            "a real event loop would hang here forever, unless a thread the loop did not "
+            "start answers through call_soon_threadsafe: wrap such an await in "
+            "loop.external_work(). Blocked tasks:"
         ]
         tasks = [t for t in asyncio.all_tasks(self) if not t.done()]
         for task in sorted(tasks, key=lambda t: t.get_name()):
@@ -599,6 +626,16 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             f"<VirtualTimeLoop time={self._vt_now!r} jumps={self.jumps} "
             f"running={self.is_running()} closed={self.is_closed()}>"
         )
+
+
+def _in_process_threads(executor: object) -> bool:
+    """Whether ``executor`` runs jobs in threads of this process (the default one does)."""
+    if executor is None:
+        return True
+    interpreters = getattr(concurrent.futures, "InterpreterPoolExecutor", ())  # Python 3.14
+    return isinstance(executor, concurrent.futures.ThreadPoolExecutor) and not isinstance(
+        executor, interpreters
+    )
 
 
 def _validate(
