@@ -643,17 +643,24 @@ async def test_a_caller_that_stops_waiting_for_a_pause_leaves_it_in_force(
 @pytest.mark.parametrize("public", [False, True], ids=["pipe", "public"])
 @pytest.mark.parametrize("waits", [False, True], ids=["settle", "asettle"])
 @pytest.mark.parametrize("delta", [0.5, -0.5], ids=["charge", "refund"])
+@pytest.mark.parametrize("link", ["connected", "dropped", "flushed"])
 async def test_a_caller_that_stops_waiting_for_a_settle_leaves_it_applied(
-    client: redis_asyncio.Redis, name: str, delta: float, waits: bool, public: bool
+    client: redis_asyncio.Redis, name: str, delta: float, waits: bool, public: bool, link: str
 ) -> None:
     # Cancelled while waiting for Redis, asettle too leaves the call running: the permit's cost
     # is already the new one, so a dropped call would never be charged (or refunded) again.
+    # Also when the call cannot be sent at once: the limiter's connection was dropped (it
+    # reconnects first), or the script is no longer in Redis's cache (it is loaded again).
     # (One request a minute: the state stays ahead of the clock however slow the machine, so
     # the change is the whole charge or refund.)
     with compat_public(public):
         lim = RedisRateLimiter(client, name, 1, per=60, burst=2)
     permit = await lim.acquire()
     before = text(await client.get(lim._rkey(None))).split(" ")[1]
+    if link == "dropped":
+        await client.connection_pool.disconnect()
+    elif link == "flushed":
+        await client.script_flush()
 
     async def settling() -> None:
         if waits:

@@ -115,7 +115,9 @@ class RedisRatePermit:
             ValueError: ``actual_cost`` is negative, not finite, or more than the limiter
                 regains in 2**31 s.
         """
-        return await self._apply(self._limiter._check_actual(actual_cost))
+        # The same background call as settle(): a caller cancelled while it waits (for the
+        # pipe's reconnection, or a script reload) stops waiting, and the call still runs.
+        return await self.settle(actual_cost)
 
     async def _apply(self, actual: float) -> float:
         delta = actual - self.cost
