@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
 .PHONY: demo test test-matrix chaos lint typecheck pytest bench bench-pool bench-limits bench-tx bench-compat clean
-.PHONY: bench-clients bench-asgi docs dist-check
+.PHONY: bench-clients bench-asgi bench-pool-overload docs dist-check
 
 # One stamp per install flavour, rebuilt when pyproject.toml changes.
 $(PY):
@@ -51,6 +51,9 @@ test-matrix:
 # headline ratios of both modes); BENCH_ARGS go to the benchmark.
 bench-pool: $(VENV)/.stamp-test
 	$(PY) bench/_modes.py bench/pool.py $(BENCH_ARGS)
+
+bench-pool-overload: $(VENV)/.stamp-test
+	$(PY) bench/pool_overload.py $(BENCH_ARGS)
 
 bench-limits: $(VENV)/.stamp-test
 	$(PY) bench/_modes.py bench/limits.py $(BENCH_ARGS)

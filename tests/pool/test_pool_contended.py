@@ -147,6 +147,70 @@ async def test_each_queued_task_keeps_its_own_deadline_as_others_leave() -> None
     await pool.aclose()
 
 
+async def test_waiters_time_out_in_deadline_order_whatever_their_queue_order() -> None:
+    # Deadlines need not follow the queue: a later task may wait less. Each wait ends at
+    # its own deadline, in deadline order, and the ones still queued keep their places.
+    pool, _ = plain_pool()
+    await pool.open()
+    held = await pool.acquire()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    ended: list[tuple[float, float]] = []
+
+    async def waiter(timeout: float) -> None:
+        with pytest.raises(PoolTimeout):
+            await enter(pool, "await", timeout=timeout)
+        ended.append((timeout, loop.time() - start))
+
+    timeouts = [6.0, 5.0, 1.5, 4.0, 2.0, 3.0]
+    tasks = [asyncio.create_task(waiter(t)) for t in timeouts]
+    await asyncio.gather(*tasks)
+    assert [t for t, _ in ended] == sorted(timeouts)
+    for timeout, at in ended:
+        assert at == pytest.approx(timeout)
+    assert pool.statistics().timeouts == len(timeouts)
+    assert pool._queue._timer is None
+    await pool.release(held)
+    await pool.aclose()
+
+
+async def test_waits_that_end_before_their_deadline_leave_the_rest_on_time() -> None:
+    # Hundreds of timed waits that end early (cancelled anywhere in the queue, or served)
+    # leave nothing behind that fires: the waits left time out at their own deadlines,
+    # each counted once, and the queue's record of deadlines stays within its size.
+    pool, _ = plain_pool()
+    await pool.open()
+    held = await pool.acquire()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    early = [asyncio.create_task(enter(pool, "await", timeout=t)) for t in (1.0, 2.0, 3.0)]
+    await asyncio.sleep(0)
+    gone = [asyncio.create_task(enter(pool, "await", timeout=0.5 + i / 100)) for i in range(400)]
+    await asyncio.sleep(0.1)
+    for task in gone[1::2] + gone[-2::-2]:  # every place in the queue, in a scattered order
+        task.cancel()
+    await asyncio.gather(*gone, return_exceptions=True)
+    late = [asyncio.create_task(enter(pool, "await", timeout=t)) for t in (0.5, 4.0)]
+    await asyncio.sleep(0)
+    waiting = len(pool._waiters)
+    assert waiting == 5
+    assert len(pool._queue._heap) <= 2 * waiting + 65
+    with pytest.raises(PoolTimeout):
+        await late[0]
+    assert loop.time() - start == pytest.approx(0.6)
+    for i, task in enumerate(early, 1):
+        with pytest.raises(PoolTimeout):
+            await task
+        assert loop.time() - start == pytest.approx(i)
+    await pool.release(held)
+    assert await late[1] is held  # served before its deadline
+    await asyncio.sleep(5)
+    assert pool.statistics().timeouts == 4
+    assert pool._queue._timer is None
+    await pool.release(held)
+    await pool.aclose()
+
+
 @HOW
 async def test_a_queued_task_times_out_and_leaves_the_queue(how: str) -> None:
     pool, _ = plain_pool(acquire_timeout=3.0)
@@ -381,6 +445,26 @@ def test_max_waiting_raises_too_many_waiters() -> None:
             await pool.release(await w)
 
     vrun(main)
+
+
+async def test_a_task_refused_by_max_waiting_never_times_out_later() -> None:
+    # The refused task's wait never began: its deadline fires nothing (no timeout counted,
+    # no error left unretrieved on a future nobody awaits).
+    pool, _ = plain_pool(max_waiting=1)
+    await pool.open()
+    held = await pool.acquire()
+    queued = asyncio.create_task(enter(pool, "await", timeout=5.0))
+    await asyncio.sleep(0)
+    with pytest.raises(TooManyWaiters):
+        await enter(pool, "await", timeout=1.0)
+    await asyncio.sleep(2.0)
+    assert pool.statistics().timeouts == 0
+    assert not queued.done()
+    with pytest.raises(PoolTimeout):
+        await queued
+    assert pool.statistics().timeouts == 1
+    await pool.release(held)
+    await pool.aclose()
 
 
 def test_max_waiting_zero_means_no_queueing() -> None:

@@ -9,6 +9,7 @@ entry on (:meth:`WaitQueue.abandon`).
 from __future__ import annotations
 
 import asyncio
+import heapq
 from collections import deque
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -30,23 +31,28 @@ Waiter = asyncio.Future[Entry[Any]]
 
 
 class WaitQueue(Generic[T]):
-    """The pool's waiters (``futures``, oldest at the left) and their deadlines
-    (``_deadlines``, in the same order: ``_INF`` for a wait without one). Every
-    change to ``futures`` goes through this class, which keeps the two aligned.
+    """The pool's waiters (``futures``, oldest at the left) and the deadlines of the
+    timed ones (``_heap``: a min-heap of ``(deadline, id, future)``). Every change to
+    ``futures`` goes through this class.
 
     Every timed wait shares one loop timer, armed for the earliest deadline: a
     waiter admitted with an earlier one re-arms it; when it fires, the waits
     whose deadline has come time out and it is re-armed for the earliest one
     left; it is disarmed when the queue empties. A wait that ends costs nothing
-    here but dropping its deadline.
+    here: its heap entry is dropped when it comes to the top, or when such
+    entries are most of the heap (so a timer firing costs the waits it ends,
+    however many wait, and the heap stays within twice the queue).
+
+    A waiter is waiting while its future is not done: every way off the queue
+    resolves or cancels it.
     """
 
-    __slots__ = ("_deadlines", "_loop", "_pool", "_timer", "_when", "futures")
+    __slots__ = ("_heap", "_loop", "_pool", "_timer", "_when", "futures")
 
     def __init__(self, pool: Pool[T], futures: deque[Waiter]) -> None:
         self._pool = pool
         self.futures = futures
-        self._deadlines: deque[float] = deque()  # futures[i] times out at _deadlines[i]
+        self._heap: list[tuple[float, int, Waiter]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._when = _INF  # when _timer fires
@@ -72,10 +78,14 @@ class WaitQueue(Generic[T]):
         first = not futures  # nobody queued ahead (see the self-wait check below)
         if front:
             futures.appendleft(fut)
-            self._deadlines.appendleft(deadline)
         else:
             futures.append(fut)
-            self._deadlines.append(deadline)
+        if deadline != _INF:
+            heap = self._heap
+            if len(heap) > 2 * len(futures) + 64:  # mostly waits that ended: keep the live
+                heap[:] = [item for item in heap if not item[2].done()]
+                heapq.heapify(heap)
+            heapq.heappush(heap, (deadline, id(fut), fut))
         pool._dispatch()  # a creation for it, if capacity allows
         creations = pool._creations
         bound = creations.bound
@@ -83,6 +93,7 @@ class WaitQueue(Generic[T]):
             return fut
         if pool._max_waiting is not None and len(futures) - len(bound) > pool._max_waiting:
             self.remove(fut)
+            fut.cancel()  # never waited on: its deadline is void
             raise TooManyWaiters(
                 f"{pool!r}: {len(futures) - len(bound)} tasks already waiting "
                 f"(max_waiting={pool._max_waiting})"
@@ -92,6 +103,7 @@ class WaitQueue(Generic[T]):
         # the path of a pool under steady contention.
         if first and waiting_on_itself(pool, scoped_only=True):
             self.remove(fut)
+            fut.cancel()
             pool._counters.timeouts += 1
             raise self_wait_error(pool)
         if creations.backoff.failures:
@@ -101,16 +113,14 @@ class WaitQueue(Generic[T]):
     def extend(self, futures: list[Waiter]) -> None:
         """Queue ``futures`` as waiters without a deadline (an opening pool's prefill)."""
         self.futures.extend(futures)
-        self._deadlines.extend(_INF for _ in futures)
 
     def next(self) -> Waiter | None:
         """Take the oldest waiter still waiting off the queue (its creation, if any,
         becomes an orphan for the next one to adopt)."""
-        futures, deadlines = self.futures, self._deadlines
+        futures = self.futures
         creations = self._pool._creations
         while futures:
             fut = futures.popleft()
-            deadlines.popleft()
             if creations.bound:
                 creations.unbind(fut)
             if not fut.done():
@@ -122,15 +132,13 @@ class WaitQueue(Generic[T]):
         return fut
 
     def remove(self, fut: Waiter) -> None:
-        """Take ``fut`` off the queue, wherever it is (rare: O(queue))."""
+        """Take ``fut`` off the queue, wherever it is (O(its place): the waits that time
+        out or give up are mostly the oldest). The caller resolves or cancels it."""
         futures = self.futures
         try:
-            i = futures.index(fut)
+            futures.remove(fut)
         except ValueError:
             pass
-        else:
-            del futures[i]
-            del self._deadlines[i]
         if not futures and self._timer is not None:
             self.disarm()
         self._pool._creations.unbind(fut)
@@ -139,8 +147,11 @@ class WaitQueue(Generic[T]):
         """A waiter leaves early (cancelled, timed out, pool closed): if it was already
         handed an entry, pass that on; otherwise withdraw it from the queue."""
         pool = self._pool
-        if fut.done() and not fut.cancelled() and fut.exception() is None:
-            pool._hand_off(fut.result())
+        if fut.done() and not fut.cancelled():
+            if fut.exception() is None:
+                pool._hand_off(fut.result())
+            # else the pool failed it (timed out, creation failed, closed), taking it off
+            # the queue first: no search for it
             return
         self.remove(fut)
         if not fut.done():
@@ -149,6 +160,7 @@ class WaitQueue(Generic[T]):
 
     def disarm(self) -> None:
         """No wait left to time out (or the pool closes): the timer stops."""
+        self._heap.clear()
         self._arm(_INF)
 
     def _arm(self, when: float) -> None:
@@ -165,12 +177,13 @@ class WaitQueue(Generic[T]):
         has come, then re-arm it for the earliest deadline left."""
         self._timer = None
         self._when = _INF
-        due = [fut for fut, at in zip(self.futures, self._deadlines, strict=True) if at <= now]
-        for fut in due:
-            self._time_out(fut)
-        earliest = min(self._deadlines, default=_INF)
-        if earliest != _INF:
-            self._arm(earliest)
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            self._time_out(heapq.heappop(heap)[2])
+        while heap and heap[0][2].done():  # waits that ended before their deadline
+            heapq.heappop(heap)
+        if heap and self._timer is None:
+            self._arm(heap[0][0])
 
     def _time_out(self, fut: Waiter) -> None:
         """``fut``'s wait is over."""
