@@ -29,6 +29,7 @@ from _redis_factories import (
     unique_name,
 )
 from redis.crc import key_slot
+from redis.credentials import CredentialProvider
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -257,6 +258,59 @@ async def test_a_caller_cancelled_while_the_limiter_connects_is_cancelled(
                         await permit.arelease()
             await lim.aclose()
     assert admitted == [], f"cancelled after these many loop iterations, yet admitted: {admitted}"
+
+
+class _HeldCredentials(CredentialProvider):
+    """Credentials fetched by an await (a token from an identity service); the first fetch
+    waits until ``go`` is set. The server's default user accepts any password."""
+
+    def __init__(self) -> None:
+        self.fetches = 0
+        self.arrived = asyncio.Event()
+        self.go = asyncio.Event()
+
+    def get_credentials(self) -> tuple[str, str]:
+        return ("default", "any")
+
+    async def get_credentials_async(self) -> tuple[str, str]:
+        self.fetches += 1
+        if self.fetches == 1:
+            self.arrived.set()
+            await self.go.wait()
+        return ("default", "any")
+
+
+@pytest.mark.parametrize("how", ["cancel", "bound"])
+@pytest.mark.parametrize("public", [False, True], ids=["pipe", "public"])
+async def test_a_call_cancelled_in_the_handshake_leaves_no_half_connected_connection(
+    redis_url: str, name: str, public: bool, how: str
+) -> None:
+    # Cancelled while redis-py's handshake awaited the client's credential provider, a call's
+    # connection went back to the client's pool connected but without its AUTH and SELECT
+    # (redis-py < 8 closes it only on a Redis error): the next call ran on it, unauthenticated,
+    # in database 0. It is made again, all of its handshake.
+    creds = _HeldCredentials()
+    async with redis_client(redis_url, credential_provider=creds) as fresh:
+        with compat_public(public):
+            lim = RedisRateLimiter(fresh, name, 1, 60, burst=100, call_timeout=0.2)
+        if how == "cancel" and not lim._call._direct:
+            pytest.skip("public path: a cancelled caller's call goes on, under its bound")
+        task = asyncio.ensure_future(lim.acquire())
+        await asyncio.wait_for(creds.arrived.wait(), 5)
+        if how == "cancel":
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        else:  # the call's own bound (call_timeout) ends it
+            with pytest.raises(LimiterUnavailable):
+                await task
+            await asyncio.sleep(0.15)  # the cool-down after one failure
+        await lim.acquire()
+        assert creds.fetches == 2  # the second call connected again
+        db = fresh.connection_pool.connection_kwargs.get("db", 0)
+        found = [k async for k in fresh.scan_iter(match=f"aiolease:*{{{name}*")]
+        assert found, f"the limiter's key is not in database {db}"
+        await lim.aclose()
 
 
 @pytest.mark.parametrize("kind", ["rate", "concurrency"])

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.asyncio as _redis_asyncio
 from redis import exceptions as _rexc
+from redis.asyncio.connection import AbstractConnection as _AbstractConnection
 
 from .._compat import redis as _compat
 from .._logs import get_logger
@@ -681,6 +682,28 @@ async def _take(pool: Any) -> Any:
         return await pool.get_connection()
     except _rexc.AuthenticationError as exc:
         raise refused(exc) from exc
+    except asyncio.CancelledError as exc:
+        # redis-py < 8 closes a connection whose handshake failed only on a Redis error: one
+        # cancelled while its handshake awaited something else (the client's credential
+        # provider) went back to the pool connected, without its AUTH and SELECT, and the next
+        # command would have run on it (unauthenticated, in database 0). It is cut here, so
+        # that its next use connects again. (Cutting one that connected fully costs a reconnect.)
+        conn = _connecting(exc)
+        if conn is not None and conn.is_connected:
+            await conn.disconnect(nowait=True)
+        raise
+
+
+def _connecting(exc: BaseException) -> Any:
+    """The redis-py connection that was connecting when ``exc`` was raised out of the pool's
+    ``get_connection()`` (a frame of one of its methods in the traceback), or None."""
+    tb = exc.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, _AbstractConnection):
+            return owner
+        tb = tb.tb_next
+    return None
 
 
 def refused(exc: _rexc.AuthenticationError) -> _rexc.ResponseError:
