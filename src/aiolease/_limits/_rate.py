@@ -647,8 +647,8 @@ class RateLimiter(LimiterBase):
         token = st.admit(cost, now)
         if token is not None:
             return RatePermit(self, st, cost, token)
-        slot = self._slot(st, cost, now)
-        if timeout is not None and slot > now + timeout + EPS:
+        # The slot behind the queue only matters to a timeout (strict mode walks the queue).
+        if timeout is not None and (slot := self._slot(st, cost, now)) > now + timeout + EPS:
             self._rejected += 1
             raise RateLimitExceeded(slot - now)
         fut: Any = loop.create_future()

@@ -235,7 +235,9 @@ class Caller:
         self._loaded = 0  # SCRIPT LOAD count (observable in tests)
         self.sent = 0  # calls sent: written to the pipe, or handed to the public path
         self._link: Any = None
-        self._connecting: asyncio.Lock | None = None
+        #: while a caller takes the pipe's connection: the callers that came meanwhile, in
+        #: order, each waiting for it on a future of its own (see _connect_send).
+        self._connecting: deque[asyncio.Future[None]] | None = None
         #: (future, on_abandon, deadline) of the replies still to read, in the order the commands
         #: were written; on_abandon gets the reply when the caller gave up before it came.
         self._pending: deque[tuple[asyncio.Future[Any], Callable[[Any], None] | None, float]] = (
@@ -404,18 +406,41 @@ class Caller:
     async def _connect_send(
         self, packed: bytes, on_abandon: Callable[[Any], None] | None
     ) -> asyncio.Future[Any]:
-        if self._connecting is None:
-            self._connecting = asyncio.Lock()
-        async with self._connecting:  # FIFO: callers keep their order while we connect
-            if self._link is None:
-                pool = self._client.connection_pool  # type: ignore[union-attr]
-                conn = await self._take_shielded(pool)
-                if not _compat.can_write(conn):  # pragma: no cover - redis-py changed
-                    await pool.release(conn)
-                    self._direct = False
-                    raise _rexc.ConnectionError("redis-py connection cannot be pipelined")
-                self._link = conn
-            return self._send(packed, on_abandon)
+        """Write once the pipe has a connection, taking it if no caller is taking it already.
+
+        The callers that come while one takes it wait in order and are all woken when it is
+        done, so they write in the order they came, in one loop pass (a burst of thousands
+        is not let through one per pass); if it failed, the oldest of them tries next.
+        """
+        loop = asyncio.get_running_loop()
+        while self._link is None:
+            if self.closed:  # aclose() came while this call waited
+                raise _rexc.ConnectionError("the limiter was closed (aclose())")
+            queue = self._connecting
+            if queue is None:
+                await self._connect()
+            else:
+                turn = loop.create_future()
+                queue.append(turn)
+                await turn
+        return self._send(packed, on_abandon)
+
+    async def _connect(self) -> None:
+        queue = self._connecting = deque()
+        try:
+            pool = self._client.connection_pool  # type: ignore[union-attr]
+            conn = await self._take_shielded(pool)
+            if not _compat.can_write(conn):  # pragma: no cover - redis-py changed
+                await pool.release(conn)
+                self._direct = False
+                raise _rexc.ConnectionError("redis-py connection cannot be pipelined")
+            self._link = conn
+        finally:
+            if self._connecting is queue:
+                self._connecting = None
+            for turn in queue:
+                if not turn.done():
+                    turn.set_result(None)
 
     async def _take_shielded(self, pool: Any) -> Any:
         """A connection of ``pool`` (the pipe's, or a public-path call's).
