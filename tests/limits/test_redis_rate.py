@@ -28,6 +28,7 @@ from _redis_factories import (
     through_proxy,
     unique_name,
 )
+from _redis_server import OwnRedis, own_redis
 from redis.crc import key_slot
 from redis.credentials import CredentialProvider
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -39,6 +40,8 @@ from aiolease.redis._pipe import text, wake
 from aiolease.redis._scripts import CONC_ACQUIRE, RATE_ACQUIRE
 from aiolease.testing import VirtualTimeLoop
 from cancelling import cancel_after_steps
+
+__all__ = ["own_redis"]  # the fixture, imported for pytest
 
 pytestmark = pytest.mark.redis
 
@@ -694,19 +697,46 @@ async def test_a_caller_that_stops_waiting_for_a_pause_leaves_it_in_force(
         await other.aclose()
 
 
-@pytest.mark.parametrize("public", [False, True], ids=["pipe", "public"])
-@pytest.mark.parametrize("waits", [False, True], ids=["settle", "asettle"])
-@pytest.mark.parametrize("delta", [0.5, -0.5], ids=["charge", "refund"])
-@pytest.mark.parametrize("link", ["connected", "dropped", "flushed"])
+SETTLES = [
+    pytest.mark.parametrize("public", [False, True], ids=["pipe", "public"]),
+    pytest.mark.parametrize("waits", [False, True], ids=["settle", "asettle"]),
+    pytest.mark.parametrize("delta", [0.5, -0.5], ids=["charge", "refund"]),
+]
+
+
+@SETTLES[0]
+@SETTLES[1]
+@SETTLES[2]
+@pytest.mark.parametrize("link", ["connected", "dropped"])
 async def test_a_caller_that_stops_waiting_for_a_settle_leaves_it_applied(
     client: redis_asyncio.Redis, name: str, delta: float, waits: bool, public: bool, link: str
 ) -> None:
     # Cancelled while waiting for Redis, asettle too leaves the call running: the permit's cost
     # is already the new one, so a dropped call would never be charged (or refunded) again.
     # Also when the call cannot be sent at once: the limiter's connection was dropped (it
-    # reconnects first), or the script is no longer in Redis's cache (it is loaded again).
-    # (One request a minute: the state stays ahead of the clock however slow the machine, so
-    # the change is the whole charge or refund.)
+    # reconnects first).
+    await _settle_cancelled(client, name, delta, waits, public, link)
+
+
+@SETTLES[0]
+@SETTLES[1]
+@SETTLES[2]
+async def test_a_settle_whose_script_is_reloaded_leaves_it_applied_when_its_caller_leaves(
+    own_redis: OwnRedis, delta: float, waits: bool, public: bool
+) -> None:
+    # The same when the script is no longer in Redis's cache (SCRIPT FLUSH, a restart without
+    # persistence): it is loaded again. On a server of its own: SCRIPT FLUSH is server-wide.
+    async with redis_client(own_redis.url) as client:
+        await _settle_cancelled(client, unique_name("rate"), delta, waits, public, "flushed")
+
+
+async def _settle_cancelled(
+    client: redis_asyncio.Redis, name: str, delta: float, waits: bool, public: bool, link: str
+) -> None:
+    """Settle a permit by ``delta`` (of a cost of 1) from a caller cancelled in its first step,
+    ``link`` saying what the limiter meets; the charge or refund must be applied all the same.
+    (One request a minute: the state stays ahead of the clock however slow the machine, so
+    the change is the whole charge or refund.)"""
     with compat_public(public):
         lim = RedisRateLimiter(client, name, 1, per=60, burst=2)
     permit = await lim.acquire()
@@ -731,6 +761,7 @@ async def test_a_caller_that_stops_waiting_for_a_settle_leaves_it_applied(
     after = text(await client.get(lim._rkey(None))).split(" ")[1]
     assert float(after) - float(before) == pytest.approx(delta * 60e6)
     await lim.aclose()
+    await delete_keys(client, name)
 
 
 # -- on_error: Redis unreachable ------------------------------------------------------------
