@@ -182,7 +182,7 @@ class WaitQueue(Generic[T]):
             self._time_out(heapq.heappop(heap)[2])
         while heap and heap[0][2].done():  # waits that ended before their deadline
             heapq.heappop(heap)
-        if heap and self._timer is None:
+        if heap:
             self._arm(heap[0][0])
 
     def _time_out(self, fut: Waiter) -> None:
