@@ -308,7 +308,9 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
     Use ``"transaction"`` when your code does not change session state (or
     scopes it with ``SET LOCAL`` / transaction-level advisory locks): it is
     the fast default. Use ``"session"`` when callers may ``SET``, lock or
-    ``LISTEN`` at session level and the next user must not inherit that.
+    ``LISTEN`` at session level and the next user must not inherit that. With
+    ``AIOLEASE_COMPAT=public`` every release costs a ``SELECT 1`` round trip in either mode
+    (see :meth:`reset_needed`).
 
     Args:
         dsn: the connection string, passed to :func:`asyncpg.connect`.
@@ -550,16 +552,20 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
                 await resource.execute("SELECT 1")
         except Exception as exc:  # any failure (incl. the driver's InternalClientError)
             raise ConnectionError(
-                "connection failed its check after unread data while idle: "
+                "connection failed its check (a round trip within reset_timeout): "
                 + redact(repr(exc), self._secrets)
             ) from exc
 
     def reset_needed(self, resource: Connection, info: ResourceInfo) -> bool:
         """Whether the connection needs :meth:`reset` (called on every release): also when
         something sits unread in its socket (see :func:`_quiet`), since a release may go
-        straight to a waiting acquirer, without the checkout's :meth:`check`."""
+        straight to a waiting acquirer, without the checkout's :meth:`check`. Always where
+        asyncpg's in-flight state cannot be read (``AIOLEASE_COMPAT=public``): a statement
+        whose timeout the holder caught may still run (its cancel request can be dropped),
+        and only a round trip bounded by :attr:`reset_timeout` rules that out."""
         return (
-            self._session_reset
+            not SEES_CANCELLING
+            or self._session_reset
             or resource.is_closed()
             or resource.is_in_transaction()
             or transaction_pending(resource)
@@ -593,7 +599,8 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
             await end_transaction(resource, self.reset_timeout)
         else:
             # Data arrived since the holder's last operation, not read by the loop yet: a
-            # FATAL from a terminated backend, or a notification. A round trip tells.
+            # FATAL from a terminated backend, or a notification; or (public mode) nothing
+            # tells whether a statement still runs. A round trip tells.
             await self._verify(resource)
 
     async def close(self, resource: Connection) -> None:

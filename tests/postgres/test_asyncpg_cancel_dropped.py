@@ -28,16 +28,14 @@ import aiolease.asyncpg
 from aiolease._compat.asyncpg import RESENDS_CANCEL
 from pg_proxy import HoldingProxy, running_on, terminate_sessions
 
-pytestmark = [
-    pytest.mark.postgres,
-    pytest.mark.timeout(60),
-    pytest.mark.skipif(
-        not RESENDS_CANCEL,
-        reason="public mode (or an asyncpg without Connection._cancel_current_command): "
-        "asyncpg's own single cancel request, which the server drops when it overtakes its "
-        "query",
-    ),
-]
+pytestmark = [pytest.mark.postgres, pytest.mark.timeout(60)]
+
+resends = pytest.mark.skipif(
+    not RESENDS_CANCEL,
+    reason="public mode (or an asyncpg without Connection._cancel_current_command): "
+    "asyncpg's own single cancel request, which the server drops when it overtakes its "
+    "query",
+)
 
 _QUERY = "SELECT pg_sleep(30)"
 
@@ -48,11 +46,11 @@ def _tagged(tag: str) -> dict[str, Any]:
 
 @contextlib.asynccontextmanager
 async def _proxied_pool(
-    pg_dsn: str, prefix: str, **options: Any
+    pg_dsn: str, prefix: str, *, ends: bool = True, **options: Any
 ) -> AsyncIterator[tuple[HoldingProxy, aiolease.Pool[Any]]]:
     """An open asyncpg pool of one, through a :class:`HoldingProxy`, its sessions named by a
-    tag of their own; on a clean exit, checks that no session still runs the query (the
-    server's view), and always ends the tagged sessions left."""
+    tag of their own; on a clean exit, when ``ends``, checks that no session still runs the
+    query (the server's view), and always ends the tagged sessions left."""
     tag = f"{prefix}_{uuid.uuid4().hex[:8]}"
     async with HoldingProxy.before(pg_dsn) as proxy:
         options = {**options, **_tagged(tag)}
@@ -62,8 +60,9 @@ async def _proxied_pool(
         try:
             async with pool:
                 yield proxy, pool
-            running = await running_on(pg_dsn, tag, _QUERY, within=3)
-            assert not running, (pool.statistics(), running)
+            if ends:
+                running = await running_on(pg_dsn, tag, _QUERY, within=3)
+                assert not running, (pool.statistics(), running)
         finally:
             await terminate_sessions(pg_dsn, tag)
 
@@ -81,6 +80,7 @@ async def _held(proxy: HoldingProxy) -> None:
         await asyncio.sleep(0.001)
 
 
+@resends
 @pytest.mark.parametrize("how", ["cancel", "timeout"])
 async def test_a_cancelled_query_whose_cancel_request_was_dropped_does_not_run_on(
     pg_dsn: str, how: str
@@ -109,6 +109,7 @@ async def test_a_cancelled_query_whose_cancel_request_was_dropped_does_not_run_o
             assert await conn.fetchval("SELECT 42") == 42
 
 
+@resends
 async def test_a_configure_query_whose_cancel_request_was_dropped_does_not_run_on(
     pg_dsn: str,
 ) -> None:
@@ -132,6 +133,7 @@ async def test_a_configure_query_whose_cancel_request_was_dropped_does_not_run_o
             await task
 
 
+@resends
 @pytest.mark.parametrize("nested", [False, True], ids=["rollback", "savepoint"])
 async def test_a_query_cancelled_in_atomic_whose_cancel_request_was_dropped_does_not_run_on(
     pg_dsn: str, nested: bool
@@ -165,3 +167,39 @@ async def test_a_query_cancelled_in_atomic_whose_cancel_request_was_dropped_does
             await task
         async with pool.acquire(timeout=5) as conn:
             assert await conn.fetchval("SELECT 42") == 42
+
+
+async def test_a_statement_timed_out_and_caught_in_the_lease_never_reaches_a_waiter(
+    pg_dsn: str,
+) -> None:
+    # The holder catches asyncpg's own ``timeout=`` error and leaves its lease normally while
+    # the statement, whose single cancel request the server dropped, still runs. A waiter
+    # queued meanwhile is handed the connection at that release, with no checkout check
+    # before it: the release must see (or, in public mode, rule out with a round trip bounded
+    # by reset_timeout) the statement in flight, never make the waiter wait behind it.
+    async with _proxied_pool(
+        pg_dsn, "apg_caught_dropped", ends=RESENDS_CANCEL, reset_timeout=1
+    ) as (proxy, pool):
+        async with pool.acquire() as conn:
+            await conn.execute("SELECT 1")
+        holding = asyncio.Event()
+
+        async def holder() -> None:
+            async with pool.acquire() as conn:
+                holding.set()
+                proxy.hold()  # the statement waits in the proxy: its cancel overtakes it
+                with pytest.raises(TimeoutError):
+                    await conn.execute(_QUERY, timeout=0.2)
+                await _dropped(proxy)
+
+        async def waiter() -> int:
+            async with pool.acquire(timeout=30) as conn:
+                return int(await conn.fetchval("SELECT 42"))
+
+        held = asyncio.create_task(holder())
+        await asyncio.wait_for(holding.wait(), 10)
+        waiting = asyncio.create_task(waiter())
+        await asyncio.sleep(0.05)  # queued behind the holder
+        await asyncio.wait_for(held, 10)
+        # Without the check the waiter's query waits for pg_sleep(30) to end.
+        assert await asyncio.wait_for(waiting, 10) == 42
