@@ -23,6 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aiolease import ConcurrencyLimiter, LimiterUnavailable, LimitTimeout, WouldBlock
+from aiolease._compat import redis as _compat_redis
 from aiolease.redis import RedisConcurrencyLimiter
 from aiolease.testing import FaultProxy
 from eager import NEEDS_EAGER, eager_tasks
@@ -639,4 +640,27 @@ async def test_a_client_disconnected_under_calls_at_any_step_is_an_outage_then_r
                     await outcome.arelease()  # (a release that fails is logged, not raised)
             await _recovered(sem, steps)
             assert sem._call._direct is direct  # the pipe kept
+            await sem.aclose()
+
+
+@pytest.mark.slow
+async def test_the_leases_of_many_keys_are_renewed_within_one_round_trip(
+    name: str, redis_url: str
+) -> None:
+    # Each held key is renewed by a call of its own. Sent one after another, 30 keys behind a
+    # round trip of about 0.1 s take about 3 s a round, and every lease past the sixth expires
+    # (lease_ttl 0.6 s) while still held. The pipe sends them all at once. (The public path
+    # sends one call at a time: see docs/compat.md.)
+    if not _compat_redis.PIPE:
+        pytest.skip("AIOLEASE_COMPAT=public: the limiter's calls go one at a time")
+    async with through_proxy(redis_url) as (proxy, slow):
+        sem = RedisConcurrencyLimiter(slow, name, 1, lease_ttl=0.6, call_timeout=10.0)
+        try:
+            proxy.set_latency(0.05)  # each way
+            permits = await asyncio.gather(*(sem.acquire(key=f"k{i}") for i in range(30)))
+            await asyncio.sleep(2.0)  # ten renewal rounds are due
+            assert [p.key for p in permits if p.lost] == []
+            assert sem.statistics().lost == 0
+            await asyncio.gather(*(p.arelease() for p in permits))
+        finally:
             await sem.aclose()

@@ -181,6 +181,8 @@ class _RedisConcAcquire:
 
 _GRANTED: Final = "granted"
 _RECHECK: Final = "recheck"
+#: Renewal calls a renewer has in flight at once (one per key with leases or waiters).
+_RENEW_WINDOW: Final = 512
 
 #: How far past ``timeout`` an ``acquire(timeout=...)`` may end: the time to wrap up a Redis call
 #: that did not answer in time (the contract allows 0.1 s).
@@ -692,37 +694,57 @@ class RedisConcurrencyLimiter:
                 groups.setdefault(permit._keys, ([], []))[0].append(lid)
             for lid, (keys, _) in self._waiters.items():
                 groups.setdefault(keys, ([], []))[1].append(lid)
-            for keys, (held, waiting) in groups.items():
-                try:
-                    lost, granted, dropped = await self._call(
-                        CONC_RENEW, keys, (*self._argv(), len(held), *held, *waiting)
-                    )
-                except Exception as exc:  # logged: the renewer must go on
-                    # The other keys' renewals would most likely fail too: try again next
+            batch = list(groups.items())
+            # Each key's renewal is a call of its own (its keys hash to a slot of their own),
+            # made a window at a time, so that a round costs about one round trip, not one per
+            # key: held one after another behind a slow network, the last keys' leases would
+            # expire before their turn.
+            for at in range(0, len(batch), _RENEW_WINDOW):
+                window = batch[at : at + _RENEW_WINDOW]
+                replies = await asyncio.gather(
+                    *(
+                        self._call(CONC_RENEW, keys, (*self._argv(), len(held), *held, *waiting))
+                        for keys, (held, waiting) in window
+                    ),
+                    return_exceptions=True,
+                )
+                failed = None
+                for reply in replies:
+                    if isinstance(reply, Exception):
+                        failed = failed or reply
+                    elif isinstance(reply, BaseException):
+                        raise reply  # (a call cancelled by aclose(): this task ends too)
+                    else:
+                        self._renewed(*reply)
+                if failed is not None:
+                    # The other windows' renewals would most likely fail too: try again next
                     # round rather than spend call_timeout on each of them now. Whatever the
                     # error (an error reply too: BUSY, NOPERM), ending here would let every
                     # lease expire unseen while held, and permit.lost never say so.
                     logger.log(  # Health logs the outage's start once, at WARNING
-                        self._health.background_failed(exc),
+                        self._health.background_failed(failed),
                         "renewing the leases of concurrency limiter %r failed (%s: %s)",
                         self._name,
-                        type(exc).__name__,
-                        exc,
+                        type(failed).__name__,
+                        failed,
                     )
                     break
-                for lid in map(text, lost):
-                    gone = self._held.get(lid)
-                    if gone is not None and not gone.lost:
-                        gone.lost = True
-                        self._lost += 1
-                        logger.warning("%r: lease %s expired before it was renewed", self, lid)
-                for lid, outcome in itertools.chain(
-                    zip(map(text, granted), itertools.repeat(_GRANTED)),
-                    zip(map(text, dropped), itertools.repeat(_RECHECK)),
-                ):
-                    w = self._waiters.get(lid)
-                    if w is not None and not w[1].done():
-                        w[1].set_result(outcome)
+
+    def _renewed(self, lost: list[Any], granted: list[Any], dropped: list[Any]) -> None:
+        """Apply what a renewal found: leases gone, and waiters granted or to re-check."""
+        for lid in map(text, lost):
+            gone = self._held.get(lid)
+            if gone is not None and not gone.lost:
+                gone.lost = True
+                self._lost += 1
+                logger.warning("%r: lease %s expired before it was renewed", self, lid)
+        for lid, outcome in itertools.chain(
+            zip(map(text, granted), itertools.repeat(_GRANTED)),
+            zip(map(text, dropped), itertools.repeat(_RECHECK)),
+        ):
+            w = self._waiters.get(lid)
+            if w is not None and not w[1].done():
+                w[1].set_result(outcome)
 
     async def _ensure_listener(self, end: float | None) -> None:
         if self._closed:
