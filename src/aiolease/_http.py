@@ -604,6 +604,11 @@ class RetryPolicy(Generic[R]):
         max_wait: float | None,
         timeout: float | None,
     ) -> None:
+        if isinstance(limits, type):
+            # Its acquire is callable too, and would fail on every request.
+            raise TypeError(
+                f"limits={limits!r} is a class: pass a limiter, e.g. {limits.__name__}(...)"
+            )
         if not callable(getattr(limits, "acquire", None)):
             raise TypeError(
                 f"limits={limits!r} has no acquire(): pass an aiolease limiter "

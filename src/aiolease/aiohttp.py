@@ -15,7 +15,7 @@ reads a response.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Hashable
+from collections.abc import Callable, Collection, Hashable, Iterator
 from typing import Any
 
 from ._http import HeaderGetter, RetryPolicy, check_key
@@ -41,6 +41,15 @@ if not hasattr(Payload, "consumed"):
     _SENT_ONCE += (IOBasePayload,)
 
 __all__ = ["limited", "request_host"]
+
+
+def _payloads(body: object) -> Iterator[object]:
+    """``body`` and, for a multipart body, each of its parts (nested ones too): a multipart
+    body holding a part sent only once is sent only once itself."""
+    yield body
+    if isinstance(body, aiohttp.MultipartWriter):
+        for part, *_ in body:
+            yield from _payloads(part)
 
 
 def request_host(request: aiohttp.ClientRequest) -> str:
@@ -112,12 +121,14 @@ class _Limited:
     async def __call__(
         self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
     ) -> aiohttp.ClientResponse:
-        once = isinstance(request.body, _SENT_ONCE)
+        once = any(isinstance(p, _SENT_ONCE) for p in _payloads(request.body))
 
         def replayable() -> bool:
             # A file that cannot seek back (a pipe) is spent by the first attempt: sent
             # again, the body would go out empty. aiohttp marks such a payload consumed.
-            return not once and not getattr(request.body, "consumed", False)
+            return not once and not any(
+                getattr(p, "consumed", False) for p in _payloads(request.body)
+            )
 
         async def attempt() -> aiohttp.ClientResponse:
             session = getattr(request, "session", None)
@@ -166,8 +177,8 @@ def limited(
     sent again after the pause, up to ``retries`` times. The last response is
     returned as it is when retries are exhausted, the method is not retried,
     or the pause is longer than ``max_wait``; a body that cannot be sent again
-    (an async iterable, a stream, a file that cannot seek back) is never
-    resent. A request still waiting when its session is closed raises
+    (an async iterable, a stream, a file that cannot seek back, or a multipart
+    form holding one) is never resent. A request still waiting when its session is closed raises
     ``RuntimeError`` unsent. Use one middleware object per
     client so its pauses are shared by every request of that client.
     From a key's second throttling episode on (from its first, when nothing
@@ -193,7 +204,7 @@ def limited(
             ``RateLimitExceeded``, the request unsent).
 
     Raises:
-        TypeError: ``limits`` has no ``acquire()``, ``key`` is an async function,
+        TypeError: ``limits`` is a class or has no ``acquire()``, ``key`` is an async function,
             or an option has the wrong type.
         ValueError: an option is out of range.
     """

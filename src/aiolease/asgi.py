@@ -103,6 +103,13 @@ def _policy(limiter: Any, name: str) -> str | None:
 
 def _exempt_test(exempt: Collection[str] | Callable[[Scope], bool]) -> Callable[[Scope], bool]:
     if callable(exempt):
+        if is_async_function(exempt):
+            # Its coroutine would be taken for the answer, and a coroutine is true: every
+            # request exempt (nothing limited) and a coroutine never awaited.
+            raise TypeError(
+                f"exempt={exempt!r} is an async function: the exempt function must return "
+                "a bool (a plain def of the ASGI scope)"
+            )
         return exempt
     if isinstance(exempt, str):
         raise TypeError(
@@ -151,18 +158,18 @@ class RateLimitMiddleware:
             client's IP address, :func:`client_ip`); a plain function, not ``async def``.
         exempt: paths never limited: exact paths, or prefixes written with a
             trailing ``*`` (``"/static/*"``), each starting with ``/``; or a function
-            ``exempt(scope) -> bool``.
+            ``exempt(scope) -> bool`` (a plain function, not ``async def``).
         policy_name: the policy's name in the ``RateLimit-Policy``/``RateLimit`` fields.
         policy: the ``RateLimit-Policy`` value to send instead of the one derived
             from ``limiter`` (for a LimitGroup, the derived one describes its most
             restrictive rate member).
 
     Raises:
-        TypeError: ``app`` is not callable, ``limiter`` has no ``acquire_nowait()``,
-            ``key`` is not callable
+        TypeError: ``app`` is not callable, ``limiter`` is a class or has no
+            ``acquire_nowait()``, ``key`` is not callable
             or is an async function,
-            ``exempt`` is a single string or holds a non-string, or ``policy`` is
-            not a string.
+            ``exempt`` is a single string, holds a non-string or is an async
+            function, or ``policy`` is not a string.
         ValueError: ``policy_name`` is empty or not printable ASCII without ``"``
             and ``\\``; ``policy`` is not printable ASCII; an ``exempt`` path does not
             start with ``/`` (it would never match).
@@ -182,6 +189,11 @@ class RateLimitMiddleware:
             raise TypeError(
                 f"app={app!r}: expected an ASGI application (an async callable of scope, "
                 "receive and send) to wrap"
+            )
+        if isinstance(limiter, type):
+            # Its acquire_nowait is callable too, and would fail on the first request.
+            raise TypeError(
+                f"limiter={limiter!r} is a class: pass a limiter, e.g. {limiter.__name__}(...)"
             )
         if not callable(getattr(limiter, "acquire_nowait", None)):
             raise TypeError(

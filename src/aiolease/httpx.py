@@ -100,7 +100,7 @@ class LimitedTransport(httpx.AsyncBaseTransport):
             ``RateLimitExceeded``, the request unsent).
 
     Raises:
-        TypeError: ``limits`` has no ``acquire()``, ``key`` is an async function,
+        TypeError: ``limits`` is a class or has no ``acquire()``, ``key`` is an async function,
             or an option has the wrong type.
         ValueError: an option is out of range.
     """

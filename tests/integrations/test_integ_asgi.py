@@ -277,6 +277,28 @@ def test_an_async_key_function_is_refused_at_the_call() -> None:
             RateLimitMiddleware(hello, limiter=aiolease.RateLimiter(1), key=bad)
 
 
+def test_an_async_exempt_function_is_refused_at_the_call() -> None:
+    # Its coroutine was taken for the answer, and a coroutine is true: every request was
+    # exempt (nothing limited), with a "coroutine never awaited" warning for each.
+    async def is_health(scope: Any) -> bool:
+        return False
+
+    class AsyncExempt:
+        async def __call__(self, scope: Any) -> bool:
+            return False
+
+    bad: Any
+    for bad in (is_health, AsyncExempt()):
+        with pytest.raises(TypeError, match=r"exempt=.* is an async function"):
+            RateLimitMiddleware(hello, limiter=aiolease.RateLimiter(1), exempt=bad)
+
+
+def test_a_limiter_class_instead_of_a_limiter_is_refused_at_the_call() -> None:
+    # It was refused with "RateLimiter.statistics() missing 1 required positional argument".
+    with pytest.raises(TypeError, match=r"limiter=.*RateLimiter.* is a class: pass a limiter"):
+        RateLimitMiddleware(hello, limiter=aiolease.RateLimiter)
+
+
 async def test_a_cancellation_as_a_redis_slot_comes_back_is_never_swallowed() -> None:
     """The request cancelled at each step of giving a Redis concurrency slot back (a
     degraded permit here: Redis unreachable, the fallback's slot; its release ends without a

@@ -216,6 +216,21 @@ async def test_a_seekable_file_body_is_sent_again_whole(tmp_path: Any) -> None:
     assert bodies == [b"the file", b"the file"][: 2 if replays else 1]
 
 
+async def test_a_multipart_body_with_a_part_sent_once_is_not_sent_again() -> None:
+    # A form whose file part is an async iterable: on an aiohttp that does not mark spent
+    # payloads (3.12.0, the lowest allowed) the multipart body as a whole looked
+    # replayable, and the PUT was resent with that part empty (and got a 200).
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"the only copy"
+
+    form = aiohttp.FormData()
+    form.add_field("upload", chunks(), filename="data.bin")
+    status, bodies = await _put_throttled_once(form)
+    assert status == 429  # returned as it is: the body cannot be resent
+    assert len(bodies) == 1
+    assert b"the only copy" in bodies[0]
+
+
 # -- limits whose release fails after the response head came ---------------------------
 
 
@@ -321,6 +336,16 @@ def test_an_async_key_function_is_refused_at_the_call(kind: str) -> None:
     for bad in (key, AsyncKey()):
         with pytest.raises(TypeError, match="async function"):
             make(aiolease.RateLimiter(1), key=bad)
+
+
+def test_a_limiter_class_instead_of_a_limiter_is_refused_at_the_call(kind: str) -> None:
+    # It was taken (its acquire is a function too), and every request failed with
+    # "RateLimiter.acquire() missing 1 required positional argument: 'self'".
+    make: Callable[..., Any] = (
+        aiolease.httpx.LimitedTransport if kind == "httpx" else aiolease.aiohttp.limited
+    )
+    with pytest.raises(TypeError, match=r"limits=.*RateLimiter.* is a class: pass a limiter"):
+        make(aiolease.RateLimiter)
 
 
 async def test_an_unhashable_key_is_named_as_such(kind: str) -> None:
