@@ -137,10 +137,18 @@ async def redis_client(redis_url: str) -> AsyncIterator[Any]:
 
     rc = redis_asyncio.Redis.from_url(redis_url)
     yield rc
-    keys = [k async for k in rc.scan_iter(match="*aiolease-test-integ-asgi*")]
-    if keys:
-        await rc.delete(*keys)
     await rc.aclose()
+
+
+@pytest.fixture
+async def redis_name(redis_client: Any) -> AsyncIterator[str]:
+    """A limiter name of the test's own, whose keys are deleted afterwards (its own only: a
+    pattern shared by every run would delete a concurrent run's keys under its feet)."""
+    name = f"aiolease-test-integ-asgi-{uuid.uuid4().hex[:12]}"
+    yield name
+    keys = [k async for k in redis_client.scan_iter(match=f"*{name}*")]
+    if keys:
+        await redis_client.delete(*keys)
 
 
 async def _aclose(limiter: Any) -> None:
@@ -150,10 +158,8 @@ async def _aclose(limiter: Any) -> None:
 
 
 @pytest.mark.redis
-async def test_a_redis_rate_limiter(redis_client: Any) -> None:
-    limiter = RedisRateLimiter(
-        redis_client, f"aiolease-test-asgi-rate-{uuid.uuid4().hex[:12]}", 2, burst=2
-    )
+async def test_a_redis_rate_limiter(redis_client: Any, redis_name: str) -> None:
+    limiter = RedisRateLimiter(redis_client, redis_name, 2, burst=2)
     try:
         async with serve(RateLimitMiddleware(hello, limiter=limiter)) as url:
             responses = await _get_all(url, ["/", "/", "/"])
@@ -166,11 +172,9 @@ async def test_a_redis_rate_limiter(redis_client: Any) -> None:
 
 @pytest.mark.redis
 async def test_a_redis_concurrency_limiter_releases_after_each_request(
-    redis_client: Any,
+    redis_client: Any, redis_name: str
 ) -> None:
-    limiter = RedisConcurrencyLimiter(
-        redis_client, f"aiolease-test-asgi-conc-{uuid.uuid4().hex[:12]}", 1
-    )
+    limiter = RedisConcurrencyLimiter(redis_client, redis_name, 1)
     try:
         async with serve(RateLimitMiddleware(hello, limiter=limiter)) as url:
             responses = await _get_all(url, ["/", "/boom", "/"])

@@ -11,6 +11,7 @@ import asyncio
 import importlib.util
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -296,7 +297,7 @@ async def test_a_redis_limiter_shares_the_pause_with_other_processes(
 ) -> None:
     import redis.asyncio as redis_asyncio
 
-    name = f"aiolease-test-integ-{kind}-{id(server_cls)}"
+    name = f"aiolease-test-integ-{kind}-{uuid.uuid4().hex[:12]}"
     rc = redis_asyncio.Redis.from_url(redis_url)
     ours, theirs = RedisRateLimiter(rc, name, 100), RedisRateLimiter(rc, name, 100)
     try:
@@ -321,7 +322,7 @@ async def test_a_pause_past_max_wait_holds_the_other_processes_for_max_wait(
     # timeout=None: 68 years, everywhere, for a server that asked for the end of time.
     import redis.asyncio as redis_asyncio
 
-    name = f"aiolease-test-integ-long-{kind}-{id(server_cls)}"
+    name = f"aiolease-test-integ-long-{kind}-{uuid.uuid4().hex[:12]}"
     rc = redis_asyncio.Redis.from_url(redis_url)
     ours, theirs = RedisRateLimiter(rc, name, 100), RedisRateLimiter(rc, name, 100)
     try:

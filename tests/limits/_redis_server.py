@@ -1,8 +1,11 @@
 """A redis-server of the test's own (to kill and restart) and a TCP proxy that can go silent.
 
 The shared Redis (AIOLEASE_REDIS_URL) is never stopped or reconfigured: tests that need Redis to
-die, restart or go silent start their own server on a free port (no persistence: a restart
-forgets every key) and point their client at it, directly or through :class:`SilentProxy`.
+die, restart or go silent, or that send a server-wide command (SCRIPT FLUSH, FLUSHDB, CONFIG SET,
+CLIENT PAUSE, CLIENT KILL by type), start their own server on a free port (no persistence: a
+restart forgets every key) and point their client at it, directly or through
+:class:`SilentProxy`. Whatever such a server writes (a replica's copy of its primary's data)
+goes to a directory of its own, never to the working directory.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 import contextlib
 import shutil
 import socket
+import tempfile
 from collections.abc import AsyncIterator
 
 import pytest
@@ -27,10 +31,12 @@ def free_port() -> int:
 
 
 class OwnRedis:
-    """A redis-server process on a free port; :meth:`kill` and :meth:`start` it at will."""
+    """A redis-server process on a free port; :meth:`kill` and :meth:`start` it at will.
+    Its files go to ``workdir`` (a replica saves the data it receives there)."""
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, workdir: str) -> None:
         self.binary = binary
+        self.workdir = workdir
         self.port = free_port()
         self.proc: asyncio.subprocess.Process | None = None
 
@@ -42,6 +48,7 @@ class OwnRedis:
         self.proc = await asyncio.create_subprocess_exec(
             self.binary,
             *("--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
+            *("--dir", self.workdir),
             *("--appendonly", "no", "--protected-mode", "no"),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
@@ -66,13 +73,15 @@ class OwnRedis:
 
 @contextlib.asynccontextmanager
 async def running_redis(binary: str) -> AsyncIterator[OwnRedis]:
-    """A redis-server of ``binary``, started on a free port, killed on the way out."""
-    server = OwnRedis(binary)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.kill()
+    """A redis-server of ``binary``, started on a free port in a directory of its own, killed
+    (and the directory removed) on the way out."""
+    with tempfile.TemporaryDirectory(prefix="aiolease-redis-") as workdir:
+        server = OwnRedis(binary, workdir)
+        try:
+            await server.start()
+            yield server
+        finally:
+            await server.kill()
 
 
 @pytest.fixture
@@ -80,7 +89,7 @@ async def own_redis() -> AsyncIterator[OwnRedis]:
     """A started redis-server of this test's own; skipped loudly (failed under CI) if missing."""
     binary = shutil.which("redis-server")
     if binary is None:
-        message = "redis-server binary not found: the Redis fault tests need it on PATH"
+        message = "redis-server not found on PATH: the tests with a Redis of their own need it"
         if IN_CI:
             pytest.fail(f"CI=true and {message}", pytrace=False)
         pytest.skip(f"!!! SKIPPED: {message}")

@@ -84,20 +84,20 @@ async def test_each_acquire_is_one_round_trip_even_when_it_waits(
     assert s.wait_time_max > 0
 
 
-async def test_noscript_after_script_flush_reloads_once(
-    client: redis_asyncio.Redis, name: str
-) -> None:
-    lim = RedisRateLimiter(client, name, 1000, burst=10)
-    await lim.acquire()
-    loads = lim._call._loaded
-    await client.script_flush()
-    permit = await lim.acquire()  # NOSCRIPT -> one SCRIPT LOAD -> EVALSHA again
-    assert permit.cost == 1
-    assert lim._call._loaded == loads + 1
-    assert (await client.script_exists(RATE_ACQUIRE.sha)) == [True]
-    await lim.acquire()
-    assert lim._call._loaded == loads + 1  # cached again: no further load
-    assert lim.statistics().admitted == 3
+async def test_noscript_after_script_flush_reloads_once(own_redis: OwnRedis) -> None:
+    # On a server of its own: SCRIPT FLUSH is server-wide (another run's EVALSHA would fail).
+    async with redis_client(own_redis.url) as client:
+        lim = RedisRateLimiter(client, unique_name("rate"), 1000, burst=10)
+        await lim.acquire()
+        loads = lim._call._loaded
+        await client.script_flush()
+        permit = await lim.acquire()  # NOSCRIPT -> one SCRIPT LOAD -> EVALSHA again
+        assert permit.cost == 1
+        assert lim._call._loaded == loads + 1
+        assert (await client.script_exists(RATE_ACQUIRE.sha)) == [True]
+        await lim.acquire()
+        assert lim._call._loaded == loads + 1  # cached again: no further load
+        assert lim.statistics().admitted == 3
 
 
 async def test_the_server_clock_is_used_not_the_clients(
@@ -945,11 +945,11 @@ def test_conc_script_touches_only_its_keys() -> None:
     assert "KEYS[2]" not in RATE_ACQUIRE.source
 
 
-async def test_a_single_connection_client_goes_through_its_own_calls(
-    redis_url: str, name: str
-) -> None:
-    # (RedisCluster clients take this path too: routing is theirs.)
-    async with redis_client(redis_url, single_connection_client=True) as c:
+async def test_a_single_connection_client_goes_through_its_own_calls(own_redis: OwnRedis) -> None:
+    # (RedisCluster clients take this path too: routing is theirs.) On a server of its own:
+    # SCRIPT FLUSH is server-wide.
+    name = unique_name("rate")
+    async with redis_client(own_redis.url, single_connection_client=True) as c:
         lim = RedisRateLimiter(c, name, 2, burst=1)
         assert not lim._call._direct
         await lim.acquire()

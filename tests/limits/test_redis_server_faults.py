@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -198,6 +200,21 @@ async def test_a_failover_that_demotes_the_primary_is_followed(
         assert ok is not None
         assert not ok.degraded
         await lim.aclose()
+
+
+async def test_a_server_of_the_tests_own_writes_in_a_directory_of_its_own(
+    own_redis: OwnRedis,
+) -> None:
+    # A replica saves the data its primary sends (dump.rdb) in the server's directory: with
+    # the working directory there, the failover test left that file in the checkout.
+    async with redis_asyncio.Redis.from_url(own_redis.url) as client:
+        workdir = (await client.config_get("dir"))["dir"]
+    assert not _same_directory(workdir, os.getcwd())
+    assert _same_directory(os.path.dirname(workdir), tempfile.gettempdir())
+
+
+def _same_directory(a: str, b: str) -> bool:
+    return os.path.samefile(a, b)
 
 
 # -- maxmemory ---------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import uuid
 import weakref
 from typing import Any
 
@@ -14,6 +15,12 @@ import aiolease.asyncpg
 import aiolease.psycopg
 from aiolease import ResourceReleased
 from aiolease._lease import _relays, unwrap
+
+
+def channel(prefix: str) -> str:
+    """A NOTIFY channel of the test's own: a channel is database-wide, and another run's
+    NOTIFY on a shared name would reach this test's listeners."""
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
 
 
 async def test_asyncpg_objects_made_by_a_lease_work_during_it(pg_dsn: str) -> None:
@@ -203,28 +210,29 @@ async def test_asyncpg_listener_callbacks_get_the_lease_not_the_connection(pg_ds
     def on_log(conn: Any, message: object) -> None:
         got.append(conn)
 
+    relay = channel("aiolease_relay")
     async with aiolease.asyncpg.create_pool(pg_dsn, max_size=1) as pool:
         async with pool.acquire() as kept:
-            await kept.add_listener("aiolease_relay", on_notify)
+            await kept.add_listener(relay, on_notify)
             kept.add_log_listener(on_log)
             await kept.execute("DO $$ BEGIN RAISE NOTICE 'hello'; END $$")
-            await kept.execute("NOTIFY aiolease_relay")
+            await kept.execute(f"NOTIFY {relay}")
             async with asyncio.timeout(10):
                 await notified.wait()
             assert got == [kept, kept]
         async with pool.acquire() as current:  # the same connection, another holder
             notified.clear()
-            await current.execute("NOTIFY aiolease_relay")
+            await current.execute(f"NOTIFY {relay}")
             async with asyncio.timeout(10):
                 await notified.wait()
             with pytest.raises(ResourceReleased, match=r"fetchval\(\)"):
                 await got[-1].fetchval("SELECT 1")
             # Removing takes the callback that was added (in any later lease).
-            await current.remove_listener("aiolease_relay", on_notify)
+            await current.remove_listener(relay, on_notify)
             current.remove_log_listener(on_log)
             del got[:]
             await current.execute("DO $$ BEGIN RAISE NOTICE 'hello'; END $$")
-            await current.execute("NOTIFY aiolease_relay")
+            await current.execute(f"NOTIFY {relay}")
             await current.fetchval("SELECT 1")
             await asyncio.sleep(0.05)
             assert got == []
@@ -261,7 +269,7 @@ async def test_asyncpg_a_connection_a_listener_was_added_to_is_freed_once_droppe
         pass
 
     async with aiolease.asyncpg.create_pool(pg_dsn, max_size=1) as pool, pool.acquire() as conn:
-        await conn.add_listener("aiolease_relay", on_notify)
+        await conn.add_listener(channel("aiolease_relay"), on_notify)
         conn.add_log_listener(lambda conn, message: None)
         ref = weakref.ref(unwrap(conn))
     del conn
@@ -281,19 +289,20 @@ async def test_asyncpg_a_listener_added_again_is_called_once_with_the_latest_lea
         got.append(conn)
         notified.set()
 
+    again = channel("aiolease_again")
     async with aiolease.asyncpg.create_pool(pg_dsn, max_size=1) as pool:
         async with pool.acquire() as first:
-            await first.add_listener("aiolease_again", on_notify)
-            await first.add_listener("aiolease_again", on_notify)
+            await first.add_listener(again, on_notify)
+            await first.add_listener(again, on_notify)
         async with pool.acquire() as second:
-            await second.add_listener("aiolease_again", on_notify)
-            await second.execute("NOTIFY aiolease_again")
+            await second.add_listener(again, on_notify)
+            await second.execute(f"NOTIFY {again}")
             async with asyncio.timeout(10):
                 await notified.wait()
             await second.fetchval("SELECT 1")
             await asyncio.sleep(0.05)
             assert got == [second]
-            await second.remove_listener("aiolease_again", on_notify)
+            await second.remove_listener(again, on_notify)
 
 
 async def test_asyncpg_a_session_reset_forgets_the_relays_of_the_listeners_it_removed(
@@ -302,10 +311,11 @@ async def test_asyncpg_a_session_reset_forgets_the_relays_of_the_listeners_it_re
     # asyncpg's reset removes every listener and log listener; their relays must go too, or
     # a connection whose leases each add a new callback (a closure per request) keeps one
     # more relay per lease for its whole life.
+    reset = channel("aiolease_relay_reset")
     async with aiolease.asyncpg.create_pool(pg_dsn, max_size=1, reset="session") as pool:
         for _ in range(20):
             async with pool.acquire() as conn:
-                await conn.add_listener("aiolease_relay_reset", lambda *args: None)
+                await conn.add_listener(reset, lambda *args: None)
                 conn.add_log_listener(lambda *args: None)
                 conn.add_termination_listener(on_termination)
                 raw = unwrap(conn)

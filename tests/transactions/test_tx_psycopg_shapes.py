@@ -16,6 +16,7 @@ from the lease proxy, and a connection the server ended before BEGIN.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -28,6 +29,9 @@ import aiolease
 import aiolease.psycopg
 
 Scenario = Callable[[Any], Awaitable[Any]]
+
+#: The scenarios' table: one name per run, so that two runs on one database never share it.
+TABLE = f"aiolease_shapes_{uuid.uuid4().hex[:12]}"
 
 _DIAG_FIELDS = (
     "severity_nonlocalized",
@@ -56,8 +60,8 @@ def status(conn: Any) -> str:
 async def setup(pg_dsn: str) -> AsyncIterator[tuple[Any, Any, Any]]:
     """A native and a plain autocommit connection, a one-connection pool, and a table."""
     admin = await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True)
-    await admin.execute("DROP TABLE IF EXISTS aiolease_shapes")
-    await admin.execute("CREATE TABLE aiolease_shapes (id int PRIMARY KEY, v text)")
+    await admin.execute(f"DROP TABLE IF EXISTS {TABLE}")
+    await admin.execute(f"CREATE TABLE {TABLE} (id int PRIMARY KEY, v text)")
     native = await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True)
     plain = await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True)
     pool = aiolease.psycopg.create_pool(pg_dsn, max_size=1)
@@ -68,14 +72,14 @@ async def setup(pg_dsn: str) -> AsyncIterator[tuple[Any, Any, Any]]:
         await pool.aclose()
         await native.close()
         await plain.close()
-        await admin.execute("DROP TABLE IF EXISTS aiolease_shapes")
+        await admin.execute(f"DROP TABLE IF EXISTS {TABLE}")
         await admin.close()
 
 
 async def _contents(conn: Any) -> list[Any]:
-    cur = await conn.execute("SELECT id, v FROM aiolease_shapes ORDER BY id")
+    cur = await conn.execute(f"SELECT id, v FROM {TABLE} ORDER BY id")
     rows: list[Any] = await cur.fetchall()
-    await conn.execute("TRUNCATE aiolease_shapes")
+    await conn.execute(f"TRUNCATE {TABLE}")
     return rows
 
 
@@ -102,16 +106,16 @@ async def differential(setup: tuple[Any, Any, Any], body: Scenario) -> None:
 async def no_params_several_statements(conn: Any) -> Any:
     # Without parameters psycopg uses the simple protocol, which runs several statements
     # (in pipeline mode it would refuse them: "cannot insert multiple commands").
-    cur = await conn.execute("INSERT INTO aiolease_shapes VALUES (1, 'a'); SELECT 2")
+    cur = await conn.execute(f"INSERT INTO {TABLE} VALUES (1, 'a'); SELECT 2")
     return cur.statusmessage, await cur.fetchall()
 
 
 async def no_params_then_error(conn: Any) -> Any:
-    await conn.execute("INSERT INTO aiolease_shapes VALUES (1, 'a'); SELECT 1/0")
+    await conn.execute(f"INSERT INTO {TABLE} VALUES (1, 'a'); SELECT 1/0")
 
 
 async def params_error_diagnostics(conn: Any) -> Any:
-    await conn.execute("INSERT INTO aiolease_shapes VALUES (%s, %s), (%s, %s)", (1, "a", 1, "b"))
+    await conn.execute(f"INSERT INTO {TABLE} VALUES (%s, %s), (%s, %s)", (1, "a", 1, "b"))
 
 
 async def params_syntax_error_position(conn: Any) -> Any:
@@ -124,12 +128,12 @@ async def client_side_error_then_statement(conn: Any) -> Any:
         await conn.execute("SELECT %s, %s", (1,))
     except psycopg.ProgrammingError as exc:
         first = error_outcome(exc)
-    await conn.execute("INSERT INTO aiolease_shapes VALUES (%s, %s)", (1, "a"))
+    await conn.execute(f"INSERT INTO {TABLE} VALUES (%s, %s)", (1, "a"))
     return first, status(conn)
 
 
 async def copy_first(conn: Any) -> Any:
-    async with conn.cursor().copy("COPY aiolease_shapes (id, v) FROM STDIN") as copy:
+    async with conn.cursor().copy(f"COPY {TABLE} (id, v) FROM STDIN") as copy:
         await copy.write_row((1, "a"))
         await copy.write_row((2, "b"))
     return status(conn)
@@ -138,7 +142,7 @@ async def copy_first(conn: Any) -> Any:
 async def executemany_first(conn: Any) -> Any:
     cur = conn.cursor()
     await cur.executemany(
-        "INSERT INTO aiolease_shapes VALUES (%s, %s) RETURNING id",
+        f"INSERT INTO {TABLE} VALUES (%s, %s) RETURNING id",
         [(1, "a"), (2, "b")],
         returning=True,
     )
@@ -151,7 +155,7 @@ async def executemany_first(conn: Any) -> Any:
 
 
 async def stream_first(conn: Any) -> Any:
-    await conn.execute("INSERT INTO aiolease_shapes VALUES (%s, %s)", (1, "a"))
+    await conn.execute(f"INSERT INTO {TABLE} VALUES (%s, %s)", (1, "a"))
     return [row async for row in conn.cursor().stream("SELECT generate_series(1, %s)", (3,))]
 
 
@@ -219,7 +223,7 @@ async def native_nested_block_first(conn: Any) -> Any:
     # Inside a transaction, psycopg's conn.transaction() is a savepoint: its exit does
     # not commit, and the enclosing block's rollback undoes its work.
     async with conn.transaction():
-        await conn.execute("INSERT INTO aiolease_shapes VALUES (%s, %s)", (1, "a"))
+        await conn.execute(f"INSERT INTO {TABLE} VALUES (%s, %s)", (1, "a"))
     raise RuntimeError("roll back")
 
 
@@ -227,7 +231,7 @@ async def cursor_then_rollback(conn: Any) -> Any:
     # A cursor taken from the connection (a pool's lease proxy included) runs inside the
     # block: its insert is undone by the rollback.
     cur = conn.cursor()
-    await cur.execute("INSERT INTO aiolease_shapes VALUES (%s, %s)", (1, "a"))
+    await cur.execute(f"INSERT INTO {TABLE} VALUES (%s, %s)", (1, "a"))
     raise RuntimeError("roll back")
 
 
@@ -276,9 +280,9 @@ async def test_rollback_of_a_native_nested_block_is_caught_like_in_psycopg(
     the enclosing block before it commits."""
 
     async def body(conn: Any) -> Any:
-        await conn.execute("INSERT INTO aiolease_shapes VALUES (%s, %s)", (1, "a"))
+        await conn.execute(f"INSERT INTO {TABLE} VALUES (%s, %s)", (1, "a"))
         async with conn.transaction():
-            await conn.execute("INSERT INTO aiolease_shapes VALUES (%s, %s)", (2, "b"))
+            await conn.execute(f"INSERT INTO {TABLE} VALUES (%s, %s)", (2, "b"))
             roll_back_native()
         return status(conn)
 
