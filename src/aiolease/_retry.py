@@ -43,27 +43,18 @@ class TransactionAttempt(Generic[C]):
     loop run the next attempt; any other outcome ends the loop.
     """
 
-    __slots__ = ("_cancelling", "_loop", "_pool_cm", "_task", "_tx", "number")
+    __slots__ = ("_loop", "_pool_cm", "_tx", "number")
 
     def __init__(self, loop: TransactionAttempts[C], number: int) -> None:
         self._loop = loop
         self.number = number
         self._pool_cm: Any = None
         self._tx: Transaction[C] | None = None
-        self._task = asyncio.current_task()
-        self._cancelling = 0 if self._task is None else self._task.cancelling()
 
     def _will_retry(self, exc: BaseException) -> bool:
         loop = self._loop
         tx = self._tx
         if self.number >= loop._attempts or tx is None:
-            return False
-        task = self._task
-        if task is not None and task.cancelling() > self._cancelling:
-            # The task was cancelled during the attempt and the retryable error came instead
-            # of the CancelledError (a TaskGroup in the body raises its children's errors):
-            # a retry would run on past the cancellation (an enclosing asyncio.timeout()
-            # expired once and does not cancel again).
             return False
         if loop._is_connection and _tracking.is_broken(tx._raw):
             # The attempt's clean-up failed on the connection it was given: the next

@@ -9,7 +9,7 @@ import pytest
 import aiolease
 from aiolease import _tracking
 from aiolease._transaction import _open
-from aiolease.testing import FakeConnection, FakeDatabaseError
+from aiolease.testing import FakeConnection
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -297,40 +297,3 @@ async def test_cancelled_during_retry_backoff(monkeypatch: pytest.MonkeyPatch) -
         await task
     assert attempts == [1]
     assert conn.committed == []
-
-
-async def test_a_retryable_error_raised_while_the_task_is_cancelled_is_not_retried() -> None:
-    # A TaskGroup whose task is cancelled (here by the caller's timeout) while a child fails
-    # raises the children's errors, not the CancelledError: the task is still being cancelled,
-    # and a new attempt would run on past the caller's deadline (nothing cancels it again).
-    conn = FakeConnection()
-    attempts: list[int] = []
-
-    async def failing_child() -> None:
-        try:
-            await asyncio.sleep(30)
-        except asyncio.CancelledError:
-            raise FakeDatabaseError("could not serialize (injected)", sqlstate="40001") from None
-
-    async def work(c: FakeConnection) -> None:
-        attempts.append(1)
-        await c.execute("INSERT")
-        async with asyncio.TaskGroup() as group:
-            group.create_task(failing_child())
-            await asyncio.sleep(30)
-
-    async def caller() -> None:
-        async with asyncio.timeout(0.05):
-            await aiolease.run_transaction(conn, work, attempts=2, backoff=0.001)
-
-    task = asyncio.create_task(caller())
-    done, _ = await asyncio.wait({task}, timeout=5)  # not after a second 30 s attempt
-    if not done:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-    assert done, "the attempt was retried though its task was cancelled"
-    with pytest.raises(ExceptionGroup):
-        task.result()
-    assert attempts == [1]
-    assert conn.committed == []
-    assert not conn.in_transaction
