@@ -94,16 +94,22 @@ def _check_path(path: str) -> None:
         )
 
 
-async def _finish(task: asyncio.Future[Any]) -> None:
-    """Wait until ``task`` is done, whatever its outcome, even if we are cancelled meanwhile."""
+async def _finish(task: asyncio.Future[Any]) -> bool:
+    """Wait until ``task`` is done, whatever its outcome, even if we are cancelled meanwhile;
+    returns whether we were (the caller raises that cancellation once its clean-up is over)."""
+    me = asyncio.current_task()
+    before = 0 if me is None else me.cancelling()
+    cancelled = False
     while not task.done():
         try:
             await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = cancelled or not task.cancelled()  # ours, not the task's own end
         except BaseException:
-            if not task.done():
-                continue
+            pass  # the task's outcome: retrieved below
     if not task.cancelled():
         task.exception()  # retrieved: the caller decides what the outcome means
+    return cancelled or (me is not None and me.cancelling() > before)
 
 
 #: Seconds between the interrupts of a connection being closed (see
@@ -295,8 +301,11 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
                     f"configure {configure!r} left a transaction open on the new connection "
                     "(end what it begins): connection closed"
                 )
-        except BaseException:
-            await _finish(asyncio.ensure_future(self._discard(conn)))
+        except BaseException as exc:
+            if await _finish(asyncio.ensure_future(self._discard(conn))) and not isinstance(
+                exc, asyncio.CancelledError
+            ):
+                raise asyncio.CancelledError from exc  # configure's error stays in its chain
             raise
 
     async def _discard(self, conn: aiosqlite.Connection) -> None:
@@ -334,8 +343,11 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
                 journal = await _pragma(conn, "journal_mode")
                 if str(journal).lower() == "wal":
                     enable_loop_commit(conn, int(await _pragma(conn, "wal_autocheckpoint")))
-        except BaseException:
-            await _finish(asyncio.ensure_future(conn.close()))
+        except BaseException as exc:
+            if await _finish(asyncio.ensure_future(conn.close())) and not isinstance(
+                exc, asyncio.CancelledError
+            ):
+                raise asyncio.CancelledError from exc
             raise
         return conn
 

@@ -664,3 +664,34 @@ async def test_the_leases_of_many_keys_are_renewed_within_one_round_trip(
             await asyncio.gather(*(p.arelease() for p in permits))
         finally:
             await sem.aclose()
+
+
+async def test_a_release_that_aclose_cuts_short_does_not_cancel_its_caller(
+    client: redis_asyncio.Redis, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aclose() cancels a release still in flight after call_timeout (Redis never answers it):
+    the task awaiting that release was not cancelled, so it must not end with CancelledError
+    (a TaskGroup would take it for a cancellation, and its block's outcome would be lost)."""
+    caplog.set_level(logging.DEBUG, logger="aiolease.redis")
+    sem = RedisConcurrencyLimiter(client, name, 1, lease_ttl=5.0, call_timeout=0.2)
+    caller = sem._call
+    releasing = asyncio.Event()
+
+    async def never(*args: object, **kwargs: object) -> None:
+        releasing.set()
+        await asyncio.sleep(3600)
+
+    async def body() -> str:
+        async with sem.acquire():
+            sem._call = never  # type: ignore[assignment]
+        return "done"
+
+    task = asyncio.ensure_future(body())
+    await asyncio.wait_for(releasing.wait(), 5)
+    sem._call = caller
+    await sem.aclose()
+    done, _ = await asyncio.wait({task}, timeout=5)
+    assert done
+    assert not task.cancelled(), "the caller of the release ended cancelled"
+    assert task.result() == "done"
+    assert "the lease expires after lease_ttl" in caplog.text

@@ -1293,3 +1293,29 @@ async def test_a_client_disconnected_under_calls_at_any_step_is_an_outage_then_r
             await _recovered(lim, steps)
             assert lim._call._direct is direct  # the pipe kept
             await lim.aclose()
+
+
+async def test_a_settle_that_aclose_cuts_short_does_not_cancel_its_caller(
+    client: redis_asyncio.Redis, name: str
+) -> None:
+    # aclose() cancels a settle still in flight after call_timeout (Redis never answers it): the
+    # task awaiting asettle() was not cancelled, so it gets an error, not a CancelledError.
+    lim = RedisRateLimiter(client, name, 10, burst=5, call_timeout=0.2)
+    permit = await lim.acquire(cost=2)
+    caller = lim._call
+    settling = asyncio.Event()
+
+    async def never(*args: object, **kwargs: object) -> None:
+        settling.set()
+        await asyncio.sleep(3600)
+
+    lim._call = never  # type: ignore[assignment]
+    task = asyncio.ensure_future(permit.asettle(1))
+    await asyncio.wait_for(settling.wait(), 5)
+    lim._call = caller
+    await lim.aclose()
+    done, _ = await asyncio.wait({task}, timeout=5)
+    assert done
+    assert not task.cancelled(), "the caller of the settle ended cancelled"
+    with pytest.raises(RuntimeError, match="aclose"):
+        task.result()

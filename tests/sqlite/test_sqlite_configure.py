@@ -12,7 +12,7 @@ import pytest
 
 from aiolease import PoolClosed
 from aiolease._lease import LeaseProxy
-from aiolease.sqlite import create_pool
+from aiolease.sqlite import SqliteManager, create_pool
 
 # A statement that never ends on its own (counts forever); only interrupt() stops it.
 FOREVER = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
@@ -194,3 +194,23 @@ def test_a_bad_configure_raises_type_error_at_create_pool(
         create_pool(db, configure=configure)
     with pytest.raises(ValueError, match="configure_timeout"):
         create_pool(db, configure_timeout=0)
+
+
+async def test_a_cancellation_while_a_failed_configure_is_cleaned_up_is_not_lost(db: Path) -> None:
+    # The task creating the connection is cancelled as configure fails: the cancellation
+    # lands in the close of the new connection, which goes on to its end; the task then ends
+    # with the CancelledError, not with configure's error as if it had not been cancelled.
+    made: list[aiosqlite.Connection] = []
+
+    async def configure(conn: aiosqlite.Connection) -> None:
+        made.append(conn)
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        raise ValueError("configure failed")
+
+    manager = SqliteManager(str(db), configure=configure)
+    task = asyncio.create_task(manager.create())
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert _closed(made[0])

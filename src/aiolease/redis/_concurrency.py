@@ -130,16 +130,24 @@ class RedisConcurrencyPermit:
                 # delivered again at each await, must not end this wait before Redis has it.
                 with shielded():
                     await asyncio.shield(task)
+            except asyncio.CancelledError:
+                me = asyncio.current_task()
+                if not task.cancelled() or (me is not None and me.cancelling()):
+                    raise  # this task was cancelled
+                # aclose() cancelled the release, still unanswered after call_timeout: a
+                # failed release, not a cancellation of this task, which goes on.
+                self._release_failed("cut short by aclose()")
             except Exception as exc:  # logged: see above
-                logger.log(  # the task's own line began the outage, if it was not known
-                    logging.DEBUG
-                    if self._limiter._health.down_since is not None
-                    else logging.WARNING,
-                    "releasing %s of %r failed (%s); the lease expires after lease_ttl",
-                    self.lease_id,
-                    self._limiter.name,
-                    describe(exc),
-                )
+                self._release_failed(describe(exc))
+
+    def _release_failed(self, why: str) -> None:
+        logger.log(  # the task's own line began the outage, if it was not known
+            logging.DEBUG if self._limiter._health.down_since is not None else logging.WARNING,
+            "releasing %s of %r failed (%s); the lease expires after lease_ttl",
+            self.lease_id,
+            self._limiter.name,
+            why,
+        )
 
     def __repr__(self) -> str:
         state = "released" if self._released else ("lost" if self.lost else "held")

@@ -94,7 +94,18 @@ def detached(task: asyncio.Task[T]) -> asyncio.Task[T]:
 
 
 async def _outcome(task: asyncio.Task[T]) -> T:
-    return await asyncio.shield(task)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        me = asyncio.current_task()
+        if not task.cancelled() or (me is not None and me.cancelling()):
+            raise  # the wait was cancelled
+        # aclose() cancelled the call, still unanswered after call_timeout: whoever awaits it
+        # was not cancelled, and gets an error instead (a CancelledError would read as its own).
+        raise RuntimeError(
+            "the limiter was closed (aclose()) before this background Redis call ended: "
+            "its outcome is unknown"
+        ) from None
 
 
 def _seen(handle: asyncio.Future[Any]) -> None:
