@@ -586,6 +586,16 @@ def _past_deadline(key: Hashable, state: str) -> str:
 R = TypeVar("R")
 
 
+async def _close_orphan(close: Callable[[R], Awaitable[None]], response: R) -> None:
+    """Close (shielded) a response that is nobody's now, because an error or a cancellation
+    is on its way out of the request: a failure of the close is logged, never raised in that
+    error's place (a cancellation must go on as one)."""
+    try:
+        await asyncio.shield(close(response))
+    except Exception:
+        logger.warning("could not close a response left behind by its request", exc_info=True)
+
+
 class RetryPolicy(Generic[R]):
     """How one client sends a request under ``limits`` and reacts to 429/503.
 
@@ -737,7 +747,7 @@ class RetryPolicy(Generic[R]):
                     # The limits' release failed or was cancelled (a Redis round trip)
                     # after the response head came: the response is nobody's now, and
                     # left open it would hold its connection for good.
-                    await asyncio.shield(close(response))
+                    await _close_orphan(close, response)
                 raise
             finally:
                 if sent_at is None:
@@ -753,7 +763,7 @@ class RetryPolicy(Generic[R]):
             except BaseException:
                 # Cancelled while a Redis limiter records the pause: the response
                 # is nobody's now, so it is closed (shielded) before the error goes on.
-                await asyncio.shield(close(response))
+                await _close_orphan(close, response)
                 raise
             if (
                 not retry_method

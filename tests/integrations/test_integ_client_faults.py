@@ -422,3 +422,59 @@ async def test_a_request_cancelled_while_its_throttled_body_is_dropped_frees_eve
     stats = sem.statistics()
     assert (stats.in_use, stats.waiting) == (0, 0)
     assert len(heads) == 2
+
+
+class _FailingClose(httpx.AsyncByteStream):
+    """A response body whose close fails (a connection already broken)."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b"x"
+
+    async def aclose(self) -> None:
+        raise OSError("close failed")
+
+
+class _SlowLimits:
+    """Limits whose release (``where="release"``) or pause (``where="pause"``) takes long, as a
+    Redis limiter's round trip does behind a slow network."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.entered = asyncio.Event()
+
+    @asynccontextmanager
+    async def _lease(self) -> AsyncIterator[None]:
+        yield
+        if self.where == "release":
+            self.entered.set()
+            await asyncio.sleep(30)
+
+    def acquire(self, key: Any = None, timeout: float | None = None) -> Any:
+        return self._lease()
+
+    async def pause(self, seconds: float, key: Any = None) -> None:
+        if self.where == "pause":
+            self.entered.set()
+            await asyncio.sleep(30)
+
+
+@pytest.mark.parametrize("where", ["release", "pause"])
+async def test_a_cancellation_goes_on_when_closing_the_orphaned_response_fails(
+    where: str,
+) -> None:
+    # Cancelled after the response came (in the limits' release, or while a pause is
+    # recorded), the request closes the response, which is nobody's now: a failure of that
+    # close is logged, and the cancellation goes on (it used to be replaced by the close's
+    # OSError).
+    def answer(request: httpx.Request) -> httpx.Response:
+        status = 429 if where == "pause" else 200
+        return httpx.Response(status, headers={"Retry-After": "1"}, stream=_FailingClose())
+
+    limits = _SlowLimits(where)
+    transport = aiolease.httpx.LimitedTransport(limits, wrapped=httpx.MockTransport(answer))
+    async with httpx.AsyncClient(transport=transport) as client:
+        task = asyncio.ensure_future(client.get("http://api.example/x"))
+        await asyncio.wait_for(limits.entered.wait(), 5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
