@@ -162,6 +162,11 @@ class _Chain:
         self.last = new
         return entry
 
+    def orphaned(self) -> bool:
+        """Whether the loop its waiters slept on was closed with them asleep: they never run
+        again, and its timer cannot be armed (a new chain takes over the key)."""
+        return self._loop is not None and self._loop.is_closed()
+
     def add(self, fut: asyncio.Future[Any], entry: _Entry) -> None:
         """Put ``entry`` (the latest noted) to sleep: ``fut`` is woken at its deadline."""
         if self._loop is None:
@@ -346,6 +351,9 @@ class _Chain:
         return e
 
     def _arm(self) -> None:
+        if self.orphaned():  # (its sleepers let go as their coroutines are collected)
+            self._timer = None
+            return
         first = self._earliest()
         timer = self._timer
         if first is None:

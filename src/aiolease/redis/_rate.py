@@ -672,7 +672,7 @@ class RedisRateLimiter:
     ) -> asyncio.Task[None] | None:
         """Sleep once until the reserved slot; returns the pause task if pause() woke us."""
         chain = self._sleepers.get(rkey)
-        if chain is None:
+        if chain is None or chain.orphaned():
             chain = self._sleepers[rkey] = _Chain()
         old_t = None if old is None else text(old)
         entry = chain.note(old_t, new, cost, loop.time() + wait)
@@ -680,6 +680,8 @@ class RedisRateLimiter:
         chain.add(fut, entry)  # woken at entry.deadline by the chain's timer
         try:
             result = await fut
+        except GeneratorExit:
+            raise  # its loop was closed with it asleep: nothing can run for it any more
         except BaseException:
             chain.discard(fut)
             # Give the reservation back; shielded so a second cancellation cannot stop it half way
