@@ -804,6 +804,44 @@ def test_a_limiter_whose_loop_was_closed_works_on_the_next_loop(redis_url: str, 
         gc.collect()
 
 
+def test_a_rate_limiter_whose_loop_closed_on_sleepers_sleeps_on_the_next_loop(
+    redis_url: str,
+) -> None:
+    """The first loop was closed while tasks slept on a key (their reservations made): on the
+    next loop an acquisition that must sleep on that key sleeps and is admitted (the sleepers
+    left behind can never run again, and nothing of their loop may be used)."""
+    with warnings.catch_warnings():  # the first loop's connection, never closed by that loop
+        warnings.simplefilter("ignore", ResourceWarning)
+        name = f"closed-loop-sleepers-{os.getpid()}"
+        client = redis_asyncio.Redis.from_url(redis_url)
+        lim = RedisRateLimiter(client, name, 20, burst=1)
+
+        async def first() -> list[asyncio.Future[Any]]:
+            await lim.acquire(key="k")
+            # each sleeps 50 ms after the previous one
+            sleepers = [asyncio.ensure_future(lim.acquire(key="k")) for _ in range(3)]
+            await asyncio.sleep(0.01)  # their reservations are made: they sleep
+            return sleepers
+
+        left = run_then_close(first)
+        assert not any(s.done() for s in left)
+        client.connection_pool.reset()  # type: ignore[no-untyped-call]
+
+        async def second() -> None:
+            try:
+                async with asyncio.timeout(10):
+                    await lim.acquire(key="k")
+                    await lim.acquire(key="k")  # sleeps
+                    await lim.aclose()
+            finally:
+                with contextlib.suppress(Exception):
+                    await client.delete(*[k async for k in client.scan_iter(f"*{name}*")])
+                await client.aclose()
+
+        asyncio.run(second())
+        gc.collect()
+
+
 def _use_after_a_closed_loop(redis_url: str, kind: str) -> None:
     name = f"closed-loop-{os.getpid()}"
     client = redis_asyncio.Redis.from_url(redis_url)

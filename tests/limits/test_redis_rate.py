@@ -626,14 +626,14 @@ async def test_pause_never_gives_back_a_waiter_before_an_admitted_one(
             await asyncio.sleep(0.02)
         chain = lim._sleepers[lim._rkey(None)]
         (f1, e1), (f2, e2), _ = chain.entries.items()
-        assert e1.handle is not None
-        assert e2.handle is not None
-        e1.handle.cancel()
-        e1.handle = loop.call_at(e1.deadline + 2.0, wake, f1)  # late
+        assert not f1.done()
+        assert not f2.done()
+        chain.unschedule(e1)  # the chain's timer no longer wakes w1: a late timer does
+        loop.call_at(e1.deadline + 2.0, wake, f1)
         if resumed:
             await tasks["w2"]
         else:
-            e2.handle.cancel()
+            chain.unschedule(e2)
             await asyncio.sleep(e2.deadline - loop.time())
             wake(f2)  # what its timer does; the task resumes after the pause below
         await lim.pause(0)

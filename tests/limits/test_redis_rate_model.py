@@ -23,8 +23,8 @@ import redis.asyncio as redis_asyncio
 from _redis_factories import delete_keys, redis_client, unique_name
 
 from aiolease.redis import RedisRateLimiter
+from aiolease.redis._chain import _Chain, _Entry
 from aiolease.redis._pipe import text as _text
-from aiolease.redis._rate import _Chain
 from aiolease.redis._scripts import RATE_ACQUIRE, RATE_CANCEL, RATE_PAUSE, RATE_SETTLE, RATE_SHIFT
 
 pytestmark = pytest.mark.redis
@@ -221,6 +221,12 @@ async def run_give_back_model(
     admitted: list[Admission] = []
     third: list[Admission] = []  # the third party's pending reservations
     requeued: dict[str, list[float]] = {"A": [], "B": []}  # costs of waiters woken by a pause
+    # A waiter moved up into the past is admitted when moved (its timer fires at once), and the
+    # moves after it leave it there: id(entry) -> the time of the latest such move.
+    floor: dict[int, float] = {}
+
+    def at(e: _Entry) -> float:  # when a waiter is admitted (at its slot when it is to come)
+        return max(e.slot, floor.get(id(e), e.slot))
 
     def clock() -> tuple[bytes, bytes]:
         return b"c", repr(now).encode()
@@ -232,10 +238,10 @@ async def run_give_back_model(
                 for fut, e in list(chain.entries.items()):
                     # Now and then a timer fires late (a busy loop): a waiter whose slot has
                     # come sleeps on after later ones were admitted (still admitted at its slot).
-                    if e.slot <= now and rnd.random() > 0.15:
-                        del chain.entries[fut]
+                    if at(e) <= now and rnd.random() > 0.15:
+                        chain.discard(fut)
                         chain.used = max(chain.used, e.seq)
-                        admitted.append(Admission(e.slot, e.cost, "", "", ""))
+                        admitted.append(Admission(at(e), e.cost, "", "", ""))
                 if not chain.entries:
                     chains[who] = _Chain()
             for a in [p for p in third if p.slot <= now]:
@@ -259,24 +265,25 @@ async def run_give_back_model(
                     third.append(Admission(now + res[0], cost, "", "", ""))
                     continue
                 chain = chains[who]
-                entry = chain.note(old, new, cost, 0.0)
+                entry = chain.note(old, new, cost, loop.time() + 86400)  # (never fires here)
                 olds[id(entry)] = old
-                chain.entries[loop.create_future()] = entry
+                chain.add(loop.create_future(), entry)
             elif op < 0.8:
                 who = rnd.choice(["A", "B"])
                 chain = chains[who]
-                pending = [(f, e) for f, e in chain.entries.items() if e.slot > now]
+                pending = [(f, e) for f, e in chain.entries.items() if at(e) > now]
                 if not pending:
                     continue
                 fut, entry = rnd.choice(pending)
-                del chain.entries[fut]
+                chain.discard(fut)
                 old = olds[id(entry)]
                 last = chain.last
                 if chain.can_move_up(entry, False):
                     chain.move_up(entry, t_us)
                     stats.moved += 1
                     for e in chain.entries.values():
-                        e.slot = max(e.slot, now)  # a timer moved into the past fires now
+                        if at(e) <= now:  # a timer moved into the past fires now
+                            floor[id(e)] = now
                     fate = rnd.random()
                     if last is not None and fate > 0.1:  # < 0.1: the call never reached Redis
                         before = entry.tat - entry.cost * t_us
@@ -308,8 +315,7 @@ async def run_give_back_model(
                     expected, restored = chain.pause_give_back()
                     # every sleeping waiter is woken and queues again (never admitted on its slot)
                     requeued[who].extend(e.cost for e in chain.entries.values())
-                    for fut in chain.entries:
-                        fut.cancel()
+                    chain.wake_all(None)
                     chains[who] = _Chain()
                 res = await lim._call(
                     RATE_PAUSE,
@@ -321,14 +327,13 @@ async def run_give_back_model(
                 elif expected:
                     stats.unwind_refused += 1
         for chain in chains.values():
-            admitted.extend(Admission(e.slot, e.cost, "", "", "") for e in chain.entries.values())
+            admitted.extend(Admission(at(e), e.cost, "", "", "") for e in chain.entries.values())
         admitted.extend(third)
         return worst_excess(admitted, rate / 1e6, burst)
     finally:
         await delete_keys(client, name)
         for chain in chains.values():
-            for fut in chain.entries:
-                fut.cancel()
+            chain.wake_all(None)
 
 
 @pytest.mark.parametrize("seed", range(40))

@@ -15,6 +15,7 @@ from .._errors import RateLimitExceeded
 from .._limits import RateLimiter, RateLimiterStatistics, RatePermit
 from .._shield import shielded
 from .._validate import LONGEST_WAIT, check_cost
+from ._chain import _Chain, _Entry
 from ._health import UNAVAILABLE, Health, unavailable
 from ._keys import check_name, check_prefix, redis_key
 from ._pipe import (
@@ -26,7 +27,6 @@ from ._pipe import (
     detached,
     pack,
     text,
-    wake,
 )
 from ._scripts import RATE_ACQUIRE, RATE_CANCEL, RATE_PAUSE, RATE_SETTLE, RATE_SHIFT, Script
 
@@ -159,114 +159,6 @@ class _RedisRateAcquire:
 
 
 _PAUSED: Final = object()
-
-
-class _Entry:
-    """A sleeping waiter of this limiter object: its reservation and its one timer."""
-
-    __slots__ = ("cost", "deadline", "handle", "new", "old", "pu", "pure", "seq", "slot", "tat")
-
-    def __init__(
-        self,
-        seq: int,
-        cost: float,
-        old: str | None,
-        new: str,
-        fields: list[str],
-        pure: bool,
-        deadline: float,
-    ) -> None:
-        self.seq = seq
-        self.cost = cost
-        self.old = "" if old is None else old  # the state before the reservation ('' = none)
-        self.new = new  # the state the reservation wrote
-        self.slot = float(fields[0])  # its slot, server microseconds
-        self.tat = float(fields[1])  # tat right after it (moved back by later give-backs)
-        self.pu = float(fields[4])  # paused_until when it was made
-        self.pure = pure  # scheduled by plain GCRA: same epoch before and after (no pause jump)
-        self.deadline = deadline  # loop time it sleeps until
-        self.handle: asyncio.TimerHandle | None = None
-
-
-class _Chain:
-    """This object's view of one key while it has sleeping waiters there.
-
-    ``last`` is the state this object last wrote or saw written right after its own previous
-    write (None: unknown); ``brk`` the sequence number of the latest reservation whose previous
-    state was not ``last`` - someone else wrote on the key just before it. A waiter with no break
-    after it has only this object's reservations behind it, so giving its reservation back can
-    move them up (see RedisRateLimiter._give_back). ``used`` is the sequence number of the
-    latest reservation admitted after sleeping. ``entries`` are in reservation order.
-    """
-
-    __slots__ = ("brk", "entries", "last", "seq", "used")
-
-    def __init__(self) -> None:
-        self.last: str | None = None
-        self.brk = 0
-        self.seq = 0
-        self.used = 0
-        self.entries: dict[asyncio.Future[object], _Entry] = {}
-
-    def note(self, old: str | None, new: str, cost: float, deadline: float) -> _Entry:
-        """Record a reservation of this object (in reply order: see _Caller) and return it."""
-        fields = new.split(" ")
-        self.seq += 1
-        # "slot tat hold epoch paused_until": an unchanged epoch means plain GCRA scheduled it.
-        pure = old is not None and old.split(" ")[3] == fields[3]
-        entry = _Entry(self.seq, cost, old, new, fields, pure, deadline)
-        if old is None or old != self.last:
-            self.brk = entry.seq  # someone else wrote on the key just before this reservation
-        self.last = new
-        return entry
-
-    def can_move_up(self, entry: _Entry, due: bool) -> bool:
-        """Whether giving ``entry`` back may move this object's later waiters up.
-
-        It must not be the last write (that is restored exactly), its slot must not have come,
-        plain GCRA must have scheduled it (no pause jump or restart) and every reservation made
-        after it must be this object's own (no break after it).
-        """
-        return self.last != entry.new and not due and entry.pure and self.brk <= entry.seq
-
-    def pause_give_back(self) -> tuple[str, str]:
-        """What a pause that re-queues the sleeping waiters may give back: (expected, restored).
-
-        The unbroken tail of this object's schedule, taken newest first: reservations of waiters
-        still sleeping (their timer has not fired), with no admitted reservation after them and
-        no other writer between them (only the oldest may follow someone else's write).
-        Restoring the state from before the oldest of them undoes exactly these reservations
-        (as RATE_CANCEL does one) provided the key still holds the state this object last wrote
-        (compare-and-swap in RATE_PAUSE); ('', '') when there is nothing to give back.
-        """
-        if self.last is None:
-            return "", ""
-        first = None
-        for fut, e in reversed(self.entries.items()):
-            # Admitted (or about to be), or someone else wrote after it: the tail ends here.
-            if fut.done() or e.seq <= self.used or e.seq < self.brk:
-                break
-            first = e
-        if first is None:
-            return "", ""
-        return self.last, first.old
-
-    def move_up(self, entry: _Entry, t_us: float) -> None:
-        """Move this object's waiters after ``entry`` up by its cost (re-arming their timers).
-
-        The result is the schedule in which ``entry`` had been made right after them and left
-        unused, so it keeps the window bound whether or not Redis also lowers the key's debt.
-        """
-        shift = entry.cost * t_us
-        for fut, e in self.entries.items():
-            if e.seq > entry.seq:
-                e.tat -= shift
-                slot = max(e.slot - shift, e.pu)
-                e.deadline -= (e.slot - slot) / 1e6
-                e.slot = slot
-                if e.handle is not None and not fut.done():
-                    e.handle.cancel()
-                    e.handle = asyncio.get_running_loop().call_at(e.deadline, wake, fut)
 
 
 class RedisRateLimiter:
@@ -507,11 +399,8 @@ class RedisRateLimiter:
         if len(self._pauses) > 256:
             self._pauses = {k: v for k, v in self._pauses.items() if not v[1].done()}
         self._pauses[rkey] = (self._pause_seq, task)
-        for fut, entry in list(chain.entries.items()) if chain is not None else ():
-            if entry.handle is not None:
-                entry.handle.cancel()
-            if not fut.done():
-                fut.set_result((_PAUSED, task))
+        if chain is not None:
+            chain.wake_all((_PAUSED, task))
         return detached(task)
 
     def statistics(self) -> RedisRateLimiterStatistics:
@@ -783,18 +672,18 @@ class RedisRateLimiter:
     ) -> asyncio.Task[None] | None:
         """Sleep once until the reserved slot; returns the pause task if pause() woke us."""
         chain = self._sleepers.get(rkey)
-        if chain is None:
+        if chain is None or chain.orphaned():
             chain = self._sleepers[rkey] = _Chain()
         old_t = None if old is None else text(old)
         entry = chain.note(old_t, new, cost, loop.time() + wait)
         fut: asyncio.Future[object] = loop.create_future()
-        entry.handle = loop.call_at(entry.deadline, wake, fut)
-        chain.entries[fut] = entry
+        chain.add(fut, entry)  # woken at entry.deadline by the chain's timer
         try:
             result = await fut
+        except GeneratorExit:
+            raise  # its loop was closed with it asleep: nothing can run for it any more
         except BaseException:
-            entry.handle.cancel()
-            del chain.entries[fut]
+            chain.discard(fut)
             # Give the reservation back; shielded so a second cancellation cannot stop it half way
             # (nor an anyio scope's, which anyio delivers again at each await: the caller leaves
             # once the slot is back, as after a Task.cancel()).
@@ -804,7 +693,7 @@ class RedisRateLimiter:
                 await asyncio.shield(refund)
             raise
         finally:
-            chain.entries.pop(fut, None)
+            chain.discard(fut)
             if not chain.entries and self._sleepers.get(rkey) is chain:
                 del self._sleepers[rkey]
         if isinstance(result, tuple):
