@@ -8,7 +8,8 @@ Contenders:
 
 * ``default``: what aiolease runs (private fast paths where kept);
 * ``public``: every asyncpg fallback (no transport to watch: each checkout of an idle
-  connection is verified with a round trip), as ``AIOLEASE_COMPAT=public``.
+  connection is verified with a round trip; nor a statement still running to see: so is
+  each release), as ``AIOLEASE_COMPAT=public``.
 
 Then the same operation (``conn.execute("SELECT 1")``) on an ``aiolease.psycopg`` pool of 4,
 straight to the server (the psycopg fence adds no I/O, only its ``wait`` on every query, which
@@ -54,6 +55,7 @@ def asyncpg_public() -> Iterator[None]:
         "transaction_pending": compat_asyncpg._pending_public,
         "end_transaction": compat_asyncpg._end_public,
         "COMPAT_PRIVATE": False,
+        "SEES_CANCELLING": False,
     }
     saved = {name: getattr(aiolease.asyncpg, name) for name in names}
     for name, value in names.items():
