@@ -235,3 +235,18 @@ async def test_in_a_read_only_transaction_as_on_postgresql(sql: str, sqlstate: s
         await conn.execute(sql)
     assert e.value.sqlstate == sqlstate
     assert conn.transaction_status == "inerror"
+
+
+@pytest.mark.parametrize("times", [2.5, True, "2", 0, -1])
+def test_script_times_must_be_a_count(times: object) -> None:
+    # Before, times=2.5 counted down 1.5, 0.5, -0.5 ... and never ran out (the rule served
+    # every statement), and times=True quietly meant 1.
+    conn = FakeConnection()
+    with pytest.raises((TypeError, ValueError), match="times must be an int >= 1 or None"):
+        conn.script("SELECT", rows=[(1,)], times=times)  # type: ignore[arg-type]
+
+
+async def test_script_times_limits_the_statements_served() -> None:
+    conn = FakeConnection()
+    conn.script("SELECT", rows=[(1,)], times=2)
+    assert [await conn.fetchval("SELECT 1") for _ in range(3)] == [1, 1, None]

@@ -412,8 +412,9 @@ class FakeConnection:
         With ``error`` (an exception, or its class) the statement raises it instead
         (inside a transaction that aborts the transaction, as a server error does). Transaction
         control statements (BEGIN, COMMIT, ROLLBACK, SAVEPOINT...) obey error
-        rules only, and fail without changing the transaction state. ``times`` limits
-        how many statements the rule serves (None: all). The first matching
+        rules only, and fail without changing the transaction state. ``times`` (an int
+        >= 1, else ``TypeError``/``ValueError``) limits how many statements the rule
+        serves (None: all). The first matching
         rule wins; statements no rule matches return ``"OK"``.
         """
         if rows is not None and error is not None:
@@ -423,8 +424,10 @@ class FakeConnection:
         )
         if not ok:
             raise TypeError(f"error must be an exception (instance or class), got {error!r}")
+        if times is not None and (isinstance(times, bool) or not isinstance(times, int)):
+            raise TypeError(f"times must be an int >= 1 or None, got {times!r}")
         if times is not None and times < 1:
-            raise ValueError(f"times must be >= 1 or None, got {times!r}")
+            raise ValueError(f"times must be an int >= 1 or None, got {times!r}")
         compiled = pattern if isinstance(pattern, re.Pattern) else re.compile(pattern, re.I)
         self._scripts.append(_Script(compiled, rows, error, times))
 
