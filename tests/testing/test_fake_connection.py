@@ -161,3 +161,92 @@ async def test_atomic_readonly_refuses_a_write_on_the_fake() -> None:
     assert e.value.sqlstate == "25006"
     assert conn.committed == []
     assert not conn.in_transaction
+
+
+@pytest.mark.parametrize(
+    ("sql", "command"),
+    [
+        ("VACUUM accounts", "VACUUM"),
+        ("vacuum (analyze) accounts", "VACUUM"),
+        ("CREATE INDEX CONCURRENTLY ix ON t (v)", "CREATE INDEX CONCURRENTLY"),
+        ("CREATE UNIQUE INDEX CONCURRENTLY ix ON t (v)", "CREATE INDEX CONCURRENTLY"),
+        ("DROP INDEX CONCURRENTLY ix", "DROP INDEX CONCURRENTLY"),
+        ("REINDEX TABLE CONCURRENTLY t", "REINDEX CONCURRENTLY"),
+        ("REINDEX SCHEMA public", "REINDEX SCHEMA"),
+        ("CREATE DATABASE d", "CREATE DATABASE"),
+        ("DROP DATABASE d", "DROP DATABASE"),
+        ("ALTER SYSTEM SET work_mem = '4MB'", "ALTER SYSTEM"),
+        ("DISCARD ALL", "DISCARD ALL"),
+    ],
+)
+async def test_a_command_that_cannot_run_in_a_transaction_block_is_refused(
+    sql: str, command: str
+) -> None:
+    # Before, the fake ran (and committed) them inside atomic(): a test of a migration
+    # that ran VACUUM or CREATE INDEX CONCURRENTLY in a transaction passed, and the code
+    # failed on PostgreSQL with 25001.
+    conn = FakeConnection()
+    conn.script(sql.split()[0], rows=[(1,)])  # a scripted answer does not bypass the check
+    await conn.execute("BEGIN")
+    await conn.execute("SAVEPOINT a")
+    with pytest.raises(FakeDatabaseError, match=f"{command} cannot run inside a transaction") as e:
+        await conn.execute(sql)
+    assert e.value.sqlstate == "25001"
+    assert conn.transaction_status == "inerror"
+    assert await conn.execute("ROLLBACK") == "ROLLBACK"
+    assert await conn.execute(sql) == [(1,)]  # outside a transaction, it runs
+    assert conn.committed == [(sql, ())]
+
+
+@pytest.mark.parametrize("sql", ["REINDEX TABLE t", "CREATE INDEX ix ON t (v)", "DISCARD PLANS"])
+async def test_their_plain_forms_run_in_a_transaction(sql: str) -> None:
+    conn = FakeConnection()
+    await conn.execute("BEGIN")
+    assert await conn.execute(sql) == "OK"
+    assert await conn.execute("COMMIT") == "COMMIT"
+    assert conn.committed == [(sql, ())]
+
+
+async def test_vacuum_inside_atomic_fails_on_the_fake() -> None:
+    import aiolease
+
+    conn = FakeConnection()
+    with pytest.raises(FakeDatabaseError) as e:
+        async with aiolease.atomic(conn):
+            await conn.execute("VACUUM accounts")
+    assert e.value.sqlstate == "25001"
+    assert conn.committed == []
+    assert not conn.in_transaction
+
+
+@pytest.mark.parametrize(
+    ("sql", "sqlstate"),
+    [
+        ("ALTER SYSTEM SET work_mem = '4MB'", "25001"),  # not refused as a write first
+        ("VACUUM t", "25001"),
+        ("CREATE DATABASE d", "25006"),  # refused as a write first
+        ("CREATE INDEX CONCURRENTLY ix ON t (v)", "25006"),
+    ],
+)
+async def test_in_a_read_only_transaction_as_on_postgresql(sql: str, sqlstate: str) -> None:
+    conn = FakeConnection()
+    await conn.execute("BEGIN READ ONLY")
+    with pytest.raises(FakeDatabaseError) as e:
+        await conn.execute(sql)
+    assert e.value.sqlstate == sqlstate
+    assert conn.transaction_status == "inerror"
+
+
+@pytest.mark.parametrize("times", [2.5, True, "2", 0, -1])
+def test_script_times_must_be_a_count(times: object) -> None:
+    # Before, times=2.5 counted down 1.5, 0.5, -0.5 ... and never ran out (the rule served
+    # every statement), and times=True quietly meant 1.
+    conn = FakeConnection()
+    with pytest.raises((TypeError, ValueError), match="times must be an int >= 1 or None"):
+        conn.script("SELECT", rows=[(1,)], times=times)  # type: ignore[arg-type]
+
+
+async def test_script_times_limits_the_statements_served() -> None:
+    conn = FakeConnection()
+    conn.script("SELECT", rows=[(1,)], times=2)
+    assert [await conn.fetchval("SELECT 1") for _ in range(3)] == [1, 1, None]

@@ -170,6 +170,32 @@ async def test_half_open_closes_the_server_side_only(echo: Echo) -> None:
         writer.close()
 
 
+@pytest.mark.parametrize("latency", [0.0, 0.05])
+async def test_a_half_close_is_forwarded_and_the_other_direction_goes_on(latency: float) -> None:
+    # Before, the server's half-close (FIN after "hello", still reading) closed the whole
+    # connection: the client's later write failed and the server read EOF instead of it,
+    # where a direct connection delivers it. Both directions end independently now.
+    heard: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"hello")
+        writer.write_eof()  # the server is done sending, not receiving
+        heard.append(await reader.read())
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with server, FaultProxy("127.0.0.1", server.sockets[0].getsockname()[1]) as proxy:
+        proxy.set_latency(latency)
+        reader, writer = await _connect(proxy)
+        assert await asyncio.wait_for(reader.read(), 5) == b"hello"  # then EOF
+        writer.write(b"after the server's EOF")
+        await writer.drain()
+        writer.write_eof()
+        await _until(lambda: heard == [b"after the server's EOF"])
+        await _until(lambda: proxy.connections == 0)
+        writer.close()
+
+
 async def test_upstream_down_closes_the_client(echo: Echo) -> None:
     port = echo.port
     assert echo.server is not None

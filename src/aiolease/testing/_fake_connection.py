@@ -53,6 +53,46 @@ _WRITES = frozenset(
     }
 )
 
+
+def _refused_in_a_block(sql: str) -> str | None:
+    """The command, if ``sql`` is one PostgreSQL refuses inside a transaction block (25001).
+
+    Told by its leading words: VACUUM, CREATE/DROP DATABASE or TABLESPACE, ALTER SYSTEM,
+    DISCARD ALL, CREATE [UNIQUE]/DROP INDEX CONCURRENTLY, REINDEX ... CONCURRENTLY and
+    REINDEX SCHEMA/DATABASE/SYSTEM. (CLUSTER without a table, COMMIT/ROLLBACK PREPARED
+    and CREATE SUBSCRIPTION are not told.)
+    """
+    words: list[str] = re.findall(r"[A-Z_]+", sql[:200].upper())
+    first, second = [*words, "", ""][:2]
+    if first == "VACUUM":
+        return first
+    if (first, second) in _REFUSED_IN_A_BLOCK:
+        return f"{first} {second}"
+    index = words[2:3] if second == "UNIQUE" else words[1:2]  # CREATE UNIQUE INDEX
+    if first in ("CREATE", "DROP") and index == ["INDEX"] and "CONCURRENTLY" in words[2:4]:
+        return f"{first} INDEX CONCURRENTLY"
+    if first == "REINDEX":
+        if "CONCURRENTLY" in words:
+            return "REINDEX CONCURRENTLY"
+        kind = next((w for w in words if w in _REINDEX_KINDS), "")
+        if kind in ("SCHEMA", "DATABASE", "SYSTEM"):
+            return f"REINDEX {kind}"
+    return None
+
+
+_REFUSED_IN_A_BLOCK = frozenset(
+    {
+        ("CREATE", "DATABASE"),
+        ("DROP", "DATABASE"),
+        ("CREATE", "TABLESPACE"),
+        ("DROP", "TABLESPACE"),
+        ("ALTER", "SYSTEM"),
+        ("DISCARD", "ALL"),
+    }
+)
+_REINDEX_KINDS = ("SCHEMA", "DATABASE", "SYSTEM", "TABLE", "INDEX")
+
+
 # A word (a keyword or an unquoted name) or a double-quoted name ("" inside stands for ").
 _TOKEN = re.compile(r'\s*(?:"((?:[^"]|"")+)"|([^\W\d][\w$]*))')
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -289,7 +329,9 @@ class FakeConnection:
     transaction every statement fails with SQLSTATE 25P02 until ROLLBACK (or
     ROLLBACK TO SAVEPOINT), and COMMIT answers "ROLLBACK", as in PostgreSQL. In a
     read-only transaction a statement starting with a write command (INSERT,
-    UPDATE, DELETE, CREATE, ...) fails with SQLSTATE 25006. A statement cancelled
+    UPDATE, DELETE, CREATE, ...) fails with SQLSTATE 25006; in any transaction, one
+    PostgreSQL runs only outside a transaction block (VACUUM, CREATE INDEX CONCURRENTLY,
+    ...) fails with 25001. A statement cancelled
     while it runs aborts the transaction it ran in, as the server's cancel does.
 
     Faults and results are injected with :meth:`script`, :meth:`fail_commit`,
@@ -370,8 +412,9 @@ class FakeConnection:
         With ``error`` (an exception, or its class) the statement raises it instead
         (inside a transaction that aborts the transaction, as a server error does). Transaction
         control statements (BEGIN, COMMIT, ROLLBACK, SAVEPOINT...) obey error
-        rules only, and fail without changing the transaction state. ``times`` limits
-        how many statements the rule serves (None: all). The first matching
+        rules only, and fail without changing the transaction state. ``times`` (an int
+        >= 1, else ``TypeError``/``ValueError``) limits how many statements the rule
+        serves (None: all). The first matching
         rule wins; statements no rule matches return ``"OK"``.
         """
         if rows is not None and error is not None:
@@ -381,8 +424,10 @@ class FakeConnection:
         )
         if not ok:
             raise TypeError(f"error must be an exception (instance or class), got {error!r}")
+        if times is not None and (isinstance(times, bool) or not isinstance(times, int)):
+            raise TypeError(f"times must be an int >= 1 or None, got {times!r}")
         if times is not None and times < 1:
-            raise ValueError(f"times must be >= 1 or None, got {times!r}")
+            raise ValueError(f"times must be an int >= 1 or None, got {times!r}")
         compiled = pattern if isinstance(pattern, re.Pattern) else re.compile(pattern, re.I)
         self._scripts.append(_Script(compiled, rows, error, times))
 
@@ -739,10 +784,23 @@ class FakeConnection:
         if self._status == _INERROR:
             raise self._failed_transaction_error()
         head = _head(sql)
-        if self._status == _INTRANS and self._read_only and head in _WRITES:
+        # A command PostgreSQL runs only outside a transaction block: refused with 25001
+        # inside one (ALTER SYSTEM also in a read-only one; the others that write, first
+        # as writes).
+        refused = _refused_in_a_block(sql) if self._status == _INTRANS else None
+        if (
+            self._status == _INTRANS
+            and self._read_only
+            and head in _WRITES
+            and refused != "ALTER SYSTEM"
+        ):
             self._abort()
             self._snapshot = True  # PostgreSQL took the statement's snapshot before refusing
             raise FakeDatabaseError(f"cannot execute {head} in a read-only transaction", "25006")
+        if refused is not None:
+            self._abort()
+            self._snapshot = True  # as above: it counts as a query
+            raise FakeDatabaseError(f"{refused} cannot run inside a transaction block", "25001")
         for rule in self._scripts:
             if rule.pattern.search(sql):
                 self._use(rule)

@@ -133,6 +133,11 @@ class _Pair:
         self.to_upstream = _Pipe(self.loop, self._write_upstream, self._eof_upstream)
         self.to_client = _Pipe(self.loop, self._write_client, self._eof_client)
         self.connect_task: asyncio.Task[None] | None = None
+        # A half-close forwarded to each side (the other direction goes on), and whether
+        # the server's side is gone (lost, not just half-closed).
+        self.eof_to_client = False
+        self.eof_to_upstream = False
+        self.upstream_lost = False
 
     # -- set-up ---------------------------------------------------------------------------
     def client_made(self, transport: asyncio.Transport) -> None:
@@ -188,6 +193,7 @@ class _Pair:
 
     def lost(self, from_upstream: bool) -> None:
         if from_upstream:
+            self.upstream_lost = True
             if not self.dead:
                 self.to_client.push(None, self.proxy._latency)  # then close, see _eof_client
         else:
@@ -202,19 +208,30 @@ class _Pair:
             self.client.write(data)
 
     def _eof_upstream(self) -> None:
-        if self.upstream is not None and not self.upstream.is_closing():
+        # The client ended its side: a half-close, the server may still answer; once the
+        # server's side has ended too, the connection is over.
+        if self.eof_to_client:
+            self.close()
+        elif self.upstream is not None and not self.upstream.is_closing():
             if self.upstream.can_write_eof():
                 self.upstream.write_eof()
+                self.eof_to_upstream = True
             else:  # pragma: no cover - TCP transports can
                 self.upstream.close()
 
     def _eof_client(self) -> None:
-        # The server ended its side: end ours (a half-closed PostgreSQL or Redis
-        # connection is of no use, so close rather than write_eof).
-        if self.client is not None and not self.client.is_closing():
-            self.client.close()
-        self._close_upstream()
-        self._forget()
+        # The server ended its side: a half-close (FIN) is passed on and the client may
+        # still send, as on a direct connection; once the client's side has ended too,
+        # or the server's side is gone, the connection is over.
+        client = self.client
+        if self.eof_to_upstream or self.upstream_lost or client is None:
+            self.close()
+        elif not client.is_closing():
+            if client.can_write_eof():
+                client.write_eof()
+                self.eof_to_client = True
+            else:  # pragma: no cover - TCP transports can
+                self.close()
 
     def pause_reading(self, upstream: bool) -> None:
         transport = self.upstream if upstream else self.client
@@ -287,6 +304,7 @@ class FaultProxy:
     * :meth:`heal` restores normal forwarding for new connections, listens
       again on the same port, and ends any latency.
 
+    A half-close from either side is forwarded as one (the other direction goes on).
     Leaving the ``async with`` block aborts every connection still open.
     Nothing blocks: each method takes effect at once.
 
