@@ -107,6 +107,12 @@ _SHUTDOWN_ERRORS: tuple[type[BaseException], ...] = (
 # The callbacks asyncpg's ``Connection.reset()`` removes (by the kind of their add_ method).
 _RESET_REMOVES = ("listener", "log_listener")
 
+# Why a connection gets the verifying round trip (in the error when it fails).
+_IDLE_DATA = "after unread data while idle"
+_UNSEEN_STATEMENT = (
+    "at release (whether a statement still runs cannot be seen with AIOLEASE_COMPAT=public)"
+)
+
 #: Seconds asyncpg's ``command_timeout`` defaults to in public mode
 #: (``AIOLEASE_COMPAT=public``), where the socket is out of reach for keepalive.
 PUBLIC_COMMAND_TIMEOUT = 60.0
@@ -541,7 +547,7 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
             # round trip is the only way to know.
             await self._verify(resource)
 
-    async def _verify(self, resource: Connection) -> None:
+    async def _verify(self, resource: Connection, why: str = _IDLE_DATA) -> None:
         """One ``SELECT 1`` round trip, bounded by :attr:`reset_timeout`.
 
         Raises:
@@ -552,8 +558,7 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
                 await resource.execute("SELECT 1")
         except Exception as exc:  # any failure (incl. the driver's InternalClientError)
             raise ConnectionError(
-                "connection failed its check (a round trip within reset_timeout): "
-                + redact(repr(exc), self._secrets)
+                f"connection failed its check {why}: " + redact(repr(exc), self._secrets)
             ) from exc
 
     def reset_needed(self, resource: Connection, info: ResourceInfo) -> bool:
@@ -601,7 +606,7 @@ class AsyncpgManager(LeaseProxies["Connection"], Manager["Connection"]):
             # Data arrived since the holder's last operation, not read by the loop yet: a
             # FATAL from a terminated backend, or a notification; or (public mode) nothing
             # tells whether a statement still runs. A round trip tells.
-            await self._verify(resource)
+            await self._verify(resource, _IDLE_DATA if SEES_CANCELLING else _UNSEEN_STATEMENT)
 
     async def close(self, resource: Connection) -> None:
         """Close gracefully; the pool bounds this by :attr:`close_timeout` and then
