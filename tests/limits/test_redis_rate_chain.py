@@ -58,23 +58,19 @@ def _ref_move_up(refs: dict[int, _Ref], seq: int, shift: float) -> None:
                 e.handle = loop.call_at(e.deadline, wake, e.fut)
 
 
+# cost, wait (in 1/64 s), how paused_until relates to the slot, another writer before it
+_RESERVE = st.tuples(
+    st.just("reserve"),
+    st.sampled_from([0.5, 1.0, 2.0, 3.0]),
+    st.integers(1, 400),
+    st.integers(0, 3),
+    st.booleans(),
+)
+
 _OPS = st.lists(
     st.one_of(
-        st.tuples(
-            st.just("reserve"),
-            st.sampled_from([0.5, 1.0, 2.0, 3.0]),
-            st.integers(1, 400),
-            st.integers(0, 3),
-            st.booleans(),
-        ),
-        # cost, wait (in 1/64 s), how paused_until relates to the slot, another writer before it
-        st.tuples(
-            st.just("reserve"),
-            st.sampled_from([0.5, 1.0, 2.0, 3.0]),
-            st.integers(1, 400),
-            st.integers(0, 3),
-            st.booleans(),
-        ),
+        _RESERVE,
+        _RESERVE,  # (twice: reservations weigh double among the operations)
         st.tuples(st.just("cancel"), st.integers(0, 10**6), st.booleans()),
         st.tuples(st.just("cancel"), st.integers(0, 10**6), st.just(True)),
         st.tuples(st.just("sleep"), st.integers(0, 40)),
