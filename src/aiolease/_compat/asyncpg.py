@@ -20,7 +20,9 @@ asyncpg exposes ``is_closed()``, ``is_in_transaction()`` and ``reset()``, but no
 
 Each has a public fallback, taken when the probe below fails or ``AIOLEASE_COMPAT=public`` was
 set: no transport (every checkout of an idle connection is verified with a ``SELECT 1`` round
-trip), no in-flight view (a lease whose body was cancelled or timed out is discarded),
+trip), no in-flight view (a lease whose body was cancelled or timed out is discarded, and every
+other release is verified with a ``SELECT 1`` round trip: a statement whose timeout its holder
+caught may still run),
 ``reset()`` to end a transaction left open (which also resets the session), no keepalive
 (:mod:`aiolease.asyncpg` then bounds every operation with a default ``command_timeout``), and
 no second cancel request (a query whose only request the server dropped runs on to its end on
@@ -32,10 +34,12 @@ bench-compat`` (2026-12-05, 2-core shared VM, Python 3.11, asyncpg 0.32, Postgre
 proxy adding 0.25 ms each way, which epoll's 1 ms timer resolution rounds up), acquire +
 ``SELECT 1`` + release by 1 task on a pool of 4 ran at 0.47, 0.54 and 0.59 of the default
 mode's rate in three runs (the extra round trip per checkout from idle); 8 tasks, where
-connections pass from task to task without a check, at 0.92-1.02 (noise). The other two cost
-an attribute read per release in the default mode and nothing measurable either way; they are
-kept for behaviour: a connection is discarded only when a query is really still in flight,
-and ``SET`` survives a transaction rolled back at release.
+connections pass from task to task without a check, at 0.92-1.02 (noise). The in-flight view
+(``cancelling``) costs an attribute read per release in the default mode; since 2026-12-07 its
+public fallback verifies every release with a round trip, and the whole public mode ran at 0.33
+of the default rate with 1 task and 0.50 with 8 tasks (one run, same set-up). The transaction
+record costs nothing measurable either way; it is kept for behaviour: ``SET`` survives a
+transaction rolled back at release.
 """
 
 from __future__ import annotations
