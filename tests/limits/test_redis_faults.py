@@ -816,7 +816,7 @@ def test_a_rate_limiter_whose_loop_closed_on_sleepers_sleeps_on_the_next_loop(
         client = redis_asyncio.Redis.from_url(redis_url)
         lim = RedisRateLimiter(client, name, 20, burst=1)
 
-        async def first() -> list[asyncio.Future[Any]]:
+        async def first() -> list[asyncio.Task[Any]]:
             await lim.acquire(key="k")
             # each sleeps 50 ms after the previous one
             sleepers = [asyncio.ensure_future(lim.acquire(key="k")) for _ in range(3)]

@@ -126,12 +126,12 @@ async def _run(ops: list[tuple[Any, ...]]) -> None:
             r = refs.pop(seq)
             if r.handle is not None:
                 r.handle.cancel()
-            entry = chain.discard(futs[seq])
-            assert entry is not None
-            assert (entry.slot, entry.tat, entry.deadline) == (r.slot, r.tat, r.deadline)
+            gone = chain.discard(futs[seq])
+            assert gone is not None
+            assert (gone.slot, gone.tat, gone.deadline) == (r.slot, r.tat, r.deadline)
             if move and not r.fut.done():  # a give-back that moves the later waiters up
-                _ref_move_up(refs, seq, entry.cost * _T)
-                chain.move_up(entry, _T)
+                _ref_move_up(refs, seq, gone.cost * _T)
+                chain.move_up(gone, _T)
         elif op[0] == "sleep":
             await asyncio.sleep(op[1] / 64)
             for seq in [s for s, r in refs.items() if r.fut.done()]:  # their tasks resume
@@ -211,11 +211,13 @@ def test_a_long_chain_is_moved_in_one_update() -> None:
             chain.add(fut, entry)
             futs.append(fut)
         for fut in futs[:1000:2]:
-            entry = chain.discard(fut)
-            assert entry is not None
-            chain.move_up(entry, _T)
+            gone = chain.discard(fut)
+            assert gone is not None
+            chain.move_up(gone, _T)
             for _ in range(12):  # later reservations (under no move yet): the tree grows
-                entry = chain.note(chain.last, chain.last, 1.0, loop.time() + 3600.0)
+                last = chain.last
+                assert last is not None
+                entry = chain.note(last, last, 1.0, loop.time() + 3600.0)
                 fut = loop.create_future()
                 chain.add(fut, entry)
                 extra.append(fut)

@@ -208,7 +208,7 @@ async def test_a_server_of_the_tests_own_writes_in_a_directory_of_its_own(
     # A replica saves the data its primary sends (dump.rdb) in the server's directory: with
     # the working directory there, the failover test left that file in the checkout.
     async with redis_asyncio.Redis.from_url(own_redis.url) as client:
-        workdir = (await client.config_get("dir"))["dir"]
+        workdir = str((await client.config_get("dir"))["dir"])
     assert not _same_directory(workdir, os.getcwd())
     assert _same_directory(os.path.dirname(workdir), tempfile.gettempdir())
 
