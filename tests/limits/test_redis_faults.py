@@ -724,8 +724,8 @@ async def test_closing_never_waits_forever_for_a_call_that_ignores_its_cancellat
 ) -> None:
     # redis-py can lose a cancellation while it connects or reads (a blackholed peer, no
     # socket timeout): aclose() cancels such a call, waits call_timeout more, and leaves it.
+    from aiolease.redis._background import Background
     from aiolease.redis._health import Health
-    from aiolease.redis._pipe import Background
 
     background = Background(Health("concurrency limiter 'stubborn'"))
     release = asyncio.Event()

@@ -22,14 +22,12 @@ from .._limits import ConcurrencyLimiter, ConcurrencyLimiterStatistics, Concurre
 from .._logs import get_logger
 from .._shield import shielded
 from .._validate import LONGEST_WAIT, check_entry
+from ._background import Background, cancel_late, closing
 from ._health import UNAVAILABLE, Health, describe, unavailable
 from ._keys import check_name, check_prefix, key_text, redis_key
 from ._pipe import (
-    Background,
     Caller,
-    cancel_late,
     check_client,
-    closing,
     detached,
     refused,
     text,
@@ -704,17 +702,17 @@ class RedisConcurrencyLimiter:
                 groups.setdefault(keys, ([], []))[1].append(lid)
             batch = list(groups.items())
             # Each key's renewal is a call of its own (its keys hash to a slot of their own),
-            # made a window at a time, so that a round costs about one round trip, not one per
+            # sent a window at a time, so that a round costs about one round trip, not one per
             # key: held one after another behind a slow network, the last keys' leases would
             # expire before their turn.
             for at in range(0, len(batch), _RENEW_WINDOW):
                 window = batch[at : at + _RENEW_WINDOW]
-                replies = await asyncio.gather(
-                    *(
-                        self._call(CONC_RENEW, keys, (*self._argv(), len(held), *held, *waiting))
+                replies = await self._call.many(
+                    CONC_RENEW,
+                    [
+                        (keys, (*self._argv(), len(held), *held, *waiting))
                         for keys, (held, waiting) in window
-                    ),
-                    return_exceptions=True,
+                    ],
                 )
                 failed = None
                 for reply in replies:

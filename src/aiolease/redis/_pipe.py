@@ -1,9 +1,8 @@
-"""The limiters' Redis calls: one pipelined connection, bounded calls, health and background tasks.
+"""The limiters' Redis calls: one pipelined connection, bounded calls.
 
 :class:`Caller` runs a Lua script in one round trip, bounded by ``call_timeout`` (connecting
-included) on the event loop's clock, judged by :func:`recheck`. :class:`Background` owns a
-limiter's fire-and-forget calls, and reports their failures to the limiter's
-:class:`~aiolease.redis._health.Health`.
+included) on the event loop's clock, judged by :func:`recheck`. (The limiters' background
+calls and closing are in :mod:`aiolease.redis._background`.)
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ import asyncio
 import contextlib
 import functools
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -21,10 +20,9 @@ from redis import exceptions as _rexc
 from redis.asyncio.connection import AbstractConnection as _AbstractConnection
 
 from .._compat import redis as _compat
-from .._logs import get_logger
 from .._redact import redact
-from .._tasks import start_task
-from ._health import Health, describe
+from ._background import cancel_late
+from ._health import describe
 from ._scripts import Script
 
 if TYPE_CHECKING:
@@ -34,18 +32,13 @@ if TYPE_CHECKING:
     Client = Redis | RedisCluster
 
 __all__ = [
-    "Background",
     "Bound",
     "Caller",
-    "cancel_late",
     "check_client",
-    "closing",
     "detached",
     "recheck",
     "wake",
 ]
-
-logger = get_logger("aiolease.redis")
 
 T = TypeVar("T")
 
@@ -306,7 +299,10 @@ class Caller:
         if loop is not self._loop:
             self._adopt(loop)
         if not self._direct:
-            return await self._via_client(script, keys, args, on_abandon)
+            (reply,) = await self._via_client(script, [(keys, args)], on_abandon)
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
         if packed is None:
             packed = pack(
                 (b"EVALSHA", script.sha_b, b"%d" % len(keys), *map(b, keys), *map(b, args))
@@ -347,6 +343,31 @@ class Caller:
         except asyncio.CancelledError:
             _late_abandon(fut, on_abandon)
             raise
+
+    async def many(
+        self, script: Script, calls: list[tuple[tuple[str, ...], tuple[Any, ...]]]
+    ) -> list[Any]:
+        """``script`` once for each ``(keys, args)`` of ``calls``, all sent together: the reply
+        of each, or the exception it failed with, in order.
+
+        On the pipe they are written together; on the public path of a plain client they go
+        down one pooled connection together (Redis pipelining), as one call in call order.
+        Either way they cost about one round trip, not one each. A cluster client's go one at
+        a time, as its single calls do.
+        """
+        if self._direct or not self._pooled:
+            return await asyncio.gather(
+                *(self(script, keys, args) for keys, args in calls), return_exceptions=True
+            )
+        try:
+            if self.closed:
+                raise _rexc.ConnectionError("the limiter was closed (aclose())")
+            loop = asyncio.get_running_loop()
+            if loop is not self._loop:
+                self._adopt(loop)
+            return await self._via_client(script, calls)
+        except Exception as exc:  # the batch failed as a whole: so did each of its calls
+            return [exc] * len(calls)
 
     def _adopt(self, loop: asyncio.AbstractEventLoop) -> None:
         """Make ``loop`` the loop of the calls; forget what a closed previous one left behind.
@@ -583,16 +604,15 @@ class Caller:
     async def _via_client(
         self,
         script: Script,
-        keys: tuple[str, ...],
-        args: tuple[Any, ...],
+        calls: list[tuple[tuple[str, ...], tuple[Any, ...]]],
         on_abandon: Callable[[Any], None] | None = None,
-    ) -> Any:
+    ) -> list[Any]:
         # Each call runs in a task of its own, which the caller awaits without cancelling it:
         # a caller that is cancelled or whose deadline passes abandons the reply, as on the pipe
         # (on_abandon gets it), at once. Cancelling redis-py mid-call instead would close the
         # connection (the next call pays a reconnect) and keep the caller until redis-py has
         # cleaned up. The call itself stays bounded by call_timeout, and aclose() ends it.
-        call = asyncio.get_running_loop().create_task(self._client_call(script, keys, args))
+        call = asyncio.get_running_loop().create_task(self._client_call(script, calls))
         self.sent += 1
         self._calls.add(call)
         call.add_done_callback(self._calls.discard)
@@ -609,79 +629,123 @@ class Caller:
             raise
 
     async def _client_call(
-        self, script: Script, keys: tuple[str, ...], args: tuple[Any, ...]
-    ) -> Any:
+        self, script: Script, calls: list[tuple[tuple[str, ...], tuple[Any, ...]]]
+    ) -> list[Any]:
+        """Each of ``calls`` through the client: the reply of each, or its error reply (an
+        exception); a failure of the whole (no connection, a timeout) is raised."""
         # One call at a time, in call order: the tasks start in the order they were created
         # and asyncio.Lock is FIFO, so Redis runs this process's scripts in the order they were
         # called, as on the pipe.
-        client: Any = self._client
         if self._order is None:
             self._order = asyncio.Lock()
         try:
             async with Bound(self.timeout), self._order:
                 if self._pooled:
-                    return await self._pool_call(script, keys, args)
-                # Cluster (or single-connection) clients route and retry by their own policy;
-                # configure their retries off to keep "never replay an indeterminate call"
-                # (docs/redis.md).
-                try:
-                    return await client.evalsha(script.sha, len(keys), *keys, *args)
-                except _rexc.NoScriptError:
-                    self._loaded += 1
-                    await client.script_load(script.source)
-                    return await client.evalsha(script.sha, len(keys), *keys, *args)
+                    replies = await self._pool_call(script, calls)
+                else:
+                    # Cluster (or single-connection) clients route and retry by their own
+                    # policy; configure their retries off to keep "never replay an
+                    # indeterminate call" (docs/redis.md).
+                    replies = [await _client_evalsha(self, script, *call) for call in calls]
         except _rexc.AuthenticationError as exc:
             raise refused(exc) from exc
-        except _rexc.ReadOnlyError:
+        except TimeoutError as exc:
+            raise _rexc.TimeoutError(f"no reply from Redis within {self.timeout}s") from exc
+        except _rexc.ResponseError as exc:  # SCRIPT LOAD's error reply
+            if (err := self._error_reply(exc)) is not exc:
+                raise err  # noqa: B904 (its cause is set)
+            raise
+        return [self._error_reply(r) if isinstance(r, _rexc.ResponseError) else r for r in replies]
+
+    def _error_reply(self, exc: _rexc.ResponseError) -> BaseException:
+        """An error reply of the public path as the limiters take it (:func:`_busy`)."""
+        if isinstance(exc, _rexc.ReadOnlyError):
             # A demoted primary (failover): redis-py keeps its pooled connections to it. The
             # idle ones are dropped, so that the next call connects afresh (the address may
             # lead to the new primary by now), as the pipe does.
-            pool = getattr(client, "connection_pool", None)
+            pool = getattr(self._client, "connection_pool", None)
             if pool is not None:
                 drop = asyncio.get_running_loop().create_task(
                     pool.disconnect(inuse_connections=False)
                 )
                 self._drops.add(drop)
                 drop.add_done_callback(self._drops.discard)
-            raise
-        except _rexc.ResponseError as exc:
-            if (busy := _busy(exc)) is not exc:
-                raise busy from exc
-            raise
-        except TimeoutError as exc:
-            raise _rexc.TimeoutError(f"no reply from Redis within {self.timeout}s") from exc
+            return exc
+        return _busy(exc)
 
-    async def _pool_call(self, script: Script, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
-        """EVALSHA on a connection of the client's pool, by redis-py's public connection API.
+    async def _pool_call(
+        self, script: Script, calls: list[tuple[tuple[str, ...], tuple[Any, ...]]]
+    ) -> list[Any]:
+        """EVALSHA for each of ``calls``, all written at once on a connection of the client's
+        pool by redis-py's public connection API, then their replies read in order: each reply,
+        or its error reply as an exception.
 
         Not ``client.evalsha``: the client runs every command under its retry policy, which
         after a dropped connection or a timeout (the script may have run) connects again and
         sends the script again. Here a call is sent once; only NOSCRIPT (the script did not
-        run) is answered by SCRIPT LOAD and one more EVALSHA. The reply is read by the
-        connection as the client reads it (``decode_responses`` included).
+        run) is answered by SCRIPT LOAD and one more EVALSHA. The replies are read by the
+        connection as the client reads them (``decode_responses`` included).
         """
         pool: Any = self._client.connection_pool  # type: ignore[union-attr]
         conn = await self._take_shielded(pool)
         try:
-            try:
-                await _send_command(conn, "EVALSHA", script.sha, len(keys), *keys, *args)
-                return await conn.read_response()
-            except _rexc.NoScriptError:
+            replies = await _evalsha_all(conn, script, calls)
+            again = [i for i, reply in enumerate(replies) if isinstance(reply, _rexc.NoScriptError)]
+            if again:
                 self._loaded += 1
-                await _send_command(conn, "SCRIPT", "LOAD", script.source)
+                await _send_packed(conn, conn.pack_command("SCRIPT", "LOAD", script.source))
                 await conn.read_response()
-                await _send_command(conn, "EVALSHA", script.sha, len(keys), *keys, *args)
-                return await conn.read_response()
+                retried = await _evalsha_all(conn, script, [calls[i] for i in again])
+                for i, reply in zip(again, retried, strict=True):
+                    replies[i] = reply
+            return replies
         except BaseException as exc:
             if not isinstance(exc, _rexc.ResponseError) or isinstance(exc, _rexc.ReadOnlyError):
                 # A reply may still be on its way (a timeout, a cancellation, a lost
                 # connection): the connection is out of step with its replies and is closed
                 # before it goes back, as redis-py does. (An error reply leaves it in step;
-                # READONLY: it reached a demoted primary, see _client_call.)
+                # READONLY: it reached a demoted primary, see _error_reply.)
                 await conn.disconnect(nowait=True)
             raise
         finally:
             await pool.release(conn)
+
+
+async def _evalsha_all(
+    conn: Any, script: Script, calls: list[tuple[tuple[str, ...], tuple[Any, ...]]]
+) -> list[Any]:
+    """Write EVALSHA for each of ``calls`` on ``conn`` at once, then read their replies: each
+    reply, or its error reply (a ``ResponseError``, which leaves the connection in step)."""
+    await _send_packed(
+        conn,
+        conn.pack_commands(
+            [("EVALSHA", script.sha, len(keys), *keys, *args) for keys, args in calls]
+        ),
+    )
+    replies: list[Any] = []
+    for _ in calls:
+        try:
+            replies.append(await conn.read_response())
+        except _rexc.ResponseError as exc:
+            replies.append(exc)
+    return replies
+
+
+async def _client_evalsha(
+    caller: Caller, script: Script, keys: tuple[str, ...], args: tuple[Any, ...]
+) -> Any:
+    """EVALSHA through a cluster (or single-connection) client: its reply, or its error reply
+    (an exception); NOSCRIPT answered by SCRIPT LOAD and one more EVALSHA."""
+    client: Any = caller._client
+    try:
+        try:
+            return await client.evalsha(script.sha, len(keys), *keys, *args)
+        except _rexc.NoScriptError:
+            caller._loaded += 1
+            await client.script_load(script.source)
+            return await client.evalsha(script.sha, len(keys), *keys, *args)
+    except _rexc.ResponseError as exc:
+        return exc
 
 
 def _late_abandon(fut: asyncio.Future[Any], on_abandon: Callable[[Any], None] | None) -> None:
@@ -692,8 +756,8 @@ def _late_abandon(fut: asyncio.Future[Any], on_abandon: Callable[[Any], None] | 
         on_abandon(fut.result())
 
 
-async def _send_command(conn: Any, *args: Any) -> None:
-    """``conn.send_command(*args)``, raising the cancellation redis-py may lose meanwhile.
+async def _send_packed(conn: Any, packed: Any) -> None:
+    """``conn.send_packed_command(packed)``, raising the cancellation redis-py may lose meanwhile.
 
     With a ``socket_timeout``, redis-py sends through ``asyncio.wait_for``, which on Python
     3.11 returns normally when the cancellation lands as the send completes: the call would
@@ -703,7 +767,7 @@ async def _send_command(conn: Any, *args: Any) -> None:
     task = asyncio.current_task()
     before = task.cancelling() if task is not None else 0
     try:
-        await conn.send_command(*args)
+        await conn.send_packed_command(packed)
     except RuntimeError as exc:
         # uvloop refuses a write on a transport closed meanwhile (the client disconnected its
         # pool while the connection was being taken; redis-py < 8 still counts it connected
@@ -753,83 +817,9 @@ def refused(exc: _rexc.AuthenticationError) -> _rexc.ResponseError:
     )
 
 
-def _hand_back(on_abandon: Callable[[Any], None] | None, call: asyncio.Task[Any]) -> None:
+def _hand_back(on_abandon: Callable[[Any], None] | None, call: asyncio.Task[list[Any]]) -> None:
     """The reply of a call its caller abandoned goes to ``on_abandon`` (when it came)."""
     if not call.cancelled() and call.exception() is None and on_abandon is not None:
-        on_abandon(call.result())
-
-
-class Background:
-    """A limiter's background Redis calls (refunds, settles, releases); errors are logged:
-    a WARNING, or a DEBUG line while ``health`` knows Redis is down (its outage was logged
-    once already; one line per call would flood the log)."""
-
-    __slots__ = ("health", "tasks")
-
-    def __init__(self, health: Health) -> None:
-        self.health = health
-        self.tasks: set[asyncio.Task[Any]] = set()
-
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        # Never eagerly (see aiolease._tasks): a call failing before it suspends would end
-        # the task inside this call, and whoever awaits it would see the failure before
-        # _log_error (which logs an outage's start) has run.
-        task: asyncio.Task[Any] = start_task(coro, asyncio.get_running_loop())
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        task.add_done_callback(self._log_error)
-        return task
-
-    def _log_error(self, task: asyncio.Task[Any]) -> None:
-        if task.cancelled() or (exc := task.exception()) is None:
-            return
-        logger.log(
-            self.health.background_failed(exc),
-            "%s: a background Redis call (a release, refund or settle) failed (%s: %s)",
-            self.health.what,
-            type(exc).__name__,
-            exc,
-        )
-
-    async def aclose(self, timeout: float) -> None:
-        """Let the calls in flight finish within ``timeout``, then cancel the rest."""
-        # (a task of a loop closed since never ends: it is not waited for)
-        tasks = {t for t in self.tasks if not t.get_loop().is_closed()}
-        if tasks:
-            _, late = await asyncio.wait(tasks, timeout=timeout)
-            await cancel_late(late, timeout, self.health.what)
-
-
-def closing(
-    task: asyncio.Task[None] | None, close: Callable[[], Coroutine[Any, Any, None]]
-) -> asyncio.Task[None]:
-    """The task running a limiter's close (what its ``aclose()`` waits for, shielded): ``task``,
-    the one an earlier ``aclose()`` started, or a new one running ``close()``.
-
-    The close runs in a task of the limiter's own so that cancelling ``aclose()`` (a shutdown
-    hook's deadline) stops the caller's wait only: a close cut short would keep the pipelined
-    connection out of the client's pool, and the limiter, marked closed, would no longer be
-    reported as left open. It is bounded (``call_timeout`` per stage). One begun on a loop
-    closed since never ends: it starts again on this one.
-    """
-    if task is None or (not task.done() and task.get_loop().is_closed()):
-        task = start_task(close(), asyncio.get_running_loop())
-    return task
-
-
-async def cancel_late(late: set[asyncio.Task[Any]], timeout: float, what: str) -> None:
-    """Cancel ``late`` and wait up to ``timeout`` for them to end. A task that ignores its
-    cancellation (redis-py can lose one while it connects or reads) is left running, with a
-    WARNING, rather than waited for forever: closing stays bounded."""
-    if not late:
-        return
-    for task in late:
-        task.cancel()
-    _, stuck = await asyncio.wait(late, timeout=timeout)
-    if stuck:
-        logger.warning(
-            "%s: %d Redis call(s) did not end within %ss of being cancelled; left running",
-            what,
-            len(stuck),
-            timeout,
-        )
+        (reply,) = call.result()
+        if not isinstance(reply, Exception):
+            on_abandon(reply)

@@ -15,15 +15,14 @@ from .._errors import RateLimitExceeded
 from .._limits import RateLimiter, RateLimiterStatistics, RatePermit
 from .._shield import shielded
 from .._validate import LONGEST_WAIT, check_cost
+from ._background import Background, closing
 from ._chain import _Chain, _Entry
 from ._health import UNAVAILABLE, Health, unavailable
 from ._keys import check_name, check_prefix, redis_key
 from ._pipe import (
-    Background,
     Caller,
     b,
     check_client,
-    closing,
     detached,
     pack,
     text,
