@@ -49,8 +49,9 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELET
 #: The statuses whose waiting instructions pause the key.
 RETRY_STATUSES = frozenset({429, 503})
 
-#: Above this a ``Retry-After`` or ``RateLimit-Reset`` value is read as a Unix time,
-#: not a delay (some servers send the epoch form); ten years of seconds.
+#: Above this a ``Retry-After``, ``RateLimit`` (``t=``, draft-07 ``reset=``) or
+#: ``RateLimit-Reset`` value is read as a Unix time, not a delay (some servers send
+#: the epoch form); ten years of seconds.
 _EPOCH_THRESHOLD = 10 * 365 * 86400.0
 #: delta-seconds: ASCII digits only (RFC 9110 DIGIT; ``\d`` alone takes "٣" for 3).
 _DELTA = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*$", re.ASCII)
@@ -177,12 +178,13 @@ def _params(member: str) -> tuple[str, dict[str, str]]:
     return name, found
 
 
-def _ratelimit(value: str) -> float | None:
+def _ratelimit(value: str, header: HeaderGetter) -> float | None:
     """The wait a ``RateLimit`` field implies: the longest reset among exhausted quotas.
 
     draft-ietf-httpapi-ratelimit-headers-08 and later: a list of items
     ``"policy";r=<remaining>;t=<reset seconds>``. draft-07: one dictionary
-    ``limit=10, remaining=0, reset=5``.
+    ``limit=10, remaining=0, reset=5``. A reset given as a Unix time is tolerated,
+    as in ``Retry-After`` (see _EPOCH_THRESHOLD).
     """
     members = [m.strip() for m in _MEMBER.findall(value) if m.strip()]
     if not members:
@@ -192,14 +194,16 @@ def _ratelimit(value: str) -> float | None:
         fields = {k.strip().lower(): v.strip() for k, v in fields.items()}
         reset = _number(fields.get("reset", ""))
         remaining = _number(fields.get("remaining", "0"))
-        return _wait(reset) if reset is not None and remaining == 0 else None
+        if reset is None or remaining != 0:
+            return None
+        return _seconds_or_epoch(reset, header)
     resets: list[float] = []
     for m in members:
         _, params = _params(m)
         reset = _number(params.get("t", ""))
         remaining = _number(params.get("r", "0"))
         if reset is not None and remaining == 0:
-            resets.append(_wait(reset))
+            resets.append(_seconds_or_epoch(reset, header))
     return max(resets) if resets else None
 
 
@@ -236,7 +240,7 @@ def retry_delay(header: HeaderGetter) -> float | None:
             return seconds
     value = header("RateLimit")
     if value:
-        seconds = _ratelimit(value)
+        seconds = _ratelimit(value, header)
         if seconds is not None:
             return seconds
     value = header("RateLimit-Reset")
