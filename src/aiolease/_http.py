@@ -253,6 +253,11 @@ def retry_delay(header: HeaderGetter) -> float | None:
 #: again and relearns from its next episodes, so a server whose limit rose, or
 #: that answered 503 while briefly overloaded, is not under-used for long.
 LEARNED_PACE_LASTS = 60.0
+#: A pause longer than ``max_wait`` is held here (its requests refused at once) for
+#: ``max_wait`` or this long (seconds), whichever is longer, if the server asked for
+#: more: then the next request asks the server again. A server that asked for hours
+#: (or the end of time) and recovered sooner does not leave the key refused for good.
+ASK_AGAIN_AFTER = 60.0
 
 
 class _Key:
@@ -304,6 +309,7 @@ class _Key:
         "learned_at",
         "quiet",
         "rate",
+        "refuse",
         "resumed",
         "served",
         "span",
@@ -316,6 +322,7 @@ class _Key:
 
     def __init__(self) -> None:
         self.until = -math.inf  # the pause in force ends here (loop clock)
+        self.refuse = False  # the pause in force is one past max_wait: refused, not waited out
         self.generation = 0  # bumped by each pause and episode: paced waiters reserve again
         self.waiting = 0  # requests of this key waiting to be sent (limits, pause, pace)
         self.episode = -math.inf  # when the latest episode began
@@ -399,12 +406,17 @@ class Pauses:
     def _idle(st: _Key, now: float) -> bool:
         return st.waiting == 0 and st.until <= now and st.pace(now) is None
 
-    def pause(self, key: Hashable, seconds: float, now: float) -> None:
-        """Hold ``key`` until ``now + seconds``; a pause in force is never shortened."""
+    def pause(self, key: Hashable, seconds: float, now: float, refuse: bool = False) -> None:
+        """Hold ``key`` until ``now + seconds``; a pause in force is never shortened.
+
+        ``refuse``: the server asked for longer than ``max_wait``, so the key's requests
+        raise at once (:meth:`check`) instead of waiting the pause out.
+        """
         st = self._state(key, now)
         until = now + seconds
         if until > st.until:
             st.until = until
+            st.refuse = refuse
             st.generation += 1
 
     def remaining(self, key: Hashable, now: float) -> float:
@@ -475,8 +487,11 @@ class Pauses:
             st.early += 1  # sent before the first episode, answered after it
             self._learn(st, (st.early + 0.5) / st.first_span, st.waited, st.learned_at)
 
-    def throttled(self, key: Hashable, seconds: float, sent_at: float, now: float) -> None:
-        """A throttled response asking for ``seconds``: pause the key, learn from a new episode."""
+    def throttled(
+        self, key: Hashable, seconds: float, sent_at: float, now: float, refuse: bool = False
+    ) -> None:
+        """A throttled response: pause the key ``seconds`` (see :meth:`pause` for ``refuse``),
+        learn from a new episode."""
         st = self._state(key, now)
         if sent_at >= st.episode:  # not in flight when the latest episode began: a new one
             st.first_span = None  # a later episode: the span below takes over
@@ -503,7 +518,7 @@ class Pauses:
                     # One request short: a first estimate a hair too high must not run
                     # the requests resumed after this pause into a second 429.
                     st.tat += 1.0 / st.rate
-        self.pause(key, seconds, now)
+        self.pause(key, seconds, now, refuse)
 
     def _first_episode(self, st: _Key, seconds: float, sent_at: float, now: float) -> bool:
         """The provisional pace of the key's first episode (see :class:`_Key`).
@@ -532,17 +547,18 @@ class Pauses:
         st.learned_at = now
 
     def check(self, key: Hashable, now: float, longest: float = math.inf) -> None:
-        """Raise unless the pause of ``key`` in force ends within ``longest`` seconds.
+        """Raise while ``key`` is held by a pause past ``max_wait`` (``longest``, named in
+        the message): one that is refused, not waited out (see :meth:`pause`).
 
         Raises:
-            RateLimitExceeded: the key is paused for longer than ``longest``.
+            RateLimitExceeded: the key is held so; ``retry_after`` is when it asks again.
         """
         st = self._keys.get(key)
-        if st is not None and st.until - now > longest:
+        if st is not None and st.refuse and st.until > now:
             raise RateLimitExceeded(
                 st.until - now,
-                f"{key!r} is paused by the server's answer for {st.until - now:.0f}s, "
-                f"longer than max_wait={longest:g}",
+                f"{key!r} is paused by the server's answer for longer than max_wait={longest:g}: "
+                f"refused for {st.until - now:.3g}s more, then the server is asked again",
             )
 
     async def wait(
@@ -673,7 +689,12 @@ class RetryPolicy(Generic[R]):
         ``sent_at`` is when the throttled request was sent: it tells a new
         episode from the answers to requests already in flight.
         """
-        self._pauses.throttled(key, seconds, sent_at, asyncio.get_running_loop().time())
+        held, refuse = seconds, False
+        if self.max_wait is not None and seconds > self.max_wait:
+            # Not waited out, and held here for at most max(max_wait, ASK_AGAIN_AFTER):
+            # then the next request asks the server again.
+            held, refuse = min(seconds, max(self.max_wait, ASK_AGAIN_AFTER)), True
+        self._pauses.throttled(key, held, sent_at, asyncio.get_running_loop().time(), refuse)
         limiter_pause = getattr(self.limits, "pause", None)
         if limiter_pause is None:
             return

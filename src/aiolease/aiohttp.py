@@ -195,10 +195,11 @@ def limited(
         retries: how many times a throttled request is sent again, an int >= 0.
         retry_methods: the methods retried (default: the idempotent ones,
             GET HEAD OPTIONS TRACE PUT DELETE).
-        max_wait: the longest pause (seconds) waited out, or None. While the key
-            is paused for longer, its requests raise ``RateLimitExceeded`` at once,
-            unsent, and ``limits`` is paused for ``max_wait`` only (a Redis limiter's
-            other processes then learn the rest from their own answer).
+        max_wait: the longest pause (seconds) waited out, or None. A longer one holds
+            the key for ``max_wait`` or 60 s, whichever is longer (at most the pause):
+            its requests raise ``RateLimitExceeded`` at once, unsent, then the next
+            asks the server again. ``limits`` is paused for ``max_wait`` only (a Redis
+            limiter's other processes then learn the rest from their own answer).
         timeout: the longest wait for ``limits`` per attempt (seconds), or None; it
             bounds the wait for the key's pause and learned pace too (then
             ``RateLimitExceeded``, the request unsent).

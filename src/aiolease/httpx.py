@@ -90,10 +90,11 @@ class LimitedTransport(httpx.AsyncBaseTransport):
         retry_methods: the methods retried (default: the idempotent ones,
             GET HEAD OPTIONS TRACE PUT DELETE). A 429 means the server did not
             process the request, so ``{"GET", "POST"}`` is often safe too.
-        max_wait: the longest pause (seconds) waited out, or None. While the key
-            is paused for longer, its requests raise ``RateLimitExceeded`` at once,
-            unsent, and ``limits`` is paused for ``max_wait`` only (a Redis limiter's
-            other processes then learn the rest from their own answer).
+        max_wait: the longest pause (seconds) waited out, or None. A longer one holds
+            the key for ``max_wait`` or 60 s, whichever is longer (at most the pause):
+            its requests raise ``RateLimitExceeded`` at once, unsent, then the next
+            asks the server again. ``limits`` is paused for ``max_wait`` only (a Redis
+            limiter's other processes then learn the rest from their own answer).
         timeout: the longest wait for ``limits`` per attempt (seconds), or None;
             past it the limiter's ``RateLimitExceeded``/``LimitTimeout`` is raised. It
             bounds the wait for the key's pause and learned pace too (then

@@ -21,6 +21,7 @@ from aiohttp import web
 from client_kinds import kind, until
 
 import aiolease
+import aiolease._http
 import aiolease.aiohttp
 import aiolease.httpx
 
@@ -377,11 +378,12 @@ async def test_a_pause_longer_than_max_wait_fails_the_next_requests_at_once(kind
         client(kind, limiter, max_wait=30) as (get, adapter),
     ):
         assert await get(url) == 429
-        assert adapter.paused_for(HOST) > 1e9  # the server's answer holds here
+        # Held here for ASK_AGAIN_AFTER (longer than max_wait), not the server's 68 years.
+        assert 59 < adapter.paused_for(HOST) <= 60.001
         async with asyncio.timeout(5):
             with pytest.raises(aiolease.RateLimitExceeded) as caught:
                 await get(url)
-        assert caught.value.retry_after > 1e9
+        assert 59 < caught.value.retry_after <= 60.001
         # The limiter (shared between processes when it is a Redis one) is paused only
         # for max_wait: a process that never saw the 429 sends one request after it,
         # and learns the rest from its own answer.
@@ -389,6 +391,35 @@ async def test_a_pause_longer_than_max_wait_fails_the_next_requests_at_once(kind
             limiter.acquire_nowait(key=HOST)
         assert 0 < held.value.retry_after <= 30
     assert len(heads) == 1
+
+
+async def test_a_pause_past_max_wait_is_asked_again_after_a_while(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The key stayed refused here for all the server asked (68 years for FOREVER), with
+    # nothing to clear it, in a long-running process whose server had long recovered.
+    # Now it is held for max_wait or ASK_AGAIN_AFTER, whichever is longer; then the next
+    # request asks the server again.
+    monkeypatch.setattr(aiolease._http, "ASK_AGAIN_AFTER", 0.3)
+    answers = [FOREVER, FOREVER, OK]
+    async with (
+        raw_server(lambda n: answers[min(n, len(answers)) - 1]) as (url, heads),
+        client(kind, aiolease.RateLimiter(100), max_wait=0.1) as (get, adapter),
+    ):
+        assert await get(url) == 429
+        assert 0.2 < adapter.paused_for(HOST) <= 0.301  # uvloop's clock: a millisecond tick
+        with pytest.raises(aiolease.RateLimitExceeded, match=r"longer than max_wait=0\.1") as held:
+            await get(url)  # refused at once, unsent
+        assert 0.2 < held.value.retry_after <= 0.301
+        await asyncio.sleep(0.35)
+        assert await get(url) == 429  # asked again: the server still says "forever"
+        assert len(heads) == 2
+        with pytest.raises(aiolease.RateLimitExceeded):
+            await get(url)
+        await asyncio.sleep(0.35)
+        assert await get(url) == 200  # the server recovered: so does the key
+        assert adapter.paused_for(HOST) == 0
+    assert len(heads) == 3
 
 
 # -- cancelled while the body of a throttled response is read and dropped --------------
