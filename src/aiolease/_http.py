@@ -569,14 +569,19 @@ class Pauses:
         A pause or an episode that begins during the wait is waited out too,
         and the slot is taken again after it (the learned bucket was emptied).
         The slot of a waiter cancelled meanwhile is not given back: the pace
-        errs on the slow side.
+        errs on the slow side. The whole wait is at most ``longest`` seconds
+        (``max_wait``).
 
         Raises:
             RateLimitExceeded: the pause or the slot ends after ``deadline`` (loop
-                clock), or the pause lasts longer than ``longest`` seconds (see
-                :meth:`check`); nothing is waited for and no slot is taken.
+                clock) or more than ``longest`` seconds from the call, or the key is
+                held by a pause past ``max_wait`` (see :meth:`check`); nothing is
+                waited for and no slot is taken.
         """
         loop = asyncio.get_running_loop()
+        # The end of the wait: the timeout's deadline or max_wait from now, the earlier.
+        bound = loop.time() + longest
+        end, past = (deadline, "timeout") if deadline <= bound else (bound, f"max_wait={longest:g}")
         while True:
             now = loop.time()
             st = self._keys.get(key)
@@ -584,14 +589,14 @@ class Pauses:
                 return
             if st.until > now:
                 self.check(key, now, longest)
-                if st.until > deadline:
-                    raise RateLimitExceeded(st.until - now, _past_deadline(key, "paused"))
+                if st.until > end:
+                    raise RateLimitExceeded(st.until - now, _past_end(key, "paused", past))
                 await asyncio.sleep(st.until - now)
                 continue
             generation = st.generation
-            delay = st.reserve(now, deadline - now)
-            if now + delay > deadline:
-                raise RateLimitExceeded(delay, _past_deadline(key, "paced"))
+            delay = st.reserve(now, end - now)
+            if now + delay > end:
+                raise RateLimitExceeded(delay, _past_end(key, "paced", past))
             if delay <= 0:
                 return
             await asyncio.sleep(delay)
@@ -599,8 +604,8 @@ class Pauses:
                 return
 
 
-def _past_deadline(key: Hashable, state: str) -> str:
-    return f"{key!r} is {state} by the server's answers past this request's timeout"
+def _past_end(key: Hashable, state: str, past: str) -> str:
+    return f"{key!r} is {state} by the server's answers past this request's {past}"
 
 
 R = TypeVar("R")
@@ -740,8 +745,9 @@ class RetryPolicy(Generic[R]):
         Raises:
             RateLimitExceeded, LimitTimeout: the limits could not admit the
                 request within ``timeout``; ``RateLimitExceeded`` too when the
-                key's pause or learned pace holds it past ``timeout``, or the
-                key's pause lasts longer than ``max_wait`` (at once, unsent).
+                key's pause or learned pace holds it past ``timeout`` or for more
+                than ``max_wait`` once admitted, or the key is held by a pause
+                longer than ``max_wait`` (at once); the request unsent.
         """
         check_key_value(key)
         retry_method = method.upper() in self.retry_methods
@@ -760,7 +766,8 @@ class RetryPolicy(Generic[R]):
                 async with self.limits.acquire(key=key, timeout=self.timeout):
                     # A pause that began while this request waited for the limits
                     # holds it too: nothing is sent into a window the server closed.
-                    # ``timeout`` bounds that wait as well, from the attempt's start.
+                    # ``timeout`` bounds that wait as well, from the attempt's start, and
+                    # ``max_wait`` from now: the pause and the learned pace together.
                     await self._pauses.wait(
                         key, math.inf if self.timeout is None else start + self.timeout, longest
                     )

@@ -422,6 +422,39 @@ async def test_a_pause_past_max_wait_is_asked_again_after_a_while(
     assert len(heads) == 3
 
 
+async def test_the_wait_for_a_learned_pace_is_bounded_by_max_wait(kind: str) -> None:
+    # The pause was bounded by max_wait, the wait for a slot of the learned pace only by
+    # timeout: with timeout=None a request queued behind a slow pace waited as long as
+    # the queue was. Now a slot past max_wait raises RateLimitExceeded, the request unsent.
+    throttled = b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n"
+    loop = asyncio.get_running_loop()
+    async with (
+        raw_server(lambda n: throttled if n == 2 else OK) as (url, heads),
+        client(kind, aiolease.RateLimiter(100), max_wait=1.0) as (get, adapter),
+    ):
+        assert await get(url) == 200
+        # A quiet key's first 429: a pace of about 1.5 requests a second is learned.
+        assert await get(url) == 200
+        pace = adapter.pace(HOST)
+        assert pace is not None
+        assert pace < 3
+
+        async def timed() -> tuple[float, int | BaseException]:
+            start = loop.time()
+            try:
+                result: int | BaseException = await get(url)
+            except aiolease.RateLimitExceeded as exc:
+                result = exc
+            return loop.time() - start, result
+
+        results = await asyncio.gather(*(timed() for _ in range(4)))
+    refused = [r for _, r in results if isinstance(r, aiolease.RateLimitExceeded)]
+    assert refused, results
+    assert all("max_wait=1" in str(r) for r in refused)
+    assert max(took for took, _ in results) < 1.0 + 0.3, results  # slack: a loaded machine
+    assert len(heads) == 3 + 4 - len(refused)
+
+
 # -- cancelled while the body of a throttled response is read and dropped --------------
 
 
