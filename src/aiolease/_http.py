@@ -12,7 +12,7 @@ Three pieces, none of which imports an HTTP library:
   out a pause, send; on a 429/503 that says how long to wait, pause the key
   (locally and in the limiter, so a Redis limiter pauses every process) and
   retry up to ``retries`` times. Each client library supplies only how to send
-  and how to read and discard a response.
+  a request and how to read and close a response.
 """
 
 from __future__ import annotations
@@ -612,9 +612,9 @@ R = TypeVar("R")
 
 
 async def _close_orphan(close: Callable[[R], Awaitable[None]], response: R) -> None:
-    """Close (shielded) a response that is nobody's now, because an error or a cancellation
-    is on its way out of the request: a failure of the close is logged, never raised in that
-    error's place (a cancellation must go on as one)."""
+    """Close (shielded) a response that is nobody's now, because it is retried or an error or
+    a cancellation is on its way out of the request: a failure of the close is logged, never
+    raised (in that error's place: a cancellation must go on as one)."""
     try:
         await asyncio.shield(close(response))
     except Exception:
@@ -726,7 +726,6 @@ class RetryPolicy(Generic[R]):
         attempt: Callable[[], Awaitable[R]],
         status: Callable[[R], int],
         header: Callable[[R], HeaderGetter],
-        discard: Callable[[R], Awaitable[None]],
         close: Callable[[R], Awaitable[None]],
     ) -> R:
         """Send a request under the limits; pause and retry on a throttled response.
@@ -739,7 +738,6 @@ class RetryPolicy(Generic[R]):
             attempt: sends the request once and returns the response head.
             status: the response's status code.
             header: the response's field reader.
-            discard: reads and releases a response that will be retried.
             close: releases a response without reading it.
 
         Raises:
@@ -805,4 +803,6 @@ class RetryPolicy(Generic[R]):
             ):
                 return response
             tries += 1
-            await discard(response)
+            # Closed unread: nobody reads it, and a throttled body may be huge or never
+            # end. An HTTP/1.1 connection with a body left on it is closed, not reused.
+            await _close_orphan(close, response)

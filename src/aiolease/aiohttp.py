@@ -71,17 +71,6 @@ def _header(response: aiohttp.ClientResponse) -> HeaderGetter:
     return get
 
 
-async def _discard(response: aiohttp.ClientResponse) -> None:
-    try:
-        await response.read()  # read to the end, so the connection can be reused
-    except aiohttp.ClientError:
-        # The server closed or stalled the body of a response it throttled: nobody
-        # reads it, so that is no reason to fail the request; the retry goes ahead.
-        pass
-    finally:
-        response.release()
-
-
 async def _close(response: aiohttp.ClientResponse) -> None:
     response.release()
 
@@ -148,7 +137,6 @@ class _Limited:
             attempt,
             _status,
             _header,
-            _discard,
             _close,
         )
 

@@ -44,17 +44,6 @@ def _header(response: httpx.Response) -> HeaderGetter:
     return get
 
 
-async def _discard(response: httpx.Response) -> None:
-    try:
-        await response.aread()  # read to the end, so the connection can be reused
-    except (httpx.TransportError, httpx.DecodingError):
-        # The server closed or stalled the body of a response it throttled: nobody
-        # reads it, so that is no reason to fail the request; the retry goes ahead.
-        pass
-    finally:
-        await response.aclose()
-
-
 async def _close(response: httpx.Response) -> None:
     await response.aclose()
 
@@ -162,7 +151,6 @@ class LimitedTransport(httpx.AsyncBaseTransport):
             lambda: self._attempt(request),
             _status,
             _header,
-            _discard,
             _close,
         )
 

@@ -168,6 +168,33 @@ async def test_a_throttled_body_that_cannot_be_read_does_not_fail_the_retry(
     assert len(heads) == 2
 
 
+async def test_an_endless_throttled_body_does_not_hold_the_retry(kind: str) -> None:
+    # The body of a 429 that is retried was read to its end first: one that never ends
+    # (a trickle, under any read timeout) held the request, here past the 0.1 s the
+    # server asked for, as long as the client's own total timeout, or for good.
+    served = 0
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        nonlocal served
+        served += 1
+        if served > 1:
+            return web.Response(text="ok")
+        response = web.StreamResponse(status=429, headers={"Retry-After": "0.1"})
+        await response.prepare(request)
+        try:
+            for _ in iter(int, 1):  # until the client goes away (or the server's cleanup)
+                await response.write(b"x" * 1024)
+                await asyncio.sleep(0.01)
+        except ConnectionError:
+            pass
+        return response
+
+    async with web_server(handler) as url, client(kind, aiolease.RateLimiter(100)) as (get, _):
+        async with asyncio.timeout(2):
+            assert await get(url) == 200
+    assert served == 2
+
+
 # -- a body that cannot be sent twice --------------------------------------------------
 
 
@@ -461,9 +488,10 @@ async def test_the_wait_for_a_learned_pace_is_bounded_by_max_wait(kind: str) -> 
 async def test_a_request_cancelled_while_its_throttled_body_is_dropped_frees_everything(
     kind: str,
 ) -> None:
-    # The server stalls in the middle of a 429's body, which is read and dropped before
-    # the retry: the request is cancelled there. Its connection (the only one) and its
-    # slot must be free for the next request, and the key's pause must not outlive it.
+    # The server stalls in the middle of a 429's body, which the retry leaves unread (it
+    # was read and dropped first): the request is cancelled after the 429. Its connection
+    # (the only one) and its slot must be free for the next request, and the key's pause
+    # must not outlive it.
     def answer(n: int) -> bytes:
         if n == 1:
             return (
