@@ -569,19 +569,16 @@ class Pauses:
         A pause or an episode that begins during the wait is waited out too,
         and the slot is taken again after it (the learned bucket was emptied).
         The slot of a waiter cancelled meanwhile is not given back: the pace
-        errs on the slow side. The whole wait is at most ``longest`` seconds
-        (``max_wait``).
+        errs on the slow side. A slot is waited for at most ``longest`` seconds
+        (``max_wait``), as a pause is.
 
         Raises:
             RateLimitExceeded: the pause or the slot ends after ``deadline`` (loop
-                clock) or more than ``longest`` seconds from the call, or the key is
-                held by a pause past ``max_wait`` (see :meth:`check`); nothing is
-                waited for and no slot is taken.
+                clock), the slot comes more than ``longest`` seconds from now, or the
+                key is held by a pause past ``max_wait`` (see :meth:`check`); nothing
+                is waited for and no slot is taken.
         """
         loop = asyncio.get_running_loop()
-        # The end of the wait: the timeout's deadline or max_wait from now, the earlier.
-        bound = loop.time() + longest
-        end, past = (deadline, "timeout") if deadline <= bound else (bound, f"max_wait={longest:g}")
         while True:
             now = loop.time()
             st = self._keys.get(key)
@@ -589,10 +586,14 @@ class Pauses:
                 return
             if st.until > now:
                 self.check(key, now, longest)
-                if st.until > end:
-                    raise RateLimitExceeded(st.until - now, _past_end(key, "paused", past))
+                if st.until > deadline:
+                    raise RateLimitExceeded(st.until - now, _past_end(key, "paused", "timeout"))
                 await asyncio.sleep(st.until - now)
                 continue
+            # The slot must come by the timeout's deadline and within max_wait.
+            end, past = deadline, "timeout"
+            if now + longest < deadline:
+                end, past = now + longest, f"max_wait={longest:g}"
             generation = st.generation
             delay = st.reserve(now, end - now)
             if now + delay > end:
@@ -743,9 +744,9 @@ class RetryPolicy(Generic[R]):
         Raises:
             RateLimitExceeded, LimitTimeout: the limits could not admit the
                 request within ``timeout``; ``RateLimitExceeded`` too when the
-                key's pause or learned pace holds it past ``timeout`` or for more
-                than ``max_wait`` once admitted, or the key is held by a pause
-                longer than ``max_wait`` (at once); the request unsent.
+                key's pause or learned pace holds it past ``timeout``, its next
+                slot of the learned pace is more than ``max_wait`` away, or the key
+                is held by a pause longer than ``max_wait`` (at once); unsent.
         """
         check_key_value(key)
         retry_method = method.upper() in self.retry_methods
@@ -765,7 +766,7 @@ class RetryPolicy(Generic[R]):
                     # A pause that began while this request waited for the limits
                     # holds it too: nothing is sent into a window the server closed.
                     # ``timeout`` bounds that wait as well, from the attempt's start, and
-                    # ``max_wait`` from now: the pause and the learned pace together.
+                    # ``max_wait`` the wait for a slot of the learned pace, as a pause.
                     await self._pauses.wait(
                         key, math.inf if self.timeout is None else start + self.timeout, longest
                     )

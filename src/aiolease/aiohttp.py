@@ -187,9 +187,9 @@ def limited(
             the key for ``max_wait`` or 60 s, whichever is longer (at most the pause):
             its requests raise ``RateLimitExceeded`` at once, unsent, then the next
             asks the server again. ``limits`` is paused for ``max_wait`` only (a Redis
-            limiter's other processes then learn the rest from their own answer). Once
-            ``limits`` admitted it, a request waits at most ``max_wait`` for the key's
-            pause and learned pace together (then ``RateLimitExceeded``, unsent).
+            limiter's other processes then learn the rest from their own answer). A slot
+            of the key's learned pace is waited for at most ``max_wait`` too (then
+            ``RateLimitExceeded``, unsent).
         timeout: the longest wait for ``limits`` per attempt (seconds), or None; it
             bounds the wait for the key's pause and learned pace too (then
             ``RateLimitExceeded``, the request unsent).
