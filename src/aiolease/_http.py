@@ -12,7 +12,7 @@ Three pieces, none of which imports an HTTP library:
   out a pause, send; on a 429/503 that says how long to wait, pause the key
   (locally and in the limiter, so a Redis limiter pauses every process) and
   retry up to ``retries`` times. Each client library supplies only how to send
-  and how to read and discard a response.
+  a request and how to read and close a response.
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELET
 #: The statuses whose waiting instructions pause the key.
 RETRY_STATUSES = frozenset({429, 503})
 
-#: Above this a ``Retry-After`` or ``RateLimit-Reset`` value is read as a Unix time,
-#: not a delay (some servers send the epoch form); ten years of seconds.
+#: Above this a ``Retry-After``, ``RateLimit`` (``t=``, draft-07 ``reset=``) or
+#: ``RateLimit-Reset`` value is read as a Unix time, not a delay (some servers send
+#: the epoch form); ten years of seconds.
 _EPOCH_THRESHOLD = 10 * 365 * 86400.0
 #: delta-seconds: ASCII digits only (RFC 9110 DIGIT; ``\d`` alone takes "٣" for 3).
 _DELTA = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*$", re.ASCII)
@@ -177,12 +178,13 @@ def _params(member: str) -> tuple[str, dict[str, str]]:
     return name, found
 
 
-def _ratelimit(value: str) -> float | None:
+def _ratelimit(value: str, header: HeaderGetter) -> float | None:
     """The wait a ``RateLimit`` field implies: the longest reset among exhausted quotas.
 
     draft-ietf-httpapi-ratelimit-headers-08 and later: a list of items
     ``"policy";r=<remaining>;t=<reset seconds>``. draft-07: one dictionary
-    ``limit=10, remaining=0, reset=5``.
+    ``limit=10, remaining=0, reset=5``. A reset given as a Unix time is tolerated,
+    as in ``Retry-After`` (see _EPOCH_THRESHOLD).
     """
     members = [m.strip() for m in _MEMBER.findall(value) if m.strip()]
     if not members:
@@ -192,14 +194,16 @@ def _ratelimit(value: str) -> float | None:
         fields = {k.strip().lower(): v.strip() for k, v in fields.items()}
         reset = _number(fields.get("reset", ""))
         remaining = _number(fields.get("remaining", "0"))
-        return _wait(reset) if reset is not None and remaining == 0 else None
+        if reset is None or remaining != 0:
+            return None
+        return _seconds_or_epoch(reset, header)
     resets: list[float] = []
     for m in members:
         _, params = _params(m)
         reset = _number(params.get("t", ""))
         remaining = _number(params.get("r", "0"))
         if reset is not None and remaining == 0:
-            resets.append(_wait(reset))
+            resets.append(_seconds_or_epoch(reset, header))
     return max(resets) if resets else None
 
 
@@ -236,7 +240,7 @@ def retry_delay(header: HeaderGetter) -> float | None:
             return seconds
     value = header("RateLimit")
     if value:
-        seconds = _ratelimit(value)
+        seconds = _ratelimit(value, header)
         if seconds is not None:
             return seconds
     value = header("RateLimit-Reset")
@@ -249,6 +253,11 @@ def retry_delay(header: HeaderGetter) -> float | None:
 #: again and relearns from its next episodes, so a server whose limit rose, or
 #: that answered 503 while briefly overloaded, is not under-used for long.
 LEARNED_PACE_LASTS = 60.0
+#: A pause longer than ``max_wait`` is held here (its requests refused at once) for
+#: ``max_wait`` or this long (seconds), whichever is longer, if the server asked for
+#: more: then the next request asks the server again. A server that asked for hours
+#: (or the end of time) and recovered sooner does not leave the key refused for good.
+ASK_AGAIN_AFTER = 60.0
 
 
 class _Key:
@@ -300,6 +309,7 @@ class _Key:
         "learned_at",
         "quiet",
         "rate",
+        "refuse",
         "resumed",
         "served",
         "span",
@@ -312,6 +322,7 @@ class _Key:
 
     def __init__(self) -> None:
         self.until = -math.inf  # the pause in force ends here (loop clock)
+        self.refuse = False  # the pause in force is one past max_wait: refused, not waited out
         self.generation = 0  # bumped by each pause and episode: paced waiters reserve again
         self.waiting = 0  # requests of this key waiting to be sent (limits, pause, pace)
         self.episode = -math.inf  # when the latest episode began
@@ -395,12 +406,17 @@ class Pauses:
     def _idle(st: _Key, now: float) -> bool:
         return st.waiting == 0 and st.until <= now and st.pace(now) is None
 
-    def pause(self, key: Hashable, seconds: float, now: float) -> None:
-        """Hold ``key`` until ``now + seconds``; a pause in force is never shortened."""
+    def pause(self, key: Hashable, seconds: float, now: float, refuse: bool = False) -> None:
+        """Hold ``key`` until ``now + seconds``; a pause in force is never shortened.
+
+        ``refuse``: the server asked for longer than ``max_wait``, so the key's requests
+        raise at once (:meth:`check`) instead of waiting the pause out.
+        """
         st = self._state(key, now)
         until = now + seconds
         if until > st.until:
             st.until = until
+            st.refuse = refuse
             st.generation += 1
 
     def remaining(self, key: Hashable, now: float) -> float:
@@ -471,8 +487,11 @@ class Pauses:
             st.early += 1  # sent before the first episode, answered after it
             self._learn(st, (st.early + 0.5) / st.first_span, st.waited, st.learned_at)
 
-    def throttled(self, key: Hashable, seconds: float, sent_at: float, now: float) -> None:
-        """A throttled response asking for ``seconds``: pause the key, learn from a new episode."""
+    def throttled(
+        self, key: Hashable, seconds: float, sent_at: float, now: float, refuse: bool = False
+    ) -> None:
+        """A throttled response: pause the key ``seconds`` (see :meth:`pause` for ``refuse``),
+        learn from a new episode."""
         st = self._state(key, now)
         if sent_at >= st.episode:  # not in flight when the latest episode began: a new one
             st.first_span = None  # a later episode: the span below takes over
@@ -499,7 +518,7 @@ class Pauses:
                     # One request short: a first estimate a hair too high must not run
                     # the requests resumed after this pause into a second 429.
                     st.tat += 1.0 / st.rate
-        self.pause(key, seconds, now)
+        self.pause(key, seconds, now, refuse)
 
     def _first_episode(self, st: _Key, seconds: float, sent_at: float, now: float) -> bool:
         """The provisional pace of the key's first episode (see :class:`_Key`).
@@ -528,17 +547,18 @@ class Pauses:
         st.learned_at = now
 
     def check(self, key: Hashable, now: float, longest: float = math.inf) -> None:
-        """Raise unless the pause of ``key`` in force ends within ``longest`` seconds.
+        """Raise while ``key`` is held by a pause past ``max_wait`` (``longest``, named in
+        the message): one that is refused, not waited out (see :meth:`pause`).
 
         Raises:
-            RateLimitExceeded: the key is paused for longer than ``longest``.
+            RateLimitExceeded: the key is held so; ``retry_after`` is when it asks again.
         """
         st = self._keys.get(key)
-        if st is not None and st.until - now > longest:
+        if st is not None and st.refuse and st.until > now:
             raise RateLimitExceeded(
                 st.until - now,
-                f"{key!r} is paused by the server's answer for {st.until - now:.0f}s, "
-                f"longer than max_wait={longest:g}",
+                f"{key!r} is paused by the server's answer for longer than max_wait={longest:g}: "
+                f"refused for {st.until - now:.3g}s more, then the server is asked again",
             )
 
     async def wait(
@@ -549,12 +569,14 @@ class Pauses:
         A pause or an episode that begins during the wait is waited out too,
         and the slot is taken again after it (the learned bucket was emptied).
         The slot of a waiter cancelled meanwhile is not given back: the pace
-        errs on the slow side.
+        errs on the slow side. A slot is waited for at most ``longest`` seconds
+        (``max_wait``), as a pause is.
 
         Raises:
             RateLimitExceeded: the pause or the slot ends after ``deadline`` (loop
-                clock), or the pause lasts longer than ``longest`` seconds (see
-                :meth:`check`); nothing is waited for and no slot is taken.
+                clock), the slot comes more than ``longest`` seconds from now, or the
+                key is held by a pause past ``max_wait`` (see :meth:`check`); nothing
+                is waited for and no slot is taken.
         """
         loop = asyncio.get_running_loop()
         while True:
@@ -565,13 +587,17 @@ class Pauses:
             if st.until > now:
                 self.check(key, now, longest)
                 if st.until > deadline:
-                    raise RateLimitExceeded(st.until - now, _past_deadline(key, "paused"))
+                    raise RateLimitExceeded(st.until - now, _past_end(key, "paused", "timeout"))
                 await asyncio.sleep(st.until - now)
                 continue
+            # The slot must come by the timeout's deadline and within max_wait.
+            end, past = deadline, "timeout"
+            if now + longest < deadline:
+                end, past = now + longest, f"max_wait={longest:g}"
             generation = st.generation
-            delay = st.reserve(now, deadline - now)
-            if now + delay > deadline:
-                raise RateLimitExceeded(delay, _past_deadline(key, "paced"))
+            delay = st.reserve(now, end - now)
+            if now + delay > end:
+                raise RateLimitExceeded(delay, _past_end(key, "paced", past))
             if delay <= 0:
                 return
             await asyncio.sleep(delay)
@@ -579,17 +605,17 @@ class Pauses:
                 return
 
 
-def _past_deadline(key: Hashable, state: str) -> str:
-    return f"{key!r} is {state} by the server's answers past this request's timeout"
+def _past_end(key: Hashable, state: str, past: str) -> str:
+    return f"{key!r} is {state} by the server's answers past this request's {past}"
 
 
 R = TypeVar("R")
 
 
 async def _close_orphan(close: Callable[[R], Awaitable[None]], response: R) -> None:
-    """Close (shielded) a response that is nobody's now, because an error or a cancellation
-    is on its way out of the request: a failure of the close is logged, never raised in that
-    error's place (a cancellation must go on as one)."""
+    """Close (shielded) a response that is nobody's now, because it is retried or an error or
+    a cancellation is on its way out of the request: a failure of the close is logged, never
+    raised (in that error's place: a cancellation must go on as one)."""
     try:
         await asyncio.shield(close(response))
     except Exception:
@@ -669,7 +695,12 @@ class RetryPolicy(Generic[R]):
         ``sent_at`` is when the throttled request was sent: it tells a new
         episode from the answers to requests already in flight.
         """
-        self._pauses.throttled(key, seconds, sent_at, asyncio.get_running_loop().time())
+        held, refuse = seconds, False
+        if self.max_wait is not None and seconds > self.max_wait:
+            # Not waited out, and held here for at most max(max_wait, ASK_AGAIN_AFTER):
+            # then the next request asks the server again.
+            held, refuse = min(seconds, max(self.max_wait, ASK_AGAIN_AFTER)), True
+        self._pauses.throttled(key, held, sent_at, asyncio.get_running_loop().time(), refuse)
         limiter_pause = getattr(self.limits, "pause", None)
         if limiter_pause is None:
             return
@@ -696,7 +727,6 @@ class RetryPolicy(Generic[R]):
         attempt: Callable[[], Awaitable[R]],
         status: Callable[[R], int],
         header: Callable[[R], HeaderGetter],
-        discard: Callable[[R], Awaitable[None]],
         close: Callable[[R], Awaitable[None]],
     ) -> R:
         """Send a request under the limits; pause and retry on a throttled response.
@@ -709,14 +739,14 @@ class RetryPolicy(Generic[R]):
             attempt: sends the request once and returns the response head.
             status: the response's status code.
             header: the response's field reader.
-            discard: reads and releases a response that will be retried.
             close: releases a response without reading it.
 
         Raises:
             RateLimitExceeded, LimitTimeout: the limits could not admit the
                 request within ``timeout``; ``RateLimitExceeded`` too when the
-                key's pause or learned pace holds it past ``timeout``, or the
-                key's pause lasts longer than ``max_wait`` (at once, unsent).
+                key's pause or learned pace holds it past ``timeout``, its next
+                slot of the learned pace is more than ``max_wait`` away, or the key
+                is held by a pause longer than ``max_wait`` (at once); unsent.
         """
         check_key_value(key)
         retry_method = method.upper() in self.retry_methods
@@ -735,7 +765,8 @@ class RetryPolicy(Generic[R]):
                 async with self.limits.acquire(key=key, timeout=self.timeout):
                     # A pause that began while this request waited for the limits
                     # holds it too: nothing is sent into a window the server closed.
-                    # ``timeout`` bounds that wait as well, from the attempt's start.
+                    # ``timeout`` bounds that wait as well, from the attempt's start, and
+                    # ``max_wait`` the wait for a slot of the learned pace, as a pause.
                     await self._pauses.wait(
                         key, math.inf if self.timeout is None else start + self.timeout, longest
                     )
@@ -773,4 +804,6 @@ class RetryPolicy(Generic[R]):
             ):
                 return response
             tries += 1
-            await discard(response)
+            # Closed unread: nobody reads it, and a throttled body may be huge or never
+            # end. An HTTP/1.1 connection with a body left on it is closed, not reused.
+            await _close_orphan(close, response)

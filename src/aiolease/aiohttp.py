@@ -71,17 +71,6 @@ def _header(response: aiohttp.ClientResponse) -> HeaderGetter:
     return get
 
 
-async def _discard(response: aiohttp.ClientResponse) -> None:
-    try:
-        await response.read()  # read to the end, so the connection can be reused
-    except aiohttp.ClientError:
-        # The server closed or stalled the body of a response it throttled: nobody
-        # reads it, so that is no reason to fail the request; the retry goes ahead.
-        pass
-    finally:
-        response.release()
-
-
 async def _close(response: aiohttp.ClientResponse) -> None:
     response.release()
 
@@ -148,7 +137,6 @@ class _Limited:
             attempt,
             _status,
             _header,
-            _discard,
             _close,
         )
 
@@ -195,10 +183,13 @@ def limited(
         retries: how many times a throttled request is sent again, an int >= 0.
         retry_methods: the methods retried (default: the idempotent ones,
             GET HEAD OPTIONS TRACE PUT DELETE).
-        max_wait: the longest pause (seconds) waited out, or None. While the key
-            is paused for longer, its requests raise ``RateLimitExceeded`` at once,
-            unsent, and ``limits`` is paused for ``max_wait`` only (a Redis limiter's
-            other processes then learn the rest from their own answer).
+        max_wait: the longest pause (seconds) waited out, or None. A longer one holds
+            the key for ``max_wait`` or 60 s, whichever is longer (at most the pause):
+            its requests raise ``RateLimitExceeded`` at once, unsent, then the next
+            asks the server again. ``limits`` is paused for ``max_wait`` only (a Redis
+            limiter's other processes then learn the rest from their own answer). A slot
+            of the key's learned pace is waited for at most ``max_wait`` too (then
+            ``RateLimitExceeded``, unsent).
         timeout: the longest wait for ``limits`` per attempt (seconds), or None; it
             bounds the wait for the key's pause and learned pace too (then
             ``RateLimitExceeded``, the request unsent).

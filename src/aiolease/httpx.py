@@ -44,17 +44,6 @@ def _header(response: httpx.Response) -> HeaderGetter:
     return get
 
 
-async def _discard(response: httpx.Response) -> None:
-    try:
-        await response.aread()  # read to the end, so the connection can be reused
-    except (httpx.TransportError, httpx.DecodingError):
-        # The server closed or stalled the body of a response it throttled: nobody
-        # reads it, so that is no reason to fail the request; the retry goes ahead.
-        pass
-    finally:
-        await response.aclose()
-
-
 async def _close(response: httpx.Response) -> None:
     await response.aclose()
 
@@ -90,10 +79,13 @@ class LimitedTransport(httpx.AsyncBaseTransport):
         retry_methods: the methods retried (default: the idempotent ones,
             GET HEAD OPTIONS TRACE PUT DELETE). A 429 means the server did not
             process the request, so ``{"GET", "POST"}`` is often safe too.
-        max_wait: the longest pause (seconds) waited out, or None. While the key
-            is paused for longer, its requests raise ``RateLimitExceeded`` at once,
-            unsent, and ``limits`` is paused for ``max_wait`` only (a Redis limiter's
-            other processes then learn the rest from their own answer).
+        max_wait: the longest pause (seconds) waited out, or None. A longer one holds
+            the key for ``max_wait`` or 60 s, whichever is longer (at most the pause):
+            its requests raise ``RateLimitExceeded`` at once, unsent, then the next
+            asks the server again. ``limits`` is paused for ``max_wait`` only (a Redis
+            limiter's other processes then learn the rest from their own answer). A slot
+            of the key's learned pace is waited for at most ``max_wait`` too (then
+            ``RateLimitExceeded``, unsent).
         timeout: the longest wait for ``limits`` per attempt (seconds), or None;
             past it the limiter's ``RateLimitExceeded``/``LimitTimeout`` is raised. It
             bounds the wait for the key's pause and learned pace too (then
@@ -159,7 +151,6 @@ class LimitedTransport(httpx.AsyncBaseTransport):
             lambda: self._attempt(request),
             _status,
             _header,
-            _discard,
             _close,
         )
 

@@ -21,6 +21,7 @@ from aiohttp import web
 from client_kinds import kind, until
 
 import aiolease
+import aiolease._http
 import aiolease.aiohttp
 import aiolease.httpx
 
@@ -165,6 +166,33 @@ async def test_a_throttled_body_that_cannot_be_read_does_not_fail_the_retry(
     ):
         assert await get(url) == 200
     assert len(heads) == 2
+
+
+async def test_an_endless_throttled_body_does_not_hold_the_retry(kind: str) -> None:
+    # The body of a 429 that is retried was read to its end first: one that never ends
+    # (a trickle, under any read timeout) held the request, here past the 0.1 s the
+    # server asked for, as long as the client's own total timeout, or for good.
+    served = 0
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        nonlocal served
+        served += 1
+        if served > 1:
+            return web.Response(text="ok")
+        response = web.StreamResponse(status=429, headers={"Retry-After": "0.1"})
+        await response.prepare(request)
+        try:
+            for _ in iter(int, 1):  # until the client goes away (or the server's cleanup)
+                await response.write(b"x" * 1024)
+                await asyncio.sleep(0.01)
+        except ConnectionError:
+            pass
+        return response
+
+    async with web_server(handler) as url, client(kind, aiolease.RateLimiter(100)) as (get, _):
+        async with asyncio.timeout(2):
+            assert await get(url) == 200
+    assert served == 2
 
 
 # -- a body that cannot be sent twice --------------------------------------------------
@@ -377,11 +405,12 @@ async def test_a_pause_longer_than_max_wait_fails_the_next_requests_at_once(kind
         client(kind, limiter, max_wait=30) as (get, adapter),
     ):
         assert await get(url) == 429
-        assert adapter.paused_for(HOST) > 1e9  # the server's answer holds here
+        # Held here for ASK_AGAIN_AFTER (longer than max_wait), not the server's 68 years.
+        assert 59 < adapter.paused_for(HOST) <= 60.001
         async with asyncio.timeout(5):
             with pytest.raises(aiolease.RateLimitExceeded) as caught:
                 await get(url)
-        assert caught.value.retry_after > 1e9
+        assert 59 < caught.value.retry_after <= 60.001
         # The limiter (shared between processes when it is a Redis one) is paused only
         # for max_wait: a process that never saw the 429 sends one request after it,
         # and learns the rest from its own answer.
@@ -391,15 +420,78 @@ async def test_a_pause_longer_than_max_wait_fails_the_next_requests_at_once(kind
     assert len(heads) == 1
 
 
+async def test_a_pause_past_max_wait_is_asked_again_after_a_while(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The key stayed refused here for all the server asked (68 years for FOREVER), with
+    # nothing to clear it, in a long-running process whose server had long recovered.
+    # Now it is held for max_wait or ASK_AGAIN_AFTER, whichever is longer; then the next
+    # request asks the server again.
+    monkeypatch.setattr(aiolease._http, "ASK_AGAIN_AFTER", 0.3)
+    answers = [FOREVER, FOREVER, OK]
+    async with (
+        raw_server(lambda n: answers[min(n, len(answers)) - 1]) as (url, heads),
+        client(kind, aiolease.RateLimiter(100), max_wait=0.1) as (get, adapter),
+    ):
+        assert await get(url) == 429
+        assert 0.2 < adapter.paused_for(HOST) <= 0.301  # uvloop's clock: a millisecond tick
+        with pytest.raises(aiolease.RateLimitExceeded, match=r"longer than max_wait=0\.1") as held:
+            await get(url)  # refused at once, unsent
+        assert 0.2 < held.value.retry_after <= 0.301
+        await asyncio.sleep(0.35)
+        assert await get(url) == 429  # asked again: the server still says "forever"
+        assert len(heads) == 2
+        with pytest.raises(aiolease.RateLimitExceeded):
+            await get(url)
+        await asyncio.sleep(0.35)
+        assert await get(url) == 200  # the server recovered: so does the key
+        assert adapter.paused_for(HOST) == 0
+    assert len(heads) == 3
+
+
+async def test_the_wait_for_a_learned_pace_is_bounded_by_max_wait(kind: str) -> None:
+    # The pause was bounded by max_wait, the wait for a slot of the learned pace only by
+    # timeout: with timeout=None a request queued behind a slow pace waited as long as
+    # the queue was. Now a slot past max_wait raises RateLimitExceeded, the request unsent.
+    throttled = b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n"
+    loop = asyncio.get_running_loop()
+    async with (
+        raw_server(lambda n: throttled if n == 2 else OK) as (url, heads),
+        client(kind, aiolease.RateLimiter(100), max_wait=1.0) as (get, adapter),
+    ):
+        assert await get(url) == 200
+        # A quiet key's first 429: a pace of about 1.5 requests a second is learned.
+        assert await get(url) == 200
+        pace = adapter.pace(HOST)
+        assert pace is not None
+        assert pace < 3
+
+        async def timed() -> tuple[float, int | BaseException]:
+            start = loop.time()
+            try:
+                result: int | BaseException = await get(url)
+            except aiolease.RateLimitExceeded as exc:
+                result = exc
+            return loop.time() - start, result
+
+        results = await asyncio.gather(*(timed() for _ in range(4)))
+    refused = [r for _, r in results if isinstance(r, aiolease.RateLimitExceeded)]
+    assert refused, results
+    assert all("max_wait=1" in str(r) for r in refused)
+    assert max(took for took, _ in results) < 1.0 + 0.3, results  # slack: a loaded machine
+    assert len(heads) == 3 + 4 - len(refused)
+
+
 # -- cancelled while the body of a throttled response is read and dropped --------------
 
 
 async def test_a_request_cancelled_while_its_throttled_body_is_dropped_frees_everything(
     kind: str,
 ) -> None:
-    # The server stalls in the middle of a 429's body, which is read and dropped before
-    # the retry: the request is cancelled there. Its connection (the only one) and its
-    # slot must be free for the next request, and the key's pause must not outlive it.
+    # The server stalls in the middle of a 429's body, which the retry leaves unread (it
+    # was read and dropped first): the request is cancelled after the 429. Its connection
+    # (the only one) and its slot must be free for the next request, and the key's pause
+    # must not outlive it.
     def answer(n: int) -> bytes:
         if n == 1:
             return (

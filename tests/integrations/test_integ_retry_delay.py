@@ -467,3 +467,19 @@ def test_a_unix_time_in_retry_after_is_read_as_one() -> None:
     assert retry_delay(_getter(headers)) == 10.0
     headers["Retry-After"] = str(10 * 365 * 86400)  # up to ten years: delta-seconds
     assert retry_delay(_getter(headers)) == 10 * 365 * 86400.0
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        '"default";r=0;t={}',  # draft-08 and later
+        "limit=10, remaining=0, reset={}",  # draft-07
+    ],
+)
+def test_a_unix_time_in_the_ratelimit_field_is_read_as_one(field: str) -> None:
+    # As Retry-After and RateLimit-Reset tolerate it: read as seconds, a Unix time in
+    # t= (reset=) paused the key for decades.
+    headers = {"Date": "Fri, 31 Dec 1999 23:59:50 GMT", "RateLimit": field.format(946684800)}
+    assert retry_delay(_getter(headers)) == 10.0
+    headers["RateLimit"] = field.format(10 * 365 * 86400)  # up to ten years: delta-seconds
+    assert retry_delay(_getter(headers)) == 10 * 365 * 86400.0
