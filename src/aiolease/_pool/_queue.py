@@ -110,10 +110,6 @@ class WaitQueue(Generic[T]):
             creations.schedule_backoff(pool._clock())
         return fut
 
-    def extend(self, futures: list[Waiter]) -> None:
-        """Queue ``futures`` as waiters without a deadline (an opening pool's prefill)."""
-        self.futures.extend(futures)
-
     def next(self) -> Waiter | None:
         """Take the oldest waiter still waiting off the queue (its creation, if any,
         becomes an orphan for the next one to adopt)."""
