@@ -258,7 +258,9 @@ class Creations(Generic[T]):
             )
             if target is None and pool._is_open():
                 # A fill stood for the oldest waiter no creation serves: fail fast.
-                target = next((f for f in pool._waiters if f not in self.bound), None)
+                target = next(
+                    (f for f in pool._waiters if f not in self.bound and not f.done()), None
+                )
         if target is not None and not target.done():
             pool._queue.remove(target)
             target.set_exception(error)
