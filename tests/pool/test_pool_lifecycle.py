@@ -289,6 +289,25 @@ async def test_prefill_failure_with_a_waiter_still_fails_open() -> None:
     assert_closed_cleanly(pool, fm)
 
 
+async def test_a_waiter_that_adopted_a_failing_prefill_creation_gets_its_error() -> None:
+    # A task queued while the pool opens, with no room for a creation of its own, takes
+    # over one of the prefill's (as it would any fill): that attempt's error is its own.
+    fm = FakeManager()
+    fm.delay("create", 1.0)
+    fm.fail("create", ConnectionError, calls=1)
+    pool = Pool(fm, min_size=1, max_size=1)
+    opening = asyncio.create_task(pool.open())
+    await asyncio.sleep(0.5)
+    waiter = start_acquire(pool)
+    with pytest.raises(ConnectionError, match="call #1"):
+        await waiter
+    assert now() == pytest.approx(1.0)
+    with pytest.raises(ConnectionError, match="call #1"):
+        await opening
+    assert pool.closed
+    assert_closed_cleanly(pool, fm)
+
+
 async def test_open_failure_closes_pool_and_raises() -> None:
     fm = FakeManager()
     fm.fail("create", ConnectionError, calls=2)
