@@ -147,7 +147,6 @@ class Creations(Generic[T]):
         for report in reports:
             assert self.can_start(pool._clock()), "an opening pool has room for min_size"
             self.start(None, report)
-        pool._dispatch()  # (a task may have queued in open()'s first step)
         results = await asyncio.gather(*reports, return_exceptions=True)
         return next((r for r in results if isinstance(r, BaseException)), None)
 
