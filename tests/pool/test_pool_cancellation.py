@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 
 import pytest
 from pool_helpers import (
@@ -874,3 +875,63 @@ def test_taskgroup_cancellation_of_many_waiters() -> None:
         fm.assert_no_violations()
 
     vrun(main)
+
+
+async def _cancel_queued_waiters(order: str, n: int) -> float:
+    """Seconds (CPU) to cancel ``n`` queued waiters of a full pool, oldest first or in a
+    random order; the pool stays exact: nobody waits after, and the resource serves on."""
+    fm = NoResetFakeManager()
+    async with Pool(fm, max_size=1, acquire_timeout=None) as pool:
+        held = await pool.acquire()
+        waiters = [start_acquire(pool) for _ in range(n)]
+        await asyncio.sleep(0)
+        assert pool.statistics().waiting == n
+        picked = list(range(n))
+        if order == "random":
+            random.Random(n).shuffle(picked)
+        start = time.process_time()
+        for i in picked:
+            waiters[i].cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+        spent = time.process_time() - start
+        assert pool.statistics().waiting == 0
+        await pool.release(held)
+        async with pool.acquire():
+            pass
+    assert_closed_cleanly(pool, fm)
+    return spent
+
+
+@pytest.mark.slow
+@pytest.mark.pool_shapes("hook-free", "all-hooks")
+async def test_cancelling_queued_waiters_costs_the_same_in_any_order() -> None:
+    # A waiter that leaves costs the same wherever it stands in the queue: cancelling
+    # many in a random order is not quadratic in the queue's length.
+    n = 20_000
+    oldest_first = await _cancel_queued_waiters("oldest", n)
+    in_random_order = await _cancel_queued_waiters("random", n)
+    assert in_random_order < 2.5 * oldest_first + 0.05, (in_random_order, oldest_first)
+
+
+async def test_waiters_left_in_a_random_order_keep_the_count_and_the_order() -> None:
+    fm = NoResetFakeManager()
+    async with Pool(fm, max_size=1, acquire_timeout=None) as pool:
+        held = await pool.acquire()
+        waiters = [start_acquire(pool, timeout=None if i % 3 else 5.0) for i in range(300)]
+        await asyncio.sleep(0)
+        rng = random.Random(7)
+        gone = set(rng.sample(range(300), 200))
+        for k, i in enumerate(rng.sample(sorted(gone), len(gone))):
+            waiters[i].cancel()
+            await asyncio.sleep(0)
+            assert pool.statistics().waiting == 300 - k - 1
+        served: list[int] = []
+        r = held
+        for i in sorted(set(range(300)) - gone):
+            await pool.release(r)
+            r = await waiters[i]
+            served.append(i)
+            assert pool.statistics().waiting == 300 - len(gone) - len(served)
+        await pool.release(r)
+        assert pool.statistics().idle == 1
+    assert_closed_cleanly(pool, fm)

@@ -213,6 +213,101 @@ async def test_open_prefill_is_not_counted_as_waiting_tasks() -> None:
     await pool.aclose()
 
 
+@pytest.mark.parametrize("max_size", [3, 5])
+async def test_acquire_during_open_prefill_gets_the_first_resource_ready(max_size: int) -> None:
+    # Tasks that queue while open() fills min_size are served, oldest first, by the
+    # creations as each ends: not all at once when the slowest of the prefill ends.
+    fm = FakeManager()
+    fm.delay("create", 1.0, calls=1)
+    fm.delay("create", 2.0, calls=2)
+    fm.delay("create", 9.0, calls=[3, 4, 5])
+    pool = Pool(fm, min_size=3, max_size=max_size)
+    opening = asyncio.create_task(pool.open())
+    await asyncio.sleep(0.5)
+    got: list[tuple[int, float]] = []
+
+    async def use(i: int) -> None:
+        async with pool.acquire() as r:
+            got.append((i, now()))
+            await r.use()
+            await asyncio.sleep(5.0)
+
+    first, second = asyncio.create_task(use(1)), asyncio.create_task(use(2))
+    await asyncio.sleep(0)
+    await first
+    await second
+    assert [i for i, _ in got] == [1, 2]
+    assert [at for _, at in got] == pytest.approx([1.0, 2.0])
+    assert not opening.done()
+    await opening
+    assert fm.created == 3  # the waiters adopted the prefill's creations, as any fill's
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_acquire_cancelled_during_open_prefill_loses_nothing() -> None:
+    fm = FakeManager()
+    gate = fm.block("create", calls=1)
+    fm.delay("create", 2.0, calls=[2, 3])
+    pool = Pool(fm, min_size=3, max_size=3)
+    opening = asyncio.create_task(pool.open())
+    await gate.wait_arrived()
+    waiters = [start_acquire(pool) for _ in range(2)]
+    await asyncio.sleep(0.5)
+    assert pool.statistics().waiting == 2
+    waiters[0].cancel()
+    gate.open()  # its resource goes to the waiter left
+    r = await waiters[1]
+    assert now() == pytest.approx(0.5)
+    with pytest.raises(asyncio.CancelledError):
+        await waiters[0]
+    assert pool.statistics().waiting == 0
+    await pool.release(r)
+    await opening
+    st = pool.statistics()
+    assert (st.size, st.idle, st.in_use, st.waiting) == (3, 3, 0, 0), st
+    assert fm.created == 3
+    await pool.aclose()
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_prefill_failure_with_a_waiter_still_fails_open() -> None:
+    fm = FakeManager()
+    fm.delay("create", 1.0, calls=1)
+    fm.delay("create", 3.0, calls=2)
+    fm.fail("create", ConnectionError, calls=2)
+    pool = Pool(fm, min_size=2, max_size=2)
+    opening = asyncio.create_task(pool.open())
+    await asyncio.sleep(0.5)
+    waiter = start_acquire(pool)
+    r = await waiter  # the prefill's first resource, before open() gives up
+    assert now() == pytest.approx(1.0)
+    await pool.release(r)
+    with pytest.raises(ConnectionError, match="call #2"):
+        await opening
+    assert pool.closed
+    assert_closed_cleanly(pool, fm)
+
+
+async def test_a_waiter_that_adopted_a_failing_prefill_creation_gets_its_error() -> None:
+    # A task queued while the pool opens, with no room for a creation of its own, takes
+    # over one of the prefill's (as it would any fill): that attempt's error is its own.
+    fm = FakeManager()
+    fm.delay("create", 1.0)
+    fm.fail("create", ConnectionError, calls=1)
+    pool = Pool(fm, min_size=1, max_size=1)
+    opening = asyncio.create_task(pool.open())
+    await asyncio.sleep(0.5)
+    waiter = start_acquire(pool)
+    with pytest.raises(ConnectionError, match="call #1"):
+        await waiter
+    assert now() == pytest.approx(1.0)
+    with pytest.raises(ConnectionError, match="call #1"):
+        await opening
+    assert pool.closed
+    assert_closed_cleanly(pool, fm)
+
+
 async def test_open_failure_closes_pool_and_raises() -> None:
     fm = FakeManager()
     fm.fail("create", ConnectionError, calls=2)

@@ -33,18 +33,33 @@ Waiter = asyncio.Future[Entry[Any]]
 
 
 class _Creation:
-    """A creation in flight, and the waiter it serves (None: an orphan or a min_size fill)."""
+    """A creation in flight, and the waiter it serves (None: an orphan or a min_size fill).
 
-    __slots__ = ("waiter",)
+    ``report``: for a creation of an opening pool's prefill, the future that tells
+    :meth:`Creations.prefill` how the attempt ended (None otherwise).
+    """
 
-    def __init__(self, waiter: Waiter | None) -> None:
+    __slots__ = ("report", "waiter")
+
+    def __init__(self, waiter: Waiter | None, report: asyncio.Future[None] | None) -> None:
         self.waiter = waiter
+        self.report = report
+
+    def tell(self, error: BaseException | None) -> None:
+        """The attempt ended (``error`` None: it made a resource): tell the prefill, if any
+        (the prefill's future is cancelled if open() was)."""
+        report = self.report
+        if report is not None and not report.done():
+            if error is None:
+                report.set_result(None)
+            else:
+                report.set_exception(error)
 
 
 class Creations(Generic[T]):
     """The pool's creations in flight and its creation backoff."""
 
-    __slots__ = ("_pool", "_timer", "backoff", "bound", "live", "orphans", "prefilling", "tasks")
+    __slots__ = ("_pool", "_timer", "backoff", "bound", "live", "orphans", "tasks")
 
     def __init__(self, pool: Pool[T], backoff: Backoff) -> None:
         self._pool = pool
@@ -55,8 +70,6 @@ class Creations(Generic[T]):
         self.bound: dict[Waiter, _Creation] = {}
         self.orphans: list[_Creation] = []
         self.tasks: set[asyncio.Task[Any]] = set()  # creations that may still be cancelled
-        # An opening pool's prefill futures (queued, but no task waits on each): see queued().
-        self.prefilling: list[Waiter] = []
         self._timer: asyncio.TimerHandle | None = None
 
     def unbind(self, fut: Waiter) -> None:
@@ -105,12 +118,13 @@ class Creations(Generic[T]):
         pool = self._pool
         return pool._size < pool._max_size and self.backoff.allows(now)
 
-    def start(self, fut: Waiter | None) -> None:
-        """Start a creation serving ``fut`` (None: a fill, an orphan from the start)."""
+    def start(self, fut: Waiter | None, report: asyncio.Future[None] | None = None) -> None:
+        """Start a creation serving ``fut`` (None: a fill, an orphan from the start; a
+        prefill's fill with its ``report``)."""
         pool = self._pool
         pool._size += 1
         self.backoff.started()
-        creation = _Creation(fut)
+        creation = _Creation(fut, report)
         if fut is None:
             self.orphans.append(creation)
         else:
@@ -120,35 +134,21 @@ class Creations(Generic[T]):
         task.add_done_callback(self.tasks.discard)
 
     async def prefill(self, count: int) -> BaseException | None:
-        """Create ``count`` resources for an opening pool and wait for them (they go
-        idle); returns the first creation error. They queue as acquirers do, so
-        each creation is bound to one of them."""
+        """Create ``count`` resources for an opening pool and wait until each attempt has
+        ended; returns the first creation error (in the order they started).
+
+        They are fills: each new resource goes, as soon as it is made, to the oldest
+        waiter (a task that queued while the pool opens) or idle, and a waiter may adopt
+        one still running as any orphan. Each also tells its outcome to this call. If
+        this call is cancelled, they go on as plain fills."""
         pool = self._pool
         assert pool._loop is not None
-        futures: list[Waiter] = [pool._loop.create_future() for _ in range(count)]
-        pool._queue.extend(futures)
-        self.prefilling = futures
-        pool._dispatch()
-        try:
-            results = await asyncio.gather(*futures, return_exceptions=True)
-        except BaseException:
-            for fut in futures:
-                pool._queue.abandon(fut)
-            raise
-        finally:
-            self.prefilling = []
-        for result in results:
-            if isinstance(result, Entry):
-                pool._hand_off(result)
+        reports: list[asyncio.Future[None]] = [pool._loop.create_future() for _ in range(count)]
+        for report in reports:
+            assert self.can_start(pool._clock()), "an opening pool has room for min_size"
+            self.start(None, report)
+        results = await asyncio.gather(*reports, return_exceptions=True)
         return next((r for r in results if isinstance(r, BaseException)), None)
-
-    def queued(self) -> int:
-        """Tasks queued for a resource (``statistics().waiting``): the queue, less the
-        prefill futures still in it (a future is queued until it is done)."""
-        waiting = len(self._pool._waiters)
-        if self.prefilling:
-            waiting -= sum(not fut.done() for fut in self.prefilling)
-        return waiting
 
     def close(self) -> None:
         """The pool closes: cancel the creations still running, stop the backoff timer."""
@@ -192,6 +192,7 @@ class Creations(Generic[T]):
         # Its waiter, if still queued, is served in its turn like any other (FIFO): the
         # entry goes to the oldest waiter, whose own creation, if any, it then adopts.
         self._forget(creation)
+        creation.tell(None)
         now = pool._clock()
         pool._counters.created += 1
         if pool._observer is not None:
@@ -220,16 +221,17 @@ class Creations(Generic[T]):
         if isinstance(exc, asyncio.CancelledError) and not pool._is_open():
             self.backoff.abandoned()
             error: BaseException = PoolClosed(f"{pool!r} was closed while creating a resource")
+            creation.tell(error)
         elif isinstance(exc, asyncio.CancelledError) and not leaked_cancel(exc):
             # This task was cancelled though the pool is open: its loop shuts down with the
             # pool left open (asyncio.run cancels every task). No verdict on the manager, and
             # no new creation (the loop would destroy it pending); a waiter still there is told.
             self.backoff.abandoned()
+            error = RuntimeError(f"{pool!r}: the task creating a resource was cancelled")
+            creation.tell(error)
             if target is not None and not target.done():
                 pool._queue.remove(target)
-                target.set_exception(
-                    RuntimeError(f"{pool!r}: the task creating a resource was cancelled")
-                )
+                target.set_exception(error)
             return
         else:
             error = exc
@@ -240,6 +242,7 @@ class Creations(Generic[T]):
                     f"{pool._manager!r}.create() raised CancelledError on an open pool"
                 )
                 error.__cause__ = exc
+            creation.tell(error)
             pool._counters.create_errors += 1
             if pool._observer is not None:
                 pool._observer.created(pool._clock() - started, error)
@@ -254,7 +257,9 @@ class Creations(Generic[T]):
             )
             if target is None and pool._is_open():
                 # A fill stood for the oldest waiter no creation serves: fail fast.
-                target = next((f for f in pool._waiters if f not in self.bound), None)
+                target = next(
+                    (f for f in pool._waiters if f not in self.bound and not f.done()), None
+                )
         if target is not None and not target.done():
             pool._queue.remove(target)
             target.set_exception(error)

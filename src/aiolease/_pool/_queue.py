@@ -35,6 +35,13 @@ class WaitQueue(Generic[T]):
     timed ones (``_heap``: a min-heap of ``(deadline, id, future)``). Every change to
     ``futures`` goes through this class.
 
+    A waiter taken off anywhere but the front (it gave up, timed out, or its creation
+    failed) leaves ``queued``, the set of the waiters in the queue, at once; its place in
+    ``futures`` is dropped when it comes to the front, or when such places are most of
+    ``futures``. So leaving costs the same wherever a waiter stands, ``len(queued)`` is
+    the exact count, and ``futures`` is empty exactly when nobody is queued (the pool
+    tests it as "anyone waiting?").
+
     Every timed wait shares one loop timer, armed for the earliest deadline: a
     waiter admitted with an earlier one re-arms it; when it fires, the waits
     whose deadline has come time out and it is re-armed for the earliest one
@@ -47,11 +54,12 @@ class WaitQueue(Generic[T]):
     resolves or cancels it.
     """
 
-    __slots__ = ("_heap", "_loop", "_pool", "_timer", "_when", "futures")
+    __slots__ = ("_heap", "_loop", "_pool", "_timer", "_when", "futures", "queued")
 
     def __init__(self, pool: Pool[T], futures: deque[Waiter]) -> None:
         self._pool = pool
         self.futures = futures
+        self.queued: set[Waiter] = set()
         self._heap: list[tuple[float, int, Waiter]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -80,9 +88,11 @@ class WaitQueue(Generic[T]):
             futures.appendleft(fut)
         else:
             futures.append(fut)
+        queued = self.queued
+        queued.add(fut)
         if deadline != _INF:
             heap = self._heap
-            if len(heap) > 2 * len(futures) + 64:  # mostly waits that ended: keep the live
+            if len(heap) > 2 * len(queued) + 64:  # mostly waits that ended: keep the live
                 heap[:] = [item for item in heap if not item[2].done()]
                 heapq.heapify(heap)
             heapq.heappush(heap, (deadline, id(fut), fut))
@@ -91,11 +101,11 @@ class WaitQueue(Generic[T]):
         bound = creations.bound
         if fut in bound or front:
             return fut
-        if pool._max_waiting is not None and len(futures) - len(bound) > pool._max_waiting:
+        if pool._max_waiting is not None and len(queued) - len(bound) > pool._max_waiting:
             self.remove(fut)
             fut.cancel()  # never waited on: its deadline is void
             raise TooManyWaiters(
-                f"{pool!r}: {len(futures) - len(bound)} tasks already waiting "
+                f"{pool!r}: {len(queued) - len(bound)} tasks already waiting "
                 f"(max_waiting={pool._max_waiting})"
             )
         # Checked at once only for a task that queues first: a task queued behind others
@@ -110,38 +120,45 @@ class WaitQueue(Generic[T]):
             creations.schedule_backoff(pool._clock())
         return fut
 
-    def extend(self, futures: list[Waiter]) -> None:
-        """Queue ``futures`` as waiters without a deadline (an opening pool's prefill)."""
-        self.futures.extend(futures)
-
     def next(self) -> Waiter | None:
         """Take the oldest waiter still waiting off the queue (its creation, if any,
         becomes an orphan for the next one to adopt)."""
-        futures = self.futures
+        futures, queued = self.futures, self.queued
         creations = self._pool._creations
         while futures:
             fut = futures.popleft()
+            if fut not in queued:
+                continue  # a place its waiter left (see remove)
+            queued.discard(fut)
             if creations.bound:
                 creations.unbind(fut)
             if not fut.done():
                 break
         else:
             fut = None
-        if not futures and self._timer is not None:
-            self.disarm()  # no wait left to time out
+        if not queued:
+            self._emptied()
         return fut
 
     def remove(self, fut: Waiter) -> None:
-        """Take ``fut`` off the queue, wherever it is (O(its place): the waits that time
-        out or give up are mostly the oldest). The caller resolves or cancels it."""
-        futures = self.futures
-        try:
-            futures.remove(fut)
-        except ValueError:
-            pass
-        if not futures and self._timer is not None:
-            self.disarm()
+        """Take ``fut`` off the queue, wherever it is (its place is dropped later). The
+        caller resolves or cancels it."""
+        queued = self.queued
+        if fut in queued:
+            queued.discard(fut)
+            if not queued:
+                self._emptied()
+            elif len(self.futures) > 2 * len(queued) + 64:  # mostly places left: keep the live
+                live = [f for f in self.futures if f in queued]
+                self.futures.clear()
+                self.futures.extend(live)
         self._pool._creations.unbind(fut)
+
+    def _emptied(self) -> None:
+        """Nobody is queued: no place is kept, no wait is left to time out."""
+        self.futures.clear()
+        if self._timer is not None:
+            self.disarm()
 
     def abandon(self, fut: Waiter) -> None:
         """A waiter leaves early (cancelled, timed out, pool closed): if it was already

@@ -93,7 +93,7 @@ def snapshot(pool: Pool[Any]) -> PoolStatistics:
         size=pool._size,
         idle=len(pool._idle),
         in_use=len(pool._in_use),
-        waiting=pool._creations.queued(),
+        waiting=len(pool._queue.queued),
         min_size=pool._min_size,
         max_size=max(pool._size, pool._max_size),  # see PoolStatistics.max_size
         acquired=counters.acquired,
