@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
 .PHONY: demo test test-matrix chaos lint typecheck pytest bench bench-pool bench-limits bench-tx bench-compat clean
-.PHONY: bench-clients bench-asgi bench-pool-overload docs dist-check
+.PHONY: bench-clients bench-asgi bench-pool-overload bench-pool-cancel docs dist-check
 
 # One stamp per install flavour, rebuilt when pyproject.toml changes.
 $(PY):
@@ -54,6 +54,9 @@ bench-pool: $(VENV)/.stamp-test
 
 bench-pool-overload: $(VENV)/.stamp-test
 	$(PY) bench/pool_overload.py $(BENCH_ARGS)
+
+bench-pool-cancel: $(VENV)/.stamp-test
+	$(PY) bench/pool_cancel.py $(BENCH_ARGS)
 
 bench-limits: $(VENV)/.stamp-test
 	$(PY) bench/_modes.py bench/limits.py $(BENCH_ARGS)
