@@ -698,6 +698,8 @@ class Caller:
                 retried = await _evalsha_all(conn, script, [calls[i] for i in again])
                 for i, reply in zip(again, retried, strict=True):
                     replies[i] = reply
+            if any(isinstance(reply, _rexc.ReadOnlyError) for reply in replies):
+                await conn.disconnect(nowait=True)  # a demoted primary's: see _error_reply
             return replies
         except BaseException as exc:
             if not isinstance(exc, _rexc.ResponseError) or isinstance(exc, _rexc.ReadOnlyError):
