@@ -23,7 +23,7 @@ from .._logs import get_logger
 from .._shield import shielded
 from .._validate import LONGEST_WAIT, check_entry
 from ._health import UNAVAILABLE, Health, describe, unavailable
-from ._keys import check_name, check_prefix, key_text, redis_key
+from ._keys import check_name, check_prefix, key_base, key_text
 from ._pipe import (
     Background,
     Caller,
@@ -307,7 +307,7 @@ class RedisConcurrencyLimiter:
         )
         self._closed = False
         self._closing: asyncio.Task[None] | None = None
-        self._channel = f"{redis_key(prefix, 'conc', name)}:wake"
+        self._channel = f"{key_base(prefix, 'conc', name)}:wake"
         self._uid = f"{uuid.uuid4().hex[:12]}-{os.getpid()}"
         self._seq = itertools.count(1)
         self._bg = Background(self._health)
@@ -456,7 +456,7 @@ class RedisConcurrencyLimiter:
 
     # -- internals ----------------------------------------------------------------------------
     def _keys(self, key: Hashable) -> tuple[str, ...]:
-        base = redis_key(self._prefix, "conc", self._name, key)
+        base = key_base(self._prefix, "conc", self._name, key)
         return (
             f"{base}:holders",
             f"{base}:queue",
