@@ -223,10 +223,10 @@ class Transaction(Generic[C]):
         decorator).
 
         Raises:
-            TypeError: ``fn`` is not callable.
+            TypeError: ``fn`` is not callable, or cannot be called with no arguments.
             TransactionError: the block is not open.
         """
-        self._check_hook(fn)
+        self._check_hook("on_commit", fn)
         if self._on_commit is None:
             self._on_commit = [fn]
         else:
@@ -243,10 +243,10 @@ class Transaction(Generic[C]):
         registered in a savepoint that rolls back is dropped. Returns ``fn``.
 
         Raises:
-            TypeError: ``fn`` is not callable.
+            TypeError: ``fn`` is not callable, or cannot be called with no arguments.
             TransactionError: the block is not open.
         """
-        self._check_hook(fn)
+        self._check_hook("on_rollback", fn)
         if self._on_rollback is None:
             self._on_rollback = [fn]
         else:
@@ -258,10 +258,15 @@ class Transaction(Generic[C]):
 
         In a nested block only its savepoint rolls back; with
         ``savepoint=False`` the whole enclosing transaction does.
+
+        Raises:
+            TypeError: ``rollback`` is not True or False.
+            TransactionError: the block is not open.
         """
+        check_flag("rollback", rollback)
         if self._state != _ACTIVE:
             raise TransactionError("set_rollback() needs an open atomic block")
-        self._rollback_only = bool(rollback)
+        self._rollback_only = rollback
 
     def __repr__(self) -> str:
         state = ("new", "open", "done")[self._state]
@@ -275,9 +280,11 @@ class Transaction(Generic[C]):
             return [f"transaction left open: {self!r} (entered in task {self._task!r})"]
         return []
 
-    def _check_hook(self, fn: Hook) -> None:
+    def _check_hook(self, method: str, fn: Hook) -> None:
         if not callable(fn):
             raise TypeError(f"a transaction hook must be callable, got {fn!r}")
+        # Checked here: called with an argument, it would fail after the outcome (HookError).
+        _validate.check_arity(f"{method}(): a transaction hook", fn, 0, "no arguments")
         if self._state != _ACTIVE:
             raise TransactionError("hooks can only be registered on an open atomic block")
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from . import _validate
 from ._dialects._base import ISOLATION_LEVELS, Dialect
+from ._validate import check_flag
 
 __all__ = ["check_flag", "check_options", "normalize_isolation"]
 
@@ -55,10 +56,3 @@ def normalize_isolation(isolation: str | None, dialect: Dialect[Any]) -> str | N
             f"isolation={isolation!r} is not supported by {dialect.name}: it accepts {accepted}"
         )
     return level
-
-
-def check_flag(name: str, value: object) -> bool:
-    # Not bool(value): readonly="false" would be True.
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return value

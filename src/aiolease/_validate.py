@@ -11,14 +11,17 @@ an int too large for a float counts as infinite; ``-0.0`` is taken as ``0.0``.
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Final
 
 __all__ = [
     "LONGEST_WAIT",
+    "check_arity",
     "check_cost",
     "check_entry",
+    "check_flag",
     "check_key",
     "check_name",
     "integer",
@@ -93,6 +96,32 @@ def integer(name: str, value: object, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return value
+
+
+def check_flag(name: str, value: object) -> bool:
+    """A flag: True or False only (not ``bool(value)``: ``readonly="false"`` would be True)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_arity(what: str, fn: Callable[..., object], nargs: int, called: str) -> None:
+    """A callback that can be called with ``nargs`` positional arguments, checked when it is
+    given rather than met as a TypeError when it is called (after a COMMIT, on a request).
+    A callable whose signature cannot be read (some builtins) is taken as it is.
+
+    Args:
+        what: the callback, for the message (``"on_commit(): a transaction hook"``).
+        called: how it is called, for the message (``"no arguments"``).
+    """
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(*range(nargs))
+    except TypeError as exc:
+        raise TypeError(f"{what} is called with {called}, got {fn!r}: {exc}") from None
 
 
 #: The longest wait one instruction is taken to ask for, in seconds (a server's

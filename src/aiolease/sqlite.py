@@ -82,16 +82,22 @@ _CONNECT_KEYWORDS = (
 ) - {"database"}
 
 
-def _check_path(path: str) -> None:
-    """A database file must be creatable: its directory must exist (checked here, at the
-    call, rather than at the first connect)."""
+def _check_path(given: object) -> str:
+    """The database path as a str. A database file must be creatable: its directory must
+    exist (checked here, at the call, rather than at the first connect)."""
+    path = os.fspath(given) if isinstance(given, str | os.PathLike) else None
+    if not isinstance(path, str):  # (bytes: a PathLike may give them too)
+        raise TypeError(
+            f"path must be a str or an os.PathLike of str, got {type(given).__name__} {given!r}"
+        )
     if _is_memory(path) or path.startswith("file:") or path == "":
-        return
+        return path
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ValueError(
             f"path {path!r}: the directory {directory!r} does not exist (create it first)"
         )
+    return path
 
 
 async def _finish(task: asyncio.Future[Any]) -> bool:
@@ -232,8 +238,7 @@ class SqliteManager(LeaseProxies[aiosqlite.Connection], Manager[aiosqlite.Connec
         self.configure_timeout = _validate.seconds("configure_timeout", configure_timeout)
         if not isinstance(commit_on_loop, bool):
             raise TypeError(f"commit_on_loop must be a bool, got {commit_on_loop!r}")
-        self.path = os.fspath(path)
-        _check_path(self.path)
+        self.path = _check_path(path)
         # What an unnamed pool goes by: the path (a ``file:`` URI without its query).
         self._pool_name = redact(self.path.partition("?")[0])
         self.commit_on_loop = commit_on_loop

@@ -260,7 +260,7 @@ async def test_gate_open_then_close_lets_the_blocked_calls_through() -> None:
 
 async def test_gate_wait_arrived_rejects_bad_count() -> None:
     gate = FakeManager().block("check")
-    with pytest.raises(ValueError, match="count must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="count must be an int >= 1, got 0"):
         await gate.wait_arrived(0)
 
 

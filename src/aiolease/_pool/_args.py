@@ -48,6 +48,13 @@ class Options(Generic[T]):
     def _check_options(self, manager: Manager[T], **options: Any) -> Backoff:
         """Check and keep the manager, its ``close_timeout`` and the :class:`Pool`
         keyword arguments; returns the creation backoff they configure."""
+        if isinstance(manager, type):
+            # Its create() is a function too, and would fail at the first acquire
+            # ("missing 1 required positional argument: 'self'").
+            raise TypeError(
+                f"manager must be a Manager instance, got the class {manager.__name__}: "
+                f"pass {manager.__name__}()"
+            )
         if not callable(getattr(manager, "create", None)):
             raise TypeError(
                 "manager must implement async create() (an aiolease.abc.Manager), got "

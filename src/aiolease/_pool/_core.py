@@ -214,8 +214,10 @@ class Pool(Options[T]):
 
         Raises:
             PoolClosed: the pool was closed.
+            TypeError: ``wait`` is not True or False.
             RuntimeError: the pool was opened on another event loop.
         """
+        _validate.check_flag("wait", wait)
         if self._state is _OPEN:
             self._check_loop()
             return
@@ -471,10 +473,11 @@ class Pool(Options[T]):
 
         Raises:
             ValueError: the resource is not checked out from this pool.
+            TypeError: ``discard`` is not True or False.
             RuntimeError: the pool was opened on another event loop.
         """
         self._check_loop()
-        pending = self._release(resource, discard)
+        pending = self._release(resource, _validate.check_flag("discard", discard))
         if pending is not None:
             await asyncio.shield(pending)
 

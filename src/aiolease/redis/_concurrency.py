@@ -24,7 +24,7 @@ from .._shield import shielded
 from .._validate import LONGEST_WAIT, check_entry
 from ._background import Background, cancel_late, closing
 from ._health import UNAVAILABLE, Health, describe, unavailable
-from ._keys import check_name, check_prefix, key_text, redis_key
+from ._keys import check_name, check_prefix, key_base, key_text
 from ._pipe import (
     Caller,
     check_client,
@@ -305,7 +305,7 @@ class RedisConcurrencyLimiter:
         )
         self._closed = False
         self._closing: asyncio.Task[None] | None = None
-        self._channel = f"{redis_key(prefix, 'conc', name)}:wake"
+        self._channel = f"{key_base(prefix, 'conc', name)}:wake"
         self._uid = f"{uuid.uuid4().hex[:12]}-{os.getpid()}"
         self._seq = itertools.count(1)
         self._bg = Background(self._health)
@@ -454,7 +454,7 @@ class RedisConcurrencyLimiter:
 
     # -- internals ----------------------------------------------------------------------------
     def _keys(self, key: Hashable) -> tuple[str, ...]:
-        base = redis_key(self._prefix, "conc", self._name, key)
+        base = key_base(self._prefix, "conc", self._name, key)
         return (
             f"{base}:holders",
             f"{base}:queue",

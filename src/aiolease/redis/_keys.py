@@ -12,13 +12,16 @@ from typing import Final
 
 from .._validate import utf8_size
 
-__all__ = ["check_name", "check_prefix", "key_text", "redis_key"]
+__all__ = ["KINDS", "check_name", "check_prefix", "key_base", "key_text", "redis_key"]
 
 #: The longest name, prefix or key text accepted, in UTF-8 bytes. Redis takes far longer keys,
 #: but every call sends the key and the server keeps it: a key this long is a bug at the caller.
 MAX_KEY_BYTES: Final = 1024
 
 _KEY_TYPES: Final = (str, int, float, bytes, tuple)
+
+#: The kinds of limiter keys: a rate limiter's, a concurrency limiter's.
+KINDS: Final = ("rate", "conc")
 
 
 def _esc(text: str) -> str:
@@ -84,7 +87,30 @@ def key_text(key: Hashable) -> str:
     return text
 
 
-def redis_key(prefix: str, kind: str, name: str, key: Hashable = None) -> str:
-    """The hash-tagged Redis key base of one limiter key (``prefix:kind:{name|key}``)."""
+def key_base(prefix: str, kind: str, name: str, key: Hashable = None) -> str:
+    """:func:`redis_key` of arguments the limiter already checked (its prefix, kind, name)."""
     tag = _esc(name) if key is None else f"{_esc(name)}|{_esc(key_text(key))}"
     return f"{prefix}:{kind}:{{{tag}}}"
+
+
+def redis_key(prefix: str, kind: str, name: str, key: Hashable = None) -> str:
+    """The hash-tagged Redis key base of one limiter key (``prefix:kind:{name|key}``): where a
+    limiter made with this ``prefix`` and ``name`` keeps ``key``'s state.
+
+    Args:
+        prefix: the limiter's ``prefix``.
+        kind: ``"rate"`` (a :class:`RedisRateLimiter`) or ``"conc"`` (a
+            :class:`RedisConcurrencyLimiter`).
+        name: the limiter's ``name``.
+        key: the limiter key (None: the default key).
+
+    Raises:
+        TypeError: ``prefix`` or ``name`` is not a non-empty str; ``key`` is not a key a Redis
+            limiter takes.
+        ValueError: ``kind`` is not one of those; a text is too long or not UTF-8 encodable.
+    """
+    check_prefix(prefix)
+    if kind not in KINDS:
+        raise ValueError(f"kind must be 'rate' or 'conc', got {kind!r}")
+    check_name(name)
+    return key_base(prefix, kind, name, key)

@@ -63,7 +63,13 @@ _READER_LINGER = 0.25
 
 
 def check_client(client: object, cls: str) -> None:
-    """A limiter needs a redis-py asyncio client object, not a URL or None."""
+    """A limiter needs a redis-py asyncio client object, not a URL, None or the class."""
+    if isinstance(client, type):
+        # Its evalsha is a function too, and every call would fail (no connection pool).
+        raise TypeError(
+            f"{cls}: client must be a redis.asyncio.Redis (or RedisCluster) client, got the "
+            f"class {client.__name__}; create one with redis.asyncio.Redis.from_url(url)"
+        )
     if isinstance(client, (str, bytes)) or client is None or not hasattr(client, "evalsha"):
         raise TypeError(
             f"{cls}: client must be a redis.asyncio.Redis (or RedisCluster) client, got "

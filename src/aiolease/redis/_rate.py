@@ -18,7 +18,7 @@ from .._validate import LONGEST_WAIT, check_cost
 from ._background import Background, closing
 from ._chain import _Chain, _Entry
 from ._health import UNAVAILABLE, Health, unavailable
-from ._keys import check_name, check_prefix, redis_key
+from ._keys import check_name, check_prefix, key_base
 from ._pipe import (
     Caller,
     b,
@@ -288,7 +288,7 @@ class RedisRateLimiter:
         self._t_us = self._per / self._rate * 1e6
         self._clock_b = self._clock.encode()
         self._shape = (repr(self._t_us).encode(), repr(self._burst).encode())
-        self._base = redis_key(prefix, "rate", name)
+        self._base = key_base(prefix, "rate", name)
         # RESP of RATE_ACQUIRE on the default key without its last two arguments (cost, max_wait).
         self._head = pack(
             (
@@ -470,7 +470,7 @@ class RedisRateLimiter:
         return RuntimeError(f"{self!r} is closed (aclose() was called)")
 
     def _rkey(self, key: Hashable) -> str:
-        return self._base if key is None else redis_key(self._prefix, "rate", self._name, key)
+        return self._base if key is None else key_base(self._prefix, "rate", self._name, key)
 
     def _acquire_call(self, rkey: str, cost: float, max_wait: bytes) -> Awaitable[Any]:
         """RATE_ACQUIRE: the command is pre-packed up to its two variable arguments."""

@@ -450,7 +450,9 @@ class FakeConnection:
 
         Raises:
             ValueError: ``n`` is not an int >= 1.
+            TypeError: ``committed`` is not True or False.
         """
+        _validate.check_flag("committed", committed)
         self._commit_faults[self._commits + _nth(n)] = ("drop", committed)
 
     def hang(self, pattern: str | re.Pattern[str]) -> FakeGate:

@@ -161,9 +161,9 @@ class Gate:
 
         Raises:
             ValueError: ``count`` is below 1.
+            TypeError: ``count`` is not an int (a float such as ``inf`` would never be reached).
         """
-        if count < 1:
-            raise ValueError(f"count must be >= 1, got {count!r}")
+        _validate.integer("count", count, 1)
         while len(self._arrived) < count:
             await self._event().wait()
         return self._arrived[count - 1]
