@@ -652,7 +652,7 @@ class Caller:
                     # Cluster (or single-connection) clients route and retry by their own
                     # policy; configure their retries off to keep "never replay an
                     # indeterminate call" (docs/redis.md).
-                    replies = [await _client_evalsha(self, script, *call) for call in calls]
+                    replies = [await self._client_evalsha(script, *call) for call in calls]
         except _rexc.AuthenticationError as exc:
             raise refused(exc) from exc
         except TimeoutError as exc:
@@ -662,6 +662,22 @@ class Caller:
                 raise err  # noqa: B904 (its cause is set)
             raise
         return [self._error_reply(r) if isinstance(r, _rexc.ResponseError) else r for r in replies]
+
+    async def _client_evalsha(
+        self, script: Script, keys: tuple[str, ...], args: tuple[Any, ...]
+    ) -> Any:
+        """EVALSHA through a cluster (or single-connection) client: its reply, or its error
+        reply (an exception); NOSCRIPT answered by SCRIPT LOAD and one more EVALSHA."""
+        client: Any = self._client
+        try:
+            try:
+                return await client.evalsha(script.sha, len(keys), *keys, *args)
+            except _rexc.NoScriptError:
+                self._loaded += 1
+                await client.script_load(script.source)
+                return await client.evalsha(script.sha, len(keys), *keys, *args)
+        except _rexc.ResponseError as exc:
+            return exc
 
     def _error_reply(self, exc: _rexc.ResponseError) -> BaseException:
         """An error reply of the public path as the limiters take it (:func:`_busy`)."""
@@ -737,23 +753,6 @@ async def _evalsha_all(
         except _rexc.ResponseError as exc:
             replies.append(exc)
     return replies
-
-
-async def _client_evalsha(
-    caller: Caller, script: Script, keys: tuple[str, ...], args: tuple[Any, ...]
-) -> Any:
-    """EVALSHA through a cluster (or single-connection) client: its reply, or its error reply
-    (an exception); NOSCRIPT answered by SCRIPT LOAD and one more EVALSHA."""
-    client: Any = caller._client
-    try:
-        try:
-            return await client.evalsha(script.sha, len(keys), *keys, *args)
-        except _rexc.NoScriptError:
-            caller._loaded += 1
-            await client.script_load(script.source)
-            return await client.evalsha(script.sha, len(keys), *keys, *args)
-    except _rexc.ResponseError as exc:
-        return exc
 
 
 def _late_abandon(fut: asyncio.Future[Any], on_abandon: Callable[[Any], None] | None) -> None:
