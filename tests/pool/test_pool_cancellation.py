@@ -26,6 +26,7 @@ from aiolease import (
     PoolClosed,
     PoolTimeout,
 )
+from aiolease.abc import ResourceInfo
 from aiolease.testing import FakeManager, FakeResource
 
 pytestmark = [pytest.mark.aiolease_virtual_time, NO_HANG]
@@ -696,6 +697,68 @@ def test_manager_check_raising_cancelled_error_frees_slot() -> None:
             async with pool.acquire(timeout=5):
                 pass
             assert pool.statistics().size == 1
+
+    vrun(main)
+
+
+class _ConvertingCheckManager(DuckManager):
+    """A check that turns its own cancellation into an error of its own, as a driver may
+    (its "query cancelled" error): the first check waits until cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_check = asyncio.Event()
+        self.hold_first = True
+
+    async def check(self, resource: Res, info: ResourceInfo) -> None:
+        self.checked.append(resource.n)
+        if self.hold_first:
+            self.hold_first = False
+            self.in_check.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                raise ConnectionError("query cancelled") from None
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout", "pool_timeout"])
+def test_a_cancellation_a_check_turns_into_an_error_still_cancels_the_acquire(how: str) -> None:
+    """The caller was cancelled (or its own timeout fired) during the manager's check, and
+    the check raised an error of its own instead of CancelledError: the acquire must end
+    cancelled (its timeout: TimeoutError), not try the next idle resource and return it.
+    (The acquire's own timeout: PoolTimeout.)"""
+
+    async def main() -> None:
+        m = _ConvertingCheckManager()
+        async with duck_pool(m, min_size=2, max_size=2) as pool:
+            await settle()
+            assert pool.statistics().idle == 2
+
+            async def lease() -> None:
+                async with pool.acquire(timeout=5):  # (released even if it wrongly succeeds)
+                    pass
+
+            if how == "cancel":
+                task = asyncio.ensure_future(lease())
+                await m.in_check.wait()
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            elif how == "timeout":
+                with pytest.raises(TimeoutError) as caught:
+                    async with asyncio.timeout(1):
+                        await lease()
+                assert not isinstance(caught.value, PoolTimeout)
+            else:
+                with pytest.raises(PoolTimeout):
+                    async with pool.acquire(timeout=1):
+                        pass
+            assert m.checked == [1]  # the second idle resource was not taken
+            await settle()
+            s = pool.statistics()
+            assert (s.in_use, s.discarded) == (0, 1)  # the interrupted one was discarded
+            async with pool.acquire(timeout=5) as r:
+                assert r.n == 2
 
     vrun(main)
 

@@ -148,6 +148,8 @@ async def run_check(pool: Pool[T], entry: Entry[T], deadline: float) -> bool:
     """
     check = pool._hooks.check
     assert check is not None
+    task = asyncio.current_task()
+    cancels = 0 if task is None else task.cancelling()
     try:
         async with asyncio.timeout_at(None if deadline == _INF else deadline) as scope:
             with in_hook(pool, entry, scope):
@@ -155,6 +157,12 @@ async def run_check(pool: Pool[T], entry: Entry[T], deadline: float) -> bool:
     except Exception as exc:
         entry.broken = True
         pool._close_soon(entry)
+        if task is not None and task.cancelling() > cancels:
+            # The caller was cancelled mid-check and the check answered with an error of
+            # its own (a driver's "query cancelled"): the acquire ends cancelled, as asked,
+            # rather than trying the next resource.
+            note_discard(pool, entry, "its check was cancelled", logging.DEBUG)
+            raise asyncio.CancelledError from exc
         if scope.expired() and not pool._is_open():  # aclose() stopped waiting for it
             note_discard(pool, entry, "its check was interrupted: the pool closed")
             raise PoolClosed(f"{pool!r} was closed during the check") from None
