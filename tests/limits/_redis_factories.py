@@ -92,12 +92,13 @@ async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 2.0)
 @contextlib.contextmanager
 def compat_public(public: bool) -> Iterator[None]:
     """Build limiters as under ``AIOLEASE_COMPAT=public`` (no private redis-py names)."""
-    saved = _compat_redis.PIPE
-    _compat_redis.PIPE = saved and not public
+    saved = _compat_redis.PIPE, _compat_redis.WALK
+    _compat_redis.PIPE = saved[0] and not public
+    _compat_redis.WALK = saved[1] and not public
     try:
         yield
     finally:
-        _compat_redis.PIPE = saved
+        _compat_redis.PIPE, _compat_redis.WALK = saved
 
 
 @contextlib.asynccontextmanager

@@ -11,13 +11,12 @@ import asyncio
 import contextlib
 import functools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.asyncio as _redis_asyncio
 from redis import exceptions as _rexc
-from redis.asyncio.connection import AbstractConnection as _AbstractConnection
 
 from .._compat import redis as _compat
 from .._redact import redact
@@ -216,6 +215,7 @@ class Caller:
         "_calls",
         "_client",
         "_connecting",
+        "_cut_half_connected",
         "_direct",
         "_drops",
         "_late",
@@ -242,6 +242,7 @@ class Caller:
         )
         #: the pipe: one connection taken from that pool, written to synchronously
         self._direct = _compat.PIPE and self._pooled
+        self._cut_half_connected = _compat.half_connected_cutter()
         self._loaded = 0  # SCRIPT LOAD count (observable in tests)
         self.sent = 0  # calls sent: written to the pipe, or handed to the public path
         self._link: Any = None
@@ -492,7 +493,7 @@ class Caller:
         goes back to the pool (aclose() ends a late one). (redis-py gives a connection back
         itself if connecting fails.)
         """
-        taking = asyncio.get_running_loop().create_task(_take(pool))
+        taking = asyncio.get_running_loop().create_task(_take(pool, self._cut_half_connected))
         self._calls.add(taking)
         taking.add_done_callback(self._calls.discard)
         try:
@@ -784,33 +785,21 @@ async def _send_packed(conn: Any, packed: Any) -> None:
         raise asyncio.CancelledError
 
 
-async def _take(pool: Any) -> Any:
+async def _take(
+    pool: Any, cut_half_connected: Callable[[Any, BaseException], Awaitable[None]] | None
+) -> Any:
     try:
         return await pool.get_connection()
     except _rexc.AuthenticationError as exc:
         raise refused(exc) from exc
     except asyncio.CancelledError as exc:
-        # redis-py < 8 closes a connection whose handshake failed only on a Redis error: one
-        # cancelled while its handshake awaited something else (the client's credential
-        # provider) went back to the pool connected, without its AUTH and SELECT, and the next
-        # command would have run on it (unauthenticated, in database 0). It is cut here, so
-        # that its next use connects again. (Cutting one that connected fully costs a reconnect.)
-        conn = _connecting(exc)
-        if conn is not None and conn.is_connected:
-            await conn.disconnect(nowait=True)
+        # Cancelled while the connection's handshake awaited something else than Redis (the
+        # client's credential provider), redis-py < 8.2 gave it back to the pool connected,
+        # without its AUTH and SELECT: it is cut here, so that its next use connects again.
+        if cut_half_connected is not None:
+            with contextlib.suppress(Exception):  # (the cancellation goes on)
+                await cut_half_connected(pool, exc)
         raise
-
-
-def _connecting(exc: BaseException) -> Any:
-    """The redis-py connection that was connecting when ``exc`` was raised out of the pool's
-    ``get_connection()`` (a frame of one of its methods in the traceback), or None."""
-    tb = exc.__traceback__
-    while tb is not None:
-        owner = tb.tb_frame.f_locals.get("self")
-        if isinstance(owner, _AbstractConnection):
-            return owner
-        tb = tb.tb_next
-    return None
 
 
 def refused(exc: _rexc.AuthenticationError) -> _rexc.ResponseError:
