@@ -1,4 +1,5 @@
-"""redis-py's private stream writer, used by the limiters' pipelined calls.
+"""redis-py's private layout: its stream writer (the limiters' pipelined calls), and the frames
+of its connection methods (a connection whose handshake a cancellation interrupted).
 
 :data:`PIPE` is True when :mod:`aiolease.redis` may write a call to a pooled redis-py connection
 synchronously (``conn._writer``, private to redis-py): every call of a limiter then goes, in call
@@ -10,11 +11,17 @@ The public fallback (``AIOLEASE_COMPAT=public``, or a redis-py connection withou
 sends each call on a connection of the client's pool with redis-py's public connection API
 (``get_connection``, ``send_command``, ``read_response``, ``release``: never resent, as on the
 pipe), one call at a time in call order (so that Redis still runs one process's scripts in the
-order they were made). The pipe is kept because the public path is far slower (bench/README.md
-has the figures).
+order they were made). The pipe is kept because the public path is far slower: on 2026-12-05
+(bench/README.md, 2-core shared VM, never-limited ``async with RedisRateLimiter``, two runs)
+the public path (then the client's ``evalsha``) reached 0.56-0.77x the pipe's acquisitions per
+second with 1 task and 0.16-0.22x with 50 tasks; on 2026-12-06 the pooled-connection path
+reached 0.58x and 0.19x in one run (spreads of 50-100%: a loaded machine).
 
-:func:`half_connected_cutter` also reads redis-py's layout (its connection methods' frames in
-a traceback), for redis-py < 8.2 only; its public fallback closes the pool's idle connections.
+:func:`half_connected_cutter` reads the frames of redis-py's connection methods in a
+cancellation's traceback, for redis-py < 8.2 only, to find the one connection to cut. It is kept
+because its public fallback, which cannot tell which connection it was, closes every idle
+connection of the client's pool, and each connects again (a connect and a handshake) on its next
+use.
 """
 
 from __future__ import annotations
