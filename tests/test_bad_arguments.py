@@ -361,59 +361,6 @@ async def test_http_clients_paused_for_and_pace_refuse_an_unhashable_key() -> No
         assert client.pace(("api", 1)) is None
 
 
-# -- a backoff whose cap is below its base: the cap won from the first delay on, so the
-# delay never grew as documented.
-
-BACKOFF_CASES: list[tuple[str, Callable[[], object], str]] = [
-    (
-        "Pool(backoff_base=2, backoff_max=1)",
-        lambda: Pool(FakeManager(), backoff_base=2, backoff_max=1),
-        r"backoff_max must be >= backoff_base, got backoff_max=1.0 < backoff_base=2.0",
-    ),
-    (
-        "Pool(backoff_base=20) (default backoff_max 10)",
-        lambda: Pool(FakeManager(), backoff_base=20),
-        r"backoff_max must be >= backoff_base, got backoff_max=10.0 < backoff_base=20.0",
-    ),
-    (
-        "transaction_attempts(backoff=0.5, max_backoff=0.1)",
-        lambda: aiolease.transaction_attempts(FakeConnection(), backoff=0.5, max_backoff=0.1),
-        r"max_backoff must be >= backoff, got max_backoff=0.1 < backoff=0.5",
-    ),
-    (
-        "transaction_attempts(backoff=2) (default max_backoff 1)",
-        lambda: aiolease.transaction_attempts(FakeConnection(), backoff=2),
-        r"max_backoff must be >= backoff, got max_backoff=1.0 < backoff=2.0",
-    ),
-]
-
-
-@pytest.mark.parametrize(
-    ("call", "pattern"),
-    [pytest.param(call, pattern, id=name) for name, call, pattern in BACKOFF_CASES],
-)
-def test_a_backoff_cap_below_its_base_is_refused(call: Callable[[], object], pattern: str) -> None:
-    with pytest.raises(ValueError, match=pattern):
-        call()
-
-
-async def test_run_transaction_refuses_a_backoff_cap_below_its_base() -> None:
-    async def work(conn: FakeConnection) -> None:
-        raise AssertionError("not run")  # pragma: no cover
-
-    with pytest.raises(ValueError, match=r"max_backoff must be >= backoff, got max_backoff=0.1"):
-        await aiolease.run_transaction(FakeConnection(), work, backoff=1, max_backoff=0.1)
-
-
-def test_backoff_defaults_and_equal_bounds_are_still_accepted() -> None:
-    Pool(FakeManager())
-    Pool(FakeManager(), backoff_base=10.0)  # equal to the default cap
-    Pool(FakeManager(), backoff_base=0.05, backoff_max=0.05)
-    aiolease.transaction_attempts(FakeConnection())
-    aiolease.transaction_attempts(FakeConnection(), backoff=1.0)
-    aiolease.transaction_attempts(FakeConnection(), backoff=0.01, max_backoff=0.02)
-
-
 # -- the test doubles
 
 

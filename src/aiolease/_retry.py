@@ -172,7 +172,6 @@ class TransactionAttempts(Generic[C]):
             raise ValueError(f"attempts must be an int >= 1, got {attempts!r}")
         backoff = _validate.seconds("backoff", backoff)
         max_backoff = _validate.seconds("max_backoff", max_backoff)
-        _validate.check_cap("backoff", backoff, "max_backoff", max_backoff)
         self._is_connection = find_dialect(unwrap(target)) is not None
         if not self._is_connection and not hasattr(target, "acquire"):
             raise TypeError(
@@ -297,7 +296,7 @@ def transaction_attempts(
         isolation: as for :func:`atomic`.
         readonly: as for :func:`atomic`.
         backoff: first backoff cap in seconds (doubles per retry); finite, > 0.
-        max_backoff: the largest backoff in seconds (finite, >= ``backoff``), so
+        max_backoff: the largest backoff in seconds (finite, > 0), so
             ``attempts`` bounds the total wait by ``(attempts - 1) * max_backoff``.
         cleanup_timeout: as for :func:`atomic`.
 
@@ -305,9 +304,8 @@ def transaction_attempts(
     :class:`~aiolease.CommitUnknown` in its ``__context__``).
 
     Raises:
-        ValueError: bad ``attempts``/``backoff``/``max_backoff`` (below
-            ``backoff`` too)/``isolation``/``cleanup_timeout`` (the message names
-            the argument).
+        ValueError: bad ``attempts``/``backoff``/``max_backoff``/``isolation``/
+            ``cleanup_timeout`` (the message names the argument).
         TypeError: ``target`` is neither a pool nor a supported connection.
     """
     return TransactionAttempts(
@@ -381,8 +379,7 @@ async def run_transaction(
 
     Raises:
         ValueError: bad ``attempts``/``backoff``/``max_backoff`` (finite and
-            > 0, ``max_backoff >= backoff``), ``isolation`` or ``cleanup_timeout``,
-            at the call.
+            > 0), ``isolation`` or ``cleanup_timeout``, at the call.
         TypeError: ``fn`` is not callable, at the call; or ``fn(connection)``
             returned no awaitable (its attempt is rolled back).
         Rollback: ``fn`` raised it (the transaction rolled back).

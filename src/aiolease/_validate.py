@@ -1,7 +1,7 @@
 """Argument checks, one function per kind, shared by every constructor and method that
 takes one (errors at the call): numbers (:func:`number`, :func:`seconds`,
 :func:`optional_seconds`, :func:`timeout`, :func:`integer`), a limiter's cost and key, a
-pool's or limiter's name, a backoff's cap, a callback's arity, a SQLSTATE, a regex.
+pool's or limiter's name, a callback's arity, a SQLSTATE, a regex.
 
 Each error names the argument, what it accepts and the value given (a ``TypeError`` its
 type too): ``max_lifetime must be None or a finite number of seconds > 0, got -5``. A
@@ -20,7 +20,6 @@ from typing import Final
 __all__ = [
     "LONGEST_WAIT",
     "check_arity",
-    "check_cap",
     "check_cost",
     "check_entry",
     "check_flag",
@@ -126,16 +125,6 @@ def check_arity(what: str, fn: Callable[..., object], nargs: int, called: str) -
         signature.bind(*range(nargs))
     except TypeError as exc:
         raise TypeError(f"{what} is called with {called}, got {fn!r}: {exc}") from None
-
-
-def check_cap(base_name: str, base: float, cap_name: str, cap: float) -> None:
-    """A backoff's cap (checked numbers): not below its base, where the cap would win
-    from the first delay on and the delay would never grow as documented."""
-    if cap < base:
-        raise ValueError(
-            f"{cap_name} must be >= {base_name}, got {cap_name}={cap!r} < {base_name}={base!r}: "
-            f"raise {cap_name} or lower {base_name}"
-        )
 
 
 def check_pattern(name: str, value: object) -> re.Pattern[str]:

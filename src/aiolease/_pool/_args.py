@@ -79,7 +79,7 @@ class Options(Generic[T]):
         # spreads over all of them and none sits unused long enough for a firewall or the
         # server to drop it; with it, most recently used first, so the surplus is trimmed.
         self._lru = self._idle_timeout is None
-        base = _validate.seconds("backoff_base", options["backoff_base"])
-        cap = _validate.seconds("backoff_max", options["backoff_max"])
-        _validate.check_cap("backoff_base", base, "backoff_max", cap)
-        return Backoff(base, cap)
+        return Backoff(
+            _validate.seconds("backoff_base", options["backoff_base"]),
+            _validate.seconds("backoff_max", options["backoff_max"]),
+        )

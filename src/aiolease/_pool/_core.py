@@ -98,7 +98,7 @@ class Pool(Options[T]):
         name: shown in ``repr``, logs and leak reports.
         backoff_base: first delay after a failed creation, doubling (jittered) per
             consecutive failure up to ``backoff_max``.
-        backoff_max: cap of that delay (>= ``backoff_base``).
+        backoff_max: cap of that delay.
 
     Raises:
         TypeError: an argument of the wrong type.
