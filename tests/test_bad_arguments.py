@@ -250,3 +250,211 @@ def test_redis_key_still_maps_a_limiter_key() -> None:
 def test_sqlite_path_as_pathlike_still_works(tmp_path: Path) -> None:
     manager = _sqlite().SqliteManager(tmp_path / "db.sqlite")
     assert manager.path == str(tmp_path / "db.sqlite")
+
+
+# -- callbacks of the HTTP integrations: each is called with one argument (the ASGI scope,
+# the request), and one that cannot take it failed on every request instead of at the call.
+
+
+def _no_arg() -> str:
+    return "k"
+
+
+def _two_args(a: object, b: object) -> str:
+    return "k"
+
+
+_BAD_CALLBACKS = [
+    pytest.param(_no_arg, id="no argument"),
+    pytest.param(_two_args, id="two arguments"),
+    pytest.param(lambda *, scope: "k", id="keyword only"),
+]
+
+
+def _asgi_app() -> Callable[..., Awaitable[None]]:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        pass
+
+    return app
+
+
+@pytest.mark.parametrize("fn", _BAD_CALLBACKS)
+def test_asgi_key_that_cannot_take_the_scope_is_refused(fn: Callable[..., object]) -> None:
+    from aiolease.asgi import RateLimitMiddleware
+
+    with pytest.raises(TypeError, match=r"key: a function of the ASGI scope is called with "):
+        RateLimitMiddleware(_asgi_app(), limiter=aiolease.RateLimiter(1, per=1.0), key=fn)
+
+
+@pytest.mark.parametrize("fn", _BAD_CALLBACKS)
+def test_asgi_exempt_that_cannot_take_the_scope_is_refused(fn: Callable[..., object]) -> None:
+    from aiolease.asgi import RateLimitMiddleware
+
+    with pytest.raises(TypeError, match=r"exempt: a function of the ASGI scope is called with "):
+        RateLimitMiddleware(
+            _asgi_app(),
+            limiter=aiolease.RateLimiter(1, per=1.0),
+            exempt=fn,  # type: ignore[arg-type]
+        )
+
+
+@pytest.mark.parametrize("fn", _BAD_CALLBACKS)
+def test_httpx_key_that_cannot_take_the_request_is_refused(fn: Callable[..., object]) -> None:
+    httpx_mod = pytest.importorskip("aiolease.httpx")
+    with pytest.raises(TypeError, match=r"key: a function of the request is called with "):
+        httpx_mod.LimitedTransport(aiolease.RateLimiter(1, per=1.0), key=fn)
+
+
+@pytest.mark.parametrize("fn", _BAD_CALLBACKS)
+def test_aiohttp_key_that_cannot_take_the_request_is_refused(fn: Callable[..., object]) -> None:
+    aiohttp_mod = pytest.importorskip("aiolease.aiohttp")
+    with pytest.raises(TypeError, match=r"key: a function of the request is called with "):
+        aiohttp_mod.limited(aiolease.RateLimiter(1, per=1.0), key=fn)
+
+
+class _CallableKey:
+    def __call__(self, scope_or_request: object) -> str:
+        return "k"
+
+    def method(self, scope_or_request: object, extra: int = 0) -> str:
+        return "k"
+
+
+def test_callbacks_taking_one_argument_are_still_accepted() -> None:
+    import functools
+
+    from aiolease.asgi import RateLimitMiddleware, client_ip
+
+    httpx_mod = pytest.importorskip("aiolease.httpx")
+    aiohttp_mod = pytest.importorskip("aiolease.aiohttp")
+    limiter = aiolease.RateLimiter(1, per=1.0)
+    fns: list[Callable[..., Any]] = [
+        lambda x: "k",
+        _CallableKey(),
+        _CallableKey().method,
+        functools.partial(_two_args, 1),
+        lambda *args: "k",
+        str,  # a builtin type
+    ]
+    for fn in fns:
+        RateLimitMiddleware(_asgi_app(), limiter=limiter, key=fn, exempt=fn)
+        httpx_mod.LimitedTransport(limiter, key=fn)
+        aiohttp_mod.limited(limiter, key=fn)
+    RateLimitMiddleware(_asgi_app(), limiter=limiter, key=client_ip, exempt={"/health"})
+    httpx_mod.LimitedTransport(limiter)
+    aiohttp_mod.limited(limiter)
+
+
+# -- paused_for()/pace() of the HTTP clients: an unhashable key raised Python's
+# "unhashable type: 'list'".
+
+
+async def test_http_clients_paused_for_and_pace_refuse_an_unhashable_key() -> None:
+    httpx_mod = pytest.importorskip("aiolease.httpx")
+    aiohttp_mod = pytest.importorskip("aiolease.aiohttp")
+    limiter = aiolease.RateLimiter(1, per=1.0)
+    for client in (httpx_mod.LimitedTransport(limiter), aiohttp_mod.limited(limiter)):
+        for method in (client.paused_for, client.pace):
+            with pytest.raises(TypeError, match=r"key must be hashable .*got list \[\]"):
+                method([])
+        assert client.paused_for("api.example.com") == 0.0
+        assert client.pace(("api", 1)) is None
+
+
+# -- the test doubles
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "error", "pattern"),
+    [
+        (40001, TypeError, r"sqlstate must be a SQLSTATE str .*got int 40001"),
+        (None, TypeError, r"sqlstate must be a SQLSTATE str .*got NoneType None"),
+        (b"40001", TypeError, r"sqlstate must be a SQLSTATE str .*got bytes b'40001'"),
+        ("4001", ValueError, r"sqlstate must be a SQLSTATE .*got '4001'"),
+        ("40p01", ValueError, r"sqlstate must be a SQLSTATE .*got '40p01'"),
+        ("400011", ValueError, r"sqlstate must be a SQLSTATE .*got '400011'"),
+        ("40 01", ValueError, r"sqlstate must be a SQLSTATE .*got '40 01'"),
+    ],
+)
+def test_fail_commit_refuses_a_bad_sqlstate(
+    sqlstate: object, error: type[Exception], pattern: str
+) -> None:
+    with pytest.raises(error, match=pattern):
+        FakeConnection().fail_commit(sqlstate=sqlstate)  # type: ignore[arg-type]
+
+
+async def test_fail_commit_still_takes_a_sqlstate() -> None:
+    from aiolease.testing import FakeDatabaseError
+
+    conn = FakeConnection()
+    conn.fail_commit(sqlstate="40P01")
+    with pytest.raises(FakeDatabaseError) as info:
+        async with aiolease.atomic(conn):
+            pass
+    assert info.value.sqlstate == "40P01"
+
+
+# bytes are a sequence of ints: calls=b"1" meant call 49; a list holding a list raised
+# "unhashable type: 'list'".
+@pytest.mark.parametrize("calls", [b"1", bytearray(b"1"), "1", [[1]], [1, [2]]])
+def test_fake_manager_calls_must_be_call_numbers(calls: object) -> None:
+    for method in ("fail", "block"):
+        with pytest.raises(ValueError, match=r"calls must be call numbers >= 1 .*got "):
+            getattr(FakeManager(), method)("create", calls=calls)
+
+
+@pytest.mark.parametrize("method", ["fail", "delay", "block"])
+def test_fake_manager_when_that_cannot_take_the_call_is_refused(method: str) -> None:
+    args = ("create", 1.0) if method == "delay" else ("create",)
+    with pytest.raises(TypeError, match=r"when: a predicate is called with one argument"):
+        getattr(FakeManager(), method)(*args, when=lambda: True)
+
+
+def test_fake_manager_error_factory_that_cannot_take_the_call_is_refused() -> None:
+    with pytest.raises(TypeError, match=r"error: a factory is called with one argument"):
+        FakeManager().fail("create", lambda: ConnectionError("down"))  # type: ignore[arg-type,misc]
+
+
+@pytest.mark.parametrize("ok", ["yes", 1, 0, "False"])
+def test_events_of_ok_must_be_a_bool_or_none(ok: object) -> None:
+    # ok="yes" matched no event: `assert not fm.events_of("created", ok="yes")` passed.
+    with pytest.raises(TypeError, match=rf"ok must be True, False or None, got {ok!r}"):
+        FakeManager().events_of("created", ok=ok)  # type: ignore[arg-type]
+
+
+async def test_fake_manager_arguments_still_accepted() -> None:
+    fm = FakeManager()
+    fm.fail("create", lambda call: ConnectionError(str(call.number)), calls=range(1, 3))
+    fm.fail("check", ConnectionError, calls=(1,), when=lambda call: True)
+    fm.block("reset", calls=frozenset({2}))
+    assert fm.events_of("created", ok=True) == fm.events_of("created", ok=None) == []
+
+
+# A bytes pattern compiled, then failed on the first statement with "cannot use a bytes
+# pattern on a string-like object"; a non-str one raised re's own message.
+@pytest.mark.parametrize(
+    ("pattern", "error", "message"),
+    [
+        (b"SELECT", TypeError, r"pattern must be a str or a compiled str re.Pattern, got bytes"),
+        (__import__("re").compile(b"SELECT"), TypeError, r"pattern must be a str or a compiled"),
+        (42, TypeError, r"pattern must be a str or a compiled str re.Pattern, got int 42"),
+        ("(", ValueError, r"pattern='\(' is not a valid regular expression"),
+    ],
+)
+@pytest.mark.parametrize("method", ["script", "gate", "hang"])
+def test_fake_connection_pattern_must_be_a_str_regex(
+    method: str, pattern: object, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        getattr(FakeConnection(), method)(pattern)
+
+
+async def test_fake_connection_patterns_still_accepted() -> None:
+    import re
+
+    conn = FakeConnection()
+    conn.script("select 1", rows=[(1,)])
+    conn.script(re.compile("SELECT 2"), rows=[(2,)])
+    assert await conn.fetchval("SELECT 1") == 1
+    assert await conn.fetchval("SELECT 2") == 2
+    conn.gate(re.compile("never")).open()

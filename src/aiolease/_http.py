@@ -29,7 +29,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from ._errors import RateLimitExceeded
 from ._logs import get_logger
-from ._validate import LONGEST_WAIT
+from ._validate import LONGEST_WAIT, check_arity
 from ._validate import check_key as check_key_value
 
 __all__ = [
@@ -77,6 +77,7 @@ def check_key(key: object) -> None:
             f"key={key!r} is an async function: the key function must return the key "
             "(a plain def); compute anything awaited before the request"
         )
+    check_arity("key: a function of the request", key, 1, "the request")
 
 
 class HeaderGetter(Protocol):
@@ -683,10 +684,12 @@ class RetryPolicy(Generic[R]):
 
     def paused_for(self, key: Hashable) -> float:
         """Seconds until ``key`` may send again through this client (0 when not paused)."""
+        check_key_value(key)
         return self._pauses.remaining(key, asyncio.get_running_loop().time())
 
     def pace(self, key: Hashable) -> float | None:
         """The rate (requests per second) learned for ``key`` and in force, or None."""
+        check_key_value(key)
         return self._pauses.pace(key, asyncio.get_running_loop().time())
 
     async def pause(self, key: Hashable, seconds: float, sent_at: float) -> None:

@@ -1,7 +1,7 @@
 """Argument checks, one function per kind, shared by every constructor and method that
 takes one (errors at the call): numbers (:func:`number`, :func:`seconds`,
 :func:`optional_seconds`, :func:`timeout`, :func:`integer`), a limiter's cost and key, a
-pool's or limiter's name.
+pool's or limiter's name, a callback's arity, a SQLSTATE, a regex.
 
 Each error names the argument, what it accepts and the value given (a ``TypeError`` its
 type too): ``max_lifetime must be None or a finite number of seconds > 0, got -5``. A
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 from collections.abc import Callable, Hashable
 from typing import Final
 
@@ -24,6 +25,8 @@ __all__ = [
     "check_flag",
     "check_key",
     "check_name",
+    "check_pattern",
+    "check_sqlstate",
     "integer",
     "number",
     "optional_seconds",
@@ -122,6 +125,40 @@ def check_arity(what: str, fn: Callable[..., object], nargs: int, called: str) -
         signature.bind(*range(nargs))
     except TypeError as exc:
         raise TypeError(f"{what} is called with {called}, got {fn!r}: {exc}") from None
+
+
+def check_pattern(name: str, value: object) -> re.Pattern[str]:
+    """A regular expression over str: a str (compiled case-insensitive) or a compiled str
+    pattern. A bytes one compiles, then fails on the first str it is matched against."""
+    if isinstance(value, re.Pattern) and isinstance(value.pattern, str):
+        return value
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{name} must be a str or a compiled str re.Pattern, got {type(value).__name__} "
+            f"{value!r}"
+        )
+    try:
+        return re.compile(value, re.IGNORECASE)
+    except re.error as exc:
+        raise ValueError(f"{name}={value!r} is not a valid regular expression: {exc}") from None
+
+
+#: A SQLSTATE: five characters of digits and upper-case ASCII letters (SQL standard).
+_SQLSTATE: Final = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def check_sqlstate(name: str, value: object) -> str:
+    """A SQLSTATE (``"40001"``): five characters of [0-9A-Z]."""
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{name} must be a SQLSTATE str (5 characters of 0-9 and A-Z, e.g. '40001'), "
+            f"got {type(value).__name__} {value!r}"
+        )
+    if len(value) != 5 or not _SQLSTATE.issuperset(value):
+        raise ValueError(
+            f"{name} must be a SQLSTATE (5 characters of 0-9 and A-Z, e.g. '40001'), got {value!r}"
+        )
+    return value
 
 
 #: The longest wait one instruction is taken to ask for, in seconds (a server's

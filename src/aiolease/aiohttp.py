@@ -195,7 +195,8 @@ def limited(
             ``RateLimitExceeded``, the request unsent).
 
     Raises:
-        TypeError: ``limits`` is a class or has no ``acquire()``, ``key`` is an async function,
+        TypeError: ``limits`` is a class or has no ``acquire()``, ``key`` is an async function
+            or cannot be called with the request alone,
             or an option has the wrong type.
         ValueError: an option is out of range.
     """

@@ -29,6 +29,7 @@ from ._errors import RateLimitExceeded, WouldBlock
 from ._http import is_async_function
 from ._logs import get_logger
 from ._shield import shielded
+from ._validate import check_arity
 
 __all__ = ["RateLimitMiddleware", "client_ip"]
 
@@ -110,6 +111,7 @@ def _exempt_test(exempt: Collection[str] | Callable[[Scope], bool]) -> Callable[
                 f"exempt={exempt!r} is an async function: the exempt function must return "
                 "a bool (a plain def of the ASGI scope)"
             )
+        check_arity("exempt: a function of the ASGI scope", exempt, 1, "the scope")
         return exempt
     if isinstance(exempt, str):
         raise TypeError(
@@ -166,10 +168,11 @@ class RateLimitMiddleware:
 
     Raises:
         TypeError: ``app`` is not callable, ``limiter`` is a class or has no
-            ``acquire_nowait()``, ``key`` is not callable
-            or is an async function,
-            ``exempt`` is a single string, holds a non-string or is an async
-            function, or ``policy`` is not a string.
+            ``acquire_nowait()``, ``key`` is not callable, is an async function
+            or cannot be called with the scope alone,
+            ``exempt`` is a single string, holds a non-string, is an async
+            function or cannot be called with the scope alone, or ``policy`` is
+            not a string.
         ValueError: ``policy_name`` is empty or not printable ASCII without ``"``
             and ``\\``; ``policy`` is not printable ASCII; an ``exempt`` path does not
             start with ``/`` (it would never match).
@@ -209,6 +212,7 @@ class RateLimitMiddleware:
                 f"key={key!r} is an async function: the key function must return the key "
                 "(a plain def of the ASGI scope)"
             )
+        check_arity("key: a function of the ASGI scope", key, 1, "the scope")
         if not isinstance(policy_name, str) or not _FIELD_TEXT.fullmatch(policy_name):
             raise ValueError(
                 f"policy_name={policy_name!r}: expected a non-empty name of printable ASCII "

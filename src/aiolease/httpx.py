@@ -92,7 +92,8 @@ class LimitedTransport(httpx.AsyncBaseTransport):
             ``RateLimitExceeded``, the request unsent).
 
     Raises:
-        TypeError: ``limits`` is a class or has no ``acquire()``, ``key`` is an async function,
+        TypeError: ``limits`` is a class or has no ``acquire()``, ``key`` is an async function
+            or cannot be called with the request alone,
             or an option has the wrong type.
         ValueError: an option is out of range.
     """

@@ -428,7 +428,7 @@ class FakeConnection:
             raise TypeError(f"times must be an int >= 1 or None, got {times!r}")
         if times is not None and times < 1:
             raise ValueError(f"times must be an int >= 1 or None, got {times!r}")
-        compiled = pattern if isinstance(pattern, re.Pattern) else re.compile(pattern, re.I)
+        compiled = _validate.check_pattern("pattern", pattern)
         self._scripts.append(_Script(compiled, rows, error, times))
 
     def fail_commit(self, n: int = 1, *, sqlstate: str = "40001") -> None:
@@ -437,8 +437,9 @@ class FakeConnection:
         The transaction is rolled back, as PostgreSQL does when COMMIT fails.
 
         Raises:
-            ValueError: ``n`` is not an int >= 1.
+            ValueError, TypeError: ``n`` is not an int >= 1, ``sqlstate`` not 5 of [0-9A-Z].
         """
+        _validate.check_sqlstate("sqlstate", sqlstate)
         self._commit_faults[self._commits + _nth(n)] = ("fail", sqlstate)
 
     def drop_on_commit(self, n: int = 1, *, committed: bool = False) -> None:
@@ -470,7 +471,7 @@ class FakeConnection:
         The statement is recorded first; ``gate.reached`` is set while it
         waits, so a test can cancel the task exactly there.
         """
-        compiled = pattern if isinstance(pattern, re.Pattern) else re.compile(pattern, re.I)
+        compiled = _validate.check_pattern("pattern", pattern)
         gate = FakeGate(compiled)
         self._gates.append(gate)
         return gate

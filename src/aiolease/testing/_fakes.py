@@ -448,7 +448,8 @@ class FakeManager(Manager[FakeResource]):
 
         Raises:
             ValueError: unknown ``op`` or a call number below 1.
-            TypeError: ``error`` is none of the three, or ``when`` is not callable.
+            TypeError: ``error`` is none of the three, or ``when`` (or the factory)
+                cannot be called with the Call.
         """
         if not (
             isinstance(error, BaseException)
@@ -459,6 +460,8 @@ class FakeManager(Manager[FakeResource]):
                 "error must be an exception class, an exception instance or a factory "
                 f"taking the Call; got {error!r}"
             )
+        if not isinstance(error, BaseException | type):
+            _validate.check_arity("error: a factory", error, 1, "one argument (the Call)")
         return self._add(
             Rule(self, _check_op(op), calls=_calls(calls), when=_when(when), error=error)
         )
@@ -551,7 +554,10 @@ class FakeManager(Manager[FakeResource]):
         Raises:
             ValueError: a kind that is not one (``"close"`` for ``"closed"``): it would
                 match nothing, and an assertion that none happened would pass vacuously.
+            TypeError: ``ok`` is not True, False or None (``ok="yes"`` matches nothing).
         """
+        if ok is not None and not isinstance(ok, bool):
+            raise TypeError(f"ok must be True, False or None, got {ok!r}")
         unknown = [k for k in kinds if k not in _KINDS]
         if unknown:
             raise ValueError(
@@ -737,22 +743,26 @@ def _check_op(op: str) -> Op:
 def _calls(calls: int | Iterable[int] | None) -> frozenset[int] | None:
     if calls is None:
         return None
-    try:
-        numbers = frozenset([calls] if isinstance(calls, int) else calls)
-    except TypeError:  # neither an int nor an iterable (calls=1.5)
-        numbers = frozenset([calls])  # type: ignore[list-item]
+    # (bytes iterate as ints: calls=b"1" would quietly mean call 49)
+    if isinstance(calls, int | str | bytes | bytearray | memoryview):
+        items: list[object] = [calls]
+    else:
+        try:
+            items = list(calls)
+        except TypeError:  # neither an int nor an iterable (calls=1.5)
+            items = [calls]
     # (a bool is an int, and True == 1: calls=True would quietly mean the first call)
-    bad = sorted(
-        (n for n in numbers if isinstance(n, bool) or not isinstance(n, int) or n < 1), key=repr
-    )
-    if bad or not numbers:
+    bad = [n for n in items if isinstance(n, bool) or not isinstance(n, int) or n < 1]
+    if bad or not items:
         raise ValueError(f"calls must be call numbers >= 1 (1 = the first call); got {calls!r}")
-    return numbers
+    return frozenset(cast(list[int], items))
 
 
 def _when(when: Callable[[Call], bool] | None) -> Callable[[Call], bool] | None:
     if when is not None and not callable(when):
         raise TypeError(f"when must be a callable taking the Call, or None; got {when!r}")
+    if when is not None:
+        _validate.check_arity("when: a predicate", when, 1, "one argument (the Call)")
     return when
 
 
