@@ -250,3 +250,55 @@ async def test_script_times_limits_the_statements_served() -> None:
     conn = FakeConnection()
     conn.script("SELECT", rows=[(1,)], times=2)
     assert [await conn.fetchval("SELECT 1") for _ in range(3)] == [1, 1, None]
+
+
+@pytest.mark.parametrize("shape", ["execute", "cursor", "executemany", "fetch"])
+async def test_several_statements_in_one_string_are_refused_with_no_effect(shape: str) -> None:
+    """The fake does not model a simple query's implicit transaction: whatever the shape,
+    the string is refused before anything is recorded, and the transaction goes on."""
+    conn = FakeConnection()
+    await conn.execute("BEGIN")
+    await conn.execute("INSERT INTO t VALUES (1)")
+    sql = "INSERT INTO t VALUES (2); COMMIT"
+    run = {
+        "execute": lambda: conn.execute(sql),
+        "cursor": lambda: conn.cursor().execute(sql),
+        "executemany": lambda: conn.executemany(sql, [(), ()]),
+        "fetch": lambda: conn.fetch(sql),
+    }[shape]
+    with pytest.raises(
+        NotImplementedError, match=r"does not model several statements in one string \(2 in"
+    ):
+        await run()
+    assert conn.statements == ["BEGIN", "INSERT INTO t VALUES (1)"]
+    assert conn.transaction_status == "intrans"
+    assert await conn.execute("COMMIT") == "COMMIT"
+    assert conn.committed == [("INSERT INTO t VALUES (1)", ())]
+
+
+async def test_an_empty_query_is_recorded_and_does_nothing() -> None:
+    conn = FakeConnection()
+    assert await conn.execute(" ; -- nothing") is None
+    assert conn.statements == [" ; -- nothing"]
+    assert conn.committed == []
+
+
+@pytest.mark.parametrize(
+    ("sql", "what"),
+    [
+        ("SET TRANSACTION SNAPSHOT '00000003-0000001B-1'", "SET TRANSACTION SNAPSHOT"),
+        ('SAVEPOINT U&"d\\0061t"', "a Unicode-escaped name"),
+        ('ROLLBACK TO u&"a"', "a Unicode-escaped name"),
+    ],
+)
+async def test_transaction_control_the_fake_does_not_model_is_refused(sql: str, what: str) -> None:
+    """PostgreSQL imports the snapshot (or fails with 0A000 in a READ COMMITTED
+    transaction) and decodes the name; the fake has no snapshots and no decoder, and
+    said 42601 (a syntax error that aborted the transaction)."""
+    conn = FakeConnection()
+    await conn.execute("BEGIN")
+    with pytest.raises(NotImplementedError, match=f"does not model {what}"):
+        await conn.execute(sql)
+    assert conn.statements == ["BEGIN"]
+    assert conn.transaction_status == "intrans"
+    assert await conn.execute('SELECT U&"a" FROM t') == "OK"  # work: not read

@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aiolease.testing import FakeConnection, FakeDatabaseError
+from aiolease.testing import FakeConnection, FakeConnectionLost, FakeDatabaseError
 
 EXAMPLES = int(os.environ.get("AIOLEASE_DIFF_EXAMPLES", "150"))
 pytestmark = pytest.mark.timeout(max(120, EXAMPLES))
@@ -61,6 +61,15 @@ CONTROL = [
     "RELEASE",
     "ROLLBACK TO",
     "START",
+    "END WORK",
+    "ABORT AND CHAIN",
+    "COMMIT TRANSACTION AND CHAIN",
+    "PREPARE TRANSACTION 'x'",
+    "COMMIT PREPARED 'x'",
+    "ROLLBACK PREPARED 'x'",
+    "/* c */ COMMIT",
+    "-- c\nROLLBACK",
+    ";",
 ]
 NAMED = [
     "SAVEPOINT {}",
@@ -74,6 +83,7 @@ statements = st.one_of(
     st.sampled_from(CONTROL),
     st.builds(str.format, st.sampled_from(NAMED), st.sampled_from(NAMES)),
     st.integers(0, 9).map(lambda v: f"INSERT {v}"),
+    st.integers(0, 9).map(lambda v: f"/* c */ INSERT {v}"),
     st.just("FAIL"),
 )
 
@@ -123,7 +133,7 @@ async def pg(pg_dsn: str) -> AsyncIterator[_Pg]:
 
 # Steps that are work (no status compared), and those standing for a command PostgreSQL
 # refuses inside a transaction block.
-WORK = ("INSERT", "FAIL", "VACUUM", "REINDEX", "CREATE")
+WORK = ("INSERT", "FAIL", "VACUUM", "REINDEX", "CREATE", "/* c */ INSERT")
 BLOCK_REFUSED = {
     "VACUUM": "VACUUM {}",
     "REINDEX CONCURRENTLY": "REINDEX TABLE CONCURRENTLY {}",
@@ -132,6 +142,8 @@ BLOCK_REFUSED = {
 
 
 def _sql(step: str, table: str) -> str:
+    if step.startswith("/* c */ INSERT"):  # a comment before the statement
+        return "/* c */ " + _sql(step[8:], table)
     if step == "FAIL":
         return "SELECT 1/0"
     if step in BLOCK_REFUSED:
@@ -168,10 +180,14 @@ async def _on_the_fake(steps: list[str]) -> tuple[list[Any], list[int]]:
         except FakeDatabaseError as exc:
             status = f"error {exc.sqlstate}"
         seen.append((step, status, conn.transaction_status))
-    rows = sorted(
-        int(sql.split("(")[1].rstrip(")")) for sql, _ in conn.committed if sql.startswith("INSERT")
+    return seen, _inserted(conn)
+
+
+def _inserted(conn: FakeConnection) -> list[int]:
+    """The values of the INSERTs the fake committed, sorted (as ``SELECT v ... ORDER BY v``)."""
+    return sorted(
+        int(sql.rsplit("(", 1)[1].rstrip(")")) for sql, _ in conn.committed if "INSERT" in sql
     )
-    return seen, rows
 
 
 @DIFF
@@ -290,6 +306,47 @@ async def test_the_fake_follows_postgresql_transaction_control(pg: _Pg, steps: l
             "RELEASE a",
             "BEGIN DEFERRABLE",
         ],
+        # Two-phase commit, on a server with prepared transactions disabled (PostgreSQL's
+        # default): PREPARE TRANSACTION rolls back (55000 inside a transaction), COMMIT /
+        # ROLLBACK PREPARED find no transaction (42704), and cannot run in a block (25001).
+        # The fake took PREPARE TRANSACTION for work (the transaction went on and committed
+        # it) and COMMIT / ROLLBACK PREPARED for syntax errors (42601).
+        ["BEGIN", "INSERT 1", "PREPARE TRANSACTION 'x'", "INSERT 2", "COMMIT"],
+        ["PREPARE TRANSACTION 'x'", "INSERT 1", "ROLLBACK"],
+        ["BEGIN", "FAIL", "PREPARE TRANSACTION 'x'", "INSERT 1"],
+        ["BEGIN READ ONLY", "SAVEPOINT a", "PREPARE TRANSACTION E'x'", "INSERT 1"],
+        ["BEGIN", "PREPARE TRANSACTION x", "ROLLBACK"],
+        ["COMMIT PREPARED 'x'", "ROLLBACK PREPARED $$x$$", "INSERT 1"],
+        ["BEGIN", "INSERT 1", "COMMIT PREPARED 'x'", "COMMIT"],
+        ["BEGIN", "FAIL", "ROLLBACK PREPARED 'x'", "ROLLBACK"],
+        ["BEGIN", "SAVEPOINT a", "COMMIT PREPARED 'x'", "ROLLBACK TO a", "INSERT 1", "COMMIT"],
+        ["BEGIN", "SAVEPOINT a", "COMMIT PREPARED 'x'", "ROLLBACK TO a", "BEGIN DEFERRABLE"],
+        # Comments around transaction control (the fake took "-- c\nBEGIN" for work and
+        # "COMMIT -- c" for a syntax error), and an empty query (no effect, even in an
+        # aborted transaction: the fake recorded it as work, and refused it there).
+        ["-- c\nBEGIN", "/* c */ INSERT 1", "COMMIT -- c", "/* c */ INSERT 2"],
+        ["/* a /* nested */ comment */ START TRANSACTION READ ONLY", "INSERT 1", "ROLLBACK"],
+        ["BEGIN", "SAVEPOINT a /* c */", "INSERT 1", "ROLLBACK TO a -- c", "COMMIT"],
+        [";", "BEGIN", "FAIL", ";", "-- only a comment", "ROLLBACK", ";"],
+        ["BEGIN READ ONLY", "/* c */ INSERT 1", "ROLLBACK"],
+        # Other spellings of transaction control (these the fake already got right).
+        ["BEGIN", "ABORT AND CHAIN", "END AND CHAIN", "INSERT 1", "END WORK", "ABORT TRANSACTION"],
+        ["BEGIN", "SAVEPOINT a", "RELEASE a", "ROLLBACK TO a", "ROLLBACK"],
+        ["BEGIN", "SAVEPOINT a", "SAVEPOINT a", "INSERT 1", "RELEASE a", "ROLLBACK TO a", "COMMIT"],
+        ["BEGIN", "ROLLBACK TO SAVEPOINT", "ROLLBACK"],
+        ["begin", "INSERT 1", "Commit;;"],
+        # Commas between modes: one, between two (the fake took any commas as spaces).
+        ["BEGIN ,READ ONLY", "INSERT 1", "ROLLBACK"],
+        ["BEGIN READ ONLY,,DEFERRABLE", "ROLLBACK"],
+        ["START TRANSACTION, READ ONLY", "INSERT 1"],
+        ["BEGIN", "SET TRANSACTION , READ ONLY", "ROLLBACK"],
+        ["BEGIN", "SET TRANSACTION READ ONLY,", "ROLLBACK"],
+        ["BEGIN ISOLATION LEVEL SERIALIZABLE, READ ONLY DEFERRABLE", "INSERT 1", "ROLLBACK"],
+        # A name longer than 63 bytes is truncated, at a character boundary (the fake
+        # compared whole names: 3B001).
+        ["BEGIN", "SAVEPOINT " + "a" * 70, "INSERT 1", "ROLLBACK TO " + "a" * 64, "COMMIT"],
+        ["BEGIN", "SAVEPOINT " + "é" * 40, "INSERT 1", "RELEASE " + "é" * 35, "COMMIT"],
+        ["BEGIN", 'SAVEPOINT "' + "é" * 40 + '"', "ROLLBACK TO " + "é" * 32, "COMMIT"],
     ],
 )
 async def test_sequences_the_fake_got_wrong(pg: _Pg, steps: list[str]) -> None:
@@ -428,3 +485,101 @@ async def test_executemany_is_all_or_nothing_as_on_postgresql(
         ("cursor", 0, status),
         ("connection", 0, status),
     ]
+
+
+# One statement each for PostgreSQL (a ";" inside a literal, a quoted name, a comment or a
+# dollar quote, or only trailing ones), or several.
+STRINGS = [
+    "SELECT 1; SELECT 2",
+    "SELECT ';'",
+    "SELECT 'a'';'; SELECT 2",
+    "SELECT E'\\';'",
+    "SELECT E'\\';'; SELECT 2",
+    'SELECT 1 AS "a;b"',
+    "SELECT 1 -- ;\n",
+    "SELECT 1 /* ; /* ; */ ; */",
+    "SELECT $$;$$",
+    "SELECT $a$ ; $$ ; $a$; SELECT 2",
+    "SELECT 1 AS a$b; SELECT 2",
+    "SELECT 1;",
+    "SELECT 1; ;",
+    "; SELECT 1",
+    "BEGIN; SELECT 1; COMMIT",
+]
+
+
+@pytest.mark.parametrize("sql", STRINGS)
+async def test_several_statements_in_one_string_are_refused_as_not_modelled(
+    pg: _Pg, sql: str
+) -> None:
+    """PostgreSQL runs the statements of one simple-query string as one implicit
+    transaction (an error in any of them undoes the others; a BEGIN among them takes
+    in those before it), and refuses several with parameters. The fake does not model
+    that: it refuses such a string, with nothing recorded and the transaction as it was,
+    and takes one statement (whatever ";" it holds) as one. It used to read only the
+    first statement's first word: "BEGIN; INSERT ...; COMMIT" was a syntax error, and
+    "INSERT ...; COMMIT" inside a transaction recorded work and left it open."""
+    cur = await pg.conn.execute(sql)
+    results = 1
+    while cur.nextset():
+        results += 1
+
+    fake = FakeConnection()
+    await fake.execute("BEGIN")
+    if results > 1:
+        with pytest.raises(NotImplementedError, match="does not model several statements"):
+            await fake.execute(sql)
+        assert fake.statements == ["BEGIN"]
+    else:
+        await fake.execute(sql)
+    assert fake.transaction_status == "intrans"
+
+
+@pytest.mark.parametrize("fault", ["fail", "drop"])
+@pytest.mark.parametrize(
+    "before",
+    [["COMMIT"], ["END", "COMMIT AND NO CHAIN"], ["BEGIN", "FAIL", "COMMIT"], ["ABORT", "COMMIT"]],
+)
+async def test_commit_faults_count_only_commits_that_commit(
+    pg: _Pg, before: list[str], fault: str
+) -> None:
+    """``fail_commit(1)`` / ``drop_on_commit(1)`` are for the next transaction's COMMIT.
+    A COMMIT outside a transaction (PostgreSQL only warns: "there is no transaction in
+    progress") and one ending an aborted transaction (answered ROLLBACK) commit nothing
+    and are not counted. The fake counted them: the fault was used up on them, silently,
+    and the transaction's COMMIT went through."""
+    steps = [*before, "BEGIN", "INSERT 1"]
+    seen, rows = await _on_postgres(pg, steps)  # then ROLLBACK: no row
+
+    fake = FakeConnection()
+    fake.script(r"1/0", error=FakeDatabaseError("division by zero", "22012"))
+    if fault == "fail":
+        fake.fail_commit(1)
+    else:
+        fake.drop_on_commit(1)
+    answers = []
+    for step in before:
+        try:
+            answers.append(await fake.execute(_sql(step, "t")))
+        except FakeDatabaseError as exc:
+            answers.append(f"error {exc.sqlstate}")
+    assert answers == [status for _, status, _ in seen[: len(before)]]
+    await fake.execute("BEGIN")
+    await fake.execute("INSERT INTO t VALUES (1)")
+    with pytest.raises(FakeDatabaseError if fault == "fail" else FakeConnectionLost):
+        await fake.execute("COMMIT")
+    assert fake.committed == []
+    assert rows == []
+
+
+async def test_reserved_keywords_cannot_name_a_savepoint(pg: _Pg) -> None:
+    """Every keyword of the server, unquoted, as a savepoint's name: PostgreSQL refuses the
+    reserved ones and the type/function-name ones (42601), and takes the others. The fake
+    took any word (``SAVEPOINT to`` was a savepoint named "to")."""
+    cur = await pg.conn.execute("SELECT word FROM pg_get_keywords() ORDER BY word")
+    words = [row[0] for row in await cur.fetchall()]
+    steps = []
+    for word in words:
+        steps += ["BEGIN", f"SAVEPOINT {word}", f"RELEASE {word}", f"ROLLBACK TO {word}", "ABORT"]
+    expected = await _on_postgres(pg, steps)
+    assert await _on_the_fake(steps) == expected

@@ -2,8 +2,10 @@
 
 It understands transaction control the way PostgreSQL does (BEGIN, COMMIT,
 ROLLBACK, SAVEPOINT, RELEASE, ROLLBACK TO, AND CHAIN, SET TRANSACTION, quoted and
-folded savepoint names, the aborted state after an error or a malformed control
-statement, writes refused in a read-only transaction) and treats every other
+folded savepoint names, comments, the aborted state after an error or a malformed control
+statement, writes refused in a read-only transaction, two-phase commit as a server with
+prepared transactions disabled answers it), refuses a string of several statements
+(NotImplementedError: it does not model their implicit transaction) and treats every other
 statement as opaque work: it is recorded, answered from a script, and
 "committed" or thrown away with its transaction. Use it to test transaction code
 without a database, deterministically.
@@ -26,8 +28,11 @@ from ._fake_sql import (
     _head,
     _is_control,
     _refused_in_a_block,
+    _statements,
     _tokens,
     _transaction_modes,
+    _two_phase,
+    _unmodelled,
 )
 
 __all__ = [
@@ -213,7 +218,10 @@ class FakeConnection:
     read-only transaction a statement starting with a write command (INSERT,
     UPDATE, DELETE, CREATE, ...) fails with SQLSTATE 25006; in any transaction, one
     PostgreSQL runs only outside a transaction block (VACUUM, CREATE INDEX CONCURRENTLY,
-    ...) fails with 25001. A statement cancelled
+    ...) fails with 25001. Two-phase commit behaves as on a server with prepared
+    transactions disabled (PostgreSQL's default). Comments are read as PostgreSQL reads
+    them; a string holding several statements raises :class:`NotImplementedError` (the
+    fake does not model a simple query's implicit transaction). A statement cancelled
     while it runs aborts the transaction it ran in, as the server's cancel does.
 
     Faults and results are injected with :meth:`script`, :meth:`fail_commit`,
@@ -314,7 +322,7 @@ class FakeConnection:
         self._scripts.append(_Script(compiled, rows, error, times))
 
     def fail_commit(self, n: int = 1, *, sqlstate: str = "40001") -> None:
-        """Make the ``n``-th COMMIT from now fail with ``sqlstate`` (default 40001).
+        """Make the ``n``-th transaction's COMMIT from now fail with ``sqlstate`` (default 40001).
 
         The transaction is rolled back, as PostgreSQL does when COMMIT fails.
 
@@ -325,7 +333,10 @@ class FakeConnection:
         self._commit_faults[self._commits + _nth(n)] = ("fail", sqlstate)
 
     def drop_on_commit(self, n: int = 1, *, committed: bool = False) -> None:
-        """Drop the connection during the ``n``-th COMMIT from now.
+        """Drop the connection during the ``n``-th transaction's COMMIT from now.
+
+        As for :meth:`fail_commit`, a COMMIT outside a transaction and one ending an
+        aborted transaction (answered ROLLBACK) commit nothing and are not counted.
 
         ``committed`` decides whether the database applied the commit before
         the connection was lost (the client cannot know). The COMMIT raises
@@ -373,7 +384,29 @@ class FakeConnection:
                 an injected commit failure, or 25P02 in an aborted transaction;
                 "another operation is in progress" when two tasks use the
                 connection at once.
+            NotImplementedError: ``sql`` holds several statements (``"BEGIN;
+                INSERT ...; COMMIT"``), or is transaction control the fake does not
+                model (``SET TRANSACTION SNAPSHOT``, a ``U&"..."`` name); nothing is
+                recorded.
         """
+        statements = _statements(sql)
+        unmodelled = _unmodelled(statements[0]) if len(statements) == 1 else None
+        if unmodelled is not None:
+            raise NotImplementedError(
+                f"FakeConnection does not model {unmodelled} (in {sql!r}); test it "
+                "against PostgreSQL"
+            )
+        if len(statements) > 1:
+            shown = sql if len(sql) <= 200 else sql[:200] + "..."
+            raise NotImplementedError(
+                f"FakeConnection does not model several statements in one string "
+                f"({len(statements)} in {shown!r}): PostgreSQL runs those of a simple query "
+                "as one implicit transaction, and refuses them with parameters; send one "
+                "statement per execute()"
+            )
+        # The statement with its comments blanked and its ";" dropped: what is read for
+        # transaction control and leading words ("" for an empty query).
+        text = statements[0] if statements else ""
         if self.closed:
             raise FakeConnectionLost("the connection is closed")
         if self._busy:
@@ -393,7 +426,7 @@ class FakeConnection:
             else:
                 await asyncio.sleep(0)
         except asyncio.CancelledError:
-            self._cancelled(sql)
+            self._cancelled(text)
             raise
         finally:
             self._busy = False
@@ -401,7 +434,7 @@ class FakeConnection:
             raise FakeConnectionLost("the connection was closed while the statement ran")
         # Applied in one synchronous step after the wait: a statement whose
         # wait was cancelled had no effect (but see _cancelled).
-        return self._apply(sql, args)
+        return self._apply(sql, args, text)
 
     async def fetch(self, sql: str, *args: Any) -> list[Any]:
         """Run ``sql`` (asyncpg-style) and return its rows (scripted; else ``[]``)."""
@@ -466,11 +499,12 @@ class FakeConnection:
             self._isolation, self._read_only = self._start_modes
         self._status = _INERROR
 
-    def _cancelled(self, sql: str) -> None:
+    def _cancelled(self, text: str) -> None:
         """The caller was cancelled while ``sql`` ran: the driver has the server cancel it
         (SQLSTATE 57014), which aborts the transaction it ran in, as any error does.
         Transaction control is left as it was (it had no effect)."""
-        if self._status == _INTRANS and not self.closed and not _is_control(sql):
+        control = _is_control(text) or _two_phase(text) is not None
+        if self._status == _INTRANS and not self.closed and text and not control:
             self._abort()
             self._snapshot = True
 
@@ -480,16 +514,20 @@ class FakeConnection:
             sqlstate="25P02",
         )
 
-    def _apply(self, sql: str, args: tuple[Any, ...]) -> Any:
-        text = sql.strip().rstrip(";").strip()
+    def _apply(self, sql: str, args: tuple[Any, ...], text: str) -> Any:
+        if not text:
+            return None  # an empty query (only comments or ";"): no effect, even when aborted
         head = _head(text)
-        if not _is_control(text):
-            return self._work_statement(sql, args)
+        two_phase = _two_phase(text)
+        if two_phase is None and not _is_control(text):
+            return self._work_statement(sql, args, text)
         # Transaction control obeys only scripted errors (to inject faults).
         for rule in self._scripts:
             if rule.error is not None and rule.pattern.search(sql):
                 self._use(rule)
                 raise rule.error
+        if two_phase is not None:
+            return self._prepared(text, *two_phase)
         if head in ("BEGIN", "START", "SET"):
             return self._begin(head, text)
         tokens = _tokens(text)
@@ -497,7 +535,7 @@ class FakeConnection:
             raise self._syntax_error(text)
         rest = tokens[1:]
         if head == "SAVEPOINT":
-            if len(rest) != 1:
+            if len(rest) != 1 or not rest[0].is_name:
                 raise self._syntax_error(text)
             self._require_transaction("SAVEPOINT")
             self._savepoints.append((rest[0].name, len(self._work), self._read_only))
@@ -505,7 +543,7 @@ class FakeConnection:
         if head == "RELEASE":
             if len(rest) == 2 and rest[0].is_("SAVEPOINT"):
                 rest = rest[1:]
-            if len(rest) != 1:
+            if len(rest) != 1 or not rest[0].is_name:
                 raise self._syntax_error(text)
             self._require_transaction("RELEASE SAVEPOINT")
             index = self._find_savepoint(rest[0].name)
@@ -521,7 +559,7 @@ class FakeConnection:
             rest = rest[1:]
             if len(rest) == 2 and rest[0].is_("SAVEPOINT"):
                 rest = rest[1:]
-            if len(rest) != 1:
+            if len(rest) != 1 or not rest[0].is_name:
                 raise self._syntax_error(text)
             return self._rollback_to(rest[0].name)
         if not rest or (
@@ -551,7 +589,7 @@ class FakeConnection:
     def _begin(self, head: str, text: str) -> str:
         # BEGIN [WORK | TRANSACTION] [mode [, ...]] | START TRANSACTION [mode [, ...]]
         # | SET TRANSACTION mode [, ...]
-        tokens = _tokens(text.replace(",", " "))
+        tokens = _tokens(text)
         rest = [] if tokens is None else tokens[1:]
         if head in ("START", "SET") and not (rest and rest[0].is_("TRANSACTION")):
             tokens = None
@@ -604,6 +642,34 @@ class FakeConnection:
                 raise FakeDatabaseError(problem, "25001")
         return {"BEGIN": "BEGIN", "START": "START TRANSACTION"}.get(head, "SET")
 
+    def _prepared(self, text: str, command: str, well_formed: bool) -> str:
+        """Two-phase commit as on a server with prepared transactions disabled
+        (``max_prepared_transactions = 0``, PostgreSQL's default): no transaction can be
+        prepared, so none can be committed or rolled back by its identifier."""
+        if not well_formed:
+            raise self._syntax_error(text)
+        if command == "PREPARE TRANSACTION":
+            failed = self._status == _INTRANS
+            # Outside a transaction PostgreSQL only warns; an aborted one is rolled back.
+            self._reset()
+            if failed:  # the transaction is rolled back, as a failed COMMIT's is
+                raise FakeDatabaseError(
+                    "prepared transactions are disabled (FakeConnection is a server with "
+                    "max_prepared_transactions = 0, PostgreSQL's default)",
+                    "55000",
+                )
+            return "ROLLBACK"
+        if self._status == _INERROR:
+            raise self._failed_transaction_error()
+        if self._status == _INTRANS:
+            self._abort()
+            raise FakeDatabaseError(f"{command} cannot run inside a transaction block", "25001")
+        raise FakeDatabaseError(
+            "prepared transaction with that identifier does not exist (FakeConnection is a "
+            "server with max_prepared_transactions = 0, PostgreSQL's default)",
+            "42704",
+        )
+
     def _syntax_error(self, text: str) -> FakeDatabaseError:
         # As in PostgreSQL, a statement that fails to parse aborts the transaction.
         if self._status == _INTRANS:
@@ -636,13 +702,15 @@ class FakeConnection:
         return "ROLLBACK"
 
     def _commit(self) -> str:
-        self._commits += 1
-        fault = self._commit_faults.pop(self._commits, None)
         if self._status == _IDLE:
             return "COMMIT"  # PostgreSQL only warns: there is no transaction in progress
         if self._status == _INERROR:
             self._reset()
             return "ROLLBACK"
+        # Only a COMMIT that can commit is counted for fail_commit and drop_on_commit: a
+        # stray one and one ending an aborted transaction (answered ROLLBACK) are not.
+        self._commits += 1
+        fault = self._commit_faults.pop(self._commits, None)
         if fault is not None:
             kind, value = fault
             if kind == "drop":
@@ -665,14 +733,14 @@ class FakeConnection:
             if rule.times == 0:
                 self._scripts.remove(rule)
 
-    def _work_statement(self, sql: str, args: tuple[Any, ...]) -> Any:
+    def _work_statement(self, sql: str, args: tuple[Any, ...], text: str) -> Any:
         if self._status == _INERROR:
             raise self._failed_transaction_error()
-        head = _head(sql)
+        head = _head(text)
         # A command PostgreSQL runs only outside a transaction block: refused with 25001
         # inside one (ALTER SYSTEM also in a read-only one; the others that write, first
         # as writes).
-        refused = _refused_in_a_block(sql) if self._status == _INTRANS else None
+        refused = _refused_in_a_block(text) if self._status == _INTRANS else None
         if (
             self._status == _INTRANS
             and self._read_only

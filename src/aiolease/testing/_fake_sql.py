@@ -72,7 +72,7 @@ _REINDEX_KINDS = ("SCHEMA", "DATABASE", "SYSTEM", "TABLE", "INDEX")
 
 
 # A word (a keyword or an unquoted name) or a double-quoted name ("" inside stands for ").
-_TOKEN = re.compile(r'\s*(?:"((?:[^"]|"")+)"|([^\W\d][\w$]*))')
+_TOKEN = re.compile(r'\s*(?:"((?:[^"]|"")+)"|([^\W\d][\w$]*|,))')
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
@@ -87,8 +87,29 @@ class _Token:
     @property
     def name(self) -> str:
         """As PostgreSQL names it: unquoted names are folded to (ASCII) lower case."""
-        return self.text if self.quoted else self.text.translate(_ASCII_LOWER)
+        name = self.text if self.quoted else self.text.translate(_ASCII_LOWER)
+        # Truncated to NAMEDATALEN - 1 bytes, at a character boundary, as PostgreSQL does.
+        return name.encode()[:63].decode(errors="ignore")
 
+    @property
+    def is_name(self) -> bool:
+        """Whether it can be a savepoint's name (a reserved keyword cannot, unquoted)."""
+        return self.quoted or (self.text != "," and self.text.lower() not in _RESERVED)
+
+
+# PostgreSQL's reserved and type/function-name keywords (pg_get_keywords() catcode R and T),
+# which cannot name a savepoint unquoted; system_user is reserved from PostgreSQL 16.
+_RESERVED_WORDS = """
+    all analyse analyze and any array as asc asymmetric both case cast check collate column
+    constraint create current_catalog current_date current_role current_time
+    current_timestamp current_user default deferrable desc distinct do else end except false
+    fetch for foreign from grant group having in initially intersect into lateral leading
+    limit localtime localtimestamp not null offset on only or order placing primary
+    references returning select session_user some symmetric system_user table then to
+    trailing true union unique user using variadic when where window with authorization
+    binary collation concurrently cross current_schema freeze full ilike inner is isnull
+    join left like natural notnull outer overlaps right similar tablesample verbose"""
+_RESERVED = frozenset(_RESERVED_WORDS.split())
 
 _DEFAULT_ISOLATION = "read committed"  # PostgreSQL's default_transaction_isolation
 _LEVELS = ("serializable", "repeatable read", "read committed", "read uncommitted")
@@ -100,6 +121,10 @@ def _transaction_modes(tokens: list[_Token]) -> list[tuple[str, object]] | None:
     modes: list[tuple[str, object]] = []
     i = 0
     while i < len(words):
+        if words[i] == ",":  # one comma between two modes, optional
+            if not modes or i + 1 == len(words):
+                return None
+            i += 1
         pair = " ".join(words[i : i + 2])
         if pair == "isolation level":
             level = next(
@@ -152,3 +177,101 @@ def _head(sql: str) -> str:
     """The statement's first word, upper case ("" for none)."""
     words = sql.strip().rstrip(";").split(None, 1)
     return words[0].upper() if words else ""
+
+
+# A dollar-quote opener ($$ or $tag$); a $ inside a name or a $1 parameter opens none.
+_DOLLAR = re.compile(r"\$(?:[^\W\d][\w]*)?\$")
+
+
+def _quoted_end(sql: str, start: int, quote: str, backslash: bool) -> int:
+    """Where the literal or name opened by ``quote`` at ``start`` ends (past its closing
+    quote; a doubled quote stands for one, a backslash escapes in an E'' string)."""
+    i, n = start + 1, len(sql)
+    while i < n:
+        c = sql[i]
+        if backslash and c == "\\":
+            i += 2
+        elif c == quote:
+            if not sql.startswith(quote * 2, i):
+                return i + 1
+            i += 2
+        else:
+            i += 1
+    return n
+
+
+def _statements(sql: str) -> list[str]:
+    """The statements of ``sql`` as PostgreSQL splits a simple query (at each ``;``
+    outside quotes and comments), comments blanked, empty ones left out."""
+    if ";" not in sql and "--" not in sql and "/*" not in sql:
+        return [sql.strip()] if sql.strip() else []  # the common case, without a scan
+    parts: list[str] = []
+    cur: list[str] = []
+    i, n = 0, len(sql)
+    while i < n:
+        c = sql[i]
+        before = sql[i - 1] if i else " "
+        if sql.startswith("--", i):
+            end = sql.find("\n", i)
+            i = n if end < 0 else end
+            cur.append(" ")
+        elif sql.startswith("/*", i):  # nested, as PostgreSQL's are
+            depth, i = 1, i + 2
+            while i < n and depth:
+                step = sql[i : i + 2]
+                depth += 1 if step == "/*" else -1 if step == "*/" else 0
+                i += 2 if step in ("/*", "*/") else 1
+            cur.append(" ")
+        elif c in "'\"":
+            prefix = sql[i - 2] if i >= 2 else " "
+            escapes = c == "'" and before in "eE" and not (prefix.isalnum() or prefix in "_$")
+            end = _quoted_end(sql, i, c, escapes)
+            cur.append(sql[i:end])
+            i = end
+        elif c == "$" and not (before.isalnum() or before in "_$") and _DOLLAR.match(sql, i):
+            tag = _DOLLAR.match(sql, i)
+            assert tag is not None
+            close = sql.find(tag.group(), tag.end())
+            end = n if close < 0 else close + len(tag.group())
+            cur.append(sql[i:end])
+            i = end
+        elif c == ";":
+            parts.append("".join(cur))
+            cur = []
+            i += 1
+        else:
+            cur.append(c)
+            i += 1
+    parts.append("".join(cur))
+    return [part.strip() for part in parts if part.strip()]
+
+
+# PREPARE TRANSACTION 'gid' | COMMIT PREPARED 'gid' | ROLLBACK PREPARED 'gid' (the gid a
+# string constant: '...', E'...' or dollar-quoted).
+_TWO_PHASE = re.compile(
+    r"(PREPARE\s+TRANSACTION|COMMIT\s+PREPARED|ROLLBACK\s+PREPARED)\b"
+    r"(?:\s*(?:[eE]'(?:[^'\\]|''|\\.)*'|'(?:[^']|'')*'|(\$(?:[^\W\d]\w*)?\$).*\2))?",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def _two_phase(text: str) -> tuple[str, bool] | None:
+    """For a two-phase commit command, its name (upper case, one space) and whether it
+    is well formed; None for any other statement."""
+    m = _TWO_PHASE.match(text)
+    if m is None:
+        return None
+    name = " ".join(m.group(1).upper().split())
+    well_formed = m.end() == len(text) and m.end() > m.end(1)
+    return name, well_formed
+
+
+def _unmodelled(text: str) -> str | None:
+    """What of transaction-control statement ``text`` the fake does not model, if anything."""
+    if re.match(r"SET\s+TRANSACTION\s+SNAPSHOT\b", text, re.IGNORECASE):
+        return "SET TRANSACTION SNAPSHOT (it has no snapshots to import)"
+    if re.search(r'\bU&"', text, re.IGNORECASE) and (
+        _is_control(text) or _two_phase(text) is not None
+    ):
+        return 'a Unicode-escaped name (U&"...") in transaction control'
+    return None
