@@ -289,6 +289,9 @@ async def test_an_empty_query_is_recorded_and_does_nothing() -> None:
         ("SET TRANSACTION SNAPSHOT '00000003-0000001B-1'", "SET TRANSACTION SNAPSHOT"),
         ('SAVEPOINT U&"d\\0061t"', "a Unicode-escaped name"),
         ('ROLLBACK TO u&"a"', "a Unicode-escaped name"),
+        ("RESET transaction_read_only", "this way of setting transaction_read_only"),
+        ("SET transaction_isolation TO DEFAULT", "this way of setting transaction_read_only"),
+        ("SET LOCAL transaction_deferrable = maybe", "this way of setting transaction_read_only"),
     ],
 )
 async def test_transaction_control_the_fake_does_not_model_is_refused(sql: str, what: str) -> None:

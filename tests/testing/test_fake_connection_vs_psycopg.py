@@ -70,6 +70,10 @@ CONTROL = [
     "/* c */ COMMIT",
     "-- c\nROLLBACK",
     ";",
+    "SET transaction_read_only = on",
+    "SET LOCAL transaction_read_only TO off",
+    "SET transaction_isolation = 'serializable'",
+    "SET SESSION transaction_deferrable = true",
 ]
 NAMED = [
     "SAVEPOINT {}",
@@ -347,6 +351,25 @@ async def test_the_fake_follows_postgresql_transaction_control(pg: _Pg, steps: l
         ["BEGIN", "SAVEPOINT " + "a" * 70, "INSERT 1", "ROLLBACK TO " + "a" * 64, "COMMIT"],
         ["BEGIN", "SAVEPOINT " + "é" * 40, "INSERT 1", "RELEASE " + "é" * 35, "COMMIT"],
         ["BEGIN", 'SAVEPOINT "' + "é" * 40 + '"', "ROLLBACK TO " + "é" * 32, "COMMIT"],
+        # Setting transaction_read_only, transaction_isolation or transaction_deferrable is
+        # SET TRANSACTION, with its checks (the fake took it for work: read-only was not
+        # enforced, a late isolation change not refused).
+        ["BEGIN", "SET transaction_read_only = on", "INSERT 1", "ROLLBACK"],
+        ["BEGIN", "SET LOCAL transaction_read_only TO true", "INSERT 1", "ROLLBACK"],
+        ["SET transaction_read_only = on", "INSERT 1", "BEGIN", "INSERT 2", "COMMIT"],
+        ["BEGIN", "INSERT 1", "SET transaction_isolation = 'serializable'", "COMMIT"],
+        ["BEGIN", "INSERT 1", "SET transaction_isolation TO 'Repeatable Read'", "COMMIT"],
+        ["BEGIN READ ONLY", "SET SESSION transaction_read_only = 'off'", "INSERT 1", "COMMIT"],
+        [
+            "BEGIN READ ONLY",
+            "SAVEPOINT a",
+            "INSERT 1",
+            "ROLLBACK TO a",
+            "SET transaction_read_only = of",
+        ],
+        ["BEGIN", "SAVEPOINT a", "SET transaction_deferrable = yes", "ROLLBACK"],
+        ["BEGIN", "SET transaction_read_only = 1", "SAVEPOINT a", "SET transaction_read_only = 0"],
+        ["BEGIN", "FAIL", "SET transaction_read_only = on", "ROLLBACK"],
     ],
 )
 async def test_sequences_the_fake_got_wrong(pg: _Pg, steps: list[str]) -> None:

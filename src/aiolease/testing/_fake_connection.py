@@ -31,6 +31,7 @@ from ._fake_sql import (
     _statements,
     _tokens,
     _transaction_modes,
+    _transaction_setting,
     _two_phase,
     _unmodelled,
 )
@@ -528,6 +529,9 @@ class FakeConnection:
                 raise rule.error
         if two_phase is not None:
             return self._prepared(text, *two_phase)
+        setting = _transaction_setting(text)
+        if setting:  # as SET TRANSACTION, with its checks (PostgreSQL's are the same)
+            return self._begin("SET", f"SET TRANSACTION {setting}")
         if head in ("BEGIN", "START", "SET"):
             return self._begin(head, text)
         tokens = _tokens(text)

@@ -37,8 +37,8 @@ def _refused_in_a_block(sql: str) -> str | None:
 
     Told by its leading words: VACUUM, CREATE/DROP DATABASE or TABLESPACE, ALTER SYSTEM,
     DISCARD ALL, CREATE [UNIQUE]/DROP INDEX CONCURRENTLY, REINDEX ... CONCURRENTLY and
-    REINDEX SCHEMA/DATABASE/SYSTEM. (CLUSTER without a table, COMMIT/ROLLBACK PREPARED
-    and CREATE SUBSCRIPTION are not told.)
+    REINDEX SCHEMA/DATABASE/SYSTEM. (CLUSTER without a table and CREATE SUBSCRIPTION
+    are not told; COMMIT/ROLLBACK PREPARED are transaction control.)
     """
     words: list[str] = re.findall(r"[A-Z_]+", sql[:200].upper())
     first, second = [*words, "", ""][:2]
@@ -165,12 +165,51 @@ def _tokens(text: str) -> list[_Token] | None:
 
 
 def _is_control(sql: str) -> bool:
-    """Whether ``sql`` is transaction control (SET TRANSACTION included)."""
+    """Whether ``sql`` is transaction control (SET TRANSACTION included, and setting
+    transaction_read_only, transaction_isolation or transaction_deferrable)."""
     head = _head(sql)
-    if head == "SET":
+    if head in ("SET", "RESET"):
         words = sql.split(None, 2)
-        return len(words) > 1 and words[1].upper().rstrip(";") == "TRANSACTION"
+        return (
+            len(words) > 1 and words[1].upper().rstrip(";") == "TRANSACTION"
+        ) or _transaction_setting(sql) is not None
     return head in _CONTROL
+
+
+# SET [SESSION | LOCAL] transaction_{read_only,isolation,deferrable} {= | TO} value, or RESET.
+_SETTING = re.compile(
+    r"(SET\s+(?:(?:SESSION|LOCAL)\s+)?|RESET\s+)"
+    r"(transaction_read_only|transaction_isolation|transaction_deferrable)\b\s*(.*)",
+    re.IGNORECASE | re.DOTALL,
+)
+_VALUE = re.compile(r"(?:=|TO\b)\s*(?:'((?:[^']|'')*)'|([\w.]+))", re.IGNORECASE | re.DOTALL)
+# What PostgreSQL's parse_bool takes (a prefix of true/false/yes/no, on/off/of, 1/0).
+_TRUE = frozenset({"t", "tr", "tru", "true", "y", "ye", "yes", "on", "1"})
+_FALSE = frozenset({"f", "fa", "fal", "fals", "false", "n", "no", "of", "off", "0"})
+
+
+def _transaction_setting(text: str) -> str | None:
+    """For a statement setting transaction_read_only, transaction_isolation or
+    transaction_deferrable, the modes of the SET TRANSACTION it amounts to ("" for one
+    the fake does not read: DEFAULT, RESET, a value it does not know); else None."""
+    m = _SETTING.match(text)
+    if m is None:
+        return None
+    if m.group(1).upper().startswith("RESET"):
+        return ""
+    v = _VALUE.fullmatch(m.group(3))
+    if v is None:
+        return ""
+    value = (v.group(1).replace("''", "'") if v.group(1) is not None else v.group(2)).lower()
+    kind = m.group(2).lower()
+    if kind == "transaction_isolation":
+        return f"ISOLATION LEVEL {value}" if value in _LEVELS else ""
+    flag = True if value in _TRUE else False if value in _FALSE else None
+    if flag is None:
+        return ""
+    if kind == "transaction_read_only":
+        return "READ ONLY" if flag else "READ WRITE"
+    return "DEFERRABLE" if flag else "NOT DEFERRABLE"
 
 
 def _head(sql: str) -> str:
@@ -268,6 +307,11 @@ def _two_phase(text: str) -> tuple[str, bool] | None:
 
 def _unmodelled(text: str) -> str | None:
     """What of transaction-control statement ``text`` the fake does not model, if anything."""
+    if _transaction_setting(text) == "":
+        return (
+            "this way of setting transaction_read_only, transaction_isolation or "
+            "transaction_deferrable (RESET, DEFAULT, or a value it does not read)"
+        )
     if re.match(r"SET\s+TRANSACTION\s+SNAPSHOT\b", text, re.IGNORECASE):
         return "SET TRANSACTION SNAPSHOT (it has no snapshots to import)"
     if re.search(r'\bU&"', text, re.IGNORECASE) and (
