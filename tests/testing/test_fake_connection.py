@@ -260,12 +260,15 @@ async def test_several_statements_in_one_string_are_refused_with_no_effect(shape
     await conn.execute("BEGIN")
     await conn.execute("INSERT INTO t VALUES (1)")
     sql = "INSERT INTO t VALUES (2); COMMIT"
-    run = {
-        "execute": lambda: conn.execute(sql),
-        "cursor": lambda: conn.cursor().execute(sql),
-        "executemany": lambda: conn.executemany(sql, [(), ()]),
-        "fetch": lambda: conn.fetch(sql),
-    }[shape]
+
+    async def run() -> object:
+        if shape == "cursor":
+            return await conn.cursor().execute(sql)
+        if shape == "executemany":
+            await conn.executemany(sql, [(), ()])
+            return None
+        return await (conn.fetch(sql) if shape == "fetch" else conn.execute(sql))
+
     with pytest.raises(
         NotImplementedError, match=r"does not model several statements in one string \(2 in"
     ):
