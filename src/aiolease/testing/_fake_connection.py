@@ -391,14 +391,14 @@ class FakeConnection:
                 recorded.
         """
         statements = _statements(sql)
+        shown = sql if len(sql) <= 200 else sql[:200] + "..."
         unmodelled = _unmodelled(statements[0]) if len(statements) == 1 else None
         if unmodelled is not None:
             raise NotImplementedError(
-                f"FakeConnection does not model {unmodelled} (in {sql!r}); test it "
+                f"FakeConnection does not model {unmodelled} (in {shown!r}); test it "
                 "against PostgreSQL"
             )
         if len(statements) > 1:
-            shown = sql if len(sql) <= 200 else sql[:200] + "..."
             raise NotImplementedError(
                 f"FakeConnection does not model several statements in one string "
                 f"({len(statements)} in {shown!r}): PostgreSQL runs those of a simple query "
@@ -501,9 +501,9 @@ class FakeConnection:
         self._status = _INERROR
 
     def _cancelled(self, text: str) -> None:
-        """The caller was cancelled while ``sql`` ran: the driver has the server cancel it
-        (SQLSTATE 57014), which aborts the transaction it ran in, as any error does.
-        Transaction control is left as it was (it had no effect)."""
+        """The caller was cancelled while the statement ``text`` ran: the driver has the
+        server cancel it (SQLSTATE 57014), which aborts the transaction it ran in, as any
+        error does. Transaction control is left as it was (it had no effect)."""
         control = _is_control(text) or _two_phase(text) is not None
         if self._status == _INTRANS and not self.closed and text and not control:
             self._abort()
