@@ -295,12 +295,15 @@ async def test_an_empty_query_is_recorded_and_does_nothing() -> None:
         ("RESET transaction_read_only", "this way of setting transaction_read_only"),
         ("SET transaction_isolation TO DEFAULT", "this way of setting transaction_read_only"),
         ("SET LOCAL transaction_deferrable = maybe", "this way of setting transaction_read_only"),
+        ("SELECT set_config('transaction_read_only', 'on', true)", r"set_config\(\)"),
     ],
 )
 async def test_transaction_control_the_fake_does_not_model_is_refused(sql: str, what: str) -> None:
     """PostgreSQL imports the snapshot (or fails with 0A000 in a READ COMMITTED
-    transaction) and decodes the name; the fake has no snapshots and no decoder, and
-    said 42601 (a syntax error that aborted the transaction)."""
+    transaction), decodes the name, takes RESET and DEFAULT, and applies set_config() to
+    the transaction; the fake has no snapshots, no decoder, no session defaults and does
+    not read queries. It said 42601 (a syntax error that aborted the transaction) or ran
+    the statement as work (the transaction stayed read-write)."""
     conn = FakeConnection()
     await conn.execute("BEGIN")
     with pytest.raises(NotImplementedError, match=f"does not model {what}"):

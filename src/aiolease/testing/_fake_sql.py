@@ -305,12 +305,22 @@ def _two_phase(text: str) -> tuple[str, bool] | None:
     return name, well_formed
 
 
+_SET_CONFIG = re.compile(
+    r"set_config\s*\(\s*'transaction_(?:read_only|isolation|deferrable)'", re.IGNORECASE
+)
+
+
 def _unmodelled(text: str) -> str | None:
     """What of transaction-control statement ``text`` the fake does not model, if anything."""
     if _transaction_setting(text) == "":
         return (
             "this way of setting transaction_read_only, transaction_isolation or "
             "transaction_deferrable (RESET, DEFAULT, or a value it does not read)"
+        )
+    if _SET_CONFIG.search(text):
+        return (
+            "set_config() of transaction_read_only, transaction_isolation or "
+            "transaction_deferrable (it does not read queries: use SET TRANSACTION)"
         )
     if re.match(r"SET\s+TRANSACTION\s+SNAPSHOT\b", text, re.IGNORECASE):
         return "SET TRANSACTION SNAPSHOT (it has no snapshots to import)"
