@@ -606,3 +606,56 @@ async def test_reserved_keywords_cannot_name_a_savepoint(pg: _Pg) -> None:
         steps += ["BEGIN", f"SAVEPOINT {word}", f"RELEASE {word}", f"ROLLBACK TO {word}", "ABORT"]
     expected = await _on_postgres(pg, steps)
     assert await _on_the_fake(steps) == expected
+
+
+# SELECT lists whose ";" and comment marks PostgreSQL's lexer must not take for a statement's
+# end, and the ways statements are separated or padded.
+EXPRESSIONS = [
+    "1",
+    "';'",
+    "'a'';--'",
+    "E'\\';'",
+    "e'\\\\';",
+    "$$;$$",
+    "$t$ ; $$ ; $t$",
+    '1 AS "x;""/*"',
+    "1 -- ;\n",
+    "/* ; /* ; */ ; */ 1",
+    "1 AS a$b",
+    "1/2",
+    "'$$' || ';'",
+]
+SEPARATORS = [";", "; ;", ";\n", " ; -- x\n", "/* c */;"]
+PADDING = ["", ";", " -- c\n", "/* c */", "; /* ; */ ;"]
+
+
+@DIFF
+@given(
+    selects=st.lists(st.sampled_from(EXPRESSIONS), min_size=1, max_size=4),
+    separators=st.lists(st.sampled_from(SEPARATORS), min_size=3, max_size=3),
+    before=st.sampled_from(PADDING),
+    after=st.sampled_from(PADDING),
+)
+async def test_the_fake_counts_statements_as_postgresql_splits_them(
+    pg: _Pg, selects: list[str], separators: list[str], before: str, after: str
+) -> None:
+    """How many statements a string holds, by PostgreSQL's count of results (one per
+    statement) and by the fake: one it runs, several it refuses."""
+    sql = before + "".join(
+        f"SELECT {expression}" + (separators[i] if i < len(selects) - 1 else "")
+        for i, expression in enumerate(selects)
+    )
+    sql += after
+    cur = await pg.conn.execute(sql)
+    results = 1
+    while cur.nextset():
+        results += 1
+    assert results == len(selects)
+
+    fake = FakeConnection()
+    if results > 1:
+        with pytest.raises(NotImplementedError, match=f"several statements .*\\({results} in"):
+            await fake.execute(sql)
+    else:
+        await fake.execute(sql)
+        assert fake.committed == [(sql, ())]
