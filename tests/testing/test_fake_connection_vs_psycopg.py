@@ -137,11 +137,27 @@ async def pg(pg_dsn: str) -> AsyncIterator[_Pg]:
 
 # Steps that are work (no status compared), and those standing for a command PostgreSQL
 # refuses inside a transaction block.
-WORK = ("INSERT", "FAIL", "VACUUM", "REINDEX", "CREATE", "/* c */ INSERT")
+WORK = (
+    "INSERT",
+    "FAIL",
+    "VACUUM",
+    "REINDEX",
+    "CREATE",
+    "/* c */ INSERT",
+    "LOCK",
+    "DECLARE",
+    "CLOSE",
+)
 BLOCK_REFUSED = {
     "VACUUM": "VACUUM {}",
     "REINDEX CONCURRENTLY": "REINDEX TABLE CONCURRENTLY {}",
     "CREATE INDEX CONCURRENTLY": "CREATE INDEX CONCURRENTLY ON {} (v)",
+    # and those it refuses outside one
+    "LOCK": "LOCK {}",
+    "LOCK IN SHARE MODE": "/* c */ lock table {} in share mode",
+    "DECLARE": "DECLARE c NO SCROLL CURSOR WITHOUT HOLD FOR SELECT v FROM {}",
+    "DECLARE WITH HOLD": "DECLARE c CURSOR WITH HOLD FOR SELECT v FROM {}",
+    "CLOSE": "CLOSE c",
 }
 
 
@@ -370,6 +386,10 @@ async def test_the_fake_follows_postgresql_transaction_control(pg: _Pg, steps: l
         ["BEGIN", "SAVEPOINT a", "SET transaction_deferrable = yes", "ROLLBACK"],
         ["BEGIN", "SET transaction_read_only = 1", "SAVEPOINT a", "SET transaction_read_only = 0"],
         ["BEGIN", "FAIL", "SET transaction_read_only = on", "ROLLBACK"],
+        # LOCK and DECLARE (without WITH HOLD) fail with 25P01 outside a transaction block
+        # (the fake ran them as autocommitted work).
+        ["LOCK", "LOCK IN SHARE MODE", "BEGIN", "LOCK", "INSERT 1", "COMMIT"],
+        ["DECLARE", "BEGIN", "DECLARE", "CLOSE", "COMMIT", "DECLARE WITH HOLD", "CLOSE"],
     ],
 )
 async def test_sequences_the_fake_got_wrong(pg: _Pg, steps: list[str]) -> None:

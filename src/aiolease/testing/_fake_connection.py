@@ -27,6 +27,7 @@ from ._fake_sql import (
     _WRITES,
     _head,
     _is_control,
+    _only_in_a_block,
     _refused_in_a_block,
     _statements,
     _tokens,
@@ -740,6 +741,9 @@ class FakeConnection:
     def _work_statement(self, sql: str, args: tuple[Any, ...], text: str) -> Any:
         if self._status == _INERROR:
             raise self._failed_transaction_error()
+        only = _only_in_a_block(text) if self._status == _IDLE else None
+        if only is not None:
+            raise FakeDatabaseError(f"{only} can only be used in transaction blocks", "25P01")
         head = _head(text)
         # A command PostgreSQL runs only outside a transaction block: refused with 25001
         # inside one (ALTER SYSTEM also in a read-only one; the others that write, first

@@ -58,6 +58,20 @@ def _refused_in_a_block(sql: str) -> str | None:
     return None
 
 
+def _only_in_a_block(text: str) -> str | None:
+    """The command, if ``text`` is one PostgreSQL refuses outside a transaction block
+    (25P01): LOCK, and DECLARE of a cursor without WITH HOLD (told by the words before
+    its FOR)."""
+    head = _head(text)
+    if head == "LOCK":
+        return "LOCK TABLE"
+    if head == "DECLARE":
+        words: list[str] = re.findall(r"[A-Z_]+", text.upper().split(" FOR ", 1)[0])
+        held = any(words[i : i + 2] == ["WITH", "HOLD"] for i in range(len(words)))
+        return None if held else "DECLARE CURSOR"
+    return None
+
+
 _REFUSED_IN_A_BLOCK = frozenset(
     {
         ("CREATE", "DATABASE"),
