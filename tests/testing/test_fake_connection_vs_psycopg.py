@@ -89,6 +89,7 @@ statements = st.one_of(
     st.integers(0, 9).map(lambda v: f"INSERT {v}"),
     st.integers(0, 9).map(lambda v: f"/* c */ INSERT {v}"),
     st.just("FAIL"),
+    st.just("LOCK"),
 )
 
 
@@ -147,6 +148,16 @@ WORK = (
     "LOCK",
     "DECLARE",
     "CLOSE",
+    "SET search_path",
+    "SET LOCAL search_path",
+    "SET CONSTRAINTS",
+    "RESET",
+    "SHOW",
+    "LISTEN",
+    "NOTIFY",
+    "UNLISTEN",
+    "CHECKPOINT",
+    "SELECT",
 )
 BLOCK_REFUSED = {
     "VACUUM": "VACUUM {}",
@@ -390,6 +401,19 @@ async def test_the_fake_follows_postgresql_transaction_control(pg: _Pg, steps: l
         # (the fake ran them as autocommitted work).
         ["LOCK", "LOCK IN SHARE MODE", "BEGIN", "LOCK", "INSERT 1", "COMMIT"],
         ["DECLARE", "BEGIN", "DECLARE", "CLOSE", "COMMIT", "DECLARE WITH HOLD", "CLOSE"],
+        # LOCK, SET, SHOW and a few others take no snapshot: the modes can still change
+        # after them (the fake counted them as queries: 25001).
+        ["BEGIN", "LOCK", "BEGIN ISOLATION LEVEL SERIALIZABLE", "SET TRANSACTION DEFERRABLE"],
+        ["BEGIN", "SET search_path TO public", "SHOW search_path", "BEGIN DEFERRABLE", "COMMIT"],
+        [
+            "BEGIN READ ONLY",
+            "SET CONSTRAINTS ALL DEFERRED",
+            "SET TRANSACTION READ WRITE",
+            "INSERT 1",
+        ],
+        ["BEGIN", "LISTEN ch", "NOTIFY ch", "UNLISTEN ch", "CHECKPOINT", "BEGIN DEFERRABLE"],
+        ["BEGIN", "RESET search_path", "SET LOCAL search_path TO public", "BEGIN DEFERRABLE"],
+        ["BEGIN", "SELECT 1", "BEGIN DEFERRABLE", "ROLLBACK"],
     ],
 )
 async def test_sequences_the_fake_got_wrong(pg: _Pg, steps: list[str]) -> None:

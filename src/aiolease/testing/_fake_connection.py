@@ -30,6 +30,7 @@ from ._fake_sql import (
     _only_in_a_block,
     _refused_in_a_block,
     _statements,
+    _takes_snapshot,
     _tokens,
     _transaction_modes,
     _transaction_setting,
@@ -508,7 +509,7 @@ class FakeConnection:
         control = _is_control(text) or _two_phase(text) is not None
         if self._status == _INTRANS and not self.closed and text and not control:
             self._abort()
-            self._snapshot = True
+            self._snapshot = self._snapshot or _takes_snapshot(text)
 
     def _failed_transaction_error(self) -> FakeDatabaseError:
         return FakeDatabaseError(
@@ -768,7 +769,7 @@ class FakeConnection:
                 if rule.error is not None:
                     if self._status == _INTRANS:
                         self._abort()
-                        self._snapshot = True  # it ran, then failed
+                        self._snapshot = self._snapshot or _takes_snapshot(text)  # it ran
                     raise rule.error
                 result = rule.rows
                 break
@@ -779,7 +780,9 @@ class FakeConnection:
             batch.append((sql, args))
         else:
             self._work.append((sql, args))
-            self._snapshot = True
+            # After a query the transaction's modes are fixed; LOCK, SET, SHOW and a few
+            # others take no snapshot, so they do not count as one.
+            self._snapshot = self._snapshot or _takes_snapshot(text)
         return result
 
 

@@ -343,3 +343,15 @@ def _unmodelled(text: str) -> str | None:
     ):
         return 'a Unicode-escaped name (U&"...") in transaction control'
     return None
+
+
+# The commands PostgreSQL runs without taking a snapshot (PlannedStmtRequiresSnapshot), by
+# their first word: after them a transaction's modes can still change.
+_NO_SNAPSHOT = frozenset(
+    {"LOCK", "SET", "RESET", "SHOW", "FETCH", "MOVE", "LISTEN", "NOTIFY", "UNLISTEN", "CHECKPOINT"}
+)
+
+
+def _takes_snapshot(text: str) -> bool:
+    """Whether the (work) statement ``text`` counts as a query that took a snapshot."""
+    return _head(text) not in _NO_SNAPSHOT
