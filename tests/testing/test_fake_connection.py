@@ -279,6 +279,31 @@ async def test_several_statements_in_one_string_are_refused_with_no_effect(shape
     assert conn.committed == [("INSERT INTO t VALUES (1)", ())]
 
 
+async def test_several_statements_of_plain_work_are_one_statement_of_work() -> None:
+    """Work the code under test sends in one string (session settings, DDL) is recorded as
+    sent, as one statement: committed at once outside a transaction, the transaction's work
+    inside one; in a read-only transaction, refused if any of them writes."""
+    conn = FakeConnection()
+    sql = "SET search_path TO app; SET statement_timeout TO 5000"
+    assert await conn.execute(sql) == "OK"
+    assert conn.committed == [(sql, ())]
+    await conn.execute("BEGIN")
+    ddl = "CREATE TABLE a (x int); CREATE TABLE b (y int)"
+    await conn.execute(ddl)
+    await conn.execute("COMMIT")
+    assert conn.committed == [(sql, ()), (ddl, ())]
+    await conn.execute("BEGIN READ ONLY")
+    with pytest.raises(FakeDatabaseError) as caught:
+        await conn.execute("SELECT 1; INSERT INTO t VALUES (1)")
+    assert caught.value.sqlstate == "25006"
+    await conn.execute("ROLLBACK")
+    assert conn.committed == [(sql, ()), (ddl, ())]
+    with pytest.raises(NotImplementedError, match="with parameters"):
+        await conn.execute("SELECT $1; SELECT 2", 1)
+    with pytest.raises(NotImplementedError, match="transaction control"):
+        await conn.execute("VACUUM; SELECT 1")  # a command only outside a block: not modelled
+
+
 async def test_an_empty_query_is_recorded_and_does_nothing() -> None:
     conn = FakeConnection()
     assert await conn.execute(" ; -- nothing") is None

@@ -4,8 +4,9 @@ It understands transaction control the way PostgreSQL does (BEGIN, COMMIT,
 ROLLBACK, SAVEPOINT, RELEASE, ROLLBACK TO, AND CHAIN, SET TRANSACTION, quoted and
 folded savepoint names, comments, the aborted state after an error or a malformed control
 statement, writes refused in a read-only transaction, two-phase commit as a server with
-prepared transactions disabled answers it), refuses a string of several statements
-(NotImplementedError: it does not model their implicit transaction) and treats every other
+prepared transactions disabled answers it), refuses a string of several statements with
+transaction control among them or with parameters (NotImplementedError: it does not model
+their implicit transaction; several of plain work are one statement) and treats every other
 statement as opaque work: it is recorded, answered from a script, and
 "committed" or thrown away with its transaction. Use it to test transaction code
 without a database, deterministically.
@@ -28,6 +29,7 @@ from ._fake_sql import (
     _head,
     _is_control,
     _only_in_a_block,
+    _plain_work,
     _refused_in_a_block,
     _statements,
     _takes_snapshot,
@@ -223,8 +225,10 @@ class FakeConnection:
     PostgreSQL runs only outside a transaction block (VACUUM, CREATE INDEX CONCURRENTLY,
     ...) fails with 25001. Two-phase commit behaves as on a server with prepared
     transactions disabled (PostgreSQL's default). Comments are read as PostgreSQL reads
-    them; a string holding several statements raises :class:`NotImplementedError` (the
-    fake does not model a simple query's implicit transaction). A statement cancelled
+    them; a string holding several statements with transaction control among them, or with
+    parameters, raises :class:`NotImplementedError` (the fake does not model a simple
+    query's implicit transaction); several of plain work are one statement of work. A
+    statement cancelled
     while it runs aborts the transaction it ran in, as the server's cancel does.
 
     Faults and results are injected with :meth:`script`, :meth:`fail_commit`,
@@ -387,10 +391,11 @@ class FakeConnection:
                 an injected commit failure, or 25P02 in an aborted transaction;
                 "another operation is in progress" when two tasks use the
                 connection at once.
-            NotImplementedError: ``sql`` holds several statements (``"BEGIN;
-                INSERT ...; COMMIT"``), or is transaction control the fake does not
-                model (``SET TRANSACTION SNAPSHOT``, a ``U&"..."`` name); nothing is
-                recorded.
+            NotImplementedError: ``sql`` holds several statements with parameters, or
+                with transaction control among them (``"BEGIN; INSERT ...; COMMIT"``),
+                or is transaction control the fake does not model (``SET TRANSACTION
+                SNAPSHOT``, a ``U&"..."`` name); nothing is recorded. (Several
+                statements of plain work are one statement of work.)
         """
         statements = _statements(sql)
         shown = sql if len(sql) <= 200 else sql[:200] + "..."
@@ -400,16 +405,20 @@ class FakeConnection:
                 f"FakeConnection does not model {unmodelled} (in {shown!r}); test it "
                 "against PostgreSQL"
             )
-        if len(statements) > 1:
-            raise NotImplementedError(
-                f"FakeConnection does not model several statements in one string "
-                f"({len(statements)} in {shown!r}): PostgreSQL runs those of a simple query "
-                "as one implicit transaction, and refuses them with parameters; send one "
-                "statement per execute()"
-            )
         # The statement with its comments blanked and its ";" dropped: what is read for
         # transaction control and leading words ("" for an empty query).
         text = statements[0] if statements else ""
+        if len(statements) > 1:
+            plain = None if args else _plain_work(statements)
+            if plain is None:
+                raise NotImplementedError(
+                    f"FakeConnection does not model several statements in one string "
+                    f"({len(statements)} in {shown!r}) with parameters or with transaction "
+                    "control among them: PostgreSQL runs those of a simple query as one "
+                    "implicit transaction, and refuses them with parameters; send one "
+                    "statement per execute()"
+                )
+            text = plain
         if self.closed:
             raise FakeConnectionLost("the connection is closed")
         if self._busy:

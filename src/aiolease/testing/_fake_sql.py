@@ -355,3 +355,27 @@ _NO_SNAPSHOT = frozenset(
 def _takes_snapshot(text: str) -> bool:
     """Whether the (work) statement ``text`` counts as a query that took a snapshot."""
     return _head(text) not in _NO_SNAPSHOT
+
+
+def _plain_work(statements: list[str]) -> str | None:
+    """For a string of several statements that are all plain work (no transaction control,
+    none PostgreSQL runs only outside or only inside a transaction block, nothing the fake
+    does not model): the one that stands for the string in the fake's checks (the first
+    write, else the first that takes a snapshot, else the first). None for any other string.
+
+    Such a string is work of the transaction it runs in, or, outside one, commits as a whole:
+    what PostgreSQL's implicit transaction of a simple query does with it too.
+    """
+    for text in statements:
+        if (
+            _is_control(text)
+            or _two_phase(text) is not None
+            or _unmodelled(text) is not None
+            or _refused_in_a_block(text) is not None
+            or _only_in_a_block(text) is not None
+        ):
+            return None
+    writes = [text for text in statements if _head(text) in _WRITES]
+    if writes:
+        return writes[0]
+    return next((text for text in statements if _takes_snapshot(text)), statements[0])
