@@ -8,7 +8,6 @@ from asyncio import get_running_loop
 from collections import deque
 from collections.abc import Generator, Hashable
 from dataclasses import dataclass
-from time import monotonic as _monotonic
 from types import TracebackType
 from typing import Any
 
@@ -17,7 +16,6 @@ from .._errors import RateLimitExceeded
 from .._tx_options import check_flag
 from .._validate import check_cost, check_key, check_name
 from ._base import (
-    _BASE_TIME,
     EPS,
     INF,
     LimiterBase,
@@ -586,10 +584,8 @@ class RateLimiter(LimiterBase):
         )
 
     async def __aenter__(self) -> None:
-        # The never-limited fast path: the one admission, no task, future or permit; the
-        # clock read is inlined (see _base.loop_time).
-        loop = get_running_loop()
-        now = _monotonic() if type(loop).time is _BASE_TIME else loop.time()
+        # The never-limited fast path: the one admission, no task, future or permit.
+        now = get_running_loop().time()
         if self._default.admit(1.0, now) is None:
             await self.acquire()  # checks the cost: 1 may exceed a strict limiter's rate
 
@@ -667,8 +663,7 @@ class RateLimiter(LimiterBase):
         st = self._default if key is None else self._states.get(key)
         if st is None:
             return None
-        loop = get_running_loop()
-        now = _monotonic() if type(loop).time is _BASE_TIME else loop.time()
+        now = get_running_loop().time()
         token = st.admit(cost, now)
         return None if token is None else RatePermit(self, st, cost, token)
 

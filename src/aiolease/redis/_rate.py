@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from redis import exceptions as _rexc
+
 from .. import _metrics, _tracking, _validate
 from .._errors import RateLimitExceeded
 from .._limits import RateLimiter, RateLimiterStatistics, RatePermit
@@ -345,7 +347,9 @@ class RedisRateLimiter:
 
         Raises:
             RateLimitExceeded: the slot is more than ``timeout`` away (raised at once, nothing
-                reserved), or Redis is unavailable with ``on_error="deny"``.
+                reserved; or, when Redis's reply comes so late that the slot, counted from it,
+                lies past the deadline, then, the reservation given back), or Redis is
+                unavailable with ``on_error="deny"``.
             LimiterUnavailable: Redis is unreachable or failing (``on_error="raise"``, no
                 ``fallback``), or gave no answer before ``timeout`` (plus 0.05 s) passed.
             ValueError: bad cost, key or timeout.
@@ -642,7 +646,7 @@ class RedisRateLimiter:
                     # pause() was called while our call was in flight: queue behind it.
                     outcome: asyncio.Task[None] | None = paused[1]
                 else:
-                    outcome = await self._sleep(loop, rkey, res[0] / 1e6, res[1], new, cost)
+                    outcome = await self._sleep(loop, rkey, res[0] / 1e6, res[1], new, cost, end)
                     if outcome is None:
                         self._admitted += 1
                         self._note_wait(loop.time() - arrived)
@@ -668,13 +672,30 @@ class RedisRateLimiter:
         old: Any,
         new: str,
         cost: float,
+        end: float | None,
     ) -> asyncio.Task[None] | None:
-        """Sleep once until the reserved slot; returns the pause task if pause() woke us."""
+        """Sleep once until the reserved slot; returns the pause task if pause() woke us.
+
+        Raises:
+            RateLimitExceeded: the slot, counted from the reply, lies past ``end`` (loop time):
+                the reservation is given back.
+        """
         chain = self._sleepers.get(rkey)
         if chain is None or chain.orphaned():
             chain = self._sleepers[rkey] = _Chain()
         old_t = None if old is None else text(old)
         entry = chain.note(old_t, new, cost, loop.time() + wait)
+        if end is not None and entry.deadline0 > end:
+            # The script kept the slot within the timeout, but its reply came so late that
+            # the slot, counted from the reply (never earlier: the window bound holds on the
+            # server's clock), lies past the acquisition's deadline. Refused as the script
+            # refuses a slot beyond the timeout, and given back (in the background: the
+            # caller's deadline does not wait for another round trip).
+            if not chain.entries and self._sleepers.get(rkey) is chain:
+                del self._sleepers[rkey]
+            self._bg.spawn(self._give_back(rkey, chain, entry, old_t, False))
+            self._rejected += 1
+            raise RateLimitExceeded(wait)
         fut: asyncio.Future[object] = loop.create_future()
         chain.add(fut, entry)  # woken at entry.deadline by the chain's timer
         try:
@@ -741,5 +762,8 @@ class _CoolingDown(Exception):
     """Redis failed lately and the cool-down has not passed (or another call probes it)."""
 
 
-class _Late(TimeoutError):
-    """A call cut short by the acquisition's own deadline (Redis not judged down for it)."""
+class _Late(_rexc.TimeoutError):
+    """A call cut short by the acquisition's own deadline (Redis not judged down for it).
+
+    A redis-py error: ``LimiterUnavailable`` has redis-py's error as its cause (contract), and
+    is never caused by a bare ``TimeoutError``."""
