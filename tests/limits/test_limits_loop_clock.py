@@ -53,3 +53,25 @@ def test_a_clock_set_on_the_loop_object_drives_the_rate_limiter(form: str) -> No
         assert limiter.statistics().waiting == 0
 
     on_a_shifted_clock(body)
+
+
+def test_a_clock_set_on_the_loop_object_drives_the_pool() -> None:
+    """The pool reads the same clock: a resource past its ``max_lifetime`` by the loop's
+    clock is retired at its next checkout, however little real time passed."""
+
+    async def body(offset: list[float]) -> None:
+        made = []
+
+        async def create() -> object:
+            made.append(object())
+            return made[-1]
+
+        async with aiolease.Pool.from_callables(create, max_size=1, max_lifetime=100) as pool:
+            async with pool.acquire(timeout=5) as first:
+                pass
+            offset[0] = 200.0  # past its lifetime (up to 5% shorter) by the loop's clock
+            async with pool.acquire(timeout=5) as second:
+                assert second is not first
+            assert len(made) == 2
+
+    on_a_shifted_clock(body)

@@ -34,7 +34,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
-from .._clock import BASE_TIME, loop_time, monotonic
+from .._clock import loop_time
 from .._metrics import LimiterObserver
 
 __all__ = [
@@ -57,8 +57,6 @@ __all__ = [
 #: may leave the slot an ulp past the timer's deadline.
 EPS = 1e-9
 INF = float("inf")
-_BASE_TIME = BASE_TIME
-_monotonic = monotonic
 
 
 #: Below this many key states no full sweep is attempted.
