@@ -157,9 +157,9 @@ def register_pool(pool: Any, name: str) -> PoolObserver | None:
 
 
 def register_limiter(limiter: Any, name: str | None) -> LimiterObserver | None:
-    """Record a new limiter (metric name: ``name``, else ``<class>-<n>``); returns its
-    observer (None while no sink is attached)."""
-    if name is None:
+    """Record a new limiter (metric name: ``name``, else ``<class>-<n>``; an empty name is
+    no name, as for a pool); returns its observer (None while no sink is attached)."""
+    if not name:
         name = f"{type(limiter).__name__}-{next(_limiter_numbers)}"
     _limiters[limiter] = name
     return _limiter_observer(name)

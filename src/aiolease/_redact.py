@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from . import _metrics
+
 __all__ = [
     "MASK",
     "dsn_label",
@@ -211,11 +213,16 @@ _generated = itertools.count(1)
 
 def pool_label(name: str | None, manager: object) -> str:
     """What a pool goes by: ``name``, else what its driver manager says
-    (``_aiolease_pool_name()``), else a generated ``pool-N`` (unique in the process)."""
+    (``_aiolease_pool_name()``), else a generated ``pool-N`` (unique in the process: a
+    number whose name a live pool was given is skipped)."""
     if name:
         return name
     derive = getattr(manager, "_aiolease_pool_name", None)
     derived = derive() if callable(derive) else None
     if isinstance(derived, str) and derived:
         return derived
-    return f"pool-{next(_generated)}"
+    taken = _metrics.pool_names()
+    while True:
+        label = f"pool-{next(_generated)}"
+        if label not in taken:
+            return label
