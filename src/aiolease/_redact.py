@@ -50,7 +50,8 @@ _URL_PASSWORD = re.compile(
     r"(?:((?:https?|wss?)://[^:@/\s]*:)[^\s/]*@"
     r"|((?!(?:https?|wss?)://)[a-z][a-z0-9+.\-]*://[^:@/\s]*:)\S*@)"
 )
-# A secret parameter: password, pwd, passwd, pass, sslpassword, PGPASSWORD, db_password,
+# A secret parameter (also as ``password => value``, Ruby's and PHP's way): password, pwd,
+# passwd, pass, sslpassword, PGPASSWORD, db_password,
 # secret, oauth_client_secret...
 _KEY = r"(?:pg|ssl|\w*_)?(?:pass(?:word|wd)?|pwd|secret)"
 # In a URL query (after "?" or "&") its value runs to "&" or "#". Anywhere else (a libpq
@@ -60,7 +61,7 @@ _KEY = r"(?:pg|ssl|\w*_)?(?:pass(?:word|wd)?|pwd|secret)"
 # reads it, everything up to a space.
 _KEY_PASSWORD = re.compile(
     rf"""(?i)(?<=[?&])({_KEY}=)[^\s&#]*"""
-    rf"""|\b({_KEY}(?:\\?['"]\s*[:=,]|\s*[:=])\s*)"""
+    rf"""|\b({_KEY}(?:\\?['"]\s*(?:=>|[:=,])|\s*(?:=>|[:=]))\s*)"""
     r"""(?:\*\*\*(?=[\s,;)}\]'"]|\Z)"""  # one already redacted
     r"""|b?'(?:\\+.|[^'\\])*(?:'|\Z)|b?"(?:\\+.|[^"\\])*(?:"|\Z)|\S+)"""
 )
