@@ -274,7 +274,7 @@ class PoolState:
 
     name: str
     idle: int
-    used: int
+    used: int  # checked out, or being checked or reset
     pending: int
     min_size: int
     max_size: int
@@ -320,7 +320,11 @@ def pools() -> list[PoolState]:
         # must not count twice. Its timeouts stay (a counter does not go down).
         gone = pool.closed and s.size == 0
         bounds = (0, 0) if gone else (s.min_size, s.max_size)
-        now = (s.idle, s.in_use, s.waiting, *bounds, s.timeouts)
+        # "used" is every open connection that is not idle: checked out, or in the check
+        # before a lease or the reset after one (the pool's _in_hook), so that the count's
+        # states add up to the open connections as the conventions mean them to.
+        used = s.in_use + len(getattr(pool, "_in_hook", ()))
+        now = (s.idle, used, s.waiting, *bounds, s.timeouts)
         known = by_name.get(name)
         by_name[name] = (
             list(now) if known is None else [a + b for a, b in zip(known, now, strict=True)]

@@ -289,3 +289,30 @@ async def test_a_generated_pool_name_is_never_one_a_live_pool_was_given() -> Non
     assert label not in {f"pool-{number + 1}", f"pool-{number + 2}"}, label
     for pool in (*taken, unnamed):
         await pool.aclose()
+
+
+@pytest.mark.aiolease_virtual_time
+async def test_a_connection_being_checked_or_reset_counts_as_used() -> None:
+    """db.client.connection.count by state adds up to the open connections: one whose
+    release's reset (or whose check before a lease) is running is not idle, and counted
+    neither idle nor used it was missing from the count altogether."""
+    import asyncio
+
+    fm = FakeManager()
+    fm.delay("reset", 1.0)
+    fm.delay("check", 1.0)
+    with instrumented() as reader:
+        async with Pool(fm, max_size=1, name="busy") as pool:
+            held = await pool.acquire()
+            releasing = asyncio.create_task(pool.release(held))
+            await asyncio.sleep(0.5)  # the reset runs
+            during_reset = Collected(reader)["db.client.connection.count"]
+            await releasing
+            await asyncio.sleep(1.0)
+            acquiring = asyncio.ensure_future(pool.acquire())
+            await asyncio.sleep(0.5)  # the check of the idle connection runs
+            during_check = Collected(reader)["db.client.connection.count"]
+            await pool.release(await acquiring)
+    for count in (during_reset, during_check):
+        assert count.value(**{POOL: "busy", STATE: "used"}) == 1
+        assert count.value(**{POOL: "busy", STATE: "idle"}) == 0

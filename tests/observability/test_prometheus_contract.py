@@ -118,3 +118,38 @@ def test_multiprocess_counters_at_zero_are_exposed_as_in_one_process(tmp_path: P
     for result, expected in (("acquired", 1), ("rejected", 0), ("timeout", 0), ("canceled", 0)):
         labels = {"aiolease_limiter_name": "zeros", "aiolease_limiter_result": result}
         assert value("aiolease_limiter_requests_total", labels) == expected, result
+
+
+async def test_otel_and_prometheus_together_and_each_stops_alone() -> None:
+    """Both sinks see every lease; uninstrument() stops OpenTelemetry only, close() the
+    collector only; with both gone a pool holds no observer (the hot path's one test)."""
+    from metrics_helpers import Collected, instrumented
+    from prometheus_client import CollectorRegistry
+
+    from aiolease import Pool, otel, prometheus
+    from aiolease.testing import FakeManager
+
+    registry = CollectorRegistry()
+    collector = prometheus.Collector()
+    registry.register(collector)
+    wait_count = "db_client_connection_wait_time_seconds_count"
+    labels = {POOL: "both"}
+    try:
+        async with Pool(FakeManager(), name="both") as pool:
+            with instrumented() as reader:
+                async with pool.acquire():
+                    pass
+                otel_wait = Collected(reader)["db.client.connection.wait_time"]
+                assert otel_wait.value(**{"db.client.connection.pool.name": "both"}).count == 1
+            assert registry.get_sample_value(wait_count, labels) == 1
+            async with pool.acquire():  # OpenTelemetry uninstrumented: Prometheus goes on
+                pass
+            assert registry.get_sample_value(wait_count, labels) == 2
+            collector.close()
+            assert pool._observer is None
+            otel.uninstrument()  # harmless when not instrumented
+            async with pool.acquire():
+                pass
+            assert registry.get_sample_value(wait_count, labels) == 2
+    finally:
+        collector.close()
