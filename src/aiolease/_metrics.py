@@ -160,7 +160,10 @@ def register_limiter(limiter: Any, name: str | None) -> LimiterObserver | None:
     """Record a new limiter (metric name: ``name``, else ``<class>-<n>``; an empty name is
     no name, as for a pool); returns its observer (None while no sink is attached)."""
     if not name:
+        taken = limiter_names()  # a number whose name a live limiter was given is skipped
         name = f"{type(limiter).__name__}-{next(_limiter_numbers)}"
+        while name in taken:
+            name = f"{type(limiter).__name__}-{next(_limiter_numbers)}"
     _limiters[limiter] = name
     return _limiter_observer(name)
 

@@ -316,3 +316,20 @@ async def test_a_connection_being_checked_or_reset_counts_as_used() -> None:
     for count in (during_reset, during_check):
         assert count.value(**{POOL: "busy", STATE: "used"}) == 1
         assert count.value(**{POOL: "busy", STATE: "idle"}) == 0
+
+
+def test_a_generated_limiter_name_is_never_one_a_live_limiter_was_given() -> None:
+    """As for pools: a limiter given the name the next generated one would have had did
+    not stop an unnamed limiter from taking it too (one series for the two)."""
+    gc.collect()
+    probe = aiolease.ConcurrencyLimiter(1)
+    (number,) = [
+        int(n.rsplit("-", 1)[1])
+        for limiter, n in _metrics._live(_metrics._limiters)
+        if limiter is probe
+    ]
+    taken = [aiolease.ConcurrencyLimiter(1, name=f"ConcurrencyLimiter-{number + 1}")]
+    unnamed = aiolease.ConcurrencyLimiter(1)
+    names = [n for limiter, n in _metrics._live(_metrics._limiters) if limiter is unnamed]
+    assert names != [f"ConcurrencyLimiter-{number + 1}"], names
+    del probe, taken, unnamed
