@@ -351,6 +351,8 @@ FORMS: dict[str, tuple[str, str]] = {
     "dict-repr": (f"{{'password': \"{A}'{B}\", 'host': 'db'}}", "'host': 'db'"),
     "json": (f'{{"password": "{A}\\"{B}", "host": "db"}}', '"host": "db"'),
     "pair-repr": (f"[('password', '{A}{B}'), ('host', 'db')]", "('host', 'db')"),
+    "hash-rocket": (f'{{password => "{A}{B}", host => "db"}}', 'host => "db"'),
+    "hash-rocket-bare": (f"password => {A}{B} host => db", "host => db"),
     "http-path-at": (
         f"http://u:{A}{B}@api/users/me@example.com http://api:8080/users/me@example.com",
         "http://api:8080/users/me@example.com",

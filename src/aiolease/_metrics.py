@@ -157,10 +157,13 @@ def register_pool(pool: Any, name: str) -> PoolObserver | None:
 
 
 def register_limiter(limiter: Any, name: str | None) -> LimiterObserver | None:
-    """Record a new limiter (metric name: ``name``, else ``<class>-<n>``); returns its
-    observer (None while no sink is attached)."""
-    if name is None:
+    """Record a new limiter (metric name: ``name``, else ``<class>-<n>``; an empty name is
+    no name, as for a pool); returns its observer (None while no sink is attached)."""
+    if not name:
+        taken = limiter_names()  # a number whose name a live limiter was given is skipped
         name = f"{type(limiter).__name__}-{next(_limiter_numbers)}"
+        while name in taken:
+            name = f"{type(limiter).__name__}-{next(_limiter_numbers)}"
     _limiters[limiter] = name
     return _limiter_observer(name)
 
@@ -274,7 +277,7 @@ class PoolState:
 
     name: str
     idle: int
-    used: int
+    used: int  # checked out, or being checked or reset
     pending: int
     min_size: int
     max_size: int
@@ -320,7 +323,11 @@ def pools() -> list[PoolState]:
         # must not count twice. Its timeouts stay (a counter does not go down).
         gone = pool.closed and s.size == 0
         bounds = (0, 0) if gone else (s.min_size, s.max_size)
-        now = (s.idle, s.in_use, s.waiting, *bounds, s.timeouts)
+        # "used" is every open connection that is not idle: checked out, or in the check
+        # before a lease or the reset after one (the pool's _in_hook), so that the count's
+        # states add up to the open connections as the conventions mean them to.
+        used = s.in_use + len(getattr(pool, "_in_hook", ()))
+        now = (s.idle, used, s.waiting, *bounds, s.timeouts)
         known = by_name.get(name)
         by_name[name] = (
             list(now) if known is None else [a + b for a, b in zip(known, now, strict=True)]

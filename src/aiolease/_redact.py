@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from . import _metrics
+
 __all__ = [
     "MASK",
     "dsn_label",
@@ -48,7 +50,8 @@ _URL_PASSWORD = re.compile(
     r"(?:((?:https?|wss?)://[^:@/\s]*:)[^\s/]*@"
     r"|((?!(?:https?|wss?)://)[a-z][a-z0-9+.\-]*://[^:@/\s]*:)\S*@)"
 )
-# A secret parameter: password, pwd, passwd, pass, sslpassword, PGPASSWORD, db_password,
+# A secret parameter (also as ``password => value``, Ruby's and PHP's way): password, pwd,
+# passwd, pass, sslpassword, PGPASSWORD, db_password,
 # secret, oauth_client_secret...
 _KEY = r"(?:pg|ssl|\w*_)?(?:pass(?:word|wd)?|pwd|secret)"
 # In a URL query (after "?" or "&") its value runs to "&" or "#". Anywhere else (a libpq
@@ -58,7 +61,7 @@ _KEY = r"(?:pg|ssl|\w*_)?(?:pass(?:word|wd)?|pwd|secret)"
 # reads it, everything up to a space.
 _KEY_PASSWORD = re.compile(
     rf"""(?i)(?<=[?&])({_KEY}=)[^\s&#]*"""
-    rf"""|\b({_KEY}(?:\\?['"]\s*[:=,]|\s*[:=])\s*)"""
+    rf"""|\b({_KEY}(?:\\?['"]\s*(?:=>|[:=,])|\s*(?:=>|[:=]))\s*)"""
     r"""(?:\*\*\*(?=[\s,;)}\]'"]|\Z)"""  # one already redacted
     r"""|b?'(?:\\+.|[^'\\])*(?:'|\Z)|b?"(?:\\+.|[^"\\])*(?:"|\Z)|\S+)"""
 )
@@ -211,11 +214,16 @@ _generated = itertools.count(1)
 
 def pool_label(name: str | None, manager: object) -> str:
     """What a pool goes by: ``name``, else what its driver manager says
-    (``_aiolease_pool_name()``), else a generated ``pool-N`` (unique in the process)."""
+    (``_aiolease_pool_name()``), else a generated ``pool-N`` (unique in the process: a
+    number whose name a live pool was given is skipped)."""
     if name:
         return name
     derive = getattr(manager, "_aiolease_pool_name", None)
     derived = derive() if callable(derive) else None
     if isinstance(derived, str) and derived:
         return derived
-    return f"pool-{next(_generated)}"
+    taken = _metrics.pool_names()
+    while True:
+        label = f"pool-{next(_generated)}"
+        if label not in taken:
+            return label

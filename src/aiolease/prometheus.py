@@ -525,8 +525,11 @@ class Collector(_Collector):
         under the key returned."""
         key = (os.getpid(), family, *labels)
         delta = total - _WRITTEN_TOTALS.get(key, 0)
+        # Made even at 0 (prometheus_client writes a new series to the directory at 0), so
+        # the series are exposed from 0 as in one process, not from their first increment.
+        series = counter.labels(*labels)
         if delta > 0:
-            counter.labels(*labels).inc(delta)
+            series.inc(delta)
         _WRITTEN_TOTALS[key] = total
         return key
 
