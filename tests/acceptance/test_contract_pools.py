@@ -185,3 +185,65 @@ async def test_aclose_timeout_ends_a_statement_running_on_a_lease(driver: str, p
     assert holder.exception() is not None
     stats = pool.statistics()
     assert (stats.size, stats.in_use) == (0, 0)
+
+
+async def test_aclose_with_a_lease_out_warns_then_cancelling_the_closer_ends_the_wait(
+    make_pool: Callable[..., aiolease.Pool[Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = make_pool(max_size=1)
+    await pool.open()
+    held = await pool.acquire()
+    caplog.set_level("WARNING", logger="aiolease.pool")
+    closer = asyncio.create_task(pool.aclose())
+    for _ in range(60):  # the contract's bound is 5 s; poll in small steps up to it
+        if any(r.name == "aiolease.pool" and r.levelname == "WARNING" for r in caplog.records):
+            break
+        await asyncio.sleep(0.1)
+    warned = [r for r in caplog.records if r.name == "aiolease.pool" and r.levelname == "WARNING"]
+    assert warned, "aclose() with a lease out logged no warning"
+    assert "lease" in warned[0].getMessage()
+    assert not closer.done()
+    closer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closer
+    await pool.release(held)
+    await pool.aclose(timeout=5)
+    stats = pool.statistics()
+    assert (stats.size, stats.in_use) == (0, 0)
+
+
+async def test_leak_timeout_reports_a_lease_held_too_long_once(
+    make_pool: Callable[..., aiolease.Pool[Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("WARNING", logger="aiolease")
+    async with make_pool(max_size=1, leak_timeout=0.05) as pool:
+        async with pool.acquire() as conn:
+            for _ in range(100):
+                if pool.statistics().leaks:
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.2)  # a second report would come in this time
+            assert await one(conn) == 1
+        assert pool.statistics().leaks == 1
+        async with pool.acquire():
+            pass
+        assert pool.statistics().leaks == 1
+    assert any("test_contract_pools" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("option", ["max_lifetime", "idle_timeout"])
+async def test_an_idle_connection_past_its_deadline_is_closed_and_replaced(
+    make_pool: Callable[..., aiolease.Pool[Any]], option: str
+) -> None:
+    async with make_pool(max_size=1, **{option: 0.1}) as pool:
+        async with pool.acquire() as conn:
+            assert await one(conn) == 1
+        for _ in range(100):  # housekeeping closes it at its deadline, unasked
+            if pool.statistics().closed:
+                break
+            await asyncio.sleep(0.02)
+        stats = pool.statistics()
+        assert (stats.closed, stats.size, stats.idle) == (1, 0, 0)
+        async with pool.acquire() as conn:
+            assert await one(conn) == 1
+        assert pool.statistics().created == 2
