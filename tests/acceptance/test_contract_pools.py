@@ -247,3 +247,34 @@ async def test_an_idle_connection_past_its_deadline_is_closed_and_replaced(
         async with pool.acquire() as conn:
             assert await one(conn) == 1
         assert pool.statistics().created == 2
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+async def test_a_server_that_never_answers_neither_hangs_acquire_nor_close(driver: str) -> None:
+    """A creation stuck on a silent peer: the acquirer's timeout still holds, and aclose()
+    wakes every waiter with PoolClosed instead of waiting for the connect to give up."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # never answer; end when the client hangs up
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    module: Any = getattr(aiolease, driver)
+    try:
+        pool = module.create_pool(
+            f"postgresql://postgres@127.0.0.1:{port}/x?sslmode=disable", max_size=1
+        )
+        await pool.open()
+        with pytest.raises(aiolease.PoolTimeout):
+            await pool.acquire(timeout=0.2)
+        waiters = [asyncio.ensure_future(pool.acquire(timeout=None)) for _ in range(3)]
+        await asyncio.sleep(0.1)
+        await asyncio.wait_for(pool.aclose(), 15)
+        results = await asyncio.wait_for(asyncio.gather(*waiters, return_exceptions=True), 15)
+        assert all(isinstance(r, aiolease.PoolClosed) for r in results), results
+        stats = pool.statistics()
+        assert (stats.size, stats.waiting) == (0, 0)
+    finally:
+        server.close()
+        await server.wait_closed()
