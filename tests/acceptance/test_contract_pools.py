@@ -161,9 +161,6 @@ def test_create_pool_refuses_an_unknown_keyword_at_the_call(driver: str, tmp_pat
     assert pool.statistics().max_size == 3
 
 
-SLEEP = {"sqlite": None, "asyncpg": "SELECT pg_sleep(30)", "psycopg": "SELECT pg_sleep(30)"}
-
-
 @pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
 async def test_aclose_timeout_ends_a_statement_running_on_a_lease(driver: str, pg_dsn: str) -> None:
     module: Any = getattr(aiolease, driver)
@@ -174,7 +171,7 @@ async def test_aclose_timeout_ends_a_statement_running_on_a_lease(driver: str, p
     async def hold() -> None:
         async with pool.acquire() as conn:
             started.set()
-            await conn.execute("SELECT pg_sleep(30)")
+            await conn.execute("SELECT pg_sleep(5)")
 
     holder = asyncio.create_task(hold())
     await started.wait()
