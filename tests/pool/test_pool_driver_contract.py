@@ -1,4 +1,4 @@
-"""Black-box acceptance tests of the "Pools" contract over the real drivers.
+"""The "Pools" contract over the real drivers (black box: the public API only).
 
 The generic ``Pool`` promises are proved in tests/pool/; these run the same promises
 through ``aiolease.asyncpg`` / ``aiolease.psycopg`` (live PostgreSQL, ``pg_dsn``) and
@@ -225,7 +225,7 @@ async def test_leak_timeout_reports_a_lease_held_too_long_once(
         async with pool.acquire():
             pass
         assert pool.statistics().leaks == 1
-    assert any("test_contract_pools" in r.getMessage() for r in caplog.records)
+    assert any("test_pool_driver_contract" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("option", ["max_lifetime", "idle_timeout"])
