@@ -169,3 +169,16 @@ REDIS_CONCURRENCY_IMPLS: list[Any] = [
     )
     for ident, public in (("redis", False), ("redis-public", True))
 ]
+
+
+#: Each variant: the pipe, and the public path (``AIOLEASE_COMPAT=public``).
+PUBLIC = pytest.mark.parametrize("public", [False, True], ids=["pipe", "public"])
+
+
+async def idle(lim: Any) -> None:
+    """The limiter's background calls (a give-back) and the replies still to come are done."""
+    for _ in range(2000):
+        if not (lim._bg.tasks or lim._call._pending or lim._call._calls):
+            return
+        await asyncio.sleep(0.002)
+    raise AssertionError("background calls did not finish")

@@ -13,23 +13,12 @@ from typing import Any
 
 import pytest
 import redis.asyncio as redis_asyncio
-from _redis_factories import compat_public, delete_keys, unique_name
+from _redis_factories import PUBLIC, compat_public, delete_keys, idle, unique_name
 
 from aiolease.redis import RedisConcurrencyLimiter, RedisRateLimiter
 from cancelling import Deadline, deadline_at_each_step
 
 pytestmark = pytest.mark.timeout(180)
-
-PUBLIC = pytest.mark.parametrize("public", [False, True], ids=["pipe", "public"])
-
-
-async def idle(lim: Any) -> None:
-    """The limiter's background calls and the replies still to come are done."""
-    for _ in range(2000):
-        if not (lim._bg.tasks or lim._call._pending or lim._call._calls):
-            return
-        await asyncio.sleep(0.002)
-    raise AssertionError("background calls did not finish")
 
 
 @PUBLIC
