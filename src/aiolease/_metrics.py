@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -47,6 +48,7 @@ __all__ = [
     "tracer",
     "transaction_ended",
     "transaction_retried",
+    "unused_name",
 ]
 
 #: The outcomes ``aiolease.transaction.count`` takes.
@@ -160,10 +162,7 @@ def register_limiter(limiter: Any, name: str | None) -> LimiterObserver | None:
     """Record a new limiter (metric name: ``name``, else ``<class>-<n>``; an empty name is
     no name, as for a pool); returns its observer (None while no sink is attached)."""
     if not name:
-        taken = limiter_names()  # a number whose name a live limiter was given is skipped
-        name = f"{type(limiter).__name__}-{next(_limiter_numbers)}"
-        while name in taken:
-            name = f"{type(limiter).__name__}-{next(_limiter_numbers)}"
+        name = unused_name(type(limiter).__name__, _limiter_numbers, limiter_names())
     _limiters[limiter] = name
     return _limiter_observer(name)
 
@@ -300,6 +299,16 @@ class LimiterState:
     canceled: int
     queued: int
     active_leases: int | None
+
+
+def unused_name(prefix: str, numbers: Iterator[int], taken: set[str]) -> str:
+    """``<prefix>-<n>`` for the next ``n`` of ``numbers`` whose name is not in ``taken``: a
+    generated name never equals one a user gave a live pool or limiter (the two would be
+    one series)."""
+    while True:
+        name = f"{prefix}-{next(numbers)}"
+        if name not in taken:
+            return name
 
 
 def pool_names() -> set[str]:

@@ -222,8 +222,4 @@ def pool_label(name: str | None, manager: object) -> str:
     derived = derive() if callable(derive) else None
     if isinstance(derived, str) and derived:
         return derived
-    taken = _metrics.pool_names()
-    while True:
-        label = f"pool-{next(_generated)}"
-        if label not in taken:
-            return label
+    return _metrics.unused_name("pool", _generated, _metrics.pool_names())

@@ -34,7 +34,6 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
-from .._clock import loop_time
 from .._metrics import LimiterObserver
 
 __all__ = [
@@ -46,7 +45,6 @@ __all__ = [
     "Waiter",
     "admission",
     "fail",
-    "loop_time",
     "pump",
     "reclaim_here",
     "withdraw",

@@ -23,7 +23,6 @@ from ._base import (
     Waiter,
     admission,
     fail,
-    loop_time,
     pump,
     reclaim_here,
 )
@@ -534,7 +533,7 @@ class RateLimiter(LimiterBase):
             RuntimeError: no running event loop.
         """
         c = check_cost(cost, self._max_cost, self._what())
-        now = loop_time(get_running_loop())
+        now = get_running_loop().time()
         st = self._state(check_key(key), now)
         token = st.admit(c, now)
         if token is not None:
@@ -638,7 +637,7 @@ class RateLimiter(LimiterBase):
 
     async def _acquire(self, cost: float, key: Hashable, timeout: float | None) -> RatePermit:
         loop = get_running_loop()
-        now = loop_time(loop)
+        now = loop.time()
         st = self._default if key is None else self._state(key, now)
         token = st.admit(cost, now)
         if token is not None:

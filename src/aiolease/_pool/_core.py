@@ -31,7 +31,6 @@ from types import EllipsisType, TracebackType
 from typing import Any, TypeVar
 
 from .. import _metrics, _tracking, _validate
-from .._clock import clock_of
 from .._errors import PoolClosed, PoolTimeout, WouldBlock
 from .._pool_atomic import PoolAtomic
 from .._tasks import start_task
@@ -224,7 +223,9 @@ class Pool(Options[T]):
         if self._state is not _NEW:
             raise PoolClosed(f"{self!r} is closed; make a new pool")
         self._loop = loop = asyncio.get_running_loop()
-        self._clock = clock_of(loop)
+        # Every timeout, lifetime and backoff reads the loop's own clock, asked of the loop
+        # object (a loop that overrides time, or a time set on the object, is the clock).
+        self._clock = loop.time
         self._done = loop.create_future()
         self._done.set_result(None)
         self._queue.bind(loop)
