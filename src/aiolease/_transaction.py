@@ -16,7 +16,9 @@ await leaves the stack consistent.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import inspect
+import itertools
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -45,6 +47,11 @@ logger = get_logger("aiolease.transaction")
 C = TypeVar("C")
 R = TypeVar("R")
 Hook = Callable[[], object]
+# A registered hook with its registration number: hooks a nested block hands over to
+# the enclosing one are merged by it, so that registration order survives hooks added
+# to the enclosing block while the nested one was open.
+_Registered = tuple[int, Hook]
+_registrations = itertools.count()
 
 # id(conn) -> the innermost open aiolease transaction on that connection.
 _open: dict[int, Transaction[Any]] = {}
@@ -70,10 +77,10 @@ class HookError(TransactionError):
         self.errors = errors
 
 
-async def _call_hooks(hooks: list[Hook]) -> list[Exception]:
+async def _call_hooks(hooks: list[_Registered]) -> list[Exception]:
     """Run every hook in order (awaiting async ones); collect what they raise."""
     errors: list[Exception] = []
-    for hook in hooks:
+    for _, hook in hooks:
         try:
             result = hook()
             if inspect.isawaitable(result):
@@ -193,8 +200,8 @@ class Transaction(Generic[C]):
         # savepoint=False block failed, or an inner block's RELEASE SAVEPOINT was
         # interrupted, and the error was caught), else None.
         self._doomed: str | None = None
-        self._on_commit: list[Hook] | None = None
-        self._on_rollback: list[Hook] | None = None
+        self._on_commit: list[_Registered] | None = None
+        self._on_rollback: list[_Registered] | None = None
         # Set by transaction_attempts: when it says an error will be retried,
         # the rolled-back attempt runs no hooks.
         self._retrying: Callable[[BaseException], bool] | None = None
@@ -227,10 +234,11 @@ class Transaction(Generic[C]):
             TransactionError: the block is not open.
         """
         self._check_hook("on_commit", fn)
+        hook = (next(_registrations), fn)
         if self._on_commit is None:
-            self._on_commit = [fn]
+            self._on_commit = [hook]
         else:
-            self._on_commit.append(fn)
+            self._on_commit.append(hook)
         return fn
 
     def on_rollback(self, fn: Hook) -> Hook:
@@ -247,10 +255,11 @@ class Transaction(Generic[C]):
             TransactionError: the block is not open.
         """
         self._check_hook("on_rollback", fn)
+        hook = (next(_registrations), fn)
         if self._on_rollback is None:
-            self._on_rollback = [fn]
+            self._on_rollback = [hook]
         else:
-            self._on_rollback.append(fn)
+            self._on_rollback.append(hook)
         return fn
 
     def set_rollback(self, rollback: bool) -> None:
@@ -691,16 +700,25 @@ class Transaction(Generic[C]):
 
 
 def _merge_hooks(child: Transaction[Any], parent: Transaction[Any]) -> None:
-    if child._on_commit:
-        if parent._on_commit is None:
-            parent._on_commit = child._on_commit
-        else:
-            parent._on_commit.extend(child._on_commit)
-    if child._on_rollback:
-        if parent._on_rollback is None:
-            parent._on_rollback = child._on_rollback
-        else:
-            parent._on_rollback.extend(child._on_rollback)
+    """Hand the hooks of a nested block that did not roll back to the enclosing one, in
+    registration order (the enclosing block may have got some while the nested one was
+    open)."""
+    parent._on_commit = _merged(parent._on_commit, child._on_commit)
+    parent._on_rollback = _merged(parent._on_rollback, child._on_rollback)
+
+
+def _merged(
+    parent: list[_Registered] | None, child: list[_Registered] | None
+) -> list[_Registered] | None:
+    if not child:
+        return parent
+    if not parent:
+        return child
+    if parent[-1][0] < child[0][0]:  # the usual case: nothing added meanwhile
+        parent.extend(child)
+        return parent
+    # Registration numbers are unique: the hooks themselves are never compared.
+    return list(heapq.merge(parent, child))
 
 
 def _hook_error(errors: list[Exception], total: int, *, committed: bool) -> HookError:
