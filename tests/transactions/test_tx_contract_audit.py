@@ -171,3 +171,20 @@ async def test_caught_error_that_aborted_the_transaction_is_never_a_silent_non_c
                 except Exception:
                     pass
     assert await backend.count(conn) == 1
+
+
+async def test_a_connection_closed_before_commit_is_a_known_rollback(backend: Backend) -> None:
+    # COMMIT is never sent on a connection closed already, and the database rolled the
+    # session's transaction back: the driver's error propagates (no CommitUnknown) and the
+    # on_rollback hooks run, on the test double as on the drivers.
+    conn, other = await backend.connect(), await backend.connect()
+    calls: list[str] = []
+    with pytest.raises(Exception) as info:  # noqa: PT012 - each driver's own error
+        async with aiolease.atomic(conn) as tx:
+            tx.on_commit(lambda: calls.append("commit"))
+            tx.on_rollback(lambda: calls.append("rollback"))
+            await backend.insert(conn, 1)
+            await backend.close(conn)
+    assert not isinstance(info.value, aiolease.CommitUnknown), repr(info.value)
+    assert calls == ["rollback"]
+    assert await backend.count(other) == 0

@@ -839,5 +839,10 @@ class FakeDialect(Dialect[FakeConnection]):
     def in_transaction(self, conn: FakeConnection) -> bool:
         return conn.in_transaction
 
+    def is_closed(self, conn: FakeConnection) -> bool:
+        # As the PostgreSQL drivers: a COMMIT on a connection closed already is never sent
+        # (its transaction was rolled back when it closed), a known outcome.
+        return conn.closed
+
     def is_connection_error(self, exc: BaseException, conn: FakeConnection) -> bool:
         return conn.closed or super().is_connection_error(exc, conn)
