@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from . import _metrics, _pool_atomic, _tracking, _validate
-from ._dialects import find_dialect
+from ._dialects import SUPPORTED, find_dialect
 from ._errors import Rollback
 from ._lease import unwrap
 from ._transaction import Transaction, logger
@@ -176,7 +176,9 @@ class TransactionAttempts(Generic[C]):
         if not self._is_connection and not hasattr(target, "acquire"):
             raise TypeError(
                 "run_transaction()/transaction_attempts() need a pool (with acquire()) or a "
-                f"connection with a transaction dialect, got {type(target).__name__}"
+                f"connection with a transaction dialect, got {type(target).__name__}: the "
+                f"supported connections are {SUPPORTED}; teach it others with "
+                "aiolease.register_dialect(ConnectionType, dialect)"
             )
         # Validate the options now rather than at the first attempt (for a pool,
         # after waiting for a connection).

@@ -255,8 +255,11 @@ async def test_transaction_attempts_with_a_pool() -> None:
 async def test_unsupported_connection_names_the_supported_ones() -> None:
     with pytest.raises(TypeError, match=r"asyncpg, psycopg.*aiosqlite.*register_dialect"):
         aiolease.atomic(object())
-    with pytest.raises(TypeError, match="a pool"):
+    supported = r"a pool.*asyncpg, psycopg.*aiosqlite.*register_dialect"
+    with pytest.raises(TypeError, match=supported):
         aiolease.transaction_attempts(object())
+    with pytest.raises(TypeError, match=supported):
+        await aiolease.run_transaction(object(), lambda conn: asyncio.sleep(0))
 
 
 async def test_register_dialect_for_a_custom_connection() -> None:
