@@ -273,6 +273,18 @@ def test_bad_arguments() -> None:
         FaultProxy("127.0.0.1", 0)
     with pytest.raises(TypeError, match="host"):
         FaultProxy(b"127.0.0.1", 5432)  # type: ignore[arg-type]
+    # As every other argument of aiolease.testing: TypeError for a value of the wrong type
+    # (naming the type), ValueError for one of the right type out of range.
+    with pytest.raises(ValueError, match="host must be a non-empty str, got ''"):
+        FaultProxy("", 5432)
+    for port in ("5432", 5432.0, True, None):
+        with pytest.raises(
+            TypeError, match=rf"port must be an int in 1\.\.65535, got {type(port).__name__} "
+        ):
+            FaultProxy("127.0.0.1", port)  # type: ignore[arg-type]
+    for port in (0, -1, 65536):
+        with pytest.raises(ValueError, match=rf"port must be an int in 1\.\.65535, got {port}$"):
+            FaultProxy("127.0.0.1", port)
     proxy = FaultProxy("127.0.0.1", 5432)
     for seconds in (-1, math.inf, 10**400):  # an int beyond any float: not OverflowError
         with pytest.raises(ValueError, match="seconds must be a finite number >= 0"):

@@ -313,12 +313,20 @@ class FaultProxy:
     Args:
         host: the server's host.
         port: the server's port.
+
+    Raises:
+        TypeError: ``host`` is not a str, or ``port`` not an int.
+        ValueError: ``host`` is empty, or ``port`` outside 1..65535.
     """
 
     def __init__(self, host: str, port: int) -> None:
-        if not isinstance(host, str) or not host:
-            raise TypeError(f"host must be a non-empty str, got {host!r}")
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        if not isinstance(host, str):
+            raise TypeError(f"host must be a non-empty str, got {type(host).__name__} {host!r}")
+        if not host:
+            raise ValueError(f"host must be a non-empty str, got {host!r}")
+        if isinstance(port, bool) or not isinstance(port, int):
+            raise TypeError(f"port must be an int in 1..65535, got {type(port).__name__} {port!r}")
+        if not 0 < port < 65536:
             raise ValueError(f"port must be an int in 1..65535, got {port!r}")
         self._host = host
         self._port = port
