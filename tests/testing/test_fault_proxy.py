@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
-from collections.abc import AsyncIterator, Callable
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
@@ -220,11 +222,69 @@ async def test_leaving_aborts_every_connection(echo: Echo) -> None:
         proxy.blackhole()
 
 
+@contextlib.contextmanager
+def _unanswering_port() -> Iterator[int]:
+    """A listening port whose accept queue is full: a connection to it stays in progress."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = int(listener.getsockname()[1])
+        for _ in range(3):
+            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            fillers.append(filler)
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+        yield port
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+async def test_leaving_ends_upstream_connections_still_in_progress() -> None:
+    # Before, the task connecting to the server went on after the block (until the
+    # kernel gave up on the connection): a task and a socket left behind.
+    current = asyncio.current_task()
+    with _unanswering_port() as port:
+        before = asyncio.all_tasks()
+        async with FaultProxy("127.0.0.1", port) as proxy:
+            _, writer = await _connect(proxy)
+            await _until(lambda: proxy.connections == 1)
+            assert asyncio.all_tasks() - before - {current}  # the upstream connect, under way
+        assert asyncio.all_tasks() - before - {current} == set()
+        writer.close()
+
+
+async def test_leaving_right_after_heal_stops_listening(echo: Echo) -> None:
+    # Before, the socket heal() listens on stayed open (refused no connection) until
+    # garbage collection found it: a ResourceWarning.
+    async with FaultProxy("127.0.0.1", echo.port) as proxy:
+        proxy.refuse()
+        proxy.heal()
+        address = proxy.address
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection(*address)
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="port"):
         FaultProxy("127.0.0.1", 0)
     with pytest.raises(TypeError, match="host"):
         FaultProxy(b"127.0.0.1", 5432)  # type: ignore[arg-type]
+    # As every other argument of aiolease.testing: TypeError for a value of the wrong type
+    # (naming the type), ValueError for one of the right type out of range.
+    with pytest.raises(ValueError, match="host must be a non-empty str, got ''"):
+        FaultProxy("", 5432)
+    for port in ("5432", 5432.0, True, None):
+        with pytest.raises(
+            TypeError, match=rf"port must be an int in 1\.\.65535, got {type(port).__name__} "
+        ):
+            FaultProxy("127.0.0.1", port)  # type: ignore[arg-type]
+    for port in (0, -1, 65536):
+        with pytest.raises(ValueError, match=rf"port must be an int in 1\.\.65535, got {port}$"):
+            FaultProxy("127.0.0.1", port)
     proxy = FaultProxy("127.0.0.1", 5432)
     for seconds in (-1, math.inf, 10**400):  # an int beyond any float: not OverflowError
         with pytest.raises(ValueError, match="seconds must be a finite number >= 0"):

@@ -147,6 +147,8 @@ class _Pair:
             self.dead = True  # accepted, then silence: no upstream connection at all
             return
         self.connect_task = self.loop.create_task(self._connect())
+        self.proxy._connecting.add(self.connect_task)
+        self.connect_task.add_done_callback(self.proxy._connecting.discard)
 
     async def _connect(self) -> None:
         try:
@@ -311,12 +313,20 @@ class FaultProxy:
     Args:
         host: the server's host.
         port: the server's port.
+
+    Raises:
+        TypeError: ``host`` is not a str, or ``port`` not an int.
+        ValueError: ``host`` is empty, or ``port`` outside 1..65535.
     """
 
     def __init__(self, host: str, port: int) -> None:
-        if not isinstance(host, str) or not host:
-            raise TypeError(f"host must be a non-empty str, got {host!r}")
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        if not isinstance(host, str):
+            raise TypeError(f"host must be a non-empty str, got {type(host).__name__} {host!r}")
+        if not host:
+            raise ValueError(f"host must be a non-empty str, got {host!r}")
+        if isinstance(port, bool) or not isinstance(port, int):
+            raise TypeError(f"port must be an int in 1..65535, got {type(port).__name__} {port!r}")
+        if not 0 < port < 65536:
             raise ValueError(f"port must be an int in 1..65535, got {port!r}")
         self._host = host
         self._port = port
@@ -327,6 +337,8 @@ class FaultProxy:
         self._listen_port: int | None = None
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._starting: set[asyncio.Task[Any]] = set()
+        # Connections to the server under way, also those of connections already closed.
+        self._connecting: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         where = "not started" if self._listen_port is None else f"127.0.0.1:{self._listen_port}"
@@ -365,11 +377,18 @@ class FaultProxy:
         tb: TracebackType | None,
     ) -> None:
         self._stop_listening()
-        for task in list(self._starting):
-            task.cancel()
+        self._listen_port = None
         for pair in list(self._pairs):
             pair.reset()
-        self._listen_port = None
+        # A connection to the server may hang (an unanswering server): cancelled, its
+        # socket closes. A heal()'s listening starts on a socket already bound (nothing to
+        # wait for); left to finish, it closes the server it makes, the proxy having stopped
+        # (cancelled before it started, it would leave the socket open).
+        for task in self._connecting:
+            task.cancel()
+        pending = self._starting | self._connecting
+        if pending:
+            await asyncio.wait(pending)
         await asyncio.sleep(0)  # let the aborted transports run their connection_lost
 
     def _socket(self, port: int) -> socket.socket:
