@@ -57,6 +57,9 @@ def _getter(headers: dict[str, str]):  # type: ignore[no-untyped-def]
         ({"RateLimit": "permin;r=0;t=23, perhr;r=399;t=2402"}, 23.0),
         ({"RateLimit": '"a";r=0;t=3, "b";r=0;t=9'}, 9.0),
         ({"RateLimit": '"a, b";r=0;t=4'}, 4.0),
+        # a policy name (a quoted string) holding "=": still a draft-08 item, not draft-07
+        ({"RateLimit": '"per=minute";r=0;t=8'}, 8.0),
+        ({"RateLimit": '"q=1";r=0;t=3, "q=2";r=0;t=5'}, 5.0),
         ({"RateLimit": '"default";r=5;t=30'}, None),  # quota left: not why we were throttled
         # draft-07 dictionary
         ({"RateLimit": "limit=10, remaining=0, reset=6"}, 6.0),
