@@ -84,11 +84,13 @@ def check_key(key: object) -> None:
 
 
 def host_key(host: str) -> str:
-    """A URL's host as the adapters' default key: one key for every spelling of a host.
+    """A URL's host as the adapters' default key, the same in both adapters.
 
-    Both client libraries lower-case a name; an IPv6 literal is given here its one
-    canonical text (RFC 5952, zone percent-decoded): httpx keeps it as written, so
-    ``[0:0::1]`` and ``[::1]`` were two keys, and a pause of one did not hold the other.
+    Both client libraries lower-case a name (a trailing dot is kept: a distinct
+    name to a server's virtual hosts); an IPv6 literal is given here its one
+    canonical text (RFC 5952, zone percent-decoded): httpx keeps it as written,
+    so ``[0:0::1]`` and ``[::1]`` would be two keys, a pause of one not holding
+    the other.
     """
     if ":" not in host:
         return host
