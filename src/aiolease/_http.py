@@ -21,9 +21,11 @@ import asyncio
 import calendar
 import email.utils
 import inspect
+import ipaddress
 import math
 import re
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -39,6 +41,7 @@ __all__ = [
     "Pauses",
     "RetryPolicy",
     "check_key",
+    "host_key",
     "retry_delay",
 ]
 
@@ -78,6 +81,23 @@ def check_key(key: object) -> None:
             "(a plain def); compute anything awaited before the request"
         )
     check_arity("key: a function of the request", key, 1, "the request")
+
+
+def host_key(host: str) -> str:
+    """A URL's host as the adapters' default key, the same in both adapters.
+
+    Both client libraries lower-case a name (a trailing dot is kept: a distinct
+    name to a server's virtual hosts); an IPv6 literal is given here its one
+    canonical text (RFC 5952, zone percent-decoded): httpx keeps it as written,
+    so ``[0:0::1]`` and ``[::1]`` would be two keys, a pause of one not holding
+    the other.
+    """
+    if ":" not in host:
+        return host
+    try:
+        return str(ipaddress.ip_address(urllib.parse.unquote(host)))
+    except ValueError:
+        return host
 
 
 class HeaderGetter(Protocol):
@@ -190,7 +210,9 @@ def _ratelimit(value: str, header: HeaderGetter) -> float | None:
     members = [m.strip() for m in _MEMBER.findall(value) if m.strip()]
     if not members:
         return None
-    if all("=" in _params(m)[0] for m in members):  # draft-07 dictionary
+    # draft-07 dictionary: each member a key=value, its key a token (a draft-08 item's
+    # name is a quoted string, which may hold "=" itself)
+    if all("=" in (n := _params(m)[0]) and not n.startswith('"') for m in members):
         fields = dict(_params(m)[0].partition("=")[::2] for m in members)
         fields = {k.strip().lower(): v.strip() for k, v in fields.items()}
         reset = _number(fields.get("reset", ""))

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Hashable
 from typing import Any
 
-from ._http import HeaderGetter, RetryPolicy, check_key
+from ._http import HeaderGetter, RetryPolicy, check_key, host_key
 from ._redact import redact
 
 try:
@@ -30,8 +30,9 @@ __all__ = ["LimitedTransport", "request_host"]
 
 
 def request_host(request: httpx.Request) -> str:
-    """The default key: the request's host name (``api.example.com``)."""
-    return request.url.host
+    """The default key: the request's host name (``api.example.com``); an IPv6 address in
+    its canonical form (``[0:0::1]`` and ``[::1]`` are one key, ``::1``)."""
+    return host_key(request.url.host)
 
 
 def _header(response: httpx.Response) -> HeaderGetter:
