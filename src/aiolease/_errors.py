@@ -54,7 +54,17 @@ class TooManyWaiters(AioleaseError):
 
 
 class WouldBlock(AioleaseError):
-    """A ``*_nowait`` call could not proceed without waiting."""
+    """A ``*_nowait`` call could not proceed without waiting.
+
+    Attributes:
+        retry_after: the least wait, in seconds, before the same call can succeed when one
+            is known (a :class:`~aiolease.LimitGroup` whose rate member refuses too, next to
+            a full concurrency member), else None: when a slot frees up is not known.
+    """
+
+    def __init__(self, *args: object, retry_after: float | None = None) -> None:
+        super().__init__(*args)
+        self.retry_after = None if retry_after is None else float(retry_after)
 
 
 class RateLimitExceeded(AioleaseError):

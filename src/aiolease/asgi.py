@@ -241,8 +241,11 @@ class RateLimitMiddleware:
         except RateLimitExceeded as exc:
             await self._refuse(send, exc.retry_after)
             return
-        except WouldBlock:
-            await self._refuse(send, CONCURRENCY_RETRY_AFTER)
+        except WouldBlock as exc:
+            # A concurrency limit cannot tell when a slot frees up; a rate member of a
+            # group that refused too tells the least wait.
+            wait = exc.retry_after
+            await self._refuse(send, CONCURRENCY_RETRY_AFTER if wait is None else wait)
             return
         if not (hasattr(permit, "arelease") or hasattr(permit, "release")):
             await self.app(scope, receive, send)  # a rate permit: nothing to give back

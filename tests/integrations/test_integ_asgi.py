@@ -107,6 +107,26 @@ async def test_a_concurrency_limit_holds_its_slot_while_the_app_runs() -> None:
     assert sem.statistics().in_use == 0
 
 
+async def test_a_group_full_on_both_members_says_when_the_rate_member_admits() -> None:
+    # The concurrency slot is held and the rate member's next slot is 10 s away: the
+    # request cannot be admitted before then, whichever member frees up first.
+    sem = aiolease.ConcurrencyLimiter(1)
+    group = aiolease.LimitGroup(aiolease.RateLimiter(1, per=10.0), sem)
+    async with (
+        serve(RateLimitMiddleware(hello, limiter=group)) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        slow = asyncio.create_task(client.get("/slow"))
+        async with asyncio.timeout(10):
+            while sem.statistics().in_use == 0:  # noqa: ASYNC110 - the server's state
+                await asyncio.sleep(0.01)
+        refused = await client.get("/")
+        assert (await slow).status_code == 200
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "10"
+    assert refused.headers["ratelimit"] == '"default";r=0;t=10'
+
+
 async def test_an_app_error_gives_the_slot_back() -> None:
     sem = aiolease.ConcurrencyLimiter(1)
     async with serve(RateLimitMiddleware(hello, limiter=sem)) as url:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 
 import pytest
 from limits_helpers import run_then_close, vrun
@@ -183,8 +184,10 @@ def test_group_acquire_nowait() -> None:
         sem = ConcurrencyLimiter(1)
         group = LimitGroup(rate, sem)
         p = group.acquire_nowait()
-        with pytest.raises(WouldBlock):
+        with pytest.raises(WouldBlock) as full:
             group.acquire_nowait()
+        # Both members refuse: no admission before the rate member's next slot.
+        assert full.value.retry_after == 1.0
         p.release()
         with pytest.raises(RateLimitExceeded) as info:
             group.acquire_nowait()
@@ -194,6 +197,29 @@ def test_group_acquire_nowait() -> None:
             group.acquire_nowait(key=[1])  # type: ignore[arg-type]
 
     vrun(body)
+
+
+def test_a_full_concurrency_member_alone_does_not_know_when_it_frees() -> None:
+    async def body() -> None:
+        sem = ConcurrencyLimiter(1)
+        group = LimitGroup(RateLimiter(100), sem)
+        held = group.acquire_nowait()
+        await asyncio.sleep(1)  # the rate member has admissions to spare again
+        with pytest.raises(WouldBlock) as full:
+            group.acquire_nowait()
+        assert full.value.retry_after is None
+        with pytest.raises(WouldBlock) as alone:
+            sem.acquire_nowait()
+        assert alone.value.retry_after is None
+        held.release()
+
+    vrun(body)
+
+
+def test_would_block_keeps_its_retry_after_through_pickle() -> None:
+    err = pickle.loads(pickle.dumps(WouldBlock("full", retry_after=2)))
+    assert (str(err), err.retry_after) == ("full", 2.0)
+    assert WouldBlock("plain").retry_after is None
 
 
 def test_group_settle_and_pause() -> None:

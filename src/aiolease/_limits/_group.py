@@ -205,13 +205,19 @@ class LimitGroup:
         if slot <= now + EPS:
             return self._commit_now(states, c, key, now)
         blocked = [m for m, st in zip(self._members, states, strict=True) if _blocks(st, c, now)]
-        if any(isinstance(m, ConcurrencyLimiter) for m in blocked):
-            for m in blocked:
-                m._rejected += 1
-            raise WouldBlock(f"{self!r}: a concurrency member has no free slot for key {key!r}")
-        rate_slot = max(_estimate(st, c, now) for st in states if not isinstance(st, _SlotState))
         for m in blocked:
             m._rejected += 1
+        # When the rate members admit, at the earliest (None: they admit now).
+        rate_slot = max(
+            (_estimate(st, c, now) for st in states if not isinstance(st, _SlotState)),
+            default=now,
+        )
+        wait = rate_slot - now if rate_slot > now + EPS else None
+        if any(isinstance(m, ConcurrencyLimiter) for m in blocked):
+            raise WouldBlock(
+                f"{self!r}: a concurrency member has no free slot for key {key!r}",
+                retry_after=wait,
+            )
         raise RateLimitExceeded(rate_slot - now)
 
     def pause(self, seconds: float, key: Hashable = None) -> None:
