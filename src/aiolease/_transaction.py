@@ -234,11 +234,7 @@ class Transaction(Generic[C]):
             TransactionError: the block is not open.
         """
         self._check_hook("on_commit", fn)
-        hook = (next(_registrations), fn)
-        if self._on_commit is None:
-            self._on_commit = [hook]
-        else:
-            self._on_commit.append(hook)
+        self._on_commit = _registered(self._on_commit, fn)
         return fn
 
     def on_rollback(self, fn: Hook) -> Hook:
@@ -255,11 +251,7 @@ class Transaction(Generic[C]):
             TransactionError: the block is not open.
         """
         self._check_hook("on_rollback", fn)
-        hook = (next(_registrations), fn)
-        if self._on_rollback is None:
-            self._on_rollback = [hook]
-        else:
-            self._on_rollback.append(hook)
+        self._on_rollback = _registered(self._on_rollback, fn)
         return fn
 
     def set_rollback(self, rollback: bool) -> None:
@@ -714,11 +706,17 @@ def _merged(
         return parent
     if not parent:
         return child
-    if parent[-1][0] < child[0][0]:  # the usual case: nothing added meanwhile
-        parent.extend(child)
-        return parent
     # Registration numbers are unique: the hooks themselves are never compared.
     return list(heapq.merge(parent, child))
+
+
+def _registered(hooks: list[_Registered] | None, fn: Hook) -> list[_Registered]:
+    """``hooks`` (None: none yet) with ``fn`` added, numbered in registration order."""
+    hook = (next(_registrations), fn)
+    if hooks is None:
+        return [hook]
+    hooks.append(hook)
+    return hooks
 
 
 def _hook_error(errors: list[Exception], total: int, *, committed: bool) -> HookError:
