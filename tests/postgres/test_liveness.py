@@ -139,6 +139,31 @@ async def test_a_hung_connect_is_bounded(driver: str, proxy: FaultProxy, tcp_dsn
         assert stats.in_use == 0
 
 
+@pytest.mark.parametrize("driver", DRIVERS)
+async def test_a_short_partition_costs_nothing(
+    driver: str, proxy: FaultProxy, tcp_dsn: str
+) -> None:
+    """A partition that heals within the caller's timeout delays a query, as over a real
+    network (TCP holds what it cannot send yet): the query completes on the same
+    connection and the pool keeps it."""
+    async with _pool(driver, _via(tcp_dsn, proxy.address), max_size=1) as pool:
+        async with pool.acquire() as conn:
+            await _select1(driver, conn)
+        proxy.blackhole()
+
+        async def query() -> None:
+            async with asyncio.timeout(10), pool.acquire() as conn:
+                await _select1(driver, conn)
+
+        task = asyncio.create_task(query())
+        done, _ = await asyncio.wait([task], timeout=0.3)
+        assert not done  # held by the partition
+        proxy.heal()
+        await task
+        stats = pool.statistics()
+        assert (stats.created, stats.discarded, stats.size) == (1, 0, 1)
+
+
 async def test_psycopg_hung_connect_to_several_hosts_is_bounded_with_a_message(
     proxy: FaultProxy, tcp_dsn: str
 ) -> None:

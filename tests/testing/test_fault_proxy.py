@@ -109,25 +109,64 @@ async def test_latency_delays_each_chunk(echo: Echo) -> None:
         writer.close()
 
 
-async def test_blackhole_is_silent_and_connections_stay_dead(echo: Echo) -> None:
+async def test_blackhole_is_silent_and_heal_delivers_what_was_held(echo: Echo) -> None:
+    # Before, a connection open during a blackhole stayed dead after heal() (what it sent
+    # was dropped): a short partition killed even idle connections, which a real network
+    # does not (TCP retransmits until the path is back).
+    async with FaultProxy("127.0.0.1", echo.port) as proxy:
+        reader, writer = await _connect(proxy)
+        assert await _roundtrip(reader, writer, b"a") == b"a"
+        proxy.blackhole()
+        assert await _silent(reader, writer)  # sends b"ping", hears nothing
+        assert not writer.is_closing()
+        # A new connection is accepted, then silent: the server has not heard of it.
+        r2, w2 = await _connect(proxy)
+        assert await _silent(r2, w2)
+        assert echo.accepted == 1
+        proxy.heal()
+        # What was held goes through, in order, then the connections work as before.
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ping"
+        assert await asyncio.wait_for(r2.readexactly(4), 5) == b"ping"
+        assert echo.accepted == 2
+        assert await _roundtrip(reader, writer, b"back") == b"back"
+        assert await _roundtrip(r2, w2, b"too") == b"too"
+        r3, w3 = await _connect(proxy)
+        assert await _roundtrip(r3, w3, b"new") == b"new"
+        for w in (writer, w2, w3):
+            w.close()
+        await _until(lambda: len(echo.ends) == 3)
+        await _until(lambda: proxy.connections == 0)
+
+
+async def test_blackhole_holds_what_was_in_flight(echo: Echo) -> None:
+    async with FaultProxy("127.0.0.1", echo.port) as proxy:
+        reader, writer = await _connect(proxy)
+        proxy.set_latency(0.2)
+        writer.write(b"delayed")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        proxy.blackhole()  # b"delayed" is still on its way to the server
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(reader.read(10), 0.5)
+        assert echo.accepted == 1
+        proxy.heal()
+        assert await asyncio.wait_for(reader.readexactly(7), 5) == b"delayed"
+        writer.close()
+
+
+async def test_a_client_leaving_a_blackholed_connection_is_heard_at_once(echo: Echo) -> None:
     async with FaultProxy("127.0.0.1", echo.port) as proxy:
         reader, writer = await _connect(proxy)
         assert await _roundtrip(reader, writer, b"a") == b"a"
         proxy.blackhole()
         assert await _silent(reader, writer)
-        assert not writer.is_closing()
-        # A new connection is accepted, then silent.
-        r2, w2 = await _connect(proxy)
-        assert await _silent(r2, w2)
-        proxy.heal()
-        r3, w3 = await _connect(proxy)
-        assert await _roundtrip(r3, w3, b"back") == b"back"
-        assert await _silent(reader, writer)  # dead for good
-        for w in (writer, w2, w3):
-            w.close()
-        # The client gave up on the dead connection: the server hears it end.
-        await _until(lambda: len(echo.ends) == 2)
+        writer.close()  # the client gives up on the silent connection
+        await _until(lambda: echo.ends == ["eof"])
         await _until(lambda: proxy.connections == 0)
+        proxy.heal()
+        r2, w2 = await _connect(proxy)
+        assert await _roundtrip(r2, w2, b"fresh") == b"fresh"
+        w2.close()
 
 
 async def test_reset_aborts_both_sides_with_rst(echo: Echo) -> None:
@@ -169,6 +208,24 @@ async def test_half_open_closes_the_server_side_only(echo: Echo) -> None:
         await _until(lambda: echo.ends == ["eof"])
         assert await _silent(reader, writer)
         assert not reader.at_eof()
+        writer.close()
+
+
+async def test_after_heal_a_half_open_connection_is_reset_when_the_client_sends(
+    echo: Echo,
+) -> None:
+    async with FaultProxy("127.0.0.1", echo.port) as proxy:
+        reader, writer = await _connect(proxy)
+        assert await _roundtrip(reader, writer, b"x") == b"x"
+        proxy.half_open()
+        await _until(lambda: echo.ends == ["eof"])
+        proxy.heal()
+        writer.write(b"anyone?")
+        await writer.drain()
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(reader.read(10), 5)
+        await _until(lambda: proxy.connections == 0)
+        assert echo.accepted == 1
         writer.close()
 
 

@@ -112,6 +112,12 @@ class _Pipe:
         else:
             self._write(data)
 
+    def take(self) -> list[bytes | None]:
+        """Stop: return what is still in flight, in order, and deliver nothing more."""
+        taken = [data for _, data in self._queue]
+        self.cancel()
+        return taken
+
     def cancel(self) -> None:
         self._queue.clear()
         if self._timer is not None:
@@ -127,8 +133,14 @@ class _Pair:
         self.loop = proxy._loop
         self.client: asyncio.Transport | None = None
         self.upstream: asyncio.Transport | None = None
-        self.pending: list[bytes | None] = []  # from the client, before upstream is up
-        self.dead = False  # blackholed: forwards nothing, ever again
+        # From the client, waiting for the upstream connection or for the end of a blackhole.
+        self.pending: list[bytes | None] = []
+        # From the server, waiting for the end of a blackhole.
+        self.held_for_client: list[bytes | None] = []
+        # Blackholed: what either side sends waits (as a partitioned network's
+        # retransmissions do) and goes through, in order, when the proxy heals.
+        self.held = False
+        self.dead = False  # half-open: the server's side is gone
         self.closed = False
         self.to_upstream = _Pipe(self.loop, self._write_upstream, self._eof_upstream)
         self.to_client = _Pipe(self.loop, self._write_client, self._eof_client)
@@ -144,8 +156,11 @@ class _Pair:
         self.client = transport
         self.proxy._pairs.add(self)
         if self.proxy._mode == "blackhole":
-            self.dead = True  # accepted, then silence: no upstream connection at all
+            self.held = True  # accepted, then silence: connects upstream when healed
             return
+        self._start_connect()
+
+    def _start_connect(self) -> None:
         self.connect_task = self.loop.create_task(self._connect())
         self.proxy._connecting.add(self.connect_task)
         self.connect_task.add_done_callback(self.proxy._connecting.discard)
@@ -163,8 +178,10 @@ class _Pair:
             transport.abort()
             return
         self.upstream = transport
-        if self.dead:
-            return  # blackholed while connecting: the upstream connection stays silent
+        if not self.held:
+            self._flush_pending()
+
+    def _flush_pending(self) -> None:
         pending, self.pending = self.pending, []
         for data in pending:
             self.to_upstream.push(data, self.proxy._latency)
@@ -172,32 +189,37 @@ class _Pair:
     # -- data -----------------------------------------------------------------------------
     def forward(self, data: bytes, to_upstream: bool) -> None:
         if self.dead:
-            return  # lost, as to a peer that vanished without a FIN
+            if to_upstream and not self.held:
+                # Healed, the client's data reaches a server that has closed this
+                # connection: TCP answers with an RST.
+                self.reset()
+            return  # while blackholed: lost, as to a peer that vanished without a FIN
+        self._send(data, to_upstream)
+
+    def _send(self, data: bytes | None, to_upstream: bool) -> None:
         if to_upstream:
-            if self.upstream is None:
+            if self.upstream is None or self.held:
                 self.pending.append(data)
             else:
                 self.to_upstream.push(data, self.proxy._latency)
+        elif self.held:
+            self.held_for_client.append(data)
         else:
             self.to_client.push(data, self.proxy._latency)
 
     def eof(self, from_upstream: bool) -> None:
-        if self.dead:
-            if not from_upstream:
-                self.close()  # the client gave up: let the server know
-            return
-        if from_upstream:
-            self.to_client.push(None, self.proxy._latency)
-        elif self.upstream is None:
-            self.pending.append(None)
-        else:
-            self.to_upstream.push(None, self.proxy._latency)
+        if not from_upstream and (self.dead or self.held):
+            # The client gave up on a silent connection: the server hears it end at once
+            # (not when the network heals), so no server connection outlives the test.
+            self.close()
+        elif not self.dead:
+            self._send(None, to_upstream=not from_upstream)
 
     def lost(self, from_upstream: bool) -> None:
         if from_upstream:
             self.upstream_lost = True
             if not self.dead:
-                self.to_client.push(None, self.proxy._latency)  # then close, see _eof_client
+                self._send(None, to_upstream=False)  # then close, see _eof_client
         else:
             self.close()  # the client is gone: nothing left to forward to
 
@@ -247,14 +269,36 @@ class _Pair:
 
     # -- faults and shutdown --------------------------------------------------------------
     def blackhole(self) -> None:
-        self.dead = True
-        self.pending.clear()
-        self.to_upstream.cancel()
-        self.to_client.cancel()
+        """Hold what each side sends, what is in flight (delayed) included."""
+        if self.held:
+            return
+        self.held = True
+        self.pending[:0] = self.to_upstream.take()
+        self.held_for_client[:0] = self.to_client.take()
+
+    def heal(self) -> None:
+        """Forward again: first what was held, in order, then the rest."""
+        if not self.held:
+            return
+        self.held = False
+        if self.dead:
+            return  # half-open: the client's next data gets an RST (see forward)
+        if self.upstream is not None:
+            self._flush_pending()
+        elif self.connect_task is None:
+            self._start_connect()  # accepted during the blackhole
+        held, self.held_for_client = self.held_for_client, []
+        for data in held:
+            self.to_client.push(data, self.proxy._latency)
 
     def half_open(self) -> None:
-        """The server's side goes away (FIN to the server); the client hears nothing."""
-        self.blackhole()
+        """The server's side goes away (FIN to the server); the client hears nothing
+        until the proxy heals, then an RST when it sends."""
+        self.held = self.dead = True
+        self.pending.clear()
+        self.held_for_client.clear()
+        self.to_upstream.cancel()
+        self.to_client.cancel()
         self._close_upstream()
 
     def reset(self) -> None:
@@ -294,16 +338,19 @@ class FaultProxy:
 
     * :meth:`set_latency` delays every forwarded chunk (both directions);
     * :meth:`blackhole` keeps connections open but forwards nothing in either
-      direction, as a network that goes silent (no FIN, no RST) does. The
-      connections open during a blackhole are dead for good: what they sent is
-      lost and they stay silent after :meth:`heal` (a peer that vanished);
-      connections accepted during it stay silent too;
+      direction, as a network partition does (no FIN, no RST). Nothing is lost:
+      what either side sends meanwhile is held, as TCP retransmits it, and
+      delivered in order when the proxy heals; connections accepted during it
+      reach the server then. A client that closes a silent connection is heard
+      by the server at once;
     * :meth:`half_open` closes the server's side of every open connection
-      (the server sees the client leave) while the client hears nothing;
+      (the server sees the client leave) while the client hears nothing; after
+      :meth:`heal`, the client's next data on it gets a TCP RST, as from a
+      server that has forgotten the connection;
     * :meth:`reset` aborts every open connection with a TCP RST (``SO_LINGER`` 0);
     * :meth:`refuse` stops listening: new connections are refused
       (``ECONNREFUSED``), open ones go on;
-    * :meth:`heal` restores normal forwarding for new connections, listens
+    * :meth:`heal` restores normal forwarding (what was held first), listens
       again on the same port, and ends any latency.
 
     A half-close from either side is forwarded as one (the other direction goes on).
@@ -429,7 +476,7 @@ class FaultProxy:
     def blackhole(self) -> None:
         """Forward nothing from now on, in either direction; keep every connection open.
 
-        The connections open now are dead for good (see the class docstring)."""
+        What is sent meanwhile is held until :meth:`heal` (see the class docstring)."""
         self._check_running("blackhole")
         self._mode = "blackhole"
         for pair in list(self._pairs):
@@ -454,10 +501,12 @@ class FaultProxy:
         self._stop_listening()
 
     def heal(self) -> None:
-        """Normal forwarding for new connections again, no latency, listening again."""
+        """Normal forwarding again, what was held first; no latency; listening again."""
         self._check_running("heal")
         self._latency = 0.0
         self._mode = "normal"
+        for pair in list(self._pairs):
+            pair.heal()
         if self._server is None and not self._starting:
             # Listening starts now (the kernel queues connections until the server
             # serves them), so heal() need not await.
