@@ -536,7 +536,11 @@ def test_stuck_thread_raises_no_progress_after_stall_timeout(
 
     runner = asyncio.Runner(loop_factory=functools.partial(VirtualTimeLoop, stall_timeout=0.1))
     try:
-        stalled = rf"waiting for 1 {what}\(s\), but nothing happened for 0.1 s"
+        stalled = (
+            rf"waiting for 1 {what}\(s\), but nothing happened for 0.1 s of real time; "
+            r"if that work is only slow, pass VirtualTimeLoop\(stall_timeout=\.\.\.\) a "
+            r"longer limit, or None for none"
+        )
         with pytest.raises(NoProgressError, match=stalled):
             runner.run(main())
     finally:

@@ -604,7 +604,11 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
                 return []  # the outside work ended without waking us: decide again
             if deadline is not None and time.monotonic() >= deadline:
                 raise NoProgressError(
-                    self._vt_describe(f"{why}, but nothing happened for {limit} s of real time")
+                    self._vt_describe(
+                        f"{why}, but nothing happened for {limit} s of real time; if that "
+                        "work is only slow, pass VirtualTimeLoop(stall_timeout=...) a longer "
+                        "limit, or None for none"
+                    )
                 )
 
     def _vt_describe(self, why: str) -> str:
