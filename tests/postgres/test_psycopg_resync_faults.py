@@ -87,7 +87,7 @@ async def yields(k: int) -> None:
 
 
 async def test_failing_lease_cancelled_at_each_step_hands_on_a_clean_connection(
-    pg_dsn: str,
+    pg_dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     # k event-loop steps after the lease starts, for k = 0, 1, ... until the lease and its
     # reset are over before the cancellation: every step of the body, the release and the
@@ -108,7 +108,11 @@ async def test_failing_lease_cancelled_at_each_step_hands_on_a_clean_connection(
             # A cancellation while the pipeline's results were read, after 1/0 had failed:
             # the connection is between statements, kept (psycopg's own class closes it).
             # psycopg before 3.3.9 leaves it busy (ACTIVE, pipeline aborted) then: closed.
-            assert pool.statistics().discarded == 0, pool.statistics()
+            # So does any psycopg when 1/0's error arrived in a read of its own, before the
+            # end of the pipeline (a loaded machine): the rest is not read, so the state is
+            # unknown and the connection is closed, said in one warning each.
+            split = [r for r in caplog.records if "pipeline=ABORTED" in r.getMessage()]
+            assert pool.statistics().discarded == len(split), (pool.statistics(), split)
 
 
 @pytest.mark.parametrize("k", range(0, 40, 3))
