@@ -38,7 +38,7 @@ PINNED = (
     *("uvloop", "uvicorn", "fastapi"),
 )
 # Each run is bounded (a hang ends it), with room for a slower machine and for PYTEST_WORKERS=0:
-# a run of the whole suite takes 5.5 to 7 minutes on CI's 2-core machine on 4 workers, 14 to 18
+# a run of the whole suite takes 5.5 to 6.5 minutes on CI's 2-core machine on 4 workers, 14 to 18
 # in one process.
 RUN_TIMEOUT = 1500
 
