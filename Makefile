@@ -31,8 +31,12 @@ lint: $(VENV)/.stamp-test
 typecheck: $(VENV)/.stamp-test
 	$(BIN)/mypy
 
+# The suite mostly waits (on the servers, on timers), so it runs on PYTEST_WORKERS parallel
+# workers (pytest-xdist); PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 4
+
 pytest: $(VENV)/.stamp-test
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
@@ -43,9 +47,10 @@ chaos: $(VENV)/.stamp-test
 
 # The whole pytest suite on every CPython 3.11-3.13 found (PATH or pyenv), in public mode
 # (AIOLEASE_COMPAT=public) and with the lowest driver versions pyproject.toml allows; one venv
-# per run under .venv-matrix/. See .ci/matrix.py (MATRIX_RUNS=..., MATRIX_PYTEST_ARGS=...).
+# per run under .venv-matrix/, each on PYTEST_WORKERS workers. See .ci/matrix.py (MATRIX_RUNS=...,
+# MATRIX_PYTEST_ARGS=...).
 test-matrix:
-	$(PYTHON) .ci/matrix.py
+	PYTEST_WORKERS=$(PYTEST_WORKERS) $(PYTHON) .ci/matrix.py
 
 # Each benchmark runs twice, as is and with AIOLEASE_COMPAT=public (bench/_modes.py prints the
 # headline ratios of both modes); BENCH_ARGS go to the benchmark.

@@ -3,7 +3,8 @@ and with the lowest and the latest driver versions pyproject.toml allows.
 
 Each run gets its own venv under .venv-matrix/ (made on first use, refreshed when pyproject.toml
 changes). Pythons are found on PATH (python3.X) or through pyenv; a missing one is reported as
-skipped. Extra pytest arguments: MATRIX_PYTEST_ARGS="-x -q tests/sqlite". Only some runs:
+skipped. Extra pytest arguments: MATRIX_PYTEST_ARGS="-x -q tests/sqlite"; parallel workers:
+PYTEST_WORKERS (pytest-xdist; default 4, 0 runs the suite in one process). Only some runs:
 MATRIX_RUNS="py3.12 public". Runs: py3.11, py3.12, py3.13-latest (the newest
 Python with the newest driver releases, re-resolved every time; py3.12 on asyncio's loop alone:
 AIOLEASE_TEST_LOOPS), public (AIOLEASE_COMPAT=public),
@@ -33,10 +34,12 @@ PYTHONS = ("3.11", "3.12", "3.13")
 PINNED = (
     *("asyncpg", "psycopg", "aiosqlite", "redis", "httpx", "aiohttp"),
     *("opentelemetry-api", "opentelemetry-sdk", "prometheus-client"),
-    *("pytest", "pytest-asyncio", "pytest-timeout", "hypothesis", "uvloop", "uvicorn", "fastapi"),
+    *("pytest", "pytest-asyncio", "pytest-timeout", "pytest-xdist", "hypothesis"),
+    *("uvloop", "uvicorn", "fastapi"),
 )
-# Each run is bounded (a hang ends it), with room for a slower machine: a run of the whole
-# suite takes 14 to 18 minutes on CI's 2-core machine.
+# Each run is bounded (a hang ends it), with room for a slower machine and for PYTEST_WORKERS=0:
+# a run of the whole suite takes 5.5 to 6.5 minutes on CI's 2-core machine on 4 workers, 14 to 18
+# in one process.
 RUN_TIMEOUT = 1500
 
 
@@ -149,10 +152,14 @@ def main() -> int:
     wanted = os.environ.get("MATRIX_RUNS", "").split()
     if wanted:
         runs = [r for r in runs if r.name in wanted]
-    # faulthandler: a run that hangs past pytest-timeout still shows where.
-    pytest_args = os.environ.get(
-        "MATRIX_PYTEST_ARGS", "-q -p no:cacheprovider -o faulthandler_timeout=120"
-    ).split()
+    # faulthandler: a run that hangs past pytest-timeout still shows where. PYTEST_WORKERS
+    # parallel workers (pytest-xdist), as `make test`; 0 runs the suite in one process.
+    pytest_args = [
+        *("-n", os.environ.get("PYTEST_WORKERS", "4")),
+        *os.environ.get(
+            "MATRIX_PYTEST_ARGS", "-q -p no:cacheprovider -o faulthandler_timeout=120"
+        ).split(),
+    ]
     results: list[tuple[str, str, str, bool]] = []
     for run in runs:
         python = find_python(run.python)

@@ -128,10 +128,12 @@ async def test_processes_sharing_a_rate_limit_stay_within_the_bound(
     for window in (0.5, 1.0, 2.0):
         worst = max_in_window(times, [1.0] * len(times), window)
         assert worst <= burst + rate * window + 2, (window, worst)
-    # ...and the processes together saturate the limit (the same two admissions of jitter
-    # either way: a late first or last stamp shortens the span they are measured over).
+    # ...and the processes together saturate the limit. A late first or last stamp stretches
+    # the span they are measured over: with the suite's other workers busy on the same cores
+    # (pytest-xdist) that can be a few tenths of a second, hence a tenth of slack below; a limit
+    # that under-admits (a process served alone, slots lost) falls far short of it.
     span = times[-1] - times[0]
-    assert len(times) >= burst + rate * span - 2
+    assert len(times) >= 0.9 * (burst + rate * span), (len(times), span)
     assert len(times) <= burst + rate * span + 2
 
 
