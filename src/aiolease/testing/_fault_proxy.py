@@ -95,6 +95,10 @@ class _Pipe:
         if self._timer is None:
             self._schedule()
 
+    def push_all(self, chunks: list[bytes | None], delay: float) -> None:
+        for data in chunks:
+            self.push(data, delay)
+
     def _schedule(self) -> None:
         self._timer = self._loop.call_at(self._queue[0][0], self._run)
 
@@ -183,8 +187,7 @@ class _Pair:
 
     def _flush_pending(self) -> None:
         pending, self.pending = self.pending, []
-        for data in pending:
-            self.to_upstream.push(data, self.proxy._latency)
+        self.to_upstream.push_all(pending, self.proxy._latency)
 
     # -- data -----------------------------------------------------------------------------
     def forward(self, data: bytes, to_upstream: bool) -> None:
@@ -288,8 +291,7 @@ class _Pair:
         elif self.connect_task is None:
             self._start_connect()  # accepted during the blackhole
         held, self.held_for_client = self.held_for_client, []
-        for data in held:
-            self.to_client.push(data, self.proxy._latency)
+        self.to_client.push_all(held, self.proxy._latency)
 
     def half_open(self) -> None:
         """The server's side goes away (FIN to the server); the client hears nothing
